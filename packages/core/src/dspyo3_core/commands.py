@@ -1,0 +1,219 @@
+"""Core CLI commands: ``plugins``, ``lm``, ``doctor``, ``inspect`` and ``demo``."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from dspyo3_core.config import ConfigError, build_lm, load_settings, mask_secret
+from dspyo3_core.plugins import PluginManager, get_plugin_manager
+
+
+def _manager(ctx: click.Context) -> PluginManager:
+    return ctx.find_object(PluginManager) or get_plugin_manager()
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _settings() -> Any:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def plugins_command(ctx: click.Context, as_json: bool) -> None:
+    """List installed dspyo3 plugins: name, version, hooks and status."""
+    infos = _manager(ctx).plugins()
+    if as_json:
+        _echo_json([info.to_dict() for info in infos])
+        return
+    table = Table("name", "distribution", "version", "status", "hooks")
+    for info in infos:
+        status = info.status if not info.error else f"{info.status}: {info.error}"
+        table.add_row(*map(escape, (info.name, info.distribution or "", info.version or "", status,
+                                    ", ".join(info.hooks))))
+    Console().print(table)
+
+
+@click.group("lm")
+def lm_group() -> None:
+    """LM profiles: list, show, test, and the providers they can use."""
+
+
+@lm_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def lm_list(ctx: click.Context, as_json: bool) -> None:
+    """List configured profiles (keys masked)."""
+    settings = _settings()
+    providers = _manager(ctx).lm_providers()
+    rows = []
+    for name in sorted(settings.profiles):
+        profile = settings.profiles[name]
+        if profile.provider in providers:
+            row = profile.describe(providers.get(profile.provider))
+        else:
+            row = {"name": name, "provider": profile.provider, "model": profile.model, "error": "unknown provider"}
+        row["default"] = name == settings.default_profile
+        rows.append(row)
+    if as_json:
+        _echo_json({"default": settings.default_profile, "profiles": rows})
+        return
+    if not rows:
+        click.echo("No LM profiles. Set DSPYO3_LM=provider/model or add [lm.profiles.NAME] to dspyo3.toml.")
+        return
+    table = Table("", "name", "provider", "model", "api_base", "key", "source")
+    for row in rows:
+        table.add_row("*" if row["default"] else "", row["name"], row["provider"], row["model"],
+                      str(row.get("api_base") or ""), str(row.get("api_key", "")), str(row.get("source", "")))
+    Console().print(table)
+
+
+@lm_group.command("show")
+@click.argument("profile", required=False)
+@click.pass_context
+def lm_show(ctx: click.Context, profile: str | None) -> None:
+    """Show one profile (the default one without PROFILE) as JSON; the key is masked."""
+    settings = _settings()
+    try:
+        chosen = settings.profile(profile)
+        spec = _manager(ctx).lm_providers().get(chosen.provider)
+    except (ConfigError, KeyError) as exc:
+        raise click.ClickException(str(exc).strip('"')) from None
+    _echo_json(chosen.describe(spec))
+
+
+@lm_group.command("providers")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def lm_providers(ctx: click.Context, as_json: bool) -> None:
+    """List LM providers registered by plugins."""
+    registry = _manager(ctx).lm_providers()
+    rows = [
+        {"name": spec.name, "route": spec.model_prefix, "key_env": list(spec.key_env),
+         "api_base": spec.default_api_base, "needs_api_base": spec.requires_api_base,
+         "distribution": registry.distribution_of(spec.name), "description": spec.description}
+        for spec in sorted(registry, key=lambda s: s.name)
+    ]
+    if as_json:
+        _echo_json(rows)
+        return
+    table = Table("name", "route", "key variables", "from", "description")
+    for row in rows:
+        table.add_row(row["name"], row["route"], ", ".join(row["key_env"]), row["distribution"], row["description"])
+    Console().print(table)
+
+
+@lm_group.command("test")
+@click.argument("profile", required=False)
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def lm_test(ctx: click.Context, profile: str | None, timeout: float, as_json: bool) -> None:
+    """Send one short request through PROFILE and report latency (exit 1 on failure)."""
+    settings = _settings()
+    try:
+        chosen = settings.profile(profile)
+        lm = build_lm(chosen, plugin_manager=_manager(ctx), cache=False, num_retries=0, timeout=timeout)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    key = lm.kwargs.get("api_key")
+    started = time.perf_counter()
+    try:
+        outputs = lm("Reply with the single word OK.", max_tokens=8)
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        if key:
+            message = message.replace(str(key), mask_secret(str(key)))
+        result = {"profile": chosen.name, "ok": False, "error": message[:500]}
+        _echo_json(result) if as_json else click.echo(f"FAIL {chosen.name}: {result['error']}", err=True)
+        ctx.exit(1)
+    elapsed = time.perf_counter() - started
+    first = outputs[0] if outputs else ""
+    text = first.get("text", "") if isinstance(first, dict) else str(first)
+    result = {"profile": chosen.name, "ok": True, "model": lm.model, "latency_s": round(elapsed, 3),
+              "reply": text[:200]}
+    if as_json:
+        _echo_json(result)
+    else:
+        click.echo(f"OK {chosen.name} ({lm.model}) in {elapsed:.2f}s: {text[:80]!r}")
+
+
+@click.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print {\"checks\": [...]} as JSON.")
+@click.option("--fix", is_flag=True, help="Apply safe fixes (e.g. create the cache directory) and say what was done.")
+@click.pass_context
+def doctor_command(ctx: click.Context, as_json: bool, fix: bool) -> None:
+    """Check Python, DSPy, dspyo3 packages, the native module, LM profile, Redis and the cache dir."""
+    from dspyo3_core.doctor import run_doctor
+
+    report = run_doctor(_manager(ctx), fix=fix)
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        console = Console()
+        for done in report.fixed:
+            console.print(f"[green]fixed[/green] {done}")
+        table = Table("check", "status", "detail", "fix")
+        colours = {"ok": "green", "warn": "yellow", "fail": "red"}
+        for check in report.checks:
+            table.add_row(escape(check.name), f"[{colours[check.status]}]{check.status}[/]", escape(check.detail),
+                          escape(check.fix))
+        console.print(table)
+    if report.failed:
+        ctx.exit(1)
+
+
+@click.command("inspect")
+@click.argument("target")
+@click.option("--program", help="With a saved .json TARGET: package.module:Class to load the state into.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def inspect_command(target: str, program: str | None, as_json: bool) -> None:
+    """Describe the predictors of a DSPy program: TARGET is package.module:attribute or a saved .json."""
+    from dspyo3_core.inspector import InspectError, inspect_target
+
+    try:
+        report = inspect_target(target, program)
+    except InspectError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _echo_json(report)
+        return
+    console = Console()
+    for predictor in report["predictors"]:
+        sig = predictor["signature"]
+        console.print(f"[bold]{predictor['name']}[/bold]  demos={predictor['demos']}")
+        if sig["instructions"]:
+            console.print(escape(f"  instructions: {sig['instructions']}"))
+        for role in ("inputs", "outputs", "fields"):
+            for field in sig.get(role, []):
+                desc = f" — {field['desc']}" if field["desc"] else ""
+                console.print(escape(f"  {role[:-1]:6} {field['name']}: {field['type']}{desc}"))
+    if report.get("note"):
+        console.print(f"[yellow]note:[/yellow] {report['note']}")
+
+
+@click.command("demo")
+@click.option("--n", "limit", default=8, show_default=True, help="Number of GSM8K questions.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+@click.pass_context
+def demo_command(ctx: click.Context, limit: int, json_path: str | None) -> None:
+    """Run a DSPy program end to end through the plugin core (offline loopback LM unless DSPYO3_LM is set)."""
+    from dspyo3_core.demo import run_demo
+
+    run_demo(_manager(ctx), limit=limit, json_path=json_path)
+
+
+CORE_COMMANDS = (plugins_command, lm_group, doctor_command, inspect_command, demo_command)

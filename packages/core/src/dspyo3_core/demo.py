@@ -1,0 +1,151 @@
+"""``dspyo3 demo`` (``hatch run demo``): a DSPy program run end to end through the plugin core.
+
+A ``dspy.ChainOfThought("question -> answer")`` program answers GSM8K questions and ``dspy.Evaluate`` scores it.
+Every LM call goes ``HookedLM`` -> ``dspyo3_lm_call`` hook (a demo wrapper counts calls and latency) ->
+``dspy.LM`` -> HTTP.
+
+Without ``DSPYO3_LM`` the demo is OFFLINE: the "LM" is :class:`~dspyo3_core.testing.LMServer` on loopback, whose
+scripted answer is the last number in the question (a baseline, not a model), so the accuracy printed is that
+baseline's. With ``DSPYO3_LM`` set (a profile name or ``provider/model``), the same program runs on that LM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import dspy
+from rich.console import Console
+from rich.panel import Panel
+
+from dspyo3_core.config import LMProfile, build_lm, load_settings
+from dspyo3_core.hookspecs import hookimpl
+from dspyo3_core.lm import LMCall
+from dspyo3_core.plugins import PluginManager
+
+# Used only when ../shared/data is absent; written for this project, in GSM8K's format.
+FALLBACK_QUESTIONS = [
+    {"question": "A baker makes 12 loaves an hour for 3 hours and sells 30. How many are left?", "answer": "6"},
+    {"question": "Tom has 5 boxes of 8 pencils and gives away 12 pencils. How many pencils does he keep?",
+     "answer": "28"},
+    {"question": "A train travels 60 km each hour. How far does it go in 4 hours?", "answer": "240"},
+    {"question": "Sara reads 15 pages a day. How many days does a 90-page book take her?", "answer": "6"},
+]
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def _number(text: str) -> float | None:
+    found = _NUMBER.findall(str(text))
+    return float(found[-1].replace(",", "")) if found else None
+
+
+def load_gsm8k(limit: int) -> tuple[list[dspy.Example], str]:
+    """The first ``limit`` GSM8K test questions from the shared data dir, or the built-in fallback set."""
+    data_dir = Path(os.environ.get("DSPYO3_DATA_DIR") or "../shared/data")
+    path = data_dir / "gsm8k" / "test.jsonl"
+    rows: list[dict[str, str]] = []
+    source = str(path)
+    if path.is_file():
+        with path.open() as handle:
+            for line in handle:
+                if len(rows) >= limit:
+                    break
+                record = json.loads(line)
+                rows.append({"question": record["question"], "answer": record["answer"].split("####")[-1].strip()})
+    else:
+        rows, source = FALLBACK_QUESTIONS[:limit], "built-in fallback questions (../shared/data not found)"
+    return [dspy.Example(**row).with_inputs("question") for row in rows], source
+
+
+def exact_number(example: dspy.Example, prediction: dspy.Prediction, trace: Any = None) -> bool:
+    """Metric: the predicted answer's last number equals the gold one."""
+    gold, predicted = _number(example.answer), _number(prediction.answer)
+    return gold is not None and predicted is not None and abs(gold - predicted) < 1e-6
+
+
+class CallStats:
+    """A ``dspyo3_lm_call`` wrapper: counts LM calls and their latency (what production metrics plug into)."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors = 0
+        self._lock = threading.Lock()
+
+    @hookimpl(wrapper=True)
+    def dspyo3_lm_call(self, call: LMCall) -> Any:
+        started = time.perf_counter()
+        try:
+            return (yield)
+        except Exception:
+            with self._lock:
+                self.errors += 1
+            raise
+        finally:
+            with self._lock:
+                self.latencies.append(time.perf_counter() - started)
+
+
+def _offline_answer(inputs: dict[str, str]) -> dict[str, str]:
+    number = _number(inputs.get("question", ""))
+    answer = "unknown" if number is None else f"{number:g}"
+    return {"reasoning": "Scripted offline reply: no model was called; the answer is the last number in the "
+                         "question.", "answer": answer}
+
+
+def run_demo(manager: PluginManager, *, limit: int = 8, json_path: str | None = None) -> dict[str, Any]:
+    """Run the demo and print a summary; returns the results (also written to ``json_path`` if given)."""
+    from dspyo3_core.testing.server import LMServer, field_responder
+
+    console = Console()
+    offline = not os.environ.get("DSPYO3_LM")
+    examples, source = load_gsm8k(limit)
+    stats = CallStats()
+    stats_name = manager.register(stats, name="demo-call-stats")
+    server = LMServer(responder=field_responder(_offline_answer)) if offline else None
+    try:
+        if server is not None:
+            server.start()
+            profile = LMProfile("offline", "openai-compatible", "dspyo3-offline-baseline", api_base=server.api_base,
+                                params={"cache": False}, source="demo (loopback server)")
+            console.print(Panel(
+                "OFFLINE DEMO: answers come from a scripted loopback server (the last number in each question), "
+                "not from a model. Set DSPYO3_LM=provider/model (and its API key) to run the same program on a real LM.",
+                style="yellow"))
+        else:
+            profile = load_settings().profile()
+        lm = build_lm(profile, plugin_manager=manager)
+        program = dspy.ChainOfThought("question -> answer")
+        evaluate = dspy.Evaluate(devset=examples, metric=exact_number, num_threads=2, display_progress=True,
+                                 display_table=False)
+        started = time.perf_counter()
+        with dspy.context(lm=lm):
+            result = evaluate(program)
+        elapsed = time.perf_counter() - started
+    finally:
+        manager.unregister(stats_name)
+        if server is not None:
+            server.stop()
+    latencies = stats.latencies
+    summary = {
+        "mode": "offline (scripted loopback LM)" if offline else f"live ({lm.model})",
+        "data": source,
+        "examples": len(examples),
+        "accuracy": round(float(result.score) / 100.0, 4),
+        "lm_calls_seen_by_hook": len(latencies),
+        "lm_errors": stats.errors,
+        "http_requests_at_server": len(server.requests) if server is not None else None,
+        "mean_call_latency_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None,
+        "wall_s": round(elapsed, 3),
+    }
+    console.print_json(json.dumps(summary))
+    if json_path:
+        Path(json_path).write_text(json.dumps(summary, indent=2) + "\n")
+        console.print(f"results written to {json_path}")
+    return summary

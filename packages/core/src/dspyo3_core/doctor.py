@@ -1,0 +1,286 @@
+"""``dspyo3 doctor``: validate the environment and say how to fix what is wrong.
+
+Each check returns a :class:`Check` with ``status`` ``ok``, ``warn`` or ``fail``, a ``detail`` and a ``fix``
+(what to do, empty when nothing is needed). ``--fix`` applies only safe fixes (creating the cache directory)
+and reports what it did.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from dspyo3_core.config import ConfigError, Settings, load_settings
+from dspyo3_core.plugins import PluginManager
+
+Status = Literal["ok", "warn", "fail"]
+
+SUPPORTED_PYTHON = SpecifierSet(">=3.10,<3.15")
+SUPPORTED_DSPY = SpecifierSet(">=3.0,<4")
+PACKAGES = ("core", "types", "rag", "agents", "async", "production", "optimize")
+NEEDS_NATIVE = {"dspyo3-rag", "dspyo3-async", "dspyo3-production"}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One doctor finding."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"name", "status", "detail", "fix"}``."""
+        return asdict(self)
+
+
+@dataclass
+class DoctorReport:
+    """All checks plus the fixes ``--fix`` applied."""
+
+    checks: list[Check]
+    fixed: list[str]
+
+    @property
+    def failed(self) -> bool:
+        """Any check has status ``fail``."""
+        return any(check.status == "fail" for check in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"checks": [...], "fixed": [...]}``."""
+        return {"checks": [check.to_dict() for check in self.checks], "fixed": list(self.fixed)}
+
+
+def check_python() -> Check:
+    """Python version against :data:`SUPPORTED_PYTHON`."""
+    version = ".".join(map(str, sys.version_info[:3]))
+    if Version(version) in SUPPORTED_PYTHON:
+        return Check("python", "ok", f"Python {version} ({sys.executable})")
+    return Check("python", "fail", f"Python {version} is not supported ({SUPPORTED_PYTHON})",
+                 "use a Python 3.10-3.14 interpreter")
+
+
+def check_dspy() -> Check:
+    """DSPy installed and within :data:`SUPPORTED_DSPY`."""
+    try:
+        version = metadata.version("dspy")
+    except metadata.PackageNotFoundError:
+        return Check("dspy", "fail", "DSPy is not installed", f"pip install 'dspy{SUPPORTED_DSPY}'")
+    if Version(version) in SUPPORTED_DSPY:
+        return Check("dspy", "ok", f"dspy {version}")
+    return Check("dspy", "fail", f"dspy {version} is outside the supported range {SUPPORTED_DSPY}",
+                 f"pip install 'dspy{SUPPORTED_DSPY}'")
+
+
+def installed_packages() -> dict[str, str]:
+    """Installed dspyo3 distributions and their versions."""
+    found = {}
+    for name in [f"dspyo3-{p}" for p in PACKAGES] + ["dspyo3-native"]:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def check_packages(manager: PluginManager) -> list[Check]:
+    """One check per installed dspyo3 package: installed version, and whether its plugin loaded."""
+    infos = {info.distribution: info for info in manager.plugins()}
+    checks = []
+    for dist, version in sorted(installed_packages().items()):
+        if dist == "dspyo3-native":
+            continue
+        info = infos.get(dist)
+        if info is None or info.status == "loaded":
+            checks.append(Check(f"package {dist}", "ok", f"{dist} {version}"))
+        elif info.status == "disabled":
+            checks.append(Check(f"package {dist}", "warn", f"{dist} {version}: plugin disabled ({info.error})",
+                                "unset DSPYO3_PLUGINS / DSPYO3_DISABLE_PLUGINS to load it"))
+        else:
+            checks.append(Check(f"package {dist}", "fail", f"{dist} {version}: plugin failed: {info.error}",
+                                f"reinstall it: pip install --force-reinstall {dist}"))
+    for info in manager.plugins():
+        if info.status == "failed" and (info.distribution or "") not in installed_packages():
+            checks.append(Check(f"plugin {info.name}", "warn", f"third-party plugin {info.name!r} "
+                                f"({info.distribution}) failed to load: {info.error}",
+                                f"fix or uninstall {info.distribution}, or DSPYO3_DISABLE_PLUGINS={info.name}"))
+    return checks
+
+
+def check_native() -> Check:
+    """``dspyo3_native`` importable; a failure only when a package that needs it is installed."""
+    try:
+        import dspyo3_native
+    except ImportError as exc:
+        needing = sorted(NEEDS_NATIVE & set(installed_packages()))
+        status: Status = "fail" if needing else "warn"
+        who = f" (needed by {', '.join(needing)})" if needing else " (not needed by the installed packages)"
+        return Check("native", status, f"dspyo3_native is not importable: {exc}{who}",
+                     "pip install ./crates/dspyo3-native (needs a Rust toolchain)")
+    return Check("native", "ok", f"dspyo3_native {dspyo3_native.__version__}: {dspyo3_native.build_info()}")
+
+
+def _probe_url(api_base: str) -> str:
+    base = api_base.rstrip("/")
+    return base + "/models" if base.endswith("/v1") else base + "/v1/models"
+
+
+def check_lm(settings: Settings, manager: PluginManager, *, timeout: float = 3.0) -> list[Check]:
+    """An LM profile is configured, its key is present, and its endpoint answers."""
+    try:
+        profile = settings.profile()
+    except ConfigError as exc:
+        return [Check("lm profile", "warn", str(exc),
+                      "set DSPYO3_LM=provider/model, or add a profile to dspyo3.toml (see `dspyo3 lm list`)")]
+    providers = manager.lm_providers()
+    if profile.provider not in providers:
+        return [Check("lm profile", "fail", f"profile {profile.name!r} names unknown provider {profile.provider!r}",
+                      f"use one of: {', '.join(providers.names())}")]
+    spec = providers.get(profile.provider)
+    checks = [Check("lm profile", "ok", f"{profile.name}: {profile.litellm_model(spec)} (from {profile.source})")]
+    key, source = profile.resolve_key(spec)
+    if spec.key_env and key is None and not spec.requires_api_base:
+        checks.append(Check("lm key", "fail", f"no API key for provider {spec.name!r}",
+                            f"export {spec.key_env[0]}=... (never commit it to dspyo3.toml)"))
+        return checks
+    if key is not None:
+        checks.append(Check("lm key", "ok", f"key found in {source} (value not shown)"))
+    api_base = profile.effective_api_base(spec)
+    if not api_base:
+        checks.append(Check("lm reachable", "ok", f"hosted provider {spec.name!r}; use `dspyo3 lm test "
+                            f"{profile.name}` to send a real request"))
+        return checks
+    url = _probe_url(api_base)
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        checks.append(Check("lm reachable", "fail", f"{api_base} did not answer: {reason}",
+                            f"start the server at {api_base} or fix api_base in profile {profile.name!r}"))
+        return checks
+    elapsed = (time.perf_counter() - started) * 1000
+    if status in (401, 403):
+        checks.append(Check("lm reachable", "fail", f"{url} refused the key (HTTP {status})",
+                            "check the API key for this profile"))
+    else:
+        checks.append(Check("lm reachable", "ok", f"{url} answered HTTP {status} in {elapsed:.0f} ms"))
+    return checks
+
+
+def _redis_ping(url: str, timeout: float) -> str:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in {"redis", "rediss"}:
+        raise ValueError(f"not a redis:// URL: {url!r}")
+    if parsed.scheme == "rediss":
+        raise ValueError("rediss:// (TLS) is not probed by doctor; check it with redis-cli --tls")
+    with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=timeout) as sock:
+        if parsed.password:
+            user = urllib.parse.unquote(parsed.username or "default")
+            password = urllib.parse.unquote(parsed.password)
+            sock.sendall(_resp(["AUTH", user, password]))
+            reply = sock.recv(256)
+            if not reply.startswith(b"+OK"):
+                raise ConnectionError("AUTH was refused")
+        sock.sendall(_resp(["PING"]))
+        return sock.recv(64).decode(errors="replace").strip()
+
+
+def _resp(parts: list[str]) -> bytes:
+    out = f"*{len(parts)}\r\n"
+    for part in parts:
+        out += f"${len(part.encode())}\r\n{part}\r\n"
+    return out.encode()
+
+
+def _redacted(url: str) -> str:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.password:
+        netloc = f"{parsed.username or ''}:****@{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")
+        return parsed._replace(netloc=netloc).geturl()
+    return url
+
+
+def check_redis(settings: Settings, *, timeout: float = 2.0) -> Check:
+    """Redis answers PING when a URL is configured (``DSPYO3_REDIS_URL`` or ``[redis] url``)."""
+    if not settings.redis_url:
+        return Check("redis", "ok", "no Redis configured (in-process cache and limits are used)")
+    shown = _redacted(settings.redis_url)
+    try:
+        reply = _redis_ping(settings.redis_url, timeout)
+    except (OSError, ValueError, ConnectionError) as exc:
+        return Check("redis", "fail", f"{shown}: {exc}",
+                     "start redis-server (apt-get install redis-server) or fix DSPYO3_REDIS_URL")
+    if reply != "+PONG":
+        return Check("redis", "fail", f"{shown} answered {reply!r} to PING", "check the Redis URL and password")
+    return Check("redis", "ok", f"{shown} answered PONG")
+
+
+def check_cache_dir(settings: Settings) -> Check:
+    """The cache directory exists and is writable."""
+    path = settings.cache_dir
+    if not path.exists():
+        parent = next((p for p in path.parents if p.exists()), None)
+        if parent is None or not os.access(parent, os.W_OK):
+            return Check("cache dir", "fail", f"{path} does not exist and {parent} is not writable",
+                         "set DSPYO3_CACHE_DIR to a writable directory")
+        return Check("cache dir", "warn", f"{path} does not exist yet", f"mkdir -p {path}  (or run doctor --fix)")
+    if not path.is_dir():
+        return Check("cache dir", "fail", f"{path} is not a directory", "set DSPYO3_CACHE_DIR to a directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".dspyo3-doctor-"):
+            pass
+    except OSError as exc:
+        return Check("cache dir", "fail", f"{path} is not writable: {exc.strerror}",
+                     f"chmod u+w {path} or set DSPYO3_CACHE_DIR to a writable directory")
+    return Check("cache dir", "ok", f"{path} is writable")
+
+
+def fix_cache_dir(settings: Settings) -> str | None:
+    """Create the cache directory if missing (a safe fix). Returns what was done, or ``None``."""
+    path: Path = settings.cache_dir
+    if path.exists():
+        return None
+    path.mkdir(parents=True, exist_ok=True)
+    return f"created cache directory {path}"
+
+
+SAFE_FIXES: tuple[Callable[[Settings], str | None], ...] = (fix_cache_dir,)
+
+
+def run_doctor(manager: PluginManager, *, fix: bool = False) -> DoctorReport:
+    """Run every check (after the safe fixes, when ``fix``)."""
+    fixed: list[str] = []
+    try:
+        settings = load_settings()
+        config_check = Check("config", "ok", "config files: " + (", ".join(map(str, settings.files)) or "none"))
+    except ConfigError as exc:
+        settings = Settings()
+        config_check = Check("config", "fail", str(exc), "fix the file or variable named above")
+    if fix:
+        for apply in SAFE_FIXES:
+            done = apply(settings)
+            if done:
+                fixed.append(done)
+    checks = [check_python(), check_dspy(), *check_packages(manager), check_native(), config_check]
+    checks += check_lm(settings, manager)
+    checks += [check_redis(settings), check_cache_dir(settings)]
+    return DoctorReport(checks, fixed)

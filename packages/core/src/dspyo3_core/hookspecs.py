@@ -1,0 +1,95 @@
+"""The hook specifications every dspyo3 plugin implements.
+
+Plugins register through the ``dspyo3`` entry-point group and implement any of the hooks below with
+``@dspyo3_core.hookimpl``. Registries are filled by ``dspyo3_register_<thing>(register)`` hooks: the plugin
+calls ``register(Spec(...))`` once per item, with a typed dataclass from :mod:`dspyo3_core.registry`.
+
+Cross-cutting behaviour around LM calls (cache, metrics, cost, rate limits, circuit breakers) wraps the single
+:func:`dspyo3_lm_call` hook with ``@hookimpl(wrapper=True)``::
+
+    @hookimpl(wrapper=True)
+    def dspyo3_lm_call(call):
+        started = time.perf_counter()
+        outputs = yield          # the next wrapper, and finally the real dspy.LM call
+        metrics.observe(time.perf_counter() - started)
+        return outputs
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from dspyo3_core.lm import LMCall
+    from dspyo3_core.registry import (
+        CacheBackendSpec,
+        EmbedderSpec,
+        LMProviderSpec,
+        OptimizerSpec,
+        RerankerSpec,
+        ToolSpec,
+        VectorStoreSpec,
+    )
+
+PROJECT = "dspyo3"
+"""Pluggy project name; also the entry-point group plugins register under."""
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def dspyo3_register_commands(cli: click.Group) -> None:
+    """Add commands or command groups to the root ``dspyo3`` click group (``cli.add_command(...)``)."""
+
+
+@hookspec
+def dspyo3_register_lm_providers(register: Callable[[LMProviderSpec], None]) -> None:
+    """Register LM providers (how a profile maps to ``dspy.LM`` arguments)."""
+
+
+@hookspec
+def dspyo3_register_embedders(register: Callable[[EmbedderSpec], None]) -> None:
+    """Register embedders (text -> vector) by name."""
+
+
+@hookspec
+def dspyo3_register_vector_stores(register: Callable[[VectorStoreSpec], None]) -> None:
+    """Register vector-store backends by name."""
+
+
+@hookspec
+def dspyo3_register_rerankers(register: Callable[[RerankerSpec], None]) -> None:
+    """Register rerankers by name."""
+
+
+@hookspec
+def dspyo3_register_tools(register: Callable[[ToolSpec], None]) -> None:
+    """Register agent tools by name."""
+
+
+@hookspec
+def dspyo3_register_cache_backends(register: Callable[[CacheBackendSpec], None]) -> None:
+    """Register cache backends (memory, Redis, ...) by name."""
+
+
+@hookspec
+def dspyo3_register_optimizers(register: Callable[[OptimizerSpec], None]) -> None:
+    """Register optimizers (BootstrapFewShot, MIPROv2, ...) by name."""
+
+
+@hookspec(firstresult=True)
+def dspyo3_lm_call(call: LMCall) -> Any:
+    """Perform one LM call and return DSPy's outputs for it.
+
+    Core implements the innermost call (the real ``dspy.LM.__call__``). Other plugins wrap it with
+    ``@hookimpl(wrapper=True)``: code before ``yield`` sees the request (``call.messages``, ``call.kwargs``,
+    ``call.lm``), ``outputs = yield`` runs the rest of the chain, and the wrapper returns the outputs it
+    wants the caller to see. A wrapper must yield exactly once; to answer without calling the LM (a cache
+    hit), implement a plain ``@hookimpl(tryfirst=True)`` that returns a non-``None`` value: the first
+    non-``None`` result wins and core's innermost impl (``trylast``) is then skipped.
+    """

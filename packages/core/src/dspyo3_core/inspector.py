@@ -1,0 +1,164 @@
+"""``dspyo3 inspect``: what a DSPy program is made of, as data.
+
+TARGET is either ``package.module:attribute`` (a ``dspy.Module`` instance or class, or a ``dspy.Signature``)
+or the path of a program saved with ``program.save("x.json")``. The result is::
+
+    {"target": ..., "predictors": [{"name", "signature": {"instructions", "inputs": [{"name", "type", "desc"}],
+                                    "outputs": [...]}, "demos": <count>}]}
+
+Types are written as Python annotations: ``str``, ``list[str]``, ``Optional[int]``, ``Literal['a', 'b']``, or a
+Pydantic model's class name. A saved ``.json`` stores no field types and no input/output split; give
+``program=`` (``--program package.module:Class``) to load the state into its class and report everything.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import dspy
+
+
+class InspectError(ValueError):
+    """TARGET cannot be resolved or is not a DSPy program; the message says why and what to pass."""
+
+
+def render_type(annotation: Any) -> str:
+    """Write an annotation the way a Python programmer would (``Optional[int]``, ``list[str]``, ...)."""
+    if annotation is type(None) or annotation is None:
+        return "None"
+    if annotation is Ellipsis:
+        return "..."
+    if isinstance(annotation, typing.ForwardRef):
+        return annotation.__forward_arg__
+    if isinstance(annotation, str):
+        return annotation
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return render_type(args[0])
+    if origin is Literal:
+        return "Literal[" + ", ".join(repr(arg) for arg in args) + "]"
+    if origin is Union or origin is types.UnionType:
+        members = [arg for arg in args if arg is not type(None)]
+        inner = render_type(members[0]) if len(members) == 1 else "Union[" + ", ".join(map(render_type, members)) + "]"
+        return f"Optional[{inner}]" if len(members) < len(args) else inner
+    if origin is not None:
+        name = getattr(origin, "__name__", None) or str(origin).replace("typing.", "")
+        return f"{name}[{', '.join(map(render_type, args))}]" if args else name
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _field(name: str, info: Any) -> dict[str, str]:
+    extra = info.json_schema_extra or {}
+    desc = str(extra.get("desc", ""))
+    if desc == f"${{{name}}}":  # DSPy's placeholder when no description was given
+        desc = ""
+    return {"name": name, "type": render_type(info.annotation), "desc": desc}
+
+
+def describe_signature(signature: type[dspy.Signature]) -> dict[str, Any]:
+    """``{"instructions", "inputs", "outputs"}`` for a signature class."""
+    return {
+        "instructions": signature.instructions,
+        "inputs": [_field(name, info) for name, info in signature.input_fields.items()],
+        "outputs": [_field(name, info) for name, info in signature.output_fields.items()],
+    }
+
+
+def describe_module(module: dspy.Module) -> list[dict[str, Any]]:
+    """One entry per named predictor of ``module``."""
+    return [
+        {"name": name, "signature": describe_signature(predictor.signature), "demos": len(predictor.demos or [])}
+        for name, predictor in module.named_predictors()
+    ]
+
+
+def resolve(target: str) -> Any:
+    """Import ``package.module:attribute`` (attribute may be dotted); the current directory is importable."""
+    module_name, sep, attribute = target.partition(":")
+    if not sep or not module_name or not attribute:
+        raise InspectError(f"TARGET {target!r} must be package.module:attribute or a saved program .json file")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InspectError(f"cannot import {module_name!r}: {exc}") from None
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise InspectError(f"{module_name!r} has no attribute {attribute!r}") from None
+    return obj
+
+
+def _as_module(obj: Any, target: str) -> dspy.Module:
+    if isinstance(obj, dspy.Module):
+        return obj
+    if isinstance(obj, type) and issubclass(obj, dspy.Module):
+        try:
+            return obj()
+        except TypeError as exc:
+            raise InspectError(
+                f"{target} is a class whose constructor needs arguments ({exc}); point TARGET at an instance"
+            ) from None
+    raise InspectError(f"{target} is a {type(obj).__name__}, not a dspy.Module (instance or class) or Signature")
+
+
+def _name_from_prefix(prefix: str) -> str:
+    return prefix.rstrip(":").strip().lower().replace(" ", "_")
+
+
+def describe_saved(path: Path) -> list[dict[str, Any]]:
+    """Best effort from a saved ``.json`` alone: names from field prefixes, no types, no input/output split."""
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InspectError(f"{path} is not valid JSON ({exc}); save programs with program.save('x.json')") from None
+    if not isinstance(state, dict):
+        raise InspectError(f"{path} does not hold a saved DSPy program (expected a JSON object)")
+    predictors = []
+    for name, entry in state.items():
+        if not isinstance(entry, dict) or "signature" not in entry:
+            continue
+        signature = entry["signature"]
+        fields = [
+            {"name": _name_from_prefix(f.get("prefix", "")), "type": "unknown", "desc": f.get("description", "")}
+            for f in signature.get("fields", [])
+        ]
+        predictors.append({
+            "name": name,
+            "signature": {"instructions": signature.get("instructions", ""), "inputs": [], "outputs": [],
+                          "fields": fields},
+            "demos": len(entry.get("demos") or []),
+        })
+    if not predictors:
+        raise InspectError(f"{path} has no predictor state; is it a file written by program.save('x.json')?")
+    return predictors
+
+
+def inspect_target(target: str, program: str | None = None) -> dict[str, Any]:
+    """Describe TARGET (see module docstring). ``program`` loads a saved ``.json`` into that class first."""
+    path = Path(target)
+    if target.endswith(".json"):
+        if not path.is_file():
+            raise InspectError(f"{target} does not exist")
+        if program is None:
+            return {"target": target, "predictors": describe_saved(path),
+                    "note": "a saved .json has no field types or roles; pass --program MODULE:CLASS for them"}
+        module = _as_module(resolve(program), program)
+        module.load(str(path))
+        return {"target": target, "program": program, "predictors": describe_module(module)}
+    obj = resolve(target)
+    if isinstance(obj, type) and issubclass(obj, dspy.Signature):
+        return {"target": target, "predictors": [{"name": obj.__name__, "signature": describe_signature(obj),
+                                                  "demos": 0}]}
+    return {"target": target, "predictors": describe_module(_as_module(obj, target))}

@@ -1,0 +1,93 @@
+"""The LM-call hook point: a ``dspy.LM`` whose every call goes through ``dspyo3_lm_call``.
+
+:class:`HookedLM` is a plain ``dspy.LM`` (same constructor, same LiteLLM/lm15 engines, same DSPy cache and
+retries) except that each call is wrapped in an :class:`LMCall` and handed to the plugin manager's
+``dspyo3_lm_call`` hook. Production features (cache tiers, metrics, cost, rate limits, circuit breakers)
+install themselves as pluggy ``wrapper=True`` impls of that hook, so they compose by installing packages.
+
+Async calls (``acall``, used by ``Module.acall``) run the same hook chain in a worker thread, so wrappers are
+written once, as plain generators; streaming (``dspy.streamify``) keeps working because the worker is an anyio
+thread that can send chunks back to the event loop.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import dspy
+
+if TYPE_CHECKING:
+    from dspyo3_core.plugins import PluginManager
+
+
+_MANAGERS: dict[str, PluginManager] = {}
+
+
+def _remember(manager: PluginManager) -> str:
+    token = f"pm-{id(manager):x}"
+    _MANAGERS[token] = manager
+    return token
+
+
+@dataclass
+class LMCall:
+    """One LM call as the ``dspyo3_lm_call`` hook sees it.
+
+    Attributes:
+        lm: the :class:`HookedLM` being called (``lm.model``, ``lm.kwargs``).
+        prompt: the prompt string, if the caller passed one.
+        messages: the chat messages, if the caller passed them (what DSPy adapters do).
+        kwargs: per-call keyword arguments (``temperature``, ``n``, ``rollout_id``, ...).
+        is_async: the call came in through ``acall``.
+        metadata: free space for wrappers to share data about this call (timings, cache keys, ...).
+    """
+
+    lm: HookedLM
+    prompt: Any = None
+    messages: Any = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    is_async: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> str:
+        """The LiteLLM model string of the LM being called."""
+        return str(self.lm.model)
+
+    def invoke(self) -> Any:
+        """Run the real ``dspy.LM`` call (cache, retries and engine included). Core's innermost impl."""
+        return dspy.LM.__call__(self.lm, self.prompt, messages=self.messages, **self.kwargs)
+
+
+class HookedLM(dspy.LM):
+    """``dspy.LM`` that routes every call through the ``dspyo3_lm_call`` hook.
+
+    Construct it like ``dspy.LM`` (``HookedLM("openai/gpt-4o-mini", api_key=...)``), or from a profile with
+    :func:`dspyo3_core.config.build_lm`. ``plugin_manager`` defaults to the process-wide manager.
+    """
+
+    def __init__(self, model: str, *args: Any, plugin_manager: PluginManager | None = None, **kwargs: Any) -> None:
+        super().__init__(model, *args, **kwargs)
+        # A token, not the manager itself: dspy.LM.copy() deep-copies and pickles LMs, the manager is shared.
+        self._dspyo3_pm_token = _remember(plugin_manager) if plugin_manager is not None else None
+
+    @property
+    def plugin_manager(self) -> PluginManager:
+        """The plugin manager whose ``dspyo3_lm_call`` hook this LM calls."""
+        from dspyo3_core.plugins import get_plugin_manager
+
+        manager = _MANAGERS.get(getattr(self, "_dspyo3_pm_token", None) or "")
+        return manager if manager is not None else get_plugin_manager()
+
+    def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        call = LMCall(lm=self, prompt=prompt, messages=messages, kwargs=kwargs)
+        return self.plugin_manager.hook.dspyo3_lm_call(call=call)
+
+    async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        import anyio.to_thread
+
+        call = LMCall(lm=self, prompt=prompt, messages=messages, kwargs=kwargs, is_async=True)
+        run = functools.partial(self.plugin_manager.hook.dspyo3_lm_call, call=call)
+        return await anyio.to_thread.run_sync(run)

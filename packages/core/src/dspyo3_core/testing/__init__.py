@@ -1,0 +1,19 @@
+"""Testing kit for dspyo3 and its plugin authors.
+
+* :class:`LMServer` — an OpenAI-compatible chat-completions server on loopback with scripted replies, latency
+  and fault injection (429 + Retry-After, 5xx, hangs, malformed bodies) and SSE streaming;
+* :func:`chat_reply`, :func:`field_responder` — answer in the shape DSPy's ChatAdapter parses;
+* pytest fixtures in :mod:`dspyo3_core.testing.pytest_plugin` (``pytest_plugins = ["dspyo3_core.testing.pytest_plugin"]``);
+* contract-test base classes in :mod:`dspyo3_core.testing.contracts`.
+"""
+
+from dspyo3_core.testing.server import (
+    LMServer,
+    Reply,
+    chat_reply,
+    field_responder,
+    last_user_text,
+    parse_fields,
+)
+
+__all__ = ["LMServer", "Reply", "chat_reply", "field_responder", "last_user_text", "parse_fields"]

@@ -1,0 +1,157 @@
+"""Contract tests every dspyo3 plugin should pass (in the manner of langchain's standard tests).
+
+Subclass a contract in your own test module and fill in the class attributes; pytest collects the inherited
+``test_*`` methods::
+
+    from dspyo3_core.testing.contracts import PluginContract
+
+    class TestMyPlugin(PluginContract):
+        distribution = "dspyo3-myplugin"
+        entry_point = "myplugin"
+
+``LMProviderContract`` checks a registered LM provider: its spec, the ``dspy.LM`` it builds, that keys never
+appear in reprs or saved state, and (for OpenAI-wire providers) a real round trip to the loopback server.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from importlib import metadata
+from typing import Any, ClassVar
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from dspyo3_core.config import LMProfile, build_lm
+from dspyo3_core.hookspecs import PROJECT
+from dspyo3_core.plugins import REGISTRY_HOOKS, PluginManager
+from dspyo3_core.registry import LMProviderSpec
+from dspyo3_core.testing.pytest_plugin import core_plugin_manager
+from dspyo3_core.testing.server import LMServer, chat_reply
+
+
+class PluginContract:
+    """Contract for a plugin distribution that registers through the ``dspyo3`` entry-point group.
+
+    Attributes:
+        distribution: the distribution name (``dspyo3-rag``).
+        entry_point: the entry-point name it declares in the ``dspyo3`` group (``rag``).
+    """
+
+    distribution: ClassVar[str]
+    entry_point: ClassVar[str]
+
+    def _entry_point(self) -> metadata.EntryPoint:
+        dist = metadata.distribution(self.distribution)
+        matches = [ep for ep in dist.entry_points if ep.group == PROJECT and ep.name == self.entry_point]
+        assert matches, f"{self.distribution} declares no {PROJECT!r} entry point named {self.entry_point!r}"
+        return matches[0]
+
+    def _plugin(self) -> Any:
+        return self._entry_point().load()
+
+    def _manager(self) -> PluginManager:
+        manager = core_plugin_manager()
+        if self.entry_point != "core":
+            manager.register(self._plugin(), name=self.entry_point, distribution=self.distribution)
+        return manager
+
+    def test_entry_point_loads(self) -> None:
+        plugin = self._plugin()
+        assert plugin is not None
+
+    def test_hooks_are_known_and_validated(self) -> None:
+        manager = self._manager()
+        manager.pluggy.check_pending()  # raises on an implementation of an unknown hook
+        info = {i.name: i for i in manager.plugins()}[self.entry_point]
+        assert info.status == "loaded", info.error
+        assert info.hooks, f"{self.distribution} implements no dspyo3 hook"
+        assert all(hook.startswith("dspyo3_") for hook in info.hooks)
+
+    def test_registries_fill_without_error(self) -> None:
+        manager = self._manager()
+        for hook_name in REGISTRY_HOOKS:
+            registry = manager.registry(hook_name)
+            for name in registry.names():
+                assert registry.distribution_of(name) in {self.distribution, "dspyo3-core"}
+
+    def test_commands_have_help(self) -> None:
+        cli = click.Group(name="dspyo3")
+        alone = PluginManager(entry_points=False)  # only this plugin, so only its commands
+        alone.register(self._plugin(), name=self.entry_point, distribution=self.distribution)
+        alone.register_commands(cli)
+        runner = CliRunner()
+        for name in cli.commands:
+            result = runner.invoke(cli, [name, "--help"])
+            assert result.exit_code == 0, result.output
+            assert (cli.commands[name].help or "").strip(), f"command {name!r} has no help text"
+
+    def test_distribution_is_typed(self) -> None:
+        module = importlib.import_module(self._entry_point().value.split(":")[0].split(".")[0])
+        files = metadata.distribution(self.distribution).files or []
+        names = {str(f) for f in files}
+        typed = any(n.endswith("py.typed") for n in names) or any(
+            n.endswith(".pth") for n in names  # editable installs point at the source tree
+        )
+        assert typed, f"{self.distribution} ships no py.typed marker"
+        assert module.__doc__, f"{module.__name__} has no module docstring"
+
+
+class LMProviderContract:
+    """Contract for one registered LM provider.
+
+    Attributes:
+        provider: the provider name.
+        model: a model id to build with.
+        openai_wire: the provider speaks the OpenAI chat-completions wire format, so the round trip against the
+            loopback server is run.
+    """
+
+    provider: ClassVar[str]
+    model: ClassVar[str] = "test-model"
+    openai_wire: ClassVar[bool] = False
+    secret: ClassVar[str] = "sk-dspyo3-contract-SECRET-0000"
+
+    def _manager(self) -> PluginManager:
+        return core_plugin_manager()
+
+    def _spec(self) -> LMProviderSpec:
+        return self._manager().lm_providers().get(self.provider)
+
+    def test_spec_is_complete(self) -> None:
+        spec = self._spec()
+        assert spec.name == self.provider
+        assert spec.description, "give the provider a one-line description"
+
+    def test_builds_lm_without_leaking_key(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        spec = self._spec()
+        for name in spec.key_env:
+            monkeypatch.setenv(name, self.secret)
+        profile = LMProfile("contract", self.provider, self.model, api_base="http://127.0.0.1:9/v1",
+                            api_key_in_file=None if spec.key_env else self.secret)
+        lm = build_lm(profile, plugin_manager=self._manager())
+        assert lm.model.endswith(self.model)
+        if spec.model_prefix:
+            assert lm.model.startswith(spec.model_prefix + "/")
+        assert self.secret not in repr(profile)
+        assert self.secret not in json.dumps(profile.describe(spec))
+        assert self.secret not in json.dumps(lm.dump_state(), default=str)
+
+    def test_round_trip_on_loopback(self) -> None:
+        if not self.openai_wire:
+            pytest.skip(f"{self.provider} does not speak the OpenAI wire format")
+        import dspy
+
+        with LMServer() as server:
+            server.script(chat_reply(answer="4"))
+            profile = LMProfile("contract", self.provider, self.model, api_base=server.api_base,
+                                params={"cache": False, "num_retries": 0, "engine": "litellm"},
+                                api_key_in_file=self.secret)
+            lm = build_lm(profile, plugin_manager=self._manager())
+            with dspy.context(lm=lm):
+                prediction = dspy.Predict("question -> answer")(question="2 + 2?")
+            assert prediction.answer == "4"
+            assert len(server.requests) == 1
+            assert server.requests[0]["_headers"].get("authorization") == f"Bearer {self.secret}"

@@ -1,0 +1,343 @@
+"""An OpenAI-compatible chat-completions server on loopback, for tests that drive a real ``dspy.LM``.
+
+The server speaks enough of the OpenAI wire format for LiteLLM (and DSPy's native engine) to treat it as a
+real provider: ``POST /v1/chat/completions`` (JSON or server-sent-event streaming) and ``GET /v1/models``.
+Replies are scripted, in order, with optional latency and injected faults::
+
+    with LMServer() as server:
+        server.script(
+            Reply.rate_limited(retry_after=0.1),      # 429 with Retry-After
+            chat_reply(answer="Paris"),             # then a DSPy ChatAdapter-shaped answer
+        )
+        lm = dspy.LM("openai/test", api_base=server.api_base, api_key="test", cache=False)
+
+When the script is empty, ``server.responder(request) -> Reply | str`` answers; with no responder the server
+returns HTTP 400 naming the problem (400 is not retried, so a missing script fails fast).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Mapping, Union
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class Reply:
+    """One scripted answer.
+
+    Attributes:
+        content: assistant message text (for streaming, sent in chunks of ``chunk_size`` characters).
+        latency: seconds to wait before answering.
+        status: HTTP status; anything but 200 sends an OpenAI-style error body.
+        headers: extra response headers (``Retry-After`` for 429s).
+        raw_body: send these bytes as the body instead of a JSON completion (malformed-body faults).
+        hang: hold the connection open this many seconds without answering (client timeouts).
+        error_message: message in the error body for non-200 statuses.
+        chunk_size: characters per streamed delta.
+        chunk_delay: seconds between streamed deltas.
+    """
+
+    content: str = ""
+    latency: float = 0.0
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    raw_body: bytes | None = None
+    hang: float | None = None
+    error_message: str = ""
+    chunk_size: int = 8
+    chunk_delay: float = 0.0
+
+    @classmethod
+    def text(cls, content: str, latency: float = 0.0) -> Reply:
+        """A normal answer."""
+        return cls(content=content, latency=latency)
+
+    @classmethod
+    def rate_limited(cls, retry_after: float = 1.0) -> Reply:
+        """HTTP 429 with a ``Retry-After`` header."""
+        return cls(
+            status=429,
+            headers={"Retry-After": f"{retry_after:g}"},
+            error_message="Rate limit reached for requests (scripted by dspyo3 LMServer)",
+        )
+
+    @classmethod
+    def server_error(cls, status: int = 500, message: str = "internal error (scripted)") -> Reply:
+        """An HTTP 5xx (or any status) with an OpenAI-style error body."""
+        return cls(status=status, error_message=message)
+
+    @classmethod
+    def hang_up(cls, seconds: float = 30.0) -> Reply:
+        """Accept the request and answer nothing for ``seconds`` (drives client timeouts)."""
+        return cls(hang=seconds)
+
+    @classmethod
+    def malformed(cls, body: bytes = b'{"choices": [ this is not json') -> Reply:
+        """HTTP 200 whose body is not a valid completion."""
+        return cls(raw_body=body)
+
+
+ReplyLike = Union[Reply, str]
+Responder = Callable[[dict[str, Any]], ReplyLike]
+
+
+def chat_reply(**fields: Any) -> str:
+    """Format output fields the way DSPy's ChatAdapter expects them (``[[ ## name ## ]]`` sections)."""
+    parts = []
+    for name, value in fields.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        parts.append(f"[[ ## {name} ## ]]\n{text}")
+    parts.append("[[ ## completed ## ]]")
+    return "\n\n".join(parts)
+
+
+# A section ends at the next marker, or at the instructions ChatAdapter appends after the last input field.
+_SECTION = re.compile(r"\[\[ ## (\w+) ## \]\]\n(.*?)(?=\n\n\[\[ ## |\n\nRespond with the corresponding output|\Z)", re.S)
+
+
+def parse_fields(text: str) -> dict[str, str]:
+    """Read ``[[ ## name ## ]]`` sections out of a ChatAdapter-formatted message."""
+    return {name: value.strip() for name, value in _SECTION.findall(text) if name != "completed"}
+
+
+def last_user_text(request: Mapping[str, Any]) -> str:
+    """Text of the last user message of a chat-completions request (string or content-part list)."""
+    for message in reversed(request.get("messages") or []):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                return "\n".join(part.get("text", "") for part in content if isinstance(part, dict))
+            return str(content or "")
+    return ""
+
+
+def field_responder(fn: Callable[[dict[str, str]], Mapping[str, Any]]) -> Responder:
+    """A responder that reads the DSPy input fields of each request and answers ``fn(inputs)`` as output fields."""
+
+    def respond(request: dict[str, Any]) -> str:
+        return chat_reply(**fn(parse_fields(last_user_text(request))))
+
+    return respond
+
+
+def _count_tokens(text: str) -> int:
+    return max(1, len(text.split())) if text else 0
+
+
+class LMServer:
+    """The loopback server. Start it with ``with LMServer() as server`` or :meth:`start`/:meth:`stop`.
+
+    Args:
+        responder: answers requests once the script is used up.
+        host: interface to bind; loopback only.
+    """
+
+    def __init__(self, responder: Responder | None = None, host: str = "127.0.0.1") -> None:
+        if host not in {"127.0.0.1", "::1", "localhost"}:
+            raise ValueError(f"LMServer binds loopback only; got host={host!r}")
+        self.responder = responder
+        self.host = host
+        self.requests: list[dict[str, Any]] = []
+        self._script: deque[ReplyLike] = deque()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- control ---------------------------------------------------------------------------------------------
+
+    def script(self, *replies: ReplyLike) -> LMServer:
+        """Queue replies, answered in order, one per request."""
+        with self._lock:
+            self._script.extend(replies)
+        return self
+
+    def reset(self) -> None:
+        """Forget queued replies and recorded requests."""
+        with self._lock:
+            self._script.clear()
+            self.requests.clear()
+
+    @property
+    def pending(self) -> int:
+        """Scripted replies not yet sent."""
+        return len(self._script)
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        if self._httpd is None:
+            raise RuntimeError("LMServer is not running; call start() or use it as a context manager")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def api_base(self) -> str:
+        """Base URL to give ``dspy.LM(api_base=...)``: ``http://127.0.0.1:PORT/v1``."""
+        return self.url + "/v1"
+
+    def start(self) -> LMServer:
+        """Bind a free port and serve in a daemon thread."""
+        if self._httpd is not None:
+            return self
+        self._stopping.clear()
+        handler = type("_BoundHandler", (_Handler,), {"server_state": self})
+        self._httpd = ThreadingHTTPServer((self.host, 0), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="dspyo3-lm-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port (hanging requests are let go)."""
+        self._stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> LMServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- answering -------------------------------------------------------------------------------------------
+
+    def _next_reply(self, request: dict[str, Any]) -> Reply:
+        with self._lock:
+            self.requests.append(request)
+            item: ReplyLike | None = self._script.popleft() if self._script else None
+        if item is None and self.responder is not None:
+            item = self.responder(request)
+        if item is None:
+            return Reply(status=400, error_message="dspyo3 LMServer has no scripted reply left; "
+                         "call server.script(...) or set server.responder")
+        return Reply.text(item) if isinstance(item, str) else item
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_state: LMServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+        return
+
+    def _send_json(self, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") in {"/v1/models", "/models"}:
+            self._send_json(200, {"object": "list", "data": [{"id": "dspyo3-test", "object": "model"}]})
+        else:
+            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+
+    def do_POST(self) -> None:
+        state = self.server_state
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if self.path.rstrip("/") not in {"/v1/chat/completions", "/chat/completions"}:
+            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+            return
+        try:
+            request = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            self._send_json(400, {"error": {"message": "request body is not JSON", "type": "invalid_request_error"}})
+            return
+        request["_headers"] = {key.lower(): value for key, value in self.headers.items()}
+        reply = state._next_reply(request)
+        if reply.hang is not None:
+            state._stopping.wait(reply.hang)
+            self.close_connection = True
+            return
+        if reply.latency:
+            state._stopping.wait(reply.latency)
+        if reply.status != 200:
+            kind = "rate_limit_exceeded" if reply.status == 429 else "server_error"
+            body = {"error": {"message": reply.error_message or f"HTTP {reply.status}", "type": kind, "code": kind}}
+            self._send_json(reply.status, body, reply.headers)
+            return
+        if reply.raw_body is not None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply.raw_body)))
+            self.end_headers()
+            self.wfile.write(reply.raw_body)
+            return
+        if request.get("stream"):
+            self._stream(request, reply)
+        else:
+            self._send_json(200, self._completion(request, reply), reply.headers)
+
+    def _usage(self, request: dict[str, Any], content: str, n: int) -> dict[str, int]:
+        prompt = sum(_count_tokens(json.dumps(m.get("content", ""))) for m in request.get("messages") or [])
+        completion = _count_tokens(content) * n
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _completion(self, request: dict[str, Any], reply: Reply) -> dict[str, Any]:
+        n = int(request.get("n") or 1)
+        return {
+            "id": f"chatcmpl-dspyo3-{next(_ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.get("model", "dspyo3-test"),
+            "choices": [
+                {"index": i, "message": {"role": "assistant", "content": reply.content}, "finish_reason": "stop"}
+                for i in range(n)
+            ],
+            "usage": self._usage(request, reply.content, n),
+        }
+
+    def _stream(self, request: dict[str, Any], reply: Reply) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        ident = f"chatcmpl-dspyo3-{next(_ids)}"
+        model = request.get("model", "dspyo3-test")
+
+        def event(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> None:
+            chunk: dict[str, Any] = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if usage is None else [],
+            }
+            if usage is not None:
+                chunk["usage"] = usage
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.flush()
+
+        event({"role": "assistant", "content": ""})
+        size = max(1, reply.chunk_size)
+        for start in range(0, len(reply.content), size):
+            if reply.chunk_delay:
+                self.server_state._stopping.wait(reply.chunk_delay)
+            event({"content": reply.content[start:start + size]})
+        event({}, finish="stop")
+        if (request.get("stream_options") or {}).get("include_usage"):
+            event({}, usage=self._usage(request, reply.content, 1))
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()

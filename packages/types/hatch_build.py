@@ -1,0 +1,1 @@
+../_build/hatch_siblings.py
