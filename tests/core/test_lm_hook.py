@@ -49,7 +49,7 @@ def test_wrapper_sees_every_call_of_a_real_predict(
         answers = [predict(question=q).answer for q in questions]
     assert answers == [q.upper() for q in questions]
     assert len(recorder.calls) == 3 == len(lm_server.requests)
-    for question, (call, outputs) in zip(questions, recorder.calls):
+    for question, (call, outputs) in zip(questions, recorder.calls, strict=True):
         assert question in user_text(call)
         assert call.model == "openai/dspyo3-test"
         assert call.is_async is False

@@ -38,7 +38,7 @@ def test_rate_limit_with_retry_after_is_retried(lm_server: LMServer, plugin_mana
 
 def test_rate_limit_without_retries_raises(lm_server: LMServer, plugin_manager: PluginManager) -> None:
     lm_server.script(Reply.rate_limited(retry_after=5))
-    with pytest.raises(Exception, match="(?i)rate limit"):
+    with pytest.raises(Exception, match=r"(?i)rate limit"):
         make_lm(lm_server, plugin_manager)("hi")
 
 
@@ -51,14 +51,14 @@ def test_server_error_raises(lm_server: LMServer, plugin_manager: PluginManager)
 def test_hang_drives_a_client_timeout(lm_server: LMServer, plugin_manager: PluginManager) -> None:
     lm_server.script(Reply.hang_up(30))
     started = time.perf_counter()
-    with pytest.raises(Exception, match="(?i)time"):
+    with pytest.raises(Exception, match=r"(?i)time"):
         make_lm(lm_server, plugin_manager, timeout=0.5)("hi")
     assert time.perf_counter() - started < 10
 
 
 def test_malformed_body_raises(lm_server: LMServer, plugin_manager: PluginManager) -> None:
     lm_server.script(Reply.malformed())
-    with pytest.raises(Exception):  # noqa: B017 - LiteLLM's error class for this varies by version
+    with pytest.raises(Exception):
         make_lm(lm_server, plugin_manager)("hi")
 
 
@@ -118,6 +118,14 @@ def test_predict_with_n_candidates(lm_server: LMServer, plugin_manager: PluginMa
     with dspy.context(lm=make_lm(lm_server, plugin_manager)):
         prediction = dspy.Predict("question -> answer", n=3)(question="q")
     assert [c.answer for c in prediction.completions] == ["same"] * 3
+
+
+def test_ipv6_loopback() -> None:
+    with LMServer(host="::1") as server:
+        server.script("v6")
+        with urllib.request.urlopen(server.api_base + "/models", timeout=5) as response:
+            assert response.status == 200
+        assert server.url.startswith("http://[::1]:")
 
 
 def test_server_binds_loopback_only() -> None:

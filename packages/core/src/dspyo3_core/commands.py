@@ -101,7 +101,7 @@ def lm_show(ctx: click.Context, profile: str | None) -> None:
 def lm_providers(ctx: click.Context, as_json: bool) -> None:
     """List LM providers registered by plugins."""
     registry = _manager(ctx).lm_providers()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"name": spec.name, "route": spec.model_prefix, "key_env": list(spec.key_env),
          "api_base": spec.default_api_base, "needs_api_base": spec.requires_api_base,
          "distribution": registry.distribution_of(spec.name), "description": spec.description}

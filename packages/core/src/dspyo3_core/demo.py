@@ -111,12 +111,15 @@ def run_demo(manager: PluginManager, *, limit: int = 8, json_path: str | None = 
     server = LMServer(responder=field_responder(_offline_answer)) if offline else None
     try:
         if server is not None:
+            # DSPy would fetch model metadata from the internet on first use; offline means offline.
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "true")
             server.start()
             profile = LMProfile("offline", "openai-compatible", "dspyo3-offline-baseline", api_base=server.api_base,
                                 params={"cache": False}, source="demo (loopback server)")
             console.print(Panel(
                 "OFFLINE DEMO: answers come from a scripted loopback server (the last number in each question), "
-                "not from a model. Set DSPYO3_LM=provider/model (and its API key) to run the same program on a real LM.",
+                "not from a model. Set DSPYO3_LM=provider/model (and its API key) to run the same program on a "
+                "real LM.",
                 style="yellow"))
         else:
             profile = load_settings().profile()

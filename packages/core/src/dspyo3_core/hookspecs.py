@@ -17,7 +17,8 @@ Cross-cutting behaviour around LM calls (cache, metrics, cost, rate limits, circ
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 

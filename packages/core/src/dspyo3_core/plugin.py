@@ -6,7 +6,8 @@ It registers the built-in LM providers, the core CLI commands, and the innermost
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 

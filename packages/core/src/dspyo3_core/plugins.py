@@ -22,7 +22,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pluggy
 

@@ -6,8 +6,9 @@ Each spec names a thing (a provider, an embedder, a store, ...) and a factory fo
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
+from typing import Any, Generic, TypeVar
 
 
 class DuplicateNameError(ValueError):

@@ -8,4 +8,4 @@ from dspyo3_core import hookimpl
 @hookimpl
 def dspyo3_register_commands(cli: click.Group) -> None:
     """Add the (still empty) ``dspyo3 optimize`` command group."""
-    cli.add_command(click.Group(name="optimize", help="Optimizer runs for DSPy with progress and checkpoints, a versioned registry of compiled programs, evaluation, statistical comparison and quality gates. (no commands yet)."))
+    cli.add_command(click.Group(name="optimize", help="Optimizer runs for DSPy (no commands yet)."))

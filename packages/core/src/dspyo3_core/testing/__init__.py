@@ -3,7 +3,8 @@
 * :class:`LMServer` — an OpenAI-compatible chat-completions server on loopback with scripted replies, latency
   and fault injection (429 + Retry-After, 5xx, hangs, malformed bodies) and SSE streaming;
 * :func:`chat_reply`, :func:`field_responder` — answer in the shape DSPy's ChatAdapter parses;
-* pytest fixtures in :mod:`dspyo3_core.testing.pytest_plugin` (``pytest_plugins = ["dspyo3_core.testing.pytest_plugin"]``);
+* pytest fixtures in :mod:`dspyo3_core.testing.pytest_plugin`
+  (``pytest_plugins = ["dspyo3_core.testing.pytest_plugin"]``);
 * contract-test base classes in :mod:`dspyo3_core.testing.contracts`.
 """
 

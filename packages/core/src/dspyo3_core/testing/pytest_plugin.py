@@ -9,7 +9,9 @@ Fixtures:
 * ``lm_server`` — a running :class:`~dspyo3_core.testing.LMServer` (fresh per test);
 * ``plugin_manager`` — a :class:`~dspyo3_core.PluginManager` with only core's plugin (no entry points), so a
   test registers exactly the plugins it means to test;
-* ``loopback_lm`` — a :class:`~dspyo3_core.HookedLM` on ``lm_server`` through LiteLLM, cache off, no retries.
+* ``loopback_lm`` — a :class:`~dspyo3_core.HookedLM` on ``lm_server`` through LiteLLM, cache off, no retries;
+* ``redis_url`` — a real ``redis-server`` on loopback for the session (skips with the install command when the
+  binary is missing, fails under CI).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 from dspyo3_core.lm import HookedLM
 from dspyo3_core.plugins import PluginManager
 from dspyo3_core.testing.server import LMServer
+from dspyo3_core.testing.services import ServiceUnavailable, in_ci, redis_server
 
 
 def core_plugin_manager() -> PluginManager:
@@ -58,3 +61,15 @@ def loopback_lm(lm_server: LMServer, plugin_manager: PluginManager) -> HookedLM:
         engine="litellm",
         plugin_manager=plugin_manager,
     )
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a ``redis-server`` started on a free loopback port for this test session."""
+    try:
+        with redis_server() as url:
+            yield url
+    except ServiceUnavailable as exc:
+        if in_ci():
+            pytest.fail(f"{exc} (CI must install it: see .ci/run)")
+        pytest.skip(str(exc))

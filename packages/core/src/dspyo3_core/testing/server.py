@@ -1,7 +1,8 @@
 """An OpenAI-compatible chat-completions server on loopback, for tests that drive a real ``dspy.LM``.
 
 The server speaks enough of the OpenAI wire format for LiteLLM (and DSPy's native engine) to treat it as a
-real provider: ``POST /v1/chat/completions`` (JSON or server-sent-event streaming) and ``GET /v1/models``.
+real provider: ``POST /v1/chat/completions`` (JSON or server-sent-event streaming; Azure's
+``/openai/deployments/<name>/chat/completions`` too) and ``GET /v1/models``.
 Replies are scripted, in order, with optional latency and injected faults::
 
     with LMServer() as server:
@@ -20,12 +21,14 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Union
 
 _ids = itertools.count(1)
 
@@ -101,7 +104,9 @@ def chat_reply(**fields: Any) -> str:
 
 
 # A section ends at the next marker, or at the instructions ChatAdapter appends after the last input field.
-_SECTION = re.compile(r"\[\[ ## (\w+) ## \]\]\n(.*?)(?=\n\n\[\[ ## |\n\nRespond with the corresponding output|\Z)", re.S)
+_SECTION = re.compile(
+    r"\[\[ ## (\w+) ## \]\]\n(.*?)(?=\n\n\[\[ ## |\n\nRespond with the corresponding output|\Z)", re.S
+)
 
 
 def parse_fields(text: str) -> dict[str, str]:
@@ -178,7 +183,8 @@ class LMServer:
         if self._httpd is None:
             raise RuntimeError("LMServer is not running; call start() or use it as a context manager")
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        host = host.decode() if isinstance(host, bytes) else str(host)
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     @property
     def api_base(self) -> str:
@@ -191,7 +197,8 @@ class LMServer:
             return self
         self._stopping.clear()
         handler = type("_BoundHandler", (_Handler,), {"server_state": self})
-        self._httpd = ThreadingHTTPServer((self.host, 0), handler)
+        server_class = _IPv6Server if self.host == "::1" else ThreadingHTTPServer
+        self._httpd = server_class((self.host, 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="dspyo3-lm-server", daemon=True)
         self._thread.start()
@@ -228,6 +235,10 @@ class LMServer:
         return Reply.text(item) if isinstance(item, str) else item
 
 
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_state: LMServer
     protocol_version = "HTTP/1.1"
@@ -255,7 +266,8 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server_state
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        if self.path.rstrip("/") not in {"/v1/chat/completions", "/chat/completions"}:
+        # /v1/chat/completions, and Azure's /openai/deployments/<name>/chat/completions?api-version=...
+        if not self.path.split("?")[0].rstrip("/").endswith("/chat/completions"):
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
             return
         try:
@@ -264,6 +276,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(400, {"error": {"message": "request body is not JSON", "type": "invalid_request_error"}})
             return
         request["_headers"] = {key.lower(): value for key, value in self.headers.items()}
+        request["_path"] = self.path
         reply = state._next_reply(request)
         if reply.hang is not None:
             state._stopping.wait(reply.hang)

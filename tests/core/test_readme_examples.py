@@ -1,0 +1,34 @@
+"""Every ```python block in the packages' READMEs runs as written."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+READMES = sorted((REPO / "packages").glob("*/README.md"))
+BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+
+
+def blocks() -> list[tuple[str, str]]:
+    found = []
+    for readme in READMES:
+        for index, code in enumerate(BLOCK.findall(readme.read_text())):
+            found.append((f"{readme.parent.name}-{index}", code))
+    return found
+
+
+def test_every_package_readme_has_an_example() -> None:
+    names = {name.rsplit("-", 1)[0] for name, _ in blocks()}
+    assert names == {p.parent.name for p in READMES}
+
+
+@pytest.mark.parametrize(("name", "code"), blocks(), ids=[name for name, _ in blocks()])
+def test_readme_example_runs(name: str, code: str, tmp_path: Path, cli_env: dict[str, str]) -> None:
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, f"{name} failed:\n{result.stderr[-2000:]}"
