@@ -1,4 +1,5 @@
-"""Every first-party package and every built-in LM provider passes the contracts plugin authors reuse."""
+"""Core's plugin and every built-in LM provider pass the contracts plugin authors reuse (the other packages' plugins
+are checked in tests/<package>/test_plugin.py)."""
 
 from __future__ import annotations
 
@@ -10,36 +11,6 @@ from dspyo3_core.testing.contracts import LMProviderContract, PluginContract
 class TestCorePlugin(PluginContract):
     distribution = "dspyo3-core"
     entry_point = "core"
-
-
-class TestTypesPlugin(PluginContract):
-    distribution = "dspyo3-types"
-    entry_point = "types"
-
-
-class TestRagPlugin(PluginContract):
-    distribution = "dspyo3-rag"
-    entry_point = "rag"
-
-
-class TestAgentsPlugin(PluginContract):
-    distribution = "dspyo3-agents"
-    entry_point = "agents"
-
-
-class TestAsyncPlugin(PluginContract):
-    distribution = "dspyo3-async"
-    entry_point = "async"
-
-
-class TestProductionPlugin(PluginContract):
-    distribution = "dspyo3-production"
-    entry_point = "production"
-
-
-class TestOptimizePlugin(PluginContract):
-    distribution = "dspyo3-optimize"
-    entry_point = "optimize"
 
 
 class TestOpenAIProvider(LMProviderContract):

@@ -186,3 +186,11 @@ def test_native_engine_path_also_goes_through_the_hook(lm_server: LMServer, plug
     with dspy.context(lm=lm):
         assert dspy.Predict("question -> answer")(question="q").answer == "auto engine"
     assert len(recorder.calls) == 1 == len(lm_server.requests)
+
+
+def test_call_repr_masks_secrets(loopback_lm: HookedLM) -> None:
+    call = LMCall(lm=loopback_lm, prompt="hi", kwargs={"api_key": "sk-very-secret-value-9876", "temperature": 0.1})
+    text = repr(call)
+    assert "sk-very-secret-value" not in text
+    assert "****9876" in text
+    assert "temperature': 0.1" in text

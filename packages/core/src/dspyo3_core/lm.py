@@ -13,6 +13,7 @@ thread that can send chunks back to the event loop.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 
 _MANAGERS: dict[str, PluginManager] = {}
+_SECRET_ARG = re.compile(r"key|token|secret|password|authorization", re.I)
 
 
 def _remember(manager: PluginManager) -> str:
@@ -55,6 +57,16 @@ class LMCall:
     def model(self) -> str:
         """The LiteLLM model string of the LM being called."""
         return str(self.lm.model)
+
+    def __repr__(self) -> str:
+        # Wrappers log calls; a per-call api_key (or any secret-looking argument) must not go with them.
+        from dspyo3_core.config import mask_secret
+
+        shown = {k: mask_secret(str(v)) if _SECRET_ARG.search(k) else v for k, v in self.kwargs.items()}
+        return (
+            f"LMCall(model={self.model!r}, prompt={self.prompt!r}, messages={self.messages!r}, kwargs={shown!r}, "
+            f"is_async={self.is_async!r})"
+        )
 
     def invoke(self) -> Any:
         """Run the real ``dspy.LM`` call (cache, retries and engine included). Core's innermost impl."""

@@ -40,30 +40,38 @@ class LMProviderSpec:
 
 
 @dataclass(frozen=True)
-class EmbedderSpec:
+class FactorySpec:
+    """A named thing built on demand: ``factory(**options)`` returns the instance.
+
+    Attributes:
+        name: registry name (unique per kind).
+        factory: callable that builds the instance from keyword options.
+        description: one line shown in listings.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+
+
+class EmbedderSpec(FactorySpec):
     """An embedder: ``factory(**options)`` returns an object that embeds a batch of texts."""
 
-    name: str
-    factory: Callable[..., Any]
-    description: str = ""
 
-
-@dataclass(frozen=True)
-class VectorStoreSpec:
+class VectorStoreSpec(FactorySpec):
     """A vector-store backend: ``factory(**options)`` returns a store instance."""
 
-    name: str
-    factory: Callable[..., Any]
-    description: str = ""
 
-
-@dataclass(frozen=True)
-class RerankerSpec:
+class RerankerSpec(FactorySpec):
     """A reranker: ``factory(**options)`` returns an object that reorders passages for a query."""
 
-    name: str
-    factory: Callable[..., Any]
-    description: str = ""
+
+class CacheBackendSpec(FactorySpec):
+    """A cache backend: ``factory(**options)`` returns a cache tier."""
+
+
+class OptimizerSpec(FactorySpec):
+    """An optimizer: ``factory(**options)`` returns a DSPy teleprompter."""
 
 
 @dataclass(frozen=True)
@@ -72,24 +80,6 @@ class ToolSpec:
 
     name: str
     func: Callable[..., Any]
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class CacheBackendSpec:
-    """A cache backend: ``factory(**options)`` returns a cache tier."""
-
-    name: str
-    factory: Callable[..., Any]
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class OptimizerSpec:
-    """An optimizer: ``factory(**options)`` returns a DSPy teleprompter."""
-
-    name: str
-    factory: Callable[..., Any]
     description: str = ""
 
 
