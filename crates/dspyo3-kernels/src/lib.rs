@@ -1,21 +1,32 @@
 //! Pure-Rust kernels behind dspyo3.
 //!
-//! This crate holds the algorithms (keyword search, rank fusion, caches, rate limiters, parsers) with no
-//! Python dependency, so each kernel is tested and benchmarked with plain `cargo test` / `cargo bench`.
-//! The `dspyo3-native` crate is a thin PyO3 binding over it.
+//! This crate holds the algorithms with no Python dependency, so each kernel is tested with plain
+//! `cargo test`. The `dspyo3-native` crate is a thin PyO3 binding over it.
 //!
-//! The kernels land one by one; [`KERNELS`] lists the ones compiled into this build so that bindings and
-//! diagnostics (`dspyo3 doctor`) can report what is available without guessing.
+//! * [`tokenizer`]: Unicode word segmentation, lowercasing, ASCII folding, stopwords, Snowball stemming.
+//! * [`bm25`]: a BM25 index (Lucene, Robertson, ATIRE, BM25L, BM25+) with updates, filtered and batch search,
+//!   and a versioned on-disk format written atomically ([`atomic`]).
+//! * [`fusion`]: reciprocal-rank and normalised weighted-score fusion.
+//! * [`lru`]: an LRU cache with TTL and byte accounting.
+//! * [`ratelimit`]: a GCRA rate limiter over atomics.
 
 #![deny(missing_docs)]
+
+pub mod atomic;
+pub mod bm25;
+pub mod error;
+pub mod fusion;
+pub mod lru;
+pub mod ratelimit;
+pub mod tokenizer;
+
+pub use error::{KernelError, Result};
 
 /// Version of this crate, as written in its `Cargo.toml`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Names of the kernels compiled into this build, in the order they were added.
-///
-/// Empty until the first kernel lands; a binding reports exactly this list.
-pub const KERNELS: &[&str] = &[];
+pub const KERNELS: &[&str] = &["tokenizer", "bm25", "fusion", "lru", "rate_limiter"];
 
 /// Returns a one-line description of this build: crate version and compiled kernels.
 ///
@@ -36,6 +47,6 @@ mod tests {
     fn build_info_names_version_and_kernels() {
         let info = build_info();
         assert!(info.contains(VERSION));
-        assert!(info.contains("kernels:"));
+        assert!(info.contains("bm25"));
     }
 }

@@ -1,9 +1,557 @@
 //! Thin PyO3 bindings over [`dspyo3_kernels`], importable from Python as `dspyo3_native`.
 //!
 //! Every algorithm lives in `dspyo3-kernels`; this crate only converts arguments, releases the GIL around
-//! long work and maps errors to Python exceptions.
+//! long work (`py.detach`) and maps errors to Python exceptions. Classes are `frozen` with their locks inside,
+//! so one object can be shared by many Python threads.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dspyo3_kernels::bm25::{Bm25Index, Bm25Params, Variant};
+use dspyo3_kernels::fusion::{self, Normalization};
+use dspyo3_kernels::lru::SharedLru;
+use dspyo3_kernels::ratelimit;
+use dspyo3_kernels::tokenizer::{self, TokenizerConfig, ENGLISH_STOPWORDS};
+use dspyo3_kernels::KernelError;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple};
+
+create_exception!(
+    dspyo3_native,
+    IndexFormatError,
+    PyValueError,
+    "An index file is not a dspyo3 index, was written by an incompatible version, or is corrupt."
+);
+
+fn to_py(err: KernelError) -> PyErr {
+    match err {
+        KernelError::InvalidArgument(message) => PyValueError::new_err(message),
+        KernelError::Format(message) => IndexFormatError::new_err(message),
+        KernelError::Io(err) => err.into(),
+    }
+}
+
+/// The `stopwords` argument: `"english"`/`"en"` (Lucene's list, the default), a list of words, or `None`.
+enum Stopwords {
+    English,
+    Words(Vec<String>),
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Stopwords {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if obj.is_none() {
+            return Ok(Stopwords::Words(Vec::new()));
+        }
+        if let Ok(name) = obj.cast::<PyString>() {
+            return match name.to_str()?.to_lowercase().as_str() {
+                "english" | "en" => Ok(Stopwords::English),
+                other => Err(PyValueError::new_err(format!(
+                    "unknown stopword list {other:?}; pass \"english\", a list of words, or None"
+                ))),
+            };
+        }
+        obj.extract::<Vec<String>>()
+            .map(Stopwords::Words)
+            .map_err(|_| PyValueError::new_err("stopwords must be \"english\", a list of str, or None"))
+    }
+}
+
+impl Stopwords {
+    fn words(self) -> Vec<String> {
+        match self {
+            Stopwords::English => ENGLISH_STOPWORDS.iter().map(|s| s.to_string()).collect(),
+            Stopwords::Words(words) => words,
+        }
+    }
+}
+
+fn tokenizer_config(
+    lowercase: bool,
+    ascii_fold: bool,
+    stopwords: Stopwords,
+    stemmer: Option<String>,
+    min_token_len: usize,
+    max_token_len: usize,
+) -> TokenizerConfig {
+    TokenizerConfig { lowercase, ascii_fold, stopwords: stopwords.words(), stemmer, min_token_len, max_token_len }
+}
+
+/// Text -> tokens: Unicode word segmentation, lowercasing, ASCII folding, stopwords, Snowball stemming.
+#[pyclass(frozen, name = "Tokenizer", module = "dspyo3_native")]
+struct PyTokenizer {
+    inner: tokenizer::Tokenizer,
+}
+
+#[pymethods]
+impl PyTokenizer {
+    #[new]
+    #[pyo3(signature = (*, lowercase=true, ascii_fold=true, stopwords=Stopwords::English, stemmer=Some("english".to_string()), min_token_len=1, max_token_len=64))]
+    fn new(
+        lowercase: bool,
+        ascii_fold: bool,
+        stopwords: Stopwords,
+        stemmer: Option<String>,
+        min_token_len: usize,
+        max_token_len: usize,
+    ) -> PyResult<Self> {
+        let config = tokenizer_config(lowercase, ascii_fold, stopwords, stemmer, min_token_len, max_token_len);
+        Ok(PyTokenizer { inner: tokenizer::Tokenizer::new(config).map_err(to_py)? })
+    }
+
+    /// Tokens of one text.
+    fn tokenize(&self, text: &str) -> Vec<String> {
+        self.inner.tokenize(text)
+    }
+
+    /// Tokens of many texts, computed in parallel without the GIL.
+    fn tokenize_batch(&self, py: Python<'_>, texts: Vec<String>) -> Vec<Vec<String>> {
+        py.detach(|| self.inner.tokenize_batch(&texts))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Tokenizer({:?})", self.inner.config())
+    }
+}
+
+/// Python `str` objects for document ids, by slot, valid for one index layout generation.
+#[derive(Default)]
+struct IdCache {
+    layout: u64,
+    ids: Vec<Py<PyString>>,
+}
+
+/// A BM25 index with add / update / delete by id, filtered and batch search, and atomic save / load.
+///
+/// Locking: writers take the index lock only inside `py.detach` (never holding the GIL while waiting), so
+/// readers that hold the GIL cannot deadlock with them.
+#[pyclass(frozen, name = "BM25", module = "dspyo3_native")]
+struct PyBm25 {
+    inner: RwLock<Bm25Index>,
+    ids: Mutex<IdCache>,
+}
+
+type Hits = Vec<(u32, f32)>;
+
+impl PyBm25 {
+    fn wrap(index: Bm25Index) -> Self {
+        PyBm25 { inner: RwLock::new(index), ids: Mutex::new(IdCache::default()) }
+    }
+
+    /// Run a search on the prepared index without the GIL; returns hits by slot and the layout they refer to.
+    fn run<R: Send>(&self, py: Python<'_>, search: impl Fn(&Bm25Index) -> R + Send + Sync) -> (R, u64) {
+        py.detach(|| {
+            let index = self.prepared();
+            (search(&index), index.layout_generation())
+        })
+    }
+
+    /// Hits as `[(id, score), ...]` lists, reusing cached id strings; `None` if the layout changed meanwhile.
+    fn to_python<'py>(&self, py: Python<'py>, batches: &[Hits], layout: u64) -> PyResult<Option<Vec<Bound<'py, PyList>>>> {
+        let mut cache = self.ids.lock();
+        let needed = batches.iter().flatten().map(|&(slot, _)| slot as usize + 1).max().unwrap_or(0);
+        if cache.layout != layout || cache.ids.len() < needed {
+            let index = self.inner.read();
+            if index.layout_generation() != layout {
+                return Ok(None);
+            }
+            if cache.layout != layout {
+                cache.ids.clear();
+                cache.layout = layout;
+            }
+            for slot in cache.ids.len()..index.slots() {
+                cache.ids.push(PyString::new(py, index.doc_id(slot as u32)).unbind());
+            }
+        }
+        let mut out = Vec::with_capacity(batches.len());
+        for hits in batches {
+            let items = hits.iter().map(|&(slot, score)| {
+                PyTuple::new(py, [cache.ids[slot as usize].clone_ref(py).into_any().into_bound(py), PyFloat::new(py, score as f64).into_any()])
+            });
+            out.push(PyList::new(py, items.collect::<PyResult<Vec<_>>>()?)?);
+        }
+        Ok(Some(out))
+    }
+
+    fn search_many<'py>(
+        &self,
+        py: Python<'py>,
+        search: impl Fn(&Bm25Index) -> Vec<Hits> + Send + Sync,
+    ) -> PyResult<Vec<Bound<'py, PyList>>> {
+        loop {
+            let (hits, layout) = self.run(py, &search);
+            if let Some(out) = self.to_python(py, &hits, layout)? {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn search_one<'py>(
+        &self,
+        py: Python<'py>,
+        search: impl Fn(&Bm25Index) -> Hits + Send + Sync,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let mut lists = self.search_many(py, |index| vec![search(index)])?;
+        Ok(lists.pop().expect("one list"))
+    }
+
+    /// A read guard on an index whose precomputed scores are current (refreshed after changes).
+    fn prepared(&self) -> RwLockReadGuard<'_, Bm25Index> {
+        {
+            let index = self.inner.read();
+            if !index.is_dirty() {
+                return index;
+            }
+        }
+        self.inner.write().prepare();
+        self.inner.read()
+    }
+}
+
+#[pymethods]
+impl PyBm25 {
+    #[new]
+    #[pyo3(signature = (*, variant="lucene", k1=1.2, b=0.75, delta=0.5, lowercase=true, ascii_fold=true, stopwords=Stopwords::English, stemmer=Some("english".to_string()), min_token_len=1, max_token_len=64))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        variant: &str,
+        k1: f32,
+        b: f32,
+        delta: f32,
+        lowercase: bool,
+        ascii_fold: bool,
+        stopwords: Stopwords,
+        stemmer: Option<String>,
+        min_token_len: usize,
+        max_token_len: usize,
+    ) -> PyResult<Self> {
+        let config = tokenizer_config(lowercase, ascii_fold, stopwords, stemmer, min_token_len, max_token_len);
+        let params = Bm25Params { variant: Variant::parse(variant).map_err(to_py)?, k1, b, delta };
+        Ok(PyBm25::wrap(Bm25Index::new(config, params).map_err(to_py)?))
+    }
+
+    /// Add (or replace, by id) documents; tokenized in parallel without the GIL.
+    fn add(&self, py: Python<'_>, ids: Vec<String>, texts: Vec<String>) -> PyResult<()> {
+        py.detach(|| self.inner.write().add(&ids, &texts)).map_err(to_py)
+    }
+
+    /// Add (or replace, by id) pre-tokenized documents.
+    fn add_tokens(&self, py: Python<'_>, ids: Vec<String>, tokens: Vec<Vec<String>>) -> PyResult<()> {
+        py.detach(|| self.inner.write().add_tokens(&ids, &tokens)).map_err(to_py)
+    }
+
+    /// Delete documents by id (unknown ids are ignored); returns how many were deleted.
+    fn delete(&self, py: Python<'_>, ids: Vec<String>) -> usize {
+        py.detach(|| self.inner.write().delete(&ids))
+    }
+
+    /// Top `k` `(id, score)` for one query, best first; `allow` restricts results to those ids.
+    #[pyo3(signature = (query, k=10, allow=None))]
+    fn search<'py>(
+        &self,
+        py: Python<'py>,
+        query: &str,
+        k: usize,
+        allow: Option<Vec<String>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        self.search_one(py, |index| {
+            let allow = allow.as_ref().map(|ids| index.allow_list(ids));
+            index.search_docs(query, k, allow.as_ref())
+        })
+    }
+
+    /// Top `k` for pre-tokenized query tokens.
+    #[pyo3(signature = (tokens, k=10, allow=None))]
+    fn search_tokens<'py>(
+        &self,
+        py: Python<'py>,
+        tokens: Vec<String>,
+        k: usize,
+        allow: Option<Vec<String>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        self.search_one(py, |index| {
+            let allow = allow.as_ref().map(|ids| index.allow_list(ids));
+            index.search_tokens_docs(&tokens, k, allow.as_ref())
+        })
+    }
+
+    /// Top `k` for each query, scored in parallel without the GIL; results follow input order.
+    #[pyo3(signature = (queries, k=10, allow=None))]
+    fn search_batch<'py>(
+        &self,
+        py: Python<'py>,
+        queries: Vec<String>,
+        k: usize,
+        allow: Option<Vec<String>>,
+    ) -> PyResult<Vec<Bound<'py, PyList>>> {
+        self.search_many(py, |index| {
+            let allow = allow.as_ref().map(|ids| index.allow_list(ids));
+            index.search_batch_docs(&queries, k, allow.as_ref())
+        })
+    }
+
+    /// Tokens a text (or query) becomes under this index's tokenizer.
+    fn tokenize(&self, text: &str) -> Vec<String> {
+        self.inner.read().tokenize_query(text)
+    }
+
+    /// Write the index to `path` atomically (a crash mid-save leaves the previous file intact).
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        py.detach(|| self.prepared().save(&path)).map_err(to_py)
+    }
+
+    /// Read an index written by `save`; a foreign, newer or corrupt file raises `IndexFormatError`.
+    #[staticmethod]
+    fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let index = py.detach(|| Bm25Index::load(&path)).map_err(to_py)?;
+        Ok(PyBm25::wrap(index))
+    }
+
+    /// Drop deleted documents from memory now (also done automatically).
+    fn compact(&self, py: Python<'_>) {
+        py.detach(|| self.inner.write().compact())
+    }
+
+    /// Ids of live documents, in insertion order.
+    fn ids(&self) -> Vec<String> {
+        self.inner.read().ids()
+    }
+
+    /// Distinct terms in live documents.
+    #[getter]
+    fn vocabulary_size(&self) -> usize {
+        self.inner.read().vocabulary_size()
+    }
+
+    /// Scoring parameters: `{"variant", "k1", "b", "delta"}`.
+    #[getter]
+    fn params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let params = self.inner.read().params();
+        let out = PyDict::new(py);
+        out.set_item("variant", params.variant.name())?;
+        out.set_item("k1", params.k1)?;
+        out.set_item("b", params.b)?;
+        out.set_item("delta", params.delta)?;
+        Ok(out)
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.read().len()
+    }
+
+    fn __contains__(&self, id: &str) -> bool {
+        self.inner.read().contains(id)
+    }
+
+    fn __repr__(&self) -> String {
+        let index = self.inner.read();
+        format!("BM25(variant={:?}, documents={})", index.params().variant.name(), index.len())
+    }
+}
+
+fn top(top_k: Option<usize>) -> usize {
+    top_k.unwrap_or(usize::MAX)
+}
+
+/// Reciprocal-rank fusion of ranked id lists: `sum_i w_i / (k + rank)`; best first, ties by id.
+#[pyfunction]
+#[pyo3(signature = (lists, k=60.0, weights=None, top_k=None))]
+fn rrf(
+    py: Python<'_>,
+    lists: Vec<Vec<String>>,
+    k: f64,
+    weights: Option<Vec<f64>>,
+    top_k: Option<usize>,
+) -> PyResult<Vec<(String, f64)>> {
+    py.detach(|| fusion::reciprocal_rank_fusion(&lists, k, weights.as_deref(), top(top_k))).map_err(to_py)
+}
+
+/// Weighted fusion of scored lists after per-list normalisation (`minmax`, `zscore` or `none`).
+#[pyfunction]
+#[pyo3(signature = (lists, weights=None, normalization="minmax", top_k=None))]
+fn weighted_fusion(
+    py: Python<'_>,
+    lists: Vec<Vec<(String, f64)>>,
+    weights: Option<Vec<f64>>,
+    normalization: &str,
+    top_k: Option<usize>,
+) -> PyResult<Vec<(String, f64)>> {
+    let normalization = Normalization::parse(normalization).map_err(to_py)?;
+    py.detach(|| fusion::weighted_score_fusion(&lists, weights.as_deref(), normalization, top(top_k))).map_err(to_py)
+}
+
+fn seconds(value: Option<f64>, name: &str) -> PyResult<Option<Duration>> {
+    match value {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(PyValueError::new_err(format!("{name} must be a positive number of seconds (got {s})"))),
+    }
+}
+
+/// A thread-safe LRU cache of str keys with optional per-entry TTL and byte accounting.
+#[pyclass(frozen, name = "LRUCache", module = "dspyo3_native")]
+struct PyLru {
+    inner: SharedLru<Py<PyAny>>,
+}
+
+#[pymethods]
+impl PyLru {
+    #[new]
+    #[pyo3(signature = (max_entries, max_bytes=None, ttl=None))]
+    fn new(max_entries: usize, max_bytes: Option<usize>, ttl: Option<f64>) -> PyResult<Self> {
+        let ttl = seconds(ttl, "ttl")?;
+        Ok(PyLru { inner: SharedLru::new(max_entries, max_bytes, ttl).map_err(to_py)? })
+    }
+
+    /// The value for `key` (marking it recently used), or `default`.
+    #[pyo3(signature = (key, default=None))]
+    fn get(&self, py: Python<'_>, key: &str, default: Option<Py<PyAny>>) -> Py<PyAny> {
+        let (found, expired) = self.inner.with(|c| c.get_with(key, |v| v.clone_ref(py)));
+        drop(expired);
+        found.or(default).unwrap_or_else(|| py.None())
+    }
+
+    /// Store `value` under `key` accounting `size` bytes; `ttl` seconds overrides the default. Returns False
+    /// when the entry alone is larger than `max_bytes` (it is not stored).
+    #[pyo3(signature = (key, value, size=0, ttl=None))]
+    fn put(&self, key: String, value: Py<PyAny>, size: usize, ttl: Option<f64>) -> PyResult<bool> {
+        let ttl = seconds(ttl, "ttl")?;
+        let stats_before = self.inner.with(|c| c.stats().rejected);
+        let pushed = self.inner.with(|c| c.insert(key, value, size, ttl));
+        drop(pushed);
+        Ok(self.inner.with(|c| c.stats().rejected) == stats_before)
+    }
+
+    /// Remove `key` and return its value, or `default`.
+    #[pyo3(signature = (key, default=None))]
+    fn pop(&self, py: Python<'_>, key: &str, default: Option<Py<PyAny>>) -> Py<PyAny> {
+        self.inner.with(|c| c.remove(key)).or(default).unwrap_or_else(|| py.None())
+    }
+
+    /// Remove every entry.
+    fn clear(&self) {
+        let values = self.inner.with(|c| c.clear());
+        drop(values);
+    }
+
+    /// Keys from most to least recently used.
+    fn keys(&self) -> Vec<String> {
+        self.inner.with(|c| c.keys())
+    }
+
+    /// Counters and sizes: hits, misses, evictions, expirations, rejected, entries, bytes.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (stats, entries, bytes) = self.inner.with(|c| (c.stats(), c.len(), c.bytes()));
+        let out = PyDict::new(py);
+        out.set_item("hits", stats.hits)?;
+        out.set_item("misses", stats.misses)?;
+        out.set_item("evictions", stats.evictions)?;
+        out.set_item("expirations", stats.expirations)?;
+        out.set_item("rejected", stats.rejected)?;
+        out.set_item("entries", entries)?;
+        out.set_item("bytes", bytes)?;
+        Ok(out)
+    }
+
+    fn __getitem__(&self, py: Python<'_>, key: &str) -> PyResult<Py<PyAny>> {
+        let (found, expired) = self.inner.with(|c| c.get_with(key, |v| v.clone_ref(py)));
+        drop(expired);
+        found.ok_or_else(|| PyKeyError::new_err(key.to_string()))
+    }
+
+    fn __setitem__(&self, key: String, value: Py<PyAny>) {
+        let pushed = self.inner.with(|c| c.insert(key, value, 0, None));
+        drop(pushed);
+    }
+
+    fn __delitem__(&self, key: &str) -> PyResult<()> {
+        match self.inner.with(|c| c.remove(key)) {
+            Some(_) => Ok(()),
+            None => Err(PyKeyError::new_err(key.to_string())),
+        }
+    }
+
+    fn __contains__(&self, key: &str) -> bool {
+        self.inner.with(|c| c.contains(key))
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.with(|c| c.len())
+    }
+}
+
+/// GCRA rate limiter: `rate` units of cost per `per` seconds, bursts up to `burst`; lock-free.
+#[pyclass(frozen, name = "RateLimiter", module = "dspyo3_native")]
+struct PyRateLimiter {
+    inner: ratelimit::RateLimiter,
+}
+
+#[pymethods]
+impl PyRateLimiter {
+    #[new]
+    #[pyo3(signature = (rate, per=1.0, burst=1.0))]
+    fn new(rate: f64, per: f64, burst: f64) -> PyResult<Self> {
+        let per = seconds(Some(per), "per")?.expect("given");
+        Ok(PyRateLimiter { inner: ratelimit::RateLimiter::new(rate, per, burst).map_err(to_py)? })
+    }
+
+    /// Take `cost` now if allowed.
+    #[pyo3(signature = (cost=1.0))]
+    fn try_acquire(&self, cost: f64) -> PyResult<bool> {
+        self.inner.try_acquire(cost).map_err(to_py)
+    }
+
+    /// Take `cost` now if allowed and return 0.0, else return seconds until it would be (taking nothing).
+    #[pyo3(signature = (cost=1.0))]
+    fn try_acquire_or_wait(&self, cost: f64) -> PyResult<f64> {
+        Ok(self.inner.try_acquire_or_wait(cost).map_err(to_py)?.as_secs_f64())
+    }
+
+    /// Seconds until `cost` could be taken (0.0 if now); takes nothing.
+    #[pyo3(signature = (cost=1.0))]
+    fn time_to_ready(&self, cost: f64) -> PyResult<f64> {
+        Ok(self.inner.time_to_ready(cost).map_err(to_py)?.as_secs_f64())
+    }
+
+    /// Block (without the GIL) until `cost` is taken; False if `timeout` seconds pass first.
+    #[pyo3(signature = (cost=1.0, timeout=None))]
+    fn acquire(&self, py: Python<'_>, cost: f64, timeout: Option<f64>) -> PyResult<bool> {
+        let timeout = seconds(timeout, "timeout")?;
+        py.detach(|| self.inner.acquire_blocking(cost, timeout)).map_err(to_py)
+    }
+
+    /// Units per period.
+    #[getter]
+    fn rate(&self) -> f64 {
+        self.inner.rate()
+    }
+
+    /// Period in seconds.
+    #[getter]
+    fn per(&self) -> f64 {
+        self.inner.period().as_secs_f64()
+    }
+
+    /// Burst capacity in units.
+    #[getter]
+    fn burst(&self) -> f64 {
+        self.inner.burst()
+    }
+
+    /// Successful acquisitions so far.
+    #[getter]
+    fn acquired(&self) -> u64 {
+        self.inner.acquired()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("RateLimiter(rate={}, per={}, burst={})", self.rate(), self.per(), self.burst())
+    }
+}
 
 /// Names of the kernels compiled into this build (see [`dspyo3_kernels::KERNELS`]).
 #[pyfunction]
@@ -21,7 +569,16 @@ fn build_info() -> String {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("IndexFormatError", m.py().get_type::<IndexFormatError>())?;
+    m.add("ENGLISH_STOPWORDS", ENGLISH_STOPWORDS.to_vec())?;
+    m.add("STEMMER_LANGUAGES", tokenizer::STEMMER_LANGUAGES.to_vec())?;
     m.add_function(wrap_pyfunction!(kernels, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
+    m.add_function(wrap_pyfunction!(rrf, m)?)?;
+    m.add_function(wrap_pyfunction!(weighted_fusion, m)?)?;
+    m.add_class::<PyTokenizer>()?;
+    m.add_class::<PyBm25>()?;
+    m.add_class::<PyLru>()?;
+    m.add_class::<PyRateLimiter>()?;
     Ok(())
 }

@@ -1,7 +1,146 @@
+from collections.abc import Sequence
+from os import PathLike
+from typing import Any
+
 __version__: str
+ENGLISH_STOPWORDS: list[str]
+STEMMER_LANGUAGES: list[str]
+
+class IndexFormatError(ValueError):
+    """An index file is not a dspyo3 index, was written by an incompatible version, or is corrupt."""
 
 def kernels() -> list[str]:
     """Names of the kernels compiled into this build."""
 
 def build_info() -> str:
     """One-line description of the native build: crate version and compiled kernels."""
+
+class Tokenizer:
+    """Text -> tokens: Unicode word segmentation, lowercasing, ASCII folding, stopwords, Snowball stemming."""
+
+    def __init__(
+        self,
+        *,
+        lowercase: bool = True,
+        ascii_fold: bool = True,
+        stopwords: str | Sequence[str] | None = "english",
+        stemmer: str | None = "english",
+        min_token_len: int = 1,
+        max_token_len: int = 64,
+    ) -> None: ...
+    def tokenize(self, text: str) -> list[str]:
+        """Tokens of one text."""
+    def tokenize_batch(self, texts: Sequence[str]) -> list[list[str]]:
+        """Tokens of many texts, computed in parallel without the GIL."""
+
+class BM25:
+    """A BM25 index with add / update / delete by id, filtered and batch search, and atomic save / load."""
+
+    def __init__(
+        self,
+        *,
+        variant: str = "lucene",
+        k1: float = 1.2,
+        b: float = 0.75,
+        delta: float = 0.5,
+        lowercase: bool = True,
+        ascii_fold: bool = True,
+        stopwords: str | Sequence[str] | None = "english",
+        stemmer: str | None = "english",
+        min_token_len: int = 1,
+        max_token_len: int = 64,
+    ) -> None: ...
+    def add(self, ids: Sequence[str], texts: Sequence[str]) -> None:
+        """Add (or replace, by id) documents; tokenized in parallel without the GIL."""
+    def add_tokens(self, ids: Sequence[str], tokens: Sequence[Sequence[str]]) -> None:
+        """Add (or replace, by id) pre-tokenized documents."""
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete documents by id (unknown ids are ignored); returns how many were deleted."""
+    def search(self, query: str, k: int = 10, allow: Sequence[str] | None = None) -> list[tuple[str, float]]:
+        """Top ``k`` ``(id, score)`` for one query, best first; ``allow`` restricts results to those ids."""
+    def search_tokens(
+        self, tokens: Sequence[str], k: int = 10, allow: Sequence[str] | None = None
+    ) -> list[tuple[str, float]]:
+        """Top ``k`` for pre-tokenized query tokens."""
+    def search_batch(
+        self, queries: Sequence[str], k: int = 10, allow: Sequence[str] | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """Top ``k`` for each query, scored in parallel without the GIL; results follow input order."""
+    def tokenize(self, text: str) -> list[str]:
+        """Tokens a text becomes under this index's tokenizer."""
+    def save(self, path: str | PathLike[str]) -> None:
+        """Write the index atomically (a crash mid-save leaves the previous file intact)."""
+    @staticmethod
+    def load(path: str | PathLike[str]) -> BM25:
+        """Read an index written by ``save``; a foreign, newer or corrupt file raises ``IndexFormatError``."""
+    def compact(self) -> None:
+        """Drop deleted documents from memory now (also done automatically)."""
+    def ids(self) -> list[str]:
+        """Ids of live documents, in insertion order."""
+    @property
+    def vocabulary_size(self) -> int:
+        """Distinct terms in live documents."""
+    @property
+    def params(self) -> dict[str, Any]:
+        """Scoring parameters: ``{"variant", "k1", "b", "delta"}``."""
+    def __len__(self) -> int: ...
+    def __contains__(self, id: str) -> bool: ...
+
+def rrf(
+    lists: Sequence[Sequence[str]],
+    k: float = 60.0,
+    weights: Sequence[float] | None = None,
+    top_k: int | None = None,
+) -> list[tuple[str, float]]:
+    """Reciprocal-rank fusion of ranked id lists: ``sum_i w_i / (k + rank)``; best first, ties by id."""
+
+def weighted_fusion(
+    lists: Sequence[Sequence[tuple[str, float]]],
+    weights: Sequence[float] | None = None,
+    normalization: str = "minmax",
+    top_k: int | None = None,
+) -> list[tuple[str, float]]:
+    """Weighted fusion of scored lists after per-list normalisation (``minmax``, ``zscore`` or ``none``)."""
+
+class LRUCache:
+    """A thread-safe LRU cache of str keys with optional per-entry TTL and byte accounting."""
+
+    def __init__(self, max_entries: int, max_bytes: int | None = None, ttl: float | None = None) -> None: ...
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value for ``key`` (marking it recently used), or ``default``."""
+    def put(self, key: str, value: Any, size: int = 0, ttl: float | None = None) -> bool:
+        """Store ``value`` accounting ``size`` bytes; False when larger than ``max_bytes`` (not stored)."""
+    def pop(self, key: str, default: Any = None) -> Any:
+        """Remove ``key`` and return its value, or ``default``."""
+    def clear(self) -> None:
+        """Remove every entry."""
+    def keys(self) -> list[str]:
+        """Keys from most to least recently used."""
+    def stats(self) -> dict[str, int]:
+        """hits, misses, evictions, expirations, rejected, entries, bytes."""
+    def __getitem__(self, key: str) -> Any: ...
+    def __setitem__(self, key: str, value: Any) -> None: ...
+    def __delitem__(self, key: str) -> None: ...
+    def __contains__(self, key: str) -> bool: ...
+    def __len__(self) -> int: ...
+
+class RateLimiter:
+    """GCRA rate limiter: ``rate`` units of cost per ``per`` seconds, bursts up to ``burst``; lock-free."""
+
+    def __init__(self, rate: float, per: float = 1.0, burst: float = 1.0) -> None: ...
+    def try_acquire(self, cost: float = 1.0) -> bool:
+        """Take ``cost`` now if allowed."""
+    def try_acquire_or_wait(self, cost: float = 1.0) -> float:
+        """Take ``cost`` now and return 0.0 if allowed, else seconds until it would be (taking nothing)."""
+    def time_to_ready(self, cost: float = 1.0) -> float:
+        """Seconds until ``cost`` could be taken (0.0 if now); takes nothing."""
+    def acquire(self, cost: float = 1.0, timeout: float | None = None) -> bool:
+        """Block (without the GIL) until ``cost`` is taken; False if ``timeout`` seconds pass first."""
+    @property
+    def rate(self) -> float: ...
+    @property
+    def per(self) -> float: ...
+    @property
+    def burst(self) -> float: ...
+    @property
+    def acquired(self) -> int: ...

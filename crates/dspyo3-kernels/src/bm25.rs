@@ -1,0 +1,1054 @@
+//! A BM25 inverted index with in-place add / update / delete by id, filtered top-k search for one query or a
+//! batch (parallel), and a versioned, checksummed on-disk format written atomically.
+//!
+//! Scoring follows Kamphuis et al., "Which BM25 Do You Mean?" (ECIR 2020), with `N` live documents, `df`
+//! live documents containing the term, `L = 1 - b + b * len / avgdl`:
+//!
+//! | variant | idf | term score for `tf > 0` |
+//! |---|---|---|
+//! | `lucene` | `ln(1 + (N - df + 0.5) / (df + 0.5))` | `tf / (tf + k1 L)` |
+//! | `robertson` | `ln(max(1, (N - df + 0.5) / (df + 0.5)))` | `tf / (tf + k1 L)` |
+//! | `atire` | `ln(N / df)` | `tf (k1 + 1) / (tf + k1 L)` |
+//! | `bm25l` | `ln((N + 1) / (df + 0.5))` | `(k1 + 1)(c + δ) / (k1 + c + δ)`, `c = tf / L` |
+//! | `bm25+` | `ln((N + 1) / df)` | `(k1 + 1) tf / (k1 L + tf) + δ` |
+//!
+//! A document's score is the sum over query tokens (repeated tokens count again) of `idf * term score`;
+//! only documents with a positive score are returned (a term whose IDF is not positive adds nothing).
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::fs;
+use std::path::Path;
+
+use rayon::prelude::*;
+use rustc_hash::FxHashMap;
+
+use crate::error::{invalid, KernelError, Result};
+use crate::tokenizer::{words, Tokenizer, TokenizerConfig, DROPPED};
+
+/// BM25 flavour; see the module documentation for the formulas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// Lucene's BM25 (the default).
+    Lucene,
+    /// Robertson et al.'s original, with the IDF floored at zero.
+    Robertson,
+    /// ATIRE's BM25.
+    Atire,
+    /// BM25L (Lv & Zhai), for long documents.
+    Bm25L,
+    /// BM25+ (Lv & Zhai), lower-bounding the term score by `delta`.
+    Bm25Plus,
+}
+
+impl Variant {
+    /// Parse `lucene`, `robertson`, `atire`, `bm25l` or `bm25+` (also `bm25plus`).
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name.to_lowercase().as_str() {
+            "lucene" => Variant::Lucene,
+            "robertson" => Variant::Robertson,
+            "atire" => Variant::Atire,
+            "bm25l" => Variant::Bm25L,
+            "bm25+" | "bm25plus" => Variant::Bm25Plus,
+            _ => {
+                return Err(invalid(format!(
+                    "unknown BM25 variant {name:?}; use one of: lucene, robertson, atire, bm25l, bm25+"
+                )))
+            }
+        })
+    }
+
+    /// Canonical name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Lucene => "lucene",
+            Variant::Robertson => "robertson",
+            Variant::Atire => "atire",
+            Variant::Bm25L => "bm25l",
+            Variant::Bm25Plus => "bm25+",
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Variant::Lucene => 0,
+            Variant::Robertson => 1,
+            Variant::Atire => 2,
+            Variant::Bm25L => 3,
+            Variant::Bm25Plus => 4,
+        }
+    }
+
+    fn from_code(code: u8) -> Result<Self> {
+        Ok(match code {
+            0 => Variant::Lucene,
+            1 => Variant::Robertson,
+            2 => Variant::Atire,
+            3 => Variant::Bm25L,
+            4 => Variant::Bm25Plus,
+            _ => return Err(KernelError::Format(format!("unknown BM25 variant code {code} in index file"))),
+        })
+    }
+}
+
+/// Scoring parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bm25Params {
+    /// Formula family.
+    pub variant: Variant,
+    /// Term-frequency saturation (`k1 >= 0`).
+    pub k1: f32,
+    /// Length normalisation (`0 <= b <= 1`).
+    pub b: f32,
+    /// Lower bound added by BM25L / BM25+ (`delta >= 0`); ignored by the others.
+    pub delta: f32,
+}
+
+impl Default for Bm25Params {
+    /// Lucene, `k1 = 1.2`, `b = 0.75`, `delta = 0.5`.
+    fn default() -> Self {
+        Bm25Params { variant: Variant::Lucene, k1: 1.2, b: 0.75, delta: 0.5 }
+    }
+}
+
+impl Bm25Params {
+    fn validate(&self) -> Result<()> {
+        if !(self.k1.is_finite() && self.k1 >= 0.0) {
+            return Err(invalid(format!("k1 must be a finite number >= 0 (got {})", self.k1)));
+        }
+        if !(0.0..=1.0).contains(&self.b) {
+            return Err(invalid(format!("b must be between 0 and 1 (got {})", self.b)));
+        }
+        if !(self.delta.is_finite() && self.delta >= 0.0) {
+            return Err(invalid(format!("delta must be a finite number >= 0 (got {})", self.delta)));
+        }
+        Ok(())
+    }
+
+    fn idf(&self, df: u32, n: f64) -> f32 {
+        let df = df as f64;
+        let value = match self.variant {
+            Variant::Lucene => (1.0 + (n - df + 0.5) / (df + 0.5)).ln(),
+            Variant::Robertson => ((n - df + 0.5) / (df + 0.5)).max(1.0).ln(),
+            Variant::Atire => (n / df).ln(),
+            Variant::Bm25L => ((n + 1.0) / (df + 0.5)).ln(),
+            Variant::Bm25Plus => ((n + 1.0) / df).ln(),
+        };
+        value as f32
+    }
+
+    /// Term score for `tf > 0` given the document's length factor `l = 1 - b + b * len / avgdl`.
+    fn tfc(&self, tf: u32, l: f32) -> f32 {
+        let tf = tf as f32;
+        let k1 = self.k1;
+        match self.variant {
+            Variant::Lucene | Variant::Robertson => tf / (tf + k1 * l),
+            Variant::Atire => tf * (k1 + 1.0) / (tf + k1 * l),
+            Variant::Bm25L => {
+                let c = tf / l;
+                (k1 + 1.0) * (c + self.delta) / (k1 + c + self.delta)
+            }
+            Variant::Bm25Plus => (k1 + 1.0) * tf / (k1 * l + tf) + self.delta,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Doc {
+    id: String,
+    len: u32,
+    terms: Vec<(u32, u32)>,
+}
+
+/// The documents containing one term, with their term frequencies and precomputed term scores.
+#[derive(Clone, Debug, Default)]
+struct Postings {
+    docs: Vec<u32>,
+    tfs: Vec<u32>,
+    /// `tfc(tf, length factor)` per posting; valid while the index is not dirty.
+    impacts: Vec<f32>,
+}
+
+/// Per-thread scratch space for scoring one query. Every contribution is positive (terms whose IDF is not
+/// are skipped), so a zero score means "not touched yet" and only touched entries are reset afterwards.
+struct ScoreBuf {
+    scores: Vec<f32>,
+    touched: Vec<u32>,
+    heap: BinaryHeap<Worst>,
+}
+
+impl ScoreBuf {
+    fn new() -> Self {
+        ScoreBuf { scores: Vec::new(), touched: Vec::new(), heap: BinaryHeap::new() }
+    }
+
+    fn reset(&mut self, n: usize) {
+        for &d in &self.touched {
+            self.scores[d as usize] = 0.0;
+        }
+        self.touched.clear();
+        if self.scores.len() < n {
+            self.scores.resize(n, 0.0);
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, doc: u32, score: f32) {
+        let slot = &mut self.scores[doc as usize];
+        if *slot == 0.0 {
+            self.touched.push(doc);
+        }
+        *slot += score;
+    }
+}
+
+/// A hit ordered so that the heap's top is the worst kept hit (lowest score, then highest doc index).
+#[derive(Clone, Copy, PartialEq)]
+struct Worst(f32, u32);
+
+impl Eq for Worst {}
+
+impl PartialOrd for Worst {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Worst {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
+    }
+}
+
+/// Ids allowed in a filtered search, resolved against one index.
+pub struct AllowList {
+    allowed: Vec<bool>,
+}
+
+/// The index. Not internally synchronised: share it behind a lock (reads may run concurrently).
+pub struct Bm25Index {
+    tokenizer: Tokenizer,
+    params: Bm25Params,
+    vocab: FxHashMap<String, u32>,
+    terms: Vec<String>,
+    postings: Vec<Postings>,
+    df: Vec<u32>,
+    docs: Vec<Doc>,
+    alive: Vec<bool>,
+    by_id: FxHashMap<String, u32>,
+    live: usize,
+    total_len: u64,
+    length_factor: Vec<f32>,
+    /// Impacts and length factors are stale (documents changed since the last [`Bm25Index::prepare`]).
+    dirty: bool,
+    /// Bumped whenever document slots are renumbered (compaction), so callers caching per-slot data can tell.
+    layout: u64,
+    /// Normalised word -> term id (or `DROPPED`) learnt while indexing: query words seen in documents skip
+    /// stemming and vocabulary lookups.
+    words: FxHashMap<String, u32>,
+}
+
+impl std::fmt::Debug for Bm25Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bm25Index").field("params", &self.params).field("documents", &self.live).finish()
+    }
+}
+
+const MAGIC: &[u8; 8] = b"DSPYO3BM";
+/// On-disk format version written by this build (and the only one it reads).
+pub const FORMAT_VERSION: u32 = 1;
+
+impl Bm25Index {
+    /// An empty index.
+    pub fn new(tokenizer: TokenizerConfig, params: Bm25Params) -> Result<Self> {
+        params.validate()?;
+        Ok(Bm25Index {
+            tokenizer: Tokenizer::new(tokenizer)?,
+            params,
+            vocab: FxHashMap::default(),
+            terms: Vec::new(),
+            postings: Vec::new(),
+            df: Vec::new(),
+            docs: Vec::new(),
+            alive: Vec::new(),
+            by_id: FxHashMap::default(),
+            live: 0,
+            total_len: 0,
+            length_factor: Vec::new(),
+            dirty: false,
+            layout: 0,
+            words: FxHashMap::default(),
+        })
+    }
+
+    /// Scoring parameters.
+    pub fn params(&self) -> Bm25Params {
+        self.params
+    }
+
+    /// The tokenizer documents and queries go through.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Number of live documents.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// True when the index holds no live document.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Number of distinct terms in live documents.
+    pub fn vocabulary_size(&self) -> usize {
+        self.df.iter().filter(|&&df| df > 0).count()
+    }
+
+    /// Whether a document with this id is in the index.
+    pub fn contains(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// Ids of live documents, in insertion order.
+    pub fn ids(&self) -> Vec<String> {
+        self.docs.iter().zip(&self.alive).filter(|(_, &a)| a).map(|(d, _)| d.id.clone()).collect()
+    }
+
+    /// Add documents (tokenized in parallel). An id already present is updated (replaced).
+    pub fn add<S: AsRef<str> + Sync>(&mut self, ids: &[String], texts: &[S]) -> Result<()> {
+        if ids.len() != texts.len() {
+            return Err(invalid(format!("got {} ids but {} texts; pass one id per text", ids.len(), texts.len())));
+        }
+        check_unique(ids)?;
+        let chunks = self.tokenizer.tokenize_chunks(texts);
+        let mut ids = ids.iter();
+        let mut terms = Vec::new();
+        for chunk in chunks {
+            // chunk-local token id -> term id, interned once per distinct token of the chunk
+            let global: Vec<u32> = chunk.tokens.iter().map(|token| self.intern(token)).collect();
+            if self.words.len() < MAX_QUERY_WORDS {
+                for (word, local) in chunk.words {
+                    let term = if local == DROPPED { DROPPED } else { global[local as usize] };
+                    self.words.entry(word).or_insert(term);
+                }
+            }
+            for doc in chunk.docs {
+                terms.clear();
+                terms.extend(doc.iter().map(|&local| global[local as usize]));
+                let id = ids.next().expect("one id per text");
+                self.upsert(id, &mut terms);
+            }
+        }
+        self.after_mutation();
+        Ok(())
+    }
+
+    /// Add pre-tokenized documents. An id already present is updated (replaced).
+    pub fn add_tokens(&mut self, ids: &[String], tokens: &[Vec<String>]) -> Result<()> {
+        if ids.len() != tokens.len() {
+            return Err(invalid(format!("got {} ids but {} token lists", ids.len(), tokens.len())));
+        }
+        check_unique(ids)?;
+        let mut terms = Vec::new();
+        for (id, doc_tokens) in ids.iter().zip(tokens) {
+            terms.clear();
+            for token in doc_tokens {
+                let term = self.intern(token);
+                terms.push(term);
+            }
+            self.upsert(id, &mut terms);
+        }
+        self.after_mutation();
+        Ok(())
+    }
+
+    fn upsert(&mut self, id: &str, terms: &mut [u32]) {
+        if let Some(&old) = self.by_id.get(id) {
+            self.remove_doc(old);
+        }
+        self.insert_doc(id.to_string(), terms);
+    }
+
+    fn intern(&mut self, token: &str) -> u32 {
+        if let Some(&term) = self.vocab.get(token) {
+            return term;
+        }
+        let term = self.terms.len() as u32;
+        self.vocab.insert(token.to_string(), term);
+        self.terms.push(token.to_string());
+        self.postings.push(Postings::default());
+        self.df.push(0);
+        term
+    }
+
+    /// Delete documents by id; unknown ids are ignored. Returns how many were deleted.
+    pub fn delete(&mut self, ids: &[String]) -> usize {
+        let mut deleted = 0;
+        for id in ids {
+            if let Some(&doc) = self.by_id.get(id.as_str()) {
+                self.remove_doc(doc);
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            self.after_mutation();
+        }
+        deleted
+    }
+
+    /// Insert a new document given its term ids (sorted in place to count term frequencies).
+    fn insert_doc(&mut self, id: String, terms: &mut [u32]) {
+        let doc = self.docs.len() as u32;
+        let len = terms.len() as u32;
+        terms.sort_unstable();
+        let mut counted: Vec<(u32, u32)> = Vec::new();
+        for &term in terms.iter() {
+            match counted.last_mut() {
+                Some((last, tf)) if *last == term => *tf += 1,
+                _ => counted.push((term, 1)),
+            }
+        }
+        for &(term, tf) in &counted {
+            let postings = &mut self.postings[term as usize];
+            postings.docs.push(doc);
+            postings.tfs.push(tf);
+            postings.impacts.push(0.0);
+            self.df[term as usize] += 1;
+        }
+        self.total_len += len as u64;
+        self.live += 1;
+        self.by_id.insert(id.clone(), doc);
+        self.docs.push(Doc { id, len, terms: counted });
+        self.alive.push(true);
+    }
+
+    fn remove_doc(&mut self, doc: u32) {
+        let d = doc as usize;
+        if !self.alive[d] {
+            return;
+        }
+        self.alive[d] = false;
+        for &(term, _) in &self.docs[d].terms {
+            self.df[term as usize] -= 1;
+        }
+        self.total_len -= self.docs[d].len as u64;
+        self.live -= 1;
+        self.by_id.remove(&self.docs[d].id);
+    }
+
+    fn after_mutation(&mut self) {
+        let dead = self.docs.len() - self.live;
+        if dead >= 64 && dead * 4 > self.docs.len() {
+            self.compact();
+        }
+        self.dirty = true;
+    }
+
+    /// True when documents changed since the last [`Bm25Index::prepare`]: searches still work (scoring term
+    /// by term), `prepare` makes them faster again.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Recompute the length factors and per-posting term scores after documents changed: O(postings), done
+    /// once per batch of changes rather than on every add.
+    pub fn prepare(&mut self) {
+        if !self.dirty && self.length_factor.len() == self.docs.len() {
+            return;
+        }
+        let avgdl = if self.live == 0 { 1.0 } else { (self.total_len as f64 / self.live as f64).max(1e-9) };
+        let b = self.params.b as f64;
+        self.length_factor = self.docs.iter().map(|d| (1.0 - b + b * d.len as f64 / avgdl) as f32).collect();
+        let params = self.params;
+        let length_factor = &self.length_factor;
+        self.postings.par_iter_mut().for_each(|p| {
+            for ((impact, &doc), &tf) in p.impacts.iter_mut().zip(&p.docs).zip(&p.tfs) {
+                *impact = params.tfc(tf, length_factor[doc as usize]);
+            }
+        });
+        self.dirty = false;
+    }
+
+    fn current_length_factor(&self, doc: &Doc) -> f32 {
+        let avgdl = if self.live == 0 { 1.0 } else { (self.total_len as f64 / self.live as f64).max(1e-9) };
+        let b = self.params.b as f64;
+        (1.0 - b + b * doc.len as f64 / avgdl) as f32
+    }
+
+    /// Drop deleted documents and unused terms from memory (done automatically when a quarter is dead).
+    pub fn compact(&mut self) {
+        let docs = std::mem::take(&mut self.docs);
+        let alive = std::mem::take(&mut self.alive);
+        let old_terms = std::mem::take(&mut self.terms);
+        self.vocab.clear();
+        self.postings.clear();
+        self.df.clear();
+        self.by_id.clear();
+        self.live = 0;
+        self.total_len = 0;
+        let mut remap: Vec<Option<u32>> = vec![None; old_terms.len()];
+        for (doc, is_alive) in docs.into_iter().zip(alive) {
+            if !is_alive {
+                continue;
+            }
+            let new_doc = self.docs.len() as u32;
+            let mut terms = Vec::with_capacity(doc.terms.len());
+            for (term, tf) in doc.terms {
+                let new_term = *remap[term as usize].get_or_insert_with(|| {
+                    let t = self.terms.len() as u32;
+                    self.vocab.insert(old_terms[term as usize].clone(), t);
+                    self.terms.push(old_terms[term as usize].clone());
+                    self.postings.push(Postings::default());
+                    self.df.push(0);
+                    t
+                });
+                let postings = &mut self.postings[new_term as usize];
+                postings.docs.push(new_doc);
+                postings.tfs.push(tf);
+                postings.impacts.push(0.0);
+                self.df[new_term as usize] += 1;
+                terms.push((new_term, tf));
+            }
+            terms.sort_unstable();
+            self.total_len += doc.len as u64;
+            self.live += 1;
+            self.by_id.insert(doc.id.clone(), new_doc);
+            self.docs.push(Doc { id: doc.id, len: doc.len, terms });
+            self.alive.push(true);
+        }
+        self.layout += 1;
+        self.words.retain(|_, term| {
+            if *term == DROPPED {
+                return true;
+            }
+            match remap[*term as usize] {
+                Some(new_term) => {
+                    *term = new_term;
+                    true
+                }
+                None => false,
+            }
+        });
+        self.dirty = true;
+    }
+
+    /// Resolve an allow-list of ids (unknown ids are ignored).
+    pub fn allow_list<S: AsRef<str>>(&self, ids: &[S]) -> AllowList {
+        let mut allowed = vec![false; self.docs.len()];
+        for id in ids {
+            if let Some(&doc) = self.by_id.get(id.as_ref()) {
+                allowed[doc as usize] = true;
+            }
+        }
+        AllowList { allowed }
+    }
+
+    fn score_into(&self, terms: &[u32], allow: Option<&AllowList>, buf: &mut ScoreBuf) {
+        buf.reset(self.docs.len());
+        let n = self.live as f64;
+        let all_alive = self.live == self.docs.len();
+        for &term in terms {
+            let df = self.df[term as usize];
+            if df == 0 {
+                continue;
+            }
+            let idf = self.params.idf(df, n);
+            if idf.is_nan() || idf <= 0.0 {
+                continue; // contributes nothing (Robertson's floor, ATIRE at df = N)
+            }
+            let postings = &self.postings[term as usize];
+            if !self.dirty && all_alive && allow.is_none() {
+                for (&doc, &impact) in postings.docs.iter().zip(&postings.impacts) {
+                    buf.add(doc, idf * impact);
+                }
+                continue;
+            }
+            for (i, &doc) in postings.docs.iter().enumerate() {
+                let d = doc as usize;
+                if !self.alive[d] || allow.is_some_and(|a| !a.allowed[d]) {
+                    continue;
+                }
+                let impact = if self.dirty {
+                    self.params.tfc(postings.tfs[i], self.current_length_factor(&self.docs[d]))
+                } else {
+                    postings.impacts[i]
+                };
+                buf.add(doc, idf * impact);
+            }
+        }
+    }
+
+    /// Best `k` documents of the last scored query as (doc index, score), best first, ties by doc index.
+    fn top_docs(buf: &mut ScoreBuf, k: usize) -> Vec<(u32, f32)> {
+        if k == 0 {
+            return Vec::new();
+        }
+        let ScoreBuf { scores, touched, heap } = buf;
+        heap.clear();
+        for &d in touched.iter() {
+            let hit = Worst(scores[d as usize], d);
+            if heap.len() < k {
+                heap.push(hit);
+            } else if let Some(mut worst) = heap.peek_mut() {
+                if hit < *worst {
+                    *worst = hit; // better than the worst kept hit
+                }
+            }
+        }
+        let mut out: Vec<(u32, f32)> = heap.drain().map(|Worst(score, d)| (d, score)).collect();
+        out.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out
+    }
+
+    fn with_ids(&self, docs: Vec<(u32, f32)>) -> Vec<(String, f32)> {
+        docs.into_iter().map(|(d, score)| (self.docs[d as usize].id.clone(), score)).collect()
+    }
+
+    /// The id of document slot `doc` (as returned by the `*_docs` searches).
+    pub fn doc_id(&self, doc: u32) -> &str {
+        &self.docs[doc as usize].id
+    }
+
+    /// Changes whenever slots are renumbered; per-slot caches built at one value stay valid while it holds.
+    pub fn layout_generation(&self) -> u64 {
+        self.layout
+    }
+
+    /// Number of document slots (live and deleted-but-not-compacted); doc indices are below this.
+    pub fn slots(&self) -> usize {
+        self.docs.len()
+    }
+
+    /// Term ids of a query's tokens (tokens not in the vocabulary are left out).
+    fn query_terms(&self, query: &str) -> Vec<u32> {
+        let mut buf = String::new();
+        let mut out = Vec::new();
+        for word in words(query) {
+            buf.clear();
+            crate::tokenizer::normalise_into(
+                word,
+                self.tokenizer.config().lowercase,
+                self.tokenizer.config().ascii_fold,
+                &mut buf,
+            );
+            match self.words.get(buf.as_str()) {
+                Some(&DROPPED) => {}
+                Some(&term) => out.push(term),
+                None => {
+                    if let Some(term) = self.tokenizer.token(word, &mut buf).and_then(|t| self.vocab.get(&t).copied()) {
+                        out.push(term);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn token_terms(&self, tokens: &[String]) -> Vec<u32> {
+        tokens.iter().filter_map(|t| self.vocab.get(t.as_str()).copied()).collect()
+    }
+
+    /// Tokens a query becomes (the tokenizer's output).
+    pub fn tokenize_query(&self, query: &str) -> Vec<String> {
+        self.tokenizer.tokenize(query)
+    }
+
+    /// Like [`Bm25Index::search_batch`] but returning document slots (see [`Bm25Index::doc_id`]).
+    pub fn search_batch_docs<S: AsRef<str> + Sync>(
+        &self,
+        queries: &[S],
+        k: usize,
+        allow: Option<&AllowList>,
+    ) -> Vec<Vec<(u32, f32)>> {
+        queries
+            .par_iter()
+            .map_init(ScoreBuf::new, |buf, query| {
+                let terms = self.query_terms(query.as_ref());
+                self.score_into(&terms, allow, buf);
+                Self::top_docs(buf, k)
+            })
+            .collect()
+    }
+
+    /// Like [`Bm25Index::search_tokens`] but returning document slots.
+    pub fn search_tokens_docs(&self, tokens: &[String], k: usize, allow: Option<&AllowList>) -> Vec<(u32, f32)> {
+        let mut buf = ScoreBuf::new();
+        self.score_into(&self.token_terms(tokens), allow, &mut buf);
+        Self::top_docs(&mut buf, k)
+    }
+
+    /// Like [`Bm25Index::search`] but returning document slots.
+    pub fn search_docs(&self, query: &str, k: usize, allow: Option<&AllowList>) -> Vec<(u32, f32)> {
+        let mut buf = ScoreBuf::new();
+        self.score_into(&self.query_terms(query), allow, &mut buf);
+        Self::top_docs(&mut buf, k)
+    }
+
+    /// Top `k` (id, score) for pre-tokenized query tokens, best first (ties by insertion order).
+    pub fn search_tokens(&self, tokens: &[String], k: usize, allow: Option<&AllowList>) -> Vec<(String, f32)> {
+        self.with_ids(self.search_tokens_docs(tokens, k, allow))
+    }
+
+    /// Top `k` (id, score) for one query.
+    pub fn search(&self, query: &str, k: usize, allow: Option<&AllowList>) -> Vec<(String, f32)> {
+        self.with_ids(self.search_docs(query, k, allow))
+    }
+
+    /// Top `k` for each query, queries scored in parallel; results follow input order.
+    pub fn search_batch<S: AsRef<str> + Sync>(
+        &self,
+        queries: &[S],
+        k: usize,
+        allow: Option<&AllowList>,
+    ) -> Vec<Vec<(String, f32)>> {
+        self.search_batch_docs(queries, k, allow).into_iter().map(|docs| self.with_ids(docs)).collect()
+    }
+
+    // -- persistence ---------------------------------------------------------------------------------------
+
+    /// Write the index to `path` atomically: a crash mid-save leaves any previous file intact.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let payload = self.encode();
+        let mut bytes = Vec::with_capacity(payload.len() + 24);
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        crate::atomic::write_atomic(path, &bytes)
+    }
+
+    /// Read an index written by [`Bm25Index::save`]. A foreign, newer, truncated or corrupt file is an error
+    /// that says which.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = fs::read(path)?;
+        let shown = path.display();
+        if bytes.len() < 24 || &bytes[..8] != MAGIC {
+            return Err(KernelError::Format(format!("{shown} is not a dspyo3 BM25 index file")));
+        }
+        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if version != FORMAT_VERSION {
+            return Err(KernelError::Format(format!(
+                "{shown} was written in BM25 index format {version}; this build reads format {FORMAT_VERSION}: \
+                 rebuild the index from its documents"
+            )));
+        }
+        let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as usize;
+        let crc = u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes"));
+        let payload = &bytes[24..];
+        if payload.len() != len {
+            return Err(KernelError::Format(format!(
+                "{shown} is truncated or padded ({} payload bytes, header says {len}); restore it or rebuild",
+                payload.len()
+            )));
+        }
+        if crc32fast::hash(payload) != crc {
+            return Err(KernelError::Format(format!("{shown} is corrupt (checksum mismatch); restore it or rebuild")));
+        }
+        Self::decode(payload).map_err(|err| KernelError::Format(format!("{shown}: {err}")))
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Vec::new();
+        let config = self.tokenizer.config();
+        w.push(config.lowercase as u8);
+        w.push(config.ascii_fold as u8);
+        put_u32(&mut w, config.min_token_len as u32);
+        put_u32(&mut w, config.max_token_len as u32);
+        put_str(&mut w, config.stemmer.as_deref().unwrap_or(""));
+        put_u32(&mut w, config.stopwords.len() as u32);
+        for word in &config.stopwords {
+            put_str(&mut w, word);
+        }
+        w.push(self.params.variant.code());
+        w.extend_from_slice(&self.params.k1.to_le_bytes());
+        w.extend_from_slice(&self.params.b.to_le_bytes());
+        w.extend_from_slice(&self.params.delta.to_le_bytes());
+        // only terms used by live documents, renumbered densely
+        let mut remap: Vec<Option<u32>> = vec![None; self.terms.len()];
+        let mut used: Vec<u32> = Vec::new();
+        for (doc, _) in self.docs.iter().zip(&self.alive).filter(|(_, &a)| a) {
+            for &(term, _) in &doc.terms {
+                if remap[term as usize].is_none() {
+                    remap[term as usize] = Some(used.len() as u32);
+                    used.push(term);
+                }
+            }
+        }
+        put_u32(&mut w, used.len() as u32);
+        for &term in &used {
+            put_str(&mut w, &self.terms[term as usize]);
+        }
+        put_u32(&mut w, self.live as u32);
+        for (doc, _) in self.docs.iter().zip(&self.alive).filter(|(_, &a)| a) {
+            put_str(&mut w, &doc.id);
+            put_u32(&mut w, doc.len);
+            put_u32(&mut w, doc.terms.len() as u32);
+            for &(term, tf) in &doc.terms {
+                put_u32(&mut w, remap[term as usize].expect("live term"));
+                put_u32(&mut w, tf);
+            }
+        }
+        w
+    }
+
+    fn decode(payload: &[u8]) -> Result<Self> {
+        let mut r = Reader { bytes: payload, at: 0 };
+        let lowercase = r.u8()? != 0;
+        let ascii_fold = r.u8()? != 0;
+        let min_token_len = r.u32()? as usize;
+        let max_token_len = r.u32()? as usize;
+        let stemmer = r.string()?;
+        let stopwords = (0..r.u32()?).map(|_| r.string()).collect::<Result<Vec<_>>>()?;
+        let config = TokenizerConfig {
+            lowercase,
+            ascii_fold,
+            stopwords,
+            stemmer: if stemmer.is_empty() { None } else { Some(stemmer) },
+            min_token_len,
+            max_token_len,
+        };
+        let variant = Variant::from_code(r.u8()?)?;
+        let params = Bm25Params { variant, k1: r.f32()?, b: r.f32()?, delta: r.f32()? };
+        let mut index = Bm25Index::new(config, params)?;
+        let term_count = r.u32()? as usize;
+        for t in 0..term_count {
+            let term = r.string()?;
+            index.vocab.insert(term.clone(), t as u32);
+            index.terms.push(term);
+        }
+        index.postings = vec![Postings::default(); term_count];
+        index.df = vec![0; term_count];
+        let doc_count = r.u32()? as usize;
+        for d in 0..doc_count {
+            let id = r.string()?;
+            let len = r.u32()?;
+            let n = r.u32()? as usize;
+            let mut terms = Vec::with_capacity(n.min(payload.len()));
+            for _ in 0..n {
+                let term = r.u32()?;
+                let tf = r.u32()?;
+                if term as usize >= term_count {
+                    return Err(KernelError::Format(format!("term {term} out of range in document {id:?}")));
+                }
+                let postings = &mut index.postings[term as usize];
+                postings.docs.push(d as u32);
+                postings.tfs.push(tf);
+                postings.impacts.push(0.0);
+                index.df[term as usize] += 1;
+                terms.push((term, tf));
+            }
+            if index.by_id.insert(id.clone(), d as u32).is_some() {
+                return Err(KernelError::Format(format!("document id {id:?} appears twice")));
+            }
+            index.total_len += len as u64;
+            index.docs.push(Doc { id, len, terms });
+            index.alive.push(true);
+        }
+        index.live = doc_count;
+        if r.at != payload.len() {
+            return Err(KernelError::Format("trailing bytes after the last document".into()));
+        }
+        index.dirty = true;
+        index.prepare();
+        Ok(index)
+    }
+}
+
+/// Query words remembered from indexing stop growing at this many.
+const MAX_QUERY_WORDS: usize = 1 << 22;
+
+fn check_unique(ids: &[String]) -> Result<()> {
+    let mut seen = FxHashMap::default();
+    for id in ids {
+        if seen.insert(id.as_str(), ()).is_some() {
+            return Err(invalid(format!("id {id:?} appears twice in one batch; give each document its own id")));
+        }
+    }
+    Ok(())
+}
+
+fn put_u32(w: &mut Vec<u8>, value: u32) {
+    w.extend_from_slice(&value.to_le_bytes());
+}
+
+fn put_str(w: &mut Vec<u8>, value: &str) {
+    put_u32(w, value.len() as u32);
+    w.extend_from_slice(value.as_bytes());
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        let end = self.at.checked_add(n).filter(|&end| end <= self.bytes.len());
+        let end = end.ok_or_else(|| KernelError::Format("unexpected end of data".into()))?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+
+    fn f32(&mut self) -> Result<f32> {
+        Ok(f32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+
+    fn string(&mut self) -> Result<String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| KernelError::Format("a string is not UTF-8".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plain() -> TokenizerConfig {
+        TokenizerConfig { stopwords: vec![], stemmer: None, ..TokenizerConfig::default() }
+    }
+
+    fn ids(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn index(variant: Variant) -> Bm25Index {
+        let mut index = Bm25Index::new(plain(), Bm25Params { variant, ..Bm25Params::default() }).unwrap();
+        let texts = ["the quick brown fox", "the lazy dog", "quick quick fox jumps", "an unrelated text"];
+        index.add(&ids(&["a", "b", "c", "d"]), &texts).unwrap();
+        index
+    }
+
+    #[test]
+    fn ranks_by_bm25() {
+        let index = index(Variant::Lucene);
+        let hits = index.search("quick fox", 10, None);
+        let order: Vec<&str> = hits.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(order, vec!["c", "a"]);
+        assert!(hits[0].1 > hits[1].1);
+        // hand-computed Lucene score of "fox" in doc "a": N=4, df=2, len=4, avgdl=14/4
+        let l = 1.0 - 0.75 + 0.75 * 4.0 / 3.5;
+        let idf = (1.0f64 + (4.0 - 2.0 + 0.5) / (2.0 + 0.5)).ln();
+        let expected_fox = idf * 1.0 / (1.0 + 1.2 * l);
+        let fox = index.search("fox", 10, None);
+        let a = fox.iter().find(|(id, _)| id == "a").unwrap().1 as f64;
+        assert!((a - expected_fox).abs() < 1e-5, "{a} vs {expected_fox}");
+    }
+
+    #[test]
+    fn every_variant_scores_and_ranks() {
+        for variant in [Variant::Lucene, Variant::Robertson, Variant::Atire, Variant::Bm25L, Variant::Bm25Plus] {
+            // "jumps" is in one document of four, so even Robertson's floored IDF is positive for it
+            let hits = index(variant).search("quick fox jumps", 10, None);
+            assert_eq!(hits[0].0, "c", "{variant:?}");
+        }
+    }
+
+    #[test]
+    fn update_and_delete_by_id() {
+        let mut index = index(Variant::Lucene);
+        index.add(&ids(&["d"]), &["a fox at last"]).unwrap();
+        assert_eq!(index.len(), 4);
+        assert!(index.search("fox", 10, None).iter().any(|(id, _)| id == "d"));
+        assert_eq!(index.delete(&ids(&["c", "nope"])), 1);
+        assert_eq!(index.len(), 3);
+        assert!(!index.contains("c"));
+        assert!(index.search("jumps", 10, None).is_empty());
+    }
+
+    #[test]
+    fn filtered_and_batch_search() {
+        let index = index(Variant::Lucene);
+        let allow = index.allow_list(&["a", "b", "missing"]);
+        let hits = index.search("quick fox dog", 10, Some(&allow));
+        let mut got: Vec<&str> = hits.iter().map(|(id, _)| id.as_str()).collect();
+        got.sort();
+        assert_eq!(got, vec!["a", "b"]);
+        let batch = index.search_batch(&["fox", "dog", "zebra"], 1, None);
+        assert_eq!(batch.len(), 3);
+        assert_eq!(batch[1][0].0, "b");
+        assert!(batch[2].is_empty());
+    }
+
+    #[test]
+    fn prepared_and_dirty_scoring_agree() {
+        for variant in [Variant::Lucene, Variant::Robertson, Variant::Atire, Variant::Bm25L, Variant::Bm25Plus] {
+            let mut index = index(variant);
+            index.delete(&ids(&["b"]));
+            assert!(index.is_dirty());
+            let dirty = index.search_batch(&["quick fox", "lazy dog jumps"], 10, None);
+            index.prepare();
+            assert!(!index.is_dirty());
+            assert_eq!(index.search_batch(&["quick fox", "lazy dog jumps"], 10, None), dirty, "{variant:?}");
+            index.add(&ids(&["e"]), &["another quick fox"]).unwrap();
+            let dirty = index.search("quick fox", 10, None);
+            index.prepare();
+            assert_eq!(index.search("quick fox", 10, None), dirty, "{variant:?}");
+        }
+    }
+
+    #[test]
+    fn duplicate_ids_in_a_batch_are_rejected() {
+        let mut index = Bm25Index::new(plain(), Bm25Params::default()).unwrap();
+        let err = index.add(&ids(&["x", "x"]), &["a", "b"]).unwrap_err();
+        assert!(err.to_string().contains("appears twice"));
+    }
+
+    #[test]
+    fn compaction_keeps_results() {
+        let mut index = Bm25Index::new(plain(), Bm25Params::default()).unwrap();
+        let names: Vec<String> = (0..400).map(|i| format!("doc{i}")).collect();
+        let texts: Vec<String> = (0..400).map(|i| format!("common word{} other{}", i % 7, i % 13)).collect();
+        index.add(&names, &texts).unwrap();
+        let before = index.search("word3 other5", 5, None);
+        let dead: Vec<String> = (0..400).filter(|i| i % 7 == 1).map(|i| format!("doc{i}")).collect();
+        index.delete(&dead);
+        let mut reference = Bm25Index::new(plain(), Bm25Params::default()).unwrap();
+        let keep: Vec<usize> = (0..400).filter(|i| i % 7 != 1).collect();
+        reference.add(
+            &keep.iter().map(|&i| names[i].clone()).collect::<Vec<_>>(),
+            &keep.iter().map(|&i| texts[i].clone()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert_eq!(index.search("word3 other5", 5, None), reference.search("word3 other5", 5, None));
+        assert!(!before.is_empty());
+    }
+
+    #[test]
+    fn save_load_round_trip_and_errors() {
+        let dir = std::env::temp_dir().join(format!("dspyo3-bm25-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("index.bm25");
+        let mut index = index(Variant::Bm25Plus);
+        index.delete(&ids(&["b"]));
+        index.save(&path).unwrap();
+        let loaded = Bm25Index::load(&path).unwrap();
+        assert_eq!(loaded.params(), index.params());
+        assert_eq!(loaded.search("quick fox", 10, None), index.search("quick fox", 10, None));
+        assert_eq!(loaded.len(), 3);
+
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(Bm25Index::load(&path).unwrap_err().to_string().contains("checksum mismatch"));
+        std::fs::write(&path, b"hello world, not an index at all").unwrap();
+        assert!(Bm25Index::load(&path).unwrap_err().to_string().contains("not a dspyo3 BM25 index"));
+        let mut future = std::fs::read(dir.join("index.bm25")).unwrap();
+        future.splice(0..future.len(), MAGIC.iter().copied().chain(9u32.to_le_bytes()).chain([0u8; 12]));
+        std::fs::write(&path, &future).unwrap();
+        assert!(Bm25Index::load(&path).unwrap_err().to_string().contains("format 9"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

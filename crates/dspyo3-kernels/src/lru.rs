@@ -1,0 +1,285 @@
+//! A least-recently-used cache with optional per-entry TTL and size accounting in entries and bytes, plus
+//! hit / miss / eviction counters. [`SharedLru`] is the thread-safe form.
+
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+
+use crate::error::{invalid, Result};
+
+const NIL: usize = usize::MAX;
+
+struct Slot<V> {
+    key: String,
+    value: Option<V>,
+    bytes: usize,
+    expires: Option<Instant>,
+    prev: usize,
+    next: usize,
+}
+
+/// Counters since creation (or the last [`LruCache::reset_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LruStats {
+    /// Lookups that found a live entry.
+    pub hits: u64,
+    /// Lookups that found nothing (or an expired entry).
+    pub misses: u64,
+    /// Entries removed to respect the entry or byte limit.
+    pub evictions: u64,
+    /// Entries dropped because their TTL had passed.
+    pub expirations: u64,
+    /// Inserts refused because the entry alone exceeds the byte limit.
+    pub rejected: u64,
+}
+
+/// The single-threaded cache.
+pub struct LruCache<V> {
+    map: FxHashMap<String, usize>,
+    slots: Vec<Slot<V>>,
+    free: Vec<usize>,
+    head: usize,
+    tail: usize,
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: Option<usize>,
+    default_ttl: Option<Duration>,
+    stats: LruStats,
+}
+
+impl<V> LruCache<V> {
+    /// A cache holding at most `max_entries` entries and (if given) `max_bytes` bytes; `default_ttl` applies to
+    /// inserts that give none.
+    pub fn new(max_entries: usize, max_bytes: Option<usize>, default_ttl: Option<Duration>) -> Result<Self> {
+        if max_entries == 0 {
+            return Err(invalid("max_entries must be at least 1"));
+        }
+        if max_bytes == Some(0) {
+            return Err(invalid("max_bytes must be at least 1 (or None for no byte limit)"));
+        }
+        Ok(LruCache {
+            map: FxHashMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            bytes: 0,
+            max_entries,
+            max_bytes,
+            default_ttl,
+            stats: LruStats::default(),
+        })
+    }
+
+    /// Live entries (expired ones not yet looked at are counted until they are).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Bytes accounted to the entries held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> LruStats {
+        self.stats
+    }
+
+    /// Zero the counters.
+    pub fn reset_stats(&mut self) {
+        self.stats = LruStats::default();
+    }
+
+    fn unlink(&mut self, i: usize) {
+        let (prev, next) = (self.slots[i].prev, self.slots[i].next);
+        if prev == NIL { self.head = next } else { self.slots[prev].next = next }
+        if next == NIL { self.tail = prev } else { self.slots[next].prev = prev }
+    }
+
+    fn push_front(&mut self, i: usize) {
+        self.slots[i].prev = NIL;
+        self.slots[i].next = self.head;
+        if self.head != NIL {
+            self.slots[self.head].prev = i;
+        }
+        self.head = i;
+        if self.tail == NIL {
+            self.tail = i;
+        }
+    }
+
+    fn take(&mut self, i: usize) -> Option<V> {
+        self.unlink(i);
+        let key = std::mem::take(&mut self.slots[i].key);
+        self.map.remove(&key);
+        self.bytes -= self.slots[i].bytes;
+        self.free.push(i);
+        self.slots[i].value.take()
+    }
+
+    /// Look `key` up, marking it most recently used; `f` maps the stored value (e.g. to clone it).
+    pub fn get_with<R>(&mut self, key: &str, f: impl FnOnce(&V) -> R) -> (Option<R>, Option<V>) {
+        let Some(&i) = self.map.get(key) else {
+            self.stats.misses += 1;
+            return (None, None);
+        };
+        if self.slots[i].expires.is_some_and(|at| Instant::now() >= at) {
+            self.stats.misses += 1;
+            self.stats.expirations += 1;
+            return (None, self.take(i));
+        }
+        self.stats.hits += 1;
+        if self.head != i {
+            self.unlink(i);
+            self.push_front(i);
+        }
+        (self.slots[i].value.as_ref().map(f), None)
+    }
+
+    /// Insert or replace `key`. Returns the values pushed out (replaced, evicted or refused), so the caller
+    /// decides where they are dropped. An entry larger than `max_bytes` is refused and returned.
+    pub fn insert(&mut self, key: String, value: V, bytes: usize, ttl: Option<Duration>) -> Vec<V> {
+        let mut out = Vec::new();
+        if self.max_bytes.is_some_and(|max| bytes > max) {
+            self.stats.rejected += 1;
+            out.push(value);
+            return out;
+        }
+        if let Some(&i) = self.map.get(&key) {
+            out.extend(self.take(i));
+        }
+        let expires = ttl.or(self.default_ttl).map(|ttl| Instant::now() + ttl);
+        let slot = Slot { key: key.clone(), value: Some(value), bytes, expires, prev: NIL, next: NIL };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                self.slots.len() - 1
+            }
+        };
+        self.map.insert(key, i);
+        self.bytes += bytes;
+        self.push_front(i);
+        while self.map.len() > self.max_entries || self.max_bytes.is_some_and(|max| self.bytes > max) {
+            let victim = self.tail;
+            if victim == i {
+                break;
+            }
+            self.stats.evictions += 1;
+            out.extend(self.take(victim));
+        }
+        out
+    }
+
+    /// Remove `key`, returning its value.
+    pub fn remove(&mut self, key: &str) -> Option<V> {
+        let i = *self.map.get(key)?;
+        self.take(i)
+    }
+
+    /// Whether `key` is held and not expired (does not change recency or counters).
+    pub fn contains(&self, key: &str) -> bool {
+        self.map.get(key).is_some_and(|&i| !self.slots[i].expires.is_some_and(|at| Instant::now() >= at))
+    }
+
+    /// Remove everything, returning the values.
+    pub fn clear(&mut self) -> Vec<V> {
+        let out = self.slots.iter_mut().filter_map(|s| s.value.take()).collect();
+        self.map.clear();
+        self.slots.clear();
+        self.free.clear();
+        self.head = NIL;
+        self.tail = NIL;
+        self.bytes = 0;
+        out
+    }
+
+    /// Keys from most to least recently used.
+    pub fn keys(&self) -> Vec<String> {
+        let mut out = Vec::with_capacity(self.map.len());
+        let mut i = self.head;
+        while i != NIL {
+            out.push(self.slots[i].key.clone());
+            i = self.slots[i].next;
+        }
+        out
+    }
+}
+
+/// [`LruCache`] behind a mutex, for many threads.
+pub struct SharedLru<V> {
+    inner: Mutex<LruCache<V>>,
+}
+
+impl<V> SharedLru<V> {
+    /// See [`LruCache::new`].
+    pub fn new(max_entries: usize, max_bytes: Option<usize>, default_ttl: Option<Duration>) -> Result<Self> {
+        Ok(SharedLru { inner: Mutex::new(LruCache::new(max_entries, max_bytes, default_ttl)?) })
+    }
+
+    /// Run `f` with the cache locked.
+    pub fn with<R>(&self, f: impl FnOnce(&mut LruCache<V>) -> R) -> R {
+        f(&mut self.inner.lock())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_least_recently_used() {
+        let mut c = LruCache::new(2, None, None).unwrap();
+        c.insert("a".into(), 1, 0, None);
+        c.insert("b".into(), 2, 0, None);
+        assert_eq!(c.get_with("a", |v| *v).0, Some(1));
+        let out = c.insert("c".into(), 3, 0, None);
+        assert_eq!(out, vec![2]);
+        assert_eq!(c.keys(), vec!["c", "a"]);
+        assert_eq!(c.stats().evictions, 1);
+    }
+
+    #[test]
+    fn byte_limit_and_rejection() {
+        let mut c = LruCache::new(100, Some(10), None).unwrap();
+        c.insert("a".into(), 'a', 4, None);
+        c.insert("b".into(), 'b', 4, None);
+        c.insert("c".into(), 'c', 4, None);
+        assert_eq!(c.keys(), vec!["c", "b"]);
+        assert_eq!(c.bytes(), 8);
+        assert_eq!(c.insert("huge".into(), 'h', 11, None), vec!['h']);
+        assert_eq!(c.stats().rejected, 1);
+    }
+
+    #[test]
+    fn ttl_expires() {
+        let mut c = LruCache::new(10, None, None).unwrap();
+        c.insert("a".into(), 1, 0, Some(Duration::from_millis(20)));
+        assert!(c.contains("a"));
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(c.get_with("a", |v| *v), (None, Some(1)));
+        assert_eq!(c.stats().expirations, 1);
+        assert_eq!(c.len(), 0);
+    }
+
+    #[test]
+    fn replace_keeps_accounting() {
+        let mut c = LruCache::new(10, Some(100), None).unwrap();
+        c.insert("a".into(), 1, 30, None);
+        assert_eq!(c.insert("a".into(), 2, 10, None), vec![1]);
+        assert_eq!(c.bytes(), 10);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.remove("a"), Some(2));
+        assert_eq!(c.bytes(), 0);
+    }
+}

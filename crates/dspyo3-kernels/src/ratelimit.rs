@@ -1,0 +1,191 @@
+//! GCRA (generic cell rate algorithm) rate limiting over one atomic: a token bucket without a refill thread.
+//!
+//! A limiter allows `rate` units of cost per `period`, with bursts of up to `burst` units. Costs are weights:
+//! one request (cost 1) for requests per second, or a call's token count for tokens per minute.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{invalid, Result};
+
+/// The limiter. All methods take `&self` and are lock-free.
+#[derive(Debug)]
+pub struct RateLimiter {
+    /// Nanoseconds of "theoretical arrival time" one unit of cost consumes.
+    interval_ns: f64,
+    /// Burst capacity in nanoseconds (`burst * interval_ns`).
+    tolerance_ns: f64,
+    burst: f64,
+    rate: f64,
+    period: Duration,
+    /// Theoretical arrival time, in nanoseconds since `start`.
+    tat: AtomicU64,
+    start: Instant,
+    acquired: AtomicU64,
+}
+
+impl RateLimiter {
+    /// `rate` units per `period`, bursts up to `burst` units (`burst >= 1`, usually 1 for smooth pacing).
+    pub fn new(rate: f64, period: Duration, burst: f64) -> Result<Self> {
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(invalid(format!("rate must be a positive number (got {rate})")));
+        }
+        if period.is_zero() {
+            return Err(invalid("period must be longer than zero"));
+        }
+        if !(burst.is_finite() && burst >= 1.0) {
+            return Err(invalid(format!("burst must be at least 1 (got {burst})")));
+        }
+        let interval_ns = period.as_nanos() as f64 / rate;
+        Ok(RateLimiter {
+            interval_ns,
+            tolerance_ns: burst * interval_ns,
+            burst,
+            rate,
+            period,
+            tat: AtomicU64::new(0),
+            start: Instant::now(),
+            acquired: AtomicU64::new(0),
+        })
+    }
+
+    /// Units allowed per period.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// The period.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// Burst capacity in units.
+    pub fn burst(&self) -> f64 {
+        self.burst
+    }
+
+    /// Successful acquisitions so far.
+    pub fn acquired(&self) -> u64 {
+        self.acquired.load(Ordering::Relaxed)
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn check_cost(&self, cost: f64) -> Result<u64> {
+        if !(cost.is_finite() && cost > 0.0) {
+            return Err(invalid(format!("cost must be a positive number (got {cost})")));
+        }
+        if cost > self.burst {
+            return Err(invalid(format!(
+                "cost {cost} exceeds the burst capacity {}; it could never be granted: raise burst or split the cost",
+                self.burst
+            )));
+        }
+        Ok((cost * self.interval_ns).round() as u64)
+    }
+
+    /// Take `cost` now if allowed, else return how long until it would be (without taking anything).
+    pub fn try_acquire_or_wait(&self, cost: f64) -> Result<Duration> {
+        let increment = self.check_cost(cost)?;
+        let tolerance = self.tolerance_ns as u64;
+        let mut current = self.tat.load(Ordering::Acquire);
+        loop {
+            let now = self.now_ns();
+            let new_tat = current.max(now) + increment;
+            if new_tat > now + tolerance {
+                return Ok(Duration::from_nanos(new_tat - now - tolerance));
+            }
+            match self.tat.compare_exchange_weak(current, new_tat, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.acquired.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Duration::ZERO);
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Take `cost` if allowed now.
+    pub fn try_acquire(&self, cost: f64) -> Result<bool> {
+        Ok(self.try_acquire_or_wait(cost)?.is_zero())
+    }
+
+    /// How long until `cost` could be taken (zero if now); takes nothing.
+    pub fn time_to_ready(&self, cost: f64) -> Result<Duration> {
+        let increment = self.check_cost(cost)?;
+        let now = self.now_ns();
+        let new_tat = self.tat.load(Ordering::Acquire).max(now) + increment;
+        Ok(Duration::from_nanos(new_tat.saturating_sub(now + self.tolerance_ns as u64)))
+    }
+
+    /// Block the calling thread until `cost` is taken, or `timeout` passes (returns false then).
+    pub fn acquire_blocking(&self, cost: f64, timeout: Option<Duration>) -> Result<bool> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let wait = self.try_acquire_or_wait(cost)?;
+            if wait.is_zero() {
+                return Ok(true);
+            }
+            if let Some(deadline) = deadline {
+                let now = Instant::now();
+                if now + wait > deadline {
+                    return Ok(false);
+                }
+            }
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn burst_then_paced() {
+        let limiter = RateLimiter::new(10.0, Duration::from_secs(1), 3.0).unwrap();
+        assert!(limiter.try_acquire(1.0).unwrap());
+        assert!(limiter.try_acquire(2.0).unwrap());
+        assert!(!limiter.try_acquire(1.0).unwrap());
+        let wait = limiter.time_to_ready(1.0).unwrap();
+        assert!(wait > Duration::from_millis(80) && wait <= Duration::from_millis(100), "{wait:?}");
+    }
+
+    #[test]
+    fn rejects_impossible_costs() {
+        let limiter = RateLimiter::new(10.0, Duration::from_secs(1), 2.0).unwrap();
+        assert!(limiter.try_acquire(3.0).unwrap_err().to_string().contains("exceeds the burst capacity"));
+        assert!(limiter.try_acquire(0.0).is_err());
+        assert!(RateLimiter::new(0.0, Duration::from_secs(1), 1.0).is_err());
+    }
+
+    #[test]
+    fn many_threads_respect_the_rate() {
+        let limiter = Arc::new(RateLimiter::new(2000.0, Duration::from_secs(1), 1.0).unwrap());
+        let run = Duration::from_millis(500);
+        let started = Instant::now();
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let limiter = Arc::clone(&limiter);
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while started.elapsed() < run {
+                        if limiter.try_acquire(1.0).unwrap() {
+                            n += 1;
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        let elapsed = started.elapsed().as_secs_f64();
+        let expected = 2000.0 * elapsed + 1.0;
+        assert!((total as f64) <= expected + 1.0, "{total} > {expected}");
+        assert!((total as f64) >= expected * 0.95, "{total} < 95% of {expected}");
+        assert_eq!(limiter.acquired(), total);
+    }
+}
