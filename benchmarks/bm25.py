@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DATA, best_time, emit, evaluate_run, load_beir, log  # noqa: E402
+from common import DATA, best_time, emit, evaluate_run, load_beir, log
 
 
 def main() -> None:

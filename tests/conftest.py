@@ -22,8 +22,11 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "true"
 @pytest.fixture(autouse=True)
 def isolated_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """No user or project config leaks in: config, project file and cache point into tmp_path."""
+    from dspyo3_core.config import BUILTIN_PROVIDERS
+
+    provider_vars = {name for spec in BUILTIN_PROVIDERS for name in (*spec.key_env, *spec.extra_env.values())}
     for name in list(os.environ):
-        if name.startswith("DSPYO3_") and name != "DSPYO3_DATA_DIR":
+        if (name.startswith("DSPYO3_") and name != "DSPYO3_DATA_DIR") or name in provider_vars:
             monkeypatch.delenv(name)
     monkeypatch.setenv("DSPYO3_CONFIG_DIR", str(tmp_path / "user-config"))
     monkeypatch.setenv("DSPYO3_CONFIG", str(tmp_path / "dspyo3.toml"))

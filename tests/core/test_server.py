@@ -57,9 +57,12 @@ def test_hang_drives_a_client_timeout(lm_server: LMServer, plugin_manager: Plugi
 
 
 def test_malformed_body_raises(lm_server: LMServer, plugin_manager: PluginManager) -> None:
+    from dspy.utils.exceptions import LMError
+
     lm_server.script(Reply.malformed())
-    with pytest.raises(Exception):
+    with pytest.raises(LMError, match="Expecting value"):  # the JSON decoder's complaint about the body
         make_lm(lm_server, plugin_manager)("hi")
+    assert len(lm_server.requests) == 1
 
 
 def test_latency_is_applied(lm_server: LMServer, plugin_manager: PluginManager) -> None:

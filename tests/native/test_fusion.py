@@ -71,7 +71,9 @@ def reference_weighted(lists: list[list[tuple[str, float]]], weights: list[float
 
 @settings(max_examples=200, deadline=None)
 @given(lists=scored_lists, mode=st.sampled_from(["minmax", "zscore", "none"]), data=st.data())
-def test_weighted_fusion_matches_reference(lists: list[list[tuple[str, float]]], mode: str, data: st.DataObject) -> None:
+def test_weighted_fusion_matches_reference(
+    lists: list[list[tuple[str, float]]], mode: str, data: st.DataObject
+) -> None:
     weights = data.draw(st.lists(st.floats(0.0, 3.0), min_size=len(lists), max_size=len(lists)))
     fused = native.weighted_fusion(lists, weights=weights, normalization=mode)
     assert dict(fused) == pytest.approx(reference_weighted(lists, weights, mode), abs=1e-9)

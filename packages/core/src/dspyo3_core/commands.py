@@ -159,7 +159,7 @@ def doctor_command(ctx: click.Context, as_json: bool, fix: bool) -> None:
     """Check Python, DSPy, dspyo3 packages, the native module, LM profile, Redis and the cache dir."""
     from dspyo3_core.doctor import run_doctor
 
-    report = run_doctor(_manager(ctx), fix=fix)
+    report = run_doctor(_manager(ctx), fix=fix, plugin_error=ctx.meta.get("dspyo3.plugin_error"))
     if as_json:
         _echo_json(report.to_dict())
     else:

@@ -81,6 +81,7 @@ BUILTIN_PROVIDERS: tuple[LMProviderSpec, ...] = (
         "openai",
         ("DSPYO3_LM_API_KEY",),
         requires_api_base=True,
+        key_required=False,
         description="any OpenAI-compatible server (vLLM, llama.cpp, LM Studio, TGI, ...) at api_base",
     ),
 )
@@ -294,10 +295,8 @@ def build_lm(
     spec = providers.get(profile.provider)
     api_base = profile.effective_api_base(spec)
     if spec.requires_api_base and not api_base:
-        raise ConfigError(
-            f"profile {profile.name!r}: provider {spec.name!r} needs api_base; add api_base = \"http://...\" "
-            "to the profile (or set DSPYO3_LM_API_BASE)"
-        )
+        where = "set DSPYO3_LM_API_BASE" if profile.source == "DSPYO3_LM" else 'add api_base = "http://..." to it'
+        raise ConfigError(f"profile {profile.name!r}: provider {spec.name!r} needs api_base; {where}")
     kwargs: dict[str, Any] = dict(profile.params)
     for kwarg, env_name in spec.extra_env.items():
         if kwarg not in kwargs and os.environ.get(env_name):

@@ -140,8 +140,17 @@ def _probe_url(api_base: str) -> str:
     return base + "/models" if base.endswith("/v1") else base + "/v1/models"
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow redirects: the probe carries the API key, which must not go to another host."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def check_lm(settings: Settings, manager: PluginManager, *, timeout: float = 3.0) -> list[Check]:
-    """An LM profile is configured, its key is present, and its endpoint answers."""
+    """An LM profile is configured and valid, its key is present, and its endpoint answers."""
+    from dspyo3_core.config import build_lm
+
     try:
         profile = settings.profile()
     except ConfigError as exc:
@@ -152,9 +161,18 @@ def check_lm(settings: Settings, manager: PluginManager, *, timeout: float = 3.0
         return [Check("lm profile", "fail", f"profile {profile.name!r} names unknown provider {profile.provider!r}",
                       f"use one of: {', '.join(providers.names())}")]
     spec = providers.get(profile.provider)
+    try:
+        build_lm(profile, plugin_manager=manager)
+    except ConfigError as exc:
+        return [Check("lm profile", "fail", str(exc), "fix the profile as the message says")]
     checks = [Check("lm profile", "ok", f"{profile.name}: {profile.litellm_model(spec)} (from {profile.source})")]
+    missing = [k for k, env in spec.extra_env.items() if k not in profile.params and not os.environ.get(env)]
+    if missing:
+        names = ", ".join(spec.extra_env[k] for k in missing)
+        checks.append(Check("lm settings", "fail", f"provider {spec.name!r} needs {', '.join(missing)}",
+                            f"export {names}=... or add {missing[0]} = \"...\" to profile {profile.name!r}"))
     key, source = profile.resolve_key(spec)
-    if spec.key_env and key is None and not spec.requires_api_base:
+    if spec.key_env and spec.key_required and key is None:
         checks.append(Check("lm key", "fail", f"no API key for provider {spec.name!r}",
                             f"export {spec.key_env[0]}=... (never commit it to dspyo3.toml)"))
         return checks
@@ -167,9 +185,10 @@ def check_lm(settings: Settings, manager: PluginManager, *, timeout: float = 3.0
         return checks
     url = _probe_url(api_base)
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    opener = urllib.request.build_opener(_NoRedirect)
     started = time.perf_counter()
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
         status = exc.code
@@ -179,27 +198,38 @@ def check_lm(settings: Settings, manager: PluginManager, *, timeout: float = 3.0
                             f"start the server at {api_base} or fix api_base in profile {profile.name!r}"))
         return checks
     elapsed = (time.perf_counter() - started) * 1000
-    if status in (401, 403):
+    if 200 <= status < 300:
+        checks.append(Check("lm reachable", "ok", f"{url} answered HTTP {status} in {elapsed:.0f} ms"))
+    elif status in (401, 403):
         checks.append(Check("lm reachable", "fail", f"{url} refused the key (HTTP {status})",
                             "check the API key for this profile"))
+    elif 300 <= status < 400:
+        checks.append(Check("lm reachable", "warn", f"{url} redirects (HTTP {status}); not followed, so the key "
+                            "is not sent elsewhere", "point api_base at the final URL"))
     else:
-        checks.append(Check("lm reachable", "ok", f"{url} answered HTTP {status} in {elapsed:.0f} ms"))
+        checks.append(Check("lm reachable", "warn", f"{url} answered HTTP {status}; the server is up but has no "
+                            "model list there", f"check api_base, then `dspyo3 lm test {profile.name}`"))
     return checks
 
 
 def _redis_ping(url: str, timeout: float) -> str:
     parsed = urllib.parse.urlparse(url)
-    if parsed.scheme not in {"redis", "rediss"}:
-        raise ValueError(f"not a redis:// URL: {url!r}")
+    password = parsed.password or urllib.parse.parse_qs(parsed.query).get("password", [None])[0]
+    user = urllib.parse.unquote(parsed.username or "default")
     if parsed.scheme == "rediss":
         raise ValueError("rediss:// (TLS) is not probed by doctor; check it with redis-cli --tls")
-    with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=timeout) as sock:
-        if parsed.password:
-            user = urllib.parse.unquote(parsed.username or "default")
-            password = urllib.parse.unquote(parsed.password)
-            sock.sendall(_resp(["AUTH", user, password]))
-            reply = sock.recv(256)
-            if not reply.startswith(b"+OK"):
+    if parsed.scheme == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(parsed.path)
+    elif parsed.scheme == "redis":
+        sock = socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=timeout)
+    else:
+        raise ValueError(f"unsupported scheme {parsed.scheme!r}; use redis://, rediss:// or unix://")
+    with sock:
+        if password:
+            sock.sendall(_resp(["AUTH", user, urllib.parse.unquote(password)]))
+            if not sock.recv(256).startswith(b"+OK"):
                 raise ConnectionError("AUTH was refused")
         sock.sendall(_resp(["PING"]))
         return sock.recv(64).decode(errors="replace").strip()
@@ -212,26 +242,34 @@ def _resp(parts: list[str]) -> bytes:
     return out.encode()
 
 
-def _redacted(url: str) -> str:
-    parsed = urllib.parse.urlparse(url)
-    if parsed.password:
-        netloc = f"{parsed.username or ''}:****@{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")
-        return parsed._replace(netloc=netloc).geturl()
-    return url
+def redact_url(url: str) -> str:
+    """``url`` with any password (userinfo or ``?password=``) replaced by ``****``; safe to print."""
+    try:
+        parsed = urllib.parse.urlparse(url)
+        netloc = parsed.netloc
+        if "@" in netloc:
+            userinfo, _, host = netloc.rpartition("@")
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}:****@{host}" if ":" in userinfo else netloc
+        query = urllib.parse.parse_qsl(parsed.query, keep_blank_values=True)
+        masked = [(k, "****" if k.lower() in {"password", "pass", "pwd"} else v) for k, v in query]
+        return parsed._replace(netloc=netloc, query=urllib.parse.urlencode(masked, safe="*")).geturl()
+    except ValueError:
+        return "<unparseable URL>"
 
 
 def check_redis(settings: Settings, *, timeout: float = 2.0) -> Check:
     """Redis answers PING when a URL is configured (``DSPYO3_REDIS_URL`` or ``[redis] url``)."""
     if not settings.redis_url:
         return Check("redis", "ok", "no Redis configured (in-process cache and limits are used)")
-    shown = _redacted(settings.redis_url)
+    shown = redact_url(settings.redis_url)
     try:
         reply = _redis_ping(settings.redis_url, timeout)
     except (OSError, ValueError, ConnectionError) as exc:
-        return Check("redis", "fail", f"{shown}: {exc}",
+        return Check("redis", "fail", f"{shown}: {type(exc).__name__}: {exc}",
                      "start redis-server (apt-get install redis-server) or fix DSPYO3_REDIS_URL")
     if reply != "+PONG":
-        return Check("redis", "fail", f"{shown} answered {reply!r} to PING", "check the Redis URL and password")
+        return Check("redis", "fail", f"{shown} answered {reply[:40]!r} to PING", "check the Redis URL and password")
     return Check("redis", "ok", f"{shown} answered PONG")
 
 
@@ -240,8 +278,8 @@ def check_cache_dir(settings: Settings) -> Check:
     path = settings.cache_dir
     if not path.exists():
         parent = next((p for p in path.parents if p.exists()), None)
-        if parent is None or not os.access(parent, os.W_OK):
-            return Check("cache dir", "fail", f"{path} does not exist and {parent} is not writable",
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+            return Check("cache dir", "fail", f"{path} does not exist and cannot be created under {parent}",
                          "set DSPYO3_CACHE_DIR to a writable directory")
         return Check("cache dir", "warn", f"{path} does not exist yet", f"mkdir -p {path}  (or run doctor --fix)")
     if not path.is_dir():
@@ -260,15 +298,34 @@ def fix_cache_dir(settings: Settings) -> str | None:
     path: Path = settings.cache_dir
     if path.exists():
         return None
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"could not create cache directory {path}: {exc.strerror or exc}"
     return f"created cache directory {path}"
 
 
 SAFE_FIXES: tuple[Callable[[Settings], str | None], ...] = (fix_cache_dir,)
 
 
-def run_doctor(manager: PluginManager, *, fix: bool = False) -> DoctorReport:
-    """Run every check (after the safe fixes, when ``fix``)."""
+def check_plugins(manager: PluginManager) -> Check:
+    """Plugins load and their registries fill without duplicate names."""
+    from dspyo3_core.plugins import REGISTRY_HOOKS
+
+    try:
+        infos = manager.plugins()
+        for hook_name in REGISTRY_HOOKS:
+            manager.registry(hook_name)
+    except Exception as exc:
+        return Check("plugins", "fail", f"{type(exc).__name__}: {exc}",
+                     "uninstall or disable (DSPYO3_DISABLE_PLUGINS) the plugin named above")
+    loaded = sum(info.status == "loaded" for info in infos)
+    return Check("plugins", "ok", f"{loaded} plugin(s) loaded")
+
+
+def run_doctor(manager: PluginManager, *, fix: bool = False, plugin_error: str | None = None) -> DoctorReport:
+    """Run every check (after the safe fixes, when ``fix``). ``plugin_error``: why plugins could not load at
+    all (the CLI then passes a core-only manager)."""
     fixed: list[str] = []
     try:
         settings = load_settings()
@@ -281,7 +338,13 @@ def run_doctor(manager: PluginManager, *, fix: bool = False) -> DoctorReport:
             done = apply(settings)
             if done:
                 fixed.append(done)
-    checks = [check_python(), check_dspy(), *check_packages(manager), check_native(), config_check]
-    checks += check_lm(settings, manager)
+    plugins = (Check("plugins", "fail", plugin_error, "uninstall or disable (DSPYO3_DISABLE_PLUGINS) the plugin "
+                     "named above") if plugin_error else check_plugins(manager))
+    checks = [check_python(), check_dspy(), plugins]
+    if plugins.status == "ok" or plugin_error:
+        checks += check_packages(manager)
+    checks += [check_native(), config_check]
+    if plugins.status == "ok":
+        checks += check_lm(settings, manager)
     checks += [check_redis(settings), check_cache_dir(settings)]
     return DoctorReport(checks, fixed)

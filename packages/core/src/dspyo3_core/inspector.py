@@ -56,12 +56,14 @@ def render_type(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")
 
 
+def _description(name: str, desc: Any) -> str:
+    text = str(desc or "")
+    return "" if text == f"${{{name}}}" else text  # DSPy's placeholder when no description was given
+
+
 def _field(name: str, info: Any) -> dict[str, str]:
     extra = info.json_schema_extra or {}
-    desc = str(extra.get("desc", ""))
-    if desc == f"${{{name}}}":  # DSPy's placeholder when no description was given
-        desc = ""
-    return {"name": name, "type": render_type(info.annotation), "desc": desc}
+    return {"name": name, "type": render_type(info.annotation), "desc": _description(name, extra.get("desc"))}
 
 
 def describe_signature(signature: type[dspy.Signature]) -> dict[str, Any]:
@@ -92,6 +94,8 @@ def resolve(target: str) -> Any:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise InspectError(f"cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:  # the module itself raised while importing
+        raise InspectError(f"importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
     for part in attribute.split("."):
         try:
             obj = getattr(obj, part)
@@ -110,6 +114,8 @@ def _as_module(obj: Any, target: str) -> dspy.Module:
             raise InspectError(
                 f"{target} is a class whose constructor needs arguments ({exc}); point TARGET at an instance"
             ) from None
+        except Exception as exc:
+            raise InspectError(f"constructing {target} raised {type(exc).__name__}: {exc}") from None
     raise InspectError(f"{target} is a {type(obj).__name__}, not a dspy.Module (instance or class) or Signature")
 
 
@@ -130,10 +136,14 @@ def describe_saved(path: Path) -> list[dict[str, Any]]:
         if not isinstance(entry, dict) or "signature" not in entry:
             continue
         signature = entry["signature"]
-        fields = [
-            {"name": _name_from_prefix(f.get("prefix", "")), "type": "unknown", "desc": f.get("description", "")}
-            for f in signature.get("fields", [])
-        ]
+        raw_fields = signature.get("fields") if isinstance(signature, dict) else None
+        if not isinstance(raw_fields, list) or not all(isinstance(f, dict) for f in raw_fields):
+            raise InspectError(f"{path}: predictor {name!r} has a malformed signature; re-save the program")
+        fields = []
+        for f in raw_fields:
+            field_name = _name_from_prefix(str(f.get("prefix", "")))
+            fields.append({"name": field_name, "type": "unknown",
+                           "desc": _description(field_name, f.get("description"))})
         predictors.append({
             "name": name,
             "signature": {"instructions": signature.get("instructions", ""), "inputs": [], "outputs": [],
@@ -155,7 +165,10 @@ def inspect_target(target: str, program: str | None = None) -> dict[str, Any]:
             return {"target": target, "predictors": describe_saved(path),
                     "note": "a saved .json has no field types or roles; pass --program MODULE:CLASS for them"}
         module = _as_module(resolve(program), program)
-        module.load(str(path))
+        try:
+            module.load(str(path))
+        except Exception as exc:
+            raise InspectError(f"{program} cannot load {target}: {type(exc).__name__}: {exc}") from None
         return {"target": target, "program": program, "predictors": describe_module(module)}
     obj = resolve(target)
     if isinstance(obj, type) and issubclass(obj, dspy.Signature):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +24,27 @@ if TYPE_CHECKING:
     from dspyo3_core.plugins import PluginManager
 
 
-_MANAGERS: dict[str, PluginManager] = {}
-_SECRET_ARG = re.compile(r"key|token|secret|password|authorization", re.I)
+# token -> manager, held weakly: an LM does not keep a manager (and its plugins) alive.
+_MANAGERS: weakref.WeakValueDictionary[str, PluginManager] = weakref.WeakValueDictionary()
+_SECRET_NAME = re.compile(
+    r"^(api[_-]?key|authorization|proxy-authorization|password|secret|token|access[_-]?token)$"
+    r"|[_-](key|token|secret|password)$",
+    re.I,
+)
+
+
+def masked(value: Any, name: str = "") -> Any:
+    """``value`` with every secret-named entry (``api_key``, ``Authorization``, ``*_token``, ...) masked, through
+    nested dicts and lists; ``max_tokens`` and other non-secret names are left alone."""
+    from dspyo3_core.config import mask_secret
+
+    if name and _SECRET_NAME.search(name) and isinstance(value, (str, bytes)):
+        return mask_secret(value.decode(errors="replace") if isinstance(value, bytes) else value)
+    if isinstance(value, dict):
+        return {k: masked(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(masked(v) for v in value)
+    return value
 
 
 def _remember(manager: PluginManager) -> str:
@@ -60,9 +80,7 @@ class LMCall:
 
     def __repr__(self) -> str:
         # Wrappers log calls; a per-call api_key (or any secret-looking argument) must not go with them.
-        from dspyo3_core.config import mask_secret
-
-        shown = {k: mask_secret(str(v)) if _SECRET_ARG.search(k) else v for k, v in self.kwargs.items()}
+        shown = masked(self.kwargs)
         return (
             f"LMCall(model={self.model!r}, prompt={self.prompt!r}, messages={self.messages!r}, kwargs={shown!r}, "
             f"is_async={self.is_async!r})"

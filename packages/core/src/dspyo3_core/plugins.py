@@ -117,7 +117,9 @@ class PluginManager:
         self._infos: dict[str, PluginInfo] = {}
         self._dists: dict[str, tuple[str | None, str | None]] = {}
         self._registries: dict[str, Registry[Any]] = {}
-        if _truthy("DSPYO3_TRACE_PLUGINS"):
+        self._load_error: BaseException | None = None
+        self._tracing = _truthy("DSPYO3_TRACE_PLUGINS")
+        if self._tracing:
             self._pm.trace.root.setwriter(lambda message: sys.stderr.write(f"[dspyo3 trace] {message}"))
             self._pm.enable_tracing()
 
@@ -136,23 +138,40 @@ class PluginManager:
         return self._pm.hook
 
     def load(self) -> None:
-        """Load entry-point plugins once; later calls do nothing."""
+        """Load entry-point plugins once; later calls do nothing (or raise the same error again)."""
         if self._loaded:
             return
         with self._lock:
             if self._loaded:
                 return
-            if self._use_entry_points:
-                self._load_entry_points()
-            self._drop_plugins_with_unknown_hooks()
-            self._pm.check_pending()
+            if self._load_error is not None:
+                raise self._load_error
+            try:
+                if self._use_entry_points:
+                    self._load_entry_points()
+                self._drop_plugins_with_unknown_hooks()
+                self._pm.check_pending()
+            except BaseException as exc:
+                self._load_error = exc
+                raise
             self._loaded = True
 
     def _load_entry_points(self) -> None:
         allow = _env_list("DSPYO3_PLUGINS")
         block = set(_env_list("DSPYO3_DISABLE_PLUGINS") or [])
         seen: dict[str, str] = {}
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        entry_points = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        names = {ep.name for ep in entry_points}
+        for variable, listed in (("DSPYO3_PLUGINS", allow or []), ("DSPYO3_DISABLE_PLUGINS", sorted(block))):
+            unknown = [name for name in listed if name not in names]
+            if unknown:
+                warnings.warn(
+                    f"{variable} names {', '.join(map(repr, unknown))}, which no installed plugin is called; "
+                    f"installed: {', '.join(sorted(names))}",
+                    PluginLoadWarning,
+                    stacklevel=4,
+                )
+        for ep in entry_points:
             dist = ep.dist.name if ep.dist is not None else None
             version = ep.dist.version if ep.dist is not None else None
             if ep.name in seen and seen[ep.name] != dist:
@@ -172,7 +191,10 @@ class PluginManager:
             except Exception as exc:  # a broken plugin must not kill the app
                 self._fail(ep.name, dist, version, f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}")
                 continue
-            self.register(plugin, name=ep.name, distribution=dist, version=version)
+            try:
+                self.register(plugin, name=ep.name, distribution=dist, version=version)
+            except pluggy.PluginValidationError as exc:  # e.g. a hook with the wrong argument names
+                self._fail(ep.name, dist, version, f"invalid hook implementation: {exc}")
 
     def _fail(self, name: str, dist: str | None, version: str | None, error: str) -> None:
         self._infos[name] = PluginInfo(name, dist, version, (), "failed", error)
@@ -263,6 +285,11 @@ class PluginManager:
         """Call one hook implementation; a failure warns (naming plugin and distribution) unless strict."""
         from dspyo3_core.registry import DuplicateNameError
 
+        if self._tracing:
+            name = self._pm.get_name(impl.plugin) or "?"
+            sys.stderr.write(
+                f"[dspyo3 trace] {impl.function.__name__} -> {name} ({self.distribution_of(impl.plugin)})\n"
+            )
         try:
             impl.function(**{name: argument for name in impl.argnames})
         except DuplicateNameError:
@@ -282,10 +309,40 @@ class PluginManager:
         return self.registry("dspyo3_register_lm_providers")
 
     def register_commands(self, cli: Any) -> None:
-        """Let every plugin add its commands to the root click group; a failing plugin only warns."""
+        """Let every plugin add its commands to the root click group; a failing plugin only warns.
+
+        Raises:
+            DuplicateNameError: two distributions add a command of the same name (both are named).
+        """
+        from dspyo3_core.registry import DuplicateNameError
+
         self.load()
+        owners: dict[str, str] = {name: "the dspyo3 CLI" for name in cli.commands}
         for impl in reversed(self._pm.hook.dspyo3_register_commands.get_hookimpls()):
+            before = dict(cli.commands)
             self._call_isolated(impl, cli)
+            dist = self.distribution_of(impl.plugin)
+            for name, command in cli.commands.items():
+                if before.get(name) is command:
+                    continue
+                if name in before:
+                    cli.commands[name] = before[name]  # keep the first, then refuse loudly
+                    raise DuplicateNameError(
+                        f"command {name!r} is registered by both {owners[name]} and {dist}; uninstall one of "
+                        "them or disable it with DSPYO3_DISABLE_PLUGINS"
+                    )
+                owners[name] = dist
+
+
+def core_only_manager() -> PluginManager:
+    """A plugin manager holding only core's own plugin (no entry points): for tests, and for ``doctor`` when the
+    installed plugins cannot be loaded."""
+    from dspyo3_core import plugin as core_plugin
+
+    manager = PluginManager(entry_points=False)
+    manager.register(core_plugin, name="core", distribution="dspyo3-core")
+    manager.load()
+    return manager
 
 
 _default: PluginManager | None = None

@@ -26,7 +26,9 @@ class LMProviderSpec:
         key_env: environment variables that may hold the API key, first match wins; empty if no key is needed.
         default_api_base: base URL used when the profile gives none (e.g. a local Ollama).
         requires_api_base: the profile must give ``api_base`` (OpenAI-compatible servers, Azure).
-        extra_env: other environment variables read into LM kwargs, as ``{kwarg: ENV_NAME}``.
+        extra_env: other environment variables read into LM kwargs, as ``{kwarg: ENV_NAME}``; doctor fails when
+            one is neither in the profile nor in the environment.
+        key_required: calls fail without a key (false for servers that usually run without auth).
         description: one line shown by ``dspyo3 lm providers``.
     """
 
@@ -36,6 +38,7 @@ class LMProviderSpec:
     default_api_base: str | None = None
     requires_api_base: bool = False
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    key_required: bool = True
     description: str = ""
 
 

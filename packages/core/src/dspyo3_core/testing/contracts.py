@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import json
 from importlib import metadata
+from pathlib import Path
 from typing import Any, ClassVar
 
 import click
@@ -27,8 +28,8 @@ from click.testing import CliRunner
 from dspyo3_core.config import LMProfile, build_lm
 from dspyo3_core.hookspecs import PROJECT
 from dspyo3_core.plugins import REGISTRY_HOOKS, PluginManager
+from dspyo3_core.plugins import core_only_manager as core_plugin_manager
 from dspyo3_core.registry import LMProviderSpec
-from dspyo3_core.testing.pytest_plugin import core_plugin_manager
 from dspyo3_core.testing.server import LMServer, chat_reply
 
 
@@ -90,12 +91,9 @@ class PluginContract:
 
     def test_distribution_is_typed(self) -> None:
         module = importlib.import_module(self._entry_point().value.split(":")[0].split(".")[0])
-        files = metadata.distribution(self.distribution).files or []
-        names = {str(f) for f in files}
-        typed = any(n.endswith("py.typed") for n in names) or any(
-            n.endswith(".pth") for n in names  # editable installs point at the source tree
-        )
-        assert typed, f"{self.distribution} ships no py.typed marker"
+        assert module.__file__ is not None
+        marker = Path(module.__file__).parent / "py.typed"  # where type checkers look, editable install or not
+        assert marker.is_file(), f"{self.distribution} ships no py.typed marker next to {module.__name__}"
         assert module.__doc__, f"{module.__name__} has no module docstring"
 
 
@@ -127,7 +125,14 @@ class LMProviderContract:
         assert spec.name == self.provider
         assert spec.description, "give the provider a one-line description"
 
+    def _clear_keys(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # a developer's real keys must neither change the outcome nor be sent to the loopback server
+        for spec in self._manager().lm_providers():
+            for name in (*spec.key_env, *spec.extra_env.values()):
+                monkeypatch.delenv(name, raising=False)
+
     def test_builds_lm_without_leaking_key(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._clear_keys(monkeypatch)
         spec = self._spec()
         for name in spec.key_env:
             monkeypatch.setenv(name, self.secret)
@@ -141,11 +146,12 @@ class LMProviderContract:
         assert self.secret not in json.dumps(profile.describe(spec))
         assert self.secret not in json.dumps(lm.dump_state(), default=str)
 
-    def test_round_trip_on_loopback(self) -> None:
+    def test_round_trip_on_loopback(self, monkeypatch: pytest.MonkeyPatch) -> None:
         if not self.openai_wire:
             pytest.skip(f"{self.provider} does not speak the OpenAI wire format")
         import dspy
 
+        self._clear_keys(monkeypatch)
         with LMServer() as server:
             server.script(chat_reply(answer="4"))
             profile = LMProfile("contract", self.provider, self.model, api_base=server.api_base,

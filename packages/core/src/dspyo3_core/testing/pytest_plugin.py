@@ -22,18 +22,9 @@ import pytest
 
 from dspyo3_core.lm import HookedLM
 from dspyo3_core.plugins import PluginManager
+from dspyo3_core.plugins import core_only_manager as core_plugin_manager
 from dspyo3_core.testing.server import LMServer
 from dspyo3_core.testing.services import ServiceUnavailable, in_ci, redis_server
-
-
-def core_plugin_manager() -> PluginManager:
-    """A plugin manager holding only core's plugin (no entry points loaded)."""
-    from dspyo3_core import plugin as core_plugin
-
-    manager = PluginManager(entry_points=False)
-    manager.register(core_plugin, name="core", distribution="dspyo3-core")
-    manager.load()
-    return manager
 
 
 @pytest.fixture

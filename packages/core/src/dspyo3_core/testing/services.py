@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -40,6 +41,7 @@ def redis_server(timeout: float = 10.0) -> Iterator[str]:
              "--dir", workdir, "--protected-mode", "yes"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group, so stopping it stops any child too
         )
         try:
             deadline = time.monotonic() + timeout
@@ -52,17 +54,26 @@ def redis_server(timeout: float = 10.0) -> Iterator[str]:
                 except OSError:
                     pass
                 if process.poll() is not None or time.monotonic() > deadline:
-                    err = process.stderr.read().decode(errors="replace") if process.stderr else ""
-                    raise RuntimeError(f"redis-server did not start on port {port}: {err[-500:]}")
+                    _stop(process, signal.SIGKILL)
+                    _, err = process.communicate(timeout=5)
+                    message = (err or b"").decode(errors="replace")[-500:]
+                    raise RuntimeError(f"redis-server did not start on port {port} within {timeout:g}s: {message}")
                 time.sleep(0.05)
             yield f"redis://127.0.0.1:{port}/0"
         finally:
-            process.terminate()
+            _stop(process, signal.SIGTERM)
             try:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                process.kill()
+                _stop(process, signal.SIGKILL)
                 process.wait()
+
+
+def _stop(process: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def in_ci() -> bool:
