@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import math
 import os
@@ -76,13 +77,24 @@ def evaluate_run(run: dict[str, list[str]], qrels: dict[str, dict[str, int]]) ->
     return {"ndcg@10": round(sum(ndcgs) / len(ndcgs), 4), "recall@100": round(sum(recalls) / len(recalls), 4)}
 
 
-def best_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    """Best wall time of ``repeat`` runs of ``fn`` and the last result."""
+def best_time(fn: Callable[[], Any], repeat: int, *, collect_garbage: bool = True) -> tuple[float, Any]:
+    """Best wall time of ``repeat`` runs of ``fn`` and the last result.
+
+    With ``collect_garbage=False`` the cyclic garbage collector is paused while ``fn`` runs (as ``timeit`` does),
+    so the time does not depend on how many unrelated objects the process happens to hold.
+    """
     best, result = math.inf, None
     for _ in range(repeat):
-        started = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - started)
+        result = None
+        gc.collect()
+        if not collect_garbage:
+            gc.disable()
+        try:
+            started = time.perf_counter()
+            result = fn()
+            best = min(best, time.perf_counter() - started)
+        finally:
+            gc.enable()
     return best, result
 
 

@@ -92,3 +92,8 @@ def test_fusion_errors() -> None:
         native.weighted_fusion([[("a", 1.0)]], normalization="l2")
     with pytest.raises(ValueError, match="non-finite score"):
         native.weighted_fusion([[("a", float("nan"))]])
+
+
+def test_rrf_many_equals_one_call_per_query() -> None:
+    problems = [[["a", "b"], ["b", "c"]], [["x"], ["y", "x"]], []]
+    assert native.rrf_many(problems, k=10, top_k=2) == [native.rrf(p, k=10, top_k=2) for p in problems]

@@ -115,3 +115,11 @@ def test_many_threads_hammering_one_cache() -> None:
     assert stats["hits"] + stats["misses"] == 8 * gets_per_thread
     assert stats["entries"] <= 64 and stats["bytes"] <= 640
     assert stats["entries"] == len(cache) == len(cache.keys())
+
+
+def test_batch_get_and_put() -> None:
+    cache = native.LRUCache(3)
+    cache.put_many([("a", 1), ("b", 2), ("c", 3), ("d", 4)])
+    assert cache.get_many(["a", "b", "d", "zz"], default=0) == [0, 2, 4, 0]
+    assert cache.keys() == ["d", "b", "c"]
+    assert cache.stats()["hits"] == 2 and cache.stats()["misses"] == 2

@@ -103,3 +103,26 @@ def test_acquire_async_timeout() -> None:
     limiter = native.RateLimiter(1, per=10)
     assert limiter.try_acquire()
     assert asyncio.run(native.acquire_async(limiter, timeout=0.05)) is False
+
+
+def test_reservations_queue_and_never_exceed_the_rate() -> None:
+    limiter = native.RateLimiter(100, burst=1)
+    waits = [limiter.reserve() for _ in range(5)]
+    assert waits[0] == 0.0
+    assert waits[1:] == pytest.approx([0.01, 0.02, 0.03, 0.04], abs=0.002)
+    assert limiter.try_acquire() is False
+    assert limiter.acquired == 5
+
+
+def test_acquire_async_keeps_the_rate_when_waiters_wake_late() -> None:
+    rate = 200.0
+    limiter = native.RateLimiter(rate, burst=1)
+
+    async def main() -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(native.acquire_async(limiter) for _ in range(100)))
+        return time.perf_counter() - started
+
+    elapsed = asyncio.run(main())
+    assert elapsed >= 99 / rate * 0.98  # never faster than the rate
+    assert elapsed < 99 / rate + 0.25  # and not much slower

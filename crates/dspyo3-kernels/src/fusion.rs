@@ -46,19 +46,40 @@ pub fn reciprocal_rank_fusion<S: AsRef<str>>(
         return Err(invalid(format!("k must be finite and >= 0 (got {k})")));
     }
     check_weights(weights, lists.len())?;
-    let mut scores: FxHashMap<&str, Vec<f64>> = FxHashMap::default();
+    let max_weight = weights.map_or(1.0, |w| w.iter().copied().fold(0.0, f64::max));
+    if max_weight / (k + 1.0) > 1e12 {
+        return Err(invalid(format!("weights up to {max_weight} are too large for k = {k}; scale them down")));
+    }
+    // Contributions are summed in fixed point (integer addition is associative), so a fused score does not
+    // depend on the order of the lists, to the last bit, without keeping every contribution.
+    let mut scores: FxHashMap<&str, i128> = FxHashMap::default();
+    let mut seen: FxHashMap<&str, ()> = FxHashMap::default();
     for (i, list) in lists.iter().enumerate() {
         let weight = weights.map_or(1.0, |w| w[i]);
-        let mut seen: FxHashMap<&str, ()> = FxHashMap::default();
+        seen.clear();
         for (rank, id) in list.iter().enumerate() {
             let id = id.as_ref();
             if seen.insert(id, ()).is_some() {
                 continue;
             }
-            scores.entry(id).or_default().push(weight / (k + rank as f64 + 1.0));
+            *scores.entry(id).or_insert(0) += to_fixed(weight / (k + rank as f64 + 1.0));
         }
     }
-    Ok(ranked(scores, top_k))
+    let mut out: Vec<(&str, i128)> = scores.into_iter().collect();
+    out.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    out.truncate(top_k);
+    Ok(out.into_iter().map(|(id, fixed)| (id.to_string(), from_fixed(fixed))).collect())
+}
+
+/// 2^64 units per 1.0: RRF terms (at most `max weight / k`) keep ~19 significant digits.
+const FIXED_SCALE: f64 = 18_446_744_073_709_551_616.0;
+
+fn to_fixed(value: f64) -> i128 {
+    (value * FIXED_SCALE).round() as i128
+}
+
+fn from_fixed(value: i128) -> f64 {
+    value as f64 / FIXED_SCALE
 }
 
 /// How scores are normalised within each list before weighting.
@@ -116,7 +137,8 @@ pub fn weighted_score_fusion<S: AsRef<str>>(
             let normalised = match normalization {
                 Normalization::MinMax if max > min => (score - min) / (max - min),
                 Normalization::MinMax => 1.0,
-                Normalization::ZScore if std > 0.0 => (score - mean) / std,
+                // all-equal scores have zero spread, however the rounding of the mean falls
+                Normalization::ZScore if max > min && std > 0.0 => (score - mean) / std,
                 Normalization::ZScore => 0.0,
                 Normalization::None => score,
             };

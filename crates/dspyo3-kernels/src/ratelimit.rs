@@ -107,6 +107,28 @@ impl RateLimiter {
         }
     }
 
+    /// Reserve `cost` now, whatever the wait, and return how long the caller must wait before using it.
+    ///
+    /// Reservations queue up: each one moves the schedule forward by `cost / rate`, so callers that sleep for
+    /// the returned time proceed at exactly the target rate even when they wake late. A reservation whose
+    /// caller gives up is not returned (the limiter never exceeds its rate; it can only under-use it).
+    pub fn reserve(&self, cost: f64) -> Result<Duration> {
+        let increment = self.check_cost(cost)?;
+        let tolerance = self.tolerance_ns as u64;
+        let mut current = self.tat.load(Ordering::Acquire);
+        loop {
+            let now = self.now_ns();
+            let new_tat = current.max(now) + increment;
+            match self.tat.compare_exchange_weak(current, new_tat, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.acquired.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Duration::from_nanos(new_tat.saturating_sub(now + tolerance)));
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
     /// Take `cost` if allowed now.
     pub fn try_acquire(&self, cost: f64) -> Result<bool> {
         Ok(self.try_acquire_or_wait(cost)?.is_zero())
@@ -152,6 +174,18 @@ mod tests {
         assert!(!limiter.try_acquire(1.0).unwrap());
         let wait = limiter.time_to_ready(1.0).unwrap();
         assert!(wait > Duration::from_millis(80) && wait <= Duration::from_millis(100), "{wait:?}");
+    }
+
+    #[test]
+    fn reservations_queue_at_the_rate() {
+        let limiter = RateLimiter::new(100.0, Duration::from_secs(1), 1.0).unwrap();
+        let waits: Vec<Duration> = (0..5).map(|_| limiter.reserve(1.0).unwrap()).collect();
+        assert_eq!(waits[0], Duration::ZERO);
+        for (i, wait) in waits.iter().enumerate().skip(1) {
+            let expected = Duration::from_millis(10 * i as u64);
+            assert!(*wait <= expected && *wait + Duration::from_millis(2) >= expected, "{i}: {wait:?}");
+        }
+        assert!(!limiter.try_acquire(1.0).unwrap());
     }
 
     #[test]

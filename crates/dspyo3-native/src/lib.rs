@@ -17,7 +17,8 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple};
+use pyo3::pybacked::PyBackedStr;
+use pyo3::types::{PyDict, PyList, PyString};
 
 create_exception!(
     dspyo3_native,
@@ -169,10 +170,8 @@ impl PyBm25 {
         }
         let mut out = Vec::with_capacity(batches.len());
         for hits in batches {
-            let items = hits.iter().map(|&(slot, score)| {
-                PyTuple::new(py, [cache.ids[slot as usize].clone_ref(py).into_any().into_bound(py), PyFloat::new(py, score as f64).into_any()])
-            });
-            out.push(PyList::new(py, items.collect::<PyResult<Vec<_>>>()?)?);
+            let items = hits.iter().map(|&(slot, score)| (cache.ids[slot as usize].bind(py), score as f64));
+            out.push(PyList::new(py, items)?);
         }
         Ok(Some(out))
     }
@@ -362,12 +361,31 @@ fn top(top_k: Option<usize>) -> usize {
 #[pyo3(signature = (lists, k=60.0, weights=None, top_k=None))]
 fn rrf(
     py: Python<'_>,
-    lists: Vec<Vec<String>>,
+    lists: Vec<Vec<PyBackedStr>>,
     k: f64,
     weights: Option<Vec<f64>>,
     top_k: Option<usize>,
 ) -> PyResult<Vec<(String, f64)>> {
     py.detach(|| fusion::reciprocal_rank_fusion(&lists, k, weights.as_deref(), top(top_k))).map_err(to_py)
+}
+
+/// Reciprocal-rank fusion for many queries in one call: `problems[i]` is the ranked lists of query `i`.
+#[pyfunction]
+#[pyo3(signature = (problems, k=60.0, weights=None, top_k=None))]
+fn rrf_many(
+    py: Python<'_>,
+    problems: Vec<Vec<Vec<PyBackedStr>>>,
+    k: f64,
+    weights: Option<Vec<f64>>,
+    top_k: Option<usize>,
+) -> PyResult<Vec<Vec<(String, f64)>>> {
+    py.detach(|| {
+        problems
+            .iter()
+            .map(|lists| fusion::reciprocal_rank_fusion(lists, k, weights.as_deref(), top(top_k)))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .map_err(to_py)
 }
 
 /// Weighted fusion of scored lists after per-list normalisation (`minmax`, `zscore` or `none`).
@@ -424,6 +442,38 @@ impl PyLru {
         let pushed = self.inner.with(|c| c.insert(key, value, size, ttl));
         drop(pushed);
         Ok(self.inner.with(|c| c.stats().rejected) == stats_before)
+    }
+
+    /// Values for many keys in one call (one lock, one boundary crossing); `default` where missing.
+    #[pyo3(signature = (keys, default=None))]
+    fn get_many(&self, py: Python<'_>, keys: Vec<PyBackedStr>, default: Option<Py<PyAny>>) -> Vec<Py<PyAny>> {
+        let default = default.unwrap_or_else(|| py.None());
+        let (found, expired) = self.inner.with(|c| {
+            let mut expired = Vec::new();
+            let found: Vec<Option<Py<PyAny>>> = keys
+                .iter()
+                .map(|key| {
+                    let (value, gone) = c.get_with(key, |v| v.clone_ref(py));
+                    expired.extend(gone);
+                    value
+                })
+                .collect();
+            (found, expired)
+        });
+        drop(expired);
+        found.into_iter().map(|v| v.unwrap_or_else(|| default.clone_ref(py))).collect()
+    }
+
+    /// Store many `(key, value)` pairs in one call (sizes 0, default TTL).
+    fn put_many(&self, items: Vec<(String, Py<PyAny>)>) {
+        let pushed = self.inner.with(|c| {
+            let mut pushed = Vec::new();
+            for (key, value) in items {
+                pushed.extend(c.insert(key, value, 0, None));
+            }
+            pushed
+        });
+        drop(pushed);
     }
 
     /// Remove `key` and return its value, or `default`.
@@ -511,6 +561,12 @@ impl PyRateLimiter {
         Ok(self.inner.try_acquire_or_wait(cost).map_err(to_py)?.as_secs_f64())
     }
 
+    /// Reserve `cost` now and return the seconds to wait before using it (0.0 if it is available now).
+    #[pyo3(signature = (cost=1.0))]
+    fn reserve(&self, cost: f64) -> PyResult<f64> {
+        Ok(self.inner.reserve(cost).map_err(to_py)?.as_secs_f64())
+    }
+
     /// Seconds until `cost` could be taken (0.0 if now); takes nothing.
     #[pyo3(signature = (cost=1.0))]
     fn time_to_ready(&self, cost: f64) -> PyResult<f64> {
@@ -576,6 +632,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_function(wrap_pyfunction!(rrf, m)?)?;
     m.add_function(wrap_pyfunction!(weighted_fusion, m)?)?;
+    m.add_function(wrap_pyfunction!(rrf_many, m)?)?;
     m.add_class::<PyTokenizer>()?;
     m.add_class::<PyBm25>()?;
     m.add_class::<PyLru>()?;

@@ -20,6 +20,7 @@ from dspyo3_native._native import (
     build_info,
     kernels,
     rrf,
+    rrf_many,
     weighted_fusion,
 )
 from dspyo3_native.ratelimit import acquire_async
@@ -37,5 +38,6 @@ __all__ = [
     "build_info",
     "kernels",
     "rrf",
+    "rrf_many",
     "weighted_fusion",
 ]

@@ -94,6 +94,14 @@ def rrf(
 ) -> list[tuple[str, float]]:
     """Reciprocal-rank fusion of ranked id lists: ``sum_i w_i / (k + rank)``; best first, ties by id."""
 
+def rrf_many(
+    problems: Sequence[Sequence[Sequence[str]]],
+    k: float = 60.0,
+    weights: Sequence[float] | None = None,
+    top_k: int | None = None,
+) -> list[list[tuple[str, float]]]:
+    """Reciprocal-rank fusion for many queries in one call: ``problems[i]`` is the ranked lists of query ``i``."""
+
 def weighted_fusion(
     lists: Sequence[Sequence[tuple[str, float]]],
     weights: Sequence[float] | None = None,
@@ -110,6 +118,10 @@ class LRUCache:
         """The value for ``key`` (marking it recently used), or ``default``."""
     def put(self, key: str, value: Any, size: int = 0, ttl: float | None = None) -> bool:
         """Store ``value`` accounting ``size`` bytes; False when larger than ``max_bytes`` (not stored)."""
+    def get_many(self, keys: Sequence[str], default: Any = None) -> list[Any]:
+        """Values for many keys in one call; ``default`` where missing."""
+    def put_many(self, items: Sequence[tuple[str, Any]]) -> None:
+        """Store many ``(key, value)`` pairs in one call."""
     def pop(self, key: str, default: Any = None) -> Any:
         """Remove ``key`` and return its value, or ``default``."""
     def clear(self) -> None:
@@ -132,6 +144,8 @@ class RateLimiter:
         """Take ``cost`` now if allowed."""
     def try_acquire_or_wait(self, cost: float = 1.0) -> float:
         """Take ``cost`` now and return 0.0 if allowed, else seconds until it would be (taking nothing)."""
+    def reserve(self, cost: float = 1.0) -> float:
+        """Reserve ``cost`` now and return the seconds to wait before using it (0.0 if available now)."""
     def time_to_ready(self, cost: float = 1.0) -> float:
         """Seconds until ``cost`` could be taken (0.0 if now); takes nothing."""
     def acquire(self, cost: float = 1.0, timeout: float | None = None) -> bool:

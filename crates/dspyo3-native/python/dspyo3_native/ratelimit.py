@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from dspyo3_native._native import RateLimiter
 
 
 async def acquire_async(limiter: RateLimiter, cost: float = 1.0, timeout: float | None = None) -> bool:
-    """Wait until ``cost`` is granted by ``limiter``; ``False`` if ``timeout`` seconds pass first.
+    """Wait until ``cost`` is granted by ``limiter``; ``False`` (taking nothing) if that is more than ``timeout``
+    seconds away.
 
-    The limiter is asked without taking anything until capacity is due, then the coroutine sleeps exactly that
-    long (``asyncio.sleep``), so thousands of waiters cost no threads. Cancelling the task takes nothing.
+    The permit is reserved up front and the coroutine sleeps until its slot (``asyncio.sleep``): waiters queue in
+    order, thousands cost no threads, and a waiter that wakes late does not lower the rate for the others. A task
+    cancelled while waiting forfeits its slot, so the limiter never exceeds its rate but may under-use it.
     """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        wait = limiter.try_acquire_or_wait(cost)
-        if wait == 0.0:
-            return True
-        if deadline is not None and time.monotonic() + wait > deadline:
-            return False
+    if timeout is not None and limiter.time_to_ready(cost) > timeout:
+        return False
+    wait = limiter.reserve(cost)
+    if wait > 0:
         await asyncio.sleep(wait)
+    return True
