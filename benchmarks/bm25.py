@@ -43,7 +43,7 @@ def main() -> None:
     data = load_beir(args.data)
     log(f"{data.name}: {len(data.doc_ids)} documents, {len(data.query_ids)} judged queries, {args.threads} threads")
     stopwords = list(STOPWORDS_EN)
-    k = 100
+    k = min(100, len(data.doc_ids))  # bm25s refuses k larger than the corpus
 
     # -- dspyo3 ----------------------------------------------------------------------------------------------
     def build_ours() -> dspyo3_native.BM25:

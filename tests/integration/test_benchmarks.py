@@ -1,0 +1,70 @@
+"""The benchmark scripts run on any BEIR-layout folder and print the JSON the issues promise (shape only: figures
+are measured by running them, never asserted in tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_beir(root: Path) -> Path:
+    """A BEIR-layout folder of our own: 6 documents, 3 judged queries."""
+    docs = {
+        "d1": ("Vitamin D", "Vitamin D deficiency raises fracture risk in older adults."),
+        "d2": ("Statins", "Statins lower cholesterol and cardiovascular events."),
+        "d3": ("Sleep", "Short sleep is associated with weight gain."),
+        "d4": ("Exercise", "Aerobic exercise improves insulin sensitivity."),
+        "d5": ("Coffee", "Coffee intake shows no link with arrhythmia."),
+        "d6": ("Bones", "Calcium and vitamin D supplements and bone density."),
+    }
+    root.mkdir()
+    (root / "qrels").mkdir()
+    (root / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": k, "title": t, "text": x}) + "\n" for k, (t, x) in docs.items())
+    )
+    queries = {"q1": "vitamin D and fractures", "q2": "cholesterol lowering drugs", "q3": "sleep and weight"}
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries.items()))
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td6\t1\nq2\td2\t1\nq3\td3\t1\n")
+    return root
+
+
+def test_bm25_benchmark_on_any_beir_folder(tmp_path: Path) -> None:
+    data = tiny_beir(tmp_path / "tiny")
+    out = tmp_path / "bm25.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bm25.py"), "--data", str(data), "--repeat", "1",
+         "--threads", "1", "--json", str(out), "--plot", str(tmp_path / "bm25.png")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last == json.loads(out.read_text())
+    assert last["dataset"] == "tiny"
+    for side in ("dspyo3", "bm25s"):
+        assert set(last[side]) >= {"ndcg@10", "recall@100", "index_s", "qps"}
+        assert 0.0 <= last[side]["ndcg@10"] <= 1.0
+    assert last["dspyo3"]["recall@100"] == 1.0  # every judged document contains a query term
+    assert set(last["ratio"]) == {"qps", "index"}
+    assert (tmp_path / "bm25.png").stat().st_size > 0
+
+
+def test_bm25_benchmark_names_a_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bm25.py"), "--data", str(tmp_path / "empty")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "not in BEIR layout: missing corpus.jsonl, queries.jsonl, qrels/test.tsv" in result.stderr
+
+
+def test_kernels_benchmark_shape(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernels.py"), "--duration", "0.3"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(last) == {"lru", "fusion", "rate_limiter"}
+    assert {"dspyo3", "cachetools", "speedup"} <= set(last["lru"]["get_hit_ns"])
+    assert set(last["rate_limiter"]["accuracy"]) == {"dspyo3", "aiolimiter"}
