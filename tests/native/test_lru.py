@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -123,3 +124,53 @@ def test_batch_get_and_put() -> None:
     assert cache.get_many(["a", "b", "d", "zz"], default=0) == [0, 2, 4, 0]
     assert cache.keys() == ["d", "b", "c"]
     assert cache.stats()["hits"] == 2 and cache.stats()["misses"] == 2
+
+
+def test_pickle_keeps_entries_order_sizes_and_ttl() -> None:
+    import pickle
+
+    cache = native.LRUCache(3, max_bytes=100, ttl=60)
+    cache.put("a", {"x": 1}, size=10)
+    cache.put("b", [2], size=20, ttl=0.05)
+    cache.put("c", "three", size=30)
+    cache.get("a")  # recency: a, c, b
+    clone = pickle.loads(pickle.dumps(cache))
+    assert clone.keys() == ["a", "c", "b"]
+    assert clone.get("a") == {"x": 1} and clone.stats()["bytes"] == 60
+    time.sleep(0.08)
+    assert clone.get("b") is None  # its remaining TTL came along
+    clone.put("d", 4)
+    clone.put("e", 5)
+    assert len(clone) == 3  # and so did the limits
+
+
+def test_serves_as_the_memory_tier_of_dspy_cache(tmp_path: Any, lm_server: Any, plugin_manager: Any) -> None:
+    import dspy
+    from dspy.clients.cache import Cache
+
+    from dspyo3_core import HookedLM
+    from dspyo3_core.testing import chat_reply
+
+    cache = Cache(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=str(tmp_path),
+                  memory_max_entries=100)
+    cache.memory_cache = native.LRUCache(100)
+    lm_server.script(chat_reply(answer="cached answer"))
+    lm = HookedLM("openai/tier-test", api_base=lm_server.api_base, api_key="sk-test", cache=True, num_retries=0,
+                  engine="litellm", plugin_manager=plugin_manager)
+    previous = dspy.cache
+    dspy.cache = cache
+    try:
+        with dspy.context(lm=lm):
+            first = dspy.Predict("question -> answer")(question="same question")
+            second = dspy.Predict("question -> answer")(question="same question")
+        assert first.answer == second.answer == "cached answer"
+        assert len(lm_server.requests) == 1  # the second call came from our LRU
+        assert cache.memory_cache.stats()["hits"] >= 1
+        path = tmp_path / "memory.pkl"
+        cache.save_memory_cache(str(path))
+        cache.reset_memory_cache()
+        assert len(cache.memory_cache) == 0
+        cache.load_memory_cache(str(path), allow_pickle=True)
+        assert isinstance(cache.memory_cache, native.LRUCache) and len(cache.memory_cache) == 1
+    finally:
+        dspy.cache = previous

@@ -204,6 +204,38 @@ impl<V> LruCache<V> {
         out
     }
 
+    /// Entry limit.
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
+    /// Byte limit, if any.
+    pub fn max_bytes(&self) -> Option<usize> {
+        self.max_bytes
+    }
+
+    /// TTL applied to inserts that give none.
+    pub fn default_ttl(&self) -> Option<Duration> {
+        self.default_ttl
+    }
+
+    /// Visit live entries from least to most recently used: `(key, value, bytes, remaining TTL)`, so that
+    /// inserting them in this order into a new cache rebuilds the same recency order.
+    pub fn for_each_oldest_first(&self, mut f: impl FnMut(&str, &V, usize, Option<Duration>)) {
+        let now = Instant::now();
+        let mut i = self.tail;
+        while i != NIL {
+            let slot = &self.slots[i];
+            let remaining = slot.expires.map(|at| at.saturating_duration_since(now));
+            if remaining != Some(Duration::ZERO) {
+                if let Some(value) = &slot.value {
+                    f(&slot.key, value, slot.bytes, remaining);
+                }
+            }
+            i = slot.prev;
+        }
+    }
+
     /// Keys from most to least recently used.
     pub fn keys(&self) -> Vec<String> {
         let mut out = Vec::with_capacity(self.map.len());

@@ -410,6 +410,11 @@ fn seconds(value: Option<f64>, name: &str) -> PyResult<Option<Duration>> {
     }
 }
 
+/// `(max_entries, max_bytes, ttl)`: the constructor arguments of a pickled `LRUCache`.
+type LruArgs = (usize, Option<usize>, Option<f64>);
+/// What `LRUCache.__reduce__` returns: the class, its constructor arguments and the entries.
+type Reduced<'py> = (Bound<'py, PyAny>, LruArgs, Bound<'py, PyList>);
+
 /// A thread-safe LRU cache of str keys with optional per-entry TTL and byte accounting.
 #[pyclass(frozen, name = "LRUCache", module = "dspyo3_native")]
 struct PyLru {
@@ -505,6 +510,34 @@ impl PyLru {
         out.set_item("entries", entries)?;
         out.set_item("bytes", bytes)?;
         Ok(out)
+    }
+
+    /// Pickle support (DSPy's `Cache.save_memory_cache` pickles its memory tier): limits plus the live entries,
+    /// oldest first, with their sizes and remaining TTLs.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Reduced<'py>> {
+        let py = slf.py();
+        let this = slf.get();
+        let (args, entries) = this.inner.with(|c| {
+            let mut entries = Vec::with_capacity(c.len());
+            c.for_each_oldest_first(|key, value, bytes, ttl| {
+                entries.push((key.to_string(), value.clone_ref(py), bytes, ttl.map(|t| t.as_secs_f64())));
+            });
+            ((c.max_entries(), c.max_bytes(), c.default_ttl().map(|t| t.as_secs_f64())), entries)
+        });
+        Ok((slf.get_type().into_any(), args, PyList::new(py, entries)?))
+    }
+
+    /// Restore the entries written by `__reduce__`.
+    fn __setstate__(&self, entries: Vec<(String, Py<PyAny>, usize, Option<f64>)>) -> PyResult<()> {
+        for (key, value, bytes, ttl) in entries {
+            let ttl = match ttl {
+                Some(seconds) if seconds <= 0.0 => continue,
+                other => seconds(other, "ttl")?,
+            };
+            let pushed = self.inner.with(|c| c.insert(key, value, bytes, ttl));
+            drop(pushed);
+        }
+        Ok(())
     }
 
     fn __getitem__(&self, py: Python<'_>, key: &str) -> PyResult<Py<PyAny>> {
