@@ -165,7 +165,7 @@ def doctor_command(ctx: click.Context, as_json: bool, fix: bool) -> None:
     else:
         console = Console()
         for done in report.fixed:
-            console.print(f"[green]fixed[/green] {done}")
+            console.print(f"[green]fixed[/green] {escape(done)}")
         table = Table("check", "status", "detail", "fix")
         colours = {"ok": "green", "warn": "yellow", "fail": "red"}
         for check in report.checks:
@@ -194,7 +194,7 @@ def inspect_command(target: str, program: str | None, as_json: bool) -> None:
     console = Console()
     for predictor in report["predictors"]:
         sig = predictor["signature"]
-        console.print(f"[bold]{predictor['name']}[/bold]  demos={predictor['demos']}")
+        console.print(f"[bold]{escape(predictor['name'])}[/bold]  demos={predictor['demos']}")
         if sig["instructions"]:
             console.print(escape(f"  instructions: {sig['instructions']}"))
         for role in ("inputs", "outputs", "fields"):
