@@ -458,9 +458,8 @@ impl Bm25Index {
         if !self.dirty && self.length_factor.len() == self.docs.len() {
             return;
         }
-        let avgdl = if self.live == 0 { 1.0 } else { (self.total_len as f64 / self.live as f64).max(1e-9) };
-        let b = self.params.b as f64;
-        self.length_factor = self.docs.iter().map(|d| (1.0 - b + b * d.len as f64 / avgdl) as f32).collect();
+        let avgdl = self.avgdl();
+        self.length_factor = self.docs.iter().map(|d| self.length_factor_of(d, avgdl)).collect();
         let params = self.params;
         let length_factor = &self.length_factor;
         self.postings.par_iter_mut().for_each(|p| {
@@ -471,8 +470,13 @@ impl Bm25Index {
         self.dirty = false;
     }
 
-    fn current_length_factor(&self, doc: &Doc) -> f32 {
-        let avgdl = if self.live == 0 { 1.0 } else { (self.total_len as f64 / self.live as f64).max(1e-9) };
+    /// Average live document length (1.0 for an empty index).
+    fn avgdl(&self) -> f64 {
+        if self.live == 0 { 1.0 } else { (self.total_len as f64 / self.live as f64).max(1e-9) }
+    }
+
+    /// `1 - b + b * len / avgdl` for one document.
+    fn length_factor_of(&self, doc: &Doc, avgdl: f64) -> f32 {
         let b = self.params.b as f64;
         (1.0 - b + b * doc.len as f64 / avgdl) as f32
     }
@@ -548,6 +552,7 @@ impl Bm25Index {
     fn score_into(&self, terms: &[u32], allow: Option<&AllowList>, buf: &mut ScoreBuf) {
         buf.reset(self.docs.len());
         let n = self.live as f64;
+        let avgdl = self.avgdl();
         let all_alive = self.live == self.docs.len();
         for &term in terms {
             let df = self.df[term as usize];
@@ -571,7 +576,7 @@ impl Bm25Index {
                     continue;
                 }
                 let impact = if self.dirty {
-                    self.params.tfc(postings.tfs[i], self.current_length_factor(&self.docs[d]))
+                    self.params.tfc(postings.tfs[i], self.length_factor_of(&self.docs[d], avgdl))
                 } else {
                     postings.impacts[i]
                 };
