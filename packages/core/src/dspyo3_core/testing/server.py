@@ -95,7 +95,7 @@ Responder = Callable[[dict[str, Any]], ReplyLike]
 
 def chat_reply(**fields: Any) -> str:
     """Format output fields the way DSPy's ChatAdapter expects them (``[[ ## name ## ]]`` sections)."""
-    parts = []
+    parts: list[str] = []
     for name, value in fields.items():
         text = value if isinstance(value, str) else json.dumps(value)
         parts.append(f"[[ ## {name} ## ]]\n{text}")
@@ -132,6 +132,95 @@ def field_responder(fn: Callable[[dict[str, str]], Mapping[str, Any]]) -> Respon
         return chat_reply(**fn(parse_fields(last_user_text(request))))
 
     return respond
+
+
+_PLACEHOLDER = re.compile(r"\[\[ ## (\w+) ## \]\]\n\{")
+
+
+def prompt_text(request: Mapping[str, Any]) -> str:
+    """All message text of a chat-completions request, in order (system, demos, the last user message)."""
+    parts: list[str] = []
+    for message in request.get("messages") or []:
+        content = message.get("content")
+        if isinstance(content, list):
+            parts.extend(str(part.get("text", "")) for part in content if isinstance(part, dict))
+        else:
+            parts.append(str(content or ""))
+    return "\n".join(parts)
+
+
+def output_field_names(request: Mapping[str, Any]) -> list[str]:
+    """Output fields a ChatAdapter prompt asks for (placeholders of its system message that are not inputs)."""
+    inputs = set(parse_fields(last_user_text(request)))
+    system = next((m.get("content") or "" for m in request.get("messages") or [] if m.get("role") == "system"), "")
+    names = [name for name in _PLACEHOLDER.findall(str(system)) if name not in inputs and name != "completed"]
+    return list(dict.fromkeys(names))
+
+
+def digest_responder(latency: float = 0.0) -> Responder:
+    """Answer every requested output field with a digest of the whole prompt, after ``latency`` seconds.
+
+    Deterministic, and sensitive to everything in the prompt (instructions, demos, inputs), so two programs give
+    the same answers only if they send the same prompts: what tests comparing a saved program with its reload need.
+    """
+    import hashlib
+
+    def respond(request: dict[str, Any]) -> Reply:
+        digest = hashlib.sha256(prompt_text(request).encode()).hexdigest()[:16]
+        fields = {name: f"{name}-{digest}" for name in output_field_names(request)} or {"answer": f"answer-{digest}"}
+        return Reply(content=chat_reply(**fields), latency=latency)
+
+    return respond
+
+
+def usage_of(request: Mapping[str, Any], content: str, n: int = 1) -> dict[str, int]:
+    """OpenAI-style ``usage`` for a request and its answer (whitespace tokens: stable, not a real tokenizer)."""
+    prompt = sum(_count_tokens(json.dumps(m.get("content", ""))) for m in request.get("messages") or [])
+    completion = _count_tokens(content) * n
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def completion_body(request: Mapping[str, Any], reply: Reply) -> dict[str, Any]:
+    """The JSON body of a non-streaming chat completion answering ``request`` with ``reply``."""
+    n = int(request.get("n") or 1)
+    return {
+        "id": f"chatcmpl-dspyo3-{next(_ids)}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.get("model", "dspyo3-test"),
+        "choices": [
+            {"index": i, "message": {"role": "assistant", "content": reply.content}, "finish_reason": "stop"}
+            for i in range(n)
+        ],
+        "usage": usage_of(request, reply.content, n),
+    }
+
+
+def stream_events(request: Mapping[str, Any], reply: Reply) -> list[bytes]:
+    """The server-sent events of a streaming completion (``reply.chunk_delay`` goes between content events)."""
+    ident = f"chatcmpl-dspyo3-{next(_ids)}"
+    model = request.get("model", "dspyo3-test")
+
+    def event(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
+        chunk: dict[str, Any] = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if usage is None else [],
+        }
+        if usage is not None:
+            chunk["usage"] = usage
+        return f"data: {json.dumps(chunk)}\n\n".encode()
+
+    events = [event({"role": "assistant", "content": ""})]
+    size = max(1, reply.chunk_size)
+    events.extend(event({"content": reply.content[i:i + size]}) for i in range(0, len(reply.content), size))
+    events.append(event({}, finish="stop"))
+    if (request.get("stream_options") or {}).get("include_usage"):
+        events.append(event({}, usage=usage_of(request, reply.content, 1)))
+    events.append(b"data: [DONE]\n\n")
+    return events
 
 
 def _count_tokens(text: str) -> int:
@@ -197,7 +286,7 @@ class LMServer:
             return self
         self._stopping.clear()
         handler = type("_BoundHandler", (_Handler,), {"server_state": self})
-        server_class = _IPv6Server if self.host == "::1" else ThreadingHTTPServer
+        server_class = _IPv6Server if self.host == "::1" else _Server
         self._httpd = server_class((self.host, 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="dspyo3-lm-server", daemon=True)
@@ -235,7 +324,11 @@ class LMServer:
         return Reply.text(item) if isinstance(item, str) else item
 
 
-class _IPv6Server(ThreadingHTTPServer):
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 512  # socketserver's default of 5 drops connections under benchmark concurrency
+
+
+class _IPv6Server(_Server):
     address_family = socket.AF_INET6
 
 
@@ -299,26 +392,7 @@ class _Handler(BaseHTTPRequestHandler):
         if request.get("stream"):
             self._stream(request, reply)
         else:
-            self._send_json(200, self._completion(request, reply), reply.headers)
-
-    def _usage(self, request: dict[str, Any], content: str, n: int) -> dict[str, int]:
-        prompt = sum(_count_tokens(json.dumps(m.get("content", ""))) for m in request.get("messages") or [])
-        completion = _count_tokens(content) * n
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-    def _completion(self, request: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        n = int(request.get("n") or 1)
-        return {
-            "id": f"chatcmpl-dspyo3-{next(_ids)}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": request.get("model", "dspyo3-test"),
-            "choices": [
-                {"index": i, "message": {"role": "assistant", "content": reply.content}, "finish_reason": "stop"}
-                for i in range(n)
-            ],
-            "usage": self._usage(request, reply.content, n),
-        }
+            self._send_json(200, completion_body(request, reply), reply.headers)
 
     def _stream(self, request: dict[str, Any], reply: Reply) -> None:
         self.send_response(200)
@@ -327,30 +401,128 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        ident = f"chatcmpl-dspyo3-{next(_ids)}"
-        model = request.get("model", "dspyo3-test")
-
-        def event(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> None:
-            chunk: dict[str, Any] = {
-                "id": ident,
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if usage is None else [],
-            }
-            if usage is not None:
-                chunk["usage"] = usage
-            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        events = stream_events(request, reply)
+        for i, chunk in enumerate(events):
+            if reply.chunk_delay and i > 0:
+                self.server_state._stopping.wait(reply.chunk_delay)
+            self.wfile.write(chunk)
             self.wfile.flush()
 
-        event({"role": "assistant", "content": ""})
-        size = max(1, reply.chunk_size)
-        for start in range(0, len(reply.content), size):
-            if reply.chunk_delay:
-                self.server_state._stopping.wait(reply.chunk_delay)
-            event({"content": reply.content[start:start + size]})
-        event({}, finish="stop")
-        if (request.get("stream_options") or {}).get("include_usage"):
-            event({}, usage=self._usage(request, reply.content, 1))
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.wfile.flush()
+
+async def serve_async(responder: Responder, host: str = "127.0.0.1", port: int = 0,
+                      ready: Callable[[str], None] | None = None) -> None:
+    """Serve ``responder`` on one asyncio loop (no thread per connection) until cancelled.
+
+    What the ``python -m dspyo3_core.testing`` command runs: a fixed-latency server for benchmarks must not add
+    latency of its own, and a thread per connection contending for the GIL does at a few hundred requests/s.
+    Speaks the same routes as :class:`LMServer` (chat completions, JSON or SSE; ``/v1/models``); HTTP/1.1
+    keep-alive. ``ready(api_base)`` is called once the socket listens.
+    """
+    import asyncio
+
+    if host not in {"127.0.0.1", "::1", "localhost"}:
+        raise ValueError(f"serve_async binds loopback only; got host={host!r}")
+
+    def response(status: int, body: bytes, content_type: str = "application/json",
+                 headers: Mapping[str, str] | None = None, close: bool = False) -> bytes:
+        lines = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}", f"Content-Type: {content_type}",
+                 f"Content-Length: {len(body)}", "Connection: close" if close else "Connection: keep-alive"]
+        lines.extend(f"{key}: {value}" for key, value in (headers or {}).items())
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                request_line, *header_lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = [*request_line.split(" "), "", ""][:3]
+                headers = {}
+                for line in header_lines:
+                    if ":" in line:
+                        key, value = line.split(":", 1)
+                        headers[key.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length") or 0))
+                close = headers.get("connection", "").lower() == "close"
+                route = path.split("?")[0].rstrip("/")
+                if method == "GET" and route in {"/v1/models", "/models"}:
+                    models = {"object": "list", "data": [{"id": "dspyo3-test", "object": "model"}]}
+                    writer.write(response(200, json.dumps(models).encode(), close=close))
+                elif method == "POST" and route.endswith("/chat/completions"):
+                    try:
+                        request = json.loads(body or b"{}")
+                    except json.JSONDecodeError:
+                        error = {"error": {"message": "request body is not JSON", "type": "invalid_request_error"}}
+                        writer.write(response(400, json.dumps(error).encode(), close=close))
+                        await writer.drain()
+                        continue
+                    item = responder(request)
+                    reply = Reply.text(item) if isinstance(item, str) else item
+                    if reply.latency:
+                        await asyncio.sleep(reply.latency)
+                    if reply.status != 200:
+                        kind = "rate_limit_exceeded" if reply.status == 429 else "server_error"
+                        error = {"error": {"message": reply.error_message or f"HTTP {reply.status}", "type": kind}}
+                        writer.write(response(reply.status, json.dumps(error).encode(), headers=reply.headers,
+                                              close=close))
+                    elif request.get("stream"):
+                        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                                     b"Cache-Control: no-cache\r\nConnection: close\r\n\r\n")
+                        for i, chunk in enumerate(stream_events(request, reply)):
+                            if reply.chunk_delay and i > 0:
+                                await asyncio.sleep(reply.chunk_delay)
+                            writer.write(chunk)
+                            await writer.drain()
+                        return
+                    else:
+                        payload = json.dumps(completion_body(request, reply)).encode()
+                        writer.write(response(200, payload, headers=reply.headers, close=close))
+                else:
+                    error = {"error": {"message": f"no route {method} {path}", "type": "not_found"}}
+                    writer.write(response(404, json.dumps(error).encode(), close=close))
+                await writer.drain()
+                if close:
+                    return
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, host, port, backlog=1024)
+    bound_host, bound_port = server.sockets[0].getsockname()[:2]
+    base = f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else f"http://{bound_host}:{bound_port}"
+    if ready is not None:
+        ready(base + "/v1")
+    async with server:
+        await server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dspyo3_core.testing``: serve on loopback until the process gets SIGTERM or SIGINT.
+
+    Prints the ``api_base`` on the first line of stdout. Every request is answered by :func:`digest_responder`
+    with ``--latency`` seconds of delay, on one asyncio loop (:func:`serve_async`): what benchmarks against a
+    fixed-latency LM need, in a process of their own.
+    """
+    import argparse
+    import asyncio
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m dspyo3_core.testing", description=main.__doc__)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer (default 0)")
+    parser.add_argument("--host", default="127.0.0.1", help="loopback interface to bind (127.0.0.1 or ::1)")
+    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    args = parser.parse_args(argv)
+    if args.latency < 0:
+        parser.error(f"--latency must be >= 0 seconds, got {args.latency}")
+
+    def _terminate(*_: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        asyncio.run(serve_async(digest_responder(args.latency), args.host, args.port,
+                                ready=lambda base: print(base, flush=True)))
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    return 0

@@ -1,0 +1,287 @@
+"""The Python half of the dspyo3 crate, compiled into the Rust library and imported as ``_dspyo3_bridge``.
+
+Rust hands over JSON (signature specs, inputs) and gets JSON back (predictions), so values cross the boundary in
+one C-speed step each way. Everything DSPy-specific (building signatures and Pydantic models from a Rust type
+spec, running under ``dspy.context``, streaming, classifying exceptions) happens here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import traceback
+from typing import Any, Literal, Optional
+
+import dspy
+import pydantic
+import pydantic_core
+
+_MODELS: dict[str, Any] = {}
+
+
+# -- types ------------------------------------------------------------------------------------------------------
+
+
+def annotation(spec: dict[str, Any]) -> Any:
+    """Python annotation for a Rust ``TypeSpec`` (see ``types.rs``)."""
+    kind = spec["kind"]
+    if kind == "str":
+        return str
+    if kind == "int":
+        return int
+    if kind == "float":
+        return float
+    if kind == "bool":
+        return bool
+    if kind == "any":
+        return Any
+    if kind == "list":
+        return list[annotation(spec["item"])]  # type: ignore[misc]
+    if kind == "optional":
+        return Optional[annotation(spec["inner"])]  # noqa: UP045 - repr reads typing.Optional[...] in prompts
+    if kind == "dict":
+        return dict[str, annotation(spec["value"])]  # type: ignore[misc]
+    if kind == "literal":
+        return Literal.__getitem__(tuple(spec["values"]))
+    if kind == "model":
+        return _model(spec)
+    raise ValueError(f"unknown dspyo3 type kind {kind!r}")
+
+
+def _model(spec: dict[str, Any]) -> type[pydantic.BaseModel]:
+    key = json.dumps(spec, sort_keys=True)
+    model = _MODELS.get(key)
+    if model is None:
+        fields: dict[str, Any] = {}
+        for field in spec["fields"]:
+            ann = annotation(field["ty"])
+            default = None if field["ty"]["kind"] == "optional" else ...
+            fields[field["name"]] = (ann, pydantic.Field(default, description=field.get("desc")))
+        model = pydantic.create_model(spec["name"], __doc__=spec.get("doc"), **fields)
+        _MODELS[key] = model
+    return model
+
+
+def make_signature(spec: dict[str, Any]) -> type[dspy.Signature]:
+    """A ``dspy.Signature`` class from a Rust ``SignatureSpec``."""
+    fields: dict[str, Any] = {}
+    for role, field_type in (("inputs", dspy.InputField), ("outputs", dspy.OutputField)):
+        for field in spec[role]:
+            kwargs = {key: field[key] for key in ("desc", "prefix") if field.get(key) is not None}
+            fields[field["name"]] = (annotation(field["ty"]), field_type(**kwargs))
+    return dspy.make_signature(fields, spec.get("instructions"), spec.get("name") or "StringSignature")
+
+
+# -- modules ----------------------------------------------------------------------------------------------------
+
+
+class Runner:
+    """One DSPy module plus what is needed to call it with JSON inputs and read JSON outputs."""
+
+    def __init__(self, program: Any, signature: type[dspy.Signature] | None = None) -> None:
+        self.program = program
+        self.coercers: dict[str, pydantic.TypeAdapter[Any]] = {}
+        self.outputs: list[str] | None = None
+        if signature is not None:
+            for name, field in signature.input_fields.items():
+                if field.annotation not in (str, int, float, bool, Any):
+                    self.coercers[name] = pydantic.TypeAdapter(field.annotation)
+            self.outputs = list(signature.output_fields)
+
+    def kwargs(self, inputs: str | bytes) -> dict[str, Any]:
+        values = json.loads(inputs)
+        if not isinstance(values, dict):
+            raise TypeError(f"program inputs must be a JSON object of field values, got {type(values).__name__}")
+        for name, adapter in self.coercers.items():
+            if name in values:
+                values[name] = adapter.validate_python(values[name])
+        return values
+
+    def call(self, settings: dict[str, Any], inputs: str | bytes) -> bytes:
+        with dspy.context(**settings):
+            return dump(self.program(**self.kwargs(inputs)))
+
+    async def acall(self, settings: dict[str, Any], inputs: str | bytes) -> bytes:
+        with dspy.context(**settings):
+            return dump(await self.program.acall(**self.kwargs(inputs)))
+
+    async def stream(self, settings: dict[str, Any], inputs: str | bytes, sink: Any) -> None:
+        """Run the program with ``dspy.streamify`` and hand each event to ``sink`` (a Rust callback).
+
+        Events: ``("token", field, chunk, is_last)``, ``("status", message)``, ``("prediction", json_bytes)``.
+        """
+        from dspy.streaming import StatusMessage, StreamListener, StreamResponse
+
+        fields = self.outputs if self.outputs is not None else _output_names(self.program)
+        listeners = [StreamListener(signature_field_name=name) for name in fields]
+        with dspy.context(**settings):
+            streaming = dspy.streamify(self.program, stream_listeners=listeners, async_streaming=True)
+            async for item in streaming(**self.kwargs(inputs)):
+                if isinstance(item, StreamResponse):
+                    sink(("token", item.signature_field_name, item.chunk, bool(item.is_last_chunk)))
+                elif isinstance(item, StatusMessage):
+                    sink(("status", item.message))
+                elif isinstance(item, dspy.Prediction):
+                    sink(("prediction", dump(item)))
+
+
+def _output_names(program: Any) -> list[str]:
+    names: list[str] = []
+    for _, predictor in program.named_predictors():
+        names.extend(name for name in predictor.signature.output_fields if name not in names)
+    return names
+
+
+def dump(prediction: Any) -> bytes:
+    """JSON of a prediction's fields (Pydantic models, enums and datetimes included)."""
+    if isinstance(prediction, dspy.Prediction):
+        values = dict(prediction.items())
+    elif isinstance(prediction, dict):
+        values = prediction
+    else:
+        values = {"output": prediction}
+    return pydantic_core.to_json(values, fallback=str)
+
+
+def build(kind: str, spec_json: str, options_json: str, tools: list[Any] | None = None) -> Runner:
+    """A Runner for ``predict`` / ``chain_of_thought`` / ``react`` over a Rust signature spec."""
+    signature = make_signature(json.loads(spec_json))
+    options = json.loads(options_json)
+    if kind == "predict":
+        program: Any = dspy.Predict(signature, **options)
+    elif kind == "chain_of_thought":
+        program = dspy.ChainOfThought(signature, **options)
+    elif kind == "react":
+        program = dspy.ReAct(signature, tools=tools or [], **options)
+    else:
+        raise ValueError(f"unknown module kind {kind!r}")
+    return Runner(program, signature)
+
+
+def load_state(runner: Runner, path: str) -> None:
+    """Load a state saved with ``program.save(path)`` (JSON; pickles are refused) into the runner's program."""
+    if not path.endswith(".json"):
+        raise ValueError(f"{path}: dspyo3 loads programs saved as JSON (program.save('x.json')); pickles can run "
+                         "arbitrary code and are refused")
+    runner.program.load(path)
+
+
+def load_program(path: str, factory: str) -> Runner:
+    """Build the program with ``factory`` ("package.module:attr", a class or zero-argument callable), load ``path``."""
+    import importlib
+
+    module_name, sep, attr = factory.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"program factory must look like 'package.module:Class', got {factory!r}")
+    target: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    program = target()
+    if not isinstance(program, dspy.Module):
+        raise TypeError(f"{factory} returned {type(program).__name__}, not a dspy.Module")
+    runner = Runner(program)
+    load_state(runner, path)
+    return runner
+
+
+# -- tools ------------------------------------------------------------------------------------------------------
+
+
+class RustTool(dspy.Tool):
+    """A ``dspy.Tool`` whose function is Rust; on the async path it runs in a worker thread, off the event loop."""
+
+    async def acall(self, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(self.__call__, **kwargs)
+
+
+def make_tool(func: Any, name: str, desc: str, args_json: str) -> RustTool:
+    """Wrap ``func(json_args: str) -> str`` (a Rust closure) as a tool with the given JSON-schema arguments."""
+
+    def call(**kwargs: Any) -> Any:
+        return func(json.dumps(kwargs))
+
+    call.__name__ = name
+    return RustTool(call, name=name, desc=desc, args=json.loads(args_json))
+
+
+# -- LM and settings --------------------------------------------------------------------------------------------
+
+
+def make_lm(model: str, kwargs_json: str, api_key: str | None) -> Any:
+    kwargs = json.loads(kwargs_json)
+    if api_key is not None:
+        kwargs["api_key"] = api_key
+    return dspy.LM(model, **kwargs)
+
+
+def profile_lm(name: str | None) -> Any:
+    from dspyo3_core.config import build_lm, load_settings
+
+    return build_lm(load_settings().profile(name))
+
+
+def adapter(name: str) -> Any:
+    return {"chat": dspy.ChatAdapter, "json": dspy.JSONAdapter, "xml": dspy.XMLAdapter}[name]()
+
+
+# -- errors -----------------------------------------------------------------------------------------------------
+
+
+def _mro_names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def _is_transport_timeout(exc: BaseException, names: set[str]) -> bool:
+    """A client-side read/connect timeout that DSPy reports as a transport error (lm15 does)."""
+    if "LMTransportError" not in names:
+        return False
+    text = str(exc).lower()
+    return "timed out" in text or "timeout" in text
+
+
+def describe_error(exc: BaseException, tb: Any = None) -> dict[str, Any]:
+    """Classify an exception for the Rust ``Error`` enum; walks ``__cause__`` to find the LM error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    kind = "python"
+    found: BaseException = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        names = _mro_names(current)
+        if "AdapterParseError" in names:
+            kind, found = "parse", current
+            break
+        if "ContextWindowExceededError" in names:
+            kind, found = "context_window", current
+            break
+        if names & {"LMRateLimitError", "RateLimitError"}:
+            kind, found = "rate_limit", current
+            break
+        if names & {"LMTimeoutError", "Timeout", "TimeoutError", "APITimeoutError", "ReadTimeout", "ConnectTimeout"} \
+                or _is_transport_timeout(current, names):
+            kind, found = "timeout", current
+            break
+        if names & {"LMAuthError", "AuthenticationError", "PermissionDeniedError"}:
+            kind, found = "auth", current
+            break
+        if "LMError" in names or "APIError" in names or "APIConnectionError" in names:
+            kind, found = "lm", current
+            break
+        current = current.__cause__ or current.__context__
+    retry_after = getattr(found, "retry_after", None)
+    retryable = None
+    try:
+        retryable = bool(dspy.is_retryable_lm_error(found))  # type: ignore[attr-defined]
+    except Exception:
+        retryable = None
+    return {
+        "kind": kind,
+        "type": f"{type(found).__module__}.{type(found).__qualname__}",
+        "message": str(found) or type(found).__name__,
+        "retry_after": float(retry_after) if isinstance(retry_after, (int, float)) else None,
+        "raw": getattr(found, "lm_response", None) if kind == "parse" else None,
+        "retryable": retryable,
+        "traceback": "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__)),
+    }
+
+

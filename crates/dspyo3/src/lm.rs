@@ -1,0 +1,208 @@
+//! Language models (`dspy.LM`) configured from Rust, and the process-wide default.
+
+use std::fmt;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::runtime::runtime;
+
+/// A `dspy.LM` living in the embedded interpreter. Cheap to clone; usable from any thread.
+#[derive(Clone)]
+pub struct Lm {
+    pub(crate) inner: std::sync::Arc<Py<PyAny>>,
+    model: String,
+}
+
+impl fmt::Debug for Lm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lm").field("model", &self.model).finish_non_exhaustive()
+    }
+}
+
+/// Builder for [`Lm`]; see [`Lm::new`]. Its `Debug` output never shows the API key.
+#[derive(Clone)]
+pub struct LmBuilder {
+    model: String,
+    kwargs: Map<String, Value>,
+    api_key: Option<String>,
+    api_key_env: Option<String>,
+}
+
+impl fmt::Debug for LmBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LmBuilder")
+            .field("model", &self.model)
+            .field("kwargs", &self.kwargs)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("api_key_env", &self.api_key_env)
+            .finish()
+    }
+}
+
+impl Lm {
+    /// Start building a `dspy.LM` for a LiteLLM-style model name (`"openai/gpt-4o-mini"`,
+    /// `"anthropic/claude-sonnet-4-5"`, `"ollama_chat/llama3.2"`, ...).
+    ///
+    /// ```no_run
+    /// let lm = dspyo3::Lm::new("openai/gpt-4o-mini").api_key_env("OPENAI_API_KEY").temperature(0.0).build()?;
+    /// dspyo3::configure(&lm)?;
+    /// # Ok::<(), dspyo3::Error>(())
+    /// ```
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(model: impl Into<String>) -> LmBuilder {
+        LmBuilder { model: model.into(), kwargs: Map::new(), api_key: None, api_key_env: None }
+    }
+
+    /// The LM of a dspyo3 profile (`dspyo3.toml`, the user config or `DSPYO3_LM*` variables; `None` picks the
+    /// default profile), built by `dspyo3_core.config.build_lm` exactly as the `dspyo3` CLI builds it.
+    pub fn profile(name: Option<&str>) -> Result<Lm> {
+        let rt = runtime()?;
+        Python::attach(|py| {
+            let lm = rt.bridge.bind(py).call_method1("profile_lm", (name,)).map_err(|e| Error::from_py_in(py, e))?;
+            let model: String = lm.getattr("model").and_then(|m| m.extract()).unwrap_or_default();
+            Ok(Lm { inner: std::sync::Arc::new(lm.unbind()), model })
+        })
+    }
+
+    /// Wrap an LM object built in Python (any `dspy.BaseLM`: a custom LM, `dspy.utils.DummyLM`, ...).
+    pub fn from_py(lm: Py<PyAny>) -> Lm {
+        let model = Python::attach(|py| lm.bind(py).getattr("model").and_then(|m| m.extract()).unwrap_or_default());
+        Lm { inner: std::sync::Arc::new(lm), model }
+    }
+
+    /// The model name.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The underlying Python object (`dspy.LM`).
+    pub fn as_py(&self) -> &Py<PyAny> {
+        &self.inner
+    }
+
+    /// Number of calls in the LM's history (`len(lm.history)`); DSPy records each call there.
+    pub fn history_len(&self) -> Result<usize> {
+        Python::attach(|py| self.inner.bind(py).getattr("history").and_then(|h| h.len())).map_err(Error::from_py)
+    }
+}
+
+impl LmBuilder {
+    /// Base URL of an OpenAI-compatible server (vLLM, Ollama, the loopback test server, ...).
+    pub fn api_base(mut self, url: impl Into<String>) -> Self {
+        self.kwargs.insert("api_base".into(), Value::String(url.into()));
+        self
+    }
+
+    /// Read the API key from this environment variable when [`build`](Self::build) runs (never logged).
+    pub fn api_key_env(mut self, var: impl Into<String>) -> Self {
+        self.api_key_env = Some(var.into());
+        self
+    }
+
+    /// Use this API key (prefer [`api_key_env`](Self::api_key_env); the key is never logged).
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// Sampling temperature.
+    pub fn temperature(self, t: f64) -> Self {
+        self.kwarg("temperature", t)
+    }
+
+    /// Maximum output tokens.
+    pub fn max_tokens(self, n: u32) -> Self {
+        self.kwarg("max_tokens", n)
+    }
+
+    /// DSPy's request cache on (default) or off.
+    pub fn cache(self, on: bool) -> Self {
+        self.kwarg("cache", on)
+    }
+
+    /// Retries DSPy makes on retryable errors.
+    pub fn num_retries(self, n: u32) -> Self {
+        self.kwarg("num_retries", n)
+    }
+
+    /// Any other `dspy.LM(...)` keyword argument (`"engine"`, `"timeout"`, `"model_type"`, ...).
+    pub fn kwarg(mut self, key: impl Into<String>, value: impl serde::Serialize) -> Self {
+        let value = serde_json::to_value(value).unwrap_or(Value::Null);
+        self.kwargs.insert(key.into(), value);
+        self
+    }
+
+    /// Create the `dspy.LM`.
+    pub fn build(self) -> Result<Lm> {
+        let key = match (&self.api_key, &self.api_key_env) {
+            (Some(key), _) => Some(key.clone()),
+            (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
+                Error::Config(format!("environment variable {var} (the API key for {}) is not set", self.model))
+            })?),
+            (None, None) => None,
+        };
+        let rt = runtime()?;
+        let kwargs = serde_json::to_string(&self.kwargs).expect("JSON map serializes");
+        Python::attach(|py| {
+            let lm = rt
+                .bridge
+                .bind(py)
+                .call_method1("make_lm", (&self.model, kwargs, key))
+                .map_err(|e| Error::from_py_in(py, e))?;
+            Ok(Lm { inner: std::sync::Arc::new(lm.unbind()), model: self.model })
+        })
+    }
+}
+
+/// How DSPy formats prompts and parses answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Adapter {
+    /// `dspy.ChatAdapter` (`[[ ## field ## ]]` sections), DSPy's default.
+    #[default]
+    Chat,
+    /// `dspy.JSONAdapter`.
+    Json,
+    /// `dspy.XMLAdapter`.
+    Xml,
+}
+
+impl Adapter {
+    fn name(self) -> &'static str {
+        match self {
+            Adapter::Chat => "chat",
+            Adapter::Json => "json",
+            Adapter::Xml => "xml",
+        }
+    }
+}
+
+pub(crate) fn settings_dict(lm: &Lm, adapter: Option<Adapter>) -> Result<Py<PyDict>> {
+    let rt = runtime()?;
+    Python::attach(|py| -> PyResult<Py<PyDict>> {
+        let dict = PyDict::new(py);
+        dict.set_item("lm", lm.inner.bind(py))?;
+        if let Some(adapter) = adapter {
+            dict.set_item("adapter", rt.bridge.bind(py).call_method1("adapter", (adapter.name(),))?)?;
+        }
+        Ok(dict.unbind())
+    })
+    .map_err(Error::from_py)
+}
+
+/// Make `lm` the default of every call that does not set its own (the Rust counterpart of `dspy.configure`).
+///
+/// Each call runs under `dspy.context(lm=...)`, so this may be called again from any thread, and modules may
+/// be called from any thread or tokio task.
+pub fn configure(lm: &Lm) -> Result<()> {
+    configure_with(lm, None)
+}
+
+/// [`configure`] with an adapter.
+pub fn configure_with(lm: &Lm, adapter: Option<Adapter>) -> Result<()> {
+    let settings = settings_dict(lm, adapter)?;
+    *runtime()?.settings.write() = Some(settings);
+    Ok(())
+}

@@ -1,0 +1,442 @@
+//! DSPy modules driven from Rust: typed `Predict` / `ChainOfThought` / `ReAct`, and `Program` for programs
+//! built and optimized in Python.
+
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::lm::{settings_dict, Adapter, Lm};
+use crate::runtime::{runtime, settings_for};
+use crate::stream::PredictionStream;
+use crate::tool::Tool;
+use crate::types::Signature;
+
+/// A DSPy module with JSON in and out: what every typed wrapper is built on. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct Module {
+    runner: Arc<Py<PyAny>>,
+    settings: Option<Arc<Py<PyDict>>>,
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module").field("own_lm", &self.settings.is_some()).finish_non_exhaustive()
+    }
+}
+
+fn path_str(path: &Path) -> Result<String> {
+    path.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| Error::Config(format!("path {} is not valid UTF-8", path.display())))
+}
+
+impl Module {
+    fn from_runner(runner: Bound<'_, PyAny>) -> Module {
+        Module { runner: Arc::new(runner.unbind()), settings: None }
+    }
+
+    pub(crate) fn build<S: Signature>(kind: &str, options: Value, tools: &[Tool]) -> Result<Module> {
+        let rt = runtime()?;
+        let spec = serde_json::to_string(&S::spec()).expect("signature spec serializes");
+        let options = options.to_string();
+        Python::attach(|py| {
+            let tools = tools.iter().map(|t| t.to_python(py)).collect::<Result<Vec<_>>>()?;
+            let tools = PyList::new(py, tools).map_err(|e| Error::from_py_in(py, e))?;
+            let runner = rt
+                .bridge
+                .bind(py)
+                .call_method1("build", (kind, spec, options, tools))
+                .map_err(|e| Error::from_py_in(py, e))?;
+            Ok(Module::from_runner(runner))
+        })
+    }
+
+    /// Use this LM (and adapter) for this module instead of the configured default.
+    pub fn with_lm(mut self, lm: &Lm, adapter: Option<Adapter>) -> Result<Module> {
+        self.settings = Some(Arc::new(settings_dict(lm, adapter)?));
+        Ok(self)
+    }
+
+    /// Load a state saved in Python with `program.save("x.json")` (demos, instructions) into this module.
+    pub fn load_state(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path_str(path.as_ref())?;
+        let rt = runtime()?;
+        Python::attach(|py| {
+            rt.bridge
+                .bind(py)
+                .call_method1("load_state", (self.runner.bind(py), path))
+                .map(drop)
+                .map_err(|e| Error::from_py_in(py, e))
+        })
+    }
+
+    /// Save the module's state as JSON (`program.save(path)`), loadable from Python or from Rust.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path_str(path.as_ref())?;
+        Python::attach(|py| {
+            self.runner
+                .bind(py)
+                .getattr("program")
+                .and_then(|p| p.call_method1("save", (path,)))
+                .map(drop)
+                .map_err(|e| Error::from_py_in(py, e))
+        })
+    }
+
+    /// The Python `dspy.Module` object.
+    pub fn program(&self) -> Result<Py<PyAny>> {
+        Python::attach(|py| self.runner.bind(py).getattr("program").map(Bound::unbind)).map_err(Error::from_py)
+    }
+
+    /// Call with a JSON object of inputs; returns the prediction's fields as JSON bytes.
+    ///
+    /// Runs on the calling thread. The GIL is held only while Python code runs: DSPy's HTTP request to the LM
+    /// releases it, so other threads (Rust or Python) proceed while the request is in flight.
+    pub fn call_json(&self, inputs: &str) -> Result<Vec<u8>> {
+        runtime()?;
+        crate::runtime::keep_thread_state();
+        Python::attach(|py| {
+            let settings = settings_for(py, self.settings.as_deref())?;
+            let out = self
+                .runner
+                .bind(py)
+                .call_method1(pyo3::intern!(py, "call"), (settings, inputs))
+                .map_err(|e| Error::from_py_in(py, e))?;
+            bytes_of(py, out)
+        })
+    }
+
+    /// Async call: DSPy's `acall` coroutine runs on the runtime's asyncio loop and is awaited from any async
+    /// runtime (tokio included) without blocking a thread.
+    pub async fn acall_json(&self, inputs: &str) -> Result<Vec<u8>> {
+        let rt = runtime()?;
+        crate::runtime::keep_thread_state();
+        let future = Python::attach(|py| -> Result<_> {
+            let settings = settings_for(py, self.settings.as_deref())?;
+            let coroutine = self
+                .runner
+                .bind(py)
+                .call_method1(pyo3::intern!(py, "acall"), (settings, inputs))
+                .map_err(|e| Error::from_py_in(py, e))?;
+            pyo3_async_runtimes::into_future_with_locals(&rt.locals, coroutine).map_err(|e| Error::from_py_in(py, e))
+        })?;
+        let out = future.await.map_err(Error::from_py)?;
+        Python::attach(|py| bytes_of(py, out.into_bound(py)))
+    }
+
+    /// Stream the call: output tokens as they arrive, status messages, then the final prediction.
+    pub fn stream_json(&self, inputs: &str) -> Result<PredictionStream<Map<String, Value>>> {
+        let rt = runtime()?;
+        Python::attach(|py| {
+            let settings = settings_for(py, self.settings.as_deref())?;
+            PredictionStream::start(py, rt, self.runner.bind(py), settings, inputs)
+        })
+    }
+
+    /// Typed call: serialize `input`, call, deserialize the prediction.
+    pub fn call<I: Serialize + ?Sized, O: DeserializeOwned>(&self, input: &I) -> Result<Prediction<O>> {
+        let inputs = to_json(input)?;
+        Prediction::from_bytes(&self.call_json(&inputs)?)
+    }
+
+    /// Typed async call.
+    pub async fn acall<I: Serialize + ?Sized, O: DeserializeOwned>(&self, input: &I) -> Result<Prediction<O>> {
+        let inputs = to_json(input)?;
+        Prediction::from_bytes(&self.acall_json(&inputs).await?)
+    }
+
+    /// Typed stream.
+    pub fn stream<I: Serialize + ?Sized, O: DeserializeOwned>(&self, input: &I) -> Result<PredictionStream<O>> {
+        let inputs = to_json(input)?;
+        let rt = runtime()?;
+        Python::attach(|py| {
+            let settings = settings_for(py, self.settings.as_deref())?;
+            PredictionStream::start(py, rt, self.runner.bind(py), settings, &inputs)
+        })
+    }
+}
+
+fn to_json<I: Serialize + ?Sized>(input: &I) -> Result<String> {
+    serde_json::to_string(input)
+        .map_err(|e| Error::Conversion { what: "program inputs", message: e.to_string(), json: String::new() })
+}
+
+fn bytes_of(py: Python<'_>, out: Bound<'_, PyAny>) -> Result<Vec<u8>> {
+    let bytes = out.cast_into::<PyBytes>().map_err(|e| Error::from_py_in(py, e.into()))?;
+    Ok(bytes.as_bytes().to_vec())
+}
+
+/// A prediction: the typed outputs plus every field the module returned (`reasoning` of `ChainOfThought`,
+/// `trajectory` of `ReAct`, ...).
+#[derive(Debug, Clone)]
+pub struct Prediction<O> {
+    /// The signature's outputs.
+    pub output: O,
+    /// All fields of the prediction as JSON.
+    pub fields: Map<String, Value>,
+}
+
+impl<O: DeserializeOwned> Prediction<O> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let fields: Map<String, Value> =
+            serde_json::from_slice(bytes).map_err(|e| Error::conversion("program outputs", &e, bytes))?;
+        let output = O::deserialize(Value::Object(fields.clone()))
+            .map_err(|e| Error::conversion("program outputs", &e, bytes))?;
+        Ok(Prediction { output, fields })
+    }
+}
+
+impl<O> Prediction<O> {
+    /// The `reasoning` field (`ChainOfThought`), if present.
+    pub fn reasoning(&self) -> Option<&str> {
+        self.fields.get("reasoning").and_then(Value::as_str)
+    }
+
+    /// Any field by name.
+    pub fn get(&self, field: &str) -> Option<&Value> {
+        self.fields.get(field)
+    }
+}
+
+// -------------------------------------------------------------------------------------------------------------
+
+/// A module with typed inputs and outputs: `call(&S::Input) -> S::Output`. `Predict`, `ChainOfThought`,
+/// `ReAct` and typed [`Program`]s dereference to it.
+pub struct Typed<S: Signature> {
+    module: Module,
+    _signature: PhantomData<fn() -> S>,
+}
+
+impl<S: Signature> Clone for Typed<S> {
+    fn clone(&self) -> Self {
+        Typed { module: self.module.clone(), _signature: PhantomData }
+    }
+}
+
+impl<S: Signature> std::fmt::Debug for Typed<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Typed").field("signature", &std::any::type_name::<S>()).finish_non_exhaustive()
+    }
+}
+
+impl<S: Signature> Typed<S> {
+    fn new(module: Module) -> Self {
+        Typed { module, _signature: PhantomData }
+    }
+
+    /// Call and return the outputs (sync; see [`Module::call_json`] for the GIL).
+    pub fn call(&self, input: &S::Input) -> Result<S::Output> {
+        Ok(self.module.call::<_, S::Output>(input)?.output)
+    }
+
+    /// Call and return the outputs with every other field of the prediction.
+    pub fn call_full(&self, input: &S::Input) -> Result<Prediction<S::Output>> {
+        self.module.call(input)
+    }
+
+    /// Async call, awaitable from tokio (DSPy's `acall` on the runtime's asyncio loop).
+    pub async fn acall(&self, input: &S::Input) -> Result<S::Output> {
+        Ok(self.module.acall::<_, S::Output>(input).await?.output)
+    }
+
+    /// Async call returning the full prediction.
+    pub async fn acall_full(&self, input: &S::Input) -> Result<Prediction<S::Output>> {
+        self.module.acall(input).await
+    }
+
+    /// Stream output tokens, then the typed prediction (see [`PredictionStream`]).
+    pub fn stream(&self, input: &S::Input) -> Result<PredictionStream<S::Output>> {
+        self.module.stream(input)
+    }
+
+    /// The untyped module underneath.
+    pub fn module(&self) -> &Module {
+        &self.module
+    }
+
+    /// Load a state saved with `program.save("x.json")` in Python (demos, instructions).
+    pub fn load_state(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.module.load_state(path)
+    }
+
+    /// Save this module's state as JSON.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.module.save(path)
+    }
+
+    fn with_lm(mut self, lm: &Lm, adapter: Option<Adapter>) -> Result<Self> {
+        self.module = self.module.with_lm(lm, adapter)?;
+        Ok(self)
+    }
+}
+
+macro_rules! typed_module {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        pub struct $name<S: Signature>(Typed<S>);
+
+        impl<S: Signature> Clone for $name<S> {
+            fn clone(&self) -> Self {
+                $name(self.0.clone())
+            }
+        }
+
+        impl<S: Signature> std::fmt::Debug for $name<S> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_tuple(stringify!($name)).field(&std::any::type_name::<S>()).finish()
+            }
+        }
+
+        impl<S: Signature> Deref for $name<S> {
+            type Target = Typed<S>;
+            fn deref(&self) -> &Typed<S> {
+                &self.0
+            }
+        }
+
+        impl<S: Signature> $name<S> {
+            /// Use this LM (and adapter) instead of the configured default.
+            pub fn with_lm(self, lm: &Lm, adapter: Option<Adapter>) -> Result<Self> {
+                Ok($name(self.0.with_lm(lm, adapter)?))
+            }
+
+            /// The typed module (to store modules of different kinds behind one type).
+            pub fn into_typed(self) -> Typed<S> {
+                self.0
+            }
+        }
+    };
+}
+
+typed_module!(
+    /// `dspy.Predict` over a Rust signature.
+    ///
+    /// ```no_run
+    /// use dspyo3::{Predict, Signature};
+    ///
+    /// /// Answer questions with short factoid answers.
+    /// #[derive(Signature)]
+    /// struct QA {
+    ///     #[input]
+    ///     question: String,
+    ///     #[output(desc = "often between 1 and 5 words")]
+    ///     answer: String,
+    /// }
+    ///
+    /// dspyo3::configure(&dspyo3::Lm::new("openai/gpt-4o-mini").api_key_env("OPENAI_API_KEY").build()?)?;
+    /// let qa = Predict::<QA>::new()?;
+    /// let out = qa.call(&QAInput { question: "Capital of France?".into() })?;
+    /// println!("{}", out.answer);
+    /// # Ok::<(), dspyo3::Error>(())
+    /// ```
+    Predict,
+    "predict"
+);
+typed_module!(
+    /// `dspy.ChainOfThought` over a Rust signature; the reasoning is in [`Prediction::reasoning`].
+    ChainOfThought,
+    "chain_of_thought"
+);
+typed_module!(
+    /// `dspy.ReAct` over a Rust signature, with Rust functions as tools.
+    ReAct,
+    "react"
+);
+
+impl<S: Signature> Predict<S> {
+    /// A new `dspy.Predict(signature)`.
+    pub fn new() -> Result<Self> {
+        Ok(Predict(Typed::new(Module::build::<S>("predict", Value::Object(Map::new()), &[])?)))
+    }
+
+    /// A `dspy.Predict` with the state (demos, instructions) of a program saved in Python as JSON.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let module = Self::new()?;
+        module.load_state(path)?;
+        Ok(module)
+    }
+}
+
+impl<S: Signature> ChainOfThought<S> {
+    /// A new `dspy.ChainOfThought(signature)`.
+    pub fn new() -> Result<Self> {
+        Ok(ChainOfThought(Typed::new(Module::build::<S>("chain_of_thought", Value::Object(Map::new()), &[])?)))
+    }
+
+    /// A `dspy.ChainOfThought` with the state of a program saved in Python as JSON.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let module = Self::new()?;
+        module.load_state(path)?;
+        Ok(module)
+    }
+}
+
+impl<S: Signature> ReAct<S> {
+    /// A new `dspy.ReAct(signature, tools=..., max_iters=...)`.
+    pub fn new(tools: Vec<Tool>, max_iters: u32) -> Result<Self> {
+        if tools.is_empty() {
+            return Err(Error::Config("ReAct needs at least one tool".into()));
+        }
+        let options = serde_json::json!({ "max_iters": max_iters });
+        Ok(ReAct(Typed::new(Module::build::<S>("react", options, &tools)?)))
+    }
+}
+
+// -------------------------------------------------------------------------------------------------------------
+
+/// A program whose architecture is Python code (any `dspy.Module`), typically optimized and saved in Python.
+#[derive(Clone, Debug)]
+pub struct Program {
+    module: Module,
+}
+
+impl Program {
+    /// Build the program with `factory` (`"package.module:ClassOrFunction"`, called with no arguments; add its
+    /// directory with [`add_python_path`](crate::add_python_path) or `PYTHONPATH`) and load the JSON state saved
+    /// by `program.save(path)` into it: the demos and instructions an optimizer found. Pickles are refused.
+    pub fn load(path: impl AsRef<Path>, factory: &str) -> Result<Program> {
+        let path = path_str(path.as_ref())?;
+        let rt = runtime()?;
+        Python::attach(|py| {
+            let runner = rt
+                .bridge
+                .bind(py)
+                .call_method1("load_program", (path, factory))
+                .map_err(|e| Error::from_py_in(py, e))?;
+            Ok(Program { module: Module::from_runner(runner) })
+        })
+    }
+
+    /// Use this LM (and adapter) instead of the configured default.
+    pub fn with_lm(self, lm: &Lm, adapter: Option<Adapter>) -> Result<Self> {
+        Ok(Program { module: self.module.with_lm(lm, adapter)? })
+    }
+
+    /// Call with any serializable input (a struct or a `serde_json` map of field values).
+    pub fn call<I: Serialize + ?Sized, O: DeserializeOwned>(&self, input: &I) -> Result<Prediction<O>> {
+        self.module.call(input)
+    }
+
+    /// Async call.
+    pub async fn acall<I: Serialize + ?Sized, O: DeserializeOwned>(&self, input: &I) -> Result<Prediction<O>> {
+        self.module.acall(input).await
+    }
+
+    /// View the program through a Rust signature whose fields match its inputs and outputs.
+    pub fn typed<S: Signature>(self) -> Typed<S> {
+        Typed::new(self.module)
+    }
+
+    /// The untyped module.
+    pub fn module(&self) -> &Module {
+        &self.module
+    }
+}

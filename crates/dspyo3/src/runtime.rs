@@ -1,0 +1,276 @@
+//! The embedded interpreter: started once, pointed at a virtual environment, with one asyncio loop thread that
+//! async calls are scheduled on.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use parking_lot::{Mutex, RwLock};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyModule};
+use pyo3_async_runtimes::TaskLocals;
+
+use crate::error::{Error, Result};
+
+const BRIDGE_SOURCE: &str = include_str!("bridge.py");
+
+pub(crate) struct Runtime {
+    pub(crate) bridge: Py<PyModule>,
+    pub(crate) locals: TaskLocals,
+    /// `dspy.context(**settings)` of every call that does not bring its own LM.
+    pub(crate) settings: RwLock<Option<Py<PyDict>>>,
+    pub(crate) venv: Option<PathBuf>,
+}
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+static INIT_LOCK: Mutex<()> = Mutex::new(());
+
+/// What [`init`] found: the Python version embedded and the virtual environment whose packages it uses.
+#[derive(Debug, Clone)]
+pub struct RuntimeInfo {
+    /// `sys.version` of the embedded interpreter.
+    pub python_version: String,
+    /// The virtual environment added to `sys.path`, if any.
+    pub venv: Option<PathBuf>,
+    /// `dspy.__version__`.
+    pub dspy_version: String,
+}
+
+/// Start the embedded interpreter (once per process) and import DSPy.
+///
+/// The virtual environment comes from `DSPYO3_VENV`, else `VIRTUAL_ENV`; its `site-packages` (with `.pth` files,
+/// so editable installs work) replaces the base interpreter's, as running the venv's `python` would. Without
+/// either variable the base interpreter's own packages are used. Every other entry point calls this, so calling it
+/// yourself is only needed to fail early or to read [`RuntimeInfo`].
+pub fn init() -> Result<RuntimeInfo> {
+    let runtime = runtime()?;
+    Python::attach(|py| {
+        let sys = py.import("sys")?;
+        let dspy = py.import("dspy")?;
+        Ok(RuntimeInfo {
+            python_version: sys.getattr("version")?.extract()?,
+            venv: runtime.venv.clone(),
+            dspy_version: dspy.getattr("__version__")?.extract()?,
+        })
+    })
+    .map_err(|e: PyErr| Error::from_py(e))
+}
+
+/// Add a directory to the front of `sys.path` (where your Python program modules live).
+pub fn add_python_path(dir: impl AsRef<Path>) -> Result<()> {
+    runtime()?;
+    let dir = dir.as_ref();
+    let dir = dir.canonicalize().map_err(|e| Error::Config(format!("python path {}: {e}", dir.display())))?;
+    Python::attach(|py| -> PyResult<()> {
+        let path = py.import("sys")?.getattr("path")?.cast_into::<PyList>()?;
+        let text = dir.to_string_lossy().into_owned();
+        if !path.contains(&text)? {
+            path.insert(0, text)?;
+        }
+        Ok(())
+    })
+    .map_err(Error::from_py)
+}
+
+thread_local! {
+    static THREAD_STATE_KEPT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Give the calling OS thread a Python thread state that outlives each call.
+///
+/// Without it, every `Python::attach` from a thread Python did not create makes a fresh thread state and throws
+/// it away afterwards, so per-thread Python state (context variables, DSPy's thread-local settings) is rebuilt
+/// on every call: measurably slower. The GIL is not held afterwards.
+pub(crate) fn keep_thread_state() {
+    THREAD_STATE_KEPT.with(|kept| {
+        if kept.get() {
+            return;
+        }
+        // Done inside `detach`, where this thread surely does not hold the GIL (whatever its caller holds):
+        // Ensure takes the GIL with the thread's state and raises that state's use count by one; SaveThread
+        // releases the GIL again and keeps the count, so the state survives the enclosing attach's release.
+        Python::attach(|py| {
+            py.detach(|| {
+                // SAFETY: the interpreter is initialized and this thread does not hold the GIL here.
+                unsafe {
+                    let _ = pyo3::ffi::PyGILState_Ensure();
+                    let _ = pyo3::ffi::PyEval_SaveThread();
+                }
+            })
+        });
+        kept.set(true);
+    });
+}
+
+pub(crate) fn runtime() -> Result<&'static Runtime> {
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let _guard = INIT_LOCK.lock();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = start()?;
+    Ok(RUNTIME.get_or_init(|| rt))
+}
+
+/// The bridge module, if the runtime is up (for error classification, which must not start it).
+pub(crate) fn bridge_in(py: Python<'_>) -> std::result::Result<Bound<'_, PyModule>, String> {
+    RUNTIME.get().map(|rt| rt.bridge.bind(py).clone()).ok_or_else(|| "runtime not started".to_string())
+}
+
+/// `DSPYO3_VENV`, else `VIRTUAL_ENV` (empty values ignored).
+pub(crate) fn venv_dir() -> Option<PathBuf> {
+    ["DSPYO3_VENV", "VIRTUAL_ENV"]
+        .iter()
+        .filter_map(std::env::var_os)
+        .find(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// `key = value` lines of a venv's `pyvenv.cfg`.
+fn read_pyvenv_cfg(venv: &Path) -> Result<Vec<(String, String)>> {
+    let cfg = venv.join("pyvenv.cfg");
+    let text = std::fs::read_to_string(&cfg).map_err(|e| {
+        Error::Runtime(format!(
+            "{} is not a virtual environment ({}: {e}); point DSPYO3_VENV or VIRTUAL_ENV at a venv created for the \
+             Python dspyo3 was built against",
+            venv.display(),
+            cfg.display()
+        ))
+    })?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect())
+}
+
+fn start() -> Result<Runtime> {
+    Python::initialize();
+    let venv = venv_dir();
+    let bridge = Python::attach(|py| -> Result<Py<PyModule>> {
+        if let Some(venv) = &venv {
+            activate_venv(py, venv)?;
+        }
+        let code = CString::new(BRIDGE_SOURCE).expect("bridge source has no NUL");
+        let module = PyModule::from_code(py, &code, c"dspyo3/bridge.py", c"_dspyo3_bridge").map_err(|err| {
+            let base = Error::from_py_in(py, err);
+            let hint = match &venv {
+                Some(v) => format!("the venv {} must have dspy installed", v.display()),
+                None => "set VIRTUAL_ENV (or DSPYO3_VENV) to a venv with dspy installed".to_string(),
+            };
+            Error::Runtime(format!("cannot import DSPy into the embedded interpreter ({base}); {hint}"))
+        })?;
+        Ok(module.unbind())
+    })?;
+    let locals = start_event_loop()?;
+    Ok(Runtime { bridge, locals, settings: RwLock::new(None), venv })
+}
+
+fn activate_venv(py: Python<'_>, venv: &Path) -> Result<()> {
+    let venv = venv
+        .canonicalize()
+        .map_err(|e| Error::Runtime(format!("virtual environment {}: {e}", venv.display())))?;
+    let cfg = read_pyvenv_cfg(&venv)?;
+    let (major, minor): (u8, u8) = py
+        .import("sys")
+        .and_then(|sys| sys.getattr("version_info")?.get_item(0)?.extract::<u8>().map(|m| (sys, m)))
+        .and_then(|(sys, m)| Ok((m, sys.getattr("version_info")?.get_item(1)?.extract::<u8>()?)))
+        .map_err(Error::from_py)?;
+    let embedded = format!("{major}.{minor}");
+    if let Some((_, version)) = cfg.iter().find(|(k, _)| k == "version" || k == "version_info") {
+        let venv_minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
+        if venv_minor != embedded {
+            return Err(Error::Runtime(format!(
+                "the venv {} is Python {version} but dspyo3 was built against Python {embedded}; rebuild with \
+                 PYO3_PYTHON={}/bin/python",
+                venv.display(),
+                venv.display()
+            )));
+        }
+    }
+    let site = venv.join("lib").join(format!("python{embedded}")).join("site-packages");
+    if !site.is_dir() {
+        return Err(Error::Runtime(format!("{} has no {}", venv.display(), site.display())));
+    }
+    let include_system = cfg
+        .iter()
+        .any(|(k, v)| k == "include-system-site-packages" && v.eq_ignore_ascii_case("true"));
+    let code = c"
+def _activate(venv, site_dir, include_system):
+    import os, site, sys
+    base = set(site.getsitepackages())
+    user = site.getusersitepackages() if site.ENABLE_USER_SITE else None
+    if user:
+        base.add(user)
+    removed = [p for p in sys.path if p in base]
+    sys.path[:] = [p for p in sys.path if p not in base]
+    site.addsitedir(site_dir)  # appends site-packages and its .pth entries (editable installs) after the stdlib
+    if include_system:
+        sys.path.extend(removed)
+    exe = os.path.join(venv, 'bin', 'python')
+    if os.path.exists(exe):
+        sys.executable = exe
+    sys.prefix = sys.exec_prefix = venv
+";
+    let activate = || -> PyResult<()> {
+        let module = PyModule::from_code(py, code, c"dspyo3/venv.py", c"_dspyo3_venv")?;
+        module.getattr("_activate")?.call1((
+            venv.to_string_lossy().into_owned(),
+            site.to_string_lossy().into_owned(),
+            include_system,
+        ))?;
+        Ok(())
+    };
+    activate().map_err(|e| Error::Runtime(format!("activating venv {}: {e}", venv.display())))
+}
+
+/// One daemon thread runs an asyncio loop forever; `acall` and streams schedule coroutines on it.
+fn start_event_loop() -> Result<TaskLocals> {
+    let (tx, rx) = std::sync::mpsc::channel::<std::result::Result<Py<PyAny>, String>>();
+    std::thread::Builder::new()
+        .name("dspyo3-asyncio".into())
+        .spawn(move || {
+            Python::attach(|py| {
+                let setup = || -> PyResult<Bound<'_, PyAny>> {
+                    let asyncio = py.import("asyncio")?;
+                    let event_loop = asyncio.call_method0("new_event_loop")?;
+                    asyncio.call_method1("set_event_loop", (&event_loop,))?;
+                    Ok(event_loop)
+                };
+                match setup() {
+                    Ok(event_loop) => {
+                        let _ = tx.send(Ok(event_loop.clone().unbind()));
+                        if let Err(err) = event_loop.call_method0("run_forever") {
+                            err.print(py);
+                        }
+                    }
+                    Err(err) => {
+                        let _ = tx.send(Err(err.to_string()));
+                    }
+                }
+            })
+        })
+        .map_err(|e| Error::Runtime(format!("cannot start the asyncio thread: {e}")))?;
+    let event_loop = rx
+        .recv()
+        .map_err(|_| Error::Runtime("the asyncio thread exited before its loop started".into()))?
+        .map_err(|e| Error::Runtime(format!("cannot create the asyncio loop: {e}")))?;
+    Ok(Python::attach(|py| TaskLocals::new(event_loop.into_bound(py))))
+}
+
+/// The settings dict for a call: the module's own, else the global one; an error names the fix when neither.
+pub(crate) fn settings_for<'py>(py: Python<'py>, own: Option<&Py<PyDict>>) -> Result<Bound<'py, PyDict>> {
+    if let Some(own) = own {
+        return Ok(own.bind(py).clone());
+    }
+    let rt = runtime()?;
+    let guard = rt.settings.read();
+    match guard.as_ref() {
+        Some(settings) => Ok(settings.bind(py).clone()),
+        None => Err(Error::Config(
+            "no LM configured: call dspyo3::configure(&lm) once, or give the module one with .with_lm(&lm)".into(),
+        )),
+    }
+}

@@ -1,0 +1,431 @@
+//! End-to-end tests of driving DSPy from Rust, against the loopback LM server (no network, no API key).
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Server;
+use dspyo3::{ChainOfThought, DspyType, Error, Predict, Program, ReAct, Signature, StreamEvent, Tool};
+use futures::StreamExt;
+use pyo3::prelude::*;
+use pyo3::types::IntoPyDict;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DspyType)]
+#[serde(rename_all = "snake_case")]
+enum Sentiment {
+    VeryPositive,
+    Neutral,
+    Negative,
+}
+
+/// A named thing in the text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DspyType)]
+struct Entity {
+    /// surface form
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    salience: f64,
+    aliases: Option<Vec<String>>,
+}
+
+/// Analyse a product review.
+#[derive(Signature)]
+struct Analyse {
+    #[input]
+    review: String,
+    #[input]
+    max_entities: i64,
+    #[input]
+    context: Option<Entity>,
+    #[output]
+    sentiment: Sentiment,
+    /// between 0 and 1
+    #[output]
+    confidence: f64,
+    #[output]
+    entities: Vec<Entity>,
+    #[output]
+    counts: HashMap<String, i64>,
+    #[output]
+    spam: bool,
+    #[output(desc = "one sentence")]
+    summary: Option<String>,
+}
+
+/// Answer questions with short factoid answers.
+#[derive(Signature)]
+struct QA {
+    #[input]
+    question: String,
+    #[output]
+    answer: String,
+}
+
+fn analyse_input() -> AnalyseInput {
+    AnalyseInput {
+        review: "Acme's kettle is great".into(),
+        max_entities: 3,
+        context: Some(Entity { name: "Acme".into(), kind: "org".into(), salience: 1.0, aliases: None }),
+    }
+}
+
+#[test]
+fn typed_predict_maps_every_field_type_both_ways() {
+    let server = Server::start();
+    server.script(&[r#"chat_reply(sentiment="very_positive", confidence=0.9,
+        entities=[{"name": "Acme", "type": "org", "salience": 0.7, "aliases": ["ACME"]}],
+        counts={"great": 1}, spam=False, summary="Praise for a kettle.")"#]);
+    let analyse = Predict::<Analyse>::new().unwrap().with_lm(&server.lm(), None).unwrap();
+    let out = analyse.call(&analyse_input()).unwrap();
+    assert_eq!(out.sentiment, Sentiment::VeryPositive);
+    assert_eq!(out.confidence, 0.9);
+    assert_eq!(
+        out.entities,
+        vec![Entity { name: "Acme".into(), kind: "org".into(), salience: 0.7, aliases: Some(vec!["ACME".into()]) }]
+    );
+    assert_eq!(out.counts, HashMap::from([("great".to_string(), 1)]));
+    assert!(!out.spam);
+    assert_eq!(out.summary.as_deref(), Some("Praise for a kettle."));
+
+    let prompt = server.prompt(0);
+    assert!(prompt.contains("Analyse a product review."), "doc comment is the instructions:\n{prompt}");
+    assert!(prompt.contains("between 0 and 1") && prompt.contains("one sentence"), "{prompt}");
+    assert!(prompt.contains(r#""name": "Acme""#), "nested input sent as JSON:\n{prompt}");
+}
+
+#[test]
+fn rust_types_become_the_python_annotations() {
+    common::init();
+    let analyse = Predict::<Analyse>::new().unwrap();
+    let program = analyse.module().program().unwrap();
+    Python::attach(|py| {
+        let sig = program.bind(py).getattr("signature").unwrap();
+        let ann = |role: &str, name: &str| -> String {
+            let field = sig.getattr(role).unwrap().get_item(name).unwrap();
+            field.getattr("annotation").unwrap().str().unwrap().to_string()
+        };
+        assert_eq!(ann("output_fields", "sentiment"), "typing.Literal['very_positive', 'neutral', 'negative']");
+        assert_eq!(ann("output_fields", "confidence"), "<class 'float'>");
+        assert_eq!(ann("output_fields", "counts"), "dict[str, int]");
+        assert_eq!(ann("output_fields", "summary"), "typing.Optional[str]");
+        assert!(ann("output_fields", "entities").starts_with("list["), "{}", ann("output_fields", "entities"));
+        assert_eq!(ann("input_fields", "max_entities"), "<class 'int'>");
+        let model = sig.getattr("output_fields").unwrap().get_item("entities").unwrap().getattr("annotation").unwrap();
+        let entity = model.getattr("__args__").unwrap().get_item(0).unwrap();
+        let schema = entity.call_method0("model_json_schema").unwrap().str().unwrap().to_string();
+        assert!(schema.contains("'type'") && schema.contains("surface form"), "{schema}");
+        assert_eq!(entity.getattr("__doc__").unwrap().to_string(), "A named thing in the text.");
+    });
+}
+
+#[test]
+fn chain_of_thought_returns_reasoning() {
+    let server = Server::start();
+    server.script(&[r#"chat_reply(reasoning="France's capital is Paris.", answer="Paris")"#]);
+    let cot = ChainOfThought::<QA>::new().unwrap().with_lm(&server.lm(), None).unwrap();
+    let full = cot.call_full(&QAInput { question: "Capital of France?".into() }).unwrap();
+    assert_eq!(full.output.answer, "Paris");
+    assert_eq!(full.reasoning(), Some("France's capital is Paris."));
+}
+
+#[derive(Debug, Deserialize, DspyType)]
+struct WeatherArgs {
+    /// a city name
+    city: String,
+}
+
+/// Answer questions about the weather, using the tools.
+#[derive(Signature)]
+struct WeatherQA {
+    #[input]
+    question: String,
+    #[output]
+    answer: String,
+}
+
+#[test]
+fn react_calls_rust_tools_and_feeds_errors_back() {
+    let server = Server::start();
+    server.script(&[
+        r#"chat_reply(next_thought="look it up", next_tool_name="weather", next_tool_args={"city": "Paris"})"#,
+        r#"chat_reply(next_thought="and Atlantis", next_tool_name="weather", next_tool_args={"city": "Atlantis"})"#,
+        r#"chat_reply(next_thought="done", next_tool_name="finish", next_tool_args={})"#,
+        r#"chat_reply(reasoning="the tool said sunny", answer="Sunny in Paris")"#,
+    ]);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let weather = Tool::new("weather", "Current weather in a city.", move |args: WeatherArgs| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        if args.city == "Atlantis" {
+            Err(format!("no weather station in {}", args.city))
+        } else {
+            Ok(format!("sunny, 21C in {}", args.city))
+        }
+    });
+    assert_eq!(weather.args_schema().unwrap()["city"]["description"], "a city name");
+    let agent = ReAct::<WeatherQA>::new(vec![weather], 5).unwrap().with_lm(&server.lm(), None).unwrap();
+    let full = agent.call_full(&WeatherQAInput { question: "Weather in Paris?".into() }).unwrap();
+    assert_eq!(full.output.answer, "Sunny in Paris");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let trajectory = full.get("trajectory").unwrap().to_string();
+    assert!(trajectory.contains("sunny, 21C in Paris"), "{trajectory}");
+    assert!(trajectory.contains("no weather station in Atlantis"), "tool error fed back: {trajectory}");
+    assert!(server.prompt(0).contains("a city name"), "tool schema shown to the LM");
+}
+
+#[test]
+fn program_saved_in_python_gives_the_same_predictions_from_rust() {
+    let lm_server = dspyo3::testing::LoopbackLm::start(Duration::ZERO).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/optimized");
+    let status = Command::new(dspyo3::testing::venv_python())
+        .arg(example.join("optimize.py"))
+        .args(["--api-base", lm_server.api_base(), "--out"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "optimize.py failed");
+    let recorded: HashMap<String, HashMap<String, String>> =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("predictions.json")).unwrap()).unwrap();
+
+    common::init();
+    dspyo3::add_python_path(&example).unwrap();
+    let lm = lm_server.lm().build().unwrap();
+    let program =
+        Program::load(dir.path().join("program.json"), "qa_program:QAProgram").unwrap().with_lm(&lm, None).unwrap();
+    let typed = program.clone().typed::<QA>();
+    let fresh = unoptimized(&lm);
+    for (question, answer) in &recorded["optimized"] {
+        let from_rust = typed.call(&QAInput { question: question.clone() }).unwrap().answer;
+        assert_eq!(&from_rust, answer, "{question}");
+        // the saved demos are what make the answer: without them, the answer is the unoptimized one
+        let unoptimized = fresh.call(&QAInput { question: question.clone() }).unwrap().answer;
+        assert_eq!(&unoptimized, &recorded["unoptimized"][question]);
+        assert_ne!(&unoptimized, answer);
+    }
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("program.json")).unwrap()).unwrap();
+    assert_eq!(saved["answer.predict"]["demos"].as_array().map(Vec::len), Some(3), "{saved}");
+}
+
+/// The same architecture with an empty state: what the program answers before optimization.
+fn unoptimized(lm: &dspyo3::Lm) -> dspyo3::Typed<QA> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.json");
+    Python::attach(|py| {
+        let program = py.import("qa_program").unwrap().getattr("QAProgram").unwrap().call0().unwrap();
+        program.call_method1("save", (path.to_str().unwrap(),)).unwrap();
+    });
+    Program::load(&path, "qa_program:QAProgram").unwrap().with_lm(lm, None).unwrap().typed::<QA>()
+}
+
+#[test]
+fn saving_from_rust_and_loading_back_keeps_demos() {
+    let server = Server::start();
+    server.responder(r#"field_responder(lambda inputs: {"answer": "A:" + inputs["question"]})"#);
+    let predict = Predict::<QA>::new().unwrap().with_lm(&server.lm(), None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("predict.json");
+    Python::attach(|py| {
+        let program = predict.module().program().unwrap();
+        let example = py
+            .import("dspy")
+            .unwrap()
+            .getattr("Example")
+            .unwrap()
+            .call((), Some(&[("question", "Q1"), ("answer", "A1")].into_py_dict(py).unwrap()))
+            .unwrap();
+        program.bind(py).setattr("demos", vec![example]).unwrap();
+    });
+    predict.save(&path).unwrap();
+    let loaded = Predict::<QA>::load(&path).unwrap().with_lm(&server.lm(), None).unwrap();
+    let out = loaded.call(&QAInput { question: "Q2".into() }).unwrap();
+    assert_eq!(out.answer, "A:Q2");
+    let prompt = server.prompt(0);
+    assert!(prompt.contains("Q1") && prompt.contains("A1"), "the demo loaded from JSON is in the prompt");
+    let err = Predict::<QA>::load(dir.path().join("x.pkl")).unwrap_err();
+    assert!(err.to_string().contains("pickles"), "{err}");
+}
+
+#[test]
+fn lm_errors_map_to_the_error_enum() {
+    let server = Server::start();
+    let predict = Predict::<QA>::new().unwrap().with_lm(&server.lm(), None).unwrap();
+    let input = QAInput { question: "q".into() };
+
+    server.script(&["Reply.rate_limited(retry_after=2)"]);
+    match predict.call(&input).unwrap_err() {
+        err @ Error::RateLimited { .. } => {
+            assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
+            assert!(err.is_retryable());
+        }
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+
+    server.script(&[r#"Reply.server_error(status=401, message="Incorrect API key provided")"#]);
+    assert!(matches!(predict.call(&input).unwrap_err(), Error::Auth { .. }));
+
+    // ChatAdapter retries a failed parse with JSONAdapter: two unparseable answers
+    server.script(&["'I do not follow formats'", "'still no format'"]);
+    match predict.call(&input).unwrap_err() {
+        Error::Parse { raw, .. } => assert!(raw.contains("no format") || raw.contains("I do not follow"), "{raw}"),
+        other => panic!("expected Parse, got {other:?}"),
+    }
+
+    server.script(&[r#"Reply.server_error(status=500, message="upstream exploded")"#]);
+    match predict.call(&input).unwrap_err() {
+        Error::Lm { message, .. } => assert!(message.contains("upstream exploded"), "{message}"),
+        other => panic!("expected Lm, got {other:?}"),
+    }
+
+    let slow = Predict::<QA>::new()
+        .unwrap()
+        .with_lm(&server.lm_builder().kwarg("timeout", 0.5).build().unwrap(), None)
+        .unwrap();
+    server.script(&["Reply.hang_up(5)"]);
+    let err = slow.call(&input).unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+}
+
+#[test]
+fn python_exceptions_keep_type_and_traceback() {
+    common::init();
+    match Program::load("missing.json", "no_such_module_xyz:Program").unwrap_err() {
+        Error::Python { type_name, traceback, .. } => {
+            assert_eq!(type_name, "builtins.ModuleNotFoundError");
+            assert!(traceback.contains("no_such_module_xyz"), "{traceback}");
+        }
+        other => panic!("expected Python, got {other:?}"),
+    }
+    match Program::load("missing.json", "json:loads").unwrap_err() {
+        Error::Python { type_name, traceback, message } => {
+            assert_eq!(type_name, "builtins.TypeError");
+            assert!(message.contains("missing 1 required positional argument"), "{message}");
+            assert!(traceback.contains("in load_program"), "{traceback}");
+        }
+        other => panic!("expected Python, got {other:?}"),
+    }
+    let err = Program::load("missing.json", "not-a-factory").unwrap_err();
+    assert!(err.to_string().contains("package.module:Class"), "{err}");
+}
+
+#[test]
+fn outputs_that_do_not_fit_the_rust_type_are_conversion_errors() {
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Wrong {
+        answer: i64,
+    }
+    let server = Server::start();
+    server.script(&[r#"chat_reply(answer="Paris")"#]);
+    let predict = Predict::<QA>::new().unwrap().with_lm(&server.lm(), None).unwrap();
+    let err = predict.module().call::<_, Wrong>(&QAInput { question: "q".into() }).unwrap_err();
+    match err {
+        Error::Conversion { what, json, .. } => {
+            assert_eq!(what, "program outputs");
+            assert!(json.contains("Paris"));
+        }
+        other => panic!("expected Conversion, got {other:?}"),
+    }
+}
+
+#[test]
+fn api_key_env_must_exist_and_keys_never_print() {
+    common::init();
+    let err = dspyo3::Lm::new("openai/x").api_key_env("DSPYO3_TEST_NO_SUCH_KEY_VAR").build().unwrap_err();
+    assert!(err.to_string().contains("DSPYO3_TEST_NO_SUCH_KEY_VAR"), "{err}");
+    let builder = dspyo3::Lm::new("openai/x").api_key("sk-secret-value-123");
+    assert!(!format!("{builder:?}").contains("sk-secret"), "{builder:?}");
+    let lm = builder.build().unwrap();
+    assert!(!format!("{lm:?}").contains("sk-secret"));
+}
+
+#[test]
+fn tokio_tasks_run_acall_concurrently_without_cross_talk() {
+    let server = Server::start();
+    server.responder(r#"lambda request: Reply(content=chat_reply(answer="A:" + parse_fields(last_user_text(request))["question"]), latency=0.2)"#);
+    let predict = Predict::<QA>::new().unwrap().with_lm(&server.lm(), None).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let answers = rt.block_on(async {
+        let tasks: Vec<_> = (0..32)
+            .map(|i| {
+                let predict = predict.clone();
+                tokio::spawn(async move { predict.acall(&QAInput { question: format!("q{i}") }).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.unwrap().unwrap().answer);
+        }
+        answers
+    });
+    assert_eq!(answers, (0..32).map(|i| format!("A:q{i}")).collect::<Vec<_>>());
+    assert_eq!(server.requests().len(), 32);
+}
+
+#[test]
+fn sync_call_releases_the_gil_while_the_request_is_in_flight() {
+    let server = Server::start();
+    server.responder(r#"lambda request: Reply(content=chat_reply(answer="ok"), latency=1.0)"#);
+    let predict = Predict::<QA>::new().unwrap().with_lm(&server.lm(), None).unwrap();
+    let started = Instant::now();
+    let caller = std::thread::spawn(move || {
+        predict.call(&QAInput { question: "q".into() }).unwrap();
+        Instant::now()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // Another thread runs Python while the call waits on the LM: it finishes long before the call does.
+    let ran_python = Python::attach(|py| {
+        py.eval(c"sum(range(1000))", None, None).unwrap().extract::<i64>().unwrap();
+        Instant::now()
+    });
+    let call_done = caller.join().unwrap();
+    assert!(ran_python < call_done, "Python ran while the LM request was in flight");
+    assert!(call_done.duration_since(started) >= Duration::from_millis(900));
+}
+
+#[test]
+fn streaming_yields_tokens_then_the_typed_prediction() {
+    let server = Server::start();
+    let answer = "The capital of France is Paris, a city on the Seine.";
+    server.responder(&format!(
+        r#"lambda request: Reply(content=chat_reply(answer={answer:?}), chunk_size=6, chunk_delay=0.01)"#
+    ));
+    let predict = Predict::<QA>::new().unwrap().with_lm(&server.lm(), None).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (tokens, prediction) = rt.block_on(async {
+        let mut stream = predict.stream(&QAInput { question: "Capital of France?".into() }).unwrap();
+        let mut tokens = Vec::new();
+        let mut prediction = None;
+        while let Some(event) = stream.next().await {
+            match event.unwrap() {
+                StreamEvent::Token { field, chunk, .. } => {
+                    assert_eq!(field, "answer");
+                    tokens.push(chunk);
+                }
+                StreamEvent::Prediction(p) => prediction = Some(p.output),
+                StreamEvent::Status(_) => {}
+            }
+        }
+        (tokens, prediction)
+    });
+    assert!(tokens.len() >= 3, "streamed in several chunks: {tokens:?}");
+    assert_eq!(tokens.concat().trim(), answer);
+    assert_eq!(prediction.unwrap().answer, answer);
+    assert!(server.requests()[0]["stream"].as_bool().unwrap_or(false), "the LM request was a streaming one");
+}
+
+#[test]
+fn a_signature_splits_into_input_and_output() {
+    let (input, output): (QAInput, QAOutput) = QA { question: "q".into(), answer: "a".into() }.into();
+    assert_eq!((input.question.as_str(), output.answer.as_str()), ("q", "a"));
+    let spec = <QA as Signature>::spec();
+    assert_eq!(spec.instructions.as_deref(), Some("Answer questions with short factoid answers."));
+    assert_eq!(spec.inputs[0].name, "question");
+}
