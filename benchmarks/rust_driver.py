@@ -10,8 +10,10 @@ VIRTUAL_ENV are set from it), then measures:
   `dspy.utils.DummyLM` so the LM costs nothing; alternating rounds in one process, best of 7 each;
   ``overhead_ratio`` = Rust / Python (1.0 = no overhead);
 * throughput: ``--concurrency`` tokio tasks awaiting `acall` (DSPy's `acall` on the crate's asyncio loop) against
-  the loopback LM server (`python -m dspyo3_core.testing`, its own process) answering after ``--latency-ms``,
-  vs the same number of Python asyncio tasks awaiting `acall`; plus Rust OS threads calling sync `call`.
+  the loopback LM server (`python -m dspyo3_core.testing`, its own process) answering after ``--latency-ms``:
+  ``rust_async_rps`` with the crate's native transport (`Lm::new(..).native()`: HTTP in Rust under `dspy.LM`),
+  ``rust_async_default_rps`` with `dspy.LM`'s own client, vs ``python_async_rps``: the same number of Python
+  asyncio tasks awaiting `acall` on a plain `dspy.LM`; plus Rust OS threads calling sync `call` (native).
   ``limit_rps`` = concurrency / latency, what a client with no cost of its own would reach;
 * the ceiling of one process: both sides again with `free_engine.py`, a DSPy engine that only waits for the
   latency (no HTTP, no LM client): what is left is DSPy's own per-call work under one GIL.
@@ -153,16 +155,18 @@ def main() -> None:
     with LMServerProcess(args.latency_ms / 1000) as server:
         log(f"throughput: {args.concurrency} tasks, {args.requests} requests, {args.latency_ms:g} ms latency "
             f"(limit {limit:.0f} req/s)")
-        rust_async = run_driver(driver, "async", "--api-base", server.api_base, *common)
-        log(f"  rust tokio acall:    {rust_async['rps']:.1f} req/s")
-        rust_threads = run_driver(driver, "threads", "--api-base", server.api_base, *common)
-        log(f"  rust threads call:   {rust_threads['rps']:.1f} req/s")
+        rust_async = run_driver(driver, "async", "--api-base", server.api_base, "--native", *common)
+        log(f"  rust tokio acall, native transport:  {rust_async['rps']:.1f} req/s")
+        rust_threads = run_driver(driver, "threads", "--api-base", server.api_base, "--native", *common)
+        log(f"  rust threads call, native transport: {rust_threads['rps']:.1f} req/s")
+        rust_default = run_driver(driver, "async", "--api-base", server.api_base, *common)
+        log(f"  rust tokio acall, dspy.LM client:    {rust_default['rps']:.1f} req/s")
         out = subprocess.run(
             [sys.executable, __file__, "--python-async", server.api_base, str(args.concurrency), str(args.requests)],
             check=True, capture_output=True, text=True,
         )
         py_async = json.loads(out.stdout.strip().splitlines()[-1])
-        log(f"  python asyncio acall: {py_async['rps']:.1f} req/s")
+        log(f"  python asyncio acall, dspy.LM:       {py_async['rps']:.1f} req/s")
 
     latency_s = str(args.latency_ms / 1000)
     log("ceiling: the same runs on a zero-cost engine (DSPy's own work only)")
@@ -181,13 +185,15 @@ def main() -> None:
         "rust_async_rps": round(rust_async["rps"], 1),
         "python_async_rps": round(py_async["rps"], 1),
         "limit_rps": round(limit, 1),
-        "rust_threads_rps": round(rust_threads["rps"], 1),
         "efficiency": round(rust_async["rps"] / limit, 3),
+        "rust_threads_rps": round(rust_threads["rps"], 1),
+        "rust_async_default_rps": round(rust_default["rps"], 1),
         "rust_per_call_us": round(overhead["rust_per_call_us"], 1),
         "python_per_call_us": round(overhead["python_per_call_us"], 1),
         "cpu_us_per_request": {
             "rust_async": round(rust_async["cpu_us_per_request"], 1),
             "rust_threads": round(rust_threads["cpu_us_per_request"], 1),
+            "rust_async_default": round(rust_default["cpu_us_per_request"], 1),
             "python_async": round(py_async["cpu_us_per_request"], 1),
         },
         "free_engine": {
@@ -202,9 +208,10 @@ def main() -> None:
     }
     bars = [
         ("limit (C / latency)", limit),
-        ("dspyo3 tokio acall", rust_async["rps"]),
-        ("dspyo3 threads call", rust_threads["rps"]),
-        ("python asyncio acall", py_async["rps"]),
+        ("dspyo3 tokio acall, native transport", rust_async["rps"]),
+        ("dspyo3 threads call, native transport", rust_threads["rps"]),
+        ("dspyo3 tokio acall, dspy.LM client", rust_default["rps"]),
+        ("python asyncio acall, dspy.LM", py_async["rps"]),
         ("dspyo3 acall, zero-cost engine", free_rust["rps"]),
         ("python acall, zero-cost engine", free_python["rps"]),
     ]

@@ -9,6 +9,7 @@
 //! * [`fusion`]: reciprocal-rank and normalised weighted-score fusion.
 //! * [`lru`]: an LRU cache with TTL and byte accounting.
 //! * [`ratelimit`]: a GCRA rate limiter over atomics.
+//! * `transport` (feature `transport`): an LM HTTP client for OpenAI-compatible chat completions on tokio + hyper.
 
 #![deny(missing_docs)]
 
@@ -19,6 +20,8 @@ pub mod fusion;
 pub mod lru;
 pub mod ratelimit;
 pub mod tokenizer;
+#[cfg(feature = "transport")]
+pub mod transport;
 
 pub use error::{KernelError, Result};
 

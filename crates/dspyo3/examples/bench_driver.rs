@@ -112,7 +112,9 @@ fn configure_server() -> Predict<QA> {
         Lm::from_py(lm)
     } else {
         let api_base = arg("--api-base").expect("--api-base URL");
-        Lm::new("openai/dspyo3-test").api_base(api_base).api_key("bench").cache(false).build().unwrap()
+        let builder = Lm::new("openai/dspyo3-test").api_base(api_base).api_key("bench").cache(false);
+        let builder = if std::env::args().any(|a| a == "--native") { builder.native() } else { builder };
+        builder.build().unwrap()
     };
     dspyo3::configure(&lm).unwrap();
     Predict::<QA>::new().unwrap()

@@ -204,6 +204,106 @@ def make_tool(func: Any, name: str, desc: str, args_json: str) -> RustTool:
     return RustTool(call, name=name, desc=desc, args=json.loads(args_json))
 
 
+# -- native transport -------------------------------------------------------------------------------------------
+
+
+def _native_body(model: str, request: Any) -> bytes:
+    """OpenAI chat-completions JSON for an lm15 ``Request`` (text messages; no tools, no images)."""
+    from dspy.lm15 import UnsupportedFeatureError
+
+    if request.tools:
+        raise UnsupportedFeatureError("the native transport does not do native function calling yet; "
+                                      "use the default transport for tool-calling adapters")
+    messages = []
+    if request.system is not None:
+        system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system)
+        messages.append({"role": "system", "content": system})
+    for message in request.messages:
+        text = message.text
+        if text is None:
+            raise UnsupportedFeatureError("the native transport sends text messages only (no images, files or "
+                                          "tool results yet)")
+        messages.append({"role": message.role, "content": text})
+    body: dict[str, Any] = {"model": model, "messages": messages}
+    config = request.config
+    for key in ("max_tokens", "temperature", "top_p", "seed", "frequency_penalty", "presence_penalty"):
+        value = getattr(config, key, None)
+        if value is not None:
+            body[key] = value
+    if config.stop:
+        body["stop"] = list(config.stop)
+    if config.response_format is not None:
+        body["response_format"] = config.response_format
+    body.update(config.extensions or {})
+    return json.dumps(body).encode()
+
+
+_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_call", "function_call": "tool_call",
+           "content_filter": "content_filter"}
+
+
+def _native_response(outcome: tuple[Any, ...]) -> Any:
+    from dspy import lm15
+
+    kind, text, ident, model, finish, (prompt, completion, total), status, retry_after = outcome
+    if kind == "ok":
+        return lm15.Response(id=ident, model=model or "", message=lm15.Message.assistant([lm15.TextPart(text)]),
+                             finish_reason=_FINISH.get(finish or "stop", "stop"),
+                             usage=lm15.Usage(input_tokens=prompt, output_tokens=completion, total_tokens=total))
+    errors = {"rate_limit": lm15.RateLimitError, "auth": lm15.AuthError, "context_length": lm15.ContextLengthError,
+              "invalid_request": lm15.InvalidRequestError, "server": lm15.ServerError, "timeout": lm15.TimeoutError}
+    error_type = errors.get(kind)
+    if error_type is None:
+        raise lm15.TransportError(text, provider="dspyo3-native")
+    raise error_type(text, provider="dspyo3-native", status=status, retry_after=retry_after)
+
+
+class NativeEngine:
+    """Sync DSPy engine on the Rust transport."""
+
+    def __init__(self, client: Any, model: str) -> None:
+        self.client, self.model = client, model
+
+    def complete(self, request: Any) -> Any:
+        return _native_response(self.client.complete(_native_body(self.model, request)))
+
+    def stream(self, request: Any) -> Any:
+        from dspy.lm15 import UnsupportedFeatureError
+
+        raise UnsupportedFeatureError("the native transport does not stream yet; use the default transport")
+
+    def close(self) -> None:
+        pass
+
+
+class AsyncNativeEngine:
+    """Async DSPy engine on the Rust transport: awaiting it parks no thread, the request runs on tokio."""
+
+    def __init__(self, client: Any, model: str) -> None:
+        self.client, self.model = client, model
+
+    async def complete(self, request: Any) -> Any:
+        return _native_response(await self.client.acomplete(_native_body(self.model, request)))
+
+    async def stream(self, request: Any) -> Any:
+        from dspy.lm15 import UnsupportedFeatureError
+
+        raise UnsupportedFeatureError("the native transport does not stream yet; use the default transport")
+        yield  # pragma: no cover
+
+    async def aclose(self) -> None:
+        pass
+
+
+def make_native_lm(model: str, client: Any, kwargs_json: str) -> Any:
+    kwargs = json.loads(kwargs_json)
+    for key in ("api_base", "api_key", "timeout"):
+        kwargs.pop(key, None)
+    wire_model = model.split("/", 1)[1] if "/" in model else model
+    return dspy.LM(model, engine=NativeEngine(client, wire_model), async_engine=AsyncNativeEngine(client, wire_model),
+                   **kwargs)
+
+
 # -- LM and settings --------------------------------------------------------------------------------------------
 
 

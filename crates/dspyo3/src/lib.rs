@@ -47,6 +47,7 @@
 mod error;
 mod lm;
 mod module;
+mod native;
 mod runtime;
 mod stream;
 pub mod testing;

@@ -29,6 +29,7 @@ pub struct LmBuilder {
     kwargs: Map<String, Value>,
     api_key: Option<String>,
     api_key_env: Option<String>,
+    native: bool,
 }
 
 impl fmt::Debug for LmBuilder {
@@ -38,6 +39,7 @@ impl fmt::Debug for LmBuilder {
             .field("kwargs", &self.kwargs)
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
             .field("api_key_env", &self.api_key_env)
+            .field("native", &self.native)
             .finish()
     }
 }
@@ -53,7 +55,7 @@ impl Lm {
     /// ```
     #[allow(clippy::new_ret_no_self)]
     pub fn new(model: impl Into<String>) -> LmBuilder {
-        LmBuilder { model: model.into(), kwargs: Map::new(), api_key: None, api_key_env: None }
+        LmBuilder { model: model.into(), kwargs: Map::new(), api_key: None, api_key_env: None, native: false }
     }
 
     /// The LM of a dspyo3 profile (`dspyo3.toml`, the user config or `DSPYO3_LM*` variables; `None` picks the
@@ -135,6 +137,15 @@ impl LmBuilder {
         self
     }
 
+    /// Send requests with the native transport: the HTTP call runs in Rust on tokio, without LiteLLM or lm15's
+    /// client, and holds no GIL while in flight; DSPy's adapters, cache, retries, history and errors are
+    /// unchanged. First cut: OpenAI-compatible chat completions over plain `http://` (a local or in-cluster
+    /// server), text messages, no streaming; `build` says so when an option is outside that.
+    pub fn native(mut self) -> Self {
+        self.native = true;
+        self
+    }
+
     /// Create the `dspy.LM`.
     pub fn build(self) -> Result<Lm> {
         let key = match (&self.api_key, &self.api_key_env) {
@@ -146,6 +157,26 @@ impl LmBuilder {
         };
         let rt = runtime()?;
         let kwargs = serde_json::to_string(&self.kwargs).expect("JSON map serializes");
+        if self.native {
+            let api_base = self.kwargs.get("api_base").and_then(Value::as_str).ok_or_else(|| {
+                Error::Config(format!("the native transport needs .api_base(\"http://host:port/v1\") for {}", self.model))
+            })?;
+            let timeout = self.kwargs.get("timeout").and_then(Value::as_f64).unwrap_or(600.0);
+            if !(timeout.is_finite() && timeout > 0.0) {
+                return Err(Error::Config(format!("timeout must be a positive number of seconds, got {timeout}")));
+            }
+            let client = crate::native::NativeClient::new(api_base, key.as_deref(), std::time::Duration::from_secs_f64(timeout))
+                .map_err(|e| Error::Config(e.to_string()))?;
+            return Python::attach(|py| {
+                let client = Py::new(py, client).map_err(|e| Error::from_py_in(py, e))?;
+                let lm = rt
+                    .bridge
+                    .bind(py)
+                    .call_method1("make_native_lm", (&self.model, client, kwargs))
+                    .map_err(|e| Error::from_py_in(py, e))?;
+                Ok(Lm { inner: std::sync::Arc::new(lm.unbind()), model: self.model })
+            });
+        }
         Python::attach(|py| {
             let lm = rt
                 .bridge

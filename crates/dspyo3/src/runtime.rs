@@ -165,6 +165,7 @@ fn start() -> Result<Runtime> {
         Ok(module.unbind())
     })?;
     let locals = start_event_loop()?;
+    start_tokio_runtime();
     Ok(Runtime { bridge, locals, settings: RwLock::new(None), venv })
 }
 
@@ -224,6 +225,21 @@ def _activate(venv, site_dir, include_system):
         Ok(())
     };
     activate().map_err(|e| Error::Runtime(format!("activating venv {}: {e}", venv.display())))
+}
+
+/// The tokio runtime that native-transport requests (and `pyo3-async-runtimes` futures) run on. Its threads keep
+/// a Python thread state, because each completed request attaches to resolve an asyncio future. When the
+/// application already gave `pyo3-async-runtimes` a runtime, that one is used.
+fn start_tokio_runtime() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("dspyo3-tokio")
+        .on_thread_start(keep_thread_state)
+        .build();
+    if let Ok(runtime) = runtime {
+        let _ = pyo3_async_runtimes::tokio::init_with_runtime(Box::leak(Box::new(runtime)));
+    }
 }
 
 /// One daemon thread runs an asyncio loop forever; `acall` and streams schedule coroutines on it.

@@ -429,3 +429,87 @@ fn a_signature_splits_into_input_and_output() {
     assert_eq!(spec.instructions.as_deref(), Some("Answer questions with short factoid answers."));
     assert_eq!(spec.inputs[0].name, "question");
 }
+
+#[test]
+fn native_transport_drives_dspy_without_litellm() {
+    let server = Server::start();
+    server.script(&[r#"chat_reply(answer="Paris")"#]);
+    let lm = server.lm_builder().native().build().unwrap();
+    let predict = Predict::<QA>::new().unwrap().with_lm(&lm, None).unwrap();
+    assert_eq!(predict.call(&QAInput { question: "Capital of France?".into() }).unwrap().answer, "Paris");
+    let request = &server.requests()[0];
+    assert_eq!(request["model"], "dspyo3-test");
+    assert_eq!(request["_headers"]["authorization"], "Bearer test-key");
+    assert!(request["messages"][0]["content"].as_str().unwrap().contains("`answer`"), "ChatAdapter system prompt");
+    assert_eq!(lm.history_len().unwrap(), 1, "DSPy's history records native calls");
+
+    // async from tokio tasks, no cross-talk
+    server.responder(r#"lambda request: Reply(content=chat_reply(answer="A:" + parse_fields(last_user_text(request))["question"]), latency=0.05)"#);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let answers = rt.block_on(async {
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let predict = predict.clone();
+                tokio::spawn(async move { predict.acall(&QAInput { question: format!("q{i}") }).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.unwrap().unwrap().answer);
+        }
+        answers
+    });
+    assert_eq!(answers, (0..16).map(|i| format!("A:q{i}")).collect::<Vec<_>>());
+}
+
+#[test]
+fn native_transport_errors_map_like_the_default_transport() {
+    let server = Server::start();
+    let lm = server.lm_builder().native().kwarg("timeout", 0.5).build().unwrap();
+    let predict = Predict::<QA>::new().unwrap().with_lm(&lm, None).unwrap();
+    let input = QAInput { question: "q".into() };
+    server.script(&["Reply.rate_limited(retry_after=3)"]);
+    let err = predict.call(&input).unwrap_err();
+    assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(3)));
+    server.script(&[r#"Reply.server_error(status=401, message="Incorrect API key provided")"#]);
+    assert!(matches!(predict.call(&input).unwrap_err(), Error::Auth { .. }));
+    server.script(&[r#"Reply.server_error(status=400, message="This model's maximum context length is 8192 tokens")"#]);
+    let err = predict.call(&input).unwrap_err();
+    assert!(matches!(err, Error::ContextWindowExceeded { .. }), "{err:?}");
+    server.script(&["Reply.hang_up(5)"]);
+    let err = predict.call(&input).unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    server.script(&[r#"Reply.server_error(status=503, message="overloaded")"#]);
+    match predict.call(&input).unwrap_err() {
+        Error::Lm { message, retryable, .. } => {
+            assert!(message.contains("overloaded"), "{message}");
+            assert!(retryable, "a 503 is retryable");
+        }
+        other => panic!("expected Lm, got {other:?}"),
+    }
+}
+
+#[test]
+fn native_transport_states_its_limits() {
+    common::init();
+    let err = dspyo3::Lm::new("openai/gpt-4o-mini").native().build().unwrap_err();
+    assert!(err.to_string().contains("needs .api_base"), "{err}");
+    let err = dspyo3::Lm::new("openai/gpt-4o-mini").api_base("https://api.openai.com/v1").native().build().unwrap_err();
+    assert!(err.to_string().contains("plain http://"), "{err}");
+    let server = Server::start();
+    let lm = server.lm_builder().native().build().unwrap();
+    let predict = Predict::<QA>::new().unwrap().with_lm(&lm, None).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let err = rt.block_on(async {
+        let mut stream = predict.stream(&QAInput { question: "q".into() }).unwrap();
+        loop {
+            match stream.next().await {
+                Some(Err(err)) => break err,
+                Some(Ok(_)) => continue,
+                None => panic!("the stream ended without the expected error"),
+            }
+        }
+    });
+    assert!(err.to_string().contains("does not stream yet"), "{err}");
+}
