@@ -91,3 +91,33 @@ def test_stream_events_end_with_done_and_carry_usage_when_asked() -> None:
     assert text.endswith("data: [DONE]\n\n")
     assert text.count('"content"') == 4  # role event + 3 content chunks
     assert '"usage"' in text
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: abc\r\n\r\n", b"400"),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: -1\r\n\r\n", b"400"),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 2\r\n\r\n[]", b"400"),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 2\r\n\r\n\xff\xfe", b"400"),
+        (b'POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 10\r\n\r\n{"n": "x"}', b"400"),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", b"411"),
+        (b"GET /nowhere HTTP/1.1\r\n\r\n", b"404"),
+    ],
+)
+def test_cli_server_answers_malformed_requests_with_4xx(cli_server: str, raw: bytes, status: bytes) -> None:
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(cli_server)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(raw)
+        first = sock.recv(4096).split(b"\r\n", 1)[0]
+    assert first.startswith(b"HTTP/1.1 " + status), first
+
+
+def test_cli_server_rejects_non_loopback_hosts() -> None:
+    proc = subprocess.run([sys.executable, "-m", "dspyo3_core.testing", "--host", "0.0.0.0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "loopback" in proc.stderr and "Traceback" not in proc.stderr

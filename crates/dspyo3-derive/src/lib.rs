@@ -55,7 +55,9 @@ fn doc_text(attrs: &[Attribute]) -> Option<String> {
         }
         if let syn::Meta::NameValue(nv) = &attr.meta {
             if let syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) = &nv.value {
-                lines.push(s.value().trim().to_string());
+                let line = s.value();
+                let line = line.strip_prefix(' ').unwrap_or(&line);
+                lines.push(line.trim_end().to_string());
             }
         }
     }
@@ -95,6 +97,11 @@ fn skip_meta(meta: &syn::meta::ParseNestedMeta<'_>) -> Result<()> {
 struct SerdeNames {
     rename: Option<String>,
     rename_all: Option<(String, Span)>,
+    /// `skip` / `skip_serializing` / `skip_deserializing`
+    skip: bool,
+    default: bool,
+    flatten: bool,
+    alias: bool,
 }
 
 /// Read `#[serde(rename = "..", rename_all = "..")]` from attributes; every other serde option is ignored.
@@ -135,6 +142,15 @@ fn serde_names(attrs: &[Attribute]) -> Result<SerdeNames> {
                     })?;
                 }
             } else {
+                if meta.path.is_ident("skip") || meta.path.is_ident("skip_serializing") || meta.path.is_ident("skip_deserializing") {
+                    out.skip = true;
+                } else if meta.path.is_ident("default") {
+                    out.default = true;
+                } else if meta.path.is_ident("flatten") {
+                    out.flatten = true;
+                } else if meta.path.is_ident("alias") {
+                    out.alias = true;
+                }
                 skip_meta(&meta)?;
             }
             Ok(())
@@ -258,6 +274,16 @@ fn parse_role(field: &syn::Field) -> Result<SigField<'_>> {
         found = Some((role, desc, prefix, attr.span()));
     }
     let name = field.ident.as_ref().map(unraw).unwrap_or_default();
+    let serde = serde_names(&field.attrs)?;
+    if serde.rename.is_some() || serde.alias || serde.skip || serde.flatten {
+        return Err(Error::new(
+            field.span(),
+            format!(
+                "field `{name}`: DSPy field names are the Rust field names, so #[serde(rename/alias/skip/flatten)] \
+                 cannot be used on signature fields (rename the field itself)"
+            ),
+        ));
+    }
     let Some((role, desc, prefix, _)) = found else {
         return Err(Error::new(
             field.span(),
@@ -404,6 +430,16 @@ fn expand_dspy_type(input: &DeriveInput) -> Result<TokenStream2> {
             for field in &named.named {
                 let ident = field.ident.as_ref().expect("named field");
                 let names = serde_names(&field.attrs)?;
+                if names.skip {
+                    continue; // serde never writes it, so DSPy never sees it
+                }
+                if names.flatten {
+                    return Err(Error::new(
+                        field.span(),
+                        format!("field `{}`: #[serde(flatten)] is not supported by #[derive(DspyType)]", unraw(ident)),
+                    ));
+                }
+                let required = !(names.default || container.default);
                 let field_name = match (names.rename, &container.rename_all) {
                     (Some(rename), _) => rename,
                     (None, Some((rule, span))) => apply_rename_all(rule, &unraw(ident), false, *span)?,
@@ -416,6 +452,7 @@ fn expand_dspy_type(input: &DeriveInput) -> Result<TokenStream2> {
                         name: ::std::string::String::from(#field_name),
                         desc: #desc,
                         ty: <#ty as ::dspyo3::DspyType>::type_spec(),
+                        required: #required,
                     }
                 });
             }
@@ -462,7 +499,15 @@ fn expand_dspy_type(input: &DeriveInput) -> Result<TokenStream2> {
     };
     Ok(quote! {
         impl ::dspyo3::DspyType for #name {
-            fn type_spec() -> ::dspyo3::TypeSpec { #body }
+            fn type_spec() -> ::dspyo3::TypeSpec {
+                // a type that contains itself would recurse forever: report it instead
+                let ::core::option::Option::Some(_guard) =
+                    ::dspyo3::__private::TypeGuard::enter(::core::any::type_name::<Self>())
+                else {
+                    return ::dspyo3::TypeSpec::Recursive { name: ::std::string::String::from(#type_name) };
+                };
+                #body
+            }
         }
     })
 }
@@ -492,6 +537,32 @@ mod tests {
             struct X { a: i64 }
         };
         assert_eq!(doc_text(&item.attrs).unwrap(), "Answer questions.\n\nBe brief.");
+    }
+
+    #[test]
+    fn doc_indentation_is_kept() {
+        let item: DeriveInput = syn::parse_quote! {
+            /// Steps:
+            ///   1. read
+            struct X { a: i64 }
+        };
+        assert_eq!(doc_text(&item.attrs).unwrap(), "Steps:\n  1. read");
+    }
+
+    #[test]
+    fn serde_rename_on_a_signature_field_is_rejected() {
+        let item: DeriveInput = syn::parse_quote! { struct X { #[input] #[serde(rename = "q")] a: String, #[output] b: String } };
+        let err = expand_signature(&item).unwrap_err().to_string();
+        assert!(err.contains("field `a`") && err.contains("rename the field itself"), "{err}");
+    }
+
+    #[test]
+    fn flatten_is_rejected_and_skip_is_left_out() {
+        let item: DeriveInput = syn::parse_quote! { struct M { #[serde(flatten)] a: Other } };
+        assert!(expand_dspy_type(&item).unwrap_err().to_string().contains("flatten"));
+        let item: DeriveInput = syn::parse_quote! { struct M { #[serde(skip)] a: i64, b: i64 } };
+        let code = expand_dspy_type(&item).unwrap().to_string();
+        assert!(!code.contains("\"a\"") && code.contains("\"b\""), "{code}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -90,10 +90,10 @@ pub enum TransportError {
         /// Server message.
         message: String,
     },
-    /// No complete answer within the client timeout.
+    /// No complete answer in time: the client timeout expired, or the server answered 408.
     Timeout {
-        /// The timeout that expired.
-        after: Duration,
+        /// What timed out.
+        message: String,
     },
     /// Could not connect or the connection broke.
     Connect {
@@ -161,7 +161,7 @@ impl fmt::Display for TransportError {
             TransportError::ContextLength { message } => write!(f, "context window exceeded: {message}"),
             TransportError::InvalidRequest { status, message } => write!(f, "invalid request (HTTP {status}): {message}"),
             TransportError::Server { status, message } => write!(f, "server error (HTTP {status}): {message}"),
-            TransportError::Timeout { after } => write!(f, "no answer within {:.3}s", after.as_secs_f64()),
+            TransportError::Timeout { message } => write!(f, "timed out: {message}"),
             TransportError::Connect { message } => write!(f, "connection failed: {message}"),
             TransportError::Protocol { message } => write!(f, "not a chat completion: {message}"),
             TransportError::Config { message } => f.write_str(message),
@@ -174,7 +174,7 @@ impl std::error::Error for TransportError {}
 /// `Retry-After` as seconds (`"1.5"`, `"2"`); HTTP dates are not used by LM providers and give `None`.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let secs: f64 = value.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 fn is_context_length(message: &str) -> bool {
@@ -197,7 +197,7 @@ pub fn classify_error(status: u16, retry_after: Option<&str>, body: &[u8]) -> Tr
         429 => TransportError::RateLimited { message, retry_after: retry_after.and_then(parse_retry_after) },
         401 | 403 => TransportError::Auth { status, message },
         400 | 413 | 422 if is_context_length(&message) => TransportError::ContextLength { message },
-        408 => TransportError::Timeout { after: Duration::ZERO },
+        408 => TransportError::Timeout { message: format!("the server answered 408 Request Timeout: {message}") },
         400..=499 => TransportError::InvalidRequest { status, message },
         _ => TransportError::Server { status, message },
     }
@@ -244,12 +244,23 @@ pub fn request_body(model: &str, messages: &[ChatMessage], params: &Map<String, 
 }
 
 /// A pooled client for one OpenAI-compatible endpoint. Cheap to clone; use it from any tokio task.
-#[derive(Clone, Debug)]
+/// Its `Debug` output never shows the API key.
+#[derive(Clone)]
 pub struct ChatClient {
     client: Client<HttpConnector, Full<Bytes>>,
     url: Uri,
     authorization: Option<HeaderValue>,
     timeout: Duration,
+}
+
+impl fmt::Debug for ChatClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatClient")
+            .field("url", &self.url)
+            .field("authorization", &self.authorization.as_ref().map(|_| "Bearer ***"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl ChatClient {
@@ -270,10 +281,12 @@ impl ChatClient {
             return Err(config(format!("api_base {api_base:?} must look like http://host:port/v1")));
         }
         let authorization = match api_key {
-            Some(key) => Some(
-                HeaderValue::from_str(&format!("Bearer {key}"))
-                    .map_err(|_| config("the API key contains characters not allowed in an HTTP header".into()))?,
-            ),
+            Some(key) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
+                    .map_err(|_| config("the API key contains characters not allowed in an HTTP header".into()))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
             None => None,
         };
         if timeout.is_zero() {
@@ -283,6 +296,7 @@ impl ChatClient {
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
             .build(connector);
         Ok(ChatClient { client, url, authorization, timeout })
     }
@@ -322,7 +336,9 @@ impl ChatClient {
         };
         let (status, retry_after, body) = tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| TransportError::Timeout { after: self.timeout })??;
+            .map_err(|_| TransportError::Timeout {
+                message: format!("no answer from {} within {:.3}s", self.url, self.timeout.as_secs_f64()),
+            })??;
         if status == 200 {
             parse_completion(&body)
         } else {
@@ -402,7 +418,11 @@ mod tests {
     async fn times_out() {
         let ok = http("200 OK", "", "{}");
         let err = ask(ok, Duration::from_secs(3), Duration::from_millis(100)).await.unwrap_err();
-        assert_eq!(err, TransportError::Timeout { after: Duration::from_millis(100) });
+        assert_eq!(err.kind(), "timeout");
+        assert!(err.to_string().contains("within 0.100s"), "{err}");
+        let server_timeout = http("408 Request Timeout", "", "slow");
+        let err = ask(server_timeout, Duration::ZERO, Duration::from_secs(5)).await.unwrap_err();
+        assert!(err.to_string().contains("408"), "{err}");
     }
 
     #[test]
@@ -411,7 +431,15 @@ mod tests {
         assert!(err.to_string().contains("plain http://"), "{err}");
         assert_eq!(ChatClient::new("not a url", None, Duration::from_secs(1)).unwrap_err().kind(), "config");
         assert!(parse_retry_after("-1").is_none());
+        assert!(parse_retry_after("1e300").is_none(), "absurd values are ignored, not a panic");
         assert!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT").is_none());
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let client = ChatClient::new("http://127.0.0.1:9/v1", Some("sk-SECRET-123"), Duration::from_secs(1)).unwrap();
+        let text = format!("{client:?}");
+        assert!(!text.contains("SECRET") && text.contains("Bearer ***"), "{text}");
     }
 
     #[test]

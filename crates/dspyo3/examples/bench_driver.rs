@@ -1,7 +1,7 @@
 //! The Rust half of `benchmarks/rust_driver.py` (run that script; it builds this in release mode).
 //!
 //! * `bench_driver overhead --calls N`: sync `Predict::<QA>::call` with `dspy.utils.DummyLM` (the LM costs
-//!   nothing), best per-call time of 5 rounds, in µs.
+//!   nothing), against the same `dspy.Predict` in a Python loop, alternating rounds, best of 7 each, in µs.
 //! * `bench_driver async --api-base URL --tasks C --requests N`: C tokio tasks calling `acall` until N requests
 //!   are done, against an LM server; requests/s and this process's CPU time per request.
 //! * `bench_driver threads --api-base URL --tasks C --requests N`: the same with C OS threads calling sync `call`.

@@ -45,6 +45,8 @@ def annotation(spec: dict[str, Any]) -> Any:
         return Literal.__getitem__(tuple(spec["values"]))
     if kind == "model":
         return _model(spec)
+    if kind == "recursive":
+        raise TypeError(f"type {spec['name']} contains itself; recursive types cannot be signature fields yet")
     raise ValueError(f"unknown dspyo3 type kind {kind!r}")
 
 
@@ -55,7 +57,10 @@ def _model(spec: dict[str, Any]) -> type[pydantic.BaseModel]:
         fields: dict[str, Any] = {}
         for field in spec["fields"]:
             ann = annotation(field["ty"])
-            default = None if field["ty"]["kind"] == "optional" else ...
+            # Optional fields and #[serde(default)] fields may be missing: None, which dump() leaves out so serde
+            # fills in None or the Rust default
+            optional = field["ty"]["kind"] == "optional" or not field.get("required", True)
+            default = None if optional else ...
             fields[field["name"]] = (ann, pydantic.Field(default, description=field.get("desc")))
         model = pydantic.create_model(spec["name"], __doc__=spec.get("doc"), **fields)
         _MODELS[key] = model
@@ -115,7 +120,9 @@ class Runner:
         fields = self.outputs if self.outputs is not None else _output_names(self.program)
         listeners = [StreamListener(signature_field_name=name) for name in fields]
         with dspy.context(**settings):
-            streaming = dspy.streamify(self.program, stream_listeners=listeners, async_streaming=True)
+            # is_async_program: the program's acall runs on this loop (not a sync call in a worker thread)
+            streaming = dspy.streamify(self.program, stream_listeners=listeners, is_async_program=True,
+                                       async_streaming=True)
             async for item in streaming(**self.kwargs(inputs)):
                 if isinstance(item, StreamResponse):
                     sink(("token", item.signature_field_name, item.chunk, bool(item.is_last_chunk)))
@@ -140,7 +147,9 @@ def dump(prediction: Any) -> bytes:
         values = prediction
     else:
         values = {"output": prediction}
-    return pydantic_core.to_json(values, fallback=str)
+    # None values are left out: serde reads a missing Option as None and a missing #[serde(default)] field as its
+    # default, while an explicit null would fail for the latter
+    return pydantic_core.to_json(values, fallback=str, exclude_none=True)
 
 
 def build(kind: str, spec_json: str, options_json: str, tools: list[Any] | None = None) -> Runner:
@@ -331,6 +340,14 @@ def _mro_names(exc: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(exc).__mro__}
 
 
+_LM_LIBRARIES = {"dspy", "litellm", "openai", "anthropic", "httpx", "httpcore", "aiohttp", "requests", "urllib3"}
+
+
+def _from_lm_library(exc: BaseException) -> bool:
+    """Raised by DSPy or an HTTP/LM client library (not by the user's own code)."""
+    return type(exc).__module__.split(".")[0] in _LM_LIBRARIES
+
+
 def _is_transport_timeout(exc: BaseException, names: set[str]) -> bool:
     """A client-side read/connect timeout that DSPy reports as a transport error (lm15 does)."""
     if "LMTransportError" not in names:
@@ -339,35 +356,45 @@ def _is_transport_timeout(exc: BaseException, names: set[str]) -> bool:
     return "timed out" in text or "timeout" in text
 
 
+def _classify(exc: BaseException) -> str | None:
+    names = _mro_names(exc)
+    if not _from_lm_library(exc):
+        return None
+    if "AdapterParseError" in names:
+        return "parse"
+    if "ContextWindowExceededError" in names:
+        return "context_window"
+    if names & {"LMRateLimitError", "RateLimitError"}:
+        return "rate_limit"
+    if names & {"LMTimeoutError", "Timeout", "TimeoutError", "APITimeoutError", "ReadTimeout", "ConnectTimeout",
+                "TimeoutException"} or _is_transport_timeout(exc, names):
+        return "timeout"
+    if names & {"LMAuthError", "AuthenticationError", "PermissionDeniedError"}:
+        return "auth"
+    if names & {"LMError", "APIError", "APIConnectionError"}:
+        return "lm"
+    return None
+
+
 def describe_error(exc: BaseException, tb: Any = None) -> dict[str, Any]:
-    """Classify an exception for the Rust ``Error`` enum; walks ``__cause__`` to find the LM error."""
+    """Classify an exception for the Rust ``Error`` enum.
+
+    Only errors raised by DSPy or an LM/HTTP client library count as LM errors; the search follows explicit
+    causes (``raise X from e``) and, for library errors only, the implicit context, so an exception the user's own
+    code raises while handling an LM error stays a Python error.
+    """
     seen: set[int] = set()
     current: BaseException | None = exc
     kind = "python"
     found: BaseException = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        names = _mro_names(current)
-        if "AdapterParseError" in names:
-            kind, found = "parse", current
+        classified = _classify(current)
+        if classified is not None:
+            kind, found = classified, current
             break
-        if "ContextWindowExceededError" in names:
-            kind, found = "context_window", current
-            break
-        if names & {"LMRateLimitError", "RateLimitError"}:
-            kind, found = "rate_limit", current
-            break
-        if names & {"LMTimeoutError", "Timeout", "TimeoutError", "APITimeoutError", "ReadTimeout", "ConnectTimeout"} \
-                or _is_transport_timeout(current, names):
-            kind, found = "timeout", current
-            break
-        if names & {"LMAuthError", "AuthenticationError", "PermissionDeniedError"}:
-            kind, found = "auth", current
-            break
-        if "LMError" in names or "APIError" in names or "APIConnectionError" in names:
-            kind, found = "lm", current
-            break
-        current = current.__cause__ or current.__context__
+        follow_context = _from_lm_library(current) and not current.__suppress_context__
+        current = current.__cause__ or (current.__context__ if follow_context else None)
     retry_after = getattr(found, "retry_after", None)
     retryable = None
     try:

@@ -134,8 +134,7 @@ impl Error {
                     message,
                     retry_after: get("retry_after")
                         .and_then(|v| v.extract::<f64>().ok())
-                        .filter(|s| s.is_finite() && *s >= 0.0)
-                        .map(Duration::from_secs_f64),
+                        .and_then(|s| Duration::try_from_secs_f64(s).ok()),
                 },
                 "timeout" => Error::Timeout { message },
                 "auth" => Error::Auth { message },

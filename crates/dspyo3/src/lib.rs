@@ -65,6 +65,7 @@ pub use types::{DspyType, FieldSpec, ModelField, Signature, SignatureSpec, TypeS
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::types::TypeGuard;
     pub use serde;
 }
 

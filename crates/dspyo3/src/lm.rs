@@ -36,12 +36,26 @@ impl fmt::Debug for LmBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LmBuilder")
             .field("model", &self.model)
-            .field("kwargs", &self.kwargs)
+            .field("kwargs", &masked_kwargs(&self.kwargs))
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
             .field("api_key_env", &self.api_key_env)
             .field("native", &self.native)
             .finish()
     }
+}
+
+/// `kwargs` with the values of secret-looking keys (`api_key`, `*token*`, `*secret*`, headers, ...) replaced.
+fn masked_kwargs(kwargs: &Map<String, Value>) -> Map<String, Value> {
+    kwargs
+        .iter()
+        .map(|(key, value)| {
+            let k = key.to_ascii_lowercase();
+            let secret = ["key", "token", "secret", "password", "authorization", "header", "credential"]
+                .iter()
+                .any(|needle| k.contains(needle));
+            (key.clone(), if secret { Value::String("***".into()) } else { value.clone() })
+        })
+        .collect()
 }
 
 impl Lm {
@@ -161,11 +175,14 @@ impl LmBuilder {
             let api_base = self.kwargs.get("api_base").and_then(Value::as_str).ok_or_else(|| {
                 Error::Config(format!("the native transport needs .api_base(\"http://host:port/v1\") for {}", self.model))
             })?;
-            let timeout = self.kwargs.get("timeout").and_then(Value::as_f64).unwrap_or(600.0);
-            if !(timeout.is_finite() && timeout > 0.0) {
-                return Err(Error::Config(format!("timeout must be a positive number of seconds, got {timeout}")));
-            }
-            let client = crate::native::NativeClient::new(api_base, key.as_deref(), std::time::Duration::from_secs_f64(timeout))
+            let seconds = self.kwargs.get("timeout").and_then(Value::as_f64).unwrap_or(600.0);
+            let timeout = std::time::Duration::try_from_secs_f64(seconds)
+                .ok()
+                .filter(|t| !t.is_zero() && t.as_secs() <= 7 * 24 * 3600)
+                .ok_or_else(|| Error::Config(format!("timeout must be between 0 and 7 days in seconds, got {seconds}")))?;
+            // a key given as .kwarg("api_key", ...) counts too: it must not be dropped silently
+            let key = key.or_else(|| self.kwargs.get("api_key").and_then(Value::as_str).map(str::to_string));
+            let client = crate::native::NativeClient::new(api_base, key.as_deref(), timeout)
                 .map_err(|e| Error::Config(e.to_string()))?;
             return Python::attach(|py| {
                 let client = Py::new(py, client).map_err(|e| Error::from_py_in(py, e))?;

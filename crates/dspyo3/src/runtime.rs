@@ -72,33 +72,56 @@ pub fn add_python_path(dir: impl AsRef<Path>) -> Result<()> {
     .map_err(Error::from_py)
 }
 
-thread_local! {
-    static THREAD_STATE_KEPT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+/// A thread state this OS thread keeps between calls (see [`keep_thread_state`]); given back when the thread exits.
+struct KeptThreadState {
+    gil_state: pyo3::ffi::PyGILState_STATE,
+    thread_state: *mut pyo3::ffi::PyThreadState,
 }
 
-/// Give the calling OS thread a Python thread state that outlives each call.
+impl Drop for KeptThreadState {
+    fn drop(&mut self) {
+        // SAFETY: runs at thread exit, when this thread holds no GIL and runs no Python code. Restore the state
+        // SaveThread released, then undo the extra Ensure: the use count drops to zero and CPython deletes the
+        // thread state. Skipped once the interpreter is finalizing (it frees thread states itself).
+        unsafe {
+            if pyo3::ffi::Py_IsInitialized() != 0 && !self.thread_state.is_null() {
+                pyo3::ffi::PyEval_RestoreThread(self.thread_state);
+                pyo3::ffi::PyGILState_Release(self.gil_state);
+            }
+        }
+    }
+}
+
+thread_local! {
+    static THREAD_STATE_KEPT: std::cell::RefCell<Option<KeptThreadState>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Give the calling OS thread a Python thread state that outlives each call (and is released at thread exit).
 ///
 /// Without it, every `Python::attach` from a thread Python did not create makes a fresh thread state and throws
 /// it away afterwards, so per-thread Python state (context variables, DSPy's thread-local settings) is rebuilt
 /// on every call: measurably slower. The GIL is not held afterwards.
 pub(crate) fn keep_thread_state() {
-    THREAD_STATE_KEPT.with(|kept| {
-        if kept.get() {
+    let _ = THREAD_STATE_KEPT.try_with(|kept| {
+        if kept.borrow().is_some() {
             return;
         }
         // Done inside `detach`, where this thread surely does not hold the GIL (whatever its caller holds):
         // Ensure takes the GIL with the thread's state and raises that state's use count by one; SaveThread
         // releases the GIL again and keeps the count, so the state survives the enclosing attach's release.
-        Python::attach(|py| {
+        // (`detach` runs its closure on this same thread; the pointer crosses it as an integer only to satisfy
+        // the `Send` bound.)
+        let (gil_state, thread_state) = Python::attach(|py| {
             py.detach(|| {
                 // SAFETY: the interpreter is initialized and this thread does not hold the GIL here.
                 unsafe {
-                    let _ = pyo3::ffi::PyGILState_Ensure();
-                    let _ = pyo3::ffi::PyEval_SaveThread();
+                    let gil_state = pyo3::ffi::PyGILState_Ensure();
+                    let thread_state = pyo3::ffi::PyEval_SaveThread();
+                    (gil_state, thread_state as usize)
                 }
             })
         });
-        kept.set(true);
+        *kept.borrow_mut() = Some(KeptThreadState { gil_state, thread_state: thread_state as *mut _ });
     });
 }
 
@@ -106,12 +129,19 @@ pub(crate) fn runtime() -> Result<&'static Runtime> {
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt);
     }
-    let _guard = INIT_LOCK.lock();
-    if let Some(rt) = RUNTIME.get() {
-        return Ok(rt);
-    }
-    let rt = start()?;
-    Ok(RUNTIME.get_or_init(|| rt))
+    Python::initialize();
+    // Start without holding the GIL, even when the caller does (a #[pyfunction], code inside Python::attach):
+    // the asyncio and tokio threads started below need it before start() returns.
+    Python::attach(|py| {
+        py.detach(|| {
+            let _guard = INIT_LOCK.lock();
+            if let Some(rt) = RUNTIME.get() {
+                return Ok(rt);
+            }
+            let rt = start()?;
+            Ok(RUNTIME.get_or_init(|| rt))
+        })
+    })
 }
 
 /// The bridge module, if the runtime is up (for error classification, which must not start it).
@@ -147,7 +177,6 @@ fn read_pyvenv_cfg(venv: &Path) -> Result<Vec<(String, String)>> {
 }
 
 fn start() -> Result<Runtime> {
-    Python::initialize();
     let venv = venv_dir();
     let bridge = Python::attach(|py| -> Result<Py<PyModule>> {
         if let Some(venv) = &venv {
@@ -237,8 +266,11 @@ fn start_tokio_runtime() {
         .thread_name("dspyo3-tokio")
         .on_thread_start(keep_thread_state)
         .build();
+    static TOKIO: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     if let Ok(runtime) = runtime {
-        let _ = pyo3_async_runtimes::tokio::init_with_runtime(Box::leak(Box::new(runtime)));
+        let runtime = TOKIO.get_or_init(|| runtime);
+        // Err: the application gave pyo3-async-runtimes its own runtime first, and that one is used.
+        let _ = pyo3_async_runtimes::tokio::init_with_runtime(runtime);
     }
 }
 

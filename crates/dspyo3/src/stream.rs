@@ -130,7 +130,7 @@ impl<O: DeserializeOwned> PredictionStream<O> {
                 return Ok(prediction);
             }
         }
-        Err(Error::Config("the stream ended without a prediction".into()))
+        Err(Error::Runtime("the stream ended without a prediction (the program produced none)".into()))
     }
 }
 

@@ -38,14 +38,28 @@ impl LoopbackLm {
             .spawn()
             .map_err(|e| Error::Config(format!("cannot run {} -m dspyo3_core.testing: {e}", python.display())))?;
         let stdout = child.stdout.take().expect("stdout is piped");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map_err(|e| Error::Config(format!("loopback server: {e}")))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = tx.send(reader.read_line(&mut line).map(|_| line));
+            // keep draining so the child never blocks on a full pipe
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(line)) => line,
+            Ok(Err(e)) => format!("error: {e}"),
+            Err(_) => "no answer within 60 s".to_string(),
+        };
         let api_base = line.trim().to_string();
         if !api_base.starts_with("http://") {
             let _ = child.kill();
             let _ = child.wait();
             return Err(Error::Config(format!(
-                "the loopback LM server did not start (is dspyo3-core installed in {}?)",
+                "the loopback LM server did not start ({api_base}; is dspyo3-core installed in {}?)",
                 python.display()
             )));
         }

@@ -42,6 +42,11 @@ pub enum TypeSpec {
         /// The allowed strings, as serde writes the variants.
         values: Vec<String>,
     },
+    /// A type that contains itself (`struct Tree { children: Vec<Tree> }`): refused when a module is built.
+    Recursive {
+        /// Rust type name.
+        name: String,
+    },
     /// A Pydantic model, from a struct deriving [`DspyType`].
     Model {
         /// Model class name.
@@ -62,6 +67,13 @@ pub struct ModelField {
     pub desc: Option<String>,
     /// Field type.
     pub ty: TypeSpec,
+    /// Whether a value must be present (`false` for `#[serde(default)]` fields).
+    #[serde(default = "yes")]
+    pub required: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One input or output field of a signature.
@@ -104,6 +116,7 @@ impl TypeSpec {
             TypeSpec::Optional { inner } => json!({"anyOf": [inner.json_schema(), {"type": "null"}]}),
             TypeSpec::Dict { value } => json!({"type": "object", "additionalProperties": value.json_schema()}),
             TypeSpec::Literal { values, .. } => json!({"type": "string", "enum": values}),
+            TypeSpec::Recursive { name } => json!({"$ref": format!("#/$defs/{name}")}),
             TypeSpec::Model { name, doc, fields } => {
                 let mut properties = serde_json::Map::new();
                 let mut required = Vec::new();
@@ -112,7 +125,7 @@ impl TypeSpec {
                     if let (Some(desc), Some(obj)) = (&field.desc, schema.as_object_mut()) {
                         obj.insert("description".into(), json!(desc));
                     }
-                    if !matches!(field.ty, TypeSpec::Optional { .. }) {
+                    if field.required && !matches!(field.ty, TypeSpec::Optional { .. }) {
                         required.push(field.name.clone());
                     }
                     properties.insert(field.name.clone(), schema);
@@ -207,12 +220,47 @@ mod tests {
             name: "Args".into(),
             doc: None,
             fields: vec![
-                ModelField { name: "city".into(), desc: Some("a city".into()), ty: TypeSpec::Str },
-                ModelField { name: "days".into(), desc: None, ty: <Option<u32>>::type_spec() },
+                ModelField { name: "city".into(), desc: Some("a city".into()), ty: TypeSpec::Str, required: true },
+                ModelField { name: "days".into(), desc: None, ty: <Option<u32>>::type_spec(), required: true },
+                ModelField { name: "unit".into(), desc: None, ty: TypeSpec::Str, required: false },
             ],
         };
         let schema = spec.json_schema();
         assert_eq!(schema["required"], serde_json::json!(["city"]));
         assert_eq!(schema["properties"]["city"]["description"], "a city");
+    }
+}
+
+/// Recursion guard for derived [`DspyType`] impls (used by the derive macro; not public API).
+#[doc(hidden)]
+pub struct TypeGuard(&'static str);
+
+thread_local! {
+    static TYPES_IN_PROGRESS: std::cell::RefCell<Vec<&'static str>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl TypeGuard {
+    /// `None` when `name`'s spec is already being built on this thread (the type contains itself).
+    pub fn enter(name: &'static str) -> Option<TypeGuard> {
+        TYPES_IN_PROGRESS.with(|stack| {
+            let mut stack = stack.borrow_mut();
+            if stack.contains(&name) {
+                None
+            } else {
+                stack.push(name);
+                Some(TypeGuard(name))
+            }
+        })
+    }
+}
+
+impl Drop for TypeGuard {
+    fn drop(&mut self) {
+        TYPES_IN_PROGRESS.with(|stack| {
+            let mut stack = stack.borrow_mut();
+            if let Some(pos) = stack.iter().rposition(|n| *n == self.0) {
+                stack.remove(pos);
+            }
+        });
     }
 }

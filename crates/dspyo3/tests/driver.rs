@@ -352,6 +352,7 @@ fn tokio_tasks_run_acall_concurrently_without_cross_talk() {
     server.responder(r#"lambda request: Reply(content=chat_reply(answer="A:" + parse_fields(last_user_text(request))["question"]), latency=0.2)"#);
     let predict = Predict::<QA>::new().unwrap().with_lm(&server.lm(), None).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let started = Instant::now();
     let answers = rt.block_on(async {
         let tasks: Vec<_> = (0..32)
             .map(|i| {
@@ -367,6 +368,8 @@ fn tokio_tasks_run_acall_concurrently_without_cross_talk() {
     });
     assert_eq!(answers, (0..32).map(|i| format!("A:q{i}")).collect::<Vec<_>>());
     assert_eq!(server.requests().len(), 32);
+    // 32 calls of 0.2 s: concurrent, about 0.2 s; one after another, 6.4 s (wide margin for a loaded machine)
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
 }
 
 #[test]
@@ -445,7 +448,9 @@ fn native_transport_drives_dspy_without_litellm() {
 
     // async from tokio tasks, no cross-talk
     server.responder(r#"lambda request: Reply(content=chat_reply(answer="A:" + parse_fields(last_user_text(request))["question"]), latency=0.05)"#);
+    let _ = predict.call(&QAInput { question: "warm".into() }); // scripted-out reply: only warms the pool
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let started = Instant::now();
     let answers = rt.block_on(async {
         let tasks: Vec<_> = (0..16)
             .map(|i| {
@@ -460,6 +465,8 @@ fn native_transport_drives_dspy_without_litellm() {
         answers
     });
     assert_eq!(answers, (0..16).map(|i| format!("A:q{i}")).collect::<Vec<_>>());
+    // 16 calls of 0.05 s: concurrent, about 0.05 s; one after another, 0.8 s
+    assert!(started.elapsed() < Duration::from_millis(600), "took {:?}", started.elapsed());
 }
 
 #[test]
@@ -512,4 +519,133 @@ fn native_transport_states_its_limits() {
         }
     });
     assert!(err.to_string().contains("does not stream yet"), "{err}");
+}
+
+#[test]
+fn absurd_retry_after_values_do_not_panic() {
+    let server = Server::start();
+    let input = QAInput { question: "q".into() };
+    for lm in [server.lm(), server.lm_builder().native().build().unwrap()] {
+        let predict = Predict::<QA>::new().unwrap().with_lm(&lm, None).unwrap();
+        server.script(&["Reply.rate_limited(retry_after=1e300)"]);
+        match predict.call(&input).unwrap_err() {
+            Error::RateLimited { retry_after, .. } => assert_eq!(retry_after, None),
+            other => panic!("expected RateLimited, got {other:?}"),
+        }
+    }
+    let err = server.lm_builder().native().kwarg("timeout", 1e20).build().unwrap_err();
+    assert!(err.to_string().contains("timeout must be between"), "{err}");
+}
+
+#[test]
+fn secrets_in_kwargs_and_headers_never_print() {
+    let builder = dspyo3::Lm::new("openai/x")
+        .kwarg("api_key", "sk-kwarg-secret")
+        .kwarg("extra_headers", serde_json::json!({"X-Api-Token": "tok-secret"}))
+        .temperature(0.5);
+    let text = format!("{builder:?}");
+    assert!(!text.contains("secret"), "{text}");
+    assert!(text.contains("temperature"), "non-secret settings still show: {text}");
+}
+
+/// Contains itself.
+#[derive(Debug, Clone, Serialize, Deserialize, DspyType)]
+struct Tree {
+    name: String,
+    children: Vec<Tree>,
+}
+
+/// Summarise a tree.
+#[derive(Signature)]
+struct Summarise {
+    #[input]
+    tree: Tree,
+    #[output]
+    summary: String,
+}
+
+#[test]
+fn recursive_types_are_refused_with_their_name() {
+    common::init();
+    let spec = serde_json::to_value(<Tree as DspyType>::type_spec()).unwrap();
+    assert_eq!(spec["fields"][1]["ty"]["item"]["kind"], "recursive");
+    let err = Predict::<Summarise>::new().unwrap_err();
+    assert!(err.to_string().contains("Tree contains itself"), "{err}");
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DspyType)]
+struct Settings {
+    name: String,
+    #[serde(default)]
+    retries: i64,
+    #[serde(skip)]
+    internal: Option<String>,
+}
+
+/// Read settings.
+#[derive(Signature)]
+struct ReadSettings {
+    #[input]
+    text: String,
+    #[output]
+    settings: Settings,
+}
+
+#[test]
+fn serde_default_and_skip_fields_follow_serde() {
+    let server = Server::start();
+    server.script(&[r#"chat_reply(settings={"name": "svc"})"#]);
+    let read = Predict::<ReadSettings>::new().unwrap().with_lm(&server.lm(), None).unwrap();
+    let out = read.call(&ReadSettingsInput { text: "name is svc".into() }).unwrap();
+    assert_eq!(out.settings, Settings { name: "svc".into(), retries: 0, internal: None });
+    let schema = <Settings as DspyType>::type_spec().json_schema();
+    assert_eq!(schema["required"], serde_json::json!(["name"]), "{schema}");
+    assert!(schema["properties"].get("internal").is_none());
+}
+
+#[test]
+fn a_users_own_timeout_is_a_python_error_not_an_lm_timeout() {
+    common::init();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("slow_db.py"),
+        "def build():\n    try:\n        raise ConnectionError('db down')\n    except ConnectionError:\n        raise TimeoutError('database query timed out')\n",
+    )
+    .unwrap();
+    dspyo3::add_python_path(dir.path()).unwrap();
+    match Program::load("x.json", "slow_db:build").unwrap_err() {
+        Error::Python { type_name, message, .. } => {
+            assert_eq!(type_name, "builtins.TimeoutError");
+            assert!(message.contains("database query"));
+        }
+        other => panic!("expected Python, got {other:?}"),
+    }
+}
+
+#[test]
+fn streams_run_concurrently_on_the_event_loop() {
+    let server = Server::start();
+    server.responder(r#"lambda request: Reply(content=chat_reply(answer="streamed answer"), latency=0.5)"#);
+    let predict = Predict::<QA>::new().unwrap().with_lm(&server.lm(), None).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let started = Instant::now();
+    let answers = rt.block_on(async {
+        let tasks: Vec<_> = (0..24)
+            .map(|i| {
+                let predict = predict.clone();
+                tokio::spawn(async move {
+                    predict.stream(&QAInput { question: format!("q{i}") }).unwrap().prediction().await
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.unwrap().unwrap().output.answer);
+        }
+        answers
+    });
+    assert!(answers.iter().all(|a| a == "streamed answer"));
+    // 24 streams of 0.5 s each: concurrent ones finish in about 0.5 s, 24 in a row would take 12 s and 8 at a
+    // time (a worker-thread pool) 1.5 s; the bound leaves a wide margin for a loaded machine.
+    assert!(started.elapsed() < Duration::from_millis(1400), "took {:?}", started.elapsed());
 }

@@ -410,18 +410,21 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 async def serve_async(responder: Responder, host: str = "127.0.0.1", port: int = 0,
-                      ready: Callable[[str], None] | None = None) -> None:
+                      ready: Callable[[str], None] | None = None, idle_timeout: float = 60.0) -> None:
     """Serve ``responder`` on one asyncio loop (no thread per connection) until cancelled.
 
     What the ``python -m dspyo3_core.testing`` command runs: a fixed-latency server for benchmarks must not add
     latency of its own, and a thread per connection contending for the GIL does at a few hundred requests/s.
-    Speaks the same routes as :class:`LMServer` (chat completions, JSON or SSE; ``/v1/models``); HTTP/1.1
-    keep-alive. ``ready(api_base)`` is called once the socket listens.
+    Routes: ``POST .../chat/completions`` (JSON or SSE) and ``GET /v1/models``; HTTP/1.1 keep-alive. Replies honour
+    ``latency``, ``status``, ``headers``, ``raw_body``, ``hang``, ``chunk_size`` and ``chunk_delay`` like
+    :class:`LMServer`, but requests are not recorded. Malformed requests get a 4xx naming the problem; a
+    connection idle for ``idle_timeout`` seconds is closed. ``ready(api_base)`` is called once the socket listens.
     """
     import asyncio
 
     if host not in {"127.0.0.1", "::1", "localhost"}:
         raise ValueError(f"serve_async binds loopback only; got host={host!r}")
+    max_body = 16 << 20
 
     def response(status: int, body: bytes, content_type: str = "application/json",
                  headers: Mapping[str, str] | None = None, close: bool = False) -> bytes:
@@ -430,12 +433,48 @@ async def serve_async(responder: Responder, host: str = "127.0.0.1", port: int =
         lines.extend(f"{key}: {value}" for key, value in (headers or {}).items())
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
+    def error(status: int, message: str, kind: str = "invalid_request_error", close: bool = False,
+              headers: Mapping[str, str] | None = None) -> bytes:
+        return response(status, json.dumps({"error": {"message": message, "type": kind}}).encode(),
+                        headers=headers, close=close)
+
+    async def answer(writer: asyncio.StreamWriter, request: dict[str, Any], close: bool) -> bool:
+        """Write the reply; False when the connection must end."""
+        item = responder(request)
+        reply = Reply.text(item) if isinstance(item, str) else item
+        if reply.hang is not None:
+            await asyncio.sleep(reply.hang)
+            return False
+        if reply.latency:
+            await asyncio.sleep(reply.latency)
+        if reply.status != 200:
+            kind = "rate_limit_exceeded" if reply.status == 429 else "server_error"
+            writer.write(error(reply.status, reply.error_message or f"HTTP {reply.status}", kind, close, reply.headers))
+        elif reply.raw_body is not None:
+            writer.write(response(200, reply.raw_body, close=close))
+        elif request.get("stream"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Cache-Control: no-cache\r\nConnection: close\r\n\r\n")
+            for i, chunk in enumerate(stream_events(request, reply)):
+                if reply.chunk_delay and i > 0:
+                    await asyncio.sleep(reply.chunk_delay)
+                writer.write(chunk)
+                await writer.drain()
+            return False
+        else:
+            writer.write(response(200, json.dumps(completion_body(request, reply)).encode(), headers=reply.headers,
+                                  close=close))
+        return True
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), idle_timeout)
+                except asyncio.LimitOverrunError:
+                    writer.write(error(431, "request headers too large", close=True))
+                    return
+                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
                     return
                 request_line, *header_lines = head.decode("latin-1").split("\r\n")
                 method, path, _ = [*request_line.split(" "), "", ""][:3]
@@ -444,7 +483,21 @@ async def serve_async(responder: Responder, host: str = "127.0.0.1", port: int =
                     if ":" in line:
                         key, value = line.split(":", 1)
                         headers[key.strip().lower()] = value.strip()
-                body = await reader.readexactly(int(headers.get("content-length") or 0))
+                if "chunked" in headers.get("transfer-encoding", "").lower():
+                    writer.write(error(411, "send the body with Content-Length (chunked bodies are not read)",
+                                       close=True))
+                    return
+                try:
+                    length = int(headers.get("content-length") or 0)
+                    if not 0 <= length <= max_body:
+                        raise ValueError
+                except ValueError:
+                    writer.write(error(400, f"bad Content-Length {headers.get('content-length')!r}", close=True))
+                    return
+                try:
+                    body = await asyncio.wait_for(reader.readexactly(length), idle_timeout)
+                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                    return
                 close = headers.get("connection", "").lower() == "close"
                 route = path.split("?")[0].rstrip("/")
                 if method == "GET" and route in {"/v1/models", "/models"}:
@@ -453,42 +506,31 @@ async def serve_async(responder: Responder, host: str = "127.0.0.1", port: int =
                 elif method == "POST" and route.endswith("/chat/completions"):
                     try:
                         request = json.loads(body or b"{}")
-                    except json.JSONDecodeError:
-                        error = {"error": {"message": "request body is not JSON", "type": "invalid_request_error"}}
-                        writer.write(response(400, json.dumps(error).encode(), close=close))
-                        await writer.drain()
-                        continue
-                    item = responder(request)
-                    reply = Reply.text(item) if isinstance(item, str) else item
-                    if reply.latency:
-                        await asyncio.sleep(reply.latency)
-                    if reply.status != 200:
-                        kind = "rate_limit_exceeded" if reply.status == 429 else "server_error"
-                        error = {"error": {"message": reply.error_message or f"HTTP {reply.status}", "type": kind}}
-                        writer.write(response(reply.status, json.dumps(error).encode(), headers=reply.headers,
-                                              close=close))
-                    elif request.get("stream"):
-                        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                                     b"Cache-Control: no-cache\r\nConnection: close\r\n\r\n")
-                        for i, chunk in enumerate(stream_events(request, reply)):
-                            if reply.chunk_delay and i > 0:
-                                await asyncio.sleep(reply.chunk_delay)
-                            writer.write(chunk)
-                            await writer.drain()
+                        if not isinstance(request, dict):
+                            raise ValueError(f"the body must be a JSON object, not {type(request).__name__}")
+                        keep = await answer(writer, request, close)
+                    except ValueError as exc:  # JSON, UTF-8 and field-type problems of the request
+                        message = "request body is not JSON" if isinstance(exc, json.JSONDecodeError) else str(exc)
+                        writer.write(error(400, message, close=close))
+                        keep = True
+                    except Exception as exc:  # a responder bug must not kill the connection silently
+                        writer.write(error(500, f"{type(exc).__name__}: {exc}", "server_error", close=True))
+                        keep = False
+                    if not keep:
                         return
-                    else:
-                        payload = json.dumps(completion_body(request, reply)).encode()
-                        writer.write(response(200, payload, headers=reply.headers, close=close))
                 else:
-                    error = {"error": {"message": f"no route {method} {path}", "type": "not_found"}}
-                    writer.write(response(404, json.dumps(error).encode(), close=close))
+                    writer.write(error(404, f"no route {method} {path}", "not_found", close=close))
                 await writer.drain()
                 if close:
                     return
         finally:
+            try:
+                await writer.drain()
+            except ConnectionError:
+                pass
             writer.close()
 
-    server = await asyncio.start_server(handle, host, port, backlog=1024)
+    server = await asyncio.start_server(handle, host, port, backlog=1024, limit=1 << 20)
     bound_host, bound_port = server.sockets[0].getsockname()[:2]
     base = f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else f"http://{bound_host}:{bound_port}"
     if ready is not None:
@@ -515,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.latency < 0:
         parser.error(f"--latency must be >= 0 seconds, got {args.latency}")
+    if args.host not in {"127.0.0.1", "::1", "localhost"}:
+        parser.error(f"--host must be a loopback address (127.0.0.1, ::1 or localhost), got {args.host!r}")
 
     def _terminate(*_: object) -> None:
         raise SystemExit(0)
