@@ -346,15 +346,11 @@ fn api_key_env_must_exist_and_keys_never_print() {
     assert!(!format!("{lm:?}").contains("sk-secret"));
 }
 
-#[test]
-fn tokio_tasks_run_acall_concurrently_without_cross_talk() {
-    let server = Server::start();
-    server.responder(r#"lambda request: Reply(content=chat_reply(answer="A:" + parse_fields(last_user_text(request))["question"]), latency=0.2)"#);
-    let predict = Predict::<QA>::new().unwrap().with_lm(&server.lm(), None).unwrap();
+/// `n` tokio tasks each awaiting `acall` with question `q<i>`; the answers in task order.
+fn acall_concurrently(predict: &Predict<QA>, n: usize) -> Vec<String> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let started = Instant::now();
-    let answers = rt.block_on(async {
-        let tasks: Vec<_> = (0..32)
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..n)
             .map(|i| {
                 let predict = predict.clone();
                 tokio::spawn(async move { predict.acall(&QAInput { question: format!("q{i}") }).await })
@@ -365,7 +361,16 @@ fn tokio_tasks_run_acall_concurrently_without_cross_talk() {
             answers.push(task.await.unwrap().unwrap().answer);
         }
         answers
-    });
+    })
+}
+
+#[test]
+fn tokio_tasks_run_acall_concurrently_without_cross_talk() {
+    let server = Server::start();
+    server.responder(r#"lambda request: Reply(content=chat_reply(answer="A:" + parse_fields(last_user_text(request))["question"]), latency=0.2)"#);
+    let predict = Predict::<QA>::new().unwrap().with_lm(&server.lm(), None).unwrap();
+    let started = Instant::now();
+    let answers = acall_concurrently(&predict, 32);
     assert_eq!(answers, (0..32).map(|i| format!("A:q{i}")).collect::<Vec<_>>());
     assert_eq!(server.requests().len(), 32);
     // 32 calls of 0.2 s: concurrent, about 0.2 s; one after another, 6.4 s (wide margin for a loaded machine)
@@ -449,21 +454,8 @@ fn native_transport_drives_dspy_without_litellm() {
     // async from tokio tasks, no cross-talk
     server.responder(r#"lambda request: Reply(content=chat_reply(answer="A:" + parse_fields(last_user_text(request))["question"]), latency=0.05)"#);
     let _ = predict.call(&QAInput { question: "warm".into() }); // scripted-out reply: only warms the pool
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let started = Instant::now();
-    let answers = rt.block_on(async {
-        let tasks: Vec<_> = (0..16)
-            .map(|i| {
-                let predict = predict.clone();
-                tokio::spawn(async move { predict.acall(&QAInput { question: format!("q{i}") }).await })
-            })
-            .collect();
-        let mut answers = Vec::new();
-        for task in tasks {
-            answers.push(task.await.unwrap().unwrap().answer);
-        }
-        answers
-    });
+    let answers = acall_concurrently(&predict, 16);
     assert_eq!(answers, (0..16).map(|i| format!("A:q{i}")).collect::<Vec<_>>());
     // 16 calls of 0.05 s: concurrent, about 0.05 s; one after another, 0.8 s
     assert!(started.elapsed() < Duration::from_millis(600), "took {:?}", started.elapsed());
