@@ -77,7 +77,7 @@ def test_instance_json_shape(project: Path, cli_env: dict[str, str], dspyo3_exe:
     assert signature["instructions"] == "Answer the question from the passages."
     inputs = {f["name"]: f for f in signature["inputs"]}
     outputs = {f["name"]: f for f in signature["outputs"]}
-    assert inputs["question"] == {"name": "question", "type": "str", "desc": "the user question"}
+    assert inputs["question"] == {"name": "question", "type": "str", "desc": "the user question", "ty": {"kind": "str"}}
     assert inputs["passages"]["type"] == "list[str]"
     assert inputs["passages"]["desc"] == ""
     assert inputs["max_words"]["type"] == "Optional[int]"
@@ -85,6 +85,11 @@ def test_instance_json_shape(project: Path, cli_env: dict[str, str], dspyo3_exe:
     assert outputs["citations"]["type"] == "list[Citation]"
     assert outputs["scores"]["type"] == "dict[str, float]"
     assert next(iter(outputs)) == "reasoning"  # ChainOfThought prepends it
+    # the signature IR next to the readable type
+    assert inputs["max_words"]["ty"] == {"kind": "optional", "inner": {"kind": "int"}}
+    assert outputs["verdict"]["ty"] == {"kind": "literal", "name": None, "values": ["supported", "refuted"]}
+    assert outputs["citations"]["ty"]["item"]["kind"] == "model"
+    assert outputs["citations"]["ty"]["item"]["name"] == "Citation"
 
 
 def test_class_target_is_instantiated(project: Path, cli_env: dict[str, str], dspyo3_exe: str) -> None:

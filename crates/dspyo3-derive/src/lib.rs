@@ -30,7 +30,7 @@ use syn::{
 ///     answer: String,
 /// }
 /// ```
-#[proc_macro_derive(Signature, attributes(input, output))]
+#[proc_macro_derive(Signature, attributes(input, output, serde))]
 pub fn derive_signature(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     expand_signature(&input).unwrap_or_else(Error::into_compile_error).into()

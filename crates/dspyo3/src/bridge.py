@@ -37,6 +37,8 @@ def annotation(spec: dict[str, Any]) -> Any:
         return Any
     if kind == "list":
         return list[annotation(spec["item"])]  # type: ignore[misc]
+    if kind == "tuple":
+        return tuple.__class_getitem__(tuple(annotation(item) for item in spec["items"]))
     if kind == "optional":
         return Optional[annotation(spec["inner"])]  # noqa: UP045 - repr reads typing.Optional[...] in prompts
     if kind == "dict":

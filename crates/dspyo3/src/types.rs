@@ -25,6 +25,11 @@ pub enum TypeSpec {
         /// Element type.
         item: Box<TypeSpec>,
     },
+    /// `tuple[items...]` (a JSON array of fixed length).
+    Tuple {
+        /// Element types, in order.
+        items: Vec<TypeSpec>,
+    },
     /// `Optional[inner]`; as a model field it defaults to `None`, like a missing `Option` in serde.
     Optional {
         /// The wrapped type.
@@ -113,6 +118,12 @@ impl TypeSpec {
             TypeSpec::Bool => json!({"type": "boolean"}),
             TypeSpec::Any => json!({}),
             TypeSpec::List { item } => json!({"type": "array", "items": item.json_schema()}),
+            TypeSpec::Tuple { items } => json!({
+                "type": "array",
+                "prefixItems": items.iter().map(TypeSpec::json_schema).collect::<Vec<_>>(),
+                "minItems": items.len(),
+                "maxItems": items.len(),
+            }),
             TypeSpec::Optional { inner } => json!({"anyOf": [inner.json_schema(), {"type": "null"}]}),
             TypeSpec::Dict { value } => json!({"type": "object", "additionalProperties": value.json_schema()}),
             TypeSpec::Literal { values, .. } => json!({"type": "string", "enum": values}),
@@ -176,6 +187,20 @@ impl<T: DspyType> DspyType for Vec<T> {
         TypeSpec::List { item: Box::new(T::type_spec()) }
     }
 }
+
+macro_rules! tuple_type {
+    ($($name:ident),+) => {
+        impl<$($name: DspyType),+> DspyType for ($($name,)+) {
+            fn type_spec() -> TypeSpec {
+                TypeSpec::Tuple { items: vec![$($name::type_spec()),+] }
+            }
+        }
+    };
+}
+tuple_type!(A);
+tuple_type!(A, B);
+tuple_type!(A, B, C);
+tuple_type!(A, B, C, D);
 
 impl<T: DspyType> DspyType for Option<T> {
     fn type_spec() -> TypeSpec {

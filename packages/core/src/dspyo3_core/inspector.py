@@ -3,8 +3,11 @@
 TARGET is either ``package.module:attribute`` (a ``dspy.Module`` instance or class, or a ``dspy.Signature``)
 or the path of a program saved with ``program.save("x.json")``. The result is::
 
-    {"target": ..., "predictors": [{"name", "signature": {"instructions", "inputs": [{"name", "type", "desc"}],
+    {"target": ..., "predictors": [{"name", "signature": {"instructions", "inputs": [{"name", "type", "desc", "ty"}],
                                     "outputs": [...]}, "demos": <count>}]}
+
+``ty`` is the field's type in the signature IR (:mod:`dspyo3_core.ir`, the JSON that code generation and the Rust
+crate read); ``null`` with a ``ty_error`` when the IR cannot express the type.
 
 Types are written as Python annotations: ``str``, ``list[str]``, ``Optional[int]``, ``Literal['a', 'b']``, or a
 Pydantic model's class name. A saved ``.json`` stores no field types and no input/output split; give
@@ -61,9 +64,18 @@ def _description(name: str, desc: Any) -> str:
     return "" if text == f"${{{name}}}" else text  # DSPy's placeholder when no description was given
 
 
-def _field(name: str, info: Any) -> dict[str, str]:
+def _field(name: str, info: Any) -> dict[str, Any]:
+    from dspyo3_core.ir import UnsupportedTypeError, type_ir
+
     extra = info.json_schema_extra or {}
-    return {"name": name, "type": render_type(info.annotation), "desc": _description(name, extra.get("desc"))}
+    entry: dict[str, Any] = {"name": name, "type": render_type(info.annotation),
+                             "desc": _description(name, extra.get("desc"))}
+    try:
+        entry["ty"] = type_ir(info.annotation, field=name)  # the signature IR (dspyo3_core.ir)
+    except UnsupportedTypeError as exc:
+        entry["ty"] = None
+        entry["ty_error"] = str(exc)
+    return entry
 
 
 def describe_signature(signature: type[dspy.Signature]) -> dict[str, Any]:

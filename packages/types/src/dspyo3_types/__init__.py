@@ -1,8 +1,9 @@
-"""dspyo3-types: typed signatures for DSPy: Rust (serde), Pydantic and JSON-Schema code generated from signatures,
-and safe prediction parsing.
+"""dspyo3-types: typed signatures for DSPy.
 
-This package is a skeleton: it installs, imports and registers its plugin (the ``dspyo3 types`` command
-group) through the ``dspyo3`` entry-point group. It claims no features yet.
+* :mod:`dspyo3_types.codegen`: Rust (serde), Pydantic and JSON-Schema code from the signature IR
+  (:mod:`dspyo3_core.ir`); the ``dspyo3 types codegen`` and ``dspyo3 types ir`` commands;
+* :mod:`dspyo3_types.bridge`: Pydantic models of a signature and the JSON the Rust side reads and writes;
+* :mod:`dspyo3_types.validate`: validate a ``dspy.Prediction`` against its signature.
 """
 
 __version__ = "0.1.0"
