@@ -68,3 +68,15 @@ def test_kernels_benchmark_shape(tmp_path: Path) -> None:
     assert set(last) == {"lru", "fusion", "rate_limiter"}
     assert {"dspyo3", "cachetools", "speedup"} <= set(last["lru"]["get_hit_ns"])
     assert set(last["rate_limiter"]["accuracy"]) == {"dspyo3", "aiolimiter"}
+
+
+def test_parse_benchmark_shape(tmp_path: Path) -> None:
+    out = tmp_path / "parse.json"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "parse.py"), "--answers", "50",
+                             "--json", str(out), "--plot", str(tmp_path / "parse.png")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(last) == {"answers", "chat", "json"}
+    assert set(last["chat"]) == {"dspyo3_us", "dspy_us", "speedup"}
+    assert json.loads(out.read_text()) == last and (tmp_path / "parse.png").stat().st_size > 0

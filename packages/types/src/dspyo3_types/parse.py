@@ -1,0 +1,274 @@
+"""Safe prediction parsing: raw LM output (ChatAdapter sections, JSON or XML) into a signature's typed fields.
+
+Every problem is an :class:`OutputParseError` (a ``dspy.utils.exceptions.AdapterParseError``, so DSPy's own
+fallbacks and retries still apply) that names the field, the expected type and the value received, and keeps the
+raw text. :func:`parse_partial` reads the fields available so far from a truncated JSON answer while it streams.
+:class:`StrictChatAdapter` and :class:`StrictJSONAdapter` put the parser under DSPy::
+
+    dspy.configure(lm=lm, adapter=StrictChatAdapter())
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import typing
+from functools import lru_cache
+from typing import Any, Literal
+
+import dspy
+import pydantic
+import pydantic_core
+from dspy.utils.exceptions import AdapterParseError
+
+__all__ = ["OutputParseError", "StrictChatAdapter", "StrictJSONAdapter", "parse_output", "parse_partial"]
+
+_SECTION = re.compile(r"^\s*\[\[ ## (\w+) ## \]\][ \t]*", re.M)
+_FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```\s*$", re.S)
+
+
+class OutputParseError(AdapterParseError):
+    """The LM's answer does not fit the signature.
+
+    Attributes:
+        field: the output field at fault (``None`` when the answer as a whole is unreadable).
+        expected: the field's type as written in the signature.
+        received: the text found for the field (``None`` when it is missing).
+        raw: the whole LM answer.
+    """
+
+    def __init__(self, signature: type[dspy.Signature], raw: str, message: str, *, adapter: str,
+                 field: str | None = None, expected: str | None = None, received: Any = None,
+                 parsed: dict[str, Any] | None = None) -> None:
+        self.field = field
+        self.expected = expected
+        self.received = received
+        self.raw = raw
+        super().__init__(adapter_name=adapter, signature=signature, lm_response=raw, message=message,
+                         parsed_result=parsed or None)
+
+
+@lru_cache(maxsize=1024)
+def _adapter(annotation: Any) -> pydantic.TypeAdapter[Any]:
+    return pydantic.TypeAdapter(annotation)
+
+
+def _render(annotation: Any) -> str:
+    from dspyo3_core.inspector import render_type
+
+    return render_type(annotation)
+
+
+def _is_textual(annotation: Any) -> bool:
+    """str, a Literal of strings, a str Enum (or Optional of those): the raw text is the value."""
+    origin = typing.get_origin(annotation)
+    if annotation is str:
+        return True
+    if origin is Literal:
+        return all(isinstance(v, str) for v in typing.get_args(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return all(isinstance(m.value, str) for m in annotation)
+    if origin is typing.Union:
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return len(members) == 1 and _is_textual(members[0])
+    return False
+
+
+def _convert(name: str, text: Any, annotation: Any, signature: type[dspy.Signature], raw: str,
+             adapter: str) -> Any:
+    """One field's value (text from a section, or a JSON value) as the annotation's type."""
+    if annotation is str:
+        return text if isinstance(text, str) else json.dumps(text)
+    value = text
+    if isinstance(text, str):
+        stripped = text.strip()
+        if _is_textual(annotation):
+            value = stripped[1:-1] if len(stripped) >= 2 and stripped[0] == stripped[-1] == '"' else stripped
+            if value in ("", "null", "None") and type(None) in typing.get_args(annotation):
+                value = None
+        else:
+            fenced = _FENCE.match(stripped)
+            stripped = fenced.group(1).strip() if fenced else stripped
+            try:
+                value = json.loads(stripped)
+            except json.JSONDecodeError:
+                value = stripped  # pydantic's lax mode still reads '3', 'true', ISO dates
+    try:
+        return _adapter(annotation).validate_python(value)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        detail = first["msg"] + (f" (at {where})" if where else "")
+        shown = text if isinstance(text, str) else json.dumps(text, default=str)
+        shown = shown if len(shown) <= 200 else shown[:200] + "…"
+        raise OutputParseError(
+            signature, raw, f"field `{name}`: expected {_render(annotation)}, got {shown!r}: {detail}",
+            adapter=adapter, field=name, expected=_render(annotation), received=text,
+        ) from None
+
+
+def _finish(fields: dict[str, Any], found: dict[str, Any], signature: type[dspy.Signature], raw: str,
+            adapter: str) -> dict[str, Any]:
+    """Convert every output field (missing ones take their declared default, or fail)."""
+    out: dict[str, Any] = {}
+    for name, info in signature.output_fields.items():
+        if name in found:
+            out[name] = _convert(name, found[name], info.annotation, signature, raw, adapter)
+        elif not info.is_required():
+            out[name] = info.get_default(call_default_factory=True)
+        else:
+            missing = [n for n in signature.output_fields if n not in found]
+            raise OutputParseError(
+                signature, raw,
+                f"field `{name}` (expected {_render(info.annotation)}) is missing from the LM answer; "
+                f"missing: {', '.join(missing)}; found: {', '.join(found) or 'nothing'}",
+                adapter=adapter, field=name, expected=_render(info.annotation), parsed=out or None,
+            )
+    return out
+
+
+def _chat_sections(text: str) -> dict[str, str]:
+    """``[[ ## name ## ]]`` sections (the first occurrence of each name wins, as in DSPy)."""
+    matches = list(_SECTION.finditer(text))
+    found: dict[str, str] = {}
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        found.setdefault(match.group(1), text[match.end():end].strip())
+    found.pop("completed", None)
+    return found
+
+
+def _json_object(text: str, signature: type[dspy.Signature], adapter: str) -> dict[str, Any]:
+    stripped = text.strip()
+    fenced = _FENCE.match(stripped)
+    if fenced:
+        stripped = fenced.group(1).strip()
+    start, end = stripped.find("{"), stripped.rfind("}")
+    if start == -1 or end < start:
+        raise OutputParseError(signature, text, "the LM answer holds no JSON object", adapter=adapter)
+    try:
+        value = json.loads(stripped[start:end + 1])
+    except json.JSONDecodeError as exc:
+        raise OutputParseError(signature, text, f"the LM answer is not valid JSON: {exc}", adapter=adapter) from None
+    if not isinstance(value, dict):
+        raise OutputParseError(signature, text, "the LM answer's JSON is not an object", adapter=adapter)
+    return value
+
+
+def _xml_fields(text: str, signature: type[dspy.Signature]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name in signature.output_fields:
+        match = re.search(rf"<{name}>(.*?)</{name}>", text, re.S)
+        if match:
+            found[name] = match.group(1).strip()
+    return found
+
+
+def parse_output(text: str, signature: type[dspy.Signature], fmt: str = "auto") -> dict[str, Any]:
+    """Parse an LM answer into the signature's output fields, converted to their types.
+
+    ``fmt``: ``"chat"`` (``[[ ## field ## ]]`` sections), ``"json"``, ``"xml"`` or ``"auto"`` (sections if the
+    text has any, else XML if it has an output field's tag, else a JSON object).
+    """
+    if fmt == "auto":
+        if _SECTION.search(text):
+            fmt = "chat"
+        elif any(f"<{name}>" in text for name in signature.output_fields):
+            fmt = "xml"
+        else:
+            fmt = "json"
+    adapter = {"chat": "StrictChatAdapter", "json": "StrictJSONAdapter", "xml": "StrictXMLParser"}.get(fmt)
+    if adapter is None:
+        raise ValueError(f"unknown format {fmt!r}; use chat, json, xml or auto")
+    if fmt == "chat":
+        found: dict[str, Any] = _chat_sections(text)
+    elif fmt == "json":
+        found = _json_object(text, signature, adapter)
+    else:
+        found = _xml_fields(text, signature)
+    return _finish(dict(signature.output_fields), found, signature, text, adapter)
+
+
+def _value_complete(text: str, start: int) -> bool:
+    """Whether the JSON value starting at ``start`` ends before the text does."""
+    depth, in_string, escaped = 0, False, False
+    for j in range(start, len(text)):
+        c = text[j]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+                if depth == 0:
+                    return True
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            if depth == 0:
+                return True  # the enclosing object closed: the value ended before
+            depth -= 1
+            if depth == 0:
+                return True
+        elif c == "," and depth == 0:
+            return True
+    return False  # a scalar at the very end may still grow ("12" -> "123")
+
+
+def parse_partial(text: str, signature: type[dspy.Signature]) -> dict[str, Any]:
+    """The output fields readable so far from a JSON answer that is still streaming.
+
+    Complete values are converted to their types; a ``str`` field still being written is returned as far as it
+    goes; any other incomplete value (half a number, an open list or object) is left out. Never raises for
+    truncation; returns ``{}`` while no field is readable.
+    """
+    start = text.find("{")
+    if start == -1:
+        return {}
+    body = text[start:]
+    try:
+        partial = pydantic_core.from_json(body, allow_partial="trailing-strings")
+    except ValueError:
+        return {}
+    if not isinstance(partial, dict) or not partial:
+        return {}
+    keys = list(partial)
+    last = keys[-1]
+    key_at = body.rfind(json.dumps(last))
+    colon = body.find(":", key_at + len(json.dumps(last))) if key_at != -1 else -1
+    value_at = len(body) if colon == -1 else colon + 1 + (len(body[colon + 1:]) - len(body[colon + 1:].lstrip()))
+    last_complete = colon != -1 and _value_complete(body, value_at)
+    out: dict[str, Any] = {}
+    fields = signature.output_fields
+    for name, value in partial.items():
+        if name not in fields:
+            continue
+        annotation = fields[name].annotation
+        if name == last and not last_complete:
+            if isinstance(value, str) and annotation is str:
+                out[name] = value  # the text so far
+            continue
+        try:
+            out[name] = _adapter(annotation).validate_python(value)
+        except pydantic.ValidationError:
+            continue
+    return out
+
+
+class StrictChatAdapter(dspy.ChatAdapter):
+    """``dspy.ChatAdapter`` whose answers are parsed by :func:`parse_output`: errors name the field, the expected
+    type and the value, and the raw answer is kept. Formatting (prompts) is DSPy's own."""
+
+    def parse(self, signature: type[dspy.Signature], completion: str) -> dict[str, Any]:
+        return parse_output(completion, signature, "chat")
+
+
+class StrictJSONAdapter(dspy.JSONAdapter):
+    """``dspy.JSONAdapter`` with :func:`parse_output`'s JSON parsing."""
+
+    def parse(self, signature: type[dspy.Signature], completion: str) -> dict[str, Any]:
+        return parse_output(completion, signature, "json")
