@@ -3,8 +3,9 @@
     python benchmarks/parse.py [--answers 2000] [--json out.json] [--plot out.png]
 
 Answers for a signature with str, int, float, list[str], Literal and a nested Pydantic model output, in ChatAdapter
-(``[[ ## field ## ]]``) and JSON form; both parsers must give equal results on every answer (checked). The last
-stdout line is one JSON object; ``speedup`` is DSPy's time over ours (> 1: ours is faster).
+(``[[ ## field ## ]]``) and JSON form; both parsers must give equal results on every answer (checked). The answers
+are well formed: this measures the common path, not DSPy's repair of broken JSON (which we refuse instead). The
+last stdout line is one JSON object; ``speedup`` is DSPy's time over ours (> 1: ours is faster).
 """
 
 from __future__ import annotations
@@ -80,10 +81,10 @@ def main() -> None:
     as_json = [json.dumps(v) for v in values]
     chat_adapter, json_adapter = dspy.ChatAdapter(), dspy.JSONAdapter()
 
-    log(f"checking both parsers agree on {args.answers} answers in each format")
-    for text in chat[:200]:
+    log(f"checking both parsers agree on all {args.answers} answers in each format")
+    for text in chat:
         assert chat_adapter.parse(Answer, text) == parse_output(text, Answer, "chat")
-    for text in as_json[:200]:
+    for text in as_json:
         assert json_adapter.parse(Answer, text) == parse_output(text, Answer, "json")
 
     result: dict[str, Any] = {"answers": args.answers}

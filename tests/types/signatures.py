@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import datetime as dt
 import enum
 from typing import Any, Literal, Optional
 
@@ -55,3 +56,37 @@ class Everything(dspy.Signature):
 
 
 QA = dspy.Signature("question -> answer", "Answer questions with short factoid answers.")
+
+
+class Node(pydantic.BaseModel):
+    """A node that holds itself through a tuple (needs a Box in Rust)."""
+
+    name: str
+    pair: Optional[tuple[Node, int]] = None  # noqa: UP045
+
+
+class String(pydantic.BaseModel):
+    """A model named like a Rust type."""
+
+    value: str
+
+
+class other:
+    class Tree(pydantic.BaseModel):
+        a: int
+
+
+class Awkward(dspy.Signature):
+    """Names and values that are awkward in Rust: "quotes", back\\slashes,
+        and indented lines that must not become doctests."""
+
+    self_and_more: Literal["self", "café", 'say "hi"', "a-b", "1st", "A B", "a b"] = dspy.InputField()
+    node: Node = dspy.InputField()
+    string: String = dspy.InputField()
+    trees: dict[str, Tree] = dspy.InputField()
+    other_tree: other.Tree = dspy.InputField()
+    when: dt.time = dspy.InputField()
+    at: dt.datetime = dspy.InputField(desc="timezone-aware")
+    datetime: str = dspy.OutputField(desc="a field named like a module")
+    limit: Optional[int] = dspy.OutputField(default=5)  # noqa: UP045 - None must survive, not become 5
+    models: tuple[Entity, Color] = dspy.OutputField()

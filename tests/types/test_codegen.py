@@ -37,7 +37,8 @@ def test_ir_of_every_supported_type() -> None:
     assert entity["fields"][0] == {"name": "name", "desc": "surface form", "ty": {"kind": "str"}, "required": True}
     assert entity["fields"][3]["required"] is False and entity["fields"][3]["default"] is None
     tree = fields["tree"]["ty"]
-    assert tree["fields"][1]["ty"] == {"kind": "list", "item": {"kind": "ref", "name": "Tree"}}
+    assert tree["fields"][1]["ty"] == {"kind": "list", "item": {"kind": "ref", "name": "Tree", "id": tree["id"]}}
+    assert tree["id"].endswith("signatures.Tree")
     assert fields["when"]["ty"] == {"kind": "datetime"} and fields["extra"]["ty"] == {"kind": "any"}
 
 
@@ -147,7 +148,9 @@ def test_dspyo3_mode_compiles_against_the_crate(tmp_path: Path) -> None:
         '[package]\nname = "uses_dspyo3"\nversion = "0.0.0"\nedition = "2021"\n\n[dependencies]\n'
         f'dspyo3 = {{ path = "{ROOT / "crates" / "dspyo3"}" }}\n'
         'serde = { version = "1", features = ["derive"] }\nserde_json = "1"\n\n[workspace]\n')
-    code = generate([signature_ir(Everything)], "rust", derive_dspyo3=True)
+    from signatures import Awkward
+
+    code = generate([signature_ir(Everything), signature_ir(Awkward)], "rust", derive_dspyo3=True)
     assert "#[derive(dspyo3::Signature)]" in code and "#[input]" in code
     (tmp_path / "src" / "lib.rs").write_text(code + "\npub fn spec() -> dspyo3::SignatureSpec {\n"
                                              "    <Everything as dspyo3::Signature>::spec()\n}\n")

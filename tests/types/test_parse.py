@@ -105,3 +105,64 @@ def test_strict_adapters_under_dspy() -> None:
         server.script(JSON)
         with dspy.context(lm=lm, adapter=StrictJSONAdapter()):
             assert program(question="q").tags == ["a", "b"]
+
+
+class Color(str, __import__("enum").Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Loose(dspy.Signature):
+    """Fields whose text LMs write in many ways."""
+
+    question: str = dspy.InputField()
+    maybe_text: str | None = dspy.OutputField()
+    maybe_count: int | None = dspy.OutputField()
+    color: Color = dspy.OutputField()
+    mood: Literal["pos", "neg"] = dspy.OutputField()
+    code: str = dspy.OutputField()
+
+
+@pytest.mark.parametrize(("field", "text", "value"), [
+    ("maybe_text", "42", "42"),
+    ("maybe_count", "None", None),
+    ("maybe_count", "null", None),
+    ("color", "RED", Color.RED),
+    ("color", "blue", Color.BLUE),
+    ("mood", "'pos'", "pos"),
+    ("mood", "Literal['neg']", "neg"),
+])
+def test_loose_spellings_match_dspy(field: str, text: str, value: object) -> None:
+    values = {"maybe_text": "x", "maybe_count": "1", "color": "red", "mood": "pos", "code": "c", field: text}
+    answer = "\n\n".join(f"[[ ## {k} ## ]]\n{v}" for k, v in values.items())
+    assert parse_output(answer, Loose, "chat")[field] == value
+    assert dspy.ChatAdapter().parse(Loose, answer)[field] == value, "same as DSPy's own parser"
+
+
+def test_xml_attributes_entities_and_format_detection() -> None:
+    xml = ('<maybe_text kind="x">a &amp; b</maybe_text><maybe_count>2</maybe_count><color>red</color>'
+           "<mood>neg</mood><code>x</code>")
+    assert parse_output(xml, Loose)["maybe_text"] == "a & b"
+    as_json = ('{"maybe_text": "use <maybe_text> tags", "maybe_count": 1, "color": "red", "mood": "pos", '
+               '"code": "c"} and some prose with a } brace')
+    assert parse_output(as_json, Loose)["maybe_text"] == "use <maybe_text> tags"
+
+
+@pytest.mark.parametrize(("text", "fields"), [
+    ('{"answer": "x", "place": {"answer": 1, "city": "P', {"answer": "x"}),
+    ('{"tags": ["tags", "b:", "c', {}),
+    ('{"tags": ["tags", "b:", "c"], "answer": "d', {"tags": ["tags", "b:", "c"], "answer": "d"}),
+])
+def test_partial_json_is_not_fooled_by_repeated_keys(text: str, fields: dict[str, object]) -> None:
+    assert parse_partial(text, Answer) == fields
+
+
+def test_the_json_fallback_of_the_strict_chat_adapter_is_strict_too() -> None:
+    with LMServer() as server:
+        lm = dspy.LM("openai/test", api_base=server.api_base, api_key="k", cache=False, num_retries=0)
+        server.script(CHAT.replace("[[ ## count ## ]]\n3", "[[ ## count ## ]]\nthree"),
+                      '{"answer": "x", "count": 3, "score": 0.5, "tags": ["a", "b",], "mood": "happy", '
+                      '"place": {"city": "P", "population": 1}}')
+        with dspy.context(lm=lm, adapter=StrictChatAdapter()), pytest.raises(OutputParseError):
+            dspy.Predict(Answer)(question="q")
+        assert len(server.requests) == 2, "the fallback ran, and rejected the sloppy JSON"

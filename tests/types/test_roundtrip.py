@@ -6,6 +6,7 @@ cargo harness that reads `TypeName<TAB>json` lines and writes each value back re
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import subprocess
@@ -17,16 +18,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dspyo3_core.ir import signature_ir
+from dspyo3_core.ir import signature_ir, type_ir
 from dspyo3_types.bridge import from_rust_json, to_rust_json
-from dspyo3_types.codegen import load_pydantic, rust_source
+from dspyo3_types.codegen import load_pydantic, rust_source, signatures_of
 
 sys.path.insert(0, str(Path(__file__).parent))
-from signatures import QA, Everything
+import signatures
+from signatures import Awkward, Everything
 
+ZONES = [datetime.timezone.utc, datetime.timezone(datetime.timedelta(hours=5, minutes=30)),
+         datetime.timezone(datetime.timedelta(hours=-8))]
 I64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 TEXT = st.text(max_size=20)
-JSON_VALUE = st.recursive(st.none() | st.booleans() | I64 | TEXT,
+JSON_VALUE = st.recursive(st.none() | st.booleans() | I64 | TEXT | st.floats(allow_nan=False, allow_infinity=False),
                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
                           max_leaves=6)
 
@@ -37,8 +41,9 @@ def strategy(spec: dict[str, Any], models: dict[str, dict[str, Any]] | None = No
     kind = spec["kind"]
     simple = {"str": TEXT, "int": I64, "bool": st.booleans(), "any": JSON_VALUE,
               "float": st.floats(allow_nan=False, allow_infinity=False),
-              "datetime": st.datetimes().map(lambda d: d.isoformat()),
-              "date": st.dates().map(lambda d: d.isoformat())}
+              "datetime": st.datetimes(timezones=st.none() | st.sampled_from(ZONES)).map(lambda d: d.isoformat()),
+              "date": st.dates().map(lambda d: d.isoformat()),
+              "time": st.times().map(lambda t: t.isoformat())}
     if kind in simple:
         return simple[kind]
     if kind == "list":
@@ -54,18 +59,19 @@ def strategy(spec: dict[str, Any], models: dict[str, dict[str, Any]] | None = No
     if kind == "enum":
         return st.sampled_from([m["value"] for m in spec["members"]])
     if kind == "ref":
-        spec = models[spec["name"]]
+        spec = models[spec["id"]]
         if depth > 3:  # keep recursive models finite
             return st.fixed_dictionaries({f["name"]: strategy(f["ty"], models, depth + 1) if f["required"]
                                           else st.just(f["default"]) for f in spec["fields"]})
     if spec["kind"] == "model":
-        models[spec["name"]] = spec
+        models[spec.get("id", spec["name"])] = spec
         return st.fixed_dictionaries({f["name"]: strategy(f["ty"], models, depth + 1) for f in spec["fields"]})
     raise AssertionError(f"no strategy for {kind}")
 
 
-SIGNATURES = [signature_ir(Everything), {**signature_ir(QA), "name": "Qa"}]  # QA is a string-form signature
+SIGNATURES = [signature_ir(Everything), signatures_of(f"{signatures.__name__}:QA")[0], signature_ir(Awkward)]
 TYPES = [f"{sig['name']}{suffix}" for sig in SIGNATURES for suffix in ("Input", "Output")]
+USER_MODELS = {"Entity": signatures.Entity, "Tree": signatures.Tree, "Node": signatures.Node}
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +88,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (project / "src" / "generated.rs").write_text(rust_source(SIGNATURES))
     arms = "\n".join(
         f'            "{name}" => serde_json::from_str::<{name}>(json).and_then(|v| serde_json::to_string(&v)),'
-        for name in TYPES
+        for name in [*TYPES, *USER_MODELS]
     )
     (project / "src" / "main.rs").write_text(f"""
 mod generated;
@@ -139,7 +145,31 @@ def test_generated_rust_round_trips_every_type(harness: Path, values: tuple[dict
         assert from_rust_json(MODELS[name], text) == original, name
 
 
+USER_VALUES = st.tuples(*(strategy(type_ir(model, field=name)) for name, model in USER_MODELS.items()))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(values=USER_VALUES)
+def test_the_users_own_models_round_trip(harness: Path, values: tuple[dict[str, Any], ...]) -> None:
+    """Through the user's classes (not the generated ones): defaults and None must survive as they are."""
+    originals = [model.model_validate(v) for model, v in zip(USER_MODELS.values(), values, strict=True)]
+    back = rust_round_trip(harness, [(name, to_rust_json(m)) for name, m in zip(USER_MODELS, originals,
+                                                                                  strict=True)])
+    for model, original, text in zip(USER_MODELS.values(), originals, back, strict=True):
+        assert not text.startswith("ERROR"), text
+        assert from_rust_json(model, text) == original
+
+
+def test_none_survives_where_the_default_is_not_none(harness: Path) -> None:
+    output = MODELS["AwkwardOutput"]
+    value = output.model_validate({"datetime": "x", "limit": None,
+                                   "models": [{"name": "a", "type": "org", "salience": 1.0}, "red"]})
+    (text,) = rust_round_trip(harness, [("AwkwardOutput", to_rust_json(value))])
+    assert from_rust_json(output, text).limit is None
+
+
 def test_a_wrong_value_is_refused_by_the_rust_side(harness: Path) -> None:
     bad = '{"question": 42}'
-    (out,) = rust_round_trip(harness, [("QaInput", bad)])
+    (out,) = rust_round_trip(harness, [("QAInput", bad)])
     assert out.startswith("ERROR") and "expected a string" in out

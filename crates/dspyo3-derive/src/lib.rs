@@ -243,6 +243,8 @@ struct SigField<'a> {
     role: Role,
     desc: Option<String>,
     prefix: Option<String>,
+    /// `#[serde(rename = "...")]`: the DSPy field name when the Rust one cannot be (`self`, `type`).
+    rename: Option<String>,
 }
 
 fn parse_role(field: &syn::Field) -> Result<SigField<'_>> {
@@ -275,12 +277,12 @@ fn parse_role(field: &syn::Field) -> Result<SigField<'_>> {
     }
     let name = field.ident.as_ref().map(unraw).unwrap_or_default();
     let serde = serde_names(&field.attrs)?;
-    if serde.rename.is_some() || serde.alias || serde.skip || serde.flatten {
+    if serde.alias || serde.skip || serde.flatten {
         return Err(Error::new(
             field.span(),
             format!(
-                "field `{name}`: DSPy field names are the Rust field names, so #[serde(rename/alias/skip/flatten)] \
-                 cannot be used on signature fields (rename the field itself)"
+                "field `{name}`: every signature field is one DSPy field, so #[serde(alias/skip/flatten)] cannot \
+                 be used on it"
             ),
         ));
     }
@@ -291,7 +293,7 @@ fn parse_role(field: &syn::Field) -> Result<SigField<'_>> {
         ));
     };
     let desc = desc.or_else(|| doc_text(&field.attrs));
-    Ok(SigField { field, role, desc, prefix })
+    Ok(SigField { field, role, desc, prefix, rename: serde.rename })
 }
 
 /// Attributes carried over to the generated Input/Output structs: docs and serde options.
@@ -330,7 +332,7 @@ fn expand_signature(input: &DeriveInput) -> Result<TokenStream2> {
         let ident = f.field.ident.as_ref().expect("named field");
         let ty = &f.field.ty;
         let attrs = carried_attrs(&f.field.attrs);
-        let field_name = unraw(ident);
+        let field_name = f.rename.clone().unwrap_or_else(|| unraw(ident));
         let desc = opt_tokens(&f.desc);
         let prefix = opt_tokens(&f.prefix);
         let spec = quote! {
@@ -550,10 +552,13 @@ mod tests {
     }
 
     #[test]
-    fn serde_rename_on_a_signature_field_is_rejected() {
-        let item: DeriveInput = syn::parse_quote! { struct X { #[input] #[serde(rename = "q")] a: String, #[output] b: String } };
+    fn serde_rename_names_the_dspy_field_and_flatten_is_rejected() {
+        let item: DeriveInput = syn::parse_quote! { struct X { #[input] #[serde(rename = "self")] self_: String, #[output] b: String } };
+        let code = expand_signature(&item).unwrap().to_string();
+        assert!(code.contains("String :: from (\"self\")"), "{code}");
+        let item: DeriveInput = syn::parse_quote! { struct X { #[input] #[serde(flatten)] a: String, #[output] b: String } };
         let err = expand_signature(&item).unwrap_err().to_string();
-        assert!(err.contains("field `a`") && err.contains("rename the field itself"), "{err}");
+        assert!(err.contains("field `a`") && err.contains("flatten"), "{err}");
     }
 
     #[test]

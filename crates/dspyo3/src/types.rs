@@ -201,6 +201,10 @@ tuple_type!(A);
 tuple_type!(A, B);
 tuple_type!(A, B, C);
 tuple_type!(A, B, C, D);
+tuple_type!(A, B, C, D, E);
+tuple_type!(A, B, C, D, E, F);
+tuple_type!(A, B, C, D, E, F, G);
+tuple_type!(A, B, C, D, E, F, G, H);
 
 impl<T: DspyType> DspyType for Option<T> {
     fn type_spec() -> TypeSpec {

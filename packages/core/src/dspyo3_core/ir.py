@@ -6,7 +6,8 @@
      "inputs":  [{"name": "question", "desc": "...", "prefix": "Question:", "ty": TYPE}, ...],
      "outputs": [...]}
 
-and a TYPE is one of (``kind`` first; the same tags the ``dspyo3`` Rust crate's ``TypeSpec`` uses)::
+and a TYPE is one of these (the tags the ``dspyo3`` Rust crate's ``TypeSpec`` shares with it are spelled the
+same; the IR has more kinds than the crate: ``datetime``/``date``/``time``, ``enum`` and ``ref``)::
 
     {"kind": "str" | "int" | "float" | "bool" | "any" | "datetime" | "date" | "time"}
     {"kind": "list", "item": TYPE}                  list[T], tuple[T, ...], Sequence[T]
@@ -15,9 +16,9 @@ and a TYPE is one of (``kind`` first; the same tags the ``dspyo3`` Rust crate's 
     {"kind": "dict", "value": TYPE}                 dict[str, T]
     {"kind": "literal", "name": null, "values": [...]}
     {"kind": "enum", "name": "Color", "doc": ..., "members": [{"name": "RED", "value": "red"}, ...]}
-    {"kind": "model", "name": "Entity", "doc": ..., "fields": [{"name", "desc", "ty": TYPE, "required",
-                                                                 "default" (JSON, when not required)}]}
-    {"kind": "ref", "name": "Tree"}                 a model inside itself (recursive models)
+    {"kind": "model", "name": "Entity", "id": "pkg.mod.Entity", "doc": ...,
+     "fields": [{"name", "desc", "ty": TYPE, "required", "default" (JSON, when not required)}]}
+    {"kind": "ref", "name": "Tree", "id": "pkg.mod.Tree"}   a model inside itself (recursive models)
 
 ``dspyo3 inspect`` prints it (``ty``) next to the readable type string. Anything else raises
 :class:`UnsupportedTypeError` naming the field and the type.
@@ -108,8 +109,9 @@ def type_ir(annotation: Any, *, field: str = "?", _models: tuple[type, ...] = ()
             "members": [{"name": member.name, "value": member.value} for member in annotation],
         }
     if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        model_id = f"{annotation.__module__}.{annotation.__qualname__}"
         if annotation in _models:
-            return {"kind": "ref", "name": annotation.__name__}
+            return {"kind": "ref", "name": annotation.__name__, "id": model_id}
         fields = []
         for name, info in annotation.model_fields.items():
             entry = {
@@ -126,8 +128,8 @@ def type_ir(annotation: Any, *, field: str = "?", _models: tuple[type, ...] = ()
                     raise UnsupportedTypeError(f"{field}.{name}", info.annotation,
                                                "its default value is not JSON-serializable") from None
             fields.append(entry)
-        return {"kind": "model", "name": annotation.__name__, "doc": _class_doc(annotation, pydantic.BaseModel),
-                "fields": fields}
+        return {"kind": "model", "name": annotation.__name__, "id": model_id,
+                "doc": _class_doc(annotation, pydantic.BaseModel), "fields": fields}
     raise UnsupportedTypeError(field, annotation, "supported: str, int, float, bool, Any, datetime/date/time, list, "
                                "tuple, dict[str, T], Optional, Literal, Enum and Pydantic models")
 
@@ -139,12 +141,18 @@ def _class_doc(cls: type, base: type) -> str | None:
 
 def _field_ir(name: str, info: Any, signature: str) -> dict[str, Any]:
     extra = info.json_schema_extra or {}
-    return {
+    entry = {
         "name": name,
         "desc": _placeholder(name, extra.get("desc")),
         "prefix": extra.get("prefix"),
         "ty": type_ir(info.annotation, field=name),
     }
+    if not info.is_required():
+        try:
+            entry["default"] = pydantic_core.to_jsonable_python(info.get_default(call_default_factory=True))
+        except pydantic_core.PydanticSerializationError:
+            raise UnsupportedTypeError(name, info.annotation, "its default value is not JSON-serializable") from None
+    return entry
 
 
 def signature_ir(signature: Any) -> dict[str, Any]:

@@ -22,8 +22,9 @@ def models_for(signature: Any) -> tuple[type[pydantic.BaseModel], type[pydantic.
 
 
 def to_rust_json(value: pydantic.BaseModel) -> str:
-    """JSON for the Rust side: ``None`` fields are left out (serde reads a missing ``Option`` as ``None``)."""
-    return value.model_dump_json(exclude_none=True)
+    """JSON for the Rust side: every field, ``None`` as ``null`` (which generated code reads as ``None``), so a
+    ``None`` survives even where the Python default is something else."""
+    return value.model_dump_json()
 
 
 def from_rust_json(model: type[pydantic.BaseModel], text: str | bytes) -> pydantic.BaseModel:

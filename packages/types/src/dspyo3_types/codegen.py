@@ -29,6 +29,9 @@ _RUST_KEYWORDS = {
     "macro", "override", "priv", "try", "typeof", "unsized", "virtual", "yield",
 }
 _NOT_RAW = {"self", "Self", "super", "crate", "_"}
+# names the generated Rust uses itself: a model or enum called like one of these gets a suffix
+_RUST_RESERVED_TYPES = {"String", "Vec", "Option", "Box", "HashMap", "Serialize", "Deserialize", "Self", "Some",
+                        "None", "Ok", "Err", "Result", "std", "serde", "serde_json", "i64", "f64", "bool", "str"}
 
 
 def signatures_of(target: str, program: str | None = None) -> list[dict[str, Any]]:
@@ -45,14 +48,18 @@ def signatures_of(target: str, program: str | None = None) -> list[dict[str, Any
     else:
         obj = resolve(target)
         if isinstance(obj, type) and issubclass(obj, dspy.Signature):
-            return [signature_ir(obj)]
+            ir = signature_ir(obj)
+            if ir["name"] in {"StringSignature", "Signature"}:  # a string-form signature: name it as imported
+                ir["name"] = target.rpartition(":")[2].rpartition(".")[2]
+            return [ir]
         module = _as_module(obj, target)
     found: list[dict[str, Any]] = []
     for name, predictor in module.named_predictors():
         ir = signature_ir(predictor.signature)
         if ir["name"] in {"StringSignature", "Signature"}:
             ir["name"] = _pascal(name.replace(".", "_"))
-        found.append(ir)
+        if ir not in found:  # the same signature used by several predictors is generated once
+            found.append(ir)
     if not found:
         raise InspectError(f"{target} has no predictors")
     return found
@@ -83,16 +90,26 @@ class _Named:
     defs: dict[str, dict[str, Any]] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
 
+    reserved: set[str] = field(default_factory=set)
+
     def name_for(self, spec: dict[str, Any], wanted: str) -> str:
-        key = json.dumps(spec, sort_keys=True, default=str)
+        """A unique name for the type; models are identified by their class (``id``), others by their content."""
+        key = spec.get("id") or json.dumps(spec, sort_keys=True, default=str)
         if key in self.keys:
             return self.keys[key]
+        wanted = _pascal(wanted)
+        if wanted in _RUST_RESERVED_TYPES or wanted in self.reserved:
+            wanted += "Type"
         name, n = wanted, 2
-        while name in self.defs:
+        while name in self.defs or name in self.reserved:
             name, n = f"{wanted}{n}", n + 1
         self.keys[key] = name
         self.defs[name] = spec
         return name
+
+    def ref(self, spec: dict[str, Any]) -> str:
+        """The name given to the model a ``ref`` points at (it is always inside that model's definition)."""
+        return str(self.keys.get(spec.get("id") or "", spec["name"]))
 
 
 # -- Rust --------------------------------------------------------------------------------------------------------
@@ -109,20 +126,21 @@ class _Rust:
         extra = ", dspyo3::DspyType" if self.derive_dspyo3 else ""
         return f"#[derive(Debug, Clone, PartialEq, Serialize, Deserialize{extra})]"
 
-    def ty(self, spec: dict[str, Any], field: str, hint: str, boxed: bool = False) -> str:
+    def ty(self, spec: dict[str, Any], field: str, hint: str, heap: bool = False) -> str:
+        """The Rust type; ``heap``: directly inside a Vec or map, where a recursive model needs no Box."""
         kind = spec["kind"]
         simple = {"str": "String", "int": "i64", "float": "f64", "bool": "bool", "any": "serde_json::Value",
                   "datetime": "String", "date": "String", "time": "String"}
         if kind in simple:
             return simple[kind]
         if kind == "list":
-            return f"Vec<{self.ty(spec['item'], field, hint)}>"
+            return f"Vec<{self.ty(spec['item'], field, hint, heap=True)}>"
         if kind == "tuple":
             return "(" + ", ".join(self.ty(item, field, hint) for item in spec["items"]) + ",)"
         if kind == "optional":
-            return f"Option<{self.ty(spec['inner'], field, hint, boxed=True)}>"
+            return f"Option<{self.ty(spec['inner'], field, hint)}>"
         if kind == "dict":
-            return f"std::collections::HashMap<String, {self.ty(spec['value'], field, hint)}>"
+            return f"std::collections::HashMap<String, {self.ty(spec['value'], field, hint, heap=True)}>"
         if kind == "literal":
             if not all(isinstance(v, str) for v in spec["values"]):
                 raise UnsupportedTypeError(field, f"Literal{spec['values']}", "Rust enums need string Literal values")
@@ -135,7 +153,8 @@ class _Rust:
         if kind == "model":
             return self.model(spec, field)
         if kind == "ref":
-            return f"Box<{spec['name']}>" if boxed else spec["name"]
+            name = self.named.ref(spec)
+            return name if heap else f"Box<{name}>"  # a model inside itself needs indirection
         raise UnsupportedTypeError(field, kind, "unknown IR kind")
 
     def enum(self, values: list[str], member_names: list[str], wanted: str, doc: str | None) -> str:
@@ -146,11 +165,13 @@ class _Rust:
         variants, used = [], set()
         for i, value in enumerate(values):
             base = _pascal(member_names[i].lower() if member_names else value)
+            if base == "Self":
+                base = "SelfValue"
             variant, n = base, 2
             while variant in used:
                 variant, n = f"{base}{n}", n + 1
             used.add(variant)
-            variants.append(f"    #[serde(rename = {json.dumps(value)})]\n    {variant},")
+            variants.append(f"    #[serde(rename = {_rust_str(value)})]\n    {variant},")
         lines = [*_doc(doc, ""), self.derives(), f"pub enum {name} {{", *variants, "}"]
         self.items.append("\n".join(lines))
         return name
@@ -160,21 +181,27 @@ class _Rust:
         if name in self.emitted:
             return name
         self.emitted.add(name)  # before the fields: a model that contains itself refers to this name
+        used: set[str] = set()
         body = [self.field_line(f["name"], f["ty"], f.get("desc"), f"{field}.{f['name']}", f"{name}_{f['name']}",
-                                default=f.get("default", _NO_DEFAULT)) for f in spec["fields"]]
+                                default=f.get("default", _NO_DEFAULT), used=used) for f in spec["fields"]]
         self.items.append("\n".join([*_doc(spec.get("doc"), ""), self.derives(), f"pub struct {name} {{", *body, "}"]))
         return name
 
     def field_line(self, name: str, spec: dict[str, Any], desc: str | None, where: str, hint: str,
-                   default: Any = None) -> str:
+                   default: Any = None, used: set[str] | None = None) -> str:
         ident, rename = _rust_field(name)
+        if used is not None:
+            base, n = ident, 2
+            while ident in used:
+                ident, rename, n = f"{base}_{n}", name, n + 1
+            used.add(ident)
         rust_ty = self.ty(spec, where, hint)
         attrs = []
         serde = []
         if rename:
-            serde.append(f"rename = {json.dumps(rename)}")
+            serde.append(f"rename = {_rust_str(rename)}")
         if spec["kind"] == "optional":
-            serde.extend(["default", 'skip_serializing_if = "Option::is_none"'])
+            serde.append("default")  # written as null when None: the Python side may have another default
         elif spec["kind"] == "any":
             serde.append("default")  # a JSON null may be left out by the Python side: Value::Null
         elif default is not _NO_DEFAULT and default is not None and _is_rust_default(spec, default):
@@ -189,16 +216,19 @@ class _Rust:
         name = _pascal(ir["name"])
         if self.derive_dspyo3:
             fields = []
+            used: set[str] = set()
             for role, marker in (("inputs", "#[input]"), ("outputs", "#[output]")):
                 for f in ir[role]:
-                    line = self.field_line(f["name"], f["ty"], f.get("desc"), f["name"], f"{name}_{f['name']}")
+                    line = self.field_line(f["name"], f["ty"], f.get("desc"), f["name"], f"{name}_{f['name']}",
+                                           default=f.get("default", _NO_DEFAULT), used=used)
                     fields.append(line.replace("    pub ", f"    {marker}\n    pub ", 1))
             lines = [*_doc(ir.get("instructions"), ""), "#[derive(dspyo3::Signature)]", f"pub struct {name} {{"]
             self.items.append("\n".join([*lines, *fields, "}"]))
             return
         for role, suffix in (("inputs", "Input"), ("outputs", "Output")):
-            fields = [self.field_line(f["name"], f["ty"], f.get("desc"), f["name"], f"{name}_{f['name']}")
-                      for f in ir[role]]
+            used = set()
+            fields = [self.field_line(f["name"], f["ty"], f.get("desc"), f["name"], f"{name}_{f['name']}",
+                                      default=f.get("default", _NO_DEFAULT), used=used) for f in ir[role]]
             doc = f"{'Inputs' if role == 'inputs' else 'Outputs'} of `{ir['name']}`."
             if ir.get("instructions"):
                 doc += f"\n\n{ir['instructions']}"
@@ -209,6 +239,19 @@ class _Rust:
 _NO_DEFAULT = object()
 
 
+def _rust_str(value: str) -> str:
+    """A Rust string literal (non-ASCII kept as is; quotes, backslashes and control characters escaped)."""
+    out = []
+    for ch in value:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{{{ord(ch):x}}}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def _is_rust_default(spec: dict[str, Any], value: Any) -> bool:
     """Whether ``value`` (a JSON default) equals what ``Default::default()`` gives for the Rust type."""
     zero = {"str": "", "int": 0, "float": 0.0, "bool": False, "list": [], "dict": {}}
@@ -216,15 +259,35 @@ def _is_rust_default(spec: dict[str, Any], value: Any) -> bool:
 
 
 def _doc(text: str | None, indent: str) -> list[str]:
+    """Doc comment lines (leading indentation dropped: four spaces would make rustdoc run it as a doctest)."""
     if not text:
         return []
-    return [f"{indent}///{' ' + line if line else ''}" for line in str(text).strip().splitlines()]
+    return [f"{indent}///{' ' + line.strip() if line.strip() else ''}" for line in str(text).strip().splitlines()]
+
+
+def _unique_signatures(signatures: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Signatures with distinct names (a second, different signature of the same name gets a number)."""
+    out: list[dict[str, Any]] = []
+    names: set[str] = set()
+    for ir in signatures:
+        if ir in out:
+            continue
+        base = name = _pascal(ir["name"])
+        n = 2
+        while name in names:
+            name, n = f"{base}{n}", n + 1
+        names.add(name)
+        out.append({**ir, "name": name})
+    return out
 
 
 def rust_source(signatures: Iterable[dict[str, Any]], *, source: str = "", derive_dspyo3: bool = False) -> str:
     """Rust code for the signatures (``derive_dspyo3``: a ``#[derive(dspyo3::Signature)]`` struct per signature
     and ``dspyo3::DspyType`` on nested types, for use with the dspyo3 crate)."""
     gen = _Rust(derive_dspyo3)
+    signatures = _unique_signatures(signatures)
+    for ir in signatures:
+        gen.named.reserved.update({ir["name"], f"{ir['name']}Input", f"{ir['name']}Output"})
     for ir in signatures:
         gen.signature(ir)
     head = f"// Generated by `dspyo3 types codegen{' ' + source if source else ''} --lang rust`; do not edit.\n"
@@ -235,59 +298,54 @@ def rust_source(signatures: Iterable[dict[str, Any]], *, source: str = "", deriv
 
 
 class _Py:
+    """Pydantic source. Everything it needs is imported under ``_``-prefixed names (``_t``, ``_pd``, ``_dt``,
+    ``_enum``), so fields called ``datetime``, ``Field`` or ``Optional`` cannot shadow them."""
+
     def __init__(self) -> None:
         self.named = _Named()
         self.items: list[str] = []
-        self.imports: set[str] = {"from pydantic import BaseModel, Field"}
-        self.in_progress: set[str] = set()
+        self.emitted: set[str] = set()
 
     def ty(self, spec: dict[str, Any], field: str, hint: str) -> str:
         kind = spec["kind"]
-        simple = {"str": "str", "int": "int", "float": "float", "bool": "bool"}
+        simple = {"str": "str", "int": "int", "float": "float", "bool": "bool", "any": "_t.Any",
+                  "datetime": "_dt.datetime", "date": "_dt.date", "time": "_dt.time"}
         if kind in simple:
             return simple[kind]
-        if kind == "any":
-            self.imports.add("from typing import Any")
-            return "Any"
-        if kind in {"datetime", "date", "time"}:
-            self.imports.add("import datetime")
-            return f"datetime.{kind}"
         if kind == "list":
             return f"list[{self.ty(spec['item'], field, hint)}]"
         if kind == "tuple":
             return "tuple[" + ", ".join(self.ty(item, field, hint) for item in spec["items"]) + "]"
         if kind == "optional":
-            self.imports.add("from typing import Optional")
-            return f"Optional[{self.ty(spec['inner'], field, hint)}]"
+            return f"_t.Optional[{self.ty(spec['inner'], field, hint)}]"
         if kind == "dict":
             return f"dict[str, {self.ty(spec['value'], field, hint)}]"
         if kind == "literal":
-            self.imports.add("from typing import Literal")
-            return "Literal[" + ", ".join(repr(v) for v in spec["values"]) + "]"
+            return "_t.Literal[" + ", ".join(repr(v) for v in spec["values"]) + "]"
         if kind == "enum":
-            name = self.named.name_for(spec, spec["name"])
-            if not any(item.startswith(f"class {name}(") for item in self.items):
-                self.imports.add("import enum")
+            name = self.named.name_for({**spec, "id": f"enum:{spec['name']}:{spec['members']}"}, spec["name"])
+            if name not in self.emitted:
+                self.emitted.add(name)
                 values = [m["value"] for m in spec["members"]]
-                base = "str, enum.Enum" if all(isinstance(v, str) for v in values) else "enum.Enum"
+                base = "str, _enum.Enum" if all(isinstance(v, str) for v in values) else "_enum.Enum"
                 members = [f"    {m['name']} = {m['value']!r}" for m in spec["members"]]
                 self.items.append("\n".join([f"class {name}({base}):", *_pydoc(spec.get("doc")), *members]))
             return name
         if kind == "model":
             return self.model(spec, field)
         if kind == "ref":
-            return f'"{spec["name"]}"'
+            return self.named.ref(spec)
         raise UnsupportedTypeError(field, kind, "unknown IR kind")
 
     def model(self, spec: dict[str, Any], field: str) -> str:
         name = self.named.name_for(spec, spec["name"])
-        if name in self.in_progress or any(item.startswith(f"class {name}(") for item in self.items):
+        if name in self.emitted:
             return name
-        self.in_progress.add(name)
+        self.emitted.add(name)
         lines = [self.field_line(f["name"], f["ty"], f.get("desc"), f"{field}.{f['name']}", f"{name}_{f['name']}",
                                  f.get("default", _NO_DEFAULT)) for f in spec["fields"]]
-        self.in_progress.discard(name)
-        self.items.append("\n".join([f"class {name}(BaseModel):", *_pydoc(spec.get("doc")), *(lines or ["    pass"])]))
+        self.items.append("\n".join([f"class {name}(_pd.BaseModel):", *_pydoc(spec.get("doc")),
+                                     *(lines or ["    pass"])]))
         return name
 
     def field_line(self, name: str, spec: dict[str, Any], desc: str | None, where: str, hint: str,
@@ -302,36 +360,41 @@ class _Py:
         if keyword.iskeyword(name):
             raise UnsupportedTypeError(where, name, "a Python keyword cannot be a Pydantic field name")
         if desc:
-            return f"    {name}: {py_ty} = Field({value}, description={desc!r})"
+            return f"    {name}: {py_ty} = _pd.Field({value}, description={desc!r})"
         return f"    {name}: {py_ty}" + ("" if value == "..." else f" = {value}")
 
     def signature(self, ir: dict[str, Any]) -> None:
         name = _pascal(ir["name"])
         for role, suffix in (("inputs", "Input"), ("outputs", "Output")):
-            lines = [self.field_line(f["name"], f["ty"], f.get("desc"), f["name"], f"{name}_{f['name']}")
-                     for f in ir[role]]
+            lines = [self.field_line(f["name"], f["ty"], f.get("desc"), f["name"], f"{name}_{f['name']}",
+                                     f.get("default", _NO_DEFAULT)) for f in ir[role]]
             doc = f"{'Inputs' if role == 'inputs' else 'Outputs'} of {ir['name']}."
             if ir.get("instructions"):
                 doc += f"\n\n{ir['instructions']}"
-            self.items.append("\n".join([f"class {name}{suffix}(BaseModel):", *_pydoc(doc), *(lines or ["    pass"])]))
+            self.items.append("\n".join([f"class {name}{suffix}(_pd.BaseModel):", *_pydoc(doc),
+                                         *(lines or ["    pass"])]))
 
 
 def _pydoc(text: str | None) -> list[str]:
+    """A docstring statement: ``repr`` gives a literal that is valid whatever the text holds."""
     if not text:
         return []
-    body = str(text).strip().replace('"""', '\\"\\"\\"')
-    return ['    """' + body.replace("\n", "\n    ") + '"""', ""]
+    return [f"    __doc__ = {str(text).strip()!r}", ""]
 
 
 def pydantic_source(signatures: Iterable[dict[str, Any]], *, source: str = "") -> str:
     """Python source defining Pydantic models ``XInput`` / ``XOutput`` (and nested types) for the signatures."""
     gen = _Py()
+    signatures = _unique_signatures(signatures)
+    for ir in signatures:
+        gen.named.reserved.update({f"{ir['name']}Input", f"{ir['name']}Output"})
     for ir in signatures:
         gen.signature(ir)
     rebuild = [f"{item.split('(')[0].removeprefix('class ')}.model_rebuild()" for item in gen.items
-               if "(BaseModel)" in item.splitlines()[0]]
+               if "(_pd.BaseModel)" in item.splitlines()[0]]
     head = [f'"""Generated by `dspyo3 types codegen{" " + source if source else ""} --lang pydantic`; do not edit."""',
-            "", "from __future__ import annotations", "", *sorted(gen.imports), ""]
+            "", "from __future__ import annotations", "",
+            "import datetime as _dt", "import enum as _enum", "import typing as _t", "", "import pydantic as _pd", ""]
     return "\n".join(head) + "\n\n" + "\n\n\n".join(gen.items) + "\n\n\n" + "\n".join(rebuild) + "\n"
 
 
@@ -344,7 +407,7 @@ def load_pydantic(signatures: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 def jsonschema_document(signatures: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """``{"XInput": schema, "XOutput": schema, ...}``: the JSON Schema (draft 2020-12) of each generated model."""
-    sigs = list(signatures)
+    sigs = _unique_signatures(signatures)
     namespace = load_pydantic(sigs)
     document: dict[str, Any] = {}
     for ir in sigs:

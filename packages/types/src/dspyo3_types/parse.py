@@ -11,8 +11,10 @@ raw text. :func:`parse_partial` reads the fields available so far from a truncat
 from __future__ import annotations
 
 import enum
+import html
 import json
 import re
+import types
 import typing
 from functools import lru_cache
 from typing import Any, Literal
@@ -25,7 +27,8 @@ from dspy.utils.exceptions import AdapterParseError
 __all__ = ["OutputParseError", "StrictChatAdapter", "StrictJSONAdapter", "parse_output", "parse_partial"]
 
 _SECTION = re.compile(r"^\s*\[\[ ## (\w+) ## \]\][ \t]*", re.M)
-_FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```\s*$", re.S)
+_FENCE = re.compile(r"^```[\w+-]*[ \t]*\n?(.*?)\n?```\s*$", re.S)
+_LITERAL_WRAPPER = re.compile(r"^Literal\[(.*)\]$", re.S)
 
 
 class OutputParseError(AdapterParseError):
@@ -69,24 +72,51 @@ def _is_textual(annotation: Any) -> bool:
         return all(isinstance(v, str) for v in typing.get_args(annotation))
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return all(isinstance(m.value, str) for m in annotation)
-    if origin is typing.Union:
+    if origin is typing.Union or origin is types.UnionType:
         members = [a for a in typing.get_args(annotation) if a is not type(None)]
         return len(members) == 1 and _is_textual(members[0])
     return False
+
+
+def _optional(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    return (origin is typing.Union or origin is types.UnionType) and type(None) in typing.get_args(annotation)
+
+
+def _enum_of(annotation: Any) -> type[enum.Enum] | None:
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return annotation
+    if _optional(annotation):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _enum_of(members[0]) if len(members) == 1 else None
+    return None
+
+
+def _unquote(text: str) -> str:
+    """``"x"`` / ``'x'`` / ``Literal['x']`` -> ``x`` (how LMs often write a Literal or Enum value)."""
+    wrapped = _LITERAL_WRAPPER.match(text)
+    if wrapped:
+        text = wrapped.group(1).strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
 
 
 def _convert(name: str, text: Any, annotation: Any, signature: type[dspy.Signature], raw: str,
              adapter: str) -> Any:
     """One field's value (text from a section, or a JSON value) as the annotation's type."""
     if annotation is str:
-        return text if isinstance(text, str) else json.dumps(text)
+        return text if isinstance(text, str) else json.dumps(text, ensure_ascii=False)
     value = text
     if isinstance(text, str):
         stripped = text.strip()
-        if _is_textual(annotation):
-            value = stripped[1:-1] if len(stripped) >= 2 and stripped[0] == stripped[-1] == '"' else stripped
-            if value in ("", "null", "None") and type(None) in typing.get_args(annotation):
-                value = None
+        if _optional(annotation) and stripped in ("", "null", "None"):
+            value = None
+        elif _is_textual(annotation):
+            value = _unquote(stripped)
+            members = _enum_of(annotation)
+            if members is not None and value not in {m.value for m in members} and value in members.__members__:
+                value = members[value].value  # the member's name instead of its value
         else:
             fenced = _FENCE.match(stripped)
             stripped = fenced.group(1).strip() if fenced else stripped
@@ -97,6 +127,9 @@ def _convert(name: str, text: Any, annotation: Any, signature: type[dspy.Signatu
     try:
         return _adapter(annotation).validate_python(value)
     except pydantic.ValidationError as exc:
+        members = _enum_of(annotation)
+        if members is not None and isinstance(value, str) and value in members.__members__:
+            return members[value]
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         detail = first["msg"] + (f" (at {where})" if where else "")
@@ -144,11 +177,11 @@ def _json_object(text: str, signature: type[dspy.Signature], adapter: str) -> di
     fenced = _FENCE.match(stripped)
     if fenced:
         stripped = fenced.group(1).strip()
-    start, end = stripped.find("{"), stripped.rfind("}")
-    if start == -1 or end < start:
+    start = stripped.find("{")
+    if start == -1:
         raise OutputParseError(signature, text, "the LM answer holds no JSON object", adapter=adapter)
     try:
-        value = json.loads(stripped[start:end + 1])
+        value, _ = json.JSONDecoder().raw_decode(stripped, start)  # prose after the object is ignored
     except json.JSONDecodeError as exc:
         raise OutputParseError(signature, text, f"the LM answer is not valid JSON: {exc}", adapter=adapter) from None
     if not isinstance(value, dict):
@@ -159,9 +192,9 @@ def _json_object(text: str, signature: type[dspy.Signature], adapter: str) -> di
 def _xml_fields(text: str, signature: type[dspy.Signature]) -> dict[str, str]:
     found: dict[str, str] = {}
     for name in signature.output_fields:
-        match = re.search(rf"<{name}>(.*?)</{name}>", text, re.S)
+        match = re.search(rf"<{name}(?:\s[^>]*)?>(.*?)</{name}>", text, re.S)
         if match:
-            found[name] = match.group(1).strip()
+            found[name] = html.unescape(match.group(1).strip())
     return found
 
 
@@ -169,12 +202,16 @@ def parse_output(text: str, signature: type[dspy.Signature], fmt: str = "auto") 
     """Parse an LM answer into the signature's output fields, converted to their types.
 
     ``fmt``: ``"chat"`` (``[[ ## field ## ]]`` sections), ``"json"``, ``"xml"`` or ``"auto"`` (sections if the
-    text has any, else XML if it has an output field's tag, else a JSON object).
+    text has any, else JSON if it starts with an object or a code fence, else XML if it has an output field's
+    tag, else JSON).
     """
     if fmt == "auto":
+        head = text.lstrip()
         if _SECTION.search(text):
             fmt = "chat"
-        elif any(f"<{name}>" in text for name in signature.output_fields):
+        elif head.startswith(("{", "```")):
+            fmt = "json"
+        elif any(re.search(rf"<{name}[\s>]", text) for name in signature.output_fields):
             fmt = "xml"
         else:
             fmt = "json"
@@ -219,6 +256,43 @@ def _value_complete(text: str, start: int) -> bool:
     return False  # a scalar at the very end may still grow ("12" -> "123")
 
 
+def _last_top_level_value(body: str) -> tuple[str | None, int | None]:
+    """The last key of the outermost object and where its value starts (``None`` before any value)."""
+    depth, in_string, escaped = 0, False, False
+    string_start = 0
+    last_string: str | None = None
+    key: str | None = None
+    value_at: int | None = None
+    for j, c in enumerate(body):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+                if depth == 1:
+                    try:
+                        last_string = json.loads(body[string_start:j + 1])
+                    except json.JSONDecodeError:
+                        last_string = None
+            continue
+        if c == '"':
+            in_string, string_start = True, j
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+        elif c == ":" and depth == 1 and last_string is not None:
+            key, value_at, last_string = last_string, j + 1, None
+        elif c == "," and depth == 1:
+            last_string = None
+    if value_at is not None:
+        while value_at < len(body) and body[value_at] in " \t\r\n":
+            value_at += 1
+    return key, value_at
+
+
 def parse_partial(text: str, signature: type[dspy.Signature]) -> dict[str, Any]:
     """The output fields readable so far from a JSON answer that is still streaming.
 
@@ -236,12 +310,8 @@ def parse_partial(text: str, signature: type[dspy.Signature]) -> dict[str, Any]:
         return {}
     if not isinstance(partial, dict) or not partial:
         return {}
-    keys = list(partial)
-    last = keys[-1]
-    key_at = body.rfind(json.dumps(last))
-    colon = body.find(":", key_at + len(json.dumps(last))) if key_at != -1 else -1
-    value_at = len(body) if colon == -1 else colon + 1 + (len(body[colon + 1:]) - len(body[colon + 1:].lstrip()))
-    last_complete = colon != -1 and _value_complete(body, value_at)
+    last, value_at = _last_top_level_value(body)
+    last_complete = value_at is not None and _value_complete(body, value_at)
     out: dict[str, Any] = {}
     fields = signature.output_fields
     for name, value in partial.items():
@@ -261,10 +331,19 @@ def parse_partial(text: str, signature: type[dspy.Signature]) -> dict[str, Any]:
 
 class StrictChatAdapter(dspy.ChatAdapter):
     """``dspy.ChatAdapter`` whose answers are parsed by :func:`parse_output`: errors name the field, the expected
-    type and the value, and the raw answer is kept. Formatting (prompts) is DSPy's own."""
+    type and the value, and the raw answer is kept. Formatting (prompts) is DSPy's own; when parsing fails, the
+    JSON fallback DSPy makes is :class:`StrictJSONAdapter`, so the strictness holds there too.
+
+    DSPy's ``StreamListener`` accepts only its own adapter classes by name, so ``dspy.streamify`` with a stream
+    listener does not work under these adapters; read streamed JSON with :func:`parse_partial` instead.
+    """
 
     def parse(self, signature: type[dspy.Signature], completion: str) -> dict[str, Any]:
         return parse_output(completion, signature, "chat")
+
+    def _make_json_adapter_fallback(self) -> StrictJSONAdapter:
+        return StrictJSONAdapter(use_native_function_calling=self.use_native_function_calling,
+                                 parallel_tool_calls=self.parallel_tool_calls)
 
 
 class StrictJSONAdapter(dspy.JSONAdapter):

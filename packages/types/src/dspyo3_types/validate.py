@@ -29,13 +29,17 @@ def validate_prediction(prediction: Any, signature: Any) -> dict[str, Any]:
 
     fields = signature.output_fields
     values = {name: prediction.get(name) if hasattr(prediction, "get") else getattr(prediction, name, None)
-              for name in fields}
+              for name in fields}  # a field that is absent is told apart below
     problems: list[tuple[str, str, Any, str]] = []
     converted: dict[str, Any] = {}
+    present = set(prediction.keys()) if hasattr(prediction, "keys") else {n for n in fields if hasattr(prediction, n)}
     for name, info in fields.items():
         expected = render_type(info.annotation)
-        if values[name] is None and name not in (prediction.keys() if hasattr(prediction, "keys") else ()):
-            problems.append((name, expected, None, "missing"))
+        if name not in present:
+            if not info.is_required():
+                converted[name] = info.get_default(call_default_factory=True)
+            else:
+                problems.append((name, expected, None, "missing"))
             continue
         try:
             converted[name] = pydantic.TypeAdapter(info.annotation).validate_python(values[name])
