@@ -1,8 +1,9 @@
-"""dspyo3-rag: retrieval for DSPy: Qdrant, Chroma and Pinecone stores, embedders, native BM25, hybrid fusion,
-reranking, context packing, retrieval evaluation.
+"""dspyo3-rag: retrieval for DSPy.
 
-This package is a skeleton: it installs, imports and registers its plugin (the ``dspyo3 rag`` command
-group) through the ``dspyo3`` entry-point group. It claims no features yet.
+* :mod:`dspyo3_rag.stores`: the vector-store interface (:class:`~dspyo3_rag.stores.VectorStore`), Qdrant, migration;
+* :mod:`dspyo3_rag.embed`: embedders (the offline :class:`~dspyo3_rag.embed.LexicalEmbedder`);
+* :mod:`dspyo3_rag.retrieve`: BM25, dense and hybrid retrievers;
+* :mod:`dspyo3_rag.beir`, :mod:`dspyo3_rag.evaluation`: BEIR data and ``dspyo3 rag eval``.
 """
 
 __version__ = "0.1.0"

@@ -164,3 +164,97 @@ class LMProviderContract:
             assert len(server.requests) == 1
             headers = server.requests[0]["_headers"]  # OpenAI sends a bearer token, Azure an api-key header
             assert self.secret in (headers.get("authorization", "").removeprefix("Bearer "), headers.get("api-key"))
+
+
+class VectorStoreContract:
+    """What every vector store must do. Subclass it in a test module and implement :meth:`make_store`.
+
+    The store is duck-typed (the ``dspyo3_rag.stores.VectorStore`` interface): errors must be ``ValueError``
+    subclasses whose message names the problem, and a rejected call must leave the collection as it was.
+    """
+
+    def make_store(self, tmp_path: Path) -> Any:
+        """A fresh, empty store (local directory under ``tmp_path``, or a server started by the test)."""
+        raise NotImplementedError
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Any:
+        made = self.make_store(tmp_path)
+        yield made
+        close = getattr(made, "close", None)
+        if callable(close):
+            close()
+
+    @staticmethod
+    def _vec(*values: float) -> list[float]:
+        return [float(v) for v in values]
+
+    @pytest.fixture
+    def filled(self, store: Any) -> Any:
+        store.create_collection("docs", 3)
+        store.upsert("docs", ["a", "b", "c"], [self._vec(1, 0, 0), self._vec(0, 1, 0), self._vec(0.9, 0.1, 0)],
+                     [{"lang": "en", "year": 2020}, {"lang": "fr", "year": 2021}, {"lang": "en", "year": 2022}])
+        return store
+
+    def test_collections_are_created_listed_and_dropped(self, store: Any) -> None:
+        store.create_collection("one", 4)
+        store.create_collection("two", 8)
+        assert {"one", "two"} <= set(store.collections())
+        assert store.dimension("two") == 8
+        store.create_collection("one", 4, exist_ok=True)
+        with pytest.raises(ValueError, match="already exists"):
+            store.create_collection("one", 4)
+        store.drop_collection("one")
+        assert "one" not in store.collections()
+
+    def test_search_ranks_by_similarity_and_returns_metadata(self, filled: Any) -> None:
+        hits = filled.search("docs", self._vec(1, 0, 0), k=2)
+        assert [h.id for h in hits] == ["a", "c"]
+        assert hits[0].score >= hits[1].score
+        assert hits[0].metadata == {"lang": "en", "year": 2020}
+        assert filled.count("docs") == 3
+
+    def test_upsert_replaces_and_delete_removes(self, filled: Any) -> None:
+        filled.upsert("docs", ["a"], [self._vec(0, 0, 1)], [{"lang": "de", "year": 1999}])
+        assert filled.count("docs") == 3
+        assert filled.search("docs", self._vec(0, 0, 1), k=1)[0].metadata["lang"] == "de"
+        filled.delete("docs", ["a", "missing"])
+        assert filled.count("docs") == 2
+
+    def test_metadata_filters(self, filled: Any) -> None:
+        assert {h.id for h in filled.search("docs", self._vec(1, 0, 0), k=3, filter={"lang": "en"})} == {"a", "c"}
+        assert [h.id for h in filled.search("docs", self._vec(1, 0, 0), k=3, filter={"year": [2021]})] == ["b"]
+
+    def test_namespaces_are_isolated(self, filled: Any) -> None:
+        filled.upsert("docs", ["a"], [self._vec(0, 0, 1)], [{"lang": "x"}], namespace="tenant-2")
+        assert filled.count("docs", namespace="tenant-2") == 1
+        assert filled.count("docs") == 3
+        assert [h.id for h in filled.search("docs", self._vec(0, 0, 1), k=5, namespace="tenant-2")] == ["a"]
+
+    def test_bad_input_is_a_clear_error_and_changes_nothing(self, filled: Any) -> None:
+        with pytest.raises(ValueError, match="unknown collection 'nope'"):
+            filled.search("nope", self._vec(1, 0, 0))
+        with pytest.raises(ValueError, match="has 2 numbers; collection 'docs' holds 3-dimensional"):
+            filled.upsert("docs", ["d", "e"], [self._vec(1, 0, 0), self._vec(1, 0)])
+        with pytest.raises(ValueError, match="3-dimensional"):
+            filled.search("docs", self._vec(1, 0))
+        with pytest.raises(ValueError, match="filter on 'langauge'"):
+            filled.search("docs", self._vec(1, 0, 0), filter={"langauge": "en"})
+        with pytest.raises(ValueError, match="not JSON"):
+            filled.upsert("docs", ["f"], [self._vec(1, 0, 0)], [{"when": object()}])
+        assert filled.count("docs") == 3, "nothing was written by the rejected calls"
+        assert {h.id for h in filled.search("docs", self._vec(1, 1, 1), k=10)} == {"a", "b", "c"}
+
+    def test_scroll_and_migration(self, filled: Any, tmp_path: Path) -> None:
+        from dspyo3_rag.stores import migrate
+
+        other = self.make_store(tmp_path / "other")
+        try:
+            assert migrate(filled, other, "docs", batch_size=2) == 3
+            assert other.count("docs") == 3
+            assert [h.id for h in other.search("docs", self._vec(1, 0, 0), k=1)] == ["a"]
+            assert sorted(p[0] for p in other.scroll("docs")) == ["a", "b", "c"]
+        finally:
+            close = getattr(other, "close", None)
+            if callable(close):
+                close()

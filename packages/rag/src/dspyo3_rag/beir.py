@@ -1,0 +1,102 @@
+"""BEIR-layout data sets and the retrieval metrics ``dspyo3 rag eval`` reports.
+
+A BEIR folder has ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``, ``text``) and
+``qrels/<split>.tsv`` (header ``query-id corpus-id score``). Metrics follow BEIR's conventions: a retrieved
+document whose id equals the query id is ignored, gain is the judged relevance, queries without judgements are
+not evaluated.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["BeirData", "BeirFormatError", "evaluate", "load_beir"]
+
+
+class BeirFormatError(ValueError):
+    """A folder that is not in BEIR layout, or a file in it that cannot be read; the message says which and why."""
+
+
+@dataclass
+class BeirData:
+    """A BEIR-layout data set: the corpus, the judged queries and their judgements."""
+
+    name: str
+    doc_ids: list[str]
+    doc_texts: list[str]
+    query_ids: list[str]
+    query_texts: list[str]
+    qrels: dict[str, dict[str, int]]
+
+
+def load_beir(folder: str | Path, split: str = "test") -> BeirData:
+    """Read a BEIR folder; documents are ``title + " " + text`` (one field, as the Anserini and bm25s baselines)."""
+    folder = Path(folder)
+    missing = [p for p in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv") if not (folder / p).is_file()]
+    if missing:
+        raise BeirFormatError(f"{folder} is not in BEIR layout: missing {', '.join(missing)}")
+    qrels: dict[str, dict[str, int]] = {}
+    path = folder / "qrels" / f"{split}.tsv"
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        header = next(reader, [])
+        if header[:2] != ["query-id", "corpus-id"]:
+            raise BeirFormatError(f"{path}: expected a 'query-id corpus-id score' header, got {header}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                if len(row) >= 3 and int(row[2]) > 0:
+                    qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+            except ValueError:
+                raise BeirFormatError(f"{path}:{line}: score {row[2]!r} is not an integer") from None
+    doc_ids, doc_texts = [], []
+    for line, record in _jsonl(folder / "corpus.jsonl"):
+        if "_id" not in record:
+            raise BeirFormatError(f"{folder / 'corpus.jsonl'}:{line}: a document needs an _id")
+        doc_ids.append(str(record["_id"]))
+        doc_texts.append(f"{record.get('title') or ''} {record.get('text') or ''}".strip())
+    query_ids, query_texts = [], []
+    for _, record in _jsonl(folder / "queries.jsonl"):
+        if str(record.get("_id")) in qrels:
+            query_ids.append(str(record["_id"]))
+            query_texts.append(str(record.get("text", "")))
+    if not query_ids:
+        raise BeirFormatError(f"{folder}: no query in queries.jsonl has a judgement in qrels/{split}.tsv")
+    return BeirData(folder.name, doc_ids, doc_texts, query_ids, query_texts, qrels)
+
+
+def _jsonl(path: Path) -> list[tuple[int, dict[str, object]]]:
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for line, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise BeirFormatError(f"{path}:{line}: not JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise BeirFormatError(f"{path}:{line}: expected a JSON object")
+            records.append((line, record))
+    return records
+
+
+def evaluate(run: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, int]]) -> dict[str, float]:
+    """Mean ``ndcg@10``, ``recall@10``, ``recall@100`` and ``mrr@10`` of a run (query id -> ranked doc ids)."""
+    ndcg, r10, r100, mrr = [], [], [], []
+    for qid, relevant in qrels.items():
+        ranked = [doc for doc in run.get(qid, []) if doc != qid]
+        dcg = sum(relevant.get(doc, 0) / math.log2(rank + 2) for rank, doc in enumerate(ranked[:10]))
+        ideal = sorted(relevant.values(), reverse=True)[:10]
+        idcg = sum(gain / math.log2(rank + 2) for rank, gain in enumerate(ideal))
+        ndcg.append(dcg / idcg if idcg else 0.0)
+        r10.append(len(set(ranked[:10]) & set(relevant)) / len(relevant))
+        r100.append(len(set(ranked[:100]) & set(relevant)) / len(relevant))
+        mrr.append(next((1 / (rank + 1) for rank, doc in enumerate(ranked[:10]) if relevant.get(doc, 0) > 0), 0.0))
+    n = len(ndcg) or 1
+    return {"ndcg@10": round(sum(ndcg) / n, 4), "recall@10": round(sum(r10) / n, 4),
+            "recall@100": round(sum(r100) / n, 4), "mrr@10": round(sum(mrr) / n, 4)}

@@ -1,0 +1,220 @@
+"""The vector-store interface. Backends implement the ``_``-prefixed primitives; the public methods validate
+everything first, so a bad call raises :class:`StoreError` and leaves the collection as it was."""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Hit", "StoreError", "VectorStore", "migrate"]
+
+Metadata = dict[str, Any]
+Filter = Mapping[str, Any]
+
+
+class StoreError(ValueError):
+    """A call a store cannot do (unknown collection, wrong vector size, bad filter, bad metadata); the message
+    names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the point's id, its similarity score (higher is closer) and its metadata."""
+
+    id: str
+    score: float
+    metadata: Metadata = field(default_factory=dict)
+
+
+class VectorStore(ABC):
+    """Collections of ``(id, vector, metadata)`` points with top-k similarity search.
+
+    Ids are strings (unique per collection and namespace; upserting an existing id replaces the point).
+    Metadata values are JSON values; filters are ``{field: value}`` (equality, all must hold) or
+    ``{field: [v1, v2]}`` (any of). Namespaces partition a collection (tenants); ``None`` is the default one.
+    """
+
+    name: str = "store"
+
+    # -- backend primitives ------------------------------------------------------------------------------------
+    @abstractmethod
+    def _create(self, collection: str, dim: int, distance: str) -> None: ...
+
+    @abstractmethod
+    def _drop(self, collection: str) -> None: ...
+
+    @abstractmethod
+    def _collections(self) -> dict[str, int]:
+        """Collection name -> vector size."""
+
+    @abstractmethod
+    def _upsert(self, collection: str, ids: Sequence[str], vectors: Sequence[Sequence[float]],
+                metadata: Sequence[Metadata], namespace: str | None) -> None: ...
+
+    @abstractmethod
+    def _delete(self, collection: str, ids: Sequence[str], namespace: str | None) -> None: ...
+
+    @abstractmethod
+    def _search(self, collection: str, vector: Sequence[float], k: int, filter: Filter | None,
+                namespace: str | None) -> list[Hit]: ...
+
+    @abstractmethod
+    def _count(self, collection: str, namespace: str | None) -> int: ...
+
+    @abstractmethod
+    def _has_field(self, collection: str, field: str, namespace: str | None) -> bool:
+        """Whether any point has metadata ``field``."""
+
+    @abstractmethod
+    def _scroll(self, collection: str, namespace: str | None,
+                batch_size: int) -> Iterator[tuple[str, list[float], Metadata]]: ...
+
+    # -- public API ----------------------------------------------------------------------------------------------
+    def create_collection(self, collection: str, dim: int, *, distance: str = "cosine",
+                          exist_ok: bool = False) -> None:
+        """Create ``collection`` for ``dim``-dimensional vectors (``distance``: cosine, dot or euclid)."""
+        if not collection or not isinstance(collection, str):
+            raise StoreError("a collection needs a non-empty name")
+        if not isinstance(dim, int) or dim < 1:
+            raise StoreError(f"collection {collection!r}: dim must be a positive integer, got {dim!r}")
+        if distance not in {"cosine", "dot", "euclid"}:
+            raise StoreError(f"distance must be cosine, dot or euclid, got {distance!r}")
+        existing = self._collections()
+        if collection in existing:
+            if exist_ok and existing[collection] == dim:
+                return
+            raise StoreError(f"collection {collection!r} already exists ({existing[collection]}-dimensional); "
+                             "drop it first or pass exist_ok=True with the same dim")
+        self._create(collection, dim, distance)
+
+    def drop_collection(self, collection: str) -> None:
+        """Delete ``collection`` and its points."""
+        self._require(collection)
+        self._drop(collection)
+
+    def collections(self) -> list[str]:
+        """Collection names."""
+        return sorted(self._collections())
+
+    def dimension(self, collection: str) -> int:
+        """The vector size of ``collection``."""
+        return self._require(collection)
+
+    def upsert(self, collection: str, ids: Sequence[str], vectors: Sequence[Sequence[float]],
+               metadata: Sequence[Metadata] | None = None, *, namespace: str | None = None, batch_size: int = 256,
+               progress: bool = False) -> int:
+        """Insert or replace points, in batches (a rich progress bar with ``progress=True``); returns the count.
+
+        Everything is validated before the first write: one bad vector or metadata value and nothing is written.
+        """
+        dim = self._require(collection)
+        ids = [str(i) for i in ids]
+        if len(ids) != len(vectors):
+            raise StoreError(f"{len(ids)} ids but {len(vectors)} vectors")
+        metadata = list(metadata) if metadata is not None else [{} for _ in ids]
+        if len(metadata) != len(ids):
+            raise StoreError(f"{len(ids)} ids but {len(metadata)} metadata entries")
+        if len(set(ids)) != len(ids):
+            raise StoreError("ids repeat within one upsert call; each point needs its own id")
+        clean_vectors = []
+        for i, (point_id, vector) in enumerate(zip(ids, vectors, strict=True)):
+            values = [float(v) for v in vector]
+            if len(values) != dim:
+                raise StoreError(f"vector {i} (id {point_id!r}) has {len(values)} numbers; collection "
+                                 f"{collection!r} holds {dim}-dimensional vectors")
+            if not all(math.isfinite(v) for v in values):
+                raise StoreError(f"vector {i} (id {point_id!r}) has a NaN or infinite value")
+            clean_vectors.append(values)
+        for point_id, meta in zip(ids, metadata, strict=True):
+            if not isinstance(meta, Mapping):
+                raise StoreError(f"metadata of {point_id!r} must be a dict, got {type(meta).__name__}")
+            bad = [key for key in meta if not isinstance(key, str) or key.startswith("_dspyo3")]
+            if bad:
+                raise StoreError(f"metadata of {point_id!r}: keys must be strings not starting with _dspyo3: {bad}")
+            try:
+                json.dumps(meta)
+            except (TypeError, ValueError) as exc:
+                raise StoreError(f"metadata of {point_id!r} is not JSON: {exc}") from None
+        if batch_size < 1:
+            raise StoreError(f"batch_size must be >= 1, got {batch_size}")
+        batches = range(0, len(ids), batch_size)
+        if progress and len(ids) > batch_size:
+            from rich.progress import track
+
+            batches = track(batches, description=f"upserting into {collection}")  # type: ignore[assignment]
+        for start in batches:
+            end = start + batch_size
+            self._upsert(collection, ids[start:end], clean_vectors[start:end],
+                         [dict(m) for m in metadata[start:end]], namespace)
+        return len(ids)
+
+    def delete(self, collection: str, ids: Sequence[str], *, namespace: str | None = None) -> None:
+        """Delete points by id (ids that do not exist are ignored)."""
+        self._require(collection)
+        self._delete(collection, [str(i) for i in ids], namespace)
+
+    def search(self, collection: str, vector: Sequence[float], k: int = 10, *, filter: Filter | None = None,
+               namespace: str | None = None) -> list[Hit]:
+        """The ``k`` closest points (highest score first), optionally only those matching ``filter``."""
+        dim = self._require(collection)
+        if len(vector) != dim:
+            raise StoreError(f"query vector has {len(vector)} numbers; collection {collection!r} holds "
+                             f"{dim}-dimensional vectors (embed the query with the collection's embedder)")
+        if k < 1:
+            raise StoreError(f"k must be >= 1, got {k}")
+        if filter:
+            for key, value in filter.items():
+                if not self._has_field(collection, key, namespace):
+                    raise StoreError(f"filter on {key!r}: no point in collection {collection!r} has that "
+                                     "metadata field (check the spelling)")
+                if isinstance(value, (dict, set)):
+                    raise StoreError(f"filter on {key!r}: use a value or a list of values, got {value!r}")
+        return self._search(collection, [float(v) for v in vector], k, filter, namespace)
+
+    def count(self, collection: str, *, namespace: str | None = None) -> int:
+        """Number of points (in ``namespace``)."""
+        self._require(collection)
+        return self._count(collection, namespace)
+
+    def scroll(self, collection: str, *, namespace: str | None = None,
+               batch_size: int = 256) -> Iterator[tuple[str, list[float], Metadata]]:
+        """Every ``(id, vector, metadata)`` of the collection (for migration and export)."""
+        self._require(collection)
+        return self._scroll(collection, namespace, batch_size)
+
+    def _require(self, collection: str) -> int:
+        existing = self._collections()
+        if collection not in existing:
+            known = ", ".join(sorted(existing)) or "none"
+            raise StoreError(f"unknown collection {collection!r} in {self.name}; existing collections: {known}")
+        return existing[collection]
+
+
+def migrate(source: VectorStore, target: VectorStore, collection: str, *, into: str | None = None,
+            namespace: str | None = None, batch_size: int = 256) -> int:
+    """Copy a collection (one namespace of it) from ``source`` to ``target`` (created if missing); returns the
+    number of points copied. The target collection must not already hold points of that namespace."""
+    into = into or collection
+    dim = source.dimension(collection)
+    if into in target.collections():
+        if target.dimension(into) != dim:
+            raise StoreError(f"target collection {into!r} is {target.dimension(into)}-dimensional, the source "
+                             f"{dim}-dimensional")
+        if target.count(into, namespace=namespace):
+            raise StoreError(f"target collection {into!r} already has points; migrate into an empty one")
+    else:
+        target.create_collection(into, dim)
+    copied = 0
+    batch: list[tuple[str, list[float], Metadata]] = []
+    for point in source.scroll(collection, namespace=namespace, batch_size=batch_size):
+        batch.append(point)
+        if len(batch) == batch_size:
+            copied += target.upsert(into, *zip(*batch, strict=True), namespace=namespace)
+            batch = []
+    if batch:
+        copied += target.upsert(into, *zip(*batch, strict=True), namespace=namespace)
+    return copied

@@ -1,0 +1,134 @@
+"""Qdrant: embedded local mode (a directory, or in memory) as the default, or a Qdrant server by URL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from dspyo3_rag.stores.base import Filter, Hit, Metadata, StoreError, VectorStore
+
+__all__ = ["QdrantStore"]
+
+_ID = "_dspyo3_id"
+_NS = "_dspyo3_ns"
+_DISTANCES = {"cosine": "COSINE", "dot": "DOT", "euclid": "EUCLID"}
+
+
+class QdrantStore(VectorStore):
+    """Qdrant through ``qdrant-client``.
+
+    Args:
+        path: directory of an embedded (local-mode) store, created if missing; ``None`` with no ``url``: in memory.
+        url: a Qdrant server (``http://127.0.0.1:6333``); ``api_key`` for Qdrant Cloud.
+
+    String ids are mapped to UUIDv5 point ids (Qdrant accepts only integers and UUIDs); the original id and the
+    namespace are kept in the payload under ``_dspyo3_*`` keys.
+    """
+
+    name = "qdrant"
+
+    def __init__(self, path: str | Path | None = None, *, url: str | None = None, api_key: str | None = None) -> None:
+        from qdrant_client import QdrantClient
+
+        if path is not None and url is not None:
+            raise StoreError("give a local path or a server url, not both")
+        if url is not None:
+            self.client = QdrantClient(url=url, api_key=api_key)
+            self.where = url
+        elif path is not None:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            self.client = QdrantClient(path=str(path))
+            self.where = str(path)
+        else:
+            self.client = QdrantClient(location=":memory:")
+            self.where = ":memory:"
+
+    def __repr__(self) -> str:
+        return f"QdrantStore({self.where!r})"
+
+    def close(self) -> None:
+        """Release the local store's lock (local mode allows one client per directory)."""
+        self.client.close()
+
+    @staticmethod
+    def _point_id(point_id: str, namespace: str | None) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"dspyo3:{namespace or ''}:{point_id}"))
+
+    @staticmethod
+    def _filter(filter: Filter | None, namespace: str | None) -> Any:
+        from qdrant_client import models
+
+        must: list[Any] = [models.FieldCondition(key=_NS, match=models.MatchValue(value=namespace or ""))]
+        for key, value in (filter or {}).items():
+            if isinstance(value, (list, tuple)):
+                must.append(models.FieldCondition(key=key, match=models.MatchAny(any=list(value))))
+            else:
+                must.append(models.FieldCondition(key=key, match=models.MatchValue(value=value)))
+        return models.Filter(must=must)
+
+    def _create(self, collection: str, dim: int, distance: str) -> None:
+        from qdrant_client import models
+
+        self.client.create_collection(
+            collection, vectors_config=models.VectorParams(size=dim, distance=getattr(models.Distance,
+                                                                                      _DISTANCES[distance])))
+
+    def _drop(self, collection: str) -> None:
+        self.client.delete_collection(collection)
+
+    def _collections(self) -> dict[str, int]:
+        out = {}
+        for description in self.client.get_collections().collections:
+            params = self.client.get_collection(description.name).config.params.vectors
+            out[description.name] = int(params.size)  # type: ignore[union-attr]
+        return out
+
+    def _upsert(self, collection: str, ids: Sequence[str], vectors: Sequence[Sequence[float]],
+                metadata: Sequence[Metadata], namespace: str | None) -> None:
+        from qdrant_client import models
+
+        points = [models.PointStruct(id=self._point_id(i, namespace), vector=list(v),
+                                     payload={**m, _ID: i, _NS: namespace or ""})
+                  for i, v, m in zip(ids, vectors, metadata, strict=True)]
+        self.client.upsert(collection, points=points, wait=True)
+
+    def _delete(self, collection: str, ids: Sequence[str], namespace: str | None) -> None:
+        from qdrant_client import models
+
+        self.client.delete(collection, points_selector=models.PointIdsList(
+            points=[self._point_id(i, namespace) for i in ids]), wait=True)
+
+    def _search(self, collection: str, vector: Sequence[float], k: int, filter: Filter | None,
+                namespace: str | None) -> list[Hit]:
+        found = self.client.query_points(collection, query=list(vector), limit=k,
+                                         query_filter=self._filter(filter, namespace), with_payload=True).points
+        return [Hit(str((p.payload or {}).get(_ID)), float(p.score), _public(p.payload)) for p in found]
+
+    def _count(self, collection: str, namespace: str | None) -> int:
+        return int(self.client.count(collection, count_filter=self._filter(None, namespace), exact=True).count)
+
+    def _has_field(self, collection: str, field: str, namespace: str | None) -> bool:
+        from qdrant_client import models
+
+        flt = self._filter(None, namespace)
+        flt.must_not = [models.IsEmptyCondition(is_empty=models.PayloadField(key=field))]
+        points, _ = self.client.scroll(collection, scroll_filter=flt, limit=1, with_payload=False)
+        return bool(points)
+
+    def _scroll(self, collection: str, namespace: str | None,
+                batch_size: int) -> Iterator[tuple[str, list[float], Metadata]]:
+        offset = None
+        while True:
+            points, offset = self.client.scroll(collection, scroll_filter=self._filter(None, namespace),
+                                                limit=batch_size, offset=offset, with_payload=True, with_vectors=True)
+            for p in points:
+                vector = p.vector if isinstance(p.vector, list) else []
+                yield str((p.payload or {}).get(_ID)), [float(x) for x in vector], _public(p.payload)  # type: ignore[arg-type]
+            if offset is None:
+                return
+
+
+def _public(payload: dict[str, Any] | None) -> Metadata:
+    return {k: v for k, v in (payload or {}).items() if not k.startswith("_dspyo3")}
