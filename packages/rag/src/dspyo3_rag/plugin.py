@@ -70,10 +70,12 @@ def dspyo3_register_commands(cli: click.Group) -> None:
 
 @hookimpl
 def dspyo3_register_vector_stores(register: Callable[[VectorStoreSpec], None]) -> None:
-    """Qdrant (embedded local mode by default, or a server by URL)."""
+    """Qdrant (embedded local mode by default, or a server by URL) and Chroma (local directory or a server)."""
+    from dspyo3_rag.stores.chroma import ChromaStore
     from dspyo3_rag.stores.qdrant import QdrantStore
 
     register(VectorStoreSpec("qdrant", QdrantStore, "Qdrant: embedded (path= or in memory) or a server (url=)"))
+    register(VectorStoreSpec("chroma", ChromaStore, "Chroma: persistent (path=), in memory, or a server (host=)"))
 
 
 @hookimpl

@@ -1,0 +1,153 @@
+"""Chroma: a persistent local client (a directory), in memory, or a Chroma server (``chroma run``) by host/port."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from dspyo3_rag.stores.base import Filter, Hit, Metadata, StoreError, VectorStore
+
+__all__ = ["ChromaStore"]
+
+_ID = "_dspyo3_id"
+_NS = "_dspyo3_ns"
+_JSON = "_dspyo3_json"  # keys whose values were JSON-encoded (Chroma metadata holds only scalars)
+_DIM = "dspyo3_dim"
+_SPACES = {"cosine": "cosine", "dot": "ip", "euclid": "l2"}
+
+
+class ChromaStore(VectorStore):
+    """Chroma through ``chromadb``.
+
+    Args:
+        path: directory of a persistent local store; ``None`` with no ``host``: in memory.
+        host, port: a Chroma server (``chroma run --host 127.0.0.1 --port 8000``).
+
+    Embeddings are always given by the caller (no Chroma embedding function runs, so nothing is downloaded) and
+    telemetry is off. Chroma has no namespaces: a namespace is a metadata field and part of the stored id.
+    Non-scalar metadata values (lists, objects) are stored JSON-encoded and decoded on the way out; they cannot
+    be filtered on.
+    """
+
+    name = "chroma"
+
+    def __init__(self, path: str | Path | None = None, *, host: str | None = None, port: int = 8000) -> None:
+        import chromadb
+        from chromadb.config import Settings
+
+        settings = Settings(anonymized_telemetry=False, allow_reset=False)
+        if path is not None and host is not None:
+            raise StoreError("give a local path or a server host, not both")
+        if host is not None:
+            self.client = chromadb.HttpClient(host=host, port=port, settings=settings)
+            self.where = f"http://{host}:{port}"
+        elif path is not None:
+            self.client = chromadb.PersistentClient(path=str(path), settings=settings)
+            self.where = str(path)
+        else:
+            self.client = chromadb.EphemeralClient(settings=settings)
+            self.where = ":memory:"
+
+    def __repr__(self) -> str:
+        return f"ChromaStore({self.where!r})"
+
+    @staticmethod
+    def _key(point_id: str, namespace: str | None) -> str:
+        return f"{namespace or ''}\x1f{point_id}"
+
+    def _collection(self, name: str) -> Any:
+        return self.client.get_collection(name, embedding_function=None)
+
+    @staticmethod
+    def _where(filter: Filter | None, namespace: str | None) -> dict[str, Any]:
+        clauses: list[dict[str, Any]] = [{_NS: namespace or ""}]
+        for key, value in (filter or {}).items():
+            clauses.append({key: {"$in": list(value)}} if isinstance(value, (list, tuple)) else {key: value})
+        return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+    @staticmethod
+    def _encode(meta: Metadata, point_id: str, namespace: str | None) -> dict[str, Any]:
+        out: dict[str, Any] = {_ID: point_id, _NS: namespace or ""}
+        encoded = []
+        for key, value in meta.items():
+            if isinstance(value, (str, int, float, bool)):
+                out[key] = value
+            elif value is not None:
+                out[key] = json.dumps(value)
+                encoded.append(key)
+        if encoded:
+            out[_JSON] = json.dumps(encoded)
+        return out
+
+    @staticmethod
+    def _decode(meta: dict[str, Any] | None) -> Metadata:
+        meta = dict(meta or {})
+        for key in json.loads(meta.get(_JSON, "[]")):
+            meta[key] = json.loads(meta[key])
+        return {k: v for k, v in meta.items() if not k.startswith("_dspyo3")}
+
+    def _create(self, collection: str, dim: int, distance: str) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]", collection):
+            raise StoreError(f"Chroma collection names are 3-512 characters of letters, digits, '.', '_' and '-', "
+                             f"starting and ending with a letter or digit; got {collection!r}")
+        self.client.create_collection(collection, embedding_function=None,
+                                      metadata={"hnsw:space": _SPACES[distance], _DIM: dim})
+
+    def _drop(self, collection: str) -> None:
+        self.client.delete_collection(collection)
+
+    def _collections(self) -> dict[str, int]:
+        out = {}
+        for item in self.client.list_collections():
+            name = item if isinstance(item, str) else item.name
+            meta = self._collection(name).metadata or {}
+            if _DIM in meta:
+                out[name] = int(meta[_DIM])
+        return out
+
+    def _upsert(self, collection: str, ids: Sequence[str], vectors: Sequence[Sequence[float]],
+                metadata: Sequence[Metadata], namespace: str | None) -> None:
+        self._collection(collection).upsert(
+            ids=[self._key(i, namespace) for i in ids], embeddings=[list(v) for v in vectors],
+            metadatas=[self._encode(m, i, namespace) for i, m in zip(ids, metadata, strict=True)])
+
+    def _delete(self, collection: str, ids: Sequence[str], namespace: str | None) -> None:
+        if ids:
+            self._collection(collection).delete(ids=[self._key(i, namespace) for i in ids])
+
+    def _search(self, collection: str, vector: Sequence[float], k: int, filter: Filter | None,
+                namespace: str | None) -> list[Hit]:
+        col = self._collection(collection)
+        available = self._count(collection, namespace)
+        if not available:
+            return []
+        space = (col.metadata or {}).get("hnsw:space", "l2")
+        found = col.query(query_embeddings=[list(vector)], n_results=min(k, available),
+                          where=self._where(filter, namespace), include=["metadatas", "distances"])
+        hits = []
+        for meta, distance in zip(found["metadatas"][0], found["distances"][0], strict=True):
+            score = -float(distance) if space == "l2" else 1.0 - float(distance)
+            hits.append(Hit(str(meta[_ID]), score, self._decode(meta)))
+        return hits
+
+    def _count(self, collection: str, namespace: str | None) -> int:
+        return len(self._collection(collection).get(where=self._where(None, namespace), include=[])["ids"])
+
+    def _has_field(self, collection: str, field: str, namespace: str | None) -> bool:
+        return any(field in meta for _, _, meta in self._scroll(collection, namespace, 1000))
+
+    def _scroll(self, collection: str, namespace: str | None,
+                batch_size: int) -> Iterator[tuple[str, list[float], Metadata]]:
+        col = self._collection(collection)
+        offset = 0
+        while True:
+            page = col.get(where=self._where(None, namespace), include=["embeddings", "metadatas"],
+                           limit=batch_size, offset=offset)
+            for meta, vector in zip(page["metadatas"], page["embeddings"], strict=True):
+                yield str(meta[_ID]), [float(x) for x in vector], self._decode(meta)
+            if len(page["ids"]) < batch_size:
+                return
+            offset += batch_size
