@@ -17,6 +17,115 @@ def rag_group() -> None:
     """``dspyo3 rag``."""
 
 
+def _root(directory: Path | None) -> Path:
+    import os
+
+    if directory is not None:
+        return directory
+    if os.environ.get("DSPYO3_RAG_DIR"):
+        return Path(os.environ["DSPYO3_RAG_DIR"])
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("dspyo3")) / "rag"
+
+
+_DIR_OPTION = click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+                           help="where collections live (default: $DSPYO3_RAG_DIR or the user data dir)")
+
+
+@rag_group.command("index")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--collection", required=True, help="collection name (created if missing)")
+@click.option("--chunk-words", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--overlap", type=click.IntRange(min=0), default=40, show_default=True)
+@_DIR_OPTION
+def index_command(paths: tuple[Path, ...], collection: str, chunk_words: int, overlap: int,
+                  directory: Path | None) -> None:
+    """Chunk, embed and index files (.txt, .md, .rst, .jsonl; folders are walked) into COLLECTION."""
+    from dspyo3_rag.collection import RagCollection, read_sources
+    from dspyo3_rag.stores.base import StoreError
+
+    try:
+        chunks = read_sources(paths, words=chunk_words, overlap=overlap)  # everything is read before any write
+        target = RagCollection(_root(directory), collection)
+        try:
+            added = target.add(chunks, progress=True)
+            total = len(target.chunks())
+        finally:
+            target.close()
+    except (StoreError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"indexed {added} chunks into {collection!r} ({total} in all) at {target.dir}")
+
+
+@rag_group.command("search")
+@click.argument("query")
+@click.option("--collection", required=True)
+@click.option("--k", type=click.IntRange(min=1, max=100), default=5, show_default=True)
+@click.option("--retriever", type=click.Choice(["bm25", "dense", "hybrid"]), default="hybrid", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_DIR_OPTION
+def search_command(query: str, collection: str, k: int, retriever: str, as_json: bool,
+                   directory: Path | None) -> None:
+    """The best passages of COLLECTION for QUERY."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from dspyo3_rag.collection import RagCollection
+    from dspyo3_rag.stores.base import StoreError
+
+    target = RagCollection(_root(directory), collection)
+    try:
+        passages = target.search(query, k, retriever)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        target.close()
+    if as_json:
+        click.echo(json.dumps([{"id": p.id, "score": p.score, "text": p.long_text, "metadata": p.metadata}
+                               for p in passages]))
+        return
+    console = Console()
+    for rank, p in enumerate(passages, start=1):
+        console.print(f"[bold]{rank}. {escape(p.id)}[/bold]  score {p.score:.4f}")
+        console.print(f"   {escape(p.long_text[:300])}")
+
+
+@rag_group.command("ask")
+@click.argument("question")
+@click.option("--collection", required=True)
+@click.option("--k", type=click.IntRange(min=1, max=20), default=4, show_default=True)
+@click.option("--profile", help="LM profile (default: the configured default, or DSPYO3_LM)")
+@_DIR_OPTION
+def ask_command(question: str, collection: str, k: int, profile: str | None, directory: Path | None) -> None:
+    """Answer QUESTION from COLLECTION with the configured LM, citing the passages used."""
+    import dspy
+
+    from dspyo3_core.config import ConfigError, build_lm, load_settings
+    from dspyo3_rag.collection import RagCollection
+    from dspyo3_rag.stores.base import StoreError
+
+    try:
+        lm = build_lm(load_settings().profile(profile))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    target = RagCollection(_root(directory), collection)
+    try:
+        passages = target.search(question, k)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        target.close()
+    context = [f"[{p.id}] {p.long_text}" for p in passages]
+    program = dspy.ChainOfThought("context: list[str], question: str -> answer: str, cited_ids: list[str]")
+    with dspy.context(lm=lm):
+        result = program(context=context, question=question)
+    click.echo(result.answer)
+    known = {p.id for p in passages}
+    cited = [c for c in (result.cited_ids or []) if c in known] or [p.id for p in passages]
+    click.echo("sources: " + ", ".join(cited))
+
+
 @rag_group.command("eval")
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="a BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
