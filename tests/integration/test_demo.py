@@ -32,3 +32,20 @@ def test_demo_fallback_questions_without_shared_data(tmp_path: Path, cli_env: di
     assert summary["data"].startswith("built-in fallback")
     # the scripted baseline answers the last number of each question; none of the fallback answers is that
     assert summary["accuracy"] == 0.0
+
+
+def test_rag_demo_is_the_main_job_offline(tmp_path: Path, cli_env: dict[str, str], dspyo3_exe: str) -> None:
+    """`hatch run demo` runs `dspyo3 rag demo`: index, evaluate retrieval, answer with citations, offline."""
+    out = tmp_path / "rag-demo.json"
+    result = subprocess.run([dspyo3_exe, "rag", "demo", "--json", str(out)], env=cli_env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "OFFLINE DEMO" in result.stdout and "extractive baseline, not a model" in result.stdout
+    summary = json.loads(out.read_text())
+    assert summary["mode"] == "offline (extractive loopback LM)" and summary["passages"] == 20
+    assert summary["retrieval"]["bm25"]["recall@10"] == 1.0
+    cited = {a["question"]: a["cited_ids"] for a in summary["answers"]}
+    assert cited["Why does Earth have seasons?"] == ["seasons"]
+    assert "tilt" in summary["answers"][2]["answer"]
+    hatch = (Path(__file__).resolve().parents[2] / "hatch.toml").read_text()
+    assert 'demo = "dspyo3 rag demo {args}"' in hatch

@@ -126,6 +126,15 @@ def ask_command(question: str, collection: str, k: int, profile: str | None, dir
     click.echo("sources: " + ", ".join(cited))
 
 
+@rag_group.command("demo")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write a JSON summary here")
+def demo_command(json_path: str | None) -> None:
+    """The RAG job end to end: index a shipped corpus, evaluate retrieval, answer with citations."""
+    from dspyo3_rag.demo import run_demo
+
+    run_demo(json_path=json_path)
+
+
 @rag_group.command("eval")
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="a BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
