@@ -18,7 +18,8 @@ def env(tmp_path: Path, cli_env: dict[str, str]) -> dict[str, str]:
     (docs / "cats.md").write_text("Cats purr when they are content. A cat sleeps up to sixteen hours a day.")
     (docs / "dogs.jsonl").write_text('{"id": "dog-1", "text": "Dogs bark at strangers.", "topic": "dogs"}\n'
                                      '{"id": "dog-2", "text": "Puppies chew shoes.", "topic": "dogs"}\n')
-    return {**cli_env, "DSPYO3_RAG_DIR": str(tmp_path / "store")}
+    # a DSPy disk cache of our own: a cached answer from an earlier run would skip the LM server
+    return {**cli_env, "DSPYO3_RAG_DIR": str(tmp_path / "store"), "DSPY_CACHEDIR": str(tmp_path / "dspy-cache")}
 
 
 def run(exe: str, env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -8,15 +8,20 @@ neural embedder would find beyond that; it exists so the dense and hybrid paths 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
+import os
+import threading
 import zlib
+from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import dspyo3_native as native
 
-__all__ = ["LexicalEmbedder"]
+__all__ = ["CachedEmbedder", "LexicalEmbedder", "LiteLLMEmbedder"]
 
 
 class LexicalEmbedder:
@@ -52,3 +57,74 @@ class LexicalEmbedder:
     def __call__(self, texts: Sequence[str]) -> list[list[float]]:
         """Embed ``texts`` (same signature as ``dspy.Embedder``'s callable)."""
         return [self._vector(tokens) for tokens in self.tokenizer.tokenize_batch(list(texts))]
+
+
+class LiteLLMEmbedder:
+    """Any LiteLLM embedding model through ``dspy.Embedder`` (``openai/text-embedding-3-small``, an
+    OpenAI-compatible server with ``api_base=``, ...). Keyword arguments go to the embedding call."""
+
+    def __init__(self, model: str, *, batch_size: int = 200, **kwargs: object) -> None:
+        import dspy
+
+        self.model = model
+        self._embedder = dspy.Embedder(model, batch_size=batch_size, caching=False, **kwargs)
+
+    def __call__(self, texts: Sequence[str]) -> list[list[float]]:
+        """Embed ``texts``."""
+        if not texts:
+            return []
+        return [[float(x) for x in row] for row in self._embedder(list(texts))]
+
+
+class CachedEmbedder:
+    """A persistent embedding cache in front of any embedder, keyed by the model name and a hash of the text.
+
+    SQLite (one file, transactions: a crash never leaves a half-written entry); only the texts not cached yet are
+    sent to the embedder, in one batch.
+    """
+
+    def __init__(self, embedder: Callable[[Sequence[str]], Sequence[Sequence[float]]], path: str | os.PathLike[str],
+                 *, model: str | None = None) -> None:
+        import sqlite3
+
+        self.embedder = embedder
+        self.model = model or str(getattr(embedder, "model", None) or type(embedder).__name__)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False)
+        self._db.execute("CREATE TABLE IF NOT EXISTS embeddings (model TEXT, key TEXT, vector BLOB, "
+                         "PRIMARY KEY (model, key))")
+        self._db.commit()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def _key(text: str) -> str:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def __call__(self, texts: Sequence[str]) -> list[list[float]]:
+        """Embed ``texts``, from the cache where possible."""
+        keys = [self._key(t) for t in texts]
+        with self._lock:
+            found: dict[str, list[float]] = {}
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                rows = self._db.execute(
+                    f"SELECT key, vector FROM embeddings WHERE model = ? AND key IN ({','.join('?' * len(chunk))})",
+                    [self.model, *chunk]).fetchall()
+                found.update((key, list(array("d", blob))) for key, blob in rows)
+        missing = [i for i, key in enumerate(keys) if key not in found]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            vectors = self.embedder([texts[i] for i in missing])
+            with self._lock, self._db:
+                for i, vector in zip(missing, vectors, strict=True):
+                    values = [float(x) for x in vector]
+                    found[keys[i]] = values
+                    self._db.execute("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)",
+                                     (self.model, keys[i], array("d", values).tobytes()))
+        return [found[key] for key in keys]
+
+    def close(self) -> None:
+        """Close the cache file."""
+        self._db.close()

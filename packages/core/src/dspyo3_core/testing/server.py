@@ -2,7 +2,8 @@
 
 The server speaks enough of the OpenAI wire format for LiteLLM (and DSPy's native engine) to treat it as a
 real provider: ``POST /v1/chat/completions`` (JSON or server-sent-event streaming; Azure's
-``/openai/deployments/<name>/chat/completions`` too) and ``GET /v1/models``.
+``/openai/deployments/<name>/chat/completions`` too), ``POST /v1/embeddings`` (deterministic stand-in vectors,
+:func:`embedding_of`) and ``GET /v1/models``.
 Replies are scripted, in order, with optional latency and injected faults::
 
     with LMServer() as server:
@@ -196,6 +197,26 @@ def completion_body(request: Mapping[str, Any], reply: Reply) -> dict[str, Any]:
     }
 
 
+def embedding_of(text: str, dim: int = 16) -> list[float]:
+    """A deterministic stand-in embedding (from a hash of the text; equal texts, equal vectors)."""
+    import hashlib
+
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round((digest[i % len(digest)] - 127.5) / 127.5, 6) for i in range(dim)]
+
+
+def embeddings_body(request: Mapping[str, Any]) -> dict[str, Any]:
+    """An OpenAI ``/v1/embeddings`` answer: one :func:`embedding_of` vector per input."""
+    inputs = request.get("input")
+    texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError("input must be a string or a list of strings")
+    tokens = sum(_count_tokens(t) for t in texts)
+    return {"object": "list", "model": request.get("model", "dspyo3-embed"),
+            "data": [{"object": "embedding", "index": i, "embedding": embedding_of(t)} for i, t in enumerate(texts)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
 def stream_events(request: Mapping[str, Any], reply: Reply) -> list[bytes]:
     """The server-sent events of a streaming completion (``reply.chunk_delay`` goes between content events)."""
     ident = f"chatcmpl-dspyo3-{next(_ids)}"
@@ -359,8 +380,21 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server_state
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        route = self.path.split("?")[0].rstrip("/")
+        if route.endswith("/embeddings"):
+            try:
+                request = json.loads(raw or b"{}")
+                body = embeddings_body(request)
+            except (json.JSONDecodeError, ValueError, AttributeError) as exc:
+                self._send_json(400, {"error": {"message": f"bad embeddings request: {exc}",
+                                                "type": "invalid_request_error"}})
+                return
+            with state._lock:
+                state.requests.append({**request, "_path": self.path})
+            self._send_json(200, body)
+            return
         # /v1/chat/completions, and Azure's /openai/deployments/<name>/chat/completions?api-version=...
-        if not self.path.split("?")[0].rstrip("/").endswith("/chat/completions"):
+        if not route.endswith("/chat/completions"):
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
             return
         try:
@@ -503,6 +537,12 @@ async def serve_async(responder: Responder, host: str = "127.0.0.1", port: int =
                 if method == "GET" and route in {"/v1/models", "/models"}:
                     models = {"object": "list", "data": [{"id": "dspyo3-test", "object": "model"}]}
                     writer.write(response(200, json.dumps(models).encode(), close=close))
+                elif method == "POST" and route.endswith("/embeddings"):
+                    try:
+                        payload = json.dumps(embeddings_body(json.loads(body or b"{}"))).encode()
+                        writer.write(response(200, payload, close=close))
+                    except (ValueError, AttributeError) as exc:
+                        writer.write(error(400, f"bad embeddings request: {exc}", close=close))
                 elif method == "POST" and route.endswith("/chat/completions"):
                     try:
                         request = json.loads(body or b"{}")

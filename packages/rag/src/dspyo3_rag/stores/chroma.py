@@ -35,8 +35,11 @@ class ChromaStore(VectorStore):
     name = "chroma"
 
     def __init__(self, path: str | Path | None = None, *, host: str | None = None, port: int = 8000) -> None:
-        import chromadb
-        from chromadb.config import Settings
+        try:
+            import chromadb
+            from chromadb.config import Settings
+        except ImportError:
+            raise StoreError("the Chroma store needs chromadb: pip install 'dspyo3-rag[chroma]'") from None
 
         settings = Settings(anonymized_telemetry=False, allow_reset=False)
         if path is not None and host is not None:
