@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from dspyo3_core import hookimpl
-from dspyo3_core.registry import EmbedderSpec, VectorStoreSpec
+from dspyo3_core.registry import EmbedderSpec, RerankerSpec, VectorStoreSpec
 
 
 @click.group(name="rag", help="Retrieval for DSPy: stores, embedders, BM25, hybrid retrieval, evaluation.")
@@ -199,6 +199,16 @@ def dspyo3_register_vector_stores(register: Callable[[VectorStoreSpec], None]) -
 @hookimpl
 def dspyo3_register_embedders(register: Callable[[EmbedderSpec], None]) -> None:
     """The offline lexical embedder (no download; honest about being lexical)."""
-    from dspyo3_rag.embed import LexicalEmbedder
+    from dspyo3_rag.embed import LexicalEmbedder, LiteLLMEmbedder
 
     register(EmbedderSpec("lexical", LexicalEmbedder, "offline feature-hashed words (lexical, not semantic)"))
+    register(EmbedderSpec("litellm", LiteLLMEmbedder, "any LiteLLM embedding model through dspy.Embedder"))
+
+
+@hookimpl
+def dspyo3_register_rerankers(register: Callable[[RerankerSpec], None]) -> None:
+    """An LM reranker through DSPy, and a cross-encoder (needs sentence-transformers)."""
+    from dspyo3_rag.rerank import CrossEncoderReranker, LMReranker
+
+    register(RerankerSpec("lm", LMReranker, "the configured LM orders the passages (dspy.Predict)"))
+    register(RerankerSpec("cross-encoder", CrossEncoderReranker, "sentence-transformers cross-encoder"))
