@@ -32,7 +32,7 @@ def test_index_search_and_bad_input(tmp_path: Path, env: dict[str, str], dspyo3_
     assert "indexed 3 chunks into 'pets'" in done.stdout
     found = run(dspyo3_exe, env, "search", "why do cats purr", "--collection", "pets", "--k", "2", "--json")
     hits = json.loads(found.stdout)
-    assert hits[0]["id"] == "cats.md#0" and hits[0]["metadata"]["source"].endswith("cats.md")
+    assert hits[0]["id"] == "docs/cats.md#0" and hits[0]["metadata"]["source"].endswith("cats.md")
     bm25 = run(dspyo3_exe, env, "search", "puppies", "--collection", "pets", "--retriever", "bm25", "--json")
     top = json.loads(bm25.stdout)[0]
     source = str(tmp_path / "docs" / "dogs.jsonl")
@@ -57,11 +57,11 @@ def test_ask_answers_with_the_configured_lm_and_cites(tmp_path: Path, env: dict[
     assert no_lm.returncode == 1 and "no LM profile is configured" in no_lm.stderr
     with LMServer() as server:
         server.script(chat_reply(reasoning="the passage says so", answer="Because they are content.",
-                                 cited_ids=["cats.md#0"]))
+                                 cited_ids=["docs/cats.md#0"]))
         lm_env = {**env, "DSPYO3_LM": "openai/test", "DSPYO3_LM_API_BASE": server.api_base,
                   "DSPYO3_LM_API_KEY": "test"}
         done = run(dspyo3_exe, lm_env, "ask", "why do cats purr?", "--collection", "pets")
         assert done.returncode == 0, done.stderr
-        assert done.stdout.splitlines() == ["Because they are content.", "sources: cats.md#0"]
+        assert done.stdout.splitlines() == ["Because they are content.", "sources: docs/cats.md#0"]
         prompt = json.dumps(server.requests[0]["messages"])
         assert "Cats purr when they are content" in prompt, "the retrieved passage was in the prompt"

@@ -39,3 +39,10 @@ def test_cache_embeds_each_text_once_and_persists(tmp_path: Path) -> None:
     other_model = CachedEmbedder(counting, tmp_path / "cache.sqlite", model="another-model")
     other_model(["cats purr"])
     assert len(calls) == 3, "keys include the model"
+
+
+def test_cache_needs_a_model_name_for_plain_functions(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs model="):
+        CachedEmbedder(lambda texts: [[1.0] for _ in texts], tmp_path / "c.sqlite")
+    a = LiteLLMEmbedder("openai/m", api_base="http://127.0.0.1:9/v1", api_key="secret", dimensions=8)
+    assert a.model == 'openai/m|{"dimensions": 8}' and "secret" not in a.model

@@ -88,3 +88,22 @@ def test_metrics_follow_beir_conventions() -> None:
     perfect = evaluate({"q": ["a", "b"]}, qrels)
     assert perfect["ndcg@10"] == 1.0 and perfect["recall@10"] == 1.0
     assert evaluate({"q": ["x", "a"]}, qrels)["mrr@10"] == 0.5
+
+
+def test_metrics_count_a_repeated_id_once_and_ignore_zero_judgements() -> None:
+    result = evaluate({"q": ["d", "d", "d"]}, {"q": {"d": 1, "e": 1, "z": 0}})
+    assert result["ndcg@10"] <= 1.0 and result["recall@10"] == 0.5
+
+
+def test_malformed_qrels_and_corpus_are_named(tmp_path: Path) -> None:
+    data = _tiny_beir(tmp_path / "t")
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\n")
+    with pytest.raises(BeirFormatError, match=r"test.tsv:2: expected 'query-id<TAB>corpus-id<TAB>score'"):
+        load_beir(data)
+    data = _tiny_beir(tmp_path / "u")
+    (data / "corpus.jsonl").write_text('{"_id": "d1", "text": "a"}\n{"_id": "d1", "text": "b"}\n')
+    with pytest.raises(BeirFormatError, match="_id 'd1' appears twice"):
+        load_beir(data)
+    (data / "corpus.jsonl").write_bytes(b'{"_id": "d1", "text": "caf\xe9"}\n')
+    with pytest.raises(BeirFormatError, match="not UTF-8"):
+        load_beir(data)

@@ -95,6 +95,22 @@ class TestChromaServer(VectorStoreContract):
         assert migrate(filled, other, "docs", batch_size=2) == 3
         assert [h.id for h in other.search("docs", self._vec(1, 0, 0), k=1)] == ["a"]
 
+    def test_euclid_scores_are_higher_is_closer_and_migration_keeps_the_distance(  # type: ignore[override]
+            self, store: ChromaStore, tmp_path: Path) -> None:
+        _euclid_migration_into_qdrant(store)  # a second store on the same server would drop the source
+
+
+def _euclid_migration_into_qdrant(store: ChromaStore) -> None:
+    from dspyo3_rag.stores import migrate
+
+    store.create_collection("geo", 2, distance="euclid")
+    store.upsert("geo", ["near", "far"], [[0.0, 0.0], [3.0, 4.0]])
+    assert [h.id for h in store.search("geo", [0.1, 0.0], k=2)] == ["near", "far"]
+    other = QdrantStore()
+    migrate(store, other, "geo")
+    assert other.distance("geo") == "euclid"
+    assert [h.id for h in other.search("geo", [0.1, 0.0], k=2)] == ["near", "far"]
+
 
 def test_non_scalar_metadata_round_trips_in_chroma(tmp_path: Path) -> None:
     store = ChromaStore(tmp_path / "c")

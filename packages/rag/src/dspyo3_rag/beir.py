@@ -48,15 +48,23 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
         if header[:2] != ["query-id", "corpus-id"]:
             raise BeirFormatError(f"{path}: expected a 'query-id corpus-id score' header, got {header}")
         for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) < 3:
+                raise BeirFormatError(f"{path}:{line}: expected 'query-id<TAB>corpus-id<TAB>score', got {row}")
             try:
-                if len(row) >= 3 and int(row[2]) > 0:
+                if int(row[2]) > 0:
                     qrels.setdefault(row[0], {})[row[1]] = int(row[2])
             except ValueError:
                 raise BeirFormatError(f"{path}:{line}: score {row[2]!r} is not an integer") from None
     doc_ids, doc_texts = [], []
+    seen: set[str] = set()
     for line, record in _jsonl(folder / "corpus.jsonl"):
         if "_id" not in record:
             raise BeirFormatError(f"{folder / 'corpus.jsonl'}:{line}: a document needs an _id")
+        if str(record["_id"]) in seen:
+            raise BeirFormatError(f"{folder / 'corpus.jsonl'}:{line}: _id {record['_id']!r} appears twice")
+        seen.add(str(record["_id"]))
         doc_ids.append(str(record["_id"]))
         doc_texts.append(f"{record.get('title') or ''} {record.get('text') or ''}".strip())
     query_ids, query_texts = [], []
@@ -71,25 +79,31 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
 
 def _jsonl(path: Path) -> list[tuple[int, dict[str, object]]]:
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise BeirFormatError(f"{path}:{line}: not JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise BeirFormatError(f"{path}:{line}: expected a JSON object")
-            records.append((line, record))
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise BeirFormatError(f"{path}: not UTF-8 text ({exc})") from None
+    for line, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BeirFormatError(f"{path}:{line}: not JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise BeirFormatError(f"{path}:{line}: expected a JSON object")
+        records.append((line, record))
     return records
 
 
 def evaluate(run: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, int]]) -> dict[str, float]:
     """Mean ``ndcg@10``, ``recall@10``, ``recall@100`` and ``mrr@10`` of a run (query id -> ranked doc ids)."""
     ndcg, r10, r100, mrr = [], [], [], []
-    for qid, relevant in qrels.items():
-        ranked = [doc for doc in run.get(qid, []) if doc != qid]
+    for qid, judged in qrels.items():
+        relevant = {doc: gain for doc, gain in judged.items() if gain > 0}
+        if not relevant:
+            continue
+        ranked = list(dict.fromkeys(doc for doc in run.get(qid, []) if doc != qid))  # a repeated id counts once
         dcg = sum(relevant.get(doc, 0) / math.log2(rank + 2) for rank, doc in enumerate(ranked[:10]))
         ideal = sorted(relevant.values(), reverse=True)[:10]
         idcg = sum(gain / math.log2(rank + 2) for rank, gain in enumerate(ideal))

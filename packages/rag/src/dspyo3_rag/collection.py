@@ -53,18 +53,19 @@ def read_sources(paths: Iterable[str | Path], *, words: int = 200, overlap: int 
     ``text`` required, ``id`` optional, other keys kept as metadata). Everything is read before anything is
     written, so an unreadable file fails the whole call with a message naming it."""
     chunks: list[Chunk] = []
-    files: list[Path] = []
+    files: list[tuple[Path, str]] = []  # (file, its name in chunk ids: the path below the folder given)
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES | {".jsonl"}))
+            files.extend((p, p.relative_to(path.parent).as_posix()) for p in sorted(path.rglob("*"))
+                         if p.suffix in TEXT_SUFFIXES | {".jsonl"})
         elif path.is_file():
-            files.append(path)
+            files.append((path, path.name))
         else:
             raise StoreError(f"{path}: no such file or folder")
     if not files:
         raise StoreError("no .txt/.md/.rst/.jsonl files found in the given paths")
-    for path in files:
+    for path, label in files:
         try:
             content = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -79,18 +80,19 @@ def read_sources(paths: Iterable[str | Path], *, words: int = 200, overlap: int 
                     raise StoreError(f"{path}:{line_no}: not JSON ({exc.msg})") from None
                 if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                     raise StoreError(f"{path}:{line_no}: each line needs a JSON object with a string 'text'")
-                base = str(record.pop("id", f"{path.name}:{line_no}"))
+                base = str(record.pop("id", f"{label}:{line_no}"))
                 text = record.pop("text")
                 for i, piece in enumerate(chunk_text(text, words, overlap)):
                     chunk_id = base if i == 0 else f"{base}#{i}"
                     chunks.append(Chunk(chunk_id, piece, {**record, "source": str(path)}))
         else:
             for i, piece in enumerate(chunk_text(content, words, overlap)):
-                chunks.append(Chunk(f"{path.name}#{i}", piece, {"source": str(path)}))
+                chunks.append(Chunk(f"{label}#{i}", piece, {"source": str(path)}))
     ids = [c.id for c in chunks]
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise StoreError(f"chunk ids repeat: {dupes}; give JSONL records unique 'id's")
+        raise StoreError(f"chunk ids repeat: {dupes}; JSONL records need unique 'id's, and two files given "
+                         "separately must not share a name (give their folder instead)")
     return chunks
 
 
@@ -137,10 +139,24 @@ class RagCollection:
 
         Vectors go in first; the chunks file, written atomically, is what makes them part of the collection.
         """
+        existing = self.chunks()
+        new_ids = {c.id for c in chunks}
+        # a re-indexed source replaces all its chunks: the ones it no longer produces go
+        sources = {c.metadata.get("source") for c in chunks}
+        stale = [cid for cid, c in existing.items() if c.metadata.get("source") in sources and cid not in new_ids]
         dense = DenseRetriever(self.store(), "chunks", self.embedder)
-        dense.add([c.id for c in chunks], [c.text for c in chunks], [c.metadata for c in chunks],
-                  progress=progress)
-        merged = self.chunks()
+        try:
+            dense.add([c.id for c in chunks], [c.text for c in chunks], [c.metadata for c in chunks],
+                      progress=progress)
+        except Exception:
+            # best effort: take back points this call added, so the store matches chunks.jsonl again
+            added = [cid for cid in new_ids if cid not in existing]
+            if added and "chunks" in self.store().collections():
+                self.store().delete("chunks", added)
+            raise
+        if stale:
+            self.store().delete("chunks", stale)
+        merged = {cid: c for cid, c in existing.items() if cid not in set(stale)}
         merged.update((c.id, c) for c in chunks)
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.chunks_file, "".join(

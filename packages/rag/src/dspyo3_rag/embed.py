@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import math
 import os
 import threading
@@ -66,7 +67,9 @@ class LiteLLMEmbedder:
     def __init__(self, model: str, *, batch_size: int = 200, **kwargs: object) -> None:
         import dspy
 
-        self.model = model
+        # the cache key of CachedEmbedder: the model and every option that changes the vectors (not credentials)
+        options = {k: v for k, v in sorted(kwargs.items()) if k not in {"api_key", "api_base", "timeout"}}
+        self.model = model + (f"|{json.dumps(options, sort_keys=True, default=str)}" if options else "")
         self._embedder = dspy.Embedder(model, batch_size=batch_size, caching=False, **kwargs)
 
     def __call__(self, texts: Sequence[str]) -> list[list[float]]:
@@ -88,7 +91,11 @@ class CachedEmbedder:
         import sqlite3
 
         self.embedder = embedder
-        self.model = model or str(getattr(embedder, "model", None) or type(embedder).__name__)
+        name = model or getattr(embedder, "model", None)
+        if not name:
+            raise ValueError("CachedEmbedder needs model=...: the cache key must name what made the vectors "
+                             "(this embedder has no .model)")
+        self.model = str(name)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False)
         self._db.execute("CREATE TABLE IF NOT EXISTS embeddings (model TEXT, key TEXT, vector BLOB, "

@@ -46,8 +46,8 @@ def index_command(paths: tuple[Path, ...], collection: str, chunk_words: int, ov
     from dspyo3_rag.stores.base import StoreError
 
     try:
-        chunks = read_sources(paths, words=chunk_words, overlap=overlap)  # everything is read before any write
         target = RagCollection(_root(directory), collection)
+        chunks = read_sources(paths, words=chunk_words, overlap=overlap)  # everything is read before any write
         try:
             added = target.add(chunks, progress=True)
             total = len(target.chunks())
@@ -74,7 +74,10 @@ def search_command(query: str, collection: str, k: int, retriever: str, as_json:
     from dspyo3_rag.collection import RagCollection
     from dspyo3_rag.stores.base import StoreError
 
-    target = RagCollection(_root(directory), collection)
+    try:
+        target = RagCollection(_root(directory), collection)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         passages = target.search(query, k, retriever)
     except StoreError as exc:
@@ -109,7 +112,10 @@ def ask_command(question: str, collection: str, k: int, profile: str | None, dir
         lm = build_lm(load_settings().profile(profile))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    target = RagCollection(_root(directory), collection)
+    try:
+        target = RagCollection(_root(directory), collection)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         passages = target.search(question, k)
     except StoreError as exc:
@@ -147,10 +153,11 @@ def eval_command(data_dir: Path, retriever: str, split: str, k: int, as_json: bo
     """Retrieval quality on a BEIR-layout data set: ndcg@10, recall@10, recall@100, mrr@10, queries/s."""
     from dspyo3_rag.beir import BeirFormatError
     from dspyo3_rag.evaluation import evaluate_retriever
+    from dspyo3_rag.stores.base import StoreError
 
     try:
         result = evaluate_retriever(data_dir, retriever, split=split, k=k, progress=not as_json)
-    except BeirFormatError as exc:
+    except (BeirFormatError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
     if plot is not None:
         _plot(result, plot)

@@ -258,3 +258,38 @@ class VectorStoreContract:
             close = getattr(other, "close", None)
             if callable(close):
                 close()
+
+    def test_euclid_scores_are_higher_is_closer_and_migration_keeps_the_distance(self, store: Any,
+                                                                                 tmp_path: Path) -> None:
+        from dspyo3_rag.stores import migrate
+
+        store.create_collection("geo", 2, distance="euclid")
+        store.upsert("geo", ["near", "far"], [self._vec(0, 0), self._vec(3, 4)])
+        hits = store.search("geo", self._vec(0.1, 0), k=2)
+        assert [h.id for h in hits] == ["near", "far"]
+        assert hits[0].score > hits[1].score
+        assert abs(hits[1].score - (-((2.9**2 + 4**2) ** 0.5))) < 1e-3, "score = minus the euclidean distance"
+        other = self.make_store(tmp_path / "geo-copy")
+        try:
+            migrate(store, other, "geo")
+            assert other.distance("geo") == "euclid"
+            assert [h.id for h in other.search("geo", self._vec(0.1, 0), k=2)] == ["near", "far"]
+        finally:
+            close = getattr(other, "close", None)
+            if callable(close):
+                close()
+
+    def test_filter_values_and_query_vectors_are_checked(self, filled: Any) -> None:
+        filled.upsert("docs", ["d"], [self._vec(0, 0, 1)], [{"lang": "en", "year": 2020, "ok": True, "w": 0.5,
+                                                            "none": None}])
+        assert [h.id for h in filled.search("docs", self._vec(0, 0, 1), k=1, filter={"ok": [True]})] == ["d"]
+        assert [h.id for h in filled.search("docs", self._vec(0, 0, 1), k=1, filter={"w": 0.5})] == ["d"]
+        assert filled.search("docs", self._vec(0, 0, 1), k=1)[0].metadata["none"] is None
+        bad_filters: list[dict[str, Any]] = [{"lang": None}, {"lang": []}, {"lang": {"$ne": "x"}}]
+        for bad in bad_filters:
+            with pytest.raises(ValueError, match="filter on 'lang'"):
+                filled.search("docs", self._vec(1, 0, 0), filter=bad)
+        with pytest.raises(ValueError, match="NaN"):
+            filled.search("docs", [float("nan"), 0.0, 0.0])
+        assert filled.search("docs", self._vec(0, 0, 0)) == [], "a zero vector matches nothing under cosine"
+        assert len(filled.search("docs", self._vec(1, 1, 1), k=100)) == 4, "k beyond the collection"

@@ -52,6 +52,10 @@ class VectorStore(ABC):
         """Collection name -> vector size."""
 
     @abstractmethod
+    def _distance(self, collection: str) -> str:
+        """``cosine``, ``dot`` or ``euclid``."""
+
+    @abstractmethod
     def _upsert(self, collection: str, ids: Sequence[str], vectors: Sequence[Sequence[float]],
                 metadata: Sequence[Metadata], namespace: str | None) -> None: ...
 
@@ -103,6 +107,12 @@ class VectorStore(ABC):
     def dimension(self, collection: str) -> int:
         """The vector size of ``collection``."""
         return self._require(collection)
+
+    def distance(self, collection: str) -> str:
+        """The collection's distance: ``cosine``, ``dot`` or ``euclid`` (scores are always higher-is-closer:
+        cosine similarity, dot product, or minus the euclidean distance)."""
+        self._require(collection)
+        return self._distance(collection)
 
     def upsert(self, collection: str, ids: Sequence[str], vectors: Sequence[Sequence[float]],
                metadata: Sequence[Metadata] | None = None, *, namespace: str | None = None, batch_size: int = 256,
@@ -166,14 +176,21 @@ class VectorStore(ABC):
                              f"{dim}-dimensional vectors (embed the query with the collection's embedder)")
         if k < 1:
             raise StoreError(f"k must be >= 1, got {k}")
+        query = [float(v) for v in vector]
+        if not all(math.isfinite(v) for v in query):
+            raise StoreError("the query vector has a NaN or infinite value")
         if filter:
             for key, value in filter.items():
+                values = value if isinstance(value, (list, tuple)) else [value]
+                if not values or not all(isinstance(v, (str, int, float, bool)) for v in values):
+                    raise StoreError(f"filter on {key!r}: use a string, number or bool, or a non-empty list of "
+                                     f"them; got {value!r}")
                 if not self._has_field(collection, key, namespace):
                     raise StoreError(f"filter on {key!r}: no point in collection {collection!r} has that "
                                      "metadata field (check the spelling)")
-                if isinstance(value, (dict, set)):
-                    raise StoreError(f"filter on {key!r}: use a value or a list of values, got {value!r}")
-        return self._search(collection, [float(v) for v in vector], k, filter, namespace)
+        if not any(query) and self._distance(collection) == "cosine":
+            return []  # a zero vector has no direction: nothing is similar to it (e.g. a stopword-only query)
+        return self._search(collection, query, k, filter, namespace)
 
     def count(self, collection: str, *, namespace: str | None = None) -> int:
         """Number of points (in ``namespace``)."""
@@ -207,7 +224,7 @@ def migrate(source: VectorStore, target: VectorStore, collection: str, *, into: 
         if target.count(into, namespace=namespace):
             raise StoreError(f"target collection {into!r} already has points; migrate into an empty one")
     else:
-        target.create_collection(into, dim)
+        target.create_collection(into, dim, distance=source.distance(collection))
     copied = 0
     batch: list[tuple[str, list[float], Metadata]] = []
     for point in source.scroll(collection, namespace=namespace, batch_size=batch_size):

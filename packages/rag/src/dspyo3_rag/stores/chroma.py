@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -78,7 +79,7 @@ class ChromaStore(VectorStore):
         for key, value in meta.items():
             if isinstance(value, (str, int, float, bool)):
                 out[key] = value
-            elif value is not None:
+            else:  # lists, objects and None: JSON text (Chroma keeps scalars only)
                 out[key] = json.dumps(value)
                 encoded.append(key)
         if encoded:
@@ -98,6 +99,10 @@ class ChromaStore(VectorStore):
                              f"starting and ending with a letter or digit; got {collection!r}")
         self.client.create_collection(collection, embedding_function=None,
                                       metadata={"hnsw:space": _SPACES[distance], _DIM: dim})
+
+    def _distance(self, collection: str) -> str:
+        space = (self._collection(collection).metadata or {}).get("hnsw:space", "l2")
+        return {"cosine": "cosine", "ip": "dot", "l2": "euclid"}[space]
 
     def _drop(self, collection: str) -> None:
         self.client.delete_collection(collection)
@@ -132,7 +137,8 @@ class ChromaStore(VectorStore):
                           where=self._where(filter, namespace), include=["metadatas", "distances"])
         hits = []
         for meta, distance in zip(found["metadatas"][0], found["distances"][0], strict=True):
-            score = -float(distance) if space == "l2" else 1.0 - float(distance)
+            # Chroma reports distances: squared L2, or 1 - similarity; scores are higher-is-closer everywhere
+            score = -math.sqrt(max(float(distance), 0.0)) if space == "l2" else 1.0 - float(distance)
             hits.append(Hit(str(meta[_ID]), score, self._decode(meta)))
         return hits
 

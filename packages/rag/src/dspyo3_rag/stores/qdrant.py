@@ -60,12 +60,19 @@ class QdrantStore(VectorStore):
     def _filter(filter: Filter | None, namespace: str | None) -> Any:
         from qdrant_client import models
 
+        def condition(key: str, value: Any) -> Any:
+            if isinstance(value, float) and not value.is_integer():
+                return models.FieldCondition(key=key, range=models.Range(gte=value, lte=value))
+            if isinstance(value, float):
+                value = int(value)
+            return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
         must: list[Any] = [models.FieldCondition(key=_NS, match=models.MatchValue(value=namespace or ""))]
         for key, value in (filter or {}).items():
             if isinstance(value, (list, tuple)):
-                must.append(models.FieldCondition(key=key, match=models.MatchAny(any=list(value))))
+                must.append(models.Filter(should=[condition(key, v) for v in value]))
             else:
-                must.append(models.FieldCondition(key=key, match=models.MatchValue(value=value)))
+                must.append(condition(key, value))
         return models.Filter(must=must)
 
     def _create(self, collection: str, dim: int, distance: str) -> None:
@@ -74,6 +81,11 @@ class QdrantStore(VectorStore):
         self.client.create_collection(
             collection, vectors_config=models.VectorParams(size=dim, distance=getattr(models.Distance,
                                                                                       _DISTANCES[distance])))
+
+    def _distance(self, collection: str) -> str:
+        params = self.client.get_collection(collection).config.params.vectors
+        name = str(params.distance.value if hasattr(params.distance, "value") else params.distance)  # type: ignore[union-attr]
+        return {"Cosine": "cosine", "Dot": "dot", "Euclid": "euclid"}.get(name, name.lower())
 
     def _drop(self, collection: str) -> None:
         self.client.delete_collection(collection)
@@ -104,7 +116,8 @@ class QdrantStore(VectorStore):
                 namespace: str | None) -> list[Hit]:
         found = self.client.query_points(collection, query=list(vector), limit=k,
                                          query_filter=self._filter(filter, namespace), with_payload=True).points
-        return [Hit(str((p.payload or {}).get(_ID)), float(p.score), _public(p.payload)) for p in found]
+        sign = -1.0 if self._distance(collection) == "euclid" else 1.0  # Qdrant reports euclid as a distance
+        return [Hit(str((p.payload or {}).get(_ID)), sign * float(p.score), _public(p.payload)) for p in found]
 
     def _count(self, collection: str, namespace: str | None) -> int:
         return int(self.client.count(collection, count_filter=self._filter(None, namespace), exact=True).count)
