@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,18 @@ def test_cache_needs_a_model_name_for_plain_functions(tmp_path: Path) -> None:
         CachedEmbedder(lambda texts: [[1.0] for _ in texts], tmp_path / "c.sqlite")
     a = LiteLLMEmbedder("openai/m", api_base="http://127.0.0.1:9/v1", api_key="secret", dimensions=8)
     assert a.model == 'openai/m|{"dimensions": 8}' and "secret" not in a.model
+
+
+@pytest.mark.parametrize(("module", "factory", "extra"), [
+    ("fastembed", "FastEmbedEmbedder", "dspyo3-rag[fastembed]"),
+    ("sentence_transformers", "SentenceTransformerEmbedder", "dspyo3-rag[sentence-transformers]"),
+])
+def test_optional_embedders_name_their_extra(module: str, factory: str, extra: str) -> None:
+    import importlib.util
+
+    import dspyo3_rag.embed as embed
+
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is installed here")
+    with pytest.raises(ImportError, match=re.escape(extra)):
+        getattr(embed, factory)()

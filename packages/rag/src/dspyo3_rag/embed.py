@@ -22,7 +22,8 @@ from pathlib import Path
 
 import dspyo3_native as native
 
-__all__ = ["CachedEmbedder", "LexicalEmbedder", "LiteLLMEmbedder"]
+__all__ = ["CachedEmbedder", "FastEmbedEmbedder", "LexicalEmbedder", "LiteLLMEmbedder",
+           "SentenceTransformerEmbedder"]
 
 
 class LexicalEmbedder:
@@ -77,6 +78,42 @@ class LiteLLMEmbedder:
         if not texts:
             return []
         return [[float(x) for x in row] for row in self._embedder(list(texts))]
+
+
+class FastEmbedEmbedder:
+    """A ``fastembed`` model (``pip install 'dspyo3-rag[fastembed]'``); the model is downloaded on first use unless
+    it is in fastembed's cache already."""
+
+    def __init__(self, model: str = "BAAI/bge-small-en-v1.5", **kwargs: object) -> None:
+        try:
+            from fastembed import TextEmbedding
+        except ImportError:
+            raise ImportError("the fastembed embedder needs fastembed: pip install 'dspyo3-rag[fastembed]'") from None
+        self.model = model
+        self._model = TextEmbedding(model_name=model, **kwargs)
+
+    def __call__(self, texts: Sequence[str]) -> list[list[float]]:
+        """Embed ``texts``."""
+        return [[float(x) for x in row] for row in self._model.embed(list(texts))]
+
+
+class SentenceTransformerEmbedder:
+    """A ``sentence-transformers`` model (``pip install 'dspyo3-rag[sentence-transformers]'``), loaded from the
+    local Hugging Face cache or downloaded once; vectors are L2-normalised."""
+
+    def __init__(self, model: str = "sentence-transformers/all-MiniLM-L6-v2", **kwargs: object) -> None:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise ImportError("the sentence-transformers embedder needs sentence-transformers: "
+                              "pip install 'dspyo3-rag[sentence-transformers]'") from None
+        self.model = model
+        self._model = SentenceTransformer(model, **kwargs)
+
+    def __call__(self, texts: Sequence[str]) -> list[list[float]]:
+        """Embed ``texts``."""
+        vectors = self._model.encode(list(texts), normalize_embeddings=True)
+        return [[float(x) for x in row] for row in vectors]
 
 
 class CachedEmbedder:
