@@ -48,12 +48,13 @@ class VectorStore(ABC):
     def _drop(self, collection: str) -> None: ...
 
     @abstractmethod
-    def _collections(self) -> dict[str, int]:
-        """Collection name -> vector size."""
+    def _names(self) -> list[str]:
+        """Names of the collections this interface manages."""
 
     @abstractmethod
-    def _distance(self, collection: str) -> str:
-        """``cosine``, ``dot`` or ``euclid``."""
+    def _describe(self, collection: str) -> tuple[int, str] | None:
+        """``(vector size, distance)`` of a collection (distance: ``cosine``, ``dot`` or ``euclid``), ``None`` when
+        it does not exist. One backend lookup: every public call goes through it."""
 
     @abstractmethod
     def _upsert(self, collection: str, ids: Sequence[str], vectors: Sequence[Sequence[float]],
@@ -64,7 +65,8 @@ class VectorStore(ABC):
 
     @abstractmethod
     def _search(self, collection: str, vector: Sequence[float], k: int, filter: Filter | None,
-                namespace: str | None) -> list[Hit]: ...
+                namespace: str | None, distance: str) -> list[Hit]:
+        """Top ``k``; scores higher-is-closer for ``distance`` (the backend converts distances it reports)."""
 
     @abstractmethod
     def _count(self, collection: str, namespace: str | None) -> int: ...
@@ -87,11 +89,11 @@ class VectorStore(ABC):
             raise StoreError(f"collection {collection!r}: dim must be a positive integer, got {dim!r}")
         if distance not in {"cosine", "dot", "euclid"}:
             raise StoreError(f"distance must be cosine, dot or euclid, got {distance!r}")
-        existing = self._collections()
-        if collection in existing:
-            if exist_ok and existing[collection] == dim:
+        existing = self._describe(collection)
+        if existing is not None:
+            if exist_ok and existing[0] == dim:
                 return
-            raise StoreError(f"collection {collection!r} already exists ({existing[collection]}-dimensional); "
+            raise StoreError(f"collection {collection!r} already exists ({existing[0]}-dimensional); "
                              "drop it first or pass exist_ok=True with the same dim")
         self._create(collection, dim, distance)
 
@@ -102,17 +104,16 @@ class VectorStore(ABC):
 
     def collections(self) -> list[str]:
         """Collection names."""
-        return sorted(self._collections())
+        return sorted(self._names())
 
     def dimension(self, collection: str) -> int:
         """The vector size of ``collection``."""
-        return self._require(collection)
+        return self._require(collection)[0]
 
     def distance(self, collection: str) -> str:
         """The collection's distance: ``cosine``, ``dot`` or ``euclid`` (scores are always higher-is-closer:
         cosine similarity, dot product, or minus the euclidean distance)."""
-        self._require(collection)
-        return self._distance(collection)
+        return self._require(collection)[1]
 
     def upsert(self, collection: str, ids: Sequence[str], vectors: Sequence[Sequence[float]],
                metadata: Sequence[Metadata] | None = None, *, namespace: str | None = None, batch_size: int = 256,
@@ -121,7 +122,7 @@ class VectorStore(ABC):
 
         Everything is validated before the first write: one bad vector or metadata value and nothing is written.
         """
-        dim = self._require(collection)
+        dim = self._require(collection)[0]
         ids = [str(i) for i in ids]
         if len(ids) != len(vectors):
             raise StoreError(f"{len(ids)} ids but {len(vectors)} vectors")
@@ -170,7 +171,7 @@ class VectorStore(ABC):
     def search(self, collection: str, vector: Sequence[float], k: int = 10, *, filter: Filter | None = None,
                namespace: str | None = None) -> list[Hit]:
         """The ``k`` closest points (highest score first), optionally only those matching ``filter``."""
-        dim = self._require(collection)
+        dim, distance = self._require(collection)
         if len(vector) != dim:
             raise StoreError(f"query vector has {len(vector)} numbers; collection {collection!r} holds "
                              f"{dim}-dimensional vectors (embed the query with the collection's embedder)")
@@ -188,9 +189,9 @@ class VectorStore(ABC):
                 if not self._has_field(collection, key, namespace):
                     raise StoreError(f"filter on {key!r}: no point in collection {collection!r} has that "
                                      "metadata field (check the spelling)")
-        if not any(query) and self._distance(collection) == "cosine":
+        if not any(query) and distance == "cosine":
             return []  # a zero vector has no direction: nothing is similar to it (e.g. a stopword-only query)
-        return self._search(collection, query, k, filter, namespace)
+        return self._search(collection, query, k, filter, namespace, distance)
 
     def count(self, collection: str, *, namespace: str | None = None) -> int:
         """Number of points (in ``namespace``)."""
@@ -203,12 +204,12 @@ class VectorStore(ABC):
         self._require(collection)
         return self._scroll(collection, namespace, batch_size)
 
-    def _require(self, collection: str) -> int:
-        existing = self._collections()
-        if collection not in existing:
-            known = ", ".join(sorted(existing)) or "none"
+    def _require(self, collection: str) -> tuple[int, str]:
+        described = self._describe(collection)
+        if described is None:
+            known = ", ".join(sorted(self._names())) or "none"
             raise StoreError(f"unknown collection {collection!r} in {self.name}; existing collections: {known}")
-        return existing[collection]
+        return described
 
 
 def migrate(source: VectorStore, target: VectorStore, collection: str, *, into: str | None = None,

@@ -100,21 +100,23 @@ class ChromaStore(VectorStore):
         self.client.create_collection(collection, embedding_function=None,
                                       metadata={"hnsw:space": _SPACES[distance], _DIM: dim})
 
-    def _distance(self, collection: str) -> str:
-        space = (self._collection(collection).metadata or {}).get("hnsw:space", "l2")
-        return {"cosine": "cosine", "ip": "dot", "l2": "euclid"}[space]
+    def _describe(self, collection: str) -> tuple[int, str] | None:
+        from chromadb.errors import NotFoundError
+
+        try:
+            meta = self._collection(collection).metadata or {}
+        except NotFoundError:
+            return None
+        if _DIM not in meta:
+            return None  # not created through this interface
+        return int(meta[_DIM]), {"cosine": "cosine", "ip": "dot", "l2": "euclid"}[meta.get("hnsw:space", "l2")]
 
     def _drop(self, collection: str) -> None:
         self.client.delete_collection(collection)
 
-    def _collections(self) -> dict[str, int]:
-        out = {}
-        for item in self.client.list_collections():
-            name = item if isinstance(item, str) else item.name
-            meta = self._collection(name).metadata or {}
-            if _DIM in meta:
-                out[name] = int(meta[_DIM])
-        return out
+    def _names(self) -> list[str]:
+        names = [item if isinstance(item, str) else item.name for item in self.client.list_collections()]
+        return [name for name in names if self._describe(name) is not None]
 
     def _upsert(self, collection: str, ids: Sequence[str], vectors: Sequence[Sequence[float]],
                 metadata: Sequence[Metadata], namespace: str | None) -> None:
@@ -127,18 +129,18 @@ class ChromaStore(VectorStore):
             self._collection(collection).delete(ids=[self._key(i, namespace) for i in ids])
 
     def _search(self, collection: str, vector: Sequence[float], k: int, filter: Filter | None,
-                namespace: str | None) -> list[Hit]:
+                namespace: str | None, distance: str) -> list[Hit]:
         col = self._collection(collection)
         available = self._count(collection, namespace)
         if not available:
             return []
-        space = (col.metadata or {}).get("hnsw:space", "l2")
         found = col.query(query_embeddings=[list(vector)], n_results=min(k, available),
                           where=self._where(filter, namespace), include=["metadatas", "distances"])
         hits = []
-        for meta, distance in zip(found["metadatas"][0], found["distances"][0], strict=True):
+        for meta, reported in zip(found["metadatas"][0], found["distances"][0], strict=True):
             # Chroma reports distances: squared L2, or 1 - similarity; scores are higher-is-closer everywhere
-            score = -math.sqrt(max(float(distance), 0.0)) if space == "l2" else 1.0 - float(distance)
+            raw = float(reported)
+            score = -math.sqrt(max(raw, 0.0)) if distance == "euclid" else 1.0 - raw
             hits.append(Hit(str(meta[_ID]), score, self._decode(meta)))
         return hits
 

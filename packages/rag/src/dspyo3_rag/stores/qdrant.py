@@ -82,20 +82,18 @@ class QdrantStore(VectorStore):
             collection, vectors_config=models.VectorParams(size=dim, distance=getattr(models.Distance,
                                                                                       _DISTANCES[distance])))
 
-    def _distance(self, collection: str) -> str:
+    def _describe(self, collection: str) -> tuple[int, str] | None:
+        if not self.client.collection_exists(collection):
+            return None
         params = self.client.get_collection(collection).config.params.vectors
         name = str(params.distance.value if hasattr(params.distance, "value") else params.distance)  # type: ignore[union-attr]
-        return {"Cosine": "cosine", "Dot": "dot", "Euclid": "euclid"}.get(name, name.lower())
+        return int(params.size), {"Cosine": "cosine", "Dot": "dot", "Euclid": "euclid"}.get(name, name.lower())  # type: ignore[union-attr]
 
     def _drop(self, collection: str) -> None:
         self.client.delete_collection(collection)
 
-    def _collections(self) -> dict[str, int]:
-        out = {}
-        for description in self.client.get_collections().collections:
-            params = self.client.get_collection(description.name).config.params.vectors
-            out[description.name] = int(params.size)  # type: ignore[union-attr]
-        return out
+    def _names(self) -> list[str]:
+        return [description.name for description in self.client.get_collections().collections]
 
     def _upsert(self, collection: str, ids: Sequence[str], vectors: Sequence[Sequence[float]],
                 metadata: Sequence[Metadata], namespace: str | None) -> None:
@@ -113,10 +111,10 @@ class QdrantStore(VectorStore):
             points=[self._point_id(i, namespace) for i in ids]), wait=True)
 
     def _search(self, collection: str, vector: Sequence[float], k: int, filter: Filter | None,
-                namespace: str | None) -> list[Hit]:
+                namespace: str | None, distance: str) -> list[Hit]:
         found = self.client.query_points(collection, query=list(vector), limit=k,
                                          query_filter=self._filter(filter, namespace), with_payload=True).points
-        sign = -1.0 if self._distance(collection) == "euclid" else 1.0  # Qdrant reports euclid as a distance
+        sign = -1.0 if distance == "euclid" else 1.0  # Qdrant reports euclid as a distance
         return [Hit(str((p.payload or {}).get(_ID)), sign * float(p.score), _public(p.payload)) for p in found]
 
     def _count(self, collection: str, namespace: str | None) -> int:
