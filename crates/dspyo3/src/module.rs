@@ -134,6 +134,10 @@ impl Module {
 
     /// Stream the call: output tokens as they arrive, status messages, then the final prediction.
     pub fn stream_json(&self, inputs: &str) -> Result<PredictionStream<Map<String, Value>>> {
+        self.start_stream(inputs)
+    }
+
+    fn start_stream<O>(&self, inputs: &str) -> Result<PredictionStream<O>> {
         let rt = runtime()?;
         Python::attach(|py| {
             let settings = settings_for(py, self.settings.as_deref())?;
@@ -155,12 +159,7 @@ impl Module {
 
     /// Typed stream.
     pub fn stream<I: Serialize + ?Sized, O: DeserializeOwned>(&self, input: &I) -> Result<PredictionStream<O>> {
-        let inputs = to_json(input)?;
-        let rt = runtime()?;
-        Python::attach(|py| {
-            let settings = settings_for(py, self.settings.as_deref())?;
-            PredictionStream::start(py, rt, self.runner.bind(py), settings, &inputs)
-        })
+        self.start_stream(&to_json(input)?)
     }
 }
 

@@ -4,15 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use dspyo3::{Error, Lm, Predict, Signature};
-
-#[derive(Signature)]
-struct QA {
-    #[input]
-    question: String,
-    #[output]
-    answer: String,
-}
+use common::{QAInput, QA};
+use dspyo3::{Error, Lm, Predict};
 
 #[test]
 fn unconfigured_calls_name_the_fix_and_dspyo3_profiles_build_lms() {

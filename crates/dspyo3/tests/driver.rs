@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{QAInput, QAOutput, Server, QA};
 use dspyo3::{ChainOfThought, DspyType, Error, Predict, Program, ReAct, Signature, StreamEvent, Tool};
 use futures::StreamExt;
 use pyo3::prelude::*;
@@ -56,15 +56,6 @@ struct Analyse {
     spam: bool,
     #[output(desc = "one sentence")]
     summary: Option<String>,
-}
-
-/// Answer questions with short factoid answers.
-#[derive(Signature)]
-struct QA {
-    #[input]
-    question: String,
-    #[output]
-    answer: String,
 }
 
 fn analyse_input() -> AnalyseInput {

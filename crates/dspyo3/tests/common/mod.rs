@@ -4,9 +4,18 @@
 
 use std::ffi::CString;
 
-use dspyo3::Lm;
+use dspyo3::{Lm, Signature};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+
+/// Answer questions with short factoid answers.
+#[derive(Signature)]
+pub struct QA {
+    #[input]
+    pub question: String,
+    #[output]
+    pub answer: String,
+}
 
 /// Start the runtime or fail with the environment the tests need.
 pub fn init() {
