@@ -16,6 +16,7 @@ import json
 import re
 import types
 import typing
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -227,9 +228,10 @@ def parse_output(text: str, signature: type[dspy.Signature], fmt: str = "auto") 
     return _finish(dict(signature.output_fields), found, signature, text, adapter)
 
 
-def _value_complete(text: str, start: int) -> bool:
-    """Whether the JSON value starting at ``start`` ends before the text does."""
-    depth, in_string, escaped = 0, False, False
+def _json_tokens(text: str, start: int = 0) -> Iterator[tuple[int, str]]:
+    """Structure of (possibly truncated) JSON: ``(position, char)`` for each bracket, comma and colon outside
+    strings, and ``(string start, '"')`` once a string has closed (an unfinished trailing string yields nothing)."""
+    in_string, escaped, string_start = False, False, 0
     for j in range(start, len(text)):
         c = text[j]
         if in_string:
@@ -239,11 +241,20 @@ def _value_complete(text: str, start: int) -> bool:
                 escaped = True
             elif c == '"':
                 in_string = False
-                if depth == 0:
-                    return True
+                yield string_start, '"'
         elif c == '"':
-            in_string = True
-        elif c in "[{":
+            in_string, string_start = True, j
+        elif c in "[]{},:":
+            yield j, c
+
+
+def _value_complete(text: str, start: int) -> bool:
+    """Whether the JSON value starting at ``start`` ends before the text does."""
+    depth = 0
+    for _, c in _json_tokens(text, start):
+        if c == '"' and depth == 0:
+            return True
+        if c in "[{":
             depth += 1
         elif c in "]}":
             if depth == 0:
@@ -258,27 +269,17 @@ def _value_complete(text: str, start: int) -> bool:
 
 def _last_top_level_value(body: str) -> tuple[str | None, int | None]:
     """The last key of the outermost object and where its value starts (``None`` before any value)."""
-    depth, in_string, escaped = 0, False, False
-    string_start = 0
+    depth = 0
     last_string: str | None = None
     key: str | None = None
     value_at: int | None = None
-    for j, c in enumerate(body):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif c == "\\":
-                escaped = True
-            elif c == '"':
-                in_string = False
-                if depth == 1:
-                    try:
-                        last_string = json.loads(body[string_start:j + 1])
-                    except json.JSONDecodeError:
-                        last_string = None
-            continue
+    for j, c in _json_tokens(body):
         if c == '"':
-            in_string, string_start = True, j
+            if depth == 1:
+                try:
+                    last_string, _ = json.JSONDecoder().raw_decode(body, j)
+                except json.JSONDecodeError:
+                    last_string = None
         elif c in "[{":
             depth += 1
         elif c in "]}":
