@@ -195,21 +195,29 @@ def dspyo3_register_commands(cli: click.Group) -> None:
 
 @hookimpl
 def dspyo3_register_vector_stores(register: Callable[[VectorStoreSpec], None]) -> None:
-    """Qdrant (embedded local mode by default, or a server by URL) and Chroma (local directory or a server)."""
+    """Qdrant (embedded local mode by default, or a server by URL), Chroma (local directory or a server) and
+    Pinecone (the pinecone SDK; one index per collection)."""
     from dspyo3_rag.stores.chroma import ChromaStore
+    from dspyo3_rag.stores.pinecone import PineconeStore
     from dspyo3_rag.stores.qdrant import QdrantStore
 
     register(VectorStoreSpec("qdrant", QdrantStore, "Qdrant: embedded (path= or in memory) or a server (url=)"))
     register(VectorStoreSpec("chroma", ChromaStore, "Chroma: persistent (path=), in memory, or a server (host=)"))
+    register(VectorStoreSpec("pinecone", PineconeStore, "Pinecone: one serverless index per collection (api_key= or "
+                                                        "PINECONE_API_KEY; prefix= to share a project)"))
 
 
 @hookimpl
 def dspyo3_register_embedders(register: Callable[[EmbedderSpec], None]) -> None:
-    """The offline lexical embedder (no download; honest about being lexical)."""
-    from dspyo3_rag.embed import LexicalEmbedder, LiteLLMEmbedder
+    """The offline lexical embedder (no download; honest about being lexical), LiteLLM embeddings, and fastembed /
+    sentence-transformers models when their extras are installed."""
+    from dspyo3_rag.embed import FastEmbedEmbedder, LexicalEmbedder, LiteLLMEmbedder, SentenceTransformerEmbedder
 
     register(EmbedderSpec("lexical", LexicalEmbedder, "offline feature-hashed words (lexical, not semantic)"))
     register(EmbedderSpec("litellm", LiteLLMEmbedder, "any LiteLLM embedding model through dspy.Embedder"))
+    register(EmbedderSpec("fastembed", FastEmbedEmbedder, "fastembed ONNX models (extra dspyo3-rag[fastembed])"))
+    register(EmbedderSpec("sentence-transformers", SentenceTransformerEmbedder,
+                          "sentence-transformers models (extra dspyo3-rag[sentence-transformers])"))
 
 
 @hookimpl

@@ -79,6 +79,12 @@ class VectorStore(ABC):
     def _scroll(self, collection: str, namespace: str | None,
                 batch_size: int) -> Iterator[tuple[str, list[float], Metadata]]: ...
 
+    def _validate_points(self, collection: str, ids: Sequence[str], vectors: Sequence[Sequence[float]],
+                         metadata: Sequence[Metadata], distance: str) -> None:
+        """Backend rules checked before the first write of an upsert (raise :class:`StoreError`); none by
+        default."""
+        return None
+
     # -- public API ----------------------------------------------------------------------------------------------
     def create_collection(self, collection: str, dim: int, *, distance: str = "cosine",
                           exist_ok: bool = False) -> None:
@@ -122,7 +128,7 @@ class VectorStore(ABC):
 
         Everything is validated before the first write: one bad vector or metadata value and nothing is written.
         """
-        dim = self._require(collection)[0]
+        dim, distance = self._require(collection)
         ids = [str(i) for i in ids]
         if len(ids) != len(vectors):
             raise StoreError(f"{len(ids)} ids but {len(vectors)} vectors")
@@ -152,6 +158,7 @@ class VectorStore(ABC):
                 raise StoreError(f"metadata of {point_id!r} is not JSON: {exc}") from None
         if batch_size < 1:
             raise StoreError(f"batch_size must be >= 1, got {batch_size}")
+        self._validate_points(collection, ids, clean_vectors, metadata, distance)
         batches = range(0, len(ids), batch_size)
         if progress and len(ids) > batch_size:
             from rich.progress import track
