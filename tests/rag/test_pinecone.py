@@ -93,15 +93,60 @@ def test_metadata_types_round_trip(store: PineconeStore) -> None:
 def test_pinecone_rules_are_clear_errors_before_any_write(store: PineconeStore) -> None:
     with pytest.raises(StoreError, match="lowercase letters, digits and '-'"):
         store.create_collection("Docs_1", 2)
-    store.create_collection("docs", 2)
-    with pytest.raises(StoreError, match="all zeros; a cosine index in Pinecone refuses it"):
-        store.upsert("docs", ["ok", "zero"], [[1.0, 0.0], [0.0, 0.0]])
-    with pytest.raises(StoreError, match="ASCII"):
-        store.upsert("docs", ["é"], [[1.0, 0.0]])
-    with pytest.raises(StoreError, match="Pinecone keeps at most 40960"):
-        store.upsert("docs", ["big"], [[1.0, 0.0]], [{"text": "x" * 50_000}])
+    store.create_collection("docs", 2, distance="euclid")
+    good = [[1.0, 0.0]] * 299
+    cases = [
+        (["zero"], [[0.0, 0.0]], [{}], "all zeros; Pinecone refuses"),  # every metric, not only cosine
+        (["é"], [[1.0, 0.0]], [{}], "ASCII"),
+        (["a\x00b"], [[1.0, 0.0]], [{}], "without NUL"),
+        (["big"], [[1.0, 0.0]], [{"text": "x" * 50_000}], "Pinecone keeps at most 40960"),
+        (["dollar"], [[1.0, 0.0]], [{"$op": 1}], "cannot start with '\\$'"),
+        (["nan"], [[1.0, 0.0]], [{"w": float("nan")}], "NaN or infinite"),
+    ]
+    for ids, vectors, metas, message in cases:
+        with pytest.raises(StoreError, match=message):  # the bad point is last of 300: nothing may be written
+            store.upsert("docs", [f"ok{i}" for i in range(299)] + ids, good + vectors, [{}] * 299 + metas,
+                         batch_size=100)
     assert store.count("docs") == 0
     assert ("POST", "/index/docs/vectors/upsert") not in store.standin.requests
+
+
+def test_metadata_size_counts_utf8_bytes(store: PineconeStore) -> None:
+    store.create_collection("cjk", 2)
+    store.upsert("cjk", ["p"], [[1.0, 0.0]], [{"text": "字" * 10_000}])  # 30 KB of UTF-8: under the 40 KB cap
+    assert store.count("cjk") == 1
+
+
+def test_a_filter_on_a_json_encoded_field_is_an_error_not_an_empty_result(store: PineconeStore) -> None:
+    store.create_collection("tags", 2)
+    store.upsert("tags", ["p"], [[1.0, 0.0]], [{"tags": ["a", "b"], "lang": "en"}])
+    with pytest.raises(StoreError, match="filter on 'tags': its values are stored JSON-encoded"):
+        store.search("tags", [1.0, 0.0], filter={"tags": "a"})
+    assert [h.id for h in store.search("tags", [1.0, 0.0], filter={"lang": "en"})] == ["p"]
+
+
+def test_delete_in_a_namespace_that_does_not_exist_is_a_no_op(store: PineconeStore) -> None:
+    store.create_collection("docs", 2)
+    store.delete("docs", ["x"], namespace="never-written")  # serverless answers 404 here
+    assert store.count("docs", namespace="never-written") == 0
+
+
+def test_consistency_is_tracked_per_namespace() -> None:
+    """A write to one namespace does not make reads of another wait (LSNs are per namespace)."""
+    import time
+
+    made = StandInStore(stale_reads=3, consistency_timeout=5.0)
+    try:
+        made.create_collection("docs", 2)
+        made.upsert("docs", ["a"], [[1.0, 0.0]], namespace="t1")
+        made.upsert("docs", ["b"], [[0.0, 1.0]], namespace="t2")
+        assert made.count("docs", namespace="t1") == 1 and made.count("docs", namespace="t2") == 1
+        started = time.monotonic()
+        for _ in range(3):
+            assert [h.id for h in made.search("docs", [1.0, 0.0], k=1, namespace="t1")] == ["a"]
+        assert time.monotonic() - started < 2.0, "caught-up namespaces are read without waiting"
+    finally:
+        made.close()
 
 
 def test_large_upserts_are_split_into_requests_under_the_size_cap(store: PineconeStore) -> None:
@@ -110,7 +155,7 @@ def test_large_upserts_are_split_into_requests_under_the_size_cap(store: Pinecon
     store.upsert("wide", [f"v{i}" for i in range(300)], vectors, batch_size=300)
     assert store.count("wide") == 300
     upserts = [r for r in store.standin.requests if r == ("POST", "/index/wide/vectors/upsert")]
-    assert len(upserts) >= 3, "one 300 x 1536 request would exceed Pinecone's 2 MB cap"
+    assert len(upserts) >= 3, "one 300 x 1536 request would exceed Pinecone's 2 MB cap (the stand-in answers 413)"
 
 
 def test_prefix_scopes_the_collections(store: PineconeStore) -> None:
@@ -129,9 +174,11 @@ def test_a_wrong_api_key_is_an_auth_error(store: PineconeStore) -> None:
     from pinecone.errors.exceptions import UnauthorizedError
 
     wrong = PineconeStore(api_key="wrong", host=store.standin.url)
-    with pytest.raises(UnauthorizedError):
-        wrong.collections()
-    wrong.close()
+    try:
+        with pytest.raises(UnauthorizedError):
+            wrong.collections()
+    finally:
+        wrong.close()
 
 
 def test_missing_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

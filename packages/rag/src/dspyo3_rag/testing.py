@@ -3,15 +3,17 @@
 :class:`PineconeStandIn` serves the part of Pinecone's control plane the store uses (``/indexes``: create, list,
 describe, delete of dense vector indexes) and the data plane of each index (``/vectors/upsert``, ``/query``,
 ``/vectors/delete``, ``/describe_index_stats``, ``/vectors/list``, ``/vectors/fetch``) with the wire format of the
-real service: camelCase JSON, the ``Api-Key`` header, the same error envelope and status codes, metadata rules
-(string, number, boolean or list of strings; numbers come back as floats), its filter language (``$eq``,
-``$ne``, ``$in``, ``$nin``, ``$gt``, ``$gte``, ``$lt``, ``$lte``, ``$exists``, ``$and``, ``$or``), scores
-(cosine similarity, dot product, squared euclidean distance) and read-your-writes LSN headers
-(``x-pinecone-lsn-committed`` on writes, ``x-pinecone-lsn-reconciled`` on reads).
+real service: camelCase JSON, the ``Api-Key`` header, the same error envelope and status codes, limits (1000
+vectors and 2 MB per upsert request, 40 KB of metadata per vector, no all-zero vectors, ids of at most 512
+characters), metadata rules (string, number, boolean or list of strings; numbers come back as floats, vector values
+as float32), its filter language (``$eq``, ``$ne``, ``$in``, ``$nin``, ``$gt``, ``$gte``, ``$lt``, ``$lte``,
+``$exists``, ``$and``, ``$or``), scores (cosine similarity, dot product, squared euclidean distance), the default
+namespace reported as ``__default__``, a 404 for deletes in a namespace that does not exist, and read-your-writes
+LSN headers per namespace (``x-pinecone-lsn-committed`` on upserts, ``x-pinecone-lsn-reconciled`` on queries only).
 
-It is a test double, exact search over an in-memory dict; it is not Pinecone. ``stale_reads=N`` makes the first
-``N`` reads after each write answer as an index that has not caught up yet (an older reconciled LSN and no
-matches), as the real, eventually consistent service can.
+It is a test double, exact search over an in-memory dict; it is not Pinecone. ``stale_reads=N`` makes a namespace
+lag behind its writes for the next ``N`` queries to it: those queries report an older reconciled LSN and match
+nothing, and stats, list and fetch show the namespace as empty, as the real, eventually consistent service can.
 
     with PineconeStandIn(api_key="test") as pinecone:
         store = PineconeStore(api_key="test", host=pinecone.url)
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import struct
 import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -121,8 +124,8 @@ class PineconeStandIn:
         self.indexes: dict[str, _Index] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for tests
         self._lock = threading.Lock()
-        self._lsn = 0
-        self._stale_left = 0
+        self._lsn: dict[tuple[str, str], int] = {}  # (index, namespace) -> last committed LSN
+        self._stale: dict[tuple[str, str], int] = {}  # (index, namespace) -> queries still answered stale
         standin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -199,7 +202,7 @@ class PineconeStandIn:
                     index = self.indexes.get(segments[1])
                     if index is None:
                         raise _ApiError(404, "NOT_FOUND", f"Resource {segments[1]} not found")
-                    return self._data(index, method, "/".join(segments[2:]), body, parse_qs(parts.query))
+                    return self._data(index, method, "/".join(segments[2:]), body, parse_qs(parts.query), len(raw))
                 raise _ApiError(404, "NOT_FOUND", f"no route for {method} {path}")
         except _ApiError as exc:
             return exc.status, {"error": {"code": exc.code, "message": exc.message}, "status": exc.status}, {}
@@ -247,22 +250,31 @@ class PineconeStandIn:
                 return 202, None, {}
         raise _ApiError(404, "NOT_FOUND", f"no control-plane route for {method} /indexes/{'/'.join(rest)}")
 
-    def _write(self) -> dict[str, str]:
-        self._lsn += 1
-        self._stale_left = self.stale_reads
-        return {"x-pinecone-lsn-committed": str(self._lsn)}
+    def _write(self, index: _Index, namespace: str) -> dict[str, str]:
+        key = (index.name, namespace)
+        self._lsn[key] = self._lsn.get(key, 0) + 1
+        if self.stale_reads:
+            self._stale[key] = self.stale_reads
+        return {"x-pinecone-lsn-committed": str(self._lsn[key])}
 
-    def _read(self) -> tuple[bool, dict[str, str]]:
-        """Whether this read is served stale, and its reconciled-LSN header."""
-        if self._stale_left > 0:
-            self._stale_left -= 1
-            return True, {"x-pinecone-lsn-reconciled": str(self._lsn - 1)}
-        return False, {"x-pinecone-lsn-reconciled": str(self._lsn)}
+    def _lagging(self, index: _Index, namespace: str) -> bool:
+        return self._stale.get((index.name, namespace), 0) > 0
+
+    def _query_read(self, index: _Index, namespace: str) -> tuple[bool, dict[str, str]]:
+        """Whether this query is served stale, and its reconciled-LSN header."""
+        key = (index.name, namespace)
+        lsn = self._lsn.get(key, 0)
+        if self._stale.get(key, 0) > 0:
+            self._stale[key] -= 1
+            return True, {"x-pinecone-lsn-reconciled": str(lsn - 1)}
+        return False, {"x-pinecone-lsn-reconciled": str(lsn)}
 
     def _data(self, index: _Index, method: str, route: str, body: Any,
-              query: dict[str, list[str]]) -> tuple[int, Any, dict[str, str]]:
+              query: dict[str, list[str]], size: int) -> tuple[int, Any, dict[str, str]]:
         if method == "POST" and route == "vectors/upsert":
             vectors = body.get("vectors")
+            if size > 2 * 1024 * 1024:
+                raise _ApiError(413, "PAYLOAD_TOO_LARGE", f"request size {size} bytes exceeds the 2 MB limit")
             if not isinstance(vectors, list) or not vectors:
                 raise _ApiError(400, "INVALID_ARGUMENT", "vectors must be a non-empty list")
             if len(vectors) > 1000:
@@ -275,16 +287,26 @@ class PineconeStandIn:
                 if not isinstance(values, list) or len(values) != index.dimension:
                     raise _ApiError(400, "INVALID_ARGUMENT", f"Vector dimension {len(values or [])} does not match "
                                                              f"the dimension of the index {index.dimension}")
-                if index.metric == "cosine" and not any(values):
+                if not any(values):
                     raise _ApiError(400, "INVALID_ARGUMENT", "Dense vectors must contain at least one non-zero "
                                                              "value")
-                checked.append((vid, [float(v) for v in values], _check_metadata(vector.get("metadata") or {})))
-            space = index.namespaces.setdefault(body.get("namespace") or "", {})
+                meta_size = len(json.dumps(vector.get("metadata") or {}, ensure_ascii=False,
+                                           separators=(",", ":")).encode())
+                if meta_size > 40_960:
+                    raise _ApiError(400, "INVALID_ARGUMENT", f"Metadata size is {meta_size} bytes, which exceeds "
+                                                             "the limit of 40960 bytes per vector")
+                float32 = [struct.unpack("f", struct.pack("f", float(v)))[0] for v in values]
+                checked.append((vid, float32, _check_metadata(vector.get("metadata") or {})))
+            namespace = body.get("namespace") or ""
+            space = index.namespaces.setdefault(namespace, {})
             for vid, values, meta in checked:
                 space[vid] = (values, meta)
-            return 200, {"upsertedCount": len(checked)}, self._write()
+            return 200, {"upsertedCount": len(checked)}, self._write(index, namespace)
         if method == "POST" and route == "vectors/delete":
-            space = index.namespaces.get(body.get("namespace") or "", {})
+            namespace = body.get("namespace") or ""
+            if namespace not in index.namespaces:
+                raise _ApiError(404, "NOT_FOUND", f"Namespace {namespace or '__default__'} not found")
+            space = index.namespaces[namespace]
             if body.get("deleteAll"):
                 space.clear()
             elif body.get("ids") is not None:
@@ -295,9 +317,10 @@ class PineconeStandIn:
                     del space[vid]
             else:
                 raise _ApiError(400, "INVALID_ARGUMENT", "give ids, deleteAll or filter")
-            return 200, {}, self._write()
+            self._write(index, namespace)
+            return 200, {}, {}  # the SDK drops a delete's response (and its LSN)
         if method == "POST" and route == "query":
-            stale, headers = self._read()
+            stale, headers = self._query_read(index, body.get("namespace") or "")
             vector, top_k = body.get("vector"), body.get("topK")
             if not isinstance(top_k, int) or not 1 <= top_k <= 10000:
                 raise _ApiError(400, "INVALID_ARGUMENT", "topK must be between 1 and 10000")
@@ -321,15 +344,14 @@ class PineconeStandIn:
                 matches.append(match)
             return 200, {"matches": matches, "namespace": namespace, "usage": {"readUnits": 1}}, headers
         if method == "POST" and route == "describe_index_stats":
-            stale, headers = self._read()
-            counts = {ns: {"vectorCount": 0 if stale else len(points)} for ns, points in index.namespaces.items()
-                      if points}
+            counts = {ns or "__default__": {"vectorCount": 0 if self._lagging(index, ns) else len(points)}
+                      for ns, points in index.namespaces.items() if points}
             return 200, {"namespaces": counts, "dimension": index.dimension, "indexFullness": 0.0,
                          "totalVectorCount": sum(c["vectorCount"] for c in counts.values()),
-                         "metric": index.metric, "vectorType": "dense"}, headers
+                         "metric": index.metric, "vectorType": "dense"}, {}
         if method == "GET" and route == "vectors/list":
-            stale, headers = self._read()
             namespace = (query.get("namespace") or [""])[0]
+            stale, headers = self._lagging(index, namespace), {}
             prefix = (query.get("prefix") or [""])[0]
             limit = int((query.get("limit") or ["100"])[0])
             after = (query.get("paginationToken") or [""])[0]
@@ -343,8 +365,8 @@ class PineconeStandIn:
                 out["pagination"] = {"next": page[-1]}
             return 200, out, headers
         if method == "GET" and route == "vectors/fetch":
-            stale, headers = self._read()
             namespace = (query.get("namespace") or [""])[0]
+            stale, headers = self._lagging(index, namespace), {}
             space = {} if stale else index.namespaces.get(namespace, {})
             found = {vid: {"id": vid, "values": space[vid][0], "metadata": space[vid][1]}
                      for vid in query.get("ids", []) if vid in space}

@@ -264,7 +264,8 @@ class VectorStoreContract:
         from dspyo3_rag.stores import migrate
 
         store.create_collection("geo", 2, distance="euclid")
-        store.upsert("geo", ["near", "far"], [self._vec(0, 0), self._vec(3, 4)])
+        # no all-zero vector: Pinecone refuses one
+        store.upsert("geo", ["near", "far"], [self._vec(0, 0.5), self._vec(3, 4)])
         hits = store.search("geo", self._vec(0.1, 0), k=2)
         assert [h.id for h in hits] == ["near", "far"]
         assert hits[0].score > hits[1].score

@@ -45,7 +45,7 @@ class PineconeStore(VectorStore):
     come back as integers. ``None``, lists and objects are stored JSON-encoded (Pinecone keeps only strings,
     numbers, booleans and lists of strings) and decoded on the way out; they cannot be filtered on. Ids are
     ASCII, at most 512 characters; metadata at most 40 KB per point. Index names are lowercase letters, digits
-    and ``-``, at most 45 characters. Cosine indexes refuse all-zero vectors (a Pinecone rule).
+    and ``-``, at most 45 characters. All-zero vectors are refused (a Pinecone rule).
     """
 
     name = "pinecone"
@@ -53,6 +53,8 @@ class PineconeStore(VectorStore):
     def __init__(self, api_key: str | None = None, *, host: str | None = None, cloud: str = "aws",
                  region: str = "us-east-1", prefix: str = "", consistency_timeout: float = 30.0,
                  ready_timeout: int = 300) -> None:
+        if prefix and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", prefix):
+            raise StoreError(f"the index prefix must be lowercase letters, digits and '-'; got {prefix!r}")
         try:
             from pinecone import Pinecone
         except ImportError:
@@ -61,15 +63,13 @@ class PineconeStore(VectorStore):
         if not key:
             raise StoreError("the Pinecone store needs an API key: pass api_key= or set PINECONE_API_KEY")
         self.client = Pinecone(api_key=key, host=host) if host else Pinecone(api_key=key)
-        if prefix and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", prefix):
-            raise StoreError(f"the index prefix must be lowercase letters, digits and '-'; got {prefix!r}")
         self.prefix = prefix
         self.where = host or "pinecone.io"
         self.deployment = {"deployment_type": "managed", "cloud": cloud, "region": region}
         self.consistency_timeout = consistency_timeout
         self.ready_timeout = ready_timeout
         self._indexes: dict[str, Any] = {}
-        self._committed: dict[str, int] = {}  # collection -> last write's LSN
+        self._committed: dict[tuple[str, str], int] = {}  # (collection, namespace) -> last write's LSN
         self._dims: dict[str, int] = {}  # collection -> dimension, as last described
 
     def __repr__(self) -> str:
@@ -91,9 +91,10 @@ class PineconeStore(VectorStore):
             index = self._indexes[collection] = self.client.index(name=self.prefix + collection)
         return index
 
-    def _read(self, collection: str, call: Callable[[], _T]) -> _T:
-        """Run a read, repeating it until the index has reconciled this store's last write to it."""
-        target = self._committed.get(collection)
+    def _read(self, collection: str, namespace: str | None, call: Callable[[], _T]) -> _T:
+        """Run a query, repeating it until the namespace has reconciled this store's last write to it (LSNs are
+        per namespace, and only query responses report how far the index has caught up)."""
+        target = self._committed.get((collection, namespace or ""))
         deadline = time.monotonic() + self.consistency_timeout
         delay = 0.05
         while True:
@@ -101,6 +102,8 @@ class PineconeStore(VectorStore):
             info = getattr(result, "response_info", None)
             reconciled = getattr(info, "lsn_reconciled", None)
             if target is None or reconciled is None or reconciled >= target:
+                if target is not None and reconciled is not None:
+                    self._committed.pop((collection, namespace or ""), None)  # caught up: later reads are fresh
                 return result
             if time.monotonic() > deadline:
                 log.warning("pinecone index %s has not caught up with the last write after %.0f s; the result may "
@@ -108,6 +111,21 @@ class PineconeStore(VectorStore):
                 return result
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    @staticmethod
+    def _call(call: Callable[[], _T]) -> _T:
+        """Run an SDK write; a request Pinecone refuses (HTTP 400 / 413, or the SDK's own validation) becomes a
+        :class:`StoreError` carrying Pinecone's message."""
+        from pinecone.errors.exceptions import ApiError, PineconeValueError
+
+        try:
+            return call()
+        except PineconeValueError as exc:
+            raise StoreError(f"Pinecone refused the request: {exc}") from exc
+        except ApiError as exc:
+            if getattr(exc, "status_code", None) in (400, 413):
+                raise StoreError(f"Pinecone refused the request: {exc}") from exc
+            raise
 
     @staticmethod
     def _encode(meta: Metadata) -> dict[str, Any]:
@@ -119,7 +137,7 @@ class PineconeStore(VectorStore):
             elif isinstance(value, int) and abs(value) <= 2**53:
                 out[key] = value
                 ints.append(key)
-            elif isinstance(value, float):
+            elif isinstance(value, float) and math.isfinite(value):
                 out[key] = value
             else:  # None, lists, objects, huge ints: JSON text
                 out[key] = json.dumps(value)
@@ -165,7 +183,8 @@ class PineconeStore(VectorStore):
         index = self._indexes.pop(collection, None)
         if index is not None:
             index.close()
-        self._committed.pop(collection, None)
+        for key in [key for key in self._committed if key[0] == collection]:
+            del self._committed[key]
         self.client.indexes.delete(self.prefix + collection, timeout=self.ready_timeout)
 
     @staticmethod
@@ -197,12 +216,19 @@ class PineconeStore(VectorStore):
     def _validate_points(self, collection: str, ids: Sequence[str], vectors: Sequence[Sequence[float]],
                          metadata: Sequence[Metadata], distance: str) -> None:
         for point_id, vector, meta in zip(ids, vectors, metadata, strict=True):
-            if not point_id.isascii() or not 1 <= len(point_id) <= 512:
-                raise StoreError(f"Pinecone ids are 1-512 ASCII characters; got {point_id[:80]!r}")
-            if distance == "cosine" and not any(vector):
-                raise StoreError(f"vector of {point_id!r} is all zeros; a cosine index in Pinecone refuses it "
-                                 "(drop the point or use a dot/euclid collection)")
-            size = len(json.dumps(self._encode(meta)).encode())
+            if not point_id.isascii() or "\x00" in point_id or not 1 <= len(point_id) <= 512:
+                raise StoreError(f"Pinecone ids are 1-512 ASCII characters without NUL; got {point_id[:80]!r}")
+            if not any(vector):
+                raise StoreError(f"vector of {point_id!r} is all zeros; Pinecone refuses dense vectors without a "
+                                 "non-zero value (drop the point)")
+            bad = [key for key in meta if key.startswith("$")]
+            if bad:
+                raise StoreError(f"metadata of {point_id!r}: Pinecone keys cannot start with '$': {bad}")
+            nonfinite = [key for key, value in meta.items() if isinstance(value, float) and not math.isfinite(value)]
+            if nonfinite:
+                raise StoreError(f"metadata of {point_id!r}: NaN or infinite numbers in {nonfinite}; Pinecone would "
+                                 "drop those keys")
+            size = len(json.dumps(self._encode(meta), ensure_ascii=False, separators=(",", ":")).encode())
             if size > _MAX_METADATA_BYTES:
                 raise StoreError(f"metadata of {point_id!r} is {size} bytes; Pinecone keeps at most "
                                  f"{_MAX_METADATA_BYTES} per point (store long text elsewhere, e.g. by id)")
@@ -223,21 +249,27 @@ class PineconeStore(VectorStore):
             size += record_size
         if batch:
             requests.append(batch)
+        key = (collection, namespace or "")
         for records in requests:
-            response = index.upsert(vectors=records, namespace=namespace or "")
+            response = self._call(lambda records=records: index.upsert(vectors=records, namespace=namespace or ""))
             committed = getattr(getattr(response, "response_info", None), "lsn_committed", None)
             if committed is not None:
-                self._committed[collection] = max(committed, self._committed.get(collection, 0))
+                self._committed[key] = max(committed, self._committed.get(key, 0))
 
     def _delete(self, collection: str, ids: Sequence[str], namespace: str | None) -> None:
+        from pinecone.errors.exceptions import NotFoundError
+
         index = self._index(collection)
         for start in range(0, len(ids), 1000):
-            index.delete(ids=list(ids[start:start + 1000]), namespace=namespace or "")
+            try:
+                index.delete(ids=list(ids[start:start + 1000]), namespace=namespace or "")
+            except NotFoundError:
+                return  # serverless answers 404 for a namespace that does not exist: nothing to delete
 
     def _search(self, collection: str, vector: Sequence[float], k: int, filter: Filter | None,
                 namespace: str | None, distance: str) -> list[Hit]:
         index = self._index(collection)
-        found = self._read(collection, lambda: index.query(
+        found = self._read(collection, namespace, lambda: index.query(
             vector=list(vector), top_k=min(k, 10_000), namespace=namespace or "", filter=self._filter(filter),
             include_metadata=True))
         hits = []
@@ -249,29 +281,45 @@ class PineconeStore(VectorStore):
 
     def _count(self, collection: str, namespace: str | None) -> int:
         index = self._index(collection)
-        stats = self._read(collection, index.describe_index_stats)
-        names = [namespace] if namespace else ["", "__default__"]
+        self._catch_up(collection, namespace)
+        stats = index.describe_index_stats()
+        names = [namespace] if namespace else ["__default__", ""]
         for name in names:
             summary = stats.namespaces.get(name)
             if summary is not None:
                 return int(summary.vector_count)
         return 0
 
-    def _has_field(self, collection: str, field: str, namespace: str | None) -> bool:
+    def _probe(self, collection: str, namespace: str | None, filter: dict[str, Any] | None) -> bool:
+        """Whether any point (matching ``filter``) exists: one top-1 query, waiting for the last write."""
         index = self._index(collection)
         dim = self._dims.get(collection) or self.dimension(collection)
         probe = [1.0] + [0.0] * (dim - 1)
-        found = self._read(collection, lambda: index.query(
-            vector=probe, top_k=1, namespace=namespace or "", filter={field: {"$exists": True}}))
+        found = self._read(collection, namespace, lambda: index.query(
+            vector=probe, top_k=1, namespace=namespace or "", filter=filter))
         return bool(found.matches)
+
+    def _catch_up(self, collection: str, namespace: str | None) -> None:
+        """Before a read that reports no LSN (stats, list, fetch): wait, through a query, for the last write."""
+        if (collection, namespace or "") in self._committed:
+            self._probe(collection, namespace, None)
+
+    def _has_field(self, collection: str, field: str, namespace: str | None) -> bool:
+        if not self._probe(collection, namespace, {field: {"$exists": True}}):
+            return False
+        if self._probe(collection, namespace, {_JSON: {"$in": [field]}}):
+            raise StoreError(f"filter on {field!r}: its values are stored JSON-encoded (None, lists or objects: "
+                             "Pinecone metadata holds strings, numbers and booleans), so it cannot be filtered on")
+        return True
 
     def _scroll(self, collection: str, namespace: str | None,
                 batch_size: int) -> Iterator[tuple[str, list[float], Metadata]]:
         index = self._index(collection)
+        self._catch_up(collection, namespace)
         token: str | None = None
         while True:
-            page = self._read(collection, lambda after=token: index.list_paginated(  # type: ignore[misc]
-                limit=min(batch_size, 100), pagination_token=after, namespace=namespace or ""))
+            page = index.list_paginated(limit=min(batch_size, 100), pagination_token=token,
+                                        namespace=namespace or "")
             ids = [item.id for item in page.vectors]
             if ids:
                 fetched = index.fetch(ids=ids, namespace=namespace or "").vectors
