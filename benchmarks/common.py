@@ -6,6 +6,7 @@ import gc
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -15,7 +16,7 @@ from typing import Any
 from dspyo3_rag.beir import BeirData, BeirFormatError, evaluate
 from dspyo3_rag.beir import load_beir as _load_beir
 
-__all__ = ["BeirData", "best_time", "emit", "evaluate_run", "load_beir", "log"]
+__all__ = ["BeirData", "LMServerProcess", "best_time", "emit", "evaluate_run", "load_beir", "log"]
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("DSPYO3_DATA_DIR") or REPO.parent / "shared" / "data")
@@ -81,3 +82,25 @@ def emit(result: dict[str, Any], json_path: str | None, plot_path: str | None,
         fig.tight_layout()
         fig.savefig(plot_path, dpi=120)
     print(json.dumps(result))
+
+
+class LMServerProcess:
+    """`python -m dspyo3_core.testing --latency S` in a child process."""
+
+    def __init__(self, latency: float) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dspyo3_core.testing", "--latency", str(latency)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert self.proc.stdout is not None
+        self.api_base = self.proc.stdout.readline().strip()
+        if not self.api_base.startswith("http://"):
+            self.proc.kill()
+            raise RuntimeError("the loopback LM server did not start")
+
+    def __enter__(self) -> LMServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)

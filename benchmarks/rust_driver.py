@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import emit, log
+from common import LMServerProcess, emit, log
 
 ROOT = Path(__file__).resolve().parent.parent
 CRATES = ROOT / "crates"
@@ -62,28 +62,6 @@ def build_driver() -> Path:
 def run_driver(driver: Path, *args: str) -> dict[str, Any]:
     out = subprocess.run([str(driver), *args], check=True, env=rust_env(), capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-class LMServerProcess:
-    """`python -m dspyo3_core.testing --latency S` in a child process."""
-
-    def __init__(self, latency: float) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dspyo3_core.testing", "--latency", str(latency)],
-            stdout=subprocess.PIPE, text=True,
-        )
-        assert self.proc.stdout is not None
-        self.api_base = self.proc.stdout.readline().strip()
-        if not self.api_base.startswith("http://"):
-            self.proc.kill()
-            raise RuntimeError("the loopback LM server did not start")
-
-    def __enter__(self) -> LMServerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
 
 
 def python_async(api_base: str, concurrency: int, requests: int) -> dict[str, float]:

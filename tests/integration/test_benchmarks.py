@@ -80,3 +80,22 @@ def test_parse_benchmark_shape(tmp_path: Path) -> None:
     assert set(last) == {"answers", "chat", "json"}
     assert set(last["chat"]) == {"dspyo3_us", "dspy_us", "speedup"}
     assert json.loads(out.read_text()) == last and (tmp_path / "parse.png").stat().st_size > 0
+
+
+def test_lm_throughput_benchmark_shape() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lm_throughput.py"), "--requests", "40",
+                             "--concurrency", "8", "--latency-ms", "20"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"limit_rps", "run_many_rps", "parallel_rps", "gather_rps", "efficiency", "cpu_us_per_request"} <= set(
+        figures)
+    assert set(figures["cpu_us_per_request"]) == {"run_many", "parallel", "gather"}
+    assert figures["same_answers"] is True and figures["limit_rps"] == 400
+
+
+def test_rate_limit_benchmark_shape(redis_url: str) -> None:
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "rate_limit.py"), "--rate", "100",
+                             "--requests", "40", "--concurrency", "8"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"rate", "local_rps", "local_error", "redis_rps", "redis_error", "aiolimiter_rps"} <= set(figures)

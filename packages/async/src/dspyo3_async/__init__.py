@@ -1,8 +1,45 @@
-"""dspyo3-async: async DSPy: asyncio bridge, concurrency limits, rate limiting, backpressure, cancellation and token
-streaming.
+"""dspyo3-async: DSPy programs on asyncio with concurrency limits, rate limits, retries, backpressure,
+cancellation and streaming.
 
-This package is a skeleton: it installs, imports and registers its plugin (the ``dspyo3 async`` command
-group) through the ``dspyo3`` entry-point group. It claims no features yet.
+- :func:`run_many` / :func:`iter_many`: a program over many inputs through DSPy's native ``acall``.
+- :class:`RateLimit` / :func:`throttle`: requests/s and tokens/min budgets, local or shared through Redis.
+- :class:`RetryPolicy`: DSPy's retryable LM errors only, jittered backoff, ``Retry-After`` honoured.
+- :class:`WorkQueue` / :class:`ProgramPool`: bounded queues with block / reject / drop-oldest policies.
+- :func:`stream`: typed events over ``dspy.streamify``; :func:`sse_response`, :func:`websocket_send` for web apps.
 """
 
+from dspyo3_async.limits import RateLimit, throttle
+from dspyo3_async.queue import Dropped, ProgramPool, QueueFull, WorkQueue
+from dspyo3_async.retry import DEFAULT_RETRY, RetryPolicy, is_retryable
+from dspyo3_async.runner import ItemError, ItemResult, ItemTimeout, acall, iter_many, run_many, run_many_sync
+from dspyo3_async.streaming import Chunk, Final, Retry, Status, sse_response, stream, to_sse, websocket_send
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_RETRY",
+    "Chunk",
+    "Dropped",
+    "Final",
+    "ItemError",
+    "ItemResult",
+    "ItemTimeout",
+    "ProgramPool",
+    "QueueFull",
+    "RateLimit",
+    "Retry",
+    "RetryPolicy",
+    "Status",
+    "WorkQueue",
+    "__version__",
+    "acall",
+    "is_retryable",
+    "iter_many",
+    "run_many",
+    "run_many_sync",
+    "sse_response",
+    "stream",
+    "throttle",
+    "to_sse",
+    "websocket_send",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -251,7 +252,7 @@ class PineconeStore(VectorStore):
             requests.append(batch)
         key = (collection, namespace or "")
         for records in requests:
-            response = self._call(lambda records=records: index.upsert(vectors=records, namespace=namespace or ""))
+            response = self._call(functools.partial(index.upsert, vectors=records, namespace=namespace or ""))
             committed = getattr(getattr(response, "response_info", None), "lsn_committed", None)
             if committed is not None:
                 self._committed[key] = max(committed, self._committed.get(key, 0))

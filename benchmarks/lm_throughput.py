@@ -1,0 +1,139 @@
+"""LM-call throughput: ``dspyo3_async.run_many`` against ``dspy.Parallel`` and plain ``asyncio.gather``.
+
+The loopback LM server (``python -m dspyo3_core.testing --latency L``, its own process) answers every request
+after a fixed latency, so the ceiling is ``concurrency / latency`` requests per second. Each contender runs a
+``dspy.Predict`` over ``--requests`` inputs with ``--concurrency`` calls in flight, in a fresh interpreter of its
+own (after a warm-up of one request per slot), and reports requests/s and the CPU time of its process (every
+thread) per request: that is what decides how many LM calls one core can drive.
+
+    python benchmarks/lm_throughput.py [--requests 2000] [--concurrency 128] [--latency-ms 500] [--json F] [--plot F]
+
+Last line: ``{"limit_rps", "run_many_rps", "parallel_rps", "gather_rps", "efficiency",
+"cpu_us_per_request": {"run_many", "parallel", "gather"}, ...}`` with efficiency = run_many_rps / limit_rps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import LMServerProcess, emit, log
+
+MODES = ("run_many", "parallel", "gather")
+
+
+def _program_and_inputs(api_base: str, requests: int, transport: str) -> tuple[Any, list[dict[str, str]]]:
+    import dspy
+
+    class QA(dspy.Signature):
+        question: str = dspy.InputField()
+        answer: str = dspy.OutputField()
+
+    if transport == "native":
+        from dspyo3_core.native_lm import NativeLM  # issue 8's transport, when present
+
+        lm = NativeLM("openai/dspyo3-bench", api_base=api_base, api_key="bench", cache=False, num_retries=0)
+    else:
+        lm = dspy.LM("openai/dspyo3-bench", api_base=api_base, api_key="bench", cache=False, num_retries=0)
+    dspy.configure(lm=lm)
+    return dspy.Predict(QA), [{"question": f"question {i}"} for i in range(requests)]
+
+
+def worker(mode: str, api_base: str, requests: int, concurrency: int, transport: str) -> dict[str, Any]:
+    """One contender in this (fresh) process; returns its figures."""
+    import dspy
+
+    from dspyo3_async import RetryPolicy, run_many
+
+    program, inputs = _program_and_inputs(api_base, requests, transport)
+    warm = [{"question": f"warm-up {i}"} for i in range(concurrency)]
+
+    async def gather(items: list[dict[str, str]]) -> list[Any]:
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(item: dict[str, str]) -> Any:
+            async with slots:
+                return await program.acall(**item)
+
+        return await asyncio.gather(*(one(item) for item in items))
+
+    def run(items: list[dict[str, str]]) -> list[Any]:
+        if mode == "run_many":
+            results = asyncio.run(run_many(program, items, concurrency=concurrency, retries=RetryPolicy(attempts=1)))
+            return [r.unwrap() for r in results]
+        if mode == "parallel":
+            parallel = dspy.Parallel(num_threads=concurrency, disable_progress_bar=True, max_errors=0)
+            examples = [dspy.Example(**item).with_inputs("question") for item in items]
+            return list(parallel([(program, example) for example in examples]))
+        return asyncio.run(gather(items))
+
+    run(warm)
+    cpu, wall = time.process_time(), time.perf_counter()
+    outputs = run(inputs)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    answers = [getattr(o, "answer", None) for o in outputs]
+    if len(answers) != requests or any(not a for a in answers):
+        raise RuntimeError(f"{mode}: {sum(1 for a in answers if a)} of {requests} requests answered")
+    return {"rps": requests / wall, "cpu_us_per_request": cpu / requests * 1e6, "wall_s": wall,
+            "answers_digest": hashlib.sha256("\n".join(answers).encode()).hexdigest()[:16]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=128)
+    parser.add_argument("--latency-ms", type=float, default=500.0)
+    parser.add_argument("--transport", choices=["litellm", "native"], default="litellm",
+                        help="the LM under test: dspy.LM (LiteLLM) or the native Rust transport")
+    parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--plot", dest="plot_path")
+    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--api-base", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.api_base, args.requests, args.concurrency, args.transport)))
+        return
+
+    latency = args.latency_ms / 1000
+    limit = args.concurrency / latency
+    figures: dict[str, dict[str, Any]] = {}
+    with LMServerProcess(latency) as server:
+        for mode in MODES:
+            log(f"{mode}: {args.requests} requests, concurrency {args.concurrency}, latency {args.latency_ms:g} ms")
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", mode, "--api-base", server.api_base,
+                 "--requests", str(args.requests), "--concurrency", str(args.concurrency),
+                 "--transport", args.transport],
+                check=True, capture_output=True, text=True)
+            figures[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+            log(f"{mode}: {figures[mode]['rps']:.1f} req/s, {figures[mode]['cpu_us_per_request']:.0f} us CPU/request")
+    result = {
+        "limit_rps": limit,
+        "run_many_rps": figures["run_many"]["rps"],
+        "parallel_rps": figures["parallel"]["rps"],
+        "gather_rps": figures["gather"]["rps"],
+        "efficiency": figures["run_many"]["rps"] / limit,
+        "cpu_us_per_request": {mode: figures[mode]["cpu_us_per_request"] for mode in MODES},
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "latency_ms": args.latency_ms,
+        "transport": args.transport,
+        "same_answers": len({figures[mode]["answers_digest"] for mode in MODES}) == 1,
+    }
+    emit(result, args.json_path, args.plot_path,
+         bars=[("limit C/L", limit), ("dspyo3 run_many", result["run_many_rps"]),
+               ("dspy.Parallel", result["parallel_rps"]), ("asyncio.gather", result["gather_rps"])],
+         title=f"requests/s, concurrency {args.concurrency}, {args.latency_ms:g} ms latency")
+
+
+if __name__ == "__main__":
+    main()

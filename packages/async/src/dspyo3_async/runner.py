@@ -1,0 +1,245 @@
+"""Run a DSPy program over many inputs on asyncio: ``acall`` (no thread per call), a fixed number of workers,
+optional rate limit, per-item timeout and retries, results in input order with per-item errors."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sized
+from dataclasses import dataclass
+from typing import Any
+
+from dspyo3_async.limits import RateLimit
+from dspyo3_async.retry import DEFAULT_RETRY, RetryPolicy
+
+__all__ = ["ItemError", "ItemResult", "ItemTimeout", "acall", "iter_many", "run_many", "run_many_sync"]
+
+
+class ItemError(RuntimeError):
+    """Raised by :meth:`ItemResult.unwrap` for an item that failed; ``__cause__`` is the original error."""
+
+
+class ItemTimeout(TimeoutError):
+    """An item's attempt ran longer than ``timeout``; its request was cancelled."""
+
+
+@dataclass
+class ItemResult:
+    """The outcome of one input.
+
+    Attributes:
+        index: the input's position.
+        inputs: the input itself.
+        prediction: what the program returned (``None`` if it failed).
+        error: the last error if every attempt failed, else ``None``.
+        attempts: how many attempts were made.
+        elapsed: seconds from the first attempt's start to the end (rate-limit waits and backoff included).
+    """
+
+    index: int
+    inputs: Mapping[str, Any]
+    prediction: Any = None
+    error: BaseException | None = None
+    attempts: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """The item succeeded."""
+        return self.error is None
+
+    def unwrap(self) -> Any:
+        """The prediction, or :class:`ItemError` (from the item's error) if it failed."""
+        if self.error is not None:
+            raise ItemError(f"item {self.index} failed after {self.attempts} attempt(s): "
+                            f"{type(self.error).__name__}: {self.error}") from self.error
+        return self.prediction
+
+
+def acall(program: Any, inputs: Mapping[str, Any]) -> Awaitable[Any]:
+    """Call ``program`` with ``inputs`` on the event loop: ``program.acall`` for DSPy modules with an async path
+    (``Predict``, ``ChainOfThought``, ``ReAct``, your modules that define ``aforward``), ``await program(...)`` for
+    coroutine functions, and a worker thread (``asyncio.to_thread``, contextvars and ``dspy.context`` carried over)
+    for modules that only define ``forward`` and for plain callables. A thread cannot be cancelled: a timeout
+    abandons it rather than stopping its HTTP request, so give modules an ``aforward`` when that matters."""
+    if hasattr(program, "aforward") and hasattr(program, "acall"):
+        result: Awaitable[Any] = program.acall(**inputs)
+        return result
+    if inspect.iscoroutinefunction(program) or (callable(program) and
+                                                inspect.iscoroutinefunction(type(program).__call__)):
+        coroutine: Awaitable[Any] = program(**inputs)
+        return coroutine
+    if not callable(program):
+        raise TypeError(f"run_many needs a DSPy module or a callable, got {type(program).__name__}")
+    return asyncio.to_thread(program, **inputs)
+
+
+class _Runner:
+    def __init__(self, program: Any, *, concurrency: int, rate: RateLimit | float | None, timeout: float | None,
+                 retries: RetryPolicy | int, progress: bool | str, total: int | None) -> None:
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        self.program = program
+        self.concurrency = concurrency
+        self.rate = RateLimit(float(rate)) if isinstance(rate, (int, float)) else rate
+        self.timeout = timeout
+        self.policy = retries if isinstance(retries, RetryPolicy) else RetryPolicy(attempts=int(retries) + 1)
+        self.bar: Any = None
+        if progress:
+            from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+            self.bar = tqdm(total=total, desc=progress if isinstance(progress, str) else "run_many",
+                            mininterval=0.5, unit="item")
+
+    async def one(self, index: int, inputs: Mapping[str, Any]) -> ItemResult:
+        if not isinstance(inputs, Mapping):
+            error = TypeError(f"input {index} must be a mapping of input fields (dict or dspy.Example.inputs()), "
+                              f"got {type(inputs).__name__}")
+            return ItemResult(index, {}, error=error)
+        result = ItemResult(index, inputs)
+        start = time.monotonic()
+        while True:
+            result.attempts += 1
+            try:
+                if self.rate is not None:
+                    await self.rate.acquire()
+                call = acall(self.program, inputs)
+                if self.timeout is None:
+                    result.prediction = await call
+                else:
+                    try:
+                        result.prediction = await asyncio.wait_for(call, self.timeout)
+                    except asyncio.TimeoutError:
+                        raise ItemTimeout(f"item {index} took longer than {self.timeout:g}s; its request was "
+                                          "cancelled") from None
+                result.error = None
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                result.error = exc
+                if not self.policy.should_retry(exc, result.attempts):
+                    break
+                await asyncio.sleep(self.policy.delay(exc, result.attempts))
+        result.elapsed = time.monotonic() - start
+        if self.bar is not None:
+            self.bar.update(1)
+        return result
+
+    async def drive(self, items: _Serial,
+                    sink: Callable[[ItemResult], Any]) -> None:
+        async def worker() -> None:
+            while True:
+                try:
+                    index, inputs = await items.__anext__()
+                except StopAsyncIteration:
+                    return
+                outcome = sink(await self.one(index, inputs))
+                if inspect.isawaitable(outcome):
+                    await outcome
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(self.concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)  # nothing left running when we return
+            if self.bar is not None:
+                self.bar.close()
+
+
+async def _enumerate(inputs: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]]
+                     ) -> AsyncIterator[tuple[int, Mapping[str, Any]]]:
+    if isinstance(inputs, AsyncIterable):
+        index = 0
+        async for item in inputs:
+            yield index, item
+            index += 1
+    else:
+        for index, item in enumerate(inputs):
+            yield index, item
+
+
+class _Serial:
+    """One async iterator shared by the workers: ``__anext__`` calls never overlap (an async generator refuses
+    concurrent ``asend``)."""
+
+    def __init__(self, source: AsyncIterator[tuple[int, Mapping[str, Any]]]) -> None:
+        self.source = source
+        self.lock = asyncio.Lock()
+
+    async def __anext__(self) -> tuple[int, Mapping[str, Any]]:
+        async with self.lock:
+            return await self.source.__anext__()
+
+
+async def run_many(program: Any, inputs: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]], *,
+                   concurrency: int = 16, rate: RateLimit | float | None = None, timeout: float | None = None,
+                   retries: RetryPolicy | int = DEFAULT_RETRY, progress: bool | str = False) -> list[ItemResult]:
+    """Run ``program`` on every input, at most ``concurrency`` at a time, on DSPy's native async path.
+
+    Args:
+        program: a DSPy module (``program.acall``), a coroutine function, or a sync callable (run in a thread).
+        inputs: mappings of input fields (``example.inputs()`` works), sync or async iterable.
+        concurrency: calls in flight at once (a fixed pool of worker tasks, not one task per input).
+        rate: a :class:`RateLimit` (or requests per second) every attempt waits on.
+        timeout: seconds per attempt; a late attempt is cancelled (its HTTP request with it) and fails with
+            :class:`ItemTimeout` (not retried by the default policy).
+        retries: a :class:`RetryPolicy`, or a number of retries. Only ``dspy.is_retryable_lm_error`` errors are
+            retried, honouring ``Retry-After``. DSPy's LMs also retry inside a call (``num_retries``); set it to 0 to
+            let this policy (and the rate limit) see every attempt.
+        progress: show a progress bar (a string sets its label).
+
+    Returns:
+        One :class:`ItemResult` per input, in input order; failures are results with ``error`` set, never raised.
+        Cancelling ``run_many`` cancels every call in flight before it returns.
+    """
+    runner = _Runner(program, concurrency=concurrency, rate=rate, timeout=timeout, retries=retries,
+                     progress=progress, total=len(inputs) if isinstance(inputs, Sized) else None)
+    results: dict[int, ItemResult] = {}
+
+    def keep(result: ItemResult) -> None:
+        results[result.index] = result
+
+    await runner.drive(_Serial(_enumerate(inputs)), keep)
+    return [results[i] for i in range(len(results))]
+
+
+async def iter_many(program: Any, inputs: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]], *,
+                    concurrency: int = 16, rate: RateLimit | float | None = None, timeout: float | None = None,
+                    retries: RetryPolicy | int = DEFAULT_RETRY, progress: bool | str = False,
+                    buffer: int | None = None) -> AsyncIterator[ItemResult]:
+    """Like :func:`run_many`, yielding each :class:`ItemResult` as soon as it completes (``result.index`` says
+    which input it was). At most ``buffer`` (default ``concurrency``) finished results wait for the consumer; when
+    it falls behind, the workers pause (backpressure). Breaking out of the loop cancels the calls in flight."""
+    runner = _Runner(program, concurrency=concurrency, rate=rate, timeout=timeout, retries=retries,
+                     progress=progress, total=len(inputs) if isinstance(inputs, Sized) else None)
+    queue: asyncio.Queue[ItemResult | None] = asyncio.Queue(maxsize=buffer or concurrency)
+
+    async def produce() -> None:
+        try:
+            await runner.drive(_Serial(_enumerate(inputs)), queue.put)
+        finally:
+            await queue.put(None)  # the end (also after a failure, so the consumer never waits forever)
+
+    producer = asyncio.ensure_future(produce())
+    try:
+        while (item := await queue.get()) is not None:
+            yield item
+        await producer  # re-raise a failure of the input iterator
+    finally:
+        producer.cancel()
+        await asyncio.gather(producer, return_exceptions=True)
+
+
+def run_many_sync(program: Any, inputs: Iterable[Mapping[str, Any]], **options: Any) -> list[ItemResult]:
+    """:func:`run_many` from synchronous code (starts and closes an event loop; not from inside a running one)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(run_many(program, inputs, **options))
+    raise RuntimeError("run_many_sync was called from a running event loop; use `await run_many(...)` there")

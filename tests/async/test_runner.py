@@ -1,0 +1,215 @@
+"""run_many / iter_many on DSPy's async path against the loopback LM server: order, per-item errors, retries
+through a 429 storm, timeouts that cancel the HTTP request, no leaked tasks or connections."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dspy
+import psutil
+import pytest
+
+from dspyo3_async import ItemError, ItemTimeout, RateLimit, RetryPolicy, iter_many, run_many, run_many_sync, throttle
+from dspyo3_core.testing.server import LMServer, Reply, chat_reply, digest_responder
+
+
+class QA(dspy.Signature):
+    """Answer the question."""
+
+    question: str = dspy.InputField()
+    answer: str = dspy.OutputField()
+
+
+@pytest.fixture
+def server() -> Iterator[LMServer]:
+    with LMServer(digest_responder()) as running:
+        yield running
+
+
+def lm_for(server: LMServer, **kwargs: Any) -> dspy.LM:
+    return dspy.LM("openai/dspyo3-test", api_base=server.api_base, api_key="sk-test", cache=False,
+                   num_retries=0, **kwargs)
+
+
+def questions(n: int) -> list[dict[str, str]]:
+    return [{"question": f"question {i}"} for i in range(n)]
+
+
+def test_results_come_back_in_input_order_with_per_item_errors(server: LMServer) -> None:
+    # the third request fails for good (HTTP 400 is not retryable); the rest answer
+    server.script("[[ ## answer ## ]]\nA0", "[[ ## answer ## ]]\nA1", Reply(status=400, error_message="bad"))
+    program = dspy.Predict(QA)
+
+    async def main() -> list[Any]:
+        with dspy.context(lm=lm_for(server)):
+            return await run_many(program, questions(3) + questions(5)[3:], concurrency=1)
+
+    results = asyncio.run(main())
+    assert [r.index for r in results] == [0, 1, 2, 3, 4]
+    assert [r.ok for r in results] == [True, True, False, True, True]
+    assert results[0].prediction.answer == "A0" and results[1].prediction.answer == "A1"
+    assert results[2].attempts == 1, "a 400 is not retried"
+    with pytest.raises(ItemError, match="item 2 failed after 1 attempt"):
+        results[2].unwrap()
+    assert results[3].prediction.answer.startswith("answer-")
+
+
+def test_a_429_storm_is_ridden_out_and_the_results_are_complete(server: LMServer) -> None:
+    server.script(*[Reply.rate_limited(retry_after=0.05) for _ in range(30)])
+    program = dspy.Predict(QA)
+
+    async def main() -> list[Any]:
+        with dspy.context(lm=lm_for(server)):
+            return await run_many(program, questions(20), concurrency=10,
+                                  retries=RetryPolicy(attempts=8, base_delay=0.01, max_delay=0.2))
+
+    results = asyncio.run(main())
+    assert all(r.ok for r in results), [str(r.error) for r in results if not r.ok]
+    assert sum(r.attempts for r in results) == 20 + 30, "every 429 was retried, nothing more"
+    assert len(server.requests) == 50
+    with dspy.context(lm=lm_for(server)):
+        expected = run_many_sync(program, questions(20), concurrency=4)  # same prompts, same digests
+    assert [r.prediction.answer for r in results] == [r.prediction.answer for r in expected]
+
+
+def test_retry_after_is_honoured(server: LMServer) -> None:
+    server.script(Reply.rate_limited(retry_after=0.4))
+    program = dspy.Predict(QA)
+
+    async def main() -> Any:
+        with dspy.context(lm=lm_for(server)):
+            return (await run_many(program, questions(1), retries=RetryPolicy(attempts=2, base_delay=0.0)))[0]
+
+    result = asyncio.run(main())
+    assert result.ok and result.attempts == 2
+    assert result.elapsed >= 0.4, "the retry waited for the server's Retry-After"
+
+
+def _connections_to(port: int) -> int:
+    return sum(1 for c in psutil.Process().net_connections(kind="tcp")
+               if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+
+
+def test_timeouts_cancel_the_request_and_leave_no_tasks_or_connections() -> None:
+    with LMServer() as hanging:
+        hanging.script(*[Reply.hang_up(seconds=30) for _ in range(4)])
+        port = int(hanging.api_base.rsplit(":", 1)[1].split("/")[0])
+        program = dspy.Predict(QA)
+
+        async def main() -> tuple[list[Any], set[asyncio.Task[Any]]]:
+            with dspy.context(lm=lm_for(hanging)):
+                started = time.monotonic()
+                results = await run_many(program, questions(4), concurrency=4, timeout=0.5)
+                assert time.monotonic() - started < 5
+            await asyncio.sleep(0.2)  # let closed transports finish
+            return results, asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+
+        results, leftover = asyncio.run(main())
+        assert all(isinstance(r.error, ItemTimeout) for r in results)
+        assert results[0].attempts == 1, "a timeout is not retried by the default policy"
+        assert not leftover, f"tasks left running: {leftover}"
+        assert _connections_to(port) == 0, "the cancelled requests' connections were closed"
+
+
+def test_cancelling_run_many_cancels_everything_in_flight() -> None:
+    with LMServer() as hanging:
+        hanging.script(*[Reply.hang_up(seconds=30) for _ in range(8)])
+        port = int(hanging.api_base.rsplit(":", 1)[1].split("/")[0])
+        program = dspy.Predict(QA)
+
+        async def main() -> set[asyncio.Task[Any]]:
+            with dspy.context(lm=lm_for(hanging)):
+                task = asyncio.ensure_future(run_many(program, questions(8), concurrency=8))
+                await asyncio.sleep(0.5)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            await asyncio.sleep(0.2)
+            return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+
+        assert not asyncio.run(main())
+        assert _connections_to(port) == 0
+
+
+def test_iter_many_yields_as_completed_and_stops_cleanly(server: LMServer) -> None:
+    server.script(Reply.text(chat_reply(answer="slow"), latency=0.5))
+    program = dspy.Predict(QA)
+
+    async def main() -> tuple[list[Any], set[asyncio.Task[Any]]]:
+        order = []
+        with dspy.context(lm=lm_for(server)):
+            async for result in iter_many(program, questions(4), concurrency=4):
+                assert result.ok
+                order.append(result)
+        return order, asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+
+    order, leftover = asyncio.run(main())
+    assert sorted(r.index for r in order) == [0, 1, 2, 3]
+    assert order[-1].prediction.answer == "slow", "the item that got the slow reply comes last"
+    assert not leftover
+
+
+def test_iter_many_break_cancels_the_rest() -> None:
+    with LMServer() as hanging:
+        hanging.script(Reply.text(chat_reply(answer="fast")), *[Reply.hang_up(seconds=30) for _ in range(5)])
+        program = dspy.Predict(QA)
+
+        async def main() -> set[asyncio.Task[Any]]:
+            with dspy.context(lm=lm_for(hanging)):
+                async for result in iter_many(program, questions(6), concurrency=6):
+                    assert result.prediction.answer == "fast"
+                    break
+            await asyncio.sleep(0.1)
+            return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+
+        assert not asyncio.run(main())
+
+
+def test_sync_modules_and_plain_callables_are_bridged(server: LMServer) -> None:
+    class TwoStep(dspy.Module):  # forward only: runs in a worker thread with dspy.context carried over
+        def __init__(self) -> None:
+            super().__init__()
+            self.qa = dspy.Predict(QA)
+
+        def forward(self, question: str) -> Any:
+            return self.qa(question=question)
+
+    async def coroutine(question: str) -> str:
+        return question.upper()
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        with dspy.context(lm=lm_for(server)):
+            return (await run_many(TwoStep(), questions(3)), await run_many(coroutine, questions(2)))
+
+    modules, coroutines = asyncio.run(main())
+    assert all(r.ok and r.prediction.answer.startswith("answer-") for r in modules)
+    assert [r.prediction for r in coroutines] == ["QUESTION 0", "QUESTION 1"]
+
+
+def test_bad_arguments_are_clear_errors() -> None:
+    program = dspy.Predict(QA)
+    with pytest.raises(ValueError, match="concurrency must be a positive integer"):
+        run_many_sync(program, questions(1), concurrency=0)
+    with pytest.raises(ValueError, match="timeout must be > 0"):
+        run_many_sync(program, questions(1), timeout=-1)
+    result = run_many_sync(program, ["not a mapping"])[0]  # type: ignore[list-item]
+    assert isinstance(result.error, TypeError) and "must be a mapping of input fields" in str(result.error)
+
+
+def test_rate_limited_run_paces_requests_and_throttle_charges_tokens(server: LMServer) -> None:
+    program = dspy.Predict(QA)
+    limit = RateLimit(20, tokens_per_minute=1_000_000)
+
+    async def main() -> list[Any]:
+        with dspy.context(lm=throttle(lm_for(server), limit)):
+            return await run_many(program, questions(11), concurrency=11)
+
+    started = time.monotonic()
+    results = asyncio.run(main())
+    elapsed = time.monotonic() - started
+    assert all(r.ok for r in results)
+    assert elapsed >= 0.45, "11 requests at 20/s need at least 0.5 s (10 intervals)"
+    assert limit.granted == 11 and limit.tokens_charged > 0
