@@ -7,11 +7,11 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import dspy
 import pytest
+from async_support import QA, lm_for
 
 from dspyo3_async import (
     Chunk,
@@ -28,23 +28,6 @@ from dspyo3_async import (
     websocket_send,
 )
 from dspyo3_core.testing.server import LMServer, Reply, chat_reply, digest_responder
-
-
-class QA(dspy.Signature):
-    """Answer the question."""
-
-    question: str = dspy.InputField()
-    answer: str = dspy.OutputField()
-
-
-@pytest.fixture
-def server() -> Iterator[LMServer]:
-    with LMServer(digest_responder()) as running:
-        yield running
-
-
-def lm_for(server: LMServer) -> dspy.LM:
-    return dspy.LM("openai/dspyo3-test", api_base=server.api_base, api_key="sk-test", cache=False, num_retries=0)
 
 
 # -- backpressure ----------------------------------------------------------------------------------------------------
@@ -215,6 +198,7 @@ from dspyo3_async import RateLimit
 
 async def main():
     limit = RateLimit(20, redis_url=sys.argv[1], key="shared-test")
+    await asyncio.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # both processes start together
     stamps = []
     for _ in range(10):
         await limit.acquire()
@@ -229,10 +213,33 @@ def test_two_processes_share_one_redis_budget(redis_url: str) -> None:
     import subprocess
     import sys
 
-    workers = [subprocess.Popen([sys.executable, "-c", SHARED_WORKER, redis_url], stdout=subprocess.PIPE, text=True)
-               for _ in range(2)]
+    start_at = str(time.time() + 3.0)
+    workers = [subprocess.Popen([sys.executable, "-c", SHARED_WORKER, redis_url, start_at], stdout=subprocess.PIPE,
+                                text=True) for _ in range(2)]
     stamps = sorted(s for w in workers for s in json.loads(w.communicate(timeout=60)[0]))
     assert len(stamps) == 20
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     assert min(gaps) > 0.03, "the two processes never start requests closer than the shared 20/s pacing allows"
     assert stamps[-1] - stamps[0] >= 0.9, "20 requests at 20/s across both processes take ~0.95 s"
+    assert stamps[-1] - stamps[0] < 1.5, "the two processes ran at the same time, sharing the budget"
+
+
+def test_closing_a_pool_settles_every_future() -> None:
+    with LMServer() as hanging:
+        hanging.script(*[Reply.hang_up(seconds=30) for _ in range(4)])
+        program = dspy.Predict(QA)
+
+        async def main() -> tuple[list[Any], set[asyncio.Task[Any]]]:
+            with dspy.context(lm=lm_for(hanging)):
+                pool = ProgramPool(program, concurrency=2, maxsize=4)
+                await pool.__aenter__()
+                futures = [await pool.submit(question=f"q{i}") for i in range(4)]
+                await asyncio.sleep(0.3)
+                await pool.close()
+            settled = [f.cancelled() for f in futures]
+            await asyncio.sleep(0.1)
+            return settled, asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+
+        settled, leftover = asyncio.run(main())
+        assert all(settled), "running and queued items are cancelled, nobody waits forever"
+        assert not leftover

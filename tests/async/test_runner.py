@@ -5,33 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import dspy
 import psutil
 import pytest
+from async_support import QA, lm_for
 
 from dspyo3_async import ItemError, ItemTimeout, RateLimit, RetryPolicy, iter_many, run_many, run_many_sync, throttle
-from dspyo3_core.testing.server import LMServer, Reply, chat_reply, digest_responder
-
-
-class QA(dspy.Signature):
-    """Answer the question."""
-
-    question: str = dspy.InputField()
-    answer: str = dspy.OutputField()
-
-
-@pytest.fixture
-def server() -> Iterator[LMServer]:
-    with LMServer(digest_responder()) as running:
-        yield running
-
-
-def lm_for(server: LMServer, **kwargs: Any) -> dspy.LM:
-    return dspy.LM("openai/dspyo3-test", api_base=server.api_base, api_key="sk-test", cache=False,
-                   num_retries=0, **kwargs)
+from dspyo3_core.testing.server import LMServer, Reply, chat_reply
 
 
 def questions(n: int) -> list[dict[str, str]]:
@@ -213,3 +195,26 @@ def test_rate_limited_run_paces_requests_and_throttle_charges_tokens(server: LMS
     assert all(r.ok for r in results)
     assert elapsed >= 0.45, "11 requests at 20/s need at least 0.5 s (10 intervals)"
     assert limit.granted == 11 and limit.tokens_charged > 0
+
+
+def test_iter_many_closed_early_with_a_full_buffer_does_not_hang(server: LMServer) -> None:
+    program = dspy.Predict(QA)
+
+    async def main() -> set[asyncio.Task[Any]]:
+        with dspy.context(lm=lm_for(server)):
+            results = iter_many(program, questions(30), concurrency=8, buffer=1)
+            first = await results.__anext__()
+            assert first.ok
+            await asyncio.sleep(0.5)  # the workers fill the one-slot buffer and wait
+            await asyncio.wait_for(results.aclose(), 5)
+        await asyncio.sleep(0.1)
+        return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+
+    assert not asyncio.run(main())
+
+
+def test_a_throttled_lm_is_a_separate_copy(server: LMServer) -> None:
+    lm = lm_for(server)
+    throttled = throttle(lm, RateLimit(100))
+    assert throttled.history is not lm.history and throttled.kwargs is not lm.kwargs
+    assert isinstance(throttled, dspy.LM) and throttled.model == lm.model

@@ -49,7 +49,7 @@ class _Bucket:
         self._async: dict[int, Any] = {}  # event loop id -> (client, script)
 
     def _args(self, cost: float, mode: str) -> list[Any]:
-        return [f"{self.interval_us:.3f}", f"{self.interval_us * self.burst:.3f}", f"{cost:g}", mode]
+        return [f"{self.interval_us:.3f}", f"{self.interval_us * self.burst:.3f}", repr(float(cost)), mode]
 
     def _sync_script(self) -> Any:
         if self._sync is None:
@@ -266,15 +266,13 @@ def throttle(lm: Any, limit: RateLimit) -> Any:
 
     One limit per model: ``throttle(dspy.LM("openai/gpt-4o-mini"), RateLimit(10, 200_000, key="gpt-4o-mini"))``.
     """
-    import copy
-
     base = type(lm)
     if issubclass(base, _Throttled):
         raise ValueError("this LM is already throttled; throttle the original LM instead")
     cls = _CLASSES.get(base)
     if cls is None:
         cls = _CLASSES[base] = type(f"Throttled{base.__name__}", (_Throttled, base), {"__module__": __name__})
-    throttled = copy.copy(lm)
+    throttled = lm.copy()  # DSPy's own copy: history, kwargs and callbacks are not shared with ``lm``
     throttled.__class__ = cls
     token = f"limit-{next(_TOKENS)}"
     _LIMITS[token] = limit

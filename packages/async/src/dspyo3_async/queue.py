@@ -112,9 +112,11 @@ class ProgramPool:
         return self
 
     async def __aexit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            await self.join()
-        await self.close()
+        try:
+            if exc_type is None:
+                await self.join()
+        finally:
+            await self.close()
 
     async def _work(self) -> None:
         while True:
@@ -124,6 +126,9 @@ class ProgramPool:
             self.in_flight += 1
             try:
                 result = await self._runner.one(index, inputs)
+            except asyncio.CancelledError:
+                future.cancel()  # the pool is closing: whoever awaits this item learns it will not run
+                raise
             finally:
                 self.in_flight -= 1
             self.completed += 1

@@ -4,6 +4,7 @@ optional rate limit, per-item timeout and retries, results in input order with p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sized
@@ -224,11 +225,19 @@ async def iter_many(program: Any, inputs: Iterable[Mapping[str, Any]] | AsyncIte
         try:
             await runner.drive(_Serial(_enumerate(inputs)), queue.put)
         finally:
-            await queue.put(None)  # the end (also after a failure, so the consumer never waits forever)
+            # the end marker (also after a failure, so the consumer never waits forever); never blocks, so a
+            # cancelled producer with a full buffer still finishes
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
 
     producer = asyncio.ensure_future(produce())
     try:
-        while (item := await queue.get()) is not None:
+        while True:
+            if producer.done() and queue.empty():
+                break  # finished without room for the end marker: everything was consumed
+            item = await queue.get()
+            if item is None:
+                break
             yield item
         await producer  # re-raise a failure of the input iterator
     finally:

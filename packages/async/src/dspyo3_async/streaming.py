@@ -154,9 +154,10 @@ async def to_sse(events: AsyncIterator[Event]) -> AsyncIterator[str]:
     """Server-Sent Events text: one ``event: <type>`` / ``data: <json>`` block per event, then ``event: error``
     with the message if the stream fails (the client sees why instead of a cut connection)."""
     try:
-        async for event in events:
-            payload = _event_json(event)
-            yield f"event: {payload['type']}\ndata: {json.dumps(payload)}\n\n"
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            async for event in events:
+                payload = _event_json(event)
+                yield f"event: {payload['type']}\ndata: {json.dumps(payload)}\n\n"
     except Exception as exc:
         yield f"event: error\ndata: {json.dumps({'type': 'error', 'error': f'{type(exc).__name__}: {exc}'})}\n\n"
 
@@ -177,7 +178,9 @@ async def websocket_send(websocket: Any, events: AsyncIterator[Event]) -> None:
     """Send each event as a JSON message over a Starlette/FastAPI WebSocket (``{"type": "chunk", ...}``, ...,
     ``{"type": "final", ...}``, or ``{"type": "error", ...}`` if the stream fails)."""
     try:
-        async for event in events:
-            await websocket.send_json(_event_json(event))
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            async for event in events:
+                await websocket.send_json(_event_json(event))
     except Exception as exc:
-        await websocket.send_json({"type": "error", "error": f"{type(exc).__name__}: {exc}"})
+        with contextlib.suppress(Exception):
+            await websocket.send_json({"type": "error", "error": f"{type(exc).__name__}: {exc}"})
