@@ -69,30 +69,47 @@ class _Bucket:
             entry = self._async[id(loop)] = (loop, client.register_script(_GCRA))
         return entry[1]
 
-    def reserve(self, cost: float) -> float:
-        """Take ``cost`` now; seconds to wait before using it."""
-        cost = min(cost, self.burst)
+    def _local_op(self, cost: float, mode: str) -> float:
+        assert self.local is not None
+        return float(self.local.reserve(cost) if mode == "reserve" else self.local.time_to_ready(cost))
+
+    def _op(self, cost: float, mode: str) -> float:
         if self.local is not None:
-            return float(self.local.reserve(cost))
-        return int(self._sync_script()(keys=[self.key], args=self._args(cost, "reserve"))) / 1e6
+            return self._local_op(cost, mode)
+        return int(self._sync_script()(keys=[self.key], args=self._args(cost, mode))) / 1e6
+
+    async def _aop(self, cost: float, mode: str) -> float:
+        if self.local is not None:
+            return self._local_op(cost, mode)
+        return int(await self._async_script()(keys=[self.key], args=self._args(cost, mode))) / 1e6
+
+    def _parts(self, cost: float) -> list[float]:
+        """``cost`` in parts of at most ``burst`` (the native limiter refuses a single larger cost)."""
+        parts = []
+        while cost > 0:
+            parts.append(min(cost, self.burst))
+            cost -= parts[-1]
+        return parts
+
+    def reserve(self, cost: float) -> float:
+        """Take ``cost`` now (all of it, even beyond ``burst``); seconds to wait before using it."""
+        wait = 0.0
+        for part in self._parts(cost):
+            wait = self._op(part, "reserve")
+        return wait
 
     def time_to_ready(self, cost: float) -> float:
-        cost = min(cost, self.burst)
-        if self.local is not None:
-            return float(self.local.time_to_ready(cost))
-        return int(self._sync_script()(keys=[self.key], args=self._args(cost, "peek"))) / 1e6
+        """Seconds until ``cost`` (at most ``burst``) could be taken; takes nothing."""
+        return self._op(min(cost, self.burst), "peek")
 
     async def areserve(self, cost: float) -> float:
-        cost = min(cost, self.burst)
-        if self.local is not None:
-            return float(self.local.reserve(cost))
-        return int(await self._async_script()(keys=[self.key], args=self._args(cost, "reserve"))) / 1e6
+        wait = 0.0
+        for part in self._parts(cost):
+            wait = await self._aop(part, "reserve")
+        return wait
 
     async def atime_to_ready(self, cost: float) -> float:
-        cost = min(cost, self.burst)
-        if self.local is not None:
-            return float(self.local.time_to_ready(cost))
-        return int(await self._async_script()(keys=[self.key], args=self._args(cost, "peek"))) / 1e6
+        return await self._aop(min(cost, self.burst), "peek")
 
 
 class RateLimit:
@@ -173,21 +190,13 @@ class RateLimit:
         in full: later calls wait until it is paid off)."""
         if self._tokens is not None and tokens > 0:
             self.tokens_charged += tokens
-            left = float(tokens)
-            while left > 0:
-                part = min(left, self._tokens.burst)
-                await self._tokens.areserve(part)
-                left -= part
+            await self._tokens.areserve(tokens)
 
     def charge_sync(self, tokens: int) -> None:
         """:meth:`charge` for threads."""
         if self._tokens is not None and tokens > 0:
             self.tokens_charged += tokens
-            left = float(tokens)
-            while left > 0:
-                part = min(left, self._tokens.burst)
-                self._tokens.reserve(part)
-                left -= part
+            self._tokens.reserve(tokens)
 
 
 # -- throttle: an LM whose calls wait on a RateLimit ---------------------------------------------------------------

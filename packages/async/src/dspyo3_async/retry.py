@@ -58,6 +58,11 @@ class RetryPolicy:
         if self.jitter not in {"full", "none"}:
             raise ValueError(f"RetryPolicy.jitter must be 'full' or 'none', got {self.jitter!r}")
 
+    @classmethod
+    def of(cls, retries: RetryPolicy | int) -> RetryPolicy:
+        """``retries`` itself if it is a policy, else the default policy with that many retries."""
+        return retries if isinstance(retries, RetryPolicy) else cls(attempts=int(retries) + 1)
+
     def should_retry(self, error: BaseException, attempt: int) -> bool:
         """Whether ``error`` on attempt ``attempt`` (1-based) is retried."""
         return attempt < self.attempts and self.retry_on(error)

@@ -87,7 +87,7 @@ class _Runner:
         self.concurrency = concurrency
         self.rate = RateLimit(float(rate)) if isinstance(rate, (int, float)) else rate
         self.timeout = timeout
-        self.policy = retries if isinstance(retries, RetryPolicy) else RetryPolicy(attempts=int(retries) + 1)
+        self.policy = RetryPolicy.of(retries)
         self.bar: Any = None
         if progress:
             from tqdm.auto import tqdm  # type: ignore[import-untyped]

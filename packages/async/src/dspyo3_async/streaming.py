@@ -100,7 +100,7 @@ async def _attempts(program: Any, fields: Sequence[str] | None, retries: RetryPo
     import dspy
     from dspy.streaming import StatusMessage, StreamListener, StreamResponse
 
-    policy = retries if isinstance(retries, RetryPolicy) else RetryPolicy(attempts=int(retries) + 1)
+    policy = RetryPolicy.of(retries)
     names = list(fields) if fields is not None else _output_fields(program)
     attempt = 0
     while True:
