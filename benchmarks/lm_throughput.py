@@ -39,11 +39,7 @@ def _program_and_inputs(api_base: str, requests: int, transport: str) -> tuple[A
         answer: str = dspy.OutputField()
 
     if transport == "native":
-        try:
-            from dspyo3_core.native_lm import NativeLM  # type: ignore[import-not-found]  # issue 8's transport
-        except ImportError:
-            raise SystemExit("--transport native needs the native LM transport (issue 8), which is not built yet; "
-                             "use --transport litellm") from None
+        from dspyo3_core.native_lm import NativeLM
 
         lm = NativeLM("openai/dspyo3-bench", api_base=api_base, api_key="bench", cache=False, num_retries=0)
     else:

@@ -23,6 +23,16 @@ class TestOpenAICompatibleProvider(LMProviderContract):
     openai_wire = True
 
 
+class TestNativeOpenAIProvider(LMProviderContract):
+    provider = "native-openai"
+    openai_wire = True
+
+
+class TestNativeAnthropicProvider(LMProviderContract):
+    provider = "native-anthropic"
+    openai_wire = True
+
+
 class TestAnthropicProvider(LMProviderContract):
     provider = "anthropic"
 

@@ -9,7 +9,7 @@
 //! * [`fusion`]: reciprocal-rank and normalised weighted-score fusion.
 //! * [`lru`]: an LRU cache with TTL and byte accounting.
 //! * [`ratelimit`]: a GCRA rate limiter over atomics.
-//! * `transport` (feature `transport`): an LM HTTP client for OpenAI-compatible chat completions on tokio + hyper.
+//! * `transport` (feature `transport`): an LM HTTP client (OpenAI chat completions and Anthropic messages; HTTP/1.1, HTTP/2, TLS, SSE streaming, retries) on tokio + hyper.
 
 #![deny(missing_docs)]
 

@@ -4,6 +4,8 @@
 //! long work (`py.detach`) and maps errors to Python exceptions. Classes are `frozen` with their locks inside,
 //! so one object can be shared by many Python threads.
 
+mod transport;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -670,5 +672,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyBm25>()?;
     m.add_class::<PyLru>()?;
     m.add_class::<PyRateLimiter>()?;
+    transport::register(m)?;
     Ok(())
 }

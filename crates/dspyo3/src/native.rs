@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dspyo3_kernels::transport::{ChatClient, ChatResponse, TransportError};
+use dspyo3_kernels::transport::{ClientOptions, Completion, LmClient, RetryPolicy, TransportError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -12,18 +12,13 @@ use pyo3::types::PyBytes;
 /// total), status, retry_after)`; `kind` is `"ok"` (text = the content) or an error kind (text = the message).
 type Outcome = (&'static str, String, Option<String>, Option<String>, Option<String>, (u64, u64, u64), Option<u16>, Option<f64>);
 
-fn outcome(result: Result<ChatResponse, TransportError>) -> Outcome {
+fn outcome(result: Result<Completion, TransportError>) -> Outcome {
     match result {
-        Ok(r) => (
-            "ok",
-            r.content,
-            r.id,
-            r.model,
-            r.finish_reason,
-            (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens),
-            None,
-            None,
-        ),
+        Ok(mut r) => {
+            let choice = r.choices.swap_remove(0);
+            let usage = (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens);
+            ("ok", choice.content.unwrap_or_default(), r.id, r.model, choice.finish_reason, usage, None, None)
+        }
         Err(err) => (
             err.kind(),
             err.to_string(),
@@ -40,7 +35,7 @@ fn outcome(result: Result<ChatResponse, TransportError>) -> Outcome {
 /// The Rust client object the Python engines call.
 #[pyclass(frozen, name = "NativeClient", module = "dspyo3")]
 pub(crate) struct NativeClient {
-    client: ChatClient,
+    client: LmClient,
 }
 
 impl NativeClient {
@@ -48,7 +43,12 @@ impl NativeClient {
         // hyper's pool spawns onto the runtime the requests run on: create the client inside it.
         let runtime = pyo3_async_runtimes::tokio::get_runtime();
         let _guard = runtime.enter();
-        Ok(NativeClient { client: ChatClient::new(api_base, api_key, timeout)? })
+        // One attempt per engine call: DSPy's execution layer owns retries for engines.
+        let mut options = ClientOptions::new(api_base);
+        options.api_key = api_key.map(str::to_string);
+        options.timeout = timeout;
+        options.retry = RetryPolicy { max_retries: 0, ..RetryPolicy::default() };
+        Ok(NativeClient { client: LmClient::new(&options)? })
     }
 }
 

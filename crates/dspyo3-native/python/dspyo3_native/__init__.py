@@ -6,13 +6,21 @@
 * :func:`rrf`, :func:`weighted_fusion` — rank fusion over many lists in one call.
 * :class:`LRUCache` — thread-safe LRU with TTL, byte accounting and hit/miss/eviction counters.
 * :class:`RateLimiter` — lock-free GCRA limiter; :func:`acquire_async` waits for it without blocking the loop.
+* :class:`LMTransport` — pooled HTTP client for LM APIs (OpenAI chat completions, Anthropic messages) on tokio:
+  HTTP/1.1 and HTTP/2, TLS, timeouts, retries honouring ``Retry-After``, SSE streaming (:class:`LMStream`), sync
+  and asyncio; failures raise :class:`LMTransportError`. ``dspyo3_core.native_lm.NativeLM`` puts DSPy on it.
 """
 
 from dspyo3_native._native import (
     BM25,
+    CompletionQueue,
     ENGLISH_STOPWORDS,
     STEMMER_LANGUAGES,
     IndexFormatError,
+    LMRequest,
+    LMStream,
+    LMTransport,
+    LMTransportError,
     LRUCache,
     RateLimiter,
     Tokenizer,
@@ -27,9 +35,14 @@ from dspyo3_native.ratelimit import acquire_async
 
 __all__ = [
     "BM25",
+    "CompletionQueue",
     "ENGLISH_STOPWORDS",
     "STEMMER_LANGUAGES",
     "IndexFormatError",
+    "LMRequest",
+    "LMStream",
+    "LMTransport",
+    "LMTransportError",
     "LRUCache",
     "RateLimiter",
     "Tokenizer",

@@ -1,4 +1,4 @@
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from os import PathLike
 from typing import Any
 
@@ -161,3 +161,90 @@ class RateLimiter:
     def burst(self) -> float: ...
     @property
     def acquired(self) -> int: ...
+
+class LMTransportError(Exception):
+    """A request through :class:`LMTransport` failed; ``args`` is ``(message, kind, status, retry_after)``.
+
+    ``kind``: rate_limit, auth, context_length, invalid_request, server, timeout, connect, protocol, config.
+    """
+
+Answer = tuple[
+    str | None,
+    str | None,
+    list[tuple[str | None, str | None, list[dict[str, Any]] | None, str | None]],
+    tuple[int, int, int],
+]
+Event = tuple[Any, ...]
+
+class LMStream:
+    """An open response stream of event tuples (``("start", id, model)`` ... ``("end", finish, usage)``)."""
+
+    def __iter__(self) -> LMStream: ...
+    def __next__(self) -> Event: ...
+    def __aiter__(self) -> LMStream: ...
+    def __anext__(self) -> Awaitable[Event]: ...
+    def close(self) -> None:
+        """Stop reading and drop the connection."""
+
+class LMTransport:
+    """Pooled HTTP client for one LM endpoint (``wire="openai"`` chat completions or ``"anthropic"`` messages)."""
+
+    def __init__(
+        self,
+        api_base: str,
+        *,
+        api_key: str | None = None,
+        wire: str = "openai",
+        timeout: float = 600.0,
+        connect_timeout: float = 10.0,
+        max_retries: int = 3,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        max_retry_after: float = 120.0,
+        http2: bool = False,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def wire(self) -> str: ...
+    def request_body(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None, stream: bool = False
+    ) -> bytes:
+        """The JSON body :meth:`complete` would send."""
+    def complete(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None) -> Answer:
+        """Send a request and wait (GIL released); raises :class:`LMTransportError`."""
+    def acomplete(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None
+    ) -> Awaitable[Answer]:
+        """:meth:`complete` as an awaitable; cancelling it drops the request."""
+    def stream(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None) -> LMStream:
+        """Open a streaming request."""
+    def astream(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None
+    ) -> Awaitable[LMStream]:
+        """:meth:`stream` as an awaitable."""
+    def submit(
+        self,
+        queue: CompletionQueue,
+        token: int,
+        model: str,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any] | None = None,
+    ) -> LMRequest:
+        """Start a request whose result lands in ``queue`` under ``token``."""
+
+class LMRequest:
+    """A request started with :meth:`LMTransport.submit`."""
+
+    def cancel(self) -> None:
+        """Abort it (drops the connection); its result never arrives."""
+
+class CompletionQueue:
+    """Finished :meth:`LMTransport.submit` requests for one asyncio loop."""
+
+    def __init__(self) -> None: ...
+    def fileno(self) -> int:
+        """Readable when results are waiting."""
+    def drain(self) -> list[tuple[int, bool, Any]]:
+        """``[(token, ok, answer or LMTransportError), ...]`` since the last call."""

@@ -44,14 +44,18 @@ else:  # pragma: no cover
 
 if TYPE_CHECKING:
     from dspyo3_core.lm import HookedLM
+    from dspyo3_core.native_lm import NativeLM
     from dspyo3_core.plugins import PluginManager
 
 PROJECT_FILE = "dspyo3.toml"
 # Keys a profile may carry besides provider/model/api_base/api_key/api_key_env; passed to dspy.LM as given.
 LM_PARAMS = {
     "temperature", "max_tokens", "num_retries", "cache", "engine", "model_type", "api_version", "timeout",
-    "top_p", "stop", "seed", "use_developer_role",
+    "top_p", "stop", "seed", "use_developer_role", "transport",
 }
+TRANSPORTS = ("litellm", "native")
+# LiteLLM route prefixes the native transport can serve (OpenAI chat completions or Anthropic messages)
+NATIVE_PREFIXES = ("openai", "anthropic", "together_ai", "ollama_chat", "ollama", "hosted_vllm")
 
 
 class ConfigError(ValueError):
@@ -83,6 +87,21 @@ BUILTIN_PROVIDERS: tuple[LMProviderSpec, ...] = (
         requires_api_base=True,
         key_required=False,
         description="any OpenAI-compatible server (vLLM, llama.cpp, LM Studio, TGI, ...) at api_base",
+    ),
+    LMProviderSpec(
+        "native-openai",
+        "openai",
+        ("OPENAI_API_KEY", "DSPYO3_LM_API_KEY"),
+        key_required=False,
+        transport="native",
+        description="OpenAI or any OpenAI-compatible api_base through the Rust transport (no LiteLLM on the call path)",
+    ),
+    LMProviderSpec(
+        "native-anthropic",
+        "anthropic",
+        ("ANTHROPIC_API_KEY",),
+        transport="native",
+        description="Anthropic Messages API through the Rust transport",
     ),
 )
 
@@ -276,11 +295,13 @@ def load_settings() -> Settings:
 
 def build_lm(
     profile: LMProfile, *, plugin_manager: PluginManager | None = None, **overrides: Any
-) -> HookedLM:
-    """Turn a profile into a :class:`~dspyo3_core.lm.HookedLM` (a ``dspy.LM`` whose calls go through hooks).
+) -> HookedLM | NativeLM:
+    """Turn a profile into an LM whose calls go through the ``dspyo3_lm_call`` hook: a
+    :class:`~dspyo3_core.lm.HookedLM` (``dspy.LM``, LiteLLM) or, with ``transport = "native"`` (or a native
+    provider), a :class:`~dspyo3_core.native_lm.NativeLM` on the Rust transport.
 
     Raises:
-        ConfigError: unknown provider, or a setting the provider needs is missing.
+        ConfigError: unknown provider or transport, or a setting the provider needs is missing.
     """
     from dspyo3_core.lm import HookedLM
     from dspyo3_core.plugins import get_plugin_manager
@@ -309,4 +330,24 @@ def build_lm(
     if api_base:
         kwargs["api_base"] = api_base
     kwargs.update(overrides)
-    return HookedLM(profile.litellm_model(spec), plugin_manager=manager, **kwargs)
+    transport = kwargs.pop("transport", spec.transport)
+    if transport not in TRANSPORTS:
+        raise ConfigError(f"profile {profile.name!r}: transport = {transport!r}; use one of {', '.join(TRANSPORTS)}")
+    model = profile.litellm_model(spec)
+    if transport == "native":
+        from dspyo3_core.native_lm import NativeLM
+
+        prefix = model.split("/", 1)[0]
+        if prefix not in NATIVE_PREFIXES or "api_version" in kwargs:
+            raise ConfigError(
+                f"profile {profile.name!r}: provider {spec.name!r} cannot use transport = \"native\" (it speaks "
+                "OpenAI chat completions and Anthropic messages); remove transport or use an OpenAI-compatible api_base"
+            )
+        for unsupported in ("engine", "model_type", "use_developer_role"):
+            if unsupported in kwargs:
+                raise ConfigError(f"profile {profile.name!r}: {unsupported} is a dspy.LM setting; the native "
+                                  "transport does not take it")
+        if prefix.startswith("ollama") and kwargs.get("api_base") and not str(kwargs["api_base"]).rstrip("/").endswith("/v1"):
+            kwargs["api_base"] = str(kwargs["api_base"]).rstrip("/") + "/v1"  # Ollama's OpenAI-compatible route
+        return NativeLM(model, plugin_manager=manager, **kwargs)
+    return HookedLM(model, plugin_manager=manager, **kwargs)

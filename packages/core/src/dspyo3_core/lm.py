@@ -58,7 +58,7 @@ class LMCall:
     """One LM call as the ``dspyo3_lm_call`` hook sees it.
 
     Attributes:
-        lm: the :class:`HookedLM` being called (``lm.model``, ``lm.kwargs``).
+        lm: the :class:`HookedLM` (or :class:`~dspyo3_core.native_lm.NativeLM`) being called (``lm.model``, ``lm.kwargs``).
         prompt: the prompt string, if the caller passed one.
         messages: the chat messages, if the caller passed them (what DSPy adapters do).
         kwargs: per-call keyword arguments (``temperature``, ``n``, ``rollout_id``, ...).
@@ -66,7 +66,7 @@ class LMCall:
         metadata: free space for wrappers to share data about this call (timings, cache keys, ...).
     """
 
-    lm: HookedLM
+    lm: dspy.BaseLM
     prompt: Any = None
     messages: Any = None
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -87,8 +87,19 @@ class LMCall:
         )
 
     def invoke(self) -> Any:
-        """Run the real ``dspy.LM`` call (cache, retries and engine included). Core's innermost impl."""
+        """Run the real call (cache, retries and transport included). Core's innermost impl."""
+        native = getattr(self.lm, "_dspyo3_invoke", None)
+        if native is not None:
+            return native(self.prompt, self.messages, self.kwargs)
         return dspy.LM.__call__(self.lm, self.prompt, messages=self.messages, **self.kwargs)
+
+
+def plugin_manager_for(lm: Any) -> PluginManager:
+    """The plugin manager an LM built with ``plugin_manager=`` routes through (else the process-wide one)."""
+    from dspyo3_core.plugins import get_plugin_manager
+
+    manager = _MANAGERS.get(getattr(lm, "_dspyo3_pm_token", None) or "")
+    return manager if manager is not None else get_plugin_manager()
 
 
 class HookedLM(dspy.LM):
@@ -106,10 +117,7 @@ class HookedLM(dspy.LM):
     @property
     def plugin_manager(self) -> PluginManager:
         """The plugin manager whose ``dspyo3_lm_call`` hook this LM calls."""
-        from dspyo3_core.plugins import get_plugin_manager
-
-        manager = _MANAGERS.get(getattr(self, "_dspyo3_pm_token", None) or "")
-        return manager if manager is not None else get_plugin_manager()
+        return plugin_manager_for(self)
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         call = LMCall(lm=self, prompt=prompt, messages=messages, kwargs=kwargs)

@@ -30,6 +30,8 @@ class LMProviderSpec:
             one is neither in the profile nor in the environment.
         key_required: calls fail without a key (false for servers that usually run without auth).
         description: one line shown by ``dspyo3 lm providers``.
+        transport: ``"litellm"`` (``dspy.LM``) or ``"native"`` (:class:`~dspyo3_core.native_lm.NativeLM`, the Rust
+            transport); a profile's ``transport = "..."`` overrides it.
     """
 
     name: str
@@ -40,6 +42,7 @@ class LMProviderSpec:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     key_required: bool = True
     description: str = ""
+    transport: str = "litellm"
 
 
 @dataclass(frozen=True)

@@ -103,8 +103,8 @@ class LMProviderContract:
     Attributes:
         provider: the provider name.
         model: a model id to build with.
-        openai_wire: the provider speaks the OpenAI chat-completions wire format, so the round trip against the
-            loopback server is run.
+        openai_wire: the provider speaks a wire format the loopback server answers (OpenAI chat completions, or
+            Anthropic messages for the native transport), so the round trip against it is run.
         extra_params: more profile params the round trip needs (e.g. Azure's ``api_version``).
     """
 
@@ -154,16 +154,18 @@ class LMProviderContract:
         self._clear_keys(monkeypatch)
         with LMServer() as server:
             server.script(chat_reply(answer="4"))
+            engine = {"engine": "litellm"} if self._spec().transport == "litellm" else {}
             profile = LMProfile("contract", self.provider, self.model, api_base=server.api_base,
-                                params={"cache": False, "num_retries": 0, "engine": "litellm", **self.extra_params},
+                                params={"cache": False, "num_retries": 0, **engine, **self.extra_params},
                                 api_key_in_file=self.secret)
             lm = build_lm(profile, plugin_manager=self._manager())
             with dspy.context(lm=lm):
                 prediction = dspy.Predict("question -> answer")(question="2 + 2?")
             assert prediction.answer == "4"
             assert len(server.requests) == 1
-            headers = server.requests[0]["_headers"]  # OpenAI sends a bearer token, Azure an api-key header
-            assert self.secret in (headers.get("authorization", "").removeprefix("Bearer "), headers.get("api-key"))
+            headers = server.requests[0]["_headers"]  # a bearer token (OpenAI), api-key (Azure), x-api-key (Anthropic)
+            assert self.secret in (headers.get("authorization", "").removeprefix("Bearer "), headers.get("api-key"),
+                                   headers.get("x-api-key"))
 
 
 class VectorStoreContract:

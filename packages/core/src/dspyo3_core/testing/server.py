@@ -244,6 +244,52 @@ def stream_events(request: Mapping[str, Any], reply: Reply) -> list[bytes]:
     return events
 
 
+def openai_request_of(anthropic: Mapping[str, Any]) -> dict[str, Any]:
+    """An Anthropic messages request in the OpenAI shape responders expect (system prompt as the first message)."""
+    def text(content: Any) -> str:
+        if isinstance(content, str):
+            return content
+        return "\n".join(str(b.get("text", "")) for b in content or [] if isinstance(b, dict))
+
+    messages = [{"role": "system", "content": text(anthropic["system"])}] if anthropic.get("system") else []
+    messages.extend({"role": m.get("role", "user"), "content": text(m.get("content"))}
+                    for m in anthropic.get("messages") or [])
+    return {**anthropic, "messages": messages}
+
+
+def anthropic_body(request: Mapping[str, Any], reply: Reply) -> dict[str, Any]:
+    """An Anthropic ``/v1/messages`` answer."""
+    usage = usage_of(request, reply.content)
+    return {"id": f"msg_dspyo3_{next(_ids)}", "type": "message", "role": "assistant",
+            "model": request.get("model", "dspyo3-test"), "content": [{"type": "text", "text": reply.content}],
+            "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"]}}
+
+
+def anthropic_stream_events(request: Mapping[str, Any], reply: Reply) -> list[bytes]:
+    """Anthropic's server-sent events for a streamed message."""
+    usage = usage_of(request, reply.content)
+
+    def event(kind: str, data: dict[str, Any]) -> bytes:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+
+    events = [event("message_start", {"message": {
+        "id": f"msg_dspyo3_{next(_ids)}", "type": "message", "role": "assistant", "content": [],
+        "model": request.get("model", "dspyo3-test"), "usage": {"input_tokens": usage["prompt_tokens"],
+                                                               "output_tokens": 0}}}),
+              event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+              event("ping", {})]
+    size = max(1, reply.chunk_size)
+    events.extend(event("content_block_delta", {"index": 0, "delta": {"type": "text_delta",
+                                                                      "text": reply.content[i:i + size]}})
+                  for i in range(0, len(reply.content), size))
+    events += [event("content_block_stop", {"index": 0}),
+               event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                       "usage": {"output_tokens": usage["completion_tokens"]}}),
+               event("message_stop", {})]
+    return events
+
+
 def _count_tokens(text: str) -> int:
     return max(1, len(text.split())) if text else 0
 
@@ -251,16 +297,23 @@ def _count_tokens(text: str) -> int:
 class LMServer:
     """The loopback server. Start it with ``with LMServer() as server`` or :meth:`start`/:meth:`stop`.
 
+    Chat completions are served at ``/v1/chat/completions`` (OpenAI wire format) and ``/v1/messages`` (Anthropic's),
+    both streaming or not; scripts and responders see every request in the OpenAI shape (``messages`` with the
+    system prompt first), plus ``_path`` and ``_headers``.
+
     Args:
         responder: answers requests once the script is used up.
         host: interface to bind; loopback only.
+        api_key: when set, requests without this key (``Authorization: Bearer``, ``api-key`` or ``x-api-key``)
+            get 401 in the route's error format.
     """
 
-    def __init__(self, responder: Responder | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, responder: Responder | None = None, host: str = "127.0.0.1", api_key: str | None = None) -> None:
         if host not in {"127.0.0.1", "::1", "localhost"}:
             raise ValueError(f"LMServer binds loopback only; got host={host!r}")
         self.responder = responder
         self.host = host
+        self.api_key = api_key
         self.requests: list[dict[str, Any]] = []
         self._script: deque[ReplyLike] = deque()
         self._lock = threading.Lock()
@@ -393,15 +446,21 @@ class _Handler(BaseHTTPRequestHandler):
                 state.requests.append({**request, "_path": self.path})
             self._send_json(200, body)
             return
-        # /v1/chat/completions, and Azure's /openai/deployments/<name>/chat/completions?api-version=...
-        if not route.endswith("/chat/completions"):
+        # /v1/chat/completions, Azure's /openai/deployments/<name>/chat/completions?api-version=..., /v1/messages
+        anthropic = route.endswith("/messages")
+        if not (route.endswith("/chat/completions") or anthropic):
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+            return
+        if state.api_key is not None and state.api_key not in self._keys():
+            self._send_error(401, "Incorrect API key provided (dspyo3 LMServer)", anthropic)
             return
         try:
             request = json.loads(raw or b"{}")
         except json.JSONDecodeError:
             self._send_json(400, {"error": {"message": "request body is not JSON", "type": "invalid_request_error"}})
             return
+        if anthropic:
+            request = openai_request_of(request)
         request["_headers"] = {key.lower(): value for key, value in self.headers.items()}
         request["_path"] = self.path
         reply = state._next_reply(request)
@@ -412,9 +471,7 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.latency:
             state._stopping.wait(reply.latency)
         if reply.status != 200:
-            kind = "rate_limit_exceeded" if reply.status == 429 else "server_error"
-            body = {"error": {"message": reply.error_message or f"HTTP {reply.status}", "type": kind, "code": kind}}
-            self._send_json(reply.status, body, reply.headers)
+            self._send_error(reply.status, reply.error_message or f"HTTP {reply.status}", anthropic, reply.headers)
             return
         if reply.raw_body is not None:
             self.send_response(200)
@@ -424,18 +481,33 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(reply.raw_body)
             return
         if request.get("stream"):
-            self._stream(request, reply)
+            self._stream(request, reply, anthropic)
+        elif anthropic:
+            self._send_json(200, anthropic_body(request, reply), reply.headers)
         else:
             self._send_json(200, completion_body(request, reply), reply.headers)
 
-    def _stream(self, request: dict[str, Any], reply: Reply) -> None:
+    def _keys(self) -> set[str]:
+        bearer = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        return {bearer, self.headers.get("api-key", ""), self.headers.get("x-api-key", "")} - {""}
+
+    def _send_error(self, status: int, message: str, anthropic: bool, headers: Mapping[str, str] | None = None) -> None:
+        if anthropic:
+            kind = {401: "authentication_error", 429: "rate_limit_error", 529: "overloaded_error"}.get(
+                status, "api_error" if status >= 500 else "invalid_request_error")
+            self._send_json(status, {"type": "error", "error": {"type": kind, "message": message}}, headers)
+            return
+        kind = {401: "invalid_api_key", 429: "rate_limit_exceeded"}.get(status, "server_error")
+        self._send_json(status, {"error": {"message": message, "type": kind, "code": kind}}, headers)
+
+    def _stream(self, request: dict[str, Any], reply: Reply, anthropic: bool = False) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        events = stream_events(request, reply)
+        events = anthropic_stream_events(request, reply) if anthropic else stream_events(request, reply)
         for i, chunk in enumerate(events):
             if reply.chunk_delay and i > 0:
                 self.server_state._stopping.wait(reply.chunk_delay)

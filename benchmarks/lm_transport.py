@@ -1,0 +1,152 @@
+"""Client CPU per LM call: ``dspy.LM`` (LiteLLM / lm15), dspyo3's native Rust transport, and a bare httpx call.
+
+The loopback LM server (``python -m dspyo3_core.testing --latency L``, its own process) answers every request
+after a fixed latency. The two DSPy contenders run the same ``dspy.Predict`` (ChatAdapter formatting and parsing
+included) over ``--requests`` inputs with ``--concurrency`` ``acall``s in flight; the httpx contender POSTs the
+same chat messages with one shared ``httpx.AsyncClient`` and reads the answer text, the floor for a Python HTTP
+client with no LM framework at all. Each runs in a fresh interpreter of its own after a warm-up of one request per
+slot, and reports requests/s and its process's CPU time (every thread) per request.
+
+    python benchmarks/lm_transport.py [--requests 2000] [--concurrency 64] [--latency-ms 100] [--json F] [--plot F]
+
+Last line: ``{"cpu_us_per_request": {"litellm", "native", "httpx"}, "rps": {...}, "limit_rps", "cpu_ratio",
+"same_predictions", ...}`` with cpu_ratio = native / litellm (the acceptance asks for <= 0.2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import LMServerProcess, emit, log
+
+CONTENDERS = ("litellm", "native", "httpx")
+
+
+def _dspy_run(kind: str, api_base: str, items: list[dict[str, str]], concurrency: int) -> list[str]:
+    import dspy
+
+    class QA(dspy.Signature):
+        question: str = dspy.InputField()
+        answer: str = dspy.OutputField()
+
+    if kind == "native":
+        from dspyo3_core.native_lm import NativeLM
+
+        lm: Any = NativeLM("openai/dspyo3-bench", api_base=api_base, api_key="bench", cache=False, num_retries=0)
+    else:
+        lm = dspy.LM("openai/dspyo3-bench", api_base=api_base, api_key="bench", cache=False, num_retries=0)
+    dspy.configure(lm=lm)
+    program = dspy.Predict(QA)
+
+    async def run() -> list[str]:
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(item: dict[str, str]) -> str:
+            async with slots:
+                return str((await program.acall(**item)).answer)
+
+        return list(await asyncio.gather(*(one(item) for item in items)))
+
+    return asyncio.run(run())
+
+
+def _httpx_run(api_base: str, items: list[dict[str, str]], concurrency: int) -> list[str]:
+    import dspy
+    import httpx
+
+    adapter = dspy.ChatAdapter()
+    signature = dspy.Signature("question -> answer")
+
+    async def run() -> list[str]:
+        slots = asyncio.Semaphore(concurrency)
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=api_base, limits=limits, timeout=60.0,
+                                     headers={"Authorization": "Bearer bench"}) as client:
+
+            async def one(item: dict[str, str]) -> str:
+                messages = adapter.format(signature, [], item)
+                async with slots:
+                    response = await client.post("/chat/completions",
+                                                 json={"model": "dspyo3-bench", "messages": messages})
+                response.raise_for_status()
+                return str(response.json()["choices"][0]["message"]["content"])
+
+            return list(await asyncio.gather(*(one(item) for item in items)))
+
+    return asyncio.run(run())
+
+
+def worker(kind: str, api_base: str, requests: int, concurrency: int) -> dict[str, Any]:
+    """One contender in this (fresh) process; returns its figures."""
+    items = [{"question": f"question {i}"} for i in range(requests)]
+    warm = [{"question": f"warm-up {i}"} for i in range(concurrency)]
+
+    def run(batch: list[dict[str, str]]) -> list[str]:
+        if kind == "httpx":
+            return _httpx_run(api_base, batch, concurrency)
+        return _dspy_run(kind, api_base, batch, concurrency)
+
+    run(warm)
+    cpu, wall = time.process_time(), time.perf_counter()
+    answers = run(items)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if len(answers) != requests or any(not a for a in answers):
+        raise RuntimeError(f"{kind}: {sum(1 for a in answers if a)} of {requests} requests answered")
+    return {"rps": requests / wall, "cpu_us_per_request": cpu / requests * 1e6, "wall_s": wall,
+            "answers_digest": hashlib.sha256("\n".join(answers).encode()).hexdigest()[:16]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--latency-ms", type=float, default=100.0)
+    parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--plot", dest="plot_path")
+    parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--api-base", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.api_base, args.requests, args.concurrency)))
+        return
+
+    latency = args.latency_ms / 1000
+    figures: dict[str, dict[str, Any]] = {}
+    with LMServerProcess(latency) as server:
+        for kind in CONTENDERS:
+            log(f"{kind}: {args.requests} requests, concurrency {args.concurrency}, latency {args.latency_ms:g} ms")
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", kind, "--api-base", server.api_base,
+                 "--requests", str(args.requests), "--concurrency", str(args.concurrency)],
+                check=True, capture_output=True, text=True)
+            figures[kind] = json.loads(out.stdout.strip().splitlines()[-1])
+            log(f"{kind}: {figures[kind]['rps']:.1f} req/s, {figures[kind]['cpu_us_per_request']:.0f} us CPU/request")
+    cpu = {kind: figures[kind]["cpu_us_per_request"] for kind in CONTENDERS}
+    result = {
+        "cpu_us_per_request": cpu,
+        "rps": {kind: figures[kind]["rps"] for kind in CONTENDERS},
+        "limit_rps": args.concurrency / latency,
+        "cpu_ratio": cpu["native"] / cpu["litellm"],
+        "same_predictions": figures["native"]["answers_digest"] == figures["litellm"]["answers_digest"],
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "latency_ms": args.latency_ms,
+    }
+    emit(result, args.json_path, args.plot_path,
+         bars=[("dspy.LM (LiteLLM/lm15)", cpu["litellm"]), ("dspyo3 native transport", cpu["native"]),
+               ("bare httpx (no DSPy)", cpu["httpx"])],
+         title=f"client CPU µs per request, concurrency {args.concurrency}, {args.latency_ms:g} ms latency")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,558 @@
+//! LM HTTP transport (feature `transport`): chat requests to OpenAI-compatible and Anthropic endpoints on tokio +
+//! hyper.
+//!
+//! One pooled client per endpoint ([`LmClient`]): HTTP/1.1 keep-alive, HTTP/2 (ALPN over TLS, or prior knowledge
+//! on plain `http://` with [`ClientOptions::http2_prior_knowledge`]), TLS through rustls with the Mozilla root set,
+//! connect and request timeouts, retries with full-jitter exponential backoff that honour `Retry-After`, request
+//! bodies built and answers parsed in Rust ([`wire`]), and server-sent-event streaming parsed in Rust ([`sse`]).
+//! Provider errors are classified the way LM clients need them (rate limit with `Retry-After`, auth, context
+//! length, invalid request, server, timeout, connection, protocol).
+
+pub mod sse;
+pub mod wire;
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use hyper::{Method, Request, Response, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde_json::Value;
+
+pub use sse::{SseParser, StreamDecoder, StreamEvent};
+pub use wire::{parse_completion, request_body, Choice, Completion, Usage, WireFormat};
+
+/// Why a request failed, classified the way LM clients (and DSPy's error classes) need it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TransportError {
+    /// HTTP 429; `retry_after` from the `Retry-After` header.
+    RateLimited {
+        /// Server message.
+        message: String,
+        /// Suggested wait.
+        retry_after: Option<Duration>,
+    },
+    /// HTTP 401 / 403.
+    Auth {
+        /// Status code.
+        status: u16,
+        /// Server message.
+        message: String,
+    },
+    /// The prompt is longer than the model's context window.
+    ContextLength {
+        /// Server message.
+        message: String,
+    },
+    /// Another 4xx.
+    InvalidRequest {
+        /// Status code.
+        status: u16,
+        /// Server message.
+        message: String,
+    },
+    /// A 5xx (or Anthropic's 529 overloaded).
+    Server {
+        /// Status code.
+        status: u16,
+        /// Server message.
+        message: String,
+    },
+    /// No complete answer in time: the client timeout expired, or the server answered 408.
+    Timeout {
+        /// What timed out.
+        message: String,
+    },
+    /// Could not connect, or the connection broke.
+    Connect {
+        /// What happened.
+        message: String,
+    },
+    /// The server answered 200 with something that is not a valid answer (or a stream ended early).
+    Protocol {
+        /// What was wrong.
+        message: String,
+    },
+    /// The client or the request was configured wrongly (bad URL, an option the wire format cannot carry).
+    Config {
+        /// What to fix.
+        message: String,
+    },
+}
+
+impl TransportError {
+    /// A short stable name: `rate_limit`, `auth`, `context_length`, `invalid_request`, `server`, `timeout`,
+    /// `connect`, `protocol`, `config`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransportError::RateLimited { .. } => "rate_limit",
+            TransportError::Auth { .. } => "auth",
+            TransportError::ContextLength { .. } => "context_length",
+            TransportError::InvalidRequest { .. } => "invalid_request",
+            TransportError::Server { .. } => "server",
+            TransportError::Timeout { .. } => "timeout",
+            TransportError::Connect { .. } => "connect",
+            TransportError::Protocol { .. } => "protocol",
+            TransportError::Config { .. } => "config",
+        }
+    }
+
+    /// HTTP status, when the server answered with an error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            TransportError::RateLimited { .. } => Some(429),
+            TransportError::Auth { status, .. }
+            | TransportError::InvalidRequest { status, .. }
+            | TransportError::Server { status, .. } => Some(*status),
+            TransportError::ContextLength { .. } => Some(400),
+            _ => None,
+        }
+    }
+
+    /// The server's suggested wait before retrying.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            TransportError::RateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Worth retrying: rate limits, 5xx, timeouts and broken connections.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            TransportError::RateLimited { .. }
+                | TransportError::Server { .. }
+                | TransportError::Timeout { .. }
+                | TransportError::Connect { .. }
+        )
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransportError::RateLimited { message, retry_after: Some(after) } => {
+                write!(f, "rate limited (HTTP 429, retry after {:.3}s): {message}", after.as_secs_f64())
+            }
+            TransportError::RateLimited { message, retry_after: None } => write!(f, "rate limited (HTTP 429): {message}"),
+            TransportError::Auth { status, message } => write!(f, "authentication failed (HTTP {status}): {message}"),
+            TransportError::ContextLength { message } => write!(f, "context window exceeded: {message}"),
+            TransportError::InvalidRequest { status, message } => write!(f, "invalid request (HTTP {status}): {message}"),
+            TransportError::Server { status, message } => write!(f, "server error (HTTP {status}): {message}"),
+            TransportError::Timeout { message } => write!(f, "timed out: {message}"),
+            TransportError::Connect { message } => write!(f, "connection failed: {message}"),
+            TransportError::Protocol { message } => write!(f, "malformed answer: {message}"),
+            TransportError::Config { message } => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+/// `Retry-After` in seconds (`"1.5"`, `"2"`); negative, absurd and HTTP-date values give `None`.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let secs: f64 = value.trim().parse().ok()?;
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+fn is_context_length(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ["context length", "context_length", "maximum context", "context window", "too many tokens", "prompt is too long"]
+        .iter()
+        .any(|needle| m.contains(needle))
+}
+
+/// Classify a non-200 answer from its status, `Retry-After` header and body (OpenAI's or Anthropic's error
+/// envelope, or plain text).
+pub fn classify_error(status: u16, retry_after: Option<&str>, body: &[u8]) -> TransportError {
+    let message = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            let error = v.get("error")?;
+            error.get("message").and_then(Value::as_str).map(str::to_string).or_else(|| error.as_str().map(str::to_string))
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned());
+    match status {
+        429 => TransportError::RateLimited { message, retry_after: retry_after.and_then(parse_retry_after) },
+        401 | 403 => TransportError::Auth { status, message },
+        400 | 413 | 422 if is_context_length(&message) => TransportError::ContextLength { message },
+        408 => TransportError::Timeout { message: format!("the server answered 408 Request Timeout: {message}") },
+        400..=499 => TransportError::InvalidRequest { status, message },
+        _ => TransportError::Server { status, message },
+    }
+}
+
+/// Retries of retryable failures ([`TransportError::is_retryable`]): attempt `k` (0-based) waits the server's
+/// `Retry-After` when given, else a uniformly random time in `[0, min(max_backoff, base * 2^k)]` (full jitter).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 = one attempt).
+    pub max_retries: u32,
+    /// First backoff ceiling.
+    pub base: Duration,
+    /// Largest backoff ceiling.
+    pub max_backoff: Duration,
+    /// A `Retry-After` longer than this is not waited out: the error is returned at once.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 3,
+            base: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(120),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// How long to wait before retry number `attempt + 1` after `error`, or `None` to give up.
+    pub fn delay(&self, attempt: u32, error: &TransportError) -> Option<Duration> {
+        if attempt >= self.max_retries || !error.is_retryable() {
+            return None;
+        }
+        if let Some(after) = error.retry_after() {
+            return (after <= self.max_retry_after).then_some(after);
+        }
+        let ceiling = self.base.saturating_mul(1u32 << attempt.min(16)).min(self.max_backoff);
+        Some(ceiling.mul_f64(fastrand::f64()))
+    }
+}
+
+/// How to reach one endpoint.
+#[derive(Clone)]
+pub struct ClientOptions {
+    /// Base URL, e.g. `https://api.openai.com/v1`, `http://127.0.0.1:8000/v1`, `https://api.anthropic.com/v1`.
+    pub api_base: String,
+    /// API key: sent as `Authorization: Bearer` (OpenAI) or `x-api-key` (Anthropic). Never shown by `Debug`.
+    pub api_key: Option<String>,
+    /// Wire format.
+    pub wire: WireFormat,
+    /// Deadline for a whole non-streaming exchange, and for each gap between stream chunks.
+    pub timeout: Duration,
+    /// Deadline for opening a connection.
+    pub connect_timeout: Duration,
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// Speak HTTP/2 without TLS (h2c prior knowledge), for servers that only take HTTP/2. Over `https://` HTTP/2
+    /// is negotiated by ALPN anyway.
+    pub http2_prior_knowledge: bool,
+    /// Extra request headers (Azure's `api-key`, an `anthropic-beta` flag, ...).
+    pub headers: Vec<(String, String)>,
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("api_base", &self.api_base)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("wire", &self.wire)
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientOptions {
+    /// Options for `api_base` with the defaults: no key, OpenAI wire format, 600 s timeout, 10 s connect timeout,
+    /// 3 retries, HTTP/1.1 on plain http.
+    pub fn new(api_base: impl Into<String>) -> ClientOptions {
+        ClientOptions {
+            api_base: api_base.into(),
+            api_key: None,
+            wire: WireFormat::OpenAi,
+            timeout: Duration::from_secs(600),
+            connect_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            http2_prior_knowledge: false,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// The Anthropic API version sent in `anthropic-version`.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// A pooled client for one endpoint. Cheap to clone; use it from any task of the tokio runtime it was built in.
+/// Its `Debug` output never shows the API key.
+#[derive(Clone)]
+pub struct LmClient {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    url: Uri,
+    wire: WireFormat,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    timeout: Duration,
+    retry: RetryPolicy,
+}
+
+impl fmt::Debug for LmClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LmClient")
+            .field("url", &self.url)
+            .field("wire", &self.wire)
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+fn config(message: String) -> TransportError {
+    TransportError::Config { message }
+}
+
+fn header_value(value: &str, what: &str, sensitive: bool) -> Result<HeaderValue, TransportError> {
+    let mut value = HeaderValue::from_str(value)
+        .map_err(|_| config(format!("{what} contains characters not allowed in an HTTP header")))?;
+    value.set_sensitive(sensitive);
+    Ok(value)
+}
+
+impl LmClient {
+    /// A client for `options`. Must be called inside a tokio runtime context (hyper's pool spawns onto it).
+    pub fn new(options: &ClientOptions) -> Result<LmClient, TransportError> {
+        let base = options.api_base.trim_end_matches('/');
+        let url: Uri = format!("{base}{}", options.wire.path())
+            .parse()
+            .map_err(|e| config(format!("api_base {:?} is not a URL: {e}", options.api_base)))?;
+        if !matches!(url.scheme_str(), Some("http") | Some("https")) || url.host().is_none() {
+            return Err(config(format!(
+                "api_base {:?} must look like https://host/v1 or http://host:port/v1",
+                options.api_base
+            )));
+        }
+        if options.timeout.is_zero() || options.connect_timeout.is_zero() {
+            return Err(config("timeout and connect_timeout must be > 0".into()));
+        }
+        let mut headers = vec![
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (USER_AGENT, HeaderValue::from_static(concat!("dspyo3-native/", env!("CARGO_PKG_VERSION")))),
+        ];
+        match (options.wire, &options.api_key) {
+            (WireFormat::OpenAi, Some(key)) => headers.push((AUTHORIZATION, header_value(&format!("Bearer {key}"), "the API key", true)?)),
+            (WireFormat::Anthropic, Some(key)) => headers.push((HeaderName::from_static("x-api-key"), header_value(key, "the API key", true)?)),
+            (_, None) => {}
+        }
+        if options.wire == WireFormat::Anthropic && !options.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("anthropic-version")) {
+            headers.push((HeaderName::from_static("anthropic-version"), HeaderValue::from_static(ANTHROPIC_VERSION)));
+        }
+        for (name, value) in &options.headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| config(format!("{name:?} is not an HTTP header name")))?;
+            let sensitive = matches!(name.as_str(), "authorization" | "api-key" | "x-api-key");
+            headers.push((name.clone(), header_value(value, &format!("header {name}"), sensitive)?));
+        }
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(options.connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(options.http2_prior_knowledge)
+            .build(connector);
+        Ok(LmClient { client, url, wire: options.wire, headers, timeout: options.timeout, retry: options.retry })
+    }
+
+    /// The endpoint URL.
+    pub fn url(&self) -> &Uri {
+        &self.url
+    }
+
+    /// The wire format.
+    pub fn wire(&self) -> WireFormat {
+        self.wire
+    }
+
+    /// The retry policy.
+    pub fn retry(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    fn request(&self, body: Bytes) -> Result<Request<Full<Bytes>>, TransportError> {
+        let mut request = Request::builder().method(Method::POST).uri(self.url.clone());
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        request.body(Full::new(body)).map_err(|e| config(e.to_string()))
+    }
+
+    async fn send(&self, body: Bytes) -> Result<Response<Incoming>, TransportError> {
+        let response = self
+            .client
+            .request(self.request(body)?)
+            .await
+            .map_err(|e| TransportError::Connect { message: format!("{}: {e}", self.url) })?;
+        Ok(response)
+    }
+
+    async fn read_error(&self, response: Response<Incoming>) -> TransportError {
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let body = match response.into_body().collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
+        classify_error(status, retry_after.as_deref(), &body)
+    }
+
+    fn timed_out(&self) -> TransportError {
+        TransportError::Timeout { message: format!("no answer from {} within {:.3}s", self.url, self.timeout.as_secs_f64()) }
+    }
+
+    async fn attempt(&self, body: Bytes) -> Result<Completion, TransportError> {
+        let exchange = async {
+            let response = self.send(body).await?;
+            if response.status() != hyper::StatusCode::OK {
+                return Err(self.read_error(response).await);
+            }
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| TransportError::Connect { message: format!("reading the answer from {}: {e}", self.url) })?
+                .to_bytes();
+            parse_completion(self.wire, &body)
+        };
+        tokio::time::timeout(self.timeout, exchange).await.map_err(|_| self.timed_out())?
+    }
+
+    /// POST a prepared body (see [`request_body`]) and parse the answer, retrying per the [`RetryPolicy`].
+    pub async fn complete(&self, body: Vec<u8>) -> Result<Completion, TransportError> {
+        let body = Bytes::from(body);
+        let mut attempt = 0;
+        loop {
+            match self.attempt(body.clone()).await {
+                Ok(done) => return Ok(done),
+                Err(error) => match self.retry.delay(attempt, &error) {
+                    Some(wait) => {
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                    }
+                    None => return Err(error),
+                },
+            }
+        }
+    }
+
+    /// POST a streaming request (a body built with `stream = true`). Failures before the first byte of the
+    /// stream (429, 5xx, connection errors, a timeout waiting for headers) are retried per the
+    /// [`RetryPolicy`]; once events flow, an error ends the stream (nothing visible is ever replayed).
+    pub async fn stream(&self, body: Vec<u8>) -> Result<EventStream, TransportError> {
+        let body = Bytes::from(body);
+        let mut attempt = 0;
+        loop {
+            let opened = async {
+                let response = self.send(body.clone()).await?;
+                if response.status() != hyper::StatusCode::OK {
+                    return Err(self.read_error(response).await);
+                }
+                Ok(response.into_body())
+            };
+            let result = tokio::time::timeout(self.timeout, opened).await.map_err(|_| self.timed_out()).and_then(|r| r);
+            match result {
+                Ok(body) => {
+                    return Ok(EventStream {
+                        body,
+                        parser: SseParser::default(),
+                        decoder: StreamDecoder::new(self.wire),
+                        idle_timeout: self.timeout,
+                        done: false,
+                        url: self.url.to_string(),
+                    })
+                }
+                Err(error) => match self.retry.delay(attempt, &error) {
+                    Some(wait) => {
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                    }
+                    None => return Err(error),
+                },
+            }
+        }
+    }
+}
+
+/// An open response stream: [`EventStream::next`] yields [`StreamEvent`]s, `Start` first and `End` last.
+#[derive(Debug)]
+pub struct EventStream {
+    body: Incoming,
+    parser: SseParser,
+    decoder: StreamDecoder,
+    idle_timeout: Duration,
+    done: bool,
+    url: String,
+}
+
+impl EventStream {
+    /// The next event, `None` after `End`, or the error that broke the stream (after which it yields `None`).
+    pub async fn next(&mut self) -> Option<Result<StreamEvent, TransportError>> {
+        loop {
+            if let Some(event) = self.decoder.events.pop_front() {
+                return Some(Ok(event));
+            }
+            if self.done {
+                return None;
+            }
+            let frame = match tokio::time::timeout(self.idle_timeout, self.body.frame()).await {
+                Err(_) => {
+                    return self.fail(TransportError::Timeout {
+                        message: format!("the stream from {} was silent for {:.3}s", self.url, self.idle_timeout.as_secs_f64()),
+                    })
+                }
+                Ok(frame) => frame,
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        for payload in self.parser.feed(&data) {
+                            if let Err(e) = self.decoder.push(&payload) {
+                                return self.fail(e);
+                            }
+                        }
+                        if self.decoder.finished() {
+                            self.done = true;
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    return self.fail(TransportError::Connect { message: format!("the stream from {} broke: {e}", self.url) })
+                }
+                None => {
+                    self.done = true;
+                    if let Some(payload) = self.parser.finish() {
+                        if let Err(e) = self.decoder.push(&payload) {
+                            return self.fail(e);
+                        }
+                    }
+                    if let Err(e) = self.decoder.close() {
+                        return self.fail(e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, error: TransportError) -> Option<Result<StreamEvent, TransportError>> {
+        self.done = true;
+        self.decoder.events.clear();
+        Some(Err(error))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,365 @@
+//! Server-sent events: a byte-level parser, and decoders turning OpenAI / Anthropic stream events into
+//! [`StreamEvent`]s.
+
+use std::collections::VecDeque;
+
+use serde_json::Value;
+
+use super::wire::{anthropic_finish, Usage, WireFormat};
+use super::{classify_error, TransportError};
+
+/// One decoded streaming event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// The response started (first event).
+    Start {
+        /// Response id.
+        id: Option<String>,
+        /// Model that answers.
+        model: Option<String>,
+    },
+    /// Answer text.
+    Text(String),
+    /// Reasoning text.
+    Reasoning(String),
+    /// A piece of a tool call (OpenAI delta shape: name once, arguments in pieces).
+    ToolCall {
+        /// Which call (0-based).
+        index: u64,
+        /// Call id (first piece).
+        id: Option<String>,
+        /// Tool name (first piece).
+        name: Option<String>,
+        /// A piece of the JSON arguments.
+        arguments: String,
+    },
+    /// The response finished (last event).
+    End {
+        /// `stop`, `length`, `tool_calls`, ...
+        finish_reason: Option<String>,
+        /// Token counts.
+        usage: Usage,
+    },
+}
+
+/// Incremental SSE parser: feed bytes, take complete `data` payloads.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buffer: Vec<u8>,
+    data: Vec<u8>,
+    has_data: bool,
+}
+
+impl SseParser {
+    /// Feed bytes; return the `data` payload of every event completed by them.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
+        self.buffer.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        let mut start = 0;
+        while let Some(offset) = self.buffer[start..].iter().position(|&b| b == b'\n') {
+            let end = start + offset;
+            let mut line = &self.buffer[start..end];
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            if line.is_empty() {
+                if self.has_data {
+                    out.push(std::mem::take(&mut self.data));
+                    self.has_data = false;
+                }
+            } else if let Some(rest) = line.strip_prefix(b"data:") {
+                let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+                if self.has_data {
+                    self.data.push(b'\n');
+                }
+                self.data.extend_from_slice(rest);
+                self.has_data = true;
+            }
+            // `event:`, `id:`, `retry:` and `:` comments carry nothing the decoders need
+            start = end + 1;
+        }
+        self.buffer.drain(..start);
+        out
+    }
+
+    /// At end of body: a last event not followed by a blank line.
+    pub fn finish(&mut self) -> Option<Vec<u8>> {
+        let rest = std::mem::take(&mut self.buffer);
+        if let Some(data) = rest.strip_prefix(b"data:") {
+            if self.has_data {
+                self.data.push(b'\n');
+            }
+            self.data.extend_from_slice(data.strip_prefix(b" ").unwrap_or(data));
+            self.has_data = true;
+        }
+        self.has_data.then(|| {
+            self.has_data = false;
+            std::mem::take(&mut self.data)
+        })
+    }
+}
+
+/// Turns SSE payloads into [`StreamEvent`]s for one wire format, checking the stream is complete.
+#[derive(Debug)]
+pub struct StreamDecoder {
+    wire: WireFormat,
+    started: bool,
+    finished: bool,
+    finish_reason: Option<String>,
+    usage: Usage,
+    /// Anthropic content-block index -> (tool call index) for tool_use blocks.
+    tool_blocks: Vec<(u64, u64)>,
+    /// Queued events.
+    pub events: VecDeque<StreamEvent>,
+}
+
+fn protocol(message: impl Into<String>) -> TransportError {
+    TransportError::Protocol { message: message.into() }
+}
+
+impl StreamDecoder {
+    /// A decoder for `wire`.
+    pub fn new(wire: WireFormat) -> StreamDecoder {
+        StreamDecoder {
+            wire,
+            started: false,
+            finished: false,
+            finish_reason: None,
+            usage: Usage::default(),
+            tool_blocks: Vec::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The stream has delivered its end event.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    fn start(&mut self, id: Option<String>, model: Option<String>) {
+        if !self.started {
+            self.started = true;
+            self.events.push_back(StreamEvent::Start { id, model });
+        }
+    }
+
+    fn end(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            self.events.push_back(StreamEvent::End { finish_reason: self.finish_reason.take(), usage: self.usage });
+        }
+    }
+
+    /// Decode one SSE payload.
+    pub fn push(&mut self, data: &[u8]) -> Result<(), TransportError> {
+        if self.finished {
+            return Ok(());
+        }
+        if data == b"[DONE]" {
+            if self.wire == WireFormat::OpenAi {
+                self.start(None, None);
+                self.end();
+            }
+            return Ok(());
+        }
+        let value: Value = serde_json::from_slice(data).map_err(|e| {
+            protocol(format!("a stream event is not JSON ({e}): {:?}", String::from_utf8_lossy(&data[..data.len().min(200)])))
+        })?;
+        match self.wire {
+            WireFormat::OpenAi => self.push_openai(&value),
+            WireFormat::Anthropic => self.push_anthropic(&value),
+        }
+    }
+
+    fn push_openai(&mut self, value: &Value) -> Result<(), TransportError> {
+        if let Some(error) = value.get("error") {
+            let body = serde_json::to_vec(&serde_json::json!({ "error": error })).unwrap_or_default();
+            let status = error.get("code").and_then(Value::as_u64).and_then(|c| u16::try_from(c).ok()).unwrap_or(500);
+            return Err(classify_error(status, None, &body));
+        }
+        let str_at = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        self.start(str_at(value, "id"), str_at(value, "model"));
+        if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
+            let count = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
+            let (p, c) = (count("prompt_tokens"), count("completion_tokens"));
+            self.usage = Usage { prompt_tokens: p, completion_tokens: c, total_tokens: usage.get("total_tokens").and_then(Value::as_u64).unwrap_or(p + c) };
+        }
+        let Some(choice) = value.get("choices").and_then(Value::as_array).and_then(|c| c.first()) else { return Ok(()) };
+        if let Some(delta) = choice.get("delta") {
+            for key in ["reasoning_content", "reasoning"] {
+                if let Some(text) = delta.get(key).and_then(Value::as_str).filter(|t| !t.is_empty()) {
+                    self.events.push_back(StreamEvent::Reasoning(text.to_string()));
+                }
+            }
+            if let Some(text) = delta.get("content").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+                self.events.push_back(StreamEvent::Text(text.to_string()));
+            }
+            for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                let function = call.get("function");
+                self.events.push_back(StreamEvent::ToolCall {
+                    index: call.get("index").and_then(Value::as_u64).unwrap_or(0),
+                    id: str_at(call, "id"),
+                    name: function.and_then(|f| str_at(f, "name")),
+                    arguments: function.and_then(|f| str_at(f, "arguments")).unwrap_or_default(),
+                });
+            }
+        }
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.finish_reason = Some(reason.to_string());
+        }
+        Ok(())
+    }
+
+    fn push_anthropic(&mut self, value: &Value) -> Result<(), TransportError> {
+        let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
+        match kind {
+            "message_start" => {
+                let message = value.get("message").cloned().unwrap_or_default();
+                let input = message.get("usage").and_then(|u| u.get("input_tokens")).and_then(Value::as_u64).unwrap_or(0);
+                self.usage.prompt_tokens = input;
+                self.start(
+                    message.get("id").and_then(Value::as_str).map(str::to_string),
+                    message.get("model").and_then(Value::as_str).map(str::to_string),
+                );
+            }
+            "content_block_start" => {
+                let block = value.get("content_block").cloned().unwrap_or_default();
+                if block.get("type").and_then(Value::as_str) == Some("tool_use") {
+                    let block_index = value.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    let call_index = self.tool_blocks.len() as u64;
+                    self.tool_blocks.push((block_index, call_index));
+                    self.events.push_back(StreamEvent::ToolCall {
+                        index: call_index,
+                        id: block.get("id").and_then(Value::as_str).map(str::to_string),
+                        name: block.get("name").and_then(Value::as_str).map(str::to_string),
+                        arguments: String::new(),
+                    });
+                }
+            }
+            "content_block_delta" => {
+                let delta = value.get("delta").cloned().unwrap_or_default();
+                match delta.get("type").and_then(Value::as_str) {
+                    Some("text_delta") => {
+                        if let Some(text) = delta.get("text").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+                            self.events.push_back(StreamEvent::Text(text.to_string()));
+                        }
+                    }
+                    Some("thinking_delta") => {
+                        if let Some(text) = delta.get("thinking").and_then(Value::as_str) {
+                            self.events.push_back(StreamEvent::Reasoning(text.to_string()));
+                        }
+                    }
+                    Some("input_json_delta") => {
+                        let block_index = value.get("index").and_then(Value::as_u64).unwrap_or(0);
+                        let index = self.tool_blocks.iter().find(|(b, _)| *b == block_index).map(|(_, i)| *i).unwrap_or(0);
+                        let piece = delta.get("partial_json").and_then(Value::as_str).unwrap_or("").to_string();
+                        self.events.push_back(StreamEvent::ToolCall { index, id: None, name: None, arguments: piece });
+                    }
+                    _ => {}
+                }
+            }
+            "message_delta" => {
+                if let Some(reason) = value.get("delta").and_then(|d| d.get("stop_reason")).and_then(Value::as_str) {
+                    self.finish_reason = Some(anthropic_finish(reason));
+                }
+                if let Some(out) = value.get("usage").and_then(|u| u.get("output_tokens")).and_then(Value::as_u64) {
+                    self.usage.completion_tokens = out;
+                }
+            }
+            "message_stop" => {
+                self.usage.total_tokens = self.usage.prompt_tokens + self.usage.completion_tokens;
+                self.start(None, None);
+                self.end();
+            }
+            "error" => {
+                let error = value.get("error").cloned().unwrap_or_default();
+                let status = match error.get("type").and_then(Value::as_str) {
+                    Some("rate_limit_error") => 429,
+                    Some("overloaded_error") => 529,
+                    Some("authentication_error") => 401,
+                    Some("invalid_request_error") => 400,
+                    _ => 500,
+                };
+                let body = serde_json::to_vec(value).unwrap_or_default();
+                return Err(classify_error(status, None, &body));
+            }
+            _ => {} // ping, content_block_stop
+        }
+        Ok(())
+    }
+
+    /// The body ended: an error unless the end event was seen.
+    pub fn close(&mut self) -> Result<(), TransportError> {
+        if self.finished {
+            return Ok(());
+        }
+        if self.wire == WireFormat::OpenAi && self.finish_reason.is_some() {
+            // servers that end with a finish_reason chunk but no [DONE]
+            self.start(None, None);
+            self.end();
+            return Ok(());
+        }
+        Err(protocol("the stream ended before the response was complete"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(wire: WireFormat, raw: &[u8], split: usize) -> Result<Vec<StreamEvent>, TransportError> {
+        let mut parser = SseParser::default();
+        let mut decoder = StreamDecoder::new(wire);
+        for piece in raw.chunks(split) {
+            for data in parser.feed(piece) {
+                decoder.push(&data)?;
+            }
+        }
+        if let Some(data) = parser.finish() {
+            decoder.push(&data)?;
+        }
+        decoder.close()?;
+        Ok(decoder.events.into_iter().collect())
+    }
+
+    const OPENAI: &[u8] = b"data: {\"id\":\"c1\",\"model\":\"m\",\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"Pa\"}}]}\r\n\r\n\
+: keep-alive\n\n\
+data: {\"choices\":[{\"delta\":{\"content\":\"ris\"},\"finish_reason\":\"stop\"}]}\n\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n\
+data: [DONE]\n\n";
+
+    #[test]
+    fn openai_stream_in_any_split() {
+        for split in [1, 3, 7, 64, 4096] {
+            let events = decode(WireFormat::OpenAi, OPENAI, split).unwrap();
+            assert_eq!(events[0], StreamEvent::Start { id: Some("c1".into()), model: Some("m".into()) });
+            assert_eq!(events[1], StreamEvent::Text("Pa".into()));
+            assert_eq!(events[2], StreamEvent::Text("ris".into()));
+            let usage = Usage { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 };
+            assert_eq!(events[3], StreamEvent::End { finish_reason: Some("stop".into()), usage });
+        }
+    }
+
+    #[test]
+    fn anthropic_stream() {
+        let raw = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg\",\"model\":\"claude\",\"usage\":{\"input_tokens\":4}}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n\
+event: ping\ndata: {\"type\":\"ping\"}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":1}}\n\n\
+event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let events = decode(WireFormat::Anthropic, raw, 5).unwrap();
+        assert_eq!(events[1], StreamEvent::Text("Hi".into()));
+        let usage = Usage { prompt_tokens: 4, completion_tokens: 1, total_tokens: 5 };
+        assert_eq!(events[2], StreamEvent::End { finish_reason: Some("stop".into()), usage });
+    }
+
+    #[test]
+    fn truncated_and_error_streams_fail() {
+        let cut = &OPENAI[..OPENAI.len() / 3];
+        assert_eq!(decode(WireFormat::OpenAi, cut, 16).unwrap_err().kind(), "protocol");
+        let overloaded = b"data: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+        let err = decode(WireFormat::Anthropic, overloaded, 8).unwrap_err();
+        assert_eq!((err.kind(), err.status()), ("server", Some(529)));
+        assert_eq!(decode(WireFormat::OpenAi, b"data: {nope\n\n", 4).unwrap_err().kind(), "protocol");
+    }
+}

@@ -1,0 +1,288 @@
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde_json::{json, Map};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+/// A scripted HTTP/1.1 server: each connection reads one request and gets the next scripted answer
+/// (`(raw response, delay)`); the raw requests are kept.
+struct Scripted {
+    base: String,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+async fn serve(answers: Vec<(String, Duration)>) -> Scripted {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let queue = Arc::new(Mutex::new(VecDeque::from(answers)));
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let (queue, seen) = (queue.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let n = socket.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(head_end) = text.find("\r\n\r\n") {
+                        let length = text[..head_end]
+                            .lines()
+                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                            .unwrap_or(0);
+                        if buf.len() >= head_end + 4 + length {
+                            seen.lock().unwrap().push(text);
+                            break;
+                        }
+                    }
+                }
+                let next = queue.lock().unwrap().pop_front();
+                let Some((response, delay)) = next else { return };
+                tokio::time::sleep(delay).await;
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    Scripted { base: format!("http://{addr}/v1"), requests }
+}
+
+fn http(status: &str, headers: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
+        body.len()
+    )
+}
+
+const OK: &str = r#"{"id":"c1","model":"m","choices":[{"message":{"role":"assistant","content":"Paris"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+
+fn options(base: &str, retries: u32) -> ClientOptions {
+    let mut options = ClientOptions::new(base);
+    options.api_key = Some("sk-test".into());
+    options.timeout = Duration::from_secs(5);
+    options.retry = RetryPolicy { max_retries: retries, base: Duration::from_millis(10), ..RetryPolicy::default() };
+    options
+}
+
+fn body(wire: WireFormat, stream: bool) -> Vec<u8> {
+    request_body(wire, "m", &[json!({"role": "user", "content": "hi"})], &Map::new(), stream).unwrap()
+}
+
+async fn ask(answers: Vec<(String, Duration)>, retries: u32) -> Result<Completion, TransportError> {
+    let server = serve(answers).await;
+    LmClient::new(&options(&server.base, retries)).unwrap().complete(body(WireFormat::OpenAi, false)).await
+}
+
+#[tokio::test]
+async fn completes_and_sends_the_key() {
+    let server = serve(vec![(http("200 OK", "", OK), Duration::ZERO)]).await;
+    let client = LmClient::new(&options(&server.base, 0)).unwrap();
+    let out = client.complete(body(WireFormat::OpenAi, false)).await.unwrap();
+    assert_eq!(out.choices[0].content.as_deref(), Some("Paris"));
+    assert_eq!(out.usage, Usage { prompt_tokens: 3, completion_tokens: 1, total_tokens: 4 });
+    let request = server.requests.lock().unwrap()[0].clone();
+    assert!(request.starts_with("POST /v1/chat/completions"), "{request}");
+    assert!(request.to_ascii_lowercase().contains("authorization: bearer sk-test"), "{request}");
+}
+
+#[tokio::test]
+async fn classifies_errors() {
+    let limited = http("429 Too Many Requests", "Retry-After: 1.5\r\n", r#"{"error":{"message":"slow down"}}"#);
+    let err = ask(vec![(limited, Duration::ZERO)], 0).await.unwrap_err();
+    assert_eq!((err.kind(), err.retry_after()), ("rate_limit", Some(Duration::from_millis(1500))));
+    let auth = http("401 Unauthorized", "", r#"{"error":{"message":"bad key"}}"#);
+    assert_eq!(ask(vec![(auth, Duration::ZERO)], 3).await.unwrap_err().kind(), "auth", "auth is not retried");
+    let ctx = http("400 Bad Request", "", r#"{"error":{"message":"This model's maximum context length is 8192"}}"#);
+    assert_eq!(ask(vec![(ctx, Duration::ZERO)], 0).await.unwrap_err().kind(), "context_length");
+    let server = http("503 Service Unavailable", "", "overloaded");
+    let err = ask(vec![(server, Duration::ZERO)], 0).await.unwrap_err();
+    assert_eq!((err.kind(), err.status()), ("server", Some(503)));
+    assert!(err.to_string().contains("overloaded"));
+    let bad = http("200 OK", "", r#"{"choices": [ this is not json"#);
+    assert_eq!(ask(vec![(bad, Duration::ZERO)], 0).await.unwrap_err().kind(), "protocol");
+}
+
+#[tokio::test]
+async fn retries_honour_retry_after_then_succeed() {
+    let limited = http("429 Too Many Requests", "Retry-After: 0.3\r\n", r#"{"error":{"message":"slow"}}"#);
+    let failing = http("500 Internal Server Error", "", r#"{"error":{"message":"boom"}}"#);
+    let started = Instant::now();
+    let out = ask(vec![(limited, Duration::ZERO), (failing, Duration::ZERO), (http("200 OK", "", OK), Duration::ZERO)], 3)
+        .await
+        .unwrap();
+    assert_eq!(out.choices[0].content.as_deref(), Some("Paris"));
+    assert!(started.elapsed() >= Duration::from_millis(300), "waited the Retry-After: {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn gives_up_after_the_retries_and_on_long_retry_after() {
+    let failing = || (http("502 Bad Gateway", "", "down"), Duration::ZERO);
+    let err = ask(vec![failing(), failing(), failing()], 2).await.unwrap_err();
+    assert_eq!(err.status(), Some(502));
+    let long = http("429 Too Many Requests", "Retry-After: 3600\r\n", "{}");
+    let started = Instant::now();
+    let err = ask(vec![(long, Duration::ZERO)], 5).await.unwrap_err();
+    assert_eq!(err.kind(), "rate_limit");
+    assert!(started.elapsed() < Duration::from_secs(2), "an hour-long Retry-After is reported, not waited");
+}
+
+#[tokio::test]
+async fn times_out() {
+    let server = serve(vec![(http("200 OK", "", OK), Duration::from_secs(3))]).await;
+    let mut options = options(&server.base, 0);
+    options.timeout = Duration::from_millis(100);
+    let err = LmClient::new(&options).unwrap().complete(body(WireFormat::OpenAi, false)).await.unwrap_err();
+    assert_eq!(err.kind(), "timeout");
+    assert!(err.to_string().contains("within 0.100s"), "{err}");
+    let err = ask(vec![(http("408 Request Timeout", "", "slow"), Duration::ZERO)], 0).await.unwrap_err();
+    assert!(err.to_string().contains("408"), "{err}");
+}
+
+#[tokio::test]
+async fn connection_refused_is_a_connect_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    drop(listener);
+    let err = LmClient::new(&options(&base, 0)).unwrap().complete(body(WireFormat::OpenAi, false)).await.unwrap_err();
+    assert_eq!(err.kind(), "connect");
+}
+
+fn sse(events: &[&str]) -> String {
+    let body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n{body}")
+}
+
+#[tokio::test]
+async fn streams_openai_and_retries_before_the_first_byte() {
+    let stream = sse(&[
+        r#"{"id":"s1","model":"m","choices":[{"delta":{"content":"Pa"}}]}"#,
+        r#"{"choices":[{"delta":{"content":"ris"},"finish_reason":"stop"}]}"#,
+        r#"{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":2,"total_tokens":4}}"#,
+        "[DONE]",
+    ]);
+    let limited = http("429 Too Many Requests", "Retry-After: 0.05\r\n", "{}");
+    let server = serve(vec![(limited, Duration::ZERO), (stream, Duration::ZERO)]).await;
+    let client = LmClient::new(&options(&server.base, 1)).unwrap();
+    let mut events = client.stream(body(WireFormat::OpenAi, true)).await.unwrap();
+    let mut text = String::new();
+    let mut last = None;
+    while let Some(event) = events.next().await {
+        match event.unwrap() {
+            StreamEvent::Text(t) => text.push_str(&t),
+            other => last = Some(other),
+        }
+    }
+    assert_eq!(text, "Paris");
+    let usage = Usage { prompt_tokens: 2, completion_tokens: 2, total_tokens: 4 };
+    assert_eq!(last, Some(StreamEvent::End { finish_reason: Some("stop".into()), usage }));
+    assert!(server.requests.lock().unwrap()[1].contains("\"stream\":true"));
+}
+
+#[tokio::test]
+async fn a_cut_stream_is_an_error() {
+    let cut = sse(&[r#"{"id":"s1","choices":[{"delta":{"content":"Pa"}}]}"#]);
+    let server = serve(vec![(cut, Duration::ZERO)]).await;
+    let client = LmClient::new(&options(&server.base, 0)).unwrap();
+    let mut events = client.stream(body(WireFormat::OpenAi, true)).await.unwrap();
+    let mut results = Vec::new();
+    while let Some(event) = events.next().await {
+        results.push(event);
+    }
+    assert!(matches!(results.last(), Some(Err(TransportError::Protocol { .. }))), "{results:?}");
+}
+
+#[tokio::test]
+async fn anthropic_headers_and_answer() {
+    let answer = r#"{"id":"msg_1","type":"message","model":"claude","content":[{"type":"text","text":"Paris"}],"stop_reason":"end_turn","usage":{"input_tokens":5,"output_tokens":1}}"#;
+    let server = serve(vec![(http("200 OK", "", answer), Duration::ZERO)]).await;
+    let mut options = options(&server.base, 0);
+    options.wire = WireFormat::Anthropic;
+    let client = LmClient::new(&options).unwrap();
+    let out = client.complete(body(WireFormat::Anthropic, false)).await.unwrap();
+    assert_eq!(out.choices[0].content.as_deref(), Some("Paris"));
+    assert_eq!(out.usage.total_tokens, 6);
+    let request = server.requests.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(request.starts_with("post /v1/messages"), "{request}");
+    assert!(request.contains("x-api-key: sk-test") && request.contains("anthropic-version: 2023-06-01"), "{request}");
+    assert!(!request.contains("authorization:"), "{request}");
+}
+
+#[tokio::test]
+async fn speaks_http2_with_prior_knowledge() {
+    use hyper::server::conn::http2;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let service = service_fn(|request: Request<Incoming>| async move {
+                    assert_eq!(request.version(), hyper::Version::HTTP_2);
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(OK.as_bytes()))))
+                });
+                let _ = http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(socket), service).await;
+            });
+        }
+    });
+    let mut options = options(&format!("http://{addr}/v1"), 0);
+    options.http2_prior_knowledge = true;
+    let client = LmClient::new(&options).unwrap();
+    for _ in 0..3 {
+        let out = client.complete(body(WireFormat::OpenAi, false)).await.unwrap();
+        assert_eq!(out.choices[0].content.as_deref(), Some("Paris"));
+    }
+}
+
+#[test]
+fn rejects_bad_configuration() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _guard = runtime.enter();
+    assert_eq!(LmClient::new(&ClientOptions::new("not a url")).unwrap_err().kind(), "config");
+    assert_eq!(LmClient::new(&ClientOptions::new("ftp://x/v1")).unwrap_err().kind(), "config");
+    assert!(LmClient::new(&ClientOptions::new("https://api.openai.com/v1")).is_ok(), "https is supported");
+    let mut bad_key = ClientOptions::new("http://127.0.0.1:9/v1");
+    bad_key.api_key = Some("line\nbreak".into());
+    assert!(LmClient::new(&bad_key).unwrap_err().to_string().contains("API key"));
+    assert!(parse_retry_after("-1").is_none());
+    assert!(parse_retry_after("1e300").is_none(), "absurd values are ignored, not a panic");
+    assert!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT").is_none());
+}
+
+#[test]
+fn debug_never_shows_the_key() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _guard = runtime.enter();
+    let mut options = ClientOptions::new("http://127.0.0.1:9/v1");
+    options.api_key = Some("sk-SECRET-123".into());
+    let client = LmClient::new(&options).unwrap();
+    for text in [format!("{client:?}"), format!("{options:?}")] {
+        assert!(!text.contains("SECRET"), "{text}");
+    }
+}
+
+#[test]
+fn backoff_is_jittered_and_bounded() {
+    let policy = RetryPolicy { max_retries: 10, base: Duration::from_millis(100), max_backoff: Duration::from_secs(1), ..RetryPolicy::default() };
+    let server = TransportError::Server { status: 500, message: String::new() };
+    for attempt in 0..10 {
+        let wait = policy.delay(attempt, &server).unwrap();
+        assert!(wait <= Duration::from_millis(100 << attempt.min(4)).min(Duration::from_secs(1)));
+    }
+    assert!(policy.delay(10, &server).is_none());
+    let waits: std::collections::HashSet<_> = (0..20).map(|_| policy.delay(3, &server).unwrap()).collect();
+    assert!(waits.len() > 1, "jittered");
+    let auth = TransportError::Auth { status: 401, message: String::new() };
+    assert!(policy.delay(0, &auth).is_none());
+}

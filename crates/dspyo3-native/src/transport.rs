@@ -1,0 +1,468 @@
+//! `LMTransport`: the native LM HTTP client ([`dspyo3_kernels::transport`]) for Python, sync and asyncio.
+//!
+//! Requests run on one process-wide tokio runtime; the sync methods release the GIL while they wait, the async
+//! ones return awaitables that resolve on the running asyncio loop (cancelling one drops the HTTP request).
+//! Messages and options are converted to JSON in Rust, the answer parsed in Rust and handed back as plain tuples.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use dspyo3_kernels::transport::{
+    request_body, ClientOptions, Completion, EventStream, LmClient, RetryPolicy, StreamEvent, TransportError, WireFormat,
+};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyStopAsyncIteration, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use serde_json::{Map, Number, Value};
+use tokio::sync::Mutex as AsyncMutex;
+
+create_exception!(
+    dspyo3_native,
+    LMTransportError,
+    PyException,
+    "A request through LMTransport failed. `args` is `(message, kind, status, retry_after)`: `kind` is one of \
+     rate_limit, auth, context_length, invalid_request, server, timeout, connect, protocol, config; `status` the \
+     HTTP status or None; `retry_after` the server's suggested wait in seconds or None."
+);
+
+fn transport_err(err: TransportError) -> PyErr {
+    LMTransportError::new_err((err.to_string(), err.kind(), err.status(), err.retry_after().map(|d| d.as_secs_f64())))
+}
+
+/// Python value -> JSON (dict, list/tuple, str, int, float, bool, None).
+fn to_json(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
+    if obj.is_none() {
+        return Ok(Value::Null);
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(Value::String(s.to_str()?.to_owned()));
+    }
+    if obj.is_instance_of::<PyBool>() {
+        return Ok(Value::Bool(obj.extract()?));
+    }
+    if obj.is_instance_of::<PyInt>() {
+        if let Ok(i) = obj.extract::<i64>() {
+            return Ok(Value::from(i));
+        }
+        return Ok(Value::from(obj.extract::<u64>()?));
+    }
+    if let Ok(f) = obj.cast::<PyFloat>() {
+        let value = f.value();
+        return Number::from_f64(value)
+            .map(Value::Number)
+            .ok_or_else(|| PyValueError::new_err(format!("{value} cannot be sent as JSON (NaN/inf)")));
+    }
+    if let Ok(d) = obj.cast::<PyDict>() {
+        let mut map = Map::with_capacity(d.len());
+        for (k, v) in d.iter() {
+            let key = k.cast::<PyString>().map_err(|_| PyTypeError::new_err("JSON object keys must be str"))?;
+            map.insert(key.to_str()?.to_owned(), to_json(&v)?);
+        }
+        return Ok(Value::Object(map));
+    }
+    if let Ok(l) = obj.cast::<PyList>() {
+        return l.iter().map(|v| to_json(&v)).collect::<PyResult<Vec<_>>>().map(Value::Array);
+    }
+    if let Ok(t) = obj.cast::<PyTuple>() {
+        return t.iter().map(|v| to_json(&v)).collect::<PyResult<Vec<_>>>().map(Value::Array);
+    }
+    if obj.hasattr("model_dump")? {
+        return to_json(&obj.call_method0("model_dump")?);
+    }
+    Err(PyTypeError::new_err(format!(
+        "a {} cannot be sent to the LM; pass str, numbers, bools, None, lists and dicts",
+        obj.get_type().name()?
+    )))
+}
+
+/// JSON -> Python value.
+fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match value {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => i.into_pyobject(py)?.into_any(),
+            None => n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any(),
+        },
+        Value::String(s) => PyString::new(py, s).into_any(),
+        Value::Array(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(to_py(py, item)?)?;
+            }
+            list.into_any()
+        }
+        Value::Object(map) => {
+            let dict = PyDict::new(py);
+            for (k, v) in map {
+                dict.set_item(k, to_py(py, v)?)?;
+            }
+            dict.into_any()
+        }
+    })
+}
+
+/// A finished completion as `(id, model, [(content, reasoning, tool_calls, finish_reason), ...],
+/// (prompt_tokens, completion_tokens, total_tokens))`.
+struct Answer(Completion);
+
+impl<'py> IntoPyObject<'py> for Answer {
+    type Target = PyTuple;
+    type Output = Bound<'py, PyTuple>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let Completion { id, model, choices, usage } = self.0;
+        let list = PyList::empty(py);
+        for choice in choices {
+            let calls = match &choice.tool_calls {
+                Some(calls) => to_py(py, calls)?,
+                None => py.None().into_bound(py),
+            };
+            list.append((choice.content, choice.reasoning, calls, choice.finish_reason))?;
+        }
+        (id, model, list, (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)).into_pyobject(py)
+    }
+}
+
+/// A stream event as a tuple: `("start", id, model)`, `("text", str)`, `("reasoning", str)`,
+/// `("tool_call", index, id, name, arguments)`, `("end", finish_reason, (prompt, completion, total))`.
+struct Event(StreamEvent);
+
+impl<'py> IntoPyObject<'py> for Event {
+    type Target = PyTuple;
+    type Output = Bound<'py, PyTuple>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        match self.0 {
+            StreamEvent::Start { id, model } => ("start", id, model).into_pyobject(py),
+            StreamEvent::Text(text) => ("text", text).into_pyobject(py),
+            StreamEvent::Reasoning(text) => ("reasoning", text).into_pyobject(py),
+            StreamEvent::ToolCall { index, id, name, arguments } => ("tool_call", index, id, name, arguments).into_pyobject(py),
+            StreamEvent::End { finish_reason, usage } => {
+                ("end", finish_reason, (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)).into_pyobject(py)
+            }
+        }
+    }
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    pyo3_async_runtimes::tokio::get_runtime()
+}
+
+/// Run `future` on the transport runtime and wait for it on this (non-runtime) thread.
+fn wait<T: Send + 'static>(future: impl std::future::Future<Output = T> + Send + 'static) -> PyResult<T> {
+    let handle = runtime().spawn(future);
+    futures::executor::block_on(handle).map_err(|e| PyException::new_err(format!("the transport task failed: {e}")))
+}
+
+/// A pooled HTTP client for one LM endpoint (OpenAI chat completions or Anthropic messages).
+///
+/// ``LMTransport(api_base, *, api_key=None, wire="openai", timeout=600.0, connect_timeout=10.0, max_retries=3,
+/// backoff_base=0.5, backoff_max=30.0, max_retry_after=120.0, http2=False, headers=None)``.
+/// The key is sent as ``Authorization: Bearer`` (openai) or ``x-api-key`` (anthropic) and never shown by ``repr``.
+#[pyclass(frozen, name = "LMTransport", module = "dspyo3_native")]
+pub(crate) struct PyTransport {
+    client: LmClient,
+}
+
+impl PyTransport {
+    fn body(&self, model: &str, messages: &Bound<'_, PyAny>, params: Option<&Bound<'_, PyDict>>, stream: bool) -> PyResult<Vec<u8>> {
+        let messages = match to_json(messages)? {
+            Value::Array(items) => items,
+            _ => return Err(PyTypeError::new_err("messages must be a list of {\"role\", \"content\"} dicts")),
+        };
+        let params = match params {
+            Some(p) => match to_json(p.as_any())? {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            },
+            None => Map::new(),
+        };
+        request_body(self.client.wire(), model, &messages, &params, stream).map_err(transport_err)
+    }
+}
+
+#[pymethods]
+impl PyTransport {
+    #[new]
+    #[pyo3(signature = (api_base, *, api_key=None, wire="openai", timeout=600.0, connect_timeout=10.0, max_retries=3,
+                        backoff_base=0.5, backoff_max=30.0, max_retry_after=120.0, http2=false, headers=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        api_base: &str,
+        api_key: Option<String>,
+        wire: &str,
+        timeout: f64,
+        connect_timeout: f64,
+        max_retries: u32,
+        backoff_base: f64,
+        backoff_max: f64,
+        max_retry_after: f64,
+        http2: bool,
+        headers: Option<Vec<(String, String)>>,
+    ) -> PyResult<Self> {
+        let seconds = |name: &str, value: f64| {
+            Duration::try_from_secs_f64(value).map_err(|_| PyValueError::new_err(format!("{name} must be a finite number of seconds >= 0, got {value}")))
+        };
+        let mut options = ClientOptions::new(api_base);
+        options.api_key = api_key;
+        options.wire = WireFormat::parse(wire).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        options.timeout = seconds("timeout", timeout)?;
+        options.connect_timeout = seconds("connect_timeout", connect_timeout)?;
+        options.retry = RetryPolicy {
+            max_retries,
+            base: seconds("backoff_base", backoff_base)?,
+            max_backoff: seconds("backoff_max", backoff_max)?,
+            max_retry_after: seconds("max_retry_after", max_retry_after)?,
+        };
+        options.http2_prior_knowledge = http2;
+        options.headers = headers.unwrap_or_default();
+        let _guard = runtime().enter(); // hyper's pool spawns onto the runtime the requests run on
+        let client = LmClient::new(&options).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(PyTransport { client })
+    }
+
+    /// The endpoint URL requests go to.
+    #[getter]
+    fn url(&self) -> String {
+        self.client.url().to_string()
+    }
+
+    /// ``"openai"`` or ``"anthropic"``.
+    #[getter]
+    fn wire(&self) -> &'static str {
+        self.client.wire().name()
+    }
+
+    /// The JSON request body for ``messages`` and ``params`` (what :meth:`complete` sends), as bytes.
+    #[pyo3(signature = (model, messages, params=None, stream=false))]
+    fn request_body(&self, model: &str, messages: &Bound<'_, PyAny>, params: Option<&Bound<'_, PyDict>>, stream: bool) -> PyResult<Vec<u8>> {
+        self.body(model, messages, params, stream)
+    }
+
+    /// Send a chat request and wait for the answer (the GIL is released meanwhile). Returns
+    /// ``(id, model, [(content, reasoning, tool_calls, finish_reason), ...], (prompt, completion, total))``;
+    /// raises :class:`LMTransportError` after the retries are spent.
+    #[pyo3(signature = (model, messages, params=None))]
+    fn complete(&self, py: Python<'_>, model: &str, messages: &Bound<'_, PyAny>, params: Option<&Bound<'_, PyDict>>) -> PyResult<Answer> {
+        let body = self.body(model, messages, params, false)?;
+        let client = self.client.clone();
+        py.detach(|| wait(async move { client.complete(body).await }))?.map(Answer).map_err(transport_err)
+    }
+
+    /// :meth:`complete` as an awaitable for the running asyncio loop; cancelling it drops the HTTP request.
+    #[pyo3(signature = (model, messages, params=None))]
+    fn acomplete<'py>(&self, py: Python<'py>, model: &str, messages: &Bound<'py, PyAny>, params: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
+        let body = self.body(model, messages, params, false)?;
+        let client = self.client.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move { client.complete(body).await.map(Answer).map_err(transport_err) })
+    }
+
+    /// Open a streaming request (retrying failures before the first byte) and return a :class:`LMStream` of event
+    /// tuples; blocks until the response headers arrive.
+    #[pyo3(signature = (model, messages, params=None))]
+    fn stream(&self, py: Python<'_>, model: &str, messages: &Bound<'_, PyAny>, params: Option<&Bound<'_, PyDict>>) -> PyResult<PyStream> {
+        let body = self.body(model, messages, params, true)?;
+        let client = self.client.clone();
+        let events = py.detach(|| wait(async move { client.stream(body).await }))?.map_err(transport_err)?;
+        Ok(PyStream::new(events))
+    }
+
+    /// :meth:`stream` as an awaitable resolving to an :class:`LMStream`.
+    #[pyo3(signature = (model, messages, params=None))]
+    fn astream<'py>(&self, py: Python<'py>, model: &str, messages: &Bound<'py, PyAny>, params: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
+        let body = self.body(model, messages, params, true)?;
+        let client = self.client.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            client.stream(body).await.map(PyStream::new).map_err(transport_err)
+        })
+    }
+
+    /// Start a request whose result is pushed to ``queue`` under ``token`` (see :class:`CompletionQueue`); returns
+    /// an :class:`LMRequest` to cancel it. The lowest-overhead async path: no GIL on the tokio side.
+    #[pyo3(signature = (queue, token, model, messages, params=None))]
+    fn submit(
+        &self,
+        queue: &Bound<'_, PyCompletionQueue>,
+        token: u64,
+        model: &str,
+        messages: &Bound<'_, PyAny>,
+        params: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<PyRequest> {
+        let body = self.body(model, messages, params, false)?;
+        let client = self.client.clone();
+        let inner = queue.get().inner.clone();
+        let task = runtime().spawn(async move {
+            let result = client.complete(body).await;
+            inner.push((token, result));
+        });
+        Ok(PyRequest { handle: task.abort_handle() })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("LMTransport({:?}, wire={:?})", self.client.url().to_string(), self.client.wire().name())
+    }
+}
+
+/// An open LM response stream: iterate it (``for event in stream``) or ``async for`` it. Events are tuples:
+/// ``("start", id, model)`` first, ``("text", str)``, ``("reasoning", str)``, ``("tool_call", index, id, name,
+/// arguments)``, and ``("end", finish_reason, (prompt, completion, total))`` last. A broken stream raises
+/// :class:`LMTransportError`. :meth:`close` drops the connection.
+#[pyclass(frozen, name = "LMStream", module = "dspyo3_native")]
+pub(crate) struct PyStream {
+    inner: Arc<AsyncMutex<Option<EventStream>>>,
+}
+
+impl PyStream {
+    fn new(events: EventStream) -> PyStream {
+        PyStream { inner: Arc::new(AsyncMutex::new(Some(events))) }
+    }
+}
+
+async fn next_event(inner: Arc<AsyncMutex<Option<EventStream>>>) -> Result<Option<StreamEvent>, TransportError> {
+    let mut guard = inner.lock().await;
+    let Some(events) = guard.as_mut() else { return Ok(None) };
+    match events.next().await {
+        Some(Ok(event)) => Ok(Some(event)),
+        Some(Err(e)) => {
+            *guard = None;
+            Err(e)
+        }
+        None => {
+            *guard = None;
+            Ok(None)
+        }
+    }
+}
+
+#[pymethods]
+impl PyStream {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Event>> {
+        let inner = self.inner.clone();
+        let next = py.detach(|| wait(next_event(inner)))?.map_err(transport_err)?;
+        Ok(next.map(Event))
+    }
+
+    fn __aiter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            match next_event(inner).await.map_err(transport_err)? {
+                Some(event) => Ok(Event(event)),
+                None => Err(PyStopAsyncIteration::new_err(())),
+            }
+        })
+    }
+
+    /// Stop reading and drop the connection (no-op once the stream ended).
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let inner = self.inner.clone();
+        py.detach(|| wait(async move { inner.lock().await.take() }))?;
+        Ok(())
+    }
+}
+
+type Finished = (u64, Result<Completion, TransportError>);
+
+/// Where finished requests wait for their asyncio loop: a list of results plus a socket pair whose read end the loop
+/// watches (``loop.add_reader(queue.fileno(), ...)``). Tokio threads never touch the GIL: they push a result and
+/// write one wake-up byte when the list was empty; the loop drains every finished result in one call.
+struct QueueInner {
+    finished: Mutex<Vec<Finished>>,
+    reader: UnixStream,
+    writer: UnixStream,
+}
+
+impl QueueInner {
+    fn push(&self, item: Finished) {
+        let first = {
+            let mut finished = self.finished.lock();
+            finished.push(item);
+            finished.len() == 1
+        };
+        if first {
+            let _ = (&self.writer).write(&[1u8]); // a full socket buffer already means "wake up"
+        }
+    }
+}
+
+/// Completion queue for :meth:`LMTransport.submit`: one per asyncio loop. ``fileno()`` becomes readable when
+/// results are ready; ``drain()`` returns them as ``[(token, ok, answer_or_error), ...]``.
+#[pyclass(frozen, name = "CompletionQueue", module = "dspyo3_native")]
+pub(crate) struct PyCompletionQueue {
+    inner: Arc<QueueInner>,
+}
+
+#[pymethods]
+impl PyCompletionQueue {
+    #[new]
+    fn new() -> PyResult<Self> {
+        let (reader, writer) = UnixStream::pair()?;
+        reader.set_nonblocking(true)?;
+        writer.set_nonblocking(true)?;
+        Ok(PyCompletionQueue { inner: Arc::new(QueueInner { finished: Mutex::new(Vec::new()), reader, writer }) })
+    }
+
+    /// The file descriptor to watch for readability.
+    fn fileno(&self) -> i32 {
+        self.inner.reader.as_raw_fd()
+    }
+
+    /// Every finished request since the last call: ``(token, True, answer)`` or ``(token, False, LMTransportError)``.
+    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let mut sink = [0u8; 256];
+        while let Ok(n) = (&self.inner.reader).read(&mut sink) {
+            if n < sink.len() {
+                break;
+            }
+        }
+        let finished = std::mem::take(&mut *self.inner.finished.lock());
+        let out = PyList::empty(py);
+        for (token, result) in finished {
+            match result {
+                Ok(done) => out.append((token, true, Answer(done)))?,
+                Err(err) => out.append((token, false, transport_err(err).into_value(py)))?,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A request started with :meth:`LMTransport.submit`; :meth:`cancel` drops it (and its connection) mid-flight.
+#[pyclass(frozen, name = "LMRequest", module = "dspyo3_native")]
+pub(crate) struct PyRequest {
+    handle: tokio::task::AbortHandle,
+}
+
+#[pymethods]
+impl PyRequest {
+    /// Abort the request; its result never arrives.
+    fn cancel(&self) {
+        self.handle.abort();
+    }
+}
+
+/// Register the transport classes on the module.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("LMTransportError", m.py().get_type::<LMTransportError>())?;
+    m.add_class::<PyTransport>()?;
+    m.add_class::<PyStream>()?;
+    m.add_class::<PyCompletionQueue>()?;
+    m.add_class::<PyRequest>()?;
+    Ok(())
+}

@@ -1,0 +1,601 @@
+"""``NativeLM``: a ``dspy.BaseLM`` whose HTTP runs in Rust (``dspyo3_native.LMTransport``) instead of LiteLLM.
+
+A drop-in for ``dspy.LM`` on OpenAI-compatible servers (OpenAI, Azure-style gateways, vLLM, Ollama, llama.cpp
+server, Together, ...) and Anthropic's messages API, built for the case where the client's CPU per call matters:
+the request body is built, sent (pooled HTTP/1.1 or HTTP/2, TLS), retried (full-jitter backoff honouring
+``Retry-After``) and parsed on tokio, with the GIL released; the Python side is one dictionary merge and a
+history entry.
+
+What stays DSPy's: the response shape adapters see (a list of strings, or dicts with ``tool_calls`` /
+``reasoning_content``), ``dspy.cache`` (same enable/disable switches, hits marked ``cache_hit`` and not billed
+again), ``dspy.track_usage``, history and ``inspect_history``, callbacks, DSPy's typed errors
+(``LMRateLimitError.retry_after``, ``LMTimeoutError``, ``LMAuthError``, ``ContextWindowExceededError``, ...) and
+token streaming through ``dspy.streamify``. Calls go through the ``dspyo3_lm_call`` hook like
+:class:`~dspyo3_core.lm.HookedLM`'s whenever a plugin wraps it, so production wrappers see them.
+
+Select it per profile with ``transport = "native"``, or build it directly::
+
+    lm = NativeLM("openai/gpt-4o-mini")                       # key from OPENAI_API_KEY
+    lm = NativeLM("anthropic/claude-sonnet-4-5")              # key from ANTHROPIC_API_KEY
+    lm = NativeLM("openai/qwen", api_base="http://127.0.0.1:8000/v1", api_key="EMPTY")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import functools
+import importlib.util
+import itertools
+import json
+import os
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dspy
+from dspy.dsp.utils.settings import settings
+from dspy.utils.callback import with_callbacks
+
+from dspyo3_core.lm import LMCall, _remember, plugin_manager_for
+
+if TYPE_CHECKING:
+    from dspyo3_core.plugins import PluginManager
+
+# provider prefix -> (wire format, default api_base, key environment variable)
+PROVIDERS: dict[str, tuple[str, str | None, str | None]] = {
+    "openai": ("openai", "https://api.openai.com/v1", "OPENAI_API_KEY"),
+    "anthropic": ("anthropic", "https://api.anthropic.com/v1", "ANTHROPIC_API_KEY"),
+    "together_ai": ("openai", "https://api.together.xyz/v1", "TOGETHERAI_API_KEY"),
+    "ollama": ("openai", "http://localhost:11434/v1", None),
+    "ollama_chat": ("openai", "http://localhost:11434/v1", None),
+    "hosted_vllm": ("openai", None, None),
+    "azure": ("openai", None, "AZURE_API_KEY"),
+}
+
+_CACHE_ID = "dspyo3_core.native_lm.NativeLM"
+# per-call options that are DSPy's, not the provider's
+_DSPY_ONLY = frozenset({"cache", "rollout_id", "num_retries", "n", "num_generations", "api_key", "api_base",
+                        "base_url", "headers", "extra_headers", "timeout", "stream"})
+
+
+class PricingTable:
+    """USD per million tokens by model: your overrides first, then LiteLLM's bundled price map (read from the
+    installed ``litellm`` package's JSON file, without importing LiteLLM or touching the network).
+
+    >>> PRICING.set("openai/my-finetune", input_per_mtok=0.3, output_per_mtok=1.2)
+    """
+
+    def __init__(self) -> None:
+        self._overrides: dict[str, tuple[float, float]] = {}
+        self._litellm: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def set(self, model: str, *, input_per_mtok: float, output_per_mtok: float) -> None:
+        """Price ``model`` (as written in ``NativeLM(model)``, or without its provider prefix)."""
+        if input_per_mtok < 0 or output_per_mtok < 0:
+            raise ValueError("prices must be >= 0 USD per million tokens")
+        self._overrides[model] = (float(input_per_mtok), float(output_per_mtok))
+
+    def _litellm_map(self) -> dict[str, Any]:
+        with self._lock:
+            if self._litellm is None:
+                self._litellm = {}
+                spec = importlib.util.find_spec("litellm")
+                for location in (spec.submodule_search_locations or []) if spec else []:
+                    path = Path(location) / "model_prices_and_context_window_backup.json"
+                    if path.is_file():
+                        self._litellm = json.loads(path.read_text())
+                        break
+            return self._litellm
+
+    def price(self, model: str) -> tuple[float, float] | None:
+        """``(input, output)`` USD per million tokens for ``model``, or None if unknown."""
+        bare = model.split("/", 1)[1] if "/" in model else model
+        for name in (model, bare):
+            if name in self._overrides:
+                return self._overrides[name]
+        table = self._litellm_map()
+        for name in (model, bare):
+            entry = table.get(name)
+            if isinstance(entry, dict) and "input_cost_per_token" in entry:
+                return (float(entry["input_cost_per_token"]) * 1e6, float(entry.get("output_cost_per_token", 0.0)) * 1e6)
+        return None
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """USD for one call, or None if the model has no price."""
+        price = self.price(model)
+        if price is None:
+            return None
+        return (prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6
+
+
+PRICING = PricingTable()
+"""The process-wide pricing table NativeLM uses unless given ``pricing=``."""
+
+
+def _native() -> Any:
+    try:
+        import dspyo3_native
+    except ImportError as exc:  # pragma: no cover - the workspace always has it
+        raise ImportError(
+            "NativeLM needs the dspyo3-native extension; install it with `pip install dspyo3-core[native]` "
+            "(or `hatch run native` in the repository)"
+        ) from exc
+    return dspyo3_native
+
+
+def _error(lm: NativeLM, exc: BaseException) -> Exception:
+    """``dspyo3_native.LMTransportError`` -> DSPy's typed LM error."""
+    from dspy.utils import exceptions as ex
+
+    message, kind, status, retry_after = (list(exc.args) + [None] * 4)[:4]
+    meta: dict[str, Any] = {"model": lm.model, "provider": lm.provider, "status": status}
+    if kind == "rate_limit":
+        return ex.LMRateLimitError(message, retry_after=retry_after, **meta)
+    if kind == "auth":
+        return ex.LMAuthError(message, **meta)
+    if kind == "context_length":
+        return ex.ContextWindowExceededError(message=message, **meta)
+    if kind == "invalid_request":
+        return ex.LMInvalidRequestError(message, **meta)
+    if kind == "server":
+        return ex.LMServerError(message, **meta)
+    if kind == "timeout":
+        return ex.LMTimeoutError(message, **meta)
+    if kind == "connect":
+        return ex.LMTransportError(message, **meta)
+    if kind == "config":
+        return ex.LMConfigurationError(message, **meta)
+    return ex.LMProviderError(message, code="malformed_response", **{**meta, "status": status or 200})
+
+
+class _LoopBridge:
+    """Finished native requests for one asyncio loop: the Rust side pushes results to a completion queue and
+    writes a wake-up byte; the loop drains every finished request in one reader callback. No tokio thread ever
+    waits for the GIL, and a busy loop pays one wake-up per batch, not one per request."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.queue = _native().CompletionQueue()
+        self.futures: dict[int, asyncio.Future[Any]] = {}
+        self.tokens = itertools.count()
+        loop.add_reader(self.queue.fileno(), self._drain)
+
+    def _drain(self) -> None:
+        futures = self.futures
+        for token, ok, value in self.queue.drain():
+            future = futures.pop(token, None)
+            if future is None or future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+
+_BRIDGES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge] = weakref.WeakKeyDictionary()
+
+
+def _bridge(loop: asyncio.AbstractEventLoop) -> _LoopBridge:
+    bridge = _BRIDGES.get(loop)
+    if bridge is None:
+        bridge = _BRIDGES[loop] = _LoopBridge(loop)
+    return bridge
+
+
+async def _submit(transport: Any, model: str, messages: list[Any], params: dict[str, Any]) -> Any:
+    loop = asyncio.get_running_loop()
+    bridge = _bridge(loop)
+    token = next(bridge.tokens)
+    future = bridge.futures[token] = loop.create_future()
+    request = transport.submit(bridge.queue, token, model, messages, params)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        request.cancel()  # drops the HTTP request mid-flight
+        bridge.futures.pop(token, None)
+        raise
+
+
+class _Record(dict[str, Any]):
+    """The stored response (plain data, safe for DSPy's restricted cache) with attribute access for history."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _outputs(record: Mapping[str, Any]) -> list[Any]:
+    outputs: list[Any] = []
+    for choice in record["choices"]:
+        output: dict[str, Any] = {"text": choice["content"]}
+        if choice.get("reasoning"):
+            output["reasoning_content"] = choice["reasoning"]
+        if choice.get("tool_calls"):
+            output["tool_calls"] = choice["tool_calls"]
+        outputs.append(output)
+    if all(len(o) == 1 for o in outputs):
+        return [o["text"] for o in outputs]
+    return outputs
+
+
+class NativeLM(dspy.BaseLM):
+    """A ``dspy.BaseLM`` on the Rust transport. Construct it like ``dspy.LM``.
+
+    Args:
+        model: ``provider/model``: ``openai/...`` (and any OpenAI-compatible server with ``api_base``),
+            ``anthropic/...`` (messages API), ``together_ai/...``, ``ollama_chat/...``, ``hosted_vllm/...``.
+        api_base: endpoint base URL (``.../v1``); defaults per provider, required for self-hosted servers.
+        api_key: the key; defaults to the provider's environment variable. Kept only inside the transport: never in
+            ``kwargs``, ``dump_state``, history or ``repr``.
+        wire: ``"openai"`` or ``"anthropic"``; inferred from the provider.
+        model_type: only ``"chat"``.
+        temperature, max_tokens: default request options (like ``dspy.LM``).
+        cache: use ``dspy.cache`` (per call: ``cache=False``).
+        num_retries: retries of 429 / 5xx / timeouts / broken connections, done in Rust with full-jitter backoff
+            that waits ``Retry-After`` when the server sends one.
+        timeout: seconds for a whole answer (for streams: the longest silence); ``connect_timeout`` for a
+            connection.
+        http2: speak HTTP/2 without TLS (h2c) to servers that need it; over https HTTP/2 is negotiated anyway.
+        headers: extra request headers (list of pairs or dict).
+        pricing: ``{"input_per_mtok": .., "output_per_mtok": ..}`` for this LM, overriding :data:`PRICING`.
+        callbacks: DSPy callbacks.
+        plugin_manager: the manager whose ``dspyo3_lm_call`` wrappers see this LM's calls (default: the process's).
+        **kwargs: more default request options (``top_p``, ``stop``, ``seed``, ...).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_base: str | None = None,
+        api_key: str | None = None,
+        wire: str | None = None,
+        model_type: str = "chat",
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        cache: bool = True,
+        num_retries: int = 3,
+        timeout: float = 600.0,
+        connect_timeout: float = 10.0,
+        http2: bool = False,
+        headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
+        pricing: Mapping[str, float] | None = None,
+        callbacks: list[Any] | None = None,
+        plugin_manager: PluginManager | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if model_type != "chat":
+            raise ValueError(f"NativeLM speaks chat APIs only (model_type={model_type!r}); use dspy.LM for text or "
+                             "responses models")
+        for name in ("engine", "async_engine", "provider"):
+            if name in kwargs:
+                raise TypeError(f"NativeLM takes no {name}=; it is its own transport (use dspy.LM for engines)")
+        provider, _, bare = model.partition("/")
+        if not bare:
+            provider, bare = "openai", model
+        default_wire, default_base, key_env = PROVIDERS.get(provider, ("openai", None, None))
+        self.provider = provider
+        self.wire = wire or default_wire
+        self.api_base = api_base or default_base
+        if not self.api_base:
+            raise ValueError(f"NativeLM({model!r}): provider {provider!r} has no default endpoint; pass "
+                             "api_base='http://host:port/v1'")
+        self.wire_model = bare
+        self.timeout, self.connect_timeout, self.http2 = float(timeout), float(connect_timeout), bool(http2)
+        self.headers = list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
+        self.pricing = dict(pricing) if pricing is not None else None
+        if self.pricing is not None and set(self.pricing) != {"input_per_mtok", "output_per_mtok"}:
+            raise ValueError("pricing must be {'input_per_mtok': USD, 'output_per_mtok': USD}")
+        super().__init__(model, model_type="chat", temperature=temperature, max_tokens=max_tokens, cache=cache,
+                         callbacks=callbacks, num_retries=num_retries, **kwargs)
+        key = api_key if api_key is not None else (os.environ.get(key_env) if key_env else None)
+        self._key_env = key_env
+        self._transport = self._build_transport(key)
+        self._dspyo3_pm_token = _remember(plugin_manager) if plugin_manager is not None else None
+
+    def _build_transport(self, key: str | None) -> Any:
+        return _native().LMTransport(
+            self.api_base, api_key=key, wire=self.wire, timeout=self.timeout, connect_timeout=self.connect_timeout,
+            max_retries=int(self.num_retries), http2=self.http2, headers=self.headers or None,
+        )
+
+    # -- DSPy LM surface ---------------------------------------------------------------------------------------
+
+    @property
+    def supports_function_calling(self) -> bool:
+        """Both wire formats carry tools."""
+        return True
+
+    @property
+    def supported_params(self) -> set[str]:
+        """OpenAI-style options this LM forwards."""
+        return {"temperature", "max_tokens", "top_p", "stop", "tools", "tool_choice", "n", "seed",
+                "response_format", "frequency_penalty", "presence_penalty", "logprobs"}
+
+    @property
+    def plugin_manager(self) -> PluginManager:
+        """The plugin manager whose ``dspyo3_lm_call`` hook this LM calls."""
+        return plugin_manager_for(self)
+
+    def dump_state(self) -> dict[str, Any]:
+        """Reconstruction state without the key (it comes back from the environment or ``api_key=``)."""
+        state = super().dump_state()
+        state.update(api_base=self.api_base, wire=self.wire, timeout=self.timeout,
+                     connect_timeout=self.connect_timeout, http2=self.http2)
+        state.pop("model_type", None)
+        if self.pricing is not None:
+            state["pricing"] = dict(self.pricing)
+        return state
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the Rust client (and the key inside it) is not pickled; unpickling rebuilds it with the env key
+        state = dict(self.__dict__)
+        state.pop("_transport", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._transport = self._build_transport(os.environ.get(self._key_env) if self._key_env else None)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> NativeLM:
+        copied = self.copy()
+        memo[id(self)] = copied
+        return copied
+
+    def __repr__(self) -> str:
+        return f"NativeLM({self.model!r}, api_base={self.api_base!r}, wire={self.wire!r})"
+
+    # -- calls -------------------------------------------------------------------------------------------------
+
+    def _hooked(self) -> PluginManager | None:
+        """The plugin manager, when a plugin wraps ``dspyo3_lm_call`` (else calls skip the hook machinery)."""
+        manager = self.plugin_manager
+        return manager if len(manager.hook.dspyo3_lm_call.get_hookimpls()) > 1 else None
+
+    @with_callbacks
+    def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        manager = self._hooked()
+        if manager is not None:
+            return manager.hook.dspyo3_lm_call(call=LMCall(lm=self, prompt=prompt, messages=messages, kwargs=kwargs))
+        return self._dspyo3_invoke(prompt, messages, kwargs)
+
+    @with_callbacks
+    async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        manager = self._hooked()
+        if manager is not None:
+            import anyio.to_thread
+
+            call = LMCall(lm=self, prompt=prompt, messages=messages, kwargs=kwargs, is_async=True)
+            return await anyio.to_thread.run_sync(functools.partial(manager.hook.dspyo3_lm_call, call=call))
+        return await self._dspyo3_ainvoke(prompt, messages, kwargs)
+
+    def forward(self, prompt: Any = None, messages: Any = None, **kwargs: Any) -> Any:
+        """The stored response record for one call (no cache, history or usage tracking)."""
+        messages, params, _, n = self._prepare(prompt, messages, kwargs)
+        return self._complete(messages, params, n)
+
+    async def aforward(self, prompt: Any = None, messages: Any = None, **kwargs: Any) -> Any:
+        """Async :meth:`forward`."""
+        messages, params, _, n = self._prepare(prompt, messages, kwargs)
+        return await self._acomplete(messages, params, n)
+
+    def _prepare(self, prompt: Any, messages: Any, kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any],
+                                                                                  dict[str, Any] | None, int]:
+        if messages is None:
+            if prompt is None:
+                raise ValueError("pass messages=[...] or a prompt string")
+            messages = [{"role": "user", "content": prompt}]
+        merged = {**self.kwargs, **kwargs}
+        use_cache = merged.pop("cache", self.cache)
+        n = merged.get("n") or merged.get("num_generations") or 1
+        params = {k: v for k, v in merged.items() if v is not None and k not in _DSPY_ONLY}
+        key = None
+        if use_cache:
+            key = {"_fn_identifier": _CACHE_ID, "model": self.model, "api_base": self.api_base,
+                   "messages": messages, "n": n, "rollout_id": merged.get("rollout_id"), **params}
+        return messages, params, key, int(n)
+
+    def _record(self, answer: tuple[Any, ...]) -> _Record:
+        ident, model, choices, (prompt_tokens, completion_tokens, total_tokens) = answer
+        return _Record(
+            id=ident, model=model or self.wire_model,
+            choices=[{"content": c, "reasoning": r, "tool_calls": t, "finish_reason": f} for c, r, t, f in choices],
+            usage={"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                   "total_tokens": total_tokens},
+        )
+
+    def _merge(self, records: list[_Record]) -> _Record:
+        if len(records) == 1:
+            return records[0]
+        usage = {k: sum(r["usage"][k] for r in records) for k in records[0]["usage"]}
+        return _Record(id=records[0]["id"], model=records[0]["model"],
+                       choices=[c for r in records for c in r["choices"]], usage=usage)
+
+    def _complete(self, messages: list[Any], params: dict[str, Any], n: int) -> _Record:
+        transport = self._transport
+        try:
+            if n > 1 and self.wire == "anthropic":  # no `n` in the messages API: one request per candidate
+                return self._merge([self._record(transport.complete(self.wire_model, messages, params))
+                                    for _ in range(n)])
+            if n > 1:
+                params = {**params, "n": n}
+            return self._record(transport.complete(self.wire_model, messages, params))
+        except _native().LMTransportError as exc:
+            raise _error(self, exc) from None
+
+    async def _acomplete(self, messages: list[Any], params: dict[str, Any], n: int) -> _Record:
+        transport = self._transport
+        try:
+            if n > 1 and self.wire == "anthropic":
+                answers = await asyncio.gather(*(_submit(transport, self.wire_model, messages, params)
+                                                 for _ in range(n)))
+                return self._merge([self._record(a) for a in answers])
+            if n > 1:
+                params = {**params, "n": n}
+            return self._record(await _submit(transport, self.wire_model, messages, params))
+        except _native().LMTransportError as exc:
+            raise _error(self, exc) from None
+
+    def _cached(self, key: dict[str, Any] | None) -> _Record | None:
+        if key is None:
+            return None
+        hit = dspy.cache.get(key)
+        if hit is None:
+            return None
+        record = _Record(hit)
+        record["cache_hit"] = True
+        return record
+
+    def _cost(self, record: Mapping[str, Any]) -> float | None:
+        usage = record["usage"]
+        if self.pricing is not None:
+            return (usage["prompt_tokens"] * self.pricing["input_per_mtok"]
+                    + usage["completion_tokens"] * self.pricing["output_per_mtok"]) / 1e6
+        return PRICING.cost(self.model, usage["prompt_tokens"], usage["completion_tokens"])
+
+    def _finish(self, record: _Record, key: dict[str, Any] | None, prompt: Any, messages: Any,
+                kwargs: dict[str, Any]) -> list[Any]:
+        hit = record.get("cache_hit", False)
+        if not hit:
+            record["cost"] = self._cost(record)
+            if key is not None:
+                dspy.cache.put(key, dict(record))
+            if settings.usage_tracker:
+                settings.usage_tracker.add_usage(self.model, dict(record["usage"]))
+        outputs = _outputs(record)
+        if not settings.disable_history:
+            self.update_history({
+                "prompt": prompt, "messages": messages,
+                "kwargs": {k: v for k, v in kwargs.items() if not k.startswith("api_")},
+                "response": record, "outputs": outputs,
+                "usage": {} if hit else dict(record["usage"]), "cost": None if hit else record.get("cost"),
+                "timestamp": datetime.datetime.now().isoformat(), "uuid": str(uuid.uuid4()),
+                "model": self.model, "response_model": record["model"], "model_type": self.model_type,
+            })
+        return outputs
+
+    def _dspyo3_invoke(self, prompt: Any, messages: Any, kwargs: dict[str, Any]) -> list[Any]:
+        """One call: cache, request (or stream to ``dspy.streamify``), usage, history. The hook chain's innermost
+        step for this LM."""
+        msgs, params, key, n = self._prepare(prompt, messages, kwargs)
+        record = self._cached(key)
+        if record is None:
+            if settings.send_stream is not None and n == 1:
+                record = self._stream_sync(msgs, params)
+            else:
+                record = self._complete(msgs, params, n)
+        return self._finish(record, key, prompt, msgs, kwargs)
+
+    async def _dspyo3_ainvoke(self, prompt: Any, messages: Any, kwargs: dict[str, Any]) -> list[Any]:
+        msgs, params, key, n = self._prepare(prompt, messages, kwargs)
+        record = self._cached(key)
+        if record is None:
+            if settings.send_stream is not None and n == 1:
+                record = await self._stream_async(msgs, params)
+            else:
+                record = await self._acomplete(msgs, params, n)
+        return self._finish(record, key, prompt, msgs, kwargs)
+
+    # -- streaming ---------------------------------------------------------------------------------------------
+
+    def _stream_sync(self, messages: list[Any], params: dict[str, Any]) -> _Record:
+        import anyio.from_thread
+
+        stream = settings.send_stream
+        assembly = _Assembly(self, settings.caller_predict)
+        try:
+            events = self._transport.stream(self.wire_model, messages, params)
+            try:
+                for event in events:
+                    chunk = assembly.push(event)
+                    if chunk is not None:
+                        _emitted()
+                        anyio.from_thread.run(stream.send, chunk)
+            finally:
+                events.close()
+        except _native().LMTransportError as exc:
+            raise _error(self, exc) from None
+        return assembly.record()
+
+    async def _stream_async(self, messages: list[Any], params: dict[str, Any]) -> _Record:
+        stream = settings.send_stream
+        assembly = _Assembly(self, settings.caller_predict)
+        try:
+            events = await self._transport.astream(self.wire_model, messages, params)
+            try:
+                async for event in events:
+                    chunk = assembly.push(event)
+                    if chunk is not None:
+                        _emitted()
+                        await stream.send(chunk)
+            finally:
+                events.close()
+        except _native().LMTransportError as exc:
+            raise _error(self, exc) from None
+        return assembly.record()
+
+
+def _emitted() -> None:
+    from dspy.clients.call_context import stream_emitted
+
+    stream_emitted()
+
+
+class _Assembly:
+    """Stream events -> listener chunks (the shape ``dspy.streamify`` consumes) and the final record."""
+
+    def __init__(self, lm: NativeLM, caller_predict: Any) -> None:
+        self.lm = lm
+        self.predict_id = id(caller_predict) if caller_predict is not None else None
+        self.id: str | None = None
+        self.model = lm.wire_model
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.tools: dict[int, dict[str, Any]] = {}
+        self.finish: str | None = None
+        self.usage = (0, 0, 0)
+
+    def push(self, event: tuple[Any, ...]) -> Any:
+        from dspy.clients.call_result import attributes
+        from dspy.clients.engines.streaming import EngineChunk
+
+        kind = event[0]
+        delta: dict[str, Any] = {}
+        finish = None
+        if kind == "start":
+            self.id = event[1]
+            self.model = event[2] or self.model
+            return None
+        if kind == "text":
+            self.text.append(event[1])
+            delta["content"] = event[1]
+        elif kind == "reasoning":
+            self.reasoning.append(event[1])
+            delta["reasoning_content"] = event[1]
+        elif kind == "tool_call":
+            _, index, ident, name, arguments = event
+            call = self.tools.setdefault(index, {"id": ident, "type": "function",
+                                                 "function": {"name": name, "arguments": ""}})
+            call["function"]["arguments"] += arguments
+            function = {"arguments": arguments, **({"name": name} if name is not None else {})}
+            delta["tool_calls"] = [{"index": index, "type": "function", "function": function,
+                                    **({"id": ident} if ident is not None else {})}]
+        elif kind == "end":
+            self.finish, self.usage = event[1], tuple(event[2])
+            finish = self.finish
+        delta.setdefault("content", None)
+        return EngineChunk(id=self.id, model=self.model, predict_id=self.predict_id,
+                           choices=[attributes({"index": 0, "delta": delta, "finish_reason": finish})])
+
+    def record(self) -> _Record:
+        calls = [self.tools[i] for i in sorted(self.tools)] or None
+        content = "".join(self.text) if self.text or not calls else None
+        return self.lm._record((self.id, self.model, [(content, "".join(self.reasoning) or None, calls, self.finish)],
+                                self.usage))
+

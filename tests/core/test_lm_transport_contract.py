@@ -1,0 +1,291 @@
+"""One LM contract, three LMs: ``dspy.LM`` (LiteLLM / lm15), the native Rust transport on the OpenAI wire format,
+and the native transport on Anthropic's messages format, all against the loopback LM server (real HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dspy
+import pytest
+from dspy.utils.exceptions import (
+    LMAuthError,
+    LMError,
+    LMProviderError,
+    LMRateLimitError,
+    LMServerError,
+    LMTimeoutError,
+    LMTransportError,
+    is_retryable_lm_error,
+)
+
+from dspyo3_core.native_lm import PRICING, NativeLM
+from dspyo3_core.testing.server import LMServer, Reply, chat_reply, digest_responder
+
+KINDS = ("litellm", "native", "native-anthropic")
+KEY = "sk-contract-SECRET-0001"
+
+
+class QA(dspy.Signature):
+    question: str = dspy.InputField()
+    answer: str = dspy.OutputField()
+
+
+@pytest.fixture
+def server() -> Iterator[LMServer]:
+    with LMServer(api_key=KEY) as running:
+        yield running
+
+
+MakeLM = Callable[..., Any]
+
+
+@pytest.fixture(params=KINDS)
+def make_lm(request: pytest.FixtureRequest, server: LMServer) -> MakeLM:
+    kind = request.param
+
+    def make(*, api_key: str = KEY, num_retries: int = 0, timeout: float = 10.0, cache: bool = False) -> Any:
+        if kind == "litellm":
+            return dspy.LM("openai/dspyo3-test", api_base=server.api_base, api_key=api_key, cache=cache,
+                           num_retries=num_retries, timeout=timeout)
+        model = "anthropic/claude-test" if kind == "native-anthropic" else "openai/dspyo3-test"
+        return NativeLM(model, api_base=server.api_base, api_key=api_key, cache=cache, num_retries=num_retries,
+                        timeout=timeout)
+
+    make.kind = kind  # type: ignore[attr-defined]
+    return make
+
+
+def _ask(lm: Any, question: str = "What is 2 + 2?") -> Any:
+    with dspy.context(lm=lm):
+        return dspy.Predict(QA)(question=question)
+
+
+def test_answers_sync_and_async(make_lm: MakeLM, server: LMServer) -> None:
+    server.script(chat_reply(answer="4"), chat_reply(answer="four"))
+    lm = make_lm()
+    assert _ask(lm).answer == "4"
+
+    async def ask_async() -> Any:
+        with dspy.context(lm=lm):
+            return await dspy.Predict(QA).acall(question="2 + 2 in words?")
+
+    assert asyncio.run(ask_async()).answer == "four"
+    assert len(server.requests) == 2
+    if make_lm.kind == "native-anthropic":  # type: ignore[attr-defined]
+        assert server.requests[0]["_path"] == "/v1/messages"
+        assert server.requests[0]["messages"][0]["role"] == "system", "the system prompt went to `system`"
+        assert server.requests[0]["_headers"]["x-api-key"] == KEY
+    else:
+        assert server.requests[0]["_headers"]["authorization"] == f"Bearer {KEY}"
+
+
+def test_identical_predictions_across_transports(server: LMServer) -> None:
+    server.responder = digest_responder()
+    answers = []
+    for lm in (dspy.LM("openai/m", api_base=server.api_base, api_key=KEY, cache=False, num_retries=0),
+               NativeLM("openai/m", api_base=server.api_base, api_key=KEY, cache=False, num_retries=0)):
+        answers.append([_ask(lm, f"question {i}").answer for i in range(5)])
+    assert answers[0] == answers[1] and len(set(answers[0])) == 5
+
+
+def test_usage_is_reported_once(make_lm: MakeLM, server: LMServer) -> None:
+    server.script(chat_reply(answer="4"))
+    lm = make_lm()
+    with dspy.track_usage() as tracker:
+        _ask(lm)
+    usage = tracker.get_total_tokens()[lm.model]
+    expected = server.requests[0]  # the server counts whitespace tokens of what it received and answered
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert lm.history[-1]["usage"]["total_tokens"] == usage["total_tokens"]
+    assert expected  # the request was seen
+
+
+def test_streaming_through_streamify(make_lm: MakeLM, server: LMServer) -> None:
+    answer = "The quick brown fox jumps over the lazy dog"
+    server.script(Reply(content=chat_reply(answer=answer), chunk_size=5))
+    lm = make_lm()
+    program = dspy.streamify(dspy.Predict(QA), stream_listeners=[dspy.streaming.StreamListener("answer")])
+
+    async def collect() -> list[Any]:
+        with dspy.context(lm=lm):
+            return [item async for item in program(question="fox?")]
+
+    items = asyncio.run(collect())
+    chunks = [i for i in items if isinstance(i, dspy.streaming.StreamResponse)]
+    assert len(chunks) > 3, items
+    assert "".join(c.chunk for c in chunks).strip() == answer
+    assert isinstance(items[-1], dspy.Prediction) and items[-1].answer == answer
+    assert server.requests[0]["stream"] is True
+
+
+def test_rate_limit_carries_retry_after(make_lm: MakeLM, server: LMServer) -> None:
+    server.script(Reply.rate_limited(retry_after=0.25))
+    with pytest.raises(LMRateLimitError) as info:
+        make_lm()(messages=[{"role": "user", "content": "hi"}])
+    assert info.value.retry_after == pytest.approx(0.25) and is_retryable_lm_error(info.value)
+
+
+def test_rate_limit_is_retried_after_the_wait(make_lm: MakeLM, server: LMServer) -> None:
+    server.script(Reply.rate_limited(retry_after=0.3), chat_reply(answer="4"))
+    started = time.perf_counter()
+    assert _ask(make_lm(num_retries=2)).answer == "4"
+    assert time.perf_counter() - started >= 0.3, "Retry-After was honoured"
+    assert len(server.requests) == 2
+
+
+def test_server_errors(make_lm: MakeLM, server: LMServer) -> None:
+    server.script(Reply.server_error(503, "overloaded (scripted)"))
+    with pytest.raises(LMServerError) as info:
+        make_lm()(messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status == 503 and "overloaded" in str(info.value) and is_retryable_lm_error(info.value)
+    server.script(Reply.server_error(500), chat_reply(answer="ok"))
+    assert _ask(make_lm(num_retries=1)).answer == "ok"
+
+
+def test_timeouts(make_lm: MakeLM, server: LMServer) -> None:
+    server.script(Reply.hang_up(5))
+    started = time.perf_counter()
+    with pytest.raises((LMTimeoutError, LMTransportError)) as info:
+        make_lm(timeout=0.5)(messages=[{"role": "user", "content": "hi"}])
+    assert time.perf_counter() - started < 4
+    assert is_retryable_lm_error(info.value)
+
+
+def test_malformed_bodies(make_lm: MakeLM, server: LMServer) -> None:
+    server.script(Reply.malformed())
+    with pytest.raises(LMProviderError) as info:
+        make_lm()(messages=[{"role": "user", "content": "hi"}])
+    assert not is_retryable_lm_error(info.value)
+
+
+def test_auth_failures(make_lm: MakeLM, server: LMServer) -> None:
+    with pytest.raises(LMAuthError) as info:
+        make_lm(api_key="sk-wrong", num_retries=2)(messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status == 401 and not is_retryable_lm_error(info.value)
+    assert len(server.requests) == 0, "an auth failure is not retried"
+
+
+def test_cache_hits_are_not_billed_twice(make_lm: MakeLM, server: LMServer) -> None:
+    server.script(chat_reply(answer="cached"))
+    lm = make_lm(cache=True)
+    question = f"cache probe {time.time_ns()} {make_lm.kind}"  # type: ignore[attr-defined]
+    with dspy.track_usage() as tracker:
+        first, second = _ask(lm, question), _ask(lm, question)
+    assert first.answer == second.answer == "cached"
+    assert len(server.requests) == 1
+    once = tracker.get_total_tokens()[lm.model]["total_tokens"]
+    server.script(chat_reply(answer="cached"))
+    with dspy.track_usage() as fresh:
+        _ask(make_lm(cache=False), question)
+    assert once == fresh.get_total_tokens()[lm.model]["total_tokens"], "the hit added no usage"
+
+
+# -- native-only behaviour ---------------------------------------------------------------------------------------
+
+
+def test_native_never_exposes_the_key(server: LMServer) -> None:
+    server.script(chat_reply(answer="4"))
+    lm = NativeLM("openai/m", api_base=server.api_base, api_key=KEY, cache=False)
+    _ask(lm)
+    shown = [repr(lm), json.dumps(lm.dump_state(), default=str), repr(lm.history[-1]), repr(lm.kwargs)]
+    assert not any(KEY in text for text in shown)
+    restored = dspy.BaseLM.load_state(lm.dump_state(), allow_custom_lm_class=True)
+    assert isinstance(restored, NativeLM) and restored.api_base == server.api_base
+
+
+def test_native_cost_from_the_pricing_table(server: LMServer) -> None:
+    server.script(chat_reply(answer="4"), chat_reply(answer="4"))
+    PRICING.set("openai/priced-model", input_per_mtok=1.0, output_per_mtok=2.0)
+    lm = NativeLM("openai/priced-model", api_base=server.api_base, api_key=KEY, cache=False)
+    _ask(lm)
+    usage = lm.history[-1]["usage"]
+    assert lm.history[-1]["cost"] == pytest.approx((usage["prompt_tokens"] + 2 * usage["completion_tokens"]) / 1e6)
+    mine = NativeLM("openai/priced-model", api_base=server.api_base, api_key=KEY, cache=False,
+                    pricing={"input_per_mtok": 0.0, "output_per_mtok": 0.0})
+    _ask(mine)
+    assert mine.history[-1]["cost"] == 0.0
+    assert PRICING.price("openai/gpt-4o-mini") is not None, "LiteLLM's bundled price map is read"
+
+
+def test_native_calls_go_through_lm_call_wrappers(server: LMServer, plugin_manager: Any) -> None:
+    from dspyo3_core.hookspecs import hookimpl
+
+    seen: list[tuple[str, bool]] = []
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def dspyo3_lm_call(self, call: Any) -> Any:
+            seen.append((call.model, call.is_async))
+            return (yield)
+
+    manager = plugin_manager
+    manager.register(Wrapper(), name="test-wrapper")
+    server.script(chat_reply(answer="a"), chat_reply(answer="b"))
+    lm = NativeLM("openai/m", api_base=server.api_base, api_key=KEY, cache=False, plugin_manager=manager)
+    assert _ask(lm).answer == "a"
+
+    async def ask_async() -> Any:
+        with dspy.context(lm=lm):
+            return await dspy.Predict(QA).acall(question="q")
+
+    assert asyncio.run(ask_async()).answer == "b"
+    assert seen == [("openai/m", False), ("openai/m", True)]
+
+
+def test_native_cancellation_drops_the_request(server: LMServer) -> None:
+    server.script(Reply.hang_up(5), chat_reply(answer="after"))
+    lm = NativeLM("openai/m", api_base=server.api_base, api_key=KEY, cache=False)
+
+    async def main() -> Any:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(lm.acall(messages=[{"role": "user", "content": "hang"}]), 0.3)
+        with dspy.context(lm=lm):
+            return await dspy.Predict(QA).acall(question="next")
+
+    started = time.perf_counter()
+    assert asyncio.run(main()).answer == "after"
+    assert time.perf_counter() - started < 3
+
+
+def test_native_rejects_bad_configuration() -> None:
+    with pytest.raises(ValueError, match="api_base"):
+        NativeLM("hosted_vllm/some-model")
+    with pytest.raises(ValueError, match="chat"):
+        NativeLM("openai/m", api_base="http://127.0.0.1:9/v1", model_type="text")
+    with pytest.raises(ValueError, match="must look like"):
+        NativeLM("openai/m", api_base="ftp://127.0.0.1/v1")
+    with pytest.raises(TypeError, match="engine"):
+        NativeLM("openai/m", api_base="http://127.0.0.1:9/v1", engine=object())
+
+
+def test_profiles_select_the_transport(server: LMServer) -> None:
+    from dspyo3_core.config import ConfigError, LMProfile, build_lm
+    from dspyo3_core.lm import HookedLM
+
+    def profile(provider: str, **params: Any) -> LMProfile:
+        return LMProfile("p", provider, "m", api_base=server.api_base, params={"cache": False, **params},
+                         api_key_in_file=KEY)
+
+    native = build_lm(profile("openai-compatible", transport="native"))
+    assert isinstance(native, NativeLM)
+    server.script(chat_reply(answer="native"))
+    assert _ask(native).answer == "native"
+    assert isinstance(build_lm(profile("openai-compatible")), HookedLM)
+    assert isinstance(build_lm(profile("native-anthropic")), NativeLM)
+    with pytest.raises(ConfigError, match="transport"):
+        build_lm(profile("openai-compatible", transport="grpc"))
+    with pytest.raises(ConfigError, match="native"):
+        build_lm(profile("cohere", transport="native"))
+
+
+def test_errors_are_dspy_errors(make_lm: MakeLM, server: LMServer) -> None:
+    server.script(Reply(status=400, error_message="This model's maximum context length is 8192 tokens"))
+    with pytest.raises(LMError) as info:
+        make_lm()(messages=[{"role": "user", "content": "long"}])
+    if make_lm.kind != "litellm":  # type: ignore[attr-defined]
+        assert isinstance(info.value, dspy.ContextWindowExceededError)
