@@ -6,7 +6,8 @@ after a fixed latency, so the ceiling is ``concurrency / latency`` requests per 
 own (after a warm-up of one request per slot), and reports requests/s and the CPU time of its process (every
 thread) per request: that is what decides how many LM calls one core can drive.
 
-    python benchmarks/lm_throughput.py [--requests 2000] [--concurrency 128] [--latency-ms 500] [--json F] [--plot F]
+    python benchmarks/lm_throughput.py [--requests 2000] [--concurrency 128] [--latency-ms 500]
+        [--transport litellm|native] [--program predict|lm] [--json F] [--plot F]
 
 Last line: ``{"limit_rps", "run_many_rps", "parallel_rps", "gather_rps", "efficiency",
 "cpu_us_per_request": {"run_many", "parallel", "gather"}, ...}`` with efficiency = run_many_rps / limit_rps.
@@ -31,7 +32,8 @@ from common import LMServerProcess, emit, log
 MODES = ("run_many", "parallel", "gather")
 
 
-def _program_and_inputs(api_base: str, requests: int, transport: str) -> tuple[Any, list[dict[str, str]]]:
+def _program_and_inputs(api_base: str, requests: int, transport: str,
+                        program: str = "predict") -> tuple[Any, list[dict[str, str]]]:
     import dspy
 
     class QA(dspy.Signature):
@@ -45,16 +47,30 @@ def _program_and_inputs(api_base: str, requests: int, transport: str) -> tuple[A
     else:
         lm = dspy.LM("openai/dspyo3-bench", api_base=api_base, api_key="bench", cache=False, num_retries=0)
     dspy.configure(lm=lm)
-    return dspy.Predict(QA), [{"question": f"question {i}"} for i in range(requests)]
+    inputs = [{"question": f"question {i}"} for i in range(requests)]
+    if program == "lm":
+
+        class RawLM(dspy.Module):
+            """One LM call per input, no adapter: what the transport alone sustains."""
+
+            def forward(self, question: str) -> Any:
+                return dspy.Prediction(answer=lm(messages=[{"role": "user", "content": question}])[0])
+
+            async def aforward(self, question: str) -> Any:
+                return dspy.Prediction(answer=(await lm.acall(messages=[{"role": "user", "content": question}]))[0])
+
+        return RawLM(), inputs
+    return dspy.Predict(QA), inputs
 
 
-def worker(mode: str, api_base: str, requests: int, concurrency: int, transport: str) -> dict[str, Any]:
+def worker(mode: str, api_base: str, requests: int, concurrency: int, transport: str,
+           program_kind: str = "predict") -> dict[str, Any]:
     """One contender in this (fresh) process; returns its figures."""
     import dspy
 
     from dspyo3_async import RetryPolicy, run_many
 
-    program, inputs = _program_and_inputs(api_base, requests, transport)
+    program, inputs = _program_and_inputs(api_base, requests, transport, program_kind)
     warm = [{"question": f"warm-up {i}"} for i in range(concurrency)]
 
     async def gather(items: list[dict[str, str]]) -> list[Any]:
@@ -94,13 +110,16 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=500.0)
     parser.add_argument("--transport", choices=["litellm", "native"], default="litellm",
                         help="the LM under test: dspy.LM (LiteLLM) or the native Rust transport")
+    parser.add_argument("--program", choices=["predict", "lm"], default="predict",
+                        help="dspy.Predict (adapter included, the default) or bare LM calls (the transport alone)")
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--plot", dest="plot_path")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--api-base", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.api_base, args.requests, args.concurrency, args.transport)))
+        print(json.dumps(worker(args.worker, args.api_base, args.requests, args.concurrency, args.transport,
+                                args.program)))
         return
 
     latency = args.latency_ms / 1000
@@ -112,7 +131,7 @@ def main() -> None:
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", mode, "--api-base", server.api_base,
                  "--requests", str(args.requests), "--concurrency", str(args.concurrency),
-                 "--transport", args.transport],
+                 "--transport", args.transport, "--program", args.program],
                 check=True, capture_output=True, text=True)
             figures[mode] = json.loads(out.stdout.strip().splitlines()[-1])
             log(f"{mode}: {figures[mode]['rps']:.1f} req/s, {figures[mode]['cpu_us_per_request']:.0f} us CPU/request")
@@ -127,6 +146,7 @@ def main() -> None:
         "concurrency": args.concurrency,
         "latency_ms": args.latency_ms,
         "transport": args.transport,
+        "program": args.program,
         "same_answers": len({figures[mode]["answers_digest"] for mode in MODES}) == 1,
     }
     emit(result, args.json_path, args.plot_path,

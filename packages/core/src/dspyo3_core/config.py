@@ -347,7 +347,8 @@ def build_lm(
             if unsupported in kwargs:
                 raise ConfigError(f"profile {profile.name!r}: {unsupported} is a dspy.LM setting; the native "
                                   "transport does not take it")
-        if prefix.startswith("ollama") and kwargs.get("api_base") and not str(kwargs["api_base"]).rstrip("/").endswith("/v1"):
-            kwargs["api_base"] = str(kwargs["api_base"]).rstrip("/") + "/v1"  # Ollama's OpenAI-compatible route
+        base = str(kwargs.get("api_base") or "").rstrip("/")
+        if prefix.startswith("ollama") and base and not base.endswith("/v1"):
+            kwargs["api_base"] = base + "/v1"  # Ollama's OpenAI-compatible route
         return NativeLM(model, plugin_manager=manager, **kwargs)
     return HookedLM(model, plugin_manager=manager, **kwargs)

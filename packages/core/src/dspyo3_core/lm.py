@@ -58,7 +58,8 @@ class LMCall:
     """One LM call as the ``dspyo3_lm_call`` hook sees it.
 
     Attributes:
-        lm: the :class:`HookedLM` (or :class:`~dspyo3_core.native_lm.NativeLM`) being called (``lm.model``, ``lm.kwargs``).
+        lm: the :class:`HookedLM` (or :class:`~dspyo3_core.native_lm.NativeLM`) being called (``lm.model``,
+            ``lm.kwargs``).
         prompt: the prompt string, if the caller passed one.
         messages: the chat messages, if the caller passed them (what DSPy adapters do).
         kwargs: per-call keyword arguments (``temperature``, ``n``, ``rollout_id``, ...).

@@ -34,16 +34,19 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import dspy
 from dspy.dsp.utils.settings import settings
-from dspy.utils.callback import with_callbacks
+from dspy.utils.callback import with_callbacks as _with_callbacks
 
 from dspyo3_core.lm import LMCall, _remember, plugin_manager_for
 
 if TYPE_CHECKING:
     from dspyo3_core.plugins import PluginManager
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+with_callbacks: Callable[[_F], _F] = _with_callbacks  # DSPy's decorator, typed
 
 # provider prefix -> (wire format, default api_base, key environment variable)
 PROVIDERS: dict[str, tuple[str, str | None, str | None]] = {
@@ -102,7 +105,8 @@ class PricingTable:
         for name in (model, bare):
             entry = table.get(name)
             if isinstance(entry, dict) and "input_cost_per_token" in entry:
-                return (float(entry["input_cost_per_token"]) * 1e6, float(entry.get("output_cost_per_token", 0.0)) * 1e6)
+                return (float(entry["input_cost_per_token"]) * 1e6,
+                        float(entry.get("output_cost_per_token", 0.0)) * 1e6)
         return None
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
@@ -134,23 +138,21 @@ def _error(lm: NativeLM, exc: BaseException) -> Exception:
 
     message, kind, status, retry_after = (list(exc.args) + [None] * 4)[:4]
     meta: dict[str, Any] = {"model": lm.model, "provider": lm.provider, "status": status}
-    if kind == "rate_limit":
-        return ex.LMRateLimitError(message, retry_after=retry_after, **meta)
-    if kind == "auth":
-        return ex.LMAuthError(message, **meta)
+    classes: dict[str, Any] = {
+        "rate_limit": ex.LMRateLimitError, "auth": ex.LMAuthError, "invalid_request": ex.LMInvalidRequestError,
+        "server": ex.LMServerError, "timeout": ex.LMTimeoutError, "connect": ex.LMTransportError,
+        "config": ex.LMConfigurationError,
+    }
+    error: Exception
     if kind == "context_length":
-        return ex.ContextWindowExceededError(message=message, **meta)
-    if kind == "invalid_request":
-        return ex.LMInvalidRequestError(message, **meta)
-    if kind == "server":
-        return ex.LMServerError(message, **meta)
-    if kind == "timeout":
-        return ex.LMTimeoutError(message, **meta)
-    if kind == "connect":
-        return ex.LMTransportError(message, **meta)
-    if kind == "config":
-        return ex.LMConfigurationError(message, **meta)
-    return ex.LMProviderError(message, code="malformed_response", **{**meta, "status": status or 200})
+        error = ex.ContextWindowExceededError(message=message, **meta)
+    elif kind == "rate_limit":
+        error = ex.LMRateLimitError(message, retry_after=retry_after, **meta)
+    elif kind in classes:
+        error = classes[kind](message, **meta)
+    else:  # protocol: a 200 whose body is not an answer (or a stream that broke off)
+        error = ex.LMProviderError(message, code="malformed_response", **{**meta, "status": status or 200})
+    return error
 
 
 class _LoopBridge:
@@ -325,7 +327,7 @@ class NativeLM(dspy.BaseLM):
 
     def dump_state(self) -> dict[str, Any]:
         """Reconstruction state without the key (it comes back from the environment or ``api_key=``)."""
-        state = super().dump_state()
+        state: dict[str, Any] = super().dump_state()
         state.update(api_base=self.api_base, wire=self.wire, timeout=self.timeout,
                      connect_timeout=self.connect_timeout, http2=self.http2)
         state.pop("model_type", None)
@@ -344,7 +346,7 @@ class NativeLM(dspy.BaseLM):
         self._transport = self._build_transport(os.environ.get(self._key_env) if self._key_env else None)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> NativeLM:
-        copied = self.copy()
+        copied: NativeLM = self.copy()
         memo[id(self)] = copied
         return copied
 
@@ -455,9 +457,9 @@ class NativeLM(dspy.BaseLM):
     def _cost(self, record: Mapping[str, Any]) -> float | None:
         usage = record["usage"]
         if self.pricing is not None:
-            return (usage["prompt_tokens"] * self.pricing["input_per_mtok"]
-                    + usage["completion_tokens"] * self.pricing["output_per_mtok"]) / 1e6
-        return PRICING.cost(self.model, usage["prompt_tokens"], usage["completion_tokens"])
+            return float(usage["prompt_tokens"] * self.pricing["input_per_mtok"]
+                         + usage["completion_tokens"] * self.pricing["output_per_mtok"]) / 1e6
+        return PRICING.cost(str(self.model), int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
 
     def _finish(self, record: _Record, key: dict[str, Any] | None, prompt: Any, messages: Any,
                 kwargs: dict[str, Any]) -> list[Any]:
