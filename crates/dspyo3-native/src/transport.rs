@@ -457,8 +457,14 @@ impl PyRequest {
     }
 }
 
-/// Register the transport classes on the module.
+/// Register the transport classes on the module, and size the transport's tokio runtime: one worker thread by
+/// default (LM calls are I/O-bound and parsing is microseconds; fewer threads means fewer cross-thread wake-ups per
+/// request), or `DSPYO3_TRANSPORT_THREADS`.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let threads = std::env::var("DSPYO3_TRANSPORT_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(threads.unwrap_or(1)).thread_name("dspyo3-transport").enable_all();
+    pyo3_async_runtimes::tokio::init(builder);
     m.add("LMTransportError", m.py().get_type::<LMTransportError>())?;
     m.add_class::<PyTransport>()?;
     m.add_class::<PyStream>()?;
