@@ -23,7 +23,7 @@ from dspy.utils.exceptions import (
 )
 
 from dspyo3_core.native_lm import PRICING, NativeLM
-from dspyo3_core.testing.server import LMServer, Reply, chat_reply, digest_responder
+from dspyo3_core.testing.server import LMServer, Reply, chat_reply, digest_responder, usage_of
 
 KINDS = ("litellm", "native", "native-anthropic")
 KEY = "sk-contract-SECRET-0001"
@@ -98,11 +98,10 @@ def test_usage_is_reported_once(make_lm: MakeLM, server: LMServer) -> None:
     with dspy.track_usage() as tracker:
         _ask(lm)
     usage = tracker.get_total_tokens()[lm.model]
-    expected = server.requests[0]  # the server counts whitespace tokens of what it received and answered
-    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
-    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    assert lm.history[-1]["usage"]["total_tokens"] == usage["total_tokens"]
-    assert expected  # the request was seen
+    expected = usage_of(server.requests[0], chat_reply(answer="4"))  # what the server reported
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        assert usage[key] == expected[key], key
+    assert lm.history[-1]["usage"]["total_tokens"] == expected["total_tokens"]
 
 
 def test_streaming_through_streamify(make_lm: MakeLM, server: LMServer) -> None:
@@ -167,7 +166,7 @@ def test_auth_failures(make_lm: MakeLM, server: LMServer) -> None:
     with pytest.raises(LMAuthError) as info:
         make_lm(api_key="sk-wrong", num_retries=2)(messages=[{"role": "user", "content": "hi"}])
     assert info.value.status == 401 and not is_retryable_lm_error(info.value)
-    assert len(server.requests) == 0, "an auth failure is not retried"
+    assert server.rejected == 1, "an auth failure is not retried"
 
 
 def test_cache_hits_are_not_billed_twice(make_lm: MakeLM, server: LMServer) -> None:
@@ -189,13 +188,33 @@ def test_cache_hits_are_not_billed_twice(make_lm: MakeLM, server: LMServer) -> N
 
 
 def test_native_never_exposes_the_key(server: LMServer) -> None:
+    import pickle
+
     server.script(chat_reply(answer="4"))
-    lm = NativeLM("openai/m", api_base=server.api_base, api_key=KEY, cache=False)
+    lm = NativeLM("openai/m", api_base=server.api_base, api_key=KEY, cache=False,
+                  headers={"X-Team": "search", "Authorization": f"Bearer {KEY}"})
     _ask(lm)
-    shown = [repr(lm), json.dumps(lm.dump_state(), default=str), repr(lm.history[-1]), repr(lm.kwargs)]
+    shown = [repr(lm), json.dumps(lm.dump_state(), default=str), repr(lm.history[-1]), repr(lm.kwargs),
+             repr(pickle.dumps(lm))]
     assert not any(KEY in text for text in shown)
     restored = dspy.BaseLM.load_state(lm.dump_state(), allow_custom_lm_class=True)
     assert isinstance(restored, NativeLM) and restored.api_base == server.api_base
+    assert restored.headers == [("X-Team", "search")], "public headers are saved, secret ones are not"
+
+
+def test_native_copies_keep_the_key_and_follow_new_settings(server: LMServer) -> None:
+    import copy
+
+    lm = NativeLM("openai/m", api_base="http://127.0.0.1:9/v1", api_key=KEY, cache=False)
+    server.script(chat_reply(answer="a"), chat_reply(answer="b"), chat_reply(answer="c"))
+    moved = lm.copy(api_base=server.api_base, rollout_id=1)  # a new endpoint gets a new client, same key
+    assert _ask(moved).answer == "a" and moved.api_base == server.api_base
+    assert _ask(copy.deepcopy(moved)).answer == "b"
+    assert _ask(moved.copy(temperature=0.5)).answer == "c"
+    assert [r["_headers"]["authorization"] for r in server.requests] == [f"Bearer {KEY}"] * 3
+    assert moved.copy(temperature=0.5)._transport is moved._transport, "unchanged connection settings share the pool"
+    with pytest.raises(TypeError, match="copy"):
+        moved(messages=[{"role": "user", "content": "x"}], api_base="http://elsewhere/v1")
 
 
 def test_native_cost_from_the_pricing_table(server: LMServer) -> None:
@@ -238,12 +257,21 @@ def test_native_calls_go_through_lm_call_wrappers(server: LMServer, plugin_manag
 
 
 def test_native_cancellation_drops_the_request(server: LMServer) -> None:
+    import psutil
+
     server.script(Reply.hang_up(5), chat_reply(answer="after"))
     lm = NativeLM("openai/m", api_base=server.api_base, api_key=KEY, cache=False)
+    port = int(server.api_base.rsplit(":", 1)[1].split("/")[0])
+
+    def open_to_server() -> int:
+        return sum(1 for c in psutil.Process().net_connections(kind="tcp")
+                   if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
 
     async def main() -> Any:
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(lm.acall(messages=[{"role": "user", "content": "hang"}]), 0.3)
+        await asyncio.sleep(0.2)
+        assert open_to_server() == 0, "the cancelled request's connection was closed"
         with dspy.context(lm=lm):
             return await dspy.Predict(QA).acall(question="next")
 

@@ -1,4 +1,4 @@
-"""The example in crates/dspyo3-native/README.md runs as written."""
+"""The examples in crates/dspyo3-native/README.md run as written."""
 
 from __future__ import annotations
 
@@ -10,8 +10,14 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[2] / "crates" / "dspyo3-native" / "README.md"
 
 
-def test_readme_example_runs(tmp_path: Path) -> None:
-    (code,) = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+def _run(code: str, cwd: Path) -> str:
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "('a'," in result.stdout and "42" in result.stdout
+    return result.stdout
+
+
+def test_readme_examples_run(tmp_path: Path) -> None:
+    kernels, transport = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    out = _run(kernels, tmp_path)
+    assert "('a'," in out and "42" in out
+    assert _run(transport, tmp_path).startswith("Paris (")

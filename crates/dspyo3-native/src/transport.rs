@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,10 +158,32 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     pyo3_async_runtimes::tokio::get_runtime()
 }
 
-/// Run `future` on the transport runtime and wait for it on this (non-runtime) thread.
-fn wait<T: Send + 'static>(future: impl std::future::Future<Output = T> + Send + 'static) -> PyResult<T> {
-    let handle = runtime().spawn(future);
-    futures::executor::block_on(handle).map_err(|e| PyException::new_err(format!("the transport task failed: {e}")))
+/// Run `future` on the transport runtime and wait for it on this (non-runtime) thread, without the GIL, checking
+/// for signals every 100 ms: Ctrl-C aborts the request and raises `KeyboardInterrupt` at once.
+fn wait<T: Send + 'static>(py: Python<'_>, future: impl std::future::Future<Output = T> + Send + 'static) -> PyResult<T> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+    let receiver = std::sync::Mutex::new(receiver);
+    let task = runtime().spawn(async move {
+        let _ = sender.send(future.await);
+    });
+    loop {
+        let waited = py.detach(|| match receiver.lock() {
+            Ok(receiver) => receiver.recv_timeout(Duration::from_millis(100)),
+            Err(_) => Err(std::sync::mpsc::RecvTimeoutError::Disconnected),
+        });
+        match waited {
+            Ok(value) => return Ok(value),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(interrupted) = py.check_signals() {
+                    task.abort();
+                    return Err(interrupted);
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(PyException::new_err("the transport task ended without an answer (runtime shut down?)"))
+            }
+        }
+    }
 }
 
 /// A pooled HTTP client for one LM endpoint (OpenAI chat completions or Anthropic messages).
@@ -255,7 +278,7 @@ impl PyTransport {
     fn complete(&self, py: Python<'_>, model: &str, messages: &Bound<'_, PyAny>, params: Option<&Bound<'_, PyDict>>) -> PyResult<Answer> {
         let body = self.body(model, messages, params, false)?;
         let client = self.client.clone();
-        py.detach(|| wait(async move { client.complete(body).await }))?.map(Answer).map_err(transport_err)
+        wait(py, async move { client.complete(body).await })?.map(Answer).map_err(transport_err)
     }
 
     /// :meth:`complete` as an awaitable for the running asyncio loop; cancelling it drops the HTTP request.
@@ -272,7 +295,7 @@ impl PyTransport {
     fn stream(&self, py: Python<'_>, model: &str, messages: &Bound<'_, PyAny>, params: Option<&Bound<'_, PyDict>>) -> PyResult<PyStream> {
         let body = self.body(model, messages, params, true)?;
         let client = self.client.clone();
-        let events = py.detach(|| wait(async move { client.stream(body).await }))?.map_err(transport_err)?;
+        let events = wait(py, async move { client.stream(body).await })?.map_err(transport_err)?;
         Ok(PyStream::new(events))
     }
 
@@ -299,10 +322,10 @@ impl PyTransport {
     ) -> PyResult<PyRequest> {
         let body = self.body(model, messages, params, false)?;
         let client = self.client.clone();
-        let inner = queue.get().inner.clone();
+        let slot = Slot { inner: Some(queue.get().inner.clone()), token };
         let task = runtime().spawn(async move {
             let result = client.complete(body).await;
-            inner.push((token, result));
+            slot.deliver(result);
         });
         Ok(PyRequest { handle: task.abort_handle() })
     }
@@ -319,16 +342,24 @@ impl PyTransport {
 #[pyclass(frozen, name = "LMStream", module = "dspyo3_native")]
 pub(crate) struct PyStream {
     inner: Arc<AsyncMutex<Option<EventStream>>>,
+    closed: Arc<AtomicBool>,
 }
 
 impl PyStream {
     fn new(events: EventStream) -> PyStream {
-        PyStream { inner: Arc::new(AsyncMutex::new(Some(events))) }
+        PyStream { inner: Arc::new(AsyncMutex::new(Some(events))), closed: Arc::new(AtomicBool::new(false)) }
     }
 }
 
-async fn next_event(inner: Arc<AsyncMutex<Option<EventStream>>>) -> Result<Option<StreamEvent>, TransportError> {
+async fn next_event(
+    inner: Arc<AsyncMutex<Option<EventStream>>>,
+    closed: Arc<AtomicBool>,
+) -> Result<Option<StreamEvent>, TransportError> {
     let mut guard = inner.lock().await;
+    if closed.load(Ordering::Acquire) {
+        guard.take(); // closed while this read waited for the lock
+        return Ok(None);
+    }
     let Some(events) = guard.as_mut() else { return Ok(None) };
     match events.next().await {
         Some(Ok(event)) => Ok(Some(event)),
@@ -350,8 +381,7 @@ impl PyStream {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<Event>> {
-        let inner = self.inner.clone();
-        let next = py.detach(|| wait(next_event(inner)))?.map_err(transport_err)?;
+        let next = wait(py, next_event(self.inner.clone(), self.closed.clone()))?.map_err(transport_err)?;
         Ok(next.map(Event))
     }
 
@@ -360,20 +390,22 @@ impl PyStream {
     }
 
     fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
+        let (inner, closed) = (self.inner.clone(), self.closed.clone());
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            match next_event(inner).await.map_err(transport_err)? {
+            match next_event(inner, closed).await.map_err(transport_err)? {
                 Some(event) => Ok(Event(event)),
                 None => Err(PyStopAsyncIteration::new_err(())),
             }
         })
     }
 
-    /// Stop reading and drop the connection (no-op once the stream ended).
-    fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let inner = self.inner.clone();
-        py.detach(|| wait(async move { inner.lock().await.take() }))?;
-        Ok(())
+    /// Stop reading and drop the connection (no-op once the stream ended). Never blocks: with a read in flight,
+    /// the stream is dropped as soon as that read lets go of it.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Ok(mut guard) = self.inner.try_lock() {
+            guard.take();
+        }
     }
 }
 
@@ -397,6 +429,30 @@ impl QueueInner {
         };
         if first {
             let _ = (&self.writer).write(&[1u8]); // a full socket buffer already means "wake up"
+        }
+    }
+}
+
+/// Delivers a submitted request's result when its task ends, however it ends: an aborted or panicking task still
+/// resolves its asyncio future (with an error) instead of leaving it pending forever.
+struct Slot {
+    inner: Option<Arc<QueueInner>>,
+    token: u64,
+}
+
+impl Slot {
+    fn deliver(mut self, result: Result<Completion, TransportError>) {
+        if let Some(inner) = self.inner.take() {
+            inner.push((self.token, result));
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            let cancelled = TransportError::Connect { message: "the request was cancelled before it finished".into() };
+            inner.push((self.token, Err(cancelled)));
         }
     }
 }

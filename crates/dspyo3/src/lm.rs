@@ -153,8 +153,9 @@ impl LmBuilder {
 
     /// Send requests with the native transport: the HTTP call runs in Rust on tokio, without LiteLLM or lm15's
     /// client, and holds no GIL while in flight; DSPy's adapters, cache, retries, history and errors are
-    /// unchanged. First cut: OpenAI-compatible chat completions over plain `http://` (a local or in-cluster
-    /// server), text messages, no streaming; `build` says so when an option is outside that.
+    /// unchanged. OpenAI-compatible chat completions over `http://` or `https://` (HTTP/1.1 or HTTP/2 by ALPN),
+    /// text messages, no streaming; `build` says so when an option is outside that. (Python code gets the full
+    /// transport, streaming and Anthropic included, as `dspyo3_core.native_lm.NativeLM`.)
     pub fn native(mut self) -> Self {
         self.native = true;
         self

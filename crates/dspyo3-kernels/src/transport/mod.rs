@@ -63,6 +63,8 @@ pub enum TransportError {
         status: u16,
         /// Server message.
         message: String,
+        /// Suggested wait (`Retry-After` on a 503 / 529).
+        retry_after: Option<Duration>,
     },
     /// No complete answer in time: the client timeout expired, or the server answered 408.
     Timeout {
@@ -118,7 +120,7 @@ impl TransportError {
     /// The server's suggested wait before retrying.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            TransportError::RateLimited { retry_after, .. } => *retry_after,
+            TransportError::RateLimited { retry_after, .. } | TransportError::Server { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -145,7 +147,7 @@ impl fmt::Display for TransportError {
             TransportError::Auth { status, message } => write!(f, "authentication failed (HTTP {status}): {message}"),
             TransportError::ContextLength { message } => write!(f, "context window exceeded: {message}"),
             TransportError::InvalidRequest { status, message } => write!(f, "invalid request (HTTP {status}): {message}"),
-            TransportError::Server { status, message } => write!(f, "server error (HTTP {status}): {message}"),
+            TransportError::Server { status, message, .. } => write!(f, "server error (HTTP {status}): {message}"),
             TransportError::Timeout { message } => write!(f, "timed out: {message}"),
             TransportError::Connect { message } => write!(f, "connection failed: {message}"),
             TransportError::Protocol { message } => write!(f, "malformed answer: {message}"),
@@ -185,7 +187,10 @@ pub fn classify_error(status: u16, retry_after: Option<&str>, body: &[u8]) -> Tr
         400 | 413 | 422 if is_context_length(&message) => TransportError::ContextLength { message },
         408 => TransportError::Timeout { message: format!("the server answered 408 Request Timeout: {message}") },
         400..=499 => TransportError::InvalidRequest { status, message },
-        _ => TransportError::Server { status, message },
+        300..=399 => TransportError::Protocol {
+            message: format!("the server redirected (HTTP {status}); set api_base to the final URL: {message}"),
+        },
+        _ => TransportError::Server { status, message, retry_after: retry_after.and_then(parse_retry_after) },
     }
 }
 
@@ -347,6 +352,7 @@ impl LmClient {
         for (name, value) in &options.headers {
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| config(format!("{name:?} is not an HTTP header name")))?;
             let sensitive = matches!(name.as_str(), "authorization" | "api-key" | "x-api-key");
+            headers.retain(|(existing, _)| *existing != name); // a custom header replaces the default one
             headers.push((name.clone(), header_value(value, &format!("header {name}"), sensitive)?));
         }
         let mut http = HttpConnector::new();
@@ -417,7 +423,7 @@ impl LmClient {
     async fn attempt(&self, body: Bytes) -> Result<Completion, TransportError> {
         let exchange = async {
             let response = self.send(body).await?;
-            if response.status() != hyper::StatusCode::OK {
+            if !response.status().is_success() {
                 return Err(self.read_error(response).await);
             }
             let body = response
@@ -458,7 +464,7 @@ impl LmClient {
         loop {
             let opened = async {
                 let response = self.send(body.clone()).await?;
-                if response.status() != hyper::StatusCode::OK {
+                if !response.status().is_success() {
                     return Err(self.read_error(response).await);
                 }
                 Ok(response.into_body())

@@ -174,7 +174,18 @@ impl StreamDecoder {
     fn push_openai(&mut self, value: &Value) -> Result<(), TransportError> {
         if let Some(error) = value.get("error") {
             let body = serde_json::to_vec(&serde_json::json!({ "error": error })).unwrap_or_default();
-            let status = error.get("code").and_then(Value::as_u64).and_then(|c| u16::try_from(c).ok()).unwrap_or(500);
+            // `code` is a number on some servers and a string (`rate_limit_exceeded`, ...) on OpenAI
+            let numeric = error.get("code").and_then(Value::as_u64).and_then(|c| u16::try_from(c).ok());
+            let named = [error.get("code"), error.get("type")].into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(" ");
+            let status = numeric.unwrap_or(if named.contains("rate_limit") {
+                429
+            } else if named.contains("context_length") || named.contains("invalid_request") {
+                400
+            } else if named.contains("auth") || named.contains("api_key") {
+                401
+            } else {
+                500
+            });
             return Err(classify_error(status, None, &body));
         }
         let str_at = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
@@ -186,10 +197,9 @@ impl StreamDecoder {
         }
         let Some(choice) = value.get("choices").and_then(Value::as_array).and_then(|c| c.first()) else { return Ok(()) };
         if let Some(delta) = choice.get("delta") {
-            for key in ["reasoning_content", "reasoning"] {
-                if let Some(text) = delta.get(key).and_then(Value::as_str).filter(|t| !t.is_empty()) {
-                    self.events.push_back(StreamEvent::Reasoning(text.to_string()));
-                }
+            let reasoning = delta.get("reasoning_content").or_else(|| delta.get("reasoning"));
+            if let Some(text) = reasoning.and_then(Value::as_str).filter(|t| !t.is_empty()) {
+                self.events.push_back(StreamEvent::Reasoning(text.to_string()));
             }
             if let Some(text) = delta.get("content").and_then(Value::as_str).filter(|t| !t.is_empty()) {
                 self.events.push_back(StreamEvent::Text(text.to_string()));
@@ -361,5 +371,7 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         let err = decode(WireFormat::Anthropic, overloaded, 8).unwrap_err();
         assert_eq!((err.kind(), err.status()), ("server", Some(529)));
         assert_eq!(decode(WireFormat::OpenAi, b"data: {nope\n\n", 4).unwrap_err().kind(), "protocol");
+        let too_long = b"data: {\"error\":{\"message\":\"maximum context length exceeded\",\"code\":\"context_length_exceeded\"}}\n\n";
+        assert_eq!(decode(WireFormat::OpenAi, too_long, 16).unwrap_err().kind(), "context_length");
     }
 }

@@ -245,6 +245,31 @@ async fn speaks_http2_with_prior_knowledge() {
     }
 }
 
+#[tokio::test]
+async fn overloaded_honours_retry_after_and_redirects_are_not_retried() {
+    let overloaded = http("529 Overloaded", "Retry-After: 0.2\r\n", r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#);
+    let started = Instant::now();
+    let out = ask(vec![(overloaded, Duration::ZERO), (http("200 OK", "", OK), Duration::ZERO)], 1).await.unwrap();
+    assert_eq!(out.choices[0].content.as_deref(), Some("Paris"));
+    assert!(started.elapsed() >= Duration::from_millis(200), "waited the 529's Retry-After");
+    let moved = http("301 Moved Permanently", "Location: https://elsewhere/v1\r\n", "");
+    let err = ask(vec![(moved, Duration::ZERO)], 3).await.unwrap_err();
+    assert_eq!(err.kind(), "protocol");
+    assert!(err.to_string().contains("api_base"), "{err}");
+}
+
+#[tokio::test]
+async fn custom_headers_replace_the_defaults() {
+    let server = serve(vec![(http("200 OK", "", OK), Duration::ZERO)]).await;
+    let mut options = options(&server.base, 0);
+    options.headers = vec![("Authorization".into(), "Bearer gateway-token".into()), ("User-Agent".into(), "mine".into())];
+    LmClient::new(&options).unwrap().complete(body(WireFormat::OpenAi, false)).await.unwrap();
+    let request = server.requests.lock().unwrap()[0].to_ascii_lowercase();
+    assert_eq!(request.matches("authorization:").count(), 1, "{request}");
+    assert!(request.contains("bearer gateway-token") && !request.contains("sk-test"), "{request}");
+    assert_eq!(request.matches("user-agent:").count(), 1, "{request}");
+}
+
 #[test]
 fn rejects_bad_configuration() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -275,7 +300,7 @@ fn debug_never_shows_the_key() {
 #[test]
 fn backoff_is_jittered_and_bounded() {
     let policy = RetryPolicy { max_retries: 10, base: Duration::from_millis(100), max_backoff: Duration::from_secs(1), ..RetryPolicy::default() };
-    let server = TransportError::Server { status: 500, message: String::new() };
+    let server = TransportError::Server { status: 500, message: String::new(), retry_after: None };
     for attempt in 0..10 {
         let wait = policy.delay(attempt, &server).unwrap();
         assert!(wait <= Duration::from_millis(100 << attempt.min(4)).min(Duration::from_secs(1)));

@@ -175,6 +175,28 @@ fn anthropic_body(model: &str, messages: &[Value], params: &Map<String, Value>, 
         let content = message.get("content").unwrap_or(&Value::Null);
         match role {
             "system" | "developer" => system.push(text_of(content)),
+            "assistant" if message.get("tool_calls").and_then(Value::as_array).is_some_and(|c| !c.is_empty()) => {
+                // OpenAI assistant tool calls -> Anthropic tool_use blocks (after any text)
+                let mut blocks = Vec::new();
+                let text = text_of(content);
+                if !text.is_empty() {
+                    blocks.push(json!({"type": "text", "text": text}));
+                }
+                for call in message["tool_calls"].as_array().into_iter().flatten() {
+                    let function = call.get("function").cloned().unwrap_or_default();
+                    let arguments = function.get("arguments").and_then(Value::as_str).unwrap_or("{}");
+                    let input: Value = serde_json::from_str(arguments).map_err(|e| TransportError::Config {
+                        message: format!("tool call arguments are not JSON ({e}): {arguments:?}"),
+                    })?;
+                    blocks.push(json!({
+                        "type": "tool_use",
+                        "id": call.get("id").cloned().unwrap_or_default(),
+                        "name": function.get("name").cloned().unwrap_or_default(),
+                        "input": input,
+                    }));
+                }
+                turns.push(json!({"role": "assistant", "content": blocks}));
+            }
             "user" | "assistant" => turns.push(json!({"role": role, "content": anthropic_content(content)?})),
             "tool" => turns.push(json!({"role": "user", "content": [{
                 "type": "tool_result",
@@ -394,6 +416,20 @@ mod tests {
         params.insert("logit_bias".into(), json!({}));
         let err = request_body(WireFormat::Anthropic, "claude", &messages, &params, false).unwrap_err();
         assert!(err.to_string().contains("logit_bias"), "{err}");
+    }
+
+    #[test]
+    fn anthropic_body_carries_tool_turns() {
+        let messages = [
+            user("weather?"),
+            json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": "t1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}}]}),
+            json!({"role": "tool", "tool_call_id": "t1", "content": "sunny"}),
+        ];
+        let body: Value = serde_json::from_slice(&request_body(WireFormat::Anthropic, "c", &messages, &Map::new(), false).unwrap()).unwrap();
+        let turns = body["messages"].as_array().unwrap();
+        assert_eq!(turns[1]["content"][0], json!({"type": "tool_use", "id": "t1", "name": "weather", "input": {"city": "Paris"}}));
+        assert_eq!(turns[2]["content"][0]["tool_use_id"], "t1");
     }
 
     #[test]

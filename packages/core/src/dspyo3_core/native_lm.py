@@ -61,8 +61,10 @@ PROVIDERS: dict[str, tuple[str, str | None, str | None]] = {
 
 _CACHE_ID = "dspyo3_core.native_lm.NativeLM"
 # per-call options that are DSPy's, not the provider's
-_DSPY_ONLY = frozenset({"cache", "rollout_id", "num_retries", "n", "num_generations", "api_key", "api_base",
-                        "base_url", "headers", "extra_headers", "timeout", "stream"})
+_DSPY_ONLY = frozenset({"cache", "rollout_id", "n", "num_generations", "stream"})
+# connection settings belong to the LM (its Rust client), not to one call
+_PER_LM = frozenset({"api_key", "api_base", "base_url", "headers", "extra_headers", "timeout", "num_retries"})
+_SECRET_HEADER = ("authorization", "api-key", "x-api-key", "proxy-authorization")
 
 
 class PricingTable:
@@ -146,8 +148,8 @@ def _error(lm: NativeLM, exc: BaseException) -> Exception:
     error: Exception
     if kind == "context_length":
         error = ex.ContextWindowExceededError(message=message, **meta)
-    elif kind == "rate_limit":
-        error = ex.LMRateLimitError(message, retry_after=retry_after, **meta)
+    elif kind in ("rate_limit", "server"):
+        error = classes[kind](message, retry_after=retry_after, **meta)
     elif kind in classes:
         error = classes[kind](message, **meta)
     else:  # protocol: a 200 whose body is not an answer (or a stream that broke off)
@@ -192,8 +194,10 @@ async def _submit(transport: Any, model: str, messages: list[Any], params: dict[
     loop = asyncio.get_running_loop()
     bridge = _bridge(loop)
     token = next(bridge.tokens)
-    future = bridge.futures[token] = loop.create_future()
     request = transport.submit(bridge.queue, token, model, messages, params)
+    # registered after submit (a refused request leaves nothing behind); the queue is only drained on this loop's
+    # thread, after this coroutine yields, so the result cannot arrive first
+    future = bridge.futures[token] = loop.create_future()
     try:
         return await future
     except asyncio.CancelledError:
@@ -231,7 +235,8 @@ class NativeLM(dspy.BaseLM):
 
     Args:
         model: ``provider/model``: ``openai/...`` (and any OpenAI-compatible server with ``api_base``),
-            ``anthropic/...`` (messages API), ``together_ai/...``, ``ollama_chat/...``, ``hosted_vllm/...``.
+            ``anthropic/...`` (messages API), ``together_ai/...``, ``ollama_chat/...``, ``hosted_vllm/...``; with
+            ``api_base``, a string without a known prefix (``meta-llama/Llama-3-8B``) is sent as written.
         api_base: endpoint base URL (``.../v1``); defaults per provider, required for self-hosted servers.
         api_key: the key; defaults to the provider's environment variable. Kept only inside the transport: never in
             ``kwargs``, ``dump_state``, history or ``repr``.
@@ -241,8 +246,8 @@ class NativeLM(dspy.BaseLM):
         cache: use ``dspy.cache`` (per call: ``cache=False``).
         num_retries: retries of 429 / 5xx / timeouts / broken connections, done in Rust with full-jitter backoff
             that waits ``Retry-After`` when the server sends one.
-        timeout: seconds for a whole answer (for streams: the longest silence); ``connect_timeout`` for a
-            connection.
+        timeout: seconds for one attempt's whole answer (for streams: the wait for headers, then the longest
+            silence between chunks); ``connect_timeout`` for opening a connection.
         http2: speak HTTP/2 without TLS (h2c) to servers that need it; over https HTTP/2 is negotiated anyway.
         headers: extra request headers (list of pairs or dict).
         pricing: ``{"input_per_mtok": .., "output_per_mtok": ..}`` for this LM, overriding :data:`PRICING`.
@@ -279,8 +284,8 @@ class NativeLM(dspy.BaseLM):
             if name in kwargs:
                 raise TypeError(f"NativeLM takes no {name}=; it is its own transport (use dspy.LM for engines)")
         provider, _, bare = model.partition("/")
-        if not bare:
-            provider, bare = "openai", model
+        if provider not in PROVIDERS:  # no known route prefix: the whole string is the served model's name
+            provider, bare = ("custom", model) if api_base else ("openai", model)
         default_wire, default_base, key_env = PROVIDERS.get(provider, ("openai", None, None))
         self.provider = provider
         self.wire = wire or default_wire
@@ -296,15 +301,18 @@ class NativeLM(dspy.BaseLM):
             raise ValueError("pricing must be {'input_per_mtok': USD, 'output_per_mtok': USD}")
         super().__init__(model, model_type="chat", temperature=temperature, max_tokens=max_tokens, cache=cache,
                          callbacks=callbacks, num_retries=num_retries, **kwargs)
-        key = api_key if api_key is not None else (os.environ.get(key_env) if key_env else None)
         self._key_env = key_env
-        self._transport = self._build_transport(key)
+        self._api_key = api_key if api_key is not None else (os.environ.get(key_env) if key_env else None)
+        self._transport = self._build_transport()
         self._dspyo3_pm_token = _remember(plugin_manager) if plugin_manager is not None else None
 
-    def _build_transport(self, key: str | None) -> Any:
+    def _build_transport(self) -> Any:
+        pairs = self.headers.items() if isinstance(self.headers, Mapping) else self.headers
+        self.headers = [(str(name), str(value)) for name, value in pairs]
         return _native().LMTransport(
-            self.api_base, api_key=key, wire=self.wire, timeout=self.timeout, connect_timeout=self.connect_timeout,
-            max_retries=int(self.num_retries), http2=self.http2, headers=self.headers or None,
+            self.api_base, api_key=self._api_key, wire=self.wire, timeout=self.timeout,
+            connect_timeout=self.connect_timeout, max_retries=int(self.num_retries), http2=self.http2,
+            headers=self.headers or None,
         )
 
     # -- DSPy LM surface ---------------------------------------------------------------------------------------
@@ -316,9 +324,12 @@ class NativeLM(dspy.BaseLM):
 
     @property
     def supported_params(self) -> set[str]:
-        """OpenAI-style options this LM forwards."""
-        return {"temperature", "max_tokens", "top_p", "stop", "tools", "tool_choice", "n", "seed",
-                "response_format", "frequency_penalty", "presence_penalty", "logprobs"}
+        """OpenAI-style options this LM forwards (the Anthropic wire format maps a subset)."""
+        common = {"temperature", "max_tokens", "top_p", "stop", "tools", "tool_choice", "n"}
+        if self.wire == "anthropic":
+            return common | {"top_k", "metadata", "thinking"}
+        return common | {"seed", "response_format", "frequency_penalty", "presence_penalty", "logprobs",
+                         "parallel_tool_calls"}
 
     @property
     def plugin_manager(self) -> PluginManager:
@@ -331,23 +342,50 @@ class NativeLM(dspy.BaseLM):
         state.update(api_base=self.api_base, wire=self.wire, timeout=self.timeout,
                      connect_timeout=self.connect_timeout, http2=self.http2)
         state.pop("model_type", None)
+        public = [[k, v] for k, v in self.headers if k.lower() not in _SECRET_HEADER]
+        if public:  # secret headers (Authorization, api-key, ...) are never saved
+            state["headers"] = public
         if self.pricing is not None:
             state["pricing"] = dict(self.pricing)
         return state
 
     def __getstate__(self) -> dict[str, Any]:
-        # the Rust client (and the key inside it) is not pickled; unpickling rebuilds it with the env key
+        # Pickles (saved programs) carry no secret: not the Rust client, not the key, not secret headers. Unpickling
+        # takes the key from the provider's environment variable again.
         state = dict(self.__dict__)
         state.pop("_transport", None)
+        state["_api_key"] = None
+        state["headers"] = [(k, v) for k, v in self.headers if k.lower() not in _SECRET_HEADER]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._transport = self._build_transport(os.environ.get(self._key_env) if self._key_env else None)
+        if self._api_key is None and self._key_env:
+            self._api_key = os.environ.get(self._key_env)
+        self._transport = self._build_transport()
+
+    def __copy__(self) -> NativeLM:
+        # in-process copies share the Rust client (its pool) and keep the key
+        copied = object.__new__(type(self))
+        copied.__dict__.update(self.__dict__)
+        return copied
 
     def __deepcopy__(self, memo: dict[int, Any]) -> NativeLM:
         copied: NativeLM = self.copy()
         memo[id(self)] = copied
+        return copied
+
+    def copy(self, **kwargs: Any) -> NativeLM:
+        """A copy (``dspy.BaseLM.copy`` semantics) sharing this LM's Rust client, or with a new client when
+        ``api_key``, ``api_base``, ``timeout``, ``connect_timeout``, ``num_retries``, ``http2``, ``headers`` or
+        ``wire`` change."""
+        api_key = kwargs.pop("api_key", None)
+        copied: NativeLM = super().copy(**kwargs)
+        if api_key is not None:
+            copied._api_key = api_key
+        connection = {"api_base", "timeout", "connect_timeout", "num_retries", "http2", "headers", "wire"}
+        if api_key is not None or connection.intersection(kwargs):
+            copied._transport = copied._build_transport()
         return copied
 
     def __repr__(self) -> str:
@@ -393,6 +431,10 @@ class NativeLM(dspy.BaseLM):
             if prompt is None:
                 raise ValueError("pass messages=[...] or a prompt string")
             messages = [{"role": "user", "content": prompt}]
+        per_lm = _PER_LM.intersection(kwargs)
+        if per_lm:
+            raise TypeError(f"NativeLM takes {sorted(per_lm)} when it is built, not per call; use "
+                            f"lm.copy({sorted(per_lm)[0]}=...) for an LM with other connection settings")
         merged = {**self.kwargs, **kwargs}
         use_cache = merged.pop("cache", self.cache)
         n = merged.get("n") or merged.get("num_generations") or 1
@@ -435,8 +477,14 @@ class NativeLM(dspy.BaseLM):
         transport = self._transport
         try:
             if n > 1 and self.wire == "anthropic":
-                answers = await asyncio.gather(*(_submit(transport, self.wire_model, messages, params)
-                                                 for _ in range(n)))
+                tasks = [asyncio.ensure_future(_submit(transport, self.wire_model, messages, params))
+                         for _ in range(n)]
+                try:
+                    answers = await asyncio.gather(*tasks)
+                except BaseException:
+                    for task in tasks:
+                        task.cancel()  # a failed candidate stops its siblings (no billed orphans)
+                    raise
                 return self._merge([self._record(a) for a in answers])
             if n > 1:
                 params = {**params, "n": n}

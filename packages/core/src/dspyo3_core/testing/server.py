@@ -316,6 +316,7 @@ class LMServer:
         self.responder = responder
         self.host = host
         self.api_key = api_key
+        self.rejected = 0  # requests refused for a wrong or missing key
         self.requests: list[dict[str, Any]] = []
         self._script: deque[ReplyLike] = deque()
         self._lock = threading.Lock()
@@ -454,6 +455,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
             return
         if state.api_key is not None and state.api_key not in self._keys():
+            with state._lock:
+                state.rejected += 1
             self._send_error(401, "Incorrect API key provided (dspyo3 LMServer)", anthropic)
             return
         try:
