@@ -84,6 +84,21 @@ def emit(result: dict[str, Any], json_path: str | None, plot_path: str | None,
     print(json.dumps(result))
 
 
+def timed_answers(label: str, run: Callable[[list[dict[str, str]]], list[str]],
+                  items: list[dict[str, str]]) -> dict[str, Any]:
+    """Run ``run(items)`` once and report requests/s, this process's CPU µs per request (every thread) and a
+    digest of the answers (equal digests, identical predictions); raises if any item went unanswered."""
+    import hashlib
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    answers = run(items)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if len(answers) != len(items) or any(not a for a in answers):
+        raise RuntimeError(f"{label}: {sum(1 for a in answers if a)} of {len(items)} requests answered")
+    return {"rps": len(items) / wall, "cpu_us_per_request": cpu / len(items) * 1e6, "wall_s": wall,
+            "answers_digest": hashlib.sha256("\n".join(answers).encode()).hexdigest()[:16]}
+
+
 class LMServerProcess:
     """`python -m dspyo3_core.testing --latency S` in a child process."""
 

@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import LMServerProcess, emit, log
+from common import LMServerProcess, emit, log, timed_answers
 
 MODES = ("run_many", "parallel", "gather")
 
@@ -93,14 +91,7 @@ def worker(mode: str, api_base: str, requests: int, concurrency: int, transport:
         return asyncio.run(gather(items))
 
     run(warm)
-    cpu, wall = time.process_time(), time.perf_counter()
-    outputs = run(inputs)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    answers = [getattr(o, "answer", None) for o in outputs]
-    if len(answers) != requests or any(not a for a in answers):
-        raise RuntimeError(f"{mode}: {sum(1 for a in answers if a)} of {requests} requests answered")
-    return {"rps": requests / wall, "cpu_us_per_request": cpu / requests * 1e6, "wall_s": wall,
-            "answers_digest": hashlib.sha256("\n".join(answers).encode()).hexdigest()[:16]}
+    return timed_answers(mode, lambda items: [str(getattr(o, "answer", "") or "") for o in run(items)], inputs)
 
 
 def main() -> None:

@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import LMServerProcess, emit, log
+from common import LMServerProcess, emit, log, timed_answers
 
 CONTENDERS = ("litellm", "native", "httpx")
 
@@ -97,13 +95,7 @@ def worker(kind: str, api_base: str, requests: int, concurrency: int) -> dict[st
         return _dspy_run(kind, api_base, batch, concurrency)
 
     run(warm)
-    cpu, wall = time.process_time(), time.perf_counter()
-    answers = run(items)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    if len(answers) != requests or any(not a for a in answers):
-        raise RuntimeError(f"{kind}: {sum(1 for a in answers if a)} of {requests} requests answered")
-    return {"rps": requests / wall, "cpu_us_per_request": cpu / requests * 1e6, "wall_s": wall,
-            "answers_digest": hashlib.sha256("\n".join(answers).encode()).hexdigest()[:16]}
+    return timed_answers(kind, run, items)
 
 
 def main() -> None:

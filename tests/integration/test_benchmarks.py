@@ -93,6 +93,16 @@ def test_lm_throughput_benchmark_shape() -> None:
     assert figures["same_answers"] is True and figures["limit_rps"] == 400
 
 
+def test_lm_transport_benchmark_shape() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lm_transport.py"), "--requests", "40",
+                             "--concurrency", "8", "--latency-ms", "20"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(figures["cpu_us_per_request"]) == set(figures["rps"]) == {"litellm", "native", "httpx"}
+    assert figures["limit_rps"] == 400 and figures["same_predictions"] is True
+    assert 0 < figures["cpu_ratio"] < 1, figures
+
+
 def test_rate_limit_benchmark_shape(redis_url: str) -> None:
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "rate_limit.py"), "--rate", "100",
                              "--requests", "40", "--concurrency", "8"], capture_output=True, text=True, timeout=300)
