@@ -317,3 +317,30 @@ def test_errors_are_dspy_errors(make_lm: MakeLM, server: LMServer) -> None:
         make_lm()(messages=[{"role": "user", "content": "long"}])
     if make_lm.kind != "litellm":  # type: ignore[attr-defined]
         assert isinstance(info.value, dspy.ContextWindowExceededError)
+
+
+def test_native_over_tls_with_a_private_ca(tmp_path: Any) -> None:
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-addext", "basicConstraints=critical,CA:FALSE",  # a leaf, not a CA (rustls refuses CA leaves)
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with LMServer(api_key=KEY, ssl_context=context) as server:
+        assert server.api_base.startswith("https://")
+        server.script(chat_reply(answer="secure"))
+        lm = NativeLM("openai/m", api_base=server.api_base, api_key=KEY, cache=False, ca_cert=cert)
+        assert _ask(lm).answer == "secure"
+        untrusted = NativeLM("openai/m", api_base=server.api_base, api_key=KEY, cache=False)
+        with pytest.raises(LMTransportError, match=r"(?i)certificate"):
+            untrusted(messages=[{"role": "user", "content": "hi"}])
+        assert len(server.requests) == 1, "nothing was sent to a server whose certificate was refused"

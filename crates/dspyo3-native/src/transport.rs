@@ -189,7 +189,8 @@ fn wait<T: Send + 'static>(py: Python<'_>, future: impl std::future::Future<Outp
 /// A pooled HTTP client for one LM endpoint (OpenAI chat completions or Anthropic messages).
 ///
 /// ``LMTransport(api_base, *, api_key=None, wire="openai", timeout=600.0, connect_timeout=10.0, max_retries=3,
-/// backoff_base=0.5, backoff_max=30.0, max_retry_after=120.0, http2=False, headers=None)``.
+/// backoff_base=0.5, backoff_max=30.0, max_retry_after=120.0, http2=False, headers=None, ca_cert=None)``;
+/// ``ca_cert`` is a PEM file of certificates trusted besides the Mozilla roots.
 /// The key is sent as ``Authorization: Bearer`` (openai) or ``x-api-key`` (anthropic) and never shown by ``repr``.
 #[pyclass(frozen, name = "LMTransport", module = "dspyo3_native")]
 pub(crate) struct PyTransport {
@@ -217,7 +218,8 @@ impl PyTransport {
 impl PyTransport {
     #[new]
     #[pyo3(signature = (api_base, *, api_key=None, wire="openai", timeout=600.0, connect_timeout=10.0, max_retries=3,
-                        backoff_base=0.5, backoff_max=30.0, max_retry_after=120.0, http2=false, headers=None))]
+                        backoff_base=0.5, backoff_max=30.0, max_retry_after=120.0, http2=false, headers=None,
+                        ca_cert=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         api_base: &str,
@@ -231,6 +233,7 @@ impl PyTransport {
         max_retry_after: f64,
         http2: bool,
         headers: Option<Vec<(String, String)>>,
+        ca_cert: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let seconds = |name: &str, value: f64| {
             Duration::try_from_secs_f64(value).map_err(|_| PyValueError::new_err(format!("{name} must be a finite number of seconds >= 0, got {value}")))
@@ -248,6 +251,11 @@ impl PyTransport {
         };
         options.http2_prior_knowledge = http2;
         options.headers = headers.unwrap_or_default();
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(&path)
+                .map_err(|e| PyValueError::new_err(format!("cannot read the CA certificate file {}: {e}", path.display())))?;
+            options.ca_certs_pem = Some(pem);
+        }
         let _guard = runtime().enter(); // hyper's pool spawns onto the runtime the requests run on
         let client = LmClient::new(&options).map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(PyTransport { client })

@@ -253,6 +253,8 @@ pub struct ClientOptions {
     pub http2_prior_knowledge: bool,
     /// Extra request headers (Azure's `api-key`, an `anthropic-beta` flag, ...).
     pub headers: Vec<(String, String)>,
+    /// PEM certificates trusted besides the Mozilla roots (a corporate or self-signed CA).
+    pub ca_certs_pem: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for ClientOptions {
@@ -280,6 +282,7 @@ impl ClientOptions {
             retry: RetryPolicy::default(),
             http2_prior_knowledge: false,
             headers: Vec::new(),
+            ca_certs_pem: None,
         }
     }
 }
@@ -310,6 +313,18 @@ impl fmt::Debug for LmClient {
     }
 }
 
+/// An error and its causes, `outer: inner: innermost` (hyper's own message is only "client error (Connect)").
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn config(message: String) -> TransportError {
     TransportError::Config { message }
 }
@@ -319,6 +334,32 @@ fn header_value(value: &str, what: &str, sensitive: bool) -> Result<HeaderValue,
         .map_err(|_| config(format!("{what} contains characters not allowed in an HTTP header")))?;
     value.set_sensitive(sensitive);
     Ok(value)
+}
+
+/// rustls settings: the Mozilla roots plus `extra_pem` certificates, ring crypto, TLS 1.2 and 1.3.
+fn tls_config(extra_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, TransportError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(pem) = extra_pem {
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| config(format!("the CA certificate file is not valid PEM: {e}")))?;
+            roots.add(cert).map_err(|e| config(format!("a CA certificate was refused: {e}")))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(config("the CA certificate file holds no PEM certificate".into()));
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| config(format!("TLS setup failed: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 impl LmClient {
@@ -360,7 +401,7 @@ impl LmClient {
         http.enforce_http(false);
         http.set_connect_timeout(Some(options.connect_timeout));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config(tls_config(options.ca_certs_pem.as_deref())?)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -402,7 +443,7 @@ impl LmClient {
             .client
             .request(self.request(body)?)
             .await
-            .map_err(|e| TransportError::Connect { message: format!("{}: {e}", self.url) })?;
+            .map_err(|e| TransportError::Connect { message: format!("{}: {}", self.url, chain(&e)) })?;
         Ok(response)
     }
 

@@ -311,3 +311,72 @@ fn backoff_is_jittered_and_bounded() {
     let auth = TransportError::Auth { status: 401, message: String::new() };
     assert!(policy.delay(0, &auth).is_none());
 }
+
+/// An HTTPS server with a fresh self-signed certificate for `localhost`, answering [`OK`] over HTTP/1.1 or
+/// HTTP/2 (whichever ALPN picks); returns its base URL, the certificate as PEM, and the versions it served.
+async fn serve_tls() -> (String, String, Arc<Mutex<Vec<hyper::Version>>>) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use hyper_util::server::conn::auto;
+    use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let pem = cert.cert.pem();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let versions = Arc::new(Mutex::new(Vec::new()));
+    let seen = versions.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else { return };
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(socket).await else { return };
+                let service = service_fn(move |request: Request<Incoming>| {
+                    seen.lock().unwrap().push(request.version());
+                    async { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(OK.as_bytes())))) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service).await;
+            });
+        }
+    });
+    (format!("https://localhost:{port}/v1"), pem, versions)
+}
+
+#[tokio::test]
+async fn speaks_tls_and_negotiates_http2() {
+    let (base, pem, versions) = serve_tls().await;
+    let mut trusted = options(&base, 0);
+    trusted.ca_certs_pem = Some(pem.into_bytes());
+    let client = LmClient::new(&trusted).unwrap();
+    for _ in 0..2 {
+        let out = client.complete(body(WireFormat::OpenAi, false)).await.unwrap();
+        assert_eq!(out.choices[0].content.as_deref(), Some("Paris"));
+    }
+    assert_eq!(*versions.lock().unwrap(), vec![hyper::Version::HTTP_2; 2], "ALPN picked HTTP/2");
+    // the same server with only the public roots: the certificate is refused, nothing is sent
+    let err = LmClient::new(&options(&base, 0)).unwrap().complete(body(WireFormat::OpenAi, false)).await.unwrap_err();
+    assert_eq!(err.kind(), "connect");
+    assert!(err.to_string().to_ascii_lowercase().contains("certificate"), "{err}");
+    assert_eq!(versions.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn a_bad_ca_file_is_a_config_error() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _guard = runtime.enter();
+    let mut options = ClientOptions::new("https://localhost:1/v1");
+    options.ca_certs_pem = Some(b"not a certificate".to_vec());
+    let err = LmClient::new(&options).unwrap_err();
+    assert!(err.to_string().contains("no PEM certificate"), "{err}");
+}

@@ -203,6 +203,7 @@ class LMTransport:
         max_retry_after: float = 120.0,
         http2: bool = False,
         headers: list[tuple[str, str]] | None = None,
+        ca_cert: str | PathLike[str] | None = None,
     ) -> None: ...
     @property
     def url(self) -> str: ...

@@ -250,6 +250,8 @@ class NativeLM(dspy.BaseLM):
             silence between chunks); ``connect_timeout`` for opening a connection.
         http2: speak HTTP/2 without TLS (h2c) to servers that need it; over https HTTP/2 is negotiated anyway.
         headers: extra request headers (list of pairs or dict).
+        ca_cert: a PEM file of CA certificates trusted besides the Mozilla roots (corporate proxies, self-signed
+            gateways).
         pricing: ``{"input_per_mtok": .., "output_per_mtok": ..}`` for this LM, overriding :data:`PRICING`.
         callbacks: DSPy callbacks.
         plugin_manager: the manager whose ``dspyo3_lm_call`` wrappers see this LM's calls (default: the process's).
@@ -272,6 +274,7 @@ class NativeLM(dspy.BaseLM):
         connect_timeout: float = 10.0,
         http2: bool = False,
         headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
+        ca_cert: str | os.PathLike[str] | None = None,
         pricing: Mapping[str, float] | None = None,
         callbacks: list[Any] | None = None,
         plugin_manager: PluginManager | None = None,
@@ -296,6 +299,7 @@ class NativeLM(dspy.BaseLM):
         self.wire_model = bare
         self.timeout, self.connect_timeout, self.http2 = float(timeout), float(connect_timeout), bool(http2)
         self.headers = list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
+        self.ca_cert = os.fspath(ca_cert) if ca_cert is not None else None
         self.pricing = dict(pricing) if pricing is not None else None
         if self.pricing is not None and set(self.pricing) != {"input_per_mtok", "output_per_mtok"}:
             raise ValueError("pricing must be {'input_per_mtok': USD, 'output_per_mtok': USD}")
@@ -312,7 +316,7 @@ class NativeLM(dspy.BaseLM):
         return _native().LMTransport(
             self.api_base, api_key=self._api_key, wire=self.wire, timeout=self.timeout,
             connect_timeout=self.connect_timeout, max_retries=int(self.num_retries), http2=self.http2,
-            headers=self.headers or None,
+            headers=self.headers or None, ca_cert=self.ca_cert,
         )
 
     # -- DSPy LM surface ---------------------------------------------------------------------------------------
@@ -341,6 +345,8 @@ class NativeLM(dspy.BaseLM):
         state: dict[str, Any] = super().dump_state()
         state.update(api_base=self.api_base, wire=self.wire, timeout=self.timeout,
                      connect_timeout=self.connect_timeout, http2=self.http2)
+        if self.ca_cert is not None:
+            state["ca_cert"] = self.ca_cert
         state.pop("model_type", None)
         public = [[k, v] for k, v in self.headers if k.lower() not in _SECRET_HEADER]
         if public:  # secret headers (Authorization, api-key, ...) are never saved
@@ -377,13 +383,13 @@ class NativeLM(dspy.BaseLM):
 
     def copy(self, **kwargs: Any) -> NativeLM:
         """A copy (``dspy.BaseLM.copy`` semantics) sharing this LM's Rust client, or with a new client when
-        ``api_key``, ``api_base``, ``timeout``, ``connect_timeout``, ``num_retries``, ``http2``, ``headers`` or
-        ``wire`` change."""
+        ``api_key``, ``api_base``, ``timeout``, ``connect_timeout``, ``num_retries``, ``http2``, ``headers``,
+        ``ca_cert`` or ``wire`` change."""
         api_key = kwargs.pop("api_key", None)
         copied: NativeLM = super().copy(**kwargs)
         if api_key is not None:
             copied._api_key = api_key
-        connection = {"api_base", "timeout", "connect_timeout", "num_retries", "http2", "headers", "wire"}
+        connection = {"api_base", "timeout", "connect_timeout", "num_retries", "http2", "headers", "wire", "ca_cert"}
         if api_key is not None or connection.intersection(kwargs):
             copied._transport = copied._build_transport()
         return copied

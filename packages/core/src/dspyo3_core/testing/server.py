@@ -24,6 +24,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -308,14 +309,17 @@ class LMServer:
         host: interface to bind; loopback only.
         api_key: when set, requests without this key (``Authorization: Bearer``, ``api-key`` or ``x-api-key``)
             get 401 in the route's error format.
+        ssl_context: serve HTTPS with this server-side context (``url`` then starts with ``https://``).
     """
 
-    def __init__(self, responder: Responder | None = None, host: str = "127.0.0.1", api_key: str | None = None) -> None:
+    def __init__(self, responder: Responder | None = None, host: str = "127.0.0.1", api_key: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         if host not in {"127.0.0.1", "::1", "localhost"}:
             raise ValueError(f"LMServer binds loopback only; got host={host!r}")
         self.responder = responder
         self.host = host
         self.api_key = api_key
+        self.ssl_context = ssl_context
         self.rejected = 0  # requests refused for a wrong or missing key
         self.requests: list[dict[str, Any]] = []
         self._script: deque[ReplyLike] = deque()
@@ -345,12 +349,13 @@ class LMServer:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
+        """``http://127.0.0.1:PORT`` (``https://`` with an ``ssl_context``)."""
         if self._httpd is None:
             raise RuntimeError("LMServer is not running; call start() or use it as a context manager")
         host, port = self._httpd.server_address[:2]
         host = host.decode() if isinstance(host, bytes) else str(host)
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     @property
     def api_base(self) -> str:
@@ -365,6 +370,8 @@ class LMServer:
         handler = type("_BoundHandler", (_Handler,), {"server_state": self})
         server_class = _IPv6Server if self.host == "::1" else _Server
         self._httpd = server_class((self.host, 0), handler)
+        if self.ssl_context is not None:
+            self._httpd.socket = self.ssl_context.wrap_socket(self._httpd.socket, server_side=True)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="dspyo3-lm-server", daemon=True)
         self._thread.start()
