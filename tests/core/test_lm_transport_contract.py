@@ -344,3 +344,26 @@ def test_native_over_tls_with_a_private_ca(tmp_path: Any) -> None:
         with pytest.raises(LMTransportError, match=r"(?i)certificate"):
             untrusted(messages=[{"role": "user", "content": "hi"}])
         assert len(server.requests) == 1, "nothing was sent to a server whose certificate was refused"
+
+
+@pytest.mark.parametrize("model", ["openai/m", "anthropic/claude-test"])
+def test_native_stream_cancelled_mid_answer_lets_go_at_once(server: LMServer, model: str) -> None:
+    import anyio
+
+    # every event waits 1.5 s (Anthropic's first text comes after three framing events)
+    server.script(Reply(content=chat_reply(answer="word " * 50), chunk_size=4, chunk_delay=1.5))
+    lm = NativeLM(model, api_base=server.api_base, api_key=KEY, cache=False)
+
+    async def main() -> float:
+        send, receive = anyio.create_memory_object_stream[Any](100)
+        with dspy.context(send_stream=send):
+            task = asyncio.ensure_future(lm.acall(messages=[{"role": "user", "content": "long answer"}]))
+        first = await asyncio.wait_for(receive.receive(), 10)
+        assert first.choices[0].delta.content, "a chunk arrived"
+        started = time.perf_counter()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.perf_counter() - started
+
+    assert asyncio.run(main()) < 0.7, "cancelling did not wait for the next chunk (1.5 s away)"
