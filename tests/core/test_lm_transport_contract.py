@@ -130,10 +130,10 @@ def test_rate_limit_carries_retry_after(make_lm: MakeLM, server: LMServer) -> No
 
 
 def test_rate_limit_is_retried_after_the_wait(make_lm: MakeLM, server: LMServer) -> None:
-    server.script(Reply.rate_limited(retry_after=0.3), chat_reply(answer="4"))
+    server.script(Reply.rate_limited(retry_after=0.8), chat_reply(answer="4"))  # longer than any first backoff
     started = time.perf_counter()
     assert _ask(make_lm(num_retries=2)).answer == "4"
-    assert time.perf_counter() - started >= 0.3, "Retry-After was honoured"
+    assert time.perf_counter() - started >= 0.8, "Retry-After was honoured"
     assert len(server.requests) == 2
 
 
@@ -215,6 +215,11 @@ def test_native_copies_keep_the_key_and_follow_new_settings(server: LMServer) ->
     assert moved.copy(temperature=0.5)._transport is moved._transport, "unchanged connection settings share the pool"
     with pytest.raises(TypeError, match="copy"):
         moved(messages=[{"role": "user", "content": "x"}], api_base="http://elsewhere/v1")
+    with pytest.raises(TypeError, match="new NativeLM"):
+        moved.copy(model="openai/other")
+    aliased = NativeLM("openai/m", base_url=server.api_base, extra_headers={"X-Team": "a"}, api_key=KEY)
+    assert aliased.api_base == server.api_base and aliased.headers == [("X-Team", "a")]
+    assert "base_url" not in aliased.kwargs and "extra_headers" not in aliased.kwargs
 
 
 def test_native_cost_from_the_pricing_table(server: LMServer) -> None:

@@ -163,12 +163,16 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 fn wait<T: Send + 'static>(py: Python<'_>, future: impl std::future::Future<Output = T> + Send + 'static) -> PyResult<T> {
     let (sender, receiver) = std::sync::mpsc::sync_channel(1);
     let receiver = std::sync::Mutex::new(receiver);
+    // only the main thread sees signals; elsewhere a plain blocking wait keeps the GIL out of it
+    let threading = py.import("threading")?;
+    let on_main = threading.call_method0("current_thread")?.is(&threading.call_method0("main_thread")?);
     let task = runtime().spawn(async move {
         let _ = sender.send(future.await);
     });
     loop {
         let waited = py.detach(|| match receiver.lock() {
-            Ok(receiver) => receiver.recv_timeout(Duration::from_millis(100)),
+            Ok(receiver) if on_main => receiver.recv_timeout(Duration::from_millis(100)),
+            Ok(receiver) => receiver.recv().map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
             Err(_) => Err(std::sync::mpsc::RecvTimeoutError::Disconnected),
         });
         match waited {
@@ -359,24 +363,38 @@ impl PyStream {
     }
 }
 
+/// The stream's lock while one read is in flight; if the stream was closed meanwhile, it is dropped (and its
+/// connection with it) when the read ends, however it ends: finished, failed, cancelled or aborted.
+struct Reader {
+    guard: tokio::sync::OwnedMutexGuard<Option<EventStream>>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if self.closed.load(Ordering::Acquire) {
+            self.guard.take();
+        }
+    }
+}
+
 async fn next_event(
     inner: Arc<AsyncMutex<Option<EventStream>>>,
     closed: Arc<AtomicBool>,
 ) -> Result<Option<StreamEvent>, TransportError> {
-    let mut guard = inner.lock().await;
-    if closed.load(Ordering::Acquire) {
-        guard.take(); // closed while this read waited for the lock
-        return Ok(None);
+    let mut reader = Reader { guard: inner.lock_owned().await, closed };
+    if reader.closed.load(Ordering::Acquire) {
+        return Ok(None); // closed while this read waited for the lock (dropped by Reader)
     }
-    let Some(events) = guard.as_mut() else { return Ok(None) };
+    let Some(events) = reader.guard.as_mut() else { return Ok(None) };
     match events.next().await {
         Some(Ok(event)) => Ok(Some(event)),
         Some(Err(e)) => {
-            *guard = None;
+            reader.guard.take();
             Err(e)
         }
         None => {
-            *guard = None;
+            reader.guard.take();
             Ok(None)
         }
     }
@@ -408,7 +426,7 @@ impl PyStream {
     }
 
     /// Stop reading and drop the connection (no-op once the stream ended). Never blocks: with a read in flight,
-    /// the stream is dropped as soon as that read lets go of it.
+    /// the stream is dropped when that read ends (or is cancelled).
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         if let Ok(mut guard) = self.inner.try_lock() {
@@ -515,7 +533,7 @@ pub(crate) struct PyRequest {
 
 #[pymethods]
 impl PyRequest {
-    /// Abort the request; its result never arrives.
+    /// Abort the request (its connection is dropped); its token then resolves with a "cancelled" error.
     fn cancel(&self) {
         self.handle.abort();
     }

@@ -187,8 +187,9 @@ pub fn classify_error(status: u16, retry_after: Option<&str>, body: &[u8]) -> Tr
         400 | 413 | 422 if is_context_length(&message) => TransportError::ContextLength { message },
         408 => TransportError::Timeout { message: format!("the server answered 408 Request Timeout: {message}") },
         400..=499 => TransportError::InvalidRequest { status, message },
-        300..=399 => TransportError::Protocol {
-            message: format!("the server redirected (HTTP {status}); set api_base to the final URL: {message}"),
+        300..=399 => TransportError::InvalidRequest {
+            status,
+            message: format!("the server redirected; set api_base to the final URL ({message})"),
         },
         _ => TransportError::Server { status, message, retry_after: retry_after.and_then(parse_retry_after) },
     }

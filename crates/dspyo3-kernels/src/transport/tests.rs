@@ -254,7 +254,7 @@ async fn overloaded_honours_retry_after_and_redirects_are_not_retried() {
     assert!(started.elapsed() >= Duration::from_millis(200), "waited the 529's Retry-After");
     let moved = http("301 Moved Permanently", "Location: https://elsewhere/v1\r\n", "");
     let err = ask(vec![(moved, Duration::ZERO)], 3).await.unwrap_err();
-    assert_eq!(err.kind(), "protocol");
+    assert_eq!((err.kind(), err.status()), ("invalid_request", Some(301)));
     assert!(err.to_string().contains("api_base"), "{err}");
 }
 

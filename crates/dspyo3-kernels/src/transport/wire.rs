@@ -184,10 +184,15 @@ fn anthropic_body(model: &str, messages: &[Value], params: &Map<String, Value>, 
                 }
                 for call in message["tool_calls"].as_array().into_iter().flatten() {
                     let function = call.get("function").cloned().unwrap_or_default();
-                    let arguments = function.get("arguments").and_then(Value::as_str).unwrap_or("{}");
-                    let input: Value = serde_json::from_str(arguments).map_err(|e| TransportError::Config {
-                        message: format!("tool call arguments are not JSON ({e}): {arguments:?}"),
-                    })?;
+                    let input = match function.get("arguments") {
+                        Some(Value::String(text)) if !text.trim().is_empty() => {
+                            serde_json::from_str(text).map_err(|e| TransportError::Config {
+                                message: format!("tool call arguments are not JSON ({e}): {text:?}"),
+                            })?
+                        }
+                        Some(Value::Object(object)) => Value::Object(object.clone()),
+                        _ => json!({}), // no arguments (a streamed call with no input deltas sends "")
+                    };
                     blocks.push(json!({
                         "type": "tool_use",
                         "id": call.get("id").cloned().unwrap_or_default(),

@@ -1,10 +1,10 @@
 """``NativeLM``: a ``dspy.BaseLM`` whose HTTP runs in Rust (``dspyo3_native.LMTransport``) instead of LiteLLM.
 
-A drop-in for ``dspy.LM`` on OpenAI-compatible servers (OpenAI, Azure-style gateways, vLLM, Ollama, llama.cpp
-server, Together, ...) and Anthropic's messages API, built for the case where the client's CPU per call matters:
-the request body is built, sent (pooled HTTP/1.1 or HTTP/2, TLS), retried (full-jitter backoff honouring
-``Retry-After``) and parsed on tokio, with the GIL released; the Python side is one dictionary merge and a
-history entry.
+A drop-in for ``dspy.LM`` on OpenAI-compatible servers (OpenAI, vLLM, Ollama, llama.cpp server, Together,
+gateways that speak the OpenAI routes, ...) and Anthropic's messages API, built for the case where the client's
+CPU per call matters: the request body is built, sent (pooled HTTP/1.1 or HTTP/2, TLS), retried (full-jitter
+backoff honouring ``Retry-After``) and parsed on tokio, with the GIL released; the Python side is one dictionary
+merge and a history entry.
 
 What stays DSPy's: the response shape adapters see (a list of strings, or dicts with ``tool_calls`` /
 ``reasoning_content``), ``dspy.cache`` (same enable/disable switches, hits marked ``cache_hit`` and not billed
@@ -29,6 +29,7 @@ import importlib.util
 import itertools
 import json
 import os
+import re
 import threading
 import uuid
 import weakref
@@ -56,7 +57,6 @@ PROVIDERS: dict[str, tuple[str, str | None, str | None]] = {
     "ollama": ("openai", "http://localhost:11434/v1", None),
     "ollama_chat": ("openai", "http://localhost:11434/v1", None),
     "hosted_vllm": ("openai", None, None),
-    "azure": ("openai", None, "AZURE_API_KEY"),
 }
 
 _CACHE_ID = "dspyo3_core.native_lm.NativeLM"
@@ -64,7 +64,7 @@ _CACHE_ID = "dspyo3_core.native_lm.NativeLM"
 _DSPY_ONLY = frozenset({"cache", "rollout_id", "n", "num_generations", "stream"})
 # connection settings belong to the LM (its Rust client), not to one call
 _PER_LM = frozenset({"api_key", "api_base", "base_url", "headers", "extra_headers", "timeout", "num_retries"})
-_SECRET_HEADER = ("authorization", "api-key", "x-api-key", "proxy-authorization")
+_SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|signature|password", re.I)  # never pickled or saved
 
 
 class PricingTable:
@@ -238,8 +238,8 @@ class NativeLM(dspy.BaseLM):
             ``anthropic/...`` (messages API), ``together_ai/...``, ``ollama_chat/...``, ``hosted_vllm/...``; with
             ``api_base``, a string without a known prefix (``meta-llama/Llama-3-8B``) is sent as written.
         api_base: endpoint base URL (``.../v1``); defaults per provider, required for self-hosted servers.
-        api_key: the key; defaults to the provider's environment variable. Kept only inside the transport: never in
-            ``kwargs``, ``dump_state``, history or ``repr``.
+        api_key: the key; defaults to the provider's environment variable. Held by the LM object and its Rust
+            client only: never in ``kwargs``, ``dump_state``, pickles, history or ``repr``.
         wire: ``"openai"`` or ``"anthropic"``; inferred from the provider.
         model_type: only ``"chat"``.
         temperature, max_tokens: default request options (like ``dspy.LM``).
@@ -286,6 +286,14 @@ class NativeLM(dspy.BaseLM):
         for name in ("engine", "async_engine", "provider"):
             if name in kwargs:
                 raise TypeError(f"NativeLM takes no {name}=; it is its own transport (use dspy.LM for engines)")
+        # dspy.LM / LiteLLM spellings of connection settings: they configure the client, never the request body
+        if "base_url" in kwargs:
+            api_base = api_base or kwargs.pop("base_url")
+        if "extra_headers" in kwargs:
+            headers = kwargs.pop("extra_headers") if headers is None else headers
+        leftover = _PER_LM.intersection(kwargs)
+        if leftover:
+            raise TypeError(f"NativeLM: {sorted(leftover)} given twice or under two names")
         provider, _, bare = model.partition("/")
         if provider not in PROVIDERS:  # no known route prefix: the whole string is the served model's name
             provider, bare = ("custom", model) if api_base else ("openai", model)
@@ -348,7 +356,7 @@ class NativeLM(dspy.BaseLM):
         if self.ca_cert is not None:
             state["ca_cert"] = self.ca_cert
         state.pop("model_type", None)
-        public = [[k, v] for k, v in self.headers if k.lower() not in _SECRET_HEADER]
+        public = [[k, v] for k, v in self.headers if not _SECRET_HEADER.search(k)]
         if public:  # secret headers (Authorization, api-key, ...) are never saved
             state["headers"] = public
         if self.pricing is not None:
@@ -361,7 +369,7 @@ class NativeLM(dspy.BaseLM):
         state = dict(self.__dict__)
         state.pop("_transport", None)
         state["_api_key"] = None
-        state["headers"] = [(k, v) for k, v in self.headers if k.lower() not in _SECRET_HEADER]
+        state["headers"] = [(k, v) for k, v in self.headers if not _SECRET_HEADER.search(k)]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -384,12 +392,24 @@ class NativeLM(dspy.BaseLM):
     def copy(self, **kwargs: Any) -> NativeLM:
         """A copy (``dspy.BaseLM.copy`` semantics) sharing this LM's Rust client, or with a new client when
         ``api_key``, ``api_base``, ``timeout``, ``connect_timeout``, ``num_retries``, ``http2``, ``headers``,
-        ``ca_cert`` or ``wire`` change."""
+        or ``ca_cert`` change (``base_url`` / ``extra_headers`` are read as ``api_base`` / ``headers``). The model
+        and wire format stay: build a new NativeLM for another model."""
+        if "model" in kwargs or "wire" in kwargs:
+            raise TypeError("a copy keeps its model and wire format; build a new NativeLM for another model")
+        if "base_url" in kwargs:
+            kwargs["api_base"] = kwargs.pop("base_url")
+        if "extra_headers" in kwargs:
+            kwargs["headers"] = kwargs.pop("extra_headers")
+        if "headers" in kwargs and kwargs["headers"] is None:
+            kwargs["headers"] = []
+        for name in ("api_base", "timeout", "connect_timeout", "num_retries"):
+            if name in kwargs and kwargs[name] is None:
+                raise ValueError(f"copy({name}=None): a NativeLM needs a {name}; pass a value")
         api_key = kwargs.pop("api_key", None)
         copied: NativeLM = super().copy(**kwargs)
         if api_key is not None:
             copied._api_key = api_key
-        connection = {"api_base", "timeout", "connect_timeout", "num_retries", "http2", "headers", "wire", "ca_cert"}
+        connection = {"api_base", "timeout", "connect_timeout", "num_retries", "http2", "headers", "ca_cert"}
         if api_key is not None or connection.intersection(kwargs):
             copied._transport = copied._build_transport()
         return copied
@@ -650,6 +670,8 @@ class _Assembly:
                            choices=[attributes({"index": 0, "delta": delta, "finish_reason": finish})])
 
     def record(self) -> _Record:
+        for call in self.tools.values():
+            call["function"]["arguments"] = call["function"]["arguments"] or "{}"  # a call with no input
         calls = [self.tools[i] for i in sorted(self.tools)] or None
         content = "".join(self.text) if self.text or not calls else None
         return self.lm._record((self.id, self.model, [(content, "".join(self.reasoning) or None, calls, self.finish)],
