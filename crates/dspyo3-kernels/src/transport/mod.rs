@@ -462,29 +462,24 @@ impl LmClient {
         TransportError::Timeout { message: format!("no answer from {} within {:.3}s", self.url, self.timeout.as_secs_f64()) }
     }
 
-    async fn attempt(&self, body: Bytes) -> Result<Completion, TransportError> {
-        let exchange = async {
-            let response = self.send(body).await?;
-            if !response.status().is_success() {
-                return Err(self.read_error(response).await);
-            }
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| TransportError::Connect { message: format!("reading the answer from {}: {e}", self.url) })?
-                .to_bytes();
-            parse_completion(self.wire, &body)
-        };
-        tokio::time::timeout(self.timeout, exchange).await.map_err(|_| self.timed_out())?
+    /// Send `body` and return the answer's body once the status says success (else the classified error).
+    async fn open(&self, body: Bytes) -> Result<Incoming, TransportError> {
+        let response = self.send(body).await?;
+        if !response.status().is_success() {
+            return Err(self.read_error(response).await);
+        }
+        Ok(response.into_body())
     }
 
-    /// POST a prepared body (see [`request_body`]) and parse the answer, retrying per the [`RetryPolicy`].
-    pub async fn complete(&self, body: Vec<u8>) -> Result<Completion, TransportError> {
-        let body = Bytes::from(body);
+    /// Run `once` until it succeeds or the [`RetryPolicy`] gives up, sleeping between attempts.
+    async fn with_retries<T, F, Fut>(&self, mut once: F) -> Result<T, TransportError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, TransportError>>,
+    {
         let mut attempt = 0;
         loop {
-            match self.attempt(body.clone()).await {
+            match once().await {
                 Ok(done) => return Ok(done),
                 Err(error) => match self.retry.delay(attempt, &error) {
                     Some(wait) => {
@@ -497,41 +492,44 @@ impl LmClient {
         }
     }
 
+    async fn attempt(&self, body: Bytes) -> Result<Completion, TransportError> {
+        let exchange = async {
+            let body = self
+                .open(body)
+                .await?
+                .collect()
+                .await
+                .map_err(|e| TransportError::Connect { message: format!("reading the answer from {}: {e}", self.url) })?
+                .to_bytes();
+            parse_completion(self.wire, &body)
+        };
+        tokio::time::timeout(self.timeout, exchange).await.map_err(|_| self.timed_out())?
+    }
+
+    /// POST a prepared body (see [`request_body`]) and parse the answer, retrying per the [`RetryPolicy`].
+    pub async fn complete(&self, body: Vec<u8>) -> Result<Completion, TransportError> {
+        let body = Bytes::from(body);
+        self.with_retries(|| self.attempt(body.clone())).await
+    }
+
     /// POST a streaming request (a body built with `stream = true`). Failures before the first byte of the
     /// stream (429, 5xx, connection errors, a timeout waiting for headers) are retried per the
     /// [`RetryPolicy`]; once events flow, an error ends the stream (nothing visible is ever replayed).
     pub async fn stream(&self, body: Vec<u8>) -> Result<EventStream, TransportError> {
         let body = Bytes::from(body);
-        let mut attempt = 0;
-        loop {
-            let opened = async {
-                let response = self.send(body.clone()).await?;
-                if !response.status().is_success() {
-                    return Err(self.read_error(response).await);
-                }
-                Ok(response.into_body())
-            };
-            let result = tokio::time::timeout(self.timeout, opened).await.map_err(|_| self.timed_out()).and_then(|r| r);
-            match result {
-                Ok(body) => {
-                    return Ok(EventStream {
-                        body,
-                        parser: SseParser::default(),
-                        decoder: StreamDecoder::new(self.wire),
-                        idle_timeout: self.timeout,
-                        done: false,
-                        url: self.url.to_string(),
-                    })
-                }
-                Err(error) => match self.retry.delay(attempt, &error) {
-                    Some(wait) => {
-                        tokio::time::sleep(wait).await;
-                        attempt += 1;
-                    }
-                    None => return Err(error),
-                },
-            }
-        }
+        let opened = self
+            .with_retries(|| async {
+                tokio::time::timeout(self.timeout, self.open(body.clone())).await.map_err(|_| self.timed_out())?
+            })
+            .await?;
+        Ok(EventStream {
+            body: opened,
+            parser: SseParser::default(),
+            decoder: StreamDecoder::new(self.wire),
+            idle_timeout: self.timeout,
+            done: false,
+            url: self.url.to_string(),
+        })
     }
 }
 
