@@ -206,6 +206,12 @@ async def _submit(transport: Any, model: str, messages: list[Any], params: dict[
         raise
 
 
+def _header_pairs(headers: Mapping[str, str] | list[Any] | None) -> list[tuple[str, str]]:
+    """Headers as a list of ``(name, value)`` pairs, from a dict, pairs, or the lists JSON state gives back."""
+    pairs = headers.items() if isinstance(headers, Mapping) else (headers or [])
+    return [(str(name), str(value)) for name, value in pairs]
+
+
 class _Record(dict[str, Any]):
     """The stored response (plain data, safe for DSPy's restricted cache) with attribute access for history."""
 
@@ -306,7 +312,7 @@ class NativeLM(dspy.BaseLM):
                              "api_base='http://host:port/v1'")
         self.wire_model = bare
         self.timeout, self.connect_timeout, self.http2 = float(timeout), float(connect_timeout), bool(http2)
-        self.headers = list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
+        self.headers = _header_pairs(headers)
         self.ca_cert = os.fspath(ca_cert) if ca_cert is not None else None
         self.pricing = dict(pricing) if pricing is not None else None
         if self.pricing is not None and set(self.pricing) != {"input_per_mtok", "output_per_mtok"}:
@@ -318,9 +324,11 @@ class NativeLM(dspy.BaseLM):
         self._transport = self._build_transport()
         self._dspyo3_pm_token = _remember(plugin_manager) if plugin_manager is not None else None
 
+    def _public_headers(self) -> list[tuple[str, str]]:
+        """The headers that may be saved: secret ones (Authorization, api-key, tokens, cookies, ...) left out."""
+        return [(k, v) for k, v in self.headers if not _SECRET_HEADER.search(k)]
+
     def _build_transport(self) -> Any:
-        pairs = self.headers.items() if isinstance(self.headers, Mapping) else self.headers
-        self.headers = [(str(name), str(value)) for name, value in pairs]
         return _native().LMTransport(
             self.api_base, api_key=self._api_key, wire=self.wire, timeout=self.timeout,
             connect_timeout=self.connect_timeout, max_retries=int(self.num_retries), http2=self.http2,
@@ -356,9 +364,9 @@ class NativeLM(dspy.BaseLM):
         if self.ca_cert is not None:
             state["ca_cert"] = self.ca_cert
         state.pop("model_type", None)
-        public = [[k, v] for k, v in self.headers if not _SECRET_HEADER.search(k)]
-        if public:  # secret headers (Authorization, api-key, ...) are never saved
-            state["headers"] = public
+        public = self._public_headers()
+        if public:
+            state["headers"] = [list(pair) for pair in public]
         if self.pricing is not None:
             state["pricing"] = dict(self.pricing)
         return state
@@ -369,7 +377,7 @@ class NativeLM(dspy.BaseLM):
         state = dict(self.__dict__)
         state.pop("_transport", None)
         state["_api_key"] = None
-        state["headers"] = [(k, v) for k, v in self.headers if not _SECRET_HEADER.search(k)]
+        state["headers"] = self._public_headers()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -400,8 +408,8 @@ class NativeLM(dspy.BaseLM):
             kwargs["api_base"] = kwargs.pop("base_url")
         if "extra_headers" in kwargs:
             kwargs["headers"] = kwargs.pop("extra_headers")
-        if "headers" in kwargs and kwargs["headers"] is None:
-            kwargs["headers"] = []
+        if "headers" in kwargs:
+            kwargs["headers"] = _header_pairs(kwargs["headers"])
         for name in ("api_base", "timeout", "connect_timeout", "num_retries"):
             if name in kwargs and kwargs[name] is None:
                 raise ValueError(f"copy({name}=None): a NativeLM needs a {name}; pass a value")
