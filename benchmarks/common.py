@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import math
@@ -16,7 +17,8 @@ from typing import Any
 from dspyo3_rag.beir import BeirData, BeirFormatError, evaluate
 from dspyo3_rag.beir import load_beir as _load_beir
 
-__all__ = ["BeirData", "LMServerProcess", "best_time", "emit", "evaluate_run", "load_beir", "log"]
+__all__ = ["BeirData", "LMServerProcess", "best_time", "emit", "evaluate_run", "lm_bench_parser", "load_beir", "log",
+           "run_workers", "timed_answers"]
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("DSPYO3_DATA_DIR") or REPO.parent / "shared" / "data")
@@ -119,3 +121,35 @@ class LMServerProcess:
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
+
+
+def lm_bench_parser(doc: str, workers: Iterable[str], *, concurrency: int,
+                    latency_ms: float) -> argparse.ArgumentParser:
+    """The options every loopback-LM benchmark takes (``--requests``, ``--concurrency``, ``--latency-ms``,
+    ``--json``, ``--plot``) plus the hidden ``--worker`` / ``--api-base`` its per-contender interpreters get."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=concurrency)
+    parser.add_argument("--latency-ms", type=float, default=latency_ms)
+    parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--plot", dest="plot_path")
+    parser.add_argument("--worker", choices=list(workers), help=argparse.SUPPRESS)
+    parser.add_argument("--api-base", help=argparse.SUPPRESS)
+    return parser
+
+
+def run_workers(script: str, workers: Iterable[str], args: argparse.Namespace,
+                extra: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Start the loopback LM server (``args.latency_ms``) once and run ``script --worker NAME`` for each worker in
+    a fresh interpreter of its own; return each worker's figures (the JSON on its last stdout line)."""
+    figures: dict[str, dict[str, Any]] = {}
+    with LMServerProcess(args.latency_ms / 1000) as server:
+        for name in workers:
+            log(f"{name}: {args.requests} requests, concurrency {args.concurrency}, latency {args.latency_ms:g} ms")
+            out = subprocess.run(
+                [sys.executable, script, "--worker", name, "--api-base", server.api_base,
+                 "--requests", str(args.requests), "--concurrency", str(args.concurrency), *(extra or [])],
+                check=True, capture_output=True, text=True)
+            figures[name] = json.loads(out.stdout.strip().splitlines()[-1])
+            log(f"{name}: {figures[name]['rps']:.1f} req/s, {figures[name]['cpu_us_per_request']:.0f} us CPU/request")
+    return figures

@@ -15,17 +15,15 @@ Last line: ``{"limit_rps", "run_many_rps", "parallel_rps", "gather_rps", "effici
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import LMServerProcess, emit, log, timed_answers
+from common import emit, lm_bench_parser, run_workers, timed_answers
 
 MODES = ("run_many", "parallel", "gather")
 
@@ -95,37 +93,19 @@ def worker(mode: str, api_base: str, requests: int, concurrency: int, transport:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=128)
-    parser.add_argument("--latency-ms", type=float, default=500.0)
+    parser = lm_bench_parser(__doc__, MODES, concurrency=128, latency_ms=500.0)
     parser.add_argument("--transport", choices=["litellm", "native"], default="litellm",
                         help="the LM under test: dspy.LM (LiteLLM) or the native Rust transport")
     parser.add_argument("--program", choices=["predict", "lm"], default="predict",
                         help="dspy.Predict (adapter included, the default) or bare LM calls (the transport alone)")
-    parser.add_argument("--json", dest="json_path")
-    parser.add_argument("--plot", dest="plot_path")
-    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
-    parser.add_argument("--api-base", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.api_base, args.requests, args.concurrency, args.transport,
                                 args.program)))
         return
 
-    latency = args.latency_ms / 1000
-    limit = args.concurrency / latency
-    figures: dict[str, dict[str, Any]] = {}
-    with LMServerProcess(latency) as server:
-        for mode in MODES:
-            log(f"{mode}: {args.requests} requests, concurrency {args.concurrency}, latency {args.latency_ms:g} ms")
-            out = subprocess.run(
-                [sys.executable, __file__, "--worker", mode, "--api-base", server.api_base,
-                 "--requests", str(args.requests), "--concurrency", str(args.concurrency),
-                 "--transport", args.transport, "--program", args.program],
-                check=True, capture_output=True, text=True)
-            figures[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-            log(f"{mode}: {figures[mode]['rps']:.1f} req/s, {figures[mode]['cpu_us_per_request']:.0f} us CPU/request")
+    limit = args.concurrency / (args.latency_ms / 1000)
+    figures = run_workers(__file__, MODES, args, ["--transport", args.transport, "--program", args.program])
     result = {
         "limit_rps": limit,
         "run_many_rps": figures["run_many"]["rps"],

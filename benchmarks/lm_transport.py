@@ -15,17 +15,15 @@ Last line: ``{"cpu_us_per_request": {"litellm", "native", "httpx"}, "rps": {...}
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import LMServerProcess, emit, log, timed_answers
+from common import emit, lm_bench_parser, run_workers, timed_answers
 
 CONTENDERS = ("litellm", "native", "httpx")
 
@@ -99,30 +97,14 @@ def worker(kind: str, api_base: str, requests: int, concurrency: int) -> dict[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--latency-ms", type=float, default=100.0)
-    parser.add_argument("--json", dest="json_path")
-    parser.add_argument("--plot", dest="plot_path")
-    parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
-    parser.add_argument("--api-base", help=argparse.SUPPRESS)
+    parser = lm_bench_parser(__doc__, CONTENDERS, concurrency=64, latency_ms=100.0)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.api_base, args.requests, args.concurrency)))
         return
 
     latency = args.latency_ms / 1000
-    figures: dict[str, dict[str, Any]] = {}
-    with LMServerProcess(latency) as server:
-        for kind in CONTENDERS:
-            log(f"{kind}: {args.requests} requests, concurrency {args.concurrency}, latency {args.latency_ms:g} ms")
-            out = subprocess.run(
-                [sys.executable, __file__, "--worker", kind, "--api-base", server.api_base,
-                 "--requests", str(args.requests), "--concurrency", str(args.concurrency)],
-                check=True, capture_output=True, text=True)
-            figures[kind] = json.loads(out.stdout.strip().splitlines()[-1])
-            log(f"{kind}: {figures[kind]['rps']:.1f} req/s, {figures[kind]['cpu_us_per_request']:.0f} us CPU/request")
+    figures = run_workers(__file__, CONTENDERS, args)
     cpu = {kind: figures[kind]["cpu_us_per_request"] for kind in CONTENDERS}
     result = {
         "cpu_us_per_request": cpu,
