@@ -28,7 +28,7 @@ def test_help_lists_core_and_package_commands(cli_env: dict[str, str], dspyo3_ex
     result = run(dspyo3_exe, cli_env, "--help")
     assert result.returncode == 0
     for command in ["plugins", "lm", "doctor", "inspect", "demo", "rag", "agents", "async", "production",
-                    "optimize", "types"]:
+                    "optimize", "types", "cache", "metrics"]:
         assert f"  {command} " in result.stdout, command
 
 

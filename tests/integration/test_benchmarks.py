@@ -109,3 +109,23 @@ def test_rate_limit_benchmark_shape(redis_url: str) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert {"rate", "local_rps", "local_error", "redis_rps", "redis_error", "aiolimiter_rps"} <= set(figures)
+
+
+def test_cache_benchmark_shape(tmp_path: Path) -> None:
+    out = tmp_path / "cache.json"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cache.py"), "--gets", "200", "--repeat", "3",
+                             "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(figures) == {"memory_hit_us", "dspy_memory_hit_us", "redis_hit_us", "redis_get_us"}
+    assert all(value > 0 for value in figures.values()), figures
+    assert json.loads(out.read_text()) == figures
+
+
+def test_overhead_benchmark_shape() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "overhead.py"), "--calls", "20",
+                             "--rounds", "20"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(figures) == {"bare_us", "stack_us", "added_us"}
+    assert figures["bare_us"] > 0 and figures["stack_us"] > 0, figures

@@ -16,6 +16,7 @@
 pub mod atomic;
 pub mod bm25;
 pub mod error;
+pub mod eventlog;
 pub mod fusion;
 pub mod lru;
 pub mod ratelimit;

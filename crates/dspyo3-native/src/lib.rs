@@ -4,6 +4,7 @@
 //! long work (`py.detach`) and maps errors to Python exceptions. Classes are `frozen` with their locks inside,
 //! so one object can be shared by many Python threads.
 
+mod events;
 mod transport;
 
 use std::path::PathBuf;
@@ -673,5 +674,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyLru>()?;
     m.add_class::<PyRateLimiter>()?;
     transport::register(m)?;
+    events::register(m)?;
     Ok(())
 }

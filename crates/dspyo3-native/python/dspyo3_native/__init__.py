@@ -9,12 +9,14 @@
 * :class:`LMTransport` — pooled HTTP client for LM APIs (OpenAI chat completions, Anthropic messages) on tokio:
   HTTP/1.1 and HTTP/2, TLS, timeouts, retries honouring ``Retry-After``, SSE streaming (:class:`LMStream`), sync
   and asyncio; failures raise :class:`LMTransportError`. ``dspyo3_core.native_lm.NativeLM`` puts DSPy on it.
+* :class:`EventSink` — JSON-lines event writer on its own thread (secret values masked), for structured logs.
 """
 
 from dspyo3_native._native import (
     BM25,
     CompletionQueue,
     ENGLISH_STOPWORDS,
+    EventSink,
     STEMMER_LANGUAGES,
     IndexFormatError,
     LMRequest,
@@ -37,6 +39,7 @@ __all__ = [
     "BM25",
     "CompletionQueue",
     "ENGLISH_STOPWORDS",
+    "EventSink",
     "STEMMER_LANGUAGES",
     "IndexFormatError",
     "LMRequest",

@@ -249,3 +249,14 @@ class CompletionQueue:
         """Readable when results are waiting."""
     def drain(self) -> list[tuple[int, bool, Any]]:
         """``[(token, ok, answer or LMTransportError), ...]`` since the last call."""
+
+class EventSink:
+    """JSON-lines event writer on a background thread (duplicates ``fd``; masks each value of ``secrets``)."""
+
+    def __init__(self, fd: int, secrets: Sequence[str] = ...) -> None: ...
+    def emit(self, level: str, logger: str, name: str, fields: dict[str, Any]) -> None:
+        """Queue one event (time taken now); fields are str/int/float/bool/None (others written as ``str()``)."""
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every event emitted so far is written and flushed; False if the writer did not answer."""
+    @property
+    def written(self) -> int: ...

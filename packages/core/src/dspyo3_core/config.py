@@ -182,6 +182,8 @@ class Settings:
     redis_url: str | None = None
     cache_dir: Path = field(default_factory=lambda: Path(platformdirs.user_cache_dir("dspyo3")))
     files: list[Path] = field(default_factory=list)
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Other top-level tables (``[production]``, ...) for the plugins that own them; a later file's keys win."""
 
     def profile(self, name: str | None = None) -> LMProfile:
         """The profile called ``name`` (or the default one); the error lists what exists and how to add one."""
@@ -257,6 +259,17 @@ def _merge_file(settings: Settings, path: Path) -> None:
     cache = data.get("cache") or {}
     if cache.get("dir"):
         settings.cache_dir = Path(str(cache["dir"])).expanduser()
+    for name, table in data.items():
+        if name not in ("lm", "redis", "cache") and isinstance(table, dict):
+            settings.tables[name] = _deep_merge(settings.tables.get(name, {}), table)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
 
 
 def load_settings() -> Settings:

@@ -93,4 +93,8 @@ def dspyo3_lm_call(call: LMCall) -> Any:
     wants the caller to see. A wrapper must yield exactly once; to answer without calling the LM (a cache
     hit), implement a plain ``@hookimpl(tryfirst=True)`` that returns a non-``None`` value: the first
     non-``None`` result wins and core's innermost impl (``trylast``) is then skipped.
+
+    A wrapper that is only sometimes active (installed, not configured) sets ``dspyo3_active`` on its function to
+    a callable that returns False while it would just ``return (yield)``: LMs then skip the hook machinery, and
+    async calls stay on the event loop instead of a worker thread (see ``dspyo3_core.lm.wrappers_active``).
     """

@@ -7,11 +7,13 @@ install themselves as pluggy ``wrapper=True`` impls of that hook, so they compos
 
 Async calls (``acall``, used by ``Module.acall``) run the same hook chain in a worker thread, so wrappers are
 written once, as plain generators; streaming (``dspy.streamify``) keeps working because the worker is an anyio
-thread that can send chunks back to the event loop.
+thread that can send chunks back to the event loop. When no plugin acts on the hook (see :func:`wrappers_active`)
+async calls take DSPy's own async path instead: no thread, and cancellation reaches the request.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import re
 import weakref
@@ -31,6 +33,47 @@ _SECRET_NAME = re.compile(
     r"|[_-](key|token|secret|password)$",
     re.I,
 )
+
+
+_CURRENT: contextvars.ContextVar[LMCall | None] = contextvars.ContextVar("dspyo3_current_lm_call", default=None)
+
+
+def current_call() -> LMCall | None:
+    """The :class:`LMCall` whose real call is running in this context (inside :meth:`LMCall.invoke`), else None.
+
+    DSPy-level hooks that run inside the call (``dspy.cache`` lookups, ``update_history``) use it to report back
+    to the wrappers: a cache tier notes its hit, the LM its usage and cost."""
+    return _CURRENT.get()
+
+
+def wrappers_active(manager: PluginManager) -> bool:
+    """Whether any ``dspyo3_lm_call`` impl besides core's innermost one would act on a call right now.
+
+    An impl that is sometimes a pass-through (a wrapper installed but not configured) says so with a
+    ``dspyo3_active`` attribute on its function, a callable returning False while it would only
+    ``return (yield)``; LMs then skip the hook machinery (for async calls, the worker thread) when none is active.
+    """
+    from dspyo3_core import plugin as core_plugin
+
+    for impl in manager.hook.dspyo3_lm_call.get_hookimpls():
+        if impl.function is core_plugin.dspyo3_lm_call:
+            continue
+        check = getattr(impl.function, "dspyo3_active", None)
+        if check is None or check():
+            return True
+    return False
+
+
+def lm_callbacks_wanted(lm: Any) -> bool:
+    """Whether any active DSPy callback (global or on ``lm``) wants LM events.
+
+    A callback that only watches modules and tools says so with a class attribute ``dspyo3_lm_events = False``
+    (dspyo3-production's does); when every active callback says so, LM calls skip DSPy's per-call callback
+    dispatch, which costs more than the rest of a cached call.
+    """
+    callbacks = dspy.settings.get("callbacks") or ()
+    own = getattr(lm, "callbacks", None) or ()
+    return any(getattr(callback, "dspyo3_lm_events", True) for callback in (*callbacks, *own))
 
 
 def masked(value: Any, name: str = "") -> Any:
@@ -65,6 +108,10 @@ class LMCall:
         kwargs: per-call keyword arguments (``temperature``, ``n``, ``rollout_id``, ...).
         is_async: the call came in through ``acall``.
         metadata: free space for wrappers to share data about this call (timings, cache keys, ...).
+        usage: token usage the LM reported for this call (filled in when the call finishes; ``{}`` on a cache hit).
+        cost: USD cost the LM computed for this call, if it knows its price.
+        cache_hit: the answer came from a cache, not the provider.
+        cache_tier: which cache tier answered (``"memory"``, ``"redis"``, ``"disk"``), when the cache says so.
     """
 
     lm: dspy.BaseLM
@@ -73,6 +120,10 @@ class LMCall:
     kwargs: dict[str, Any] = field(default_factory=dict)
     is_async: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, Any] | None = None
+    cost: float | None = None
+    cache_hit: bool = False
+    cache_tier: str | None = None
 
     @property
     def model(self) -> str:
@@ -89,10 +140,64 @@ class LMCall:
 
     def invoke(self) -> Any:
         """Run the real call (cache, retries and transport included). Core's innermost impl."""
-        native = getattr(self.lm, "_dspyo3_invoke", None)
-        if native is not None:
-            return native(self.prompt, self.messages, self.kwargs)
-        return dspy.LM.__call__(self.lm, self.prompt, messages=self.messages, **self.kwargs)
+        token = _CURRENT.set(self)
+        try:
+            native = getattr(self.lm, "_dspyo3_invoke", None)
+            if native is not None:
+                return native(self.prompt, self.messages, self.kwargs)
+            call = dspy.LM.__call__ if lm_callbacks_wanted(self.lm) else _LM_CALL_UNWRAPPED
+            if dspy.settings.get("disable_history"):  # no history entry to learn usage from: listen to usage
+                with dspy.context(usage_tracker=_UsageTee(dspy.settings.get("usage_tracker"), self)):
+                    return call(self.lm, self.prompt, messages=self.messages, **self.kwargs)
+            return call(self.lm, self.prompt, messages=self.messages, **self.kwargs)
+        finally:
+            _CURRENT.reset(token)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Take usage, cost and the cache mark from the LM's history entry for this call."""
+        usage = entry.get("usage")
+        self.usage = dict(usage) if usage else {}
+        cost = entry.get("cost")
+        self.cost = float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None
+        if entry.get("cache_hit"):
+            self.cache_hit = True
+
+
+class _UsageTee:
+    """A usage tracker that hands billed usage to an :class:`LMCall` and passes everything on to the tracker it
+    stands in for (``dspy.track_usage``'s, if any)."""
+
+    def __init__(self, inner: Any, call: LMCall) -> None:
+        self._inner = inner
+        self._call = call
+
+    def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
+        self._call.usage = dict(usage_entry or {})
+        if self._inner is not None:
+            self._inner.add_usage(lm, usage_entry)
+
+    def __getattr__(self, name: str) -> Any:
+        if self._inner is None:
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+def note_history(lm: Any, entry: dict[str, Any]) -> None:
+    """Hand ``entry`` (an LM history entry being recorded) to the :class:`LMCall` running for ``lm``, if any."""
+    call = _CURRENT.get()
+    if call is not None and call.lm is lm:
+        call.record(entry)
+
+
+def note_result(lm: Any, usage: dict[str, Any], cost: float | None, cache_hit: bool) -> None:
+    """Report one finished call's usage, cost and cache mark to the :class:`LMCall` running for ``lm``, if any."""
+    call = _CURRENT.get()
+    if call is not None and call.lm is lm:
+        call.usage, call.cost = usage, cost
+        call.cache_hit = call.cache_hit or cache_hit
+
+
+_LM_CALL_UNWRAPPED = getattr(dspy.LM.__call__, "__wrapped__", dspy.LM.__call__)  # without DSPy's callback dispatch
 
 
 def plugin_manager_for(lm: Any) -> PluginManager:
@@ -127,6 +232,14 @@ class HookedLM(dspy.LM):
     async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         import anyio.to_thread
 
+        manager = self.plugin_manager
+        if not wrappers_active(manager):  # nothing wraps the call: DSPy's own async path (cancellable, no thread)
+            return await dspy.LM.acall(self, prompt, messages=messages, **kwargs)
         call = LMCall(lm=self, prompt=prompt, messages=messages, kwargs=kwargs, is_async=True)
-        run = functools.partial(self.plugin_manager.hook.dspyo3_lm_call, call=call)
+        run = functools.partial(manager.hook.dspyo3_lm_call, call=call)
         return await anyio.to_thread.run_sync(run)
+
+    def update_history(self, entry: dict[str, Any]) -> None:
+        """Record ``entry`` as DSPy does, and hand its usage and cost to the running :class:`LMCall`."""
+        note_history(self, entry)
+        super().update_history(entry)

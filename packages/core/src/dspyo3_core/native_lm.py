@@ -41,13 +41,33 @@ import dspy
 from dspy.dsp.utils.settings import settings
 from dspy.utils.callback import with_callbacks as _with_callbacks
 
-from dspyo3_core.lm import LMCall, _remember, plugin_manager_for
+from dspyo3_core.lm import LMCall, _remember, lm_callbacks_wanted, note_result, plugin_manager_for, wrappers_active
 
 if TYPE_CHECKING:
     from dspyo3_core.plugins import PluginManager
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-with_callbacks: Callable[[_F], _F] = _with_callbacks  # DSPy's decorator, typed
+
+
+def with_callbacks(fn: _F) -> _F:
+    """DSPy's ``with_callbacks``, skipped when no active callback wants LM events (see ``lm_callbacks_wanted``)."""
+    dispatched = _with_callbacks(fn)
+    if asyncio.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def async_call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if lm_callbacks_wanted(self):
+                return await dispatched(self, *args, **kwargs)
+            return await fn(self, *args, **kwargs)
+
+        return async_call  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if lm_callbacks_wanted(self):
+            return dispatched(self, *args, **kwargs)
+        return fn(self, *args, **kwargs)
+
+    return call  # type: ignore[return-value]
 
 # provider prefix -> (wire format, default api_base, key environment variable)
 PROVIDERS: dict[str, tuple[str, str | None, str | None]] = {
@@ -78,27 +98,42 @@ class PricingTable:
         self._overrides: dict[str, tuple[float, float]] = {}
         self._litellm: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        self._memo: dict[str, tuple[float, float] | None] = {}
 
     def set(self, model: str, *, input_per_mtok: float, output_per_mtok: float) -> None:
         """Price ``model`` (as written in ``NativeLM(model)``, or without its provider prefix)."""
         if input_per_mtok < 0 or output_per_mtok < 0:
             raise ValueError("prices must be >= 0 USD per million tokens")
         self._overrides[model] = (float(input_per_mtok), float(output_per_mtok))
+        self._memo.clear()
 
     def _litellm_map(self) -> dict[str, Any]:
+        if self._litellm is not None:
+            return self._litellm
         with self._lock:
             if self._litellm is None:
-                self._litellm = {}
+                loaded: dict[str, Any] = {}
                 spec = importlib.util.find_spec("litellm")
                 for location in (spec.submodule_search_locations or []) if spec else []:
                     path = Path(location) / "model_prices_and_context_window_backup.json"
                     if path.is_file():
-                        self._litellm = json.loads(path.read_text())
+                        loaded = json.loads(path.read_text())
                         break
+                self._litellm = loaded  # published whole: the lock-free read above never sees it half-loaded
             return self._litellm
 
     def price(self, model: str) -> tuple[float, float] | None:
         """``(input, output)`` USD per million tokens for ``model``, or None if unknown."""
+        try:
+            return self._memo[model]
+        except KeyError:
+            pass
+        found = self._lookup(model)
+        if len(self._memo) < 10_000:
+            self._memo[model] = found
+        return found
+
+    def _lookup(self, model: str) -> tuple[float, float] | None:
         bare = model.split("/", 1)[1] if "/" in model else model
         for name in (model, bare):
             if name in self._overrides:
@@ -428,9 +463,9 @@ class NativeLM(dspy.BaseLM):
     # -- calls -------------------------------------------------------------------------------------------------
 
     def _hooked(self) -> PluginManager | None:
-        """The plugin manager, when a plugin wraps ``dspyo3_lm_call`` (else calls skip the hook machinery)."""
+        """The plugin manager, when an active plugin wraps ``dspyo3_lm_call`` (else calls skip the hook machinery)."""
         manager = self.plugin_manager
-        return manager if len(manager.hook.dspyo3_lm_call.get_hookimpls()) > 1 else None
+        return manager if wrappers_active(manager) else None
 
     @with_callbacks
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
@@ -553,6 +588,7 @@ class NativeLM(dspy.BaseLM):
             if settings.usage_tracker:
                 settings.usage_tracker.add_usage(self.model, dict(record["usage"]))
         outputs = _outputs(record)
+        note_result(self, {} if hit else dict(record["usage"]), None if hit else record.get("cost"), bool(hit))
         if not settings.disable_history:
             self.update_history({
                 "prompt": prompt, "messages": messages,

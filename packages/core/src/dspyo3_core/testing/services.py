@@ -28,45 +28,86 @@ class ServiceUnavailable(RuntimeError):
     """The service binary is not installed; the message says how to install it."""
 
 
-@contextmanager
-def redis_server(timeout: float = 10.0) -> Iterator[str]:
-    """Run ``redis-server`` on 127.0.0.1 (no persistence) and yield its ``redis://`` URL; stop it after."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise ServiceUnavailable("redis-server is not installed; apt-get install redis-server")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="dspyo3-redis-") as workdir:
+class RedisProcess:
+    """A ``redis-server`` on 127.0.0.1 (no persistence) that a test can kill and start again on the same port,
+    to check what happens to clients while Redis is down.
+
+    >>> with RedisProcess() as redis:          # doctest: +SKIP
+    ...     redis.kill(); redis.start()        # same URL before and after
+    """
+
+    def __init__(self, port: int | None = None, timeout: float = 10.0) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ServiceUnavailable("redis-server is not installed; apt-get install redis-server")
+        self.binary = binary
+        self.port = port or free_port()
+        self.timeout = timeout
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._workdir = tempfile.TemporaryDirectory(prefix="dspyo3-redis-")
+
+    def start(self) -> str:
+        """Start the server (if it is not running) and wait until it answers PING; returns its URL."""
+        if self.process is not None and self.process.poll() is None:
+            return self.url
         process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", workdir, "--protected-mode", "yes"],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self._workdir.name, "--protected-mode", "yes"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group, so stopping it stops any child too
         )
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-                        sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                        if sock.recv(16).startswith(b"+PONG"):
-                            break
-                except OSError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    _stop(process, signal.SIGKILL)
-                    _, err = process.communicate(timeout=5)
-                    message = (err or b"").decode(errors="replace")[-500:]
-                    raise RuntimeError(f"redis-server did not start on port {port} within {timeout:g}s: {message}")
-                time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            _stop(process, signal.SIGTERM)
+        self.process = process
+        deadline = time.monotonic() + self.timeout
+        while True:
             try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return self.url
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
                 _stop(process, signal.SIGKILL)
-                process.wait()
+                _, err = process.communicate(timeout=5)
+                message = (err or b"").decode(errors="replace")[-500:]
+                raise RuntimeError(f"redis-server did not start on port {self.port} within {self.timeout:g}s: "
+                                   f"{message}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL the server (as a crash would) and wait for it to be gone."""
+        if self.process is not None:
+            _stop(self.process, signal.SIGKILL)
+            self.process.wait()
+            self.process = None
+
+    def stop(self) -> None:
+        """SIGTERM the server (SIGKILL after 5 s)."""
+        if self.process is not None:
+            _stop(self.process, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                _stop(self.process, signal.SIGKILL)
+                self.process.wait()
+            self.process = None
+
+    def __enter__(self) -> RedisProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._workdir.cleanup()
+
+
+@contextmanager
+def redis_server(timeout: float = 10.0) -> Iterator[str]:
+    """Run ``redis-server`` on 127.0.0.1 (no persistence) and yield its ``redis://`` URL; stop it after."""
+    with RedisProcess(timeout=timeout) as process:
+        yield process.url
 
 
 def _stop(process: subprocess.Popen[bytes], sig: int) -> None:

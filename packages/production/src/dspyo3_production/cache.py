@@ -1,0 +1,556 @@
+"""``TieredCache``: DSPy's cache with a native memory tier, a shared Redis tier and DSPy's disk tier.
+
+It *is* a ``dspy.clients.Cache`` (same constructor keywords, same key function, same hit semantics: a fresh copy
+every hit, ``usage`` emptied and ``cache_hit`` set on response objects), so it goes where DSPy looks for its
+cache::
+
+    from dspyo3_production.cache import TieredCache, install_cache
+    install_cache(TieredCache(redis_url="redis://127.0.0.1:6379/0", redis_ttl=86400))   # dspy.cache = ...
+
+Lookup order: memory (``dspyo3_native.LRUCache``), then Redis, then disk; a lower-tier hit is copied into the
+tiers above it. Writes go to memory at once and to Redis from a background writer (``flush()`` waits for it), so
+a call never waits for Redis on the way out. Plain-data answers (what DSPy's native engine and NativeLM cache)
+are held as JSON bytes, so a memory hit is a JSON decode instead of a deep copy.
+
+Redis failures never fail a call: the tier counts the error, stays out of the way for a back-off period
+(0.5 s doubling to ``redis_max_backoff``) and then tries again by itself. Values read from Redis are decoded by
+:mod:`dspyo3_production.codec` (JSON, or pickle restricted to known response types) and checked against the key
+they were read under.
+
+Single flight: inside :meth:`TieredCache.call_scope` (the production LM-call wrapper opens one per call), the
+first miss on a key makes that call its leader; concurrent calls missing the same key wait for the leader's
+answer (up to ``single_flight_timeout``) instead of calling the provider again. Lookups on an event-loop thread
+never wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dspy
+import orjson
+from dspy.clients.cache import Cache
+
+from dspyo3_core.lm import current_call
+from dspyo3_production.codec import JSON_TAG, Codec, plain_json
+from dspyo3_production.metrics import Metrics, default_metrics
+
+logger = logging.getLogger("dspyo3.production.cache")
+
+TIERS = ("memory", "redis", "disk")
+_SCOPE: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("dspyo3_cache_scope", default=None)
+
+
+class _Json:
+    """A memory-tier value held as JSON bytes (decoded afresh on every hit)."""
+
+    __slots__ = ("body",)
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _note_hit(tier: str) -> None:
+    call = current_call()
+    if call is not None:
+        call.cache_hit = True
+        call.cache_tier = tier
+
+
+class RedisTier:
+    """The Redis tier: GET on lookups, SET EX from a background writer, and a back-off while Redis is down.
+
+    Args:
+        url: ``redis://`` URL.
+        namespace: key prefix (``<namespace>:cache:<key>``), so apps sharing a Redis keep apart.
+        ttl: seconds an entry lives in Redis (None: no expiry).
+        timeout: socket connect/read timeout in seconds: the longest a lookup waits on a dead Redis.
+        max_backoff: longest pause (seconds) between reconnection attempts.
+        max_pending: writes queued for the writer thread beyond which new ones are dropped (counted).
+    """
+
+    def __init__(self, url: str, *, namespace: str = "dspyo3", ttl: float | None = None, timeout: float = 0.25,
+                 max_backoff: float = 5.0, max_pending: int = 10_000, metrics: Metrics | None = None) -> None:
+        import redis
+
+        if ttl is not None and ttl <= 0:
+            raise ValueError(f"redis_ttl must be > 0 seconds (or None for no expiry), got {ttl!r}")
+        self.url = url
+        self.prefix = f"{namespace}:cache:"
+        self.ttl_ms = int(ttl * 1000) if ttl is not None else None
+        self.max_backoff = max_backoff
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                           health_check_interval=0)
+        self._errors = (redis.RedisError, OSError)
+        self._down_until = 0.0
+        self._backoff = 0.0
+        self._lock = threading.Lock()
+        self._pending: queue.Queue[tuple[str, bytes] | None] = queue.Queue(max_pending)
+        self._writer: threading.Thread | None = None
+        self.metrics = metrics
+        self.dropped_writes = 0
+        self.errors = 0
+
+    # -- health -----------------------------------------------------------------------------------------------
+    @property
+    def available(self) -> bool:
+        """False while backing off after a failure (lookups and writes skip Redis meanwhile)."""
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.errors += 1
+            self._backoff = min(self.max_backoff, self._backoff * 2 if self._backoff else 0.5)
+            self._down_until = time.monotonic() + self._backoff
+        if self.metrics is not None:
+            self.metrics.child(self.metrics.cache_requests, "redis", "error").inc()
+        logger.warning("redis cache tier unavailable (%s: %s); retrying in %.1fs", type(exc).__name__, exc,
+                       self._backoff)
+
+    def _ok(self) -> None:
+        if self._backoff:
+            with self._lock:
+                if self._backoff:
+                    logger.info("redis cache tier is back")
+                self._backoff = 0.0
+                self._down_until = 0.0
+
+    # -- operations -------------------------------------------------------------------------------------------
+    def get(self, key: str) -> bytes | None:
+        """The payload under ``key``, or None on a miss, while down, or on an error (counted, then back off)."""
+        if not self.available:
+            return None
+        try:
+            payload = self.client.get(self.prefix + key)
+        except self._errors as exc:
+            self._failed(exc)
+            return None
+        self._ok()
+        return payload  # type: ignore[return-value]
+
+    def put(self, key: str, payload: bytes) -> None:
+        """Queue a write for the background writer (dropped, and counted, while Redis is down or the queue full)."""
+        if not self.available:
+            self.dropped_writes += 1
+            return
+        self._ensure_writer()
+        try:
+            self._pending.put_nowait((key, payload))
+        except queue.Full:
+            self.dropped_writes += 1
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (best effort)."""
+        try:
+            self.client.delete(self.prefix + key)
+        except self._errors as exc:
+            self._failed(exc)
+
+    def _ensure_writer(self) -> None:
+        if self._writer is None or not self._writer.is_alive():
+            with self._lock:
+                if self._writer is None or not self._writer.is_alive():
+                    self._writer = threading.Thread(target=self._write_loop, name="dspyo3-redis-cache-writer",
+                                                    daemon=True)
+                    self._writer.start()
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._pending.get()
+            batch = [item]
+            while len(batch) < 256:
+                try:
+                    batch.append(self._pending.get_nowait())
+                except queue.Empty:
+                    break
+            entries = [entry for entry in batch if entry is not None]
+            try:
+                if entries and self.available:
+                    pipe = self.client.pipeline(transaction=False)
+                    for key, payload in entries:
+                        pipe.set(self.prefix + key, payload, px=self.ttl_ms)
+                    pipe.execute()
+                    self._ok()
+                elif entries:
+                    self.dropped_writes += len(entries)
+            except self._errors as exc:
+                self.dropped_writes += len(entries)
+                self._failed(exc)
+            finally:
+                for _ in batch:
+                    self._pending.task_done()
+            if None in batch:
+                return
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until queued writes reached Redis (or were dropped); False if that took longer than ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self._pending.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
+    def close(self) -> None:
+        """Flush, stop the writer and close the connection pool."""
+        if self._writer is not None and self._writer.is_alive():
+            self.flush()
+            self._pending.put(None)
+            self._writer.join(timeout=5)
+        self.client.close()
+
+    # -- administration ---------------------------------------------------------------------------------------
+    def scan(self, prefix: str = "") -> Iterator[bytes]:
+        """Keys of this tier whose cache key starts with ``prefix``."""
+        yield from self.client.scan_iter(match=self.prefix + prefix + "*", count=1000)
+
+    def clear(self, prefix: str = "") -> int:
+        """Delete this tier's entries whose cache key starts with ``prefix``; the number deleted."""
+        deleted = 0
+        batch: list[bytes] = []
+        for key in self.scan(prefix):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += int(self.client.unlink(*batch))
+                batch = []
+        if batch:
+            deleted += int(self.client.unlink(*batch))
+        return deleted
+
+
+class TieredCache(Cache):
+    """``dspy.clients.Cache`` with a native memory tier, an optional Redis tier and DSPy's optional disk tier.
+
+    Args:
+        enable_disk_cache, enable_memory_cache, disk_cache_dir, disk_size_limit_bytes, memory_max_entries,
+            restrict_pickle, safe_types: as for ``dspy.clients.Cache`` (``safe_types`` also widens what the Redis
+            tier will decode).
+        redis_url: enable the Redis tier (``redis://host:port/db``); None keeps it off.
+        redis_ttl: seconds a Redis entry lives (None: no expiry).
+        memory_ttl: seconds a memory entry lives (None: until evicted).
+        memory_max_bytes: cap on the memory tier's estimated size (None: entries only).
+        namespace: Redis key prefix (``<namespace>:cache:<key>``).
+        redis_timeout: socket timeout (seconds) for Redis lookups; the most a lookup waits on a dead Redis.
+        redis_max_backoff: longest pause between reconnection attempts after Redis fails.
+        single_flight_timeout: how long a concurrent miss waits for the leader's answer (seconds).
+        metrics: where to count lookups (default: the process-wide :func:`default_metrics`).
+    """
+
+    def __init__(
+        self,
+        enable_disk_cache: bool = False,
+        enable_memory_cache: bool = True,
+        disk_cache_dir: str | None = None,
+        disk_size_limit_bytes: int | None = 1024 * 1024 * 10,
+        memory_max_entries: int = 1_000_000,
+        restrict_pickle: bool = False,
+        safe_types: list[type[Any]] | None = None,
+        *,
+        redis_url: str | None = None,
+        redis_ttl: float | None = None,
+        memory_ttl: float | None = None,
+        memory_max_bytes: int | None = None,
+        namespace: str = "dspyo3",
+        redis_timeout: float = 0.25,
+        redis_max_backoff: float = 5.0,
+        single_flight_timeout: float = 30.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        from dspyo3_native import LRUCache
+
+        if enable_disk_cache and not disk_cache_dir:
+            raise ValueError("enable_disk_cache=True needs disk_cache_dir (e.g. ~/.dspy_cache)")
+        if memory_max_entries is None or memory_max_entries <= 0:
+            raise ValueError(f"memory_max_entries must be a positive number, got {memory_max_entries!r}")
+        if memory_ttl is not None and memory_ttl <= 0:
+            raise ValueError(f"memory_ttl must be > 0 seconds (or None), got {memory_ttl!r}")
+        # DSPy builds the disk tier (and its restricted pickle); the memory tier is ours.
+        super().__init__(enable_disk_cache, False, disk_cache_dir, disk_size_limit_bytes, 1, restrict_pickle,
+                         safe_types)
+        self.enable_memory_cache = enable_memory_cache
+        entries = int(min(memory_max_entries, 2**62))
+        self.memory_cache: Any = LRUCache(entries, memory_max_bytes, memory_ttl) if enable_memory_cache else {}
+        self.namespace = namespace
+        self.single_flight_timeout = single_flight_timeout
+        self.metrics = metrics if metrics is not None else default_metrics()
+        self.codec = Codec(safe_types or ())
+        self.redis: RedisTier | None = (
+            RedisTier(redis_url, namespace=namespace, ttl=redis_ttl, timeout=redis_timeout,
+                      max_backoff=redis_max_backoff, metrics=self.metrics) if redis_url else None
+        )
+        self._flights: dict[str, threading.Event | None] = {}
+        self._flight_lock = threading.Lock()
+        m = self.metrics
+        self._count = {(tier, result): m.child(m.cache_requests, tier, result)
+                       for tier in TIERS for result in ("hit", "miss", "error")}
+
+    # -- DSPy's interface -------------------------------------------------------------------------------------
+    def cache_key(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None = None) -> str:
+        """DSPy's key for ``request`` (same value as ``dspy.clients.Cache.cache_key``).
+
+        When the request is plain JSON data, DSPy's per-value transform changes nothing, so it is skipped; any
+        value orjson cannot encode (pydantic models, callables, ...) takes DSPy's own path.
+        """
+        try:
+            if ignored_args_for_cache_key:
+                params = {k: v for k, v in request.items() if k not in ignored_args_for_cache_key}
+            else:
+                params = request
+            return hashlib.sha256(orjson.dumps(params, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        except TypeError:
+            return str(super().cache_key(request, ignored_args_for_cache_key))
+
+    def __contains__(self, key: str) -> bool:
+        if self.enable_memory_cache and key in self.memory_cache:
+            return True
+        if self.redis is not None and self.redis.get(key) is not None:
+            return True
+        return bool(self.enable_disk_cache and key in self.disk_cache)
+
+    def get(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None = None) -> Any:
+        """The cached answer for ``request`` (a fresh copy, marked as a hit), or None."""
+        if not (self.enable_memory_cache or self.enable_disk_cache or self.redis is not None):
+            return None
+        try:
+            key = self.cache_key(request, ignored_args_for_cache_key)
+        except Exception:
+            logger.debug("could not compute a cache key for the request; not cached")
+            return None
+        found = self._lookup(key)
+        if found is not None:
+            return found
+        # A miss: lead this key (inside a call scope) or wait for the call already leading it.
+        scope = _SCOPE.get()
+        with self._flight_lock:
+            if key in self._flights:  # another call leads this key: wait for its answer (not on an event loop)
+                event = self._flights[key]
+                if event is None:
+                    event = self._flights[key] = threading.Event()
+            else:
+                event = None
+                if scope is not None:
+                    self._flights[key] = None  # led by this call; an Event is made only if someone waits
+                    scope.append(key)
+        if event is not None and not _on_event_loop():
+            event.wait(self.single_flight_timeout)
+            return self._lookup(key, count=False)
+        return None
+
+    def _lookup(self, key: str, count: bool = True) -> Any:
+        count_ = self._count
+        if self.enable_memory_cache:
+            value = self.memory_cache.get(key)
+            if value is not None:
+                count_["memory", "hit"].inc()
+                _note_hit("memory")
+                if type(value) is _Json:
+                    return orjson.loads(value.body)  # a fresh object: nothing shared with the cache, nothing to zero
+                body = plain_json(value)
+                if body is not None:  # first hit on plain data: keep the JSON form, decode a fresh copy each hit
+                    self.memory_cache.put(key, _Json(body), len(body))
+                    return orjson.loads(body)
+                return self._prepare_cached_response(value)
+            if count:
+                count_["memory", "miss"].inc()
+        redis = self.redis
+        if redis is not None and redis.available:
+            payload = redis.get(key)
+            if payload is not None:
+                try:
+                    value = self.codec.decode(key, payload)
+                except Exception as exc:  # foreign, corrupt or untrusted: a miss, never a failed call
+                    count_["redis", "error"].inc()
+                    logger.warning("dropping unreadable redis cache entry %s: %s", key, exc)
+                    redis.delete(key)
+                else:
+                    count_["redis", "hit"].inc()
+                    _note_hit("redis")
+                    self._remember(key, value, payload)
+                    return self._prepare_cached_response(value)
+            elif count and redis.available:
+                count_["redis", "miss"].inc()
+        if self.enable_disk_cache:
+            from dspy.clients.disk_serialization import DeserializationError
+
+            try:
+                value = self.disk_cache.get(key)
+            except DeserializationError:
+                count_["disk", "error"].inc()
+                self.disk_cache.delete(key)
+                return None
+            if value is not None:
+                count_["disk", "hit"].inc()
+                _note_hit("disk")
+                self._remember(key, value, None)
+                if redis is not None:
+                    self._to_redis(key, value)
+                return self._prepare_cached_response(value)
+            if count:
+                count_["disk", "miss"].inc()
+        return None
+
+    def _remember(self, key: str, value: Any, payload: bytes | None) -> None:
+        if not self.enable_memory_cache:
+            return
+        if payload is not None and payload.startswith(JSON_TAG):
+            body = payload.partition(b"\n")[2]
+            self.memory_cache.put(key, _Json(body), len(body))
+        else:
+            plain = plain_json(value)
+            self.memory_cache.put(key, _Json(plain) if plain is not None else value, len(plain) if plain else 0)
+
+    def _to_redis(self, key: str, value: Any) -> None:
+        assert self.redis is not None
+        try:
+            payload = self.codec.encode(key, value)
+        except Exception as exc:  # an answer pickle cannot handle is simply not shared
+            logger.debug("not writing %s to redis: %s", key, exc)
+            return
+        self.redis.put(key, payload)
+
+    def put(self, request: dict[str, Any], value: Any, ignored_args_for_cache_key: list[str] | None = None,
+            enable_memory_cache: bool = True) -> None:
+        """Store ``value`` in every enabled tier (Redis in the background) and wake calls waiting on this key."""
+        to_memory = self.enable_memory_cache and enable_memory_cache
+        if not (to_memory or self.enable_disk_cache or self.redis is not None):
+            return
+        try:
+            key = self.cache_key(request, ignored_args_for_cache_key)
+        except Exception:
+            logger.debug("could not compute a cache key for the request; not cached")
+            return
+        try:
+            if to_memory:
+                # held as given; the first hit turns plain data into JSON (misses-only traffic never pays that)
+                self.memory_cache.put(key, value, 0)
+            if self.redis is not None and self.redis.available:
+                self._to_redis(key, value)
+            if self.enable_disk_cache:
+                try:
+                    self.disk_cache.set(key, value)
+                except Exception as exc:
+                    logger.debug("could not write %s to the disk cache: %s", key, exc)
+        finally:
+            self._land(key)
+
+    # -- single flight ----------------------------------------------------------------------------------------
+    def _land(self, key: str) -> None:
+        scope = _SCOPE.get()
+        if scope is not None and key in scope:
+            scope.remove(key)
+            with self._flight_lock:
+                event = self._flights.pop(key, None)
+            if event is not None:
+                event.set()
+
+    @contextmanager
+    def call_scope(self) -> Iterator[None]:
+        """One LM call: misses inside it lead their key until the call puts an answer or ends (then waiters
+        look again, and call the provider themselves if the leader failed)."""
+        token = self.open_scope()
+        try:
+            yield
+        finally:
+            self.close_scope(token)
+
+    def open_scope(self) -> contextvars.Token[list[str] | None]:
+        """:meth:`call_scope` without the context manager (for hot paths); pass the token to :meth:`close_scope`."""
+        return _SCOPE.set([])
+
+    def close_scope(self, token: contextvars.Token[list[str] | None]) -> None:
+        """End the scope :meth:`open_scope` started, releasing the keys it still leads."""
+        led = _SCOPE.get()
+        _SCOPE.reset(token)
+        if led:
+            with self._flight_lock:
+                events = [self._flights.pop(key, None) for key in led]
+            for event in events:
+                if event is not None:
+                    event.set()
+
+    @property
+    def in_flight(self) -> int:
+        """Keys currently led by a call (misses other calls would wait on)."""
+        return len(self._flights)
+
+    # -- housekeeping -----------------------------------------------------------------------------------------
+    def reset_memory_cache(self) -> None:
+        """Empty the memory tier."""
+        if self.enable_memory_cache:
+            self.memory_cache.clear()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait for queued Redis writes; True when they are all done."""
+        return self.redis.flush(timeout) if self.redis is not None else True
+
+    def close(self) -> None:
+        """Flush and close the Redis tier (the memory and disk tiers need nothing)."""
+        if self.redis is not None:
+            self.redis.close()
+
+    def clear(self, prefix: str = "", tiers: Iterable[str] = TIERS) -> dict[str, int]:
+        """Delete entries whose cache key starts with ``prefix`` from ``tiers``; counts per tier."""
+        tiers = set(tiers)
+        unknown = tiers - set(TIERS)
+        if unknown:
+            raise ValueError(f"unknown cache tier(s) {sorted(unknown)}; choose from {', '.join(TIERS)}")
+        removed: dict[str, int] = {}
+        if "memory" in tiers and self.enable_memory_cache:
+            keys = [k for k in self.memory_cache.keys() if k.startswith(prefix)]  # noqa: SIM118 (not a dict)
+            for k in keys:
+                self.memory_cache.pop(k)
+            removed["memory"] = len(keys)
+        if "redis" in tiers and self.redis is not None:
+            removed["redis"] = self.redis.clear(prefix)
+        if "disk" in tiers and self.enable_disk_cache:
+            keys = [k for k in iter(self.disk_cache) if str(k).startswith(prefix)]
+            for k in keys:
+                self.disk_cache.delete(k)
+            removed["disk"] = len(keys)
+        return removed
+
+    def stats(self) -> dict[str, Any]:
+        """Entries and counters per tier (hits, misses, errors), as JSON-ready data."""
+        out: dict[str, Any] = {}
+        counts = {k: int(c._value.get()) for k, c in self._count.items()}
+        for tier in TIERS:
+            out[tier] = {result: counts[tier, result] for result in ("hit", "miss", "error")}
+        if self.enable_memory_cache:
+            out["memory"].update(self.memory_cache.stats())
+        out["memory"]["enabled"] = self.enable_memory_cache
+        out["disk"]["enabled"] = self.enable_disk_cache
+        if self.enable_disk_cache:
+            out["disk"]["entries"] = len(self.disk_cache)
+        out["redis"]["enabled"] = self.redis is not None
+        if self.redis is not None:
+            out["redis"].update(available=self.redis.available, dropped_writes=self.redis.dropped_writes,
+                                pending_writes=self.redis._pending.qsize())
+        return out
+
+
+def install_cache(cache: Cache) -> Cache:
+    """Make ``cache`` DSPy's cache (``dspy.cache``), as ``dspy.configure_cache`` does for its own; returns the
+    cache it replaced."""
+    previous: Cache = dspy.cache  # DSPy builds its default lazily, under the lock below: read it first
+    lock = getattr(dspy, "_cache_lock", None)
+    with lock if lock is not None else contextlib.nullcontext():
+        dspy.cache = cache
+    return previous

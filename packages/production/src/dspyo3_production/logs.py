@@ -1,0 +1,357 @@
+"""Structured JSON logs with trace ids, and secret redaction for every log line.
+
+One JSON object per line: ``{"ts": ..., "level": ..., "logger": ..., "event": "lm_call", "trace_id": ..., ...}``.
+The production stack emits one ``lm_call`` event per LM call and one ``module_call`` event per DSPy module call
+(logger ``dspyo3.events``); a trace id is opened by the outermost module call (or by :func:`trace`) and carried
+by every event under it, across threads DSPy starts with copied contexts and into async calls.
+
+Redaction: secret-named fields (``api_key``, ``authorization``, ``*_token``, ...) are masked wherever they sit in
+an event, and the *values* of known secrets (every ``*_API_KEY`` / ``*_TOKEN`` / ``*_SECRET`` / ``*_PASSWORD``
+environment variable, the keys in your LM profiles, and anything passed as ``secrets=``) are replaced in the
+final line, whoever logged it. :func:`configure_logging` also puts a :class:`RedactingFilter` on the root
+logger's handlers, so LiteLLM's or your own log lines are cleaned too.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import orjson
+
+from dspyo3_core.config import mask_secret
+from dspyo3_core.lm import _SECRET_NAME, masked
+
+EVENTS = logging.getLogger("dspyo3.events")
+"""The logger the production stack writes its events to."""
+_DSPYO3 = logging.getLogger("dspyo3")
+
+_TRACE: contextvars.ContextVar[str | None] = contextvars.ContextVar("dspyo3_trace_id", default=None)
+_NO_FIELDS: dict[str, Any] = {}
+_FIELDS: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("dspyo3_log_fields", default=_NO_FIELDS)
+_SECRET_ENV = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.I)
+_MIN_SECRET = 8  # shorter values would redact ordinary words
+_SAFE_FIELDS = frozenset({"ts", "level", "logger", "event", "trace_id", "model", "status", "duration_ms",
+                          "prompt_tokens", "completion_tokens", "cost_usd", "cache", "module", "tool"})
+_secret_names: dict[str, bool] = {}  # field name -> is it secret-looking (memo; names repeat on every event)
+_LEVELS = {logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARNING", logging.ERROR: "ERROR"}
+
+
+def trace_id() -> str | None:
+    """The trace id of the current context, if one is open."""
+    return _TRACE.get()
+
+
+def new_trace_id() -> str:
+    """A fresh 32-hex-digit trace id (W3C trace-context sized)."""
+    return uuid.uuid4().hex
+
+
+@contextmanager
+def trace(trace_id: str | None = None, **fields: Any) -> Iterator[str]:
+    """Open a trace (and extra fields every event under it carries, e.g. ``request_id=``); yields the trace id.
+    Nested calls keep the outer trace id unless one is given."""
+    tid = trace_id or _TRACE.get() or new_trace_id()
+    token = _TRACE.set(tid)
+    fields_token = _FIELDS.set({**_FIELDS.get(), **fields}) if fields else None
+    try:
+        yield tid
+    finally:
+        if fields_token is not None:
+            _FIELDS.reset(fields_token)
+        _TRACE.reset(token)
+
+
+def open_trace() -> contextvars.Token[str | None] | None:
+    """Start a trace if none is open; the token to :func:`close_trace` with (None if one was already open)."""
+    if _TRACE.get() is None:
+        return _TRACE.set(new_trace_id())
+    return None
+
+
+def close_trace(token: contextvars.Token[str | None] | None) -> None:
+    """End the trace :func:`open_trace` started."""
+    if token is not None:
+        try:
+            _TRACE.reset(token)
+        except ValueError:  # ended in another context (an async callback): leave that context's trace alone
+            pass
+
+
+class Redactor:
+    """Replaces known secret values in text, and masks secret-named fields in data.
+
+    Args:
+        secrets: secret values to hide (in addition to the environment's, when ``from_env``).
+        from_env: also hide the values of ``*_API_KEY``/``*_TOKEN``/``*_SECRET``/``*_PASSWORD`` variables.
+    """
+
+    def __init__(self, secrets: Iterable[str] = (), from_env: bool = True) -> None:
+        values = {s for s in secrets if s and len(s) >= _MIN_SECRET}
+        if from_env:
+            values |= {v for k, v in os.environ.items() if _SECRET_ENV.search(k) and v and len(v) >= _MIN_SECRET}
+        # as they appear inside a JSON line too (quotes, backslashes, control and non-ASCII characters escaped)
+        values |= {orjson.dumps(v).decode()[1:-1] for v in values} | {json.dumps(v)[1:-1] for v in values}
+        self._values = sorted(values, key=len, reverse=True)  # longest first: a key containing another
+        self._pattern = re.compile("|".join(re.escape(v) for v in self._values)) if self._values else None
+
+    @property
+    def values(self) -> list[str]:
+        """The secret values hidden (longest first)."""
+        return list(self._values)
+
+    def text(self, text: str) -> str:
+        """``text`` with every known secret value masked."""
+        if self._pattern is None:
+            return text
+        return self._pattern.sub(lambda m: mask_secret(m.group(0)), text)
+
+    def data(self, value: dict[str, Any]) -> dict[str, Any]:
+        """``value`` with secret-named fields masked (through nested dicts and lists)."""
+        out = value
+        for name, item in value.items():
+            if name in _SAFE_FIELDS:
+                continue
+            secret = _secret_names.get(name)
+            if secret is None:
+                secret = _secret_names[name] = bool(_SECRET_NAME.search(name)) if len(_secret_names) < 4096 else True
+            if secret or isinstance(item, (dict, list, tuple)):
+                cleaned = masked(item, name)
+                if cleaned is not item:
+                    if out is value:
+                        out = dict(value)
+                    out[name] = cleaned
+        return out
+
+
+def _profile_secrets() -> list[str]:
+    try:
+        from dspyo3_core.config import load_settings
+        from dspyo3_core.registry import LMProviderSpec
+
+        settings = load_settings()
+    except Exception:
+        return []
+    keys = []
+    for profile in settings.profiles.values():
+        if profile.api_key_in_file:
+            keys.append(profile.api_key_in_file)
+        key, _ = profile.resolve_key(LMProviderSpec(profile.provider, "", ()))
+        if key:
+            keys.append(key)
+    return keys
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, event (the message), trace id, the record's ``fields``
+    (``extra={"fields": {...}}``) and the exception, all redacted."""
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        super().__init__()
+        self.redactor = redactor or Redactor()
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", None)
+        exception = self.formatException(record.exc_info) if record.exc_info else None
+        return self.render(record.created, record.levelname, record.name, record.getMessage(), fields,
+                           getattr(record, "trace_id", None), exception)
+
+    def render(self, created: float, level: str, logger: str, message: str, fields: dict[str, Any] | None,
+               trace: str | None = None, exception: str | None = None) -> str:
+        """One event as a redacted JSON line (no newline)."""
+        out: dict[str, Any] = {
+            "ts": datetime.datetime.fromtimestamp(created, datetime.timezone.utc).isoformat(timespec="microseconds"),
+            "level": level.lower(),
+            "logger": logger,
+            "event": message,
+        }
+        tid = trace or _TRACE.get()
+        if tid:
+            out["trace_id"] = tid
+        context_fields = _FIELDS.get()
+        if context_fields:
+            out.update(context_fields)
+        if fields:
+            out.update(fields)
+        if exception:
+            out["exception"] = exception
+        line = orjson.dumps(self.redactor.data(out), default=str).decode()
+        return self.redactor.text(line)
+
+
+class JsonEventHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler :func:`configure_logging` installs: JSON lines, redacted.
+
+    When it is the only consumer of ``dspyo3.events``, :func:`event` hands it events directly (no ``LogRecord``,
+    no caller lookup), and when its stream is a real file (stderr, stdout, a log file) those events are rendered
+    and written by ``dspyo3_native.EventSink`` on a background thread, so an LM call pays only for handing the
+    fields over. Records from ``logging`` (yours, LiteLLM's) still go through :class:`JsonFormatter`.
+    """
+
+    def __init__(self, stream: IO[str], redactor: Redactor, native: bool = True) -> None:
+        super().__init__(stream)
+        self.json = JsonFormatter(redactor)
+        self.setFormatter(self.json)
+        self.addFilter(RedactingFilter(redactor))
+        self.sink: Any = None
+        if native:
+            try:
+                fd = stream.fileno()
+                from dspyo3_native import EventSink
+            except (AttributeError, OSError, ValueError, ImportError):
+                fd = None
+            if fd is not None:
+                stream.flush()  # what Python buffered goes out before the sink's first line
+                self._fd = fd
+                self.sink = EventSink(fd, redactor.values)
+                _SINK_HANDLERS.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child the writer thread does not exist: start a new one (the parent's sink object is kept
+        alive, never dropped, as joining a thread that is not there would hang)."""
+        if self.sink is not None:
+            from dspyo3_native import EventSink
+
+            _ORPHANED_SINKS.append(self.sink)
+            self.sink = EventSink(self._fd, self.json.redactor.values)
+
+    def write_event(self, name: str, level: int, fields: dict[str, Any]) -> None:
+        """Write one event line (what ``handle`` would write for it, minus the ``LogRecord``)."""
+        sink = self.sink
+        if sink is not None:
+            tid = _TRACE.get()
+            context_fields = _FIELDS.get()
+            if context_fields:  # caller-supplied names and values: redact the merged event
+                out: dict[str, Any] = {"trace_id": tid} if tid else {}
+                out.update(context_fields)
+                out.update(fields)
+                fields = self.json.redactor.data(out)
+            else:
+                if tid:
+                    fields["trace_id"] = tid
+                fields = self.json.redactor.data(fields)
+            sink.emit(_LEVELS.get(level) or logging.getLevelName(level), EVENTS.name, name, fields)
+            return
+        line = self.json.render(time.time(), logging.getLevelName(level), EVENTS.name, name, fields)
+        with self.lock:  # type: ignore[union-attr]
+            self.stream.write(line + "\n")
+            self.flush()
+
+    def flush(self) -> None:
+        """Flush the stream, and wait for the event writer to catch up."""
+        if self.sink is not None:
+            self.sink.flush()
+        try:
+            super().flush()
+        except ValueError:  # the stream was closed by its owner; the sink holds its own descriptor
+            pass
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter that masks known secret values in any record's message and arguments."""
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        super().__init__()
+        self.redactor = redactor or Redactor()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad %-format is logging's to report (handleError), not this filter's
+            return True
+        cleaned = self.redactor.text(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.redactor.text(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = self.redactor.text(record.exc_text)
+        return True
+
+
+_SINK_HANDLERS: weakref.WeakSet[JsonEventHandler] = weakref.WeakSet()
+_ORPHANED_SINKS: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    for handler in list(_SINK_HANDLERS):
+        handler._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def configure_logging(stream: IO[str] | None = None, *, level: int | str = logging.INFO,
+                      secrets: Iterable[str] = (), redact_root: bool = True, native: bool = True) -> logging.Handler:
+    """Write dspyo3 events as JSON lines to ``stream`` (default stderr); returns the handler.
+
+    Args:
+        secrets: more secret values to hide (API keys from the environment and from LM profiles always are).
+        redact_root: also add a :class:`RedactingFilter` to the root logger's handlers.
+        native: let the Rust writer thread render events when ``stream`` is a real file (see
+            :class:`JsonEventHandler`); ``False`` keeps everything in Python.
+    """
+    redactor = Redactor([*secrets, *_profile_secrets()])
+    handler = JsonEventHandler(stream if stream is not None else sys.stderr, redactor, native=native)
+    for old in [h for h in _DSPYO3.handlers if isinstance(h, JsonEventHandler)]:
+        _DSPYO3.removeHandler(old)
+        old.flush()
+    _DSPYO3.addHandler(handler)
+    _DSPYO3.setLevel(level)
+    _DSPYO3.propagate = False
+    if redact_root:
+        for h in logging.getLogger().handlers:
+            if not any(isinstance(f, RedactingFilter) for f in h.filters):
+                h.addFilter(RedactingFilter(redactor))
+    return handler
+
+
+def _direct_handler(level: int) -> JsonEventHandler | None:
+    """Our JSON handler, if it alone receives ``dspyo3.events`` records at ``level``."""
+    handlers = _DSPYO3.handlers
+    if (len(handlers) == 1 and not EVENTS.handlers and not EVENTS.filters and not _DSPYO3.filters
+            and not _DSPYO3.propagate and EVENTS.propagate and not EVENTS.disabled):
+        handler = handlers[0]
+        if type(handler) is JsonEventHandler and level >= handler.level:
+            return handler
+    return None
+
+
+def redact(text: str, *extra: str | None) -> str:
+    """``text`` with the configured secrets (and ``extra`` values) masked: for error messages about to be logged or
+    cut short."""
+    handler = next((h for h in _DSPYO3.handlers if isinstance(h, JsonEventHandler)), None)
+    redactor = handler.json.redactor if handler is not None else Redactor()
+    text = redactor.text(text)
+    for value in extra:
+        if value and len(value) >= _MIN_SECRET:
+            text = text.replace(value, mask_secret(value))
+    return text
+
+
+def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log one structured event on ``dspyo3.events`` (skipped cheaply when that level is off).
+
+    When :func:`configure_logging`'s handler is the only consumer, the line is written directly; otherwise a
+    ``LogRecord`` goes through ``logging`` as usual (to your handlers, filters and formatters).
+    """
+    if EVENTS.isEnabledFor(level):
+        direct = _direct_handler(level)
+        if direct is not None:
+            direct.write_event(name, level, fields)
+            return
+        record = logging.LogRecord(EVENTS.name, level, "", 0, name, None, None)
+        record.fields = fields
+        EVENTS.handle(record)

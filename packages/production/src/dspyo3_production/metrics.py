@@ -1,0 +1,261 @@
+"""Prometheus metrics for DSPy programs: LM calls, cache tiers, modules, tools, retrieval, breakers, budgets, A/B.
+
+Every metric lives in one :class:`Metrics` object (by default on ``prometheus_client``'s global registry, so an
+existing ``/metrics`` endpoint shows them too). Scrape them with :func:`exposition`, the ASGI app from
+:func:`make_asgi_app`, or ``dspyo3 metrics serve --port 9464``.
+
+Multi-process mode (gunicorn/uvicorn workers, ``dspy.Parallel`` in processes): set ``PROMETHEUS_MULTIPROC_DIR`` to
+an empty directory before the processes start; every process writes its samples there and any one of them (or
+``dspyo3 metrics serve`` pointed at the same directory) serves the sum. Call :func:`mark_process_dead` when a
+worker exits, as ``prometheus_client`` documents.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+"""Histogram buckets (seconds) for LM, module, tool and retrieval latency."""
+
+CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+"""Values of the ``dspyo3_circuit_state`` gauge."""
+
+
+def multiprocess_dir() -> str | None:
+    """The multi-process directory (``PROMETHEUS_MULTIPROC_DIR``), when multi-process mode is on."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """The dspyo3 metric families, registered once on ``registry``.
+
+    Args:
+        registry: where to register (default: ``prometheus_client``'s global ``REGISTRY``). Tests pass a fresh
+            ``CollectorRegistry()`` so each gets its own counters.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else REGISTRY
+        r = self.registry
+        self.multiprocess = multiprocess_dir() is not None
+        if self.multiprocess:  # every sample goes to prometheus_client's per-process files
+            self.lm_requests = Counter("dspyo3_lm_requests", _LM_DOCS["requests"], ["model", "status"], registry=r)
+            self.lm_duration = Histogram("dspyo3_lm_request_duration_seconds", _LM_DOCS["duration"], ["model"],
+                                         buckets=LATENCY_BUCKETS, registry=r)
+            self.lm_tokens = Counter("dspyo3_lm_tokens", _LM_DOCS["tokens"], ["model", "kind"], registry=r)
+            self.lm_cost = Counter("dspyo3_lm_cost_usd", _LM_DOCS["cost"], ["model"], registry=r)
+            self._lm: LMCallCollector | None = None
+        else:  # the per-call hot path: one lock, plain Python numbers, turned into samples at scrape time
+            self._lm = LMCallCollector()
+            r.register(self._lm)
+        self.cache_requests = Counter("dspyo3_cache_requests", "Cache lookups by tier (memory, redis, disk) and "
+                                      "result (hit, miss, error)", ["tier", "result"], registry=r)
+        self.module_calls = Counter("dspyo3_module_calls", "DSPy module calls by module class and outcome",
+                                    ["module", "status"], registry=r)
+        self.module_duration = Histogram("dspyo3_module_duration_seconds", "DSPy module call latency",
+                                         ["module"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tool_calls = Counter("dspyo3_tool_calls", "Tool calls by tool and outcome", ["tool", "status"],
+                                  registry=r)
+        self.tool_duration = Histogram("dspyo3_tool_duration_seconds", "Tool call latency", ["tool"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.retrieval_requests = Counter("dspyo3_retrieval_requests", "Retrieval calls by retriever and outcome",
+                                          ["retriever", "status"], registry=r)
+        self.retrieval_duration = Histogram("dspyo3_retrieval_duration_seconds", "Retrieval latency",
+                                            ["retriever"], buckets=LATENCY_BUCKETS, registry=r)
+        self.retrieval_passages = Counter("dspyo3_retrieval_passages", "Passages returned by retrievers",
+                                          ["retriever"], registry=r)
+        self.circuit_state = Gauge("dspyo3_circuit_state", "Circuit breaker state (0 closed, 1 half-open, 2 open)",
+                                   ["key"], registry=r, multiprocess_mode="max")
+        self.circuit_transitions = Counter("dspyo3_circuit_transitions", "Circuit breaker state changes",
+                                           ["key", "state"], registry=r)
+        self.fallbacks = Counter("dspyo3_lm_fallbacks", "Calls sent to a fallback LM because a circuit was open",
+                                 ["model", "fallback"], registry=r)
+        self.budget_rejections = Counter("dspyo3_budget_rejections", "Calls refused by a budget before they ran",
+                                         ["budget"], registry=r)
+        self.ab_requests = Counter("dspyo3_ab_requests", "A/B routed requests by experiment, arm and outcome",
+                                   ["experiment", "arm", "status"], registry=r)
+        self.ab_duration = Histogram("dspyo3_ab_duration_seconds", "A/B routed request latency by arm",
+                                     ["experiment", "arm"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ab_score = Histogram("dspyo3_ab_score", "Scores recorded for A/B arms (router.record_score)",
+                                  ["experiment", "arm"], buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+                                                                  1.0), registry=r)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, family: Any, *labels: str) -> Any:
+        """``family.labels(*labels)``, memoised (the per-call hot path skips prometheus_client's label lookup)."""
+        key = (id(family), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = family.labels(*labels)
+        return found
+
+    def observe_lm(self, model: str, status: str, seconds: float, usage: dict[str, Any] | None,
+                   cost: float | None) -> None:
+        """Record one LM call: outcome, latency, billed tokens and cost (``usage``/``cost`` empty on cache hits)."""
+        prompt = completion = 0
+        if usage:
+            prompt = usage.get("prompt_tokens") or usage.get("input_tokens") or 0
+            completion = usage.get("completion_tokens") or usage.get("output_tokens") or 0
+        if self._lm is not None:
+            self._lm.record(model, status, seconds, prompt, completion, cost or 0.0)
+            return
+        self.child(self.lm_requests, model, status).inc()
+        self.child(self.lm_duration, model).observe(seconds)
+        if prompt:
+            self.child(self.lm_tokens, model, "prompt").inc(prompt)
+        if completion:
+            self.child(self.lm_tokens, model, "completion").inc(completion)
+        if cost:
+            self.child(self.lm_cost, model).inc(cost)
+
+    def lm_requests_total(self, model: str, status: str) -> float:
+        """``dspyo3_lm_requests_total{model, status}`` as this process counted it."""
+        if self._lm is not None:
+            return float(self._lm.requests.get((model, status), 0))
+        return float(self.child(self.lm_requests, model, status)._value.get())
+
+
+_LM_DOCS = {
+    "requests": "LM calls by model and outcome (ok, cache_hit, or the error class)",
+    "duration": "LM call latency (cache hits included)",
+    "tokens": "Billed tokens by model and kind (prompt, completion)",
+    "cost": "Billed USD by model",
+}
+
+
+class LMCallCollector(Collector):
+    """The four LM-call families, accumulated in plain Python numbers under one lock and turned into Prometheus
+    samples when scraped (a call costs one dict lookup and a few additions instead of six metric updates)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str], int] = {}
+        self._models: dict[str, list[Any]] = {}  # model -> [bucket counts, sum s, count, prompt, completion, usd]
+        self._lock = threading.Lock()
+
+    def record(self, model: str, status: str, seconds: float, prompt: int, completion: int, cost: float) -> None:
+        """Add one call."""
+        index = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+        with self._lock:
+            key = (model, status)
+            self.requests[key] = self.requests.get(key, 0) + 1
+            row = self._models.get(model)
+            if row is None:
+                row = self._models[model] = [[0] * (len(LATENCY_BUCKETS) + 1), 0.0, 0, 0, 0, 0.0]
+            row[0][index] += 1
+            row[1] += seconds
+            row[2] += 1
+            row[3] += prompt
+            row[4] += completion
+            row[5] += cost
+
+    def describe(self) -> list[Metric]:
+        """The families (no samples), for the registry's duplicate-name check."""
+        return [CounterMetricFamily("dspyo3_lm_requests", _LM_DOCS["requests"], labels=["model", "status"]),
+                HistogramMetricFamily("dspyo3_lm_request_duration_seconds", _LM_DOCS["duration"], labels=["model"]),
+                CounterMetricFamily("dspyo3_lm_tokens", _LM_DOCS["tokens"], labels=["model", "kind"]),
+                CounterMetricFamily("dspyo3_lm_cost_usd", _LM_DOCS["cost"], labels=["model"])]
+
+    def collect(self) -> list[Metric]:
+        """The current samples."""
+        requests, duration, tokens, cost = self.describe()
+        with self._lock:
+            counts = dict(self.requests)
+            rows = {model: [list(row[0]), *row[1:]] for model, row in self._models.items()}
+        for (model, status), n in sorted(counts.items()):
+            requests.add_metric([model, status], n)  # type: ignore[attr-defined]
+        for model, (buckets, total, _count, prompt, completion, usd) in sorted(rows.items()):
+            cumulative, acc = [], 0
+            for bound, count in zip((*LATENCY_BUCKETS, math.inf), buckets, strict=True):
+                acc += count
+                cumulative.append((floatToGoString(bound), acc))  # type: ignore[no-untyped-call]
+            duration.add_metric([model], cumulative, sum_value=total)  # type: ignore[attr-defined]
+            tokens.add_metric([model, "prompt"], prompt)  # type: ignore[attr-defined]
+            tokens.add_metric([model, "completion"], completion)  # type: ignore[attr-defined]
+            cost.add_metric([model], usd)  # type: ignore[attr-defined]
+        return [requests, duration, tokens, cost]
+
+
+_default: Metrics | None = None
+_default_lock = threading.Lock()
+
+
+def default_metrics() -> Metrics:
+    """The process-wide :class:`Metrics` on the global registry (created on first use)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Metrics()
+        return _default
+
+
+def scrape_registry(metrics: Metrics | None = None) -> CollectorRegistry:
+    """The registry a scrape should read: in multi-process mode a fresh one that sums every process's files,
+    else ``metrics.registry`` (default: the global one)."""
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    return (metrics or default_metrics()).registry
+
+
+def exposition(metrics: Metrics | None = None) -> bytes:
+    """The Prometheus text exposition of every metric (what ``/metrics`` returns)."""
+    return generate_latest(scrape_registry(metrics))
+
+
+def make_asgi_app(metrics: Metrics | None = None) -> Callable[..., Any]:
+    """An ASGI app serving :func:`exposition` (mount it at ``/metrics`` in Starlette/FastAPI)."""
+    from prometheus_client import make_asgi_app as _make
+
+    return _make(registry=scrape_registry(metrics))
+
+
+def serve(port: int, addr: str = "127.0.0.1", metrics: Metrics | None = None) -> Any:
+    """Serve ``/metrics`` on ``addr:port`` in a daemon thread; returns the server (``.shutdown()`` stops it)."""
+    from prometheus_client import start_http_server
+
+    server, _thread = start_http_server(port, addr=addr, registry=scrape_registry(metrics))
+    return server
+
+
+def mark_process_dead(pid: int | None = None) -> None:
+    """Multi-process mode: drop a finished worker's live gauges (call from the server's child-exit hook)."""
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid if pid is not None else os.getpid())  # type: ignore[no-untyped-call]
+
+
+__all__ = [
+    "CIRCUIT_STATES",
+    "CONTENT_TYPE_LATEST",
+    "LATENCY_BUCKETS",
+    "Metrics",
+    "default_metrics",
+    "exposition",
+    "make_asgi_app",
+    "mark_process_dead",
+    "multiprocess_dir",
+    "scrape_registry",
+    "serve",
+]

@@ -1,0 +1,146 @@
+"""The ``[production]`` table of ``dspyo3.toml`` (or the user config) -> a :class:`Production` stack.
+
+    [redis]
+    url = "redis://127.0.0.1:6379/0"          # shared by the cache, breaker and cost totals when they say shared
+
+    [production]
+    metrics = true                            # Prometheus metrics (default true)
+    log_events = true                         # JSON lm_call / module_call events on the "dspyo3.events" logger
+    single_flight = true
+
+    [production.cache]                        # install TieredCache as dspy.cache
+    redis = true                              # use [redis].url as the shared tier
+    redis_ttl = 86400
+    namespace = "myapp"
+    memory_max_entries = 100000
+    disk = false                              # DSPy's disk tier (dir: [cache].dir / "dspy")
+
+    [production.breaker]
+    failure_threshold = 5
+    reset_timeout = 30
+    shared = true                             # state in Redis
+    fallback = "backup"                       # an LM profile to use while a circuit is open
+
+    [[production.budgets]]
+    per = "day"                               # total, run, user, model or day
+    limit_usd = 20.0
+
+    [production.costs]
+    shared = true                             # totals and budgets in Redis
+
+    [production.pricing."openai/my-finetune"]
+    input_per_mtok = 0.30
+    output_per_mtok = 1.20
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dspyo3_core.config import ConfigError, Settings, load_settings
+from dspyo3_production.breaker import CircuitBreaker
+from dspyo3_production.cache import TieredCache
+from dspyo3_production.cost import Budget, CostTracker
+from dspyo3_production.stack import Production
+
+_TOP = {"metrics", "log_events", "single_flight", "module_callbacks", "cache", "breaker", "budgets", "costs",
+        "pricing", "namespace"}
+_CACHE = {"redis", "redis_ttl", "namespace", "memory_max_entries", "memory_max_bytes", "memory_ttl", "disk",
+          "disk_size_limit_bytes", "redis_timeout", "single_flight_timeout", "enabled"}
+_BREAKER = {"failure_threshold", "reset_timeout", "half_open_max_calls", "shared", "fallback", "namespace"}
+
+
+def _check(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise ConfigError(f"[{where}]: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
+                          f"{', '.join(sorted(allowed))}")
+
+
+def _redis_url(settings: Settings, where: str) -> str:
+    if not settings.redis_url:
+        raise ConfigError(f"[{where}] asks for Redis but no Redis URL is configured: add [redis] url = "
+                          "\"redis://127.0.0.1:6379/0\" or set DSPYO3_REDIS_URL")
+    return settings.redis_url
+
+
+def cache_from_table(table: dict[str, Any] | bool, settings: Settings, namespace: str = "dspyo3") -> TieredCache:
+    """A :class:`TieredCache` from ``[production.cache]`` (``true`` means memory only)."""
+    table = {} if table is True else dict(table)  # type: ignore[arg-type]
+    _check(table, _CACHE, "production.cache")
+    disk = bool(table.get("disk", False))
+    return TieredCache(
+        enable_disk_cache=disk,
+        disk_cache_dir=str(settings.cache_dir / "dspy") if disk else None,
+        disk_size_limit_bytes=int(table.get("disk_size_limit_bytes", 1024**3)),
+        memory_max_entries=int(table.get("memory_max_entries", 1_000_000)),
+        memory_max_bytes=table.get("memory_max_bytes"),
+        memory_ttl=table.get("memory_ttl"),
+        redis_url=_redis_url(settings, "production.cache") if table.get("redis") else None,
+        redis_ttl=table.get("redis_ttl"),
+        namespace=str(table.get("namespace", namespace)),
+        redis_timeout=float(table.get("redis_timeout", 0.25)),
+        single_flight_timeout=float(table.get("single_flight_timeout", 30.0)),
+    )
+
+
+def from_settings(settings: Settings | None = None) -> Production | None:
+    """The stack ``[production]`` describes, or None when the config has no ``[production]`` table."""
+    settings = settings if settings is not None else load_settings()
+    table = settings.tables.get("production")
+    if table is None:
+        return None
+    _check(table, _TOP, "production")
+    namespace = str(table.get("namespace", "dspyo3"))
+    cache_table = table.get("cache", False)
+    cache = None
+    if cache_table and (cache_table is True or cache_table.get("enabled", True)):
+        cache = cache_from_table(cache_table, settings, namespace)
+    breaker = None
+    if table.get("breaker"):
+        b = dict(table["breaker"]) if isinstance(table["breaker"], dict) else {}
+        _check(b, _BREAKER, "production.breaker")
+        breaker = CircuitBreaker(
+            int(b.get("failure_threshold", 5)), float(b.get("reset_timeout", 30.0)),
+            int(b.get("half_open_max_calls", 1)),
+            redis_url=_redis_url(settings, "production.breaker") if b.get("shared") else None,
+            namespace=str(b.get("namespace", namespace)),
+        )
+        fallback = b.get("fallback")
+        if fallback is not None and fallback not in settings.profiles:
+            known = ", ".join(sorted(settings.profiles)) or "none"
+            raise ConfigError(f"[production.breaker] fallback = {fallback!r} is not an LM profile (known: {known})")
+    else:
+        fallback = None
+    budgets = []
+    for i, entry in enumerate(table.get("budgets") or []):
+        if not isinstance(entry, dict) or "limit_usd" not in entry:
+            raise ConfigError(f"[[production.budgets]] #{i + 1} needs limit_usd (and per = total|run|user|model|day)")
+        try:
+            budgets.append(Budget(float(entry["limit_usd"]), entry.get("per", "total"), entry.get("name")))
+        except ValueError as exc:
+            raise ConfigError(f"[[production.budgets]] #{i + 1}: {exc}") from None
+    pricing = table.get("pricing") or {}
+    if pricing:
+        from dspyo3_core.native_lm import PRICING
+
+        for model, price in pricing.items():
+            try:
+                PRICING.set(model, input_per_mtok=float(price["input_per_mtok"]),
+                            output_per_mtok=float(price["output_per_mtok"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ConfigError(f"[production.pricing.{model!r}] needs input_per_mtok and output_per_mtok "
+                                  f"(USD per million tokens): {exc}") from None
+    costs_table = table.get("costs") or {}
+    costs = CostTracker(budgets, redis_url=_redis_url(settings, "production.costs") if costs_table.get("shared")
+                        else None, namespace=namespace)
+    return Production(
+        cache=cache,
+        metrics=bool(table.get("metrics", True)),
+        log_events=bool(table.get("log_events", True)),
+        breaker=breaker,
+        fallback=fallback,
+        costs=costs,
+        single_flight=bool(table.get("single_flight", True)),
+        module_callbacks=bool(table.get("module_callbacks", True)),
+    )
