@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import emit, log
+from common import emit, log, output_args
 from free_engine import FreeEngine
 
 
@@ -48,8 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gets", type=int, default=2000, help="lookups per batch")
     parser.add_argument("--repeat", type=int, default=15, help="batches per contender (median reported)")
-    parser.add_argument("--json", dest="json_path", help="also write the result here")
-    parser.add_argument("--plot", dest="plot_path", help="write a bar chart (PNG) here")
+    output_args(parser)
     args = parser.parse_args()
     if args.gets < 100 or args.repeat < 3:
         parser.error("use at least --gets 100 and --repeat 3")

@@ -18,7 +18,7 @@ from dspyo3_rag.beir import BeirData, BeirFormatError, evaluate
 from dspyo3_rag.beir import load_beir as _load_beir
 
 __all__ = ["BeirData", "LMServerProcess", "best_time", "emit", "evaluate_run", "lm_bench_parser", "load_beir", "log",
-           "run_workers", "timed_answers"]
+           "output_args", "run_workers", "timed_answers"]
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("DSPYO3_DATA_DIR") or REPO.parent / "shared" / "data")
@@ -62,6 +62,12 @@ def best_time(fn: Callable[[], Any], repeat: int, *, collect_garbage: bool = Tru
 def log(message: str) -> None:
     """Progress line on stderr (stdout's last line is the JSON result)."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def output_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--json PATH`` and ``--plot PATH`` (what :func:`emit` writes besides the last stdout line)."""
+    parser.add_argument("--json", dest="json_path", help="also write the result here")
+    parser.add_argument("--plot", dest="plot_path", help="write a bar chart (PNG) here")
 
 
 def emit(result: dict[str, Any], json_path: str | None, plot_path: str | None,

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import emit, log
+from common import emit, log, output_args
 from free_engine import FreeEngine
 
 
@@ -39,8 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=100, help="calls per round and side")
     parser.add_argument("--rounds", type=int, default=300, help="alternating rounds per side")
-    parser.add_argument("--json", dest="json_path", help="also write the result here")
-    parser.add_argument("--plot", dest="plot_path", help="write a bar chart (PNG) here")
+    output_args(parser)
     args = parser.parse_args()
     if args.calls < 20 or args.rounds < 20:
         parser.error("use at least --calls 20 and --rounds 20 (fewer gives noise, not a figure)")

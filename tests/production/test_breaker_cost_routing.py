@@ -330,7 +330,7 @@ def test_no_config_means_no_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert stack_module.active() is None
 
 
-def test_unused_metrics_argument_is_rejected_cleanly(metrics: Metrics) -> None:
+def test_metrics_false_means_no_metrics_and_no_cost_tracker(metrics: Metrics) -> None:
     stack = prod.Production(metrics=False, log_events=False)
     assert stack.metrics is None and stack.costs is None
     assert isinstance(prod.Production(metrics=metrics).costs, CostTracker)

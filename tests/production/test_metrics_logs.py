@@ -218,9 +218,9 @@ def test_module_calls_open_a_trace_per_top_level_call(qa_lm: HookedLM, metrics: 
 
 
 def test_errors_are_logged_as_warnings(qa_server: LMServer, manager: Any, metrics: Metrics) -> None:
-    qa_server.script(Reply.server_error(500, "provider exploded"))
-    lm = HookedLM("openai/gpt-4o-mini", api_base=qa_server.api_base, api_key="sk-x", num_retries=0, cache=False,
-                  plugin_manager=manager)
+    qa_server.script(Reply.server_error(500, "provider exploded with key sk-this-lm-key-1234"))
+    lm = HookedLM("openai/gpt-4o-mini", api_base=qa_server.api_base, api_key="sk-this-lm-key-1234", num_retries=0,
+                  cache=False, plugin_manager=manager)
     stream = io.StringIO()
     prod.configure_logging(stream)
     prod.enable(prod.Production(metrics=metrics))
@@ -228,6 +228,7 @@ def test_errors_are_logged_as_warnings(qa_server: LMServer, manager: Any, metric
         lm("hi")
     (event,) = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert event["level"] == "warning" and event["status"] == "LMServerError" and "provider exploded" in event["error"]
+    assert "sk-this-lm-key-1234" not in stream.getvalue() and "****1234" in event["error"]  # the LM's own key
 
 
 def test_answers_are_unchanged_by_the_stack(qa_lm: HookedLM, metrics: Metrics) -> None:

@@ -162,7 +162,7 @@ def production_status(as_json: bool) -> None:
     """What the [production] config turns on (nothing is changed)."""
     from dspyo3_production.settings import from_settings
 
-    production = from_settings()
+    production = from_settings(apply_pricing=False)
     if production is None:
         out: dict[str, Any] = {"configured": False,
                                "hint": "add a [production] table to dspyo3.toml, or call dspyo3_production.enable()"}

@@ -46,7 +46,8 @@ from dspyo3_production.stack import Production
 _TOP = {"metrics", "log_events", "single_flight", "module_callbacks", "cache", "breaker", "budgets", "costs",
         "pricing", "namespace"}
 _CACHE = {"redis", "redis_ttl", "namespace", "memory_max_entries", "memory_max_bytes", "memory_ttl", "disk",
-          "disk_size_limit_bytes", "redis_timeout", "single_flight_timeout", "enabled"}
+          "disk_size_limit_bytes", "redis_timeout", "redis_max_backoff", "single_flight_timeout", "enabled"}
+_COSTS = {"shared"}
 _BREAKER = {"failure_threshold", "reset_timeout", "half_open_max_calls", "shared", "fallback", "namespace"}
 
 
@@ -80,12 +81,16 @@ def cache_from_table(table: dict[str, Any] | bool, settings: Settings, namespace
         redis_ttl=table.get("redis_ttl"),
         namespace=str(table.get("namespace", namespace)),
         redis_timeout=float(table.get("redis_timeout", 0.25)),
+        redis_max_backoff=float(table.get("redis_max_backoff", 5.0)),
         single_flight_timeout=float(table.get("single_flight_timeout", 30.0)),
     )
 
 
-def from_settings(settings: Settings | None = None) -> Production | None:
-    """The stack ``[production]`` describes, or None when the config has no ``[production]`` table."""
+def from_settings(settings: Settings | None = None, *, apply_pricing: bool = True) -> Production | None:
+    """The stack ``[production]`` describes, or None when the config has no ``[production]`` table.
+
+    ``[production.pricing]`` entries are set on :data:`~dspyo3_core.native_lm.PRICING` (``apply_pricing=False``
+    only checks them)."""
     settings = settings if settings is not None else load_settings()
     table = settings.tables.get("production")
     if table is None:
@@ -126,12 +131,14 @@ def from_settings(settings: Settings | None = None) -> Production | None:
 
         for model, price in pricing.items():
             try:
-                PRICING.set(model, input_per_mtok=float(price["input_per_mtok"]),
-                            output_per_mtok=float(price["output_per_mtok"]))
+                prices = float(price["input_per_mtok"]), float(price["output_per_mtok"])
+                if apply_pricing:
+                    PRICING.set(model, input_per_mtok=prices[0], output_per_mtok=prices[1])
             except (KeyError, TypeError, ValueError) as exc:
                 raise ConfigError(f"[production.pricing.{model!r}] needs input_per_mtok and output_per_mtok "
                                   f"(USD per million tokens): {exc}") from None
     costs_table = table.get("costs") or {}
+    _check(costs_table, _COSTS, "production.costs")
     costs = CostTracker(budgets, redis_url=_redis_url(settings, "production.costs") if costs_table.get("shared")
                         else None, namespace=namespace)
     return Production(

@@ -49,12 +49,18 @@ class ProductionCallback(BaseCallback):  # type: ignore[misc]
         kind = "retrieval" if isinstance(instance, dspy.Retrieve) else "module"
         self._open[call_id] = (time.perf_counter(), kind, type(instance).__name__, logs.open_trace())
 
-    def on_module_end(self, call_id: str, outputs: Any | None, exception: Exception | None = None) -> None:
+    def _ended(self, call_id: str, exception: Exception | None) -> tuple[str, str, Any, float, str] | None:
+        """``(kind, name, trace token, seconds, status)`` of the call ``call_id`` started, or None if unknown."""
         started, kind, name, token = self._open.pop(call_id, (None, "", "", None))
         if started is None:
+            return None
+        return kind, name, token, time.perf_counter() - started, "ok" if exception is None else type(exception).__name__
+
+    def on_module_end(self, call_id: str, outputs: Any | None, exception: Exception | None = None) -> None:
+        ended = self._ended(call_id, exception)
+        if ended is None:
             return
-        seconds = time.perf_counter() - started
-        status = "ok" if exception is None else type(exception).__name__
+        kind, name, token, seconds, status = ended
         m = self.metrics
         if m is not None:
             if kind == "retrieval":
@@ -76,11 +82,10 @@ class ProductionCallback(BaseCallback):  # type: ignore[misc]
                                None)
 
     def on_tool_end(self, call_id: str, outputs: Any | None, exception: Exception | None = None) -> None:
-        started, _kind, name, _token = self._open.pop(call_id, (None, "", "", None))
-        if started is None:
+        ended = self._ended(call_id, exception)
+        if ended is None:
             return
-        seconds = time.perf_counter() - started
-        status = "ok" if exception is None else type(exception).__name__
+        _kind, name, _token, seconds, status = ended
         if self.metrics is not None:
             self.metrics.child(self.metrics.tool_calls, name, status).inc()
             self.metrics.child(self.metrics.tool_duration, name).observe(seconds)
