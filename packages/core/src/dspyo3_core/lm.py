@@ -13,6 +13,7 @@ async calls take DSPy's own async path instead: no thread, and cancellation reac
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import re
@@ -146,21 +147,20 @@ class LMCall:
             if native is not None:
                 return native(self.prompt, self.messages, self.kwargs)
             call = dspy.LM.__call__ if lm_callbacks_wanted(self.lm) else _LM_CALL_UNWRAPPED
-            if dspy.settings.get("disable_history"):  # no history entry to learn usage from: listen to usage
-                with dspy.context(usage_tracker=_UsageTee(dspy.settings.get("usage_tracker"), self)):
-                    return call(self.lm, self.prompt, messages=self.messages, **self.kwargs)
-            return call(self.lm, self.prompt, messages=self.messages, **self.kwargs)
+            # with history off there is no history entry to learn usage from: listen to the usage tracker instead
+            listen = (dspy.context(usage_tracker=_UsageTee(dspy.settings.get("usage_tracker"), self))
+                      if dspy.settings.get("disable_history") else contextlib.nullcontext())
+            with listen:
+                return call(self.lm, self.prompt, messages=self.messages, **self.kwargs)
         finally:
             _CURRENT.reset(token)
 
     def record(self, entry: dict[str, Any]) -> None:
-        """Take usage, cost and the cache mark from the LM's history entry for this call."""
+        """Take usage and cost from the LM's history entry for this call."""
         usage = entry.get("usage")
         self.usage = dict(usage) if usage else {}
         cost = entry.get("cost")
         self.cost = float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None
-        if entry.get("cache_hit"):
-            self.cache_hit = True
 
 
 class _UsageTee:
@@ -182,17 +182,23 @@ class _UsageTee:
         return getattr(self._inner, name)
 
 
+def _running_for(lm: Any) -> LMCall | None:
+    """The :class:`LMCall` running in this context, if it is a call of ``lm``."""
+    call = _CURRENT.get()
+    return call if call is not None and call.lm is lm else None
+
+
 def note_history(lm: Any, entry: dict[str, Any]) -> None:
     """Hand ``entry`` (an LM history entry being recorded) to the :class:`LMCall` running for ``lm``, if any."""
-    call = _CURRENT.get()
-    if call is not None and call.lm is lm:
+    call = _running_for(lm)
+    if call is not None:
         call.record(entry)
 
 
 def note_result(lm: Any, usage: dict[str, Any], cost: float | None, cache_hit: bool) -> None:
     """Report one finished call's usage, cost and cache mark to the :class:`LMCall` running for ``lm``, if any."""
-    call = _CURRENT.get()
-    if call is not None and call.lm is lm:
+    call = _running_for(lm)
+    if call is not None:
         call.usage, call.cost = usage, cost
         call.cache_hit = call.cache_hit or cache_hit
 

@@ -588,13 +588,14 @@ class NativeLM(dspy.BaseLM):
             if settings.usage_tracker:
                 settings.usage_tracker.add_usage(self.model, dict(record["usage"]))
         outputs = _outputs(record)
-        note_result(self, {} if hit else dict(record["usage"]), None if hit else record.get("cost"), bool(hit))
+        billed, cost = ({}, None) if hit else (dict(record["usage"]), record.get("cost"))  # a hit bills nothing
+        note_result(self, billed, cost, bool(hit))
         if not settings.disable_history:
             self.update_history({
                 "prompt": prompt, "messages": messages,
                 "kwargs": {k: v for k, v in kwargs.items() if not k.startswith("api_")},
                 "response": record, "outputs": outputs,
-                "usage": {} if hit else dict(record["usage"]), "cost": None if hit else record.get("cost"),
+                "usage": billed, "cost": cost,
                 "timestamp": datetime.datetime.now().isoformat(), "uuid": str(uuid.uuid4()),
                 "model": self.model, "response_model": record["model"], "model_type": self.model_type,
             })

@@ -153,6 +153,19 @@ def _profile_secrets() -> list[str]:
     return keys
 
 
+def _event_body(fields: dict[str, Any], trace: str | None = None) -> dict[str, Any]:
+    """What follows an event's header: the trace id (``trace``, else the open trace), the fields of the
+    enclosing :func:`trace` blocks, then ``fields`` (``fields`` itself when there is nothing to add)."""
+    tid = trace or _TRACE.get()
+    context_fields = _FIELDS.get()
+    if not tid and not context_fields:
+        return fields
+    out: dict[str, Any] = {"trace_id": tid} if tid else {}
+    out.update(context_fields)
+    out.update(fields)
+    return out
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, event (the message), trace id, the record's ``fields``
     (``extra={"fields": {...}}``) and the exception, all redacted."""
@@ -176,14 +189,7 @@ class JsonFormatter(logging.Formatter):
             "logger": logger,
             "event": message,
         }
-        tid = trace or _TRACE.get()
-        if tid:
-            out["trace_id"] = tid
-        context_fields = _FIELDS.get()
-        if context_fields:
-            out.update(context_fields)
-        if fields:
-            out.update(fields)
+        out.update(_event_body(fields or {}, trace))
         if exception:
             out["exception"] = exception
         line = orjson.dumps(self.redactor.data(out), default=str).decode()
@@ -230,18 +236,8 @@ class JsonEventHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """Write one event line (what ``handle`` would write for it, minus the ``LogRecord``)."""
         sink = self.sink
         if sink is not None:
-            tid = _TRACE.get()
-            context_fields = _FIELDS.get()
-            if context_fields:  # caller-supplied names and values: redact the merged event
-                out: dict[str, Any] = {"trace_id": tid} if tid else {}
-                out.update(context_fields)
-                out.update(fields)
-                fields = self.json.redactor.data(out)
-            else:
-                if tid:
-                    fields["trace_id"] = tid
-                fields = self.json.redactor.data(fields)
-            sink.emit(_LEVELS.get(level) or logging.getLevelName(level), EVENTS.name, name, fields)
+            body = self.json.redactor.data(_event_body(fields))
+            sink.emit(_LEVELS.get(level) or logging.getLevelName(level), EVENTS.name, name, body)
             return
         line = self.json.render(time.time(), logging.getLevelName(level), EVENTS.name, name, fields)
         with self.lock:  # type: ignore[union-attr]

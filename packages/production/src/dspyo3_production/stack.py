@@ -183,16 +183,15 @@ class Production:
         try:
             outputs = yield
         except BaseException as exc:
-            if scope is not None:
-                cache.close_scope(scope)  # type: ignore[union-attr]
             if breaker is not None:
                 breaker.failure(model, exc)
             if reservation is not None and self.costs is not None:
                 self.costs.settle(reservation, 0.0)
             self._finish(call, model, type(exc).__name__, started, None, None, exc, fallback_from)
             raise
-        if scope is not None:
-            cache.close_scope(scope)  # type: ignore[union-attr]
+        finally:
+            if scope is not None:
+                cache.close_scope(scope)  # type: ignore[union-attr]
         if breaker is not None:
             breaker.success(model)
         usage = None if call.cache_hit else call.usage
