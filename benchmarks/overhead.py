@@ -15,7 +15,12 @@ median of its rounds' per-call means, and ``added_us`` is the median of the pair
 against the bare round next to it, so slow drifts of a shared VM cancel). Sync calls; the Redis tier is off
 (with Redis, a memory miss adds one GET round trip, measured by ``cache.py``).
 
-Run: ``hatch run bench-overhead [--calls N] [--rounds R] [--json out.json] [--plot out.png]``.
+``--instructions`` also counts what each side executes per call with valgrind's callgrind (a count of machine
+instructions, repeatable whatever else the VM is doing, unlike time): each side runs alone in a fresh interpreter
+twice (300 and 800 calls after a warm-up) and the difference over the 500 extra calls is its per-call count. That
+takes a few minutes and needs ``valgrind``; the counts go on the detail line.
+
+Run: ``hatch run bench-overhead [--calls N] [--rounds R] [--instructions] [--json out.json] [--plot out.png]``.
 """
 
 from __future__ import annotations
@@ -23,11 +28,15 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -35,15 +44,8 @@ from common import emit, log, output_args
 from free_engine import FreeEngine
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--calls", type=int, default=100, help="calls per round and side")
-    parser.add_argument("--rounds", type=int, default=300, help="alternating rounds per side")
-    output_args(parser)
-    args = parser.parse_args()
-    if args.calls < 20 or args.rounds < 20:
-        parser.error("use at least --calls 20 and --rounds 20 (fewer gives noise, not a figure)")
-
+def build() -> dict[str, Any]:
+    """Both sides: the bare ``dspy.LM`` with DSPy's memory cache, and the ``HookedLM`` with the full stack."""
     import dspy
     from prometheus_client import CollectorRegistry
 
@@ -67,10 +69,70 @@ def main() -> None:
     wrappers = [impl.plugin_name for impl in manager.hook.dspyo3_lm_call.get_hookimpls() if impl.wrapper]
     if not any("production" in name for name in wrappers):
         raise SystemExit(f"the production plugin's dspyo3_lm_call wrapper is not loaded (wrappers: {wrappers})")
-    bare_cache = dspy.clients.Cache(False, True, None)
-    bare_lm = dspy.LM("openai/gpt-4o-mini", engine=FreeEngine(0.0), cache=True, num_retries=0)
-    stack_lm = HookedLM("openai/gpt-4o-mini", engine=FreeEngine(0.0), cache=True, num_retries=0,
-                        plugin_manager=manager)
+    return {
+        "dspy": dspy, "prod": prod, "stack": stack, "metrics": metrics, "manager": manager,
+        "bare_cache": dspy.clients.Cache(False, True, None),
+        "bare_lm": dspy.LM("openai/gpt-4o-mini", engine=FreeEngine(0.0), cache=True, num_retries=0),
+        "stack_lm": HookedLM("openai/gpt-4o-mini", engine=FreeEngine(0.0), cache=True, num_retries=0,
+                             plugin_manager=manager),
+    }
+
+
+def run_one_side(side: str, calls: int) -> None:
+    """``--one SIDE``: 50 warm-up calls, then ``calls`` more, and nothing else (what callgrind counts)."""
+    env = build()
+    dspy, prod = env["dspy"], env["prod"]
+    prod.stack._loaded_from_settings = True  # no [production] config is read behind our back
+    if side == "bare":
+        dspy.cache = env["bare_cache"]
+        dspy.configure(callbacks=[])
+        lm = env["bare_lm"]
+    else:
+        env["stack"].install()
+        lm = env["stack_lm"]
+    for i in range(50 + calls):
+        lm(messages=[{"role": "user", "content": f"question {i}"}])
+
+
+def count_instructions() -> dict[str, int]:
+    """Per-call machine instructions of each side, counted by callgrind (see the module docstring)."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    out: dict[str, int] = {}
+    for side in ("bare", "stack"):
+        totals = []
+        for calls in (300, 800):
+            log(f"callgrind: {side} side, {calls} calls (about a minute)")
+            done = subprocess.run(
+                ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+                 "--one", side, "--calls", str(calls)],
+                capture_output=True, text=True, env=os.environ, check=False)
+            found = [line for line in done.stderr.splitlines() if "Collected" in line]
+            if done.returncode != 0 or not found:
+                raise SystemExit(f"callgrind run failed ({done.returncode}): {done.stderr[-1500:]}")
+            totals.append(int(found[-1].split()[-1]))
+        out[f"{side}_instructions"] = (totals[1] - totals[0]) // 500
+    out["added_instructions"] = out["stack_instructions"] - out["bare_instructions"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=100, help="calls per round and side")
+    parser.add_argument("--rounds", type=int, default=300, help="alternating rounds per side")
+    parser.add_argument("--instructions", action="store_true", help="also count instructions per call (valgrind)")
+    parser.add_argument("--one", choices=["bare", "stack"], help=argparse.SUPPRESS)  # one side, for callgrind
+    output_args(parser)
+    args = parser.parse_args()
+    if args.one:
+        run_one_side(args.one, args.calls)
+        return
+    if args.calls < 20 or args.rounds < 20:
+        parser.error("use at least --calls 20 and --rounds 20 (fewer gives noise, not a figure)")
+
+    env = build()
+    dspy, prod, stack, metrics = env["dspy"], env["prod"], env["stack"], env["metrics"]
+    bare_cache, bare_lm, stack_lm = env["bare_cache"], env["bare_lm"], env["stack_lm"]
     counter = iter(range(10**9))
 
     def round_(lm: dspy.BaseLM) -> float:
@@ -124,6 +186,8 @@ def main() -> None:
         "stack_quartiles_us": [round(q, 1) for q in statistics.quantiles(stacked, n=4)],
         "python": sys.version.split()[0], "dspy": dspy.__version__,
     }
+    if args.instructions:
+        detail.update(count_instructions())
     print(__import__("json").dumps(detail), flush=True)
     logging.shutdown()
     emit({"bare_us": round(bare_us, 1), "stack_us": round(stack_us, 1), "added_us": round(added_us, 1)},

@@ -172,3 +172,17 @@ def test_registering_the_wrong_type_is_a_clear_error(plugin_manager: PluginManag
 def test_core_registers_the_builtin_providers(plugin_manager: PluginManager) -> None:
     names = set(plugin_manager.lm_providers().names())
     assert {"openai", "anthropic", "cohere", "ollama", "together", "azure", "openai-compatible"} <= names
+
+
+def test_importing_the_lm_call_functions_by_name_does_not_make_a_plugin_implement_them() -> None:
+    import types
+
+    from dspyo3_core.lm import invoke_call
+
+    module = types.ModuleType("user_plugin")
+    module.invoke_call = invoke_call  # type: ignore[attr-defined]  # a plugin module that uses core's function
+    manager = PluginManager(entry_points=False)
+    manager.register(module, name="user_plugin")
+    manager.load()
+    assert manager.pluggy.get_plugin("user_plugin") is module  # not dropped for an "unknown hook invoke_call"
+    assert not manager.hook.dspyo3_lm_call.get_hookimpls()  # and not taken for an LM-call impl either

@@ -4,11 +4,15 @@ before the call, persisted in Redis), A/B routing, and the ``[production]`` conf
 from __future__ import annotations
 
 import collections
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import dspy
+import orjson
 import pytest
 from dspy.utils.exceptions import LMAuthError, LMInvalidRequestError, LMServerError
 
@@ -405,3 +409,135 @@ def test_a_bad_config_keeps_failing_loudly(tmp_path: Path, monkeypatch: pytest.M
     for _ in range(2):  # not only the first call: production must not silently switch off
         with dspy.context(lm=qa_lm), pytest.raises(ConfigError, match="colour"):
             qa_lm("hi")
+
+
+_SPENDER = """
+import sys
+from dspyo3_core.lm import LMCall
+from dspyo3_core.native_lm import PRICING
+from dspyo3_production.cost import Budget, BudgetExceededError, CostTracker
+import dspy
+
+PRICING.set("openai/priced", input_per_mtok=1.0, output_per_mtok=1.0)
+tracker = CostTracker([Budget(0.01)], redis_url=sys.argv[1], namespace=sys.argv[2])
+call = LMCall(lm=dspy.LM("openai/priced", max_tokens=1000), messages=[{"role": "user", "content": "x"}])
+mode = sys.argv[3]
+if mode == "crash":  # reserve, then die before settling
+    tracker.reserve(call)
+    print("reserved", flush=True)
+    import os
+    os._exit(0)
+granted = refused = 0
+for _ in range(10):
+    try:
+        reservation = tracker.reserve(call)
+    except BudgetExceededError:
+        refused += 1
+        continue
+    granted += 1
+    tracker.settle(reservation, 0.001)
+print(granted, refused, flush=True)
+"""
+
+
+def _spender(redis_url: str, namespace: str, mode: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", _SPENDER, redis_url, namespace, mode], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_budgets_hold_across_real_processes(redis_url: str) -> None:
+    CostTracker(redis_url=redis_url, namespace="t-procs").reset()
+    procs = [_spender(redis_url, "t-procs", "spend") for _ in range(3)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        results.append(tuple(int(x) for x in out.split()))
+    granted = sum(g for g, _ in results)
+    total = CostTracker(redis_url=redis_url, namespace="t-procs").totals("total")["total"]
+    # each call reserves ~$0.001 worst case and costs $0.001: three processes x 10 calls cannot all fit in $0.01
+    assert total <= 0.01 + 1e-9 and sum(r for _, r in results) > 0 and granted >= 5
+    assert total == pytest.approx(0.001 * granted)
+
+
+def test_a_crashed_process_reservation_is_given_back_after_its_ttl(redis_url: str) -> None:
+    from dspyo3_core.lm import LMCall
+
+    PRICING.set("openai/priced", input_per_mtok=1.0, output_per_mtok=1.0)
+    try:
+        tracker = CostTracker([Budget(0.0015)], redis_url=redis_url, namespace="t-crash", reservation_ttl=1.0)
+        tracker.reset()
+        # the crashing process holds its worst case (~$0.001) with the default 600 s TTL: shrink it by hand to 1 s
+        proc = _spender(redis_url, "t-crash", "crash")
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "reserved" in out, err
+        client = tracker._redis
+        (hold,) = client.zrange("t-crash:cost:holds", 0, -1)
+        client.zadd("t-crash:cost:holds", {hold: int(time.time() * 1000) + 1000})
+        call = LMCall(lm=dspy.LM("openai/priced", max_tokens=1000), messages=[{"role": "user", "content": "x"}])
+        with pytest.raises(BudgetExceededError):  # the dead process's hold still counts
+            tracker.reserve(call)
+        time.sleep(1.2)
+        reservation = tracker.reserve(call)  # swept: the budget is whole again
+        assert reservation.hold is not None
+        reserved = {k.decode(): float(v) for k, v in client.hgetall("t-crash:cost:reserved").items()}
+        assert reserved["total"] == pytest.approx(reservation.estimate)
+        # a settle that comes after its own hold was swept adds its cost but gives nothing back twice
+        late = CostTracker([Budget(1.0)], redis_url=redis_url, namespace="t-crash", reservation_ttl=0.2)
+        stale = late.reserve(call)
+        time.sleep(0.4)
+        tracker.settle(reservation, 0.0005)
+        with pytest.raises(BudgetExceededError):
+            tracker.reserve(call)  # sweeps the stale hold, then: $0.0005 spent + ~$0.001 worst case > $0.0015
+        reserved = {k.decode(): float(v) for k, v in client.hgetall("t-crash:cost:reserved").items()}
+        assert abs(reserved["total"]) < 1e-9
+        late.settle(stale, 0.0)  # its hold is gone: nothing is given back a second time
+        reserved = {k.decode(): float(v) for k, v in client.hgetall("t-crash:cost:reserved").items()}
+        assert abs(reserved["total"]) < 1e-9
+        assert tracker.totals("total")["total"] == pytest.approx(0.0005)
+    finally:
+        PRICING._overrides.pop("openai/priced", None)
+        PRICING._memo.clear()
+
+
+def test_the_tracker_prices_a_native_lm_at_its_own_price() -> None:
+    from dspyo3_core.lm import LMCall
+    from dspyo3_core.native_lm import NativeLM
+
+    lm = NativeLM("openai/gpt-4o-mini", api_base="http://127.0.0.1:9/v1", api_key="sk-test-0000",
+                  pricing={"input_per_mtok": 100.0, "output_per_mtok": 200.0})
+    tracker = CostTracker()
+    assert tracker.price("openai/gpt-4o-mini", lm) == (100.0, 200.0)
+    assert tracker.cost("openai/gpt-4o-mini", {"prompt_tokens": 1000, "completion_tokens": 500}, lm=lm) == \
+        pytest.approx(0.2)
+    call = LMCall(lm=lm, messages=[{"role": "user", "content": "x" * 30}], kwargs={"max_tokens": 10})
+    prompt_tokens = len(orjson.dumps(call.messages)) // 3 + 1
+    assert tracker.estimate(call) == pytest.approx((prompt_tokens * 100.0 + 10 * 200.0) / 1e6)
+    assert tracker.price("openai/gpt-4o-mini") != (100.0, 200.0)  # the table's price for other LMs
+    # what the stack runs after each call: settle_call prices at the LM's own price too
+    cost = tracker.settle_call(tracker.reserve(call), "openai/gpt-4o-mini",
+                               {"prompt_tokens": 1000, "completion_tokens": 500}, None, lm)
+    assert cost == pytest.approx(0.2) and tracker.totals("total") == {"total": pytest.approx(0.2)}
+
+
+def test_disable_close_releases_redis_connections(redis_url: str) -> None:
+    stack = prod.Production(cache=prod.TieredCache(redis_url=redis_url, namespace="t-close"), metrics=False,
+                            log_events=False, breaker=prod.CircuitBreaker(redis_url=redis_url, namespace="t-close"),
+                            costs=CostTracker(redis_url=redis_url, namespace="t-close"))
+    prod.enable(stack)
+    assert stack.cache is not None and stack.cache.redis is not None
+    stack.cache.redis.put("probe", b"x")  # starts the background writer
+    assert stack.cache.flush()
+    prod.disable(close=True)
+    assert stack.breaker is not None and not stack.breaker._use_redis()
+    assert stack.costs is not None and stack.costs._redis is None
+    assert stack.cache is not None and stack.cache.redis is not None and not stack.cache.redis._writer.is_alive()
+    stack.breaker.before(MODEL)  # both keep working on local state
+    stack.costs.settle(stack.costs.reserve(_plain_call()), 0.1)
+    assert stack.costs.totals("total") == {"total": pytest.approx(0.1)}
+
+
+def _plain_call() -> Any:
+    from dspyo3_core.lm import LMCall
+
+    return LMCall(lm=dspy.LM(MODEL), messages=[{"role": "user", "content": "x"}])

@@ -44,7 +44,7 @@ class Schema(pydantic.BaseModel):
 
 
 def counts(metrics: Metrics, tier: str) -> dict[str, float]:
-    return {result: metrics.cache_requests.labels(tier, result)._value.get() for result in ("hit", "miss", "error")}
+    return {result: metrics.cache_requests_total(tier, result) for result in ("hit", "miss", "error")}
 
 
 def test_is_dspy_cache_and_accepts_its_arguments(tmp_path: Any, metrics: Metrics) -> None:
@@ -361,3 +361,23 @@ def test_clear_with_the_disk_tier(tmp_path: Any, metrics: Metrics) -> None:
     assert cache.clear(prefix=key) == {"memory": 1, "disk": 1}
     assert cache.clear() == {"memory": 3, "disk": 3}
     assert cache.get({"i": 1}) is None
+
+
+def test_put_reuses_the_key_of_the_request_just_looked_up_and_only_that_one(metrics: Metrics) -> None:
+    cache = TieredCache(metrics=metrics)
+    ignored = ["api_key"]
+    asked = {"model": "m", "messages": [{"role": "user", "content": "q"}], "api_key": "sk-a"}
+    other = {"model": "m", "messages": [{"role": "user", "content": "other"}]}
+    token = cache.open_scope()
+    try:
+        assert cache.get(asked, ignored) is None
+        cache.put(dict(asked), {"answer": 1}, ignored)  # an equal, rebuilt request: stored under get()'s key
+        cache.put(other, {"answer": 2}, ignored)  # a different request in the same scope: its own key
+        cache.put({**asked, "temperature": 0.5}, {"answer": 3}, ignored)  # differs from the one looked up
+    finally:
+        cache.close_scope(token)
+    assert cache.get(asked, ignored) == {"answer": 1}
+    assert cache.get(other, ignored) == {"answer": 2}
+    assert cache.get({**asked, "temperature": 0.5}, ignored) == {"answer": 3}
+    assert cache.cache_key(asked, ignored) == dspy.clients.Cache.cache_key(cache, asked, ignored)
+    assert cache.in_flight == 0

@@ -270,3 +270,26 @@ def test_event_sink_works_in_a_forked_child(tmp_path: Path) -> None:
     stream.close()
     assert os.WEXITSTATUS(status) == 0
     assert sorted(json.loads(line)["event"] for line in path.read_text().splitlines()) == ["child", "parent"]
+
+
+def test_event_sink_writes_pre_serialized_fields_and_masks_them(tmp_path: Path) -> None:
+    import orjson
+
+    from dspyo3_native import EventSink
+
+    path = tmp_path / "events.jsonl"
+    with path.open("w") as out:
+        sink = EventSink(out.fileno(), ["sk-secret-0123456789"])
+        sink.emit_json("INFO", "dspyo3.events", "lm_call", orjson.dumps({"model": "m", "n": 2, "x": None}))
+        sink.emit_json("WARNING", "dspyo3.events", "lm_call", orjson.dumps({"error": "bad key sk-secret-0123456789"}))
+        sink.emit_json("INFO", "dspyo3.events", "empty", b"{}")
+        with pytest.raises(ValueError, match="JSON object"):
+            sink.emit_json("INFO", "dspyo3.events", "lm_call", b"[1, 2]")
+        with pytest.raises(ValueError, match="UTF-8"):
+            sink.emit_json("INFO", "dspyo3.events", "lm_call", b'{"a": "\xff"}')
+        assert sink.flush(5.0)
+    first, second, third = (json.loads(line) for line in path.read_text().splitlines())
+    assert first["level"] == "info" and first["event"] == "lm_call" and first["ts"]
+    assert {k: first[k] for k in ("model", "n", "x")} == {"model": "m", "n": 2, "x": None}
+    assert "sk-secret-0123456789" not in second["error"] and second["error"].endswith("6789")
+    assert set(third) == {"ts", "level", "logger", "event"}

@@ -44,6 +44,9 @@ pub struct Event {
     pub name: String,
     /// Fields in the order they are written.
     pub fields: Vec<(String, Value)>,
+    /// More fields, already serialized: the members of a JSON object without its braces (`"a":1,"b":"x"`),
+    /// written after `fields`. The caller vouches that it is valid JSON.
+    pub raw_fields: Option<String>,
 }
 
 enum Message {
@@ -199,6 +202,10 @@ pub fn render(event: &Event, out: &mut String) {
             Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         }
     }
+    if let Some(raw) = event.raw_fields.as_deref().filter(|raw| !raw.is_empty()) {
+        out.push(',');
+        out.push_str(raw);
+    }
     out.push('}');
 }
 
@@ -273,7 +280,21 @@ mod tests {
             logger: "dspyo3.events".into(),
             name: "lm_call".into(),
             fields,
+            raw_fields: None,
         }
+    }
+
+    #[test]
+    fn renders_raw_fields_after_the_typed_ones() {
+        let mut line = String::new();
+        let mut e = event(vec![("model".into(), Value::Str("m".into()))]);
+        e.raw_fields = Some("\"n\":1,\"s\":\"x\"".into());
+        render(&e, &mut line);
+        assert!(line.ends_with(",\"model\":\"m\",\"n\":1,\"s\":\"x\"}"), "{line}");
+        e.raw_fields = Some(String::new());
+        line.clear();
+        render(&e, &mut line);
+        assert!(line.ends_with(",\"model\":\"m\"}"), "{line}");
     }
 
     #[test]

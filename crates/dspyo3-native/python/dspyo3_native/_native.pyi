@@ -256,6 +256,8 @@ class EventSink:
     def __init__(self, fd: int, secrets: Sequence[str] = ...) -> None: ...
     def emit(self, level: str, logger: str, name: str, fields: dict[str, Any]) -> None:
         """Queue one event (time taken now); fields are str/int/float/bool/None (others written as ``str()``)."""
+    def emit_json(self, level: str, logger: str, name: str, fields: bytes) -> None:
+        """Queue one event whose fields are a serialized JSON object (``orjson.dumps(dict)``)."""
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every event emitted so far is written and flushed; False if the writer did not answer."""
     @property

@@ -17,6 +17,7 @@ Cross-cutting behaviour around LM calls (cache, metrics, cost, rate limits, circ
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,20 @@ PROJECT = "dspyo3"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+def impl_of(func: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """A copy of ``func`` under ``name`` (same code, globals, defaults and attributes), to mark as a hookimpl in a
+    plugin module (``dspyo3_lm_call = hookimpl(...)(impl_of(fast_function, "dspyo3_lm_call"))``) without marking
+    ``func`` itself: a module that imports ``func`` by its own name is then not taken for a second impl. Costs no
+    extra call frame, unlike a wrapper function."""
+    copy = types.FunctionType(func.__code__, func.__globals__, name, func.__defaults__,
+                              func.__closure__)
+    copy.__kwdefaults__ = func.__kwdefaults__
+    copy.__doc__, copy.__module__, copy.__qualname__ = func.__doc__, func.__module__, name
+    copy.__annotations__ = dict(func.__annotations__)
+    copy.__dict__.update(func.__dict__)
+    return copy
 
 
 @hookspec

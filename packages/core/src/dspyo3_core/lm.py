@@ -13,7 +13,6 @@ async calls take DSPy's own async path instead: no thread, and cancellation reac
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import functools
 import re
@@ -22,13 +21,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import dspy
+import dspy.dsp.utils.settings as _dspy_settings
 
 if TYPE_CHECKING:
     from dspyo3_core.plugins import PluginManager
 
 
-# token -> manager, held weakly: an LM does not keep a manager (and its plugins) alive.
-_MANAGERS: weakref.WeakValueDictionary[str, PluginManager] = weakref.WeakValueDictionary()
+# token -> weak reference to the manager: an LM does not keep a manager (and its plugins) alive.
+_MANAGERS: dict[str, weakref.ref[PluginManager]] = {}
 _SECRET_NAME = re.compile(
     r"^(api[_-]?key|authorization|proxy-authorization|password|secret|token|access[_-]?token)$"
     r"|[_-](key|token|secret|password)$",
@@ -36,6 +36,7 @@ _SECRET_NAME = re.compile(
 )
 
 
+_UNSET: Any = object()
 _CURRENT: contextvars.ContextVar[LMCall | None] = contextvars.ContextVar("dspyo3_current_lm_call", default=None)
 
 
@@ -65,16 +66,20 @@ def wrappers_active(manager: PluginManager) -> bool:
     return False
 
 
-def lm_callbacks_wanted(lm: Any) -> bool:
+def lm_callbacks_wanted(lm: Any, callbacks: Any = _UNSET) -> bool:
     """Whether any active DSPy callback (global or on ``lm``) wants LM events.
 
     A callback that only watches modules and tools says so with a class attribute ``dspyo3_lm_events = False``
     (dspyo3-production's does); when every active callback says so, LM calls skip DSPy's per-call callback
-    dispatch, which costs more than the rest of a cached call.
+    dispatch, which costs more than the rest of a cached call. ``callbacks``: DSPy's active global callbacks,
+    when the caller has already read them.
     """
-    callbacks = dspy.settings.get("callbacks") or ()
-    own = getattr(lm, "callbacks", None) or ()
-    return any(getattr(callback, "dspyo3_lm_events", True) for callback in (*callbacks, *own))
+    if callbacks is _UNSET:
+        callbacks = dspy.settings.get("callbacks")
+    for callback in callbacks or ():
+        if getattr(callback, "dspyo3_lm_events", True):
+            return True
+    return any(getattr(callback, "dspyo3_lm_events", True) for callback in getattr(lm, "callbacks", None) or ())
 
 
 def masked(value: Any, name: str = "") -> Any:
@@ -93,8 +98,15 @@ def masked(value: Any, name: str = "") -> Any:
 
 def _remember(manager: PluginManager) -> str:
     token = f"pm-{id(manager):x}"
-    _MANAGERS[token] = manager
+    ref = _MANAGERS.get(token)
+    if ref is None or ref() is not manager:
+        _MANAGERS[token] = weakref.ref(manager, functools.partial(_forget, token))
     return token
+
+
+def _forget(token: str, dead: weakref.ref[PluginManager]) -> None:
+    if _MANAGERS.get(token) is dead:
+        del _MANAGERS[token]
 
 
 @dataclass
@@ -140,20 +152,8 @@ class LMCall:
         )
 
     def invoke(self) -> Any:
-        """Run the real call (cache, retries and transport included). Core's innermost impl."""
-        token = _CURRENT.set(self)
-        try:
-            native = getattr(self.lm, "_dspyo3_invoke", None)
-            if native is not None:
-                return native(self.prompt, self.messages, self.kwargs)
-            call = dspy.LM.__call__ if lm_callbacks_wanted(self.lm) else _LM_CALL_UNWRAPPED
-            # with history off there is no history entry to learn usage from: listen to the usage tracker instead
-            listen = (dspy.context(usage_tracker=_UsageTee(dspy.settings.get("usage_tracker"), self))
-                      if dspy.settings.get("disable_history") else contextlib.nullcontext())
-            with listen:
-                return call(self.lm, self.prompt, messages=self.messages, **self.kwargs)
-        finally:
-            _CURRENT.reset(token)
+        """Run the real call (cache, retries and transport included): :func:`invoke_call`."""
+        return invoke_call(self)
 
     def record(self, entry: dict[str, Any]) -> None:
         """Take usage and cost from the LM's history entry for this call."""
@@ -161,6 +161,39 @@ class LMCall:
         self.usage = dict(usage) if usage else {}
         cost = entry.get("cost")
         self.cost = float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None
+
+
+def invoke_call(call: LMCall) -> Any:
+    """Run ``call``'s real call (cache, retries and transport included): core's innermost ``dspyo3_lm_call`` impl
+    (registered as that impl directly, so the hook chain has one frame less per call)."""
+    token = _CURRENT.set(call)
+    try:
+        native = getattr(call.lm, "_dspyo3_invoke", None)
+        if native is not None:
+            return native(call.prompt, call.messages, call.kwargs)
+        try:  # dspy.settings read straight from DSPy's settings module: this runs on every call
+            overrides, main = _dspy_settings.thread_local_overrides.get(), _dspy_settings.main_thread_config
+            callbacks = overrides["callbacks"] if "callbacks" in overrides else main.get("callbacks")
+            no_history = (overrides["disable_history"] if "disable_history" in overrides
+                          else main.get("disable_history"))
+        except AttributeError:  # that module changed shape: the public (slower) way
+            callbacks = dspy.settings.get("callbacks")
+            no_history = dspy.settings.get("disable_history")
+        wanted = False  # lm_callbacks_wanted(), inlined
+        for callback in callbacks or ():
+            if getattr(callback, "dspyo3_lm_events", True):
+                wanted = True
+                break
+        if not wanted and getattr(call.lm, "callbacks", None):
+            wanted = lm_callbacks_wanted(call.lm, ())
+        run = dspy.LM.__call__ if wanted else _LM_CALL_UNWRAPPED
+        # with history off there is no history entry to learn usage from: listen to the usage tracker instead
+        if not no_history:
+            return run(call.lm, call.prompt, messages=call.messages, **call.kwargs)
+        with dspy.context(usage_tracker=_UsageTee(dspy.settings.get("usage_tracker"), call)):
+            return run(call.lm, call.prompt, messages=call.messages, **call.kwargs)
+    finally:
+        _CURRENT.reset(token)
 
 
 class _UsageTee:
@@ -210,8 +243,15 @@ def plugin_manager_for(lm: Any) -> PluginManager:
     """The plugin manager an LM built with ``plugin_manager=`` routes through (else the process-wide one)."""
     from dspyo3_core.plugins import get_plugin_manager
 
-    manager = _MANAGERS.get(getattr(lm, "_dspyo3_pm_token", None) or "")
+    ref = _MANAGERS.get(getattr(lm, "_dspyo3_pm_token", None) or "")
+    manager = ref() if ref is not None else None
     return manager if manager is not None else get_plugin_manager()
+
+
+def _default_manager() -> PluginManager:
+    from dspyo3_core.plugins import get_plugin_manager
+
+    return get_plugin_manager()
 
 
 class HookedLM(dspy.LM):
@@ -232,8 +272,11 @@ class HookedLM(dspy.LM):
         return plugin_manager_for(self)
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
-        call = LMCall(lm=self, prompt=prompt, messages=messages, kwargs=kwargs)
-        return self.plugin_manager.hook.dspyo3_lm_call(call=call)
+        ref = _MANAGERS.get(getattr(self, "_dspyo3_pm_token", None) or "")  # plugin_manager_for(), inlined
+        manager = ref() if ref is not None else None
+        if manager is None:
+            manager = _default_manager()
+        return (manager._lm_caller or manager.lm_call_hook)(call=LMCall(self, prompt, messages, kwargs))
 
     async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         import anyio.to_thread
@@ -247,5 +290,9 @@ class HookedLM(dspy.LM):
 
     def update_history(self, entry: dict[str, Any]) -> None:
         """Record ``entry`` as DSPy does, and hand its usage and cost to the running :class:`LMCall`."""
-        note_history(self, entry)
+        call = _CURRENT.get()  # note_history and LMCall.record, inlined: this runs on every call
+        if call is not None and call.lm is self:
+            usage, cost = entry.get("usage"), entry.get("cost")
+            call.usage = dict(usage) if usage else {}
+            call.cost = float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None
         super().update_history(entry)

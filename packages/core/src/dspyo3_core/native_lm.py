@@ -99,6 +99,9 @@ class PricingTable:
         self._litellm: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._memo: dict[str, tuple[float, float] | None] = {}
+        self.looked_up: Mapping[str, tuple[float, float] | None] = self._memo
+        """Prices found so far (model -> price, or None if it has none): ``looked_up.get(model)`` is a lock-free
+        read for hot paths; a model missing here needs :meth:`price`."""
 
     def set(self, model: str, *, input_per_mtok: float, output_per_mtok: float) -> None:
         """Price ``model`` (as written in ``NativeLM(model)``, or without its provider prefix)."""
@@ -471,7 +474,7 @@ class NativeLM(dspy.BaseLM):
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         manager = self._hooked()
         if manager is not None:
-            return manager.hook.dspyo3_lm_call(call=LMCall(lm=self, prompt=prompt, messages=messages, kwargs=kwargs))
+            return manager.lm_call_hook(call=LMCall(self, prompt, messages, kwargs))
         return self._dspyo3_invoke(prompt, messages, kwargs)
 
     @with_callbacks

@@ -7,13 +7,12 @@ It registers the built-in LM providers, the core CLI commands, and the innermost
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import click
 
+from dspyo3_core import lm as _lm
 from dspyo3_core.config import BUILTIN_PROVIDERS
-from dspyo3_core.hookspecs import hookimpl
-from dspyo3_core.lm import LMCall
+from dspyo3_core.hookspecs import hookimpl, impl_of
 from dspyo3_core.registry import LMProviderSpec
 
 
@@ -33,7 +32,5 @@ def dspyo3_register_commands(cli: click.Group) -> None:
         cli.add_command(command)
 
 
-@hookimpl(trylast=True)
-def dspyo3_lm_call(call: LMCall) -> Any:
-    """The innermost LM call: DSPy's own ``LM.__call__`` (engine, cache and retries included)."""
-    return call.invoke()
+dspyo3_lm_call = hookimpl(trylast=True)(impl_of(_lm.invoke_call, "dspyo3_lm_call"))
+"""The innermost LM call: DSPy's own ``LM.__call__`` (engine, cache and retries included), or NativeLM's."""

@@ -13,6 +13,7 @@ each process falls back to its own local state until Redis answers again.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -123,6 +124,7 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._redis: Any = None
         self._redis_down_until = 0.0
+        self._closed = False
         if redis_url:
             import redis
 
@@ -145,13 +147,19 @@ class CircuitBreaker:
         return self._redis is not None and time.monotonic() >= self._redis_down_until
 
     def _redis_failed(self, exc: BaseException) -> None:
+        if self._closed:
+            return
         self._redis_down_until = time.monotonic() + 1.0
         logger.warning("circuit breaker state in redis unavailable (%s); using local state", exc)
 
     # -- the protocol -----------------------------------------------------------------------------------------
     def before(self, key: str) -> None:
         """Let a call for ``key`` through, or raise :class:`CircuitOpenError`."""
-        if self._use_redis():
+        if self._redis is None:
+            st = self._local.get(key)
+            if st is not None and st.state == "closed":  # the common case: no Redis, no lock
+                return
+        elif self._use_redis():
             try:
                 allowed, wait_ms = self._allow_script(
                     keys=self._keys(key),
@@ -200,7 +208,11 @@ class CircuitBreaker:
 
     def success(self, key: str) -> None:
         """Record a successful call: resets the failure count and closes a half-open circuit."""
-        if self._use_redis():
+        if self._redis is None:
+            st = self._local.get(key)
+            if st is None or (st.state == "closed" and st.failures == 0):  # the common case: nothing to reset
+                return
+        elif self._use_redis():
             try:
                 fails_key, _open, trial = self._keys(key)
                 pipe = self._redis.pipeline(transaction=True)
@@ -271,12 +283,20 @@ class CircuitBreaker:
         with self._lock:
             for k in keys:
                 self._local.pop(k, None)
-        if self._redis is not None:
+        if self._redis is not None and not self._closed:
             try:
                 for k in keys:
                     self._redis.delete(*self._keys(k))
             except self._redis_errors as exc:
                 self._redis_failed(exc)
+
+    def close(self) -> None:
+        """Close the Redis connections; from now on the breaker works on this process's state only (calls already
+        inside a Redis step finish it on a fresh connection)."""
+        self._closed = True
+        self._redis_down_until = math.inf
+        if self._redis is not None:
+            self._redis.close()
 
     def _changed(self, key: str, state: str) -> None:
         logger.info("circuit %s for %s", state, key)

@@ -48,7 +48,20 @@ from dspyo3_production.metrics import Metrics, default_metrics
 logger = logging.getLogger("dspyo3.production.cache")
 
 TIERS = ("memory", "redis", "disk")
-_SCOPE: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("dspyo3_cache_scope", default=None)
+
+
+class _Scope:
+    """One LM call's single-flight scope: the keys it leads, and the last request it looked up (and that request's
+    key, which ``put`` reuses when it stores the answer under an equal request)."""
+
+    __slots__ = ("last", "led")
+
+    def __init__(self) -> None:
+        self.led: list[str] = []
+        self.last: tuple[Any, Any, str] | None = None  # (request, ignored args, key), replaced whole
+
+
+_SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("dspyo3_cache_scope", default=None)
 
 
 class _Json:
@@ -121,7 +134,7 @@ class RedisTier:
             self._backoff = min(self.max_backoff, self._backoff * 2 if self._backoff else 0.5)
             self._down_until = time.monotonic() + self._backoff
         if self.metrics is not None:
-            self.metrics.child(self.metrics.cache_requests, "redis", "error").inc()
+            self.metrics.count_cache("redis", "error")
         logger.warning("redis cache tier unavailable (%s: %s); retrying in %.1fs", type(exc).__name__, exc,
                        self._backoff)
 
@@ -298,9 +311,9 @@ class TieredCache(Cache):
         )
         self._flights: dict[str, threading.Event | None] = {}
         self._flight_lock = threading.Lock()
-        m = self.metrics
-        self._count = {(tier, result): m.child(m.cache_requests, tier, result)
-                       for tier in TIERS for result in ("hit", "miss", "error")}
+        for tier in TIERS:
+            for result in ("hit", "miss", "error"):
+                self.metrics.count_cache(tier, result, 0)
 
     # -- DSPy's interface -------------------------------------------------------------------------------------
     def cache_key(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None = None) -> str:
@@ -310,10 +323,11 @@ class TieredCache(Cache):
         value orjson cannot encode (pydantic models, callables, ...) takes DSPy's own path.
         """
         try:
+            params = request
             if ignored_args_for_cache_key:
-                params = {k: v for k, v in request.items() if k not in ignored_args_for_cache_key}
-            else:
-                params = request
+                params = dict(request)
+                for name in ignored_args_for_cache_key:
+                    params.pop(name, None)
             return hashlib.sha256(orjson.dumps(params, option=orjson.OPT_SORT_KEYS)).hexdigest()
         except TypeError:
             return str(super().cache_key(request, ignored_args_for_cache_key))
@@ -334,11 +348,24 @@ class TieredCache(Cache):
         except Exception:
             logger.debug("could not compute a cache key for the request; not cached")
             return None
-        found = self._lookup(key)
-        if found is not None:
-            return found
-        # A miss: lead this key (inside a call scope) or wait for the call already leading it.
         scope = _SCOPE.get()
+        if scope is not None:  # put() in this call will store under the same request: remember its key
+            scope.last = (request, ignored_args_for_cache_key, key)
+        counts = self.metrics.cache_counts
+        if self.enable_memory_cache:  # the memory tier inlined: this runs on every call
+            value = self.memory_cache.get(key)
+            if value is not None:
+                return self._memory_hit(key, value)
+            if counts is not None:
+                with self.metrics.cache_lock:
+                    counts["memory", "miss"] += 1
+            else:
+                self.metrics.count_cache("memory", "miss")
+        if self.redis is not None or self.enable_disk_cache:
+            found = self._lookup(key, memory=False)
+            if found is not None:
+                return found
+        # A miss: lead this key (inside a call scope) or wait for the call already leading it.
         with self._flight_lock:
             if key in self._flights:  # another call leads this key: wait for its answer (not on an event loop)
                 event = self._flights[key]
@@ -348,28 +375,31 @@ class TieredCache(Cache):
                 event = None
                 if scope is not None:
                     self._flights[key] = None  # led by this call; an Event is made only if someone waits
-                    scope.append(key)
+                    scope.led.append(key)
         if event is not None and not _on_event_loop():
             event.wait(self.single_flight_timeout)
             return self._lookup(key, count=False)
         return None
 
-    def _lookup(self, key: str, count: bool = True) -> Any:
-        count_ = self._count
-        if self.enable_memory_cache:
+    def _memory_hit(self, key: str, value: Any) -> Any:
+        self.metrics.count_cache("memory", "hit")
+        _note_hit("memory")
+        if type(value) is _Json:
+            return orjson.loads(value.body)  # a fresh object: nothing shared with the cache, nothing to zero
+        body = plain_json(value)
+        if body is not None:  # first hit on plain data: keep the JSON form, decode a fresh copy each hit
+            self.memory_cache.put(key, _Json(body), len(body))
+            return orjson.loads(body)
+        return self._prepare_cached_response(value)
+
+    def _lookup(self, key: str, count: bool = True, memory: bool = True) -> Any:
+        count_ = self.metrics.count_cache
+        if memory and self.enable_memory_cache:
             value = self.memory_cache.get(key)
             if value is not None:
-                count_["memory", "hit"].inc()
-                _note_hit("memory")
-                if type(value) is _Json:
-                    return orjson.loads(value.body)  # a fresh object: nothing shared with the cache, nothing to zero
-                body = plain_json(value)
-                if body is not None:  # first hit on plain data: keep the JSON form, decode a fresh copy each hit
-                    self.memory_cache.put(key, _Json(body), len(body))
-                    return orjson.loads(body)
-                return self._prepare_cached_response(value)
+                return self._memory_hit(key, value)
             if count:
-                count_["memory", "miss"].inc()
+                count_("memory", "miss")
         redis = self.redis
         if redis is not None and redis.available:
             payload = redis.get(key)
@@ -377,34 +407,34 @@ class TieredCache(Cache):
                 try:
                     value = self.codec.decode(key, payload)
                 except Exception as exc:  # foreign, corrupt or untrusted: a miss, never a failed call
-                    count_["redis", "error"].inc()
+                    count_("redis", "error")
                     logger.warning("dropping unreadable redis cache entry %s: %s", key, exc)
                     redis.delete(key)
                 else:
-                    count_["redis", "hit"].inc()
+                    count_("redis", "hit")
                     _note_hit("redis")
                     self._remember(key, value, payload)
                     return self._prepare_cached_response(value)
             elif count and redis.available:
-                count_["redis", "miss"].inc()
+                count_("redis", "miss")
         if self.enable_disk_cache:
             from dspy.clients.disk_serialization import DeserializationError
 
             try:
                 value = self.disk_cache.get(key)
             except DeserializationError:
-                count_["disk", "error"].inc()
+                count_("disk", "error")
                 self.disk_cache.delete(key)
                 return None
             if value is not None:
-                count_["disk", "hit"].inc()
+                count_("disk", "hit")
                 _note_hit("disk")
                 self._remember(key, value, None)
                 if redis is not None:
                     self._to_redis(key, value)
                 return self._prepare_cached_response(value)
             if count:
-                count_["disk", "miss"].inc()
+                count_("disk", "miss")
         return None
 
     def _remember(self, key: str, value: Any, payload: bytes | None) -> None:
@@ -432,11 +462,21 @@ class TieredCache(Cache):
         to_memory = self.enable_memory_cache and enable_memory_cache
         if not (to_memory or self.enable_disk_cache or self.redis is not None):
             return
-        try:
-            key = self.cache_key(request, ignored_args_for_cache_key)
-        except Exception:
-            logger.debug("could not compute a cache key for the request; not cached")
-            return
+        scope = _SCOPE.get()
+        key = None
+        last = scope.last if scope is not None else None
+        if last is not None:
+            try:  # the request get() just looked up (DSPy rebuilds an equal one to store under): same key
+                if last[1] == ignored_args_for_cache_key and last[0] == request:
+                    key = last[2]
+            except Exception:  # values whose == raises (arrays): compute the key
+                pass
+        if key is None:
+            try:
+                key = self.cache_key(request, ignored_args_for_cache_key)
+            except Exception:
+                logger.debug("could not compute a cache key for the request; not cached")
+                return
         try:
             if to_memory:
                 # held as given; the first hit turns plain data into JSON (misses-only traffic never pays that)
@@ -449,18 +489,14 @@ class TieredCache(Cache):
                 except Exception as exc:
                     logger.debug("could not write %s to the disk cache: %s", key, exc)
         finally:
-            self._land(key)
+            if scope is not None and key in scope.led:  # the answer landed: wake the calls waiting on it
+                scope.led.remove(key)
+                with self._flight_lock:
+                    event = self._flights.pop(key, None)
+                if event is not None:
+                    event.set()
 
     # -- single flight ----------------------------------------------------------------------------------------
-    def _land(self, key: str) -> None:
-        scope = _SCOPE.get()
-        if scope is not None and key in scope:
-            scope.remove(key)
-            with self._flight_lock:
-                event = self._flights.pop(key, None)
-            if event is not None:
-                event.set()
-
     @contextmanager
     def call_scope(self) -> Iterator[None]:
         """One LM call: misses inside it lead their key until the call puts an answer or ends (then waiters
@@ -471,20 +507,25 @@ class TieredCache(Cache):
         finally:
             self.close_scope(token)
 
-    def open_scope(self) -> contextvars.Token[list[str] | None]:
+    def open_scope(self) -> contextvars.Token[_Scope | None]:
         """:meth:`call_scope` without the context manager (for hot paths); pass the token to :meth:`close_scope`."""
-        return _SCOPE.set([])
+        return _SCOPE.set(_Scope())
 
-    def close_scope(self, token: contextvars.Token[list[str] | None]) -> None:
+    def close_scope(self, token: contextvars.Token[_Scope | None]) -> None:
         """End the scope :meth:`open_scope` started, releasing the keys it still leads."""
-        led = _SCOPE.get()
+        scope = _SCOPE.get()
         _SCOPE.reset(token)
-        if led:
-            with self._flight_lock:
-                events = [self._flights.pop(key, None) for key in led]
-            for event in events:
-                if event is not None:
-                    event.set()
+        if scope is not None and scope.led:
+            self.release_keys(scope.led)
+
+    def release_keys(self, keys: list[str]) -> None:
+        """Stop leading ``keys`` (a call ended without an answer for them): their waiters look again, and call the
+        provider themselves if nothing landed."""
+        with self._flight_lock:
+            events = [self._flights.pop(key, None) for key in keys]
+        for event in events:
+            if event is not None:
+                event.set()
 
     @property
     def in_flight(self) -> int:
@@ -530,9 +571,9 @@ class TieredCache(Cache):
     def stats(self) -> dict[str, Any]:
         """Entries and counters per tier (hits, misses, errors), as JSON-ready data."""
         out: dict[str, Any] = {}
-        counts = {k: int(c._value.get()) for k, c in self._count.items()}
         for tier in TIERS:
-            out[tier] = {result: counts[tier, result] for result in ("hit", "miss", "error")}
+            out[tier] = {result: int(self.metrics.cache_requests_total(tier, result))
+                         for result in ("hit", "miss", "error")}
         if self.enable_memory_cache:
             out["memory"].update(self.memory_cache.stats())
         out["memory"]["enabled"] = self.enable_memory_cache

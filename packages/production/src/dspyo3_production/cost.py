@@ -19,6 +19,7 @@ import datetime
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ logger = logging.getLogger("dspyo3.production.cost")
 Dimension = Literal["total", "run", "user", "model", "day"]
 DIMENSIONS: tuple[Dimension, ...] = ("total", "run", "user", "model", "day")
 _NOBODY: Mapping[str, str] = {}
+_UNKNOWN: Any = object()
 _CONTEXT: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("dspyo3_cost_context", default=_NOBODY)
 DEFAULT_MAX_TOKENS = 4096
 """Completion tokens assumed for the worst case when a call sets no ``max_tokens``."""
@@ -50,6 +52,13 @@ def _utc_day() -> str:
     if _day_cache[0] != number:
         _day_cache = (number, datetime.datetime.fromtimestamp(number * 86400, datetime.timezone.utc).date().isoformat())
     return _day_cache[1]
+
+
+def _own_price(pricing: Any) -> tuple[float, float] | None:
+    """An LM's own ``pricing`` (``NativeLM(pricing={"input_per_mtok": .., "output_per_mtok": ..})``) as a price."""
+    if isinstance(pricing, Mapping) and "input_per_mtok" in pricing and "output_per_mtok" in pricing:
+        return float(pricing["input_per_mtok"]), float(pricing["output_per_mtok"])
+    return None
 
 
 @contextmanager
@@ -123,26 +132,71 @@ class BudgetExceededError(RuntimeError):
 
 @dataclass
 class Reservation:
-    """What :meth:`CostTracker.reserve` held for one call (settled by :meth:`CostTracker.settle`)."""
+    """What :meth:`CostTracker.reserve` held for one call (settled by :meth:`CostTracker.settle`).
+
+    Attributes:
+        fields: the scope fields charged (``"total"``, ``"model=..."``, ``"day=..."``, ...).
+        estimate: USD held against each of them until the call settles.
+        shared: held in Redis (else in this process).
+        hold: the Redis hold's id (None when nothing was held there).
+    """
 
     fields: list[str]
     estimate: float
     shared: bool = False
+    hold: str | None = None
 
 
-_RESERVE = """
+# Redis layout: KEYS[1] <ns>:cost:spent and KEYS[2] <ns>:cost:reserved (hashes: scope field -> USD); KEYS[3]
+# <ns>:cost:holds (sorted set: hold id -> expiry, ms) and KEYS[4] <ns>:cost:hold (hash: hold id -> JSON of its
+# estimate and fields). A hold that outlives its expiry (its process died between reserve and settle) is given
+# back by the next reservation, so a crash cannot shrink budgets for good; a late settle of such a hold only adds
+# its cost.
+_SWEEP = """
+pcall(redis.replicate_commands)  -- writes after TIME: needed before Redis 5, a no-op since
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_ms)
+for _, id in ipairs(expired) do
+  local held = redis.call('HGET', KEYS[4], id)
+  if held then
+    local hold = cjson.decode(held)
+    for _, field in ipairs(hold.f) do redis.call('HINCRBYFLOAT', KEYS[2], field, -hold.e) end
+    redis.call('HDEL', KEYS[4], id)
+  end
+  redis.call('ZREM', KEYS[3], id)
+end
+"""
+_RESERVE = _SWEEP + """
 local estimate = tonumber(ARGV[1])
-for i = 2, #ARGV, 2 do
+local fields = {}
+for i = 4, #ARGV, 2 do
   local field = ARGV[i]
   local limit = tonumber(ARGV[i + 1])
+  fields[#fields + 1] = field
   if limit >= 0 then
     local spent = tonumber(redis.call('HGET', KEYS[1], field) or '0')
     spent = spent + tonumber(redis.call('HGET', KEYS[2], field) or '0')
     if spent + estimate > limit then return {field, tostring(spent)} end
   end
 end
-for i = 2, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], estimate) end
+if estimate > 0 then
+  for _, field in ipairs(fields) do redis.call('HINCRBYFLOAT', KEYS[2], field, estimate) end
+  redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[3]), ARGV[2])
+  redis.call('HSET', KEYS[4], ARGV[2], cjson.encode({e = estimate, f = fields}))
+end
 return 0
+"""
+_SETTLE = """
+local held = redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+local estimate = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+for i = 4, #ARGV do
+  if held == 1 and estimate ~= 0 then redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], -estimate) end
+  if cost ~= 0 then redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], cost) end
+end
+return held
 """
 
 
@@ -154,39 +208,61 @@ class CostTracker:
         pricing: price table (default: the process-wide :data:`~dspyo3_core.native_lm.PRICING`).
         redis_url: keep totals and reservations in Redis (shared by processes, kept across restarts).
         namespace: Redis key prefix.
+        reservation_ttl: seconds a Redis reservation is held at most; one whose process died before settling is
+            given back after this (longer-running calls lose their hold early, never their cost).
     """
 
     def __init__(self, budgets: Iterable[Budget] = (), *, pricing: PricingTable | None = None,
-                 redis_url: str | None = None, namespace: str = "dspyo3") -> None:
+                 redis_url: str | None = None, namespace: str = "dspyo3", reservation_ttl: float = 600.0) -> None:
+        if not reservation_ttl > 0:
+            raise ValueError(f"reservation_ttl must be > 0 seconds, got {reservation_ttl!r}")
         self.budgets = list(budgets)
+        self.reservation_ttl = reservation_ttl
         self.pricing = pricing if pricing is not None else PRICING
         self._spent: dict[str, float] = {}
         self._reserved: dict[str, float] = {}
         self._lock = threading.Lock()
         self._redis: Any = None
-        self._keys = [f"{namespace}:cost:spent", f"{namespace}:cost:reserved"]
+        self._keys = [f"{namespace}:cost:spent", f"{namespace}:cost:reserved", f"{namespace}:cost:holds",
+                      f"{namespace}:cost:hold"]
         if redis_url:
             import redis
 
             self._redis = redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
             self._reserve_script = self._redis.register_script(_RESERVE)
+            self._settle_script = self._redis.register_script(_SETTLE)
             self._redis_errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
     # -- pricing ----------------------------------------------------------------------------------------------
-    def cost(self, model: str, usage: Mapping[str, Any] | None, reported: float | None = None) -> float:
-        """USD for one call's ``usage`` (0 for a cache hit's empty usage); ``reported`` if the model has no price."""
+    def price(self, model: str, lm: Any = None) -> tuple[float, float] | None:
+        """``(input, output)`` USD per million tokens for ``model``: the LM's own price when it has one
+        (``NativeLM(pricing=...)``), else the tracker's table; None when unknown."""
+        own = _own_price(getattr(lm, "pricing", None)) if lm is not None else None
+        return own if own is not None else self.pricing.price(model)
+
+    def cost(self, model: str, usage: Mapping[str, Any] | None, reported: float | None = None,
+             lm: Any = None) -> float:
+        """USD for one call's ``usage`` (0 for a cache hit's empty usage) at :meth:`price`; ``reported`` (the
+        LM's own figure) if the model has no price."""
         if not usage:
             return 0.0
         prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
         completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
-        priced = self.pricing.cost(model, prompt, completion)
-        if priced is not None:
-            return priced
+        price = self.price(model, lm) if lm is not None else self.pricing.price(model)
+        if price is not None:
+            return (prompt * price[0] + completion * price[1]) / 1e6
         return float(reported or 0.0)
 
-    def estimate(self, call: LMCall) -> float:
-        """Worst-case USD for ``call`` before it runs (0 when the model has no price)."""
-        price = self.pricing.price(call.model)
+    def estimate(self, call: LMCall, model: str | None = None) -> float:
+        """Worst-case USD for ``call`` (on ``model``, default ``call.model``) before it runs (0 when the model has
+        no price)."""
+        own = getattr(call.lm, "pricing", None)  # self.price(), inlined: this runs before every budgeted call
+        price = _own_price(own) if own is not None else None
+        if price is None:
+            model = model if model is not None else call.model
+            price = self.pricing.looked_up.get(model, _UNKNOWN)
+            if price is _UNKNOWN:
+                price = self.pricing.price(model)
         if price is None:
             return 0.0
         text = call.messages if call.messages is not None else call.prompt
@@ -206,7 +282,12 @@ class CostTracker:
     def scopes(model: str, now: datetime.datetime | None = None) -> dict[Dimension, str]:
         """The scope field of each dimension for a call on ``model`` now (``"user=alice"``, ...)."""
         who = _CONTEXT.get()
-        day = now.date().isoformat() if now is not None else _utc_day()
+        if now is not None:
+            day = now.date().isoformat()
+        elif _day_cache[0] == int(time.time() // 86400):  # inline: this runs on every call
+            day = _day_cache[1]
+        else:
+            day = _utc_day()
         key = (model, day, who.get("run"), who.get("user"))
         found = _scopes_memo.get(key)
         if found is None:
@@ -221,16 +302,28 @@ class CostTracker:
         return found
 
     # -- the protocol -----------------------------------------------------------------------------------------
-    def reserve(self, call: LMCall) -> Reservation:
-        """Hold ``call``'s worst case against every applicable budget, or raise :class:`BudgetExceededError`."""
-        scopes = self.scopes(call.model)
+    def reserve(self, call: LMCall, *, model: str | None = None) -> Reservation:
+        """Hold ``call``'s worst case against every applicable budget, or raise :class:`BudgetExceededError`.
+        ``model``: the model the call goes to (default ``call.model``)."""
+        if model is None:
+            model = call.model
+        who = _CONTEXT.get()  # self.scopes(model), inlined for the memoised case: this runs before every call
+        number = int(time.time() // 86400)
+        scopes = (_scopes_memo.get((model, _day_cache[1], who.get("run"), who.get("user")))
+                  if _day_cache[0] == number else None)
+        if scopes is None:
+            scopes = self.scopes(model)
         fields = list(scopes.values())  # a copy: the memoised mapping is shared
         if not self.budgets:  # nothing to check: totals are kept when the call settles
-            return Reservation(fields, 0.0, shared=self._redis is not None)
-        applicable = [(b, scopes[b.per]) for b in self.budgets if b.per in scopes]
-        estimate = self.estimate(call) if applicable else 0.0
+            return Reservation(fields, 0.0, self._redis is not None)
+        applicable = []
+        for b in self.budgets:
+            if b.per in scopes:
+                applicable.append((b, scopes[b.per]))
+        estimate = self.estimate(call, model) if applicable else 0.0
         if self._redis is not None:
-            args: list[Any] = [estimate]
+            hold = uuid.uuid4().hex
+            args: list[Any] = [estimate, hold, int(self.reservation_ttl * 1000)]
             for field in fields:
                 limits = [b.limit_usd for b, scope in applicable if scope == field]
                 args += [field, min(limits) if limits else -1]
@@ -243,7 +336,7 @@ class CostTracker:
                     field, spent = refused[0].decode(), float(refused[1])
                     budget = min((b for b, scope in applicable if scope == field), key=lambda b: b.limit_usd)
                     raise BudgetExceededError(budget, field, spent, estimate)
-                return Reservation(fields, estimate, shared=True)
+                return Reservation(fields, estimate, True, hold if estimate > 0 else None)
         with self._lock:
             for budget, scope in applicable:
                 spent = self._spent.get(scope, 0.0) + self._reserved.get(scope, 0.0)
@@ -256,30 +349,50 @@ class CostTracker:
     def settle(self, reservation: Reservation, cost: float) -> None:
         """Replace ``reservation`` by the call's real ``cost`` (0 if it failed or was a cache hit)."""
         if reservation.shared and self._redis is not None:
-            pipe = self._redis.pipeline(transaction=True)
-            for field in reservation.fields:
-                if reservation.estimate:
-                    pipe.hincrbyfloat(self._keys[1], field, -reservation.estimate)
-                if cost:
-                    pipe.hincrbyfloat(self._keys[0], field, cost)
             try:
-                pipe.execute()
+                self._settle_script(keys=self._keys, args=[reservation.hold or "", reservation.estimate, cost,
+                                                           *reservation.fields])
                 return
             except self._redis_errors as exc:
                 logger.warning("cost totals in redis unavailable (%s); %.6f USD counted locally", exc, cost)
-                reservation = Reservation(reservation.fields, 0.0)
+        held = 0.0 if reservation.shared else reservation.estimate  # a shared hold is Redis's to give back
         with self._lock:
             for field in reservation.fields:
-                if reservation.estimate:
-                    self._reserved[field] = self._reserved.get(field, 0.0) - reservation.estimate
+                if held:
+                    self._reserved[field] = self._reserved.get(field, 0.0) - held
                 if cost:
                     self._spent[field] = self._spent.get(field, 0.0) + cost
+
+    def settle_call(self, reservation: Reservation | None, model: str, usage: Mapping[str, Any] | None,
+                    reported: float | None = None, lm: Any = None) -> float:
+        """Price one finished call (:meth:`cost`), count it and release its reservation (:meth:`settle`); the
+        cost. ``usage`` is None or empty for a cache hit or a failed call (cost 0)."""
+        cost = 0.0
+        if usage:  # self.cost(), inlined: this runs after every call
+            prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+            completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+            own = getattr(lm, "pricing", None)
+            price = _own_price(own) if own is not None else None
+            if price is None:
+                price = self.pricing.looked_up.get(model, _UNKNOWN)
+                if price is _UNKNOWN:
+                    price = self.pricing.price(model)
+            cost = ((prompt * price[0] + completion * price[1]) / 1e6 if price is not None
+                    else float(reported or 0.0))
+        if reservation is None:
+            if not cost:
+                return 0.0
+            reservation = Reservation(list(self.scopes(model).values()), 0.0, self._redis is not None)
+        if reservation.shared or reservation.estimate or cost:
+            self.settle(reservation, cost)
+        return cost
 
     # -- reading ----------------------------------------------------------------------------------------------
     def spent(self) -> dict[str, float]:
         """USD spent per scope field (``"total"``, ``"model=..."``, ``"user=..."``, ``"run=..."``, ``"day=..."``)."""
-        if self._redis is not None:
-            raw = self._redis.hgetall(self._keys[0])
+        client = self._redis  # read once: close() may clear it meanwhile
+        if client is not None:
+            raw = client.hgetall(self._keys[0])
             return {k.decode(): float(v) for k, v in raw.items()}
         with self._lock:
             return dict(self._spent)
@@ -293,10 +406,18 @@ class CostTracker:
         prefix = per + "="
         return {k[len(prefix):]: v for k, v in self.spent().items() if k.startswith(prefix)}
 
+    def close(self) -> None:
+        """Close the Redis connections; totals and budgets go on in this process only (a reservation still held
+        in Redis is settled here, and Redis gives it back after ``reservation_ttl``)."""
+        client, self._redis = self._redis, None
+        if client is not None:
+            client.close()
+
     def reset(self) -> None:
         """Forget all totals and reservations (in Redis too)."""
         with self._lock:
             self._spent.clear()
             self._reserved.clear()
-        if self._redis is not None:
-            self._redis.delete(*self._keys)
+        client = self._redis
+        if client is not None:
+            client.delete(*self._keys)

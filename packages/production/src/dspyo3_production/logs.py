@@ -36,6 +36,7 @@ from dspyo3_core.lm import _SECRET_NAME, masked
 EVENTS = logging.getLogger("dspyo3.events")
 """The logger the production stack writes its events to."""
 _DSPYO3 = logging.getLogger("dspyo3")
+_EVENTS_NAME = EVENTS.name
 
 _TRACE: contextvars.ContextVar[str | None] = contextvars.ContextVar("dspyo3_trace_id", default=None)
 _NO_FIELDS: dict[str, Any] = {}
@@ -44,6 +45,9 @@ _SECRET_ENV = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$
 _MIN_SECRET = 8  # shorter values would redact ordinary words
 _SAFE_FIELDS = frozenset({"ts", "level", "logger", "event", "trace_id", "model", "status", "duration_ms",
                           "prompt_tokens", "completion_tokens", "cost_usd", "cache", "module", "tool"})
+# the fields of the production stack's own lm_call events: names that are not secret-looking, values it makes
+# itself as plain scalars (so such an event needs no per-field masking; values are still masked in the line)
+_LM_CALL_FIELDS = _SAFE_FIELDS | {"error", "fallback_from", "experiment", "arm", "run", "user"}
 _secret_names: dict[str, bool] = {}  # field name -> is it secret-looking (memo; names repeat on every event)
 _LEVELS = {logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARNING", logging.ERROR: "ERROR"}
 
@@ -236,8 +240,10 @@ class JsonEventHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """Write one event line (what ``handle`` would write for it, minus the ``LogRecord``)."""
         sink = self.sink
         if sink is not None:
-            body = self.json.redactor.data(_event_body(fields))
-            sink.emit(_LEVELS.get(level) or logging.getLevelName(level), EVENTS.name, name, body)
+            if _TRACE.get() is not None or _FIELDS.get():
+                fields = _event_body(fields)
+            sink.emit(_LEVELS.get(level) or logging.getLevelName(level), _EVENTS_NAME, name,
+                      self.json.redactor.data(fields))
             return
         line = self.json.render(time.time(), logging.getLevelName(level), EVENTS.name, name, fields)
         with self.lock:  # type: ignore[union-attr]
@@ -314,17 +320,6 @@ def configure_logging(stream: IO[str] | None = None, *, level: int | str = loggi
     return handler
 
 
-def _direct_handler(level: int) -> JsonEventHandler | None:
-    """Our JSON handler, if it alone receives ``dspyo3.events`` records at ``level``."""
-    handlers = _DSPYO3.handlers
-    if (len(handlers) == 1 and not EVENTS.handlers and not EVENTS.filters and not _DSPYO3.filters
-            and not _DSPYO3.propagate and EVENTS.propagate and not EVENTS.disabled):
-        handler = handlers[0]
-        if type(handler) is JsonEventHandler and level >= handler.level:
-            return handler
-    return None
-
-
 def redact(text: str, *extra: str | None) -> str:
     """``text`` with the configured secrets (and ``extra`` values) masked: for error messages about to be logged or
     cut short."""
@@ -344,10 +339,29 @@ def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
     ``LogRecord`` goes through ``logging`` as usual (to your handlers, filters and formatters).
     """
     if EVENTS.isEnabledFor(level):
-        direct = _direct_handler(level)
-        if direct is not None:
+        emit(name, level, fields)
+
+
+def emit(name: str, level: int, fields: dict[str, Any], *, scalars: bool = False) -> None:
+    """:func:`event` for a caller that has already checked ``EVENTS.isEnabledFor(level)`` and hands over a
+    ``fields`` dict it no longer uses.
+
+    ``scalars=True`` is for the production stack's own ``lm_call`` events, whose values are plain scalars it made
+    itself: when the field names are the known ones, the event goes to the Rust writer as one JSON buffer without
+    the per-field walk for secret-named keys (secret *values* are still masked in the written line)."""
+    handlers = _DSPYO3.handlers  # is our JSON handler the only consumer? (inlined: this runs on every LM call)
+    direct = handlers[0] if len(handlers) == 1 else None
+    if (type(direct) is JsonEventHandler and level >= direct.level and not EVENTS.handlers
+            and not EVENTS.filters and not _DSPYO3.filters and not _DSPYO3.propagate and EVENTS.propagate
+            and not EVENTS.disabled):
+        sink = direct.sink
+        if scalars and sink is not None and not _FIELDS.get() and fields.keys() <= _LM_CALL_FIELDS:
+            tid = _TRACE.get()
+            sink.emit_json(_LEVELS.get(level) or logging.getLevelName(level), _EVENTS_NAME, name,
+                           orjson.dumps(fields if tid is None else {"trace_id": tid, **fields}, default=str))
+        else:
             direct.write_event(name, level, fields)
-            return
-        record = logging.LogRecord(EVENTS.name, level, "", 0, name, None, None)
-        record.fields = fields
-        EVENTS.handle(record)
+        return
+    record = logging.LogRecord(EVENTS.name, level, "", 0, name, None, None)
+    record.fields = fields
+    EVENTS.handle(record)

@@ -66,8 +66,15 @@ class Metrics:
         else:  # the per-call hot path: one lock, plain Python numbers, turned into samples at scrape time
             self._lm = LMCallCollector()
             r.register(self._lm)
-        self.cache_requests = Counter("dspyo3_cache_requests", "Cache lookups by tier (memory, redis, disk) and "
-                                      "result (hit, miss, error)", ["tier", "result"], registry=r)
+        self.cache_lock = threading.Lock()  # guards cache_counts (held for one dict update at a time)
+        if self.multiprocess:
+            self.cache_requests: Counter | None = Counter("dspyo3_cache_requests", _CACHE_DOC, ["tier", "result"],
+                                                          registry=r)
+            self.cache_counts: dict[tuple[str, str], int] | None = None
+        else:  # plain numbers under one lock, turned into samples at scrape time (a lookup is a hot path)
+            self.cache_requests = None
+            self.cache_counts = {}
+            r.register(_CacheCollector(self.cache_counts, self.cache_lock))
         self.module_calls = Counter("dspyo3_module_calls", "DSPy module calls by module class and outcome",
                                     ["module", "status"], registry=r)
         self.module_duration = Histogram("dspyo3_module_duration_seconds", "DSPy module call latency",
@@ -98,6 +105,23 @@ class Metrics:
                                   ["experiment", "arm"], buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
                                                                   1.0), registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
+
+    def count_cache(self, tier: str, result: str, n: int = 1) -> None:
+        """Count ``n`` cache lookups of ``tier`` with ``result`` (``hit``, ``miss``, ``error``); ``n=0`` makes the
+        sample exist at 0."""
+        counts = self.cache_counts
+        if counts is None:
+            self.child(self.cache_requests, tier, result).inc(n)
+            return
+        key = (tier, result)
+        with self.cache_lock:
+            counts[key] = counts.get(key, 0) + n
+
+    def cache_requests_total(self, tier: str, result: str) -> float:
+        """``dspyo3_cache_requests_total{tier, result}`` as this process counted it."""
+        if self.cache_counts is None:
+            return float(self.child(self.cache_requests, tier, result)._value.get())
+        return float(self.cache_counts.get((tier, result), 0))
 
     def child(self, family: Any, *labels: str) -> Any:
         """``family.labels(*labels)``, memoised (the per-call hot path skips prometheus_client's label lookup)."""
@@ -139,6 +163,30 @@ _LM_DOCS = {
     "tokens": "Billed tokens by model and kind (prompt, completion)",
     "cost": "Billed USD by model",
 }
+
+
+_CACHE_DOC = "Cache lookups by tier (memory, redis, disk) and result (hit, miss, error)"
+
+
+class _CacheCollector(Collector):
+    """``dspyo3_cache_requests_total`` from a :class:`Metrics`' plain ``cache_counts``."""
+
+    def __init__(self, counts: dict[tuple[str, str], int], lock: threading.Lock) -> None:
+        self.counts = counts
+        self.lock = lock
+
+    def describe(self) -> list[Metric]:
+        """The family (no samples)."""
+        return [CounterMetricFamily("dspyo3_cache_requests", _CACHE_DOC, labels=["tier", "result"])]
+
+    def collect(self) -> list[Metric]:
+        """The current samples."""
+        (family,) = self.describe()
+        with self.lock:
+            counts = dict(self.counts)
+        for (tier, result), n in sorted(counts.items()):
+            family.add_metric([tier, result], n)  # type: ignore[attr-defined]
+        return [family]
 
 
 class LMCallCollector(Collector):

@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Generator
 from typing import Any
 
 import click
 
 from dspyo3_core import hookimpl
-from dspyo3_core.lm import LMCall
+from dspyo3_core.hookspecs import impl_of
 from dspyo3_production import stack
 
-
-@hookimpl(wrapper=True)
-def dspyo3_lm_call(call: LMCall) -> Generator[None, Any, Any]:
-    """Run the active production stack (cache scope, breaker, budgets, metrics, logs) around the LM call."""
-    production = stack.active()
-    if production is None:
-        return (yield)
-    return (yield from production.around(call))
-
-
-dspyo3_lm_call.dspyo3_active = lambda: stack.active() is not None  # type: ignore[attr-defined]
+dspyo3_lm_call = hookimpl(wrapper=True)(impl_of(stack.lm_call_wrapper, "dspyo3_lm_call"))
+"""The ``dspyo3_lm_call`` wrapper: runs the active production stack (cache scope, breaker, budgets, metrics, logs)
+around the LM call; it declares itself inactive (``dspyo3_active``) while no stack is configured."""
 
 
 def _redis_tier(redis_url: str | None, namespace: str | None) -> Any:

@@ -25,10 +25,11 @@ from dspy.utils.callback import BaseCallback
 from dspyo3_core.lm import LMCall
 from dspyo3_production import logs
 from dspyo3_production.breaker import CircuitBreaker, CircuitOpenError
-from dspyo3_production.cache import TieredCache, install_cache
-from dspyo3_production.cost import Budget, BudgetExceededError, CostTracker, attribution
+from dspyo3_production.cache import _SCOPE, TieredCache, _Scope, install_cache
+from dspyo3_production.cost import _CONTEXT as _ATTRIBUTION
+from dspyo3_production.cost import Budget, BudgetExceededError, CostTracker
 from dspyo3_production.metrics import CIRCUIT_STATES, Metrics, default_metrics
-from dspyo3_production.routing import current_arm
+from dspyo3_production.routing import _ARM
 
 logger = logging.getLogger("dspyo3.production")
 
@@ -150,86 +151,41 @@ class Production:
         return self._fallback_lm
 
     # -- the wrapper ------------------------------------------------------------------------------------------
-    def around(self, call: LMCall) -> Generator[None, Any, Any]:
-        """The body of the ``dspyo3_lm_call`` wrapper: ``outputs = yield`` runs the call."""
-        started = time.perf_counter()
-        model = call.model
-        fallback_from: str | None = None
-        breaker = self.breaker
-        try:
-            if breaker is not None:
-                try:
-                    breaker.before(model)
-                except CircuitOpenError:
-                    fallback = self.fallback_lm()
-                    if fallback is None or fallback.model == model:
-                        raise
-                    fallback_from, call.lm, model = model, fallback, str(fallback.model)
-                    if self.metrics is not None:
-                        self.metrics.child(self.metrics.fallbacks, fallback_from, model).inc()
-                    breaker.before(model)
-            reservation = self.costs.reserve(call) if self.costs is not None else None
-        except (CircuitOpenError, BudgetExceededError) as exc:
-            status = "circuit_open" if isinstance(exc, CircuitOpenError) else "budget_exceeded"
-            if isinstance(exc, BudgetExceededError):
-                if breaker is not None:
-                    breaker.release(model)  # the call never went out: it says nothing about the provider
-                if self.metrics is not None:
-                    self.metrics.child(self.metrics.budget_rejections, exc.budget.label).inc()
-            self._finish(call, model, status, started, None, None, exc)
-            raise
-        cache = self.cache
-        scope = cache.open_scope() if (cache is not None and self.single_flight and cache is dspy.cache) else None
-        try:
-            outputs = yield
-        except BaseException as exc:
-            if breaker is not None:
-                breaker.failure(model, exc)
-            if reservation is not None and self.costs is not None:
-                self.costs.settle(reservation, 0.0)
-            self._finish(call, model, type(exc).__name__, started, None, None, exc, fallback_from)
-            raise
-        finally:
-            if scope is not None:
-                cache.close_scope(scope)  # type: ignore[union-attr]
-        if breaker is not None:
-            breaker.success(model)
-        usage = None if call.cache_hit else call.usage
-        cost = 0.0
-        if self.costs is not None:
-            cost = self.costs.cost(model, usage, call.cost)
-            if reservation is not None:
-                self.costs.settle(reservation, cost)
-        self._finish(call, model, "cache_hit" if call.cache_hit else "ok", started, usage, cost, None,
-                     fallback_from)
-        return outputs
-
     def _finish(self, call: LMCall, model: str, status: str, started: float, usage: Mapping[str, Any] | None,
                 cost: float | None, exc: BaseException | None, fallback_from: str | None = None) -> None:
         seconds = time.perf_counter() - started
-        if self.metrics is not None:
-            self.metrics.observe_lm(model, status, seconds, dict(usage) if usage else None, cost)
-        if self.log_events and logs.EVENTS.isEnabledFor(logging.INFO):
+        prompt = completion = 0
+        if usage:
+            prompt = usage.get("prompt_tokens") or usage.get("input_tokens") or 0
+            completion = usage.get("completion_tokens") or usage.get("output_tokens") or 0
+        metrics = self.metrics
+        if metrics is not None:
+            if metrics._lm is not None:  # the collector (outside multi-process mode): one call, one lock
+                metrics._lm.record(model, status, seconds, prompt, completion, cost or 0.0)
+            else:
+                metrics.observe_lm(model, status, seconds, dict(usage) if usage else None, cost)
+        level = logging.WARNING if exc is not None else logging.INFO
+        if self.log_events and logs.EVENTS.isEnabledFor(level):
             fields: dict[str, Any] = {"model": model, "status": status, "duration_ms": round(seconds * 1000, 3)}
             if usage:
-                fields["prompt_tokens"] = usage.get("prompt_tokens", 0)
-                fields["completion_tokens"] = usage.get("completion_tokens", 0)
+                fields["prompt_tokens"] = prompt
+                fields["completion_tokens"] = completion
             if cost:
                 fields["cost_usd"] = cost
             if call.cache_hit:
                 fields["cache"] = call.cache_tier or "hit"
             if fallback_from:
                 fields["fallback_from"] = fallback_from
-            arm = current_arm()
+            arm = _ARM.get()
             if arm is not None:
                 fields["experiment"], fields["arm"] = arm
-            who = attribution()
+            who = _ATTRIBUTION.get()
             if who:
                 fields.update(who)
             if exc is not None:
                 key = (getattr(call.lm, "kwargs", None) or {}).get("api_key")
                 fields["error"] = logs.redact(str(exc), key if isinstance(key, str) else None)[:500]
-            logs.event("lm_call", level=logging.WARNING if exc is not None else logging.INFO, **fields)
+            logs.emit("lm_call", level, fields, scalars=True)
 
     # -- installation -----------------------------------------------------------------------------------------
     def install(self) -> Production:
@@ -249,6 +205,16 @@ class Production:
                     dspy.configure(callbacks=[*(callbacks or []), self.callback])
             _active = self
         return self
+
+    def close(self) -> None:
+        """Release what the stack holds open: the cache's Redis tier (queued writes are flushed first) and the
+        Redis connections of the breaker and the cost tracker. Uninstall it first (:func:`disable` does both)."""
+        if self.cache is not None:
+            self.cache.close()
+        if self.breaker is not None:
+            self.breaker.close()
+        if self.costs is not None:
+            self.costs.close()
 
     def uninstall(self) -> None:
         """Undo :meth:`install` (restores the cache it replaced, removes the callback)."""
@@ -298,10 +264,87 @@ def enable(stack: Production | None = None) -> Production:
     return stack.install()
 
 
-def disable() -> None:
-    """Uninstall the active stack (LM calls pass straight through again)."""
+def disable(close: bool = False) -> None:
+    """Uninstall the active stack (LM calls pass straight through again); ``close=True`` also releases its Redis
+    connections (:meth:`Production.close`), for a stack that will not be installed again."""
     global _loaded_from_settings
     with _lock:
-        if _active is not None:
-            _active.uninstall()
+        stack = _active
+        if stack is not None:
+            stack.uninstall()
         _loaded_from_settings = True
+    if close and stack is not None:
+        stack.close()
+
+
+def lm_call_wrapper(call: LMCall) -> Generator[None, Any, Any]:
+    """The production plugin's ``dspyo3_lm_call`` wrapper: runs the active stack (:func:`active`) around the call
+    (``outputs = yield`` runs it), or passes the call through when there is none.
+
+    This runs on every LM call, so the common cases of the breaker (a closed local circuit) and of the cache's
+    single-flight scope are inlined here; everything else goes through their methods."""
+    production = _active
+    if production is None:
+        production = active()  # first call: maybe build the stack from the [production] config
+        if production is None:
+            return (yield)
+    started = time.perf_counter()
+    model = call.model
+    fallback_from: str | None = None
+    breaker = production.breaker
+    try:
+        if breaker is not None:
+            local = breaker._local.get(model) if breaker._redis is None else None
+            if local is None or local.state != "closed":
+                try:
+                    breaker.before(model)
+                except CircuitOpenError:
+                    fallback = production.fallback_lm()
+                    if fallback is None or fallback.model == model:
+                        raise
+                    fallback_from, call.lm, model = model, fallback, str(fallback.model)
+                    if production.metrics is not None:
+                        production.metrics.child(production.metrics.fallbacks, fallback_from, model).inc()
+                    breaker.before(model)
+        reservation = production.costs.reserve(call, model=model) if production.costs is not None else None
+    except (CircuitOpenError, BudgetExceededError) as exc:
+        status = "circuit_open" if isinstance(exc, CircuitOpenError) else "budget_exceeded"
+        if isinstance(exc, BudgetExceededError):
+            if breaker is not None:
+                breaker.release(model)  # the call never went out: it says nothing about the provider
+            if production.metrics is not None:
+                production.metrics.child(production.metrics.budget_rejections, exc.budget.label).inc()
+        production._finish(call, model, status, started, None, None, exc)
+        raise
+    cache = production.cache
+    scope = token = None
+    if cache is not None and production.single_flight and cache is dspy.cache:
+        scope = _Scope()
+        token = _SCOPE.set(scope)  # cache.open_scope(), inlined
+    try:
+        outputs = yield
+    except BaseException as exc:
+        if breaker is not None:
+            breaker.failure(model, exc)
+        if reservation is not None and production.costs is not None:
+            production.costs.settle(reservation, 0.0)
+        production._finish(call, model, type(exc).__name__, started, None, None, exc, fallback_from)
+        raise
+    finally:
+        if token is not None:
+            _SCOPE.reset(token)
+            if scope.led:  # type: ignore[union-attr]
+                cache.release_keys(scope.led)  # type: ignore[union-attr]
+    if breaker is not None:
+        local = breaker._local.get(model) if breaker._redis is None else None
+        if local is None or local.state != "closed" or local.failures:
+            breaker.success(model)
+    usage = None if call.cache_hit else call.usage
+    costs = production.costs
+    cost = costs.settle_call(reservation, model, usage, call.cost, call.lm) if costs is not None else 0.0
+    production._finish(call, model, "cache_hit" if call.cache_hit else "ok", started, usage, cost, None,
+                 fallback_from)
+    return outputs
+
+
+lm_call_wrapper.dspyo3_active = lambda: active() is not None  # type: ignore[attr-defined]
