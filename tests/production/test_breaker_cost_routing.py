@@ -289,6 +289,10 @@ fallback = "backup"
 per = "day"
 limit_usd = 5.0
 
+[production.costs]
+reservation_ttl = 120
+default_price = {{input_per_mtok = 2.0, output_per_mtok = 8.0}}
+
 [production.pricing."openai/configured"]
 input_per_mtok = 0.5
 output_per_mtok = 1.5
@@ -298,6 +302,7 @@ output_per_mtok = 1.5
         assert stack is not None and stack.cache is not None and stack.cache.redis is not None
         assert stack.breaker is not None and stack.breaker.failure_threshold == 3
         assert stack.costs is not None and stack.costs.budgets == [Budget(5.0, per="day")]
+        assert stack.costs.default_price == (2.0, 8.0) and stack.costs.reservation_ttl == 120.0
         assert PRICING.price("openai/configured") == (0.5, 1.5)
         stack.cache.close()
         stack_module._loaded_from_settings = False  # as in a fresh process: the first LM call reads the config
@@ -317,6 +322,8 @@ output_per_mtok = 1.5
     ("[[production.budgets]]\nper = \"day\"\n", "needs limit_usd"),
     ("[[production.budgets]]\nlimit_usd = 1\nper = \"week\"\n", "per='week'"),
     ("[production.pricing.\"m\"]\ninput_per_mtok = 1\n", "needs input_per_mtok and output_per_mtok"),
+    ("[production.costs]\ndefault_price = 3\n", "default_price needs input_per_mtok and output_per_mtok"),
+    ("[production.costs]\nreservation_ttl = 0\n", "reservation_ttl must be > 0"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str,
                                      message: str) -> None:
@@ -541,3 +548,27 @@ def _plain_call() -> Any:
     from dspyo3_core.lm import LMCall
 
     return LMCall(lm=dspy.LM(MODEL), messages=[{"role": "user", "content": "x"}])
+
+
+def test_models_priced_nowhere_are_warned_about_or_priced_at_the_default(caplog: pytest.LogCaptureFixture) -> None:
+    from dspyo3_core.lm import LMCall
+
+    call = LMCall(lm=dspy.LM("openai/nowhere-priced", max_tokens=100), messages=[{"role": "user", "content": "x"}])
+    usage = {"prompt_tokens": 1000, "completion_tokens": 100}
+    plain = CostTracker([Budget(1.0)])
+    with caplog.at_level("WARNING", logger="dspyo3.production.cost"):
+        assert plain.estimate(call) == 0.0 and plain.estimate(call) == 0.0
+    warned = [r for r in caplog.records if "openai/nowhere-priced" in r.getMessage()]
+    assert len(warned) == 1 and "default_price" in warned[0].getMessage()  # once per model, with the fix
+    assert plain.cost("openai/nowhere-priced", usage, reported=0.5) == 0.5  # the LM's own figure
+    assert plain.cost("openai/nowhere-priced", usage) == 0.0
+
+    priced = CostTracker([Budget(1.0)], default_price=(2.0, 10.0))
+    prompt_tokens = len(orjson.dumps(call.messages)) // 3 + 1
+    assert priced.estimate(call) == pytest.approx((prompt_tokens * 2.0 + 100 * 10.0) / 1e6)
+    assert priced.cost("openai/nowhere-priced", usage) == pytest.approx((1000 * 2.0 + 100 * 10.0) / 1e6)
+    assert priced.cost("openai/nowhere-priced", usage, reported=0.5) == 0.5  # a reported cost still wins
+    cost = priced.settle_call(priced.reserve(call), "openai/nowhere-priced", usage, None, call.lm)
+    assert cost == pytest.approx(0.003) and priced.totals("total") == {"total": pytest.approx(0.003)}
+    with pytest.raises(ValueError, match="default_price"):
+        CostTracker(default_price=(-1.0, 1.0))

@@ -210,12 +210,24 @@ class CostTracker:
         namespace: Redis key prefix.
         reservation_ttl: seconds a Redis reservation is held at most; one whose process died before settling is
             given back after this (longer-running calls lose their hold early, never their cost).
+        default_price: ``(input, output)`` USD per million tokens for models priced nowhere (not by the LM, not
+            in ``pricing``): their worst case is reserved at it, and their calls cost it when the LM reports no
+            cost. None: such calls reserve nothing ahead (a budget then only stops them once it is spent, which
+            concurrent calls can overshoot; a warning says so once per model) and cost what the LM reports.
     """
 
     def __init__(self, budgets: Iterable[Budget] = (), *, pricing: PricingTable | None = None,
-                 redis_url: str | None = None, namespace: str = "dspyo3", reservation_ttl: float = 600.0) -> None:
+                 redis_url: str | None = None, namespace: str = "dspyo3", reservation_ttl: float = 600.0,
+                 default_price: tuple[float, float] | None = None) -> None:
         if not reservation_ttl > 0:
             raise ValueError(f"reservation_ttl must be > 0 seconds, got {reservation_ttl!r}")
+        if default_price is not None:
+            if len(default_price) != 2 or min(default_price) < 0:
+                raise ValueError("default_price must be (input, output) USD per million tokens, both >= 0, got "
+                                 f"{default_price!r}")
+            default_price = (float(default_price[0]), float(default_price[1]))
+        self.default_price = default_price
+        self._warned_unpriced: set[str] = set()
         self.budgets = list(budgets)
         self.reservation_ttl = reservation_ttl
         self.pricing = pricing if pricing is not None else PRICING
@@ -249,6 +261,8 @@ class CostTracker:
         prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
         completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
         price = self.price(model, lm) if lm is not None else self.pricing.price(model)
+        if price is None and reported is None:
+            price = self.default_price
         if price is not None:
             return (prompt * price[0] + completion * price[1]) / 1e6
         return float(reported or 0.0)
@@ -264,7 +278,10 @@ class CostTracker:
             if price is _UNKNOWN:
                 price = self.pricing.price(model)
         if price is None:
-            return 0.0
+            price = self.default_price
+            if price is None:
+                self._unpriced(model if model is not None else call.model)
+                return 0.0
         text = call.messages if call.messages is not None else call.prompt
         try:
             chars = len(orjson.dumps(text, default=str))
@@ -276,6 +293,14 @@ class CostTracker:
                       or lm_kwargs.get("max_tokens") or lm_kwargs.get("max_completion_tokens") or DEFAULT_MAX_TOKENS)
         n = int(call.kwargs.get("n") or lm_kwargs.get("n") or 1)
         return (prompt_tokens * price[0] + int(max_tokens) * n * price[1]) / 1e6
+
+    def _unpriced(self, model: str) -> None:
+        if model not in self._warned_unpriced and len(self._warned_unpriced) < 1000:
+            self._warned_unpriced.add(model)
+            logger.warning(
+                "budgets cannot bound calls to %s ahead: it has no price, so nothing is reserved for them and "
+                "concurrent calls can overshoot a limit; price it (PRICING.set(...) or [production.pricing]) or "
+                "give the tracker a default_price", model)
 
     # -- scopes -----------------------------------------------------------------------------------------------
     @staticmethod
@@ -377,6 +402,8 @@ class CostTracker:
                 price = self.pricing.looked_up.get(model, _UNKNOWN)
                 if price is _UNKNOWN:
                     price = self.pricing.price(model)
+            if price is None and reported is None:
+                price = self.default_price
             cost = ((prompt * price[0] + completion * price[1]) / 1e6 if price is not None
                     else float(reported or 0.0))
         if reservation is None:

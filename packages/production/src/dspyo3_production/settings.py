@@ -27,6 +27,8 @@
 
     [production.costs]
     shared = true                             # totals and budgets in Redis
+    reservation_ttl = 600                     # seconds a crashed process's reservation is held at most
+    default_price = {input_per_mtok = 1.0, output_per_mtok = 4.0}   # for models priced nowhere
 
     [production.pricing."openai/my-finetune"]
     input_per_mtok = 0.30
@@ -47,7 +49,7 @@ _TOP = {"metrics", "log_events", "single_flight", "module_callbacks", "cache", "
         "pricing", "namespace"}
 _CACHE = {"redis", "redis_ttl", "namespace", "memory_max_entries", "memory_max_bytes", "memory_ttl", "disk",
           "disk_size_limit_bytes", "redis_timeout", "redis_max_backoff", "single_flight_timeout", "enabled"}
-_COSTS = {"shared"}
+_COSTS = {"shared", "reservation_ttl", "default_price"}
 _BREAKER = {"failure_threshold", "reset_timeout", "half_open_max_calls", "shared", "fallback", "namespace"}
 
 
@@ -139,8 +141,22 @@ def from_settings(settings: Settings | None = None, *, apply_pricing: bool = Tru
                                   f"(USD per million tokens): {exc}") from None
     costs_table = table.get("costs") or {}
     _check(costs_table, _COSTS, "production.costs")
-    costs = CostTracker(budgets, redis_url=_redis_url(settings, "production.costs") if costs_table.get("shared")
-                        else None, namespace=namespace)
+    default = costs_table.get("default_price")
+    default_price = None
+    if default is not None:
+        try:
+            default_price = float(default["input_per_mtok"]), float(default["output_per_mtok"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError("[production.costs] default_price needs input_per_mtok and output_per_mtok (USD per "
+                              f"million tokens), e.g. default_price = {{input_per_mtok = 1.0, output_per_mtok = 4.0}}: "
+                              f"{exc}") from None
+    try:
+        costs = CostTracker(budgets, redis_url=_redis_url(settings, "production.costs") if costs_table.get("shared")
+                            else None, namespace=namespace,
+                            reservation_ttl=float(costs_table.get("reservation_ttl", 600.0)),
+                            default_price=default_price)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[production.costs]: {exc}") from None
     return Production(
         cache=cache,
         metrics=bool(table.get("metrics", True)),
