@@ -18,30 +18,15 @@ Run: ``hatch run bench-cache [--gets N] [--repeat R] [--json out.json] [--plot o
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import emit, log, output_args
+from common import emit, log, output_args, per_call_us
 from free_engine import FreeEngine
-
-
-def per_call_us(fn: Any, n: int) -> float:
-    gc.collect()
-    gc.disable()
-    try:
-        started = time.perf_counter()
-        for _ in range(n):
-            fn()
-        return (time.perf_counter() - started) / n * 1e6
-    finally:
-        gc.enable()
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from dspyo3_rag.beir import BeirData, BeirFormatError, evaluate
 from dspyo3_rag.beir import load_beir as _load_beir
 
 __all__ = ["BeirData", "LMServerProcess", "best_time", "emit", "evaluate_run", "lm_bench_parser", "load_beir", "log",
-           "output_args", "run_workers", "timed_answers"]
+           "output_args", "per_call_us", "run_workers", "timed_answers"]
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("DSPYO3_DATA_DIR") or REPO.parent / "shared" / "data")
@@ -57,6 +57,20 @@ def best_time(fn: Callable[[], Any], repeat: int, *, collect_garbage: bool = Tru
         finally:
             gc.enable()
     return best, result
+
+
+def per_call_us(fn: Callable[[], Any], n: int) -> float:
+    """Mean microseconds per call of ``n`` calls of ``fn`` in a row, the garbage collector paused (as ``timeit``
+    does)."""
+    gc.collect()
+    gc.disable()
+    try:
+        started = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - started) / n * 1e6
+    finally:
+        gc.enable()
 
 
 def log(message: str) -> None:

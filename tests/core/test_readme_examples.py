@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from dspyo3_core.testing.readme import python_blocks
+
 REPO = Path(__file__).resolve().parents[2]
 READMES = sorted((REPO / "packages").glob("*/README.md"))
-BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 
 def blocks() -> list[tuple[str, str]]:
     found = []
     for readme in READMES:
-        for index, code in enumerate(BLOCK.findall(readme.read_text())):
+        for index, code in enumerate(python_blocks(readme)):
             found.append((f"{readme.parent.name}-{index}", code))
     return found
 

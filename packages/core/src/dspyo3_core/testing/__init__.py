@@ -5,7 +5,8 @@
 * :func:`chat_reply`, :func:`field_responder` — answer in the shape DSPy's ChatAdapter parses;
 * pytest fixtures in :mod:`dspyo3_core.testing.pytest_plugin`
   (``pytest_plugins = ["dspyo3_core.testing.pytest_plugin"]``);
-* contract-test base classes in :mod:`dspyo3_core.testing.contracts`.
+* contract-test base classes in :mod:`dspyo3_core.testing.contracts`;
+* :func:`dspyo3_core.testing.readme.run_python_blocks` — run a README's Python examples and return what they print.
 """
 
 from dspyo3_core.testing.server import (
