@@ -1,0 +1,122 @@
+"""Many agents at once under one concurrency limit (dspyo3_async.run_many), and the fan-out coordinator, on the
+loopback LM server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import dspy
+import pytest
+
+from dspyo3_agents import Coordinator, ReActAgent, ToolRegistry, run_agents, run_agents_sync
+from dspyo3_async import ItemResult
+from dspyo3_core.testing.server import LMServer
+
+from .conftest import lm_on, observations, react_responder
+
+
+class Gauge:
+    """Counts calls in flight and remembers the peak."""
+
+    def __init__(self) -> None:
+        self.now = self.peak = 0
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+
+    def __exit__(self, *exc: object) -> None:
+        with self.lock:
+            self.now -= 1
+
+
+def square_agent(server: LMServer, gauge: Gauge) -> ReActAgent:
+    registry = ToolRegistry()
+
+    @registry.tool()
+    def square(n: int) -> int:
+        """Square a number (slowly)."""
+        with gauge:
+            time.sleep(0.15)
+        return n * n
+
+    def decide(fields: dict[str, str]) -> dict[str, Any]:
+        if observations(fields):
+            return {"tool": "finish"}
+        return {"tool": "square", "args": {"n": int(fields["question"].split()[-1])}}
+
+    server.responder = react_responder(decide, lambda f: observations(f)[0])
+    return ReActAgent("question -> answer", registry)
+
+
+def test_run_agents_shares_one_concurrency_limit(lm_server: LMServer) -> None:
+    gauge = Gauge()
+    agent = square_agent(lm_server, gauge)
+
+    async def go() -> list[ItemResult]:
+        with dspy.context(lm=lm_on(lm_server)):
+            return await run_agents(agent, [{"question": f"square {n}"} for n in range(8)], concurrency=3)
+
+    started = time.monotonic()
+    results = asyncio.run(go())
+    elapsed = time.monotonic() - started
+    assert [r.unwrap().answer for r in results] == [str(n * n) for n in range(8)]
+    assert 2 <= gauge.peak <= 3  # agents overlapped, never more than the limit
+    assert elapsed < 8 * 0.15 + 3  # concurrent, not one after the other plus LM time
+
+
+def test_concurrent_run_agents_calls_share_one_semaphore(lm_server: LMServer) -> None:
+    gauge = Gauge()
+    agent = square_agent(lm_server, gauge)
+
+    async def go() -> list[list[ItemResult]]:
+        shared = asyncio.Semaphore(2)
+        coordinator = Coordinator(agent, split=lambda t: [{"question": f"square {n}"} for n in t["numbers"]],
+                                  concurrency=shared)
+        with dspy.context(lm=lm_on(lm_server)):
+            first, second, fanned = await asyncio.gather(
+                run_agents(agent, [{"question": f"square {n}"} for n in range(4)], concurrency=shared),
+                run_agents(agent, [{"question": f"square {n}"} for n in range(4, 8)], concurrency=shared,
+                           timeout=30),
+                coordinator.run({"numbers": [8, 9]}))
+        return [first, second, fanned.results]
+
+    batches = asyncio.run(go())
+    answers = [r.unwrap().answer for batch in batches for r in batch]
+    assert answers == [str(n * n) for n in range(10)]
+    assert gauge.peak == 2  # three callers, one limit: never more than 2 agents in flight together
+
+
+def test_run_agents_reports_per_run_errors(lm_server: LMServer) -> None:
+    agent = square_agent(lm_server, Gauge())
+    with dspy.context(lm=lm_on(lm_server)):
+        results = run_agents_sync(agent, [{"question": "square 3"}, {"wrong_field": "x"}], concurrency=2)
+    assert results[0].ok and results[0].prediction.answer == "9"
+    assert not results[1].ok and "missing input field 'question'" in str(results[1].error)
+
+
+def test_coordinator_fans_out_and_merges(lm_server: LMServer) -> None:
+    gauge = Gauge()
+    agent = square_agent(lm_server, gauge)
+
+    def merge(task: Any, results: list[ItemResult]) -> int:
+        return sum(int(r.prediction.answer) for r in results if r.ok)
+
+    coordinator = Coordinator(agent, split=lambda task: [{"question": f"square {n}"} for n in task["numbers"]],
+                              merge=merge, concurrency=4)
+    with dspy.context(lm=lm_on(lm_server)):
+        out = coordinator.run_sync({"numbers": [1, 2, 3, 4]})
+    assert out.merged == 30 and out.failed == [] and len(out.subtasks) == 4
+    assert gauge.peak >= 2
+
+    default = Coordinator(agent)
+    with dspy.context(lm=lm_on(lm_server)):
+        listed = default.run_sync({"subtasks": [{"question": "square 5"}]})
+    assert listed.merged == [{"answer": "25"}]
+    with pytest.raises(ValueError, match="no 'subtasks' list"):
+        default.run_sync({"numbers": [1]})
