@@ -1,0 +1,134 @@
+"""Datasets for optimizer runs and evaluation: JSONL or CSV files into ``dspy.Example`` lists, a seeded train/dev
+split, presets for known datasets (GSM8K) and a content hash that identifies a dataset in the registry."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+Record = dict[str, Any]
+
+
+def gsm8k_record(record: Mapping[str, Any]) -> Record:
+    """GSM8K's ``answer`` is a worked solution ending in ``#### 42``: keep the final number as ``answer`` and the
+    solution as ``rationale``."""
+    solution = str(record.get("answer", ""))
+    final = solution.split("####")[-1].strip().replace(",", "")
+    return {"question": str(record["question"]), "answer": final, "rationale": solution.split("####")[0].strip()}
+
+
+PRESETS: dict[str, tuple[Callable[[Mapping[str, Any]], Record], tuple[str, ...]]] = {
+    "gsm8k": (gsm8k_record, ("question",)),
+}
+"""Preset name -> (record transform, input fields)."""
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Rows of a ``.jsonl`` (one JSON object per line), ``.json`` (a list of objects) or ``.csv`` file."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"dataset file {file} does not exist; check the path (relative paths are read "
+                                "from the config file's directory)")
+    suffix = file.suffix.lower()
+    if suffix == ".csv":
+        with file.open(newline="", encoding="utf-8") as handle:
+            return [dict(row) for row in csv.DictReader(handle)]
+    text = file.read_text(encoding="utf-8")
+    if suffix == ".json":
+        data = json.loads(text)
+        if not isinstance(data, list):
+            raise ValueError(f"{file}: a .json dataset must be a list of objects")
+        return [dict(row) for row in data]
+    if suffix in (".jsonl", ".ndjson"):
+        rows: list[Record] = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{file}:{number}: not valid JSON ({exc.msg}); fix or remove that line") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{file}:{number}: each line must be a JSON object")
+                rows.append(row)
+        return rows
+    raise ValueError(f"{file}: unknown dataset format {suffix!r}; use .jsonl, .json or .csv")
+
+
+def load_examples(path: str | Path, *, inputs: Sequence[str] | None = None, preset: str | None = None,
+                  limit: int | None = None, offset: int = 0,
+                  transform: Callable[[Mapping[str, Any]], Record] | None = None) -> list[dspy.Example]:
+    """Load a dataset file as ``dspy.Example`` objects with their input fields set.
+
+    Args:
+        path: a ``.jsonl``, ``.json`` or ``.csv`` file.
+        inputs: the input field names (the rest are labels); a preset supplies them.
+        preset: a known dataset layout (``"gsm8k"``).
+        limit: keep at most this many rows (after ``offset``).
+        offset: skip this many rows first.
+        transform: a function applied to each row before it becomes an example.
+    """
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown dataset preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
+        preset_transform, preset_inputs = PRESETS[preset]
+        transform = transform or preset_transform
+        inputs = inputs or preset_inputs
+    if not inputs:
+        raise ValueError(f"{path}: say which fields are inputs (inputs = [\"question\"]) or use a preset")
+    rows = read_records(path)[offset:]
+    if limit is not None:
+        rows = rows[:limit]
+    examples: list[dspy.Example] = []
+    for number, row in enumerate(rows, offset + 1):
+        record = transform(row) if transform else dict(row)
+        missing = [name for name in inputs if name not in record]
+        if missing:
+            raise ValueError(f"{path}: row {number} has no input field(s) {missing}; it has {sorted(record)}")
+        examples.append(dspy.Example(**record).with_inputs(*inputs))
+    return examples
+
+
+def split(examples: Sequence[dspy.Example], *, dev_fraction: float = 0.5, seed: int = 0,
+          dev_size: int | None = None) -> tuple[list[dspy.Example], list[dspy.Example]]:
+    """Shuffle with ``seed`` and split into (train, dev); ``dev_size`` overrides ``dev_fraction``."""
+    if not 0 < dev_fraction < 1 and dev_size is None:
+        raise ValueError(f"dev_fraction must be between 0 and 1, got {dev_fraction}")
+    items = list(examples)
+    random.Random(seed).shuffle(items)
+    n_dev = dev_size if dev_size is not None else max(1, round(len(items) * dev_fraction))
+    if not 0 < n_dev < len(items):
+        raise ValueError(f"cannot split {len(items)} examples into train and a dev set of {n_dev}; "
+                         "load more rows or change dev_fraction / dev_size")
+    return items[n_dev:], items[:n_dev]
+
+
+def dataset_hash(examples: Sequence[dspy.Example]) -> str:
+    """``sha256:<hex>`` of the examples' fields and input keys (order matters), to record what a program saw."""
+    digest = hashlib.sha256()
+    for example in examples:
+        payload = {"data": dict(example.items()), "inputs": sorted(example.inputs().keys())}
+        digest.update(json.dumps(payload, sort_keys=True, default=str).encode())
+        digest.update(b"\n")
+    return "sha256:" + digest.hexdigest()
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def last_number(text: Any) -> str | None:
+    """The last number in ``text`` with thousands separators removed (``"... is $1,234."`` -> ``"1234"``)."""
+    found = _NUMBER.findall(str(text))
+    if not found:
+        return None
+    value = str(found[-1]).replace(",", "")
+    if "." in value:
+        value = value.rstrip("0").rstrip(".")
+    return value
