@@ -178,6 +178,23 @@ def test_budget_refuses_a_call_before_it_is_made(qa_lm: HookedLM, qa_server: LMS
         PRICING._memo.clear()
 
 
+def test_breaker_reset_without_a_key_closes_every_shared_circuit(redis_url: str) -> None:
+    namespace = "t-brk-[all]*"  # glob characters in the namespace match only themselves
+    opener = prod.CircuitBreaker(failure_threshold=1, reset_timeout=60, redis_url=redis_url, namespace=namespace)
+    other = prod.CircuitBreaker(failure_threshold=1, reset_timeout=60, redis_url=redis_url, namespace="t-brk-other")
+    error = LMServerError("down", model=MODEL)
+    for key in ("m1", "m2"):
+        opener.failure(key, error)
+    other.failure("m1", error)
+    fresh = prod.CircuitBreaker(failure_threshold=1, reset_timeout=60, redis_url=redis_url, namespace=namespace)
+    assert fresh.state("m1") == fresh.state("m2") == "open"
+    fresh.reset()  # this process never saw either circuit: they are closed for everyone all the same
+    assert opener.state("m1") == opener.state("m2") == fresh.state("m2") == "closed"
+    opener.before("m1")
+    assert other.state("m1") == "open"  # another namespace is left alone
+    other.reset("m1")
+
+
 def test_budgets_hold_across_processes_through_redis(redis_url: str) -> None:
     PRICING.set("openai/priced", input_per_mtok=1.0, output_per_mtok=1.0)
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -278,15 +279,21 @@ class CircuitBreaker:
             return st.state
 
     def reset(self, key: str | None = None) -> None:
-        """Close ``key``'s circuit (or every circuit this process knows)."""
+        """Close ``key``'s circuit, or every circuit: this process's, and with Redis every shared one under this
+        breaker's namespace (whichever process opened it)."""
         keys = [key] if key is not None else list(self._local)
         with self._lock:
             for k in keys:
                 self._local.pop(k, None)
         if self._redis is not None and not self._closed:
             try:
-                for k in keys:
-                    self._redis.delete(*self._keys(k))
+                if key is not None:
+                    self._redis.delete(*self._keys(key))
+                else:
+                    prefix = re.sub(r"([*?\[\]\\])", r"\\\1", f"{self.namespace}:breaker:")
+                    shared = list(self._redis.scan_iter(match=prefix + "*", count=500))
+                    for start in range(0, len(shared), 500):
+                        self._redis.delete(*shared[start:start + 500])
             except self._redis_errors as exc:
                 self._redis_failed(exc)
 
