@@ -385,6 +385,47 @@ def test_mcp_tools_are_registered_disabled_and_called_on_the_sessions_loop() -> 
     assert [q for _, q in session.calls].count({"query": "blocked"}) == 0
 
 
+class PagedMCPSession:
+    """An mcp-1.x-shaped session (camelCase fields, ``list_tools(cursor=...)``) whose listing spans two pages and
+    whose results carry non-text content blocks (what ``test_mcp.py``'s real server does not send)."""
+
+    def __init__(self) -> None:
+        self.cursors: list[str | None] = []
+
+    async def list_tools(self, cursor: str | None = None) -> Any:
+        self.cursors.append(cursor)
+        schema = {"type": "object", "properties": {}}
+        if cursor is None:
+            return SimpleNamespace(tools=[SimpleNamespace(name="snapshot", description="", inputSchema=schema)],
+                                   nextCursor="page-2")
+        return SimpleNamespace(tools=[SimpleNamespace(name="report", description="A report.", inputSchema=schema,
+                                                      outputSchema={"type": "object"})], nextCursor=None)
+
+    async def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> Any:
+        if name == "snapshot":
+            return SimpleNamespace(isError=False, structuredContent=None, content=[
+                SimpleNamespace(type="text", text="the page"),
+                SimpleNamespace(type="image", data="aGVsbG8h", mimeType="image/png"),
+                SimpleNamespace(type="resource", resource=SimpleNamespace(uri="file:///a.txt", text="inline text")),
+                SimpleNamespace(type="resource_link", uri="file:///b.txt", name="b")])
+        return SimpleNamespace(isError=False, content=[SimpleNamespace(type="text", text='{"result": 1}')],
+                               structuredContent={"result": 1})  # an object tool: not unwrapped
+
+
+def test_mcp_listing_pages_and_content_blocks() -> None:
+    session = PagedMCPSession()
+    reg = ToolRegistry()
+
+    async def go() -> Any:
+        await reg.register_mcp_session(session, enabled=True)
+        return await reg.acall("snapshot"), await reg.acall("report")
+
+    snapshot, report = asyncio.run(go())
+    assert session.cursors == [None, "page-2"] and reg.names() == ["report", "snapshot"]
+    assert snapshot == ["the page", "[image content (image/png, 6 bytes)]", "inline text", "[resource file:///b.txt]"]
+    assert report == {"result": 1}
+
+
 def timeout_of(reg: ToolRegistry, name: str) -> ToolTimeoutError:
     with pytest.raises(ToolTimeoutError) as info:
         reg.call(name)

@@ -922,40 +922,45 @@ class ToolRegistry:
                           retry: RetryPolicy | int | None = None, enabled: bool = False,
                           replace: bool = False, loop: asyncio.AbstractEventLoop | None = None) -> RegisteredTool:
         """Register one MCP tool (an item of ``(await session.list_tools()).tools``) called through ``session``
-        (an MCP ``ClientSession``: anything with ``async call_tool(name, arguments=...)``).
+        (an MCP ``ClientSession``: anything with ``async call_tool(name, arguments=...)``; ``pip install
+        'dspyo3-agents[mcp]'``). The arguments are validated against the tool's ``inputSchema`` before the call.
 
         A ``ClientSession`` is bound to the event loop it was opened on (``loop``; default: the running one). Calls
         from coroutines on another loop, and sync calls from other threads, are submitted to that loop (which must
         keep running, e.g. in a background thread); a sync call on the loop's own thread, or when the loop is
-        unknown or stopped, raises :class:`ToolError` (use ``agent.acall`` / ``registry.acall`` there).
+        unknown or stopped, raises :class:`ToolError` (use ``agent.acall`` / ``registry.acall`` there). A call that
+        times out is cancelled (the session stays usable).
 
-        An MCP server can do anything, so MCP tools start disabled unless ``enabled=True``. Results are the
-        text contents (one string if there is one), structured content if the server sent only that; a result
-        flagged ``isError`` raises (and reaches the agent as an observation).
+        An MCP server can do anything, so MCP tools start disabled unless ``enabled=True``. The result is the
+        structured content if the server sent some (a value the server wrapped as ``{"result": value}``, as
+        ``MCPServer`` / ``FastMCP`` do for non-object return types, is unwrapped), else the content blocks as
+        text (one string if there is one block; images, audio and resource links as a short placeholder). A result
+        flagged ``isError`` raises :class:`ToolExecutionError` (an observation for the agent).
         """
         jsonschema = importlib.import_module("jsonschema")
         schema = dict(_field(tool, "input_schema", "inputSchema") or {"type": "object", "properties": {}})
         schema.setdefault("type", "object")
         schema.setdefault("properties", {})
+        output_schema = _field(tool, "output_schema", "outputSchema")
         remote = str(tool.name)
+        tool_name = name or remote
 
         async def call_mcp(**arguments: Any) -> Any:
             result = await session.call_tool(remote, arguments=arguments)
-            return _mcp_result(remote, result)
+            return _mcp_result(tool_name, result, output_schema)
 
-        tool_name = name or remote
+        validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
         return self._add(RegisteredTool(
             name=tool_name, func=call_mcp, description=str(getattr(tool, "description", None) or tool_name),
-            parameters=schema, schema_validator=jsonschema.Draft202012Validator(schema), is_async=True,
+            parameters=schema, schema_validator=validator(schema), is_async=True,
             loop_bound=True, loop=loop or _current_loop(),
             **self._policy(tool_name, timeout, tags, max_concurrency, retry, enabled, "mcp")), replace)
 
     async def register_mcp_session(self, session: Any, **options: Any) -> list[RegisteredTool]:
-        """Register every tool an MCP session lists (``options`` as for :meth:`register_mcp_tool`); they are bound
-        to the running loop (the session's)."""
-        listing = await session.list_tools()
+        """Register every tool an MCP session lists (every page of ``tools/list``; ``options`` as for
+        :meth:`register_mcp_tool`); they are bound to the running loop (the session's)."""
         options.setdefault("loop", asyncio.get_running_loop())
-        return [self.register_mcp_tool(session, tool, **options) for tool in listing.tools]
+        return [self.register_mcp_tool(session, tool, **options) for tool in await _list_mcp_tools(session)]
 
     @classmethod
     def from_plugins(cls, manager: Any = None, *, enable: Iterable[str] = (), **options: Any) -> ToolRegistry:
@@ -1137,15 +1142,62 @@ def _field(obj: Any, snake: str, camel: str) -> Any:
     return None
 
 
-def _mcp_result(tool: str, result: Any) -> Any:
-    contents = list(_field(result, "content", "content") or [])
-    texts = [str(c.text) for c in contents if getattr(c, "type", "text") == "text" and hasattr(c, "text")]
-    others = [c for c in contents if not hasattr(c, "text")]
-    value: Any = texts[0] if len(texts) == 1 else texts
+async def _list_mcp_tools(session: Any) -> list[Any]:
+    """Every tool of every page of ``session.list_tools()`` (mcp 2 takes ``params=PaginatedRequestParams(cursor=...)``,
+    mcp 1 also ``cursor=...``)."""
+    tools: list[Any] = []
+    listing = await session.list_tools()
+    seen: set[str] = set()
+    while True:
+        tools.extend(listing.tools)
+        cursor = _field(listing, "next_cursor", "nextCursor")
+        if not cursor or cursor in seen:  # a server repeating a cursor would loop forever
+            return tools
+        seen.add(cursor)
+        if "params" in inspect.signature(session.list_tools).parameters:
+            types = importlib.import_module("mcp.types")
+            listing = await session.list_tools(params=types.PaginatedRequestParams(cursor=cursor))
+        else:
+            listing = await session.list_tools(cursor=cursor)
+
+
+def _mcp_block(block: Any) -> str:
+    """One content block of an MCP result as text for the agent."""
+    kind = str(_field(block, "type", "type") or "")
+    text = _field(block, "text", "text")
+    if text is not None:
+        return str(text)
+    if kind == "resource":  # embedded: the text of a text resource, else a placeholder
+        resource = _field(block, "resource", "resource")
+        inner = _field(resource, "text", "text")
+        if inner is not None:
+            return str(inner)
+        return f"[embedded resource {_field(resource, 'uri', 'uri')}]"
+    if kind == "resource_link":
+        return f"[resource {_field(block, 'uri', 'uri')}]"
+    data = _field(block, "data", "data")
+    mime = _field(block, "mime_type", "mimeType") or "?"
+    size = f", {len(data) * 3 // 4} bytes" if isinstance(data, str) else ""
+    return f"[{kind or 'binary'} content ({mime}{size})]"
+
+
+def _is_result_wrapper(output_schema: Any) -> bool:
+    """The output schema ``MCPServer`` / ``FastMCP`` make for a non-object return: ``{"result": ...}`` only."""
+    if not isinstance(output_schema, Mapping):
+        return False
+    return set(output_schema.get("properties") or {}) == {"result"} and list(output_schema.get("required") or []) \
+        == ["result"]
+
+
+def _mcp_result(tool: str, result: Any, output_schema: Any = None) -> Any:
+    """A ``CallToolResult`` as the tool's return value (see :meth:`ToolRegistry.register_mcp_tool`)."""
+    blocks = [_mcp_block(c) for c in _field(result, "content", "content") or []]
+    text: Any = blocks[0] if len(blocks) == 1 else blocks
     if _field(result, "is_error", "isError"):
-        raise RuntimeError(f"MCP tool {tool!r} reported an error: {value}")
-    if not value and not others:
-        structured = _field(result, "structured_content", "structuredContent")
-        if structured is not None:
-            return structured
-    return value or others
+        raise RuntimeError(f"MCP tool {tool!r} reported an error: {'; '.join(blocks) or 'no details'}")
+    structured = _field(result, "structured_content", "structuredContent")
+    if structured is None:
+        return text
+    if _is_result_wrapper(output_schema) and isinstance(structured, Mapping) and set(structured) == {"result"}:
+        return structured["result"]
+    return structured
