@@ -105,7 +105,7 @@ def test_trace_marks_errors_interruptions_and_bad_files(tmp_path: Path) -> None:
     assert "try [bold]" in shown.output and "run r2" not in shown.output
     (tmp_path / "bad.jsonl").write_text('{"event": "start"}\nnot json\n{"event": "step"}\n')
     broken = invoke("agents", "trace", str(tmp_path / "bad.jsonl"))
-    assert broken.exit_code == 1 and "bad.jsonl:2 is not a JSON trajectory event" in broken.output
+    assert broken.exit_code == 1 and "bad.jsonl:2 is not JSON" in broken.output
 
 
 def test_an_append_after_a_torn_line_keeps_the_file_readable(tmp_path: Path) -> None:

@@ -60,3 +60,62 @@ def test_exclusive_write_never_replaces(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         atomic_write_bytes(target, b"second", exclusive=True)
     assert target.read_bytes() == b"first" and [p.name for p in target.parent.iterdir()] == ["once.json"]
+
+
+# -- JSONL --------------------------------------------------------------------------------------------------------
+
+def test_append_jsonl_one_write_per_call_and_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dspyo3_core.files import append_jsonl, read_jsonl
+
+    path = tmp_path / "logs" / "events.jsonl"
+    writes: list[bytes] = []
+    real_write = os.write
+
+    def recording_write(fd: int, data: bytes) -> int:
+        writes.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", recording_write)
+    assert append_jsonl(path, {"a": 1, "s": "h\u00e9"}) == 1
+    assert append_jsonl(path, [{"b": 2}, [1, 2], "x"]) == 3
+    assert append_jsonl(path, []) == 0
+    assert len(writes) == 2 and writes[1].count(b"\n") == 3  # one write per call, whole lines
+    assert list(read_jsonl(path)) == [{"a": 1, "s": "h\u00e9"}, {"b": 2}, [1, 2], "x"]
+
+
+def test_append_jsonl_continues_short_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dspyo3_core.files import append_jsonl, read_jsonl
+
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data[:3])))  # 3 bytes at a time
+    path = tmp_path / "short.jsonl"
+    append_jsonl(path, [{"key": "a longer value"}, {"n": 12345}])
+    assert list(read_jsonl(path)) == [{"key": "a longer value"}, {"n": 12345}]
+
+
+def test_append_jsonl_repairs_a_torn_last_line(tmp_path: Path) -> None:
+    from dspyo3_core.files import append_jsonl, read_jsonl
+
+    path = tmp_path / "torn.jsonl"
+    append_jsonl(path, {"event": "start"})
+    with open(path, "ab") as handle:  # a writer crashed mid-line
+        handle.write(b'{"event": "st')
+    assert list(read_jsonl(path)) == [{"event": "start"}]  # the torn last line is skipped
+    with pytest.raises(ValueError, match=r"torn\.jsonl:2 is not JSON"):
+        list(read_jsonl(path, skip_torn_last=False))
+    append_jsonl(path, {"event": "finish"})
+    assert path.read_bytes().count(b"\n") == 3  # the torn line was ended first, not glued to the new one
+    with pytest.raises(ValueError, match=r"torn\.jsonl:2 is not JSON"):  # now in the middle: an error ...
+        list(read_jsonl(path))
+    assert list(read_jsonl(path, torn_prefix='{"event":')) == [{"event": "start"}, {"event": "finish"}]  # ... or not
+
+
+def test_read_jsonl_names_the_bad_line(tmp_path: Path) -> None:
+    from dspyo3_core.files import read_jsonl
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"a": 1}\n\nnot json\n{"b": 2}\n\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:3 is not JSON"):
+        list(read_jsonl(path))
+    path.write_text('{"a": 1}\n{"b": \n\n')  # the last non-blank line is torn: skipped
+    assert list(read_jsonl(path)) == [{"a": 1}]

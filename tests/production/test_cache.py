@@ -381,3 +381,25 @@ def test_put_reuses_the_key_of_the_request_just_looked_up_and_only_that_one(metr
     assert cache.get({**asked, "temperature": 0.5}, ignored) == {"answer": 3}
     assert cache.cache_key(asked, ignored) == dspy.clients.Cache.cache_key(cache, asked, ignored)
     assert cache.in_flight == 0
+
+
+def test_scan_and_clear_take_glob_characters_literally(redis_url: str, metrics: Metrics) -> None:
+    from dspyo3_production.cache import RedisTier
+
+    tier = RedisTier(redis_url, namespace="t-glob[1]*", metrics=metrics)
+    neighbour = RedisTier(redis_url, namespace="t-glob1-other", metrics=metrics)  # matched by an unescaped glob
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for key in ("a*b", "a[x]", "ab", "axb"):
+            client.set(tier.prefix + key, b"v")
+        client.set(neighbour.prefix + "a*b", b"v")
+        assert sorted(k.decode()[len(tier.prefix):] for k in tier.scan("a*")) == ["a*b"]
+        assert sorted(k.decode()[len(tier.prefix):] for k in tier.scan("a[")) == ["a[x]"]
+        assert tier.clear("a*") == 1 and tier.clear("a[x") == 1
+        assert sorted(k.decode()[len(tier.prefix):] for k in tier.scan()) == ["ab", "axb"]
+        assert tier.clear() == 2
+        assert client.get(neighbour.prefix + "a*b") == b"v"  # another namespace is left alone
+    finally:
+        client.delete(neighbour.prefix + "a*b")
+        tier.close()
+        neighbour.close()

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dspyo3_core.globs import escape_glob
+
 __all__ = [
     "AgentState",
     "MemoryStateStore",
@@ -306,8 +308,7 @@ class RedisStateStore(StateStore):
         self._delete(keys=[self.prefix + key])
 
     def keys(self, prefix: str = "") -> list[str]:
-        glob = "".join(f"\\{c}" if c in "\\*?[]" else c for c in prefix)
-        found = sorted(self.client.scan_iter(match=self.prefix + glob + "*", count=500))
+        found = sorted(self.client.scan_iter(match=escape_glob(self.prefix + prefix) + "*", count=500))
         pipe = self.client.pipeline(transaction=False)
         for name in found:
             pipe.hget(name, "deleted")

@@ -8,15 +8,16 @@ steps continue where the last saved one ended. ``dspyo3 agents trace FILE`` show
 
 from __future__ import annotations
 
-import json
 import os
-import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic_core import to_jsonable_python
+
+from dspyo3_core.files import append_jsonl, read_jsonl
 
 __all__ = ["Step", "TrajectoryLog", "jsonable", "read_trajectory"]
 
@@ -71,14 +72,13 @@ class Step:
 
 
 class TrajectoryLog:
-    """Appends trajectory events to a JSONL file. Each event is one ``write`` of one line to a file opened in
-    append mode and flushed, so concurrent agents (threads or processes) writing the same file interleave whole
-    lines, and a crash loses at most the line being written."""
+    """Appends trajectory events to a JSONL file with :func:`dspyo3_core.files.append_jsonl`: each event is one
+    ``O_APPEND`` write of one line, so concurrent agents (threads or processes) writing the same file interleave
+    whole lines, and a crash loses at most the line being written."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> TrajectoryLog:
         """Copies of an agent append to the same file."""
@@ -86,35 +86,16 @@ class TrajectoryLog:
 
     def write(self, event: str, run_id: str, **fields: Any) -> None:
         """Append one event."""
-        import time
-
-        record = {"event": event, "run_id": run_id, "time": time.time(), **jsonable(fields)}
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-        with self._lock:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    line = b"\n" + line  # a crash tore the last line: end it, so this event stays a line of its own
-                while line:
-                    line = line[os.write(fd, line):]  # a short write appends the rest next
-            finally:
-                os.close(fd)
+        append_jsonl(self.path, {"event": event, "run_id": run_id, "time": time.time(), **jsonable(fields)})
 
 
 def read_trajectory(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """The events of a trajectory file; a line that is not JSON raises ``ValueError`` naming the file and line,
     except a torn event (the start of one of our lines, cut short by a crash) which is skipped."""
-    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines) or line.startswith('{"event": '):
-                continue
-            raise ValueError(f"{path}:{number} is not a JSON trajectory event: {exc}") from None
+    for number, event in enumerate(read_jsonl(path, torn_prefix=_TORN_PREFIX), 1):
         if not isinstance(event, dict) or "event" not in event:
-            raise ValueError(f"{path}:{number} is not a trajectory event (no 'event' field)")
+            raise ValueError(f"{path}: event {number} is not a trajectory event (no 'event' field): {event!r:.200}")
         yield event
+
+
+_TORN_PREFIX = '{"event":'  # how every line TrajectoryLog writes starts (with orjson or json)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +27,8 @@ from dspy.utils.exceptions import (
     LMTimeoutError,
     LMTransportError,
 )
+
+from dspyo3_core.globs import escape_glob
 
 logger = logging.getLogger("dspyo3.production.breaker")
 
@@ -290,7 +291,7 @@ class CircuitBreaker:
                 if key is not None:
                     self._redis.delete(*self._keys(key))
                 else:
-                    prefix = re.sub(r"([*?\[\]\\])", r"\\\1", f"{self.namespace}:breaker:")
+                    prefix = escape_glob(f"{self.namespace}:breaker:")
                     shared = list(self._redis.scan_iter(match=prefix + "*", count=500))
                     for start in range(0, len(shared), 500):
                         self._redis.delete(*shared[start:start + 500])

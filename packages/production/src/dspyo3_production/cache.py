@@ -41,6 +41,7 @@ import dspy
 import orjson
 from dspy.clients.cache import Cache
 
+from dspyo3_core.globs import escape_glob
 from dspyo3_core.lm import current_call
 from dspyo3_production.codec import JSON_TAG, Codec, plain_json
 from dspyo3_production.metrics import Metrics, default_metrics
@@ -232,8 +233,9 @@ class RedisTier:
 
     # -- administration ---------------------------------------------------------------------------------------
     def scan(self, prefix: str = "") -> Iterator[bytes]:
-        """Keys of this tier whose cache key starts with ``prefix``."""
-        yield from self.client.scan_iter(match=self.prefix + prefix + "*", count=1000)
+        """Keys of this tier whose cache key starts with ``prefix`` (taken literally: ``*``, ``?``, ``[`` match
+        only themselves)."""
+        yield from self.client.scan_iter(match=escape_glob(self.prefix + prefix) + "*", count=1000)
 
     def clear(self, prefix: str = "") -> int:
         """Delete this tier's entries whose cache key starts with ``prefix``; the number deleted."""
