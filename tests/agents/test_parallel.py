@@ -120,3 +120,45 @@ def test_coordinator_fans_out_and_merges(lm_server: LMServer) -> None:
     assert listed.merged == [{"answer": "25"}]
     with pytest.raises(ValueError, match="no 'subtasks' list"):
         default.run_sync({"numbers": [1]})
+
+
+def test_with_a_shared_semaphore_a_run_takes_its_slot_before_a_rate_token() -> None:
+    class Recorder:  # a RateLimit stand-in that remembers when tokens were taken
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        async def acquire(self) -> None:
+            self.times.append(time.monotonic())
+
+    async def slow_agent(question: str) -> str:
+        await asyncio.sleep(0.1)
+        return question.upper()
+
+    rate = Recorder()
+
+    async def go() -> tuple[list[ItemResult], float]:
+        shared = asyncio.Semaphore(1)
+        await shared.acquire()  # another caller holds the only slot
+        run = asyncio.ensure_future(run_agents(slow_agent, [{"question": f"q{i}"} for i in range(3)],
+                                               concurrency=shared, rate=rate, timeout=0.3))  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+        assert rate.times == []  # queued runs hold no token, so they cannot start in a burst later
+        freed = time.monotonic()
+        shared.release()
+        return await run, freed
+
+    results, freed = asyncio.run(go())
+    assert [r.unwrap() for r in results] == ["Q0", "Q1", "Q2"]  # the 0.3 s wait did not count against timeout
+    assert all(t >= freed for t in rate.times) and rate.times[2] - rate.times[0] >= 0.18  # one slot, in turn
+
+
+def test_coordinator_run_sync_inside_a_running_loop_is_a_clear_error() -> None:
+    coordinator = Coordinator(lambda **fields: fields)
+
+    async def inside() -> None:
+        coordinator.run_sync({"subtasks": [{"question": "x"}]})
+
+    with pytest.raises(RuntimeError, match=r"Coordinator\.run_sync was called from a running event loop; use "
+                                           r"`await coordinator\.run\(\.\.\.\)` there"):
+        asyncio.run(inside())
+    assert coordinator.run_sync({"subtasks": [{"question": "x"}]}).merged == [{"result": {"question": "x"}}]

@@ -218,3 +218,90 @@ def test_a_throttled_lm_is_a_separate_copy(server: LMServer) -> None:
     throttled = throttle(lm, RateLimit(100))
     assert throttled.history is not lm.history and throttled.kwargs is not lm.kwargs
     assert isinstance(throttled, dspy.LM) and throttled.model == lm.model
+
+
+# -- a shared semaphore ---------------------------------------------------------------------------------------------
+
+
+class InFlight:
+    """A coroutine program that counts the calls in flight (across every run that uses it)."""
+
+    def __init__(self, seconds: float = 0.02) -> None:
+        self.seconds, self.now, self.most, self.calls = seconds, 0, 0, 0
+
+    async def __call__(self, question: str) -> str:
+        self.now += 1
+        self.calls += 1
+        self.most = max(self.most, self.now)
+        try:
+            await asyncio.sleep(self.seconds)
+        finally:
+            self.now -= 1
+        return question
+
+
+def test_runs_sharing_a_semaphore_never_exceed_it_together() -> None:
+    program = InFlight()
+
+    async def main() -> tuple[list[Any], list[Any], list[Any], int]:
+        shared = asyncio.Semaphore(3)
+        one, two, three = await asyncio.gather(run_many(program, questions(12), concurrency=shared),
+                                               run_many(program, questions(9), concurrency=shared),
+                                               collect(iter_many(program, questions(5), concurrency=shared)))
+        return one, two, three, shared._value  # type: ignore[attr-defined]
+
+    async def collect(results: Any) -> list[Any]:
+        return [r async for r in results]
+
+    one, two, three, left = asyncio.run(main())
+    assert all(r.ok for r in one + two + three) and len(one + two + three) == 26
+    assert program.most == 3 and left == 3  # the limit held across the three runs, every slot given back
+
+
+def test_a_shared_slot_comes_before_the_rate_token_and_the_timeout() -> None:
+    class Recorder:  # a RateLimit stand-in: when were tokens taken?
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        async def acquire(self) -> None:
+            self.times.append(time.monotonic())
+
+    program, rate = InFlight(0.1), Recorder()
+
+    async def main() -> tuple[list[Any], float]:
+        shared = asyncio.Semaphore(1)
+        await shared.acquire()  # someone else holds the only slot for a while
+        run = asyncio.ensure_future(run_many(program, questions(3), concurrency=shared, rate=rate,  # type: ignore[arg-type]
+                                             timeout=0.3))
+        await asyncio.sleep(0.2)
+        assert rate.times == [] and program.calls == 0  # queued for a slot: no token taken, nothing started
+        freed = time.monotonic()
+        shared.release()
+        return await run, freed
+
+    results, freed = asyncio.run(main())
+    assert all(r.ok for r in results)  # 0.3 s of queueing did not count against the 0.3 s timeout
+    assert len(rate.times) == 3 and all(t >= freed for t in rate.times)
+    assert rate.times[2] - rate.times[0] >= 0.18  # one at a time: each token taken once the slot was free
+
+
+def test_a_slow_iter_many_consumer_gives_shared_slots_back_and_cancelling_frees_them() -> None:
+    program = InFlight(0.01)
+
+    async def main() -> tuple[list[Any], int]:
+        shared = asyncio.Semaphore(2)
+        stalled = iter_many(program, questions(50), concurrency=shared, buffer=1)
+        first = await stalled.__anext__()  # then the consumer stops reading
+        assert first.ok
+        others = await asyncio.wait_for(run_many(program, questions(6), concurrency=shared), 5)
+        await stalled.aclose()  # type: ignore[attr-defined]
+        slow = InFlight(10)
+        task = asyncio.ensure_future(run_many(slow, questions(5), concurrency=shared))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return others, shared._value  # type: ignore[attr-defined]
+
+    others, left = asyncio.run(main())
+    assert all(r.ok for r in others) and left == 2
+    assert program.calls < 20  # the stalled run stopped taking items (backpressure)

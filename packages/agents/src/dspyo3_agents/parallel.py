@@ -12,7 +12,7 @@ from typing import Any
 
 import dspy
 
-from dspyo3_async import ItemResult, ItemTimeout, RateLimit, acall, run_many
+from dspyo3_async import ItemResult, RateLimit, run_many, run_sync
 
 __all__ = ["Coordinator", "FanOutResult", "run_agents", "run_agents_sync"]
 
@@ -29,41 +29,23 @@ async def run_agents(agent: Any, inputs: Iterable[Mapping[str, Any]], *, concurr
             limits and circuit breakers hold across all of them).
         inputs: mappings of input fields; add ``run_id`` to make a run resumable under that id.
         concurrency: agent runs in flight at once: a number (a limit for this call only), or an
-            ``asyncio.Semaphore`` shared by several ``run_agents`` calls / coordinators on the same event loop, so
-            that together they never exceed it.
-        rate: a ``dspyo3_async.RateLimit`` (or requests/s) each run waits on before it starts.
-        timeout: seconds per run (a late run is cancelled); with a shared semaphore it counts from when the run
-            got its slot, not while it waits for one.
+            ``asyncio.Semaphore`` shared by several ``run_agents`` calls / coordinators (and any
+            ``dspyo3_async.run_many``) on the same event loop, so that together they never exceed it.
+        rate: a ``dspyo3_async.RateLimit`` (or requests/s) each run waits on once it has its slot.
+        timeout: seconds per run attempt (a late run is cancelled), from when it starts: waiting for a slot
+            never counts.
         retries: retries of a run that failed with a retryable LM error.
 
     Returns:
         One ``dspyo3_async.ItemResult`` per input, in order (``.prediction`` or ``.error``).
     """
-    items = list(inputs)
-    if isinstance(concurrency, int):
-        return await run_many(agent, items, concurrency=concurrency, rate=rate, timeout=timeout, retries=retries)
-    shared = concurrency
-
-    async def in_a_shared_slot(**fields: Any) -> Any:
-        async with shared:
-            if timeout is None:
-                return await acall(agent, fields)
-            try:
-                return await asyncio.wait_for(acall(agent, fields), timeout)
-            except asyncio.TimeoutError:
-                raise ItemTimeout(f"the run took longer than {timeout:g}s; it was cancelled") from None
-
-    # one worker per input: the shared semaphore, not the worker count, is the limit
-    return await run_many(in_a_shared_slot, items, concurrency=max(1, len(items)), rate=rate, retries=retries)
+    return await run_many(agent, inputs, concurrency=concurrency, rate=rate, timeout=timeout, retries=retries)
 
 
 def run_agents_sync(agent: Any, inputs: Iterable[Mapping[str, Any]], **options: Any) -> list[ItemResult]:
     """:func:`run_agents` from synchronous code (not from inside a running event loop)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(run_agents(agent, inputs, **options))
-    raise RuntimeError("run_agents_sync was called from a running event loop; use `await run_agents(...)` there")
+    return run_sync(lambda: run_agents(agent, inputs, **options), name="run_agents_sync",
+                    instead="await run_agents(...)")
 
 
 @dataclass
@@ -131,8 +113,8 @@ class Coordinator:
         return FanOutResult(merged, subtasks, results)
 
     def run_sync(self, task: Mapping[str, Any]) -> FanOutResult:
-        """:meth:`run` from synchronous code."""
-        return asyncio.run(self.run(task))
+        """:meth:`run` from synchronous code (not from inside a running event loop)."""
+        return run_sync(lambda: self.run(task), name="Coordinator.run_sync", instead="await coordinator.run(...)")
 
 
 def _default_split(task: Mapping[str, Any]) -> list[Mapping[str, Any]]:

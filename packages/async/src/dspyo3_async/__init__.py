@@ -1,7 +1,9 @@
 """dspyo3-async: DSPy programs on asyncio with concurrency limits, rate limits, retries, backpressure,
 cancellation and streaming.
 
-- :func:`run_many` / :func:`iter_many`: a program over many inputs through DSPy's native ``acall``.
+- :func:`run_many` / :func:`iter_many`: a program over many inputs through DSPy's native ``acall``, under a
+  concurrency limit of their own or an ``asyncio.Semaphore`` shared between runs; :func:`run_sync` for ``*_sync``
+  wrappers.
 - :class:`RateLimit` / :func:`throttle`: requests/s and tokens/min budgets, local or shared through Redis.
 - :class:`RetryPolicy`: DSPy's retryable LM errors only, jittered backoff, ``Retry-After`` honoured.
 - :class:`WorkQueue` / :class:`ProgramPool`: bounded queues with block / reject / drop-oldest policies.
@@ -11,7 +13,7 @@ cancellation and streaming.
 from dspyo3_async.limits import RateLimit, throttle
 from dspyo3_async.queue import Dropped, ProgramPool, QueueFull, WorkQueue
 from dspyo3_async.retry import DEFAULT_RETRY, RetryPolicy, is_retryable
-from dspyo3_async.runner import ItemError, ItemResult, ItemTimeout, acall, iter_many, run_many, run_many_sync
+from dspyo3_async.runner import ItemError, ItemResult, ItemTimeout, acall, iter_many, run_many, run_many_sync, run_sync
 from dspyo3_async.streaming import Chunk, Final, Retry, Status, sse_response, stream, to_sse, websocket_send
 
 __version__ = "0.1.0"
@@ -37,6 +39,7 @@ __all__ = [
     "iter_many",
     "run_many",
     "run_many_sync",
+    "run_sync",
     "sse_response",
     "stream",
     "throttle",

@@ -101,6 +101,7 @@ class ProgramPool:
                  retries: RetryPolicy | int = DEFAULT_RETRY) -> None:
         self._runner = _Runner(program, concurrency=concurrency, rate=rate, timeout=timeout, retries=retries,
                                progress=False, total=None)
+        self._concurrency = concurrency
         self.queue: WorkQueue[tuple[int, Mapping[str, Any], asyncio.Future[ItemResult]]] = WorkQueue(maxsize, policy)
         self._workers: list[asyncio.Task[None]] = []
         self._submitted = 0
@@ -108,7 +109,7 @@ class ProgramPool:
         self.completed = 0
 
     async def __aenter__(self) -> ProgramPool:
-        self._workers = [asyncio.ensure_future(self._work()) for _ in range(self._runner.concurrency)]
+        self._workers = [asyncio.ensure_future(self._work()) for _ in range(self._concurrency)]
         return self
 
     async def __aexit__(self, exc_type: object, *rest: object) -> None:

@@ -1,5 +1,6 @@
-"""Run a DSPy program over many inputs on asyncio: ``acall`` (no thread per call), a fixed number of workers,
-optional rate limit, per-item timeout and retries, results in input order with per-item errors."""
+"""Run a DSPy program over many inputs on asyncio: ``acall`` (no thread per call), at most ``concurrency`` calls in
+flight (a number, or an ``asyncio.Semaphore`` shared by several runs), optional rate limit, per-item timeout and
+retries, results in input order with per-item errors."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sized
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from dspyo3_async.limits import RateLimit
 from dspyo3_async.retry import DEFAULT_RETRY, RetryPolicy
 
-__all__ = ["ItemError", "ItemResult", "ItemTimeout", "acall", "iter_many", "run_many", "run_many_sync"]
+__all__ = ["ItemError", "ItemResult", "ItemTimeout", "acall", "iter_many", "run_many", "run_many_sync", "run_sync"]
+
+_T = TypeVar("_T")
 
 
 class ItemError(RuntimeError):
@@ -76,15 +79,33 @@ def acall(program: Any, inputs: Mapping[str, Any]) -> Awaitable[Any]:
     return asyncio.to_thread(program, **inputs)
 
 
+_SHARED_BUFFER = 16  # iter_many's default buffer when concurrency is a shared semaphore
+
+
 class _Runner:
-    def __init__(self, program: Any, *, concurrency: int, rate: RateLimit | float | None, timeout: float | None,
-                 retries: RetryPolicy | int, progress: bool | str, total: int | None) -> None:
-        if not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
+    """Takes an item only once it has a slot: slot, then the item, then (per attempt) the rate token, then the
+    call under its timeout; so items waiting for a slot hold no rate token and their timeout has not started.
+
+    ``concurrency`` is a number (slots of this run alone; a slot is held until the result is delivered, so a slow
+    ``iter_many`` consumer pauses the run) or an ``asyncio.Semaphore`` shared with other runs (a slot is given
+    back as soon as the call is done; at most ``backlog`` finished results wait for delivery before the run
+    stops taking items)."""
+
+    def __init__(self, program: Any, *, concurrency: int | asyncio.Semaphore, rate: RateLimit | float | None,
+                 timeout: float | None, retries: RetryPolicy | int, progress: bool | str, total: int | None,
+                 backlog: int | None = None) -> None:
+        if isinstance(concurrency, asyncio.Semaphore):
+            self.slots, self.shared = concurrency, True
+        elif isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency >= 1:
+            self.slots, self.shared = asyncio.Semaphore(concurrency), False
+        else:
+            raise ValueError(f"concurrency must be a positive integer or an asyncio.Semaphore, got {concurrency!r}")
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         self.program = program
-        self.concurrency = concurrency
+        self.backlog = backlog
+        self.delivering = 0  # finished results waiting for the sink (shared slots only)
+        self.room = asyncio.Event()
         self.rate = RateLimit(float(rate)) if isinstance(rate, (int, float)) else rate
         self.timeout = timeout
         self.policy = RetryPolicy.of(retries)
@@ -130,27 +151,84 @@ class _Runner:
             self.bar.update(1)
         return result
 
-    async def drive(self, items: _Serial,
+    async def _item(self, index: int, inputs: Mapping[str, Any], slot: _Slot,
                     sink: Callable[[ItemResult], Any]) -> None:
-        async def worker() -> None:
-            while True:
-                try:
-                    index, inputs = await items.__anext__()
-                except StopAsyncIteration:
-                    return
-                outcome = sink(await self.one(index, inputs))
+        result = await self.one(index, inputs)
+        if self.shared:
+            slot.release()  # other runs may use it while the result waits for delivery
+            self.delivering += 1
+            try:
+                outcome = sink(result)
                 if inspect.isawaitable(outcome):
                     await outcome
+            finally:
+                self.delivering -= 1
+                self.room.set()
+        else:
+            outcome = sink(result)
+            if inspect.isawaitable(outcome):
+                await outcome
+            slot.release()
 
-        workers = [asyncio.ensure_future(worker()) for _ in range(self.concurrency)]
+    async def drive(self, items: _Serial, sink: Callable[[ItemResult], Any]) -> None:
+        tasks: set[asyncio.Future[None]] = set()
+        failures: list[BaseException] = []
+
+        def finished(task: asyncio.Future[None], slot: _Slot) -> None:
+            tasks.discard(task)
+            slot.release()  # a task cancelled before it started, or one that failed, still gives its slot back
+            if not task.cancelled() and task.exception() is not None:
+                failures.append(task.exception())  # type: ignore[arg-type]
+
         try:
-            await asyncio.gather(*workers)
+            try:
+                await self._dispatch(items, sink, tasks, failures, finished)
+            except StopAsyncIteration:
+                pass
+            while tasks and not failures:
+                await asyncio.wait(set(tasks), return_when=asyncio.FIRST_EXCEPTION)
+            if failures:
+                raise failures[0]
         finally:
-            for task in workers:
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)  # nothing left running when we return
+            await asyncio.gather(*tasks, return_exceptions=True)  # nothing left running when we return
             if self.bar is not None:
                 self.bar.close()
+
+    async def _dispatch(self, items: _Serial, sink: Callable[[ItemResult], Any], tasks: set[asyncio.Future[None]],
+                        failures: list[BaseException],
+                        finished: Callable[[asyncio.Future[None], _Slot], None]) -> None:
+        """Start items until the input ends (``StopAsyncIteration``) or an item's delivery failed."""
+        while not failures:
+            while self.backlog is not None and self.delivering >= self.backlog:
+                self.room.clear()
+                await self.room.wait()  # the consumer is behind: take no more items (backpressure)
+            await self.slots.acquire()
+            slot = _Slot(self.slots)
+            try:
+                index, inputs = await items.__anext__()
+            except BaseException:  # the end of the input (StopAsyncIteration) or its failure
+                slot.release()
+                raise
+            task = asyncio.ensure_future(self._item(index, inputs, slot, sink))
+            tasks.add(task)
+            task.add_done_callback(lambda t, slot=slot: finished(t, slot))  # type: ignore[misc]
+
+
+class _Slot:
+    """One acquired slot of a semaphore, released at most once (by the item's task or, if the task never ran,
+    by its done callback)."""
+
+    __slots__ = ("held", "semaphore")
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self.semaphore, self.held = semaphore, True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.semaphore.release()
 
 
 async def _enumerate(inputs: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]]
@@ -179,17 +257,23 @@ class _Serial:
 
 
 async def run_many(program: Any, inputs: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]], *,
-                   concurrency: int = 16, rate: RateLimit | float | None = None, timeout: float | None = None,
+                   concurrency: int | asyncio.Semaphore = 16, rate: RateLimit | float | None = None,
+                   timeout: float | None = None,
                    retries: RetryPolicy | int = DEFAULT_RETRY, progress: bool | str = False) -> list[ItemResult]:
     """Run ``program`` on every input, at most ``concurrency`` at a time, on DSPy's native async path.
 
     Args:
         program: a DSPy module (``program.acall``), a coroutine function, or a sync callable (run in a thread).
         inputs: mappings of input fields (``example.inputs()`` works), sync or async iterable.
-        concurrency: calls in flight at once (a fixed pool of worker tasks, not one task per input).
-        rate: a :class:`RateLimit` (or requests per second) every attempt waits on.
-        timeout: seconds per attempt; a late attempt is cancelled (its HTTP request with it) and fails with
-            :class:`ItemTimeout` (not retried by the default policy).
+        concurrency: calls in flight at once: a number (slots of this call alone), or an ``asyncio.Semaphore``
+            shared by several ``run_many`` / ``iter_many`` calls on the same event loop, which together never
+            exceed it. An item is taken from ``inputs`` only once it has a slot (at most ``concurrency`` tasks
+            exist, not one per input), and keeps it through its retries.
+        rate: a :class:`RateLimit` (or requests per second) every attempt waits on, after it has its slot (so
+            items queued for a slot do not take tokens and then start in a burst).
+        timeout: seconds per attempt, from the moment the call starts (after the slot and the rate token: time
+            queued for a slot never counts); a late attempt is cancelled (its HTTP request with it) and fails
+            with :class:`ItemTimeout` (not retried by the default policy).
         retries: a :class:`RetryPolicy`, or a number of retries. Only ``dspy.is_retryable_lm_error`` errors are
             retried, honouring ``Retry-After``. DSPy's LMs also retry inside a call (``num_retries``); set it to 0 to
             let this policy (and the rate limit) see every attempt.
@@ -211,15 +295,19 @@ async def run_many(program: Any, inputs: Iterable[Mapping[str, Any]] | AsyncIter
 
 
 async def iter_many(program: Any, inputs: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]], *,
-                    concurrency: int = 16, rate: RateLimit | float | None = None, timeout: float | None = None,
+                    concurrency: int | asyncio.Semaphore = 16, rate: RateLimit | float | None = None,
+                    timeout: float | None = None,
                     retries: RetryPolicy | int = DEFAULT_RETRY, progress: bool | str = False,
                     buffer: int | None = None) -> AsyncIterator[ItemResult]:
     """Like :func:`run_many`, yielding each :class:`ItemResult` as soon as it completes (``result.index`` says
-    which input it was). At most ``buffer`` (default ``concurrency``) finished results wait for the consumer; when
-    it falls behind, the workers pause (backpressure). Breaking out of the loop cancels the calls in flight."""
+    which input it was). At most ``buffer`` (default ``concurrency``, or 16 with a shared semaphore) finished
+    results wait for the consumer; when it falls behind, no more items are started (backpressure; with a shared
+    semaphore the finished items give their slots back to the other runs meanwhile). Breaking out of the loop
+    cancels the calls in flight."""
+    size = buffer or (_SHARED_BUFFER if isinstance(concurrency, asyncio.Semaphore) else concurrency)
     runner = _Runner(program, concurrency=concurrency, rate=rate, timeout=timeout, retries=retries,
-                     progress=progress, total=len(inputs) if isinstance(inputs, Sized) else None)
-    queue: asyncio.Queue[ItemResult | None] = asyncio.Queue(maxsize=buffer or concurrency)
+                     progress=progress, total=len(inputs) if isinstance(inputs, Sized) else None, backlog=size)
+    queue: asyncio.Queue[ItemResult | None] = asyncio.Queue(maxsize=size)
 
     async def produce() -> None:
         try:
@@ -245,10 +333,19 @@ async def iter_many(program: Any, inputs: Iterable[Mapping[str, Any]] | AsyncIte
         await asyncio.gather(producer, return_exceptions=True)
 
 
-def run_many_sync(program: Any, inputs: Iterable[Mapping[str, Any]], **options: Any) -> list[ItemResult]:
-    """:func:`run_many` from synchronous code (starts and closes an event loop; not from inside a running one)."""
+def run_sync(main: Callable[[], Coroutine[Any, Any, _T]], *, name: str, instead: str) -> _T:
+    """Run the coroutine ``main()`` to completion on a new event loop, from synchronous code (the ``*_sync``
+    twins of async APIs use it). From inside a running event loop, where ``asyncio.run`` cannot work, it raises
+    a ``RuntimeError`` saying that ``name`` was called there and to use ``instead`` (e.g. ``"await
+    run_many(...)"``) -- before ``main`` is called, so no coroutine is left never awaited."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(run_many(program, inputs, **options))
-    raise RuntimeError("run_many_sync was called from a running event loop; use `await run_many(...)` there")
+        return asyncio.run(main())
+    raise RuntimeError(f"{name} was called from a running event loop; use `{instead}` there")
+
+
+def run_many_sync(program: Any, inputs: Iterable[Mapping[str, Any]], **options: Any) -> list[ItemResult]:
+    """:func:`run_many` from synchronous code (starts and closes an event loop; not from inside a running one)."""
+    return run_sync(lambda: run_many(program, inputs, **options), name="run_many_sync",
+                    instead="await run_many(...)")
