@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-try:  # mcp 2.x
-    from mcp.server.mcpserver import MCPServer
-    from mcp.server.mcpserver.exceptions import ToolError
-except ModuleNotFoundError:  # mcp 1.x
-    from mcp.server.fastmcp import FastMCP as MCPServer  # type: ignore[no-redef]
-    from mcp.server.fastmcp.exceptions import ToolError  # type: ignore[no-redef]
+from mcp.server.mcpserver import MCPServer  # mcp 2.x, what dspyo3-agents[mcp] requires
+from mcp.server.mcpserver.exceptions import ToolError
 
 server = MCPServer("dspyo3-test", log_level="WARNING")  # no INFO lines per tool error on stderr
 

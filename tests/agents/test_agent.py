@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -403,6 +404,56 @@ def test_context_window_ends_the_run_and_still_answers(registry: ToolRegistry, m
     else:
         result = asyncio.run(go())
     assert (result.stopped, len(result.steps), result.answer) == ("context_window", 2, "4")
+
+
+class WindowLM(DummyLM):  # type: ignore[misc]
+    """A context window that holds two steps: a step prompt showing more is refused; every step prompt is kept."""
+
+    def __init__(self, answers: list[dict[str, Any]]) -> None:
+        super().__init__(answers)
+        self.step_prompts: list[set[str]] = []
+        self.overflows = 0
+
+    def forward(self, prompt: Any = None, messages: Any = None, **kwargs: Any) -> Any:
+        text = str(messages)
+        if "next_tool_name" in text:
+            shown = set(re.findall(r"observation_\d+", text))
+            if len(shown) > 2:
+                self.overflows += 1
+                raise ContextWindowExceededError(model="dummy", message="prompt too long")
+            self.step_prompts.append(shown)
+        return super().forward(prompt=prompt, messages=messages, **kwargs)
+
+    async def aforward(self, prompt: Any = None, messages: Any = None, **kwargs: Any) -> Any:
+        return self.forward(prompt=prompt, messages=messages, **kwargs)
+
+
+@pytest.mark.filterwarnings("ignore:Implementing custom LMs:DeprecationWarning")
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_truncation_lasts_so_a_long_run_finishes(registry: ToolRegistry, mode: str) -> None:
+    lm = WindowLM([step("add", {"a": i, "b": 1}) for i in range(6)] + [step("finish"), final("done")])
+    store = MemoryStateStore()
+    agent = ReActAgent("question -> answer", registry, store=store, max_steps=10)
+
+    async def go() -> Any:
+        with dspy.context(lm=lm):
+            return await agent.acall(question="q", run_id="long")
+
+    if mode == "sync":
+        with dspy.context(lm=lm):
+            result = agent(question="q", run_id="long")
+    else:
+        result = asyncio.run(go())
+    assert (result.stopped, len(result.steps), result.answer) == ("finish", 7, "done")
+    # each overflow dropped one step for good: one overflow per step past the window, never a step re-sent
+    assert lm.overflows == 4  # steps 3, 4, 5 and 6 would have shown three
+    assert lm.step_prompts[-1] == {"observation_4", "observation_5"}
+    for earlier, later in itertools.pairwise(lm.step_prompts):
+        assert min((int(o.split("_")[1]) for o in later), default=0) >= min(
+            (int(o.split("_")[1]) for o in earlier), default=0)
+    assert store.load("agent:run:long").data["dropped"] == 4
+    assert list(result.trajectory) == [f"{k}_{i}" for i in (4, 5, 6)
+                                       for k in ("thought", "tool_name", "tool_args", "observation")]
 
 
 class SlowStore(MemoryStateStore):

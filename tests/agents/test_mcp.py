@@ -34,7 +34,7 @@ try:
     import mcp
 except ImportError:
     if in_ci():
-        raise ImportError("the mcp SDK is not installed; CI must install dspyo3-agents[mcp] (mcp>=1.9)") from None
+        raise ImportError("the mcp SDK is not installed; CI must install dspyo3-agents[mcp] (mcp>=2.3,<3)") from None
     pytest.skip("the mcp SDK is not installed: pip install 'dspyo3-agents[mcp]'", allow_module_level=True)
 
 SERVER = Path(__file__).with_name("mcp_server.py")

@@ -386,7 +386,7 @@ def test_mcp_tools_are_registered_disabled_and_called_on_the_sessions_loop() -> 
 
 
 class PagedMCPSession:
-    """An mcp-1.x-shaped session (camelCase fields, ``list_tools(cursor=...)``) whose listing spans two pages and
+    """A duck-typed session (camelCase fields, ``list_tools(cursor=...)``) whose listing spans two pages and
     whose results carry non-text content blocks (what ``test_mcp.py``'s real server does not send)."""
 
     def __init__(self) -> None:

@@ -10,39 +10,48 @@
 - :func:`run_agents`, :class:`Coordinator`: many agents under one concurrency limit (``dspyo3_async``), fan-out
   and merge.
 - ``dspyo3 agents tools list|call``, ``dspyo3 agents run``, ``dspyo3 agents trace FILE``.
+
+Importing the package is cheap (the ``dspyo3`` CLI imports every plugin at start-up): each public name is imported
+from its module on first use (PEP 562 ``__getattr__``).
 """
 
-from dspyo3_agents.agent import ReActAgent, RunState
-from dspyo3_agents.parallel import Coordinator, FanOutResult, run_agents, run_agents_sync
-from dspyo3_agents.state import (
-    AgentState,
-    MemoryStateStore,
-    RedisStateStore,
-    SQLiteStateStore,
-    StaleStateError,
-    StateStore,
-    open_store,
-)
-from dspyo3_agents.tools import (
-    RISKY_TAGS,
-    ArgumentProblem,
-    RegisteredTool,
-    RegistryTool,
-    ToolArgumentError,
-    ToolBreaker,
-    ToolCircuitOpenError,
-    ToolDisabledError,
-    ToolError,
-    ToolExecutionError,
-    ToolNotGrantedError,
-    ToolOptions,
-    ToolRegistry,
-    ToolTimeoutError,
-    UnknownToolError,
-    tool_options,
-    tool_retry,
-)
-from dspyo3_agents.trajectory import Step, TrajectoryLog, read_trajectory
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dspyo3_agents.agent import ReActAgent, RunState
+    from dspyo3_agents.parallel import Coordinator, FanOutResult, run_agents, run_agents_sync
+    from dspyo3_agents.state import (
+        AgentState,
+        MemoryStateStore,
+        RedisStateStore,
+        SQLiteStateStore,
+        StaleStateError,
+        StateStore,
+        open_store,
+    )
+    from dspyo3_agents.tools import (
+        RISKY_TAGS,
+        ArgumentProblem,
+        RegisteredTool,
+        RegistryTool,
+        ToolArgumentError,
+        ToolBreaker,
+        ToolCircuitOpenError,
+        ToolDisabledError,
+        ToolError,
+        ToolExecutionError,
+        ToolNotGrantedError,
+        ToolOptions,
+        ToolRegistry,
+        ToolTimeoutError,
+        UnknownToolError,
+        tool_options,
+        tool_retry,
+    )
+    from dspyo3_agents.trajectory import Step, TrajectoryLog, read_trajectory
 
 __version__ = "0.1.0"
 
@@ -82,3 +91,52 @@ __all__ = [
     "tool_options",
     "tool_retry",
 ]
+
+_WHERE = {
+    "ReActAgent": "dspyo3_agents.agent",
+    "RunState": "dspyo3_agents.agent",
+    "Coordinator": "dspyo3_agents.parallel",
+    "FanOutResult": "dspyo3_agents.parallel",
+    "run_agents": "dspyo3_agents.parallel",
+    "run_agents_sync": "dspyo3_agents.parallel",
+    "AgentState": "dspyo3_agents.state",
+    "MemoryStateStore": "dspyo3_agents.state",
+    "RedisStateStore": "dspyo3_agents.state",
+    "SQLiteStateStore": "dspyo3_agents.state",
+    "StaleStateError": "dspyo3_agents.state",
+    "StateStore": "dspyo3_agents.state",
+    "open_store": "dspyo3_agents.state",
+    "ArgumentProblem": "dspyo3_agents.tools",
+    "RISKY_TAGS": "dspyo3_agents.tools",
+    "RegisteredTool": "dspyo3_agents.tools",
+    "RegistryTool": "dspyo3_agents.tools",
+    "ToolArgumentError": "dspyo3_agents.tools",
+    "ToolBreaker": "dspyo3_agents.tools",
+    "ToolCircuitOpenError": "dspyo3_agents.tools",
+    "ToolDisabledError": "dspyo3_agents.tools",
+    "ToolError": "dspyo3_agents.tools",
+    "ToolExecutionError": "dspyo3_agents.tools",
+    "ToolNotGrantedError": "dspyo3_agents.tools",
+    "ToolOptions": "dspyo3_agents.tools",
+    "ToolRegistry": "dspyo3_agents.tools",
+    "ToolTimeoutError": "dspyo3_agents.tools",
+    "UnknownToolError": "dspyo3_agents.tools",
+    "tool_options": "dspyo3_agents.tools",
+    "tool_retry": "dspyo3_agents.tools",
+    "Step": "dspyo3_agents.trajectory",
+    "TrajectoryLog": "dspyo3_agents.trajectory",
+    "read_trajectory": "dspyo3_agents.trajectory",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -6,7 +6,9 @@ It subclasses ``dspy.ReAct`` and keeps its signatures, prompts, predictors (``re
 see and tune them as usual), trajectory formatting and truncation. It replaces ``forward`` / ``aforward``
 because DSPy's loop has no place to start from a saved trajectory, to stop on a deadline, to persist or log each
 step, or to keep going when the LM's answer cannot be parsed (DSPy ends the run there; here the parse error is
-fed back as an observation and costs one step of the budget).
+fed back as an observation and costs one step of the budget). Its LM calls truncate the trajectory on
+context-window errors as DSPy's do, and the cut lasts (``RunState.dropped``, saved with the run): later steps are
+not sent the dropped ones again.
 """
 
 from __future__ import annotations
@@ -59,13 +61,15 @@ class RunState:
     elapsed: float = 0.0
     tokens: dict[str, int] = field(default_factory=dict)
     pending: dict[str, Any] | None = None
+    dropped: int = 0
     version: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {"run_id": self.run_id, "inputs": jsonable(self.inputs), "steps": [s.to_dict() for s in self.steps],
                 "status": self.status, "stopped": self.stopped, "outputs": jsonable(self.outputs),
-                "elapsed": self.elapsed, "tokens": self.tokens, "pending": jsonable(self.pending)}
+                "elapsed": self.elapsed, "tokens": self.tokens, "pending": jsonable(self.pending),
+                "dropped": self.dropped}
 
     @classmethod
     def from_state(cls, state: AgentState) -> RunState:
@@ -75,12 +79,13 @@ class RunState:
                    steps=[Step.from_dict(s) for s in data.get("steps") or []], status=str(data.get("status")),
                    stopped=data.get("stopped"), outputs=dict(data.get("outputs") or {}),
                    elapsed=float(data.get("elapsed", 0.0)), tokens=dict(data.get("tokens") or {}),
-                   pending=data.get("pending"), version=state.version)
+                   pending=data.get("pending"), dropped=int(data.get("dropped", 0)), version=state.version)
 
     def trajectory(self) -> dict[str, Any]:
-        """The steps in ``dspy.ReAct``'s trajectory form (``thought_0``, ``tool_name_0``, ...)."""
+        """The steps the LM is shown, in ``dspy.ReAct``'s trajectory form (``thought_0``, ``tool_name_0``, ...):
+        all but the ``dropped`` oldest, which were cut to fit the context window (``steps`` keeps them all)."""
         out: dict[str, Any] = {}
-        for step in self.steps:
+        for step in self.steps[self.dropped:]:
             i = step.index
             out[f"thought_{i}"] = step.thought
             out[f"tool_name_{i}"] = step.tool if step.tool is not None else "(unparseable answer)"
@@ -181,6 +186,44 @@ class ReActAgent(dspy.ReAct):  # type: ignore[misc]  # dspy is untyped (Any)
             raise KeyError(f"no saved run {run_id!r} for agent {self.name!r}; saved runs: {known}")
         result: dspy.Prediction = self(run_id=run_id, **stored.data["inputs"], **options)
         return result
+
+    # -- LM calls, with DSPy's context-window truncation made to last
+
+    def _truncate(self, run: RunState, trajectory: dict[str, Any], err: ContextWindowExceededError) -> None:
+        """Cut the trajectory after ``err`` with ``self.truncate_trajectory`` (DSPy's: drop the oldest step; it
+        raises when one step is left) and remember the cut in ``run.dropped`` (saved with the run), so later
+        calls start from the shortened trajectory as in ``dspy.ReAct`` instead of overflowing again."""
+        logger.warning("%s run %s: the trajectory exceeded the context window; dropping its oldest step",
+                       self.name, run.run_id)
+        kept = self.truncate_trajectory(trajectory)
+        shown = run.steps[run.dropped:]
+        gone = next((n for n, step in enumerate(shown) if f"thought_{step.index}" in kept), len(shown))
+        if gone == 0:  # a truncate_trajectory override that cut nothing: retrying would overflow again
+            raise err
+        run.dropped += gone
+
+    def _call_lm(self, module: Any, run: RunState, inputs: dict[str, Any]) -> Any:
+        """``module`` on the run's trajectory, truncated (at most 3 times) on context-window errors, as
+        ``dspy.ReAct._call_with_potential_trajectory_truncation`` does; the truncation lasts for the run."""
+        for _ in range(3):
+            trajectory = run.trajectory()
+            try:
+                return module(**inputs, trajectory=self._format_trajectory(trajectory))
+            except ContextWindowExceededError as err:
+                self._truncate(run, trajectory, err)
+        raise ContextWindowExceededError(message="The context window was exceeded even after 3 attempts to truncate "
+                                                 "the trajectory.")
+
+    async def _acall_lm(self, module: Any, run: RunState, inputs: dict[str, Any]) -> Any:
+        """:meth:`_call_lm` on the async path."""
+        for _ in range(3):
+            trajectory = run.trajectory()
+            try:
+                return await module.acall(**inputs, trajectory=self._format_trajectory(trajectory))
+            except ContextWindowExceededError as err:
+                self._truncate(run, trajectory, err)
+        raise ContextWindowExceededError(message="The context window was exceeded even after 3 attempts to truncate "
+                                                 "the trajectory.")
 
     def _prediction(self, run: RunState) -> dspy.Prediction:
         return dspy.Prediction(trajectory=run.trajectory(), steps=list(run.steps), run_id=run.run_id,
@@ -328,8 +371,7 @@ class ReActAgent(dspy.ReAct):  # type: ignore[misc]  # dspy is untyped (Any)
             for kind, arg in effects:
                 try:
                     if kind == "lm":
-                        effects.reply = self._call_with_potential_trajectory_truncation(self.react, run.trajectory(),
-                                                                                        **inputs)
+                        effects.reply = self._call_lm(self.react, run, inputs)
                     elif kind == "tool":
                         effects.reply = arg[0](**arg[1])
                     else:
@@ -337,7 +379,7 @@ class ReActAgent(dspy.ReAct):  # type: ignore[misc]  # dspy is untyped (Any)
                 except Exception as exc:
                     effects.error = exc
         with track_usage() as tracker:
-            extract = self._call_with_potential_trajectory_truncation(self.extract, run.trajectory(), **inputs)
+            extract = self._call_lm(self.extract, run, inputs)
         return self._complete(run, extract, _tokens(tracker), time.monotonic() - effects.began)
 
     async def aforward(self, **input_args: Any) -> dspy.Prediction:
@@ -350,8 +392,8 @@ class ReActAgent(dspy.ReAct):  # type: ignore[misc]  # dspy is untyped (Any)
             for kind, arg in effects:
                 try:
                     if kind == "lm":
-                        effects.reply = await asyncio.wait_for(self._async_call_with_potential_trajectory_truncation(
-                            self.react, run.trajectory(), **inputs), effects.time_left())
+                        effects.reply = await asyncio.wait_for(self._acall_lm(self.react, run, inputs),
+                                                               effects.time_left())
                     elif kind == "tool":
                         effects.reply = await arg[0].acall(**arg[1])
                     elif self.store is not None:
@@ -359,8 +401,7 @@ class ReActAgent(dspy.ReAct):  # type: ignore[misc]  # dspy is untyped (Any)
                 except Exception as exc:
                     effects.error = exc
         with track_usage() as tracker:
-            extract = await self._async_call_with_potential_trajectory_truncation(self.extract, run.trajectory(),
-                                                                                  **inputs)
+            extract = await self._acall_lm(self.extract, run, inputs)
         return await asyncio.to_thread(self._complete, run, extract, _tokens(tracker),
                                        time.monotonic() - effects.began)
 

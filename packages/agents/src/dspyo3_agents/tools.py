@@ -1143,8 +1143,9 @@ def _field(obj: Any, snake: str, camel: str) -> Any:
 
 
 async def _list_mcp_tools(session: Any) -> list[Any]:
-    """Every tool of every page of ``session.list_tools()`` (mcp 2 takes ``params=PaginatedRequestParams(cursor=...)``,
-    mcp 1 also ``cursor=...``)."""
+    """Every tool of every page of ``session.list_tools()`` (the mcp SDK's takes
+    ``params=PaginatedRequestParams(cursor=...)``; a session object whose ``list_tools`` takes ``cursor=`` is paged
+    that way)."""
     tools: list[Any] = []
     listing = await session.list_tools()
     seen: set[str] = set()
