@@ -183,3 +183,16 @@ def test_lm_providers_command(cli_env: dict[str, str], dspyo3_exe: str) -> None:
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["openai-compatible"]["needs_api_base"] is True
     assert rows["anthropic"]["distribution"] == "dspyo3-core"
+
+
+def test_check_keys_names_the_key_the_table_the_known_keys_and_a_close_match() -> None:
+    from dspyo3_core.config import check_keys
+
+    check_keys({"a": 1}, {"a", "b"}, "[t]")  # known keys pass
+    with pytest.raises(ConfigError) as one:
+        check_keys({"registri": 1, "executor": 2}, ["registry", "executor"], "[optimize]", "dspyo3.toml")
+    assert str(one.value) == ("dspyo3.toml: unknown key 'registri' (did you mean 'registry'?) in [optimize]; known "
+                              "keys: executor, registry")
+    with pytest.raises(ConfigError) as two:
+        check_keys({"zz": 1, "colour": 2}, ["color"], "[x]")
+    assert str(two.value) == "unknown keys 'colour' (did you mean 'color'?), 'zz' in [x]; known keys: color"

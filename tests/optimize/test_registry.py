@@ -226,8 +226,9 @@ def test_a_writer_with_a_stale_view_never_overwrites_a_version(tmp_path: Path,
     registry = ProgramRegistry(tmp_path / "reg")
     registry.register("qa", _program("Kept."))
     before = {p.name: p.read_bytes() for p in (tmp_path / "reg" / "qa" / "versions" / "1.0.0").iterdir()}
-    monkeypatch.setattr(registry, "_taken", lambda name: set())
-    monkeypatch.setattr(registry, "versions", lambda name: [])
+    listing = registry.backend.keys
+    monkeypatch.setattr(registry.backend, "keys",  # a stale view: no versions stored yet
+                        lambda name, prefix="": [] if prefix == "versions/" else listing(name, prefix))
     assert registry.register("qa", _program("Later.")).version == "1.0.1"
     after = {p.name: p.read_bytes() for p in (tmp_path / "reg" / "qa" / "versions" / "1.0.0").iterdir()}
     assert after == before
@@ -376,3 +377,64 @@ def test_cli_evaluate_needs_a_trusted_factory_or_program(tmp_path: Path, monkeyp
     assert given.exit_code == 0 and json.loads(given.output)["n"] == 1 and not marker.exists(), given.output
     trusted = runner.invoke(cli, [*base, "--trust-registry"])
     assert trusted.exit_code == 0 and marker.exists(), trusted.output
+
+
+class _CountingBackend(LocalBackend):
+    """A local backend that counts listings (what a LIST request costs on an object store or Redis)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.listings = 0
+
+    def keys(self, name: str, prefix: str = "") -> list[str]:
+        self.listings += 1
+        return super().keys(name, prefix)
+
+
+def test_reading_every_version_lists_the_backend_once_not_once_per_version(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from dspyo3_core.cli import build_cli
+    from dspyo3_optimize import registry as registry_module
+    from dspyo3_optimize.registry import state_checksum
+
+    backend = _CountingBackend(tmp_path / "reg")
+    registry = ProgramRegistry(backend)
+    versions = 6
+    for i in range(versions):
+        backend.listings = 0
+        meta = registry.register("qa", _program(f"v{i}"), run_id=f"run-{i}")
+        assert backend.listings == 1, "register lists the versions once"
+        assert meta.checksum == state_checksum(_program(f"v{i}"))
+    backend.listings = 0
+    assert registry.find("qa", run_id="run-0") is not None  # the oldest: every version is read
+    assert backend.listings == 1
+    backend.listings = 0
+    assert [registry.meta("qa", v).version for v in registry.versions("qa")] == [f"1.0.{i}" for i in range(6)]
+    assert registry.verify("qa") == []
+    assert backend.listings == 2  # versions() twice; meta(exact version) and verify read without listing
+    assert registry.meta("qa", "dev").version == "1.0.5"  # a stage still resolves
+    with pytest.raises(NotFoundError, match=r"qa has no version '9\.9\.9'; versions: 1\.0\.0"):
+        registry.meta("qa", "9.9.9")
+
+    monkeypatch.setattr(registry_module, "open_registry", lambda url=None, **kw: ProgramRegistry(backend, **kw))
+    backend.listings = 0
+    result = CliRunner().invoke(build_cli(), ["registry", "list", "qa", "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.output)) == versions and backend.listings == 1
+
+
+def test_the_registry_imports_without_fcntl(tmp_path: Path) -> None:
+    """fcntl is POSIX-only: the registry (and its non-local backends) must import where it is missing."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["fcntl"] = None  # as on Windows: `import fcntl` raises ImportError
+        from dspyo3_optimize.registry import ProgramRegistry
+        registry = ProgramRegistry("memory://no-fcntl")
+        meta = registry.register("qa", {"demos": [], "signature": {"instructions": "x"}})
+        print(meta.version, registry.state("qa")[1].checksum == meta.checksum)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1.0.0", "True"]

@@ -105,14 +105,15 @@ def test_killed_run_resumes_without_repeating_finished_trials(tmp_path: Path, lm
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['max_trials'\] in \[run\]"):
+    with pytest.raises(ConfigError, match=r"optimize\.toml: unknown key 'max_trials' in \[run\]; known keys: "
+                                         r"baseline, concurrency"):
         RunConfig.from_toml(_write_config(tmp_path, CONFIG.replace('metric = "gsm8k"',
                                                                     'metric = "gsm8k"\nmax_trials = 3')))
     with pytest.raises(ConfigError, match=r"\[\[trials\]\] #2 needs optimizer"):
         RunConfig.from_toml(_write_config(tmp_path, CONFIG.replace('optimizer = "bootstrap_fewshot"\noptions = {{ '
                                                                     'max_bootstrapped_demos = 2', 'options = {{ '
                                                                     'max_bootstrapped_demos = 2')))
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['split'\] in \[data\]"):
+    with pytest.raises(ConfigError, match=r"unknown key 'split' in \[data\]; known keys: dev, dev_fraction"):
         RunConfig.from_toml(_write_config(tmp_path, CONFIG.replace("dev_size = 4", "split = 4")))
     with pytest.raises(ConfigError, match=r"\[run\] max_seconds must be a number >= 0, got 'soon'"):
         RunConfig.from_toml(_write_config(tmp_path, CONFIG.replace("concurrency = 1", 'max_seconds = "soon"')))
@@ -420,3 +421,110 @@ def test_cost_budget_counts_what_earlier_sessions_spent(tmp_path: Path, gsm8k_tr
         assert third.status == "cost_budget_exceeded" and len(gsm8k_server.requests) == before
     finally:
         prod.disable(close=True)
+
+
+def test_another_budgets_refusal_does_not_end_the_run(tmp_path: Path, gsm8k_train: list[Any],
+                                                      gsm8k_server: LMServer) -> None:
+    prod = pytest.importorskip("dspyo3_production")
+    from dspyo3_core.lm import LMCall
+
+    lm = _priced_lm(gsm8k_server)
+    stingy = prod.Budget(0.0, per="user", name="someone-else")  # refuses every call charged to a user
+    stack = prod.enable(prod.Production(metrics=False, log_events=False, module_callbacks=False, budgets=[stingy]))
+    assert stack.costs is not None
+    before = list(stack.costs.budgets)
+    refused: list[str] = []
+
+    def somebody_elses_call(record: dict[str, Any]) -> None:  # between trials, on the shared tracker
+        with prod.attribute(user="eve"), pytest.raises(prod.BudgetExceededError):
+            stack.costs.reserve(LMCall(lm=lm, messages=[{"role": "user", "content": "hi"}]))
+        refused.append(record["name"])
+
+    config = _tiny(tmp_path, gsm8k_train, lm, max_cost_usd=50.0, baseline=True)
+    try:
+        report = run(config, on_trial=somebody_elses_call)
+    finally:
+        prod.disable(close=True)
+    assert stingy.refusals == len(refused) == 2
+    assert report.status == "finished", report.trials  # the run's own budget refused nothing
+    assert [t["status"] for t in report.trials] == ["finished", "finished"]
+    assert stack.costs.budgets == before and all(a is b for a, b in zip(stack.costs.budgets, before, strict=True))
+    assert "reserve" not in vars(stack.costs)  # nothing patched onto the shared tracker
+
+
+def test_cli_hides_tracebacks_only_for_this_packages_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from dspyo3_core.cli import build_cli
+    from dspyo3_optimize import runner as runner_module
+    from dspyo3_optimize.data import DataError
+
+    cli = build_cli()
+    good = _write_config(tmp_path)
+    for error in (KeyError("answer"), ValueError("could not convert string to float: 'n/a'")):
+        def buggy(*args: Any, error: Exception = error, **kwargs: Any) -> Any:
+            raise error  # as a metric or a program factory with a bug would
+
+        monkeypatch.setattr(runner_module, "run", buggy)
+        result = CliRunner().invoke(cli, ["optimize", "run", str(good), "--no-progress"])
+        assert result.exit_code == 1 and result.exception is error, result.output  # the traceback is kept
+    monkeypatch.undo()
+    (tmp_path / "bad").mkdir()
+    bad = _write_config(tmp_path / "bad", CONFIG.replace('metric = "gsm8k"', 'metric = "gsm8k"\nmax_second = 3'))
+    result = CliRunner().invoke(cli, ["optimize", "run", str(bad)])
+    assert result.exit_code == 2, result.output
+    assert "unknown key 'max_second' (did you mean 'max_seconds'?) in [run]" in result.output
+    assert "Traceback" not in result.output
+
+    def bad_data(*args: Any, **kwargs: Any) -> Any:
+        raise DataError("train.jsonl:3 is not JSON")
+
+    monkeypatch.setattr(runner_module, "run", bad_data)
+    result = CliRunner().invoke(cli, ["optimize", "run", str(good), "--no-progress"])
+    assert result.exit_code == 2 and "train.jsonl:3 is not JSON" in result.output
+
+
+def test_importing_the_plugin_stays_light() -> None:
+    """The ``dspyo3`` CLI imports every plugin at start-up: this one must not pull in NumPy, SciPy, the runner or the
+    registry until a command runs."""
+    import sys
+
+    code = ("import sys, dspyo3_optimize.plugin, dspyo3_optimize\n"
+            "heavy = ['numpy', 'scipy', 'matplotlib', 'dspyo3_optimize.runner', 'dspyo3_optimize.registry',\n"
+            "         'dspyo3_optimize.stats', 'dspyo3_optimize.data', 'dspyo3_optimize.evaluate']\n"
+            "print([m for m in heavy if m in sys.modules])\n"
+            "print(dspyo3_optimize.compare.__module__, 'numpy' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[]", "dspyo3_optimize.stats False"]
+
+
+def test_one_state_checksum_for_trials_checkpoints_and_the_registry(tmp_path: Path, gsm8k_train: list[Any],
+                                                                      gsm8k_lm: Any) -> None:
+    from dspyo3_core import commands
+    from dspyo3_optimize import _common, plugin, registry, runner
+    from dspyo3_optimize.registry import open_registry, state_checksum
+    from dspyo3_optimize.runner import RegisterSpec, load_trial_program
+
+    assert plugin.echo_json is commands.echo_json and registry._now is runner.now is _common.now
+    config = _tiny(tmp_path, gsm8k_train, gsm8k_lm, register=RegisterSpec("tiny", registry=str(tmp_path / "reg")))
+    report = run(config)
+    [trial] = report.trials
+    meta = open_registry(tmp_path / "reg").meta("tiny")
+    assert trial["state_sha256"] == meta.checksum  # the trial file holds the bytes the registry stores
+    program = load_trial_program(tmp_path / "run", 0, dspy.ChainOfThought("question -> answer"))
+    assert state_checksum(program) == meta.checksum
+    checkpoint = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    base = runner._build_program(config.program)
+    assert checkpoint["fingerprint_parts"]["program_state"] == state_checksum(base)
+
+
+def test_event_log_goes_through_core_jsonl_helpers_and_survives_a_torn_line(tmp_path: Path) -> None:
+    rundir = Run(tmp_path / "run")
+    rundir.event("session_started", run_id="r")
+    with rundir.events_path.open("ab") as handle:  # a writer killed mid-line
+        handle.write(b'{"event": "trial_sta')
+    rundir.event("trial_started", trial=0, when=time)  # non-JSON values are written as text
+    events = rundir.events()
+    assert [e["event"] for e in events] == ["session_started", "trial_started"]
+    assert events[1]["trial"] == 0 and "module" in events[1]["when"] and events[1]["pid"] == os.getpid()

@@ -165,3 +165,42 @@ def test_n_and_error_gates() -> None:
 def test_malformed_gates_have_clear_errors(gate: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         parse_gates(gate)
+
+
+def _unchunked_bootstrap(scores: list[float], resamples: int, seed: int,
+                         confidence: float = 0.95) -> tuple[float, float]:
+    """The original implementation: every resample index drawn in one (resamples, n) matrix."""
+    import numpy as np
+
+    values = np.asarray(scores, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, values.size, size=(resamples, values.size))
+    means = values[idx].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+@pytest.mark.parametrize("n", [1, 7, 150, 2_500])
+def test_chunked_bootstrap_draws_exactly_what_one_big_matrix_drew(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    from dspyo3_optimize import stats
+
+    rnd = random.Random(n)
+    scores = [rnd.random() for _ in range(n)]
+    monkeypatch.setattr(stats, "BOOTSTRAP_CHUNK_ELEMENTS", 3 * n + 1)  # several uneven chunks even for small n
+    for seed in (0, 11):
+        assert stats.bootstrap_ci(scores, resamples=2_003, seed=seed) == _unchunked_bootstrap(scores, 2_003, seed)
+
+
+def test_bootstrap_memory_stays_bounded_for_large_samples() -> None:
+    import tracemalloc
+
+    scores = [float(i % 2) for i in range(20_000)]
+    tracemalloc.start()
+    try:
+        low, high = bootstrap_ci(scores, resamples=10_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert low < 0.5 < high
+    assert peak < 100 * 2**20, f"peak {peak / 2**20:.0f} MiB"  # one (10_000, 20_000) index matrix alone is 1.6 GB

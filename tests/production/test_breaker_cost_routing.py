@@ -333,7 +333,7 @@ output_per_mtok = 1.5
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("[production]\ncolour = 1\n", "unknown key(s) colour"),
+    ("[production]\nmetric = 1\n", "unknown key 'metric' (did you mean 'metrics'"),
     ("[production.cache]\nredis = true\n", "no Redis URL is configured"),
     ("[production.breaker]\nfallback = \"nope\"\n", "fallback = 'nope' is not an LM profile"),
     ("[[production.budgets]]\nper = \"day\"\n", "needs limit_usd"),
@@ -589,3 +589,50 @@ def test_models_priced_nowhere_are_warned_about_or_priced_at_the_default(caplog:
     assert cost == pytest.approx(0.003) and priced.totals("total") == {"total": pytest.approx(0.003)}
     with pytest.raises(ValueError, match="default_price"):
         CostTracker(default_price=(-1.0, 1.0))
+
+
+def test_each_budget_counts_only_its_own_refusals_and_tells_its_observer() -> None:
+    call = _budget_call()
+    seen: list[BudgetExceededError] = []
+    per_run = Budget(1.0, per="run", name="run-budget", on_refuse=seen.append)
+    per_user = Budget(0.0, per="user", name="user-budget")
+    tracker = CostTracker([per_run, per_user], default_price=(1.0, 1.0))
+    with prod.attribute(user="alice"):  # refused by the user budget only
+        for _ in range(3):
+            with pytest.raises(BudgetExceededError) as refused:
+                tracker.reserve(call)
+            assert refused.value.budget is per_user
+    assert (per_user.refusals, per_run.refusals, seen) == (3, 0, [])
+    tiny = Budget(0.0, per="run", on_refuse=seen.append)
+    threaded = CostTracker([tiny], default_price=(1.0, 1.0))
+
+    def refuse_many() -> None:
+        with prod.attribute(run="r1"):
+            for _ in range(50):
+                with pytest.raises(BudgetExceededError):
+                    threaded.reserve(call)
+
+    workers = [threading.Thread(target=refuse_many) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert tiny.refusals == 400 and len(seen) == 400 and all(e.budget is tiny and e.scope == "run=r1" for e in seen)
+    assert per_run.refusals == 0 and Budget(1.0) == Budget(1.0)  # the counter is not part of a budget's identity
+
+
+def test_a_failing_refusal_observer_does_not_replace_the_refusal() -> None:
+    def broken(error: BudgetExceededError) -> None:
+        raise RuntimeError("observer bug")
+
+    budget = Budget(0.0, on_refuse=broken)
+    with pytest.raises(BudgetExceededError):
+        CostTracker([budget], default_price=(1.0, 1.0)).reserve(_budget_call())
+    assert budget.refusals == 1
+
+
+def _budget_call() -> Any:
+    from dspyo3_core.lm import LMCall
+
+    return LMCall(lm=dspy.LM("openai/nowhere-priced-budgets", max_tokens=10),
+                  messages=[{"role": "user", "content": "x"}])

@@ -19,7 +19,8 @@ def _manager(ctx: click.Context) -> PluginManager:
     return ctx.find_object(PluginManager) or get_plugin_manager()
 
 
-def _echo_json(data: Any) -> None:
+def echo_json(data: Any) -> None:
+    """Print ``data`` as indented JSON on stdout (non-JSON values as their ``str``): every ``--json`` output."""
     click.echo(json.dumps(data, indent=2, default=str))
 
 
@@ -37,7 +38,7 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
     """List installed dspyo3 plugins: name, version, hooks and status."""
     infos = _manager(ctx).plugins()
     if as_json:
-        _echo_json([info.to_dict() for info in infos])
+        echo_json([info.to_dict() for info in infos])
         return
     table = Table("name", "distribution", "version", "status", "hooks")
     for info in infos:
@@ -69,7 +70,7 @@ def lm_list(ctx: click.Context, as_json: bool) -> None:
         row["default"] = name == settings.default_profile
         rows.append(row)
     if as_json:
-        _echo_json({"default": settings.default_profile, "profiles": rows})
+        echo_json({"default": settings.default_profile, "profiles": rows})
         return
     if not rows:
         click.echo("No LM profiles. Set DSPYO3_LM=provider/model or add [lm.profiles.NAME] to dspyo3.toml.")
@@ -92,7 +93,7 @@ def lm_show(ctx: click.Context, profile: str | None) -> None:
         spec = _manager(ctx).lm_providers().get(chosen.provider)
     except (ConfigError, KeyError) as exc:
         raise click.ClickException(str(exc).strip('"')) from None
-    _echo_json(chosen.describe(spec))
+    echo_json(chosen.describe(spec))
 
 
 @lm_group.command("providers")
@@ -108,7 +109,7 @@ def lm_providers(ctx: click.Context, as_json: bool) -> None:
         for spec in sorted(registry, key=lambda s: s.name)
     ]
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
     table = Table("name", "route", "key variables", "from", "description")
     for row in rows:
@@ -138,7 +139,7 @@ def lm_test(ctx: click.Context, profile: str | None, timeout: float, as_json: bo
         if key:
             message = message.replace(str(key), mask_secret(str(key)))
         result = {"profile": chosen.name, "ok": False, "error": message[:500]}
-        _echo_json(result) if as_json else click.echo(f"FAIL {chosen.name}: {result['error']}", err=True)
+        echo_json(result) if as_json else click.echo(f"FAIL {chosen.name}: {result['error']}", err=True)
         ctx.exit(1)
     elapsed = time.perf_counter() - started
     first = outputs[0] if outputs else ""
@@ -146,7 +147,7 @@ def lm_test(ctx: click.Context, profile: str | None, timeout: float, as_json: bo
     result = {"profile": chosen.name, "ok": True, "model": lm.model, "latency_s": round(elapsed, 3),
               "reply": text[:200]}
     if as_json:
-        _echo_json(result)
+        echo_json(result)
     else:
         click.echo(f"OK {chosen.name} ({lm.model}) in {elapsed:.2f}s: {text[:80]!r}")
 
@@ -161,7 +162,7 @@ def doctor_command(ctx: click.Context, as_json: bool, fix: bool) -> None:
 
     report = run_doctor(_manager(ctx), fix=fix, plugin_error=ctx.meta.get("dspyo3.plugin_error"))
     if as_json:
-        _echo_json(report.to_dict())
+        echo_json(report.to_dict())
     else:
         console = Console()
         for done in report.fixed:
@@ -189,7 +190,7 @@ def inspect_command(target: str, program: str | None, as_json: bool) -> None:
     except InspectError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
-        _echo_json(report)
+        echo_json(report)
         return
     console = Console()
     for predictor in report["predictors"]:

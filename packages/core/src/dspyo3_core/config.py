@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,30 @@ NATIVE_PREFIXES = ("openai", "anthropic", "together_ai", "ollama_chat", "ollama"
 
 class ConfigError(ValueError):
     """A configuration file or variable is wrong; the message names the file or variable and the fix."""
+
+
+def check_keys(table: Mapping[str, Any], known: Iterable[str], where: str, source: str | None = None) -> None:
+    """Raise :class:`ConfigError` when ``table`` has keys outside ``known``.
+
+    The message names each unknown key (with a did-you-mean from ``known`` when one is close), the table
+    (``where``, e.g. ``"[optimize]"``), the file (``source``, if given) and the known keys::
+
+        dspyo3.toml: unknown key 'registri' in [optimize] (did you mean 'registry'?); known keys: concurrency, ...
+    """
+    import difflib
+
+    allowed = sorted(set(known))
+    unknown = sorted(str(key) for key in table if key not in allowed)
+    if not unknown:
+        return
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.75)
+        parts.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    noun = "key" if len(unknown) == 1 else "keys"
+    prefix = f"{source}: " if source else ""
+    raise ConfigError(f"{prefix}unknown {noun} {', '.join(parts)} in {where}; known keys: "
+                      f"{', '.join(allowed) or '(none)'}")
 
 
 BUILTIN_PROVIDERS: tuple[LMProviderSpec, ...] = (

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import statistics
 import threading
 import time
@@ -25,49 +24,12 @@ from rich.console import Console
 from rich.panel import Panel
 
 from dspyo3_core.config import LMProfile, build_lm, load_settings
+from dspyo3_core.gsm8k import FALLBACK_QUESTIONS, exact_number, last_number, load_gsm8k
 from dspyo3_core.hookspecs import hookimpl
 from dspyo3_core.lm import LMCall
 from dspyo3_core.plugins import PluginManager
 
-# Used only when ../shared/data is absent; written for this project, in GSM8K's format.
-FALLBACK_QUESTIONS = [
-    {"question": "A baker makes 12 loaves an hour for 3 hours and sells 30. How many are left?", "answer": "6"},
-    {"question": "Tom has 5 boxes of 8 pencils and gives away 12 pencils. How many pencils does he keep?",
-     "answer": "28"},
-    {"question": "A train travels 60 km each hour. How far does it go in 4 hours?", "answer": "240"},
-    {"question": "Sara reads 15 pages a day. How many days does a 90-page book take her?", "answer": "6"},
-]
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def _number(text: str) -> float | None:
-    found = _NUMBER.findall(str(text))
-    return float(found[-1].replace(",", "")) if found else None
-
-
-def load_gsm8k(limit: int) -> tuple[list[dspy.Example], str]:
-    """The first ``limit`` GSM8K test questions from the shared data dir, or the built-in fallback set."""
-    data_dir = Path(os.environ.get("DSPYO3_DATA_DIR") or "../shared/data")
-    path = data_dir / "gsm8k" / "test.jsonl"
-    rows: list[dict[str, str]] = []
-    source = str(path)
-    if path.is_file():
-        with path.open() as handle:
-            for line in handle:
-                if len(rows) >= limit:
-                    break
-                record = json.loads(line)
-                rows.append({"question": record["question"], "answer": record["answer"].split("####")[-1].strip()})
-    else:
-        rows, source = FALLBACK_QUESTIONS[:limit], "built-in fallback questions (../shared/data not found)"
-    return [dspy.Example(**row).with_inputs("question") for row in rows], source
-
-
-def exact_number(example: dspy.Example, prediction: dspy.Prediction, trace: Any = None) -> bool:
-    """Metric: the predicted answer's last number equals the gold one."""
-    gold, predicted = _number(example.answer), _number(prediction.answer)
-    return gold is not None and predicted is not None and abs(gold - predicted) < 1e-6
+__all__ = ["FALLBACK_QUESTIONS", "CallStats", "exact_number", "load_gsm8k", "run_demo"]
 
 
 class CallStats:
@@ -93,8 +55,8 @@ class CallStats:
 
 
 def _offline_answer(inputs: dict[str, str]) -> dict[str, str]:
-    number = _number(inputs.get("question", ""))
-    answer = "unknown" if number is None else f"{number:g}"
+    number = last_number(inputs.get("question", ""))
+    answer = "unknown" if number is None else f"{float(number):g}"
     return {"reasoning": "Scripted offline reply: no model was called; the answer is the last number in the "
                          "question.", "answer": answer}
 

@@ -7,22 +7,35 @@ import csv
 import hashlib
 import json
 import random
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import dspy
 
+from dspyo3_core.files import read_jsonl
+from dspyo3_core.gsm8k import final_answer, rationale
+
 Record = dict[str, Any]
+
+
+class DataError(ValueError):
+    """A dataset file or its layout is unusable (bad path, format, rows or split); the message names the file,
+    the row and the fix."""
+
+
+class DatasetNotFoundError(DataError, FileNotFoundError):
+    """The dataset file does not exist."""
 
 
 def gsm8k_record(record: Mapping[str, Any]) -> Record:
     """GSM8K's ``answer`` is a worked solution ending in ``#### 42``: keep the final number as ``answer`` and the
     solution as ``rationale``."""
     solution = str(record.get("answer", ""))
-    final = solution.split("####")[-1].strip().replace(",", "")
-    return {"question": str(record["question"]), "answer": final, "rationale": solution.split("####")[0].strip()}
+    if "question" not in record:
+        raise DataError(f"a gsm8k row needs a question field; it has {sorted(record)}")
+    return {"question": str(record["question"]), "answer": final_answer(solution).replace(",", ""),
+            "rationale": rationale(solution)}
 
 
 PRESETS: dict[str, tuple[Callable[[Mapping[str, Any]], Record], tuple[str, ...]]] = {
@@ -35,31 +48,34 @@ def read_records(path: str | Path) -> list[Record]:
     """Rows of a ``.jsonl`` (one JSON object per line), ``.json`` (a list of objects) or ``.csv`` file."""
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"dataset file {file} does not exist; check the path (relative paths are read "
-                                "from the config file's directory)")
+        raise DatasetNotFoundError(f"dataset file {file} does not exist; check the path (relative paths are "
+                                   "read from the config file's directory)")
     suffix = file.suffix.lower()
     if suffix == ".csv":
         with file.open(newline="", encoding="utf-8") as handle:
             return [dict(row) for row in csv.DictReader(handle)]
-    text = file.read_text(encoding="utf-8")
     if suffix == ".json":
-        data = json.loads(text)
-        if not isinstance(data, list):
-            raise ValueError(f"{file}: a .json dataset must be a list of objects")
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{file}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+            raise DataError(f"{file}: a .json dataset must be a list of objects")
         return [dict(row) for row in data]
     if suffix in (".jsonl", ".ndjson"):
         rows: list[Record] = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{file}:{number}: not valid JSON ({exc.msg}); fix or remove that line") from None
+        try:  # a dataset's last line is data, not a log line a crash may have torn: a bad one is an error too
+            for number, row in enumerate(read_jsonl(file, skip_torn_last=False), 1):
                 if not isinstance(row, dict):
-                    raise ValueError(f"{file}:{number}: each line must be a JSON object")
+                    raise DataError(f"{file}: record {number} (blank lines not counted) must be a JSON object, "
+                                    f"got {type(row).__name__}")
                 rows.append(row)
+        except DataError:
+            raise
+        except ValueError as exc:  # read_jsonl names file:line
+            raise DataError(f"{exc}; fix or remove that line") from None
         return rows
-    raise ValueError(f"{file}: unknown dataset format {suffix!r}; use .jsonl, .json or .csv")
+    raise DataError(f"{file}: unknown dataset format {suffix!r}; use .jsonl, .json or .csv")
 
 
 def load_examples(path: str | Path, *, inputs: Sequence[str] | None = None, preset: str | None = None,
@@ -77,12 +93,12 @@ def load_examples(path: str | Path, *, inputs: Sequence[str] | None = None, pres
     """
     if preset is not None:
         if preset not in PRESETS:
-            raise ValueError(f"unknown dataset preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
+            raise DataError(f"unknown dataset preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
         preset_transform, preset_inputs = PRESETS[preset]
         transform = transform or preset_transform
         inputs = inputs or preset_inputs
     if not inputs:
-        raise ValueError(f"{path}: say which fields are inputs (inputs = [\"question\"]) or use a preset")
+        raise DataError(f"{path}: say which fields are inputs (inputs = [\"question\"]) or use a preset")
     rows = read_records(path)[offset:]
     if limit is not None:
         rows = rows[:limit]
@@ -91,7 +107,7 @@ def load_examples(path: str | Path, *, inputs: Sequence[str] | None = None, pres
         record = transform(row) if transform else dict(row)
         missing = [name for name in inputs if name not in record]
         if missing:
-            raise ValueError(f"{path}: row {number} has no input field(s) {missing}; it has {sorted(record)}")
+            raise DataError(f"{path}: row {number} has no input field(s) {missing}; it has {sorted(record)}")
         examples.append(dspy.Example(**record).with_inputs(*inputs))
     return examples
 
@@ -100,12 +116,12 @@ def split(examples: Sequence[dspy.Example], *, dev_fraction: float = 0.5, seed: 
           dev_size: int | None = None) -> tuple[list[dspy.Example], list[dspy.Example]]:
     """Shuffle with ``seed`` and split into (train, dev); ``dev_size`` overrides ``dev_fraction``."""
     if not 0 < dev_fraction < 1 and dev_size is None:
-        raise ValueError(f"dev_fraction must be between 0 and 1, got {dev_fraction}")
+        raise DataError(f"dev_fraction must be between 0 and 1, got {dev_fraction}")
     items = list(examples)
     random.Random(seed).shuffle(items)
     n_dev = dev_size if dev_size is not None else max(1, round(len(items) * dev_fraction))
     if not 0 < n_dev < len(items):
-        raise ValueError(f"cannot split {len(items)} examples into train and a dev set of {n_dev}; "
+        raise DataError(f"cannot split {len(items)} examples into train and a dev set of {n_dev}; "
                          "load more rows or change dev_fraction / dev_size")
     return items[n_dev:], items[:n_dev]
 
@@ -118,17 +134,3 @@ def dataset_hash(examples: Sequence[dspy.Example]) -> str:
         digest.update(json.dumps(payload, sort_keys=True, default=str).encode())
         digest.update(b"\n")
     return "sha256:" + digest.hexdigest()
-
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def last_number(text: Any) -> str | None:
-    """The last number in ``text`` with thousands separators removed (``"... is $1,234."`` -> ``"1234"``)."""
-    found = _NUMBER.findall(str(text))
-    if not found:
-        return None
-    value = str(found[-1]).replace(",", "")
-    if "." in value:
-        value = value.rstrip("0").rstrip(".")
-    return value

@@ -211,7 +211,9 @@ def make_executor(executor: str | Executor | None, **options: Any) -> Executor:
     if executor == "ray":
         return RayExecutor(**options)
     if isinstance(executor, str):
-        raise ValueError(f"unknown executor {executor!r}; use \"local\" or \"ray\"")
+        from dspyo3_core.config import ConfigError
+
+        raise ConfigError(f"unknown executor {executor!r}; use \"local\" or \"ray\"")
     return executor
 
 

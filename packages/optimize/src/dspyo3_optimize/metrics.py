@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dspyo3_optimize.data import last_number
+from dspyo3_core.config import ConfigError
+from dspyo3_core.gsm8k import exact_number
 
 Metric = Callable[..., Any]
 
@@ -34,7 +35,7 @@ def import_object(path: str, search: Sequence[str | os.PathLike[str]] = ()) -> A
             sys.path.insert(0, entry)
     module_name, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
     if not module_name or not attr:
-        raise ValueError(f"{path!r} is not an import path; write 'package.module:name'")
+        raise ConfigError(f"{path!r} is not an import path; write 'package.module:name'")
     try:
         return resolve(f"{module_name}:{attr}")  # core's resolver: the current directory is importable too
     except InspectError as exc:
@@ -42,7 +43,7 @@ def import_object(path: str, search: Sequence[str | os.PathLike[str]] = ()) -> A
         if str(exc).startswith("cannot import"):
             where = "".join(f" or in {Path(d)}" for d in search)
             hint = f"; check it is installed, or put {module_name.split('.')[0]}.py in the current directory{where}"
-        raise ValueError(f"{exc} (from {path!r}){hint}") from None
+        raise ConfigError(f"{exc} (from {path!r}){hint}") from None
 
 
 def exact_match(example: Any, prediction: Any, trace: Any = None) -> bool:
@@ -50,10 +51,9 @@ def exact_match(example: Any, prediction: Any, trace: Any = None) -> bool:
     return str(getattr(prediction, "answer", "")).strip().lower() == str(example.answer).strip().lower()
 
 
-def numeric_match(example: Any, prediction: Any, trace: Any = None) -> bool:
-    """The last number in ``prediction.answer`` equals the last number in ``example.answer`` (GSM8K accuracy)."""
-    gold = last_number(example.answer)
-    return gold is not None and last_number(getattr(prediction, "answer", "")) == gold
+numeric_match = exact_number
+"""The last number in ``prediction.answer`` equals the last number in ``example.answer`` (GSM8K accuracy):
+:func:`dspyo3_core.gsm8k.exact_number`, the metric ``dspyo3 demo`` uses."""
 
 
 BUILTIN_METRICS: dict[str, Metric] = {"exact_match": exact_match, "numeric_match": numeric_match,
@@ -68,11 +68,11 @@ def resolve_metric(metric: str | Metric, search: Sequence[str | os.PathLike[str]
     if metric in BUILTIN_METRICS:
         return BUILTIN_METRICS[metric]
     if ":" not in metric and "." not in metric:
-        raise ValueError(f"unknown metric {metric!r}; use a built-in ({', '.join(sorted(BUILTIN_METRICS))}) or an "
+        raise ConfigError(f"unknown metric {metric!r}; use a built-in ({', '.join(sorted(BUILTIN_METRICS))}) or an "
                          "import path such as 'my_pkg.metrics:accuracy'")
     obj = import_object(metric, search)
     if not callable(obj):
-        raise ValueError(f"metric {metric!r} is a {type(obj).__name__}, not a function")
+        raise ConfigError(f"metric {metric!r} is a {type(obj).__name__}, not a function")
     return obj  # type: ignore[no-any-return]
 
 

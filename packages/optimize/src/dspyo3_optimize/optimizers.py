@@ -21,6 +21,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from dspyo3_core.config import ConfigError
 from dspyo3_core.plugins import PluginManager, get_plugin_manager
 from dspyo3_core.registry import OptimizerSpec, Registry
 from dspyo3_optimize.metrics import Metric, UniversalMetric
@@ -77,6 +78,14 @@ ALIASES: dict[str, str] = {
 }
 
 
+class UnknownOptimizerError(ConfigError, KeyError):
+    """No optimizer is registered under that name (a :class:`~dspyo3_core.config.ConfigError`; also a ``KeyError``
+    for code that looks optimizers up like a mapping)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def optimizer_registry(plugin_manager: PluginManager | None = None) -> Registry[OptimizerSpec]:
     """Every optimizer the installed plugins registered."""
     return (plugin_manager or get_plugin_manager()).registry(HOOK)
@@ -88,7 +97,7 @@ def get_optimizer(name: str, plugin_manager: PluginManager | None = None) -> Opt
     key = ALIASES.get(name, name)
     if key not in registry:
         known = ", ".join(registry.names()) or "none (is dspyo3-optimize's plugin disabled?)"
-        raise KeyError(f"unknown optimizer {name!r}; known: {known}")
+        raise UnknownOptimizerError(f"unknown optimizer {name!r}; known: {known}")
     return registry.get(key)
 
 
@@ -110,7 +119,7 @@ def build_optimizer(name: str, metric: Metric, options: Mapping[str, Any] | None
     try:
         return spec.factory(metric=UniversalMetric(metric), **resolve_lm_options(options or {}))
     except TypeError as exc:
-        raise ValueError(f"optimizer {name!r} rejected its options {sorted(options or {})}: {exc}; see the "
+        raise ConfigError(f"optimizer {name!r} rejected its options {sorted(options or {})}: {exc}; see the "
                          "optimizer's constructor for the options it takes") from None
 
 
@@ -138,7 +147,7 @@ def compile_program(optimizer: Any, program: Any, trainset: Sequence[Any], valse
     for key, value in (compile_options or {}).items():
         if not _accepts(compile_fn, key):
             params = ", ".join(p for p in inspect.signature(compile_fn).parameters if p not in ("self", "student"))
-            raise ValueError(f"{type(optimizer).__name__}.compile takes no option {key!r}; it takes: {params}")
+            raise ConfigError(f"{type(optimizer).__name__}.compile takes no option {key!r}; it takes: {params}")
         kwargs[key] = value
     return compile_fn(program, **kwargs)
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from dspyo3_core import hookimpl
-from dspyo3_core.registry import OptimizerSpec
+from dspyo3_core.commands import echo_json
+from dspyo3_core.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from dspyo3_core.registry import OptimizerSpec
 
 
 @hookimpl
@@ -41,24 +44,21 @@ class CompareError(UsageFailure):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """What a command reports as a clean message instead of a traceback: bad configuration, registry problems,
-    bad data, and the executors' "needs Ray" error."""
+    """What a command reports as a clean message (exit status 2, no traceback): this package's own errors for bad
+    configuration, data, registry problems, uncomparable scores and the executors' "needs Ray". Anything else
+    (a KeyError in a metric, a bug in a program factory) keeps its traceback."""
     from dspyo3_core.config import ConfigError
+    from dspyo3_optimize.data import DataError
     from dspyo3_optimize.evaluate import ExecutorUnavailable
     from dspyo3_optimize.registry import RegistryError
     from dspyo3_optimize.runner import RunError
+    from dspyo3_optimize.stats import StatsError
 
-    return (ConfigError, RegistryError, RunError, ExecutorUnavailable, KeyError, ValueError, FileNotFoundError)
+    return (ConfigError, DataError, RegistryError, RunError, StatsError, ExecutorUnavailable)
 
 
 def _message(exc: BaseException) -> str:
-    """The error text (a KeyError's without the quotes ``str`` adds)."""
-    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    return text or type(exc).__name__
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    return str(exc) or type(exc).__name__
 
 
 def _split_ref(ref: str) -> tuple[str, str | None]:
@@ -93,7 +93,7 @@ def optimize_run(config: str, fresh: bool, progress: bool, as_json: bool) -> Non
     except _user_errors() as exc:
         raise UsageFailure(_message(exc)) from None
     if as_json:
-        _echo_json(report.to_dict())
+        echo_json(report.to_dict())
         return
     click.echo(f"run {report.run_id}: {report.status}")
     for trial in report.trials:
@@ -119,7 +119,7 @@ def optimize_optimizers(as_json: bool) -> None:
     rows = [{"name": s.name, "distribution": registry.distribution_of(s.name), "description": s.description}
             for s in sorted(registry, key=lambda s: s.name)]
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
     for row in rows:
         click.echo(f"{row['name']:<26} {row['description']}  [{row['distribution']}]")
@@ -200,7 +200,7 @@ def optimize_evaluate(ref: str, out: str | None, as_json: bool, **options: Any) 
     if out:
         Path(out).write_text(json.dumps({**summary, "scores": result.scores}, indent=2))
     if as_json:
-        _echo_json(summary)
+        echo_json(summary)
     else:
         click.echo(f"{meta.name} {meta.version}: {result.mean:.4f} [{result.ci_low:.4f}, {result.ci_high:.4f}] on "
                    f"{result.n} examples ({result.failures} failed)")
@@ -232,7 +232,7 @@ def optimize_compare(a: str, b: str, gate: str | None, test: str, as_json: bool,
     outcomes = check_gates(comparison, gates) if gates else []
     passed = all(o.passed for o in outcomes)
     if as_json:
-        _echo_json({"a": f"{meta_a.name}@{meta_a.version}", "b": f"{meta_b.name}@{meta_b.version}",
+        echo_json({"a": f"{meta_a.name}@{meta_a.version}", "b": f"{meta_b.name}@{meta_b.version}",
                     **comparison.to_dict(),
                     "gates": [{"gate": str(o.gate), "value": o.value, "passed": o.passed} for o in outcomes],
                     "passed": passed})
@@ -280,7 +280,7 @@ def _registry_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except RegistryError as exc:
             raise click.ClickException(str(exc)) from None
-        except _user_errors() as exc:  # e.g. a registry URL whose driver is missing
+        except _user_errors() as exc:  # e.g. a bad [optimize] table
             raise UsageFailure(_message(exc)) from None
 
     return wrapper
@@ -298,7 +298,7 @@ def registry_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
         rows: list[dict[str, Any]] = [{"name": n, "versions": len(registry.versions(n)), "stages": registry.stages(n)}
                                       for n in registry.names()]
         if as_json:
-            _echo_json(rows)
+            echo_json(rows)
         else:
             for row in rows:
                 stages = " ".join(f"{k}={v}" for k, v in sorted(row["stages"].items()))
@@ -314,7 +314,7 @@ def registry_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
                      "score": None if dev is None else dev.value,
                      "optimizer": (meta.optimizer or {}).get("name")})
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
     for row in rows:
         score = "-" if row["score"] is None else f"{row['score']:.4f}"
@@ -336,7 +336,7 @@ def registry_show(ctx: click.Context, ref: str, state: bool) -> None:
     out["stages"] = sorted(s for s, v in registry.stages(name).items() if v == meta.version)
     if state:
         out["state"] = program_state
-    _echo_json(out)
+    echo_json(out)
 
 
 @registry_group.command("diff")
@@ -347,7 +347,7 @@ def registry_show(ctx: click.Context, ref: str, state: bool) -> None:
 @_registry_errors
 def registry_diff(ctx: click.Context, name: str, a: str, b: str) -> None:
     """What changed from version (or stage) A to B of NAME: metadata, instructions, demos."""
-    _echo_json(_registry(ctx).diff(name, a, b))
+    echo_json(_registry(ctx).diff(name, a, b))
 
 
 @registry_group.command("promote")

@@ -33,9 +33,6 @@ Layout (local directory; the other backends use the same keys)::
 from __future__ import annotations
 
 import contextlib
-import datetime
-import fcntl
-import hashlib
 import json
 import os
 import re
@@ -46,6 +43,10 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from dspyo3_core.files import atomic_write_bytes
+from dspyo3_optimize._common import canonical as _canonical
+from dspyo3_optimize._common import now as _now
+from dspyo3_optimize._common import sha256_hex as sha256_hex
+from dspyo3_optimize._common import state_checksum as state_checksum
 
 STAGES: tuple[str, ...] = ("dev", "staging", "prod")
 Bump = Literal["major", "minor", "patch"]
@@ -100,11 +101,6 @@ def next_version(existing: Sequence[str], bump: Bump = "patch") -> str:
     if bump == "patch":
         return f"{major}.{minor}.{patch + 1}"
     raise RegistryError(f"unknown bump {bump!r}; use major, minor or patch")
-
-
-def sha256_hex(data: bytes) -> str:
-    """Hex sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
 
 
 # -- backends ---------------------------------------------------------------------------------------------------
@@ -196,6 +192,8 @@ class LocalBackend:
         """``flock`` on ``<root>/<name>/.lock`` (a fresh descriptor each time, so threads exclude each other too)."""
         path = self.root / name / ".lock"
         path.parent.mkdir(parents=True, exist_ok=True)
+        import fcntl  # POSIX only: imported here so the registry (and its other backends) import on Windows
+
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             deadline = time.monotonic() + timeout
@@ -456,19 +454,6 @@ class ProgramVersion:
         return cls(**values)
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def _canonical(data: Any) -> bytes:
-    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str).encode()
-
-
-def state_checksum(program: Any) -> str:
-    """``sha256:<hex>`` of a program's state as the registry stores it (``program``: a module or its state)."""
-    return "sha256:" + sha256_hex(_canonical(program if isinstance(program, Mapping) else program.dump_state()))
-
-
 def _meta_checksum(fields: Mapping[str, Any]) -> str:
     """sha256 of the metadata fields (everything but ``meta_checksum`` itself), in canonical JSON."""
     return "sha256:" + sha256_hex(_canonical({k: v for k, v in fields.items() if k != "meta_checksum"}))
@@ -546,10 +531,12 @@ class ProgramRegistry:
         if stage is not None and stage not in STAGES:
             raise RegistryError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
         state = program if isinstance(program, Mapping) else program.dump_state()
-        blob, checksum = _canonical(state), state_checksum(state)
+        blob = _canonical(state)
+        checksum = "sha256:" + sha256_hex(blob)  # == state_checksum(state), without serialising it twice
         with self.backend.lock(name, self.lock_timeout):
-            existing = self.versions(name)
-            taken = self._taken(name)  # also versions a crashed writer left without metadata
+            keys = self.backend.keys(name, "versions/")  # one listing for both views
+            existing = _complete_versions(keys)
+            taken = _any_versions(keys)  # also versions a crashed writer left without metadata
             if version is not None:
                 parse_version(version)
                 if version in taken:
@@ -559,7 +546,7 @@ class ProgramRegistry:
                 raise NotFoundError(f"parent version {parent!r} of {name!r} does not exist; known: "
                                     f"{', '.join(existing) or 'none'}")
             if factory is None and existing:  # same program name, same structure: keep the factory it had
-                factory = self.meta(name, parent or existing[-1]).program
+                factory = self._meta_at(name, parent or existing[-1]).program
             for _ in range(100):
                 the_version = version or next_version(sorted(taken | set(existing)), bump)
                 meta = ProgramVersion(
@@ -586,16 +573,11 @@ class ProgramRegistry:
                 self._set_stage(name, stage, meta.version)
         return meta
 
-    def _taken(self, name: str) -> set[str]:
-        """Versions with any stored file (complete or not)."""
-        return {k.split("/")[1] for k in self.backend.keys(name, "versions/") if k.count("/") >= 2
-                and _VERSION.match(k.split("/")[1])}
-
     def find(self, name: str, *, run_id: str, checksum: str | None = None) -> ProgramVersion | None:
         """The newest version of ``name`` registered by run ``run_id`` (and with state ``checksum``), or None.
         What lets a resumed run recognise the version it registered before it was killed."""
         for version in reversed(self.versions(name)):
-            meta = self.meta(name, version)
+            meta = self._meta_at(name, version)
             if meta.run_id == run_id and (checksum is None or meta.checksum == checksum):
                 return meta
         return None
@@ -670,9 +652,7 @@ class ProgramRegistry:
 
     def versions(self, name: str) -> list[str]:
         """Versions of ``name`` in semver order (only complete ones: metadata written)."""
-        found = {k.split("/")[1] for k in self.backend.keys(_check_name(name), "versions/")
-                 if k.endswith("/meta.json")}
-        return sorted((v for v in found if _VERSION.match(v)), key=parse_version)
+        return _complete_versions(self.backend.keys(_check_name(name), "versions/"))
 
     def stages(self, name: str) -> dict[str, str]:
         """Stage -> version."""
@@ -698,13 +678,21 @@ class ProgramRegistry:
                             f"{', '.join(STAGES)}")
 
     def meta(self, name: str, ref: str | None = None) -> ProgramVersion:
-        """Metadata of a version (``ref`` as in :meth:`resolve`)."""
-        version = self.resolve(name, ref)
+        """Metadata of a version (``ref`` as in :meth:`resolve`). An exact version is read directly (no listing
+        of the backend); a stage, ``latest`` or a missing version goes through :meth:`resolve`."""
+        exact = ref.lstrip("v") if ref is not None else None
+        if exact is not None and _VERSION.match(exact):
+            with contextlib.suppress(NotFoundError):
+                return self._meta_at(_check_name(name), exact)
+        return self._meta_at(name, self.resolve(name, ref))
+
+    def _meta_at(self, name: str, version: str) -> ProgramVersion:
+        """The verified metadata of ``version`` exactly (no :meth:`resolve`, so no listing of the backend)."""
         key = f"versions/{version}/meta.json"
+        where = self.backend.where(name, key)
         raw = self.backend.get(name, key)
         if raw is None:
-            raise NotFoundError(f"{self.backend.where(name, key)} is missing")
-        where = self.backend.where(name, key)
+            raise NotFoundError(f"{where} is missing")
         try:
             fields = json.loads(raw)
             if not isinstance(fields, dict):
@@ -832,6 +820,17 @@ class ProgramRegistry:
             except RegistryError as exc:
                 problems.append(str(exc))
         return problems
+
+
+def _complete_versions(keys: Sequence[str]) -> list[str]:
+    """Versions (semver order) whose metadata is among ``keys`` (a listing under ``versions/``)."""
+    found = {k.split("/")[1] for k in keys if k.endswith("/meta.json") and k.count("/") >= 2}
+    return sorted((v for v in found if _VERSION.match(v)), key=parse_version)
+
+
+def _any_versions(keys: Sequence[str]) -> set[str]:
+    """Versions with any stored file among ``keys`` (complete or not)."""
+    return {k.split("/")[1] for k in keys if k.count("/") >= 2 and _VERSION.match(k.split("/")[1])}
 
 
 def _instantiate(program: Any) -> Any:

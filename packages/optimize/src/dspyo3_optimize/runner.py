@@ -43,12 +43,11 @@ the process died starts again from its beginning.
 from __future__ import annotations
 
 import contextlib
-import datetime
-import hashlib
 import importlib
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -56,8 +55,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dspyo3_core.config import ConfigError
-from dspyo3_core.files import atomic_write_text
+from dspyo3_core.config import ConfigError, check_keys
+from dspyo3_core.files import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
+from dspyo3_optimize._common import canonical, now, sha256_hex, state_checksum
 from dspyo3_optimize.data import dataset_hash, load_examples, split
 from dspyo3_optimize.evaluate import Executor, evaluate, make_executor
 from dspyo3_optimize.metrics import Metric, import_object, metric_name, resolve_metric
@@ -172,7 +172,7 @@ class RunConfig:
                   base_dir: Path | None = None) -> RunConfig:
         """Build from the parsed TOML structure (``[run]``, ``[data]``, ``[[trials]]``, ``[register]``)."""
         base = base_dir or Path.cwd()
-        _only(doc, {"run", "data", "trials", "register"}, source, "top level")
+        _only(doc, {"run", "data", "trials", "register"}, source, "the top level")
         run = _table(doc, "run", source, required=True)
         _only(run, {"name", "program", "metric", "lm", "out_dir", "executor", "concurrency", "max_seconds",
                     "max_cost_usd", "baseline"}, source, "[run]")
@@ -262,9 +262,7 @@ def _check_types(table: Mapping[str, Any], source: str, where: str,
 
 
 def _only(table: Mapping[str, Any], allowed: set[str], source: str, where: str) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown} in {where}; allowed: {', '.join(sorted(allowed))}")
+    check_keys(table, allowed, where, source)
 
 
 # -- results ----------------------------------------------------------------------------------------------------
@@ -297,10 +295,6 @@ class RunReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return dict(self.__dict__)
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _build_program(program: Any, base: Any = None, search: Sequence[Path] = ()) -> Any:
@@ -365,10 +359,9 @@ def _fingerprint_parts(config: RunConfig, program: Any, lm_name: str | None, tra
                        dev_hash: str) -> dict[str, Any]:
     """What a checkpoint must agree on to be resumed: each part hashed or named so that it is the same in every
     process for the same configuration (LM objects by model name, the program by its DSPy state)."""
-    state = json.dumps(_jsonable(program.dump_state()), sort_keys=True)
     return {
         "program": config.program if isinstance(config.program, str) else type(config.program).__name__,
-        "program_state": "sha256:" + hashlib.sha256(state.encode()).hexdigest(),
+        "program_state": state_checksum(program),
         "lm": lm_name,
         "metric": metric_name(config.metric),
         "trials": _jsonable([t.__dict__ for t in config.trials]),
@@ -379,7 +372,7 @@ def _fingerprint_parts(config: RunConfig, program: Any, lm_name: str | None, tra
 
 
 def _fingerprint(parts: Mapping[str, Any]) -> str:
-    return "sha256:" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return "sha256:" + sha256_hex(json.dumps(parts, sort_keys=True).encode())
 
 
 def _fingerprint_difference(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
@@ -396,7 +389,11 @@ def _fingerprint_difference(old: Mapping[str, Any] | None, new: Mapping[str, Any
 
 class _Budget:
     """The per-run cost budget: through dspyo3-production's CostTracker when it is installed (calls are refused
-    before they overspend), else the cost DSPy records in the LM's history, checked between trials."""
+    before they overspend), else the cost DSPy records in the LM's history, checked between trials.
+
+    With dspyo3-production the run adds a :class:`~dspyo3_production.Budget` of its own (to the active stack's
+    tracker, or to a stack it enables) and counts the calls *that* budget refuses for *this* run: refusals by other
+    budgets of a shared tracker, or of other runs, never end this run."""
 
     def __init__(self, limit: float | None, run_id: str, lm: Any, prior: float = 0.0) -> None:
         self.limit = limit
@@ -409,9 +406,10 @@ class _Budget:
         self._history_start = len(getattr(lm, "history", []) or [])
         self.via = "none"
         self._exceeded_types: tuple[type[BaseException], ...] = ()
-        self._added_budget: Any = None
-        self.refusals = 0
-        self._restore: Callable[[], Any] | None = None
+        self._budget: Any = None
+        self._added = False
+        self._refusals = 0
+        self._refusals_lock = threading.Lock()
         prod: Any
         try:
             prod = importlib.import_module("dspyo3_production")
@@ -419,38 +417,35 @@ class _Budget:
             prod = None
         if prod is not None:
             self._exceeded_types = (prod.BudgetExceededError,)
+            if remaining is not None:
+                self._budget = prod.Budget(max(remaining, 0.0), per="run", name=f"optimize-run:{run_id}",
+                                           on_refuse=self._on_refuse)
             stack = prod.stack.active()
-            if stack is None and remaining is not None:
+            if stack is None and self._budget is not None:
                 stack = prod.enable(prod.Production(metrics=False, log_events=False, module_callbacks=False,
-                                                    budgets=[prod.Budget(max(remaining, 0.0), per="run",
-                                                                         name="optimize-run")]))
+                                                    budgets=[self._budget]))
                 self._enabled_here = True
-            elif stack is not None and remaining is not None and stack.costs is not None:
-                self._added_budget = prod.Budget(max(remaining, 0.0), per="run", name="optimize-run")
-                stack.costs.budgets.append(self._added_budget)
+            elif stack is not None and self._budget is not None and stack.costs is not None:
+                stack.costs.budgets.append(self._budget)
+                self._added = True
             self._stack = stack
             if stack is not None and stack.costs is not None:
                 self.via = "dspyo3-production"
-                if limit is not None:
-                    self._count_refusals(stack.costs)
         if self.via == "none" and limit is not None:
             self.via = "lm-history"
 
-    def _count_refusals(self, costs: Any) -> None:
-        """Count the calls the tracker refuses: optimizers and evaluation swallow per-example errors, so the run
-        learns that its budget stopped calls from this count."""
-        original = costs.reserve
-        exceeded = self._exceeded_types
+    def _on_refuse(self, error: Any) -> None:
+        """This run's budget refused a call: count it if the call was this run's (a per-run budget also limits
+        the calls of other runs sharing the tracker; those are theirs to count)."""
+        if getattr(error, "scope", None) == f"run={self.run_id}":
+            with self._refusals_lock:
+                self._refusals += 1
 
-        def reserve(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return original(*args, **kwargs)
-            except exceeded:
-                self.refusals += 1
-                raise
-
-        costs.reserve = reserve
-        self._restore = lambda: costs.__dict__.pop("reserve", None)
+    @property
+    def refusals(self) -> int:
+        """Calls of this run refused by this run's budget (optimizers and evaluation swallow per-example errors,
+        so this count is how the run learns that its budget stopped calls)."""
+        return self._refusals
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
@@ -487,11 +482,9 @@ class _Budget:
 
     def close(self) -> None:
         """Take off the stack this run enabled (or the budget it added to an existing one)."""
-        if self._restore is not None:
-            self._restore()
-        if self._added_budget is not None and self._stack is not None:
-            with contextlib.suppress(ValueError):
-                self._stack.costs.budgets.remove(self._added_budget)
+        if self._added and self._stack is not None and self._stack.costs is not None:
+            budgets = self._stack.costs.budgets  # by identity: an equal budget of another run stays
+            budgets[:] = [b for b in budgets if b is not self._budget]
         if self._enabled_here:
             import dspyo3_production as prod
 
@@ -552,25 +545,14 @@ class Run:
         atomic_write_text(self.checkpoint_path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
     def event(self, kind: str, **fields: Any) -> None:
-        """Append one line to ``events.jsonl``."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"event": kind, "at": _now(), "pid": os.getpid(), **fields}, default=str)
-        with self.events_path.open("a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        """Append one line to ``events.jsonl`` (whole lines, even with concurrent writers)."""
+        append_jsonl(self.events_path, {"event": kind, "at": now(), "pid": os.getpid(), **fields}, default=str)
 
     def events(self) -> list[dict[str, Any]]:
-        """Every event recorded so far."""
+        """Every event recorded so far (a line torn by a crash is skipped)."""
         if not self.events_path.is_file():
             return []
-        out = []
-        for line in self.events_path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:  # a line being written right now, or cut short by a crash
-                continue
-        return out
+        return [e for e in read_jsonl(self.events_path, torn_prefix='{"event"') if isinstance(e, dict)]
 
 
 def run(config: RunConfig, *, resume: bool = True, progress: bool = False,
@@ -612,7 +594,7 @@ def run(config: RunConfig, *, resume: bool = True, progress: bool = False,
                        "out_dir, or --fresh to discard it")
     if checkpoint is None:
         checkpoint = {"version": CHECKPOINT_VERSION, "run_id": f"{config.name}-{uuid.uuid4().hex[:8]}",
-                      "fingerprint": fingerprint, "fingerprint_parts": parts, "created_at": _now(),
+                      "fingerprint": fingerprint, "fingerprint_parts": parts, "created_at": now(),
                       "elapsed_seconds": 0.0, "cost_usd": 0.0, "trials": {}, "status": "running",
                       "registered": None, "sessions": 0}
     checkpoint["sessions"] = int(checkpoint.get("sessions", 0)) + 1
@@ -748,18 +730,17 @@ def _run_trial(index: int, spec: TrialSpec, base_program: Any, trainset: Sequenc
                                    compile_options=spec.compile)
         inner = candidate_scores(compiled, optimizer)
     result = evaluate(compiled, devset, metric, lm=lm, executor=executor, concurrency=config.concurrency)
-    state = compiled.dump_state()
-    blob = json.dumps(state, indent=2, sort_keys=True, default=str)
+    blob = canonical(compiled.dump_state())  # the bytes the registry would store: the same checksum
     state_file = rundir.dir / "trials" / f"{index}.json"
-    atomic_write_text(state_file, blob)
+    atomic_write_bytes(state_file, blob)
     return {
         "index": index, "name": spec.label, "status": "finished", "optimizer": spec.optimizer,
         "options": _jsonable(spec.options), "compile": _jsonable(spec.compile), "seed": spec.seed,
         "score": result.mean, "ci_low": result.ci_low, "ci_high": result.ci_high, "n_dev": result.n,
         "failures": result.failures, "dev_scores": result.scores, "candidate_scores": inner,
         "state_file": str(state_file.relative_to(rundir.dir)),
-        "state_sha256": hashlib.sha256(blob.encode()).hexdigest(),
-        "seconds": round(time.monotonic() - started, 3), "finished_at": _now(),
+        "state_sha256": "sha256:" + sha256_hex(blob),
+        "seconds": round(time.monotonic() - started, 3), "finished_at": now(),
     }
 
 
@@ -775,8 +756,8 @@ def load_trial_program(out_dir: str | os.PathLike[str], index: int, program: Any
         raise RunError(f"no trial {index} in {out_dir}")
     record = checkpoint["trials"][str(index)]
     path = rundir.dir / record["state_file"]
-    blob = path.read_text()
-    if hashlib.sha256(blob.encode()).hexdigest() != record["state_sha256"]:
+    blob = path.read_bytes()
+    if sha256_hex(blob) != str(record["state_sha256"]).removeprefix("sha256:"):
         raise RunError(f"{path} does not match the checksum recorded in the checkpoint: it was modified or "
                        "corrupted; re-run the trial with --fresh")
     program.load_state(json.loads(blob))
@@ -785,7 +766,7 @@ def load_trial_program(out_dir: str | os.PathLike[str], index: int, program: Any
 
 def _register(config: RunConfig, checkpoint: Mapping[str, Any], best_index: int, rundir: Run,
               lm_name: str | None, train_hash: str, inputs: list[str]) -> dict[str, Any]:
-    from dspyo3_optimize.registry import Score, open_registry, state_checksum
+    from dspyo3_optimize.registry import Score, open_registry
 
     assert config.register is not None
     record = checkpoint["trials"][str(best_index)]

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from dspyo3_core.config import ConfigError, load_settings
+from dspyo3_core.config import ConfigError, check_keys, load_settings
 
 EXECUTORS = ("local", "ray")
 
@@ -34,10 +34,7 @@ class OptimizeSettings:
 
 def parse_table(table: dict[str, Any], source: str = "[optimize]") -> OptimizeSettings:
     """Validate an ``[optimize]`` table; unknown keys and wrong types name the key and the fix."""
-    allowed = {"registry", "executor", "concurrency", "trusted_programs"}
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+    check_keys(table, ("registry", "executor", "concurrency", "trusted_programs"), source)
     values: dict[str, Any] = {}
     if "registry" in table:
         if not isinstance(table["registry"], str) or not table["registry"]:

@@ -20,14 +20,22 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where it is used: importing this module (and the CLI) stays cheap
+    import numpy as np
 
 Test = Literal["auto", "mcnemar", "t", "wilcoxon"]
 TESTS: tuple[str, ...] = ("auto", "mcnemar", "t", "wilcoxon")
 EXACT_MCNEMAR_BELOW = 25
 """McNemar uses the exact binomial test when there are fewer discordant pairs than this."""
+BOOTSTRAP_CHUNK_ELEMENTS = 2_000_000
+"""Resample indices drawn at once by :func:`bootstrap_ci` (at most 1,000 resamples per chunk): memory stays at
+~32 MB whatever the sample size, and the draws (hence the interval) are the same as drawing them all at once."""
+
+
+class StatsError(ValueError):
+    """The scores cannot be compared or bootstrapped (empty, or not paired); the message says why."""
 
 
 def _scipy_stats() -> Any:
@@ -38,10 +46,12 @@ def _scipy_stats() -> Any:
 
 
 def _pair(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    import numpy as np
+
     if len(a) != len(b):
-        raise ValueError(f"paired scores need the same examples: got {len(a)} scores for A and {len(b)} for B")
+        raise StatsError(f"paired scores need the same examples: got {len(a)} scores for A and {len(b)} for B")
     if len(a) == 0:
-        raise ValueError("no scores to compare: the dataset is empty")
+        raise StatsError("no scores to compare: the dataset is empty")
     return np.asarray(a, dtype=float), np.asarray(b, dtype=float)
 
 
@@ -50,12 +60,20 @@ def bootstrap_ci(scores: Sequence[float], *, confidence: float = 0.95, resamples
     """Percentile bootstrap interval of the mean of ``scores`` (deterministic for a given ``seed``)."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    import numpy as np
+
     values = np.asarray(scores, dtype=float)
     if values.size == 0:
-        raise ValueError("no scores: cannot bootstrap an empty sample")
+        raise StatsError("no scores: cannot bootstrap an empty sample")
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, values.size, size=(resamples, values.size))
-    means = values[idx].mean(axis=1)
+    n = int(values.size)
+    rows = max(1, min(1000, BOOTSTRAP_CHUNK_ELEMENTS // n))
+    means = np.empty(resamples, dtype=float)
+    for start in range(0, resamples, rows):  # row by row from one generator: the same draws as one big matrix
+        count = min(rows, resamples - start)
+        idx = rng.integers(0, n, size=(count, n))
+        means[start:start + count] = values[idx].mean(axis=1)
+        del idx
     alpha = (1 - confidence) / 2
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
@@ -90,11 +108,13 @@ def mcnemar(a: Sequence[float], b: Sequence[float], *, exact: bool | None = None
     ``b01 + b10`` at 1/2; otherwise the chi-square statistic with continuity correction,
     ``(|b01 - b10| - 1)^2 / (b01 + b10)``, on one degree of freedom.
     """
+    import numpy as np
+
     sps = _scipy_stats()
 
     xa, xb = _pair(a, b)
     if not np.all(np.isin(xa, (0.0, 1.0))) or not np.all(np.isin(xb, (0.0, 1.0))):
-        raise ValueError("McNemar's test needs 0/1 scores; use test='t' or 'wilcoxon' for other metrics")
+        raise StatsError("McNemar's test needs 0/1 scores; use test='t' or 'wilcoxon' for other metrics")
     b01 = int(np.sum((xa == 0) & (xb == 1)))
     b10 = int(np.sum((xa == 1) & (xb == 0)))
     n = b01 + b10
@@ -115,6 +135,8 @@ def paired_t(a: Sequence[float], b: Sequence[float]) -> TestResult:
     Identical scores give ``p = 1``. With fewer than 2 pairs, or differences that are all the same nonzero value
     (zero variance: the t statistic is undefined), the p-value is NaN and ``note`` says why.
     """
+    import numpy as np
+
     sps = _scipy_stats()
 
     xa, xb = _pair(a, b)
@@ -133,6 +155,8 @@ def paired_t(a: Sequence[float], b: Sequence[float]) -> TestResult:
 
 def wilcoxon(a: Sequence[float], b: Sequence[float]) -> TestResult:
     """Wilcoxon signed-rank test of the paired differences (SciPy ``wilcoxon``, zero differences dropped)."""
+    import numpy as np
+
     sps = _scipy_stats()
 
     xa, xb = _pair(a, b)

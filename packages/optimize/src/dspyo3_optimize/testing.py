@@ -14,8 +14,8 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
+from dspyo3_core.gsm8k import last_number
 from dspyo3_core.testing.server import chat_reply, last_user_text, output_field_names, parse_fields
-from dspyo3_optimize.data import last_number
 
 PROPOSAL = "Think step by step, then give only the final number as the answer."
 

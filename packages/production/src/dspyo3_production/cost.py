@@ -15,12 +15,13 @@ budgets hold across processes and restarts.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import datetime
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -81,6 +82,16 @@ def attribution() -> Mapping[str, str]:
     return _CONTEXT.get()
 
 
+class _Refusals:
+    """A thread-safe count of the calls one :class:`Budget` refused."""
+
+    __slots__ = ("count", "lock")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lock = threading.Lock()
+
+
 @dataclass(frozen=True)
 class Budget:
     """A spending limit in USD.
@@ -90,11 +101,18 @@ class Budget:
         per: what the limit applies to: ``"total"`` (everything), or each ``"run"``, ``"user"``, ``"model"`` or
             UTC ``"day"`` separately. Calls with no run (user) are not limited by a per-run (per-user) budget.
         name: label for errors and metrics (default ``"<per>:<limit>"``).
+        on_refuse: called with the :class:`BudgetExceededError` each time *this* budget refuses a call (in the
+            calling thread, before the error is raised); it must not raise.
+
+    :attr:`refusals` counts the calls this budget refused (thread-safe); refusals by other budgets of the same
+    tracker are not counted.
     """
 
     limit_usd: float
     per: Dimension = "total"
     name: str | None = None
+    on_refuse: Callable[[BudgetExceededError], None] | None = dataclasses.field(default=None, compare=False, repr=False)
+    _refused: _Refusals = dataclasses.field(default_factory=_Refusals, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.per not in DIMENSIONS:
@@ -106,6 +124,23 @@ class Budget:
     def label(self) -> str:
         """Name used in errors and the ``budget`` metric label."""
         return self.name or f"{self.per}:{self.limit_usd:g}"
+
+    @property
+    def refusals(self) -> int:
+        """How many calls this budget has refused."""
+        return self._refused.count
+
+    def refuse(self, scope: str, spent_usd: float, estimate_usd: float) -> BudgetExceededError:
+        """Count a refusal by this budget, tell :attr:`on_refuse`, and return the error to raise."""
+        error = BudgetExceededError(self, scope, spent_usd, estimate_usd)
+        with self._refused.lock:
+            self._refused.count += 1
+        if self.on_refuse is not None:
+            try:
+                self.on_refuse(error)
+            except Exception:  # a broken observer must not turn a refusal into another error
+                logger.exception("on_refuse callback of budget %s failed", self.label)
+        return error
 
 
 class BudgetExceededError(RuntimeError):
@@ -360,16 +395,18 @@ class CostTracker:
                 if refused != 0:
                     field, spent = refused[0].decode(), float(refused[1])
                     budget = min((b for b, scope in applicable if scope == field), key=lambda b: b.limit_usd)
-                    raise BudgetExceededError(budget, field, spent, estimate)
+                    raise budget.refuse(field, spent, estimate)
                 return Reservation(fields, estimate, True, hold if estimate > 0 else None)
         with self._lock:
             for budget, scope in applicable:
                 spent = self._spent.get(scope, 0.0) + self._reserved.get(scope, 0.0)
                 if spent + estimate > budget.limit_usd:
-                    raise BudgetExceededError(budget, scope, spent, estimate)
-            for field in fields:
-                self._reserved[field] = self._reserved.get(field, 0.0) + estimate
-        return Reservation(fields, estimate)
+                    break
+            else:
+                for field in fields:
+                    self._reserved[field] = self._reserved.get(field, 0.0) + estimate
+                return Reservation(fields, estimate)
+        raise budget.refuse(scope, spent, estimate)  # outside the lock: on_refuse may read the tracker
 
     def settle(self, reservation: Reservation, cost: float) -> None:
         """Replace ``reservation`` by the call's real ``cost`` (0 if it failed or was a cache hit)."""

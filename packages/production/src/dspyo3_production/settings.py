@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dspyo3_core.config import ConfigError, Settings, load_settings
+from dspyo3_core.config import ConfigError, Settings, check_keys, load_settings
 from dspyo3_production.breaker import CircuitBreaker
 from dspyo3_production.cache import TieredCache
 from dspyo3_production.cost import Budget, CostTracker
@@ -54,10 +54,7 @@ _BREAKER = {"failure_threshold", "reset_timeout", "half_open_max_calls", "shared
 
 
 def _check(table: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = set(table) - allowed
-    if unknown:
-        raise ConfigError(f"[{where}]: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
-                          f"{', '.join(sorted(allowed))}")
+    check_keys(table, allowed, f"[{where}]")
 
 
 def _redis_url(settings: Settings, where: str) -> str:

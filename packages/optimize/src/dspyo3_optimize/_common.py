@@ -1,0 +1,30 @@
+"""Small helpers shared by the runner and the registry (no heavy imports: the CLI imports this at start-up)."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+
+def now() -> str:
+    """The current UTC time as ISO-8601 text, to the second (``2026-12-04T18:03:47+00:00``)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical(data: Any) -> bytes:
+    """``data`` as canonical JSON bytes (sorted keys, indented, UTF-8; non-JSON values as ``str``): what the
+    registry stores and every checksum is taken of."""
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str).encode()
+
+
+def state_checksum(program: Any) -> str:
+    """``sha256:<hex>`` of a program's state as the registry stores it (``program``: a module or its state)."""
+    return "sha256:" + sha256_hex(canonical(program if isinstance(program, Mapping) else program.dump_state()))
