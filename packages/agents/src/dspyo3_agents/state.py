@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dspyo3_core.globs import escape_glob
+from dspyo3_core.globs import scan_prefix
 
 __all__ = [
     "AgentState",
@@ -308,7 +308,7 @@ class RedisStateStore(StateStore):
         self._delete(keys=[self.prefix + key])
 
     def keys(self, prefix: str = "") -> list[str]:
-        found = sorted(self.client.scan_iter(match=escape_glob(self.prefix + prefix) + "*", count=500))
+        found = sorted(scan_prefix(self.client, self.prefix + prefix, count=500))
         pipe = self.client.pipeline(transaction=False)
         for name in found:
             pipe.hget(name, "deleted")

@@ -28,7 +28,7 @@ from dspy.utils.exceptions import (
     LMTransportError,
 )
 
-from dspyo3_core.globs import escape_glob
+from dspyo3_core.globs import delete_prefix
 
 logger = logging.getLogger("dspyo3.production.breaker")
 
@@ -291,10 +291,7 @@ class CircuitBreaker:
                 if key is not None:
                     self._redis.delete(*self._keys(key))
                 else:
-                    prefix = escape_glob(f"{self.namespace}:breaker:")
-                    shared = list(self._redis.scan_iter(match=prefix + "*", count=500))
-                    for start in range(0, len(shared), 500):
-                        self._redis.delete(*shared[start:start + 500])
+                    delete_prefix(self._redis, f"{self.namespace}:breaker:")
             except self._redis_errors as exc:
                 self._redis_failed(exc)
 

@@ -41,7 +41,7 @@ import dspy
 import orjson
 from dspy.clients.cache import Cache
 
-from dspyo3_core.globs import escape_glob
+from dspyo3_core.globs import delete_prefix, scan_prefix
 from dspyo3_core.lm import current_call
 from dspyo3_production.codec import JSON_TAG, Codec, plain_json
 from dspyo3_production.metrics import Metrics, default_metrics
@@ -235,20 +235,11 @@ class RedisTier:
     def scan(self, prefix: str = "") -> Iterator[bytes]:
         """Keys of this tier whose cache key starts with ``prefix`` (taken literally: ``*``, ``?``, ``[`` match
         only themselves)."""
-        yield from self.client.scan_iter(match=escape_glob(self.prefix + prefix) + "*", count=1000)
+        yield from scan_prefix(self.client, self.prefix + prefix)
 
     def clear(self, prefix: str = "") -> int:
         """Delete this tier's entries whose cache key starts with ``prefix``; the number deleted."""
-        deleted = 0
-        batch: list[bytes] = []
-        for key in self.scan(prefix):
-            batch.append(key)
-            if len(batch) >= 1000:
-                deleted += int(self.client.unlink(*batch))
-                batch = []
-        if batch:
-            deleted += int(self.client.unlink(*batch))
-        return deleted
+        return delete_prefix(self.client, self.prefix + prefix)
 
 
 class TieredCache(Cache):
