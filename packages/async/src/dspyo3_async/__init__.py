@@ -4,13 +4,14 @@ cancellation and streaming.
 - :func:`run_many` / :func:`iter_many`: a program over many inputs through DSPy's native ``acall``, under a
   concurrency limit of their own or an ``asyncio.Semaphore`` shared between runs; :func:`run_sync` for ``*_sync``
   wrappers.
-- :class:`RateLimit` / :func:`throttle`: requests/s and tokens/min budgets, local or shared through Redis.
+- :class:`RateLimit` / :func:`throttle`: requests/s and tokens/min budgets, local or shared through Redis (paced
+  locally at this process's share while Redis is down, or :class:`RateLimitUnavailable` if asked to fail).
 - :class:`RetryPolicy`: DSPy's retryable LM errors only, jittered backoff, ``Retry-After`` honoured.
 - :class:`WorkQueue` / :class:`ProgramPool`: bounded queues with block / reject / drop-oldest policies.
 - :func:`stream`: typed events over ``dspy.streamify``; :func:`sse_response`, :func:`websocket_send` for web apps.
 """
 
-from dspyo3_async.limits import RateLimit, throttle
+from dspyo3_async.limits import RateLimit, RateLimitUnavailable, throttle
 from dspyo3_async.queue import Dropped, ProgramPool, QueueFull, WorkQueue
 from dspyo3_async.retry import DEFAULT_RETRY, RetryPolicy, is_retryable
 from dspyo3_async.runner import ItemError, ItemResult, ItemTimeout, acall, iter_many, run_many, run_many_sync, run_sync
@@ -29,6 +30,7 @@ __all__ = [
     "ProgramPool",
     "QueueFull",
     "RateLimit",
+    "RateLimitUnavailable",
     "Retry",
     "RetryPolicy",
     "Status",

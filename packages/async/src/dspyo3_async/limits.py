@@ -5,16 +5,35 @@ so concurrent clients never race).
 A :class:`RateLimit` paces *requests* exactly (each waits for its slot, in order) and budgets *tokens* after the
 fact: a call may start while the token budget is not overdrawn, and its actual usage is then charged, so over a
 run the token rate converges on the budget (in-flight calls can overshoot it by at most what they use).
+
+A shared limit keeps working while Redis is unreachable: by default (``on_redis_error="local"``) each budget falls
+back to a native limiter at this process's share of the rate, and probes Redis again with exponential back-off
+(one call at a time, never every call) to rejoin the shared budget once it answers; ``on_redis_error="fail"``
+raises :class:`RateLimitUnavailable` instead (fail closed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["RateLimit", "throttle"]
+__all__ = ["OnRedisError", "RateLimit", "RateLimitUnavailable", "throttle"]
+
+logger = logging.getLogger(__name__)
+
+OnRedisError = Literal["local", "fail"]
+"""What a shared :class:`RateLimit` does while Redis is unreachable: pace locally, or raise."""
+
+_FIRST_BACKOFF = 0.25  # seconds before the first probe of a Redis that just failed; doubles up to max_backoff
+
+
+class RateLimitUnavailable(RuntimeError):
+    """A shared rate limit made with ``on_redis_error="fail"`` could not reach its Redis: no request was granted.
+    Retry later, or use ``on_redis_error="local"`` to keep going at this process's share of the rate."""
 
 # GCRA over one Redis key. KEYS[1]: the key. ARGV: interval_us per unit, tolerance_us (burst * interval), cost,
 # mode ("reserve": take cost and return the wait; "peek": return the wait, take nothing). Time is the server's.
@@ -36,26 +55,63 @@ return string.format('%.0f', wait)
 
 
 class _Bucket:
-    """One GCRA budget: ``rate`` units per ``per`` seconds, bursts up to ``burst``; local or in Redis."""
+    """One GCRA budget: ``rate`` units per ``per`` seconds, bursts up to ``burst``; local or in Redis.
 
-    def __init__(self, rate: float, per: float, burst: float, redis_url: str | None, key: str) -> None:
+    A Redis bucket that cannot reach Redis (connection refused, timeout, a server still loading its data or
+    read-only) either raises :class:`RateLimitUnavailable` (``on_error="fail"``) or paces this process with a
+    native limiter at ``share`` of the rate. Either way it stays off Redis for a back-off (0.25 s doubling up to
+    ``max_backoff``), then lets one call probe it; the first probe that succeeds rejoins the shared budget.
+    """
+
+    def __init__(self, rate: float, per: float, burst: float, redis_url: str | None, key: str, *,
+                 share: float = 1.0, on_error: OnRedisError = "local", timeout: float = 0.5,
+                 max_backoff: float = 5.0) -> None:
         from dspyo3_native import RateLimiter
 
         self.rate, self.per, self.burst = rate, per, burst
         self.local = RateLimiter(rate, per=per, burst=burst) if redis_url is None else None
         self.redis_url, self.key = redis_url, key
         self.interval_us = per / rate * 1e6
+        self.share, self.on_error, self.timeout, self.max_backoff = share, on_error, timeout, max_backoff
         self._sync: Any = None
         self._async: dict[int, Any] = {}  # event loop id -> (client, script)
+        self._fallback: Any = None  # the native limiter at ``share`` of the rate, made at the first outage
+        self._lock = threading.Lock()
+        self._backoff = 0.0  # 0: Redis is healthy; else the current pause between probes
+        self._down_until = 0.0  # monotonic time of the next probe
+        self._probing = False
+        self.outages = 0  # times this budget lost Redis and went local (or failed)
+        self.rejoined = 0  # times it found Redis again
+        self.last_error = ""
+        if redis_url is not None:
+            import redis.exceptions
+
+            self._errors: tuple[type[BaseException], ...] = (
+                redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError,
+                OSError)
+            self._auth_errors: tuple[type[BaseException], ...] = (redis.exceptions.AuthenticationError,)
+
+    @property
+    def redis_available(self) -> bool:
+        """False from a failed Redis call until a probe succeeds again."""
+        return self._backoff == 0.0
 
     def _args(self, cost: float, mode: str) -> list[Any]:
         return [f"{self.interval_us:.3f}", f"{self.interval_us * self.burst:.3f}", repr(float(cost)), mode]
 
+    def _client_options(self) -> dict[str, Any]:
+        # no client-side retries: the bucket's own back-off decides when Redis is tried again
+        return {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout, "health_check_interval": 0,
+                "retry_on_timeout": False}
+
     def _sync_script(self) -> Any:
         if self._sync is None:
             import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
 
-            client = redis.Redis.from_url(str(self.redis_url), socket_timeout=5)
+            client = redis.Redis.from_url(str(self.redis_url), retry=Retry(NoBackoff(), 0),
+                                          **self._client_options())
             self._sync = client.register_script(_GCRA)
         return self._sync
 
@@ -64,24 +120,140 @@ class _Bucket:
         entry = self._async.get(id(loop))
         if entry is None or entry[0] is not loop:
             import redis.asyncio
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
 
-            client = redis.asyncio.Redis.from_url(str(self.redis_url), socket_timeout=5)
+            client = redis.asyncio.Redis.from_url(str(self.redis_url), retry=Retry(NoBackoff(), 0),
+                                                  **self._client_options())
             entry = self._async[id(loop)] = (loop, client.register_script(_GCRA))
         return entry[1]
 
-    def _local_op(self, cost: float, mode: str) -> float:
-        assert self.local is not None
-        return float(self.local.reserve(cost) if mode == "reserve" else self.local.time_to_ready(cost))
+    # -- health: when to use Redis, when to probe it, when to pace locally ---------------------------------------
+    def _route(self) -> str:
+        """``"redis"`` (healthy), ``"probe"`` (this call tries a Redis that failed) or ``"local"``."""
+        if self._backoff == 0.0:
+            return "redis"
+        with self._lock:
+            if self._backoff == 0.0:
+                return "redis"
+            if not self._probing and time.monotonic() >= self._down_until:
+                self._probing = True
+                return "probe"
+        return "local"
 
-    def _op(self, cost: float, mode: str) -> float:
-        if self.local is not None:
-            return self._local_op(cost, mode)
-        return int(self._sync_script()(keys=[self.key], args=self._args(cost, mode))) / 1e6
+    def _failed(self, exc: BaseException, probe: bool) -> None:
+        with self._lock:
+            first = self._backoff == 0.0
+            if probe:
+                self._probing = False
+            if first or probe:  # calls already in flight when Redis went away do not stretch the back-off
+                self._backoff = _FIRST_BACKOFF if first else min(self.max_backoff, self._backoff * 2)
+                self._down_until = time.monotonic() + self._backoff
+            if first:
+                self.outages += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+        if first:
+            if self.on_error == "fail":
+                logger.warning("rate limit %s: Redis at %s is unreachable (%s); refusing requests until it answers "
+                               "(on_redis_error='fail')", self.key, _shown(self.redis_url), self.last_error)
+            else:
+                logger.warning("rate limit %s: Redis at %s is unreachable (%s); pacing this process locally at "
+                               "%.4g per %gs (%.0f%% of the shared budget) until it answers", self.key,
+                               _shown(self.redis_url), self.last_error, self.rate * self.share, self.per,
+                               self.share * 100)
 
-    async def _aop(self, cost: float, mode: str) -> float:
+    def _ok(self, probe: bool) -> None:
+        if probe:
+            with self._lock:
+                self._probing = False
+                self._backoff = 0.0
+                self._down_until = 0.0
+                self.rejoined += 1
+            logger.info("rate limit %s: Redis at %s answers again; back on the shared budget", self.key,
+                        _shown(self.redis_url))
+
+    def _abandoned(self, probe: bool) -> None:
+        """A probe cancelled before Redis answered: let the next call probe instead."""
+        if probe:
+            with self._lock:
+                self._probing = False
+
+    def _unavailable(self) -> RateLimitUnavailable:
+        return RateLimitUnavailable(
+            f"the shared rate limit {self.key!r} cannot reach Redis at {_shown(self.redis_url)} "
+            f"({self.last_error or 'unreachable'}); no request was granted. Retry once Redis is back, or pass "
+            "on_redis_error='local' to keep going at this process's share of the rate")
+
+    def _fallback_limiter(self) -> Any:
+        if self._fallback is None:
+            from dspyo3_native import RateLimiter
+
+            with self._lock:
+                if self._fallback is None:
+                    self._fallback = RateLimiter(self.rate * self.share, per=self.per,
+                                                 burst=max(1.0, self.burst * self.share))
+        return self._fallback
+
+    @staticmethod
+    def _native_op(limiter: Any, cost: float, mode: str) -> float:
+        """``reserve`` / ``time_to_ready`` on a native limiter, in parts of at most its burst."""
+        if mode != "reserve":
+            return float(limiter.time_to_ready(min(cost, limiter.burst)))
+        wait = 0.0
+        while cost > 0:
+            part = min(cost, limiter.burst)
+            wait = float(limiter.reserve(part))
+            cost -= part
+        return wait
+
+    def _check(self, exc: BaseException, probe: bool, may_fail: bool) -> None:
+        if isinstance(exc, self._auth_errors):  # a wrong password is a configuration error, not an outage
+            self._abandoned(probe)
+            raise exc
+        self._failed(exc, probe)
+        if self.on_error == "fail" and may_fail:
+            raise self._unavailable() from exc
+
+    def _op(self, cost: float, mode: str, may_fail: bool = True) -> tuple[float, bool]:
+        """(seconds to wait, whether the local fallback decided it)."""
         if self.local is not None:
-            return self._local_op(cost, mode)
-        return int(await self._async_script()(keys=[self.key], args=self._args(cost, mode))) / 1e6
+            return self._native_op(self.local, cost, mode), False
+        route = self._route()
+        if route != "local":
+            probe = route == "probe"
+            try:
+                wait = int(self._sync_script()(keys=[self.key], args=self._args(cost, mode))) / 1e6
+            except self._errors as exc:
+                self._check(exc, probe, may_fail)
+            except BaseException:
+                self._abandoned(probe)
+                raise
+            else:
+                self._ok(probe)
+                return wait, False
+        elif self.on_error == "fail" and may_fail:
+            raise self._unavailable()
+        return self._native_op(self._fallback_limiter(), cost, mode), True
+
+    async def _aop(self, cost: float, mode: str, may_fail: bool = True) -> tuple[float, bool]:
+        if self.local is not None:
+            return self._native_op(self.local, cost, mode), False
+        route = self._route()
+        if route != "local":
+            probe = route == "probe"
+            try:
+                wait = int(await self._async_script()(keys=[self.key], args=self._args(cost, mode))) / 1e6
+            except self._errors as exc:
+                self._check(exc, probe, may_fail)
+            except BaseException:  # cancelled while probing
+                self._abandoned(probe)
+                raise
+            else:
+                self._ok(probe)
+                return wait, False
+        elif self.on_error == "fail" and may_fail:
+            raise self._unavailable()
+        return self._native_op(self._fallback_limiter(), cost, mode), True
 
     def _parts(self, cost: float) -> list[float]:
         """``cost`` in parts of at most ``burst`` (the native limiter refuses a single larger cost)."""
@@ -91,25 +263,35 @@ class _Bucket:
             cost -= parts[-1]
         return parts
 
-    def reserve(self, cost: float) -> float:
-        """Take ``cost`` now (all of it, even beyond ``burst``); seconds to wait before using it."""
-        wait = 0.0
+    def reserve(self, cost: float, may_fail: bool = True) -> tuple[float, bool]:
+        """Take ``cost`` now (all of it, even beyond ``burst``): (seconds to wait before using it, decided
+        locally while Redis was unreachable)."""
+        wait, local = 0.0, False
         for part in self._parts(cost):
-            wait = self._op(part, "reserve")
-        return wait
+            wait, was_local = self._op(part, "reserve", may_fail)
+            local = local or was_local
+        return wait, local
 
     def time_to_ready(self, cost: float) -> float:
         """Seconds until ``cost`` (at most ``burst``) could be taken; takes nothing."""
-        return self._op(min(cost, self.burst), "peek")
+        return self._op(min(cost, self.burst), "peek")[0]
 
-    async def areserve(self, cost: float) -> float:
-        wait = 0.0
+    async def areserve(self, cost: float, may_fail: bool = True) -> tuple[float, bool]:
+        wait, local = 0.0, False
         for part in self._parts(cost):
-            wait = await self._aop(part, "reserve")
-        return wait
+            wait, was_local = await self._aop(part, "reserve", may_fail)
+            local = local or was_local
+        return wait, local
 
     async def atime_to_ready(self, cost: float) -> float:
-        return await self._aop(min(cost, self.burst), "peek")
+        return (await self._aop(min(cost, self.burst), "peek"))[0]
+
+
+def _shown(url: str | None) -> str:
+    """The Redis URL without its password (safe for logs and errors)."""
+    from dspyo3_core.doctor import redact_url
+
+    return redact_url(str(url))
 
 
 class RateLimit:
@@ -122,13 +304,28 @@ class RateLimit:
         redis_url: share the budget through Redis (``redis://127.0.0.1:6379/0``): every process using the same
             ``key`` draws from one budget; the arithmetic runs server-side in one Lua script on the server's clock.
         key: the budget's name (the model, usually); Redis keys are ``dspyo3:ratelimit:{key}:requests|tokens``.
+        on_redis_error: what a shared limit does while Redis is unreachable. ``"local"`` (the default): pace this
+            process with a local limiter at its share of the rate (``local_share``) and rejoin the shared budget
+            when Redis answers again; ``"fail"``: refuse requests with :class:`RateLimitUnavailable` (fail closed).
+            Token charges for calls already made are never refused: they go to the local budget meanwhile.
+        processes: how many processes share the budget; while Redis is down each one paces itself at
+            ``1 / processes`` of the rate, so together they stay within it. Unknown (the default): the full rate,
+            so N processes may reach N times the rate during an outage.
+        local_share: this process's fraction of the rate while Redis is down (``0 < local_share <= 1``), instead
+            of ``1 / processes``.
+        redis_timeout: seconds a Redis call may take (connect or reply) before Redis counts as unreachable.
+        redis_max_backoff: longest pause, in seconds, between two probes of an unreachable Redis (the first is
+            after 0.25 s, doubling up to this).
 
     ``await limit.acquire()`` before a request, ``await limit.charge(tokens)`` after it; or let :func:`throttle`
     and :func:`dspyo3_async.run_many` do both.
     """
 
     def __init__(self, requests_per_second: float | None = None, tokens_per_minute: float | None = None, *,
-                 burst: float = 1.0, redis_url: str | None = None, key: str = "default") -> None:
+                 burst: float = 1.0, redis_url: str | None = None, key: str = "default",
+                 on_redis_error: OnRedisError = "local", processes: int | None = None,
+                 local_share: float | None = None, redis_timeout: float = 0.5,
+                 redis_max_backoff: float = 5.0) -> None:
         if requests_per_second is None and tokens_per_minute is None:
             raise ValueError("RateLimit needs requests_per_second and/or tokens_per_minute")
         for name, value in (("requests_per_second", requests_per_second), ("tokens_per_minute", tokens_per_minute)):
@@ -138,14 +335,31 @@ class RateLimit:
             raise ValueError(f"RateLimit.burst must be >= 1, got {burst!r}")
         if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"redis_url must be a redis://, rediss:// or unix:// URL, got {redis_url!r}")
+        if on_redis_error not in ("local", "fail"):
+            raise ValueError(f"RateLimit.on_redis_error must be 'local' or 'fail', got {on_redis_error!r}")
+        if processes is not None and local_share is not None:
+            raise ValueError("give RateLimit either processes or local_share, not both (local_share = 1 / processes)")
+        if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int)
+                                      or processes < 1):
+            raise ValueError(f"RateLimit.processes must be a whole number >= 1, got {processes!r}")
+        if local_share is not None and not 0 < local_share <= 1:
+            raise ValueError(f"RateLimit.local_share must be > 0 and <= 1, got {local_share!r}")
+        if not redis_timeout > 0 or not redis_max_backoff > 0:
+            raise ValueError(f"RateLimit.redis_timeout and redis_max_backoff must be > 0 seconds, got "
+                             f"{redis_timeout!r} and {redis_max_backoff!r}")
         self.requests_per_second, self.tokens_per_minute, self.key = requests_per_second, tokens_per_minute, key
+        self.on_redis_error: OnRedisError = on_redis_error
+        self.local_share = local_share if local_share is not None else 1.0 / (processes or 1)
         prefix = f"dspyo3:ratelimit:{key}"
-        self._requests = (_Bucket(requests_per_second, 1.0, burst, redis_url, f"{prefix}:requests")
+        options: dict[str, Any] = {"share": self.local_share, "on_error": on_redis_error, "timeout": redis_timeout,
+                                   "max_backoff": redis_max_backoff}
+        self._requests = (_Bucket(requests_per_second, 1.0, burst, redis_url, f"{prefix}:requests", **options)
                           if requests_per_second else None)
-        self._tokens = (_Bucket(tokens_per_minute, 60.0, tokens_per_minute, redis_url, f"{prefix}:tokens")
+        self._tokens = (_Bucket(tokens_per_minute, 60.0, tokens_per_minute, redis_url, f"{prefix}:tokens", **options)
                         if tokens_per_minute else None)
         self.shared = redis_url is not None
         self.granted = 0
+        self.granted_locally = 0
         self.waited = 0.0
         self.tokens_charged = 0
 
@@ -154,49 +368,77 @@ class RateLimit:
         return (f"RateLimit(requests_per_second={self.requests_per_second}, "
                 f"tokens_per_minute={self.tokens_per_minute}, key={self.key!r}, {where})")
 
+    def _buckets(self) -> list[_Bucket]:
+        return [b for b in (self._requests, self._tokens) if b is not None]
+
+    @property
+    def redis_available(self) -> bool:
+        """For a shared limit: False while it paces locally (or refuses) because Redis did not answer, True once
+        a probe found it again. Always True for a local limit."""
+        return all(b.redis_available for b in self._buckets())
+
+    @property
+    def outages(self) -> int:
+        """Times a budget of this limit lost Redis (and went local, or refused requests)."""
+        return sum(b.outages for b in self._buckets())
+
+    @property
+    def rejoined(self) -> int:
+        """Times a budget of this limit found Redis again after an outage."""
+        return sum(b.rejoined for b in self._buckets())
+
     async def acquire(self) -> float:
         """Wait for a request slot (and for the token budget not to be overdrawn); returns the seconds waited.
-        A task cancelled while waiting gives up its slot unused (the limit is never exceeded)."""
+        A task cancelled while waiting gives up its slot unused (the limit is never exceeded).
+
+        Raises:
+            RateLimitUnavailable: a shared limit with ``on_redis_error="fail"`` cannot reach Redis.
+        """
         start = time.monotonic()
+        local = False
         if self._tokens is not None:
             while (wait := await self._tokens.atime_to_ready(1)) > 0:
                 await asyncio.sleep(wait)
         if self._requests is not None:
-            wait = await self._requests.areserve(1)
+            wait, local = await self._requests.areserve(1)
             if wait > 0:
                 await asyncio.sleep(wait)
         waited = time.monotonic() - start
         self.granted += 1
+        self.granted_locally += local
         self.waited += waited
         return waited
 
     def acquire_sync(self) -> float:
         """:meth:`acquire` for threads (blocks the calling thread)."""
         start = time.monotonic()
+        local = False
         if self._tokens is not None:
             while (wait := self._tokens.time_to_ready(1)) > 0:
                 time.sleep(wait)
         if self._requests is not None:
-            wait = self._requests.reserve(1)
+            wait, local = self._requests.reserve(1)
             if wait > 0:
                 time.sleep(wait)
         waited = time.monotonic() - start
         self.granted += 1
+        self.granted_locally += local
         self.waited += waited
         return waited
 
     async def charge(self, tokens: int) -> None:
         """Charge ``tokens`` used by a finished call to the token budget (more than a minute's budget is charged
-        in full: later calls wait until it is paid off)."""
+        in full: later calls wait until it is paid off). Never raises for an unreachable Redis: the tokens are
+        spent already, so they are charged to the local budget meanwhile."""
         if self._tokens is not None and tokens > 0:
             self.tokens_charged += tokens
-            await self._tokens.areserve(tokens)
+            await self._tokens.areserve(tokens, may_fail=False)
 
     def charge_sync(self, tokens: int) -> None:
         """:meth:`charge` for threads."""
         if self._tokens is not None and tokens > 0:
             self.tokens_charged += tokens
-            self._tokens.reserve(tokens)
+            self._tokens.reserve(tokens, may_fail=False)
 
 
 # -- throttle: an LM whose calls wait on a RateLimit ---------------------------------------------------------------
