@@ -166,3 +166,65 @@ def test_the_json_fallback_of_the_strict_chat_adapter_is_strict_too() -> None:
         with dspy.context(lm=lm, adapter=StrictChatAdapter()), pytest.raises(OutputParseError):
             dspy.Predict(Answer)(question="q")
         assert len(server.requests) == 2, "the fallback ran, and rejected the sloppy JSON"
+
+
+MB = 1_000_000
+
+
+def _repeat(unit: str, size: int = MB) -> str:
+    return unit * (size // len(unit) + 1)
+
+
+@pytest.mark.parametrize(("text", "fmt", "expected"), [
+    # a megabyte of unclosed tags before the answer: the first opening tag runs to the first closing one
+    (_repeat("<answer>") + XML, "auto", {**EXPECTED, "answer": _repeat("<answer>") + "Paris"}),
+    (_repeat("<answer ") + XML, "xml", EXPECTED),  # an opening tag whose ">" is far away
+    (XML.replace("<answer>Paris</answer>", "") + _repeat("<answer>"), "auto", None),  # tags that never close
+    (XML.replace("<answer>Paris</answer>", "") + _repeat("<answer "), "xml", None),
+    (XML.replace("</place>", "") + _repeat("</answer>"), "xml", None),
+    (_repeat("\n") + CHAT, "chat", EXPECTED),  # a megabyte of blank lines
+    (CHAT + _repeat("\n"), "chat", EXPECTED),
+    (CHAT + _repeat("\n \t"), "auto", EXPECTED),
+    (_repeat("\n") + "x", "chat", None),
+    (_repeat("\n \t") + "\n" + CHAT, "auto", EXPECTED),
+    (_repeat("[[ ## answer ## ]]\n") + CHAT, "chat", {**EXPECTED, "answer": ""}),  # the first header wins
+    (_repeat("[[ ## answer ## \n") + CHAT, "chat", EXPECTED),  # a megabyte of broken headers
+    (_repeat("x [[ ## count ## ]] ") + "\n" + CHAT, "chat", EXPECTED),  # one huge line, no header at its start
+    (_repeat("x [[ ## count ## ]] ") + CHAT, "chat", None),
+    ("```json\n" + _repeat("```x"), "json", None),  # backticks that never close the fence
+    ("```" + _repeat("`"), "json", None),
+    ('```json\n{"answer": "x"}' + _repeat("\n``` x"), "json", None),
+    (_repeat("{"), "json", None),
+    ('{"answer": "' + _repeat("a"), "json", None),
+])
+def test_hostile_answers_parse_or_fail_cleanly(text: str, fmt: str, expected: dict[str, object] | None) -> None:
+    """Megabyte answers built to make a backtracking parser slow give the plain result or a clean OutputParseError
+    (in linear time: the test session's timeout catches a quadratic parser, which takes hours on these)."""
+    if expected is None:
+        with pytest.raises(OutputParseError) as info:
+            parse_output(text, Answer, fmt)
+        assert info.value.raw == text
+    else:
+        assert parse_output(text, Answer, fmt) == expected
+        if "[[ ##" in text:
+            assert dspy.ChatAdapter().parse(Answer, text) == expected, "the same sections as DSPy's own parser"
+
+
+def test_xml_takes_the_first_opening_tag_and_the_first_closing_tag_after_it() -> None:
+    xml = XML.replace("<answer>Paris</answer>", '<answer>draft<answer kind="final">Paris</answer></answer>')
+    assert parse_output(xml, Answer, "xml")["answer"] == 'draft<answer kind="final">Paris'
+    xml = XML.replace("<answer>Paris</answer>", "<answer\n>Paris</answer><answer>Rome</answer>")
+    assert parse_output(xml, Answer, "xml")["answer"] == "Paris"
+    with pytest.raises(OutputParseError, match="`answer`"):  # an opening tag with no closing tag after it
+        parse_output(XML.replace("</answer>", "") + "<answer>", Answer, "xml")
+
+
+@pytest.mark.parametrize(("fence", "inside"), [
+    ('```json\n{"a": 1}\n```', '{"a": 1}'), ('```{"a": 1}```', '{"a": 1}'), ("``````", ""),
+    ("```", None), ("`````", None), ('```json\n{"a": 1}\n``` and more', None), ('{"a": 1}', None),
+])
+def test_code_fences(fence: str, inside: str | None) -> None:
+    from dspyo3_types.parse import _unfence
+
+    found = _unfence(fence)
+    assert (found.strip() if found is not None else None) == inside

@@ -27,8 +27,11 @@ from dspy.utils.exceptions import AdapterParseError
 
 __all__ = ["OutputParseError", "StrictChatAdapter", "StrictJSONAdapter", "parse_output", "parse_partial"]
 
-_SECTION = re.compile(r"^\s*\[\[ ## (\w+) ## \]\][ \t]*", re.M)
-_FENCE = re.compile(r"^```[\w+-]*[ \t]*\n?(.*?)\n?```\s*$", re.S)
+# A header is a line ``[[ ## name ## ]]`` (leading spaces allowed); matched on "\n" + text with the newline in the
+# pattern, not with ``^`` and re.M: Python's regex engine tries ``^`` at every character, but jumps from newline to
+# newline. ``[^\S\n]*``, not ``\s*``, so a run of blank lines is not rescanned from each line start (quadratic).
+_SECTION = re.compile(r"\n[^\S\n]*\[\[ ## (\w+) ## \]\][ \t]*")
+_FENCE_HEAD = re.compile(r"```[\w+-]*[ \t]*\n?")
 _LITERAL_WRAPPER = re.compile(r"^Literal\[(.*)\]$", re.S)
 
 
@@ -103,6 +106,19 @@ def _unquote(text: str) -> str:
     return text
 
 
+def _unfence(stripped: str) -> str | None:
+    """The inside of a stripped text that is one code fence (```` ```lang ... ``` ````), else ``None``.
+
+    ``find``-style checks rather than a lazy regex to the closing fence, which tried the end of the fence at every
+    character and made answers full of backticks slow.
+    """
+    if len(stripped) < 6 or not stripped.startswith("```") or not stripped.endswith("```"):
+        return None
+    head = _FENCE_HEAD.match(stripped)
+    assert head is not None  # it matches whenever the text starts with ```
+    return stripped[head.end():len(stripped) - 3]
+
+
 def _convert(name: str, text: Any, annotation: Any, signature: type[dspy.Signature], raw: str,
              adapter: str) -> Any:
     """One field's value (text from a section, or a JSON value) as the annotation's type."""
@@ -119,8 +135,8 @@ def _convert(name: str, text: Any, annotation: Any, signature: type[dspy.Signatu
             if members is not None and value not in {m.value for m in members} and value in members.__members__:
                 value = members[value].value  # the member's name instead of its value
         else:
-            fenced = _FENCE.match(stripped)
-            stripped = fenced.group(1).strip() if fenced else stripped
+            fenced = _unfence(stripped)
+            stripped = fenced.strip() if fenced is not None else stripped
             try:
                 value = json.loads(stripped)
             except json.JSONDecodeError:
@@ -162,22 +178,21 @@ def _finish(fields: dict[str, Any], found: dict[str, Any], signature: type[dspy.
     return out
 
 
-def _chat_sections(text: str) -> dict[str, str]:
-    """``[[ ## name ## ]]`` sections (the first occurrence of each name wins, as in DSPy)."""
-    matches = list(_SECTION.finditer(text))
-    found: dict[str, str] = {}
-    for i, match in enumerate(matches):
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        found.setdefault(match.group(1), text[match.end():end].strip())
-    found.pop("completed", None)
-    return found
+def _chat_sections(text: str, signature: type[dspy.Signature]) -> dict[str, str]:
+    """The output fields' ``[[ ## name ## ]]`` sections (the first occurrence of each name wins, as in DSPy).
+
+    One ``re.split`` and C-level dict building: linear time, without a Python step per header.
+    """
+    parts = _SECTION.split("\n" + text)  # [before, name, content, name, content, ...]
+    first = dict(zip(reversed(parts[1::2]), reversed(parts[2::2]), strict=True))  # the first occurrence wins
+    return {name: first[name].strip() for name in signature.output_fields if name in first and name != "completed"}
 
 
 def _json_object(text: str, signature: type[dspy.Signature], adapter: str) -> dict[str, Any]:
     stripped = text.strip()
-    fenced = _FENCE.match(stripped)
-    if fenced:
-        stripped = fenced.group(1).strip()
+    fenced = _unfence(stripped)
+    if fenced is not None:
+        stripped = fenced.strip()
     start = stripped.find("{")
     if start == -1:
         raise OutputParseError(signature, text, "the LM answer holds no JSON object", adapter=adapter)
@@ -190,12 +205,30 @@ def _json_object(text: str, signature: type[dspy.Signature], adapter: str) -> di
     return value
 
 
+@lru_cache(maxsize=1024)
+def _xml_open(name: str) -> re.Pattern[str]:
+    return re.compile(rf"<{re.escape(name)}[\s>]")
+
+
 def _xml_fields(text: str, signature: type[dspy.Signature]) -> dict[str, str]:
+    """``<name attr="...">value</name>`` for each output field: the first opening tag and the first closing tag
+    after it (entities unescaped).
+
+    Linear time, with a few ``find`` calls per field instead of a lazy regex: a regex that looks for the closing
+    tag after each opening tag rescans the rest of the text from every unclosed one. Only the first opening tag
+    can match: if it has no ``>`` or no closing tag after it, no later one has either.
+    """
     found: dict[str, str] = {}
     for name in signature.output_fields:
-        match = re.search(rf"<{name}(?:\s[^>]*)?>(.*?)</{name}>", text, re.S)
-        if match:
-            found[name] = html.unescape(match.group(1).strip())
+        opening = _xml_open(name).search(text)
+        if opening is None:
+            continue
+        content_at = text.find(">", opening.end() - 1) + 1
+        if content_at == 0:
+            continue
+        end = text.find(f"</{name}>", content_at)
+        if end != -1:
+            found[name] = html.unescape(text[content_at:end].strip())
     return found
 
 
@@ -208,11 +241,11 @@ def parse_output(text: str, signature: type[dspy.Signature], fmt: str = "auto") 
     """
     if fmt == "auto":
         head = text.lstrip()
-        if _SECTION.search(text):
+        if _SECTION.search("\n" + text):
             fmt = "chat"
         elif head.startswith(("{", "```")):
             fmt = "json"
-        elif any(re.search(rf"<{name}[\s>]", text) for name in signature.output_fields):
+        elif any(_xml_open(name).search(text) for name in signature.output_fields):
             fmt = "xml"
         else:
             fmt = "json"
@@ -220,7 +253,7 @@ def parse_output(text: str, signature: type[dspy.Signature], fmt: str = "auto") 
     if adapter is None:
         raise ValueError(f"unknown format {fmt!r}; use chat, json, xml or auto")
     if fmt == "chat":
-        found: dict[str, Any] = _chat_sections(text)
+        found: dict[str, Any] = _chat_sections(text, signature)
     elif fmt == "json":
         found = _json_object(text, signature, adapter)
     else:
