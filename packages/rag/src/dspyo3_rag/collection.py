@@ -9,23 +9,26 @@ What ``dspyo3 rag index|search|ask`` use.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dspyo3_core.files import atomic_write_text
+from dspyo3_core.files import atomic_write_text, loads_json
 from dspyo3_rag.embed import LexicalEmbedder
 from dspyo3_rag.retrieve import BM25Retriever, DenseRetriever, HybridRetriever, Passage
-from dspyo3_rag.stores.base import StoreError
+from dspyo3_rag.stores.base import StoreCorruptError, StoreError
 from dspyo3_rag.stores.qdrant import QdrantStore
 
-__all__ = ["Chunk", "RagCollection", "chunk_text", "read_sources"]
+__all__ = ["Chunk", "CollectionError", "RagCollection", "Repair", "chunk_text", "read_sources"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
+_POINTS = "chunks"  # the Qdrant collection holding the vectors
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,32 @@ def read_sources(paths: Iterable[str | Path], *, words: int = 200, overlap: int 
     return chunks
 
 
+class CollectionError(StoreError):
+    """A collection whose files are damaged or disagree in a way only the user can settle; the message names the
+    file (and line) and the command that fixes it."""
+
+
+@dataclass(frozen=True)
+class Repair:
+    """What :meth:`RagCollection.repair` did: vectors of uncommitted chunks deleted, committed chunks re-embedded."""
+
+    removed: int = 0
+    restored: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.removed or self.restored)
+
+
 class RagCollection:
-    """Open (or create) collection ``name`` under ``root``."""
+    """Open (or create) collection ``name`` under ``root``.
+
+    ``chunks.jsonl`` is the commit point: a chunk is part of the collection once the atomic rewrite of that file
+    that adds it has landed, and searches read the collection as of that write. :meth:`add` records the ids it is
+    about to write in ``pending.json`` before it touches the vector store and removes the record after the commit,
+    so an add that was killed leaves a record of the vectors that may disagree with the chunks; searches never
+    return those (a dense hit counts only if its id and text are committed) and :meth:`repair` (run by every
+    :meth:`add`) puts the vector store back in line.
+    """
 
     def __init__(self, root: str | Path, name: str) -> None:
         if not _NAME.fullmatch(name):
@@ -105,6 +132,8 @@ class RagCollection:
         self.name = name
         self.dir = Path(root) / name
         self.chunks_file = self.dir / "chunks.jsonl"
+        self.qdrant_dir = self.dir / "qdrant"
+        self.pending_file = self.dir / "pending.json"
         self.embedder = LexicalEmbedder()
         self._store: QdrantStore | None = None
 
@@ -113,9 +142,16 @@ class RagCollection:
         """Whether anything was indexed into it."""
         return self.chunks_file.is_file()
 
+    def _rebuild_hint(self) -> str:
+        return f"rebuild it from {self.chunks_file.name} with: dspyo3 rag index --rebuild --collection {self.name}"
+
     def store(self) -> QdrantStore:
+        """The collection's embedded Qdrant (opened once; holds the directory's lock until :meth:`close`)."""
         if self._store is None:
-            self._store = QdrantStore(self.dir / "qdrant")
+            try:
+                self._store = QdrantStore(self.qdrant_dir)
+            except StoreCorruptError as exc:
+                raise CollectionError(f"collection {self.name!r} is damaged: {exc}; {self._rebuild_hint()}") from None
         return self._store
 
     def close(self) -> None:
@@ -125,64 +161,210 @@ class RagCollection:
             self._store = None
 
     def chunks(self) -> dict[str, Chunk]:
-        """Every chunk, by id."""
+        """Every committed chunk, by id. A line of ``chunks.jsonl`` that is not a chunk record raises
+        :class:`CollectionError` naming ``file:line``."""
         if not self.exists:
             return {}
+        try:
+            data = self.chunks_file.read_bytes()
+        except OSError as exc:
+            raise CollectionError(f"{self.chunks_file}: cannot be read ({exc.strerror or exc})") from None
         out = {}
-        for line in self.chunks_file.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
+        for number, line in enumerate(data.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{self.chunks_file}:{number}"
+            try:
+                record = loads_json(line, source=where)
+            except ValueError as exc:  # not JSON, not UTF-8, or nested too deeply
+                problem = str(exc).removeprefix(f"{where}: ")
+                raise CollectionError(self._corrupt(where, f"not JSON ({problem})")) from None
+            if not (isinstance(record, dict) and isinstance(record.get("id"), str)
+                    and isinstance(record.get("text"), str) and isinstance(record.get("metadata", {}), dict)):
+                raise CollectionError(self._corrupt(where, "not a chunk record (a JSON object with string 'id' and "
+                                                           "'text' and an object 'metadata')"))
             out[record["id"]] = Chunk(record["id"], record["text"], record.get("metadata", {}))
         return out
+
+    def _corrupt(self, where: str, problem: str) -> str:
+        return (f"{where}: {problem}; the chunks file of collection {self.name!r} is corrupt: restore it from a "
+                f"backup, or delete that line and run `dspyo3 rag index --collection {self.name}` to drop its "
+                f"vectors (or delete {self.dir} and index the sources again)")
+
+    def _check_vectors(self, committed: Mapping[str, Chunk]) -> None:
+        """Raise :class:`CollectionError` when committed chunks have no vector store to search (its folder or its
+        Qdrant collection was deleted); such a collection is rebuilt, never half-filled by a later add."""
+        if not committed:
+            return
+        if not self.qdrant_dir.is_dir():
+            raise CollectionError(f"collection {self.name!r} is damaged: its vector store {self.qdrant_dir} is "
+                                  f"missing ({len(committed)} committed chunks have no vectors); "
+                                  f"{self._rebuild_hint()}")
+        if _POINTS not in self.store().collections():
+            raise CollectionError(f"collection {self.name!r} is damaged: its vector store {self.qdrant_dir} has no "
+                                  f"{_POINTS!r} collection ({len(committed)} committed chunks have no vectors); "
+                                  f"{self._rebuild_hint()}")
+
+    def _read_pending(self) -> list[str] | None:
+        """The ids an interrupted write recorded; ``None`` when the record is unreadable (then everything is
+        checked)."""
+        try:
+            record = loads_json(self.pending_file.read_bytes(), source=str(self.pending_file))
+        except (OSError, ValueError):
+            return None
+        ids = record.get("ids") if isinstance(record, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            return None
+        return ids
+
+    def repair(self, *, progress: bool = False) -> Repair:
+        """Bring the vector store in line with the committed chunks after an interrupted write: delete the points
+        of chunks that were never committed and re-embed committed chunks whose points are missing or were
+        overwritten by the uncommitted write. Cheap when nothing was interrupted (one count).
+
+        Raises :class:`CollectionError` when the vector store is missing altogether (use :meth:`rebuild`).
+        """
+        committed = self.chunks()
+        if not committed and not self.qdrant_dir.is_dir():
+            self.pending_file.unlink(missing_ok=True)
+            return Repair()
+        self._check_vectors(committed)
+        store = self.store()
+        if _POINTS not in store.collections():  # nothing committed and no vectors: consistent
+            self.pending_file.unlink(missing_ok=True)
+            return Repair()
+        pending = self._read_pending() if self.pending_file.exists() else []
+        done = Repair()
+        if pending:  # the interrupted write's ids: drop the uncommitted ones, rewrite the committed ones
+            done = self._restore([i for i in pending if i not in committed],
+                                 [committed[i] for i in pending if i in committed], progress=progress)
+        if pending is None or store.count(_POINTS) != len(committed):
+            # no readable record, or the stores still disagree (e.g. a chunks file edited by hand): compare all
+            stored = {point_id: meta.get("text") for point_id, _, meta in store.scroll(_POINTS)}
+            more = self._restore([i for i in stored if i not in committed],
+                                 [c for i, c in committed.items() if stored.get(i) != c.text], progress=progress)
+            done = Repair(done.removed + more.removed, done.restored + more.restored)
+        self.pending_file.unlink(missing_ok=True)
+        return done
+
+    def _restore(self, remove: Sequence[str], chunks: Sequence[Chunk], *, progress: bool = False) -> Repair:
+        """Delete the points ``remove`` and (re-)embed ``chunks``; what it did."""
+        store = self.store()
+        removed = 0
+        if remove:
+            before = store.count(_POINTS)
+            store.delete(_POINTS, remove)
+            removed = before - store.count(_POINTS)
+        if chunks:
+            DenseRetriever(store, _POINTS, self.embedder).add(
+                [c.id for c in chunks], [c.text for c in chunks], [c.metadata for c in chunks], progress=progress)
+        return Repair(removed, len(chunks))
+
+    def rebuild(self, *, progress: bool = False) -> int:
+        """Re-create the vector store from the committed chunks (after its folder was deleted or damaged);
+        returns how many chunks were embedded."""
+        committed = self.chunks()  # a corrupt chunks file stops here, before anything is deleted
+        try:
+            store = self.store()
+        except CollectionError:  # the store's own files are damaged: start it afresh
+            shutil.rmtree(self.qdrant_dir)
+            store = self.store()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.pending_file, json.dumps({"ids": sorted(committed)}))
+        if _POINTS in store.collections():
+            store.drop_collection(_POINTS)
+        self._restore([], list(committed.values()), progress=progress)
+        self.pending_file.unlink(missing_ok=True)
+        return len(committed)
 
     def add(self, chunks: Sequence[Chunk], *, progress: bool = False) -> int:
         """Embed and store ``chunks`` (replacing chunks with the same id); returns how many were added.
 
-        Vectors go in first; the chunks file, written atomically, is what makes them part of the collection.
+        The ids about to be written are recorded first, the vectors go in next, and the atomic rewrite of the
+        chunks file commits them; the vectors of chunks the call drops go after the commit. An interrupted earlier
+        add is repaired first (:meth:`repair`).
         """
+        if not self.qdrant_dir.is_dir():
+            self._check_vectors(self.chunks())  # committed chunks without their vector store: rebuild, not add
+        self.store()  # the directory lock first: no other writer between reading the chunks and committing
+        self.repair(progress=progress)
         existing = self.chunks()
         new_ids = {c.id for c in chunks}
         # a re-indexed source replaces all its chunks: the ones it no longer produces go
         sources = {c.metadata.get("source") for c in chunks}
         stale = [cid for cid, c in existing.items() if c.metadata.get("source") in sources and cid not in new_ids]
-        dense = DenseRetriever(self.store(), "chunks", self.embedder)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.pending_file, json.dumps({"ids": sorted(new_ids | set(stale))}))
+        dense = DenseRetriever(self.store(), _POINTS, self.embedder)
         try:
             dense.add([c.id for c in chunks], [c.text for c in chunks], [c.metadata for c in chunks],
                       progress=progress)
         except Exception:
-            # best effort: take back points this call added, so the store matches chunks.jsonl again
-            added = [cid for cid in new_ids if cid not in existing]
-            if added and "chunks" in self.store().collections():
-                self.store().delete("chunks", added)
+            with contextlib.suppress(Exception):  # best effort; the record stays for the next repair otherwise
+                self.repair()
             raise
-        if stale:
-            self.store().delete("chunks", stale)
         merged = {cid: c for cid, c in existing.items() if cid not in set(stale)}
         merged.update((c.id, c) for c in chunks)
-        self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.chunks_file, "".join(
             json.dumps({"id": c.id, "text": c.text, "metadata": c.metadata}, ensure_ascii=False) + "\n"
             for c in merged.values()))
+        if stale:
+            self.store().delete(_POINTS, stale)
+        self.pending_file.unlink(missing_ok=True)
         return len(chunks)
 
     def retriever(self, kind: str = "hybrid") -> Any:
-        """``bm25``, ``dense`` or ``hybrid`` over this collection."""
+        """``bm25``, ``dense`` or ``hybrid`` over the committed chunks of this collection."""
+        if kind not in {"bm25", "dense", "hybrid"}:
+            raise StoreError(f"unknown retriever {kind!r}; choose bm25, dense or hybrid")
         if not self.exists:
             raise StoreError(f"collection {self.name!r} is empty or does not exist under {self.dir.parent}; "
                              f"create it with: dspyo3 rag index PATH --collection {self.name}")
         chunks = self.chunks()
         bm25 = BM25Retriever()
         bm25.add(list(chunks), [c.text for c in chunks.values()], [c.metadata for c in chunks.values()])
-        dense = DenseRetriever(self.store(), "chunks", self.embedder)
         if kind == "bm25":
             return bm25
+        self._check_vectors(chunks)
+        dense = _CommittedDense(DenseRetriever(self.store(), _POINTS, self.embedder) if chunks else None, chunks)
         if kind == "dense":
             return dense
-        if kind == "hybrid":
-            return HybridRetriever([bm25, dense], weights=[0.75, 0.25])
-        raise StoreError(f"unknown retriever {kind!r}; choose bm25, dense or hybrid")
+        return HybridRetriever([bm25, dense], weights=[0.75, 0.25])
 
     def search(self, query: str, k: int = 5, kind: str = "hybrid") -> list[Passage]:
         """Top ``k`` passages for ``query``."""
         if not query.strip():
             raise StoreError("the query is empty")
         return list(self.retriever(kind).search_batch([query], k)[0])
+
+
+class _CommittedDense:
+    """Dense retrieval that returns only committed chunks: a hit counts when its id is in the chunks file with the
+    text its vector was made from (vectors are a function of the text). Queries short of ``k`` after dropping
+    uncommitted hits ask the store again for twice as many, until it has no more."""
+
+    def __init__(self, dense: DenseRetriever | None, committed: Mapping[str, Chunk]) -> None:
+        self.dense = dense
+        self.committed = committed
+
+    def _keep(self, passages: Sequence[Passage]) -> list[Passage]:
+        out = []
+        for p in passages:
+            chunk = self.committed.get(p.id)
+            if chunk is not None and chunk.text == p.long_text:
+                out.append(Passage(p.id, chunk.text, p.score, dict(chunk.metadata)))
+        return out
+
+    def search_batch(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]:
+        """Top ``k`` committed passages for each query."""
+        if self.dense is None:
+            return [[] for _ in queries]
+        out = []
+        for query, hits in zip(queries, self.dense.search_batch(queries, k), strict=True):
+            fetched, kept = k, self._keep(hits)
+            while len(kept) < k and len(hits) == fetched:  # uncommitted points took places; the store has more
+                fetched *= 2
+                hits = self.dense.search(query, fetched)
+                kept = self._keep(hits)
+            out.append(kept[:k])
+        return out

@@ -34,28 +34,50 @@ _DIR_OPTION = click.option("--dir", "directory", type=click.Path(file_okay=False
 
 
 @rag_group.command("index")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--collection", required=True, help="collection name (created if missing)")
 @click.option("--chunk-words", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--overlap", type=click.IntRange(min=0), default=40, show_default=True)
+@click.option("--rebuild", is_flag=True,
+              help="re-create the collection's vector store from its chunks.jsonl first (after it was deleted or "
+                   "damaged)")
 @_DIR_OPTION
-def index_command(paths: tuple[Path, ...], collection: str, chunk_words: int, overlap: int,
+def index_command(paths: tuple[Path, ...], collection: str, chunk_words: int, overlap: int, rebuild: bool,
                   directory: Path | None) -> None:
-    """Chunk, embed and index files (.txt, .md, .rst, .jsonl; folders are walked) into COLLECTION."""
+    """Chunk, embed and index files (.txt, .md, .rst, .jsonl; folders are walked) into COLLECTION.
+
+    Every run first repairs what an interrupted earlier run left (vectors of chunks that were never committed);
+    with no PATHS it only repairs (or, with --rebuild, rebuilds)."""
     from dspyo3_rag.collection import RagCollection, read_sources
     from dspyo3_rag.stores.base import StoreError
 
     try:
         target = RagCollection(_root(directory), collection)
-        chunks = read_sources(paths, words=chunk_words, overlap=overlap)  # everything is read before any write
+        if not paths and not target.exists:
+            raise StoreError(f"collection {collection!r} does not exist under {target.dir.parent}; give the files "
+                             f"to index: dspyo3 rag index PATH --collection {collection}")
+        # everything is read before any write
+        chunks = read_sources(paths, words=chunk_words, overlap=overlap) if paths else []
+        repaired = None
         try:
-            added = target.add(chunks, progress=True)
+            if rebuild:
+                rebuilt = target.rebuild(progress=True)
+                click.echo(f"rebuilt the vector store of {collection!r} from {rebuilt} committed chunks")
+            else:
+                repaired = target.repair(progress=True)
+                if repaired:
+                    click.echo(f"repaired {collection!r}: removed {repaired.removed} vectors of uncommitted "
+                               f"chunks, re-embedded {repaired.restored} committed chunks")
+            added = target.add(chunks, progress=True) if chunks else 0
             total = len(target.chunks())
         finally:
             target.close()
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"indexed {added} chunks into {collection!r} ({total} in all) at {target.dir}")
+    if paths:
+        click.echo(f"indexed {added} chunks into {collection!r} ({total} in all) at {target.dir}")
+    elif repaired is not None and not repaired:
+        click.echo(f"{collection!r} is consistent ({total} chunks) at {target.dir}")
 
 
 @rag_group.command("search")

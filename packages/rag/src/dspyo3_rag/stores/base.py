@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Hit", "StoreError", "VectorStore", "migrate"]
+__all__ = ["Hit", "StoreCorruptError", "StoreError", "VectorStore", "migrate"]
 
 Metadata = dict[str, Any]
 Filter = Mapping[str, Any]
@@ -19,6 +19,11 @@ Filter = Mapping[str, Any]
 class StoreError(ValueError):
     """A call a store cannot do (unknown collection, wrong vector size, bad filter, bad metadata); the message
     names the problem and the fix."""
+
+
+class StoreCorruptError(StoreError):
+    """A store whose own files cannot be read (an embedded store's metadata or data damaged on disk); the message
+    names the file."""
 
 
 @dataclass(frozen=True)

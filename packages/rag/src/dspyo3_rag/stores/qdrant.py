@@ -7,7 +7,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from dspyo3_rag.stores.base import Filter, Hit, Metadata, StoreError, VectorStore
+from dspyo3_core.files import loads_json
+from dspyo3_rag.stores.base import Filter, Hit, Metadata, StoreCorruptError, StoreError, VectorStore
 
 __all__ = ["QdrantStore"]
 
@@ -25,6 +26,9 @@ class QdrantStore(VectorStore):
 
     String ids are mapped to UUIDv5 point ids (Qdrant accepts only integers and UUIDs); the original id and the
     namespace are kept in the payload under ``_dspyo3_*`` keys.
+
+    An embedded store whose files cannot be read (a corrupt ``meta.json``, a damaged collection) raises
+    :class:`StoreCorruptError` naming the file; one another process has open raises :class:`StoreError`.
     """
 
     name = "qdrant"
@@ -39,7 +43,7 @@ class QdrantStore(VectorStore):
             self.where = url
         elif path is not None:
             Path(path).mkdir(parents=True, exist_ok=True)
-            self.client = QdrantClient(path=str(path))
+            self.client = _open_local(QdrantClient, Path(path))
             self.where = str(path)
         else:
             self.client = QdrantClient(location=":memory:")
@@ -139,6 +143,29 @@ class QdrantStore(VectorStore):
                 yield str((p.payload or {}).get(_ID)), [float(x) for x in vector], _public(p.payload)  # type: ignore[arg-type]
             if offset is None:
                 return
+
+
+def _open_local(client: Any, path: Path) -> Any:
+    """``QdrantClient(path=...)``, with what goes wrong reading the folder said in one line naming the file."""
+    try:
+        return client(path=str(path))
+    except Exception as exc:  # the folder's files are data: json, pydantic, sqlite and OS errors all mean damage
+        if isinstance(exc, RuntimeError) and "already accessed" in str(exc):
+            raise StoreError(f"the embedded Qdrant store {path} is open in another process (local mode allows one "
+                             "client per folder); wait for it to finish, or use a Qdrant server") from None
+        meta = path / "meta.json"
+        try:
+            record = loads_json(meta.read_bytes(), source=str(meta))
+        except ValueError as bad:  # JSONDecodeError, UnicodeDecodeError, too deeply nested
+            detail = str(bad).removeprefix(f"{meta}: ")
+            raise StoreCorruptError(f"{meta} is corrupt (not JSON: {detail})") from None
+        except OSError:
+            record = None
+        if record is not None and not (isinstance(record, dict) and isinstance(record.get("collections"), dict)):
+            raise StoreCorruptError(f"{meta} is corrupt (not Qdrant metadata: no 'collections' object)") from None
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise StoreCorruptError(f"the embedded Qdrant store {path} cannot be read ({type(exc).__name__}: "
+                                f"{first[:200]})") from None
 
 
 def _public(payload: dict[str, Any] | None) -> Metadata:
