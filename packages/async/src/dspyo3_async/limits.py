@@ -325,7 +325,7 @@ class RateLimit:
                  burst: float = 1.0, redis_url: str | None = None, key: str = "default",
                  on_redis_error: OnRedisError = "local", processes: int | None = None,
                  local_share: float | None = None, redis_timeout: float = 0.5,
-                 redis_max_backoff: float = 5.0) -> None:
+                 redis_max_backoff: float = 2.0) -> None:
         if requests_per_second is None and tokens_per_minute is None:
             raise ValueError("RateLimit needs requests_per_second and/or tokens_per_minute")
         for name, value in (("requests_per_second", requests_per_second), ("tokens_per_minute", tokens_per_minute)):

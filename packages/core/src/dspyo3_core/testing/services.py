@@ -29,20 +29,22 @@ class ServiceUnavailable(RuntimeError):
 
 
 class RedisProcess:
-    """A ``redis-server`` on 127.0.0.1 (no persistence) that a test can kill and start again on the same port,
-    to check what happens to clients while Redis is down.
+    """A ``redis-server`` on 127.0.0.1 (no persistence, or with ``appendonly=True`` an append-only file fsynced on
+    every write, kept across restarts) that a test can kill and start again on the same port, to check what
+    happens to clients while Redis is down.
 
     >>> with RedisProcess() as redis:          # doctest: +SKIP
     ...     redis.kill(); redis.start()        # same URL before and after
     """
 
-    def __init__(self, port: int | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, port: int | None = None, timeout: float = 10.0, *, appendonly: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise ServiceUnavailable("redis-server is not installed; apt-get install redis-server")
         self.binary = binary
         self.port = port or free_port()
         self.timeout = timeout
+        self.appendonly = appendonly  # an append-only file fsynced on every write: a killed server loses nothing
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
         self._workdir = tempfile.TemporaryDirectory(prefix="dspyo3-redis-")
@@ -52,7 +54,8 @@ class RedisProcess:
         if self.process is not None and self.process.poll() is None:
             return self.url
         process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             *(["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]),
              "--dir", self._workdir.name, "--protected-mode", "yes"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -1,0 +1,415 @@
+"""What the Redis-backed parts do when their redis-server is killed (SIGKILL) mid-run and started again on the
+same port: the cache tier, the shared rate limiter, the agent state store and the program registry.
+
+Each scenario starts its own ``redis-server`` on 127.0.0.1 (a free port, a temporary directory), runs a bounded
+workload, kills the server part-way through, starts it again and finishes the workload. Per scenario it reports:
+
+* ``calls``: operations attempted;
+* ``failed``: calls that should have been served and were not, or raised something other than a clean
+  "Redis is unavailable" error (a crash, a traceback, a wrong exception) — must be 0;
+* ``wrong``: answers that differ from the truth (a cached answer that is not the LM's, a lost or doubled
+  state update, a registry load returning another version's or a corrupt program) — must be 0;
+* ``unavailable``: calls refused with a clean typed error while Redis was down, where the backend by design
+  cannot serve without Redis (agent state, registry); they are not failures. The cache and the limiter degrade
+  to local and must serve everything, so for them every error counts as ``failed``.
+
+The agent-state and registry servers keep an append-only file fsynced on every write (as a Redis holding state
+should), so a killed server loses no acknowledged write; the cache and limiter servers keep nothing.
+The limiter scenario also reports the rate granted during the outage against the configured one
+(``outage_rate_ratio``; the acceptance is <= 2), and is run a second time with the server frozen (SIGSTOP)
+instead of killed.
+
+    python benchmarks/redis_faults.py [--outage 5] [--scale 1.0] [--json F]
+
+Loopback only; stops by itself (about a minute at the defaults). Exit status 1 if any ``failed`` or ``wrong``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "true")
+
+from common import emit, log
+
+from dspyo3_core.testing.services import RedisProcess
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    """What "Redis is unavailable" looks like from the stores that cannot serve without it."""
+    import redis.exceptions
+
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+class Tally:
+    """calls / failed / wrong / unavailable, with the first few failures and wrong answers kept as examples."""
+
+    def __init__(self) -> None:
+        self.calls = self.failed = self.wrong = self.unavailable = 0
+        self.examples: list[str] = []
+        self._lock = threading.Lock()
+
+    def fail(self, what: str) -> None:
+        with self._lock:
+            self.failed += 1
+            if len(self.examples) < 5:
+                self.examples.append(f"failed: {what}")
+
+    def mistake(self, what: str) -> None:
+        with self._lock:
+            self.wrong += 1
+            if len(self.examples) < 5:
+                self.examples.append(f"wrong: {what}")
+
+    def figures(self) -> dict[str, Any]:
+        return {"calls": self.calls, "failed": self.failed, "wrong": self.wrong, "unavailable": self.unavailable,
+                "examples": self.examples}
+
+
+# -- cache ------------------------------------------------------------------------------------------------------------
+def cache_scenario(scale: float) -> dict[str, Any]:
+    """DSPy ``Predict`` calls through ``TieredCache`` (memory + Redis) on the loopback LM server; wrong = an answer
+    that is not what the LM gives for that question."""
+    import dspy
+    import redis
+
+    import dspyo3_production as prod
+    from dspyo3_core.testing.server import LMServer, digest_responder
+    from dspyo3_production.cache import TieredCache
+
+    n, distinct = max(60, int(300 * scale)), 40
+    tally = Tally()
+    qa = dspy.Predict("question -> answer")
+    with LMServer(digest_responder()) as server, RedisProcess() as redis_server:
+        truth_lm = dspy.LM("openai/faults", api_base=server.api_base, api_key="none", cache=False, num_retries=0)
+        with dspy.context(lm=truth_lm):
+            truth = {f"q{i}": qa(question=f"q{i}").answer for i in range(distinct)}
+        cache = TieredCache(redis_url=redis_server.url, namespace="faults", redis_timeout=0.2, redis_max_backoff=0.5)
+        previous = prod.install_cache(cache)
+        lm = dspy.LM("openai/faults", api_base=server.api_base, api_key="none", cache=True, num_retries=0)
+        kill_at, memory_off, restart_at = n // 3, n // 2, 2 * n // 3
+        try:
+            with dspy.context(lm=lm):
+                for i in range(n):
+                    if i == kill_at - 10:  # Redis holds the answers so far; from now on repeats come from Redis
+                        cache.flush(5)
+                        cache.reset_memory_cache()
+                    if i == kill_at:
+                        redis_server.kill()
+                    if i == memory_off:
+                        cache.reset_memory_cache()  # only the LM (or a recovered Redis) can answer now
+                    if i == restart_at:
+                        redis_server.start()
+                    question = f"q{i % distinct}"
+                    tally.calls += 1
+                    try:
+                        answer = qa(question=question).answer
+                    except Exception as exc:  # every failure is counted and shown
+                        tally.fail(_describe(exc))
+                        continue
+                    if answer != truth[question]:
+                        tally.mistake(f"{question}: {answer!r} != {truth[question]!r}")
+                # rejoined: new answers reach the restarted Redis (bounded: at most 50 new questions)
+                client = redis.Redis.from_url(redis_server.url)
+                for j in range(50):
+                    qa(question=f"after-{j}")
+                    cache.flush(2)
+                    if client.keys("faults:cache:*"):
+                        break
+                rejoined = bool(client.keys("faults:cache:*"))
+                client.close()
+        finally:
+            prod.install_cache(previous)
+            cache.close()
+        return {**tally.figures(), "provider_requests": len(server.requests), "redis_rejoined": rejoined}
+
+
+# -- limiter ----------------------------------------------------------------------------------------------------------
+def limiter_scenario(rate: float, before: float, outage: float, after: float, freeze: bool) -> dict[str, Any]:
+    """``run_many`` paced by a shared ``RateLimit`` while its Redis is killed (or frozen with SIGSTOP) for
+    ``outage`` seconds; the rate granted over the outage against the configured one."""
+    import redis
+
+    from dspyo3_async import RateLimit, run_many
+
+    tally = Tally()
+    stamps: list[float] = []
+
+    async def call(question: str) -> str:
+        stamps.append(time.monotonic())
+        return question
+
+    with RedisProcess() as redis_server:
+        limit = RateLimit(rate, redis_url=redis_server.url, key="faults")
+        assert redis_server.process is not None
+        pid = redis_server.process.pid
+        window: dict[str, float] = {}
+
+        async def inputs() -> AsyncIterator[dict[str, str]]:
+            i = 0
+            while "end" not in window and i < rate * (before + outage + after) * 3:  # bounded either way
+                i += 1
+                yield {"question": f"q{i}"}
+
+        async def faults() -> None:
+            await asyncio.sleep(before)
+            window["down"] = time.monotonic()
+            if freeze:
+                os.kill(pid, signal.SIGSTOP)
+            else:
+                redis_server.kill()
+            await asyncio.sleep(outage)
+            if freeze:
+                os.kill(pid, signal.SIGCONT)
+            else:
+                await asyncio.to_thread(redis_server.start)
+            window["up"] = time.monotonic()
+            await asyncio.sleep(after)
+            window["end"] = time.monotonic()
+
+        async def main() -> list[Any]:
+            fault = asyncio.ensure_future(faults())
+            results = await run_many(call, inputs(), concurrency=16, rate=limit)
+            await fault
+            return results
+
+        results = asyncio.run(main())
+        for result in results:
+            tally.calls += 1
+            if not result.ok:
+                tally.fail(_describe(result.error))
+        key_back = bool(redis.Redis.from_url(redis_server.url).exists("dspyo3:ratelimit:faults:requests"))
+
+    def rate_between(start: float, end: float) -> float:
+        return sum(start <= s < end for s in stamps) / (end - start)
+
+    during = rate_between(window["down"], window["up"])
+    return {**tally.figures(), "configured_rate": rate, "outage_s": round(window["up"] - window["down"], 3),
+            "rate_before": round(rate_between(window["down"] - before, window["down"]), 2),
+            "rate_during_outage": round(during, 2), "outage_rate_ratio": round(during / rate, 3),
+            "rate_after": round(rate_between(window["up"], window["end"]), 2),
+            "granted_locally": limit.granted_locally, "outages": limit.outages, "rejoined": limit.rejoined,
+            "redis_rejoined": limit.redis_available and limit.rejoined >= 1 and key_back,
+            "signal": "SIGSTOP/SIGCONT" if freeze else "SIGKILL, restart on the same port"}
+
+
+# -- agent state ------------------------------------------------------------------------------------------------------
+def agent_state_scenario(scale: float) -> dict[str, Any]:
+    """Workers (threads, a store each) appending unique ids to one state with compare-and-set updates while Redis
+    is killed and restarted; wrong = an acknowledged id missing (a lost update), an id stored twice, or a state
+    whose version does not count its writes."""
+    from dspyo3_agents.state import RedisStateStore
+
+    workers, per_worker = 3, max(40, int(150 * scale))
+    tally = Tally()
+    unavailable = _unavailable_errors()
+    acknowledged: set[str] = set()
+    unknown: set[str] = set()  # the write raised "unavailable": it may or may not have been applied
+    progress, after_restart = [0], [0]
+    restarted = threading.Event()
+    lock = threading.Lock()
+    with RedisProcess(appendonly=True) as redis_server:
+        stores = [RedisStateStore(redis_server.url, namespace="faults", timeout=0.5) for _ in range(workers)]
+
+        def work(w: int) -> None:
+            store = stores[w]
+            for i in range(per_worker):
+                item = f"w{w}-{i}"
+
+                def add(data: dict[str, Any], item: str = item) -> dict[str, Any]:
+                    return {"ids": [*data.get("ids", []), item]}
+
+                with lock:
+                    tally.calls += 1
+                try:
+                    store.update("counter", add)
+                except unavailable:
+                    with lock:
+                        tally.unavailable += 1
+                        unknown.add(item)
+                    time.sleep(0.1)
+                except Exception as exc:
+                    tally.fail(f"{item}: {_describe(exc)}\n{traceback.format_exc(limit=3)}")
+                else:
+                    with lock:
+                        acknowledged.add(item)
+                        after_restart[0] += restarted.is_set()
+                with lock:
+                    progress[0] += 1
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(workers)]
+        for thread in threads:
+            thread.start()
+        total = workers * per_worker
+        while progress[0] < total // 3 and any(t.is_alive() for t in threads):
+            time.sleep(0.01)
+        redis_server.kill()
+        time.sleep(1.0)
+        redis_server.start()
+        restarted.set()
+        for thread in threads:
+            thread.join()
+        final = RedisStateStore(redis_server.url, namespace="faults").load("counter")
+        for store in stores:
+            store.close()
+    ids = final.data.get("ids", [])
+    stored = set(ids)
+    for item in sorted(acknowledged - stored):
+        tally.mistake(f"acknowledged update {item} is missing (lost update)")
+    for item in sorted({i for i in ids if ids.count(i) > 1}):
+        tally.mistake(f"{item} stored twice")
+    for item in sorted(stored - acknowledged - unknown):
+        tally.mistake(f"{item} stored but never written")
+    if final.version != len(ids):
+        tally.mistake(f"version {final.version} for {len(ids)} writes")
+    return {**tally.figures(), "workers": workers, "acknowledged": len(acknowledged),
+            "acknowledged_after_restart": after_restart[0],
+            "unknown_outcome_applied": len(stored & unknown), "conflicts_retried": sum(s.conflicts for s in stores),
+            "stored_ids": len(ids), "version": final.version}
+
+
+# -- registry ---------------------------------------------------------------------------------------------------------
+def registry_scenario(scale: float) -> dict[str, Any]:
+    """register / load cycles on the Redis registry backend while Redis is killed and restarted; wrong = a load
+    that returns another version's program or a corrupt one. A register that cannot reach Redis (or a stale lock
+    left by a write Redis died under) must raise cleanly: ``unavailable``."""
+    from dspyo3_optimize.registry import IntegrityError, ProgramRegistry, RegistryError
+
+    cycles = max(30, int(90 * scale))
+    tally = Tally()
+    unavailable: tuple[type[BaseException], ...] = (*_unavailable_errors(), RegistryError)
+    registered: dict[str, str] = {}  # version -> marker it was registered with
+    attempted: set[str] = set()
+    lock_timeouts = integrity_errors = 0
+    after_restart: list[float] = []  # seconds from the restart to each register that succeeded after it
+    with RedisProcess(appendonly=True) as redis_server:
+        registry = ProgramRegistry(redis_server.url, lock_timeout=1.0)
+        restarted_at: list[float] = []
+
+        def fault() -> None:  # from another thread, so the kill can land in the middle of a register
+            while len(registered) < cycles // 3:
+                time.sleep(0.005)
+            redis_server.kill()
+            time.sleep(1.0)
+            redis_server.start()
+            restarted_at.append(time.monotonic())
+
+        faulting = threading.Thread(target=fault)
+        faulting.start()
+        cycle = 0
+        # bounded: every cycle counts; after the restart, stop after 10 registers or 15 s
+        while cycle < 20 * cycles and not (restarted_at and (len(after_restart) >= 10
+                                                             or time.monotonic() - restarted_at[0] > 15)):
+            cycle += 1
+            marker = f"cycle-{cycle}"
+            attempted.add(marker)
+            state = {"marker": marker, "demos": [{"question": marker, "answer": marker.upper()}]}
+            tally.calls += 1
+            ok = False
+            try:
+                meta = registry.register("qa", state, run_id=marker)
+            except IntegrityError as exc:  # a corrupt read during the version allocation
+                integrity_errors += 1
+                tally.fail(_describe(exc))
+            except unavailable as exc:
+                tally.unavailable += 1
+                lock_timeouts += "lock" in str(exc) and bool(restarted_at)
+            except Exception as exc:
+                tally.fail(f"register {marker}: {_describe(exc)}")
+            else:
+                ok = True
+                registered[meta.version] = marker
+                if restarted_at:
+                    after_restart.append(time.monotonic() - restarted_at[0])
+            for ref in (next(reversed(registered), None), "dev"):
+                if ref is None:
+                    continue
+                tally.calls += 1
+                try:
+                    loaded, loaded_meta = registry.state("qa", ref)
+                except IntegrityError as exc:
+                    integrity_errors += 1
+                    tally.mistake(f"load {ref}: {_describe(exc)}")
+                except unavailable:
+                    tally.unavailable += 1
+                except Exception as exc:
+                    tally.fail(f"load {ref}: {_describe(exc)}")
+                else:
+                    want = registered.get(loaded_meta.version)
+                    if ref != "dev" and loaded_meta.version != ref:
+                        tally.mistake(f"asked for {ref}, got {loaded_meta.version}")
+                    elif loaded.get("marker") not in attempted:
+                        tally.mistake(f"{loaded_meta.version} holds {loaded.get('marker')!r}, never registered")
+                    elif want is not None and loaded.get("marker") != want:
+                        tally.mistake(f"{loaded_meta.version} holds {loaded.get('marker')!r}, registered {want!r}")
+            if not ok:
+                time.sleep(0.05)
+        faulting.join()
+        for problem in registry.verify("qa"):
+            tally.mistake(f"verify: {problem}")
+    return {**tally.figures(), "registered": len(registered), "registered_after_restart": len(after_restart),
+            "first_register_after_restart_s": round(after_restart[0], 3) if after_restart else None,
+            "lock_timeouts_after_restart": lock_timeouts, "integrity_errors": integrity_errors}
+
+
+SCENARIOS = ("cache", "limiter", "limiter_sigstop", "agent_state", "registry")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--outage", type=float, default=5.0, help="seconds the limiter's Redis stays down")
+    parser.add_argument("--rate", type=float, default=100.0, help="the limiter's requests per second")
+    parser.add_argument("--scale", type=float, default=1.0, help="workload size of the other scenarios")
+    parser.add_argument("--only", choices=SCENARIOS, action="append", help="run only these scenarios")
+    parser.add_argument("--json", dest="json_path", help="also write the result here")
+    args = parser.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)  # the outage warnings are expected here
+    runs: dict[str, Callable[[], dict[str, Any]]] = {
+        "cache": lambda: cache_scenario(args.scale),
+        "limiter": lambda: limiter_scenario(args.rate, 2.0, args.outage, 3.0, freeze=False),
+        "limiter_sigstop": lambda: limiter_scenario(args.rate, 1.0, args.outage, 3.0, freeze=True),
+        "agent_state": lambda: agent_state_scenario(args.scale),
+        "registry": lambda: registry_scenario(args.scale),
+    }
+    result: dict[str, Any] = {
+        "meaning": {"failed": "a call that should have been served failed, or raised other than a clean "
+                              "'Redis unavailable' error", "wrong": "an answer that differs from the truth",
+                    "unavailable": "a clean typed error while Redis was down, where the backend cannot serve "
+                                   "without it (agent state, registry)"}}
+    for name in args.only or SCENARIOS:
+        started = time.perf_counter()
+        log(f"{name}: running")
+        result[name] = runs[name]()
+        result[name]["wall_s"] = round(time.perf_counter() - started, 2)
+        log(f"{name}: calls {result[name]['calls']}, failed {result[name]['failed']}, wrong {result[name]['wrong']}"
+            f", unavailable {result[name]['unavailable']}")
+    result["ok"] = all(result[n]["failed"] == 0 and result[n]["wrong"] == 0 for n in args.only or SCENARIOS)
+    # the degrading parts must also find Redis again by themselves
+    result["ok"] = result["ok"] and all(result[n].get("redis_rejoined", True) for n in args.only or SCENARIOS)
+    if "limiter" in result:
+        result["ok"] = result["ok"] and result["limiter"]["outage_rate_ratio"] <= 2.0
+    emit(result, args.json_path, None)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
