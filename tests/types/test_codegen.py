@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dspyo3_core.inspector import InspectError
 from dspyo3_core.ir import UnsupportedTypeError, signature_ir, type_ir
 from dspyo3_types.bridge import models_for
 from dspyo3_types.codegen import generate, jsonschema_document, load_pydantic, rust_source, signatures_of
@@ -133,6 +135,13 @@ def test_codegen_of_a_saved_program_needs_its_class(tmp_path: Path) -> None:
         assert sig["outputs"][0]["name"] == "reasoning"
         assert sig["name"] == "StepPredict", "a predictor's extended signature is named after its path"
         assert "pub struct StepPredictOutput" in generate([sig], "rust")
+        for name, text in (("deep.json", "[" * 100_000 + "]" * 100_000), ("cut.json", '{"step": {"demos": ['),
+                           ("foreign.json", '{"other": 1}')):
+            (tmp_path / name).write_text(text)
+            with pytest.raises(InspectError, match=re.escape(f"{name}: not a saved program DSPy can load")):
+                signatures_of(str(tmp_path / name), program="prog:Prog")
+        with pytest.raises(InspectError, match=r"missing\.json: cannot read it"):
+            signatures_of(str(tmp_path / "missing.json"), program="prog:Prog")
     finally:
         sys.path.remove(str(tmp_path))
     assert dspy is not None

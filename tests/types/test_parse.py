@@ -228,3 +228,35 @@ def test_code_fences(fence: str, inside: str | None) -> None:
 
     found = _unfence(fence)
     assert (found.strip() if found is not None else None) == inside
+
+
+class Nested(dspy.Signature):
+    """Fields that hold JSON."""
+
+    question: str = dspy.InputField()
+    data: list[object] = dspy.OutputField()
+    text: str = dspy.OutputField()
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(("text", "fmt", "field"), [
+    (f"[[ ## data ## ]]\n{DEEP}\n\n[[ ## text ## ]]\nx", "chat", "data"),
+    (f"<data>{DEEP}</data><text>x</text>", "xml", "data"),
+    (f'{{"data": [], "text": {DEEP}}}', "json", None),
+    ('{"data": ' * 100_000, "json", None),
+])
+def test_json_nested_too_deeply_is_a_parse_error_naming_the_field(text: str, fmt: str, field: str | None) -> None:
+    with pytest.raises(OutputParseError, match="nested too deeply") as info:
+        parse_output(text, Nested, fmt)
+    assert info.value.field == field
+    if field:
+        assert f"field `{field}`" in str(info.value)
+    shallow = text.replace(DEEP, "[[1]]")
+    if shallow != text:
+        assert parse_output(shallow, Nested, fmt)["data"] in ([[1]], [])
+
+
+def test_partial_json_nested_too_deeply_reads_what_it_can() -> None:
+    assert parse_partial('{"text": "x", "data": ' + "[" * 100_000, Nested) == {}

@@ -44,7 +44,16 @@ def signatures_of(target: str, program: str | None = None) -> list[dict[str, Any
             raise InspectError(f"{target}: a saved program stores no field types; pass --program pkg.module:Class "
                                "to load it into its class")
         module = _as_module(resolve(program), program)
-        module.load(target)
+        try:
+            module.load(target)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            # a missing, malformed, too deeply nested or foreign file: name it, not a traceback
+            if isinstance(exc, OSError):
+                raise InspectError(f"{target}: cannot read it ({exc.strerror or exc})") from None
+            detail = "JSON nested too deeply to read" if isinstance(exc, RecursionError) else \
+                f"{type(exc).__name__}: {exc}"
+            raise InspectError(f"{target}: not a saved program DSPy can load into {program} ({detail}); save it "
+                               "with program.save(path) from the same class") from None
     else:
         obj = resolve(target)
         if isinstance(obj, type) and issubclass(obj, dspy.Signature):

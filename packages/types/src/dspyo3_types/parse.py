@@ -164,7 +164,14 @@ def _finish(fields: dict[str, Any], found: dict[str, Any], signature: type[dspy.
     out: dict[str, Any] = {}
     for name, info in signature.output_fields.items():
         if name in found:
-            out[name] = _convert(name, found[name], info.annotation, signature, raw, adapter)
+            try:
+                out[name] = _convert(name, found[name], info.annotation, signature, raw, adapter)
+            except RecursionError:  # json.loads / json.dumps / validation of a value nested deeper than Python goes
+                raise OutputParseError(
+                    signature, raw, f"field `{name}`: expected {_render(info.annotation)}, got a value nested too "
+                    "deeply to read", adapter=adapter, field=name, expected=_render(info.annotation),
+                    received=found[name],
+                ) from None
         elif not info.is_required():
             out[name] = info.get_default(call_default_factory=True)
         else:
@@ -200,6 +207,9 @@ def _json_object(text: str, signature: type[dspy.Signature], adapter: str) -> di
         value, _ = json.JSONDecoder().raw_decode(stripped, start)  # prose after the object is ignored
     except json.JSONDecodeError as exc:
         raise OutputParseError(signature, text, f"the LM answer is not valid JSON: {exc}", adapter=adapter) from None
+    except RecursionError:
+        raise OutputParseError(signature, text, "the LM answer's JSON is nested too deeply to read",
+                               adapter=adapter) from None
     if not isinstance(value, dict):
         raise OutputParseError(signature, text, "the LM answer's JSON is not an object", adapter=adapter)
     return value
@@ -358,7 +368,7 @@ def parse_partial(text: str, signature: type[dspy.Signature]) -> dict[str, Any]:
             continue
         try:
             out[name] = _adapter(annotation).validate_python(value)
-        except pydantic.ValidationError:
+        except (pydantic.ValidationError, RecursionError):
             continue
     return out
 
