@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, Optional
 
 import dspy
 import pydantic
@@ -260,3 +260,33 @@ def test_json_nested_too_deeply_is_a_parse_error_naming_the_field(text: str, fmt
 
 def test_partial_json_nested_too_deeply_reads_what_it_can() -> None:
     assert parse_partial('{"text": "x", "data": ' + "[" * 100_000, Nested) == {}
+
+
+class Maybe(dspy.Signature):
+    """Output fields that may be left out."""
+
+    question: str = dspy.InputField()
+    answer: str = dspy.OutputField()
+    count: int | None = dspy.OutputField()
+    city: Optional[str] = dspy.OutputField()  # noqa: UP045 - the typing spelling is what users write too
+    tags: Annotated[list[str] | None, "note"] = dspy.OutputField()
+    score: float | None = dspy.OutputField(default=0.5)
+
+
+@pytest.mark.parametrize(("text", "fmt"), [
+    ("[[ ## answer ## ]]\nParis", "chat"), ('{"answer": "Paris"}', "json"), ("<answer>Paris</answer>", "xml"),
+])
+def test_a_missing_optional_output_field_is_none_as_in_dspy(text: str, fmt: str) -> None:
+    expected = {"answer": "Paris", "count": None, "city": None, "tags": None, "score": 0.5}
+    assert parse_output(text, Maybe, fmt) == expected
+    if fmt != "xml":
+        theirs = dspy.ChatAdapter() if fmt == "chat" else dspy.JSONAdapter()
+        assert theirs.parse(Maybe, text) == expected, "the same as DSPy's own parser"
+
+
+def test_a_missing_required_field_still_fails_and_optional_ones_are_not_listed_as_missing() -> None:
+    with pytest.raises(OutputParseError, match="`answer`") as info:
+        parse_output('{"count": 3}', Maybe, "json")
+    assert "missing: answer;" in str(info.value)
+    with pytest.raises(OutputParseError, match="`count`"):  # present but wrong is still an error
+        parse_output('{"answer": "x", "count": "many"}', Maybe, "json")

@@ -87,6 +87,19 @@ def _optional(annotation: Any) -> bool:
     return (origin is typing.Union or origin is types.UnionType) and type(None) in typing.get_args(annotation)
 
 
+def _allows_none(annotation: Any) -> bool:
+    """Whether the annotation admits ``None`` (``X | None``, ``Optional[X]``, ``Annotated[X | None, ...]``, ``None``):
+    such an output field missing from the answer is ``None``, as in DSPy."""
+    if annotation is None or annotation is type(None):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _allows_none(typing.get_args(annotation)[0])
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_allows_none(arg) for arg in typing.get_args(annotation))
+    return False
+
+
 def _enum_of(annotation: Any) -> type[enum.Enum] | None:
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return annotation
@@ -160,7 +173,8 @@ def _convert(name: str, text: Any, annotation: Any, signature: type[dspy.Signatu
 
 def _finish(fields: dict[str, Any], found: dict[str, Any], signature: type[dspy.Signature], raw: str,
             adapter: str) -> dict[str, Any]:
-    """Convert every output field (missing ones take their declared default, or fail)."""
+    """Convert every output field. A missing one takes its declared default, else ``None`` if its type admits
+    ``None`` (as DSPy's adapters do), else fails."""
     out: dict[str, Any] = {}
     for name, info in signature.output_fields.items():
         if name in found:
@@ -174,8 +188,11 @@ def _finish(fields: dict[str, Any], found: dict[str, Any], signature: type[dspy.
                 ) from None
         elif not info.is_required():
             out[name] = info.get_default(call_default_factory=True)
+        elif _allows_none(info.annotation):
+            out[name] = None
         else:
-            missing = [n for n in signature.output_fields if n not in found]
+            missing = [n for n, f in signature.output_fields.items()
+                       if n not in found and f.is_required() and not _allows_none(f.annotation)]
             raise OutputParseError(
                 signature, raw,
                 f"field `{name}` (expected {_render(info.annotation)}) is missing from the LM answer; "
