@@ -290,3 +290,11 @@ def test_a_missing_required_field_still_fails_and_optional_ones_are_not_listed_a
     assert "missing: answer;" in str(info.value)
     with pytest.raises(OutputParseError, match="`count`"):  # present but wrong is still an error
         parse_output('{"answer": "x", "count": "many"}', Maybe, "json")
+
+
+@pytest.mark.parametrize("value", ["a &amp; b &lt;c&gt; &quot;d&quot; &apos;e&apos;", "&amp;lt; &amp;amp;",
+                                   "&amp;#65; &#65; &eacute;", "&lt", "a & b", "&amp", "&AMP; &amp;"])
+def test_xml_entities_decode_like_html_unescape(value: str) -> None:
+    import html
+
+    assert parse_output(XML.replace("Paris", value, 1), Answer, "xml")["answer"] == html.unescape(value)
