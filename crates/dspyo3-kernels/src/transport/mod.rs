@@ -6,7 +6,9 @@
 //! connect and request timeouts, retries with full-jitter exponential backoff that honour `Retry-After`, request
 //! bodies built and answers parsed in Rust ([`wire`]), and server-sent-event streaming parsed in Rust ([`sse`]).
 //! Provider errors are classified the way LM clients need them (rate limit with `Retry-After`, auth, context
-//! length, invalid request, server, timeout, connection, protocol).
+//! length, invalid request, server, timeout, connection, protocol), and answers are held to size limits
+//! ([`ClientOptions::max_event_bytes`], [`ClientOptions::max_response_bytes`]) so a runaway server cannot grow the
+//! client's memory without bound.
 
 pub mod sse;
 pub mod wire;
@@ -25,7 +27,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::Value;
 
-pub use sse::{SseParser, StreamDecoder, StreamEvent};
+pub use sse::{SseParser, StreamDecoder, StreamEvent, DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_RESPONSE_BYTES};
 pub use wire::{parse_completion, request_body, Choice, Completion, Usage, WireFormat};
 
 /// Why a request failed, classified the way LM clients (and DSPy's error classes) need it.
@@ -86,11 +88,21 @@ pub enum TransportError {
         /// What to fix.
         message: String,
     },
+    /// The answer outgrew a size limit: one stream event, or the whole response body. Never retried (the same
+    /// request would get the same answer).
+    TooLarge {
+        /// What outgrew its limit: `a stream event` or `the response body`.
+        what: &'static str,
+        /// The limit, in bytes.
+        limit: u64,
+        /// The option that raises the limit: `max_event_bytes` or `max_response_bytes`.
+        setting: &'static str,
+    },
 }
 
 impl TransportError {
     /// A short stable name: `rate_limit`, `auth`, `context_length`, `invalid_request`, `server`, `timeout`,
-    /// `connect`, `protocol`, `config`.
+    /// `connect`, `protocol`, `config`, `too_large`.
     pub fn kind(&self) -> &'static str {
         match self {
             TransportError::RateLimited { .. } => "rate_limit",
@@ -102,6 +114,7 @@ impl TransportError {
             TransportError::Connect { .. } => "connect",
             TransportError::Protocol { .. } => "protocol",
             TransportError::Config { .. } => "config",
+            TransportError::TooLarge { .. } => "too_large",
         }
     }
 
@@ -152,6 +165,12 @@ impl fmt::Display for TransportError {
             TransportError::Connect { message } => write!(f, "connection failed: {message}"),
             TransportError::Protocol { message } => write!(f, "malformed answer: {message}"),
             TransportError::Config { message } => f.write_str(message),
+            TransportError::TooLarge { what, limit, setting } => write!(
+                f,
+                "{what} is larger than the {setting} limit of {limit} bytes ({:.1} MiB); raise {setting} if the \
+                 server's answers are meant to be that large",
+                *limit as f64 / (1 << 20) as f64
+            ),
         }
     }
 }
@@ -256,6 +275,10 @@ pub struct ClientOptions {
     pub headers: Vec<(String, String)>,
     /// PEM certificates trusted besides the Mozilla roots (a corporate or self-signed CA).
     pub ca_certs_pem: Option<Vec<u8>>,
+    /// Largest stream event accepted (its `data` payload, or a line not finished yet), in bytes.
+    pub max_event_bytes: u64,
+    /// Largest response body accepted (a whole stream, or a non-streamed answer), in bytes.
+    pub max_response_bytes: u64,
 }
 
 impl fmt::Debug for ClientOptions {
@@ -266,13 +289,15 @@ impl fmt::Debug for ClientOptions {
             .field("wire", &self.wire)
             .field("timeout", &self.timeout)
             .field("retry", &self.retry)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("max_response_bytes", &self.max_response_bytes)
             .finish_non_exhaustive()
     }
 }
 
 impl ClientOptions {
     /// Options for `api_base` with the defaults: no key, OpenAI wire format, 600 s timeout, 10 s connect timeout,
-    /// 3 retries, HTTP/1.1 on plain http.
+    /// 3 retries, HTTP/1.1 on plain http, 16 MiB per stream event and 128 MiB per response body.
     pub fn new(api_base: impl Into<String>) -> ClientOptions {
         ClientOptions {
             api_base: api_base.into(),
@@ -284,9 +309,14 @@ impl ClientOptions {
             http2_prior_knowledge: false,
             headers: Vec::new(),
             ca_certs_pem: None,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }
+
+/// How much of an error answer's body is read for its message (the rest is dropped with the connection).
+const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// The Anthropic API version sent in `anthropic-version`.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -301,6 +331,8 @@ pub struct LmClient {
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
     retry: RetryPolicy,
+    max_event_bytes: u64,
+    max_response_bytes: u64,
 }
 
 impl fmt::Debug for LmClient {
@@ -379,6 +411,9 @@ impl LmClient {
         if options.timeout.is_zero() || options.connect_timeout.is_zero() {
             return Err(config("timeout and connect_timeout must be > 0".into()));
         }
+        if options.max_event_bytes == 0 || options.max_response_bytes == 0 {
+            return Err(config("max_event_bytes and max_response_bytes must be > 0".into()));
+        }
         let mut headers = vec![
             (CONTENT_TYPE, HeaderValue::from_static("application/json")),
             (USER_AGENT, HeaderValue::from_static(concat!("dspyo3-native/", env!("CARGO_PKG_VERSION")))),
@@ -413,7 +448,16 @@ impl LmClient {
             .timer(TokioTimer::new())
             .http2_only(options.http2_prior_knowledge)
             .build(connector);
-        Ok(LmClient { client, url, wire: options.wire, headers, timeout: options.timeout, retry: options.retry })
+        Ok(LmClient {
+            client,
+            url,
+            wire: options.wire,
+            headers,
+            timeout: options.timeout,
+            retry: options.retry,
+            max_event_bytes: options.max_event_bytes,
+            max_response_bytes: options.max_response_bytes,
+        })
     }
 
     /// The endpoint URL.
@@ -451,11 +495,44 @@ impl LmClient {
     async fn read_error(&self, response: Response<Incoming>) -> TransportError {
         let status = response.status().as_u16();
         let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let body = match response.into_body().collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => Bytes::new(),
-        };
-        classify_error(status, retry_after.as_deref(), &body)
+        // an error body only feeds a message: its first MAX_ERROR_BODY bytes are read, the rest is dropped
+        let mut body = response.into_body();
+        let mut kept = Vec::new();
+        while kept.len() < MAX_ERROR_BODY {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        kept.extend_from_slice(&data[..data.len().min(MAX_ERROR_BODY - kept.len())]);
+                    }
+                }
+                _ => break,
+            }
+        }
+        classify_error(status, retry_after.as_deref(), &kept)
+    }
+
+    /// Read a whole answer body, refusing one over `max_response_bytes` (by its `Content-Length` before reading,
+    /// else as soon as the bytes read pass the limit).
+    async fn read_body(&self, mut body: Incoming) -> Result<Vec<u8>, TransportError> {
+        use hyper::body::Body as _;
+
+        let limit = self.max_response_bytes;
+        let too_large = || TransportError::TooLarge { what: "the response body", limit, setting: "max_response_bytes" };
+        let hint = body.size_hint();
+        if hint.lower() > limit {
+            return Err(too_large());
+        }
+        let mut out = Vec::with_capacity(hint.exact().unwrap_or(0).min(limit).min(1 << 24) as usize);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| TransportError::Connect { message: format!("reading the answer from {}: {e}", self.url) })?;
+            if let Ok(data) = frame.into_data() {
+                if (out.len() + data.len()) as u64 > limit {
+                    return Err(too_large());
+                }
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(out)
     }
 
     fn timed_out(&self) -> TransportError {
@@ -494,13 +571,7 @@ impl LmClient {
 
     async fn attempt(&self, body: Bytes) -> Result<Completion, TransportError> {
         let exchange = async {
-            let body = self
-                .open(body)
-                .await?
-                .collect()
-                .await
-                .map_err(|e| TransportError::Connect { message: format!("reading the answer from {}: {e}", self.url) })?
-                .to_bytes();
+            let body = self.read_body(self.open(body).await?).await?;
             parse_completion(self.wire, &body)
         };
         tokio::time::timeout(self.timeout, exchange).await.map_err(|_| self.timed_out())?
@@ -524,7 +595,7 @@ impl LmClient {
             .await?;
         Ok(EventStream {
             body: opened,
-            parser: SseParser::default(),
+            parser: SseParser::with_limits(self.max_event_bytes, self.max_response_bytes),
             decoder: StreamDecoder::new(self.wire),
             idle_timeout: self.timeout,
             done: false,
@@ -565,7 +636,11 @@ impl EventStream {
             match frame {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        for payload in self.parser.feed(&data) {
+                        let payloads = match self.parser.feed(&data) {
+                            Ok(payloads) => payloads,
+                            Err(e) => return self.fail(e),
+                        };
+                        for payload in payloads {
                             if let Err(e) = self.decoder.push(&payload) {
                                 return self.fail(e);
                             }

@@ -42,22 +42,77 @@ pub enum StreamEvent {
     },
 }
 
+/// The default largest stream event (its `data` payload, or one unfinished line): 16 MiB.
+pub const DEFAULT_MAX_EVENT_BYTES: u64 = 16 << 20;
+
+/// The default largest response body (a whole stream, or a non-streamed answer): 128 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 128 << 20;
+
 /// Incremental SSE parser: feed bytes, take complete `data` payloads.
-#[derive(Debug, Default)]
+///
+/// Work is linear in the bytes fed, however the stream is split: the newline scan resumes where the previous
+/// [`SseParser::feed`] stopped. An event (its `data` payload, or a line not finished yet) larger than
+/// `max_event` bytes, or more than `max_response` bytes in all, is a [`TransportError::TooLarge`].
+#[derive(Debug)]
 pub struct SseParser {
+    /// Bytes after the last complete line (an unfinished line).
     buffer: Vec<u8>,
+    /// `buffer[..scanned]` holds no newline.
+    scanned: usize,
     data: Vec<u8>,
     has_data: bool,
+    received: u64,
+    max_event: u64,
+    max_response: u64,
+}
+
+impl Default for SseParser {
+    fn default() -> SseParser {
+        SseParser::with_limits(DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_RESPONSE_BYTES)
+    }
+}
+
+fn event_too_large(limit: u64) -> TransportError {
+    TransportError::TooLarge { what: "a stream event", limit, setting: "max_event_bytes" }
+}
+
+fn response_too_large(limit: u64) -> TransportError {
+    TransportError::TooLarge { what: "the response body", limit, setting: "max_response_bytes" }
+}
+
+/// Append one `data:` line's value (`rest`) to the event's payload, lines joined by `\n`.
+fn data_line(data: &mut Vec<u8>, has_data: &mut bool, rest: &[u8]) {
+    let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+    if *has_data {
+        data.push(b'\n');
+    }
+    data.extend_from_slice(rest);
+    *has_data = true;
 }
 
 impl SseParser {
-    /// Feed bytes; return the `data` payload of every event completed by them.
-    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
+    /// A parser refusing events over `max_event` bytes and streams over `max_response` bytes.
+    pub fn with_limits(max_event: u64, max_response: u64) -> SseParser {
+        SseParser { buffer: Vec::new(), scanned: 0, data: Vec::new(), has_data: false, received: 0, max_event, max_response }
+    }
+
+    /// The size of the event being assembled, its unfinished line included.
+    fn pending(&self) -> u64 {
+        (self.data.len() + self.buffer.len()) as u64
+    }
+
+    /// Feed bytes; return the `data` payload of every event completed by them, or the size limit they break.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, TransportError> {
+        self.received = self.received.saturating_add(bytes.len() as u64);
+        if self.received > self.max_response {
+            return Err(response_too_large(self.max_response));
+        }
         self.buffer.extend_from_slice(bytes);
         let mut out = Vec::new();
         let mut start = 0;
-        while let Some(offset) = self.buffer[start..].iter().position(|&b| b == b'\n') {
-            let end = start + offset;
+        let mut from = self.scanned;
+        while let Some(offset) = memchr::memchr(b'\n', &self.buffer[from..]) {
+            let end = from + offset;
             let mut line = &self.buffer[start..end];
             if line.last() == Some(&b'\r') {
                 line = &line[..line.len() - 1];
@@ -68,29 +123,30 @@ impl SseParser {
                     self.has_data = false;
                 }
             } else if let Some(rest) = line.strip_prefix(b"data:") {
-                let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-                if self.has_data {
-                    self.data.push(b'\n');
+                data_line(&mut self.data, &mut self.has_data, rest);
+                if self.data.len() as u64 > self.max_event {
+                    return Err(event_too_large(self.max_event));
                 }
-                self.data.extend_from_slice(rest);
-                self.has_data = true;
             }
             // `event:`, `id:`, `retry:` and `:` comments carry nothing the decoders need
             start = end + 1;
+            from = start;
         }
         self.buffer.drain(..start);
-        out
+        self.scanned = self.buffer.len();
+        if self.pending() > self.max_event {
+            return Err(event_too_large(self.max_event));
+        }
+        Ok(out)
     }
 
     /// At end of body: a last event not followed by a blank line.
     pub fn finish(&mut self) -> Option<Vec<u8>> {
         let rest = std::mem::take(&mut self.buffer);
-        if let Some(data) = rest.strip_prefix(b"data:") {
-            if self.has_data {
-                self.data.push(b'\n');
-            }
-            self.data.extend_from_slice(data.strip_prefix(b" ").unwrap_or(data));
-            self.has_data = true;
+        self.scanned = 0;
+        let line = rest.strip_suffix(b"\r").unwrap_or(&rest);
+        if let Some(data) = line.strip_prefix(b"data:") {
+            data_line(&mut self.data, &mut self.has_data, data);
         }
         self.has_data.then(|| {
             self.has_data = false;
@@ -321,7 +377,7 @@ mod tests {
         let mut parser = SseParser::default();
         let mut decoder = StreamDecoder::new(wire);
         for piece in raw.chunks(split) {
-            for data in parser.feed(piece) {
+            for data in parser.feed(piece)? {
                 decoder.push(&data)?;
             }
         }
@@ -373,5 +429,76 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         assert_eq!(decode(WireFormat::OpenAi, b"data: {nope\n\n", 4).unwrap_err().kind(), "protocol");
         let too_long = b"data: {\"error\":{\"message\":\"maximum context length exceeded\",\"code\":\"context_length_exceeded\"}}\n\n";
         assert_eq!(decode(WireFormat::OpenAi, too_long, 16).unwrap_err().kind(), "context_length");
+    }
+
+    /// Every event of `raw` fed in the given pieces, then finished.
+    fn payloads(pieces: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut parser = SseParser::default();
+        let mut out = Vec::new();
+        for piece in pieces {
+            out.extend(parser.feed(piece).unwrap());
+        }
+        out.extend(parser.finish());
+        out
+    }
+
+    #[test]
+    fn every_split_parses_the_same_events() {
+        let raw: &[u8] = b": comment\r\nevent: delta\r\ndata: {\"a\":1}\r\n\r\ndata: first\ndata:second\n\n\
+id: 7\nretry: 10\ndata: \n\n\n\ndata: x\r\n\r\ndata: last without blank line";
+        let expected: Vec<Vec<u8>> =
+            vec![b"{\"a\":1}".to_vec(), b"first\nsecond".to_vec(), b"".to_vec(), b"x".to_vec(), b"last without blank line".to_vec()];
+        assert_eq!(payloads(&[raw]), expected);
+        for at in 0..=raw.len() {
+            assert_eq!(payloads(&[&raw[..at], &raw[at..]]), expected, "split at byte {at}");
+        }
+        for size in 1..raw.len() {
+            let pieces: Vec<&[u8]> = raw.chunks(size).collect();
+            assert_eq!(payloads(&pieces), expected, "pieces of {size} bytes");
+        }
+    }
+
+    #[test]
+    fn an_endless_data_line_stops_at_the_event_limit() {
+        // 50 MB of one `data:` line without a newline, in 8 KiB reads: refused once it passes 16 MiB
+        let chunk = vec![b'x'; 8 << 10];
+        let mut parser = SseParser::default();
+        parser.feed(b"data: ").unwrap();
+        let mut fed = 6u64;
+        let error = loop {
+            assert!(fed < 50_000_000, "50 MB fed without an error");
+            match parser.feed(&chunk) {
+                Ok(events) => assert!(events.is_empty()),
+                Err(error) => break error,
+            }
+            fed += chunk.len() as u64;
+        };
+        assert_eq!(error, TransportError::TooLarge { what: "a stream event", limit: DEFAULT_MAX_EVENT_BYTES, setting: "max_event_bytes" });
+        assert!(fed <= DEFAULT_MAX_EVENT_BYTES && fed + chunk.len() as u64 > DEFAULT_MAX_EVENT_BYTES, "refused at {fed} bytes");
+        assert_eq!(error.kind(), "too_large");
+        assert!(!error.is_retryable());
+        let text = error.to_string();
+        assert!(text.contains("max_event_bytes") && text.contains("16777216 bytes"), "{text}");
+    }
+
+    #[test]
+    fn a_many_line_event_and_a_long_stream_are_capped() {
+        let mut parser = SseParser::with_limits(1000, 1 << 20);
+        let line = [b"data: ".as_slice(), &[b'y'; 94], b"\n"].concat(); // 94 payload bytes (+1 joining newline)
+        let error = (0..20).find_map(|_| parser.feed(&line).err()).expect("a 1900-byte event passed a 1000-byte limit");
+        assert_eq!(error.kind(), "too_large");
+        // many small events are fine until the response limit
+        let mut parser = SseParser::with_limits(1000, 1 << 20);
+        let event = b"data: {\"ok\":true}\n\n";
+        let mut delivered = 0;
+        let error = loop {
+            match parser.feed(event) {
+                Ok(events) => delivered += events.len(),
+                Err(error) => break error,
+            }
+        };
+        assert_eq!(delivered, (1 << 20) / event.len());
+        assert_eq!(error, TransportError::TooLarge { what: "the response body", limit: 1 << 20, setting: "max_response_bytes" });
+        assert!(error.to_string().contains("max_response_bytes"), "{error}");
     }
 }

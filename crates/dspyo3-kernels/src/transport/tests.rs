@@ -380,3 +380,47 @@ fn a_bad_ca_file_is_a_config_error() {
     let err = LmClient::new(&options).unwrap_err();
     assert!(err.to_string().contains("no PEM certificate"), "{err}");
 }
+
+#[tokio::test]
+async fn an_oversized_answer_is_refused_and_not_retried() {
+    let big = format!(
+        r#"{{"id":"c1","model":"m","choices":[{{"message":{{"role":"assistant","content":"{}"}},"finish_reason":"stop"}}]}}"#,
+        "x".repeat(4096)
+    );
+    // known length (refused from the header) and chunked without a length (refused while reading)
+    let chunked = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{big}\r\n0\r\n\r\n",
+        big.len()
+    );
+    for answer in [http("200 OK", "", &big), chunked] {
+        let server = serve(vec![(answer.clone(), Duration::ZERO), (answer, Duration::ZERO)]).await;
+        let mut options = options(&server.base, 3);
+        options.max_response_bytes = 1000;
+        let err = LmClient::new(&options).unwrap().complete(body(WireFormat::OpenAi, false)).await.unwrap_err();
+        assert_eq!(err, TransportError::TooLarge { what: "the response body", limit: 1000, setting: "max_response_bytes" });
+        assert_eq!(server.requests.lock().unwrap().len(), 1, "a too-large answer is not retried");
+    }
+    // the same answer within the limit
+    let server = serve(vec![(http("200 OK", "", &big), Duration::ZERO)]).await;
+    let out = LmClient::new(&options(&server.base, 0)).unwrap().complete(body(WireFormat::OpenAi, false)).await.unwrap();
+    assert_eq!(out.choices[0].content.as_deref().map(str::len), Some(4096));
+}
+
+#[tokio::test]
+async fn an_oversized_stream_event_ends_the_stream() {
+    let huge = format!(r#"{{"id":"s1","model":"m","choices":[{{"delta":{{"content":"{}"}}}}]}}"#, "x".repeat(5000));
+    let server = serve(vec![(sse(&[&huge, "[DONE]"]), Duration::ZERO)]).await;
+    let mut options = options(&server.base, 3);
+    options.max_event_bytes = 4096;
+    let client = LmClient::new(&options).unwrap();
+    let mut events = client.stream(body(WireFormat::OpenAi, true)).await.unwrap();
+    let mut results = Vec::new();
+    while let Some(event) = events.next().await {
+        results.push(event);
+    }
+    let expected = TransportError::TooLarge { what: "a stream event", limit: 4096, setting: "max_event_bytes" };
+    assert_eq!(results, vec![Err(expected)]);
+    let mut zero = ClientOptions::new(&server.base);
+    zero.max_event_bytes = 0;
+    assert_eq!(LmClient::new(&zero).unwrap_err().kind(), "config");
+}

@@ -165,7 +165,8 @@ class RateLimiter:
 class LMTransportError(Exception):
     """A request through :class:`LMTransport` failed; ``args`` is ``(message, kind, status, retry_after)``.
 
-    ``kind``: rate_limit, auth, context_length, invalid_request, server, timeout, connect, protocol, config.
+    ``kind``: rate_limit, auth, context_length, invalid_request, server, timeout, connect, protocol, config,
+    too_large (an answer over ``max_event_bytes`` / ``max_response_bytes``; never retried).
     """
 
 Answer = tuple[
@@ -204,7 +205,11 @@ class LMTransport:
         http2: bool = False,
         headers: list[tuple[str, str]] | None = None,
         ca_cert: str | PathLike[str] | None = None,
-    ) -> None: ...
+        max_event_bytes: int = 16_777_216,
+        max_response_bytes: int = 134_217_728,
+    ) -> None:
+        """``max_event_bytes``: largest stream event; ``max_response_bytes``: largest answer body (a whole stream,
+        or a non-streamed answer). Going over either raises :class:`LMTransportError` of kind ``too_large``."""
     @property
     def url(self) -> str: ...
     @property

@@ -83,7 +83,12 @@ _CACHE_ID = "dspyo3_core.native_lm.NativeLM"
 # per-call options that are DSPy's, not the provider's
 _DSPY_ONLY = frozenset({"cache", "rollout_id", "n", "num_generations", "stream"})
 # connection settings belong to the LM (its Rust client), not to one call
-_PER_LM = frozenset({"api_key", "api_base", "base_url", "headers", "extra_headers", "timeout", "num_retries"})
+_PER_LM = frozenset({"api_key", "api_base", "base_url", "headers", "extra_headers", "timeout", "num_retries",
+                     "max_event_bytes", "max_response_bytes"})
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+"""Default largest stream event NativeLM accepts (``max_event_bytes``)."""
+MAX_RESPONSE_BYTES = 128 * 1024 * 1024
+"""Default largest answer NativeLM accepts, a whole stream or a non-streamed body (``max_response_bytes``)."""
 _SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|signature|password", re.I)  # never pickled or saved
 
 
@@ -184,7 +189,9 @@ def _error(lm: NativeLM, exc: BaseException) -> Exception:
         "config": ex.LMConfigurationError,
     }
     error: Exception
-    if kind == "context_length":
+    if kind == "too_large":  # the same request would get the same answer: never retried
+        error = ex.LMCollectionLimitError(message, code="response_too_large", **meta)
+    elif kind == "context_length":
         error = ex.ContextWindowExceededError(message=message, **meta)
     elif kind in ("rate_limit", "server"):
         error = classes[kind](message, retry_after=retry_after, **meta)
@@ -250,6 +257,13 @@ def _header_pairs(headers: Mapping[str, str] | list[Any] | None) -> list[tuple[s
     return [(str(name), str(value)) for name, value in pairs]
 
 
+def _byte_limit(name: str, value: Any) -> int:
+    """A size limit in bytes: an int > 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a number of bytes > 0 (an int), got {value!r}")
+    return value
+
+
 class _Record(dict[str, Any]):
     """The stored response (plain data, safe for DSPy's restricted cache) with attribute access for history."""
 
@@ -296,6 +310,10 @@ class NativeLM(dspy.BaseLM):
         headers: extra request headers (list of pairs or dict).
         ca_cert: a PEM file of CA certificates trusted besides the Mozilla roots (corporate proxies, self-signed
             gateways).
+        max_event_bytes: largest stream event accepted (default 16 MiB).
+        max_response_bytes: largest answer accepted, a non-streamed body or a whole stream (default 128 MiB).
+            Going over either raises ``dspy.utils.exceptions.LMCollectionLimitError`` (code
+            ``response_too_large``) naming the limit and the setting, and is not retried.
         pricing: ``{"input_per_mtok": .., "output_per_mtok": ..}`` for this LM, overriding :data:`PRICING`.
         callbacks: DSPy callbacks.
         plugin_manager: the manager whose ``dspyo3_lm_call`` wrappers see this LM's calls (default: the process's).
@@ -319,6 +337,8 @@ class NativeLM(dspy.BaseLM):
         http2: bool = False,
         headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
         ca_cert: str | os.PathLike[str] | None = None,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
         pricing: Mapping[str, float] | None = None,
         callbacks: list[Any] | None = None,
         plugin_manager: PluginManager | None = None,
@@ -352,6 +372,8 @@ class NativeLM(dspy.BaseLM):
         self.timeout, self.connect_timeout, self.http2 = float(timeout), float(connect_timeout), bool(http2)
         self.headers = _header_pairs(headers)
         self.ca_cert = os.fspath(ca_cert) if ca_cert is not None else None
+        self.max_event_bytes = _byte_limit("max_event_bytes", max_event_bytes)
+        self.max_response_bytes = _byte_limit("max_response_bytes", max_response_bytes)
         self.pricing = dict(pricing) if pricing is not None else None
         if self.pricing is not None and set(self.pricing) != {"input_per_mtok", "output_per_mtok"}:
             raise ValueError("pricing must be {'input_per_mtok': USD, 'output_per_mtok': USD}")
@@ -371,6 +393,8 @@ class NativeLM(dspy.BaseLM):
             self.api_base, api_key=self._api_key, wire=self.wire, timeout=self.timeout,
             connect_timeout=self.connect_timeout, max_retries=int(self.num_retries), http2=self.http2,
             headers=self.headers or None, ca_cert=self.ca_cert,
+            max_event_bytes=_byte_limit("max_event_bytes", self.max_event_bytes),
+            max_response_bytes=_byte_limit("max_response_bytes", self.max_response_bytes),
         )
 
     # -- DSPy LM surface ---------------------------------------------------------------------------------------
@@ -399,6 +423,10 @@ class NativeLM(dspy.BaseLM):
         state: dict[str, Any] = super().dump_state()
         state.update(api_base=self.api_base, wire=self.wire, timeout=self.timeout,
                      connect_timeout=self.connect_timeout, http2=self.http2)
+        if self.max_event_bytes != MAX_EVENT_BYTES:
+            state["max_event_bytes"] = self.max_event_bytes
+        if self.max_response_bytes != MAX_RESPONSE_BYTES:
+            state["max_response_bytes"] = self.max_response_bytes
         if self.ca_cert is not None:
             state["ca_cert"] = self.ca_cert
         state.pop("model_type", None)
@@ -419,6 +447,7 @@ class NativeLM(dspy.BaseLM):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = {"max_event_bytes": MAX_EVENT_BYTES, "max_response_bytes": MAX_RESPONSE_BYTES, **state}
         self.__dict__.update(state)
         if self._api_key is None and self._key_env:
             self._api_key = os.environ.get(self._key_env)
@@ -438,8 +467,9 @@ class NativeLM(dspy.BaseLM):
     def copy(self, **kwargs: Any) -> NativeLM:
         """A copy (``dspy.BaseLM.copy`` semantics) sharing this LM's Rust client, or with a new client when
         ``api_key``, ``api_base``, ``timeout``, ``connect_timeout``, ``num_retries``, ``http2``, ``headers``,
-        or ``ca_cert`` change (``base_url`` / ``extra_headers`` are read as ``api_base`` / ``headers``). The model
-        and wire format stay: build a new NativeLM for another model."""
+        ``ca_cert``, ``max_event_bytes`` or ``max_response_bytes`` change (``base_url`` / ``extra_headers`` are
+        read as ``api_base`` / ``headers``). The model and wire format stay: build a new NativeLM for another
+        model."""
         if "model" in kwargs or "wire" in kwargs:
             raise TypeError("a copy keeps its model and wire format; build a new NativeLM for another model")
         if "base_url" in kwargs:
@@ -448,14 +478,16 @@ class NativeLM(dspy.BaseLM):
             kwargs["headers"] = kwargs.pop("extra_headers")
         if "headers" in kwargs:
             kwargs["headers"] = _header_pairs(kwargs["headers"])
-        for name in ("api_base", "timeout", "connect_timeout", "num_retries"):
+        for name in ("api_base", "timeout", "connect_timeout", "num_retries", "max_event_bytes",
+                     "max_response_bytes"):
             if name in kwargs and kwargs[name] is None:
                 raise ValueError(f"copy({name}=None): a NativeLM needs a {name}; pass a value")
         api_key = kwargs.pop("api_key", None)
         copied: NativeLM = super().copy(**kwargs)
         if api_key is not None:
             copied._api_key = api_key
-        connection = {"api_base", "timeout", "connect_timeout", "num_retries", "http2", "headers", "ca_cert"}
+        connection = {"api_base", "timeout", "connect_timeout", "num_retries", "http2", "headers", "ca_cert",
+                      "max_event_bytes", "max_response_bytes"}
         if api_key is not None or connection.intersection(kwargs):
             copied._transport = copied._build_transport()
         return copied
