@@ -170,11 +170,12 @@ def build(kind: str, spec_json: str, options_json: str, tools: list[Any] | None 
 
 
 def load_state(runner: Runner, path: str) -> None:
-    """Load a state saved with ``program.save(path)`` (JSON; pickles are refused) into the runner's program."""
-    if not path.endswith(".json"):
-        raise ValueError(f"{path}: dspyo3 loads programs saved as JSON (program.save('x.json')); pickles can run "
-                         "arbitrary code and are refused")
-    runner.program.load(path)
+    """Load a state saved with ``program.save(path)`` into the runner's program: JSON only (pickles are refused),
+    and learned state only (demos, instructions, field descriptions): a file that carries LM settings, other
+    attributes or code is refused (``dspyo3_core.program_state``)."""
+    from dspyo3_core.program_state import load_state_file
+
+    runner.program.load_state(load_state_file(path, program=runner.program))
 
 
 def load_program(path: str, factory: str) -> Runner:

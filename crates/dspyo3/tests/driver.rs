@@ -242,6 +242,19 @@ fn saving_from_rust_and_loading_back_keeps_demos() {
     assert!(prompt.contains("Q1") && prompt.contains("A1"), "the demo loaded from JSON is in the prompt");
     let err = Predict::<QA>::load(dir.path().join("x.pkl")).unwrap_err();
     assert!(err.to_string().contains("pickles"), "{err}");
+    // a saved file is data: one that would point the predictor's calls at another host is refused, not applied
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (key, value) in [
+        ("config", serde_json::json!({"api_base": "http://127.0.0.1:9/v1"})),
+        ("lm", serde_json::json!({"model": "openai/x", "api_base": "http://127.0.0.1:9/v1"})),
+    ] {
+        let mut hostile = saved.clone();
+        hostile[key] = value;
+        let hostile_path = dir.path().join(format!("hostile-{key}.json"));
+        std::fs::write(&hostile_path, hostile.to_string()).unwrap();
+        let err = Predict::<QA>::load(&hostile_path).unwrap_err().to_string();
+        assert!(err.contains(key) && err.contains("hostile"), "{err}");
+    }
 }
 
 #[test]

@@ -37,6 +37,9 @@ from typing import TYPE_CHECKING, Any
 import platformdirs
 
 from dspyo3_core.registry import LMProviderSpec
+from dspyo3_core.secrets import mask_secret, register_secret
+
+__all__ = ["mask_secret"]  # re-exported: where it has always been importable from
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -131,13 +134,6 @@ BUILTIN_PROVIDERS: tuple[LMProviderSpec, ...] = (
 )
 
 
-def mask_secret(secret: str | None) -> str:
-    """What may be shown of a secret: ``****`` plus its last four characters when it is long enough."""
-    if not secret:
-        return "(none)"
-    return "****" + secret[-4:] if len(secret) >= 12 else "****"
-
-
 @dataclass(frozen=True)
 class LMProfile:
     """A named LM configuration.
@@ -167,6 +163,7 @@ class LMProfile:
         for name in names:
             value = os.environ.get(name)
             if value:
+                register_secret(value)  # whatever variable holds it, it is masked wherever it is printed
                 return value, name
         if self.api_key_in_file:
             return self.api_key_in_file, "config file"
@@ -297,6 +294,19 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _secret_items(kwargs: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The secret-named entries of LM keyword arguments, headers included (``api_key``, ``Authorization``, ...)."""
+    from dspyo3_core.secrets import SECRET_NAME
+
+    found = [(k, v) for k, v in kwargs.items() if SECRET_NAME.search(str(k)) and isinstance(v, str)]
+    for name in ("headers", "extra_headers"):
+        headers = kwargs.get(name)
+        if isinstance(headers, Mapping):
+            found += [(str(k), v) for k, v in headers.items() if isinstance(v, str)
+                      and (SECRET_NAME.search(str(k)) or str(k).lower() in {"cookie", "x-api-key", "api-key"})]
+    return found
+
+
 def load_settings() -> Settings:
     """Read the user file, the project file and the environment, in that order of precedence."""
     settings = Settings()
@@ -324,6 +334,7 @@ def load_settings() -> Settings:
                 f"DSPYO3_LM={env_lm!r} is neither a profile name (known: {known}) nor provider/model "
                 "(e.g. openai/gpt-4o-mini)"
             )
+    register_secret(*(profile.api_key_in_file for profile in settings.profiles.values()))
     if os.environ.get("DSPYO3_REDIS_URL"):
         settings.redis_url = os.environ["DSPYO3_REDIS_URL"]
     if os.environ.get("DSPYO3_CACHE_DIR"):
@@ -365,6 +376,7 @@ def build_lm(
         key = "EMPTY"  # OpenAI-compatible servers without auth still need a non-empty key in the client
     if key is not None:
         kwargs["api_key"] = key
+    register_secret(*(str(v) for k, v in _secret_items(kwargs)))
     if api_base:
         kwargs["api_base"] = api_base
     kwargs.update(overrides)

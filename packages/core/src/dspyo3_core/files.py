@@ -5,6 +5,11 @@
 * JSONL logs: :func:`append_jsonl` appends whole lines (one ``O_APPEND`` write per call, so concurrent writers,
   threads or processes, interleave whole lines) and :func:`read_jsonl` reads them back, tolerating the line a
   crash cut short.
+* Hostile JSON: :func:`loads_json` turns input nested too deeply for Python (``RecursionError``) into a
+  :class:`ValueError` naming where it came from, like any other malformed input.
+* Crash leftovers: a temporary file that a killed writer left behind (``.NAME.XXXXXXXX.tmp``) is removed by the
+  next atomic write into the same directory. A writer holds an exclusive ``flock`` on its temporary file until
+  the rename, so only files no live process is writing are removed.
 """
 
 from __future__ import annotations
@@ -12,12 +17,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["append_jsonl", "atomic_write_bytes", "atomic_write_text", "read_jsonl"]
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so temporaries are neither locked nor cleaned
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["append_jsonl", "atomic_write_bytes", "atomic_write_text", "clean_stale_temporaries", "loads_json",
+           "read_jsonl"]
+
+# what tempfile.mkstemp(prefix=".NAME.", suffix=".tmp") makes: NAME, then 8 characters from [a-z0-9_]
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+# a temporary file younger than this is never touched: its writer may have created it and not yet locked it
+_STALE_AFTER_S = 5.0
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -34,21 +52,63 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def clean_stale_temporaries(directory: str | os.PathLike[str], *, older_than: float = _STALE_AFTER_S) -> int:
+    """Remove the temporary files of our own naming (``.NAME.XXXXXXXX.tmp``) that a writer killed mid-write left in
+    ``directory``; the number removed.
+
+    A file is removed only when no process holds its ``flock`` (every writer of :func:`atomic_write_bytes` holds one
+    until its rename) and it was last modified more than ``older_than`` seconds ago. Anything else, and any error
+    (a file that vanished, a directory that cannot be listed), is left alone: cleaning never fails a write.
+    """
+    removed = 0
+    if fcntl is None:
+        return 0
+    now = time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not _TEMPORARY.match(entry.name):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False) or now - entry.stat().st_mtime < older_than:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by a live writer: BlockingIOError, left alone
+            os.unlink(entry.path)
+            removed += 1
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, exclusive: bool = False) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same directory, fsync'd, renamed over it, and the
     directory fsync'd.
 
     With ``exclusive``, the temporary file is hard-linked to ``path`` instead of renamed over it, so an existing
     file is never replaced: :class:`FileExistsError` (like ``O_EXCL``), and readers still never see a partial file.
+
+    The temporary file stays locked (``flock``) until it is renamed, and temporaries that killed writers left in
+    the directory are removed first (:func:`clean_stale_temporaries`).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close below, after the rename: see clean_stale_temporaries
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
         if exclusive:
             os.link(tmp, target)
             Path(tmp).unlink()
@@ -57,6 +117,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, exclusive: 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
     _fsync_dir(target.parent)
     return target
 
@@ -64,6 +126,16 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, exclusive: 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
     """:func:`atomic_write_bytes` of ``text`` encoded with ``encoding``."""
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+def loads_json(data: str | bytes, *, source: str) -> Any:
+    """``json.loads(data)``, with input nested too deeply for Python reported as a :class:`ValueError` naming
+    ``source`` (a file, ``file:line`` or a field) instead of a ``RecursionError``. Malformed JSON raises
+    :class:`json.JSONDecodeError` (a ``ValueError``) as usual."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError(f"{source}: JSON nested too deeply to read (hostile or corrupt input)") from None
 
 
 def _dumps(obj: Any, default: Callable[[Any], Any] | None) -> bytes:
@@ -123,6 +195,8 @@ def read_jsonl(path: str | os.PathLike[str], *, skip_torn_last: bool = True,
             continue
         try:
             value = json.loads(line)
+        except RecursionError:
+            raise ValueError(f"{path}:{number} is JSON nested too deeply to read (hostile or corrupt input)") from None
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
             if (skip_torn_last and number == last) or (prefix is not None and line.startswith(prefix)):
                 continue

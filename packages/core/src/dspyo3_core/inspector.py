@@ -17,7 +17,6 @@ Pydantic model's class name. A saved ``.json`` stores no field types and no inpu
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 import types
 import typing
@@ -137,9 +136,14 @@ def _name_from_prefix(prefix: str) -> str:
 
 def describe_saved(path: Path) -> list[dict[str, Any]]:
     """Best effort from a saved ``.json`` alone: names from field prefixes, no types, no input/output split."""
+    from dspyo3_core.files import loads_json
+
     try:
-        state = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        state = loads_json(path.read_bytes(), source=str(path))
+    except UnicodeDecodeError:
+        raise InspectError(f"{path} is not a saved program (not UTF-8 JSON); save programs with "
+                           "program.save('x.json')") from None
+    except ValueError as exc:
         raise InspectError(f"{path} is not valid JSON ({exc}); save programs with program.save('x.json')") from None
     if not isinstance(state, dict):
         raise InspectError(f"{path} does not hold a saved DSPy program (expected a JSON object)")
@@ -176,9 +180,13 @@ def inspect_target(target: str, program: str | None = None) -> dict[str, Any]:
         if program is None:
             return {"target": target, "predictors": describe_saved(path),
                     "note": "a saved .json has no field types or roles; pass --program MODULE:CLASS for them"}
+        from dspyo3_core.program_state import UnsafeStateError, load_state_file
+
         module = _as_module(resolve(program), program)
         try:
-            module.load(str(path))
+            module.load_state(load_state_file(path, program=module))
+        except (UnsafeStateError, OSError) as exc:
+            raise InspectError(str(exc)) from None
         except Exception as exc:
             raise InspectError(f"{program} cannot load {target}: {type(exc).__name__}: {exc}") from None
         return {"target": target, "program": program, "predictors": describe_module(module)}

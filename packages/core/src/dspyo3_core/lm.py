@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import re
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,17 +22,14 @@ from typing import TYPE_CHECKING, Any
 import dspy
 import dspy.dsp.utils.settings as _dspy_settings
 
+from dspyo3_core.secrets import SECRET_NAME, masked, register_secret
+
 if TYPE_CHECKING:
     from dspyo3_core.plugins import PluginManager
 
 
 # token -> weak reference to the manager: an LM does not keep a manager (and its plugins) alive.
 _MANAGERS: dict[str, weakref.ref[PluginManager]] = {}
-_SECRET_NAME = re.compile(
-    r"^(api[_-]?key|authorization|proxy-authorization|password|secret|token|access[_-]?token)$"
-    r"|[_-](key|token|secret|password)$",
-    re.I,
-)
 
 
 _UNSET: Any = object()
@@ -80,20 +76,6 @@ def lm_callbacks_wanted(lm: Any, callbacks: Any = _UNSET) -> bool:
         if getattr(callback, "dspyo3_lm_events", True):
             return True
     return any(getattr(callback, "dspyo3_lm_events", True) for callback in getattr(lm, "callbacks", None) or ())
-
-
-def masked(value: Any, name: str = "") -> Any:
-    """``value`` with every secret-named entry (``api_key``, ``Authorization``, ``*_token``, ...) masked, through
-    nested dicts and lists; ``max_tokens`` and other non-secret names are left alone."""
-    from dspyo3_core.config import mask_secret
-
-    if name and _SECRET_NAME.search(name) and isinstance(value, (str, bytes)):
-        return mask_secret(value.decode(errors="replace") if isinstance(value, bytes) else value)
-    if isinstance(value, dict):
-        return {k: masked(v, str(k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(masked(v) for v in value)
-    return value
 
 
 def _remember(manager: PluginManager) -> str:
@@ -263,6 +245,7 @@ class HookedLM(dspy.LM):
 
     def __init__(self, model: str, *args: Any, plugin_manager: PluginManager | None = None, **kwargs: Any) -> None:
         super().__init__(model, *args, **kwargs)
+        register_secret(*(v for k, v in self.kwargs.items() if SECRET_NAME.search(str(k)) and isinstance(v, str)))
         # A token, not the manager itself: dspy.LM.copy() deep-copies and pickles LMs, the manager is shared.
         self._dspyo3_pm_token = _remember(plugin_manager) if plugin_manager is not None else None
 

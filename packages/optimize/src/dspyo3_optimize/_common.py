@@ -26,5 +26,9 @@ def canonical(data: Any) -> bytes:
 
 
 def state_checksum(program: Any) -> str:
-    """``sha256:<hex>`` of a program's state as the registry stores it (``program``: a module or its state)."""
-    return "sha256:" + sha256_hex(canonical(program if isinstance(program, Mapping) else program.dump_state()))
+    """``sha256:<hex>`` of a program's state as the registry stores it (``program``: a module or its state; its
+    learned state only, see :func:`dspyo3_core.program_state.learned_state`)."""
+    from dspyo3_core.program_state import learned_state
+
+    return "sha256:" + sha256_hex(canonical(learned_state(program if isinstance(program, Mapping)
+                                                          else program.dump_state())))

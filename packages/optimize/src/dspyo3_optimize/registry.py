@@ -6,6 +6,12 @@ intervals, DSPy version, LM profile, optimizer, run id, creation time, the sha25
 the metadata itself (``meta_checksum``). Programs are loaded back into a program object the caller gives (a module
 or a factory), with both checksums verified first. Nothing is ever unpickled.
 
+Tamper evidence: the checksums catch corruption, not an attacker (anyone who can write the registry can recompute
+them). With a signing key (``$DSPYO3_REGISTRY_KEY``, or ``signing_key=``), every version's metadata (which holds the
+state's sha256) is signed with HMAC-SHA256 when registered, and a version that is unsigned or whose signature does
+not verify is refused when read (``dspyo3 registry verify`` reports it). Loading never applies more than learned
+state (:mod:`dspyo3_core.program_state`): a version that carries LM settings, attributes or code is refused.
+
 Trust model: anyone who can write to a registry can write its ``meta.json``, so the factory import path recorded
 there (``program``) is only imported and called when the caller trusts it: it is in ``trusted_factories`` /
 ``[optimize] trusted_programs`` / ``$DSPYO3_TRUSTED_PROGRAMS``, or the caller passes ``trust_registry=True``.
@@ -42,7 +48,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from dspyo3_core.files import atomic_write_bytes
+from dspyo3_core.files import atomic_write_bytes, loads_json
+from dspyo3_core.program_state import UnsafeStateError, apply_state, learned_state
 from dspyo3_optimize._common import canonical as _canonical
 from dspyo3_optimize._common import now as _now
 from dspyo3_optimize._common import sha256_hex as sha256_hex
@@ -454,6 +461,35 @@ class ProgramVersion:
         return cls(**values)
 
 
+SIGNING_KEY_ENV = "DSPYO3_REGISTRY_KEY"
+"""The environment variable holding the registry's signing key (HMAC-SHA256), when versions are signed."""
+
+
+def _signing_key(key: str | bytes | None) -> bytes | None:
+    if key is None:
+        key = os.environ.get(SIGNING_KEY_ENV) or None
+    if key is None:
+        return None
+    if isinstance(key, str):
+        from dspyo3_core.secrets import register_secret
+
+        register_secret(key)
+        key = key.encode()
+    if len(key) < 16:
+        raise RegistryError(f"the registry signing key ({SIGNING_KEY_ENV} or signing_key=) is {len(key)} bytes; use "
+                            "at least 16 random bytes, e.g. python -c 'import secrets; print(secrets.token_hex(32))'")
+    return key
+
+
+def _signature(key: bytes, fields: Mapping[str, Any]) -> str:
+    """HMAC-SHA256 of the metadata fields (everything but ``meta_checksum`` and ``signature``): the metadata holds
+    the state's sha256, so this signs the program too."""
+    import hmac
+
+    body = _canonical({k: v for k, v in fields.items() if k not in ("meta_checksum", "signature")})
+    return "hmac-sha256:" + hmac.new(key, body, "sha256").hexdigest()
+
+
 def _meta_checksum(fields: Mapping[str, Any]) -> str:
     """sha256 of the metadata fields (everything but ``meta_checksum`` itself), in canonical JSON."""
     return "sha256:" + sha256_hex(_canonical({k: v for k, v in fields.items() if k != "meta_checksum"}))
@@ -496,11 +532,18 @@ class ProgramRegistry:
     """
 
     def __init__(self, backend: Backend | str | os.PathLike[str], *, lock_timeout: float = 30.0,
-                 trusted_factories: Sequence[str] = (), trust_registry: bool = False) -> None:
+                 trusted_factories: Sequence[str] = (), trust_registry: bool = False,
+                 signing_key: str | bytes | None = None) -> None:
         self.backend: Backend = open_backend(backend) if isinstance(backend, (str, os.PathLike)) else backend
         self.lock_timeout = lock_timeout
         self.trusted_factories = list(trusted_factories)
         self.trust_registry = trust_registry
+        self._signing_key = _signing_key(signing_key)
+
+    @property
+    def signed(self) -> bool:
+        """Whether versions are signed when registered and must verify when read (a signing key is set)."""
+        return self._signing_key is not None
 
     @property
     def url(self) -> str:
@@ -530,7 +573,7 @@ class ProgramRegistry:
         _check_name(name)
         if stage is not None and stage not in STAGES:
             raise RegistryError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-        state = program if isinstance(program, Mapping) else program.dump_state()
+        state = learned_state(program if isinstance(program, Mapping) else program.dump_state())
         blob = _canonical(state)
         checksum = "sha256:" + sha256_hex(blob)  # == state_checksum(state), without serialising it twice
         with self.backend.lock(name, self.lock_timeout):
@@ -546,7 +589,8 @@ class ProgramRegistry:
                 raise NotFoundError(f"parent version {parent!r} of {name!r} does not exist; known: "
                                     f"{', '.join(existing) or 'none'}")
             if factory is None and existing:  # same program name, same structure: keep the factory it had
-                factory = self._meta_at(name, parent or existing[-1]).program
+                with contextlib.suppress(IntegrityError):  # one that does not verify is not carried forward
+                    factory = self._meta_at(name, parent or existing[-1]).program
             for _ in range(100):
                 the_version = version or next_version(sorted(taken | set(existing)), bump)
                 meta = ProgramVersion(
@@ -558,6 +602,8 @@ class ProgramRegistry:
                     notes=notes, extra=dict(extra or {}),
                 )
                 fields = meta.to_dict()
+                if self._signing_key is not None:
+                    fields["signature"] = _signature(self._signing_key, fields)
                 fields["meta_checksum"] = _meta_checksum(fields)
                 # meta.json last: a version exists once its metadata does; both created exclusively
                 if (self.backend.put_new(name, f"versions/{the_version}/program.json", blob)
@@ -694,11 +740,11 @@ class ProgramRegistry:
         if raw is None:
             raise NotFoundError(f"{where} is missing")
         try:
-            fields = json.loads(raw)
+            fields = loads_json(raw, source=where)
             if not isinstance(fields, dict):
                 raise TypeError("not a JSON object")
             recorded = fields.pop("meta_checksum", None)
-            meta = ProgramVersion.from_dict(fields)
+            meta = ProgramVersion.from_dict({k: v for k, v in fields.items() if k != "signature"})
         except (ValueError, TypeError) as exc:
             raise IntegrityError(f"{where} is not valid metadata ({exc}): the file is corrupted; restore it or "
                                  "delete the version") from None
@@ -707,6 +753,18 @@ class ProgramRegistry:
             raise IntegrityError(f"metadata checksum mismatch for {where}: expected {recorded}, found {actual}; the "
                                  "metadata was modified or corrupted after registration. Restore it from a backup "
                                  "or register the program again as a new version")
+        if self._signing_key is not None:
+            import hmac
+
+            signature = fields.get("signature")
+            if not isinstance(signature, str):
+                raise IntegrityError(f"{where} is not signed, and this registry requires signed versions "
+                                     f"({SIGNING_KEY_ENV} is set): register the program again with the key set, "
+                                     "or unset the key to read unsigned versions")
+            if not hmac.compare_digest(signature, _signature(self._signing_key, fields)):
+                raise IntegrityError(f"signature of {where} does not verify with the registry key: the version was "
+                                     "modified or registered with another key; do not load it. Register the "
+                                     "program again from a trusted source")
         if meta.version != version or meta.name != name:
             raise IntegrityError(f"{where} describes {meta.name} {meta.version}, not {name} {version}: it was "
                                  "copied or moved; restore the right file")
@@ -732,9 +790,10 @@ class ProgramRegistry:
                                  "artifact was modified or corrupted after registration. Restore it from a backup "
                                  "or register the program again as a new version")
         try:
-            state = json.loads(blob)
+            state = loads_json(blob, source=where)
         except ValueError:
-            raise IntegrityError(f"{where} is not valid JSON although its checksum matches") from None
+            raise IntegrityError(f"{where} is not valid JSON (or nested too deeply to read) although its checksum "
+                                 "matches") from None
         if not isinstance(state, dict):
             raise IntegrityError(f"{where} does not hold a DSPy program state (a JSON object)")
         return state, meta
@@ -753,8 +812,11 @@ class ProgramRegistry:
         if program is None:
             program = self._recorded_factory(meta, self.trust_registry if trust_registry is None else trust_registry)
         program = _instantiate(program)
+        where = f"{self.backend.where(name, f'versions/{meta.version}/program.json')}"
         try:
-            program.load_state(state)
+            apply_state(program, state, source=where)
+        except UnsafeStateError as exc:
+            raise IntegrityError(str(exc)) from None
         except (KeyError, AttributeError, TypeError, ValueError) as exc:
             raise RegistryError(f"{name} {meta.version} does not fit the program it is loaded into "
                                 f"({type(program).__name__}): {type(exc).__name__}: {exc}; build the same module "

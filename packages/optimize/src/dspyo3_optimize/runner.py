@@ -56,7 +56,8 @@ from pathlib import Path
 from typing import Any
 
 from dspyo3_core.config import ConfigError, check_keys
-from dspyo3_core.files import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
+from dspyo3_core.files import append_jsonl, atomic_write_bytes, atomic_write_text, loads_json, read_jsonl
+from dspyo3_core.program_state import apply_state, learned_state
 from dspyo3_optimize._common import canonical, now, sha256_hex, state_checksum
 from dspyo3_optimize.data import dataset_hash, load_examples, split
 from dspyo3_optimize.evaluate import Executor, evaluate, make_executor
@@ -531,10 +532,13 @@ class Run:
         if not self.checkpoint_path.is_file():
             return None
         try:
-            data = json.loads(self.checkpoint_path.read_text())
-        except ValueError:
+            data = loads_json(self.checkpoint_path.read_bytes(), source=str(self.checkpoint_path))
+        except ValueError:  # also UnicodeDecodeError, and input nested too deeply
             raise RunError(f"{self.checkpoint_path} is not valid JSON; delete it (or run with --fresh) to start "
                            "over") from None
+        if not isinstance(data, dict):
+            raise RunError(f"{self.checkpoint_path} is not a checkpoint (a JSON object); delete it (or run with "
+                           "--fresh) to start over")
         if data.get("version") != CHECKPOINT_VERSION:
             raise RunError(f"{self.checkpoint_path} has checkpoint version {data.get('version')!r}, this dspyo3-"
                            f"optimize writes {CHECKPOINT_VERSION}; start over with --fresh")
@@ -730,7 +734,7 @@ def _run_trial(index: int, spec: TrialSpec, base_program: Any, trainset: Sequenc
                                    compile_options=spec.compile)
         inner = candidate_scores(compiled, optimizer)
     result = evaluate(compiled, devset, metric, lm=lm, executor=executor, concurrency=config.concurrency)
-    blob = canonical(compiled.dump_state())  # the bytes the registry would store: the same checksum
+    blob = canonical(learned_state(compiled.dump_state()))  # the bytes the registry would store: same checksum
     state_file = rundir.dir / "trials" / f"{index}.json"
     atomic_write_bytes(state_file, blob)
     return {
@@ -760,7 +764,10 @@ def load_trial_program(out_dir: str | os.PathLike[str], index: int, program: Any
     if sha256_hex(blob) != str(record["state_sha256"]).removeprefix("sha256:"):
         raise RunError(f"{path} does not match the checksum recorded in the checkpoint: it was modified or "
                        "corrupted; re-run the trial with --fresh")
-    program.load_state(json.loads(blob))
+    try:
+        apply_state(program, loads_json(blob, source=str(path)), source=str(path))
+    except ValueError as exc:  # not JSON, nested too deeply, or more than learned state (UnsafeStateError)
+        raise RunError(str(exc)) from None
     return program
 
 

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import contextvars
 import datetime
-import json
 import logging
 import os
-import re
 import sys
 import time
 import uuid
@@ -30,8 +28,8 @@ from typing import IO, Any
 
 import orjson
 
-from dspyo3_core.config import mask_secret
-from dspyo3_core.lm import _SECRET_NAME, masked
+from dspyo3_core import secrets as _secrets
+from dspyo3_core.secrets import Redactor as _CoreRedactor
 
 EVENTS = logging.getLogger("dspyo3.events")
 """The logger the production stack writes its events to."""
@@ -41,14 +39,11 @@ _EVENTS_NAME = EVENTS.name
 _TRACE: contextvars.ContextVar[str | None] = contextvars.ContextVar("dspyo3_trace_id", default=None)
 _NO_FIELDS: dict[str, Any] = {}
 _FIELDS: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("dspyo3_log_fields", default=_NO_FIELDS)
-_SECRET_ENV = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.I)
-_MIN_SECRET = 8  # shorter values would redact ordinary words
 _SAFE_FIELDS = frozenset({"ts", "level", "logger", "event", "trace_id", "model", "status", "duration_ms",
                           "prompt_tokens", "completion_tokens", "cost_usd", "cache", "module", "tool"})
 # the fields of the production stack's own lm_call events: names that are not secret-looking, values it makes
 # itself as plain scalars (so such an event needs no per-field masking; values are still masked in the line)
 _LM_CALL_FIELDS = _SAFE_FIELDS | {"error", "fallback_from", "experiment", "arm", "run", "user"}
-_secret_names: dict[str, bool] = {}  # field name -> is it secret-looking (memo; names repeat on every event)
 _LEVELS = {logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARNING", logging.ERROR: "ERROR"}
 
 
@@ -93,53 +88,22 @@ def close_trace(token: contextvars.Token[str | None] | None) -> None:
             pass
 
 
-class Redactor:
-    """Replaces known secret values in text, and masks secret-named fields in data.
+class Redactor(_CoreRedactor):
+    """:class:`dspyo3_core.secrets.Redactor` for log events: replaces known secret values in text (every secret
+    registered in this process, e.g. your LM profiles' keys, and ``*_API_KEY``/``*_TOKEN``/``*_SECRET``/
+    ``*_PASSWORD`` variables), and masks secret-named fields in data, skipping the fields events are made of.
 
     Args:
-        secrets: secret values to hide (in addition to the environment's, when ``from_env``).
-        from_env: also hide the values of ``*_API_KEY``/``*_TOKEN``/``*_SECRET``/``*_PASSWORD`` variables.
+        secrets: more secret values to hide.
+        from_env: also hide the values of credential-named environment variables.
     """
 
     def __init__(self, secrets: Iterable[str] = (), from_env: bool = True) -> None:
-        values = {s for s in secrets if s and len(s) >= _MIN_SECRET}
-        if from_env:
-            values |= {v for k, v in os.environ.items() if _SECRET_ENV.search(k) and v and len(v) >= _MIN_SECRET}
-        # as they appear inside a JSON line too (quotes, backslashes, control and non-ASCII characters escaped)
-        values |= {orjson.dumps(v).decode()[1:-1] for v in values} | {json.dumps(v)[1:-1] for v in values}
-        self._values = sorted(values, key=len, reverse=True)  # longest first: a key containing another
-        self._pattern = re.compile("|".join(re.escape(v) for v in self._values)) if self._values else None
-
-    @property
-    def values(self) -> list[str]:
-        """The secret values hidden (longest first)."""
-        return list(self._values)
-
-    def text(self, text: str) -> str:
-        """``text`` with every known secret value masked."""
-        if self._pattern is None:
-            return text
-        return self._pattern.sub(lambda m: mask_secret(m.group(0)), text)
-
-    def data(self, value: dict[str, Any]) -> dict[str, Any]:
-        """``value`` with secret-named fields masked (through nested dicts and lists)."""
-        out = value
-        for name, item in value.items():
-            if name in _SAFE_FIELDS:
-                continue
-            secret = _secret_names.get(name)
-            if secret is None:
-                secret = _secret_names[name] = bool(_SECRET_NAME.search(name)) if len(_secret_names) < 4096 else True
-            if secret or isinstance(item, (dict, list, tuple)):
-                cleaned = masked(item, name)
-                if cleaned is not item:
-                    if out is value:
-                        out = dict(value)
-                    out[name] = cleaned
-        return out
+        super().__init__(secrets, from_env, safe_fields=_SAFE_FIELDS)
 
 
 def _profile_secrets() -> list[str]:
+    """The keys of every LM profile (loading the settings registers them with :mod:`dspyo3_core.secrets`)."""
     try:
         from dspyo3_core.config import load_settings
         from dspyo3_core.registry import LMProviderSpec
@@ -211,6 +175,7 @@ class JsonEventHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self, stream: IO[str], redactor: Redactor, native: bool = True) -> None:
         super().__init__(stream)
+        self._extra_secrets = [v for v in redactor.values if v]
         self.json = JsonFormatter(redactor)
         self.setFormatter(self.json)
         self.addFilter(RedactingFilter(redactor))
@@ -227,6 +192,21 @@ class JsonEventHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.sink = EventSink(fd, redactor.values)
                 _SINK_HANDLERS.add(self)
 
+    def refresh_secrets(self) -> None:
+        """Take in the secrets registered since this handler was made (an LM built later with a key of its own):
+        a new redactor, and a new event writer that knows them."""
+        redactor = Redactor(self._extra_secrets)
+        self.json.redactor = redactor
+        for f in self.filters:
+            if isinstance(f, RedactingFilter):
+                f.redactor = redactor
+        if self.sink is not None:
+            from dspyo3_native import EventSink
+
+            self.sink.flush()
+            _ORPHANED_SINKS.append(self.sink)
+            self.sink = EventSink(self._fd, redactor.values)
+
     def _after_fork(self) -> None:
         """In a forked child the writer thread does not exist: start a new one (the parent's sink object is kept
         alive, never dropped, as joining a thread that is not there would hang)."""
@@ -238,6 +218,8 @@ class JsonEventHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def write_event(self, name: str, level: int, fields: dict[str, Any]) -> None:
         """Write one event line (what ``handle`` would write for it, minus the ``LogRecord``)."""
+        if self.json.redactor.version != _secrets._version:
+            self.refresh_secrets()
         sink = self.sink
         if sink is not None:
             if _TRACE.get() is not None or _FIELDS.get():
@@ -321,15 +303,12 @@ def configure_logging(stream: IO[str] | None = None, *, level: int | str = loggi
 
 
 def redact(text: str, *extra: str | None) -> str:
-    """``text`` with the configured secrets (and ``extra`` values) masked: for error messages about to be logged or
-    cut short."""
+    """``text`` with the configured secrets, every secret known to :mod:`dspyo3_core.secrets` and the ``extra``
+    values masked: for error messages about to be logged or cut short."""
     handler = next((h for h in _DSPYO3.handlers if isinstance(h, JsonEventHandler)), None)
-    redactor = handler.json.redactor if handler is not None else Redactor()
-    text = redactor.text(text)
-    for value in extra:
-        if value and len(value) >= _MIN_SECRET:
-            text = text.replace(value, mask_secret(value))
-    return text
+    if handler is not None:
+        text = handler.json.redactor.text(text)
+    return _secrets.redact(text, *extra)
 
 
 def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
@@ -354,6 +333,8 @@ def emit(name: str, level: int, fields: dict[str, Any], *, scalars: bool = False
     if (type(direct) is JsonEventHandler and level >= direct.level and not EVENTS.handlers
             and not EVENTS.filters and not _DSPYO3.filters and not _DSPYO3.propagate and EVENTS.propagate
             and not EVENTS.disabled):
+        if direct.json.redactor.version != _secrets._version:  # a secret was registered since: write it masked
+            direct.refresh_secrets()
         sink = direct.sink
         if scalars and sink is not None and not _FIELDS.get() and fields.keys() <= _LM_CALL_FIELDS:
             tid = _TRACE.get()

@@ -309,16 +309,19 @@ class LMServer:
         host: interface to bind; loopback only.
         api_key: when set, requests without this key (``Authorization: Bearer``, ``api-key`` or ``x-api-key``)
             get 401 in the route's error format.
+        echo_key: put the key a rejected request sent into the 401 message, as some gateways do (for testing
+            that no message shows it).
         ssl_context: serve HTTPS with this server-side context (``url`` then starts with ``https://``).
     """
 
     def __init__(self, responder: Responder | None = None, host: str = "127.0.0.1", api_key: str | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, echo_key: bool = False) -> None:
         if host not in {"127.0.0.1", "::1", "localhost"}:
             raise ValueError(f"LMServer binds loopback only; got host={host!r}")
         self.responder = responder
         self.host = host
         self.api_key = api_key
+        self.echo_key = echo_key
         self.ssl_context = ssl_context
         self.rejected = 0  # requests refused for a wrong or missing key
         self.requests: list[dict[str, Any]] = []
@@ -464,7 +467,9 @@ class _Handler(BaseHTTPRequestHandler):
         if state.api_key is not None and state.api_key not in self._keys():
             with state._lock:
                 state.rejected += 1
-            self._send_error(401, "Incorrect API key provided (dspyo3 LMServer)", anthropic)
+            sent = " ".join(sorted(self._keys())) if state.echo_key else ""
+            self._send_error(401, f"Incorrect API key provided{': ' + sent if sent else ''} (dspyo3 LMServer)",
+                             anthropic)
             return
         try:
             request = json.loads(raw or b"{}")
