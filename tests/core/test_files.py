@@ -119,3 +119,66 @@ def test_read_jsonl_names_the_bad_line(tmp_path: Path) -> None:
         list(read_jsonl(path))
     path.write_text('{"a": 1}\n{"b": \n\n')  # the last non-blank line is torn: skipped
     assert list(read_jsonl(path)) == [{"a": 1}]
+
+
+_WRITER = """
+import os, sys, time
+from dspyo3_core import files
+real_fsync = os.fsync
+def slow_fsync(fd):  # the temporary file is written and locked: say so, then hang until killed
+    real_fsync(fd)
+    if not os.path.isdir(f"/proc/self/fd/{fd}"):
+        print("writing", flush=True)
+        time.sleep(60)
+files.os.fsync = slow_fsync
+files.atomic_write_bytes(sys.argv[1], b"x" * 100_000)
+"""
+
+
+def test_temporaries_left_by_killed_writers_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "reg" / "meta.json"
+    killed = []
+    for _ in range(3):
+        writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(target)], stdout=subprocess.PIPE, text=True)
+        assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        killed.append(writer)
+    leftovers = sorted(p.name for p in target.parent.iterdir())
+    assert len(leftovers) == 3 and all(name.startswith(".meta.json.") and name.endswith(".tmp") for name in leftovers)
+    # a live writer's temporary, and a fresh one of any writer, are never touched
+    live = subprocess.Popen([sys.executable, "-c", _WRITER, str(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout is not None and live.stdout.readline() == "writing\n"
+        old = time.time() - 3600
+        for path in target.parent.iterdir():
+            os.utime(path, (old, old))  # all look stale by age; only the lock tells the live one apart
+        (target.parent / ".other.json.abcdefgh.tmp").write_bytes(b"fresh")  # young: left alone
+        (target.parent / "notes.tmp").write_bytes(b"not ours")  # not our naming: left alone
+        atomic_write_text(target.parent / "stages.json", "{}")  # any write into the directory cleans it
+        names = sorted(p.name for p in target.parent.iterdir())
+        ours = [n for n in names if n.startswith(".meta.json.")]
+        assert len(ours) == 1  # the live writer's
+        assert ".other.json.abcdefgh.tmp" in names and "notes.tmp" in names and "stages.json" in names
+    finally:
+        live.kill()
+        live.wait()
+    old = time.time() - 3600
+    os.utime(target.parent / ".other.json.abcdefgh.tmp", (old, old))
+    assert files.clean_stale_temporaries(target.parent) == 2  # the killed live writer's, and the aged one
+    assert sorted(p.name for p in target.parent.iterdir()) == ["notes.tmp", "stages.json"]
+
+
+def test_deeply_nested_json_is_a_value_error_naming_the_source(tmp_path: Path) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(ValueError, match=r"^checkpoint\.json: JSON nested too deeply"):
+        files.loads_json(deep, source="checkpoint.json")
+    log = tmp_path / "t.jsonl"
+    log.write_text('{"event": "start"}\n' + deep + '\n{"event": "end"}\n')
+    with pytest.raises(ValueError, match=r"t\.jsonl:2 is JSON nested too deeply"):
+        list(files.read_jsonl(log))
