@@ -225,6 +225,9 @@ class LocalBackend:
 class RedisBackend:
     """A registry in Redis: hash ``<namespace>:registry:<name>`` maps keys to bytes; writes under a Redis lock."""
 
+    LOCK_TTL = 6.0
+    """Seconds the write lock outlives a holder that stopped renewing it."""
+
     def __init__(self, url: str, namespace: str = "dspyo3") -> None:
         import redis
 
@@ -269,16 +272,33 @@ class RedisBackend:
 
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float = 30.0) -> Iterator[None]:
-        """redis-py's ``Lock`` (expires after 60 s if its holder dies)."""
+        """redis-py's ``Lock`` with a short expiry (:attr:`LOCK_TTL`) that a thread of the holder renews while it
+        holds it: a holder that dies, or a Redis that restarts from its append-only file with the lock in it,
+        blocks other writers for one expiry at most, however long a write takes."""
+        import threading
+
         import redis.exceptions
 
-        lock = self.client.lock(f"{self._hash(name)}:lock", timeout=60, blocking_timeout=timeout)
+        lock = self.client.lock(f"{self._hash(name)}:lock", timeout=self.LOCK_TTL, blocking_timeout=timeout)
         if not lock.acquire():
             raise RegistryError(f"timed out after {timeout:g}s waiting for the Redis lock of {name!r} at {self.url}")
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self.LOCK_TTL / 3):
+                try:
+                    lock.reacquire()
+                except (redis.exceptions.LockError, redis.exceptions.RedisError):
+                    return  # lost (expired or Redis gone): the write's own Redis calls fail or the CAS catches it
+
+        renewer = threading.Thread(target=renew, name="dspyo3-registry-lock", daemon=True)
+        renewer.start()
         try:
             yield
         finally:
-            with contextlib.suppress(redis.exceptions.LockError):
+            done.set()
+            renewer.join()
+            with contextlib.suppress(redis.exceptions.LockError, redis.exceptions.RedisError):
                 lock.release()
 
     def close(self) -> None:
