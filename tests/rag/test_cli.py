@@ -65,3 +65,56 @@ def test_ask_answers_with_the_configured_lm_and_cites(tmp_path: Path, env: dict[
         assert done.stdout.splitlines() == ["Because they are content.", "sources: docs/cats.md#0"]
         prompt = json.dumps(server.requests[0]["messages"])
         assert "Cats purr when they are content" in prompt, "the retrieved passage was in the prompt"
+
+
+def _one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 1, done.stdout
+    assert done.stderr.startswith("Error: ") and done.stderr.count("\n") == 1, done.stderr
+    return done.stderr
+
+
+def test_a_corrupt_chunks_file_is_a_one_line_error_naming_the_line(tmp_path: Path, env: dict[str, str],
+                                                                  dspyo3_exe: str) -> None:
+    assert run(dspyo3_exe, env, "index", str(tmp_path / "docs"), "--collection", "pets").returncode == 0
+    chunks = tmp_path / "store" / "pets" / "chunks.jsonl"
+    good = chunks.read_bytes().splitlines(keepends=True)
+    assert len(good) == 3
+    for bad_line, problem in ((good[2][:25] + b"\n", "not JSON"),                 # cut short
+                              (b"\xff\xfe\x00\x01binary\n", "not JSON"),         # not text
+                              (b"[" * 100_000 + b"]" * 100_000 + b"\n", "nested too deeply"),
+                              (b'{"id": 7, "text": "x"}\n', "not a chunk record")):
+        chunks.write_bytes(good[0] + good[1] + bad_line)
+        commands = [("search", "cats", "--collection", "pets", "--retriever", "bm25")]
+        if problem == "not JSON":
+            commands += [("search", "cats", "--collection", "pets"), ("index", str(tmp_path / "docs"),
+                                                                      "--collection", "pets")]
+        for args in commands:
+            error = _one_line_error(run(dspyo3_exe, env, *args))
+            assert f"{chunks}:3: " in error and problem in error, error
+            assert "dspyo3 rag index --collection pets" in error
+        assert chunks.read_bytes() == good[0] + good[1] + bad_line, "the bad file was left for the user to fix"
+    # the fix the error gives: drop the line, then let index drop its vectors
+    chunks.write_bytes(good[0] + good[1])
+    repaired = run(dspyo3_exe, env, "index", "--collection", "pets")
+    assert repaired.returncode == 0 and repaired.stdout.startswith("repaired 'pets': removed 1 "), repaired.stdout
+    found = run(dspyo3_exe, env, "search", "x", "--collection", "pets", "--retriever", "dense", "--k", "10", "--json")
+    assert len(json.loads(found.stdout)) == 2
+
+
+def test_a_corrupt_qdrant_meta_file_is_a_one_line_error_and_rebuild_fixes_it(tmp_path: Path, env: dict[str, str],
+                                                                             dspyo3_exe: str) -> None:
+    assert run(dspyo3_exe, env, "index", str(tmp_path / "docs"), "--collection", "pets").returncode == 0
+    before = run(dspyo3_exe, env, "search", "cats purr", "--collection", "pets", "--json").stdout
+    meta = tmp_path / "store" / "pets" / "qdrant" / "meta.json"
+    whole = meta.read_bytes()
+    for corrupt in (whole[: len(whole) // 2], b"\x00\xff" * 50, b"[" * 100_000, b'{"aliases": {}}'):
+        meta.write_bytes(corrupt)
+        commands = [("search", "cats", "--collection", "pets")]
+        if corrupt == b'{"aliases": {}}':
+            commands.append(("index", str(tmp_path / "docs"), "--collection", "pets"))
+        for args in commands:
+            error = _one_line_error(run(dspyo3_exe, env, *args))
+            assert f"{meta} is corrupt" in error and "dspyo3 rag index --rebuild --collection pets" in error, error
+    rebuilt = run(dspyo3_exe, env, "index", "--rebuild", "--collection", "pets")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert run(dspyo3_exe, env, "search", "cats purr", "--collection", "pets", "--json").stdout == before

@@ -107,3 +107,23 @@ def test_malformed_qrels_and_corpus_are_named(tmp_path: Path) -> None:
     (data / "corpus.jsonl").write_bytes(b'{"_id": "d1", "text": "caf\xe9"}\n')
     with pytest.raises(BeirFormatError, match="not UTF-8"):
         load_beir(data)
+
+
+def test_deeply_nested_json_and_binary_qrels_are_clear_errors(tmp_path: Path, dspyo3_exe: str,
+                                                               cli_env: dict[str, str]) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        data = _tiny_beir(tmp_path / name)
+        with (data / name).open("a") as handle:
+            handle.write(deep + "\n")
+        line = 5 if name == "corpus.jsonl" else 4
+        with pytest.raises(BeirFormatError, match=rf"{name}:{line}: JSON nested too deeply.*fix or remove that line"):
+            load_beir(data)
+    done = _eval(dspyo3_exe, cli_env, "--data", str(tmp_path / "queries.jsonl"), "--json")
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "queries.jsonl:4: JSON nested too deeply" in done.stderr
+    data = _tiny_beir(tmp_path / "binary")
+    (data / "qrels" / "test.tsv").write_bytes(b"query-id\tcorpus-id\tscore\nq1\td1\t1\n\xff\xfe\x00\x01\n")
+    with pytest.raises(BeirFormatError, match=r"test.tsv: not UTF-8 text"):
+        load_beir(data)

@@ -15,7 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dspyo3_core.files import loads_json
+
 __all__ = ["BeirData", "BeirFormatError", "evaluate", "load_beir"]
+
+
+_FIX = "fix or remove that line, or download the data set again"
+_FIX_FILE = "save it as UTF-8, or download the data set again"
 
 
 class BeirFormatError(ValueError):
@@ -42,21 +48,27 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
         raise BeirFormatError(f"{folder} is not in BEIR layout: missing {', '.join(missing)}")
     qrels: dict[str, dict[str, int]] = {}
     path = folder / "qrels" / f"{split}.tsv"
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle, delimiter="\t")
-        header = next(reader, [])
-        if header[:2] != ["query-id", "corpus-id"]:
-            raise BeirFormatError(f"{path}: expected a 'query-id corpus-id score' header, got {header}")
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) < 3:
-                raise BeirFormatError(f"{path}:{line}: expected 'query-id<TAB>corpus-id<TAB>score', got {row}")
-            try:
-                if int(row[2]) > 0:
-                    qrels.setdefault(row[0], {})[row[1]] = int(row[2])
-            except ValueError:
-                raise BeirFormatError(f"{path}:{line}: score {row[2]!r} is not an integer") from None
+        try:
+            header = next(reader, [])
+            if header[:2] != ["query-id", "corpus-id"]:
+                raise BeirFormatError(f"{path}: expected a 'query-id corpus-id score' header, got {header}")
+            for row in reader:
+                line = reader.line_num
+                if not row:
+                    continue
+                if len(row) < 3:
+                    raise BeirFormatError(f"{path}:{line}: expected 'query-id<TAB>corpus-id<TAB>score', got {row}")
+                try:
+                    if int(row[2]) > 0:
+                        qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+                except ValueError:
+                    raise BeirFormatError(f"{path}:{line}: score {row[2]!r} is not an integer") from None
+        except UnicodeDecodeError as exc:
+            raise BeirFormatError(f"{path}: not UTF-8 text ({exc}); {_FIX_FILE}") from None
+        except csv.Error as exc:  # a NUL byte, an unterminated quote at the end of the file
+            raise BeirFormatError(f"{path}:{reader.line_num}: not tab-separated text ({exc}); {_FIX}") from None
     doc_ids, doc_texts = [], []
     seen: set[str] = set()
     for line, record in _jsonl(folder / "corpus.jsonl"):
@@ -82,16 +94,18 @@ def _jsonl(path: Path) -> list[tuple[int, dict[str, object]]]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
-        raise BeirFormatError(f"{path}: not UTF-8 text ({exc})") from None
+        raise BeirFormatError(f"{path}: not UTF-8 text ({exc}); {_FIX_FILE}") from None
     for line, text in enumerate(lines, start=1):
         if not text.strip():
             continue
         try:
-            record = json.loads(text)
+            record = loads_json(text, source=f"{path}:{line}")
         except json.JSONDecodeError as exc:
-            raise BeirFormatError(f"{path}:{line}: not JSON ({exc.msg})") from None
+            raise BeirFormatError(f"{path}:{line}: not JSON ({exc.msg}); {_FIX}") from None
+        except ValueError as exc:  # nested too deeply for Python
+            raise BeirFormatError(f"{exc}; {_FIX}") from None
         if not isinstance(record, dict):
-            raise BeirFormatError(f"{path}:{line}: expected a JSON object")
+            raise BeirFormatError(f"{path}:{line}: expected a JSON object; {_FIX}")
         records.append((line, record))
     return records
 

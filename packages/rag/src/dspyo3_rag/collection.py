@@ -78,9 +78,11 @@ def read_sources(paths: Iterable[str | Path], *, words: int = 200, overlap: int 
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = loads_json(line, source=f"{path}:{line_no}")
                 except json.JSONDecodeError as exc:
                     raise StoreError(f"{path}:{line_no}: not JSON ({exc.msg})") from None
+                except ValueError as exc:  # nested too deeply for Python
+                    raise StoreError(str(exc)) from None
                 if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                     raise StoreError(f"{path}:{line_no}: each line needs a JSON object with a string 'text'")
                 base = str(record.pop("id", f"{label}:{line_no}"))
