@@ -184,6 +184,110 @@ def test_cache_hits_are_not_billed_twice(make_lm: MakeLM, server: LMServer) -> N
     assert once == fresh.get_total_tokens()[lm.model]["total_tokens"], "the hit added no usage"
 
 
+# -- the same request body as dspy.LM, model family by model family ------------------------------------------------
+
+SYSTEM_AND_USER = [{"role": "system", "content": "Answer tersely."}, {"role": "user", "content": "2 + 2?"}]
+
+
+def _bodies(server: LMServer, model: str, settings: dict[str, Any], per_call: dict[str, Any]) -> list[Any]:
+    """The JSON body dspy.LM sends and the one NativeLM sends for ``model`` built with ``settings`` and called
+    with ``per_call``."""
+    bodies = []
+    for make in (dspy.LM, NativeLM):
+        server.script(chat_reply(answer="4"))
+        lm = make(model, api_base=server.api_base, api_key=KEY, cache=False, num_retries=0, **settings)
+        lm(messages=SYSTEM_AND_USER, **per_call)
+        bodies.append({k: v for k, v in server.requests[-1].items() if not k.startswith("_")})
+    return bodies
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize(("model", "settings", "per_call"), [
+    ("openai/gpt-4o-mini", {}, {}),
+    ("openai/gpt-4o-mini", {"temperature": 0.3, "max_tokens": 100}, {}),
+    ("openai/gpt-4o-mini", {"max_tokens": 100}, {"max_tokens": 50, "temperature": 0.9}),
+    ("openai/gpt-4o-mini", {"use_developer_role": True}, {}),
+    ("openai/o1", {}, {}),
+    ("openai/o1", {"temperature": 1.0, "max_tokens": 16000}, {}),
+    ("openai/o3-mini", {"max_tokens": 20000}, {}),
+    ("openai/o3-mini", {"temperature": 0}, {}),
+    ("openai/gpt-5", {"temperature": 1.0, "max_tokens": 20000}, {}),
+    ("openai/gpt-5", {}, {"max_tokens": 32000}),
+    ("openai/gpt-5-mini", {"use_developer_role": True, "max_tokens": 16000}, {}),
+    ("openai/gpt-5-chat-latest", {"temperature": 0.5, "max_tokens": 100}, {}),
+    ("hosted_vllm/qwen", {"temperature": 0.2, "max_tokens": 10}, {}),
+    ("hosted_vllm/o3", {"max_tokens": 16000}, {}),
+    ("ollama_chat/gpt-5", {"max_tokens": 16000}, {}),
+])
+def test_native_sends_what_dspy_lm_sends(server: LMServer, model: str, settings: dict[str, Any],
+                                         per_call: dict[str, Any]) -> None:
+    sent_by_dspy, sent_by_native = _bodies(server, model, settings, per_call)
+    assert sent_by_native == sent_by_dspy
+    assert "use_developer_role" not in sent_by_native, "a DSPy setting is never sent to the provider"
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "openai/gpt-5"])
+def test_native_streams_what_dspy_lm_streams(server: LMServer, model: str) -> None:
+    program = dspy.streamify(dspy.Predict(QA), stream_listeners=[dspy.streaming.StreamListener("answer")])
+    bodies = []
+    for make in (dspy.LM, NativeLM):
+        server.script(chat_reply(answer="4"))
+        lm = make(model, api_base=server.api_base, api_key=KEY, cache=False, num_retries=0, max_tokens=20000)
+
+        async def collect(lm: Any = lm) -> list[Any]:
+            with dspy.context(lm=lm):
+                return [item async for item in program(question="2 + 2?")]
+
+        asyncio.run(collect())
+        bodies.append({k: v for k, v in server.requests[-1].items() if not k.startswith("_")})
+    assert bodies[1] == bodies[0]
+    assert bodies[1]["stream"] is True and bodies[1]["max_completion_tokens"] == 20000
+
+
+@pytest.mark.parametrize("model", ["openai/o1", "openai/o3-mini", "openai/gpt-5", "openai/gpt-5-mini", "o3"])
+@pytest.mark.parametrize("settings", [{"temperature": 0.7}, {"max_tokens": 1000},
+                                      {"temperature": 0.5, "max_tokens": 20000}])
+def test_reasoning_models_refuse_settings_like_dspy_lm(model: str, settings: dict[str, Any]) -> None:
+    from dspy.utils.exceptions import LMConfigurationError
+
+    with pytest.raises(LMConfigurationError) as by_dspy:
+        dspy.LM(model, api_key=KEY, **settings)
+    with pytest.raises(LMConfigurationError) as by_native:
+        NativeLM(model, api_base="http://127.0.0.1:9/v1", api_key=KEY, **settings)
+    assert "temperature=1.0 or None and max_tokens >= 16000" in str(by_native.value)
+    assert by_native.value.model == by_dspy.value.model == model
+    # the non-reasoning variant of the family takes any setting
+    NativeLM("openai/gpt-5-chat-latest", api_key=KEY, **settings)
+
+
+def test_reasoning_settings_survive_state_and_copies(server: LMServer) -> None:
+    from dspy.utils.exceptions import LMConfigurationError
+
+    lm = NativeLM("openai/gpt-5", api_base=server.api_base, api_key=KEY, max_tokens=16000, use_developer_role=True)
+    reference = dspy.LM("openai/gpt-5", api_base=server.api_base, api_key=KEY, max_tokens=16000,
+                        use_developer_role=True)
+    assert lm.kwargs["max_completion_tokens"] == reference.kwargs["max_completion_tokens"] == 16000
+    state = lm.dump_state()
+    assert (state["max_tokens"], state["use_developer_role"]) == (16000, True)
+    assert "max_completion_tokens" not in state
+    restored = dspy.BaseLM.load_state(state, allow_custom_lm_class=True)
+    assert restored.kwargs["max_completion_tokens"] == 16000 and restored.use_developer_role
+    # a copy with a new cap sends it (not the old max_completion_tokens); a copy breaking the rules is refused
+    server.script(chat_reply(answer="4"))
+    lm.copy(max_tokens=32000, cache=False)(messages=SYSTEM_AND_USER)
+    assert server.requests[-1]["max_completion_tokens"] == 32000 and "max_tokens" not in server.requests[-1]
+    with pytest.raises(LMConfigurationError):
+        lm.copy(temperature=0.2)
+    with pytest.raises(TypeError, match="not both"):
+        NativeLM("openai/o1", api_key=KEY, max_tokens=16000, max_completion_tokens=20000)
+
+
+def test_rollout_id_at_temperature_zero_warns_like_dspy_lm() -> None:
+    for make in (dspy.LM, NativeLM):
+        with pytest.warns(UserWarning, match="rollout_id has no effect when temperature=0"):
+            make("openai/gpt-4o-mini", api_base="http://127.0.0.1:9/v1", api_key=KEY, temperature=0, rollout_id=1)
+
+
 # -- native-only behaviour ---------------------------------------------------------------------------------------
 
 

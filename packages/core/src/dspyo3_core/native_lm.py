@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import dspy
+from dspy.clients.lm import _is_openai_reasoning_model
 from dspy.dsp.utils.settings import settings
 from dspy.utils.callback import with_callbacks as _with_callbacks
 
@@ -81,7 +82,14 @@ PROVIDERS: dict[str, tuple[str, str | None, str | None]] = {
 
 _CACHE_ID = "dspyo3_core.native_lm.NativeLM"
 # per-call options that are DSPy's, not the provider's
-_DSPY_ONLY = frozenset({"cache", "rollout_id", "n", "num_generations", "stream"})
+_DSPY_ONLY = frozenset({"cache", "rollout_id", "n", "num_generations", "stream", "use_developer_role"})
+# where a provider's chat route wants the output-token cap (as dspy.LM sends it): OpenAI's own API takes
+# `max_completion_tokens` (`max_tokens` is deprecated there and refused by reasoning models); vLLM and Ollama take
+# `max_tokens`; the rest get the name they were given
+_MAX_TOKENS_FIELD: dict[str, str] = {"openai": "max_completion_tokens", "hosted_vllm": "max_tokens",
+                                     "ollama": "max_tokens", "ollama_chat": "max_tokens"}
+_REASONING_RULE = ("OpenAI's reasoning models require passing temperature=1.0 or None and max_tokens >= 16000 or "
+                   "None to `NativeLM(...)`, e.g., NativeLM('openai/gpt-5', temperature=1.0, max_tokens=16000)")
 # connection settings belong to the LM (its Rust client), not to one call
 _PER_LM = frozenset({"api_key", "api_base", "base_url", "headers", "extra_headers", "timeout", "num_retries",
                      "max_event_bytes", "max_response_bytes"})
@@ -257,6 +265,19 @@ def _header_pairs(headers: Mapping[str, str] | list[Any] | None) -> list[tuple[s
     return [(str(name), str(value)) for name, value in pairs]
 
 
+def _check_reasoning(lm: NativeLM, temperature: float | None, max_tokens: int | None) -> None:
+    """``dspy.LM``'s rule for OpenAI reasoning models, with its error."""
+    if (temperature and temperature != 1.0) or (max_tokens and max_tokens < 16000):
+        from dspy.utils.exceptions import LMConfigurationError
+
+        raise LMConfigurationError(_REASONING_RULE, model=lm.model, provider=lm.provider)
+
+
+def _max_tokens_field(provider: str, wire: str) -> str | None:
+    """The name the output-token cap is sent under for ``provider`` (None: as given)."""
+    return _MAX_TOKENS_FIELD.get(provider) if wire == "openai" else None
+
+
 def _byte_limit(name: str, value: Any) -> int:
     """A size limit in bytes: an int > 0."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -300,7 +321,14 @@ class NativeLM(dspy.BaseLM):
             client only: never in ``kwargs``, ``dump_state``, pickles, history or ``repr``.
         wire: ``"openai"`` or ``"anthropic"``; inferred from the provider.
         model_type: only ``"chat"``.
-        temperature, max_tokens: default request options (like ``dspy.LM``).
+        temperature, max_tokens: default request options, checked and sent the way ``dspy.LM`` does: OpenAI
+            reasoning models (``o1``, ``o3-mini``, ``o4-mini``, ``gpt-5``, ``gpt-5-mini``, ... but not
+            ``gpt-5-chat``) take ``temperature`` 1.0 or None and ``max_tokens`` >= 16000 or None (else
+            ``LMConfigurationError``), kept as ``max_completion_tokens``; on ``openai/`` models the cap is sent as
+            ``max_completion_tokens``, on ``hosted_vllm/`` and ``ollama_chat/`` as ``max_tokens``.
+        use_developer_role: accepted and saved like ``dspy.LM``'s; it only changes Responses API requests (system
+            messages sent as ``developer``), and NativeLM speaks chat completions, whose requests keep the system
+            role exactly as ``dspy.LM`` sends them.
         cache: use ``dspy.cache`` (per call: ``cache=False``).
         num_retries: retries of 429 / 5xx / timeouts / broken connections, done in Rust with full-jitter backoff
             that waits ``Retry-After`` when the server sends one.
@@ -320,6 +348,8 @@ class NativeLM(dspy.BaseLM):
         **kwargs: more default request options (``top_p``, ``stop``, ``seed``, ...).
     """
 
+    _warned_zero_temp_rollout: bool = False  # set per LM by dspy.BaseLM.__init__
+
     def __init__(
         self,
         model: str,
@@ -332,6 +362,7 @@ class NativeLM(dspy.BaseLM):
         max_tokens: int | None = None,
         cache: bool = True,
         num_retries: int = 3,
+        use_developer_role: bool = False,
         timeout: float = 600.0,
         connect_timeout: float = 10.0,
         http2: bool = False,
@@ -372,6 +403,8 @@ class NativeLM(dspy.BaseLM):
         self.timeout, self.connect_timeout, self.http2 = float(timeout), float(connect_timeout), bool(http2)
         self.headers = _header_pairs(headers)
         self.ca_cert = os.fspath(ca_cert) if ca_cert is not None else None
+        self.use_developer_role = bool(use_developer_role)
+        self._max_tokens_field = _max_tokens_field(self.provider, self.wire)
         self.max_event_bytes = _byte_limit("max_event_bytes", max_event_bytes)
         self.max_response_bytes = _byte_limit("max_response_bytes", max_response_bytes)
         self.pricing = dict(pricing) if pricing is not None else None
@@ -383,6 +416,34 @@ class NativeLM(dspy.BaseLM):
         self._api_key = api_key if api_key is not None else (os.environ.get(key_env) if key_env else None)
         self._transport = self._build_transport()
         self._dspyo3_pm_token = _remember(plugin_manager) if plugin_manager is not None else None
+        self._warn_zero_temp_rollout(self.kwargs.get("temperature"), self.kwargs.get("rollout_id"))
+
+    def _warn_zero_temp_rollout(self, temperature: Any, rollout_id: Any) -> None:
+        """``dspy.LM``'s one-time warning: a ``rollout_id`` changes nothing at temperature 0."""
+        if rollout_id is not None and temperature == 0 and not self._warned_zero_temp_rollout:
+            import warnings
+
+            warnings.warn("rollout_id has no effect when temperature=0; set temperature>0 to bypass the cache.",
+                          stacklevel=3)
+            self._warned_zero_temp_rollout = True
+
+    def _get_initial_kwargs(self, *, temperature: float | None, max_tokens: int | None,
+                            **kwargs: Any) -> dict[str, Any]:
+        """The default request options, with ``dspy.LM``'s rules for OpenAI reasoning models: ``temperature`` 1.0 or
+        None, ``max_tokens`` >= 16000 or None (else ``LMConfigurationError``), kept as ``max_completion_tokens``."""
+        if not _is_openai_reasoning_model(self.model):
+            initial: dict[str, Any] = super()._get_initial_kwargs(temperature=temperature, max_tokens=max_tokens,
+                                                                  **kwargs)
+        else:
+            if "max_completion_tokens" in kwargs:
+                if max_tokens is not None:
+                    raise TypeError("pass max_tokens or max_completion_tokens, not both")
+                max_tokens = kwargs.pop("max_completion_tokens")
+            _check_reasoning(self, temperature, max_tokens)
+            initial = dict(temperature=temperature, max_completion_tokens=max_tokens, **kwargs)
+        if initial.get("rollout_id") is None:
+            initial.pop("rollout_id", None)
+        return initial
 
     def _public_headers(self) -> list[tuple[str, str]]:
         """The headers that may be saved: secret ones (Authorization, api-key, tokens, cookies, ...) left out."""
@@ -423,6 +484,10 @@ class NativeLM(dspy.BaseLM):
         state: dict[str, Any] = super().dump_state()
         state.update(api_base=self.api_base, wire=self.wire, timeout=self.timeout,
                      connect_timeout=self.connect_timeout, http2=self.http2)
+        if self.use_developer_role:
+            state["use_developer_role"] = True
+        if _is_openai_reasoning_model(self.model) and "max_completion_tokens" in state:
+            state["max_tokens"] = state.pop("max_completion_tokens")
         if self.max_event_bytes != MAX_EVENT_BYTES:
             state["max_event_bytes"] = self.max_event_bytes
         if self.max_response_bytes != MAX_RESPONSE_BYTES:
@@ -447,8 +512,10 @@ class NativeLM(dspy.BaseLM):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        state = {"max_event_bytes": MAX_EVENT_BYTES, "max_response_bytes": MAX_RESPONSE_BYTES, **state}
+        state = {"max_event_bytes": MAX_EVENT_BYTES, "max_response_bytes": MAX_RESPONSE_BYTES,
+                 "use_developer_role": False, **state}
         self.__dict__.update(state)
+        self._max_tokens_field = _max_tokens_field(self.provider, self.wire)
         if self._api_key is None and self._key_env:
             self._api_key = os.environ.get(self._key_env)
         self._transport = self._build_transport()
@@ -482,6 +549,12 @@ class NativeLM(dspy.BaseLM):
                      "max_response_bytes"):
             if name in kwargs and kwargs[name] is None:
                 raise ValueError(f"copy({name}=None): a NativeLM needs a {name}; pass a value")
+        if _is_openai_reasoning_model(self.model):
+            # the same rules as at construction; a new cap replaces max_completion_tokens (not shadowed by it)
+            if "max_tokens" in kwargs:
+                kwargs["max_completion_tokens"] = kwargs.pop("max_tokens")
+            _check_reasoning(self, kwargs.get("temperature", self.kwargs.get("temperature")),
+                             kwargs.get("max_completion_tokens", self.kwargs.get("max_completion_tokens")))
         api_key = kwargs.pop("api_key", None)
         copied: NativeLM = super().copy(**kwargs)
         if api_key is not None:
@@ -541,8 +614,16 @@ class NativeLM(dspy.BaseLM):
                             f"lm.copy({sorted(per_lm)[0]}=...) for an LM with other connection settings")
         merged = {**self.kwargs, **kwargs}
         use_cache = merged.pop("cache", self.cache)
+        if "rollout_id" in merged and not self._warned_zero_temp_rollout:
+            self._warn_zero_temp_rollout(merged.get("temperature"), merged["rollout_id"])
         n = merged.get("n") or merged.get("num_generations") or 1
         params = {k: v for k, v in merged.items() if v is not None and k not in _DSPY_ONLY}
+        field = self._max_tokens_field
+        if field is not None:
+            other = "max_tokens" if field == "max_completion_tokens" else "max_completion_tokens"
+            if other in params:  # the provider's own name wins when both are given (as in dspy.LM)
+                value = params.pop(other)
+                params.setdefault(field, value)
         key = None
         if use_cache:
             key = {"_fn_identifier": _CACHE_ID, "model": self.model, "api_base": self.api_base,
