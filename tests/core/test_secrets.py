@@ -196,3 +196,14 @@ def test_no_cli_command_shows_a_key_a_gateway_echoes(cli_home: tuple[Path, dict[
         assert KEY not in output, (command, output[-3000:])
         assert mask_secret(KEY) in output, (command, output[-2000:])  # the echoed key was there, masked
     assert gateway.rejected >= len(COMMANDS)  # the key really went out, and really came back in the error
+
+
+def test_lms_core_builds_register_their_keys_and_secret_headers() -> None:
+    from dspyo3_core.lm import HookedLM
+    from dspyo3_core.native_lm import NativeLM
+
+    NativeLM("openai/x", api_base="http://127.0.0.1:9/v1", api_key="native-key-registered-1",
+             headers={"X-Api-Key": "header-secret-registered-2", "X-Trace": "not-a-secret-value"})
+    HookedLM("openai/x", api_base="http://127.0.0.1:9/v1", api_key="hooked-key-registered-3")
+    text = redact("native-key-registered-1 header-secret-registered-2 hooked-key-registered-3 not-a-secret-value")
+    assert text == "****ed-1 ****ed-2 ****ed-3 not-a-secret-value"

@@ -43,6 +43,7 @@ from dspy.dsp.utils.settings import settings
 from dspy.utils.callback import with_callbacks as _with_callbacks
 
 from dspyo3_core.lm import LMCall, _remember, lm_callbacks_wanted, note_result, plugin_manager_for, wrappers_active
+from dspyo3_core.secrets import register_secret
 
 if TYPE_CHECKING:
     from dspyo3_core.plugins import PluginManager
@@ -414,6 +415,7 @@ class NativeLM(dspy.BaseLM):
                          callbacks=callbacks, num_retries=num_retries, **kwargs)
         self._key_env = key_env
         self._api_key = api_key if api_key is not None else (os.environ.get(key_env) if key_env else None)
+        register_secret(self._api_key, *(v for k, v in self.headers if _SECRET_HEADER.search(k)))
         self._transport = self._build_transport()
         self._dspyo3_pm_token = _remember(plugin_manager) if plugin_manager is not None else None
         self._warn_zero_temp_rollout(self.kwargs.get("temperature"), self.kwargs.get("rollout_id"))
@@ -559,6 +561,7 @@ class NativeLM(dspy.BaseLM):
         copied: NativeLM = super().copy(**kwargs)
         if api_key is not None:
             copied._api_key = api_key
+            register_secret(api_key)
         connection = {"api_base", "timeout", "connect_timeout", "num_retries", "http2", "headers", "ca_cert",
                       "max_event_bytes", "max_response_bytes"}
         if api_key is not None or connection.intersection(kwargs):
