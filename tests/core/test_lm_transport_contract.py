@@ -147,11 +147,10 @@ def test_server_errors(make_lm: MakeLM, server: LMServer) -> None:
 
 
 def test_timeouts(make_lm: MakeLM, server: LMServer) -> None:
-    server.script(Reply.hang_up(5))
-    started = time.perf_counter()
+    server.script(Reply.hang_up(120))
     with pytest.raises((LMTimeoutError, LMTransportError)) as info:
         make_lm(timeout=0.5)(messages=[{"role": "user", "content": "hi"}])
-    assert time.perf_counter() - started < 4
+    assert server.hanging == 1  # the client gave up on its own timeout; the server had not hung up yet
     assert is_retryable_lm_error(info.value)
 
 
@@ -368,7 +367,7 @@ def test_native_calls_go_through_lm_call_wrappers(server: LMServer, plugin_manag
 def test_native_cancellation_drops_the_request(server: LMServer) -> None:
     import psutil
 
-    server.script(Reply.hang_up(5), chat_reply(answer="after"))
+    server.script(Reply.hang_up(120), chat_reply(answer="after"))
     lm = NativeLM("openai/m", api_base=server.api_base, api_key=KEY, cache=False)
     port = int(server.api_base.rsplit(":", 1)[1].split("/")[0])
 
@@ -382,11 +381,11 @@ def test_native_cancellation_drops_the_request(server: LMServer) -> None:
         await asyncio.sleep(0.2)
         assert open_to_server() == 0, "the cancelled request's connection was closed"
         with dspy.context(lm=lm):
-            return await dspy.Predict(QA).acall(question="next")
+            answer = await dspy.Predict(QA).acall(question="next")
+        assert server.hanging == 1  # answered while the cancelled request was still held: nothing waited for it
+        return answer
 
-    started = time.perf_counter()
     assert asyncio.run(main()).answer == "after"
-    assert time.perf_counter() - started < 3
 
 
 def test_native_rejects_bad_configuration() -> None:

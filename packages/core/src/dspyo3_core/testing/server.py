@@ -324,6 +324,7 @@ class LMServer:
         self.echo_key = echo_key
         self.ssl_context = ssl_context
         self.rejected = 0  # requests refused for a wrong or missing key
+        self.hanging = 0  # requests held open by Reply.hang_up right now (the client has not been answered)
         self.requests: list[dict[str, Any]] = []
         self._script: deque[ReplyLike] = deque()
         self._lock = threading.Lock()
@@ -482,7 +483,13 @@ class _Handler(BaseHTTPRequestHandler):
         request["_path"] = self.path
         reply = state._next_reply(request)
         if reply.hang is not None:
-            state._stopping.wait(reply.hang)
+            with state._lock:
+                state.hanging += 1
+            try:
+                state._stopping.wait(reply.hang)
+            finally:
+                with state._lock:
+                    state.hanging -= 1
             self.close_connection = True
             return
         if reply.latency:
