@@ -44,5 +44,5 @@ def test_registry_metadata(tmp_path: Path) -> None:
     registry = ProgramRegistry(tmp_path / "reg")
     registry.register("qa", dspy.Predict("question -> answer"))
     (tmp_path / "reg" / "qa" / "versions" / "1.0.0" / "meta.json").write_text(DEEP)
-    with pytest.raises(IntegrityError, match="meta.json is not valid metadata"):
+    with pytest.raises(IntegrityError, match=r"meta\.json is not valid metadata"):
         registry.meta("qa", "1.0.0")
