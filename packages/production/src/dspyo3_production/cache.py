@@ -15,7 +15,10 @@ are held as JSON bytes, so a memory hit is a JSON decode instead of a deep copy.
 Redis failures never fail a call: the tier counts the error, stays out of the way for a back-off period
 (0.5 s doubling to ``redis_max_backoff``) and then tries again by itself. Values read from Redis are decoded by
 :mod:`dspyo3_production.codec` (JSON, or pickle restricted to known response types) and checked against the key
-they were read under.
+they were read under. An entry is served only if it is within the size limits (``redis_max_entry_bytes`` read at
+most, ``redis_max_decoded_bytes`` built at most, checked before decoding) and is the shape the caller reads for
+that request (:func:`~dspyo3_production.codec.check_entry`); anything else is a miss, counted as
+``dspyo3_cache_requests_total{tier="redis", result="rejected"}``.
 
 Single flight: inside :meth:`TieredCache.call_scope` (the production LM-call wrapper opens one per call), the
 first miss on a key makes that call its leader; concurrent calls missing the same key wait for the leader's
@@ -43,7 +46,15 @@ from dspy.clients.cache import Cache
 
 from dspyo3_core.globs import delete_prefix, scan_prefix
 from dspyo3_core.lm import current_call
-from dspyo3_production.codec import JSON_TAG, Codec, plain_json
+from dspyo3_production.codec import (
+    JSON_TAG,
+    MAX_DECODED_BYTES,
+    MAX_PAYLOAD_BYTES,
+    Codec,
+    UnsafeValueError,
+    check_entry,
+    plain_json,
+)
 from dspyo3_production.metrics import Metrics, default_metrics
 
 logger = logging.getLogger("dspyo3.production.cache")
@@ -99,10 +110,13 @@ class RedisTier:
         timeout: socket connect/read timeout in seconds: the longest a lookup waits on a dead Redis.
         max_backoff: longest pause (seconds) between reconnection attempts.
         max_pending: writes queued for the writer thread beyond which new ones are dropped (counted).
+        max_entry_bytes: the most a lookup reads of one entry (a larger one comes back one byte over, for the
+            codec to refuse, and is never transferred whole).
     """
 
     def __init__(self, url: str, *, namespace: str = "dspyo3", ttl: float | None = None, timeout: float = 0.25,
-                 max_backoff: float = 5.0, max_pending: int = 10_000, metrics: Metrics | None = None) -> None:
+                 max_backoff: float = 5.0, max_pending: int = 10_000, metrics: Metrics | None = None,
+                 max_entry_bytes: int = MAX_PAYLOAD_BYTES) -> None:
         import redis
 
         if ttl is not None and ttl <= 0:
@@ -114,6 +128,8 @@ class RedisTier:
         self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                            health_check_interval=0)
         self._errors = (redis.RedisError, OSError)
+        self._response_error = redis.ResponseError
+        self.max_entry_bytes = max_entry_bytes
         self._down_until = 0.0
         self._backoff = 0.0
         self._lock = threading.Lock()
@@ -149,16 +165,26 @@ class RedisTier:
 
     # -- operations -------------------------------------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
-        """The payload under ``key``, or None on a miss, while down, or on an error (counted, then back off)."""
+        """The payload under ``key`` (at most ``max_entry_bytes + 1`` bytes of it), or None on a miss, while down,
+        or on an error (counted, then back off).
+
+        Raises:
+            UnsafeValueError: the key holds something other than a string (a list, a hash, ...): not an entry.
+        """
         if not self.available:
             return None
         try:
-            payload = self.client.get(self.prefix + key)
+            payload = self.client.getrange(self.prefix + key, 0, self.max_entry_bytes)
+        except self._response_error as exc:
+            if "WRONGTYPE" not in str(exc):
+                self._failed(exc)
+                return None
+            raise UnsafeValueError("the Redis key holds another data type, not a cache entry") from None
         except self._errors as exc:
             self._failed(exc)
             return None
         self._ok()
-        return payload  # type: ignore[return-value]
+        return payload or None  # type: ignore[return-value]  # GETRANGE answers b"" for a missing key
 
     def put(self, key: str, payload: bytes) -> None:
         """Queue a write for the background writer (dropped, and counted, while Redis is down or the queue full)."""
@@ -258,6 +284,10 @@ class TieredCache(Cache):
         redis_max_backoff: longest pause between reconnection attempts after Redis fails.
         single_flight_timeout: how long a concurrent miss waits for the leader's answer (seconds).
         metrics: where to count lookups (default: the process-wide :func:`default_metrics`).
+        redis_max_entry_bytes: the largest Redis entry read or written (larger ones are not shared, and one
+            found in Redis is a miss without being transferred whole).
+        redis_max_decoded_bytes: the largest value a Redis entry may decode to, estimated with shared references
+            expanded and checked before decoding (a small pickle cannot build a huge value).
     """
 
     def __init__(
@@ -279,6 +309,8 @@ class TieredCache(Cache):
         redis_max_backoff: float = 5.0,
         single_flight_timeout: float = 30.0,
         metrics: Metrics | None = None,
+        redis_max_entry_bytes: int = MAX_PAYLOAD_BYTES,
+        redis_max_decoded_bytes: int = MAX_DECODED_BYTES,
     ) -> None:
         from dspyo3_native import LRUCache
 
@@ -297,16 +329,19 @@ class TieredCache(Cache):
         self.namespace = namespace
         self.single_flight_timeout = single_flight_timeout
         self.metrics = metrics if metrics is not None else default_metrics()
-        self.codec = Codec(safe_types or ())
+        self.codec = Codec(safe_types or (), max_payload_bytes=redis_max_entry_bytes,
+                           max_decoded_bytes=redis_max_decoded_bytes)
         self.redis: RedisTier | None = (
             RedisTier(redis_url, namespace=namespace, ttl=redis_ttl, timeout=redis_timeout,
-                      max_backoff=redis_max_backoff, metrics=self.metrics) if redis_url else None
+                      max_backoff=redis_max_backoff, metrics=self.metrics, max_entry_bytes=redis_max_entry_bytes)
+            if redis_url else None
         )
         self._flights: dict[str, threading.Event | None] = {}
         self._flight_lock = threading.Lock()
         for tier in TIERS:
             for result in ("hit", "miss", "error"):
                 self.metrics.count_cache(tier, result, 0)
+        self.metrics.count_cache("redis", "rejected", 0)
 
     # -- DSPy's interface -------------------------------------------------------------------------------------
     def cache_key(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None = None) -> str:
@@ -328,8 +363,12 @@ class TieredCache(Cache):
     def __contains__(self, key: str) -> bool:
         if self.enable_memory_cache and key in self.memory_cache:
             return True
-        if self.redis is not None and self.redis.get(key) is not None:
-            return True
+        if self.redis is not None:
+            try:
+                if self.redis.get(key) is not None:
+                    return True
+            except UnsafeValueError:
+                pass
         return bool(self.enable_disk_cache and key in self.disk_cache)
 
     def get(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None = None) -> Any:
@@ -355,7 +394,7 @@ class TieredCache(Cache):
             else:
                 self.metrics.count_cache("memory", "miss")
         if self.redis is not None or self.enable_disk_cache:
-            found = self._lookup(key, memory=False)
+            found = self._lookup(key, request, memory=False)
             if found is not None:
                 return found
         # A miss: lead this key (inside a call scope) or wait for the call already leading it.
@@ -371,7 +410,7 @@ class TieredCache(Cache):
                     scope.led.append(key)
         if event is not None and not _on_event_loop():
             event.wait(self.single_flight_timeout)
-            return self._lookup(key, count=False)
+            return self._lookup(key, request, count=False)
         return None
 
     def _memory_hit(self, key: str, value: Any) -> Any:
@@ -385,7 +424,7 @@ class TieredCache(Cache):
             return orjson.loads(body)
         return self._prepare_cached_response(value)
 
-    def _lookup(self, key: str, count: bool = True, memory: bool = True) -> Any:
+    def _lookup(self, key: str, request: Any, count: bool = True, memory: bool = True) -> Any:
         count_ = self.metrics.count_cache
         if memory and self.enable_memory_cache:
             value = self.memory_cache.get(key)
@@ -395,21 +434,25 @@ class TieredCache(Cache):
                 count_("memory", "miss")
         redis = self.redis
         if redis is not None and redis.available:
-            payload = redis.get(key)
-            if payload is not None:
-                try:
+            try:
+                payload = redis.get(key)
+                if payload is not None:
                     value = self.codec.decode(key, payload)
-                except Exception as exc:  # foreign, corrupt or untrusted: a miss, never a failed call
-                    count_("redis", "error")
-                    logger.warning("dropping unreadable redis cache entry %s: %s", key, exc)
-                    redis.delete(key)
-                else:
+                    check_entry(request, value)
+            except Exception as exc:  # foreign, corrupt, untrusted, too big or the wrong shape: a miss
+                count_("redis", "rejected")
+                logger.warning("dropping unusable redis cache entry %s: %s", key, exc)
+                redis.delete(key)
+            else:
+                if payload is not None:
                     count_("redis", "hit")
                     _note_hit("redis")
                     self._remember(key, value, payload)
+                    if payload.startswith(JSON_TAG):
+                        return value  # decoded just now: nothing shared with the cache, no usage to zero
                     return self._prepare_cached_response(value)
-            elif count and redis.available:
-                count_("redis", "miss")
+                if count and redis.available:
+                    count_("redis", "miss")
         if self.enable_disk_cache:
             from dspy.clients.disk_serialization import DeserializationError
 
@@ -446,6 +489,9 @@ class TieredCache(Cache):
             payload = self.codec.encode(key, value)
         except Exception as exc:  # an answer pickle cannot handle is simply not shared
             logger.debug("not writing %s to redis: %s", key, exc)
+            return
+        if not self.codec.fits(payload):  # readers would refuse it: not shared
+            logger.debug("not writing %s to redis: %d bytes is over redis_max_entry_bytes", key, len(payload))
             return
         self.redis.put(key, payload)
 
@@ -562,11 +608,12 @@ class TieredCache(Cache):
         return removed
 
     def stats(self) -> dict[str, Any]:
-        """Entries and counters per tier (hits, misses, errors), as JSON-ready data."""
+        """Entries and counters per tier (hits, misses, errors; Redis entries rejected), as JSON-ready data."""
         out: dict[str, Any] = {}
         for tier in TIERS:
             out[tier] = {result: int(self.metrics.cache_requests_total(tier, result))
                          for result in ("hit", "miss", "error")}
+        out["redis"]["rejected"] = int(self.metrics.cache_requests_total("redis", "rejected"))
         if self.enable_memory_cache:
             out["memory"].update(self.memory_cache.stats())
         out["memory"]["enabled"] = self.enable_memory_cache

@@ -9,6 +9,16 @@ Redis cannot run code in the reader.
 
 Each payload starts with a format tag and the cache key it was written under; a payload read back under a
 different key, or one that does not decode, is treated as a miss (never served).
+
+Size is bounded before anything is built: a payload over ``max_payload_bytes`` is refused unread, JSON nests at
+most ``max_depth`` levels, and a pickle is first walked opcode by opcode without running it (:func:`check_pickle`):
+only the binary opcodes of protocols 4 and 5, a dense memo, and a value whose size *with every shared reference
+expanded* (what a copy, a JSON dump or a validator would build from it) stays under ``max_decoded_bytes``,
+together with the work its construction does (hashing keys, constructor arguments, a ``bytes(n)``-style size
+argument). Payloads are not compressed, so there is no decompression step to bound.
+
+:func:`check_entry` then checks that the decoded value is what the caller reads for that request: a DSPy LM call
+gets a DSPy result record or a response object with ``choices`` / ``output``, a ``NativeLM`` call its record.
 """
 
 from __future__ import annotations
@@ -29,9 +39,16 @@ _BUILTINS = frozenset({
     ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),
     ("builtins", "frozenset"), ("builtins", "str"), ("builtins", "bytes"), ("builtins", "int"),
     ("builtins", "float"), ("builtins", "bool"), ("builtins", "complex"), ("builtins", "object"),
-    ("copyreg", "_reconstructor"), ("datetime", "datetime"), ("datetime", "date"), ("datetime", "timedelta"),
+    ("datetime", "datetime"), ("datetime", "date"), ("datetime", "timedelta"),
     ("datetime", "timezone"), ("decimal", "Decimal"),
 })
+
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+"""Default cap on a stored payload (larger ones are neither written nor read)."""
+MAX_DECODED_BYTES = 128 * 1024 * 1024
+"""Default cap on the estimated size of a decoded value, shared references expanded."""
+MAX_DEPTH = 100
+"""Default cap on how deeply a decoded value nests."""
 
 
 class UnsafeValueError(ValueError):
@@ -59,6 +76,419 @@ def is_plain(value: Any) -> bool:
     return plain_json(value) is not None
 
 
+# -- the pickle walk ------------------------------------------------------------------------------------------
+# Opcode classes. A pickle is checked before it is run: every opcode is read (never executed) and the value it
+# would build is modelled as a graph of nodes (own size, children), so sizes with shared references expanded,
+# cycles and nesting depth are known exactly, in time linear in the payload.
+_TEXT, _DATA, _LONG, _MEMOIZE, _GET, _EMPTY, _MARK, _LEAF, _INT, _SETITEMS, _APPENDS = range(11)
+_ADDITEMS, _SETITEM, _APPEND, _BUILD, _TUPLE_N, _TUPLE_MARK, _DICT, _FROZENSET, _STACK_GLOBAL = range(11, 20)
+_CALL, _PUT, _POP, _POP_MARK, _DUP, _FRAME, _STOP, _PROTO = range(20, 28)
+
+# opcode -> (class, width of its fixed argument in bytes, signed argument / item count)
+_TABLE: list[tuple[int, int, int] | None] = [None] * 256
+for _names, _spec in (
+    (("SHORT_BINSTRING", "SHORT_BINUNICODE"), (_TEXT, 1, 0)), (("BINUNICODE",), (_TEXT, 4, 0)),
+    (("BINSTRING",), (_TEXT, 4, 1)), (("BINUNICODE8",), (_TEXT, 8, 0)),
+    (("SHORT_BINBYTES",), (_DATA, 1, 0)), (("BINBYTES",), (_DATA, 4, 0)), (("BINBYTES8", "BYTEARRAY8"), (_DATA, 8, 0)),
+    (("LONG1",), (_LONG, 1, 0)), (("LONG4",), (_LONG, 4, 1)),
+    (("MEMOIZE",), (_MEMOIZE, 0, 0)), (("BINGET",), (_GET, 1, 0)), (("LONG_BINGET",), (_GET, 4, 0)),
+    (("BINPUT",), (_PUT, 1, 0)), (("LONG_BINPUT",), (_PUT, 4, 0)),
+    (("EMPTY_LIST", "EMPTY_DICT", "EMPTY_TUPLE", "EMPTY_SET"), (_EMPTY, 0, 0)), (("MARK",), (_MARK, 0, 0)),
+    (("NONE", "NEWTRUE", "NEWFALSE"), (_LEAF, 0, 0)), (("BINFLOAT",), (_LEAF, 8, 0)),
+    (("BININT",), (_INT, 4, 1)), (("BININT1",), (_INT, 1, 0)), (("BININT2",), (_INT, 2, 0)),
+    (("SETITEMS",), (_SETITEMS, 0, 0)), (("APPENDS",), (_APPENDS, 0, 0)), (("ADDITEMS",), (_ADDITEMS, 0, 0)),
+    (("SETITEM",), (_SETITEM, 0, 0)), (("APPEND",), (_APPEND, 0, 0)), (("BUILD",), (_BUILD, 0, 0)),
+    (("TUPLE1",), (_TUPLE_N, 0, 1)), (("TUPLE2",), (_TUPLE_N, 0, 2)), (("TUPLE3",), (_TUPLE_N, 0, 3)),
+    (("TUPLE", "LIST"), (_TUPLE_MARK, 0, 0)), (("DICT",), (_DICT, 0, 0)), (("FROZENSET",), (_FROZENSET, 0, 0)),
+    (("STACK_GLOBAL",), (_STACK_GLOBAL, 0, 0)),
+    (("REDUCE", "NEWOBJ"), (_CALL, 0, 2)), (("NEWOBJ_EX",), (_CALL, 0, 3)),
+    (("POP",), (_POP, 0, 0)), (("POP_MARK",), (_POP_MARK, 0, 0)), (("DUP",), (_DUP, 0, 0)),
+    (("FRAME",), (_FRAME, 8, 0)), (("STOP",), (_STOP, 0, 0)), (("PROTO",), (_PROTO, 1, 0)),
+):
+    for _name in _names:
+        _TABLE[getattr(pickle, _name)[0]] = _spec
+_OPCODE_NAMES = {getattr(pickle, name)[0]: name for name in dir(pickle)
+                 if name.isupper() and isinstance(getattr(pickle, name), bytes) and len(getattr(pickle, name)) == 1}
+
+
+def check_pickle(body: bytes, *, max_decoded_bytes: int = MAX_DECODED_BYTES, max_depth: int = MAX_DEPTH) -> None:
+    """Check, without running it, that the pickle ``body`` builds a bounded value.
+
+    Accepts what :class:`Codec` writes (protocol 4/5 binary opcodes) and refuses: other opcodes (text-mode,
+    extension registry, persistent ids, out-of-band buffers), a sparse memo, calls on anything but a class named
+    by module and name, cycles, nesting deeper than ``max_depth``, and a value whose size with shared references
+    expanded, or the work its construction does, goes over ``max_decoded_bytes`` (sizes are estimates: one unit
+    per object plus the length of strings and bytes).
+
+    Raises:
+        UnsafeValueError: naming the first thing that is wrong.
+    """
+    n = len(body)
+    own: list[int] = []  # node -> its own size
+    kids: list[list[int] | None] = []  # node -> children (None for a leaf)
+    ints: dict[int, int] = {}  # node -> magnitude of an int leaf
+    texts: dict[int, str] = {}  # node -> value of a short str leaf (module and class names)
+    names: set[int] = set()  # nodes that are classes named by STACK_GLOBAL
+    charged: list[int] = []  # nodes whose full size is work done while building (hashed, passed to a class)
+    extra = 0  # work not visible in the graph (a size argument)
+    stack: list[int] = []
+    marks: list[int] = []
+    memo: list[int] = []
+    new_size, new_kids, push = own.append, kids.append, stack.append
+    table = _TABLE
+    pos = 0
+    root = -1
+
+    def refuse(why: str) -> UnsafeValueError:
+        return UnsafeValueError(f"refusing the cached pickle: {why} (at byte {pos})")
+
+    if n < 2 or body[0] != 0x80 or body[1] not in (4, 5):
+        raise UnsafeValueError("refusing the cached pickle: not pickle protocol 4 or 5 (what this cache writes)")
+    try:
+        while pos < n:
+            op = body[pos]
+            spec = table[op]
+            if spec is None:
+                raise refuse(f"opcode {_OPCODE_NAMES.get(op, hex(op))} is not allowed in a cache payload")
+            cls, width, signed = spec
+            pos += 1
+            if width:
+                arg = body[pos] if width == 1 else int.from_bytes(body[pos:pos + width], "little", signed=signed == 1)
+                pos += width
+                if pos > n:
+                    raise refuse("the pickle is truncated")
+            if cls == _MEMOIZE:
+                memo.append(stack[-1])
+            elif cls <= _LONG:  # _TEXT, _DATA, _LONG: a length, then that many bytes
+                if arg < 0 or pos + arg > n:
+                    raise refuse("a length runs past the end of the pickle")
+                node = len(own)
+                if cls == _TEXT:
+                    if arg <= 512:
+                        texts[node] = body[pos:pos + arg].decode("utf-8", "replace")
+                elif cls == _LONG:
+                    ints[node] = (abs(int.from_bytes(body[pos:pos + arg], "little", signed=True)) if arg <= 16
+                                  else 1 << (8 * arg))
+                new_size(1 + arg)
+                new_kids(None)
+                push(node)
+                pos += arg
+            elif cls == _GET:
+                if arg >= len(memo):
+                    raise refuse(f"memo index {arg} was never stored")
+                push(memo[arg])
+            elif cls == _EMPTY:
+                push(len(own))
+                new_size(1)
+                new_kids([])
+            elif cls == _MARK:
+                marks.append(len(stack))
+            elif cls == _LEAF:
+                push(len(own))
+                new_size(1)
+                new_kids(None)
+            elif cls == _INT:
+                ints[len(own)] = abs(arg)
+                push(len(own))
+                new_size(1)
+                new_kids(None)
+            elif cls in (_SETITEMS, _APPENDS, _ADDITEMS):
+                if not marks:
+                    raise refuse("an opcode needs a MARK that is not there")
+                start = marks.pop()
+                items = stack[start:]
+                del stack[start:]
+                if cls == _SETITEMS:
+                    if len(items) % 2:
+                        raise refuse("SETITEMS with an odd number of items")
+                    charged.extend(items[0::2])
+                elif cls == _ADDITEMS:
+                    charged.extend(items)
+                target = kids[stack[-1]]
+                if target is None:
+                    raise refuse("an opcode adds to something that is not a container")
+                target.extend(items)
+            elif cls in (_SETITEM, _APPEND, _BUILD):
+                count = 2 if cls == _SETITEM else 1
+                if len(stack) <= count:
+                    raise refuse("stack underflow")
+                items = stack[-count:]
+                del stack[-count:]
+                if cls != _APPEND:
+                    charged.append(items[0])  # a dict key is hashed; a state is handed to __setstate__
+                target = kids[stack[-1]]
+                if target is None:
+                    raise refuse("an opcode adds to something that is not a container")
+                target.extend(items)
+            elif cls in (_TUPLE_N, _TUPLE_MARK, _DICT, _FROZENSET):
+                if cls == _TUPLE_N:
+                    count = spec[2]
+                    if len(stack) < count:
+                        raise refuse("stack underflow")
+                    items = stack[len(stack) - count:]
+                    del stack[len(stack) - count:]
+                else:
+                    if not marks:
+                        raise refuse("an opcode needs a MARK that is not there")
+                    start = marks.pop()
+                    items = stack[start:]
+                    del stack[start:]
+                    if cls == _DICT:
+                        if len(items) % 2:
+                            raise refuse("DICT with an odd number of items")
+                        charged.extend(items[0::2])
+                    elif cls == _FROZENSET:
+                        charged.extend(items)
+                push(len(own))
+                new_size(1)
+                new_kids(items)
+            elif cls == _STACK_GLOBAL:
+                if len(stack) < 2 or stack[-1] not in texts or stack[-2] not in texts:
+                    raise refuse("STACK_GLOBAL without a module and a name")
+                size = 2 + len(texts[stack[-2]]) + len(texts[stack.pop()])
+                stack[-1] = len(own)
+                names.add(len(own))
+                new_size(size)
+                new_kids(None)
+            elif cls == _CALL:  # REDUCE, NEWOBJ, NEWOBJ_EX: a class called with an args tuple (and kwargs)
+                count = spec[2]
+                if len(stack) < count:
+                    raise refuse("stack underflow")
+                parts = stack[-count:]
+                del stack[-count:]
+                if parts[0] not in names:
+                    raise refuse("a call on something other than a class named by module and name")
+                args: list[int] = []
+                for part in parts[1:]:
+                    found = kids[part]
+                    if found is None:
+                        raise refuse("class arguments that are not a tuple or dict")
+                    args.extend(found)
+                for item in args:
+                    extra += ints.get(item, 0)  # bytes(n), a subclass' __new__(cls, n): n gets allocated
+                charged.extend(args)
+                push(len(own))
+                new_size(1)
+                new_kids(args)
+            elif cls == _PUT:
+                if arg == len(memo):
+                    memo.append(stack[-1])
+                elif arg < len(memo):
+                    memo[arg] = stack[-1]
+                else:
+                    raise refuse(f"memo index {arg} leaves a gap (the memo has {len(memo)} entries)")
+            elif cls == _POP:
+                if marks and marks[-1] == len(stack):
+                    marks.pop()
+                else:
+                    stack.pop()
+            elif cls == _POP_MARK:
+                if not marks:
+                    raise refuse("an opcode needs a MARK that is not there")
+                del stack[marks.pop():]
+            elif cls == _DUP:
+                push(stack[-1])
+            elif cls == _FRAME:
+                if arg > n - pos:
+                    raise refuse("a frame runs past the end of the pickle")
+            elif cls == _STOP:
+                if len(stack) != 1 or marks:
+                    raise refuse("STOP with a stack that does not hold exactly one value")
+                root = stack[0]
+                break
+            # _PROTO: nothing to model
+    except IndexError:
+        raise refuse("stack underflow") from None
+    if root < 0:
+        raise refuse("the pickle has no STOP")
+
+    size_of: dict[int, int] = {}  # node -> size with shared references expanded
+    height: dict[int, int] = {}
+
+    def measure(start: int) -> int:
+        found = size_of.get(start)
+        if found is not None:
+            return found
+        path = {start}
+        work: list[list[int]] = [[start, 0, own[start], 1]]  # node, next child, size so far, height so far
+        while work:
+            frame = work[-1]
+            node, index = frame[0], frame[1]
+            children = kids[node]
+            if children is not None and index < len(children):
+                frame[1] = index + 1
+                child = children[index]
+                if kids[child] is None:
+                    frame[2] += own[child]
+                    if frame[3] < 2:
+                        frame[3] = 2
+                elif child in size_of:
+                    frame[2] += size_of[child]
+                    if frame[3] <= height[child]:
+                        frame[3] = height[child] + 1
+                elif child in path:
+                    raise UnsafeValueError("refusing the cached pickle: it builds a cyclic value")
+                elif len(work) >= max_depth:
+                    raise UnsafeValueError(f"refusing the cached pickle: it nests deeper than {max_depth} levels")
+                else:
+                    path.add(child)
+                    work.append([child, 0, own[child], 1])
+                    continue
+            else:
+                work.pop()
+                path.discard(node)
+                size_of[node], height[node] = frame[2], frame[3]
+                if work:
+                    work[-1][2] += frame[2]
+                    if work[-1][3] <= frame[3]:
+                        work[-1][3] = frame[3] + 1
+                    frame = work[-1]
+            if frame[2] > max_decoded_bytes:
+                raise UnsafeValueError(f"refusing the cached pickle: its value expands to more than "
+                                       f"{max_decoded_bytes} bytes (shared references counted each time)")
+            if frame[3] > max_depth:
+                raise UnsafeValueError(f"refusing the cached pickle: it nests deeper than {max_depth} levels")
+        return size_of[start]
+
+    measure(root)
+    total = extra
+    for node in charged:
+        total += own[node] if kids[node] is None else measure(node)
+        if total > max_decoded_bytes:
+            raise UnsafeValueError(f"refusing the cached pickle: building it takes more than {max_decoded_bytes} "
+                                   "bytes of work (hashed keys, class arguments and sizes, counted expanded)")
+
+
+def json_depth_ok(value: Any, max_depth: int) -> bool:
+    """True if ``value`` (decoded JSON) nests at most ``max_depth`` containers deep."""
+    level: list[Any] = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > max_depth:
+            return False
+        following: list[Any] = []
+        for item in level:
+            if type(item) is dict:
+                following.extend(v for v in item.values() if type(v) is dict or type(v) is list)
+            elif type(item) is list:
+                following.extend(v for v in item if type(v) is dict or type(v) is list)
+        level = following
+    return True
+
+
+# -- what a caller reads ----------------------------------------------------------------------------------------
+_DSPY_LM_LEGACY = {f"dspy.clients.lm.{prefix}litellm_{kind}": kind for prefix in ("", "a")
+                   for kind in ("completion", "text_completion", "responses_completion")}
+_DSPY_LM_NATIVE = frozenset({"dspy.clients.lm15.complete", "dspy.clients.lm15.complete.async"})
+_DSPY_RECORD_FORMAT = "dspy-lm15-result-v1"  # dspy.clients.call_result.CACHE_FORMAT (read from DSPy when present)
+NATIVE_LM_ID = "dspyo3_core.native_lm.NativeLM"
+"""The ``_fn_identifier`` :class:`~dspyo3_core.native_lm.NativeLM` caches its records under."""
+_SCALARS = (str, int, float, bool, type(None), bytes, list, tuple, dict, set, frozenset)
+
+
+def _dspy_record_format() -> str:
+    try:
+        from dspy.clients.call_result import CACHE_FORMAT
+    except ImportError:  # a DSPy without the native engine: its records never reach this check
+        return _DSPY_RECORD_FORMAT
+    return str(CACHE_FORMAT)
+
+
+def _list_of_dicts(value: Any) -> bool:
+    return type(value) is list and all(type(item) is dict for item in value)
+
+
+def _check_dspy_record(value: dict[str, Any]) -> str | None:
+    if value.get("_dspy_format") != _dspy_record_format():
+        return f"a DSPy result record of format {value.get('_dspy_format')!r}, not {_dspy_record_format()!r}"
+    if not _list_of_dicts(value.get("responses")):
+        return "a DSPy result record whose 'responses' is not a list of objects"
+    outputs = value.get("outputs")
+    if type(outputs) is not list or not all(item is None or type(item) in (str, dict) for item in outputs):
+        return "a DSPy result record whose 'outputs' is not a list of texts or objects"
+    if type(value.get("usage", {})) is not dict or type(value.get("cost_details", {})) is not dict:
+        return "a DSPy result record whose 'usage' / 'cost_details' are not objects"
+    cost, model = value.get("cost"), value.get("response_model")
+    if not (cost is None or type(cost) in (int, float)) or not (model is None or type(model) is str):
+        return "a DSPy result record whose 'cost' is not a number or 'response_model' not a string"
+    try:
+        from dspy.clients.call_result import CallResult
+    except ImportError:
+        return None
+    try:
+        CallResult.load(value)  # exactly what DSPy does with it on a hit
+    except Exception as exc:
+        return f"a DSPy result record DSPy cannot load ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _check_sdk_response(value: Any, kind: str) -> str | None:
+    field = "output" if kind == "responses_completion" else "choices"
+    if type(value) is dict:
+        items = value.get(field)
+    elif isinstance(value, _SCALARS):
+        return f"a {type(value).__name__}, not a DSPy result record or a provider response"
+    else:
+        items = getattr(value, field, None)
+    if not isinstance(items, (list, tuple)):
+        return f"a {type(value).__name__} without a '{field}' list (not a provider response)"
+    if kind != "responses_completion" and not all(
+            isinstance(choice, dict) or hasattr(choice, "message") or hasattr(choice, "text") for choice in items):
+        return "a provider response whose choices have no message or text"
+    return None
+
+
+def _check_native_lm_record(value: Any) -> str | None:
+    if type(value) is not dict:
+        return f"a {type(value).__name__}, not a NativeLM record"
+    choices, usage, model = value.get("choices"), value.get("usage"), value.get("model")
+    if type(choices) is not list or not all(type(c) is dict and (c.get("content") is None or type(c.get("content"))
+                                                                  is str) for c in choices):
+        return "a NativeLM record whose 'choices' are not objects with a text 'content'"
+    if type(usage) is not dict or not all(type(usage.get(name)) is int for name in ("prompt_tokens",
+                                                                                     "completion_tokens")):
+        return "a NativeLM record whose 'usage' lacks integer prompt_tokens / completion_tokens"
+    if not (model is None or type(model) is str):
+        return "a NativeLM record whose 'model' is not a string"
+    return None
+
+
+def check_entry(request: Any, value: Any) -> None:
+    """Check that ``value`` is what the caller of a lookup for ``request`` reads from the cache.
+
+    DSPy LM calls (``dspy.LM`` through its native engine or LiteLLM, named by the request's ``_fn_identifier``)
+    read a DSPy result record (a dict in DSPy's cache format that DSPy can load) or, on the LiteLLM path, a
+    provider response with ``choices`` (``output`` for the Responses API); ``NativeLM`` reads its record (choices
+    with text content, integer usage); DSPy's TypeSafe LM a dict with ``model``, ``usage`` and ``answers``. Any
+    other request (``request_cache`` on your own function, embeddings, direct ``cache.put``) can hold any value.
+
+    Raises:
+        UnsafeValueError: what the value is and what the caller would have needed.
+    """
+    if type(request) is not dict:
+        return
+    ident = request.get("_fn_identifier")
+    if ident is None:
+        if request.get("provider") == "typesafe" and (
+                type(value) is not dict or type(value.get("answers")) is not dict
+                or type(value.get("usage")) is not dict or not isinstance(value.get("model"), str)):
+            raise UnsafeValueError("cached value for a TypeSafe call is not a dict with model, usage and answers")
+        return
+    problem: str | None = None
+    if ident in _DSPY_LM_NATIVE or ident in _DSPY_LM_LEGACY:
+        if type(value) is dict and "_dspy_format" in value:
+            problem = _check_dspy_record(value)
+        elif ident in _DSPY_LM_NATIVE:
+            problem = f"a {type(value).__name__}, not a DSPy result record"
+        else:
+            problem = _check_sdk_response(value, _DSPY_LM_LEGACY[ident])
+    elif ident == NATIVE_LM_ID:
+        problem = _check_native_lm_record(value)
+    if problem is not None:
+        raise UnsafeValueError(f"cached value for {ident} is {problem}")
+
+
 class _Unpickler(pickle.Unpickler):
     def __init__(self, file: io.BytesIO, allowed: frozenset[tuple[str, str]]) -> None:
         super().__init__(file)
@@ -80,19 +510,31 @@ class _Unpickler(pickle.Unpickler):
 
 
 class Codec:
-    """Encodes cache values to bytes and back, refusing anything it did not write or does not trust.
+    """Encodes cache values to bytes and back, refusing anything it did not write, does not trust, or that would
+    decode to more than the limits allow.
 
     Args:
         safe_types: extra classes (besides ``litellm.types.*`` / ``openai.types.*``) a cached object may contain.
+        max_payload_bytes: the largest payload :meth:`decode` reads (:meth:`fits` tells a writer).
+        max_decoded_bytes: the largest estimated decoded size of a pickled value, shared references expanded.
+        max_depth: the deepest a decoded value may nest.
     """
 
-    def __init__(self, safe_types: Iterable[type[Any]] = ()) -> None:
+    def __init__(self, safe_types: Iterable[type[Any]] = (), *, max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+                 max_decoded_bytes: int = MAX_DECODED_BYTES, max_depth: int = MAX_DEPTH) -> None:
         allowed = set()
         for cls in safe_types:
             if not isinstance(cls, type):
                 raise TypeError(f"safe_types entries must be classes, got {cls!r}")
             allowed.add((cls.__module__, cls.__qualname__))
+        for name, limit in (("max_payload_bytes", max_payload_bytes), ("max_decoded_bytes", max_decoded_bytes),
+                            ("max_depth", max_depth)):
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {limit!r}")
         self.allowed = frozenset(allowed)
+        self.max_payload_bytes = max_payload_bytes
+        self.max_decoded_bytes = max_decoded_bytes
+        self.max_depth = max_depth
 
     def encode(self, key: str, value: Any) -> bytes:
         """``value`` as bytes bound to ``key``: JSON when it is plain data, else pickle."""
@@ -102,18 +544,29 @@ class Codec:
             return JSON_TAG + header + body
         return _PICKLE + header + pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
+    def fits(self, payload: bytes) -> bool:
+        """True if ``payload`` is small enough for :meth:`decode` to read it back."""
+        return len(payload) <= self.max_payload_bytes
+
     def decode(self, key: str, payload: bytes) -> Any:
-        """The value ``payload`` holds, if it was written under ``key``.
+        """The value ``payload`` holds, if it was written under ``key`` and stays within the limits.
 
         Raises:
-            UnsafeValueError: the payload is foreign, was written under another key, or names an untrusted class.
+            UnsafeValueError: the payload is too large, foreign, was written under another key, names an untrusted
+                class, or would decode to a value over the size or depth limits.
         """
+        if len(payload) > self.max_payload_bytes:
+            raise UnsafeValueError(f"cache payload is larger than max_payload_bytes={self.max_payload_bytes}")
         tag, rest = payload[:4], payload[4:]
         stored_key, sep, body = rest.partition(b"\n")
         if not sep or stored_key != key.encode():
             raise UnsafeValueError("cache payload was written under a different key (or is not a dspyo3 payload)")
         if tag == JSON_TAG:
-            return orjson.loads(body)
+            value = orjson.loads(body)
+            if not json_depth_ok(value, self.max_depth):
+                raise UnsafeValueError(f"cached JSON nests deeper than {self.max_depth} levels")
+            return value
         if tag == _PICKLE:
+            check_pickle(body, max_decoded_bytes=self.max_decoded_bytes, max_depth=self.max_depth)
             return _Unpickler(io.BytesIO(body), self.allowed).load()
         raise UnsafeValueError(f"unknown cache payload format {tag!r}")

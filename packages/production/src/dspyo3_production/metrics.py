@@ -107,8 +107,8 @@ class Metrics:
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def count_cache(self, tier: str, result: str, n: int = 1) -> None:
-        """Count ``n`` cache lookups of ``tier`` with ``result`` (``hit``, ``miss``, ``error``); ``n=0`` makes the
-        sample exist at 0."""
+        """Count ``n`` cache lookups of ``tier`` with ``result`` (``hit``, ``miss``, ``error``, or ``rejected``: an
+        entry was there but not served); ``n=0`` makes the sample exist at 0."""
         counts = self.cache_counts
         if counts is None:
             self.child(self.cache_requests, tier, result).inc(n)
@@ -165,7 +165,7 @@ _LM_DOCS = {
 }
 
 
-_CACHE_DOC = "Cache lookups by tier (memory, redis, disk) and result (hit, miss, error)"
+_CACHE_DOC = "Cache lookups by tier (memory, redis, disk) and result (hit, miss, error, rejected)"
 
 
 class _CacheCollector(Collector):
