@@ -57,10 +57,9 @@ def test_is_dspy_cache_and_accepts_its_arguments(tmp_path: Any, metrics: Metrics
         assert dspy.cache is cache
     finally:
         prod.install_cache(previous)
-    with pytest.raises(ValueError, match="disk_cache_dir"):
-        TieredCache(enable_disk_cache=True)
     with pytest.raises(ValueError, match="memory_max_entries"):
         TieredCache(memory_max_entries=0)
+    TieredCache(enable_memory_cache=False, memory_max_entries=0)  # as DSPy: no memory tier, no limit to check
     with pytest.raises(ValueError, match="redis_ttl"):
         TieredCache(redis_url="redis://127.0.0.1:1/0", redis_ttl=0)
 

@@ -33,10 +33,11 @@ import contextlib
 import contextvars
 import hashlib
 import logging
+import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -54,6 +55,7 @@ from dspyo3_production.codec import (
     UnsafeValueError,
     check_entry,
     plain_json,
+    read_memory_cache_file,
 )
 from dspyo3_production.metrics import Metrics, default_metrics
 
@@ -314,18 +316,23 @@ class TieredCache(Cache):
     ) -> None:
         from dspyo3_native import LRUCache
 
-        if enable_disk_cache and not disk_cache_dir:
-            raise ValueError("enable_disk_cache=True needs disk_cache_dir (e.g. ~/.dspy_cache)")
-        if memory_max_entries is None or memory_max_entries <= 0:
-            raise ValueError(f"memory_max_entries must be a positive number, got {memory_max_entries!r}")
+        if enable_memory_cache:  # as DSPy: the limit is checked only for a memory tier that exists
+            if memory_max_entries is None:
+                raise ValueError("memory_max_entries cannot be None; use math.inf for an unbounded memory tier")
+            if memory_max_entries <= 0:
+                raise ValueError(f"memory_max_entries must be a positive number, got {memory_max_entries!r}")
         if memory_ttl is not None and memory_ttl <= 0:
             raise ValueError(f"memory_ttl must be > 0 seconds (or None), got {memory_ttl!r}")
-        # DSPy builds the disk tier (and its restricted pickle); the memory tier is ours.
+        # DSPy builds the disk tier (and its restricted pickle; a temporary directory when disk_cache_dir is None);
+        # the memory tier is ours.
         super().__init__(enable_disk_cache, False, disk_cache_dir, disk_size_limit_bytes, 1, restrict_pickle,
                          safe_types)
         self.enable_memory_cache = enable_memory_cache
-        entries = int(min(memory_max_entries, 2**62))
-        self.memory_cache: Any = LRUCache(entries, memory_max_bytes, memory_ttl) if enable_memory_cache else {}
+        self.memory_max_entries = memory_max_entries
+        self._memory_args = (int(min(memory_max_entries, 2**62)) if enable_memory_cache else 1, memory_max_bytes,
+                             memory_ttl)
+        self._memory: Any = LRUCache(*self._memory_args) if enable_memory_cache else {}
+        self._ready = True
         self.namespace = namespace
         self.single_flight_timeout = single_flight_timeout
         self.metrics = metrics if metrics is not None else default_metrics()
@@ -344,6 +351,39 @@ class TieredCache(Cache):
         self.metrics.count_cache("redis", "rejected", 0)
 
     # -- DSPy's interface -------------------------------------------------------------------------------------
+    @property
+    def memory_cache(self) -> Any:
+        """The memory tier: a ``dspyo3_native.LRUCache`` (``{}`` while the tier is off).
+
+        Assigning a mapping (DSPy's ``cachetools.LRUCache``, a dict) copies its entries into a native one, so code
+        written for ``dspy.clients.Cache`` that replaces its memory cache keeps working.
+        """
+        return self._memory
+
+    @memory_cache.setter
+    def memory_cache(self, value: Any) -> None:
+        from dspyo3_native import LRUCache
+
+        if isinstance(value, LRUCache) or not self.__dict__.get("_ready") or not self.enable_memory_cache:
+            self._memory = value  # DSPy's own __init__ assigns {} before this class has set its tier up
+            return
+        if not isinstance(value, Mapping):
+            raise TypeError(f"memory_cache must be a mapping of cache keys to answers, got {type(value).__name__}")
+        self._memory = self._fill_memory(list(value.items()))
+
+    def _fill_memory(self, entries: Iterable[tuple[Any, Any]]) -> Any:
+        from dspyo3_native import LRUCache
+
+        memory = LRUCache(*self._memory_args)
+        for key, value in entries:
+            if not isinstance(key, str):
+                raise TypeError(f"memory cache keys are strings (DSPy's cache_key), got {type(key).__name__}")
+            if type(value) is _Json:
+                memory.put(key, value, len(value.body))
+            elif value is not None:
+                memory.put(key, value, 0)
+        return memory
+
     def cache_key(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None = None) -> str:
         """DSPy's key for ``request`` (same value as ``dspy.clients.Cache.cache_key``).
 
@@ -361,7 +401,7 @@ class TieredCache(Cache):
             return str(super().cache_key(request, ignored_args_for_cache_key))
 
     def __contains__(self, key: str) -> bool:
-        if self.enable_memory_cache and key in self.memory_cache:
+        if self.enable_memory_cache and key in self._memory:
             return True
         if self.redis is not None:
             try:
@@ -385,7 +425,7 @@ class TieredCache(Cache):
             scope.last = (request, ignored_args_for_cache_key, key)
         counts = self.metrics.cache_counts
         if self.enable_memory_cache:  # the memory tier inlined: this runs on every call
-            value = self.memory_cache.get(key)
+            value = self._memory.get(key)
             if value is not None:
                 return self._memory_hit(key, value)
             if counts is not None:
@@ -420,14 +460,14 @@ class TieredCache(Cache):
             return orjson.loads(value.body)  # a fresh object: nothing shared with the cache, nothing to zero
         body = plain_json(value)
         if body is not None:  # first hit on plain data: keep the JSON form, decode a fresh copy each hit
-            self.memory_cache.put(key, _Json(body), len(body))
+            self._memory.put(key, _Json(body), len(body))
             return orjson.loads(body)
         return self._prepare_cached_response(value)
 
     def _lookup(self, key: str, request: Any, count: bool = True, memory: bool = True) -> Any:
         count_ = self.metrics.count_cache
         if memory and self.enable_memory_cache:
-            value = self.memory_cache.get(key)
+            value = self._memory.get(key)
             if value is not None:
                 return self._memory_hit(key, value)
             if count:
@@ -478,10 +518,10 @@ class TieredCache(Cache):
             return
         if payload is not None and payload.startswith(JSON_TAG):
             body = payload.partition(b"\n")[2]
-            self.memory_cache.put(key, _Json(body), len(body))
+            self._memory.put(key, _Json(body), len(body))
         else:
             plain = plain_json(value)
-            self.memory_cache.put(key, _Json(plain) if plain is not None else value, len(plain) if plain else 0)
+            self._memory.put(key, _Json(plain) if plain is not None else value, len(plain) if plain else 0)
 
     def _to_redis(self, key: str, value: Any) -> None:
         assert self.redis is not None
@@ -519,7 +559,7 @@ class TieredCache(Cache):
         try:
             if to_memory:
                 # held as given; the first hit turns plain data into JSON (misses-only traffic never pays that)
-                self.memory_cache.put(key, value, 0)
+                self._memory.put(key, value, 0)
             if self.redis is not None and self.redis.available:
                 self._to_redis(key, value)
             if self.enable_disk_cache:
@@ -572,10 +612,66 @@ class TieredCache(Cache):
         return len(self._flights)
 
     # -- housekeeping -----------------------------------------------------------------------------------------
+    def save_memory_cache(self, filepath: str) -> None:
+        """Write the memory tier to ``filepath`` in DSPy's format: a (cloud)pickled ``cachetools.LRUCache`` of cache
+        key -> answer, least recently used first, so ``dspy.clients.Cache.load_memory_cache`` and
+        :meth:`load_memory_cache` both read it. Nothing is written while the memory tier is off (as DSPy)."""
+        if not self.enable_memory_cache:
+            return
+        import cloudpickle  # type: ignore[import-untyped]  # what DSPy writes these files with
+        from cachetools import LRUCache as DSPyLRUCache
+
+        memory = self._memory
+        keys = list(reversed(memory.keys()))  # least recently used first; reading them in this order keeps it
+        out: Any = DSPyLRUCache(maxsize=self.memory_max_entries)
+        for key, value in zip(keys, memory.get_many(keys), strict=True):
+            if value is not None:  # expired meanwhile
+                out[key] = orjson.loads(value.body) if type(value) is _Json else value
+        path = os.fspath(filepath)
+        partial = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with self._lock:
+            try:
+                with open(partial, "wb") as file:
+                    cloudpickle.dump(out, file)
+                os.replace(partial, path)  # a reader never sees half a file
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(partial)
+
+    def load_memory_cache(self, filepath: str, allow_pickle: bool = False) -> None:
+        """Replace the memory tier with the entries of a file written by :meth:`save_memory_cache` or by
+        ``dspy.clients.Cache.save_memory_cache``.
+
+        Such a file is a pickle, so, as with DSPy, ``allow_pickle=True`` is needed. Unlike DSPy, the file is then
+        read with a restricted unpickler: the cache's container (``cachetools.LRUCache`` / ``OrderedDict``), plain
+        data, ``litellm.types.*`` / ``openai.types.*`` responses and your ``safe_types``, within the same size
+        checks as the Redis tier; nothing in the file can run code.
+
+        Raises:
+            ValueError: without ``allow_pickle=True``; or the file holds something else, or a class outside the
+                allow-list (the message names the file, the class, and ``safe_types=[...]``).
+        """
+        path = os.fspath(filepath)
+        if not allow_pickle:
+            raise ValueError(
+                f"{path} is a pickle file (as every DSPy memory cache file is) and loading an untrusted pickle can run "
+                "code; pass allow_pickle=True to load it (TieredCache reads it with a restricted unpickler: plain "
+                "data, litellm/openai response types and safe_types only)"
+            )
+        if not self.enable_memory_cache:
+            return
+        entries = read_memory_cache_file(path, self.codec)
+        try:
+            memory = self._fill_memory(entries)
+        except TypeError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        with self._lock:
+            self._memory = memory
+
     def reset_memory_cache(self) -> None:
         """Empty the memory tier."""
         if self.enable_memory_cache:
-            self.memory_cache.clear()
+            self._memory.clear()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait for queued Redis writes; True when they are all done."""
@@ -594,9 +690,9 @@ class TieredCache(Cache):
             raise ValueError(f"unknown cache tier(s) {sorted(unknown)}; choose from {', '.join(TIERS)}")
         removed: dict[str, int] = {}
         if "memory" in tiers and self.enable_memory_cache:
-            keys = [k for k in self.memory_cache.keys() if k.startswith(prefix)]  # noqa: SIM118 (not a dict)
+            keys = [k for k in self._memory.keys() if k.startswith(prefix)]  # noqa: SIM118 (not a dict)
             for k in keys:
-                self.memory_cache.pop(k)
+                self._memory.pop(k)
             removed["memory"] = len(keys)
         if "redis" in tiers and self.redis is not None:
             removed["redis"] = self.redis.clear(prefix)
@@ -615,7 +711,7 @@ class TieredCache(Cache):
                          for result in ("hit", "miss", "error")}
         out["redis"]["rejected"] = int(self.metrics.cache_requests_total("redis", "rejected"))
         if self.enable_memory_cache:
-            out["memory"].update(self.memory_cache.stats())
+            out["memory"].update(self._memory.stats())
         out["memory"]["enabled"] = self.enable_memory_cache
         out["disk"]["enabled"] = self.enable_disk_cache
         if self.enable_disk_cache:

@@ -24,6 +24,7 @@ gets a DSPy result record or a response object with ``choices`` / ``output``, a 
 from __future__ import annotations
 
 import io
+import os
 import pickle
 from collections.abc import Iterable
 from typing import Any
@@ -570,3 +571,44 @@ class Codec:
             check_pickle(body, max_decoded_bytes=self.max_decoded_bytes, max_depth=self.max_depth)
             return _Unpickler(io.BytesIO(body), self.allowed).load()
         raise UnsafeValueError(f"unknown cache payload format {tag!r}")
+
+
+_MEMORY_FILE_CLASSES = frozenset({("cachetools", "LRUCache"), ("cachetools", "_DefaultSize"),
+                                  ("collections", "OrderedDict")})
+
+
+def read_memory_cache_file(path: str | os.PathLike[str], codec: Codec) -> list[tuple[Any, Any]]:
+    """The entries (cache key, answer), least recently used first, of a memory cache file written by
+    ``dspy.clients.Cache.save_memory_cache`` or ``TieredCache.save_memory_cache`` (a pickled ``cachetools.LRUCache``,
+    or a dict), read with ``codec``'s restricted unpickler after the same structure check as a Redis entry (its size
+    budget scaled to the file: a trusted file may be large, but never builds more than 64x its size).
+
+    Raises:
+        UnsafeValueError: naming the file and what is wrong with it (a class outside the allow-list, a corrupt or
+            truncated pickle, something other than a memory cache).
+    """
+    where = os.fspath(path)
+    with open(where, "rb") as file:
+        data = file.read()
+    try:
+        check_pickle(data, max_decoded_bytes=max(codec.max_decoded_bytes, 64 * len(data)),
+                     max_depth=codec.max_depth + 8)
+        loaded = _Unpickler(io.BytesIO(data), codec.allowed | _MEMORY_FILE_CLASSES).load()
+    except UnsafeValueError as exc:
+        raise UnsafeValueError(f"{where}: {exc}") from None
+    except Exception as exc:  # truncated or corrupt
+        raise UnsafeValueError(f"{where} is not a readable memory cache file ({type(exc).__name__}: {exc})") from None
+    if type(loaded) is dict:
+        return list(loaded.items())
+    from cachetools import LRUCache  # DSPy's memory cache (a dependency of DSPy)
+
+    if not isinstance(loaded, LRUCache):
+        raise UnsafeValueError(f"{where} holds a {type(loaded).__name__}, not a memory cache "
+                               "(a cachetools.LRUCache written by save_memory_cache)")
+    entries: list[tuple[Any, Any]] = []
+    try:
+        while loaded:
+            entries.append(loaded.popitem())  # an LRUCache gives up its least recently used entry first
+    except Exception as exc:  # a cache object whose fields were tampered with
+        raise UnsafeValueError(f"{where} holds a damaged memory cache ({type(exc).__name__}: {exc})") from None
+    return entries
