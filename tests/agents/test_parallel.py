@@ -142,15 +142,15 @@ def test_with_a_shared_semaphore_a_run_takes_its_slot_before_a_rate_token() -> N
         shared = asyncio.Semaphore(1)
         await shared.acquire()  # another caller holds the only slot
         run = asyncio.ensure_future(run_agents(slow_agent, [{"question": f"q{i}"} for i in range(3)],
-                                               concurrency=shared, rate=rate, timeout=0.3))  # type: ignore[arg-type]
-        await asyncio.sleep(0.3)
+                                               concurrency=shared, rate=rate, timeout=0.5))  # type: ignore[arg-type]
+        await asyncio.sleep(0.6)  # longer than the timeout: only a wait counted against it could fail the runs
         assert rate.times == []  # queued runs hold no token, so they cannot start in a burst later
         freed = time.monotonic()
         shared.release()
         return await run, freed
 
     results, freed = asyncio.run(go())
-    assert [r.unwrap() for r in results] == ["Q0", "Q1", "Q2"]  # the 0.3 s wait did not count against timeout
+    assert [r.unwrap() for r in results] == ["Q0", "Q1", "Q2"]  # the 0.6 s wait did not count against timeout
     assert all(t >= freed for t in rate.times) and rate.times[2] - rate.times[0] >= 0.18  # one slot, in turn
 
 

@@ -135,16 +135,19 @@ def test_timeouts_sync_and_async() -> None:
 
 def test_concurrency_limit_holds_for_threads_and_tasks() -> None:
     reg = ToolRegistry()
-    lock = threading.Lock()
+    changed = threading.Condition()
     state = {"now": 0, "peak": 0}
 
     @reg.tool(max_concurrency=2)
     def busy(i: int) -> int:
-        with lock:
+        with changed:
             state["now"] += 1
             state["peak"] = max(state["peak"], state["now"])
-        time.sleep(0.05)
-        with lock:
+            changed.notify_all()
+            # the first call waits for a second one to join it, so the limit's 2 show on a busy machine too
+            changed.wait_for(lambda: state["peak"] >= 2, timeout=30)
+        time.sleep(0.05)  # time for a third call to slip in if the limit let it
+        with changed:
             state["now"] -= 1
         return i
 
@@ -186,7 +189,31 @@ def test_retries_then_execution_error_naming_the_tool() -> None:
     assert isinstance(info.value.__cause__, KeyError)
 
 
-def test_circuit_breaker_opens_and_recovers() -> None:
+class Clock:
+    """The tools module's ``time`` with a monotonic clock moved by hand (``sleep`` and the rest are the real ones):
+    a breaker's reset timeout passes exactly when the test says, however long the machine takes between steps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(tools_module, "time", fake)
+    return fake
+
+
+def test_circuit_breaker_opens_and_recovers(clock: Clock) -> None:
     reg = ToolRegistry(failure_threshold=2, reset_timeout=0.2)
     healthy = {"now": False}
     calls = {"n": 0}
@@ -204,7 +231,7 @@ def test_circuit_breaker_opens_and_recovers() -> None:
     with pytest.raises(ToolCircuitOpenError, match=r"failed 2 times in a row, so its circuit is open"):
         reg.call("service")
     assert calls["n"] == 2 and reg.get("service").breaker.state == "open"
-    time.sleep(0.25)
+    clock.advance(0.25)
     healthy["now"] = True
     assert reg.call("service") == "up"  # the half-open trial call closes it
     assert reg.get("service").breaker.state == "closed"
@@ -344,7 +371,7 @@ class FakeMCPSession:
         if query == "boom":
             return SimpleNamespace(content=[SimpleNamespace(type="text", text="index offline")], isError=True)
         if query == "slow":
-            await asyncio.sleep(5)
+            await asyncio.sleep(60)  # cancelled when the call times out
         return SimpleNamespace(content=[SimpleNamespace(type="text", text=f"3 hits for {query}")], isError=False)
 
 
@@ -359,7 +386,7 @@ def test_mcp_tools_are_registered_disabled_and_called_on_the_sessions_loop() -> 
         return asyncio.run_coroutine_threadsafe(coroutine, loop).result(5)
 
     try:
-        [tool] = on_loop(reg.register_mcp_session(session, timeout=0.2))
+        [tool] = on_loop(reg.register_mcp_session(session, timeout=30))
         assert (tool.name, tool.source, tool.enabled) == ("search_docs", "mcp", False)
         with pytest.raises(ToolDisabledError, match="tools from mcp start disabled"):
             reg.call("search_docs", {"query": "x"})
@@ -367,12 +394,13 @@ def test_mcp_tools_are_registered_disabled_and_called_on_the_sessions_loop() -> 
         assert reg.call("search_docs", {"query": "react"}) == "3 hits for react"  # sync, from another thread
         assert asyncio.run(reg.acall("search_docs", {"query": "tools"})) == "3 hits for tools"  # another loop
         assert on_loop(reg.acall("search_docs", {"query": "own"})) == "3 hits for own"  # its own loop
-        with pytest.raises(ToolTimeoutError, match=r"did not finish within 0\.2s"):
-            reg.call("search_docs", {"query": "slow"})
         with pytest.raises(ToolArgumentError, match=r"argument 'query': missing"):
             reg.call("search_docs", {})
         with pytest.raises(ToolExecutionError, match="reported an error: index offline"):
             reg.call("search_docs", {"query": "boom"})
+        on_loop(reg.register_mcp_session(session, timeout=0.2, enabled=True, replace=True))  # a short timeout
+        with pytest.raises(ToolTimeoutError, match=r"did not finish within 0\.2s"):
+            reg.call("search_docs", {"query": "slow"})
 
         async def sync_call_on_the_loop_thread() -> Any:
             return reg.call("search_docs", {"query": "blocked"})
@@ -519,13 +547,14 @@ def test_breaker_counts_a_retried_call_once_and_ignores_budget_timeouts() -> Non
     breaker = reg.get("flaky").breaker
     assert calls["n"] == 4 and breaker.failures == 1 and breaker.state == "closed"
 
-    token = tool_deadline.set(time.monotonic() + 0.05)  # an agent with 50 ms of budget left
+    token = tool_deadline.set(time.monotonic() + 0.2)  # an agent with 0.2 s of budget left
     try:
         for _ in range(3):
-            with pytest.raises(ToolTimeoutError, match="what was left of the agent's wall-clock budget") as info:
+            # cut short by what was left of the budget (or, on a machine too busy to start it in time, not started)
+            with pytest.raises(ToolTimeoutError, match="agent's wall-clock budget") as info:
                 reg.call("slow")
             assert info.value.budget
-            tool_deadline.set(time.monotonic() + 0.05)
+            tool_deadline.set(time.monotonic() + 0.2)
         with pytest.raises(ToolTimeoutError):
             asyncio.run(reg.acall("slow"))
     finally:
@@ -534,12 +563,12 @@ def test_breaker_counts_a_retried_call_once_and_ignores_budget_timeouts() -> Non
     assert reg.get("slow").breaker.failures == 0 and reg.get("slow").breaker.state == "closed"
 
 
-def test_half_open_breaker_says_a_trial_is_in_progress() -> None:
+def test_half_open_breaker_says_a_trial_is_in_progress(clock: Clock) -> None:
     breaker = ToolBreaker(failure_threshold=1, reset_timeout=0.05)
     breaker.failure()
     with pytest.raises(ToolCircuitOpenError, match=r"circuit is open for 0\.\ds more"):
         breaker.before_call("t")
-    time.sleep(0.06)
+    clock.advance(0.06)
     breaker.before_call("t")  # the trial call
     with pytest.raises(ToolCircuitOpenError, match="a trial call is in progress; retry shortly"):
         breaker.before_call("t")

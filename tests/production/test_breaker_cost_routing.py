@@ -37,7 +37,30 @@ def failing_lm(server: LMServer, manager: PluginManager, model: str = MODEL) -> 
                     plugin_manager=manager)
 
 
-def test_breaker_state_machine() -> None:
+class Clock:
+    """The breaker's monotonic clock, moved by hand: its reset timeouts pass exactly when the test says, however
+    long the machine takes between two steps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    from dspyo3_production import breaker as breaker_module
+
+    fake = Clock()
+    monkeypatch.setattr(breaker_module, "time", fake)
+    return fake
+
+
+def test_breaker_state_machine(clock: Clock) -> None:
     changes: list[tuple[str, str]] = []
     breaker = prod.CircuitBreaker(failure_threshold=2, reset_timeout=0.2, on_change=lambda k, s: changes.append((k, s)))
     error = LMServerError("down", model=MODEL)
@@ -50,15 +73,15 @@ def test_breaker_state_machine() -> None:
     assert breaker.state("m") == "open"
     with pytest.raises(prod.CircuitOpenError, match="circuit open for m") as info:
         breaker.before("m")
-    assert 0 < info.value.retry_after <= 0.2
-    time.sleep(0.25)
+    assert info.value.retry_after == pytest.approx(0.2)  # the whole reset timeout: no time passed on its clock
+    clock.advance(0.25)
     assert breaker.state("m") == "half_open"
     breaker.before("m")  # the one trial call
     with pytest.raises(prod.CircuitOpenError):
         breaker.before("m")  # no second trial while the first is out
     breaker.failure("m", error)  # the trial failed: open again
     assert breaker.state("m") == "open"
-    time.sleep(0.25)
+    clock.advance(0.25)
     breaker.before("m")
     breaker.success("m")
     assert breaker.state("m") == "closed"
@@ -107,8 +130,8 @@ def test_fallback_answers_while_the_circuit_is_open(manager: PluginManager, qa_s
 
 
 def test_breaker_state_is_shared_through_redis(redis_url: str) -> None:
-    one = prod.CircuitBreaker(failure_threshold=2, reset_timeout=0.5, redis_url=redis_url, namespace="t-brk")
-    two = prod.CircuitBreaker(failure_threshold=2, reset_timeout=0.5, redis_url=redis_url, namespace="t-brk")
+    one = prod.CircuitBreaker(failure_threshold=2, reset_timeout=60, redis_url=redis_url, namespace="t-brk")
+    two = prod.CircuitBreaker(failure_threshold=2, reset_timeout=60, redis_url=redis_url, namespace="t-brk")
     one.reset("m")
     error = LMServerError("down", model=MODEL)
     one.failure("m", error)
@@ -116,7 +139,9 @@ def test_breaker_state_is_shared_through_redis(redis_url: str) -> None:
     assert one.state("m") == two.state("m") == "open"
     with pytest.raises(prod.CircuitOpenError):
         two.before("m")
-    time.sleep(0.6)
+    one._redis.pexpire("t-brk:breaker:m:open", 1)  # the reset timeout runs out (cut short, not waited for)
+    time.sleep(0.01)
+    assert two.state("m") == "half_open"
     one.before("m")  # one trial for everyone
     with pytest.raises(prod.CircuitOpenError):
         two.before("m")
@@ -384,10 +409,10 @@ def test_production_status_command(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert status["cache"]["memory"] and status["budgets"] == ["user:2"] and status["log_events"] is False
 
 
-def test_half_open_trial_slot_comes_back_after_a_non_provider_outcome() -> None:
+def test_half_open_trial_slot_comes_back_after_a_non_provider_outcome(clock: Clock) -> None:
     breaker = prod.CircuitBreaker(failure_threshold=1, reset_timeout=0.1)
     breaker.failure("m", LMServerError("down", model=MODEL))
-    time.sleep(0.15)
+    clock.advance(0.15)
     breaker.before("m")  # the trial ...
     breaker.failure("m", LMInvalidRequestError("bad input", model=MODEL))  # ... ended with the caller's error
     breaker.before("m")  # the slot is free again: not stuck half-open
@@ -397,11 +422,11 @@ def test_half_open_trial_slot_comes_back_after_a_non_provider_outcome() -> None:
     assert breaker.state("m") == "closed"
     # a trial that never reports back (its caller died) expires after reset_timeout
     breaker.failure("m", LMServerError("down", model=MODEL))
-    time.sleep(0.15)
+    clock.advance(0.15)
     breaker.before("m")
     with pytest.raises(prod.CircuitOpenError):
         breaker.before("m")
-    time.sleep(0.15)
+    clock.advance(0.15)
     breaker.before("m")
 
 
@@ -491,17 +516,16 @@ def test_a_crashed_process_reservation_is_given_back_after_its_ttl(redis_url: st
     try:
         tracker = CostTracker([Budget(0.0015)], redis_url=redis_url, namespace="t-crash", reservation_ttl=1.0)
         tracker.reset()
-        # the crashing process holds its worst case (~$0.001) with the default 600 s TTL: shrink it by hand to 1 s
+        # the crashing process holds its worst case (~$0.001) with the default 600 s TTL
         proc = _spender(redis_url, "t-crash", "crash")
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0 and "reserved" in out, err
         client = tracker._redis
         (hold,) = client.zrange("t-crash:cost:holds", 0, -1)
-        client.zadd("t-crash:cost:holds", {hold: int(time.time() * 1000) + 1000})
         call = LMCall(lm=dspy.LM("openai/priced", max_tokens=1000), messages=[{"role": "user", "content": "x"}])
-        with pytest.raises(BudgetExceededError):  # the dead process's hold still counts
+        with pytest.raises(BudgetExceededError):  # the dead process's hold still counts while its TTL runs
             tracker.reserve(call)
-        time.sleep(1.2)
+        client.zadd("t-crash:cost:holds", {hold: 0})  # its TTL has run out (set by hand rather than waited for)
         reservation = tracker.reserve(call)  # swept: the budget is whole again
         assert reservation.hold is not None
         reserved = {k.decode(): float(v) for k, v in client.hgetall("t-crash:cost:reserved").items()}
