@@ -458,20 +458,24 @@ def test_native_over_tls_with_a_private_ca(tmp_path: Any) -> None:
 def test_native_stream_cancelled_mid_answer_lets_go_at_once(server: LMServer, model: str) -> None:
     import anyio
 
-    # every event waits 1.5 s (Anthropic's first text comes after three framing events)
-    server.script(Reply(content=chat_reply(answer="word " * 50), chunk_size=4, chunk_delay=1.5))
+    # the first four events at once (Anthropic's first text comes after three framing events), then one every
+    # 120 s: a cancellation that waited for the next chunk would see it sent first
+    server.script(Reply(content=chat_reply(answer="word " * 50), chunk_size=4, chunk_delay=120, delay_from=4))
     lm = NativeLM(model, api_base=server.api_base, api_key=KEY, cache=False)
 
-    async def main() -> float:
+    async def main() -> tuple[int, int]:
         send, receive = anyio.create_memory_object_stream[Any](100)
         with dspy.context(send_stream=send):
             task = asyncio.ensure_future(lm.acall(messages=[{"role": "user", "content": "long answer"}]))
-        first = await asyncio.wait_for(receive.receive(), 10)
+        first = await receive.receive()
         assert first.choices[0].delta.content, "a chunk arrived"
-        started = time.perf_counter()
+        while server.chunks_sent < 4:  # the events sent at once are all out
+            await asyncio.sleep(0.01)
+        sent = server.chunks_sent
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        return time.perf_counter() - started
+        return sent, server.chunks_sent
 
-    assert asyncio.run(main()) < 0.7, "cancelling did not wait for the next chunk (1.5 s away)"
+    before, after = asyncio.run(main())
+    assert after == before, "cancelling let go at once: it did not wait for the next chunk"

@@ -51,6 +51,8 @@ class Reply:
         error_message: message in the error body for non-200 statuses.
         chunk_size: characters per streamed delta.
         chunk_delay: seconds between streamed deltas.
+        delay_from: the first stream event ``chunk_delay`` is waited before (default 1: every event but the
+            first); a larger value sends the first events at once (e.g. Anthropic's framing events).
     """
 
     content: str = ""
@@ -62,6 +64,7 @@ class Reply:
     error_message: str = ""
     chunk_size: int = 8
     chunk_delay: float = 0.0
+    delay_from: int = 1
 
     @classmethod
     def text(cls, content: str, latency: float = 0.0) -> Reply:
@@ -325,6 +328,7 @@ class LMServer:
         self.ssl_context = ssl_context
         self.rejected = 0  # requests refused for a wrong or missing key
         self.hanging = 0  # requests held open by Reply.hang_up right now (the client has not been answered)
+        self.chunks_sent = 0  # stream events written so far, over every streamed reply
         self.requests: list[dict[str, Any]] = []
         self._script: deque[ReplyLike] = deque()
         self._lock = threading.Lock()
@@ -533,10 +537,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         events = anthropic_stream_events(request, reply) if anthropic else stream_events(request, reply)
         for i, chunk in enumerate(events):
-            if reply.chunk_delay and i > 0:
+            if reply.chunk_delay and i >= max(1, reply.delay_from):
                 self.server_state._stopping.wait(reply.chunk_delay)
             self.wfile.write(chunk)
             self.wfile.flush()
+            with self.server_state._lock:
+                self.server_state.chunks_sent += 1
 
 
 async def serve_async(responder: Responder, host: str = "127.0.0.1", port: int = 0,
