@@ -282,11 +282,15 @@ def configure_logging(stream: IO[str] | None = None, *, level: int | str = loggi
     """Write dspyo3 events as JSON lines to ``stream`` (default stderr); returns the handler.
 
     Args:
-        secrets: more secret values to hide (API keys from the environment and from LM profiles always are).
+        secrets: more secret values to hide (API keys from the environment and from LM profiles always are);
+            they are registered with :mod:`dspyo3_core.secrets`, whose masking this also installs for every log
+            record of the process.
         redact_root: also add a :class:`RedactingFilter` to the root logger's handlers.
         native: let the Rust writer thread render events when ``stream`` is a real file (see
             :class:`JsonEventHandler`); ``False`` keeps everything in Python.
     """
+    _secrets.register_secret(*secrets)
+    _secrets.install_redaction()  # every log record of the process, whichever handler it reaches
     redactor = Redactor([*secrets, *_profile_secrets()])
     handler = JsonEventHandler(stream if stream is not None else sys.stderr, redactor, native=native)
     for old in [h for h in _DSPYO3.handlers if isinstance(h, JsonEventHandler)]:
