@@ -107,3 +107,18 @@ def test_inspect_with_a_program_refuses_a_hostile_state(tmp_path: Path) -> None:
             inspect_target(str(path), program="hostile_prog:P")
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def test_types_codegen_refuses_a_hostile_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dspyo3_types.codegen import signatures_of
+
+    (tmp_path / "hostile_prog2.py").write_text("import dspy\nclass P(dspy.Module):\n    def __init__(self):\n"
+                                              "        super().__init__()\n        self.p = dspy.Predict('q -> a')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "p.json"
+    clean = {"p": learned_state(dspy.Predict("q -> a").dump_state())}
+    path.write_text(json.dumps(clean))
+    assert signatures_of(str(path), program="hostile_prog2:P")  # learned state loads
+    path.write_text(json.dumps({"p": {**clean["p"], "config": {"api_base": ATTACKER}}}))
+    with pytest.raises(InspectError, match=r"key 'p\.config'"):
+        signatures_of(str(path), program="hostile_prog2:P")

@@ -138,7 +138,7 @@ def test_codegen_of_a_saved_program_needs_its_class(tmp_path: Path) -> None:
         for name, text in (("deep.json", "[" * 100_000 + "]" * 100_000), ("cut.json", '{"step": {"demos": ['),
                            ("foreign.json", '{"other": 1}')):
             (tmp_path / name).write_text(text)
-            with pytest.raises(InspectError, match=re.escape(f"{name}: not a saved program DSPy can load")):
+            with pytest.raises(InspectError, match=re.escape(f"{name}: ") + ".*not a saved program"):
                 signatures_of(str(tmp_path / name), program="prog:Prog")
         with pytest.raises(InspectError, match=r"missing\.json: cannot read it"):
             signatures_of(str(tmp_path / "missing.json"), program="prog:Prog")

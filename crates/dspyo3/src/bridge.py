@@ -309,6 +309,7 @@ class AsyncNativeEngine:
 
 def make_native_lm(model: str, client: Any, kwargs_json: str) -> Any:
     kwargs = json.loads(kwargs_json)
+    _register_secrets(kwargs.get("api_key"))  # held by the Rust client; masked in every error that echoes it
     for key in ("api_base", "api_key", "timeout"):
         kwargs.pop(key, None)
     wire_model = model.split("/", 1)[1] if "/" in model else model
@@ -323,6 +324,7 @@ def make_lm(model: str, kwargs_json: str, api_key: str | None) -> Any:
     kwargs = json.loads(kwargs_json)
     if api_key is not None:
         kwargs["api_key"] = api_key
+    _register_secrets(kwargs.get("api_key"), *(kwargs.get("headers") or {}).values())
     return dspy.LM(model, **kwargs)
 
 
@@ -337,6 +339,26 @@ def adapter(name: str) -> Any:
 
 
 # -- errors -----------------------------------------------------------------------------------------------------
+
+
+def _register_secrets(*values: Any) -> None:
+    """Make the keys of LMs built here known secrets (``dspyo3_core.secrets``), so error text never carries them."""
+    try:
+        from dspyo3_core.secrets import register_secret
+    except ImportError:  # dspyo3-core not installed: nothing else of ours prints or logs either
+        return
+    register_secret(*(v for v in values if isinstance(v, str)))
+
+
+def _redact(text: Any) -> Any:
+    """``text`` with every known secret masked (a gateway may echo the key it was sent in its error body)."""
+    if not isinstance(text, str):
+        return text
+    try:
+        from dspyo3_core.secrets import redact
+    except ImportError:
+        return text
+    return redact(text)
 
 
 def _mro_names(exc: BaseException) -> set[str]:
@@ -407,11 +429,11 @@ def describe_error(exc: BaseException, tb: Any = None) -> dict[str, Any]:
     return {
         "kind": kind,
         "type": f"{type(found).__module__}.{type(found).__qualname__}",
-        "message": str(found) or type(found).__name__,
+        "message": _redact(str(found) or type(found).__name__),
         "retry_after": float(retry_after) if isinstance(retry_after, (int, float)) else None,
-        "raw": getattr(found, "lm_response", None) if kind == "parse" else None,
+        "raw": _redact(getattr(found, "lm_response", None)) if kind == "parse" else None,
         "retryable": retryable,
-        "traceback": "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__)),
+        "traceback": _redact("".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))),
     }
 
 

@@ -275,6 +275,15 @@ fn lm_errors_map_to_the_error_enum() {
     server.script(&[r#"Reply.server_error(status=401, message="Incorrect API key provided")"#]);
     assert!(matches!(predict.call(&input).unwrap_err(), Error::Auth { .. }));
 
+    // a gateway that echoes the key it was sent: the key is masked in the error's message and traceback
+    let key = "sk-rust-echoed-0123456789abcdef";
+    let keyed = Predict::<QA>::new().unwrap().with_lm(&server.lm_builder().api_key(key).build().unwrap(), None).unwrap();
+    server.script(&[&format!(r#"Reply.server_error(status=401, message="Incorrect API key provided: {key}")"#)]);
+    let err = keyed.call(&input).unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(matches!(err, Error::Auth { .. }), "{shown}");
+    assert!(!shown.contains(key) && shown.contains("****cdef"), "{shown}");
+
     // ChatAdapter retries a failed parse with JSONAdapter: two unparseable answers
     server.script(&["'I do not follow formats'", "'still no format'"]);
     match predict.call(&input).unwrap_err() {
@@ -477,6 +486,15 @@ fn native_transport_errors_map_like_the_default_transport() {
     assert_eq!(err.retry_after(), Some(Duration::from_secs(3)));
     server.script(&[r#"Reply.server_error(status=401, message="Incorrect API key provided")"#]);
     assert!(matches!(predict.call(&input).unwrap_err(), Error::Auth { .. }));
+
+    // a gateway that echoes the key it was sent: the key is masked in the error's message and traceback
+    let key = "sk-rust-echoed-0123456789abcdef";
+    let keyed = Predict::<QA>::new().unwrap().with_lm(&server.lm_builder().api_key(key).build().unwrap(), None).unwrap();
+    server.script(&[&format!(r#"Reply.server_error(status=401, message="Incorrect API key provided: {key}")"#)]);
+    let err = keyed.call(&input).unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(matches!(err, Error::Auth { .. }), "{shown}");
+    assert!(!shown.contains(key) && shown.contains("****cdef"), "{shown}");
     server.script(&[r#"Reply.server_error(status=400, message="This model's maximum context length is 8192 tokens")"#]);
     let err = predict.call(&input).unwrap_err();
     assert!(matches!(err, Error::ContextWindowExceeded { .. }), "{err:?}");

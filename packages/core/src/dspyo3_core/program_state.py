@@ -129,8 +129,10 @@ def check_state(state: Any, *, source: str, program: Any = None) -> dict[str, An
     known = _parameter_names(program) if program is not None else None
     for name, entry in body.items():
         if known is not None and name not in known:
-            raise _refuse(source, f"entry {name!r}", f"names no predictor of {type(program).__name__} (it has: "
-                          f"{', '.join(sorted(known)) or 'none'})")
+            raise UnsafeStateError(
+                f"{source}: entry {name!r} names no predictor of {type(program).__name__} (it has: "
+                f"{', '.join(sorted(known)) or 'none'}); not a saved program of this class: save it with "
+                "program.save(path) from the same class")
         _check_entry(str(name), entry, source)
     return body
 

@@ -250,12 +250,31 @@ class RedactingStream(io.TextIOBase):
 
     @property
     def buffer(self) -> Any:
-        """The underlying binary buffer: bytes written there are not redacted (nothing of ours writes secrets as
-        bytes)."""
-        return self.stream.buffer  # type: ignore[attr-defined]
+        """The underlying binary buffer, masking too (click writes bytes there when the terminal's encoding cannot
+        encode the text): what is written is flushed text first, then the bytes with every known secret masked."""
+        return _RedactingBuffer(self, self.stream.buffer)  # type: ignore[attr-defined]
 
     def writable(self) -> bool:
         return True
+
+
+class _RedactingBuffer:
+    """The binary side of a :class:`RedactingStream`: each write is decoded (undecodable bytes kept as they are),
+    masked and encoded back."""
+
+    def __init__(self, text: RedactingStream, raw: Any) -> None:
+        self._text = text
+        self._raw = raw
+
+    def write(self, data: bytes) -> int:
+        self._text.flush()  # text written before these bytes goes out first
+        decoded = bytes(data).decode("utf-8", "surrogateescape")
+        cleaned = redact(decoded)
+        self._raw.write(data if cleaned == decoded else cleaned.encode("utf-8", "surrogateescape"))
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
 
 
 def install_redaction(*, streams: bool = False) -> None:

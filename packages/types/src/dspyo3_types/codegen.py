@@ -43,9 +43,14 @@ def signatures_of(target: str, program: str | None = None) -> list[dict[str, Any
         if program is None:
             raise InspectError(f"{target}: a saved program stores no field types; pass --program pkg.module:Class "
                                "to load it into its class")
+        from dspyo3_core.program_state import UnsafeStateError, load_state_file
+
         module = _as_module(resolve(program), program)
         try:
-            module.load(target)
+            # learned state only: a file carrying LM settings, other attributes or code is refused, never applied
+            module.load_state(load_state_file(target, program=module))
+        except UnsafeStateError as exc:
+            raise InspectError(str(exc)) from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             # a missing, malformed, too deeply nested or foreign file: name it, not a traceback
             if isinstance(exc, OSError):
