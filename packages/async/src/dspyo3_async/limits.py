@@ -9,7 +9,9 @@ run the token rate converges on the budget (in-flight calls can overshoot it by 
 A shared limit keeps working while Redis is unreachable: by default (``on_redis_error="local"``) each budget falls
 back to a native limiter at this process's share of the rate, and probes Redis again with exponential back-off
 (one call at a time, never every call) to rejoin the shared budget once it answers; ``on_redis_error="fail"``
-raises :class:`RateLimitUnavailable` instead (fail closed).
+raises :class:`RateLimitUnavailable` instead (fail closed). The share is learnt while Redis is up: every shared
+limit in use announces itself in a sorted set next to its budget's key (inside the same script call, at most about
+once a second), and the share is one over the number of limits that announced themselves recently.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
+import secrets
 import threading
 import time
 from typing import Any, Literal
@@ -35,12 +39,24 @@ class RateLimitUnavailable(RuntimeError):
     """A shared rate limit made with ``on_redis_error="fail"`` could not reach its Redis: no request was granted.
     Retry later, or use ``on_redis_error="local"`` to keep going at this process's share of the rate."""
 
-# GCRA over one Redis key. KEYS[1]: the key. ARGV: interval_us per unit, tolerance_us (burst * interval), cost,
-# mode ("reserve": take cost and return the wait; "peek": return the wait, take nothing). Time is the server's.
+# GCRA over one Redis key, and the roll of the limits sharing it. KEYS[1]: the budget's key; KEYS[2]: a sorted set
+# of the limits using that budget (member: a limit's id, score: when its announcement lapses, server microseconds).
+# ARGV: interval_us per unit, tolerance_us (burst * interval), cost, mode ("reserve": take cost and return the wait;
+# "peek": return the wait, take nothing), member ("" = no announcement in this call), window_us (how long the
+# announcement lasts). Returns {wait_us, live members (-1 when not announced)}. Time is the server's.
 _GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local raw = redis.pcall('GET', KEYS[1])
+if type(raw) == 'table' and raw.err then
+  return redis.error_reply('dspyo3 rate limit: Redis key ' .. KEYS[1] .. ' is not a rate-limit budget (' ..
+    raw.err .. '); delete that key or give the RateLimit another key')
+end
+local tat = tonumber(raw or '0')
+if tat == nil then
+  return redis.error_reply('dspyo3 rate limit: Redis key ' .. KEYS[1] .. ' holds a value that is not a number, ' ..
+    'not a rate-limit budget; delete that key or give the RateLimit another key')
+end
 if tat < now then tat = now end
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
@@ -50,7 +66,21 @@ if wait < 0 then wait = 0 end
 if ARGV[4] == 'reserve' then
   redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
 end
-return string.format('%.0f', wait)
+local members = -1
+if ARGV[5] ~= '' then
+  local kind = redis.call('TYPE', KEYS[2])['ok']
+  if kind ~= 'zset' and kind ~= 'none' then
+    return redis.error_reply('dspyo3 rate limit: Redis key ' .. KEYS[2] .. ' holds a ' .. kind ..
+      ', not the sorted set of the limits sharing this budget; delete that key or give the RateLimit another key')
+  end
+  local window = tonumber(ARGV[6])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.0f', now))
+  redis.call('ZADD', KEYS[2], string.format('%.0f', now + window), ARGV[5])
+  local keep = math.ceil(window / 1000) + 1000
+  if redis.call('PTTL', KEYS[2]) < keep then redis.call('PEXPIRE', KEYS[2], keep) end
+  members = redis.call('ZCARD', KEYS[2])
+end
+return {string.format('%.0f', wait), members}
 """
 
 
@@ -59,20 +89,31 @@ class _Bucket:
 
     A Redis bucket that cannot reach Redis (connection refused, timeout, a server still loading its data or
     read-only) either raises :class:`RateLimitUnavailable` (``on_error="fail"``) or paces this process with a
-    native limiter at ``share`` of the rate. Either way it stays off Redis for a back-off (0.25 s doubling up to
+    native limiter at its share of the rate. Either way it stays off Redis for a back-off (0.25 s doubling up to
     ``max_backoff``), then lets one call probe it; the first probe that succeeds rejoins the shared budget.
+
+    The share is ``share`` when given; else it is learnt from Redis: while Redis answers, the bucket announces
+    itself (about once a second, inside the GCRA script call it makes anyway) in the sorted set ``{key}:members``
+    with an announcement lasting ``window`` seconds, and reads back how many announcements are live; an outage
+    paces at one over that number (the full rate if Redis was never reached).
     """
 
     def __init__(self, rate: float, per: float, burst: float, redis_url: str | None, key: str, *,
-                 share: float = 1.0, on_error: OnRedisError = "local", timeout: float = 0.5,
-                 max_backoff: float = 5.0) -> None:
+                 share: float | None = None, on_error: OnRedisError = "local", timeout: float = 0.5,
+                 max_backoff: float = 5.0, window: float = 5.0) -> None:
         from dspyo3_native import RateLimiter
 
         self.rate, self.per, self.burst = rate, per, burst
         self.local = RateLimiter(rate, per=per, burst=burst) if redis_url is None else None
-        self.redis_url, self.key = redis_url, key
+        self.redis_url, self.key, self.members_key = redis_url, key, f"{key}:members"
         self.interval_us = per / rate * 1e6
-        self.share, self.on_error, self.timeout, self.max_backoff = share, on_error, timeout, max_backoff
+        self.fixed_share, self.on_error, self.timeout, self.max_backoff = share, on_error, timeout, max_backoff
+        self.window_us = f"{window * 1e6:.0f}"
+        self._beat_every = min(1.0, window / 3)  # an announcement is renewed well before it lapses
+        self._next_beat = 0.0  # monotonic time of the next announcement (0: the next Redis call announces)
+        self._member, self._member_pid = "", -1
+        self.members_seen: int | None = None  # live limits on this budget at the last announcement
+        self.share = self.current_share()  # the share the fallback paces at (fixed at the start of an outage)
         self._sync: Any = None
         self._async: dict[int, Any] = {}  # event loop id -> (client, script)
         self._fallback: Any = None  # the native limiter at ``share`` of the rate, made at the first outage
@@ -96,8 +137,36 @@ class _Bucket:
         """False from a failed Redis call until a probe succeeds again."""
         return self._backoff == 0.0
 
-    def _args(self, cost: float, mode: str) -> list[Any]:
-        return [f"{self.interval_us:.3f}", f"{self.interval_us * self.burst:.3f}", repr(float(cost)), mode]
+    def current_share(self) -> float:
+        """The fraction of the rate this process would pace at if Redis failed now."""
+        if self.fixed_share is not None:
+            return self.fixed_share
+        return 1.0 / self.members_seen if self.members_seen else 1.0
+
+    def _announcing(self) -> str:
+        """This limit's member id if this call should renew its announcement (at most every ``_beat_every`` s),
+        else ``""``. The id is per limit and per process (a forked child gets an id of its own)."""
+        now = time.monotonic()
+        if now < self._next_beat:
+            return ""
+        self._next_beat = now + self._beat_every
+        pid = os.getpid()
+        if pid != self._member_pid:
+            self._member, self._member_pid = f"{pid}-{secrets.token_hex(6)}", pid
+        return self._member
+
+    def _call(self, cost: float, mode: str) -> tuple[list[str], list[Any]]:
+        """Keys and arguments of one script call."""
+        return [self.key, self.members_key], [f"{self.interval_us:.3f}", f"{self.interval_us * self.burst:.3f}",
+                                              repr(float(cost)), mode, self._announcing(), self.window_us]
+
+    def _reply(self, reply: Any) -> float:
+        """The wait in seconds from the script's reply; notes how many limits share the budget."""
+        wait, members = reply
+        members = int(members)
+        if members > 0:
+            self.members_seen = members
+        return int(wait) / 1e6
 
     def _client_options(self) -> dict[str, Any]:
         # no client-side retries: the bucket's own back-off decides when Redis is tried again
@@ -149,18 +218,28 @@ class _Bucket:
             if first or probe:  # calls already in flight when Redis went away do not stretch the back-off
                 self._backoff = _FIRST_BACKOFF if first else min(self.max_backoff, self._backoff * 2)
                 self._down_until = time.monotonic() + self._backoff
+            self._next_beat = 0.0  # the first call that reaches Redis again announces this limit
             if first:
                 self.outages += 1
+                share = self.current_share()
+                if share != self.share:
+                    self.share, self._fallback = share, None
             self.last_error = f"{type(exc).__name__}: {exc}"
         if first:
             if self.on_error == "fail":
                 logger.warning("rate limit %s: Redis at %s is unreachable (%s); refusing requests until it answers "
                                "(on_redis_error='fail')", self.key, _shown(self.redis_url), self.last_error)
             else:
+                if self.fixed_share is not None:
+                    why = "the share it was given"
+                elif self.members_seen:
+                    why = f"{self.members_seen} limit(s) shared it when Redis last answered"
+                else:
+                    why = "Redis never answered, so the sharers are unknown"
                 logger.warning("rate limit %s: Redis at %s is unreachable (%s); pacing this process locally at "
-                               "%.4g per %gs (%.0f%% of the shared budget) until it answers", self.key,
+                               "%.4g per %gs (%.0f%% of the shared budget: %s) until it answers", self.key,
                                _shown(self.redis_url), self.last_error, self.rate * self.share, self.per,
-                               self.share * 100)
+                               self.share * 100, why)
 
     def _ok(self, probe: bool) -> None:
         if probe:
@@ -222,7 +301,8 @@ class _Bucket:
         if route != "local":
             probe = route == "probe"
             try:
-                wait = int(self._sync_script()(keys=[self.key], args=self._args(cost, mode))) / 1e6
+                keys, args = self._call(cost, mode)
+                wait = self._reply(self._sync_script()(keys=keys, args=args))
             except self._errors as exc:
                 self._check(exc, probe, may_fail)
             except BaseException:
@@ -242,7 +322,8 @@ class _Bucket:
         if route != "local":
             probe = route == "probe"
             try:
-                wait = int(await self._async_script()(keys=[self.key], args=self._args(cost, mode))) / 1e6
+                keys, args = self._call(cost, mode)
+                wait = self._reply(await self._async_script()(keys=keys, args=args))
             except self._errors as exc:
                 self._check(exc, probe, may_fail)
             except BaseException:  # cancelled while probing
@@ -305,17 +386,22 @@ class RateLimit:
             ``key`` draws from one budget; the arithmetic runs server-side in one Lua script on the server's clock.
         key: the budget's name (the model, usually); Redis keys are ``dspyo3:ratelimit:{key}:requests|tokens``.
         on_redis_error: what a shared limit does while Redis is unreachable. ``"local"`` (the default): pace this
-            process with a local limiter at its share of the rate (``local_share``) and rejoin the shared budget
-            when Redis answers again; ``"fail"``: refuse requests with :class:`RateLimitUnavailable` (fail closed).
-            Token charges for calls already made are never refused: they go to the local budget meanwhile.
+            process with a local limiter at its share of the rate (:attr:`local_share`) and rejoin the shared
+            budget when Redis answers again; ``"fail"``: refuse requests with :class:`RateLimitUnavailable` (fail
+            closed). Token charges for calls already made are never refused: they go to the local budget meanwhile.
         processes: how many processes share the budget; while Redis is down each one paces itself at
-            ``1 / processes`` of the rate, so together they stay within it. Unknown (the default): the full rate,
-            so N processes may reach N times the rate during an outage.
+            ``1 / processes`` of the rate, so together they stay within it. Not given (the default): learnt from
+            Redis while it is up: every shared limit in use announces itself next to the budget's key (in the
+            script call it makes anyway, at most about once a second), and an outage paces each one at one over
+            the number of limits that used the key within the last ``share_window`` seconds (the full rate if
+            Redis was never reached).
         local_share: this process's fraction of the rate while Redis is down (``0 < local_share <= 1``), instead
-            of ``1 / processes``.
+            of ``1 / processes`` or the learnt share.
         redis_timeout: seconds a Redis call may take (connect or reply) before Redis counts as unreachable.
         redis_max_backoff: longest pause, in seconds, between two probes of an unreachable Redis (the first is
             after 0.25 s, doubling up to this).
+        share_window: seconds a limit that stopped using the key still counts among those sharing it (for the
+            learnt share); raise it when processes call less often than every few seconds.
 
     ``await limit.acquire()`` before a request, ``await limit.charge(tokens)`` after it; or let :func:`throttle`
     and :func:`dspyo3_async.run_many` do both.
@@ -325,7 +411,7 @@ class RateLimit:
                  burst: float = 1.0, redis_url: str | None = None, key: str = "default",
                  on_redis_error: OnRedisError = "local", processes: int | None = None,
                  local_share: float | None = None, redis_timeout: float = 0.5,
-                 redis_max_backoff: float = 2.0) -> None:
+                 redis_max_backoff: float = 2.0, share_window: float = 5.0) -> None:
         if requests_per_second is None and tokens_per_minute is None:
             raise ValueError("RateLimit needs requests_per_second and/or tokens_per_minute")
         for name, value in (("requests_per_second", requests_per_second), ("tokens_per_minute", tokens_per_minute)):
@@ -347,12 +433,14 @@ class RateLimit:
         if not redis_timeout > 0 or not redis_max_backoff > 0:
             raise ValueError(f"RateLimit.redis_timeout and redis_max_backoff must be > 0 seconds, got "
                              f"{redis_timeout!r} and {redis_max_backoff!r}")
+        if not share_window > 0:
+            raise ValueError(f"RateLimit.share_window must be > 0 seconds, got {share_window!r}")
         self.requests_per_second, self.tokens_per_minute, self.key = requests_per_second, tokens_per_minute, key
         self.on_redis_error: OnRedisError = on_redis_error
-        self.local_share = local_share if local_share is not None else 1.0 / (processes or 1)
+        fixed = local_share if local_share is not None else 1.0 / processes if processes is not None else None
         prefix = f"dspyo3:ratelimit:{key}"
-        options: dict[str, Any] = {"share": self.local_share, "on_error": on_redis_error, "timeout": redis_timeout,
-                                   "max_backoff": redis_max_backoff}
+        options: dict[str, Any] = {"share": fixed, "on_error": on_redis_error, "timeout": redis_timeout,
+                                   "max_backoff": redis_max_backoff, "window": share_window}
         self._requests = (_Bucket(requests_per_second, 1.0, burst, redis_url, f"{prefix}:requests", **options)
                           if requests_per_second else None)
         self._tokens = (_Bucket(tokens_per_minute, 60.0, tokens_per_minute, redis_url, f"{prefix}:tokens", **options)
@@ -370,6 +458,21 @@ class RateLimit:
 
     def _buckets(self) -> list[_Bucket]:
         return [b for b in (self._requests, self._tokens) if b is not None]
+
+    @property
+    def local_share(self) -> float:
+        """The fraction of the rate this process paces at while Redis is down: during an outage, the share in
+        force; otherwise the share an outage starting now would use (``local_share``, ``1 / processes``, or one
+        over :attr:`sharing`; 1.0 while unknown). Of the request budget, or of the token budget if there is none."""
+        bucket = self._buckets()[0]
+        return bucket.share if not bucket.redis_available else bucket.current_share()
+
+    @property
+    def sharing(self) -> int | None:
+        """For a shared limit: how many limits (this one included) used its key within ``share_window`` seconds,
+        as Redis last told it (request budget, else token budget); None before Redis answered once, or for a
+        local limit."""
+        return self._buckets()[0].members_seen
 
     @property
     def redis_available(self) -> bool:
