@@ -46,3 +46,25 @@ def test_registry_metadata(tmp_path: Path) -> None:
     (tmp_path / "reg" / "qa" / "versions" / "1.0.0" / "meta.json").write_text(DEEP)
     with pytest.raises(IntegrityError, match=r"meta\.json is not valid metadata"):
         registry.meta("qa", "1.0.0")
+
+
+def test_dataset_file(tmp_path: Path) -> None:
+    from dspyo3_optimize.data import DataError, read_records
+
+    (tmp_path / "deep.json").write_text(DEEP)
+    with pytest.raises(DataError, match=r"deep\.json: not a JSON dataset .*nested too deeply"):
+        read_records(tmp_path / "deep.json")
+
+
+@pytest.mark.parametrize("raw", [DEEP, "[1, 2]", "\xff not json"])
+def test_agent_state_written_by_something_else(tmp_path: Path, raw: str) -> None:
+    import sqlite3
+
+    from dspyo3_agents.state import CorruptStateError, SQLiteStateStore
+
+    store = SQLiteStateStore(tmp_path / "state.db")
+    store.save(store.load("run-1").__class__("run-1", {"step": 1}))
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        db.execute("UPDATE dspyo3_agent_state SET data = ? WHERE key = ?", (raw, "run-1"))
+    with pytest.raises(CorruptStateError, match=r"agent state 'run-1' in SQLite .*delete it"):
+        store.load("run-1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -526,3 +527,16 @@ def test_a_redis_restart_with_the_lock_held_does_not_block_writers_for_long(redi
         server.start()
         assert registry.register("qa", _program("Second.")).version == "1.0.1"
         assert registry.load("qa", program=_program()).signature.instructions == "Second."
+
+
+def test_temporaries_a_killed_register_left_in_a_version_folder_are_removed(tmp_path: Path) -> None:
+    registry = ProgramRegistry(tmp_path / "reg")
+    registry.register("qa", _program())
+    version_dir = tmp_path / "reg" / "qa" / "versions" / "1.0.0"
+    leftover = version_dir / ".meta.json.k1ll3d_x.tmp"  # what a writer killed between its two files leaves
+    leftover.write_bytes(b"half")
+    old = time.time() - 3600
+    os.utime(leftover, (old, old))
+    registry.register("qa", _program("Next."))  # writes only into versions/1.0.1 and stages.json
+    assert not leftover.exists()
+    assert sorted(p.name for p in version_dir.iterdir()) == ["meta.json", "program.json"]

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from dspyo3_agents.parallel import Coordinator, FanOutResult, run_agents, run_agents_sync
     from dspyo3_agents.state import (
         AgentState,
+        CorruptStateError,
         MemoryStateStore,
         RedisStateStore,
         SQLiteStateStore,
@@ -63,6 +64,7 @@ __all__ = [
     "FanOutResult",
     "MemoryStateStore",
     "ReActAgent",
+    "CorruptStateError",
     "RedisStateStore",
     "RegisteredTool",
     "RegistryTool",
@@ -100,6 +102,7 @@ _WHERE = {
     "run_agents": "dspyo3_agents.parallel",
     "run_agents_sync": "dspyo3_agents.parallel",
     "AgentState": "dspyo3_agents.state",
+    "CorruptStateError": "dspyo3_agents.state",
     "MemoryStateStore": "dspyo3_agents.state",
     "RedisStateStore": "dspyo3_agents.state",
     "SQLiteStateStore": "dspyo3_agents.state",

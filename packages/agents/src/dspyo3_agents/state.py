@@ -27,6 +27,7 @@ __all__ = [
     "MemoryStateStore",
     "RedisStateStore",
     "SQLiteStateStore",
+    "CorruptStateError",
     "StaleStateError",
     "StateStore",
     "open_store",
@@ -51,6 +52,26 @@ class AgentState:
     data: dict[str, Any] = field(default_factory=dict)
     version: int = 0
     updated_at: float = 0.0
+
+
+class CorruptStateError(ValueError):
+    """A stored state is not a JSON object (written by something else, or damaged): the message names the key and
+    the store, and how to start over."""
+
+
+def _decode(key: str, raw: str | bytes, where: str) -> dict[str, Any]:
+    """A stored state's data, checked: stores are shared, so what they hold is data, not trusted."""
+    from dspyo3_core.files import loads_json
+
+    try:
+        data = loads_json(raw, source=f"agent state {key!r} in {where}")
+    except ValueError as exc:  # not JSON, not UTF-8, or nested too deeply
+        raise CorruptStateError(f"agent state {key!r} in {where} cannot be read ({exc}); delete it (store.delete"
+                                f"({key!r})) to start the run over") from None
+    if not isinstance(data, dict):
+        raise CorruptStateError(f"agent state {key!r} in {where} holds a JSON {type(data).__name__}, not an object; "
+                                f"delete it (store.delete({key!r})) to start the run over")
+    return data
 
 
 def _encode(data: Mapping[str, Any]) -> str:
@@ -137,7 +158,7 @@ class MemoryStateStore(StateStore):
     def load(self, key: str) -> AgentState:
         with self._lock:
             version, data, at = self._items.get(key, (0, None, 0.0))
-        return AgentState(key) if data is None else AgentState(key, json.loads(data), version, at)
+        return AgentState(key) if data is None else AgentState(key, _decode(key, data, "memory"), version, at)
 
     def _write(self, key: str, data: str, expected: int) -> int:
         with self._lock:
@@ -200,7 +221,7 @@ class SQLiteStateStore(StateStore):
             "SELECT version, data, updated_at FROM dspyo3_agent_state WHERE key = ? AND data != ''", (key,)).fetchone()
         if row is None:
             return AgentState(key)
-        return AgentState(key, json.loads(row[1]), int(row[0]), float(row[2]))
+        return AgentState(key, _decode(key, row[1], "SQLite"), int(row[0]), float(row[2]))
 
     def _write(self, key: str, data: str, expected: int) -> int:
         conn = self._connection()
@@ -295,7 +316,8 @@ class RedisStateStore(StateStore):
         raw = self.client.hgetall(self.prefix + key)
         if not raw or raw.get(b"deleted") == b"1":
             return AgentState(key)
-        return AgentState(key, json.loads(raw[b"data"]), int(raw[b"version"]), float(raw.get(b"updated_at", 0)))
+        return AgentState(key, _decode(key, raw[b"data"], "Redis"), int(raw[b"version"]),
+                          float(raw.get(b"updated_at", 0)))
 
     def _write(self, key: str, data: str, expected: int) -> int:
         ttl_ms = 0 if self.ttl is None else max(1, int(self.ttl * 1000))

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import platformdirs
 
 from dspyo3_core.registry import LMProviderSpec
-from dspyo3_core.secrets import mask_secret, register_secret
+from dspyo3_core.secrets import mask_secret, register_secret, secret_values
 
 __all__ = ["mask_secret"]  # re-exported: where it has always been importable from
 
@@ -294,19 +294,6 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _secret_items(kwargs: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """The secret-named entries of LM keyword arguments, headers included (``api_key``, ``Authorization``, ...)."""
-    from dspyo3_core.secrets import SECRET_NAME
-
-    found = [(k, v) for k, v in kwargs.items() if SECRET_NAME.search(str(k)) and isinstance(v, str)]
-    for name in ("headers", "extra_headers"):
-        headers = kwargs.get(name)
-        if isinstance(headers, Mapping):
-            found += [(str(k), v) for k, v in headers.items() if isinstance(v, str)
-                      and (SECRET_NAME.search(str(k)) or str(k).lower() in {"cookie", "x-api-key", "api-key"})]
-    return found
-
-
 def load_settings() -> Settings:
     """Read the user file, the project file and the environment, in that order of precedence."""
     settings = Settings()
@@ -376,7 +363,7 @@ def build_lm(
         key = "EMPTY"  # OpenAI-compatible servers without auth still need a non-empty key in the client
     if key is not None:
         kwargs["api_key"] = key
-    register_secret(*(str(v) for k, v in _secret_items(kwargs)))
+    register_secret(*secret_values(kwargs))
     if api_base:
         kwargs["api_base"] = api_base
     kwargs.update(overrides)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import dspy
 import dspy.dsp.utils.settings as _dspy_settings
 
-from dspyo3_core.secrets import SECRET_NAME, masked, register_secret
+from dspyo3_core.secrets import masked, register_secret, secret_values
 
 if TYPE_CHECKING:
     from dspyo3_core.plugins import PluginManager
@@ -245,7 +245,7 @@ class HookedLM(dspy.LM):
 
     def __init__(self, model: str, *args: Any, plugin_manager: PluginManager | None = None, **kwargs: Any) -> None:
         super().__init__(model, *args, **kwargs)
-        register_secret(*(v for k, v in self.kwargs.items() if SECRET_NAME.search(str(k)) and isinstance(v, str)))
+        register_secret(*secret_values(self.kwargs))
         # A token, not the manager itself: dspy.LM.copy() deep-copies and pickles LMs, the manager is shared.
         self._dspyo3_pm_token = _remember(plugin_manager) if plugin_manager is not None else None
 

@@ -29,7 +29,6 @@ import importlib.util
 import itertools
 import json
 import os
-import re
 import threading
 import uuid
 import weakref
@@ -43,7 +42,7 @@ from dspy.dsp.utils.settings import settings
 from dspy.utils.callback import with_callbacks as _with_callbacks
 
 from dspyo3_core.lm import LMCall, _remember, lm_callbacks_wanted, note_result, plugin_manager_for, wrappers_active
-from dspyo3_core.secrets import register_secret
+from dspyo3_core.secrets import SECRET_HEADER, register_secret, secret_values
 
 if TYPE_CHECKING:
     from dspyo3_core.plugins import PluginManager
@@ -98,7 +97,7 @@ MAX_EVENT_BYTES = 16 * 1024 * 1024
 """Default largest stream event NativeLM accepts (``max_event_bytes``)."""
 MAX_RESPONSE_BYTES = 128 * 1024 * 1024
 """Default largest answer NativeLM accepts, a whole stream or a non-streamed body (``max_response_bytes``)."""
-_SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|signature|password", re.I)  # never pickled or saved
+_SECRET_HEADER = SECRET_HEADER  # never pickled or saved
 
 
 class PricingTable:
@@ -415,7 +414,7 @@ class NativeLM(dspy.BaseLM):
                          callbacks=callbacks, num_retries=num_retries, **kwargs)
         self._key_env = key_env
         self._api_key = api_key if api_key is not None else (os.environ.get(key_env) if key_env else None)
-        register_secret(self._api_key, *(v for k, v in self.headers if _SECRET_HEADER.search(k)))
+        register_secret(self._api_key, *secret_values({"headers": self.headers}))
         self._transport = self._build_transport()
         self._dspyo3_pm_token = _remember(plugin_manager) if plugin_manager is not None else None
         self._warn_zero_temp_rollout(self.kwargs.get("temperature"), self.kwargs.get("rollout_id"))

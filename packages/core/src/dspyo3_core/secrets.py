@@ -24,11 +24,11 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
 __all__ = ["MIN_SECRET", "Redactor", "install_redaction", "known_secrets", "mask_secret", "masked", "redact",
-           "register_secret", "secrets_version"]
+           "redact_record", "register_secret", "secret_values", "secrets_version"]
 
 MIN_SECRET = 8
 """Values shorter than this are never masked in text: they would mask ordinary words."""
@@ -40,6 +40,8 @@ SECRET_NAME = re.compile(
     re.I,
 )
 """Names of fields, arguments and headers whose values are secrets (``max_tokens`` is not one)."""
+SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|signature|password", re.I)
+"""Names of HTTP headers whose values are secrets."""
 
 _registered: set[str] = set()
 _lock = threading.Lock()
@@ -86,9 +88,25 @@ def register_secret(*values: str | bytes | None) -> None:
             _version += 1
 
 
-def secrets_version() -> int:
-    """A number that changes whenever a secret is registered (for caches of :func:`known_secrets`)."""
-    return _version
+def secrets_version() -> tuple[int, int]:
+    """What changes when the known secrets may have: a secret was registered, or environment variables were
+    added or removed (a ``.env`` file loaded late). Cheap enough to compare on every logged event; a variable whose
+    value changes in place is not noticed (register it, or configure logging again)."""
+    return (_version, len(os.environ))
+
+
+def secret_values(kwargs: Mapping[str, Any]) -> list[str]:
+    """The secret values among LM keyword arguments: secret-named entries (``api_key``, ``*_token``, ...) and
+    secret headers in ``headers`` / ``extra_headers`` (``Authorization``, ``x-api-key``, ``api-key``, cookies)."""
+    found = [v for k, v in kwargs.items() if SECRET_NAME.search(str(k)) and isinstance(v, str)]
+    for name in ("headers", "extra_headers"):
+        headers = kwargs.get(name)
+        pairs = headers.items() if isinstance(headers, Mapping) else headers if isinstance(headers, list) else ()
+        for pair in pairs:
+            if isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[1], str) and (
+                    SECRET_HEADER.search(str(pair[0]))):
+                found.append(pair[1])
+    return found
 
 
 def _env_secrets() -> set[str]:
@@ -120,7 +138,7 @@ class Redactor:
         if registered:
             with _lock:
                 values |= _registered
-        self.version = _version
+        self.version = secrets_version()
         # as they appear inside a JSON line too (quotes, backslashes, control and non-ASCII characters escaped)
         values |= {json.dumps(v)[1:-1] for v in values} | {json.dumps(v, ensure_ascii=False)[1:-1] for v in values}
         self._values = sorted(values, key=len, reverse=True)  # longest first: a key containing another
@@ -187,20 +205,22 @@ def redact(text: str, *extra: str | None) -> str:
 _installed_factory = False
 
 
-def _redact_record(record: logging.LogRecord) -> None:
+def redact_record(record: logging.LogRecord, mask: Callable[[str], str] = redact) -> None:
+    """Mask secrets (with ``mask``, default :func:`redact`) in a log record's message, arguments, traceback and
+    stack, in place."""
     try:
         message = record.getMessage()
     except Exception:  # a bad %-format is logging's to report (handleError), not ours
         return
-    cleaned = redact(message)
+    cleaned = mask(message)
     if cleaned != message:
         record.msg, record.args = cleaned, None
     if record.exc_info and not record.exc_text:
-        record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        record.exc_text = mask(logging.Formatter().formatException(record.exc_info))
     elif record.exc_text:
-        record.exc_text = redact(record.exc_text)
+        record.exc_text = mask(record.exc_text)
     if record.stack_info:
-        record.stack_info = redact(record.stack_info)
+        record.stack_info = mask(record.stack_info)
 
 
 class RedactingStream(io.TextIOBase):
@@ -287,7 +307,7 @@ def install_redaction(*, streams: bool = False) -> None:
 
         def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
             record = previous(*args, **kwargs)
-            _redact_record(record)
+            redact_record(record)
             return record
 
         logging.setLogRecordFactory(factory)

@@ -13,7 +13,7 @@ from typing import Any
 
 import dspy
 
-from dspyo3_core.files import read_jsonl
+from dspyo3_core.files import loads_json, read_jsonl
 from dspyo3_core.gsm8k import final_answer, rationale
 
 Record = dict[str, Any]
@@ -56,9 +56,11 @@ def read_records(path: str | Path) -> list[Record]:
             return [dict(row) for row in csv.DictReader(handle)]
     if suffix == ".json":
         try:
-            data = json.loads(file.read_text(encoding="utf-8"))
+            data = loads_json(file.read_bytes(), source=str(file))
         except json.JSONDecodeError as exc:
             raise DataError(f"{file}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        except ValueError as exc:  # not UTF-8, or nested too deeply
+            raise DataError(f"{file}: not a JSON dataset ({exc})") from None
         if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
             raise DataError(f"{file}: a .json dataset must be a list of objects")
         return [dict(row) for row in data]

@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from dspyo3_core.files import atomic_write_bytes, loads_json
+from dspyo3_core.files import atomic_write_bytes, clean_stale_temporaries, loads_json
 from dspyo3_core.program_state import UnsafeStateError, apply_state, learned_state
 from dspyo3_optimize._common import canonical as _canonical
 from dspyo3_optimize._common import now as _now
@@ -194,9 +194,17 @@ class LocalBackend:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name)
                       and ((p / "versions").is_dir() or (p / "stages.json").is_file()))
 
+    def _clean(self, name: str) -> None:
+        """Remove the temporary files writers killed mid-write left anywhere in the program's folder (a version
+        folder is never written again once its files exist, so the next atomic write would not see them)."""
+        base = self.root / name
+        for folder in (base, *(p for p in (base / "versions").glob("*") if p.is_dir())):
+            clean_stale_temporaries(folder)
+
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float = 30.0) -> Iterator[None]:
-        """``flock`` on ``<root>/<name>/.lock`` (a fresh descriptor each time, so threads exclude each other too)."""
+        """``flock`` on ``<root>/<name>/.lock`` (a fresh descriptor each time, so threads exclude each other too);
+        once held, temporaries that killed writers left in the program's folders are removed."""
         path = self.root / name / ".lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         import fcntl  # POSIX only: imported here so the registry (and its other backends) import on Windows
@@ -215,6 +223,7 @@ class LocalBackend:
                                             "released when it exits)") from None
                     time.sleep(0.01)
             try:
+                self._clean(name)
                 yield
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)

@@ -218,7 +218,7 @@ class JsonEventHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def write_event(self, name: str, level: int, fields: dict[str, Any]) -> None:
         """Write one event line (what ``handle`` would write for it, minus the ``LogRecord``)."""
-        if self.json.redactor.version != _secrets._version:
+        if self.json.redactor.version != _secrets.secrets_version():
             self.refresh_secrets()
         sink = self.sink
         if sink is not None:
@@ -250,17 +250,7 @@ class RedactingFilter(logging.Filter):
         self.redactor = redactor or Redactor()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a bad %-format is logging's to report (handleError), not this filter's
-            return True
-        cleaned = self.redactor.text(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.redactor.text(logging.Formatter().formatException(record.exc_info))
-        elif record.exc_text:
-            record.exc_text = self.redactor.text(record.exc_text)
+        _secrets.redact_record(record, self.redactor.text)
         return True
 
 
@@ -337,7 +327,7 @@ def emit(name: str, level: int, fields: dict[str, Any], *, scalars: bool = False
     if (type(direct) is JsonEventHandler and level >= direct.level and not EVENTS.handlers
             and not EVENTS.filters and not _DSPYO3.filters and not _DSPYO3.propagate and EVENTS.propagate
             and not EVENTS.disabled):
-        if direct.json.redactor.version != _secrets._version:  # a secret was registered since: write it masked
+        if direct.json.redactor.version != _secrets.secrets_version():  # new secrets since: write them masked
             direct.refresh_secrets()
         sink = direct.sink
         if scalars and sink is not None and not _FIELDS.get() and fields.keys() <= _LM_CALL_FIELDS:
