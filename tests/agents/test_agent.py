@@ -309,10 +309,8 @@ def test_a_killed_run_resumes_in_a_new_process(backend: str, lm_server: LMServer
     args = [sys.executable, str(script), lm_server.api_base, url, str(calls), str(trace)]
     first = subprocess.Popen([*args, "hang"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not (calls.exists() and calls.read_text().split() == ["0", "1"]):
+        while not (calls.exists() and calls.read_text().split() == ["0", "1"]):  # a hang is pytest-timeout's
             assert first.poll() is None, first.communicate()[1][-2000:]
-            assert time.monotonic() < deadline, "the first process never reached step 1"
             time.sleep(0.05)
         os.kill(first.pid, signal.SIGKILL)
     finally:
