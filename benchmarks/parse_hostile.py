@@ -2,8 +2,9 @@
 
     python benchmarks/parse_hostile.py [--repeat 3] [--json out.json] [--plot out.png]
 
-Hostile answers are the ones that make a backtracking parser quadratic: many unclosed XML tags, opening tags that
-never end, many or broken ``[[ ## field ## ]]`` headers, megabytes of blank lines, code fences that never close,
+Hostile answers are the ones that make a backtracking parser quadratic or a per-item parser slow: many unclosed XML
+tags, opening tags that never end, megabytes of character references (repeated, distinct, among text, one of a
+million digits), many or broken ``[[ ## field ## ]]`` headers, megabytes of blank lines, code fences that never close,
 deep or unterminated JSON, long streams for ``parse_partial``. Each must parse or raise ``OutputParseError``
 (checked). For each mode and size the slowest input is reported (best of ``--repeat`` runs), with anchors from the
 same run: ``json.loads`` of a well-formed JSON document of the same size, and DSPy's own ``ChatAdapter.parse`` /
@@ -61,21 +62,41 @@ def repeat(unit: str, size: int) -> str:
     return unit * (size // len(unit) + 1)
 
 
+def numbered(template: str, size: int, start: int = 0) -> str:
+    """``template`` filled with start, start + 1, ... until the text has ``size`` characters or more."""
+    parts, total, n = [], 0, start
+    while total < size:
+        parts.append(template.format(n))
+        total += len(parts[-1])
+        n += 1
+    return "".join(parts)
+
+
 def hostile(mode: str, size: int) -> dict[str, str]:
     """Named hostile answers of about ``size`` characters for one mode."""
     r = lambda unit: repeat(unit, size)  # noqa: E731
+    distinct = lambda template, start=0: numbered(template, size, start)  # noqa: E731
     if mode == "xml":
         rest = XML.replace("<answer>Paris</answer>", "")
         return {"tags never closed": rest + r("<answer>"), "opening tags never ended": rest + r("<answer "),
                 "unclosed tags": r("<answer>") + XML, "endless opening tag": "<answer " + r("x") + XML,
                 "opening tags without >": r("<answer ") + XML, "closing tags only": XML[:-8] + r("</answer>"),
-                "named entities": XML.replace("Paris", r("&amp;"), 1)}
+                "named entities": XML.replace("Paris", r("&amp;"), 1),
+                "numeric references": XML.replace("Paris", r("&#x41;"), 1),
+                "named and numeric references": XML.replace("Paris", r("&eacute;&#233;"), 1),
+                "references among varied text": XML.replace("Paris", distinct("&#233;{} "), 1),
+                "distinct numeric references": XML.replace("Paris", distinct("&#{};", start=65), 1),
+                "distinct named references": XML.replace("Paris", distinct("&amp{};"), 1),
+                "a reference of a million digits": XML.replace("Paris", "&#" + r("9") + ";", 1),
+                "bare ampersands": XML.replace("Paris", r("& "), 1)}
     if mode == "chat":
         return {"trailing blank lines": CHAT + r("\n"), "blank lines, no header": r("\n") + "x",
                 "trailing whitespace lines": CHAT + r("\n \t"), "blank lines": r("\n") + CHAT,
                 "whitespace lines": r("\n \t") + "\n" + CHAT,
                 "many headers": r("[[ ## answer ## ]]\n") + CHAT, "broken headers": r("[[ ## answer ## \n") + CHAT,
-                "one huge line": r("x [[ ## count ## ]] ") + "\n" + CHAT, "huge value": CHAT.replace("Paris", r("a "))}
+                "one huge line": r("x [[ ## count ## ]] ") + "\n" + CHAT, "huge value": CHAT.replace("Paris", r("a ")),
+                "unknown headers": r("[[ ## other ## ]]\n") + CHAT, "CRLF blank lines": r("\r\n") + CHAT,
+                "distinct unknown headers": distinct("[[ ## x{} ## ]]\n") + CHAT}
     if mode == "json":
         return {"open braces": r("{"), "deep arrays": '{"tags": ' + r("["), "unclosed fence": "```json\n" + r("```x"),
                 "backticks": "```" + r("`"), "fence then prose": "```json\n" + JSON + r("\n``` x"),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import html
 from typing import Annotated, Literal, Optional
 
 import dspy
 import pydantic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dspyo3_core.testing import LMServer, chat_reply
 from dspyo3_types.parse import OutputParseError, StrictChatAdapter, StrictJSONAdapter, parse_output, parse_partial
@@ -175,6 +178,9 @@ def _repeat(unit: str, size: int = MB) -> str:
     return unit * (size // len(unit) + 1)
 
 
+DISTINCT_REFERENCES = "".join(f"&#{n};" for n in range(65, 65 + MB // 9))
+
+
 @pytest.mark.parametrize(("text", "fmt", "expected"), [
     # a megabyte of unclosed tags before the answer: the first opening tag runs to the first closing one
     (_repeat("<answer>") + XML, "auto", {**EXPECTED, "answer": _repeat("<answer>") + "Paris"}),
@@ -196,6 +202,11 @@ def _repeat(unit: str, size: int = MB) -> str:
     ('```json\n{"answer": "x"}' + _repeat("\n``` x"), "json", None),
     (_repeat("{"), "json", None),
     ('{"answer": "' + _repeat("a"), "json", None),
+    # a megabyte of character references: numeric, named, distinct, one of thousands of digits
+    (XML.replace("Paris", _repeat("&#x41;"), 1), "xml", {**EXPECTED, "answer": "A" * (MB // 6 + 1)}),
+    (XML.replace("Paris", _repeat("&eacute;&#233;"), 1), "xml", {**EXPECTED, "answer": "éé" * (MB // 14 + 1)}),
+    (XML.replace("Paris", DISTINCT_REFERENCES, 1), "xml", {**EXPECTED, "answer": html.unescape(DISTINCT_REFERENCES)}),
+    (XML.replace("Paris", "&#" + _repeat("9") + ";", 1), "xml", {**EXPECTED, "answer": "\ufffd"}),
 ])
 def test_hostile_answers_parse_or_fail_cleanly(text: str, fmt: str, expected: dict[str, object] | None) -> None:
     """Megabyte answers built to make a backtracking parser slow give the plain result or a clean OutputParseError
@@ -295,6 +306,32 @@ def test_a_missing_required_field_still_fails_and_optional_ones_are_not_listed_a
 @pytest.mark.parametrize("value", ["a &amp; b &lt;c&gt; &quot;d&quot; &apos;e&apos;", "&amp;lt; &amp;amp;",
                                    "&amp;#65; &#65; &eacute;", "&lt", "a & b", "&amp", "&AMP; &amp;"])
 def test_xml_entities_decode_like_html_unescape(value: str) -> None:
-    import html
-
     assert parse_output(XML.replace("Paris", value, 1), Answer, "xml")["answer"] == html.unescape(value)
+
+
+REFERENCE_PARTS = ["&", "#", "x", "X", ";", "0", "00", "65", "9", "fF", "d800", "80", "9f", "fffe", "10ffff", "110000",
+                   "1114111", "1114112", "amp", "lt", "eacute", "ampx", "notin", "not", "AElig", "Tab", " ", "\n", "é"]
+
+
+@given(st.lists(st.sampled_from(REFERENCE_PARTS) | st.text(alphabet="&#;xX09afAF lt", max_size=6), max_size=30),
+       st.sampled_from([1, 3, 20]))
+@settings(max_examples=400, deadline=None)
+def test_character_references_decode_like_html_unescape(parts: list[str], copies: int) -> None:
+    """Numeric (decimal, hex, out of range, surrogates, C1 controls, noncharacters) and named references, with and
+    without ";", alone, repeated or among other text: the same text as html.unescape."""
+    value = "".join(parts) * copies
+    assert parse_output(XML.replace("Paris", value, 1), Answer, "xml")["answer"] == html.unescape(value.strip())
+
+
+@pytest.mark.parametrize("form", ["&#{n};", "&#X{n:04X}"])
+def test_every_code_point_decodes_like_html_unescape(form: str) -> None:
+    numbers = [*range(0x110000), 0x110000, 0x10FFFF + 2, 0xFFFFFFF]
+    value = "".join(form.format(n=n) for n in numbers)
+    assert parse_output(XML.replace("Paris", value, 1), Answer, "xml")["answer"] == html.unescape(value)
+
+
+def test_a_reference_of_thousands_of_digits_is_out_of_range_not_an_error() -> None:
+    """html.unescape raises ValueError past 4300 decimal digits; such a number is out of range: U+FFFD."""
+    for reference, char in [("&#" + "1" * 5000 + ";", "\ufffd"), ("&#" + "0" * 5000 + "65;", "A"),
+                            ("&#x" + "0" * 5000 + "41", "A"), ("&#x" + "f" * 5000 + ";", "\ufffd")]:
+        assert parse_output(XML.replace("Paris", reference, 1), Answer, "xml")["answer"] == char
