@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import html
+import re
+import typing
 from typing import Annotated, Literal, Optional
 
 import dspy
@@ -219,6 +221,95 @@ def test_hostile_answers_parse_or_fail_cleanly(text: str, fmt: str, expected: di
         assert parse_output(text, Answer, fmt) == expected
         if "[[ ##" in text:
             assert dspy.ChatAdapter().parse(Answer, text) == expected, "the same sections as DSPy's own parser"
+
+
+class _Scans:
+    """Characters examined by the scans the parser makes: each ``find``/``split``/``count`` on the answer (a
+    ``_CountedText``) and each search, match, split or sub of the parser's compiled patterns, counted from the
+    position the scan starts at to where it stops (the end of the text unless ``find`` hits). Slices of the
+    answer are plain ``str`` and not counted, but every pattern call on them is."""
+
+    examined = 0
+
+
+class _CountedText(str):
+    def find(self, sub: str, start: typing.SupportsIndex | None = None,  # type: ignore[override]
+             end: typing.SupportsIndex | None = None) -> int:
+        at = super().find(sub, start, end)
+        begin = 0 if start is None else int(start)
+        _Scans.examined += (at + len(sub) if at != -1 else len(self)) - begin
+        return at
+
+    def split(self, sep: str | None = None, maxsplit: typing.SupportsIndex = -1) -> list[str]:  # type: ignore[override]
+        _Scans.examined += len(self)
+        return super().split(sep, maxsplit)
+
+
+class _CountedPattern:
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+
+    def _scan(self, method: str, *args: typing.Any) -> typing.Any:
+        string = args[1] if method == "sub" else args[0]
+        position = args[1] if method in ("search", "match") and len(args) > 1 else 0
+        _Scans.examined += len(string) - position
+        return getattr(self.pattern, method)(*args)
+
+    def search(self, *args: typing.Any) -> typing.Any:
+        return self._scan("search", *args)
+
+    def match(self, *args: typing.Any) -> typing.Any:
+        return self._scan("match", *args)
+
+    def split(self, *args: typing.Any) -> typing.Any:
+        return self._scan("split", *args)
+
+    def sub(self, *args: typing.Any) -> typing.Any:
+        return self._scan("sub", *args)
+
+
+@pytest.fixture
+def examined(monkeypatch: pytest.MonkeyPatch) -> typing.Callable[[str, str], int]:
+    """``examined(text, fmt)``: the characters the parser's scans examine while it parses ``text``."""
+    from dspyo3_types import parse
+
+    for name, value in vars(parse).copy().items():
+        if isinstance(value, re.Pattern):
+            monkeypatch.setattr(parse, name, _CountedPattern(value))
+    opening = parse._xml_open
+    monkeypatch.setattr(parse, "_xml_open", lambda name: _CountedPattern(opening(name)))
+
+    def count(text: str, fmt: str) -> int:
+        _Scans.examined = 0
+        try:
+            parse_output(_CountedText(text), Answer, fmt)
+        except OutputParseError:
+            pass
+        return _Scans.examined
+
+    return count
+
+
+@pytest.mark.parametrize(("make", "fmt"), [
+    (lambda n: XML.replace("<answer>Paris</answer>", "") + "<answer>" * n, "auto"),
+    (lambda n: "<answer>" * n + XML, "xml"),
+    (lambda n: "<answer " * n + XML, "xml"),
+    (lambda n: XML.replace("</place>", "") + "</answer>" * n, "xml"),
+    (lambda n: XML.replace("Paris", "&#x41;" * n, 1), "xml"),
+    (lambda n: XML.replace("Paris", "".join(f"&#{i};x" for i in range(n)), 1), "xml"),
+    (lambda n: XML.replace("Paris", "&eacute;" * n + "&#233;x" * n, 1), "xml"),
+    (lambda n: "\n" * n + CHAT, "chat"),
+    (lambda n: "[[ ## answer ## ]]\n" * n + CHAT, "chat"),
+    (lambda n: "[[ ## answer ## \n" * n + CHAT, "auto"),
+    (lambda n: "```json\n" + "```x" * n + "\n```", "json"),
+    (lambda n: "```json\n" + JSON.replace('"b"]', '"b"' + ', "c"' * n + "]") + "\n```", "json"),
+])
+def test_hostile_answers_are_scanned_a_bounded_number_of_times(
+        examined: typing.Callable[[str, str], int], make: typing.Callable[[int], str], fmt: str) -> None:
+    """Twice the hostile text costs at most about twice the characters examined (a parser that rescans the rest
+    of the answer from each tag, header or reference examines four times as many): counted, not timed."""
+    small, large = examined(make(2_000), fmt), examined(make(4_000), fmt)
+    assert 0 < large <= 2.2 * small, (small, large)
 
 
 def test_xml_takes_the_first_opening_tag_and_the_first_closing_tag_after_it() -> None:
