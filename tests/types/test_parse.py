@@ -321,15 +321,21 @@ def test_xml_takes_the_first_opening_tag_and_the_first_closing_tag_after_it() ->
         parse_output(XML.replace("</answer>", "") + "<answer>", Answer, "xml")
 
 
-@pytest.mark.parametrize(("fence", "inside"), [
-    ('```json\n{"a": 1}\n```', '{"a": 1}'), ('```{"a": 1}```', '{"a": 1}'), ("``````", ""),
-    ("```", None), ("`````", None), ('```json\n{"a": 1}\n``` and more', None), ('{"a": 1}', None),
+@pytest.mark.parametrize(("value", "expected"), [
+    ("```json\n[1]\n```", [1]), ("```[1]```", [1]), ("```\n[1]```", [1]), ("[1]", [1]),
+    ("``````", None), ("```", None), ("`````", None), ("```json\n[1]\n``` and more", None),
 ])
-def test_code_fences(fence: str, inside: str | None) -> None:
-    from dspyo3_types.parse import _unfence
-
-    found = _unfence(fence)
-    assert (found.strip() if found is not None else None) == inside
+def test_code_fences(value: str, expected: list[int] | None) -> None:
+    """A field's value that is one code fence is read from inside it; a text that only starts or ends like one is
+    read as it is (here: not a list)."""
+    answer = f"[[ ## data ## ]]\n{value}\n\n[[ ## text ## ]]\nx"
+    if expected is None:
+        with pytest.raises(OutputParseError, match="field `data`"):
+            parse_output(answer, Nested, "chat")
+    else:
+        assert parse_output(answer, Nested, "chat") == {"data": expected, "text": "x"}
+        whole = value.replace("[1]", '{"data": [1], "text": "x"}')  # a whole JSON answer in the same fence
+        assert parse_output(whole, Nested, "json") == {"data": expected, "text": "x"}
 
 
 class Nested(dspy.Signature):
