@@ -16,8 +16,9 @@ Redis failures never fail a call: the tier counts the error, stays out of the wa
 (0.5 s doubling to ``redis_max_backoff``) and then tries again by itself. Values read from Redis are decoded by
 :mod:`dspyo3_production.codec` (JSON, or pickle restricted to known response types) and checked against the key
 they were read under. An entry is served only if it is within the size limits (``redis_max_entry_bytes`` read at
-most, ``redis_max_decoded_bytes`` built at most, checked before decoding) and is the shape the caller reads for
-that request (:func:`~dspyo3_production.codec.check_entry`); anything else is a miss, counted as
+most; ``redis_max_decoded_bytes`` built at most, estimated in bytes for every entry before decoding: from the
+structural bytes of a JSON entry, by a walk of a pickled one) and is the shape the caller reads for that request
+(:func:`~dspyo3_production.codec.check_entry`); anything else is a miss, counted as
 ``dspyo3_cache_requests_total{tier="redis", result="rejected"}``.
 
 Single flight: inside :meth:`TieredCache.call_scope` (the production LM-call wrapper opens one per call), the
@@ -288,8 +289,9 @@ class TieredCache(Cache):
         metrics: where to count lookups (default: the process-wide :func:`default_metrics`).
         redis_max_entry_bytes: the largest Redis entry read or written (larger ones are not shared, and one
             found in Redis is a miss without being transferred whole).
-        redis_max_decoded_bytes: the largest value a Redis entry may decode to, estimated with shared references
-            expanded and checked before decoding (a small pickle cannot build a huge value).
+        redis_max_decoded_bytes: the largest value, in bytes of Python objects, a Redis entry may decode to:
+            an upper estimate checked before decoding (counted from a JSON entry's structure; for a pickle with
+            shared references expanded), so a small entry cannot build a huge value.
     """
 
     def __init__(

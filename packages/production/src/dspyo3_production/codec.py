@@ -10,15 +10,18 @@ Redis cannot run code in the reader.
 Each payload starts with a format tag and the cache key it was written under; a payload read back under a
 different key, or one that does not decode, is treated as a miss (never served).
 
-Size is bounded before anything is built: a payload over ``max_payload_bytes`` is refused unread, JSON nests at
-most ``max_depth`` levels, and a pickle is first walked opcode by opcode without running it (:func:`check_pickle`):
-only the binary opcodes of protocols 4 and 5, a dense memo, and a value whose size *with every shared reference
-expanded* (what a copy, a JSON dump or a validator would build from it) stays under ``max_decoded_bytes``,
-together with the work its construction does (hashing keys, constructor arguments, a ``bytes(n)``-style size
-argument). Payloads are not compressed, so there is no decompression step to bound.
+Size is bounded before anything is built, in bytes of the Python objects a payload decodes to: a payload over
+``max_payload_bytes`` is refused unread; JSON is refused when an upper bound of its decoded size, counted from its
+structural bytes at C speed (:func:`json_size_bound`), is over ``max_decoded_bytes``, and when it nests deeper than
+``max_depth`` levels; a pickle is first walked opcode by opcode without running it (:func:`check_pickle`): only
+the binary opcodes of protocols 4 and 5, a dense memo, and a value whose estimated size *with every shared
+reference expanded* (what a copy, a JSON dump or a validator would build from it) stays under
+``max_decoded_bytes``, together with the work its construction does (hashing keys, constructor arguments, a
+``bytes(n)``-style size argument). Payloads are not compressed, so there is no decompression step to bound.
 
 :func:`check_entry` then checks that the decoded value is what the caller reads for that request: a DSPy LM call
-gets a DSPy result record or a response object with ``choices`` / ``output``, a ``NativeLM`` call its record.
+gets a DSPy result record or a response object with ``choices`` / ``output``, a ``NativeLM`` call its record, and
+every answer in it has text or tool calls for DSPy's adapters to parse.
 """
 
 from __future__ import annotations
@@ -108,6 +111,20 @@ for _names, _spec in (
 ):
     for _name in _names:
         _TABLE[getattr(pickle, _name)[0]] = _spec
+# Sizes, in bytes of 64-bit CPython objects, of what an opcode builds (upper estimates, so a planted pickle cannot
+# build more than its estimate): a new empty container, constant or instance by opcode (REDUCE runs a class's
+# __init__, which builds its defaults: a default litellm ModelResponse is about 3.5 KB; NEWOBJ only allocates the
+# instance, whose state comes after), then per string/bytes/long byte and per reference a container holds.
+_NEW_COST = [0] * 256
+for _name, _cost in (("EMPTY_LIST", 56), ("LIST", 56), ("EMPTY_DICT", 64), ("DICT", 64), ("EMPTY_TUPLE", 40),
+                     ("TUPLE", 40), ("TUPLE1", 40), ("TUPLE2", 40), ("TUPLE3", 40), ("EMPTY_SET", 216),
+                     ("FROZENSET", 216), ("NONE", 8), ("NEWTRUE", 8), ("NEWFALSE", 8), ("BINFLOAT", 24),
+                     ("REDUCE", 16384), ("NEWOBJ", 256), ("NEWOBJ_EX", 256)):
+    _NEW_COST[getattr(pickle, _name)[0]] = _cost
+_TEXT_COST = 80  # a str object's header; each UTF-8 byte of it may take 4 bytes (one astral character widens all)
+_DATA_COST = 64  # a bytes / bytearray header, plus one byte per byte
+_INT_COST = 32  # an int object (a LONG adds its bytes)
+_SLOT_COST = 64  # one reference held by a container: a list slot, or half a dict entry with its share of the table
 _OPCODE_NAMES = {getattr(pickle, name)[0]: name for name in dir(pickle)
                  if name.isupper() and isinstance(getattr(pickle, name), bytes) and len(getattr(pickle, name)) == 1}
 
@@ -118,8 +135,10 @@ def check_pickle(body: bytes, *, max_decoded_bytes: int = MAX_DECODED_BYTES, max
     Accepts what :class:`Codec` writes (protocol 4/5 binary opcodes) and refuses: other opcodes (text-mode,
     extension registry, persistent ids, out-of-band buffers), a sparse memo, calls on anything but a class named
     by module and name, cycles, nesting deeper than ``max_depth``, and a value whose size with shared references
-    expanded, or the work its construction does, goes over ``max_decoded_bytes`` (sizes are estimates: one unit
-    per object plus the length of strings and bytes).
+    expanded, or the work its construction does, goes over ``max_decoded_bytes`` (sizes are upper estimates in
+    bytes of CPython objects: a container, a number or a string header by type, four bytes per byte of text, one
+    per byte of bytes, 64 per reference a container holds, 16 KiB per class called with REDUCE, whose ``__init__``
+    builds defaults).
 
     Raises:
         UnsafeValueError: naming the first thing that is wrong.
@@ -167,10 +186,13 @@ def check_pickle(body: bytes, *, max_decoded_bytes: int = MAX_DECODED_BYTES, max
                 if cls == _TEXT:
                     if arg <= 512:
                         texts[node] = body[pos:pos + arg].decode("utf-8", "replace")
+                    new_size(_TEXT_COST + 4 * arg)
                 elif cls == _LONG:
                     ints[node] = (abs(int.from_bytes(body[pos:pos + arg], "little", signed=True)) if arg <= 16
                                   else 1 << (8 * arg))
-                new_size(1 + arg)
+                    new_size(_INT_COST + arg)
+                else:
+                    new_size(_DATA_COST + arg)
                 new_kids(None)
                 push(node)
                 pos += arg
@@ -180,18 +202,18 @@ def check_pickle(body: bytes, *, max_decoded_bytes: int = MAX_DECODED_BYTES, max
                 push(memo[arg])
             elif cls == _EMPTY:
                 push(len(own))
-                new_size(1)
+                new_size(_NEW_COST[op])
                 new_kids([])
             elif cls == _MARK:
                 marks.append(len(stack))
             elif cls == _LEAF:
                 push(len(own))
-                new_size(1)
+                new_size(_NEW_COST[op])
                 new_kids(None)
             elif cls == _INT:
                 ints[len(own)] = abs(arg)
                 push(len(own))
-                new_size(1)
+                new_size(_INT_COST)
                 new_kids(None)
             elif cls in (_SETITEMS, _APPENDS, _ADDITEMS):
                 if not marks:
@@ -209,6 +231,7 @@ def check_pickle(body: bytes, *, max_decoded_bytes: int = MAX_DECODED_BYTES, max
                 if target is None:
                     raise refuse("an opcode adds to something that is not a container")
                 target.extend(items)
+                own[stack[-1]] += _SLOT_COST * len(items)
             elif cls in (_SETITEM, _APPEND, _BUILD):
                 count = 2 if cls == _SETITEM else 1
                 if len(stack) <= count:
@@ -221,6 +244,7 @@ def check_pickle(body: bytes, *, max_decoded_bytes: int = MAX_DECODED_BYTES, max
                 if target is None:
                     raise refuse("an opcode adds to something that is not a container")
                 target.extend(items)
+                own[stack[-1]] += _SLOT_COST * len(items)
             elif cls in (_TUPLE_N, _TUPLE_MARK, _DICT, _FROZENSET):
                 if cls == _TUPLE_N:
                     count = spec[2]
@@ -241,7 +265,7 @@ def check_pickle(body: bytes, *, max_decoded_bytes: int = MAX_DECODED_BYTES, max
                     elif cls == _FROZENSET:
                         charged.extend(items)
                 push(len(own))
-                new_size(1)
+                new_size(_NEW_COST[op] + _SLOT_COST * len(items))
                 new_kids(items)
             elif cls == _STACK_GLOBAL:
                 if len(stack) < 2 or stack[-1] not in texts or stack[-2] not in texts:
@@ -269,7 +293,7 @@ def check_pickle(body: bytes, *, max_decoded_bytes: int = MAX_DECODED_BYTES, max
                     extra += ints.get(item, 0)  # bytes(n), a subclass' __new__(cls, n): n gets allocated
                 charged.extend(args)
                 push(len(own))
-                new_size(1)
+                new_size(_NEW_COST[op] + _SLOT_COST * len(args))
                 new_kids(args)
             elif cls == _PUT:
                 if arg == len(memo):
@@ -360,6 +384,28 @@ def check_pickle(body: bytes, *, max_decoded_bytes: int = MAX_DECODED_BYTES, max
                                    "bytes of work (hashed keys, class arguments and sizes, counted expanded)")
 
 
+# Upper bounds, in bytes of 64-bit CPython objects, of what one structural byte of a JSON document can build when
+# orjson decodes it (measured worst cases: about 128 per ``{``, 64 per ``[``, 60 per ``,`` and 25 per ``"``).
+_JSON_OBJECT_COST = 192  # ``{``: a dict and its first keys table (up to five entries), plus its slot in the parent
+_JSON_ARRAY_COST = 96  # ``[``: a list, its first item slot and its slot in the parent
+_JSON_ITEM_COST = 64  # ``,``: one more member (a dict entry with its share of a grown table, or a list slot) and
+#                       a number object (int or float) it may hold
+_JSON_QUOTE_COST = 48  # ``"``: half a string object header (a string is two quotes: 96 >= 80 bytes of header)
+_JSON_BYTE_COST = 4  # any byte: a character of a str stored four bytes wide (one astral character in it does that)
+
+
+def json_size_bound(body: bytes) -> int:
+    """An upper bound, in bytes, on the memory the value of the JSON document ``body`` takes once decoded.
+
+    Counted from the document's structural bytes (``{``, ``[``, ``,``, ``"``) without parsing it, at C speed,
+    so a payload can be refused before anything is built: 16 MB of ``[{},{},...]`` builds about 600 MB of dicts.
+    Bytes inside strings are counted as if structural, which only makes the bound larger.
+    """
+    return (_JSON_OBJECT_COST * body.count(b"{") + _JSON_ARRAY_COST * body.count(b"[")
+            + _JSON_ITEM_COST * body.count(b",") + _JSON_QUOTE_COST * body.count(b'"')
+            + _JSON_BYTE_COST * len(body) + 4096)
+
+
 def json_depth_ok(value: Any, max_depth: int) -> bool:
     """True if ``value`` (decoded JSON) nests at most ``max_depth`` containers deep."""
     level: list[Any] = [value]
@@ -400,14 +446,56 @@ def _list_of_dicts(value: Any) -> bool:
     return type(value) is list and all(type(item) is dict for item in value)
 
 
+def _field(obj: Any, name: str) -> Any:
+    """``obj.name`` the way DSPy reads a provider answer: a dict's key, else an attribute (None when absent)."""
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _tool_call_name(call: Any) -> Any:
+    function = _field(call, "function")
+    name = _field(function, "name") if function is not None else None
+    return name if name is not None else _field(call, "name")
+
+
+def _answer_problem(text: Any, calls: Any) -> str | None:
+    """What stops DSPy's adapters from reading one answer (text, tool calls), or None if nothing does.
+
+    They parse non-empty text, or take the tool calls when the signature has a ``dspy.ToolCalls`` output; an answer
+    with neither is an ``AdapterParseError`` ("empty or null response"), a tool call without a function name a
+    validation error.
+    """
+    if text is not None and not isinstance(text, str):
+        return f"text that is a {type(text).__name__}, not a string"
+    if calls:
+        if not isinstance(calls, (list, tuple)):
+            return f"tool calls that are a {type(calls).__name__}, not a list"
+        if not all(isinstance(_tool_call_name(call), str) and _tool_call_name(call) for call in calls):
+            return "a tool call without a function name"
+        return None
+    if not text:
+        return "neither text nor tool calls (an empty answer)"
+    return None
+
+
 def _check_dspy_record(value: dict[str, Any]) -> str | None:
     if value.get("_dspy_format") != _dspy_record_format():
         return f"a DSPy result record of format {value.get('_dspy_format')!r}, not {_dspy_record_format()!r}"
     if not _list_of_dicts(value.get("responses")):
         return "a DSPy result record whose 'responses' is not a list of objects"
     outputs = value.get("outputs")
-    if type(outputs) is not list or not all(item is None or type(item) in (str, dict) for item in outputs):
-        return "a DSPy result record whose 'outputs' is not a list of texts or objects"
+    if type(outputs) is not list or not outputs:
+        return "a DSPy result record whose 'outputs' is not a non-empty list"
+    for output in outputs:
+        if isinstance(output, str):
+            problem = _answer_problem(output, None)
+        elif type(output) is dict:
+            problem = _answer_problem(output.get("text"), output.get("tool_calls"))
+        else:
+            return f"a DSPy result record with an output that is a {type(output).__name__}, not a text or an object"
+        if problem is not None:
+            return f"a DSPy result record with an output that has {problem}"
     if type(value.get("usage", {})) is not dict or type(value.get("cost_details", {})) is not dict:
         return "a DSPy result record whose 'usage' / 'cost_details' are not objects"
     cost, model = value.get("cost"), value.get("response_model")
@@ -425,18 +513,38 @@ def _check_dspy_record(value: dict[str, Any]) -> str | None:
 
 
 def _check_sdk_response(value: Any, kind: str) -> str | None:
-    field = "output" if kind == "responses_completion" else "choices"
-    if type(value) is dict:
-        items = value.get(field)
-    elif isinstance(value, _SCALARS):
-        return f"a {type(value).__name__}, not a DSPy result record or a provider response"
-    else:
-        items = getattr(value, field, None)
-    if not isinstance(items, (list, tuple)):
-        return f"a {type(value).__name__} without a '{field}' list (not a provider response)"
-    if kind != "responses_completion" and not all(
-            isinstance(choice, dict) or hasattr(choice, "message") or hasattr(choice, "text") for choice in items):
-        return "a provider response whose choices have no message or text"
+    # DSPy's LiteLLM path caches the response object LiteLLM returned (ModelResponse, TextCompletionResponse,
+    # ResponsesAPIResponse), pickled; ``lm.forward`` hands it back as is, so a plain dict or list is never one.
+    if isinstance(value, _SCALARS):
+        return f"a {type(value).__name__}, not a DSPy result record or the provider response object DSPy stores"
+    if kind == "responses_completion":
+        items = getattr(value, "output", None)
+        if not isinstance(items, (list, tuple)) or not items:
+            return f"a {type(value).__name__} without a non-empty 'output' list (not a Responses API answer)"
+        try:
+            from dspy.clients.legacy_outputs import responses_outputs
+        except ImportError:
+            return None
+        try:
+            answers = responses_outputs(value)  # exactly how DSPy reads it
+        except Exception as exc:
+            return f"a Responses API answer DSPy cannot read ({type(exc).__name__}: {exc})"
+        for answer in answers:
+            problem = _answer_problem(answer.get("text"), answer.get("tool_calls"))
+            if problem is not None:
+                return f"a Responses API answer with {problem}"
+        return None
+    choices = getattr(value, "choices", None)
+    if not isinstance(choices, (list, tuple)) or not choices:
+        return f"a {type(value).__name__} without a non-empty 'choices' list (not a provider response)"
+    for choice in choices:
+        message = _field(choice, "message")
+        if message is not None:
+            problem = _answer_problem(_field(message, "content"), _field(message, "tool_calls"))
+        else:
+            problem = _answer_problem(_field(choice, "text"), None)
+        if problem is not None:
+            return f"a provider response with a choice that has {problem}"
     return None
 
 
@@ -444,14 +552,19 @@ def _check_native_lm_record(value: Any) -> str | None:
     if type(value) is not dict:
         return f"a {type(value).__name__}, not a NativeLM record"
     choices, usage, model = value.get("choices"), value.get("usage"), value.get("model")
-    if type(choices) is not list or not all(type(c) is dict and (c.get("content") is None or type(c.get("content"))
-                                                                  is str) for c in choices):
-        return "a NativeLM record whose 'choices' are not objects with a text 'content'"
+    if type(choices) is not list or not choices or not all(type(c) is dict for c in choices):
+        return "a NativeLM record whose 'choices' is not a non-empty list of objects"
+    for choice in choices:
+        problem = _answer_problem(choice.get("content"), choice.get("tool_calls"))
+        if problem is not None:
+            return f"a NativeLM record with a choice that has {problem}"
+        if not (choice.get("reasoning") is None or type(choice.get("reasoning")) is str):
+            return "a NativeLM record with a choice whose 'reasoning' is not a string"
     if type(usage) is not dict or not all(type(usage.get(name)) is int for name in ("prompt_tokens",
                                                                                      "completion_tokens")):
         return "a NativeLM record whose 'usage' lacks integer prompt_tokens / completion_tokens"
-    if not (model is None or type(model) is str):
-        return "a NativeLM record whose 'model' is not a string"
+    if "model" not in value or not (model is None or type(model) is str):
+        return "a NativeLM record whose 'model' is missing or not a string"
     return None
 
 
@@ -459,10 +572,12 @@ def check_entry(request: Any, value: Any) -> None:
     """Check that ``value`` is what the caller of a lookup for ``request`` reads from the cache.
 
     DSPy LM calls (``dspy.LM`` through its native engine or LiteLLM, named by the request's ``_fn_identifier``)
-    read a DSPy result record (a dict in DSPy's cache format that DSPy can load) or, on the LiteLLM path, a
-    provider response with ``choices`` (``output`` for the Responses API); ``NativeLM`` reads its record (choices
-    with text content, integer usage); DSPy's TypeSafe LM a dict with ``model``, ``usage`` and ``answers``. Any
-    other request (``request_cache`` on your own function, embeddings, direct ``cache.put``) can hold any value.
+    read a DSPy result record (a dict in DSPy's cache format that DSPy can load, with at least one output) or, on
+    the LiteLLM path, the provider response object LiteLLM returned (never a plain dict) with at least one choice
+    (``output`` item for the Responses API); ``NativeLM`` reads its record (at least one choice, integer usage);
+    DSPy's TypeSafe LM a dict with ``model``, ``usage`` and ``answers``. Every answer in a record or response
+    must be what DSPy's adapters parse: non-empty text, or tool calls that name their function. Any other request
+    (``request_cache`` on your own function, embeddings, direct ``cache.put``) can hold any value.
 
     Raises:
         UnsafeValueError: what the value is and what the caller would have needed.
@@ -517,7 +632,8 @@ class Codec:
     Args:
         safe_types: extra classes (besides ``litellm.types.*`` / ``openai.types.*``) a cached object may contain.
         max_payload_bytes: the largest payload :meth:`decode` reads (:meth:`fits` tells a writer).
-        max_decoded_bytes: the largest estimated decoded size of a pickled value, shared references expanded.
+        max_decoded_bytes: the largest estimated size in bytes a payload may decode to (JSON: an upper bound
+            counted from its structure; pickle: shared references expanded), checked before decoding.
         max_depth: the deepest a decoded value may nest.
     """
 
@@ -563,6 +679,10 @@ class Codec:
         if not sep or stored_key != key.encode():
             raise UnsafeValueError("cache payload was written under a different key (or is not a dspyo3 payload)")
         if tag == JSON_TAG:
+            bound = json_size_bound(body)
+            if bound > self.max_decoded_bytes:
+                raise UnsafeValueError(f"refusing the cached JSON: it may decode to up to {bound} bytes, more than "
+                                       f"max_decoded_bytes={self.max_decoded_bytes} (estimated before decoding)")
             value = orjson.loads(body)
             if not json_depth_ok(value, self.max_depth):
                 raise UnsafeValueError(f"cached JSON nests deeper than {self.max_depth} levels")
@@ -581,7 +701,8 @@ def read_memory_cache_file(path: str | os.PathLike[str], codec: Codec) -> list[t
     """The entries (cache key, answer), least recently used first, of a memory cache file written by
     ``dspy.clients.Cache.save_memory_cache`` or ``TieredCache.save_memory_cache`` (a pickled ``cachetools.LRUCache``,
     or a dict), read with ``codec``'s restricted unpickler after the same structure check as a Redis entry (its size
-    budget scaled to the file: a trusted file may be large, but never builds more than 64x its size).
+    budget scaled to the file: a trusted file may be large, but never builds more than an estimated 512x its size,
+    where what DSPy writes estimates at 50-150x).
 
     Raises:
         UnsafeValueError: naming the file and what is wrong with it (a class outside the allow-list, a corrupt or
@@ -591,7 +712,7 @@ def read_memory_cache_file(path: str | os.PathLike[str], codec: Codec) -> list[t
     with open(where, "rb") as file:
         data = file.read()
     try:
-        check_pickle(data, max_decoded_bytes=max(codec.max_decoded_bytes, 64 * len(data)),
+        check_pickle(data, max_decoded_bytes=max(codec.max_decoded_bytes, 512 * len(data)),
                      max_depth=codec.max_depth + 8)
         loaded = _Unpickler(io.BytesIO(data), codec.allowed | _MEMORY_FILE_CLASSES).load()
     except UnsafeValueError as exc:
