@@ -49,6 +49,7 @@ else:  # pragma: no cover
 if TYPE_CHECKING:
     from dspyo3_core.lm import HookedLM
     from dspyo3_core.native_lm import NativeLM
+    from dspyo3_core.offline import OfflineLM
     from dspyo3_core.plugins import PluginManager
 
 PROJECT_FILE = "dspyo3.toml"
@@ -130,6 +131,14 @@ BUILTIN_PROVIDERS: tuple[LMProviderSpec, ...] = (
         ("ANTHROPIC_API_KEY",),
         transport="native",
         description="Anthropic Messages API through the Rust transport",
+    ),
+    LMProviderSpec(
+        "offline",
+        "offline",
+        (),
+        key_required=False,
+        transport="offline",
+        description="NOT A MODEL: answers every field from the prompt itself, no network (model = extractive)",
     ),
 )
 
@@ -331,10 +340,11 @@ def load_settings() -> Settings:
 
 def build_lm(
     profile: LMProfile, *, plugin_manager: PluginManager | None = None, **overrides: Any
-) -> HookedLM | NativeLM:
+) -> HookedLM | NativeLM | OfflineLM:
     """Turn a profile into an LM whose calls go through the ``dspyo3_lm_call`` hook: a
     :class:`~dspyo3_core.lm.HookedLM` (``dspy.LM``, LiteLLM) or, with ``transport = "native"`` (or a native
-    provider), a :class:`~dspyo3_core.native_lm.NativeLM` on the Rust transport.
+    provider), a :class:`~dspyo3_core.native_lm.NativeLM` on the Rust transport; the ``offline`` provider gives an
+    :class:`~dspyo3_core.offline.OfflineLM` (not a model: answers from the prompt).
 
     Raises:
         ConfigError: unknown provider or transport, or a setting the provider needs is missing.
@@ -367,6 +377,15 @@ def build_lm(
     if api_base:
         kwargs["api_base"] = api_base
     kwargs.update(overrides)
+    if spec.transport == "offline":
+        from dspyo3_core.offline import MODES, OfflineLM
+
+        if profile.model.removeprefix("offline/") not in MODES:
+            raise ConfigError(f"profile {profile.name!r}: offline model {profile.model!r} is unknown; use "
+                              f"{', '.join(MODES)} (DSPYO3_LM=offline/extractive)")
+        for unused in ("api_key", "api_base", "cache", "num_retries", "timeout", "transport"):
+            kwargs.pop(unused, None)
+        return OfflineLM(profile.model, plugin_manager=manager, **kwargs)
     transport = kwargs.pop("transport", spec.transport)
     if transport not in TRANSPORTS:
         raise ConfigError(f"profile {profile.name!r}: transport = {transport!r}; use one of {', '.join(TRANSPORTS)}")
