@@ -129,3 +129,20 @@ def test_the_installed_console_script() -> None:
     assert done.returncode == 0, done.stderr
     for verb in ("run", "tools", "trace"):
         assert verb in done.stdout
+
+
+def test_run_that_runs_out_of_steps_exits_1_with_the_reason(lm_server: LMServer, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def never_finishes(fields: dict[str, str]) -> dict[str, Any]:
+        return {"thought": "again", "tool": "calculator", "args": {"expression": "1 + 1"}}
+
+    lm_server.responder = react_responder(never_finishes, lambda f: "2")
+    monkeypatch.setenv("DSPYO3_LM", "openai/test-model")
+    monkeypatch.setenv("DSPYO3_LM_API_BASE", lm_server.api_base)
+    monkeypatch.setenv("DSPYO3_LM_API_KEY", "test")
+    question = f"Loop forever ({time.time_ns()})"
+    result = invoke("agents", "run", question, "--tool", "calculator", "--max-steps", "2")
+    assert result.exit_code == 1, result.output
+    assert "stopped (max_steps) before it finished the task; raise --max-steps (was 2)" in result.output
+    as_json = invoke("agents", "run", question + " again", "--tool", "calculator", "--max-steps", "2", "--json")
+    assert as_json.exit_code == 1 and '"stopped": "max_steps"' in as_json.output

@@ -102,3 +102,12 @@ def test_redis_ping_against_a_real_server(cli_env: dict[str, str], dspyo3_exe: s
     assert by_name(report)["redis"]["status"] == "ok"
     assert "PONG" in by_name(report)["redis"]["detail"]
     assert code == 0
+
+
+def test_a_default_profile_that_does_not_exist_fails(isolated_config: Path, cli_env: dict[str, str],
+                                                     dspyo3_exe: str) -> None:
+    (isolated_config / "dspyo3.toml").write_text('[lm]\ndefault = "nothere"\n')
+    done = subprocess.run([dspyo3_exe, "doctor", "--json"], env=cli_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout
+    check = next(c for c in json.loads(done.stdout)["checks"] if c["name"] == "lm profile")
+    assert check["status"] == "fail" and "nothere" in check["detail"] and "[lm.profiles.nothere]" in check["fix"]

@@ -143,13 +143,18 @@ def run_command(task: str, signature: str, tools: tuple[str, ...], tags: tuple[s
         click.echo(json.dumps({"outputs": outputs, "run_id": result.run_id, "stopped": result.stopped,
                                "tokens": result.tokens, "steps": [s.to_dict() for s in result.steps]},
                               default=_json_default, ensure_ascii=False))
-        return
-    for step in result.steps:
-        click.echo(f"[{step.index}] {step.tool}({json.dumps(step.args, default=_json_default)}) -> "
-                   f"{str(step.observation)[:200]}", err=True)
-    for key, value in outputs.items():
-        click.echo(value if len(outputs) == 1 else f"{key}: {value}")
-    click.echo(f"run {result.run_id}: {len(result.steps)} steps, stopped by {result.stopped}", err=True)
+    else:
+        for step in result.steps:
+            click.echo(f"[{step.index}] {step.tool}({json.dumps(step.args, default=_json_default)}) -> "
+                       f"{str(step.observation)[:200]}", err=True)
+        for key, value in outputs.items():
+            click.echo(value if len(outputs) == 1 else f"{key}: {value}")
+        click.echo(f"run {result.run_id}: {len(result.steps)} steps, stopped by {result.stopped}", err=True)
+    if result.stopped != "finish":  # ran out of steps, time or context: the answer is a guess, not a result
+        fix = {"max_steps": f"raise --max-steps (was {max_steps})", "max_seconds": "raise --max-seconds",
+               "context_window": "use a model with a longer context, or fewer tools"}.get(str(result.stopped), "")
+        resume = f" or resume it with --run-id {result.run_id} --state {state_url}" if state_url else ""
+        raise click.ClickException(f"the agent stopped ({result.stopped}) before it finished the task; {fix}{resume}")
 
 
 @agents_group.command("trace")

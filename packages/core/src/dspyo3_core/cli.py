@@ -17,7 +17,25 @@ from dspyo3_core.secrets import install_redaction, redact
 USER_ERRORS = (ConfigError, PluginError, DuplicateNameError)
 
 
+# command groups of the first-party packages: an unknown one says which package brings it
+_GROUP_PACKAGES = {"rag": "rag", "agents": "agents", "optimize": "optimize", "registry": "optimize",
+                   "cache": "production", "metrics": "production", "production": "production", "types": "types"}
+
+
 class _Root(click.Group):
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError:
+            name = args[0] if args else ""
+            package = _GROUP_PACKAGES.get(name)
+            if package is None or self.get_command(ctx, name) is not None:
+                raise
+            raise click.UsageError(
+                f"No such command {name!r}: it comes with dspyo3-{package}, which is not installed or not loaded; "
+                f"pip install dspyo3-{package} (from a checkout: pip install ./packages/{package}), and see "
+                "dspyo3 plugins for plugins that failed to load or were disabled", ctx) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -52,18 +70,15 @@ def _debug() -> bool:
 
 
 def _fail(exc: BaseException) -> NoReturn:
-    """Report an error nothing else handled as one line (secrets masked) and exit 1; with ``DSPYO3_DEBUG=1`` the
-    traceback follows (masked too)."""
-    text = str(exc).strip() or "(no message)"
-    name = type(exc).__name__
-    message = text if isinstance(exc, USER_ERRORS) else f"{name}: {text}"
-    click.echo(redact(f"Error: {message}"), err=True)
+    """Report an error no command handled as one line, ``Error: what; how to fix`` (secrets masked, see
+    :mod:`dspyo3_core.failures`), and exit 1; with ``DSPYO3_DEBUG=1`` the traceback follows (masked too)."""
+    from dspyo3_core.failures import describe
+
+    click.echo(redact(f"Error: {describe(exc)}"), err=True)
     if _debug():
         import traceback
 
         click.echo(redact("".join(traceback.format_exception(exc))), err=True)
-    else:
-        click.echo("(set DSPYO3_DEBUG=1 to see the traceback)", err=True)
     sys.exit(1)
 
 
@@ -91,8 +106,11 @@ def main(argv: list[str] | None = None) -> None:
                 sys.exit(1)
             cli = build_cli(core_only_manager(), plugin_error=str(exc))
         cli(args=args, prog_name="dspyo3", standalone_mode=True)
-    except (SystemExit, KeyboardInterrupt):
+    except SystemExit:
         raise
+    except KeyboardInterrupt:
+        click.echo("Error: interrupted", err=True)
+        sys.exit(130)
     except Exception as exc:
         _fail(exc)
     finally:

@@ -154,6 +154,10 @@ def check_lm(settings: Settings, manager: PluginManager, *, timeout: float = 3.0
     try:
         profile = settings.profile()
     except ConfigError as exc:
+        if settings.default_profile is not None:  # a default that names no profile is a mistake, not an absence
+            return [Check("lm profile", "fail", str(exc),
+                          f"define [lm.profiles.{settings.default_profile}] or set [lm] default to a profile that "
+                          "exists (see `dspyo3 lm list`)")]
         return [Check("lm profile", "warn", str(exc),
                       "set DSPYO3_LM=provider/model, or add a profile to dspyo3.toml (see `dspyo3 lm list`)")]
     providers = manager.lm_providers()

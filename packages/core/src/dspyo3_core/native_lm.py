@@ -187,8 +187,9 @@ def _native() -> Any:
         import dspyo3_native
     except ImportError as exc:  # pragma: no cover - the workspace always has it
         raise ImportError(
-            "NativeLM needs the dspyo3-native extension; install it with `pip install dspyo3-core[native]` "
-            "(or `hatch run native` in the repository)"
+            "NativeLM (transport = \"native\") needs the dspyo3-native extension, which is not installed; install it "
+            "with `pip install dspyo3-native` (from a checkout: `pip install ./crates/dspyo3-native`, or `hatch run "
+            "native` in the hatch environment), or remove transport = \"native\" from the profile"
         ) from exc
     return dspyo3_native
 
