@@ -152,6 +152,37 @@ def lm_test(ctx: click.Context, profile: str | None, timeout: float, as_json: bo
         click.echo(f"OK {chosen.name} ({lm.model}) in {elapsed:.2f}s: {text[:80]!r}")
 
 
+@lm_group.command("offline")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Port to listen on (0: a free one).")
+@click.option("--host", type=click.Choice(["127.0.0.1", "::1", "localhost"]), default="127.0.0.1",
+              show_default=True, help="Loopback interface to bind.")
+def lm_offline(port: int, host: str) -> None:
+    """Serve the offline LM (NOT a model) as an OpenAI-compatible endpoint on loopback, until Ctrl-C.
+
+    Prints the api_base on the first line of stdout. Every answer is derived from the prompt itself (see
+    DSPYO3_LM=offline/extractive, which needs no server).
+    """
+    import asyncio
+
+    from dspyo3_core.offline import offline_responder
+    from dspyo3_core.testing.server import serve_async
+
+    def ready(api_base: str) -> None:
+        click.echo(api_base)
+        click.echo(f"offline LM (not a model: answers are copied from the prompt) at {api_base}; use it with\n"
+                   f"  DSPYO3_LM=openai-compatible/offline DSPYO3_LM_API_BASE={api_base}\nCtrl-C stops it.",
+                   err=True)
+
+    try:
+        asyncio.run(serve_async(offline_responder(), host, port, ready=ready))
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port "
+                                   "(0 = a free one)") from None
+    except KeyboardInterrupt:
+        pass
+
+
 @click.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Print {\"checks\": [...]} as JSON.")
 @click.option("--fix", is_flag=True, help="Apply safe fixes (e.g. create the cache directory) and say what was done.")
