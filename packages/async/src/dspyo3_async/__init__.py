@@ -11,11 +11,24 @@ cancellation and streaming.
 - :func:`stream`: typed events over ``dspy.streamify``; :func:`sse_response`, :func:`websocket_send` for web apps.
 """
 
-from dspyo3_async.limits import RateLimit, RateLimitUnavailable, throttle
-from dspyo3_async.queue import Dropped, ProgramPool, QueueFull, WorkQueue
-from dspyo3_async.retry import DEFAULT_RETRY, RetryPolicy, is_retryable
-from dspyo3_async.runner import ItemError, ItemResult, ItemTimeout, acall, iter_many, run_many, run_many_sync, run_sync
-from dspyo3_async.streaming import Chunk, Final, Retry, Status, sse_response, stream, to_sse, websocket_send
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dspyo3_async.limits import RateLimit, RateLimitUnavailable, throttle
+    from dspyo3_async.queue import Dropped, ProgramPool, QueueFull, WorkQueue
+    from dspyo3_async.retry import DEFAULT_RETRY, RetryPolicy, is_retryable
+    from dspyo3_async.runner import (
+        ItemError,
+        ItemResult,
+        ItemTimeout,
+        acall,
+        iter_many,
+        run_many,
+        run_many_sync,
+        run_sync,
+    )
+    from dspyo3_async.streaming import Chunk, Final, Retry, Status, sse_response, stream, to_sse, websocket_send
 
 __version__ = "0.1.0"
 
@@ -48,3 +61,45 @@ __all__ = [
     "to_sse",
     "websocket_send",
 ]
+
+_WHERE = {
+    "RateLimit": "dspyo3_async.limits",
+    "RateLimitUnavailable": "dspyo3_async.limits",
+    "throttle": "dspyo3_async.limits",
+    "Dropped": "dspyo3_async.queue",
+    "ProgramPool": "dspyo3_async.queue",
+    "QueueFull": "dspyo3_async.queue",
+    "WorkQueue": "dspyo3_async.queue",
+    "DEFAULT_RETRY": "dspyo3_async.retry",
+    "RetryPolicy": "dspyo3_async.retry",
+    "is_retryable": "dspyo3_async.retry",
+    "ItemError": "dspyo3_async.runner",
+    "ItemResult": "dspyo3_async.runner",
+    "ItemTimeout": "dspyo3_async.runner",
+    "acall": "dspyo3_async.runner",
+    "iter_many": "dspyo3_async.runner",
+    "run_many": "dspyo3_async.runner",
+    "run_many_sync": "dspyo3_async.runner",
+    "run_sync": "dspyo3_async.runner",
+    "Chunk": "dspyo3_async.streaming",
+    "Final": "dspyo3_async.streaming",
+    "Retry": "dspyo3_async.streaming",
+    "Status": "dspyo3_async.streaming",
+    "sse_response": "dspyo3_async.streaming",
+    "stream": "dspyo3_async.streaming",
+    "to_sse": "dspyo3_async.streaming",
+    "websocket_send": "dspyo3_async.streaming",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

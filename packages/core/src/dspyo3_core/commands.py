@@ -7,9 +7,6 @@ import time
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from dspyo3_core.config import ConfigError, build_lm, load_settings, mask_secret
 from dspyo3_core.plugins import PluginManager, get_plugin_manager
@@ -36,6 +33,10 @@ def _settings() -> Any:
 @click.pass_context
 def plugins_command(ctx: click.Context, as_json: bool) -> None:
     """List installed dspyo3 plugins: name, version, hooks and status."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
     infos = _manager(ctx).plugins()
     if as_json:
         echo_json([info.to_dict() for info in infos])
@@ -58,6 +59,9 @@ def lm_group() -> None:
 @click.pass_context
 def lm_list(ctx: click.Context, as_json: bool) -> None:
     """List configured profiles (keys masked)."""
+    from rich.console import Console
+    from rich.table import Table
+
     settings = _settings()
     providers = _manager(ctx).lm_providers()
     rows = []
@@ -101,6 +105,9 @@ def lm_show(ctx: click.Context, profile: str | None) -> None:
 @click.pass_context
 def lm_providers(ctx: click.Context, as_json: bool) -> None:
     """List LM providers registered by plugins."""
+    from rich.console import Console
+    from rich.table import Table
+
     registry = _manager(ctx).lm_providers()
     rows: list[dict[str, Any]] = [
         {"name": spec.name, "route": spec.model_prefix, "key_env": list(spec.key_env),
@@ -189,6 +196,10 @@ def lm_offline(port: int, host: str) -> None:
 @click.pass_context
 def doctor_command(ctx: click.Context, as_json: bool, fix: bool) -> None:
     """Check Python, DSPy, dspyo3 packages, the native module, LM profile, Redis and the cache dir."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
     from dspyo3_core.doctor import run_doctor
 
     report = run_doctor(_manager(ctx), fix=fix, plugin_error=ctx.meta.get("dspyo3.plugin_error"))
@@ -214,6 +225,9 @@ def doctor_command(ctx: click.Context, as_json: bool, fix: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect_command(target: str, program: str | None, as_json: bool) -> None:
     """Describe the predictors of a DSPy program: TARGET is package.module:attribute or a saved .json."""
+    from rich.console import Console
+    from rich.markup import escape
+
     from dspyo3_core.inspector import InspectError, inspect_target
 
     try:

@@ -7,13 +7,16 @@ It registers the built-in LM providers, the core CLI commands, and the innermost
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-import click
-
-from dspyo3_core import lm as _lm
 from dspyo3_core.config import BUILTIN_PROVIDERS
-from dspyo3_core.hookspecs import hookimpl, impl_of
+from dspyo3_core.hookspecs import hookimpl
 from dspyo3_core.registry import LMProviderSpec
+
+if TYPE_CHECKING:
+    import click
+
+    from dspyo3_core.lm import LMCall
 
 
 @hookimpl
@@ -32,5 +35,12 @@ def dspyo3_register_commands(cli: click.Group) -> None:
         cli.add_command(command)
 
 
-dspyo3_lm_call = hookimpl(trylast=True)(impl_of(_lm.invoke_call, "dspyo3_lm_call"))
-"""The innermost LM call: DSPy's own ``LM.__call__`` (engine, cache and retries included), or NativeLM's."""
+@hookimpl(trylast=True)
+def dspyo3_lm_call(call: LMCall) -> Any:
+    """The innermost LM call: DSPy's own ``LM.__call__`` (engine, cache and retries included), or NativeLM's.
+
+    :mod:`dspyo3_core.lm` (and so DSPy) is imported here, not when the plugin loads: an :class:`LMCall` exists only
+    once that module is loaded, so the import is a dictionary lookup, and ``dspyo3 --help`` never imports DSPy."""
+    from dspyo3_core.lm import invoke_call
+
+    return invoke_call(call)

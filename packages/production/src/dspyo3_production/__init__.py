@@ -5,16 +5,19 @@ dspyo3-core's ``dspyo3_lm_call`` hook, so installing the package and enabling it
 ``[production]`` config table) turns it on for every LM built by dspyo3 (``build_lm``, ``HookedLM``, ``NativeLM``).
 """
 
+import importlib
 from importlib import resources
+from typing import TYPE_CHECKING, Any
 
-from dspyo3_production.breaker import CircuitBreaker, CircuitOpenError
-from dspyo3_production.cache import RedisTier, TieredCache, install_cache
-from dspyo3_production.codec import Codec, UnsafeValueError
-from dspyo3_production.cost import Budget, BudgetExceededError, CostTracker, attribute
-from dspyo3_production.logs import JsonFormatter, RedactingFilter, Redactor, configure_logging, trace
-from dspyo3_production.metrics import Metrics, default_metrics, exposition, make_asgi_app, serve
-from dspyo3_production.routing import ABRouter
-from dspyo3_production.stack import Production, active, disable, enable
+if TYPE_CHECKING:
+    from dspyo3_production.breaker import CircuitBreaker, CircuitOpenError
+    from dspyo3_production.cache import RedisTier, TieredCache, install_cache
+    from dspyo3_production.codec import Codec, UnsafeValueError
+    from dspyo3_production.cost import Budget, BudgetExceededError, CostTracker, attribute
+    from dspyo3_production.logs import JsonFormatter, RedactingFilter, Redactor, configure_logging, trace
+    from dspyo3_production.metrics import Metrics, default_metrics, exposition, make_asgi_app, serve
+    from dspyo3_production.routing import ABRouter
+    from dspyo3_production.stack import Production, active, disable, enable
 
 __version__ = "0.1.0"
 
@@ -53,3 +56,45 @@ __all__ = [
     "serve",
     "trace",
 ]
+
+_WHERE = {
+    "CircuitBreaker": "dspyo3_production.breaker",
+    "CircuitOpenError": "dspyo3_production.breaker",
+    "RedisTier": "dspyo3_production.cache",
+    "TieredCache": "dspyo3_production.cache",
+    "install_cache": "dspyo3_production.cache",
+    "Codec": "dspyo3_production.codec",
+    "UnsafeValueError": "dspyo3_production.codec",
+    "Budget": "dspyo3_production.cost",
+    "BudgetExceededError": "dspyo3_production.cost",
+    "CostTracker": "dspyo3_production.cost",
+    "attribute": "dspyo3_production.cost",
+    "JsonFormatter": "dspyo3_production.logs",
+    "RedactingFilter": "dspyo3_production.logs",
+    "Redactor": "dspyo3_production.logs",
+    "configure_logging": "dspyo3_production.logs",
+    "trace": "dspyo3_production.logs",
+    "Metrics": "dspyo3_production.metrics",
+    "default_metrics": "dspyo3_production.metrics",
+    "exposition": "dspyo3_production.metrics",
+    "make_asgi_app": "dspyo3_production.metrics",
+    "serve": "dspyo3_production.metrics",
+    "ABRouter": "dspyo3_production.routing",
+    "Production": "dspyo3_production.stack",
+    "active": "dspyo3_production.stack",
+    "disable": "dspyo3_production.stack",
+    "enable": "dspyo3_production.stack",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

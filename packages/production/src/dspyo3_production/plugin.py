@@ -4,17 +4,35 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from dspyo3_core import hookimpl
-from dspyo3_core.hookspecs import impl_of
-from dspyo3_production import stack
+from dspyo3_core.hookspecs import hookimpl
 
-dspyo3_lm_call = hookimpl(wrapper=True)(impl_of(stack.lm_call_wrapper, "dspyo3_lm_call"))
-"""The ``dspyo3_lm_call`` wrapper: runs the active production stack (cache scope, breaker, budgets, metrics, logs)
-around the LM call; it declares itself inactive (``dspyo3_active``) while no stack is configured."""
+if TYPE_CHECKING:
+    from dspyo3_core.lm import LMCall
+
+
+@hookimpl(wrapper=True)
+def dspyo3_lm_call(call: LMCall) -> Generator[None, Any, Any]:
+    """The ``dspyo3_lm_call`` wrapper: runs the active production stack (cache scope, breaker, budgets, metrics,
+    logs) around the LM call; it declares itself inactive (``dspyo3_active``) while no stack is configured.
+
+    The stack (and DSPy) is imported on the first LM call, not when the plugin loads, so CLI start-up stays fast."""
+    from dspyo3_production.stack import lm_call_wrapper
+
+    return (yield from lm_call_wrapper(call))
+
+
+def _active() -> bool:
+    from dspyo3_production.stack import active
+
+    return active() is not None
+
+
+dspyo3_lm_call.dspyo3_active = _active  # type: ignore[attr-defined]
 
 
 def _redis_tier(redis_url: str | None, namespace: str | None) -> Any:
