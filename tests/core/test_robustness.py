@@ -144,13 +144,8 @@ def test_redis_urls_never_show_the_password(url: str, cli_env: dict[str, str], d
     assert redis["status"] == "fail"
 
 
-def test_redis_unix_socket(tmp_path: Path, cli_env: dict[str, str], dspyo3_exe: str) -> None:
-    import shutil
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server)") if os.environ.get("CI") else \
-            pytest.skip("redis-server is not installed")
+def test_redis_unix_socket(tmp_path: Path, cli_env: dict[str, str], dspyo3_exe: str, redis_binary: str) -> None:
+    binary = redis_binary
     sock = tmp_path / "redis.sock"
     proc = subprocess.Popen([binary, "--port", "0", "--unixsocket", str(sock), "--save", "", "--dir", str(tmp_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -111,7 +111,7 @@ def test_rate_limit_benchmark_shape(redis_url: str) -> None:
     assert {"rate", "local_rps", "local_error", "redis_rps", "redis_error", "aiolimiter_rps"} <= set(figures)
 
 
-def test_cache_benchmark_shape(tmp_path: Path) -> None:
+def test_cache_benchmark_shape(tmp_path: Path, redis_binary: str) -> None:
     out = tmp_path / "cache.json"
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cache.py"), "--gets", "200", "--repeat", "3",
                              "--json", str(out)], capture_output=True, text=True, timeout=300)

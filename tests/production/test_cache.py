@@ -196,7 +196,7 @@ def test_disk_tier_answers_after_memory_is_gone(tmp_path: Any, metrics: Metrics)
 
 
 def test_calls_survive_redis_dying_mid_run_and_the_tier_recovers(qa_lm: HookedLM, qa_server: LMServer,
-                                                                 metrics: Metrics) -> None:
+                                                                 metrics: Metrics, redis_binary: str) -> None:
     with RedisProcess() as server:
         cache = TieredCache(redis_url=server.url, namespace="t-kill", redis_timeout=0.2, redis_max_backoff=0.5,
                             metrics=metrics)

