@@ -1,0 +1,121 @@
+"""The Rust crate as a dependency: the README's ``Cargo.toml`` and ``build.rs``, copied into a crate outside the
+Cargo workspace, build and run a ``Predict`` against the loopback LM."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CRATES = REPO / "crates"
+README = CRATES / "dspyo3" / "README.md"
+
+MAIN_RS = r'''
+use std::time::Duration;
+
+use dspyo3::testing::LoopbackLm;
+use dspyo3::{DspyType, Predict, Signature};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+/// A product review.
+#[derive(Debug, Clone, Serialize, Deserialize, DspyType)]
+struct Review {
+    text: String,
+    stars: u8,
+}
+
+/// Summarize a review.
+#[derive(Signature)]
+struct Summarize {
+    #[input]
+    review: Review,
+    #[output]
+    summary: String,
+}
+
+#[tokio::main]
+async fn main() -> dspyo3::Result<()> {
+    let server = LoopbackLm::start(Duration::from_millis(1))?;
+    dspyo3::configure(&server.lm().build()?)?;
+    let input = SummarizeInput { review: Review { text: "Great value.".into(), stars: 5 } };
+    let predict = Predict::<Summarize>::new()?;
+    let sync = predict.call(&input)?;
+    let task = predict.clone();
+    let input2 = input.clone();
+    let spawned = tokio::spawn(async move { task.acall(&input2).await }).await.expect("task")?;
+    let mut stream = predict.stream(&input)?;
+    let mut streamed = None;
+    while let Some(event) = stream.next().await {
+        if let dspyo3::StreamEvent::Prediction(p) = event? {
+            streamed = Some(p.output.summary);
+        }
+    }
+    let json = serde_json::to_string(&sync).expect("serializable");
+    println!("summary={} acall={} stream={} json={json}", sync.summary, spawned.summary,
+             streamed.unwrap_or_default());
+    Ok(())
+}
+'''
+
+
+def readme_block(lang: str) -> str:
+    """The README block fenced as ``lang``, below the heading about depending on the crate."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Depending on the crate", 1)[1]
+    match = re.search(rf"```{re.escape(lang)}\n(.*?)```", section, re.S)
+    assert match, f"no ```{lang} block under 'Depending on the crate' in {README}"
+    return match.group(1)
+
+
+def hatch_venv() -> Path:
+    venv = os.environ.get("VIRTUAL_ENV") or sys.prefix
+    return Path(venv)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cargo") is None, reason="needs cargo (rustup) on PATH")
+def test_readme_manifest_builds_and_runs_outside_the_workspace(tmp_path: Path) -> None:
+    app = tmp_path / "my-app"
+    (app / "src").mkdir(parents=True)
+    manifest = readme_block("toml")
+    # the README's path dependency, pointed at this checkout (the git flavour needs the network)
+    manifest, n = re.subn(r'^dspyo3 = \{ path = "[^"]*" \}$',
+                          f'dspyo3 = {{ path = "{CRATES / "dspyo3"}" }}', manifest, flags=re.M)
+    assert n == 1, manifest
+    assert "[build-dependencies]" not in manifest
+    (app / "Cargo.toml").write_text(manifest, encoding="utf-8")
+    (app / "build.rs").write_text(readme_block("rust,no_run").split("```")[0], encoding="utf-8")
+    (app / "src" / "main.rs").write_text(MAIN_RS, encoding="utf-8")
+    # the workspace's versions of every crate (the registry cache holds them), so the build is offline and
+    # reuses the workspace's compiled dependencies in crates/target
+    shutil.copy(CRATES / "Cargo.lock", app / "Cargo.lock")
+
+    venv = hatch_venv()
+    env = {k: v for k, v in os.environ.items() if k not in {"LD_LIBRARY_PATH", "CARGO_MANIFEST_DIR"}}
+    env.update(VIRTUAL_ENV=str(venv), PYO3_PYTHON=str(venv / "bin" / "python"),
+               CARGO_TARGET_DIR=str(CRATES / "target"), LITELLM_LOCAL_MODEL_COST_MAP="true")
+    build = subprocess.run(["cargo", "build", "--offline", "--quiet", "--bin", "my-app"], cwd=app, env=env,
+                           capture_output=True, text=True, timeout=1500)
+    assert build.returncode == 0, build.stderr[-4000:]
+
+    # no LD_LIBRARY_PATH: the README's build.rs gave the binary its rpath to libpython
+    binary = CRATES / "target" / "debug" / "my-app"
+    if sys.platform == "linux" and shutil.which("readelf"):
+        dynamic = subprocess.run(["readelf", "-d", str(binary)], capture_output=True, text=True, check=True).stdout
+        assert re.search(r"\((?:RUN)?PATH\)\s+Library r(?:un)?path: \[.+\]", dynamic), dynamic
+    run = subprocess.run([str(binary)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    line = run.stdout.strip().splitlines()[-1]
+    found = re.fullmatch(r"summary=(\S+) acall=(\S+) stream=(\S+) json=(.*)", line)
+    assert found, run.stdout
+    summary, acall, streamed, json = found.groups()
+    assert summary.startswith("summary-")  # the loopback LM's answer, derived from the prompt
+    assert acall == summary and streamed == summary
+    assert json == f'{{"summary":"{summary}"}}'
