@@ -32,3 +32,23 @@ def state_checksum(program: Any) -> str:
 
     return "sha256:" + sha256_hex(canonical(learned_state(program if isinstance(program, Mapping)
                                                           else program.dump_state())))
+
+
+def reason_line(text: str, limit: int = 300) -> str:
+    """The first non-blank line of an error's text, whitespace collapsed, cut to ``limit`` characters and with
+    every known secret masked (:func:`dspyo3_core.secrets.redact`): what a one-line message may show of it."""
+    from dspyo3_core.secrets import redact
+
+    line = next((" ".join(part.split()) for part in redact(text).splitlines() if part.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def error_fix(reason: str, profile: str | None = None) -> str:
+    """What to do about a failure whose (first-line) reason is ``reason``: fix the metric when the metric raised,
+    else check the LM (``dspyo3 lm test [PROFILE]``)."""
+    if reason.startswith("metric failed:"):
+        return "fix the metric: it raised on the program's answers"
+    test = "dspyo3 lm test" + (f" {profile}" if profile else "")
+    if any(word in reason for word in ("AuthError", "AuthenticationError", "API key", "api key", "401")):
+        return f"check the LM profile's key and endpoint with `{test}`"
+    return f"check that the LM answers with `{test}`"

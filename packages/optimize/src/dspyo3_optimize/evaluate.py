@@ -65,6 +65,17 @@ class EvalResult:
         """Examples whose program call failed."""
         return sum(e is not None for e in self.errors)
 
+    @property
+    def first_error(self) -> tuple[int, str] | None:
+        """``(index, reason)`` of the first failed example in dataset order (the reason is the first line of its
+        error, secrets masked), or None when every example succeeded."""
+        from dspyo3_optimize._common import reason_line
+
+        for index, error in enumerate(self.errors):
+            if error is not None:
+                return index, reason_line(error)
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
@@ -105,6 +116,7 @@ def run_local(program: Any, examples: Sequence[Any], metric: Metric, *, lm: Any 
               progress: bool = False, offset: int = 0) -> list[ItemOutcome]:
     """Score ``program`` on ``examples`` with dspyo3-async's ``run_many`` in this process."""
     from dspyo3_async.runner import run_many_sync
+    from dspyo3_core.secrets import redact
 
     with _lm_context(lm):
         results = run_many_sync(program, [dict(ex.inputs()) for ex in examples], concurrency=concurrency,
@@ -112,13 +124,14 @@ def run_local(program: Any, examples: Sequence[Any], metric: Metric, *, lm: Any 
     outcomes = []
     for i, (example, result) in enumerate(zip(examples, results, strict=True)):
         if result.error is not None:
-            outcomes.append(ItemOutcome(offset + i, 0.0, None, f"{type(result.error).__name__}: {result.error}"))
+            outcomes.append(ItemOutcome(offset + i, 0.0, None,
+                                        redact(f"{type(result.error).__name__}: {result.error}")))
             continue
         try:
             score = score_of(metric(example, result.prediction, None))
         except Exception as exc:  # a metric that fails on one odd prediction scores it 0 and says why
             outcomes.append(ItemOutcome(offset + i, 0.0, _fields(result.prediction),
-                                        f"metric failed: {type(exc).__name__}: {exc}"))
+                                        redact(f"metric failed: {type(exc).__name__}: {exc}")))
             continue
         outcomes.append(ItemOutcome(offset + i, score, _fields(result.prediction)))
     return outcomes

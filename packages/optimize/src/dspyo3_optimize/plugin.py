@@ -94,6 +94,7 @@ def optimize_run(config: str, fresh: bool, progress: bool, as_json: bool) -> Non
         raise UsageFailure(_message(exc)) from None
     if as_json:
         echo_json(report.to_dict())
+        _fail_if_nothing_worked(report)
         return
     click.echo(f"run {report.run_id}: {report.status}")
     for trial in report.trials:
@@ -107,6 +108,13 @@ def optimize_run(config: str, fresh: bool, progress: bool, as_json: bool) -> Non
         click.echo(f"registered {report.registered['name']} {report.registered['version']} in "
                    f"{report.registered['registry']}")
     click.echo(f"report: {report.report_path}" + (f", plot: {report.plot_path}" if report.plot_path else ""))
+    _fail_if_nothing_worked(report)
+
+
+def _fail_if_nothing_worked(report: Any) -> None:
+    """Exit status 1 with the run's one-line reason when every trial failed (the report is written already)."""
+    if report.error:
+        raise click.ClickException(report.error)
 
 
 @optimize_group.command("optimizers")
@@ -189,13 +197,20 @@ def _evaluate_refs(refs: list[str], *, data: str, preset: str | None, inputs: st
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write per-example scores as JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def optimize_evaluate(ref: str, out: str | None, as_json: bool, **options: Any) -> None:
-    """Evaluate registry version REF (NAME, NAME@VERSION or NAME@STAGE) on a dataset."""
+    """Evaluate registry version REF (NAME, NAME@VERSION or NAME@STAGE) on a dataset.
+
+    Examples that fail score 0; the first one's error is printed on stderr, and the exit status is 1 when every
+    example failed."""
+    from dspyo3_optimize._common import error_fix
+
     try:
         [(result, meta)] = _evaluate_refs([ref], **options)
     except _user_errors() as exc:
         raise UsageFailure(_message(exc)) from None
+    first = result.first_error
     summary = {"program": meta.name, "version": meta.version, "metric": result.metric, "n": result.n,
                "mean": result.mean, "ci_low": result.ci_low, "ci_high": result.ci_high, "failures": result.failures,
+               "first_error": None if first is None else {"index": first[0], "error": first[1]},
                "seconds": result.seconds}
     if out:
         Path(out).write_text(json.dumps({**summary, "scores": result.scores}, indent=2))
@@ -204,6 +219,14 @@ def optimize_evaluate(ref: str, out: str | None, as_json: bool, **options: Any) 
     else:
         click.echo(f"{meta.name} {meta.version}: {result.mean:.4f} [{result.ci_low:.4f}, {result.ci_high:.4f}] on "
                    f"{result.n} examples ({result.failures} failed)")
+    if first is None:
+        return
+    index, reason = first
+    if result.failures == result.n:
+        raise click.ClickException(f"all {result.n} examples failed; the first (#{index}): {reason}; "
+                                   f"{error_fix(reason, options.get('profile'))}")
+    click.echo(f"warning: {result.failures} of {result.n} examples failed and score 0; the first (#{index}): "
+               f"{reason}", err=True)
 
 
 @optimize_group.command("compare")
@@ -292,21 +315,36 @@ def _registry_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.pass_context
 @_registry_errors
 def registry_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
-    """List programs, or the versions of NAME with their stages and scores."""
+    """List programs, or the versions of NAME with their stages and scores.
+
+    Exit status 1 when there is no registry at the chosen path or URL (an empty registry lists nothing and exits
+    0), or when NAME has no versions."""
+    from dspyo3_optimize.registry import NotFoundError
+
     registry = _registry(ctx)
     if name is None:
         rows: list[dict[str, Any]] = [{"name": n, "versions": len(registry.versions(n)), "stages": registry.stages(n)}
                                       for n in registry.names()]
+        if not rows:
+            _require_registry(registry)
         if as_json:
             echo_json(rows)
+        elif not rows:
+            click.echo(f"registry {registry.url} is empty: no program registered yet")
         else:
             for row in rows:
                 stages = " ".join(f"{k}={v}" for k, v in sorted(row["stages"].items()))
                 click.echo(f"{row['name']:<30} {row['versions']:>3} version(s)  {stages}")
         return
+    versions = registry.versions(name)
+    if not versions:
+        _require_registry(registry)
+        known = registry.names()
+        raise NotFoundError(f"no program {name!r} in the registry {registry.url}; "
+                            + (f"programs: {', '.join(known)}" if known else "it is empty"))
     stages = registry.stages(name)
     rows = []
-    for version in registry.versions(name):
+    for version in versions:
         meta = registry.meta(name, version)
         dev = meta.scores.get("dev")
         rows.append({"version": version, "stages": sorted(s for s, v in stages.items() if v == version),
@@ -320,6 +358,20 @@ def registry_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
         score = "-" if row["score"] is None else f"{row['score']:.4f}"
         click.echo(f"{row['version']:<10} {','.join(row['stages']):<18} {score:>8}  {row['optimizer'] or '-':<24} "
                    f"{row['created_at']}")
+
+
+def _require_registry(registry: Any) -> None:
+    """Raise when the chosen path or URL holds no registry at all, saying how to point at the right one."""
+    from dspyo3_optimize.registry import RegistryError
+
+    if registry.exists():
+        return
+    where = registry.url
+    if "://" not in where:
+        where = str(Path(where).expanduser().resolve())
+    raise RegistryError(f"no registry at {where}; point at one with --registry PATH|URL (before the command: dspyo3 "
+                        "registry --registry PATH list), DSPYO3_REGISTRY=PATH|URL, or registry = \"...\" in the "
+                        "[optimize] table of dspyo3.toml")
 
 
 @registry_group.command("show")

@@ -194,6 +194,14 @@ class LocalBackend:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name)
                       and ((p / "versions").is_dir() or (p / "stages.json").is_file()))
 
+    def exists(self) -> bool:
+        """Whether the directory is a registry: it holds at least one program folder (``NAME/versions/`` or
+        ``NAME/stages.json``), or nothing else (an empty directory; hidden files aside). A missing path, a file,
+        or a directory of other things is not."""
+        if not self.root.is_dir():
+            return False
+        return bool(self.names()) or not any(not p.name.startswith(".") for p in self.root.iterdir())
+
     def _clean(self, name: str) -> None:
         """Remove the temporary files writers killed mid-write left anywhere in the program's folder (a version
         folder is never written again once its files exist, so the next atomic write would not see them)."""
@@ -278,6 +286,10 @@ class RedisBackend:
     def names(self) -> list[str]:
         """Members of the name index."""
         return sorted(n.decode() for n in self.client.smembers(f"{self.namespace}:registry:names"))
+
+    def exists(self) -> bool:
+        """Whether anything was ever registered under this namespace (its name index exists)."""
+        return bool(self.client.exists(f"{self.namespace}:registry:names"))
 
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float = 30.0) -> Iterator[None]:
@@ -376,6 +388,13 @@ class FsspecBackend:
         except FileNotFoundError:
             return []
         return sorted(n for n in (str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries) if _NAME.match(n))
+
+    def exists(self) -> bool:
+        """Whether the registry's prefix exists (is a directory or holds objects)."""
+        try:
+            return bool(self.fs.isdir(self.root)) or bool(self.fs.ls(self.root, detail=False))
+        except FileNotFoundError:
+            return False
 
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float = 30.0) -> Iterator[None]:
@@ -724,6 +743,13 @@ class ProgramRegistry:
     def names(self) -> list[str]:
         """Registered program names."""
         return self.backend.names()
+
+    def exists(self) -> bool:
+        """Whether there is a registry at :attr:`url` at all (possibly an empty one), as opposed to a path or URL
+        that holds no registry (a mistyped directory, a command run outside the registry's directory). Backends
+        without an ``exists()`` method are assumed to exist."""
+        exists = getattr(self.backend, "exists", None)
+        return True if exists is None else bool(exists())
 
     def versions(self, name: str) -> list[str]:
         """Versions of ``name`` in semver order (only complete ones: metadata written)."""

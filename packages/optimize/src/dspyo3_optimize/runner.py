@@ -58,7 +58,8 @@ from typing import Any
 from dspyo3_core.config import ConfigError, check_keys
 from dspyo3_core.files import append_jsonl, atomic_write_bytes, atomic_write_text, loads_json, read_jsonl
 from dspyo3_core.program_state import apply_state, learned_state
-from dspyo3_optimize._common import canonical, now, sha256_hex, state_checksum
+from dspyo3_core.secrets import redact
+from dspyo3_optimize._common import canonical, now, reason_line, sha256_hex, state_checksum
 from dspyo3_optimize.data import dataset_hash, load_examples, split
 from dspyo3_optimize.evaluate import Executor, evaluate, make_executor
 from dspyo3_optimize.metrics import Metric, import_object, metric_name, resolve_metric
@@ -74,6 +75,19 @@ CHECKPOINT_VERSION = 1
 
 class RunError(RuntimeError):
     """A run cannot start or go on; the message says why and what to do."""
+
+
+class AllExamplesFailed(RuntimeError):
+    """Every dev example of a trial failed (the program raised, e.g. every LM call was refused, or the metric
+    did): its score would measure nothing, so the trial counts as failed (and runs again on resume).
+
+    Attributes:
+        reason: the first failed example's error, one line, secrets masked.
+    """
+
+    def __init__(self, failed: int, index: int, reason: str) -> None:
+        super().__init__(f"all {failed} dev examples failed; the first (#{index}): {reason}")
+        self.reason = reason
 
 
 @dataclass
@@ -292,10 +306,27 @@ class RunReport:
     metric: str = ""
     executor: str = "local"
     budget_via: str = "none"
+    error: str | None = None
+    """Set when every trial that ran failed (status ``"failed"``): one line naming how many failed, the first
+    error's reason (secrets masked) and what to do."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return dict(self.__dict__)
+
+
+def _failure_summary(trials: Sequence[Mapping[str, Any]], profile: str | None, report_path: Path) -> str | None:
+    """One line when every trial that ran (finished or failed) failed; None when any finished or none ran."""
+    from dspyo3_optimize._common import error_fix
+
+    ran = [t for t in trials if t.get("status") in ("finished", "failed")]
+    if not ran or any(t.get("status") == "finished" for t in ran):
+        return None
+    first = ran[0]
+    reason = str(first.get("reason") or reason_line(str(first.get("error") or "unknown error")))
+    what = "the trial" if len(ran) == 1 else f"all {len(ran)} trials"
+    return (f"{what} failed; the first error (trial #{first.get('index')} {first.get('name')}): {reason}; "
+            f"{error_fix(reason, profile)}; each trial's error is in {report_path}")
 
 
 def _build_program(program: Any, base: Any = None, search: Sequence[Path] = ()) -> Any:
@@ -421,7 +452,7 @@ class _Budget:
             if remaining is not None:
                 self._budget = prod.Budget(max(remaining, 0.0), per="run", name=f"optimize-run:{run_id}",
                                            on_refuse=self._on_refuse)
-            stack = prod.stack.active()
+            stack = prod.active()
             if stack is None and self._budget is not None:
                 stack = prod.enable(prod.Production(metrics=False, log_events=False, module_callbacks=False,
                                                     budgets=[self._budget]))
@@ -646,14 +677,20 @@ def run(config: RunConfig, *, resume: bool = True, progress: bool = False,
                     record = _run_trial(index, spec, base_program, trainset, devset, metric, lm, executor,
                                         config, rundir)
                 except Exception as exc:
-                    if budget.is_budget_error(exc):
+                    if budget.is_budget_error(exc) or (isinstance(exc, AllExamplesFailed) and budget.refusals):
+                        # the run's budget stopped the calls (every example failing because of refusals is
+                        # the budget too, not a failure of the trial)
+                        stop = str(exc) if budget.is_budget_error(exc) else (
+                            f"cost budget: {budget.refusals} LM call(s) refused by the ${config.max_cost_usd:g} "
+                            "run budget")
                         status = "cost_budget_exceeded"
-                        checkpoint["trials"][str(index)].update(status="interrupted", error=str(exc))
-                        rundir.event("trial_stopped", trial=index, reason=str(exc))
+                        checkpoint["trials"][str(index)].update(status="interrupted", error=stop)
+                        rundir.event("trial_stopped", trial=index, reason=stop)
                         break
-                    checkpoint["trials"][str(index)].update(status="failed",
-                                                            error=f"{type(exc).__name__}: {exc}")
-                    rundir.event("trial_failed", trial=index, error=f"{type(exc).__name__}: {exc}")
+                    error = redact(f"{type(exc).__name__}: {exc}")
+                    reason = exc.reason if isinstance(exc, AllExamplesFailed) else reason_line(error)
+                    checkpoint["trials"][str(index)].update(status="failed", error=error, reason=reason)
+                    rundir.event("trial_failed", trial=index, error=error)
                     save()
                     bar.update(spec.label, advance=1)
                     continue
@@ -675,7 +712,7 @@ def run(config: RunConfig, *, resume: bool = True, progress: bool = False,
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "crashed"
         for key, record in checkpoint["trials"].items():
             if record.get("status") == "running":
-                record.update(status="interrupted", error=f"{type(exc).__name__}: {exc}".rstrip(": "))
+                record.update(status="interrupted", error=redact(f"{type(exc).__name__}: {exc}".rstrip(": ")))
                 rundir.event("trial_stopped", trial=int(key), reason=type(exc).__name__)
         raise
     finally:
@@ -689,6 +726,12 @@ def run(config: RunConfig, *, resume: bool = True, progress: bool = False,
             if shutdown is not None:
                 shutdown()
 
+    trials = [checkpoint["trials"][k] for k in sorted(checkpoint["trials"], key=int)]
+    run_error = _failure_summary(trials, lm_name if isinstance(config.lm, str) or config.lm is None else None,
+                                 rundir.dir / "report.json") if status == "finished" else None
+    if run_error is not None:
+        status = checkpoint["status"] = "failed"
+        save()
     best_index, best_score = _best(checkpoint)
     registered = checkpoint.get("registered")
     if config.register is not None and best_index is not None and registered is None:
@@ -696,7 +739,6 @@ def run(config: RunConfig, *, resume: bool = True, progress: bool = False,
                                sorted(trainset[0].inputs().keys()) if trainset else [])
         checkpoint["registered"] = registered
         save()
-    trials = [checkpoint["trials"][k] for k in sorted(checkpoint["trials"], key=int)]
     plot = _plot(trials, rundir.dir / "scores.png", config.name)
     report = RunReport(
         run_id=run_id, name=config.name, status=status, trials=trials, best_trial=best_index, best_score=best_score,
@@ -705,7 +747,7 @@ def run(config: RunConfig, *, resume: bool = True, progress: bool = False,
         registered=registered,
         dataset={"train": {"n": len(trainset), "hash": train_hash}, "dev": {"n": len(devset), "hash": dev_hash}},
         sessions=int(checkpoint["sessions"]), lm=lm_name, metric=metric_name(config.metric),
-        executor=getattr(executor, "name", "custom"), budget_via=budget.via,
+        executor=getattr(executor, "name", "custom"), budget_via=budget.via, error=run_error,
     )
     atomic_write_text(rundir.dir / "report.json", json.dumps(report.to_dict(), indent=2, default=str))
     rundir.event("session_finished", status=status, best_trial=best_index)
@@ -734,6 +776,9 @@ def _run_trial(index: int, spec: TrialSpec, base_program: Any, trainset: Sequenc
                                    compile_options=spec.compile)
         inner = candidate_scores(compiled, optimizer)
     result = evaluate(compiled, devset, metric, lm=lm, executor=executor, concurrency=config.concurrency)
+    first = result.first_error
+    if first is not None and result.failures == result.n:
+        raise AllExamplesFailed(result.n, *first)
     blob = canonical(learned_state(compiled.dump_state()))  # the bytes the registry would store: same checksum
     state_file = rundir.dir / "trials" / f"{index}.json"
     atomic_write_bytes(state_file, blob)
