@@ -110,7 +110,11 @@ class Runner:
 
     async def acall(self, settings: dict[str, Any], inputs: str | bytes) -> bytes:
         with dspy.context(**settings):
-            return dump(await self.program.acall(**self.kwargs(inputs)))
+            if has_aforward(self.program):
+                return dump(await self.program.acall(**self.kwargs(inputs)))
+            # DSPy's contract for a module with only `forward`: `dspy.asyncify` runs the sync call in a worker
+            # thread (the loop stays free) with this context carried over
+            return dump(await dspy.asyncify(self.program)(**self.kwargs(inputs)))
 
     async def stream(self, settings: dict[str, Any], inputs: str | bytes, sink: Any) -> None:
         """Run the program with ``dspy.streamify`` and hand each event to ``sink`` (a Rust callback).
@@ -122,9 +126,10 @@ class Runner:
         fields = self.outputs if self.outputs is not None else _output_names(self.program)
         listeners = [StreamListener(signature_field_name=name) for name in fields]
         with dspy.context(**settings):
-            # is_async_program: the program's acall runs on this loop (not a sync call in a worker thread)
-            streaming = dspy.streamify(self.program, stream_listeners=listeners, is_async_program=True,
-                                       async_streaming=True)
+            # is_async_program: the program's acall runs on this loop (not a sync call in a worker thread); a
+            # module with only `forward` runs in a worker thread instead (DSPy's asyncify)
+            streaming = dspy.streamify(self.program, stream_listeners=listeners,
+                                       is_async_program=has_aforward(self.program), async_streaming=True)
             async for item in streaming(**self.kwargs(inputs)):
                 if isinstance(item, StreamResponse):
                     sink(("token", item.signature_field_name, item.chunk, bool(item.is_last_chunk)))
@@ -132,6 +137,12 @@ class Runner:
                     sink(("status", item.message))
                 elif isinstance(item, dspy.Prediction):
                     sink(("prediction", dump(item)))
+
+
+def has_aforward(program: Any) -> bool:
+    """Whether ``program.acall`` can run: DSPy's ``Module.acall`` awaits ``aforward``, which a module defining
+    only ``forward`` lacks (built-in modules have both)."""
+    return callable(getattr(program, "aforward", None))
 
 
 def _output_names(program: Any) -> list[str]:
@@ -262,10 +273,17 @@ def _native_response(outcome: tuple[Any, ...]) -> Any:
         return lm15.Response(id=ident, model=model or "", message=lm15.Message.assistant([lm15.TextPart(text)]),
                              finish_reason=_FINISH.get(finish or "stop", "stop"),
                              usage=lm15.Usage(input_tokens=prompt, output_tokens=completion, total_tokens=total))
+    if kind == "protocol":
+        # an HTTP 200 whose body is not a completion: what the default transport raises for it (a provider error,
+        # not retried: the same request gets the same answer)
+        raise lm15.ProviderError(text, code="malformed_response", provider="dspyo3-native", status=status or 200)
+    if kind == "too_large":  # the same request would get the same answer: never retried
+        raise lm15.CollectionLimitError(text, code="response_too_large", provider="dspyo3-native", status=status)
     errors = {"rate_limit": lm15.RateLimitError, "auth": lm15.AuthError, "context_length": lm15.ContextLengthError,
-              "invalid_request": lm15.InvalidRequestError, "server": lm15.ServerError, "timeout": lm15.TimeoutError}
+              "invalid_request": lm15.InvalidRequestError, "server": lm15.ServerError, "timeout": lm15.TimeoutError,
+              "config": lm15.ConfigurationError}
     error_type = errors.get(kind)
-    if error_type is None:
+    if error_type is None:  # connect: nothing was answered, a retry may reach the server
         raise lm15.TransportError(text, provider="dspyo3-native")
     raise error_type(text, provider="dspyo3-native", status=status, retry_after=retry_after)
 

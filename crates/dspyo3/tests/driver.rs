@@ -205,6 +205,26 @@ fn program_saved_in_python_gives_the_same_predictions_from_rust() {
     assert_eq!(saved["answer.predict"]["demos"].as_array().map(Vec::len), Some(3), "{saved}");
 }
 
+#[test]
+fn a_program_with_only_forward_runs_async_and_streams() {
+    // QAProgram defines `forward` and no `aforward`: DSPy's Module.acall alone raises AttributeError on it
+    let lm_server = dspyo3::testing::LoopbackLm::start(Duration::ZERO).unwrap();
+    common::init();
+    dspyo3::add_python_path(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/optimized")).unwrap();
+    let program = unoptimized(&lm_server.lm().build().unwrap());
+    let input = QAInput { question: "Capital of France?".into() };
+    let sync = program.call(&input).unwrap().answer;
+    assert!(sync.starts_with("answer-"), "{sync}");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (awaited, streamed) = rt.block_on(async {
+        let awaited = program.acall(&input).await.unwrap().answer;
+        let streamed = program.stream(&input).unwrap().prediction().await.unwrap().output.answer;
+        (awaited, streamed)
+    });
+    assert_eq!(awaited, sync);
+    assert_eq!(streamed, sync);
+}
+
 /// The same architecture with an empty state: what the program answers before optimization.
 fn unoptimized(lm: &dspyo3::Lm) -> dspyo3::Typed<QA> {
     let dir = tempfile::tempdir().unwrap();
@@ -509,6 +529,34 @@ fn native_transport_errors_map_like_the_default_transport() {
         }
         other => panic!("expected Lm, got {other:?}"),
     }
+}
+
+#[test]
+fn a_malformed_answer_is_the_same_error_on_both_transports() {
+    // an HTTP 200 whose body is not a completion: the same request gets the same answer, so neither transport
+    // calls it retryable, and neither retries it (a retry would get the server's default, valid answer)
+    let server = Server::start();
+    let input = QAInput { question: "q".into() };
+    let mut type_names = Vec::new();
+    for native in [false, true] {
+        let builder = server.lm_builder().num_retries(2);
+        let lm = if native { builder.native() } else { builder }.build().unwrap();
+        let predict = Predict::<QA>::new().unwrap().with_lm(&lm, None).unwrap();
+        let before = server.requests().len();
+        server.script(&["Reply.malformed()"]);
+        let transport = if native { "native" } else { "default" };
+        let err = predict.call(&input).expect_err(transport);
+        assert_eq!(server.requests().len() - before, 1, "{transport}: retried a malformed answer");
+        assert!(!err.is_retryable(), "{transport}: {err:?}");
+        match err {
+            Error::Lm { type_name, message, .. } => {
+                assert!(message.contains("not JSON"), "{transport}: {message}");
+                type_names.push(type_name);
+            }
+            other => panic!("{transport}: expected Lm, got {other:?}"),
+        }
+    }
+    assert_eq!(type_names[0], type_names[1]);
 }
 
 #[test]
