@@ -78,3 +78,20 @@ print(json.dumps({{"light": light, "missing": missing, "listed": listed, "unknow
     result = json.loads(done.stdout.splitlines()[-1])
     assert result == {"light": True, "missing": [], "listed": True,
                       "unknown": f"module {package!r} has no attribute 'not_a_name'"}
+
+
+def test_startup_benchmark_shape(tmp_path: Path) -> None:
+    """``benchmarks/startup.py`` prints its figures as JSON (the shape only: figures are never asserted)."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "startup.py"
+    argv = [sys.executable, str(script), "--runs", "1", "--top", "3", "--json", str(tmp_path / "s.json")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result == json.loads((tmp_path / "s.json").read_text())
+    commands = ["--help", "plugins", "lm list"]
+    assert sorted(result["median_ms"]) == sorted(result["under_target"]) == sorted(commands)
+    assert sorted(result["anchor_median_ms"]) == ["import dspy", "python -c pass"]
+    for command in commands:
+        imports = result["importtime"][command]
+        assert imports["heavy_imported"] == []
+        assert 0 < len(imports["top_modules"]) <= 3 and 0 < len(imports["top_packages"]) <= 3
