@@ -35,12 +35,19 @@ def dspyo3_register_commands(cli: click.Group) -> None:
         cli.add_command(command)
 
 
+_invoke_call: Callable[[LMCall], Any] | None = None
+
+
 @hookimpl(trylast=True)
 def dspyo3_lm_call(call: LMCall) -> Any:
     """The innermost LM call: DSPy's own ``LM.__call__`` (engine, cache and retries included), or NativeLM's.
 
-    :mod:`dspyo3_core.lm` (and so DSPy) is imported here, not when the plugin loads: an :class:`LMCall` exists only
-    once that module is loaded, so the import is a dictionary lookup, and ``dspyo3 --help`` never imports DSPy."""
-    from dspyo3_core.lm import invoke_call
+    :mod:`dspyo3_core.lm` (and so DSPy) is imported on the first call, not when the plugin loads, so
+    ``dspyo3 --help`` never imports DSPy."""
+    global _invoke_call
+    invoke = _invoke_call
+    if invoke is None:
+        from dspyo3_core.lm import invoke_call
 
-    return invoke_call(call)
+        invoke = _invoke_call = invoke_call
+    return invoke(call)

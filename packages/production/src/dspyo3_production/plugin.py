@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -15,15 +15,22 @@ if TYPE_CHECKING:
     from dspyo3_core.lm import LMCall
 
 
+_wrapper: Callable[[LMCall], Generator[None, Any, Any]] | None = None
+
+
 @hookimpl(wrapper=True)
 def dspyo3_lm_call(call: LMCall) -> Generator[None, Any, Any]:
     """The ``dspyo3_lm_call`` wrapper: runs the active production stack (cache scope, breaker, budgets, metrics,
     logs) around the LM call; it declares itself inactive (``dspyo3_active``) while no stack is configured.
 
     The stack (and DSPy) is imported on the first LM call, not when the plugin loads, so CLI start-up stays fast."""
-    from dspyo3_production.stack import lm_call_wrapper
+    global _wrapper
+    wrapper = _wrapper
+    if wrapper is None:
+        from dspyo3_production.stack import lm_call_wrapper
 
-    return (yield from lm_call_wrapper(call))
+        wrapper = _wrapper = lm_call_wrapper
+    return (yield from wrapper(call))
 
 
 def _active() -> bool:
