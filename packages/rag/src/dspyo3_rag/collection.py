@@ -10,6 +10,7 @@ What ``dspyo3 rag index|search|ask`` use.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import shutil
@@ -24,10 +25,14 @@ from dspyo3_rag.retrieve import BM25Retriever, DenseRetriever, HybridRetriever, 
 from dspyo3_rag.stores.base import StoreCorruptError, StoreError
 from dspyo3_rag.stores.qdrant import QdrantStore
 
-__all__ = ["Chunk", "CollectionError", "RagCollection", "Repair", "chunk_text", "read_sources"]
+__all__ = ["Chunk", "CollectionError", "RagCollection", "Repair", "Skipped", "Sources", "chunk_text", "read_sources",
+           "scan_sources", "source_labels"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
+TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown", ".mdown", ".mkd", ".mkdn", ".mdx", ".rst"})
+"""Suffixes read as text when a folder is walked, compared in lower case (``.MD`` counts)."""
+JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
+SUFFIX_HINT = ", ".join(sorted(TEXT_SUFFIXES))
 _POINTS = "chunks"  # the Qdrant collection holding the vectors
 
 
@@ -51,29 +56,139 @@ def chunk_text(text: str, words: int = 200, overlap: int = 40) -> list[str]:
     return [" ".join(tokens[start:start + words]) for start in range(0, max(len(tokens) - overlap, 1), step)]
 
 
-def read_sources(paths: Iterable[str | Path], *, words: int = 200, overlap: int = 40) -> list[Chunk]:
-    """Chunks of text files (``.txt``, ``.md``, ``.rst``; folders are walked) and JSONL files (one record per line:
-    ``text`` required, ``id`` optional, other keys kept as metadata). Everything is read before anything is
-    written, so an unreadable file fails the whole call with a message naming it."""
+@dataclass(frozen=True)
+class Skipped:
+    """A file (or hidden folder) met while walking a folder and not indexed, with the reason."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What :func:`scan_sources` read: the chunks, and what it skipped and why."""
+
+    chunks: list[Chunk]
+    skipped: list[Skipped]
+
+
+def _is_jsonl(path: Path) -> bool:
+    return path.suffix.lower() in JSONL_SUFFIXES
+
+
+def _walk(folder: Path, skipped: list[Skipped]) -> list[Path]:
+    """The indexable files below ``folder`` in sorted order; the rest goes to ``skipped``. Hidden files and
+    folders (names starting with ``.``, such as ``.git``) and links to folders are skipped without being descended
+    into."""
+    found: list[Path] = []
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise StoreError(f"{folder}: cannot be listed ({exc.strerror or exc})") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            skipped.append(Skipped(entry, "hidden folder" if entry.is_dir() else "hidden file"))
+        elif entry.is_dir() and entry.is_symlink():  # not followed: a link may loop or leave the tree
+            skipped.append(Skipped(entry, "symbolic link to a folder (not followed; give its target instead)"))
+        elif entry.is_dir():
+            found.extend(_walk(entry, skipped))
+        elif not entry.is_file():
+            skipped.append(Skipped(entry, "not a regular file"))
+        elif entry.suffix.lower() in TEXT_SUFFIXES or _is_jsonl(entry):
+            found.append(entry)
+        else:
+            kind = f"suffix {entry.suffix!r}" if entry.suffix else "no suffix"
+            skipped.append(Skipped(entry, f"{kind} is not indexed (indexed: {SUFFIX_HINT})"))
+    return found
+
+
+def _label_of(chunk: Chunk) -> tuple[str, str] | None:
+    """``(resolved source, label)`` of a chunk read from a file, from its id and ``source``; None for other ids
+    (JSONL records with ids of their own)."""
+    source = chunk.metadata.get("source")
+    if not isinstance(source, str) or not source:
+        return None
+    name = Path(source).name
+    pattern = r"(.+):\d+(?:#\d+)?" if _is_jsonl(Path(source)) else r"(.+)#\d+"
+    match = re.fullmatch(pattern, chunk.id)
+    if match is None or match.group(1).rsplit("/", 1)[-1] != name:
+        return None
+    return str(Path(source).resolve()), match.group(1)
+
+
+def source_labels(chunks: Iterable[Chunk]) -> dict[str, str]:
+    """The name each source file has in the chunk ids of ``chunks``, by the file's resolved path: what
+    :func:`scan_sources` reuses so that re-indexing a file keeps its ids however its path is spelled."""
+    labels: dict[str, str] = {}
+    for chunk in chunks:
+        found = _label_of(chunk)
+        if found is not None:
+            labels.setdefault(*found)
+    return labels
+
+
+def _resolved(source: Any) -> str | None:
+    """``source`` metadata as a resolved path (None when it is not a path)."""
+    if not isinstance(source, str) or not source:
+        return None
+    return _resolve_path(source)
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolve_path(source: str) -> str:
+    try:
+        return str(Path(source).resolve())
+    except (OSError, RuntimeError, ValueError):
+        return source
+
+
+def read_sources(paths: Iterable[str | Path], *, words: int = 200, overlap: int = 40,
+                 labels: Mapping[str, str] | None = None) -> list[Chunk]:
+    """The chunks of :func:`scan_sources` (without the list of skipped files)."""
+    return scan_sources(paths, words=words, overlap=overlap, labels=labels).chunks
+
+
+def scan_sources(paths: Iterable[str | Path], *, words: int = 200, overlap: int = 40,
+                 labels: Mapping[str, str] | None = None) -> Sources:
+    """Chunks of text files (``.txt``, ``.md``, ``.markdown``, ``.mdx``, ``.rst``, ... in any letter case; folders
+    are walked) and JSONL files (one record per line: ``text`` required, ``id`` optional, other keys kept as
+    metadata), and the files skipped while walking folders with the reason. A file given by name is read as text
+    whatever its suffix. Everything is read before anything is written, so an unreadable file fails the whole call
+    with a message naming it.
+
+    Chunk ids are ``<name>#<n>`` (JSONL records without an id: ``<name>:<line>``), where ``<name>`` is the file's
+    path below the folder given, starting with that folder's own name (``notes/keys.md``), or the file's name when
+    the file was given. Paths are resolved first, so ``notes``, ``./notes/`` and ``/abs/notes`` (or ``.`` inside
+    ``notes``) give the same ids. ``labels`` (resolved path -> name, see :func:`source_labels`) keeps the names
+    files already have in a collection, so ``notes/keys.md`` indexed again on its own keeps ``notes/keys.md#0``.
+    The ``source`` metadata is the file's resolved path.
+    """
     chunks: list[Chunk] = []
-    files: list[tuple[Path, str]] = []  # (file, its name in chunk ids: the path below the folder given)
+    skipped: list[Skipped] = []
+    files: list[tuple[Path, str]] = []  # (resolved file, its name in chunk ids)
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend((p, p.relative_to(path.parent).as_posix()) for p in sorted(path.rglob("*"))
-                         if p.suffix in TEXT_SUFFIXES | {".jsonl"})
+            root = path.resolve()
+            base = root.parent
+            files.extend((p, p.relative_to(base).as_posix()) for p in _walk(root, skipped))
         elif path.is_file():
-            files.append((path, path.name))
+            resolved = path.resolve()
+            files.append((resolved, resolved.name))
         else:
             raise StoreError(f"{path}: no such file or folder")
+    if labels:
+        files = [(p, labels.get(_resolve_path(str(p)), label)) for p, label in files]
     if not files:
-        raise StoreError("no .txt/.md/.rst/.jsonl files found in the given paths")
+        detail = f"; skipped {_skipped_summary(skipped)}" if skipped else ""
+        raise StoreError(f"no files to index in the given paths (indexed: {SUFFIX_HINT}, .jsonl){detail}")
     for path, label in files:
         try:
             content = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise StoreError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
-        if path.suffix == ".jsonl":
+        before = len(chunks)
+        if _is_jsonl(path):
             for line_no, line in enumerate(content.splitlines(), start=1):
                 if not line.strip():
                     continue
@@ -85,20 +200,28 @@ def read_sources(paths: Iterable[str | Path], *, words: int = 200, overlap: int 
                     raise StoreError(str(exc)) from None
                 if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                     raise StoreError(f"{path}:{line_no}: each line needs a JSON object with a string 'text'")
-                base = str(record.pop("id", f"{label}:{line_no}"))
+                base_id = str(record.pop("id", f"{label}:{line_no}"))
                 text = record.pop("text")
                 for i, piece in enumerate(chunk_text(text, words, overlap)):
-                    chunk_id = base if i == 0 else f"{base}#{i}"
+                    chunk_id = base_id if i == 0 else f"{base_id}#{i}"
                     chunks.append(Chunk(chunk_id, piece, {**record, "source": str(path)}))
         else:
             for i, piece in enumerate(chunk_text(content, words, overlap)):
                 chunks.append(Chunk(f"{label}#{i}", piece, {"source": str(path)}))
+        if len(chunks) == before:
+            skipped.append(Skipped(path, "no text in it"))
     ids = [c.id for c in chunks]
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise StoreError(f"chunk ids repeat: {dupes}; JSONL records need unique 'id's, and two files given "
                          "separately must not share a name (give their folder instead)")
-    return chunks
+    return Sources(chunks, skipped)
+
+
+def _skipped_summary(skipped: Sequence[Skipped], limit: int = 5) -> str:
+    shown = ", ".join(f"{s.path.name} ({s.reason})" for s in skipped[:limit])
+    more = f" and {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return shown + more
 
 
 class CollectionError(StoreError):
@@ -293,8 +416,10 @@ class RagCollection:
         existing = self.chunks()
         new_ids = {c.id for c in chunks}
         # a re-indexed source replaces all its chunks: the ones it no longer produces go
-        sources = {c.metadata.get("source") for c in chunks}
-        stale = [cid for cid, c in existing.items() if c.metadata.get("source") in sources and cid not in new_ids]
+        # (sources compared resolved: collections written before sources were stored resolved keep working)
+        sources = {_resolved(c.metadata.get("source")) for c in chunks} - {None}
+        stale = [cid for cid, c in existing.items()
+                 if cid not in new_ids and _resolved(c.metadata.get("source")) in sources]
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.pending_file, json.dumps({"ids": sorted(new_ids | set(stale))}))
         dense = DenseRetriever(self.store(), _POINTS, self.embedder)

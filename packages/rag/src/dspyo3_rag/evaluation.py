@@ -8,6 +8,7 @@ from typing import Any
 
 from dspyo3_rag.beir import evaluate, load_beir
 from dspyo3_rag.embed import LexicalEmbedder
+from dspyo3_rag.progress import bar, wanted
 from dspyo3_rag.retrieve import BM25Retriever, DenseRetriever, HybridRetriever, Retriever
 from dspyo3_rag.stores.qdrant import QdrantStore
 
@@ -44,12 +45,21 @@ def evaluate_retriever(data_dir: str | Path, kind: str, *, split: str = "test", 
     """Index the corpus, retrieve the top ``k`` for every judged query, and score the run.
 
     Returns ``{"retriever", "dataset", "ndcg@10", "recall@10", "recall@100", "mrr@10", "queries", "qps"}``;
-    ``qps`` counts only the retrieval of all queries (indexing excluded).
+    ``qps`` counts only the retrieval of all queries (indexing excluded). ``progress=True`` draws bars for
+    indexing and retrieval on stderr when it is a terminal.
     """
     data = load_beir(data_dir, split)
     retriever = build_retriever(kind, data.doc_ids, data.doc_texts, progress=progress)
+    queries = data.query_texts
+    show = wanted(progress)
+    # with a bar, queries go in slices so it can move; without one, in one batch
+    step = max(16, len(queries) // 50) if show else max(len(queries), 1)
+    results: list[list[Any]] = []
     started = time.perf_counter()
-    results = retriever.search_batch(data.query_texts, k=k)
+    with bar("retrieving", len(queries), show) as shown:
+        for start in range(0, len(queries), step):
+            results.extend(retriever.search_batch(queries[start:start + step], k=k))
+            shown.advance(len(queries[start:start + step]))
     elapsed = time.perf_counter() - started
     run = {qid: [p.id for p in passages] for qid, passages in zip(data.query_ids, results, strict=True)}
     metrics = evaluate(run, {q: data.qrels[q] for q in data.query_ids})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -33,6 +34,11 @@ _DIR_OPTION = click.option("--dir", "directory", type=click.Path(file_okay=False
                            help="where collections live (default: $DSPYO3_RAG_DIR or the user data dir)")
 
 
+_PROGRESS_OPTION = click.option("--progress/--no-progress", default=True, show_default=True,
+                                help="progress bars on stderr (only drawn when stderr is a terminal)")
+_SHOW_SKIPPED = 20  # skipped files listed one per line; the rest counted
+
+
 @rag_group.command("index")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--collection", required=True, help="collection name (created if missing)")
@@ -41,14 +47,16 @@ _DIR_OPTION = click.option("--dir", "directory", type=click.Path(file_okay=False
 @click.option("--rebuild", is_flag=True,
               help="re-create the collection's vector store from its chunks.jsonl first (after it was deleted or "
                    "damaged)")
+@_PROGRESS_OPTION
 @_DIR_OPTION
 def index_command(paths: tuple[Path, ...], collection: str, chunk_words: int, overlap: int, rebuild: bool,
-                  directory: Path | None) -> None:
-    """Chunk, embed and index files (.txt, .md, .rst, .jsonl; folders are walked) into COLLECTION.
+                  progress: bool, directory: Path | None) -> None:
+    """Chunk, embed and index files (.txt, .md, .markdown, .mdx, .rst, .jsonl, ... in any letter case; folders are
+    walked, hidden files and folders skipped) into COLLECTION. Files skipped are listed on stderr with the reason.
 
     Every run first repairs what an interrupted earlier run left (vectors of chunks that were never committed);
     with no PATHS it only repairs (or, with --rebuild, rebuilds)."""
-    from dspyo3_rag.collection import RagCollection, read_sources
+    from dspyo3_rag.collection import RagCollection, scan_sources, source_labels
     from dspyo3_rag.stores.base import StoreError
 
     try:
@@ -56,26 +64,34 @@ def index_command(paths: tuple[Path, ...], collection: str, chunk_words: int, ov
         if not paths and not target.exists:
             raise StoreError(f"collection {collection!r} does not exist under {target.dir.parent}; give the files "
                              f"to index: dspyo3 rag index PATH --collection {collection}")
-        # everything is read before any write
-        chunks = read_sources(paths, words=chunk_words, overlap=overlap) if paths else []
+        # everything is read before any write; files already in the collection keep their ids
+        sources = (scan_sources(paths, words=chunk_words, overlap=overlap,
+                                labels=source_labels(target.chunks().values())) if paths else None)
+        chunks = sources.chunks if sources else []
+        if sources and sources.skipped:
+            for item in sources.skipped[:_SHOW_SKIPPED]:
+                click.echo(f"skipped {item.path}: {item.reason}", err=True)
+            if len(sources.skipped) > _SHOW_SKIPPED:
+                click.echo(f"skipped {len(sources.skipped) - _SHOW_SKIPPED} more", err=True)
         repaired = None
         try:
             if rebuild:
-                rebuilt = target.rebuild(progress=True)
+                rebuilt = target.rebuild(progress=progress)
                 click.echo(f"rebuilt the vector store of {collection!r} from {rebuilt} committed chunks")
             else:
-                repaired = target.repair(progress=True)
+                repaired = target.repair(progress=progress)
                 if repaired:
                     click.echo(f"repaired {collection!r}: removed {repaired.removed} vectors of uncommitted "
                                f"chunks, re-embedded {repaired.restored} committed chunks")
-            added = target.add(chunks, progress=True) if chunks else 0
+            added = target.add(chunks, progress=progress) if chunks else 0
             total = len(target.chunks())
         finally:
             target.close()
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     if paths:
-        click.echo(f"indexed {added} chunks into {collection!r} ({total} in all) at {target.dir}")
+        skipped = f"; skipped {len(sources.skipped)} files (listed above)" if sources and sources.skipped else ""
+        click.echo(f"indexed {added} chunks into {collection!r} ({total} in all) at {target.dir}{skipped}")
     elif repaired is not None and not repaired:
         click.echo(f"{collection!r} is consistent ({total} chunks) at {target.dir}")
 
@@ -170,33 +186,50 @@ def demo_command(json_path: str | None) -> None:
 @click.option("--split", default="test", show_default=True)
 @click.option("--k", "k", type=click.IntRange(min=10), default=100, show_default=True, help="passages per query")
 @click.option("--json", "as_json", is_flag=True, help="last line: one flat JSON object")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="bar chart of the metrics (PNG)")
-def eval_command(data_dir: Path, retriever: str, split: str, k: int, as_json: bool, plot: Path | None) -> None:
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="bar chart of the metrics (PNG; needs the extra dspyo3-rag[plot])")
+@_PROGRESS_OPTION
+def eval_command(data_dir: Path, retriever: str, split: str, k: int, as_json: bool, plot: Path | None,
+                 progress: bool) -> None:
     """Retrieval quality on a BEIR-layout data set: ndcg@10, recall@10, recall@100, mrr@10, queries/s."""
     from dspyo3_rag.beir import BeirFormatError
     from dspyo3_rag.evaluation import evaluate_retriever
     from dspyo3_rag.stores.base import StoreError
 
+    pyplot = _pyplot() if plot is not None else None  # before the run: a missing extra must not cost the run
     try:
-        result = evaluate_retriever(data_dir, retriever, split=split, k=k, progress=not as_json)
+        result = evaluate_retriever(data_dir, retriever, split=split, k=k, progress=progress)
     except (BeirFormatError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
-    if plot is not None:
-        _plot(result, plot)
+    # the results first: a plot that cannot be written loses nothing
     if as_json:
         click.echo(json.dumps(result))
-        return
-    click.echo(f"{result['dataset']} / {retriever}: {result['queries']} queries")
-    for key in ("ndcg@10", "recall@10", "recall@100", "mrr@10", "qps"):
-        click.echo(f"  {key:<11} {result[key]}")
+    else:
+        click.echo(f"{result['dataset']} / {retriever}: {result['queries']} queries")
+        for key in ("ndcg@10", "recall@10", "recall@100", "mrr@10", "qps"):
+            click.echo(f"  {key:<11} {result[key]}")
+    if plot is not None:
+        try:
+            _plot(pyplot, result, plot)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write the plot {plot}: {exc.strerror or exc}; the results above "
+                                       "are complete") from None
 
 
-def _plot(result: dict[str, object], path: Path) -> None:
-    import matplotlib
+def _pyplot() -> Any:
+    """``matplotlib.pyplot`` (Agg backend), or a one-line error naming the extra that provides it."""
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise click.ClickException(f"--plot needs matplotlib, which is not installed ({exc}); "
+                                   "pip install 'dspyo3-rag[plot]' (or run without --plot)") from None
+    return plt
 
+
+def _plot(plt: Any, result: dict[str, object], path: Path) -> None:
     keys = ["ndcg@10", "recall@10", "recall@100", "mrr@10"]
     fig, ax = plt.subplots(figsize=(6, 3))
     values = [float(result[key]) for key in keys]  # type: ignore[arg-type]
@@ -206,7 +239,10 @@ def _plot(result: dict[str, object], path: Path) -> None:
     for x, value in enumerate(values):
         ax.text(x, value, f"{value:.3f}", ha="center", va="bottom")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    try:
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 @hookimpl

@@ -73,9 +73,20 @@ class DenseRetriever:
 
     def add(self, ids: Sequence[str], texts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None,
             *, batch_size: int = 256, progress: bool = False) -> None:
-        """Embed and upsert documents (the collection is created on first use with the embedder's size)."""
+        """Embed and upsert documents (the collection is created on first use with the embedder's size).
+
+        Texts are embedded ``batch_size`` at a time; ``progress=True`` draws bars for embedding and storing on
+        stderr when it is a terminal."""
+        from dspyo3_rag.progress import bar, wanted
+
         texts = list(texts)
-        vectors = [list(v) for v in self.embedder(texts)]
+        vectors: list[list[float]] = []
+        size = max(batch_size, 1)
+        with bar("embedding", len(texts), wanted(progress)) as shown:
+            for start in range(0, len(texts), size):
+                batch = texts[start:start + size]
+                vectors.extend(list(v) for v in self.embedder(batch))
+                shown.advance(len(batch))
         if self.collection not in self.store.collections() and vectors:
             self.store.create_collection(self.collection, len(vectors[0]))
         meta = [{**(dict(m) if metadata else {}), "text": t}

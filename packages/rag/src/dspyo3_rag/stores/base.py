@@ -129,7 +129,8 @@ class VectorStore(ABC):
     def upsert(self, collection: str, ids: Sequence[str], vectors: Sequence[Sequence[float]],
                metadata: Sequence[Metadata] | None = None, *, namespace: str | None = None, batch_size: int = 256,
                progress: bool = False) -> int:
-        """Insert or replace points, in batches (a rich progress bar with ``progress=True``); returns the count.
+        """Insert or replace points, in batches; returns the count. ``progress=True`` draws a bar on stderr when it
+        is a terminal.
 
         Everything is validated before the first write: one bad vector or metadata value and nothing is written.
         """
@@ -164,15 +165,14 @@ class VectorStore(ABC):
         if batch_size < 1:
             raise StoreError(f"batch_size must be >= 1, got {batch_size}")
         self._validate_points(collection, ids, clean_vectors, metadata, distance)
-        batches = range(0, len(ids), batch_size)
-        if progress and len(ids) > batch_size:
-            from rich.progress import track
+        from dspyo3_rag.progress import bar, wanted
 
-            batches = track(batches, description=f"upserting into {collection}")  # type: ignore[assignment]
-        for start in batches:
-            end = start + batch_size
-            self._upsert(collection, ids[start:end], clean_vectors[start:end],
-                         [dict(m) for m in metadata[start:end]], namespace)
+        with bar(f"storing in {collection}", len(ids), wanted(progress)) as shown:
+            for start in range(0, len(ids), batch_size):
+                end = start + batch_size
+                self._upsert(collection, ids[start:end], clean_vectors[start:end],
+                             [dict(m) for m in metadata[start:end]], namespace)
+                shown.advance(len(ids[start:end]))
         return len(ids)
 
     def delete(self, collection: str, ids: Sequence[str], *, namespace: str | None = None) -> None:
