@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import html.entities
 import re
 import typing
 from typing import Annotated, Literal, Optional
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dspyo3_core.testing import LMServer, chat_reply
+from dspyo3_native import HTMLUnescaper
 from dspyo3_types.parse import OutputParseError, StrictChatAdapter, StrictJSONAdapter, parse_output, parse_partial
 
 
@@ -424,6 +426,41 @@ def test_character_references_decode_like_html_unescape(parts: list[str], copies
 def test_every_code_point_decodes_like_html_unescape(form: str) -> None:
     numbers = [*range(0x110000), 0x110000, 0x10FFFF + 2, 0xFFFFFFF]
     value = "".join(form.format(n=n) for n in numbers)
+    assert parse_output(XML.replace("Paris", value, 1), Answer, "xml")["answer"] == html.unescape(value)
+
+
+HTML5_NAMES = sorted(html.entities.html5)
+REFERENCE_PIECES = (st.sampled_from(["&", "&", "#", ";", "x", "X", "&#", "&#x", " ", "\t", "\n", "\r", "\x0c", "<", "é",
+                                     "\ud800", "\udfff", "\U0001f600", "0" * 12])
+                    | st.text(alphabet="0123456789abcdefABCDEF", min_size=1, max_size=9)
+                    | st.sampled_from(HTML5_NAMES)
+                    | st.sampled_from(HTML5_NAMES).map(lambda name: name.rstrip(";") + "x")
+                    | st.sampled_from(HTML5_NAMES).map(lambda name: name[:-2])
+                    | st.text(max_size=4))
+
+
+@given(st.lists(REFERENCE_PIECES, max_size=40))
+@settings(max_examples=600, deadline=None)
+def test_native_unescaper_decodes_random_mixes_like_html_unescape(parts: list[str]) -> None:
+    """Random mixes of text, "&", "#", ";", digits, HTML5 names (whole, cut short, run on), control characters,
+    non-ASCII and lone surrogates: the native decoder and the XML parser give html.unescape's text."""
+    value = "".join(parts)
+    unescaper = HTMLUnescaper(html.entities.html5)
+    assert unescaper.unescape(value) == html.unescape(value)
+    assert parse_output(XML.replace("Paris", value, 1), Answer, "xml")["answer"] == html.unescape(value.strip())
+
+
+def test_native_unescaper_uses_the_table_it_is_given() -> None:
+    unescaper = HTMLUnescaper({"hello;": "hi", "ab": "X"})
+    assert len(unescaper) == 2
+    assert unescaper.unescape("&hello; &abc &amp; &#65;") == "hi Xc &amp; A"
+    text = "no references here"
+    assert unescaper.unescape(text) is text
+
+
+def test_a_megabyte_of_distinct_references_decodes_like_html_unescape() -> None:
+    """Distinct numbers and names (no decoded piece repeats), long enough to be decoded without the GIL."""
+    value = "".join(f"&#{n};&amp{n};&{name}" for n, name in zip(range(65, 60_000), HTML5_NAMES * 30, strict=False))
     assert parse_output(XML.replace("Paris", value, 1), Answer, "xml")["answer"] == html.unescape(value)
 
 

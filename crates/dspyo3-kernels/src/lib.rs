@@ -9,6 +9,7 @@
 //! * [`fusion`]: reciprocal-rank and normalised weighted-score fusion.
 //! * [`lru`]: an LRU cache with TTL and byte accounting.
 //! * [`ratelimit`]: a GCRA rate limiter over atomics.
+//! * [`unescape`]: HTML character references decoded as Python's `html.unescape` does, in one linear pass.
 //! * `transport` (feature `transport`): an LM HTTP client (OpenAI chat completions and Anthropic messages; HTTP/1.1, HTTP/2, TLS, SSE streaming, retries) on tokio + hyper.
 
 #![deny(missing_docs)]
@@ -21,6 +22,7 @@ pub mod fusion;
 pub mod lru;
 pub mod ratelimit;
 pub mod tokenizer;
+pub mod unescape;
 #[cfg(feature = "transport")]
 pub mod transport;
 
@@ -30,7 +32,7 @@ pub use error::{KernelError, Result};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Names of the kernels compiled into this build, in the order they were added.
-pub const KERNELS: &[&str] = &["tokenizer", "bm25", "fusion", "lru", "rate_limiter"];
+pub const KERNELS: &[&str] = &["tokenizer", "bm25", "fusion", "lru", "rate_limiter", "unescape"];
 
 /// Returns a one-line description of this build: crate version and compiled kernels.
 ///

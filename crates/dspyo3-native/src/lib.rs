@@ -6,6 +6,7 @@
 
 mod events;
 mod transport;
+mod unescape;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -675,5 +676,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRateLimiter>()?;
     transport::register(m)?;
     events::register(m)?;
+    unescape::register(m)?;
     Ok(())
 }

@@ -10,14 +10,16 @@
   HTTP/1.1 and HTTP/2, TLS, timeouts, retries honouring ``Retry-After``, SSE streaming (:class:`LMStream`), sync
   and asyncio; failures raise :class:`LMTransportError`. ``dspyo3_core.native_lm.NativeLM`` puts DSPy on it.
 * :class:`EventSink` — JSON-lines event writer on its own thread (secret values masked), for structured logs.
+* :class:`HTMLUnescaper` — ``html.unescape`` (numeric and named character references) in one linear native pass.
 """
 
 from dspyo3_native._native import (
     BM25,
-    CompletionQueue,
     ENGLISH_STOPWORDS,
-    EventSink,
     STEMMER_LANGUAGES,
+    CompletionQueue,
+    EventSink,
+    HTMLUnescaper,
     IndexFormatError,
     LMRequest,
     LMStream,
@@ -40,6 +42,7 @@ __all__ = [
     "CompletionQueue",
     "ENGLISH_STOPWORDS",
     "EventSink",
+    "HTMLUnescaper",
     "STEMMER_LANGUAGES",
     "IndexFormatError",
     "LMRequest",

@@ -11,7 +11,6 @@ raw text. :func:`parse_partial` reads the fields available so far from a truncat
 from __future__ import annotations
 
 import enum
-import html
 import html.entities
 import json
 import re
@@ -25,6 +24,8 @@ import dspy
 import pydantic
 import pydantic_core
 from dspy.utils.exceptions import AdapterParseError
+
+from dspyo3_native import HTMLUnescaper
 
 __all__ = ["OutputParseError", "StrictChatAdapter", "StrictJSONAdapter", "parse_output", "parse_partial"]
 
@@ -238,95 +239,19 @@ def _xml_open(name: str) -> re.Pattern[str]:
     return re.compile(rf"<{re.escape(name)}[\s>]")
 
 
-_XML_ENTITIES = (("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&apos;", "'"), ("&amp;", "&"))  # &amp; last
-_OTHER_REFERENCE = re.compile(r"&(?!(?:lt|gt|quot|apos|amp);)")
-# A character reference as html.unescape reads one (HTML5's rules): decimal, hexadecimal or named, the ";"
-# optional. Possessive repeats: the same matches, without backtracking.
-_REFERENCE = re.compile(r"&(#[0-9]++;?|#[xX][0-9a-fA-F]++;?|[^\t\n\f <&#;]{1,32}+;?)")
-_LAST_CODE_POINT = 0x10FFFF
-_DECODED_KEPT = 1024
-
-
-def _code_point_exceptions() -> dict[int, str]:
-    """Code points that ``html.unescape`` does not decode to ``chr(n)`` (NUL, CR, the C1 controls read as
-    windows-1252, surrogates, noncharacters), as it decodes them, and ``_LAST_CODE_POINT + 1`` standing for
-    every number out of range. Asked of ``html.unescape`` itself, once."""
-    candidates = [*range(0xA0), *range(0xD800, 0xE000), *range(0xFDD0, 0xFDF0),
-                  *(plane + end for plane in range(0, _LAST_CODE_POINT + 1, 0x10000) for end in (0xFFFE, 0xFFFF))]
-    exceptions = {n: html.unescape(f"&#{n};") for n in candidates}
-    exceptions = {n: char for n, char in exceptions.items() if char != chr(n)}
-    exceptions[_LAST_CODE_POINT + 1] = html.unescape(f"&#{_LAST_CODE_POINT + 1};")
-    return exceptions
-
-
-_CODE_POINT_EXCEPTIONS = _code_point_exceptions()
-_HTML5 = html.entities.html5
-_LONGEST_NAME_WITHOUT_SEMICOLON = max(len(name) for name in _HTML5 if not name.endswith(";"))
-
-
-def _decode_named(body: str) -> str:
-    """A named reference (``body`` follows the ``&``) decoded as ``html.unescape`` does."""
-    char = _HTML5.get(body)
-    if char is not None:
-        return char
-    # Else the longest name that is a proper prefix, the rest kept as text ("&ampx" -> "&x"). A proper prefix has
-    # no ";" (the body's only ";" is its last character), and names without ";" are short: only those lengths.
-    for end in range(min(len(body) - 1, _LONGEST_NAME_WITHOUT_SEMICOLON), 1, -1):
-        char = _HTML5.get(body[:end])
-        if char is not None:
-            return char + body[end:]
-    return "&" + body
+# html.unescape's rules (numeric references, HTML5's named references with and without ";") in one native pass,
+# linear in the text whatever it holds; the table of names is Python's own, given once.
+_UNESCAPER = HTMLUnescaper(html.entities.html5)
 
 
 def _unescape(text: str) -> str:
-    """``html.unescape`` (numeric and named character references), in linear time with little Python per
-    reference:
+    """``html.unescape`` (numeric and named character references), decoded natively in one linear pass.
 
-    - text whose only references are XML's five named entities: ``str.replace`` (``&amp;`` last, so ``&amp;lt;``
-      stays ``&lt;``);
-    - text made of many copies of the same few ``&...`` stretches (a megabyte of ``&#x41;``): each distinct
-      stretch from one ``&`` to the next is decoded once;
-    - anything else: one ``re.sub`` whose callback looks each reference up in a table of the first distinct
-      references decoded in this text (a few references repeated among varied text), else decodes it.
-
-    A number is read from its first 8 significant decimal (7 hexadecimal) digits, already past the last code
-    point: a reference of thousands of digits costs no big-number conversion (``html.unescape`` raises
-    ``ValueError`` past 4300 decimal digits) and decodes to U+FFFD like any number out of range.
+    A number is read as out of range from its length: a reference of thousands of digits costs no big-number
+    conversion (``html.unescape`` raises ``ValueError`` past 4300 decimal digits) and decodes to U+FFFD like any
+    number out of range.
     """
-    if "&" not in text:
-        return text
-    if _OTHER_REFERENCE.search(text) is None:
-        for entity, char in _XML_ENTITIES:
-            text = text.replace(entity, char)
-        return text
-    decoded: dict[str, str] = {}
-
-    def replace(match: re.Match[str]) -> str:
-        body = match[1]
-        char = decoded.get(body)
-        if char is not None:
-            return char
-        if body[0] == "#":
-            digits = body.rstrip(";")
-            if digits[1] in "xX":
-                number = int(digits[2:].lstrip("0")[:7] or "0", 16)
-            else:
-                number = int(digits[1:].lstrip("0")[:8] or "0")
-            char = _CODE_POINT_EXCEPTIONS.get(min(number, _LAST_CODE_POINT + 1))
-            if char is None:
-                char = chr(number)
-        else:
-            char = _decode_named(body)
-        if len(decoded) < _DECODED_KEPT:  # a table of a megabyte of distinct references costs more than it saves
-            decoded[body] = char
-        return char
-
-    pieces = text.split("&")
-    distinct = dict.fromkeys(pieces[1:])
-    if len(distinct) * 8 <= len(pieces):  # a reference cannot span an "&": each piece decodes on its own
-        table = {piece: _REFERENCE.sub(replace, "&" + piece) for piece in distinct}
-        return pieces[0] + "".join(map(table.__getitem__, pieces[1:]))
-    return _REFERENCE.sub(replace, text)
+    return _UNESCAPER.unescape(text)
 
 
 def _xml_fields(text: str, signature: type[dspy.Signature]) -> dict[str, str]:
