@@ -99,6 +99,23 @@ def test_chunk_ids_do_not_depend_on_how_the_path_was_spelled(tmp_path: Path, dsp
     assert _ids(dspyo3_exe, env, "solo") == ["keys.md#0", "notes/more.md#0"]
 
 
+def test_a_file_of_the_same_name_from_elsewhere_does_not_overwrite_another_files_chunks(
+        tmp_path: Path, dspyo3_exe: str, cli_env: dict[str, str]) -> None:
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "keys.md").write_text(f"word from folder {folder}")
+    env = _env(tmp_path, cli_env)
+    assert _rag(dspyo3_exe, env, "index", str(tmp_path / "one" / "keys.md"), "--collection", "kb").returncode == 0
+    clash = _rag(dspyo3_exe, env, "index", str(tmp_path / "two" / "keys.md"), "--collection", "kb")
+    assert clash.returncode == 1 and "Traceback" not in clash.stderr
+    assert (f"chunk id 'keys.md#0' of {tmp_path / 'two' / 'keys.md'} already belongs to "
+            f"{tmp_path / 'one' / 'keys.md'}") in clash.stderr
+    found = _rag(dspyo3_exe, env, "search", "word", "--collection", "kb", "--retriever", "bm25", "--json")
+    assert [hit["text"] for hit in json.loads(found.stdout)] == ["word from folder one"]
+    assert _rag(dspyo3_exe, env, "index", str(tmp_path / "two"), "--collection", "kb").returncode == 0
+    assert _ids(dspyo3_exe, env, "kb") == ["keys.md#0", "two/keys.md#0"]
+
+
 def _tiny_beir(root: Path) -> Path:
     (root / "qrels").mkdir(parents=True)
     docs = [("d1", "cats purr and sleep"), ("d2", "dogs bark loudly"), ("d3", "birds sing at dawn")]

@@ -25,8 +25,8 @@ from dspyo3_rag.retrieve import BM25Retriever, DenseRetriever, HybridRetriever, 
 from dspyo3_rag.stores.base import StoreCorruptError, StoreError
 from dspyo3_rag.stores.qdrant import QdrantStore
 
-__all__ = ["Chunk", "CollectionError", "RagCollection", "Repair", "Skipped", "Sources", "chunk_text", "read_sources",
-           "scan_sources", "source_labels"]
+__all__ = ["Chunk", "CollectionError", "RagCollection", "Repair", "Skipped", "Sources", "chunk_text", "id_clashes",
+           "read_sources", "scan_sources", "source_labels"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown", ".mdown", ".mkd", ".mkdn", ".mdx", ".rst"})
@@ -140,6 +140,25 @@ def _resolve_path(source: str) -> str:
         return str(Path(source).resolve())
     except (OSError, RuntimeError, ValueError):
         return source
+
+
+def id_clashes(existing: Mapping[str, Chunk], chunks: Iterable[Chunk]) -> list[tuple[str, str, str]]:
+    """``(id, existing source, new source)`` for each chunk of a text file whose id already belongs to a different
+    file in ``existing`` (two files of the same name given on their own): indexing it would overwrite the other
+    file's chunks. Sources stored as relative paths (by earlier versions) are not compared."""
+    out = []
+    for chunk in chunks:
+        old = existing.get(chunk.id)
+        if old is None:
+            continue
+        old_source, new_source = old.metadata.get("source"), chunk.metadata.get("source")
+        if not (isinstance(old_source, str) and isinstance(new_source, str) and Path(old_source).is_absolute()):
+            continue
+        if _is_jsonl(Path(old_source)) or _is_jsonl(Path(new_source)):
+            continue  # JSONL records carry ids of their own, which may move between files
+        if _resolved(old_source) != _resolved(new_source):
+            out.append((chunk.id, old_source, new_source))
+    return out
 
 
 def read_sources(paths: Iterable[str | Path], *, words: int = 200, overlap: int = 40,

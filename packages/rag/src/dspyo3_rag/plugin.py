@@ -56,7 +56,7 @@ def index_command(paths: tuple[Path, ...], collection: str, chunk_words: int, ov
 
     Every run first repairs what an interrupted earlier run left (vectors of chunks that were never committed);
     with no PATHS it only repairs (or, with --rebuild, rebuilds)."""
-    from dspyo3_rag.collection import RagCollection, scan_sources, source_labels
+    from dspyo3_rag.collection import RagCollection, id_clashes, scan_sources, source_labels
     from dspyo3_rag.stores.base import StoreError
 
     try:
@@ -65,9 +65,16 @@ def index_command(paths: tuple[Path, ...], collection: str, chunk_words: int, ov
             raise StoreError(f"collection {collection!r} does not exist under {target.dir.parent}; give the files "
                              f"to index: dspyo3 rag index PATH --collection {collection}")
         # everything is read before any write; files already in the collection keep their ids
-        sources = (scan_sources(paths, words=chunk_words, overlap=overlap,
-                                labels=source_labels(target.chunks().values())) if paths else None)
+        existing = target.chunks() if paths else {}
+        sources = (scan_sources(paths, words=chunk_words, overlap=overlap, labels=source_labels(existing.values()))
+                   if paths else None)
         chunks = sources.chunks if sources else []
+        clashes = id_clashes(existing, chunks)
+        if clashes:
+            chunk_id, old, new = clashes[0]
+            raise StoreError(f"chunk id {chunk_id!r} of {new} already belongs to {old} in {collection!r}; index "
+                             f"{new}'s folder instead (its ids then start with the folder's name), or index it "
+                             "into another collection")
         if sources and sources.skipped:
             for item in sources.skipped[:_SHOW_SKIPPED]:
                 click.echo(f"skipped {item.path}: {item.reason}", err=True)
