@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
+import logging
 import os
 import sys
 from typing import Any, NoReturn
@@ -43,6 +46,55 @@ class _Root(click.Group):
             raise click.ClickException(str(exc)) from None
 
 
+# the libraries whose log lines the CLI keeps quiet unless asked (-v): DSPy's optimizer chatter, its offline
+# "model metadata refresh failed" warning, LiteLLM's and httpx's request lines
+_LIBRARY_LOGGERS = ("dspy", "LiteLLM", "litellm", "httpx", "httpcore")
+_LEVEL = {"level": logging.ERROR, "cli": 0}
+
+
+class _ApplyAfterImport(importlib.abc.MetaPathFinder):
+    """Sets the libraries' log level again once DSPy is imported (its import sets its logger to INFO), without
+    importing DSPy before a command needs it."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "dspy":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        loader = getattr(spec, "loader", None)
+        if spec is None or loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        run = loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            run(module)
+            _apply_level()
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def _apply_level() -> None:
+    for name in _LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(_LEVEL["level"])
+
+
+def library_log_level(verbose: int) -> None:
+    """What the CLI shows of its libraries' own logging: errors only by default, info with ``-v``, debug with
+    ``-vv``; applied now and again when DSPy is first imported."""
+    _LEVEL["level"] = logging.ERROR if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    _apply_level()
+    if "dspy" not in sys.modules and not any(isinstance(f, _ApplyAfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _ApplyAfterImport())
+
+
+def library_verbosity() -> int:
+    """How much of the libraries' own output the user asked for: 0 by default, 1 with ``-v``, 2 with ``-vv``
+    (commands use it for DSPy's printed chatter, which logging levels do not reach)."""
+    level = _LEVEL["level"]
+    return 0 if level >= logging.ERROR else 1 if level >= logging.INFO else 2
+
+
 def build_cli(plugin_manager: PluginManager | None = None, *, plugin_error: str | None = None) -> click.Group:
     """The root click group with every plugin's commands added.
 
@@ -55,9 +107,13 @@ def build_cli(plugin_manager: PluginManager | None = None, *, plugin_error: str 
 
     @click.group(name="dspyo3", cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(__version__, prog_name="dspyo3")
+    @click.option("-v", "--verbose", count=True,
+                  help="Show DSPy's and LiteLLM's own log lines: -v info, -vv debug (default: errors only).")
     @click.pass_context
-    def cli(ctx: click.Context) -> None:
+    def cli(ctx: click.Context, verbose: int) -> None:
         """dspyo3: the production toolkit for DSPy."""
+        if _LEVEL["cli"]:  # the console script's process; an app embedding the group keeps its own logging
+            library_log_level(verbose)
         ctx.obj = manager
         ctx.meta["dspyo3.plugin_error"] = plugin_error
 
@@ -90,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     stderr and exit status 1 (``DSPYO3_DEBUG=1`` adds the traceback).
     """
     install_redaction(streams=True)
+    _LEVEL["cli"] = 1
     args = argv if argv is not None else sys.argv[1:]
     try:
         from dspyo3_core.config import load_settings

@@ -4,6 +4,7 @@ command groups."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,11 +85,18 @@ def optimize_run(config: str, fresh: bool, progress: bool, as_json: bool) -> Non
     import contextlib
     import sys
 
+    if not progress and "tqdm" not in sys.modules:  # tqdm reads TQDM_* once, when it is imported
+        os.environ["TQDM_DISABLE"] = "1"  # DSPy's own bars (bootstrap, evaluation) too
     from dspyo3_optimize.runner import RunConfig, run
 
     try:
-        # optimizers print their own chatter; keep stdout for the report (JSON stays parseable)
-        with contextlib.redirect_stdout(sys.stderr):
+        # optimizers print their own chatter: on stderr with -v, else dropped; stdout is for the report (JSON stays
+        # parseable)
+        from dspyo3_core.cli import library_verbosity
+
+        chatter = sys.stderr if library_verbosity() > 0 else open(os.devnull, "w")  # noqa: SIM115
+        with contextlib.redirect_stdout(chatter), contextlib.closing(chatter) if chatter is not sys.stderr \
+                else contextlib.nullcontext():
             report = run(RunConfig.from_toml(config), resume=not fresh, progress=progress)
     except _user_errors() as exc:
         raise UsageFailure(_message(exc)) from None
