@@ -95,3 +95,11 @@ def test_startup_benchmark_shape(tmp_path: Path) -> None:
         imports = result["importtime"][command]
         assert imports["heavy_imported"] == []
         assert 0 < len(imports["top_modules"]) <= 3 and 0 < len(imports["top_packages"]) <= 3
+
+
+def test_submodules_are_attributes_as_in_an_eager_package() -> None:
+    import dspyo3_core
+    import dspyo3_production
+
+    assert dspyo3_core.lm.HookedLM is dspyo3_core.HookedLM
+    assert dspyo3_production.logs.Redactor is dspyo3_production.Redactor

@@ -202,3 +202,15 @@ def test_progress_bars_on_a_terminal_only(tmp_path: Path, dspyo3_exe: str, cli_e
     code, out, terminal = _on_a_terminal(dspyo3_exe, env, "index", str(tmp_path / "docs"), "--collection", "kb")
     assert code == 0, terminal
     assert "embedding" in terminal and "indexed 1 chunks" in out
+
+
+def test_a_moved_folder_is_indexed_again_under_its_ids(tmp_path: Path, dspyo3_exe: str,
+                                                        cli_env: dict[str, str]) -> None:
+    (tmp_path / "a" / "docs").mkdir(parents=True)
+    (tmp_path / "a" / "docs" / "keys.md").write_text("word: rotate keys every ninety days")
+    env = _env(tmp_path, cli_env)
+    assert _rag(dspyo3_exe, env, "index", str(tmp_path / "a" / "docs"), "--collection", "kb").returncode == 0
+    (tmp_path / "a").rename(tmp_path / "b")
+    moved = _rag(dspyo3_exe, env, "index", str(tmp_path / "b" / "docs"), "--collection", "kb")
+    assert moved.returncode == 0, moved.stderr
+    assert _ids(dspyo3_exe, env, "kb") == ["docs/keys.md#0"]

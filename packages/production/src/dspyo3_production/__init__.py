@@ -6,6 +6,7 @@ dspyo3-core's ``dspyo3_lm_call`` hook, so installing the package and enabling it
 """
 
 import importlib
+import importlib.util
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -90,7 +91,9 @@ _WHERE = {
 def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        if importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return importlib.import_module(f"{__name__}.{name}")  # a submodule, as an eager package would have it
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value

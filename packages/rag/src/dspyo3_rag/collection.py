@@ -145,7 +145,8 @@ def _resolve_path(source: str) -> str:
 def id_clashes(existing: Mapping[str, Chunk], chunks: Iterable[Chunk]) -> list[tuple[str, str, str]]:
     """``(id, existing source, new source)`` for each chunk of a text file whose id already belongs to a different
     file in ``existing`` (two files of the same name given on their own): indexing it would overwrite the other
-    file's chunks. Sources stored as relative paths (by earlier versions) are not compared."""
+    file's chunks. Sources stored as relative paths (by earlier versions) are not compared, and a source that no
+    longer exists (a folder moved or renamed) is replaced, not a clash."""
     out = []
     for chunk in chunks:
         old = existing.get(chunk.id)
@@ -156,8 +157,8 @@ def id_clashes(existing: Mapping[str, Chunk], chunks: Iterable[Chunk]) -> list[t
             continue
         if _is_jsonl(Path(old_source)) or _is_jsonl(Path(new_source)):
             continue  # JSONL records carry ids of their own, which may move between files
-        if _resolved(old_source) != _resolved(new_source):
-            out.append((chunk.id, old_source, new_source))
+        if _resolved(old_source) != _resolved(new_source) and Path(old_source).exists():
+            out.append((chunk.id, old_source, new_source))  # a file that was moved or deleted is no clash
     return out
 
 
