@@ -232,3 +232,15 @@ def test_registry_exists_on_every_backend(tmp_path: Path) -> None:
     assert not ProgramRegistry(tmp_path / "missing").exists()
     (tmp_path / "empty").mkdir()
     assert ProgramRegistry(tmp_path / "empty").exists()  # an empty directory: an empty registry
+
+
+def test_compare_where_every_example_failed_never_passes_a_gate(
+        tmp_path: Path, registry_dir: Path, locked_server: LMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    ProgramRegistry(registry_dir).register("gsm8k", gsm8k_program(), metric="gsm8k", extra={"preset": "gsm8k"})
+    _use_lm(monkeypatch, locked_server)
+    data = _dataset(tmp_path, QUESTIONS)
+    result = _invoke("optimize", "compare", "gsm8k@1.0.0", "gsm8k@1.0.1", "--data", str(data), "--gate", "delta>=0")
+    assert result.exit_code == 2, result.output[-3000:]  # the comparison could not be made (the README's 2)
+    error = _error_line(result)
+    assert "every example of A failed (3), so nothing was compared; the first (#0): LMAuthError" in error, error
+    assert "PASS" not in result.output and WRONG_KEY not in result.output

@@ -260,6 +260,13 @@ def optimize_compare(a: str, b: str, gate: str | None, test: str, as_json: bool,
                              errors_a=result_a.failures, errors_b=result_b.failures)
     except _user_errors() as exc:
         raise CompareError(_message(exc)) from None
+    for label, result in (("A", result_a), ("B", result_b)):
+        first = result.first_error
+        if first is not None and result.failures == result.n:  # nothing was measured: no gate can hold
+            from dspyo3_optimize._common import error_fix
+
+            raise CompareError(f"every example of {label} failed ({result.n}), so nothing was compared; the first "
+                               f"(#{first[0]}): {first[1]}; {error_fix(first[1], options.get('profile'))}")
     outcomes = check_gates(comparison, gates) if gates else []
     passed = all(o.passed for o in outcomes)
     if as_json:
