@@ -7,6 +7,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from dspyo3_core.testing import LMServer
 
 
@@ -111,3 +113,22 @@ def test_a_default_profile_that_does_not_exist_fails(isolated_config: Path, cli_
     assert done.returncode == 1, done.stdout
     check = next(c for c in json.loads(done.stdout)["checks"] if c["name"] == "lm profile")
     assert check["status"] == "fail" and "nothere" in check["detail"] and "[lm.profiles.nothere]" in check["fix"]
+
+
+def test_a_native_profile_without_the_extension_is_a_failed_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from dspyo3_core.config import load_settings
+    from dspyo3_core.doctor import check_lm
+    from dspyo3_core.plugins import get_plugin_manager
+
+    monkeypatch.setenv("DSPYO3_LM", "openai-compatible/m")
+    monkeypatch.setenv("DSPYO3_LM_API_BASE", "http://127.0.0.1:9/v1")
+    monkeypatch.setitem(sys.modules, "dspyo3_native", None)  # as in an install without the extension
+    settings = load_settings()
+    profile = settings.profiles["env"]
+    settings.profiles["env"] = type(profile)(profile.name, profile.provider, profile.model, profile.api_base,
+                                             profile.api_key_env, {"transport": "native"}, profile.source)
+    checks = check_lm(settings, get_plugin_manager(), timeout=0.5)
+    assert checks[0].name == "lm profile" and checks[0].status == "fail"
+    assert "dspyo3-native" in checks[0].detail

@@ -169,6 +169,8 @@ def check_lm(settings: Settings, manager: PluginManager, *, timeout: float = 3.0
         build_lm(profile, plugin_manager=manager)
     except ConfigError as exc:
         return [Check("lm profile", "fail", str(exc), "fix the profile as the message says")]
+    except ImportError as exc:  # e.g. transport = "native" without the dspyo3-native extension
+        return [Check("lm profile", "fail", f"profile {profile.name!r}: {exc}", "install what the message names")]
     checks = [Check("lm profile", "ok", f"{profile.name}: {profile.litellm_model(spec)} (from {profile.source})")]
     missing = [k for k, env in spec.extra_env.items() if k not in profile.params and not os.environ.get(env)]
     if missing:
