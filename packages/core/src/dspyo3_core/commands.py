@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from dspyo3_core.config import ConfigError, build_lm, load_settings, mask_secret
+from dspyo3_core.config import ConfigError, build_lm, load_settings
 from dspyo3_core.plugins import PluginManager, get_plugin_manager
 
 
@@ -142,10 +142,11 @@ def lm_test(ctx: click.Context, profile: str | None, timeout: float, as_json: bo
     try:
         outputs = lm("Reply with the single word OK.", max_tokens=8)
     except Exception as exc:
-        message = f"{type(exc).__name__}: {exc}"
-        if key:
-            message = message.replace(str(key), mask_secret(str(key)))
-        result = {"profile": chosen.name, "ok": False, "error": message[:500]}
+        from dspyo3_core.failures import describe
+        from dspyo3_core.secrets import redact
+
+        message = redact(describe(exc), str(key) if key else None)  # one line: what failed, and the fix
+        result = {"profile": chosen.name, "ok": False, "error": message}
         echo_json(result) if as_json else click.echo(f"FAIL {chosen.name}: {result['error']}", err=True)
         ctx.exit(1)
     elapsed = time.perf_counter() - started

@@ -45,8 +45,9 @@ def _dspy_fix(exc: BaseException) -> str | None:
     return None
 
 
-def _first_line(text: str, limit: int = 600) -> str:
-    line = " ".join(text.split())
+def _first_line(text: str, limit: int = 400) -> str:
+    """The first non-blank line of a message (DSPy's add paragraphs of advice below it), cut at ``limit``."""
+    line = next((" ".join(part.split()) for part in text.splitlines() if part.strip()), "")
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
