@@ -11,9 +11,9 @@ cancellation and streaming.
 - :func:`stream`: typed events over ``dspy.streamify``; :func:`sse_response`, :func:`websocket_send` for web apps.
 """
 
-import importlib
-import importlib.util
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from dspyo3_core.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from dspyo3_async.limits import RateLimit, RateLimitUnavailable, throttle
@@ -93,16 +93,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        if importlib.util.find_spec(f"{__name__}.{name}") is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        return importlib.import_module(f"{__name__}.{name}")  # a submodule, as an eager package would have it
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, __all__)

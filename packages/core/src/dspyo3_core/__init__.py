@@ -14,9 +14,9 @@ imported from its module on first use (PEP 562 ``__getattr__``).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import TYPE_CHECKING, Any
+
+from dspyo3_core.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from dspyo3_core.config import ConfigError, LMProfile, Settings, build_lm, load_settings, mask_secret
@@ -119,16 +119,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        if importlib.util.find_spec(f"{__name__}.{name}") is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        return importlib.import_module(f"{__name__}.{name}")  # a submodule, as an eager package would have it
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, __all__)

@@ -5,10 +5,10 @@ dspyo3-core's ``dspyo3_lm_call`` hook, so installing the package and enabling it
 ``[production]`` config table) turns it on for every LM built by dspyo3 (``build_lm``, ``HookedLM``, ``NativeLM``).
 """
 
-import importlib
-import importlib.util
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from dspyo3_core.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from dspyo3_production.breaker import CircuitBreaker, CircuitOpenError
@@ -88,16 +88,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        if importlib.util.find_spec(f"{__name__}.{name}") is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        return importlib.import_module(f"{__name__}.{name}")  # a submodule, as an eager package would have it
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, __all__)
