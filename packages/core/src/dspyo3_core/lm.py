@@ -78,7 +78,15 @@ def lm_callbacks_wanted(lm: Any, callbacks: Any = _UNSET) -> bool:
     return any(getattr(callback, "dspyo3_lm_events", True) for callback in getattr(lm, "callbacks", None) or ())
 
 
-def _remember(manager: PluginManager) -> str:
+def manager_token(manager: PluginManager) -> str:
+    """A token naming ``manager``, for an LM to store instead of the manager itself.
+
+    LMs are deep-copied and pickled by DSPy (``dspy.LM.copy()``, ``save``), while a plugin manager is shared and
+    holds live plugins; so an LM keeps this string (as ``self._dspyo3_pm_token``) and :func:`plugin_manager_for`
+    turns it back into the manager. The registry holds a weak reference: an LM does not keep a manager alive, and
+    a token whose manager is gone falls back to the process-wide manager. Custom LMs that route through the
+    ``dspyo3_lm_call`` hook with their own ``plugin_manager=`` use it the same way.
+    """
     token = f"pm-{id(manager):x}"
     ref = _MANAGERS.get(token)
     if ref is None or ref() is not manager:
@@ -247,7 +255,7 @@ class HookedLM(dspy.LM):
         super().__init__(model, *args, **kwargs)
         register_secret(*secret_values(self.kwargs))
         # A token, not the manager itself: dspy.LM.copy() deep-copies and pickles LMs, the manager is shared.
-        self._dspyo3_pm_token = _remember(plugin_manager) if plugin_manager is not None else None
+        self._dspyo3_pm_token = manager_token(plugin_manager) if plugin_manager is not None else None
 
     @property
     def plugin_manager(self) -> PluginManager:

@@ -41,7 +41,7 @@ import dspy
 from dspy.dsp.utils.settings import settings
 from dspy.utils.callback import with_callbacks as _with_callbacks
 
-from dspyo3_core.lm import LMCall, _remember, lm_callbacks_wanted, note_result, plugin_manager_for, wrappers_active
+from dspyo3_core.lm import LMCall, lm_callbacks_wanted, manager_token, note_result, plugin_manager_for, wrappers_active
 from dspyo3_core.secrets import SECRET_HEADER, register_secret, secret_values
 
 try:  # dspy.LM's own rule, so both send the same request; a private name, so a DSPy that moves it gets ours
@@ -425,7 +425,7 @@ class NativeLM(dspy.BaseLM):
         self._api_key = api_key if api_key is not None else (os.environ.get(key_env) if key_env else None)
         register_secret(self._api_key, *secret_values({"headers": self.headers}))
         self._transport = self._build_transport()
-        self._dspyo3_pm_token = _remember(plugin_manager) if plugin_manager is not None else None
+        self._dspyo3_pm_token = manager_token(plugin_manager) if plugin_manager is not None else None
         self._warn_zero_temp_rollout(self.kwargs.get("temperature"), self.kwargs.get("rollout_id"))
 
     def _warn_zero_temp_rollout(self, temperature: Any, rollout_id: Any) -> None:

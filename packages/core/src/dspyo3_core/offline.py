@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import dspy
 
-from dspyo3_core.lm import LMCall, _remember, note_result, plugin_manager_for
+from dspyo3_core.lm import LMCall, manager_token, note_result, plugin_manager_for
 
 if TYPE_CHECKING:
     from dspyo3_core.plugins import PluginManager
@@ -280,7 +280,7 @@ class OfflineLM(dspy.BaseLM):  # type: ignore[misc]  # dspy ships no types: Base
         kwargs.pop("api_base", None)
         super().__init__(model=f"offline/{mode}", model_type="chat", temperature=float(kwargs.pop("temperature", 0.0)),
                          max_tokens=int(kwargs.pop("max_tokens", 4000)), cache=False, **kwargs)
-        self._dspyo3_pm_token = _remember(plugin_manager) if plugin_manager is not None else None
+        self._dspyo3_pm_token = manager_token(plugin_manager) if plugin_manager is not None else None
 
     @property
     def plugin_manager(self) -> PluginManager:
