@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional
 import dspy
 import pydantic
 import pydantic_core
+from dspy.utils.callback import with_callbacks
 
 _MODELS: dict[str, Any] = {}
 
@@ -211,10 +212,17 @@ def load_program(path: str, factory: str) -> Runner:
 
 
 class RustTool(dspy.Tool):
-    """A ``dspy.Tool`` whose function is Rust; on the async path it runs in a worker thread, off the event loop."""
+    """A ``dspy.Tool`` whose function is Rust; on the async path it runs in a worker thread, off the event loop.
 
+    DSPy's callbacks (``on_tool_start`` / ``on_tool_end``, and with them the ``StatusMessage``s of
+    ``dspy.streamify``) run on the event loop, as for a Python tool: only the Rust function itself moves to the
+    worker thread (DSPy's status callback cannot send from a plain worker thread).
+    """
+
+    @with_callbacks
     async def acall(self, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(self.__call__, **kwargs)
+        parsed = self._validate_and_parse_args(**kwargs)
+        return await asyncio.to_thread(self.func, **parsed)
 
 
 def make_tool(func: Any, name: str, desc: str, args_json: str) -> RustTool:

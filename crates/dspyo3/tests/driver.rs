@@ -171,6 +171,39 @@ fn react_calls_rust_tools_and_feeds_errors_back() {
 }
 
 #[test]
+fn streamed_react_with_rust_tools_emits_tool_status_messages() {
+    let server = Server::start();
+    server.script(&[
+        r#"chat_reply(next_thought="look it up", next_tool_name="weather", next_tool_args={"city": "Paris"})"#,
+        r#"chat_reply(next_thought="done", next_tool_name="finish", next_tool_args={})"#,
+        r#"chat_reply(reasoning="the tool said sunny", answer="Sunny in Paris")"#,
+    ]);
+    let weather = Tool::new("weather", "Current weather in a city.", |args: WeatherArgs| {
+        Ok::<_, String>(format!("sunny, 21C in {}", args.city))
+    });
+    let agent = ReAct::<WeatherQA>::new(vec![weather], 5).unwrap().with_lm(&server.lm(), None).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (statuses, answer) = rt.block_on(async {
+        let mut stream = agent.stream(&WeatherQAInput { question: "Weather in Paris?".into() }).unwrap();
+        let (mut statuses, mut answer) = (Vec::new(), None);
+        while let Some(event) = stream.next().await {
+            match event.unwrap() {
+                StreamEvent::Status(message) => statuses.push(message),
+                StreamEvent::Prediction(p) => answer = Some(p.output.answer),
+                StreamEvent::Token { .. } => {}
+            }
+        }
+        (statuses, answer)
+    });
+    assert_eq!(answer.as_deref(), Some("Sunny in Paris"));
+    // what DSPy's StatusMessageProvider says around a Python tool's call, in order; `finish` says nothing
+    assert_eq!(
+        statuses,
+        ["Calling tool weather...", "Tool calling finished! Querying the LLM with tool calling results..."],
+    );
+}
+
+#[test]
 fn program_saved_in_python_gives_the_same_predictions_from_rust() {
     let lm_server = dspyo3::testing::LoopbackLm::start(Duration::ZERO).unwrap();
     let dir = tempfile::tempdir().unwrap();
