@@ -154,10 +154,16 @@ def lm_test(ctx: click.Context, profile: str | None, timeout: float, as_json: bo
     text = first.get("text", "") if isinstance(first, dict) else str(first)
     result = {"profile": chosen.name, "ok": True, "model": lm.model, "latency_s": round(elapsed, 3),
               "reply": text[:200]}
+    from dspyo3_core.offline import OFFLINE_SHORT_LABEL, OfflineLM
+
+    note = ""
+    if isinstance(lm, OfflineLM):  # it answered, but no model did
+        result["note"] = OFFLINE_SHORT_LABEL
+        note = f", {OFFLINE_SHORT_LABEL}"
     if as_json:
         echo_json(result)
     else:
-        click.echo(f"OK {chosen.name} ({lm.model}) in {elapsed:.2f}s: {text[:80]!r}")
+        click.echo(f"OK {chosen.name} ({lm.model}) in {elapsed:.2f}s{note}: {text[:80]!r}")
 
 
 @lm_group.command("offline")

@@ -61,6 +61,12 @@ def _offline_answer(inputs: dict[str, str]) -> dict[str, str]:
                          "question.", "answer": answer}
 
 
+def _offline_label() -> str:
+    from dspyo3_core.offline import OFFLINE_SHORT_LABEL
+
+    return OFFLINE_SHORT_LABEL
+
+
 def run_demo(manager: PluginManager, *, limit: int = 8, json_path: str | None = None) -> dict[str, Any]:
     """Run the demo and print a summary; returns the results (also written to ``json_path`` if given)."""
     from dspyo3_core.testing.server import LMServer, field_responder
@@ -86,6 +92,12 @@ def run_demo(manager: PluginManager, *, limit: int = 8, json_path: str | None = 
         else:
             profile = load_settings().profile()
         lm = build_lm(profile, plugin_manager=manager)
+        extractive = type(lm).__name__ == "OfflineLM"  # DSPYO3_LM=offline/...: answers from the prompt, no model
+        if extractive:
+            console.print(Panel(
+                f"OFFLINE DEMO: {lm.model} is the {_offline_label()}: every answer is copied from the question. "
+                "Set DSPYO3_LM=provider/model (and its API key) to run the same program on a real LM.",
+                style="yellow"))
         program = dspy.ChainOfThought("question -> answer")
         evaluate = dspy.Evaluate(devset=examples, metric=exact_number, num_threads=2, display_progress=True,
                                  display_table=False)
@@ -99,7 +111,9 @@ def run_demo(manager: PluginManager, *, limit: int = 8, json_path: str | None = 
             server.stop()
     latencies = stats.latencies
     summary = {
-        "mode": "offline (scripted loopback LM)" if offline else f"live ({lm.model})",
+        "mode": ("offline (scripted loopback LM)" if offline
+                 else f"offline ({lm.model}: {_offline_label()})" if extractive else f"live ({lm.model})"),
+        "lm_is_model": not (offline or extractive),  # False: the accuracy is a baseline's, not a model's
         "data": source,
         "examples": len(examples),
         "accuracy": round(float(result.score) / 100.0, 4),

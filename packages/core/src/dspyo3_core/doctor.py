@@ -171,6 +171,13 @@ def check_lm(settings: Settings, manager: PluginManager, *, timeout: float = 3.0
         return [Check("lm profile", "fail", str(exc), "fix the profile as the message says")]
     except ImportError as exc:  # e.g. transport = "native" without the dspyo3-native extension
         return [Check("lm profile", "fail", f"profile {profile.name!r}: {exc}", "install what the message names")]
+    if spec.transport == "offline":  # no key, no endpoint; say plainly that its answers come from no model
+        from dspyo3_core.offline import OFFLINE_SHORT_LABEL
+
+        model = "offline/" + profile.model.removeprefix("offline/")
+        return [Check("lm profile", "ok", f"{profile.name}: {model} is the {OFFLINE_SHORT_LABEL}: answers "
+                      f"are copied from the prompt (from {profile.source}); set DSPYO3_LM=provider/model for a "
+                      "real LM")]
     checks = [Check("lm profile", "ok", f"{profile.name}: {profile.litellm_model(spec)} (from {profile.source})")]
     missing = [k for k, env in spec.extra_env.items() if k not in profile.params and not os.environ.get(env)]
     if missing:

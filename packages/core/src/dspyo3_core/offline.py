@@ -35,9 +35,11 @@ from dspyo3_core.lm import LMCall, manager_token, note_result, plugin_manager_fo
 if TYPE_CHECKING:
     from dspyo3_core.plugins import PluginManager
 
-__all__ = ["OFFLINE_LABEL", "OfflineLM", "offline_answer", "offline_responder"]
+__all__ = ["OFFLINE_LABEL", "OFFLINE_SHORT_LABEL", "OfflineLM", "offline_answer", "offline_responder"]
 
 OFFLINE_LABEL = "Offline LM (not a model): every value is copied or derived from the prompt."
+#: How the CLI names this LM wherever it reports one (``lm test``, ``doctor``, ``demo``).
+OFFLINE_SHORT_LABEL = "offline LM (extractive, not a model)"
 MODES = ("extractive",)
 
 _SECTION = re.compile(r"\[\[ ## (\w+) ## \]\]\n(.*?)(?=\n\n\[\[ ## |\n\nRespond with |\Z)", re.S)
