@@ -9,8 +9,8 @@ the prompt (:func:`offline_answer`):
 - ``int`` / ``float``: the last number of the question (else of the other inputs), else 0;
 - ``bool``: True; ``Literal``: the allowed option sharing most words with the question (the first on a tie;
   ``finish`` once a tool has been observed, so ReAct loops end);
-- lists, dicts and Pydantic models: a small valid value from the JSON schema in the prompt (a list of strings
-  holds the id of the passage quoted, ``[id] text``, or the sentence).
+- lists, tuples, dicts, enums, dates and Pydantic models: a small valid value from the JSON schema in the prompt
+  (a list of strings holds the id of the passage quoted, ``[id] text``, or the sentence).
 
 Answers are formatted for the adapter that asked (ChatAdapter ``[[ ## field ## ]]`` sections, or a JSON object).
 Calls go through the ``dspyo3_lm_call`` hook like any LM, so metrics, logs, caches and budgets see them; usage
@@ -140,7 +140,48 @@ class _Prompt:
         return max(options, key=lambda o: (len(_words(o) & query), -options.index(o)))
 
 
+_ISO_DATE = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2})?))?")
+_UUID = re.compile(r"\b[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\b")
+_URL = re.compile(r"\bhttps?://[^\s\]\)\"'<>]+")
+
+
+def _formatted(fmt: str, prompt: _Prompt) -> str | None:
+    """A string in JSON-schema ``format`` ``fmt``: the first one in the prompt, else a fixed neutral value
+    (the epoch, the nil UUID, a zero duration), so the field still validates; None for formats not handled."""
+    text = "\n".join([prompt.query, *prompt.passages])
+    if fmt in ("date-time", "date", "time"):
+        found = _ISO_DATE.search(text)
+        day, clock = (found.group(0)[:10], found.group(4) or "00:00:00") if found else ("1970-01-01", "00:00:00")
+        clock = clock if clock.count(":") == 2 else clock + ":00"
+        return {"date-time": f"{day}T{clock}", "date": day, "time": clock}[fmt]
+    if fmt == "uuid":
+        match = _UUID.search(text)
+        return match.group(0) if match else "00000000-0000-0000-0000-000000000000"
+    if fmt == "duration":
+        return "PT0S"
+    if fmt == "uri":
+        match = _URL.search(text)
+        return match.group(0).rstrip(".,;:") if match else "http://offline.invalid/"
+    return None
+
+
+def _bounded(value: float, schema: Mapping[str, Any]) -> float:
+    """``value`` moved inside the schema's ``minimum``/``maximum`` (exclusive bounds: one step inside)."""
+    low, high = schema.get("minimum"), schema.get("maximum")
+    above, below = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    if isinstance(low, (int, float)) and value < low:
+        value = float(low)
+    if isinstance(above, (int, float)) and value <= above:
+        value = float(above) + 1
+    if isinstance(high, (int, float)) and value > high:
+        value = float(high)
+    if isinstance(below, (int, float)) and value >= below:
+        value = float(below) - 1
+    return value
+
+
 def _from_schema(schema: Mapping[str, Any], prompt: _Prompt, defs: Mapping[str, Any], depth: int = 0) -> Any:
+    """A small value valid for ``schema``, drawn from the prompt where the type allows."""
     if depth > 8:
         return None
     if "$ref" in schema:
@@ -151,7 +192,10 @@ def _from_schema(schema: Mapping[str, Any], prompt: _Prompt, defs: Mapping[str, 
             choices = [s for s in schema[key] if s.get("type") != "null"] or schema[key]
             return _from_schema(choices[0], prompt, defs, depth + 1)
     if schema.get("enum"):
-        return schema["enum"][0]
+        options = list(schema["enum"])
+        if all(isinstance(o, str) for o in options):
+            return prompt.choose(options)
+        return options[0]
     if "const" in schema:
         return schema["const"]
     kind = schema.get("type")
@@ -163,21 +207,36 @@ def _from_schema(schema: Mapping[str, Any], prompt: _Prompt, defs: Mapping[str, 
         return {name: _from_schema(properties[name], prompt, defs, depth + 1) for name in required
                 if name in properties}
     if kind == "array":
+        if schema.get("prefixItems"):  # a tuple: one value per position, each of its own type
+            values = [_from_schema(item, prompt, defs, depth + 1) for item in schema["prefixItems"]]
+            extra = schema.get("items")
+            count = int(schema.get("minItems") or 0)
+            while isinstance(extra, dict) and len(values) < count:
+                values.append(_from_schema(extra, prompt, defs, depth + 1))
+            return values
         items = schema.get("items") or {}
-        if items.get("type") == "string":
+        if items.get("type") == "string" and not items.get("enum") and not items.get("format"):
             ident, sentence = prompt.best
             return [ident or sentence]
-        count = int(schema.get("minItems") or 0)
+        count = max(int(schema.get("minItems") or 0), 1)
+        if isinstance(schema.get("maxItems"), int):
+            count = min(count, int(schema["maxItems"]))
         return [_from_schema(items, prompt, defs, depth + 1) for _ in range(count)]
     if kind == "integer":
-        return int(prompt.number())
+        return int(_bounded(int(prompt.number()), schema))
     if kind == "number":
-        return prompt.number()
+        return _bounded(prompt.number(), schema)
     if kind == "boolean":
         return True
     if kind == "null":
         return None
-    return prompt.best[1]
+    formatted = _formatted(str(schema.get("format") or ""), prompt)
+    if formatted is not None:
+        return formatted
+    text = prompt.best[1]
+    if isinstance(schema.get("maxLength"), int):
+        text = text[: int(schema["maxLength"])]
+    return text
 
 
 _TOOL = re.compile(r"\(\d+\) (\w+), whose description is .*?It takes arguments (\{.*?\})\.\n", re.S)
