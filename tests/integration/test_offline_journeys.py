@@ -74,8 +74,7 @@ def test_optimize_run_promote_compare_gate(tmp_path: Path, offline_env: dict[str
 
 def test_production_metrics_and_json_logs(tmp_path: Path, offline_env: dict[str, str], dspyo3_exe: str) -> None:
     (tmp_path / "dspyo3.toml").write_text("[production]\nmetrics = true\nlog_events = true\n")
-    (tmp_path / "metrics").mkdir()
-    offline_env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
+    offline_env["PROMETHEUS_MULTIPROC_DIR"] = "metrics"  # as the README types it: created by the first run
     (tmp_path / "app.py").write_text(
         "import dspy\nimport dspyo3_core\nimport dspyo3_production as prod\n\n"
         "prod.configure_logging()  # JSON lines on stderr\n"

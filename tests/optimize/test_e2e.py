@@ -154,7 +154,7 @@ def test_compare_cli_gates(tmp_path: Path, gsm8k_train: list[Any], gsm8k_test: l
     evaluated = runner.invoke(cli, ["optimize", "evaluate", "gsm8k@prod", "--data", str(data), "--json"])
     assert evaluated.exit_code == 0 and json.loads(evaluated.output)["mean"] == pytest.approx(expected_a)
     unknown = runner.invoke(cli, ["optimize", "compare", "gsm8k@1.0.0", "gsm8k@7.0.0", "--data", str(data)])
-    assert unknown.exit_code == 2 and "gsm8k has no version '7.0.0'" in unknown.output
+    assert unknown.exit_code == 1 and "gsm8k has no version '7.0.0'" in unknown.output
     missing = runner.invoke(cli, ["registry", "show", "gsm8k@9.9.9"])
     assert missing.exit_code == 1 and "versions: 1.0.0, 1.0.1" in missing.output
 

@@ -240,7 +240,7 @@ def test_compare_where_every_example_failed_never_passes_a_gate(
     _use_lm(monkeypatch, locked_server)
     data = _dataset(tmp_path, QUESTIONS)
     result = _invoke("optimize", "compare", "gsm8k@1.0.0", "gsm8k@1.0.1", "--data", str(data), "--gate", "delta>=0")
-    assert result.exit_code == 2, result.output[-3000:]  # the comparison could not be made (the README's 2)
+    assert result.exit_code == 1, result.output[-3000:]  # no comparison: a failure, never a pass
     error = _error_line(result)
     assert "every example of A failed (3), so nothing was compared; the first (#0): LMAuthError" in error, error
     assert "PASS" not in result.output and WRONG_KEY not in result.output

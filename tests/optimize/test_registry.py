@@ -373,7 +373,7 @@ def test_cli_evaluate_needs_a_trusted_factory_or_program(tmp_path: Path, monkeyp
     cli, runner = build_cli(), CliRunner()
     base = ["optimize", "evaluate", "qa@1.0.0", "--data", str(data), "--inputs", "question", "--json"]
     refused = runner.invoke(cli, base)
-    assert refused.exit_code == 2 and "not trusted" in refused.output and "--program cli_factory_mod:build" in \
+    assert refused.exit_code == 1 and "not trusted" in refused.output and "--program cli_factory_mod:build" in \
         refused.output and "Traceback" not in refused.output, refused.output
     assert not marker.exists()
     given = runner.invoke(cli, [*base, "--program", "dspyo3_optimize.examples:gsm8k_program"])

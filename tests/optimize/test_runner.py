@@ -281,7 +281,7 @@ def test_cli_prints_clean_errors_with_exit_status_2(tmp_path: Path, monkeypatch:
     bad = _write_config(tmp_path, CONFIG.replace("options = {{ max_bootstrapped_demos = 1, max_labeled_demos = 0 }}",
                                                  'options = "oops"'))
     result = CliRunner().invoke(cli, ["optimize", "run", str(bad)])
-    assert result.exit_code == 2 and "options must be a table" in result.output, result.output
+    assert result.exit_code == 1 and "options must be a table" in result.output, result.output
     good = _write_config(tmp_path)
     for error in (RegistryError("timed out after 30s waiting for the lock /r/x/.lock"),
                   ExecutorUnavailable("executor = \"ray\" needs Ray: pip install 'dspyo3-optimize[ray]'")):
@@ -290,7 +290,7 @@ def test_cli_prints_clean_errors_with_exit_status_2(tmp_path: Path, monkeypatch:
 
         monkeypatch.setattr(runner_module, "run", fail)
         result = CliRunner().invoke(cli, ["optimize", "run", str(good), "--no-progress"])
-        assert result.exit_code == 2 and str(error) in result.output and "Traceback" not in result.output
+        assert result.exit_code == 1 and str(error) in result.output and "Traceback" not in result.output
         assert not isinstance(result.exception, type(error)), result.exception
 
 
@@ -472,7 +472,7 @@ def test_cli_hides_tracebacks_only_for_this_packages_errors(tmp_path: Path, monk
     (tmp_path / "bad").mkdir()
     bad = _write_config(tmp_path / "bad", CONFIG.replace('metric = "gsm8k"', 'metric = "gsm8k"\nmax_second = 3'))
     result = CliRunner().invoke(cli, ["optimize", "run", str(bad)])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 1, result.output
     assert "unknown key 'max_second' (did you mean 'max_seconds'?) in [run]" in result.output
     assert "Traceback" not in result.output
 
@@ -481,7 +481,7 @@ def test_cli_hides_tracebacks_only_for_this_packages_errors(tmp_path: Path, monk
 
     monkeypatch.setattr(runner_module, "run", bad_data)
     result = CliRunner().invoke(cli, ["optimize", "run", str(good), "--no-progress"])
-    assert result.exit_code == 2 and "train.jsonl:3 is not JSON" in result.output
+    assert result.exit_code == 1 and "train.jsonl:3 is not JSON" in result.output
 
 
 def test_importing_the_plugin_stays_light() -> None:

@@ -29,8 +29,8 @@ def _registry(enable: tuple[str, ...]) -> Any:
 
     try:
         return ToolRegistry.from_plugins(enable=enable)
-    except UnknownToolError as exc:
-        raise click.UsageError(str(exc)) from None
+    except UnknownToolError as exc:  # a name that exists nowhere: a failure (1), like an unknown profile or program
+        raise click.ClickException(str(exc)) from None
 
 
 def _json_default(value: Any) -> Any:
@@ -122,6 +122,7 @@ def run_command(task: str, signature: str, tools: tuple[str, ...], tags: tuple[s
 
     from dspyo3_agents.agent import ReActAgent
     from dspyo3_agents.state import open_store
+    from dspyo3_agents.tools import UnknownToolError
     from dspyo3_core.config import ConfigError, build_lm, load_settings
 
     try:
@@ -133,7 +134,9 @@ def run_command(task: str, signature: str, tools: tuple[str, ...], tags: tuple[s
         store = open_store(state_url) if state_url else None
         agent = ReActAgent(signature, registry, tools=list(tools) or None, tags=list(tags) or None,
                            max_steps=max_steps, max_seconds=max_seconds, store=store, trajectory=trace_path)
-    except (ValueError, KeyError) as exc:
+    except UnknownToolError as exc:  # a tool that exists nowhere: a failure (1), as in `tools call`
+        raise click.ClickException(str(exc)) from None
+    except (ValueError, KeyError) as exc:  # a malformed --signature, --max-steps ...: the command line is wrong
         raise click.UsageError(str(exc)) from None
     first = next(iter(agent.signature.input_fields))
     with dspy.context(lm=lm):
@@ -158,7 +161,7 @@ def run_command(task: str, signature: str, tools: tuple[str, ...], tags: tuple[s
 
 
 @agents_group.command("trace")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--run", "run_id", default=None, help="Only this run id.")
 @click.option("--json", "as_json", is_flag=True, help="Print the events as a JSON array.")
 def trace_command(path: Path, run_id: str | None, as_json: bool) -> None:

@@ -221,8 +221,9 @@ class Settings:
         chosen = name or self.default_profile
         if chosen is None:
             raise ConfigError(
-                "no LM profile is configured; set DSPYO3_LM=provider/model (e.g. openai/gpt-4o-mini) or add "
-                f"[lm.profiles.NAME] to {PROJECT_FILE} and name it in [lm] default"
+                "no LM profile is configured; set DSPYO3_LM=provider/model (e.g. openai/gpt-4o-mini, or "
+                f"offline/extractive to try things without a model) or add [lm.profiles.NAME] to {PROJECT_FILE} and "
+                "name it in [lm] default"
             )
         try:
             return self.profiles[chosen]

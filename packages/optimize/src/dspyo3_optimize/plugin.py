@@ -34,18 +34,17 @@ def dspyo3_register_commands(cli: click.Group) -> None:
     cli.add_command(registry_group)
 
 
-class UsageFailure(click.ClickException):
-    """A command could not do its job because of its input or environment (exit status 2, no traceback)."""
+class CommandFailure(click.ClickException):
+    """A command could not do its job because of its input or environment: one ``Error:`` line, exit status 1, no
+    traceback (exit status 2 is for a command line click cannot parse or a malformed option value)."""
 
-    exit_code = 2
 
-
-class CompareError(UsageFailure):
-    """The comparison could not be made (exit status 2, so CI tells it apart from a failed gate's 1)."""
+class CompareError(CommandFailure):
+    """The comparison could not be made (exit status 1, like a failed gate; the message says which)."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """What a command reports as a clean message (exit status 2, no traceback): this package's own errors for bad
+    """What a command reports as a clean message (exit status 1, no traceback): this package's own errors for bad
     configuration, data, registry problems, uncomparable scores and the executors' "needs Ray". Anything else
     (a KeyError in a metric, a bug in a program factory) keeps its traceback."""
     from dspyo3_core.config import ConfigError
@@ -76,7 +75,7 @@ def optimize_group() -> None:
 
 
 @optimize_group.command("run")
-@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--fresh", is_flag=True, help="Ignore (and replace) the run directory's checkpoint.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON.")
@@ -99,7 +98,7 @@ def optimize_run(config: str, fresh: bool, progress: bool, as_json: bool) -> Non
                 else contextlib.nullcontext():
             report = run(RunConfig.from_toml(config), resume=not fresh, progress=progress)
     except _user_errors() as exc:
-        raise UsageFailure(_message(exc)) from None
+        raise CommandFailure(_message(exc)) from None
     if as_json:
         echo_json(report.to_dict())
         _fail_if_nothing_worked(report)
@@ -143,7 +142,7 @@ def optimize_optimizers(as_json: bool) -> None:
 
 def _data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed([
-        click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False),
+        click.option("--data", "data", required=True, type=click.Path(dir_okay=False),
                      help="Dataset file (.jsonl, .json or .csv)."),
         click.option("--preset", default=None, help="Dataset layout (gsm8k); default: the one recorded at "
                      "registration."),
@@ -214,7 +213,7 @@ def optimize_evaluate(ref: str, out: str | None, as_json: bool, **options: Any) 
     try:
         [(result, meta)] = _evaluate_refs([ref], **options)
     except _user_errors() as exc:
-        raise UsageFailure(_message(exc)) from None
+        raise CommandFailure(_message(exc)) from None
     first = result.first_error
     summary = {"program": meta.name, "version": meta.version, "metric": result.metric, "n": result.n,
                "mean": result.mean, "ci_low": result.ci_low, "ci_high": result.ci_high, "failures": result.failures,
@@ -319,7 +318,7 @@ def _registry_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except RegistryError as exc:
             raise click.ClickException(str(exc)) from None
         except _user_errors() as exc:  # e.g. a bad [optimize] table
-            raise UsageFailure(_message(exc)) from None
+            raise CommandFailure(_message(exc)) from None
 
     return wrapper
 

@@ -44,6 +44,16 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+def _ensure_directory(path: str) -> None:
+    """Create the multi-process directory if it is missing (prometheus_client writes its per-process files there
+    and fails at the first sample otherwise); a path that cannot be a directory is a clear error."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"PROMETHEUS_MULTIPROC_DIR={path} cannot be used as the metrics directory "
+                         f"({exc.strerror or exc}); point it at a writable directory") from None
+
+
 class Metrics:
     """The dspyo3 metric families, registered once on ``registry``.
 
@@ -57,6 +67,7 @@ class Metrics:
         r = self.registry
         self.multiprocess = multiprocess_dir() is not None
         if self.multiprocess:  # every sample goes to prometheus_client's per-process files
+            _ensure_directory(multiprocess_dir() or "")
             self.lm_requests = Counter("dspyo3_lm_requests", _LM_DOCS["requests"], ["model", "status"], registry=r)
             self.lm_duration = Histogram("dspyo3_lm_request_duration_seconds", _LM_DOCS["duration"], ["model"],
                                          buckets=LATENCY_BUCKETS, registry=r)

@@ -44,17 +44,24 @@ dspyo3_lm_call.dspyo3_active = _active  # type: ignore[attr-defined]
 
 def _redis_tier(redis_url: str | None, namespace: str | None) -> Any:
     from dspyo3_core.config import load_settings
-    from dspyo3_production.cache import RedisTier
+    from dspyo3_production.redis_tier import RedisTier
 
     settings = load_settings()
     url = redis_url or settings.redis_url
-    if not url:
-        raise click.UsageError("no Redis configured: pass --redis-url, set DSPYO3_REDIS_URL, or add [redis] url "
-                               "to dspyo3.toml")
+    if not url:  # nothing is wrong with the command line: the setup lacks a Redis (exit 1)
+        raise click.ClickException("no Redis configured: pass --redis-url, set DSPYO3_REDIS_URL, or add [redis] url "
+                                   "to dspyo3.toml")
     table = settings.tables.get("production") or {}
     cache_table: dict[str, Any] = table["cache"] if isinstance(table.get("cache"), dict) else {}
     ns = namespace or cache_table.get("namespace") or table.get("namespace") or "dspyo3"
-    return RedisTier(url, namespace=str(ns), timeout=2.0)
+    try:
+        return RedisTier(url, namespace=str(ns), timeout=2.0)
+    except ValueError as exc:  # redis-py's "URL must specify one of the following schemes", a bad port ...
+        fix = "use redis://HOST:PORT/DB, rediss://... or unix:///path/to/redis.sock"
+        if redis_url:  # typed on the command line: a malformed option value (exit 2)
+            raise click.BadParameter(f"{exc}; {fix}", param_hint="--redis-url") from None
+        raise click.ClickException(f"the configured Redis URL is not valid ({exc}); {fix} in DSPYO3_REDIS_URL or "
+                                   "[redis] url") from None
 
 
 @click.group("cache")
@@ -85,7 +92,8 @@ def cache_stats(redis_url: str | None, namespace: str | None, prefix: str, as_js
             "scan_seconds": round(time.perf_counter() - started, 4),
         }
     except (redis.RedisError, OSError) as exc:
-        raise click.ClickException(f"cannot reach Redis: {exc}") from None
+        raise click.ClickException(f"cannot reach Redis: {exc}; start it, or check --redis-url / DSPYO3_REDIS_URL / "
+                                   "[redis] url") from None
     finally:
         tier.client.close()
     if as_json:
@@ -110,7 +118,8 @@ def cache_clear(redis_url: str | None, namespace: str | None, prefix: str, yes: 
             click.confirm(f"delete every key matching {tier.prefix + prefix}* ?", abort=True)
         removed = tier.clear(prefix)
     except (redis.RedisError, OSError) as exc:
-        raise click.ClickException(f"cannot reach Redis: {exc}") from None
+        raise click.ClickException(f"cannot reach Redis: {exc}; start it, or check --redis-url / DSPYO3_REDIS_URL / "
+                                   "[redis] url") from None
     finally:
         tier.client.close()
     click.echo(f"deleted {removed} cache entr{'y' if removed == 1 else 'ies'} under {tier.prefix + prefix}")
@@ -146,12 +155,16 @@ def metrics_serve(port: int, host: str, multiprocess_dir: str | None) -> None:
 
 
 @metrics_group.command("show")
-@click.option("--multiprocess-dir", type=click.Path(exists=True, file_okay=False), default=None,
+@click.option("--multiprocess-dir", type=click.Path(file_okay=False), default=None,
               help="Print the sum of every process writing to this PROMETHEUS_MULTIPROC_DIR.")
 def metrics_show(multiprocess_dir: str | None) -> None:
     """Print the metrics exposition once (this process's, or a multi-process directory's)."""
     import os
 
+    if multiprocess_dir and not os.path.isdir(multiprocess_dir):
+        raise click.ClickException(f"no metrics directory {multiprocess_dir}: no program has written metrics there; "
+                                   f"run one with PROMETHEUS_MULTIPROC_DIR={multiprocess_dir} and "
+                                   "[production] metrics = true first")
     if multiprocess_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiprocess_dir
     from dspyo3_production.metrics import exposition
