@@ -10,7 +10,9 @@ the prompt (:func:`offline_answer`):
 - ``bool``: True; ``Literal``: the allowed option sharing most words with the question (the first on a tie;
   ``finish`` once a tool has been observed, so ReAct loops end);
 - lists, tuples, dicts, enums, dates and Pydantic models: a small valid value from the JSON schema in the prompt
-  (a list of strings holds the id of the passage quoted, ``[id] text``, or the sentence).
+  (a list of strings holds the id of the passage quoted, ``[id] text``, or the sentence);
+- few-shot prompts (demos as earlier assistant turns): a free-text field follows the demos' format where they show
+  one (numbers written as the demos write theirs, or one of a repeated label set); see :func:`_echo_demos`.
 
 Answers are formatted for the adapter that asked (ChatAdapter ``[[ ## field ## ]]`` sections, or a JSON object).
 Calls go through the ``dspyo3_lm_call`` hook like any LM, so metrics, logs, caches and budgets see them; usage
@@ -98,6 +100,70 @@ def _sentences(passage: str) -> list[str]:
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", passage) if s.strip()]
 
 
+_NOT_SUPPLIED = "Not supplied for this particular example."
+_NUMBER_FORMAT = re.compile(r"^(\D{0,20}?)(-?\d[\d,]*(?:\.(\d+))?)(\D{0,20})$")
+
+
+def _demo_outputs(messages: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Each output field's values in the demos (the assistant turns before the request), in order."""
+    found: dict[str, list[str]] = {}
+    for message in messages:
+        if message.get("role") != "assistant":
+            continue
+        text = _text(message.get("content")).strip()
+        values: dict[str, Any] = _sections(text)
+        if not values:  # JSONAdapter demos are JSON objects
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+            values = parsed if isinstance(parsed, dict) else {}
+        for name, value in values.items():
+            value = (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)).strip()
+            if value and value != _NOT_SUPPLIED:
+                found.setdefault(str(name), []).append(value)
+    return found
+
+
+def _number_format(demos: list[str]) -> tuple[str, str, int | None, bool] | None:
+    """``(prefix, suffix, decimals, thousands)`` when every demo value is one number with the same text around it
+    (``42``, ``$1,200``, ``3.50 kg``); ``decimals`` is None unless every demo shows the same number of them."""
+    parts = [_NUMBER_FORMAT.match(value) for value in demos]
+    if not parts or any(p is None for p in parts):
+        return None
+    matches = [p for p in parts if p is not None]
+    prefixes, suffixes = {m.group(1) for m in matches}, {m.group(4) for m in matches}
+    if len(prefixes) != 1 or len(suffixes) != 1:
+        return None
+    places = {len(m.group(3) or "") for m in matches}
+    decimals = places.pop() if len(places) == 1 else None
+    return prefixes.pop(), suffixes.pop(), decimals, any("," in m.group(2) for m in matches)
+
+
+def _echo_demos(demos: list[str], prompt: _Prompt) -> str | None:
+    """A value for a free-text field in the demos' format, or None when the demos show no format to follow.
+
+    Numbers (every demo value one number with the same text around it): the prompt's number (:meth:`_Prompt.number`)
+    written as the demos write theirs. A closed set of labels (some demo value repeats, each at most three words):
+    the label sharing most words with the question (the first seen on a tie). Nothing is computed or looked up:
+    the value is still copied from the prompt, only its form follows the demos."""
+    shape = _number_format(demos)
+    if shape is not None:
+        prefix, suffix, decimals, thousands = shape
+        value = prompt.number()
+        if decimals is not None and (decimals > 0 or value.is_integer()):
+            text = f"{value:,.{decimals}f}" if thousands else f"{value:.{decimals}f}"
+        else:
+            text = f"{value:,g}" if thousands and abs(value) < 1e15 else f"{value:g}"
+            if value.is_integer() and abs(value) < 1e15:
+                text = f"{int(value):,}" if thousands else str(int(value))
+        return f"{prefix}{text}{suffix}"
+    labels = list(dict.fromkeys(demos))
+    if len(labels) < len(demos) and all(len(label.split()) <= 3 for label in labels):
+        return prompt.choose(labels)
+    return None
+
+
 class _Prompt:
     """What the answer is drawn from: the question and the other inputs' passages."""
 
@@ -114,6 +180,7 @@ class _Prompt:
         sources = [name for name in self.inputs if name.startswith("observation_")] or [
             name for name in self.inputs if name not in (query_name, "trajectory")]  # tools' results come first
         self.passages = [p for name in sources for p in _passages(self.inputs[name])]
+        self.demos = _demo_outputs(messages)
 
     @functools.cached_property
     def best(self) -> tuple[str, str]:
@@ -290,6 +357,10 @@ def _value(name: str, type_name: str, note: str, prompt: _Prompt) -> Any:
     if type_name.startswith(("list", "List")):
         ident, sentence = prompt.best
         return [ident or sentence]
+    if prompt.demos.get(name) and not note:  # few-shot: answer in the demos' format where they show one
+        echoed = _echo_demos(prompt.demos[name], prompt)
+        if echoed is not None:
+            return echoed
     return prompt.best[1]
 
 
