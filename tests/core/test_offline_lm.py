@@ -101,3 +101,15 @@ def test_http_server_serves_the_same_answers() -> None:
             result = dspy.Predict("context: list[str], question: str -> answer: str, n: int")(
                 context=CONTEXT, question="Which planet is the hottest?")
     assert result.answer.startswith("Venus is the hottest planet") and result.n == 0
+
+
+def test_react_never_answers_with_a_tool_error() -> None:
+    def calculator(expression: str) -> str:
+        """Evaluate an arithmetic expression."""
+        raise ZeroDivisionError("division by zero")
+
+    with dspy.context(lm=OfflineLM()):
+        result = dspy.ReAct("question -> answer", tools=[calculator], max_iters=5)(question="What is 17 / 0?")
+    assert "ZeroDivisionError" in result.trajectory["observation_0"]  # the call failed ...
+    assert result.trajectory["tool_name_1"] == "finish"
+    assert result.answer == "What is 17 / 0?"  # ... and nothing but the question is left to copy from

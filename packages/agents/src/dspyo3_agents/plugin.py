@@ -142,22 +142,57 @@ def run_command(task: str, signature: str, tools: tuple[str, ...], tags: tuple[s
     with dspy.context(lm=lm):
         result = agent(**{first: task}, run_id=run_id)
     outputs = {k: result[k] for k in agent.signature.output_fields}
+    calls = [step for step in result.steps if step.tool not in ("", "finish")]
+    failed = [step for step in calls if step.error]
+    # every tool call failed and the "answer" is empty, the task itself or an error message: no answer at all
+    unanswered = bool(calls) and len(failed) == len(calls) and not _has_answer(outputs, task, failed)
     if as_json:
         click.echo(json.dumps({"outputs": outputs, "run_id": result.run_id, "stopped": result.stopped,
                                "tokens": result.tokens, "steps": [s.to_dict() for s in result.steps]},
                               default=_json_default, ensure_ascii=False))
+        for step in failed:
+            click.echo(_failed_call(step), err=True)
     else:
         for step in result.steps:
-            click.echo(f"[{step.index}] {step.tool}({json.dumps(step.args, default=_json_default)}) -> "
-                       f"{str(step.observation)[:200]}", err=True)
-        for key, value in outputs.items():
-            click.echo(value if len(outputs) == 1 else f"{key}: {value}")
+            click.echo(_failed_call(step) if step in failed else f"[{step.index}] {step.tool}("
+                       f"{json.dumps(step.args, default=_json_default)}) -> {str(step.observation)[:200]}", err=True)
+        if not (unanswered and result.stopped == "finish"):
+            for key, value in outputs.items():
+                click.echo(value if len(outputs) == 1 else f"{key}: {value}")
         click.echo(f"run {result.run_id}: {len(result.steps)} steps, stopped by {result.stopped}", err=True)
+    if unanswered and result.stopped == "finish":
+        reason = _one_line(str(failed[0].observation)).removeprefix("Error: ")
+        args = _one_line(json.dumps(failed[0].args, default=_json_default, ensure_ascii=False), 200)
+        raise click.ClickException(f"the agent finished without an answer: every tool call failed (first: "
+                                   f"{reason}); try the call alone with `dspyo3 agents tools call {failed[0].tool} "
+                                   f"--args '{args}'`, or grant other tools (--tool)")
     if result.stopped != "finish":  # ran out of steps, time or context: the answer is a guess, not a result
         fix = {"max_steps": f"raise --max-steps (was {max_steps})", "max_seconds": "raise --max-seconds",
                "context_window": "use a model with a longer context, or fewer tools"}.get(str(result.stopped), "")
         resume = f" or resume it with --run-id {result.run_id} --state {state_url}" if state_url else ""
         raise click.ClickException(f"the agent stopped ({result.stopped}) before it finished the task; {fix}{resume}")
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _failed_call(step: Any) -> str:
+    """One stderr line for a failed tool call: which step, tool and arguments, and the error."""
+    args = json.dumps(step.args, default=_json_default, ensure_ascii=False)
+    return (f"[{step.index}] tool call failed: {step.tool}({_one_line(args, 200)}): "
+            f"{_one_line(str(step.observation)).removeprefix('Error: ')}")
+
+
+def _has_answer(outputs: dict[str, Any], task: str, failed: list[Any]) -> bool:
+    """Some output holds more than nothing, the task itself, or a failed call's error message."""
+    errors = [" ".join(str(step.observation).split()) for step in failed]
+    for value in outputs.values():
+        text = " ".join(str(value if value is not None else "").split())
+        if text and text != " ".join(task.split()) and not any(text in error or error in text for error in errors):
+            return True
+    return False
 
 
 @agents_group.command("trace")

@@ -8,7 +8,8 @@ the prompt (:func:`offline_answer`):
   ``reasoning`` says that no model was called;
 - ``int`` / ``float``: the last number of the question (else of the other inputs), else 0;
 - ``bool``: True; ``Literal``: the allowed option sharing most words with the question (the first on a tie;
-  ``finish`` once a tool has been observed, so ReAct loops end);
+  ``finish`` once a tool has been observed, so ReAct loops end; a failed tool call's error message is never
+  copied into an answer);
 - lists, tuples, dicts, enums, dates and Pydantic models: a small valid value from the JSON schema in the prompt
   (a list of strings holds the id of the passage quoted, ``[id] text``, or the sentence);
 - few-shot prompts (demos as earlier assistant turns): a free-text field follows the demos' format where they show
@@ -101,6 +102,9 @@ def _sentences(passage: str) -> list[str]:
 
 
 _NOT_SUPPLIED = "Not supplied for this particular example."
+# how ReAct (DSPy's and dspyo3-agents') words a failed tool call or an unusable step in an observation
+_TOOL_FAILURE = re.compile(r"^(?:Error: |Execution error in |Failed to execute|Your last answer could not be used)")
+_TRAJECTORY_FIELDS = ("thought_", "tool_name_", "tool_args_", "observation_")
 _NUMBER_FORMAT = re.compile(r"^(\D{0,20}?)(-?\d[\d,]*(?:\.(\d+))?)(\D{0,20})$")
 
 
@@ -177,8 +181,13 @@ class _Prompt:
             query_name = min(self.inputs, key=lambda n: len(self.inputs[n]))
         self.query = self.inputs.get(query_name or "", user if not self.inputs else "")
         self.trajectory = self.inputs.get("trajectory", "")
-        sources = [name for name in self.inputs if name.startswith("observation_")] or [
-            name for name in self.inputs if name not in (query_name, "trajectory")]  # tools' results come first
+        # tools' results come first; a failed call's observation is an error message, never material for an answer
+        self.observed = [name for name in self.inputs if name.startswith("observation_")]
+        results = [name for name in self.observed if not _TOOL_FAILURE.match(self.inputs[name])
+                   and self.inputs.get("tool_name_" + name.removeprefix("observation_"), "").strip() != "finish"]
+        sources = results or [
+            name for name in self.inputs
+            if name not in (query_name, "trajectory") and not name.startswith(_TRAJECTORY_FIELDS)]
         self.passages = [p for name in sources for p in _passages(self.inputs[name])]
         self.demos = _demo_outputs(messages)
 
@@ -201,8 +210,8 @@ class _Prompt:
         return float(found[-1].replace(",", "")) if found else 0.0
 
     def choose(self, options: list[str]) -> str:
-        if "finish" in options and any(name.startswith("observation_") for name in self.inputs):
-            return "finish"  # a ReAct trajectory with an observation: stop here
+        if "finish" in options and self.observed:
+            return "finish"  # a ReAct trajectory with an observation (a result or an error): stop here
         query = _words(self.query)
         return max(options, key=lambda o: (len(_words(o) & query), -options.index(o)))
 
