@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import warnings
 from collections.abc import Callable
@@ -38,16 +40,16 @@ def test_every_first_party_package_loads_through_entry_points() -> None:
 
 
 def test_loading_is_lazy_and_happens_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from importlib import metadata
+    from dspyo3_core import plugins
 
     calls = []
-    real = metadata.entry_points
+    real = plugins._entry_points
 
-    def counting(**kwargs: object) -> object:
-        calls.append(kwargs)
-        return real(**kwargs)  # type: ignore[arg-type]
+    def counting(group: str) -> object:
+        calls.append(group)
+        return real(group)
 
-    monkeypatch.setattr(metadata, "entry_points", counting)
+    monkeypatch.setattr(plugins, "_entry_points", counting)
     manager = PluginManager()
     assert calls == []
     manager.plugins()
@@ -186,3 +188,61 @@ def test_importing_the_lm_call_functions_by_name_does_not_make_a_plugin_implemen
     manager.load()
     assert manager.pluggy.get_plugin("user_plugin") is module  # not dropped for an "unknown hook invoke_call"
     assert not manager.hook.dspyo3_lm_call.get_hookimpls()  # and not taken for an LM-call impl either
+
+
+SCAN_PROBE = """
+import json, sys
+from importlib import metadata
+from dspyo3_core import plugins
+sys.path.insert(0, sys.argv[1])
+sys.path.append(sys.argv[2])
+out = {}
+for group in ("dspyo3", "console_scripts", "pytest11"):
+    scanned = plugins._scan_entry_points(group)
+    out[group] = [None if scanned is None else [[e.name, e.value, e.dist, e.version] for e in scanned],
+                  [[e.name, e.value, e.dist.name, e.dist.version] for e in metadata.entry_points(group=group)]]
+print(json.dumps(out))
+"""
+
+
+def test_entry_point_scan_finds_what_importlib_metadata_finds(tmp_path: Path, make_distribution: Any) -> None:
+    """The start-up scan of ``sys.path`` lists the same entry points, distributions and versions as
+    ``importlib.metadata`` (a shadowed copy of a distribution further down ``sys.path`` is not listed twice).
+    In a fresh interpreter, as the CLI runs: this process has imported libraries that add distribution finders."""
+    first = make_distribution(tmp_path / "a", "dist-a", "scan_a", "", entry_point="one")
+    shadowed = make_distribution(tmp_path / "b", "dist-a", "scan_b", "", entry_point="two")
+    done = subprocess.run([sys.executable, "-c", SCAN_PROBE, str(first), str(shadowed)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    for group, (scanned, expected) in json.loads(done.stdout).items():
+        assert scanned == expected, group
+        assert expected
+    names = [name for name, *_ in json.loads(done.stdout)["dspyo3"][0]]
+    assert "one" in names and "two" not in names and "core" in names
+
+
+def test_entry_point_scan_leaves_zip_paths_to_importlib_metadata(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import zipfile
+
+    from dspyo3_core import plugins
+
+    archive = tmp_path / "plugins.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("zipped_plugin.py", "VALUE = 42\n")
+        zf.writestr("zipped_plugin-1.2.dist-info/METADATA",
+                    "Metadata-Version: 2.1\nName: zipped-plugin\nVersion: 1.2\n")
+        zf.writestr("zipped_plugin-1.2.dist-info/entry_points.txt", "[dspyo3_test]\nzipped = zipped_plugin:VALUE\n")
+    monkeypatch.syspath_prepend(str(archive))
+    assert plugins._scan_entry_points("dspyo3_test") is None
+    [ep] = plugins._entry_points("dspyo3_test")
+    assert (ep.name, ep.value, ep.dist, ep.version) == ("zipped", "zipped_plugin:VALUE", "zipped-plugin", "1.2")
+    assert ep.load() == 42
+
+
+def test_entry_point_values_load_like_importlib_metadata() -> None:
+    from dspyo3_core import plugins
+
+    assert plugins._load_value("os.path:join") is __import__("os").path.join
+    assert plugins._load_value("dspyo3_core.plugins:PluginManager.load [extra]") is PluginManager.load
+    assert plugins._load_value("dspyo3_core.plugins") is plugins

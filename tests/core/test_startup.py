@@ -55,6 +55,23 @@ def test_cli_start_up_does_not_import_dspy(isolated_config: Path, cli_env: dict[
     assert result["heavy"] == [], f"dspyo3 {' '.join(args)} imported {result['heavy']}"
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    (("cache", "stats", "--json", "--redis-url", "{redis_url}"), '"entries": 0'),
+    (("production", "status"), "configured: False"),
+    (("agents", "tools", "list", "--json"), '"calculator"'),
+])
+def test_commands_that_run_no_program_do_not_import_dspy(isolated_config: Path, cli_env: dict[str, str],
+                                                         redis_url: str, args: tuple[str, ...],
+                                                         expected: str) -> None:
+    """``cache stats``, ``production status`` and ``agents tools list`` answer without importing DSPy or LiteLLM
+    (they talk to Redis, read the config and list the tool registry; none of them runs a DSPy program)."""
+    result = probe(cli_env, isolated_config, *(arg.format(redis_url=redis_url) for arg in args))
+    assert result["code"] == 0, result
+    assert expected in str(result["out"]), result["out"]
+    heavy = [name for name in result["heavy"] if name in ("dspy", "litellm")]  # type: ignore[union-attr]
+    assert heavy == [], f"dspyo3 {' '.join(args)} imported {heavy}"
+
+
 @pytest.mark.parametrize("package", ["dspyo3_core", "dspyo3_async", "dspyo3_production"])
 def test_every_public_name_still_imports(cli_env: dict[str, str], tmp_path: Path, package: str) -> None:
     """The packages import their public names on first use: each name of ``__all__`` resolves, importing the

@@ -29,17 +29,21 @@ import importlib
 import inspect
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast, get_type_hints, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, get_type_hints, overload
 
-import dspy
 import pydantic
-from dspy.utils.callback import with_callbacks
 
 from dspyo3_async import RetryPolicy
+
+if TYPE_CHECKING:
+    import dspy
+
+    from dspyo3_agents.dspy_tool import RegistryTool
 
 __all__ = [
     "RISKY_TAGS",
@@ -788,20 +792,6 @@ class _Dispatch:
         return await self.registry.acall(self.name, kwargs)
 
 
-class RegistryTool(dspy.Tool):  # type: ignore[misc]  # dspy is untyped (Any)
-    """A ``dspy.Tool`` whose calls go through a :class:`ToolRegistry`: arguments are validated by the registry
-    (whose errors name the tool, argument and problem) and the tool's timeout, concurrency limit, retries and
-    circuit breaker apply. Works anywhere DSPy takes a tool (``dspy.ReAct``, native function calling)."""
-
-    def _validate_and_parse_args(self, **kwargs: Any) -> dict[str, Any]:
-        return kwargs  # the registry validates (with better messages) inside the call
-
-    @with_callbacks  # type: ignore[untyped-decorator]
-    async def acall(self, **kwargs: Any) -> Any:
-        dispatch = cast(_Dispatch, self.func)
-        return await dispatch.acall(kwargs)
-
-
 # -- the registry ------------------------------------------------------------------------------------------------
 
 
@@ -872,7 +862,8 @@ class ToolRegistry:
             return decorate
         if not callable(func):
             raise TypeError(f"register() needs a callable, got {type(func).__name__}")
-        if isinstance(func, dspy.Tool):
+        dspy_module = sys.modules.get("dspy")  # DSPy is imported only where a dspy.Tool can exist
+        if dspy_module is not None and isinstance(func, dspy_module.Tool):
             return self.register_dspy_tool(func, name=name, timeout=timeout, tags=tags,
                                            max_concurrency=max_concurrency, retry=retry, enabled=enabled,
                                            replace=replace)
@@ -1103,6 +1094,8 @@ class ToolRegistry:
 
     def to_dspy_tool(self, name: str) -> RegistryTool:
         """Tool ``name`` as a ``dspy.Tool`` that calls through this registry."""
+        from dspyo3_agents.dspy_tool import RegistryTool
+
         tool = self.get(name)
         args = {k: dict(v) for k, v in tool.parameters.get("properties", {}).items()}
         return RegistryTool(func=_Dispatch(self, name), name=name, desc=tool.description, args=args,
@@ -1202,3 +1195,13 @@ def _mcp_result(tool: str, result: Any, output_schema: Any = None) -> Any:
     if _is_result_wrapper(output_schema) and isinstance(structured, Mapping) and set(structured) == {"result"}:
         return structured["result"]
     return structured
+
+
+def __getattr__(name: str) -> Any:
+    """``RegistryTool`` lives with DSPy in :mod:`dspyo3_agents.dspy_tool` (imported on first use, so listing and
+    calling tools does not import DSPy)."""
+    if name == "RegistryTool":
+        from dspyo3_agents.dspy_tool import RegistryTool
+
+        return RegistryTool
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import logging
 import os
 import sys
@@ -52,13 +50,15 @@ _LIBRARY_LOGGERS = ("dspy", "LiteLLM", "litellm", "httpx", "httpcore")
 _LEVEL = {"level": logging.ERROR, "cli": 0}
 
 
-class _ApplyAfterImport(importlib.abc.MetaPathFinder):
+class _ApplyAfterImport:
     """Sets the libraries' log level again once DSPy is imported (its import sets its logger to INFO), without
-    importing DSPy before a command needs it."""
+    importing DSPy before a command needs it. (A meta path finder by protocol: ``importlib.abc`` costs start-up.)"""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         if name != "dspy":
             return None
+        import importlib.util
+
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
         loader = getattr(spec, "loader", None)

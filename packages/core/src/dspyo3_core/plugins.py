@@ -15,13 +15,11 @@ Behaviour (modelled on simonw/llm, conda and tox):
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 import threading
 import warnings
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, Literal, TypeVar
 
 import pluggy
@@ -100,6 +98,125 @@ def _truthy(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+class _EntryPoint:
+    """One entry point of the ``dspyo3`` group: its name, value, distribution (name, version) and how to load it."""
+
+    __slots__ = ("dist", "load", "name", "value", "version")
+
+    def __init__(self, name: str, value: str, dist: str | None, version: str | None, load: Any) -> None:
+        self.name, self.value, self.dist, self.version, self.load = name, value, dist, version, load
+
+
+def _load_value(value: str) -> Any:
+    """What ``importlib.metadata.EntryPoint.load`` returns for ``module[:attr.attr]``."""
+    import importlib
+
+    module, _, attrs = value.partition(":")
+    module = module.strip()
+    attrs = attrs.split("[", 1)[0].strip()  # extras (``module:attr [extra]``) do not change what is loaded
+    if not module:
+        raise ValueError(f"malformed entry point {value!r}")
+    target = importlib.import_module(module)
+    for attr in filter(None, attrs.split(".")):
+        target = getattr(target, attr)
+    return target
+
+
+def _headers(text: str) -> dict[str, str]:
+    """The first ``Name`` and ``Version`` headers of a ``METADATA`` / ``PKG-INFO`` file (what ``dist.name`` and
+    ``dist.version`` read)."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        key, sep, value = line.partition(":")
+        key = key.lower()
+        if sep and key in ("name", "version") and key not in found:
+            found[key] = value.strip()
+    return found
+
+
+def _scan_entry_points(group: str) -> list[_EntryPoint] | None:
+    """The ``group`` entry points of the distributions on ``sys.path``, found as ``importlib.metadata`` finds them
+    (``*.dist-info`` / ``*.egg-info`` folders of each path entry in order, the first distribution of a normalized
+    name wins) but without importing it or parsing every distribution: only ``entry_points.txt`` files that mention
+    ``group`` are parsed. ``None`` when the environment holds something only ``importlib.metadata`` reads (zip or
+    egg path entries, another distribution finder), so the caller asks it instead."""
+    import importlib.machinery
+    import re
+
+    if any(getattr(finder, "find_distributions", None) is not None and finder is not importlib.machinery.PathFinder
+           for finder in sys.meta_path):
+        return None
+    seen: set[str] = set()
+    found: list[_EntryPoint] = []
+    for root in sys.path:
+        if not isinstance(root, str):
+            return None
+        try:
+            children = os.listdir(root or ".")
+        except NotADirectoryError:
+            return None  # a zip file on sys.path
+        except OSError:
+            continue  # a path entry that does not exist
+        for child in children:
+            low = child.lower()
+            if low.endswith(".egg"):
+                return None
+            if not low.endswith((".dist-info", ".egg-info")):
+                continue
+            name = re.sub(r"[-_.]+", "-", low.rpartition(".")[0].partition("-")[0]).replace("-", "_")
+            if name in seen:
+                continue
+            seen.add(name)
+            folder = os.path.join(root, child)
+            try:
+                with open(os.path.join(folder, "entry_points.txt"), encoding="utf-8") as file:
+                    text = file.read()
+            except OSError:
+                continue
+            if group not in text:
+                continue
+            section: str | None = None
+            entries: list[tuple[str, str]] = []
+            for raw in text.splitlines():  # importlib.metadata's ``Sectioned`` rules
+                line = raw.strip()
+                if not line or line.startswith("#"):
+                    continue
+                if line.startswith("[") and line.endswith("]"):
+                    section = line.strip("[]")
+                elif section == group:
+                    ep_name, _, value = line.partition("=")
+                    entries.append((ep_name.strip(), value.strip()))
+            if not entries:
+                continue
+            meta: dict[str, str] = {}
+            for metadata_file in ("METADATA", "PKG-INFO"):
+                try:
+                    with open(os.path.join(folder, metadata_file), encoding="utf-8") as file:
+                        meta = _headers(file.read())
+                    break
+                except OSError:
+                    continue
+            for ep_name, value in entries:
+                found.append(_EntryPoint(ep_name, value, meta.get("name"), meta.get("version"),
+                                         lambda _value=value: _load_value(_value)))
+    return found
+
+
+def _entry_points(group: str) -> list[_EntryPoint]:
+    """Every installed entry point of ``group`` (a cheap scan of ``sys.path``; ``importlib.metadata`` where the
+    environment needs it)."""
+    scanned = _scan_entry_points(group)
+    if scanned is not None:
+        return scanned
+    from importlib import metadata
+
+    return [_EntryPoint(ep.name, ep.value, ep.dist.name if ep.dist is not None else None,
+                        ep.dist.version if ep.dist is not None else None, ep.load)
+            for ep in metadata.entry_points(group=group)]
+
+
 class PluginManager:
     """Typed facade over :class:`pluggy.PluginManager` for the ``dspyo3`` project.
 
@@ -170,7 +287,7 @@ class PluginManager:
         allow = _env_list("DSPYO3_PLUGINS")
         block = set(_env_list("DSPYO3_DISABLE_PLUGINS") or [])
         seen: dict[str, str] = {}
-        entry_points = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        entry_points = sorted(_entry_points(ENTRY_POINT_GROUP), key=lambda e: e.name)
         names = {ep.name for ep in entry_points}
         for variable, listed in (("DSPYO3_PLUGINS", allow or []), ("DSPYO3_DISABLE_PLUGINS", sorted(block))):
             unknown = [name for name in listed if name not in names]
@@ -182,8 +299,7 @@ class PluginManager:
                     stacklevel=4,
                 )
         for ep in entry_points:
-            dist = ep.dist.name if ep.dist is not None else None
-            version = ep.dist.version if ep.dist is not None else None
+            dist, version = ep.dist, ep.version
             if ep.name in seen and seen[ep.name] != dist:
                 raise PluginError(
                     f"plugin name {ep.name!r} is declared by both {seen[ep.name]} and {dist}; "
@@ -224,6 +340,8 @@ class PluginManager:
                 name = self._pm.get_name(impl.plugin)
                 if name is None:
                     continue
+                import difflib
+
                 close = difflib.get_close_matches(hook_name, known, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 dist, version = self._dists.get(name, (None, None))

@@ -5,18 +5,18 @@ dspyo3-core's ``dspyo3_lm_call`` hook, so installing the package and enabling it
 ``[production]`` config table) turns it on for every LM built by dspyo3 (``build_lm``, ``HookedLM``, ``NativeLM``).
 """
 
-from importlib import resources
 from typing import TYPE_CHECKING
 
 from dspyo3_core.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from dspyo3_production.breaker import CircuitBreaker, CircuitOpenError
-    from dspyo3_production.cache import RedisTier, TieredCache, install_cache
+    from dspyo3_production.cache import TieredCache, install_cache
     from dspyo3_production.codec import Codec, UnsafeValueError
     from dspyo3_production.cost import Budget, BudgetExceededError, CostTracker, attribute
     from dspyo3_production.logs import JsonFormatter, RedactingFilter, Redactor, configure_logging, trace
     from dspyo3_production.metrics import Metrics, default_metrics, exposition, make_asgi_app, serve
+    from dspyo3_production.redis_tier import RedisTier
     from dspyo3_production.routing import ABRouter
     from dspyo3_production.stack import Production, active, disable, enable
 
@@ -25,6 +25,8 @@ __version__ = "0.1.0"
 
 def dashboard_json() -> str:
     """The Grafana dashboard (JSON text) for the ``dspyo3_*`` metrics."""
+    from importlib import resources
+
     return resources.files("dspyo3_production").joinpath("grafana/dashboard.json").read_text()
 
 
@@ -61,7 +63,7 @@ __all__ = [
 _WHERE = {
     "CircuitBreaker": "dspyo3_production.breaker",
     "CircuitOpenError": "dspyo3_production.breaker",
-    "RedisTier": "dspyo3_production.cache",
+    "RedisTier": "dspyo3_production.redis_tier",
     "TieredCache": "dspyo3_production.cache",
     "install_cache": "dspyo3_production.cache",
     "Codec": "dspyo3_production.codec",

@@ -37,13 +37,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dspyo3_core.config import ConfigError, Settings, check_keys, load_settings
-from dspyo3_production.breaker import CircuitBreaker
-from dspyo3_production.cache import TieredCache
-from dspyo3_production.cost import Budget, CostTracker
-from dspyo3_production.stack import Production
+
+if TYPE_CHECKING:  # imported where a stack is built (they import DSPy): a config without [production] needs none
+    from dspyo3_production.cache import TieredCache
+    from dspyo3_production.stack import Production
 
 _TOP = {"metrics", "log_events", "single_flight", "module_callbacks", "cache", "breaker", "budgets", "costs",
         "pricing", "namespace"}
@@ -66,6 +66,8 @@ def _redis_url(settings: Settings, where: str) -> str:
 
 def cache_from_table(table: dict[str, Any] | bool, settings: Settings, namespace: str = "dspyo3") -> TieredCache:
     """A :class:`TieredCache` from ``[production.cache]`` (``true`` means memory only)."""
+    from dspyo3_production.cache import TieredCache
+
     table = {} if table is True else dict(table)  # type: ignore[arg-type]
     _check(table, _CACHE, "production.cache")
     disk = bool(table.get("disk", False))
@@ -95,6 +97,10 @@ def from_settings(settings: Settings | None = None, *, apply_pricing: bool = Tru
     if table is None:
         return None
     _check(table, _TOP, "production")
+    from dspyo3_production.breaker import CircuitBreaker
+    from dspyo3_production.cost import Budget, CostTracker
+    from dspyo3_production.stack import Production
+
     namespace = str(table.get("namespace", "dspyo3"))
     cache_table = table.get("cache", False)
     cache = None
