@@ -154,6 +154,22 @@ def test_cli_never_prints_keys(isolated_config: Path, cli_env: dict[str, str], d
     assert json.loads(listed.stdout)["profiles"][0]["default"] is True
 
 
+def test_lm_list_says_when_commands_would_have_no_default_profile(isolated_config: Path, cli_env: dict[str, str],
+                                                                  dspyo3_exe: str) -> None:
+    cli_env.pop("DSPYO3_LM", None)
+    profiles = '[lm.profiles.a]\nprovider = "openai"\nmodel = "m"\n[lm.profiles.b]\nprovider = "openai"\nmodel = "n"\n'
+    write(isolated_config / "dspyo3.toml", profiles)
+    none = run(dspyo3_exe, cli_env, "lm", "list")
+    assert none.returncode == 0 and "Note: no default profile" in none.stderr and "a, b" in none.stderr
+    shown = run(dspyo3_exe, cli_env, "lm", "show")  # a command without --profile says the same, not "none exists"
+    assert shown.returncode == 1 and "no default LM profile; name one of a, b in [lm] default" in shown.stderr
+    write(isolated_config / "dspyo3.toml", '[lm]\ndefault = "nothere"\n' + profiles)
+    wrong = run(dspyo3_exe, cli_env, "lm", "list")
+    assert wrong.returncode == 0 and "[lm] default names 'nothere', which is not a profile" in wrong.stderr
+    write(isolated_config / "dspyo3.toml", '[lm]\ndefault = "a"\n' + profiles)
+    assert "Note:" not in run(dspyo3_exe, cli_env, "lm", "list").stderr
+
+
 def test_lm_test_against_the_loopback_server(
     isolated_config: Path, cli_env: dict[str, str], dspyo3_exe: str, lm_server: LMServer
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
+import dspy
 import dspy.utils.exceptions as dspy_errors
 import pytest
 
@@ -17,6 +18,9 @@ from dspyo3_core.failures import describe, expected
     (dspy_errors.LMTimeoutError("too slow", model="m"), "raise the profile's timeout"),
     (dspy_errors.LMTransportError("refused", model="m"), "check api_base"),
     (dspy_errors.ContextWindowExceededError(model="m"), "shorten the input"),
+    # a retry alone would get the cached unparseable answer back: the advice says how to ask again
+    (dspy_errors.AdapterParseError("ChatAdapter", dspy.Signature("q -> a"), "no fields here"),
+     "set cache = false in the LM profile"),
     (ModuleNotFoundError("no module", name="dspyo3_native"), "pip install ./crates/dspyo3-native"),
     (ModuleNotFoundError("no module", name="matplotlib.pyplot"), "pip install matplotlib"),
     (FileNotFoundError(2, "No such file or directory", "/data/x.jsonl"), "cannot use /data/x.jsonl"),

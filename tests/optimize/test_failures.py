@@ -111,6 +111,29 @@ def test_run_where_every_lm_call_is_refused_exits_1_with_the_first_reason(
     assert [t["status"] for t in again["trials"]] == ["finished"] * 3 and again["resumed_trials"] == []
 
 
+def test_a_failed_run_prints_one_error_line_and_no_library_noise(
+        tmp_path: Path, locked_server: LMServer, monkeypatch: pytest.MonkeyPatch, dspyo3_exe: str) -> None:
+    """Through the console script, with the default progress bar: DSPy's per-example ERROR records (whole examples
+    attached) and its own tqdm bars stay out of the way unless -v asks for them."""
+    import subprocess
+
+    config = tmp_path / "optimize.toml"
+    config.write_text(CONFIG.replace("limit = 8", "limit = 5").replace("dev_size = 3", "dev_size = 2"))
+    _use_lm(monkeypatch, locked_server)
+    env = {**os.environ, "SIM_API_KEY": WRONG_KEY}
+    quiet = subprocess.run([dspyo3_exe, "optimize", "run", str(config), "--fresh"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=600)
+    assert quiet.returncode == 1, quiet.stderr[-3000:]
+    assert "dspy" not in quiet.stderr.replace("dspyo3", "") and "Example(" not in quiet.stderr, quiet.stderr[-3000:]
+    assert "it/s" not in quiet.stderr and "Average Metric" not in quiet.stderr  # no tqdm bar of DSPy's
+    assert len([line for line in quiet.stderr.splitlines() if line.startswith("Error: ")]) == 1, quiet.stderr
+    assert WRONG_KEY not in quiet.stderr + quiet.stdout
+    verbose = subprocess.run([dspyo3_exe, "-v", "optimize", "run", str(config), "--fresh"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=600)
+    assert verbose.returncode == 1 and "dspy.teleprompt" in verbose.stderr, verbose.stderr[-3000:]
+    assert WRONG_KEY not in verbose.stderr + verbose.stdout
+
+
 def test_run_where_some_calls_fail_is_not_a_failed_run(tmp_path: Path, gsm8k_server: LMServer,
                                                        responder: GSM8KResponder,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:

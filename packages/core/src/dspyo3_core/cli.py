@@ -80,9 +80,10 @@ def _apply_level() -> None:
 
 
 def library_log_level(verbose: int) -> None:
-    """What the CLI shows of its libraries' own logging: errors only by default, info with ``-v``, debug with
-    ``-vv``; applied now and again when DSPy is first imported."""
-    _LEVEL["level"] = logging.ERROR if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    """What the CLI shows of its libraries' own logging: nothing by default (a command reports its failures itself,
+    as one ``Error:`` line or in its summary; DSPy's per-example ERROR records would repeat them with whole examples
+    attached), info and up with ``-v``, debug with ``-vv``; applied now and again when DSPy is first imported."""
+    _LEVEL["level"] = logging.CRITICAL if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     _apply_level()
     if "dspy" not in sys.modules and not any(isinstance(f, _ApplyAfterImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _ApplyAfterImport())
@@ -108,7 +109,8 @@ def build_cli(plugin_manager: PluginManager | None = None, *, plugin_error: str 
     @click.group(name="dspyo3", cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(__version__, prog_name="dspyo3")
     @click.option("-v", "--verbose", count=True,
-                  help="Show DSPy's and LiteLLM's own log lines: -v info, -vv debug (default: errors only).")
+                  help="Show DSPy's and LiteLLM's own log lines and progress bars: -v errors to info, -vv debug "
+                       "(default: none; failures are reported as one Error line).")
     @click.pass_context
     def cli(ctx: click.Context, verbose: int) -> None:
         """dspyo3: the production toolkit for DSPy."""

@@ -77,13 +77,29 @@ def lm_list(ctx: click.Context, as_json: bool) -> None:
         echo_json({"default": settings.default_profile, "profiles": rows})
         return
     if not rows:
-        click.echo("No LM profiles. Set DSPYO3_LM=provider/model or add [lm.profiles.NAME] to dspyo3.toml.")
+        click.echo("No LM profiles. Set DSPYO3_LM=provider/model (or offline/extractive to try things without a "
+                   "model) or add [lm.profiles.NAME] to dspyo3.toml.")
         return
     table = Table("", "name", "provider", "model", "api_base", "key", "source")
     for row in rows:
         table.add_row("*" if row["default"] else "", row["name"], row["provider"], row["model"],
                       str(row.get("api_base") or ""), str(row.get("api_key", "")), str(row.get("source", "")))
     Console().print(table)
+    note = _default_note(settings.default_profile, sorted(settings.profiles))
+    if note:
+        click.echo(note, err=True)
+
+
+def _default_note(default: str | None, names: list[str]) -> str | None:
+    """What ``lm list`` says on stderr when commands without ``--profile`` would fail: no default profile, or a
+    default that names no profile (``dspyo3 doctor`` fails on the latter)."""
+    if default is None:
+        return (f"Note: no default profile; commands without --profile will fail. Name one of {', '.join(names)} "
+                "in [lm] default in dspyo3.toml, or set DSPYO3_LM.")
+    if default not in names:
+        return (f"Note: [lm] default names {default!r}, which is not a profile; commands without --profile will "
+                f"fail. Name one of {', '.join(names)} there instead.")
+    return None
 
 
 @lm_group.command("show")

@@ -219,6 +219,11 @@ class Settings:
     def profile(self, name: str | None = None) -> LMProfile:
         """The profile called ``name`` (or the default one); the error lists what exists and how to add one."""
         chosen = name or self.default_profile
+        if chosen is None and self.profiles:
+            raise ConfigError(
+                f"no default LM profile; name one of {', '.join(sorted(self.profiles))} in [lm] default in "
+                f"{PROJECT_FILE} (or pass --profile NAME, or set DSPYO3_LM)"
+            )
         if chosen is None:
             raise ConfigError(
                 "no LM profile is configured; set DSPYO3_LM=provider/model (e.g. openai/gpt-4o-mini, or "

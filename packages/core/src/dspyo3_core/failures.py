@@ -32,7 +32,8 @@ _LM_FIXES: dict[str, str] = {
     "LMCollectionLimitError": "raise the limit the message names, if the answer is legitimate",
     "LMError": "check the LM with dspyo3 lm test PROFILE",
     "AdapterParseError": "the model's answer did not follow the output format; use a model that follows "
-                         "instructions better, or retry",
+                         "instructions better (a plain retry gets DSPy's cached answer back: set cache = false in "
+                         "the LM profile, or reword the input, to ask again)",
 }
 
 

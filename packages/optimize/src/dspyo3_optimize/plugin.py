@@ -84,14 +84,17 @@ def optimize_run(config: str, fresh: bool, progress: bool, as_json: bool) -> Non
     import contextlib
     import sys
 
-    if not progress and "tqdm" not in sys.modules:  # tqdm reads TQDM_* once, when it is imported
-        os.environ["TQDM_DISABLE"] = "1"  # DSPy's own bars (bootstrap, evaluation) too
+    from dspyo3_core.cli import library_verbosity
+
+    # DSPy's own bars (bootstrap, evaluation) would fight the run's bar: only with -v (and never with --no-progress);
+    # tqdm reads TQDM_* once, when it is imported
+    if (not progress or library_verbosity() == 0) and "tqdm" not in sys.modules:
+        os.environ["TQDM_DISABLE"] = "1"
     from dspyo3_optimize.runner import RunConfig, run
 
     try:
         # optimizers print their own chatter: on stderr with -v, else dropped; stdout is for the report (JSON stays
         # parseable)
-        from dspyo3_core.cli import library_verbosity
 
         chatter = sys.stderr if library_verbosity() > 0 else open(os.devnull, "w")  # noqa: SIM115
         with contextlib.redirect_stdout(chatter), contextlib.closing(chatter) if chatter is not sys.stderr \
