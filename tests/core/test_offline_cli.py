@@ -51,7 +51,7 @@ def test_demo_on_the_offline_lm_is_labelled(tmp_path: Path, cli_env: dict[str, s
     summary = json.loads(out.read_text())
     assert summary["mode"] == f"offline (offline/extractive: {OFFLINE_SHORT_LABEL})"
     assert summary["lm_is_model"] is False
-    assert "OFFLINE DEMO" in result.stdout and "not a" in result.stdout
+    assert "OFFLINE DEMO" in result.stderr and "not a" in result.stderr
 
 
 def test_scripted_demo_says_its_lm_is_not_a_model(tmp_path: Path, cli_env: dict[str, str], dspyo3_exe: str) -> None:

@@ -12,8 +12,9 @@ def test_offline_demo(tmp_path: Path, cli_env: dict[str, str], dspyo3_exe: str) 
     result = subprocess.run([dspyo3_exe, "demo", "--n", "5", "--json", str(out)], env=cli_env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "OFFLINE DEMO" in result.stdout
+    assert "OFFLINE DEMO" in result.stderr  # the banner and DSPy's bar on stderr; stdout is the JSON alone
     summary = json.loads(out.read_text())
+    assert json.loads(result.stdout) == summary
     assert summary["mode"] == "offline (scripted loopback LM)"
     assert summary["examples"] == 5
     # every example is one ChainOfThought call: the hook wrapper and the HTTP server saw each of them

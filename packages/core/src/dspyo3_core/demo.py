@@ -68,10 +68,16 @@ def _offline_label() -> str:
 
 
 def run_demo(manager: PluginManager, *, limit: int = 8, json_path: str | None = None) -> dict[str, Any]:
-    """Run the demo and print a summary; returns the results (also written to ``json_path`` if given)."""
+    """Run the demo and print a summary; returns the results (also written to ``json_path`` if given).
+
+    The summary (JSON) is the only thing on stdout, so ``dspyo3 demo | jq`` works; the banner, DSPy's progress bar
+    and the "written to" line go to stderr."""
+    import contextlib
+    import sys
+
     from dspyo3_core.testing.server import LMServer, field_responder
 
-    console = Console()
+    console = Console(stderr=True)
     offline = not os.environ.get("DSPYO3_LM")
     examples, source = load_gsm8k(limit)
     stats = CallStats()
@@ -102,7 +108,7 @@ def run_demo(manager: PluginManager, *, limit: int = 8, json_path: str | None = 
         evaluate = dspy.Evaluate(devset=examples, metric=exact_number, num_threads=2, display_progress=True,
                                  display_table=False)
         started = time.perf_counter()
-        with dspy.context(lm=lm):
+        with dspy.context(lm=lm), contextlib.redirect_stdout(sys.stderr):  # DSPy's tqdm writes to stdout
             result = evaluate(program)
         elapsed = time.perf_counter() - started
     finally:
@@ -123,7 +129,7 @@ def run_demo(manager: PluginManager, *, limit: int = 8, json_path: str | None = 
         "mean_call_latency_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None,
         "wall_s": round(elapsed, 3),
     }
-    console.print_json(json.dumps(summary))
+    Console().print_json(json.dumps(summary))
     if json_path:
         Path(json_path).write_text(json.dumps(summary, indent=2) + "\n")
         console.print(f"results written to {json_path}")
