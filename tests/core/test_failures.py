@@ -56,3 +56,20 @@ def test_an_unknown_command_group_names_its_package(cli_env: dict[str, str], dsp
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "it comes with dspyo3-rag" in done.stderr and "pip install ./packages/rag" in done.stderr
+
+
+def test_install_advice_names_the_checkout_or_the_index() -> None:
+    from importlib import metadata
+
+    from dspyo3_core.failures import install_advice
+
+    # this environment installs the packages from the checkout: the advice names that directory, which pip accepts
+    checkout = install_advice("dspyo3-rag", "chroma")
+    direct = metadata.distribution("dspyo3-rag").read_text("direct_url.json") or ""
+    if '"dir_info"' in direct:
+        assert checkout.startswith("pip install '/") and checkout.endswith("packages/rag[chroma]'"), checkout
+    else:
+        assert checkout == "pip install 'dspyo3-rag[chroma]'"
+    # a distribution installed from an index, or not at all: the index name
+    assert install_advice("dspyo3-not-installed-anywhere", "x") == "pip install 'dspyo3-not-installed-anywhere[x]'"
+    assert install_advice("click") == "pip install 'click'"

@@ -137,7 +137,10 @@ def test_plot_without_matplotlib_fails_before_the_evaluation(tmp_path: Path, mon
                                             str(tmp_path / "m.png")])
     assert result.exit_code == 1
     assert "Error: --plot needs matplotlib" in result.output
-    assert "pip install 'dspyo3-rag[plot]'" in result.output
+    from dspyo3_core.failures import install_advice
+
+    assert install_advice("dspyo3-rag", "plot") in result.output  # from a checkout: pip install '.../packages/rag[plot]'
+
     assert calls == [], "the evaluation did not run"
     assert not isinstance(result.exception, ImportError)
 

@@ -169,7 +169,9 @@ def sse_response(events: AsyncIterator[Event]) -> Any:
     try:
         from starlette.responses import StreamingResponse
     except ImportError:
-        raise ImportError("sse_response needs starlette: pip install 'dspyo3-async[web]'") from None
+        from dspyo3_core.failures import install_advice
+
+        raise ImportError(f"sse_response needs starlette: {install_advice('dspyo3-async', 'web')}") from None
     return StreamingResponse(to_sse(events), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

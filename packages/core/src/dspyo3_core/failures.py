@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["describe", "expected"]
+__all__ = ["describe", "expected", "install_advice"]
 
 _DEBUG_HINT = "set DSPYO3_DEBUG=1 to see the traceback"
 
@@ -35,6 +35,28 @@ _LM_FIXES: dict[str, str] = {
                          "instructions better (a plain retry gets DSPy's cached answer back: set cache = false in "
                          "the LM profile, or reword the input, to ask again)",
 }
+
+
+def install_advice(distribution: str, extra: str | None = None) -> str:
+    """The ``pip install`` command that adds ``distribution`` (with ``extra``) to this environment, the way it was
+    installed: from a local directory (a checkout, editable or not) the command names that directory, otherwise the
+    package index. E.g. ``install_advice("dspyo3-rag", "chroma")`` -> ``pip install 'dspyo3-rag[chroma]'`` or
+    ``pip install '/src/dspyo3/packages/rag[chroma]'``."""
+    import json
+    from importlib import metadata
+    from urllib.parse import unquote, urlparse
+
+    suffix = f"[{extra}]" if extra else ""
+    target = distribution
+    try:
+        direct = metadata.distribution(distribution).read_text("direct_url.json")
+        info = json.loads(direct) if direct else {}
+        url = urlparse(str(info.get("url", "")))
+        if url.scheme == "file" and "dir_info" in info:  # pip install ./packages/rag, or -e
+            target = unquote(url.path)
+    except (metadata.PackageNotFoundError, ValueError, OSError, AttributeError):
+        pass
+    return f"pip install '{target}{suffix}'"
 
 
 def _dspy_fix(exc: BaseException) -> str | None:

@@ -184,7 +184,10 @@ class RayExecutor:
         try:
             import ray
         except ImportError:
-            raise ExecutorUnavailable("executor = \"ray\" needs Ray: pip install 'dspyo3-optimize[ray]'") from None
+            from dspyo3_core.failures import install_advice
+
+            advice = install_advice('dspyo3-optimize', 'ray')
+            raise ExecutorUnavailable(f"executor = \"ray\" needs Ray: {advice}") from None
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             kwargs.update(self.init_kwargs)

@@ -88,7 +88,10 @@ class FastEmbedEmbedder:
         try:
             from fastembed import TextEmbedding
         except ImportError:
-            raise ImportError("the fastembed embedder needs fastembed: pip install 'dspyo3-rag[fastembed]'") from None
+            from dspyo3_core.failures import install_advice
+
+            advice = install_advice('dspyo3-rag', 'fastembed')
+            raise ImportError(f"the fastembed embedder needs fastembed: {advice}") from None
         self.model = model
         self._model = TextEmbedding(model_name=model, **kwargs)
 
@@ -105,8 +108,10 @@ class SentenceTransformerEmbedder:
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
+            from dspyo3_core.failures import install_advice
+
             raise ImportError("the sentence-transformers embedder needs sentence-transformers: "
-                              "pip install 'dspyo3-rag[sentence-transformers]'") from None
+                              f"{install_advice('dspyo3-rag', 'sentence-transformers')}") from None
         self.model = model
         self._model = SentenceTransformer(model, **kwargs)
 

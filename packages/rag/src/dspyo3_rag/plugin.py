@@ -231,8 +231,10 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
+        from dspyo3_core.failures import install_advice
+
         raise click.ClickException(f"--plot needs matplotlib, which is not installed ({exc}); "
-                                   "pip install 'dspyo3-rag[plot]' (or run without --plot)") from None
+                                   f"{install_advice('dspyo3-rag', 'plot')} (or run without --plot)") from None
     return plt
 
 

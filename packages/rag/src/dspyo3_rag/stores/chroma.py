@@ -40,7 +40,9 @@ class ChromaStore(VectorStore):
             import chromadb
             from chromadb.config import Settings
         except ImportError:
-            raise StoreError("the Chroma store needs chromadb: pip install 'dspyo3-rag[chroma]'") from None
+            from dspyo3_core.failures import install_advice
+
+            raise StoreError(f"the Chroma store needs chromadb: {install_advice('dspyo3-rag', 'chroma')}") from None
 
         settings = Settings(anonymized_telemetry=False, allow_reset=False)
         if path is not None and host is not None:

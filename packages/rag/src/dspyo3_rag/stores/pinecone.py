@@ -59,7 +59,10 @@ class PineconeStore(VectorStore):
         try:
             from pinecone import Pinecone
         except ImportError:
-            raise StoreError("the Pinecone store needs the pinecone SDK: pip install 'dspyo3-rag[pinecone]'") from None
+            from dspyo3_core.failures import install_advice
+
+            advice = install_advice('dspyo3-rag', 'pinecone')
+            raise StoreError(f"the Pinecone store needs the pinecone SDK: {advice}") from None
         key = api_key or os.environ.get("PINECONE_API_KEY", "")
         if not key:
             raise StoreError("the Pinecone store needs an API key: pass api_key= or set PINECONE_API_KEY")
