@@ -13,9 +13,13 @@ import time of their own (``top_modules``; ``top_packages`` sums them per top-le
 
     python benchmarks/startup.py [--runs 15] [--top 8] [--json F]
 
+Commands that run no DSPy program (``cache stats`` against a Redis URL nobody listens on, ``production status``,
+``agents tools list``) run once each under ``-X importtime`` too: ``no_program_imports`` lists which of ``dspy``,
+``litellm`` and ``pydantic`` each imported (DSPy and LiteLLM should be absent; the tool registry uses Pydantic).
+
 Last line: ``{"runs": N, "target_ms": 150, "median_ms": {...}, "min_ms": {...}, "anchor_median_ms": {...},
 "under_target": {...}, "importtime": {command: {"total_ms", "heavy_imported", "top_packages": [[package, ms], ...],
-"top_modules": [[module, ms], ...]}}}``.
+"top_modules": [[module, ms], ...]}}, "no_program_imports": {command: [module, ...]}}``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from common import emit, log, output_args
 
 TARGET_MS = 150.0
 COMMANDS = {"--help": ["--help"], "plugins": ["plugins"], "lm list": ["lm", "list"]}
+# commands that talk to Redis, read the config or list tools: no DSPy program runs, so no DSPy should be imported
+NO_PROGRAM = {"cache stats": ["cache", "stats", "--redis-url", "redis://127.0.0.1:9/0"],
+              "production status": ["production", "status"], "agents tools list": ["agents", "tools", "list"]}
 HEAVY = ("dspy", "litellm", "pydantic")
 
 # what the console script does, with the process's exit status kept out of the way of -X importtime's output
@@ -110,6 +117,8 @@ def main() -> None:
                 times[name].append(wall_ms(argv, env, cwd))
             log(f"run {run + 1}/{args.runs}: " + ", ".join(f"{n} {t[-1]:.0f} ms" for n, t in times.items()))
         imports = {name: importtime(cli_args, env, cwd, args.top) for name, cli_args in COMMANDS.items()}
+        no_program = {name: importtime(cli_args, env, cwd, 1)["heavy_imported"]
+                      for name, cli_args in NO_PROGRAM.items()}
     median = {name: round(statistics.median(times[name]), 1) for name in COMMANDS}
     result = {
         "runs": args.runs,
@@ -120,6 +129,7 @@ def main() -> None:
         "anchor_median_ms": {name: round(statistics.median(times[name]), 1) for name in anchors},
         "under_target": {name: value < TARGET_MS for name, value in median.items()},
         "importtime": imports,
+        "no_program_imports": no_program,
         "loadavg": [round(value, 2) for value in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
     emit(result, args.json_path, args.plot_path,

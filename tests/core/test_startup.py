@@ -112,6 +112,9 @@ def test_startup_benchmark_shape(tmp_path: Path) -> None:
         imports = result["importtime"][command]
         assert imports["heavy_imported"] == []
         assert 0 < len(imports["top_modules"]) <= 3 and 0 < len(imports["top_packages"]) <= 3
+    assert sorted(result["no_program_imports"]) == ["agents tools list", "cache stats", "production status"]
+    for command, heavy in result["no_program_imports"].items():
+        assert "dspy" not in heavy and "litellm" not in heavy, command
 
 
 def test_submodules_are_attributes_as_in_an_eager_package() -> None:
