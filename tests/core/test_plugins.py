@@ -240,6 +240,16 @@ def test_entry_point_scan_leaves_zip_paths_to_importlib_metadata(tmp_path: Path,
     assert ep.load() == 42
 
 
+def test_entry_point_scan_leaves_eggs_to_importlib_metadata(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dspyo3_core import plugins
+
+    egg = tmp_path / "egged-1.0.egg"
+    (egg / "EGG-INFO").mkdir(parents=True)
+    (egg / "EGG-INFO" / "entry_points.txt").write_text("[dspyo3_test]\negged = egged\n")
+    monkeypatch.syspath_prepend(str(egg))
+    assert plugins._scan_entry_points("dspyo3_test") is None
+
+
 def test_entry_point_values_load_like_importlib_metadata() -> None:
     from dspyo3_core import plugins
 

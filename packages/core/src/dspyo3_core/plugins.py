@@ -140,8 +140,8 @@ def _scan_entry_points(group: str) -> list[_EntryPoint] | None:
     """The ``group`` entry points of the distributions on ``sys.path``, found as ``importlib.metadata`` finds them
     (``*.dist-info`` / ``*.egg-info`` folders of each path entry in order, the first distribution of a normalized
     name wins) but without importing it or parsing every distribution: only ``entry_points.txt`` files that mention
-    ``group`` are parsed. ``None`` when the environment holds something only ``importlib.metadata`` reads (zip or
-    egg path entries, another distribution finder), so the caller asks it instead."""
+    ``group`` are parsed. ``None`` when the environment holds something only ``importlib.metadata`` reads (a zip or
+    an egg on ``sys.path``, another distribution finder), so the caller asks it instead."""
     import importlib.machinery
     import re
 
@@ -151,8 +151,8 @@ def _scan_entry_points(group: str) -> list[_EntryPoint] | None:
     seen: set[str] = set()
     found: list[_EntryPoint] = []
     for root in sys.path:
-        if not isinstance(root, str):
-            return None
+        if not isinstance(root, str) or root.lower().endswith(".egg"):
+            return None  # an egg on sys.path (its EGG-INFO is read by importlib.metadata only)
         try:
             children = os.listdir(root or ".")
         except NotADirectoryError:
@@ -161,8 +161,6 @@ def _scan_entry_points(group: str) -> list[_EntryPoint] | None:
             continue  # a path entry that does not exist
         for child in children:
             low = child.lower()
-            if low.endswith(".egg"):
-                return None
             if not low.endswith((".dist-info", ".egg-info")):
                 continue
             name = re.sub(r"[-_.]+", "-", low.rpartition(".")[0].partition("-")[0]).replace("-", "_")
@@ -191,13 +189,15 @@ def _scan_entry_points(group: str) -> list[_EntryPoint] | None:
             if not entries:
                 continue
             meta: dict[str, str] = {}
-            for metadata_file in ("METADATA", "PKG-INFO"):
+            for metadata_file in ("METADATA", "PKG-INFO"):  # the first that is not missing or empty, as importlib's
                 try:
                     with open(os.path.join(folder, metadata_file), encoding="utf-8") as file:
-                        meta = _headers(file.read())
-                    break
+                        text = file.read()
                 except OSError:
                     continue
+                if text:
+                    meta = _headers(text)
+                    break
             for ep_name, value in entries:
                 found.append(_EntryPoint(ep_name, value, meta.get("name"), meta.get("version"),
                                          lambda _value=value: _load_value(_value)))
