@@ -212,3 +212,18 @@ def test_check_keys_names_the_key_the_table_the_known_keys_and_a_close_match() -
     with pytest.raises(ConfigError) as two:
         check_keys({"zz": 1, "colour": 2}, ["color"], "[x]")
     assert str(two.value) == "unknown keys 'colour' (did you mean 'color'?), 'zz' in [x]; known keys: color"
+
+
+@pytest.mark.parametrize("xdg", [None, "", "   ", "/tmp/xdg-base"])
+def test_user_directories_match_platformdirs(xdg: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import platformdirs
+
+    from dspyo3_core.config import _user_dir
+
+    for variable in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+        if xdg is None:
+            monkeypatch.delenv(variable, raising=False)
+        else:
+            monkeypatch.setenv(variable, xdg)
+    assert _user_dir("config") == platformdirs.user_config_dir("dspyo3")
+    assert _user_dir("cache") == platformdirs.user_cache_dir("dspyo3")

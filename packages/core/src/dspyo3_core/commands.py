@@ -33,20 +33,17 @@ def _settings() -> Any:
 @click.pass_context
 def plugins_command(ctx: click.Context, as_json: bool) -> None:
     """List installed dspyo3 plugins: name, version, hooks and status."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
+    from dspyo3_core.textable import render
 
     infos = _manager(ctx).plugins()
     if as_json:
         echo_json([info.to_dict() for info in infos])
         return
-    table = Table("name", "distribution", "version", "status", "hooks")
+    rows = []
     for info in infos:
         status = info.status if not info.error else f"{info.status}: {info.error}"
-        table.add_row(*map(escape, (info.name, info.distribution or "", info.version or "", status,
-                                    ", ".join(info.hooks))))
-    Console().print(table)
+        rows.append((info.name, info.distribution or "", info.version or "", status, ", ".join(info.hooks)))
+    click.echo(render(("name", "distribution", "version", "status", "hooks"), rows))
 
 
 @click.group("lm")
@@ -59,8 +56,7 @@ def lm_group() -> None:
 @click.pass_context
 def lm_list(ctx: click.Context, as_json: bool) -> None:
     """List configured profiles (keys masked)."""
-    from rich.console import Console
-    from rich.table import Table
+    from dspyo3_core.textable import render
 
     settings = _settings()
     providers = _manager(ctx).lm_providers()
@@ -80,11 +76,9 @@ def lm_list(ctx: click.Context, as_json: bool) -> None:
         click.echo("No LM profiles. Set DSPYO3_LM=provider/model (or offline/extractive to try things without a "
                    "model) or add [lm.profiles.NAME] to dspyo3.toml.")
         return
-    table = Table("", "name", "provider", "model", "api_base", "key", "source")
-    for row in rows:
-        table.add_row("*" if row["default"] else "", row["name"], row["provider"], row["model"],
-                      str(row.get("api_base") or ""), str(row.get("api_key", "")), str(row.get("source", "")))
-    Console().print(table)
+    click.echo(render(("", "name", "provider", "model", "api_base", "key", "source"),
+                      [("*" if row["default"] else "", row["name"], row["provider"], row["model"],
+                        row.get("api_base") or "", row.get("api_key", ""), row.get("source", "")) for row in rows]))
     note = _default_note(settings.default_profile, sorted(settings.profiles))
     if note:
         click.echo(note, err=True)

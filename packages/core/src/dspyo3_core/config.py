@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import platformdirs
-
 from dspyo3_core.registry import LMProviderSpec
 from dspyo3_core.secrets import mask_secret, register_secret, secret_values
 
@@ -211,7 +209,7 @@ class Settings:
     profiles: dict[str, LMProfile] = field(default_factory=dict)
     default_profile: str | None = None
     redis_url: str | None = None
-    cache_dir: Path = field(default_factory=lambda: Path(platformdirs.user_cache_dir("dspyo3")))
+    cache_dir: Path = field(default_factory=lambda: Path(_user_dir("cache")))
     files: list[Path] = field(default_factory=list)
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Other top-level tables (``[production]``, ...) for the plugins that own them; a later file's keys win."""
@@ -237,9 +235,23 @@ class Settings:
             raise ConfigError(f"unknown LM profile {chosen!r}; known profiles: {known}") from None
 
 
+def _user_dir(kind: str) -> str:
+    """platformdirs' ``user_config_dir("dspyo3")`` / ``user_cache_dir("dspyo3")``. On Linux that is the XDG rule
+    (``$XDG_CONFIG_HOME`` or ``~/.config``, ``$XDG_CACHE_HOME`` or ``~/.cache``), computed here because importing
+    platformdirs' Unix backend (which pulls in tempfile, shutil and random) is a tenth of the CLI's start-up;
+    elsewhere platformdirs decides."""
+    if sys.platform.startswith("linux"):
+        variable, fallback = ("XDG_CONFIG_HOME", "~/.config") if kind == "config" else ("XDG_CACHE_HOME", "~/.cache")
+        base = os.environ.get(variable, "").strip() or os.path.expanduser(fallback)
+        return os.path.join(base, "dspyo3")
+    import platformdirs
+
+    return str(platformdirs.user_config_dir("dspyo3") if kind == "config" else platformdirs.user_cache_dir("dspyo3"))
+
+
 def user_config_path() -> Path:
     """The user config file (``$DSPYO3_CONFIG_DIR/config.toml`` or the platform's config dir)."""
-    base = os.environ.get("DSPYO3_CONFIG_DIR") or platformdirs.user_config_dir("dspyo3")
+    base = os.environ.get("DSPYO3_CONFIG_DIR") or _user_dir("config")
     return Path(base) / "config.toml"
 
 
