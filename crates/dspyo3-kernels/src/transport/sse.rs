@@ -247,9 +247,7 @@ impl StreamDecoder {
         let str_at = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
         self.start(str_at(value, "id"), str_at(value, "model"));
         if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
-            let count = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
-            let (p, c) = (count("prompt_tokens"), count("completion_tokens"));
-            self.usage = Usage { prompt_tokens: p, completion_tokens: c, total_tokens: usage.get("total_tokens").and_then(Value::as_u64).unwrap_or(p + c) };
+            self.usage = Usage::from_openai(Some(usage));
         }
         let Some(choice) = value.get("choices").and_then(Value::as_array).and_then(|c| c.first()) else { return Ok(()) };
         if let Some(delta) = choice.get("delta") {
@@ -333,7 +331,7 @@ impl StreamDecoder {
                 }
             }
             "message_stop" => {
-                self.usage.total_tokens = self.usage.prompt_tokens + self.usage.completion_tokens;
+                self.usage = Usage::new(self.usage.prompt_tokens, self.usage.completion_tokens, None);
                 self.start(None, None);
                 self.end();
             }
@@ -417,6 +415,24 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         assert_eq!(events[1], StreamEvent::Text("Hi".into()));
         let usage = Usage { prompt_tokens: 4, completion_tokens: 1, total_tokens: 5 };
         assert_eq!(events[2], StreamEvent::End { finish_reason: Some("stop".into()), usage });
+    }
+
+    #[test]
+    fn absurd_stream_usage_saturates() {
+        let max = u64::MAX;
+        let openai = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"x\"}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":{max},\"completion_tokens\":{max}}}}}\n\ndata: [DONE]\n\n"
+        );
+        let events = decode(WireFormat::OpenAi, openai.as_bytes(), 7).unwrap();
+        let usage = Usage { prompt_tokens: max, completion_tokens: max, total_tokens: max };
+        assert_eq!(events.last(), Some(&StreamEvent::End { finish_reason: Some("stop".into()), usage }));
+        let anthropic = format!(
+            "data: {{\"type\":\"message_start\",\"message\":{{\"usage\":{{\"input_tokens\":{max}}}}}}}\n\n\
+data: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\"}},\"usage\":{{\"output_tokens\":{max}}}}}\n\n\
+data: {{\"type\":\"message_stop\"}}\n\n"
+        );
+        let events = decode(WireFormat::Anthropic, anthropic.as_bytes(), 5).unwrap();
+        assert_eq!(events.last(), Some(&StreamEvent::End { finish_reason: Some("stop".into()), usage }));
     }
 
     #[test]

@@ -55,11 +55,21 @@ pub struct Usage {
 }
 
 impl Usage {
-    fn from_openai(value: Option<&Value>) -> Usage {
-        let count = |key: &str| value.and_then(|u| u.get(key)).and_then(Value::as_u64).unwrap_or(0);
-        let (prompt, completion) = (count("prompt_tokens"), count("completion_tokens"));
-        let total = value.and_then(|u| u.get("total_tokens")).and_then(Value::as_u64).unwrap_or(prompt + completion);
-        Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: total }
+    /// Counts as a server reported them; a missing `total` is `prompt + completion`.
+    ///
+    /// The numbers come from the server, so absurd ones are clamped rather than trusted: a sum past `u64::MAX`
+    /// saturates at `u64::MAX` (never wraps, never panics), and the answer itself is still delivered.
+    pub fn new(prompt: u64, completion: u64, total: Option<u64>) -> Usage {
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: total.unwrap_or_else(|| prompt.saturating_add(completion)),
+        }
+    }
+
+    pub(crate) fn from_openai(value: Option<&Value>) -> Usage {
+        let count = |key: &str| value.and_then(|u| u.get(key)).and_then(Value::as_u64);
+        Usage::new(count("prompt_tokens").unwrap_or(0), count("completion_tokens").unwrap_or(0), count("total_tokens"))
     }
 }
 
@@ -383,7 +393,7 @@ fn parse_anthropic(value: &Value) -> Result<Completion, TransportError> {
             tool_calls: (!calls.is_empty()).then_some(Value::Array(calls)),
             finish_reason: value.get("stop_reason").and_then(Value::as_str).map(anthropic_finish),
         }],
-        usage: Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion },
+        usage: Usage::new(prompt, completion, None),
     })
 }
 
@@ -451,6 +461,24 @@ mod tests {
         let tool = br#"{"content":[{"type":"tool_use","id":"t1","name":"search","input":{"q":"x"}}],"stop_reason":"tool_use"}"#;
         let out = parse_completion(WireFormat::Anthropic, tool).unwrap();
         assert_eq!(out.choices[0].tool_calls.as_ref().unwrap()[0]["function"]["arguments"], r#"{"q":"x"}"#);
+    }
+
+    #[test]
+    fn absurd_usage_counts_saturate_instead_of_wrapping() {
+        let max = u64::MAX;
+        let openai = format!(
+            r#"{{"choices":[{{"message":{{"content":"x"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":{max},"completion_tokens":{max}}}}}"#
+        );
+        let out = parse_completion(WireFormat::OpenAi, openai.as_bytes()).unwrap();
+        assert_eq!(out.usage, Usage { prompt_tokens: max, completion_tokens: max, total_tokens: max });
+        let anthropic = format!(
+            r#"{{"content":[{{"type":"text","text":"x"}}],"stop_reason":"end_turn","usage":{{"input_tokens":{max},"output_tokens":2}}}}"#
+        );
+        let out = parse_completion(WireFormat::Anthropic, anthropic.as_bytes()).unwrap();
+        assert_eq!(out.usage, Usage { prompt_tokens: max, completion_tokens: 2, total_tokens: max });
+        // a total the server gives is kept as given
+        assert_eq!(Usage::new(max, 1, Some(7)).total_tokens, 7);
+        assert_eq!(Usage::new(3, 4, None).total_tokens, 7);
     }
 
     #[test]
