@@ -3,6 +3,7 @@
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use parking_lot::{Mutex, RwLock};
@@ -72,6 +73,10 @@ pub fn add_python_path(dir: impl AsRef<Path>) -> Result<()> {
     .map_err(Error::from_py)
 }
 
+/// Set by an `atexit` handler when the interpreter starts finalizing: thread states are no longer given back
+/// from then on (finalization frees them itself, and taking the GIL then can hang or abort the thread).
+static FINALIZING: AtomicBool = AtomicBool::new(false);
+
 /// A thread state this OS thread keeps between calls (see [`keep_thread_state`]); given back when the thread exits.
 struct KeptThreadState {
     gil_state: pyo3::ffi::PyGILState_STATE,
@@ -80,11 +85,18 @@ struct KeptThreadState {
 
 impl Drop for KeptThreadState {
     fn drop(&mut self) {
-        // SAFETY: runs at thread exit, when this thread holds no GIL and runs no Python code. Restore the state
-        // SaveThread released, then undo the extra Ensure: the use count drops to zero and CPython deletes the
-        // thread state. Skipped once the interpreter is finalizing (it frees thread states itself).
+        if self.thread_state.is_null() || FINALIZING.load(Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: runs at thread exit, when this thread holds no GIL and runs no Python code. Only threads without
+        // a Python thread state of their own keep one (threads Rust or other native code started), so the state is
+        // ours: nothing else deletes it. Restore the state SaveThread released, then undo the extra Ensure: the use
+        // count drops to zero and CPython deletes the thread state. Skipped once the interpreter is finalizing (it
+        // frees thread states itself) and when this thread's state is no longer the one kept.
         unsafe {
-            if pyo3::ffi::Py_IsInitialized() != 0 && !self.thread_state.is_null() {
+            if pyo3::ffi::Py_IsInitialized() != 0
+                && pyo3::ffi::PyGILState_GetThisThreadState() == self.thread_state
+            {
                 pyo3::ffi::PyEval_RestoreThread(self.thread_state);
                 pyo3::ffi::PyGILState_Release(self.gil_state);
             }
@@ -101,9 +113,21 @@ thread_local! {
 /// Without it, every `Python::attach` from a thread Python did not create makes a fresh thread state and throws
 /// it away afterwards, so per-thread Python state (context variables, DSPy's thread-local settings) is rebuilt
 /// on every call: measurably slower. The GIL is not held afterwards.
+///
+/// Only a thread with no Python thread state keeps one: a thread Python created (a `threading.Thread`, the
+/// worker of `asyncio.to_thread`) already has its own, which CPython deletes when the thread ends, so a kept
+/// reference to it would be released after it is freed. Such a thread, or a call made inside an enclosing
+/// `Python::attach`, simply uses the state it has.
 pub(crate) fn keep_thread_state() {
+    if FINALIZING.load(Ordering::Acquire) {
+        return;
+    }
     let _ = THREAD_STATE_KEPT.try_with(|kept| {
         if kept.borrow().is_some() {
+            return;
+        }
+        // SAFETY: reads this thread's own GIL-state slot; needs no GIL.
+        if !unsafe { pyo3::ffi::PyGILState_GetThisThreadState() }.is_null() {
             return;
         }
         // Done inside `detach`, where this thread surely does not hold the GIL (whatever its caller holds):
@@ -123,6 +147,20 @@ pub(crate) fn keep_thread_state() {
         });
         *kept.borrow_mut() = Some(KeptThreadState { gil_state, thread_state: thread_state as *mut _ });
     });
+}
+
+/// Register the `atexit` handler that sets [`FINALIZING`] (Python runs it at the start of finalization).
+fn watch_finalization(py: Python<'_>) -> PyResult<()> {
+    let on_exit = pyo3::types::PyCFunction::new_closure(
+        py,
+        Some(c"dspyo3_finalizing"),
+        None,
+        |_args: &Bound<'_, pyo3::types::PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>| {
+            FINALIZING.store(true, Ordering::Release);
+        },
+    )?;
+    py.import("atexit")?.call_method1("register", (on_exit,))?;
+    Ok(())
 }
 
 pub(crate) fn runtime() -> Result<&'static Runtime> {
@@ -191,6 +229,7 @@ fn start() -> Result<Runtime> {
             };
             Error::Runtime(format!("cannot import DSPy into the embedded interpreter ({base}); {hint}"))
         })?;
+        watch_finalization(py).map_err(|e| Error::from_py_in(py, e))?;
         Ok(module.unbind())
     })?;
     let locals = start_event_loop()?;
