@@ -38,8 +38,20 @@ fn transport_err(err: TransportError) -> PyErr {
     LMTransportError::new_err((err.to_string(), err.kind(), err.status(), err.retry_after().map(|d| d.as_secs_f64())))
 }
 
-/// Python value -> JSON (dict, list/tuple, str, int, float, bool, None).
+/// How deeply lists and dicts may nest in what is sent to the LM (`json.dumps` stops near Python's recursion limit
+/// of 1000; real chat messages nest a handful of levels).
+pub(crate) const MAX_JSON_DEPTH: usize = 512;
+
+/// Python value -> JSON (dict, list/tuple, str, int, float, bool, None, and objects with `model_dump()`).
+///
+/// Containers nested more than [`MAX_JSON_DEPTH`] levels deep, and a container holding itself (directly or
+/// further down), raise `ValueError` instead of exhausting the stack.
 fn to_json(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
+    to_json_at(obj, &mut Vec::new())
+}
+
+/// [`to_json`] with `path`: the ids of the containers enclosing `obj`.
+fn to_json_at(obj: &Bound<'_, PyAny>, path: &mut Vec<usize>) -> PyResult<Value> {
     if obj.is_none() {
         return Ok(Value::Null);
     }
@@ -61,27 +73,48 @@ fn to_json(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
             .map(Value::Number)
             .ok_or_else(|| PyValueError::new_err(format!("{value} cannot be sent as JSON (NaN/inf)")));
     }
+    let is_container = obj.is_instance_of::<PyDict>() || obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>();
+    if !is_container && !obj.hasattr("model_dump")? {
+        return Err(PyTypeError::new_err(format!(
+            "a {} cannot be sent to the LM; pass str, numbers, bools, None, lists and dicts",
+            obj.get_type().name()?
+        )));
+    }
+    if path.len() >= MAX_JSON_DEPTH {
+        return Err(PyValueError::new_err(format!(
+            "the value sent to the LM is nested more than {MAX_JSON_DEPTH} levels deep"
+        )));
+    }
+    let id = obj.as_ptr() as usize;
+    if path.contains(&id) {
+        return Err(PyValueError::new_err(format!(
+            "circular reference: a {} sent to the LM contains itself",
+            obj.get_type().name()?
+        )));
+    }
+    path.push(id);
+    let value = container_to_json(obj, path);
+    path.pop();
+    value
+}
+
+/// A dict, list, tuple or `model_dump()`-able object -> JSON, its items converted at `path`.
+fn container_to_json(obj: &Bound<'_, PyAny>, path: &mut Vec<usize>) -> PyResult<Value> {
     if let Ok(d) = obj.cast::<PyDict>() {
         let mut map = Map::with_capacity(d.len());
         for (k, v) in d.iter() {
             let key = k.cast::<PyString>().map_err(|_| PyTypeError::new_err("JSON object keys must be str"))?;
-            map.insert(key.to_str()?.to_owned(), to_json(&v)?);
+            map.insert(key.to_str()?.to_owned(), to_json_at(&v, path)?);
         }
         return Ok(Value::Object(map));
     }
     if let Ok(l) = obj.cast::<PyList>() {
-        return l.iter().map(|v| to_json(&v)).collect::<PyResult<Vec<_>>>().map(Value::Array);
+        return l.iter().map(|v| to_json_at(&v, path)).collect::<PyResult<Vec<_>>>().map(Value::Array);
     }
     if let Ok(t) = obj.cast::<PyTuple>() {
-        return t.iter().map(|v| to_json(&v)).collect::<PyResult<Vec<_>>>().map(Value::Array);
+        return t.iter().map(|v| to_json_at(&v, path)).collect::<PyResult<Vec<_>>>().map(Value::Array);
     }
-    if obj.hasattr("model_dump")? {
-        return to_json(&obj.call_method0("model_dump")?);
-    }
-    Err(PyTypeError::new_err(format!(
-        "a {} cannot be sent to the LM; pass str, numbers, bools, None, lists and dicts",
-        obj.get_type().name()?
-    )))
+    to_json_at(&obj.call_method0("model_dump")?, path)
 }
 
 /// JSON -> Python value.
