@@ -96,7 +96,8 @@ impl EventLog {
     }
 
     /// Wait until every event emitted before this call is written and flushed; false if the writer did not
-    /// answer within `timeout` (it is gone, e.g. in a forked child, or its output is stuck).
+    /// answer within `timeout` (it is gone, e.g. in a forked child, or its output is stuck). A timeout too long
+    /// for the clock to represent, such as `Duration::MAX`, waits as long as it takes.
     pub fn flush(&self, timeout: Duration) -> bool {
         let (done_tx, done_rx) = mpsc::sync_channel(1);
         self.shared.queue.lock().push(Message::Flush(done_tx));
@@ -353,6 +354,15 @@ mod tests {
             assert!(!line.contains("sk-live-0123456789abcd"));
             assert!(line.contains("****abcd ab"), "{line}"); // too-short values are not masked
         }
+    }
+
+    #[test]
+    fn flush_with_an_unrepresentable_timeout_waits() {
+        let sink = Shared::default();
+        let log = EventLog::new(sink.clone(), vec![]).unwrap();
+        log.emit(event(vec![("i".into(), Value::Int(1))]));
+        assert!(log.flush(Duration::MAX));
+        assert_eq!(log.written(), 1);
     }
 
     #[test]

@@ -144,7 +144,8 @@ impl<V> LruCache<V> {
     }
 
     /// Insert or replace `key`. Returns the values pushed out (replaced, evicted or refused), so the caller
-    /// decides where they are dropped. An entry larger than `max_bytes` is refused and returned.
+    /// decides where they are dropped. An entry larger than `max_bytes` is refused and returned. A `ttl` (or
+    /// default TTL) too long for the clock to represent, such as `Duration::MAX`, means the entry never expires.
     pub fn insert(&mut self, key: String, value: V, bytes: usize, ttl: Option<Duration>) -> Vec<V> {
         let mut out = Vec::new();
         if self.max_bytes.is_some_and(|max| bytes > max) {
@@ -155,7 +156,8 @@ impl<V> LruCache<V> {
         if let Some(&i) = self.map.get(&key) {
             out.extend(self.take(i));
         }
-        let expires = ttl.or(self.default_ttl).map(|ttl| Instant::now() + ttl);
+        // a TTL past the end of the clock's range (e.g. `Duration::MAX`) never expires
+        let expires = ttl.or(self.default_ttl).and_then(|ttl| Instant::now().checked_add(ttl));
         let slot = Slot { key: key.clone(), value: Some(value), bytes, expires, prev: NIL, next: NIL };
         let i = match self.free.pop() {
             Some(i) => {
@@ -302,6 +304,17 @@ mod tests {
         assert_eq!(c.get_with("a", |v| *v), (None, Some(1)));
         assert_eq!(c.stats().expirations, 1);
         assert_eq!(c.len(), 0);
+    }
+
+    #[test]
+    fn huge_ttls_never_expire() {
+        let mut c = LruCache::new(10, None, Some(Duration::MAX)).unwrap();
+        c.insert("a".into(), 1, 0, None);
+        c.insert("b".into(), 2, 0, Some(Duration::from_secs(u64::MAX / 2)));
+        assert!(c.contains("a") && c.contains("b"));
+        let mut remaining = Vec::new();
+        c.for_each_oldest_first(|key, _, _, ttl| remaining.push((key.to_string(), ttl)));
+        assert!(remaining.iter().all(|(_, ttl)| ttl.is_none() || ttl.is_some_and(|t| t > Duration::from_secs(1 << 40))));
     }
 
     #[test]

@@ -137,17 +137,18 @@ impl RateLimiter {
         Ok(Duration::from_nanos(new_tat.saturating_sub(now + self.tolerance_ns as u64)))
     }
 
-    /// Block the calling thread until `cost` is taken, or `timeout` passes (returns false then).
+    /// Block the calling thread until `cost` is taken, or `timeout` passes (returns false then). A timeout too
+    /// long for the clock to represent (such as `Duration::MAX`) is no timeout.
     pub fn acquire_blocking(&self, cost: f64, timeout: Option<Duration>) -> Result<bool> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             let wait = self.try_acquire_or_wait(cost)?;
             if wait.is_zero() {
                 return Ok(true);
             }
             if let Some(deadline) = deadline {
-                let now = Instant::now();
-                if now + wait > deadline {
+                // a wait past the end of the clock's range is past any deadline
+                if Instant::now().checked_add(wait).map_or(true, |ready| ready > deadline) {
                     return Ok(false);
                 }
             }

@@ -100,10 +100,15 @@ impl PyEventSink {
 
     /// Wait (without the GIL) until every event emitted so far is written and flushed; False if the writer did
     /// not answer within `timeout` seconds (it does not exist in a forked child: make a new sink there).
+    /// `inf` or a timeout too long for the clock waits as long as it takes; zero or less only checks; NaN
+    /// raises `ValueError`.
     #[pyo3(signature = (timeout = 10.0))]
-    fn flush(&self, py: Python<'_>, timeout: f64) -> bool {
-        let timeout = std::time::Duration::from_secs_f64(timeout.max(0.0));
-        py.detach(|| self.log.flush(timeout))
+    fn flush(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        if timeout.is_nan() {
+            return Err(PyValueError::new_err("timeout must be a number of seconds (got nan)"));
+        }
+        let timeout = std::time::Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(std::time::Duration::MAX);
+        Ok(py.detach(|| self.log.flush(timeout)))
     }
 
     /// Events written so far.

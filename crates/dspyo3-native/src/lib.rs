@@ -406,13 +406,27 @@ fn weighted_fusion(
     py.detach(|| fusion::weighted_score_fusion(&lists, weights.as_deref(), normalization, top(top_k))).map_err(to_py)
 }
 
+/// A positive number of seconds as a [`Duration`], saturating: `inf`, or a value too large for a `Duration`
+/// (about 584 billion years), becomes [`Duration::MAX`], which the kernels read as "never" (a TTL that never
+/// expires, a timeout that never passes). Zero, negative numbers and NaN raise `ValueError` naming `name`.
 fn seconds(value: Option<f64>, name: &str) -> PyResult<Option<Duration>> {
     match value {
         None => Ok(None),
-        Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) if s > 0.0 => Ok(Some(Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX))),
         Some(s) => Err(PyValueError::new_err(format!("{name} must be a positive number of seconds (got {s})"))),
     }
 }
+
+/// A timeout in seconds: `None`, `inf` or more than [`FOREVER_SECONDS`] (about 100 years) mean "wait forever".
+fn timeout_seconds(value: Option<f64>, name: &str) -> PyResult<Option<Duration>> {
+    match value {
+        Some(s) if s > FOREVER_SECONDS => Ok(None),
+        other => seconds(other, name),
+    }
+}
+
+/// Timeouts longer than this many seconds (100 years) are treated as no timeout at all.
+const FOREVER_SECONDS: f64 = 100.0 * 365.25 * 86_400.0;
 
 /// `(max_entries, max_bytes, ttl)`: the constructor arguments of a pickled `LRUCache`.
 type LruArgs = (usize, Option<usize>, Option<f64>);
@@ -430,7 +444,8 @@ impl PyLru {
     #[new]
     #[pyo3(signature = (max_entries, max_bytes=None, ttl=None))]
     fn new(max_entries: usize, max_bytes: Option<usize>, ttl: Option<f64>) -> PyResult<Self> {
-        let ttl = seconds(ttl, "ttl")?;
+        // `inf` (or any TTL too long for a Duration) never expires: the same as no default TTL
+        let ttl = seconds(ttl, "ttl")?.filter(|ttl| *ttl != Duration::MAX);
         Ok(PyLru { inner: SharedLru::new(max_entries, max_bytes, ttl).map_err(to_py)? })
     }
 
@@ -442,8 +457,8 @@ impl PyLru {
         found.or(default).unwrap_or_else(|| py.None())
     }
 
-    /// Store `value` under `key` accounting `size` bytes; `ttl` seconds overrides the default. Returns False
-    /// when the entry alone is larger than `max_bytes` (it is not stored).
+    /// Store `value` under `key` accounting `size` bytes; `ttl` seconds overrides the default (`inf`: never
+    /// expires). Returns False when the entry alone is larger than `max_bytes` (it is not stored).
     #[pyo3(signature = (key, value, size=0, ttl=None))]
     fn put(&self, key: String, value: Py<PyAny>, size: usize, ttl: Option<f64>) -> PyResult<bool> {
         let ttl = seconds(ttl, "ttl")?;
@@ -523,8 +538,11 @@ impl PyLru {
         let this = slf.get();
         let (args, entries) = this.inner.with(|c| {
             let mut entries = Vec::with_capacity(c.len());
+            // under a default TTL, an entry that never expires is written with `inf`, so that restoring it does
+            // not give it the default
+            let never = c.default_ttl().map(|_| f64::INFINITY);
             c.for_each_oldest_first(|key, value, bytes, ttl| {
-                entries.push((key.to_string(), value.clone_ref(py), bytes, ttl.map(|t| t.as_secs_f64())));
+                entries.push((key.to_string(), value.clone_ref(py), bytes, ttl.map(|t| t.as_secs_f64()).or(never)));
             });
             ((c.max_entries(), c.max_bytes(), c.default_ttl().map(|t| t.as_secs_f64())), entries)
         });
@@ -582,7 +600,15 @@ impl PyRateLimiter {
     #[new]
     #[pyo3(signature = (rate, per=1.0, burst=1.0))]
     fn new(rate: f64, per: f64, burst: f64) -> PyResult<Self> {
-        let per = seconds(Some(per), "per")?.expect("given");
+        let per = match Duration::try_from_secs_f64(per) {
+            Ok(period) if per > 0.0 => period,
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "per must be a positive number of seconds no larger than {:e} (got {per})",
+                    Duration::MAX.as_secs_f64()
+                )))
+            }
+        };
         Ok(PyRateLimiter { inner: ratelimit::RateLimiter::new(rate, per, burst).map_err(to_py)? })
     }
 
@@ -610,10 +636,11 @@ impl PyRateLimiter {
         Ok(self.inner.time_to_ready(cost).map_err(to_py)?.as_secs_f64())
     }
 
-    /// Block (without the GIL) until `cost` is taken; False if `timeout` seconds pass first.
+    /// Block (without the GIL) until `cost` is taken; False if `timeout` seconds pass first (`None`, `inf` or
+    /// more than 100 years: wait as long as it takes).
     #[pyo3(signature = (cost=1.0, timeout=None))]
     fn acquire(&self, py: Python<'_>, cost: f64, timeout: Option<f64>) -> PyResult<bool> {
-        let timeout = seconds(timeout, "timeout")?;
+        let timeout = timeout_seconds(timeout, "timeout")?;
         py.detach(|| self.inner.acquire_blocking(cost, timeout)).map_err(to_py)
     }
 

@@ -117,7 +117,10 @@ class LRUCache:
     def get(self, key: str, default: Any = None) -> Any:
         """The value for ``key`` (marking it recently used), or ``default``."""
     def put(self, key: str, value: Any, size: int = 0, ttl: float | None = None) -> bool:
-        """Store ``value`` accounting ``size`` bytes; False when larger than ``max_bytes`` (not stored)."""
+        """Store ``value`` accounting ``size`` bytes; False when larger than ``max_bytes`` (not stored).
+
+        ``ttl`` seconds overrides the default; ``math.inf`` (or a TTL too large for the clock) never expires.
+        """
     def get_many(self, keys: Sequence[str], default: Any = None) -> list[Any]:
         """Values for many keys in one call; ``default`` where missing."""
     def put_many(self, items: Sequence[tuple[str, Any]]) -> None:
@@ -152,7 +155,10 @@ class RateLimiter:
     def time_to_ready(self, cost: float = 1.0) -> float:
         """Seconds until ``cost`` could be taken (0.0 if now); takes nothing."""
     def acquire(self, cost: float = 1.0, timeout: float | None = None) -> bool:
-        """Block (without the GIL) until ``cost`` is taken; False if ``timeout`` seconds pass first."""
+        """Block (without the GIL) until ``cost`` is taken; False if ``timeout`` seconds pass first.
+
+        ``None``, ``math.inf`` or a timeout over 100 years waits as long as it takes.
+        """
     @property
     def rate(self) -> float: ...
     @property
@@ -264,7 +270,10 @@ class EventSink:
     def emit_json(self, level: str, logger: str, name: str, fields: bytes) -> None:
         """Queue one event whose fields are a serialized JSON object (``orjson.dumps(dict)``)."""
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every event emitted so far is written and flushed; False if the writer did not answer."""
+        """Wait until every event emitted so far is written and flushed; False if the writer did not answer.
+
+        ``math.inf`` waits as long as it takes; NaN raises ``ValueError``.
+        """
     @property
     def written(self) -> int: ...
 
