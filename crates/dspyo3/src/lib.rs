@@ -5,8 +5,8 @@
 //! **optimized in Python** (`program.save("x.json")`: demos and instructions included), called from Rust:
 //!
 //! * sync [`Typed::call`] from any thread (the GIL is released while the LM request is in flight),
-//! * async [`Typed::acall`] awaited from tokio (DSPy's `acall` coroutine on one asyncio loop thread, bridged with
-//!   `pyo3-async-runtimes`), so thousands of concurrent calls need no thread each,
+//! * async [`Typed::acall`] awaited from tokio (DSPy's `acall` coroutine on one asyncio loop thread), so thousands
+//!   of concurrent calls need no thread each; dropping the future cancels the Python task and its LM request,
 //! * [`Typed::stream`]: output tokens as a `futures::Stream`, then the typed prediction,
 //! * one [`Error`] enum with DSPy's LM error classes (rate limit with retry-after, timeout, auth, context window,
 //!   parse failure with the raw LM text, Python exceptions with their traceback).

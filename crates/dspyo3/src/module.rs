@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyCFunction, PyDict, PyList, PyTuple};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -116,20 +116,22 @@ impl Module {
 
     /// Async call: DSPy's `acall` coroutine runs on the runtime's asyncio loop and is awaited from any async
     /// runtime (tokio included) without blocking a thread.
+    ///
+    /// Dropping the returned future before it finishes (a `tokio::time::timeout` that elapses, a `select!` that
+    /// picks another branch, an aborted task) cancels the Python task, and with it the in-flight LM request.
     pub async fn acall_json(&self, inputs: &str) -> Result<Vec<u8>> {
         let rt = runtime()?;
         crate::runtime::keep_thread_state();
-        let future = Python::attach(|py| -> Result<_> {
+        let task = Python::attach(|py| -> Result<_> {
             let settings = settings_for(py, self.settings.as_deref())?;
             let coroutine = self
                 .runner
                 .bind(py)
                 .call_method1(pyo3::intern!(py, "acall"), (settings, inputs))
                 .map_err(|e| Error::from_py_in(py, e))?;
-            pyo3_async_runtimes::into_future_with_locals(&rt.locals, coroutine).map_err(|e| Error::from_py_in(py, e))
+            PyTask::spawn(py, rt, coroutine).map_err(|e| Error::from_py_in(py, e))
         })?;
-        let out = future.await.map_err(Error::from_py)?;
-        Python::attach(|py| bytes_of(py, out.into_bound(py)))
+        task.await
     }
 
     /// Stream the call: output tokens as they arrive, status messages, then the final prediction.
@@ -160,6 +162,74 @@ impl Module {
     /// Typed stream.
     pub fn stream<I: Serialize + ?Sized, O: DeserializeOwned>(&self, input: &I) -> Result<PredictionStream<O>> {
         self.start_stream(&to_json(input)?)
+    }
+}
+
+/// A coroutine running on the runtime's asyncio loop, awaited from any async runtime; it resolves to the bytes
+/// the coroutine returned. Dropping it before it resolved cancels the asyncio task.
+struct PyTask {
+    /// The `concurrent.futures.Future` of `asyncio.run_coroutine_threadsafe`; `None` once resolved.
+    future: Option<Py<PyAny>>,
+    outcome: tokio::sync::oneshot::Receiver<Result<Vec<u8>>>,
+}
+
+impl PyTask {
+    fn spawn(py: Python<'_>, rt: &crate::runtime::Runtime, coroutine: Bound<'_, PyAny>) -> PyResult<PyTask> {
+        let (tx, outcome) = tokio::sync::oneshot::channel();
+        let tx = parking_lot::Mutex::new(Some(tx));
+        let future = py
+            .import("asyncio")?
+            .call_method1("run_coroutine_threadsafe", (coroutine, rt.locals.event_loop(py)))?;
+        // runs on the loop thread when the task ends (or at once, on this thread, if it already has)
+        let on_done = PyCFunction::new_closure(
+            py,
+            Some(c"dspyo3_acall_done"),
+            None,
+            move |args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
+                let py = args.py();
+                let future = args.get_item(0)?;
+                let result = if future.call_method0("cancelled")?.is_truthy()? {
+                    Err(Error::Cancelled)
+                } else {
+                    let exc = future.call_method0("exception")?;
+                    if exc.is_none() {
+                        bytes_of(py, future.call_method0("result")?)
+                    } else {
+                        Err(Error::from_py_in(py, PyErr::from_value(exc)))
+                    }
+                };
+                if let Some(tx) = tx.lock().take() {
+                    let _ = tx.send(result); // Err: the awaiting side was dropped; nothing to deliver to
+                }
+                Ok(())
+            },
+        )?;
+        future.call_method1("add_done_callback", (on_done,))?;
+        Ok(PyTask { future: Some(future.unbind()), outcome })
+    }
+}
+
+impl std::future::Future for PyTask {
+    type Output = Result<Vec<u8>>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let polled = std::pin::Pin::new(&mut self.outcome).poll(cx);
+        match polled {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(result) => {
+                self.future = None; // resolved: nothing to cancel
+                std::task::Poll::Ready(result.unwrap_or(Err(Error::Cancelled)))
+            }
+        }
+    }
+}
+
+impl Drop for PyTask {
+    fn drop(&mut self) {
+        if let Some(future) = self.future.take() {
+            // Cancelling the concurrent future cancels the asyncio task on the loop thread (a no-op once done).
+            let _ = Python::try_attach(|py| future.bind(py).call_method0("cancel").map(drop));
+        }
     }
 }
 
