@@ -314,6 +314,14 @@ impl PyTransport {
         self.client.url().to_string()
     }
 
+    /// The proxy requests go through (``http://host:port/``), or ``None`` for direct connections: taken from
+    /// ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` and ``NO_PROXY`` (or their lowercase forms) when the
+    /// transport was made; loopback endpoints are never proxied.
+    #[getter]
+    fn proxy(&self) -> Option<String> {
+        self.client.proxy().map(ToString::to_string)
+    }
+
     /// ``"openai"`` or ``"anthropic"``.
     #[getter]
     fn wire(&self) -> &'static str {

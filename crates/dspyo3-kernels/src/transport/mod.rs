@@ -8,8 +8,10 @@
 //! Provider errors are classified the way LM clients need them (rate limit with `Retry-After`, auth, context
 //! length, invalid request, server, timeout, connection, protocol), and answers are held to size limits
 //! ([`ClientOptions::max_event_bytes`], [`ClientOptions::max_response_bytes`]) so a runaway server cannot grow the
-//! client's memory without bound.
+//! client's memory without bound. Requests go through the proxy the `HTTP_PROXY` / `HTTPS_PROXY` / `NO_PROXY`
+//! variables name ([`proxy`]).
 
+pub mod proxy;
 pub mod sse;
 pub mod wire;
 
@@ -27,6 +29,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::Value;
 
+pub use proxy::{Proxy, ProxyConfig};
 pub use sse::{SseParser, StreamDecoder, StreamEvent, DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_RESPONSE_BYTES};
 pub use wire::{parse_completion, request_body, Choice, Completion, Usage, WireFormat};
 
@@ -279,6 +282,8 @@ pub struct ClientOptions {
     pub max_event_bytes: u64,
     /// Largest response body accepted (a whole stream, or a non-streamed answer), in bytes.
     pub max_response_bytes: u64,
+    /// The proxy settings (by default the `*_proxy` variables when the options were made; see [`proxy`]).
+    pub proxy: ProxyConfig,
 }
 
 impl fmt::Debug for ClientOptions {
@@ -291,13 +296,15 @@ impl fmt::Debug for ClientOptions {
             .field("retry", &self.retry)
             .field("max_event_bytes", &self.max_event_bytes)
             .field("max_response_bytes", &self.max_response_bytes)
+            .field("proxy", &self.proxy)
             .finish_non_exhaustive()
     }
 }
 
 impl ClientOptions {
     /// Options for `api_base` with the defaults: no key, OpenAI wire format, 600 s timeout, 10 s connect timeout,
-    /// 3 retries, HTTP/1.1 on plain http, 16 MiB per stream event and 128 MiB per response body.
+    /// 3 retries, HTTP/1.1 on plain http, 16 MiB per stream event, 128 MiB per response body, and the proxy
+    /// variables of the environment ([`ProxyConfig::from_env`]).
     pub fn new(api_base: impl Into<String>) -> ClientOptions {
         ClientOptions {
             api_base: api_base.into(),
@@ -311,6 +318,7 @@ impl ClientOptions {
             ca_certs_pem: None,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            proxy: ProxyConfig::from_env(),
         }
     }
 }
@@ -325,8 +333,9 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Its `Debug` output never shows the API key.
 #[derive(Clone)]
 pub struct LmClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<proxy::Connector>, Full<Bytes>>,
     url: Uri,
+    proxy: Option<Uri>,
     wire: WireFormat,
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
@@ -339,6 +348,7 @@ impl fmt::Debug for LmClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LmClient")
             .field("url", &self.url)
+            .field("proxy", &self.proxy)
             .field("wire", &self.wire)
             .field("timeout", &self.timeout)
             .field("retry", &self.retry)
@@ -432,6 +442,14 @@ impl LmClient {
             headers.retain(|(existing, _)| *existing != name); // a custom header replaces the default one
             headers.push((name.clone(), header_value(value, &format!("header {name}"), sensitive)?));
         }
+        let via = options.proxy.proxy_for(&url)?;
+        let https = url.scheme_str() == Some("https");
+        if let (Some(proxy), false) = (&via, https) {
+            // plain http through a forwarding proxy: its credentials go on every request
+            if let Some(auth) = &proxy.authorization {
+                headers.push((hyper::header::PROXY_AUTHORIZATION, auth.clone()));
+            }
+        }
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.enforce_http(false);
@@ -441,7 +459,7 @@ impl LmClient {
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(http);
+            .wrap_connector(proxy::Connector::new(http, via.as_ref(), https));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
@@ -451,6 +469,7 @@ impl LmClient {
         Ok(LmClient {
             client,
             url,
+            proxy: via.map(|p| p.uri),
             wire: options.wire,
             headers,
             timeout: options.timeout,
@@ -463,6 +482,11 @@ impl LmClient {
     /// The endpoint URL.
     pub fn url(&self) -> &Uri {
         &self.url
+    }
+
+    /// The proxy requests go through, if any.
+    pub fn proxy(&self) -> Option<&Uri> {
+        self.proxy.as_ref()
     }
 
     /// The wire format.

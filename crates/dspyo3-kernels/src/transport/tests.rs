@@ -317,12 +317,18 @@ fn backoff_is_jittered_and_bounded() {
 /// An HTTPS server with a fresh self-signed certificate for `localhost`, answering [`OK`] over HTTP/1.1 or
 /// HTTP/2 (whichever ALPN picks); returns its base URL, the certificate as PEM, and the versions it served.
 async fn serve_tls() -> (String, String, Arc<Mutex<Vec<hyper::Version>>>) {
+    serve_tls_as("localhost").await
+}
+
+/// [`serve_tls`] with a certificate for `name`, its base URL naming `name` (which only a proxy can resolve unless
+/// it is `localhost`).
+async fn serve_tls_as(name: &str) -> (String, String, Arc<Mutex<Vec<hyper::Version>>>) {
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     use hyper_util::server::conn::auto;
     use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
     let pem = cert.cert.pem();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
@@ -352,7 +358,7 @@ async fn serve_tls() -> (String, String, Arc<Mutex<Vec<hyper::Version>>>) {
             });
         }
     });
-    (format!("https://localhost:{port}/v1"), pem, versions)
+    (format!("https://{name}:{port}/v1"), pem, versions)
 }
 
 #[tokio::test]
@@ -425,4 +431,110 @@ async fn an_oversized_stream_event_ends_the_stream() {
     let mut zero = ClientOptions::new(&server.base);
     zero.max_event_bytes = 0;
     assert_eq!(LmClient::new(&zero).unwrap_err().kind(), "config");
+}
+
+/// A forwarding proxy on loopback that resolves every host to 127.0.0.1: `CONNECT host:port` opens a tunnel to
+/// `127.0.0.1:port`, an absolute-form request is passed on to `127.0.0.1:port` as it came. Returns its
+/// `http://` URL and the request heads it received.
+async fn serve_proxy() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else { return };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let head_end = loop {
+                    let n = client.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                seen.lock().unwrap().push(head.clone());
+                let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                let authority = target.strip_prefix("http://").unwrap_or(&target).split('/').next().unwrap_or("").to_string();
+                let port = authority.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(80);
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return };
+                if head.starts_with("CONNECT ") {
+                    let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+                    let _ = client.write_all(&buf[head_end..]).await;
+                } else {
+                    let _ = upstream.write_all(&buf).await;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (format!("http://{addr}"), heads)
+}
+
+#[tokio::test]
+async fn plain_http_goes_through_the_proxy_in_absolute_form() {
+    let (proxy, heads) = serve_proxy().await;
+    let server = serve(vec![(http("200 OK", "", OK), Duration::ZERO)]).await;
+    let port = server.base.rsplit(':').next().unwrap().trim_end_matches("/v1").to_string();
+    let mut via = options(&format!("http://llm.test:{port}/v1"), 0);
+    via.proxy = ProxyConfig { http: Some(proxy.replace("http://", "http://joe:s%3Acret@")), ..ProxyConfig::none() };
+    let client = LmClient::new(&via).unwrap();
+    assert_eq!(client.proxy().map(|p| p.to_string()), Some(format!("{proxy}/")));
+    let out = client.complete(body(WireFormat::OpenAi, false)).await.unwrap();
+    assert_eq!(out.choices[0].content.as_deref(), Some("Paris"));
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1);
+    assert!(heads[0].starts_with(&format!("POST http://llm.test:{port}/v1/chat/completions HTTP/1.1\r\n")), "{}", heads[0]);
+    // base64("joe:s:cret")
+    assert!(heads[0].contains("proxy-authorization: Basic am9lOnM6Y3JldA==\r\n"), "{}", heads[0]);
+    assert!(format!("{client:?}").contains("proxy"));
+}
+
+#[tokio::test]
+async fn https_goes_through_a_connect_tunnel_and_no_proxy_bypasses_it() {
+    let (proxy, heads) = serve_proxy().await;
+    let (base, pem, versions) = serve_tls_as("llm.test").await;
+    let mut via = options(&base, 0);
+    via.ca_certs_pem = Some(pem.into_bytes());
+    via.proxy = ProxyConfig { https: Some(proxy.clone()), no_proxy: Some("other.test".into()), ..ProxyConfig::none() };
+    let out = LmClient::new(&via).unwrap().complete(body(WireFormat::OpenAi, false)).await.unwrap();
+    assert_eq!(out.choices[0].content.as_deref(), Some("Paris"));
+    let port = base.rsplit(':').next().unwrap().trim_end_matches("/v1").to_string();
+    assert_eq!(heads.lock().unwrap().len(), 1);
+    assert!(heads.lock().unwrap()[0].starts_with(&format!("CONNECT llm.test:{port} HTTP/1.1\r\n")));
+    assert_eq!(versions.lock().unwrap().len(), 1, "TLS ran end to end through the tunnel");
+    // NO_PROXY names the host: a direct connection, which cannot resolve llm.test
+    via.proxy.no_proxy = Some("example.com, .test".into());
+    let client = LmClient::new(&via).unwrap();
+    assert_eq!(client.proxy(), None);
+    let err = client.complete(body(WireFormat::OpenAi, false)).await.unwrap_err();
+    assert_eq!(err.kind(), "connect");
+    assert_eq!(heads.lock().unwrap().len(), 1, "the bypassed request never reached the proxy");
+}
+
+#[tokio::test]
+async fn a_proxy_refusing_the_tunnel_is_a_connect_error() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut chunk = [0u8; 4096];
+            let _ = socket.read(&mut chunk).await;
+            let _ = socket.write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n").await;
+        }
+    });
+    let mut via = options("https://api.example.com/v1", 0);
+    via.proxy = ProxyConfig { https: Some(format!("http://{addr}")), ..ProxyConfig::none() };
+    let err = LmClient::new(&via).unwrap().complete(body(WireFormat::OpenAi, false)).await.unwrap_err();
+    assert_eq!(err.kind(), "connect");
+    assert!(err.to_string().contains("proxy"), "{err}");
+    let mut bad = options("https://api.example.com/v1", 0);
+    bad.proxy = ProxyConfig { https: Some("socks5://p:1080".into()), ..ProxyConfig::none() };
+    assert_eq!(LmClient::new(&bad).unwrap_err().kind(), "config");
 }
