@@ -150,3 +150,20 @@ def test_acquire_async_keeps_the_rate_when_waiters_wake_late() -> None:
     # each waiter reserved its slot before sleeping, so one that wakes late does not push the others' slots back
     assert reserved_up_front == 100
     assert elapsed >= 99 / rate * 0.98  # never faster than the rate
+
+
+@pytest.mark.parametrize("rate", [1e-300, 1e-30])
+def test_absurdly_low_rates_grant_the_burst_once(rate: float) -> None:
+    limiter = native.RateLimiter(rate, burst=1)
+    assert [limiter.try_acquire() for _ in range(5)] == [True, False, False, False, False]
+    assert limiter.acquired == 1
+    with pytest.raises(ValueError, match="beyond the clock's range"):
+        limiter.reserve()
+
+
+def test_low_rate_reservations_fall_due_in_order() -> None:
+    limiter = native.RateLimiter(1e-10)  # one per 1e10 s
+    waits = [limiter.reserve() for _ in range(4)]
+    assert waits[0] == 0.0
+    for i, wait in enumerate(waits[1:], start=1):
+        assert wait == pytest.approx(1e10 * i, rel=1e-6)

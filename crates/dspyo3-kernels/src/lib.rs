@@ -8,7 +8,7 @@
 //!   and a versioned on-disk format written atomically ([`atomic`]).
 //! * [`fusion`]: reciprocal-rank and normalised weighted-score fusion.
 //! * [`lru`]: an LRU cache with TTL and byte accounting.
-//! * [`ratelimit`]: a GCRA rate limiter over atomics.
+//! * [`ratelimit`]: a GCRA rate limiter with checked fixed-point time.
 //! * [`unescape`]: HTML character references decoded as Python's `html.unescape` does, in one linear pass.
 //! * `transport` (feature `transport`): an LM HTTP client (OpenAI chat completions and Anthropic messages; HTTP/1.1, HTTP/2, TLS, SSE streaming, retries) on tokio + hyper.
 
