@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -266,3 +267,61 @@ def test_tokenizer() -> None:
         native.Tokenizer(min_token_len=0)
     with pytest.raises(ValueError, match='unknown stopword list "german"'):
         native.Tokenizer(stopwords="german")
+
+
+READ_METHODS: dict[str, Callable[[native.BM25], object]] = {
+    "len": len,
+    "contains": lambda index: "doc-7" in index,
+    "ids": lambda index: index.ids(),
+    "tokenize": lambda index: index.tokenize("running cats"),
+    "vocabulary_size": lambda index: index.vocabulary_size,
+    "params": lambda index: index.params,
+    "repr": repr,
+}
+
+
+@pytest.mark.parametrize("method", sorted(READ_METHODS))
+def test_reads_during_a_large_add_do_not_hold_the_gil(method: str) -> None:
+    # A reader calls `method` in a loop while another thread runs a large add(); a third thread ticks. A read
+    # that waits for the index lock with the GIL held freezes every Python thread until add() returns, so the
+    # ticker would not tick between add() starting and returning.
+    read = READ_METHODS[method]
+    index = native.BM25()
+    count = 50_000
+    ids = [f"doc-{i}" for i in range(count)]
+    texts = [f"document {i} about cats and dogs running through the forest number {i % 97}" for i in range(count)]
+    ticks = 0
+    stop = threading.Event()
+    reader_running = threading.Event()
+    window: list[int] = []
+
+    def ticker() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            time.sleep(0.001)
+
+    def reader() -> None:
+        while not stop.is_set():
+            read(index)
+            reader_running.set()
+
+    def writer() -> None:
+        assert reader_running.wait(30)
+        window.append(ticks)
+        index.add(ids, texts)
+        window.append(ticks)
+
+    threads = [threading.Thread(target=ticker), threading.Thread(target=reader)]
+    for thread in threads:
+        thread.start()
+    try:
+        writing = threading.Thread(target=writer)
+        writing.start()
+        writing.join()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert len(window) == 2 and len(index) == count
+    assert window[1] - window[0] >= 5, f"the ticker ticked {window[1] - window[0]} times while add() ran"

@@ -17,7 +17,7 @@ use dspyo3_kernels::lru::SharedLru;
 use dspyo3_kernels::ratelimit;
 use dspyo3_kernels::tokenizer::{self, TokenizerConfig, ENGLISH_STOPWORDS};
 use dspyo3_kernels::KernelError;
-use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
@@ -130,10 +130,32 @@ struct IdCache {
     ids: Vec<Py<PyString>>,
 }
 
+/// Lock `lock` for reading, waiting (if it is write-locked) without the GIL, so that a long `add()` on another
+/// thread stalls neither other Python threads nor the caller's interpreter.
+fn read_released<'a, T: Send + Sync>(py: Python<'_>, lock: &'a RwLock<T>) -> RwLockReadGuard<'a, T> {
+    loop {
+        if let Some(guard) = lock.try_read() {
+            return guard;
+        }
+        py.detach(|| drop(lock.read()));
+    }
+}
+
+/// Lock `lock`, waiting (if it is held) without the GIL.
+fn lock_released<'a, T: Send>(py: Python<'_>, lock: &'a Mutex<T>) -> MutexGuard<'a, T> {
+    loop {
+        if let Some(guard) = lock.try_lock() {
+            return guard;
+        }
+        py.detach(|| drop(lock.lock()));
+    }
+}
+
 /// A BM25 index with add / update / delete by id, filtered and batch search, and atomic save / load.
 ///
-/// Locking: writers take the index lock only inside `py.detach` (never holding the GIL while waiting), so
-/// readers that hold the GIL cannot deadlock with them.
+/// Locking: no lock is ever waited for with the GIL held. Writers and searches take the index lock inside
+/// `py.detach`; the read methods (`len`, `in`, `ids`, `tokenize`, ...) try the lock with the GIL and, if a
+/// writer holds it, wait for it with the GIL released ([`read_released`]).
 #[pyclass(frozen, name = "BM25", module = "dspyo3_native")]
 struct PyBm25 {
     inner: RwLock<Bm25Index>,
@@ -157,10 +179,10 @@ impl PyBm25 {
 
     /// Hits as `[(id, score), ...]` lists, reusing cached id strings; `None` if the layout changed meanwhile.
     fn to_python<'py>(&self, py: Python<'py>, batches: &[Hits], layout: u64) -> PyResult<Option<Vec<Bound<'py, PyList>>>> {
-        let mut cache = self.ids.lock();
+        let mut cache = lock_released(py, &self.ids);
         let needed = batches.iter().flatten().map(|&(slot, _)| slot as usize + 1).max().unwrap_or(0);
         if cache.layout != layout || cache.ids.len() < needed {
-            let index = self.inner.read();
+            let index = read_released(py, &self.inner);
             if index.layout_generation() != layout {
                 return Ok(None);
             }
@@ -298,8 +320,8 @@ impl PyBm25 {
     }
 
     /// Tokens a text (or query) becomes under this index's tokenizer.
-    fn tokenize(&self, text: &str) -> Vec<String> {
-        self.inner.read().tokenize_query(text)
+    fn tokenize(&self, py: Python<'_>, text: &str) -> Vec<String> {
+        read_released(py, &self.inner).tokenize_query(text)
     }
 
     /// Write the index to `path` atomically (a crash mid-save leaves the previous file intact).
@@ -320,20 +342,20 @@ impl PyBm25 {
     }
 
     /// Ids of live documents, in insertion order.
-    fn ids(&self) -> Vec<String> {
-        self.inner.read().ids()
+    fn ids(&self, py: Python<'_>) -> Vec<String> {
+        read_released(py, &self.inner).ids()
     }
 
     /// Distinct terms in live documents.
     #[getter]
-    fn vocabulary_size(&self) -> usize {
-        self.inner.read().vocabulary_size()
+    fn vocabulary_size(&self, py: Python<'_>) -> usize {
+        read_released(py, &self.inner).vocabulary_size()
     }
 
     /// Scoring parameters: `{"variant", "k1", "b", "delta"}`.
     #[getter]
     fn params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let params = self.inner.read().params();
+        let params = read_released(py, &self.inner).params();
         let out = PyDict::new(py);
         out.set_item("variant", params.variant.name())?;
         out.set_item("k1", params.k1)?;
@@ -342,16 +364,16 @@ impl PyBm25 {
         Ok(out)
     }
 
-    fn __len__(&self) -> usize {
-        self.inner.read().len()
+    fn __len__(&self, py: Python<'_>) -> usize {
+        read_released(py, &self.inner).len()
     }
 
-    fn __contains__(&self, id: &str) -> bool {
-        self.inner.read().contains(id)
+    fn __contains__(&self, py: Python<'_>, id: &str) -> bool {
+        read_released(py, &self.inner).contains(id)
     }
 
-    fn __repr__(&self) -> String {
-        let index = self.inner.read();
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let index = read_released(py, &self.inner);
         format!("BM25(variant={:?}, documents={})", index.params().variant.name(), index.len())
     }
 }
@@ -589,7 +611,8 @@ impl PyLru {
     }
 }
 
-/// GCRA rate limiter: `rate` units of cost per `per` seconds, bursts up to `burst`; lock-free.
+/// GCRA rate limiter: `rate` units of cost per `per` seconds, bursts up to `burst`; thread-safe, never blocks
+/// except in `acquire`.
 #[pyclass(frozen, name = "RateLimiter", module = "dspyo3_native")]
 struct PyRateLimiter {
     inner: ratelimit::RateLimiter,

@@ -143,7 +143,7 @@ class LRUCache:
     def __len__(self) -> int: ...
 
 class RateLimiter:
-    """GCRA rate limiter: ``rate`` units of cost per ``per`` seconds, bursts up to ``burst``; lock-free."""
+    """GCRA rate limiter: ``rate`` units of cost per ``per`` seconds, bursts up to ``burst``; thread-safe."""
 
     def __init__(self, rate: float, per: float = 1.0, burst: float = 1.0) -> None: ...
     def try_acquire(self, cost: float = 1.0) -> bool:
