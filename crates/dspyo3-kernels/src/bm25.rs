@@ -1056,4 +1056,92 @@ mod tests {
         assert!(Bm25Index::load(&path).unwrap_err().to_string().contains("format 9"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const WORDS: &[&str] = &["cat", "dog", "fox", "quick", "lazy", "brown", "jumps", "über", "naïve", "x"];
+
+        fn seed_payload() -> Vec<u8> {
+            let mut index = index(Variant::Bm25Plus);
+            index.delete(&ids(&["b"]));
+            index.encode()
+        }
+
+        fn docs() -> impl Strategy<Value = Vec<(String, String)>> {
+            proptest::collection::vec(
+                (0u16..500, proptest::collection::vec(proptest::sample::select(WORDS), 0..12)),
+                0..40,
+            )
+            .prop_map(|docs| {
+                let mut seen = std::collections::HashSet::new();
+                docs.into_iter()
+                    .filter(|(id, _)| seen.insert(*id))
+                    .map(|(id, words)| (format!("doc-{id}"), words.join(" ")))
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// Arbitrary bytes decode to an index or a format error, never a panic.
+            #[test]
+            fn arbitrary_payloads_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+                let _ = Bm25Index::decode(&bytes);
+            }
+
+            /// A real payload with bytes overwritten, inserted or cut decodes or fails cleanly.
+            #[test]
+            fn damaged_payloads_never_panic(
+                edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..8),
+                cut in any::<prop::sample::Index>(),
+                truncate in any::<bool>(),
+            ) {
+                let mut bytes = seed_payload();
+                for (at, byte, kind) in edits {
+                    let i = at.index(bytes.len());
+                    match kind {
+                        0 => bytes[i] = byte,
+                        1 => bytes.insert(i, byte),
+                        _ => bytes[i] ^= 1 << (byte % 8),
+                    }
+                }
+                if truncate {
+                    bytes.truncate(cut.index(bytes.len() + 1));
+                }
+                let _ = Bm25Index::decode(&bytes);
+            }
+
+            /// Whatever the documents, parameters and deletions, a saved index loads back with the same
+            /// documents, vocabulary and scores.
+            #[test]
+            fn saved_indexes_round_trip(
+                docs in docs(),
+                deleted in proptest::collection::vec(any::<prop::sample::Index>(), 0..5),
+                variant in proptest::sample::select(vec![Variant::Lucene, Variant::Robertson, Variant::Atire, Variant::Bm25L, Variant::Bm25Plus]),
+                k1 in 0.0f32..3.0,
+                b in 0.0f32..=1.0,
+            ) {
+                let params = Bm25Params { variant, k1, b, ..Bm25Params::default() };
+                let mut index = Bm25Index::new(plain(), params).unwrap();
+                let (names, texts): (Vec<String>, Vec<String>) = docs.into_iter().unzip();
+                index.add(&names, &texts).unwrap();
+                if !names.is_empty() {
+                    let gone: Vec<String> = deleted.iter().map(|i| names[i.index(names.len())].clone()).collect();
+                    index.delete(&gone);
+                }
+                index.prepare();
+                let loaded = Bm25Index::decode(&index.encode()).unwrap();
+                prop_assert_eq!(loaded.ids(), index.ids());
+                prop_assert_eq!(loaded.len(), index.len());
+                prop_assert_eq!(loaded.vocabulary_size(), index.vocabulary_size());
+                prop_assert_eq!(loaded.params(), index.params());
+                for query in ["cat", "quick brown fox", "über naïve x", "absent"] {
+                    prop_assert_eq!(loaded.search(query, 50, None), index.search(query, 50, None));
+                }
+            }
+        }
+    }
 }

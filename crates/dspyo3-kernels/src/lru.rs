@@ -327,4 +327,80 @@ mod tests {
         assert_eq!(c.remove("a"), Some(2));
         assert_eq!(c.bytes(), 0);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Get(u8),
+            Put(u8, usize),
+            Remove(u8),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0u8..16).prop_map(Op::Get),
+                (0u8..16, prop_oneof![3 => 0usize..40, 1 => 0usize..200]).prop_map(|(k, b)| Op::Put(k, b)),
+                (0u8..16).prop_map(Op::Remove),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+
+            /// Entry and byte limits always hold, byte accounting matches the entries held, the key list and
+            /// the length agree, every value comes back out exactly once, and a value just put (when it fits)
+            /// is what `get` returns.
+            #[test]
+            fn limits_hold_and_puts_are_readable(
+                max_entries in 1usize..8,
+                max_bytes in proptest::option::of(1usize..100),
+                ops in proptest::collection::vec(op(), 0..120),
+            ) {
+                let mut cache: LruCache<(u8, u32)> = LruCache::new(max_entries, max_bytes, None).unwrap();
+                let mut sizes: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+                let mut returned = 0u64;
+                let mut inserted = 0u64;
+                for (n, op) in ops.into_iter().enumerate() {
+                    let n = n as u32;
+                    match op {
+                        Op::Get(k) => {
+                            let (value, expired) = cache.get_with(&k.to_string(), |v| *v);
+                            prop_assert!(expired.is_none());
+                            if let Some((key, _)) = value {
+                                prop_assert_eq!(key, k);
+                            }
+                        }
+                        Op::Put(k, bytes) => {
+                            inserted += 1;
+                            let out = cache.insert(k.to_string(), (k, n), bytes, None);
+                            returned += out.len() as u64;
+                            let fits = max_bytes.map_or(true, |max| bytes <= max);
+                            if fits {
+                                sizes.insert(k.to_string(), bytes);
+                                prop_assert_eq!(cache.get_with(&k.to_string(), |v| *v).0, Some((k, n)));
+                                prop_assert_eq!(cache.keys().first().cloned(), Some(k.to_string()));
+                            } else {
+                                prop_assert_eq!(out.last().copied(), Some((k, n)));
+                            }
+                        }
+                        Op::Remove(k) => {
+                            returned += cache.remove(&k.to_string()).is_some() as u64;
+                        }
+                    }
+                    prop_assert!(cache.len() <= max_entries);
+                    if let Some(max) = max_bytes {
+                        prop_assert!(cache.bytes() <= max, "{} > {max}", cache.bytes());
+                    }
+                    let keys = cache.keys();
+                    prop_assert_eq!(keys.len(), cache.len());
+                    let accounted: usize = keys.iter().map(|k| sizes[k]).sum();
+                    prop_assert_eq!(accounted, cache.bytes());
+                    prop_assert_eq!(inserted, returned + cache.len() as u64);
+                }
+            }
+        }
+    }
 }
