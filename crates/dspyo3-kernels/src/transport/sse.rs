@@ -518,3 +518,253 @@ id: 7\nretry: 10\ndata: \n\n\n\ndata: x\r\n\r\ndata: last without blank line";
         assert!(error.to_string().contains("max_response_bytes"), "{error}");
     }
 }
+
+/// Properties of the SSE parser and the stream decoders over generated streams, splits and bytes.
+#[cfg(test)]
+mod properties {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    /// Cut `raw` at `cuts` (positions taken modulo its length) and feed the pieces.
+    fn pieces(raw: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| if raw.is_empty() { 0 } else { c % (raw.len() + 1) }).collect();
+        at.push(0);
+        at.push(raw.len());
+        at.sort_unstable();
+        at.windows(2).map(|w| raw[w[0]..w[1]].to_vec()).collect()
+    }
+
+    fn payloads(parser: &mut SseParser, chunks: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, TransportError> {
+        let mut out = Vec::new();
+        for chunk in chunks {
+            out.extend(parser.feed(chunk)?);
+        }
+        out.extend(parser.finish());
+        Ok(out)
+    }
+
+    fn decode(wire: WireFormat, chunks: &[Vec<u8>]) -> Result<Vec<StreamEvent>, TransportError> {
+        let mut parser = SseParser::default();
+        let mut decoder = StreamDecoder::new(wire);
+        for data in payloads(&mut parser, chunks)? {
+            decoder.push(&data)?;
+        }
+        decoder.close()?;
+        Ok(decoder.events.into_iter().collect())
+    }
+
+    /// A line's text: anything but CR and LF.
+    fn line_text() -> impl Strategy<Value = String> {
+        "[^\r\n]{0,40}"
+    }
+
+    /// One SSE event: its extra lines (comments, `event:`, `id:`), its `data:` lines, and the line ending used.
+    fn event() -> impl Strategy<Value = (Vec<String>, Vec<String>, bool)> {
+        let other = prop_oneof![
+            line_text().prop_map(|t| format!(":{t}")),
+            "[a-z_]{1,12}".prop_map(|t| format!("event: {t}")),
+            "[0-9]{1,6}".prop_map(|t| format!("id: {t}")),
+        ];
+        (vec(other, 0..3), vec(line_text(), 1..4), any::<bool>())
+    }
+
+    fn sse_stream(events: &[(Vec<String>, Vec<String>, bool)]) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let mut raw = String::new();
+        let mut expected = Vec::new();
+        for (others, data, crlf) in events {
+            let eol = if *crlf { "\r\n" } else { "\n" };
+            for line in others {
+                raw.push_str(line);
+                raw.push_str(eol);
+            }
+            for line in data {
+                raw.push_str("data: ");
+                raw.push_str(line);
+                raw.push_str(eol);
+            }
+            raw.push_str(eol);
+            // one leading space after `data:` is dropped (the one written above)
+            expected.push(data.join("\n").into_bytes());
+        }
+        (raw.into_bytes(), expected)
+    }
+
+    fn openai_stream(texts: &[String], tool_args: &[String]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        let mut push = |value: serde_json::Value| raw.extend_from_slice(format!("data: {value}\n\n").as_bytes());
+        push(json!({"id": "c1", "model": "m", "choices": [{"delta": {"role": "assistant"}}]}));
+        for text in texts {
+            push(json!({"choices": [{"delta": {"content": text}}]}));
+        }
+        for (i, args) in tool_args.iter().enumerate() {
+            push(json!({"choices": [{"delta": {"tool_calls": [{"index": i, "id": format!("t{i}"), "function": {"name": "f", "arguments": args}}]}}]}));
+        }
+        push(json!({"choices": [{"delta": {}, "finish_reason": "stop"}]}));
+        push(json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": texts.len(), "total_tokens": 3 + texts.len()}}));
+        raw.extend_from_slice(b"data: [DONE]\n\n");
+        raw
+    }
+
+    fn anthropic_stream(texts: &[String]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        let mut push = |kind: &str, value: serde_json::Value| {
+            raw.extend_from_slice(format!("event: {kind}\r\ndata: {value}\r\n\r\n").as_bytes())
+        };
+        push("message_start", json!({"type": "message_start", "message": {"id": "msg", "model": "claude", "usage": {"input_tokens": 4}}}));
+        for text in texts {
+            push("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}));
+            push("ping", json!({"type": "ping"}));
+        }
+        push("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}}));
+        push("message_stop", json!({"type": "message_stop"}));
+        raw
+    }
+
+    /// Arbitrary JSON values, a few levels deep.
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
+            prop_oneof![Just("choices".to_string()), Just("type".to_string()), Just("message_stop".to_string()), "[a-z_]{0,12}"]
+                .prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            let key = prop_oneof![
+                Just("choices"), Just("delta"), Just("message"), Just("usage"), Just("type"), Just("error"), Just("content"),
+                Just("tool_calls"), Just("index"), Just("content_block"), Just("prompt_tokens"), Just("input_tokens"),
+                Just("output_tokens"), Just("finish_reason"), Just("stop_reason"), Just("text"), Just("function"),
+            ];
+            prop_oneof![
+                vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                vec((key, inner), 0..5)
+                    .prop_map(|pairs| serde_json::Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_split_of_a_valid_stream_gives_the_events_of_one_piece(
+            events in vec(event(), 0..8),
+            cuts in vec(any::<usize>(), 0..12),
+        ) {
+            let (raw, expected) = sse_stream(&events);
+            let whole = payloads(&mut SseParser::default(), std::slice::from_ref(&raw)).unwrap();
+            prop_assert_eq!(&whole, &expected);
+            let split = payloads(&mut SseParser::default(), &pieces(&raw, &cuts)).unwrap();
+            prop_assert_eq!(split, expected);
+        }
+
+        #[test]
+        fn any_split_of_an_openai_stream_decodes_the_same(
+            texts in vec("[^\u{0}]{1,20}", 0..6),
+            tool_args in vec("[ -~]{0,20}", 0..3),
+            cuts in vec(any::<usize>(), 0..12),
+        ) {
+            let raw = openai_stream(&texts, &tool_args);
+            let whole = decode(WireFormat::OpenAi, std::slice::from_ref(&raw)).unwrap();
+            prop_assert_eq!(whole.len(), texts.len() + tool_args.len() + 2);
+            let text: String = whole.iter().filter_map(|e| match e { StreamEvent::Text(t) => Some(t.as_str()), _ => None }).collect();
+            prop_assert_eq!(text, texts.concat());
+            let usage = Usage::new(3, texts.len() as u64, Some(3 + texts.len() as u64));
+            prop_assert_eq!(whole.last(), Some(&StreamEvent::End { finish_reason: Some("stop".into()), usage }));
+            prop_assert_eq!(decode(WireFormat::OpenAi, &pieces(&raw, &cuts)).unwrap(), whole);
+        }
+
+        #[test]
+        fn any_split_of_an_anthropic_stream_decodes_the_same(
+            texts in vec("[^\u{0}]{1,20}", 0..6),
+            cuts in vec(any::<usize>(), 0..12),
+        ) {
+            let raw = anthropic_stream(&texts);
+            let whole = decode(WireFormat::Anthropic, std::slice::from_ref(&raw)).unwrap();
+            let expected_texts: Vec<StreamEvent> = texts.iter().cloned().map(StreamEvent::Text).collect();
+            prop_assert_eq!(&whole[1..whole.len() - 1], expected_texts.as_slice());
+            prop_assert_eq!(decode(WireFormat::Anthropic, &pieces(&raw, &cuts)).unwrap(), whole);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            chunks in vec(vec(any::<u8>(), 0..200), 0..8),
+            max_event in 1u64..512,
+            max_response in 1u64..2048,
+        ) {
+            for wire in [WireFormat::OpenAi, WireFormat::Anthropic] {
+                let mut parser = SseParser::with_limits(max_event, max_response);
+                let mut decoder = StreamDecoder::new(wire);
+                for chunk in &chunks {
+                    match parser.feed(chunk) {
+                        Ok(found) => {
+                            for data in found {
+                                let _ = decoder.push(&data);
+                            }
+                        }
+                        Err(error) => {
+                            prop_assert_eq!(error.kind(), "too_large");
+                            break;
+                        }
+                    }
+                }
+                let _ = parser.finish();
+                let _ = decoder.close();
+                let raw: Vec<u8> = chunks.concat();
+                let _ = decoder.push(&raw);
+                let _ = super::super::wire::parse_completion(wire, &raw);
+            }
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics_the_decoders_or_the_answer_parsers(values in vec(json_value(), 1..6)) {
+            for wire in [WireFormat::OpenAi, WireFormat::Anthropic] {
+                let mut decoder = StreamDecoder::new(wire);
+                for value in &values {
+                    let bytes = serde_json::to_vec(value).unwrap();
+                    let _ = decoder.push(&bytes);
+                    let _ = super::super::wire::parse_completion(wire, &bytes);
+                }
+                let _ = decoder.close();
+            }
+        }
+
+        #[test]
+        fn an_event_over_the_limit_is_refused_and_one_under_it_is_delivered(
+            max_event in 16u64..4096,
+            extra in 1u64..512,
+            cuts in vec(any::<usize>(), 0..12),
+        ) {
+            let over = [b"data: ".to_vec(), vec![b'z'; (max_event + extra) as usize], b"\n\n".to_vec()].concat();
+            let mut parser = SseParser::with_limits(max_event, u64::MAX);
+            let error = payloads(&mut parser, &pieces(&over, &cuts)).unwrap_err();
+            prop_assert_eq!(error, TransportError::TooLarge { what: "a stream event", limit: max_event, setting: "max_event_bytes" });
+            // the `data: ` prefix and the blank line count while the line is unfinished
+            let fits = (max_event - 8) as usize;
+            let under = [b"data: ".to_vec(), vec![b'z'; fits], b"\n\n".to_vec()].concat();
+            let mut parser = SseParser::with_limits(max_event, u64::MAX);
+            prop_assert_eq!(payloads(&mut parser, &pieces(&under, &cuts)).unwrap(), vec![vec![b'z'; fits]]);
+        }
+
+        #[test]
+        fn a_stream_over_the_response_limit_is_refused(
+            max_response in 64u64..8192,
+            cuts in vec(any::<usize>(), 0..12),
+        ) {
+            let event = b"data: {}\n\n";
+            let count = max_response as usize / event.len() + 1;
+            let raw = event.repeat(count);
+            let mut parser = SseParser::with_limits(64, max_response);
+            let error = payloads(&mut parser, &pieces(&raw, &cuts)).unwrap_err();
+            prop_assert_eq!(error, TransportError::TooLarge { what: "the response body", limit: max_response, setting: "max_response_bytes" });
+            let fits = event.repeat(max_response as usize / event.len());
+            let mut parser = SseParser::with_limits(64, max_response);
+            prop_assert_eq!(payloads(&mut parser, &pieces(&fits, &cuts)).unwrap().len(), max_response as usize / event.len());
+        }
+    }
+}
