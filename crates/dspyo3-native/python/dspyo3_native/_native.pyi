@@ -219,6 +219,10 @@ class LMTransport:
     @property
     def url(self) -> str: ...
     @property
+    def proxy(self) -> str | None:
+        """The proxy in use (from ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` and ``NO_PROXY`` when the transport
+        was made), or ``None`` for direct connections."""
+    @property
     def wire(self) -> str: ...
     def request_body(
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None, stream: bool = False
