@@ -124,8 +124,9 @@ def build_and_run(tmp_path: Path, manifest: str, name: str, offline: bool) -> No
 @pytest.mark.skipif(shutil.which("cargo") is None, reason="needs cargo (rustup) on PATH")
 def test_readme_manifest_builds_and_runs_outside_the_workspace(tmp_path: Path) -> None:
     # the README's path dependency, pointed at this checkout
-    manifest, n = re.subn(r'^dspyo3 = \{ path = "[^"]*" \}$',
-                          f'dspyo3 = {{ path = "{CRATES / "dspyo3"}" }}', readme_block("toml"), flags=re.M)
+    manifest, n = re.subn(r'^dspyo3 = \{ path = "[^"]*"((?:, [^}]*)?) \}$',
+                          lambda m: f'dspyo3 = {{ path = "{CRATES / "dspyo3"}"{m.group(1)} }}', readme_block("toml"),
+                          flags=re.M)
     assert n == 1, manifest
     build_and_run(tmp_path, manifest, "my-app", offline=True)
 
@@ -146,6 +147,6 @@ def test_readme_manifest_builds_with_the_crate_as_a_git_dependency(tmp_path: Pat
     git_line = re.search(r'^# or: (dspyo3 = \{ git = "[^"]*"(?:, [^}]*)? \})$', manifest, flags=re.M)
     assert git_line, f"no '# or: dspyo3 = {{ git = ... }}' line in the README's Cargo.toml:\n{manifest}"
     dependency = re.sub(r'git = "[^"]*"', f'git = "{repo.as_uri()}"', git_line.group(1))
-    manifest, n = re.subn(r'^dspyo3 = \{ path = "[^"]*" \}$', dependency, manifest, flags=re.M)
+    manifest, n = re.subn(r'^dspyo3 = \{ path = "[^"]*"(?:, [^}]*)? \}$', lambda _: dependency, manifest, flags=re.M)
     assert n == 1, manifest
     build_and_run(tmp_path, manifest, "my-app-git", offline=False)

@@ -427,6 +427,16 @@ def _classify(exc: BaseException) -> str | None:
     return None
 
 
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status an LM error carries (LiteLLM / OpenAI ``status_code``, lm15 ``status``, an httpx
+    ``response.status_code``), or None."""
+    for value in (getattr(exc, "status_code", None), getattr(exc, "status", None),
+                  getattr(getattr(exc, "response", None), "status_code", None)):
+        if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+            return value
+    return None
+
+
 def describe_error(exc: BaseException, tb: Any = None) -> dict[str, Any]:
     """Classify an exception for the Rust ``Error`` enum.
 
@@ -447,6 +457,7 @@ def describe_error(exc: BaseException, tb: Any = None) -> dict[str, Any]:
         follow_context = _from_lm_library(current) and not current.__suppress_context__
         current = current.__cause__ or (current.__context__ if follow_context else None)
     retry_after = getattr(found, "retry_after", None)
+    status = _http_status(found)
     retryable = None
     try:
         retryable = bool(dspy.is_retryable_lm_error(found))  # type: ignore[attr-defined]
@@ -457,6 +468,7 @@ def describe_error(exc: BaseException, tb: Any = None) -> dict[str, Any]:
         "type": f"{type(found).__module__}.{type(found).__qualname__}",
         "message": _redact(str(found) or type(found).__name__),
         "retry_after": float(retry_after) if isinstance(retry_after, (int, float)) else None,
+        "status": status if kind != "python" else None,
         "raw": _redact(getattr(found, "lm_response", None)) if kind == "parse" else None,
         "retryable": retryable,
         "traceback": _redact("".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))),

@@ -50,12 +50,17 @@ mod module;
 mod native;
 mod runtime;
 mod stream;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod tool;
 mod types;
 
 pub use dspyo3_derive::{DspyType, Signature};
-pub use error::{Error, Result};
+pub use error::{ConfigError, Error, PyException, Result, RuntimeError};
+/// The `pyo3` this crate is built with: its types appear in the public API ([`Lm::from_py`], [`Lm::as_py`],
+/// [`Module::program`], [`PyException::py_err`]), so use them through this re-export to
+/// get matching versions.
+pub use pyo3;
 pub use lm::{configure, configure_with, Adapter, Lm, LmBuilder};
 pub use module::{ChainOfThought, Module, Prediction, Predict, Program, ReAct, Typed};
 pub use runtime::{add_python_path, init, RuntimeInfo};

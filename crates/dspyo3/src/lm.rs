@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use serde_json::{Map, Value};
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::runtime::runtime;
 
 /// A `dspy.LM` living in the embedded interpreter. Cheap to clone; usable from any thread.
@@ -30,6 +30,8 @@ pub struct LmBuilder {
     api_key: Option<String>,
     api_key_env: Option<String>,
     native: bool,
+    /// The first [`kwarg`](LmBuilder::kwarg) whose value did not serialize; [`build`](LmBuilder::build) reports it.
+    kwarg_error: Option<(String, std::sync::Arc<serde_json::Error>)>,
 }
 
 impl fmt::Debug for LmBuilder {
@@ -40,6 +42,7 @@ impl fmt::Debug for LmBuilder {
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
             .field("api_key_env", &self.api_key_env)
             .field("native", &self.native)
+            .field("kwarg_error", &self.kwarg_error.as_ref().map(|(key, _)| key))
             .finish()
     }
 }
@@ -69,7 +72,14 @@ impl Lm {
     /// ```
     #[allow(clippy::new_ret_no_self)]
     pub fn new(model: impl Into<String>) -> LmBuilder {
-        LmBuilder { model: model.into(), kwargs: Map::new(), api_key: None, api_key_env: None, native: false }
+        LmBuilder {
+            model: model.into(),
+            kwargs: Map::new(),
+            api_key: None,
+            api_key_env: None,
+            native: false,
+            kwarg_error: None,
+        }
     }
 
     /// The LM of a dspyo3 profile (`dspyo3.toml`, the user config or `DSPYO3_LM*` variables; `None` picks the
@@ -144,10 +154,21 @@ impl LmBuilder {
         self.kwarg("num_retries", n)
     }
 
-    /// Any other `dspy.LM(...)` keyword argument (`"engine"`, `"timeout"`, `"model_type"`, ...).
+    /// Any other `dspy.LM(...)` keyword argument (`"engine"`, `"timeout"`, `"model_type"`, ...), as JSON.
+    ///
+    /// A value that does not serialize to JSON (a map with non-string keys, a failing `Serialize` impl) makes
+    /// [`build`](Self::build) return [`ConfigError::Kwarg`] naming the key; it is never sent as `null`.
     pub fn kwarg(mut self, key: impl Into<String>, value: impl serde::Serialize) -> Self {
-        let value = serde_json::to_value(value).unwrap_or(Value::Null);
-        self.kwargs.insert(key.into(), value);
+        let key = key.into();
+        match serde_json::to_value(value) {
+            Ok(value) => {
+                self.kwargs.insert(key, value);
+            }
+            Err(err) => {
+                self.kwargs.remove(&key);
+                self.kwarg_error.get_or_insert((key, std::sync::Arc::new(err)));
+            }
+        }
         self
     }
 
@@ -163,28 +184,34 @@ impl LmBuilder {
 
     /// Create the `dspy.LM`.
     pub fn build(self) -> Result<Lm> {
+        if let Some((key, source)) = self.kwarg_error {
+            return Err(ConfigError::Kwarg { key, source }.into());
+        }
         let key = match (&self.api_key, &self.api_key_env) {
             (Some(key), _) => Some(key.clone()),
-            (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
-                Error::Config(format!("environment variable {var} (the API key for {}) is not set", self.model))
+            (None, Some(var)) => Some(std::env::var(var).map_err(|_| ConfigError::MissingApiKeyEnv {
+                var: var.clone(),
+                model: self.model.clone(),
             })?),
             (None, None) => None,
         };
         let rt = runtime()?;
         let kwargs = serde_json::to_string(&self.kwargs).expect("JSON map serializes");
         if self.native {
-            let api_base = self.kwargs.get("api_base").and_then(Value::as_str).ok_or_else(|| {
-                Error::Config(format!("the native transport needs .api_base(\"http://host:port/v1\") for {}", self.model))
-            })?;
+            let api_base = self
+                .kwargs
+                .get("api_base")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ConfigError::NativeNeedsApiBase { model: self.model.clone() })?;
             let seconds = self.kwargs.get("timeout").and_then(Value::as_f64).unwrap_or(600.0);
             let timeout = std::time::Duration::try_from_secs_f64(seconds)
                 .ok()
                 .filter(|t| !t.is_zero() && t.as_secs() <= 7 * 24 * 3600)
-                .ok_or_else(|| Error::Config(format!("timeout must be between 0 and 7 days in seconds, got {seconds}")))?;
+                .ok_or(ConfigError::Timeout { seconds })?;
             // a key given as .kwarg("api_key", ...) counts too: it must not be dropped silently
             let key = key.or_else(|| self.kwargs.get("api_key").and_then(Value::as_str).map(str::to_string));
             let client = crate::native::NativeClient::new(api_base, key.as_deref(), timeout)
-                .map_err(|e| Error::Config(e.to_string()))?;
+                .map_err(|e| ConfigError::NativeTransport { message: e.to_string() })?;
             return Python::attach(|py| {
                 let client = Py::new(py, client).map_err(|e| Error::from_py_in(py, e))?;
                 let lm = rt

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::lm::{settings_dict, Adapter, Lm};
 use crate::runtime::{runtime, settings_for};
 use crate::stream::PredictionStream;
@@ -35,7 +35,7 @@ impl std::fmt::Debug for Module {
 fn path_str(path: &Path) -> Result<String> {
     path.to_str()
         .map(str::to_string)
-        .ok_or_else(|| Error::Config(format!("path {} is not valid UTF-8", path.display())))
+        .ok_or_else(|| ConfigError::NonUtf8Path { path: path.to_path_buf() }.into())
 }
 
 impl Module {
@@ -235,7 +235,7 @@ impl Drop for PyTask {
 
 fn to_json<I: Serialize + ?Sized>(input: &I) -> Result<String> {
     serde_json::to_string(input)
-        .map_err(|e| Error::Conversion { what: "program inputs", message: e.to_string(), json: String::new() })
+        .map_err(|source| Error::Conversion { what: "program inputs", json: String::new(), source })
 }
 
 fn bytes_of(py: Python<'_>, out: Bound<'_, PyAny>) -> Result<Vec<u8>> {
@@ -256,9 +256,9 @@ pub struct Prediction<O> {
 impl<O: DeserializeOwned> Prediction<O> {
     pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let fields: Map<String, Value> =
-            serde_json::from_slice(bytes).map_err(|e| Error::conversion("program outputs", &e, bytes))?;
+            serde_json::from_slice(bytes).map_err(|e| Error::conversion("program outputs", e, bytes))?;
         let output = O::deserialize(Value::Object(fields.clone()))
-            .map_err(|e| Error::conversion("program outputs", &e, bytes))?;
+            .map_err(|e| Error::conversion("program outputs", e, bytes))?;
         Ok(Prediction { output, fields })
     }
 }
@@ -452,7 +452,7 @@ impl<S: Signature> ReAct<S> {
     /// A new `dspy.ReAct(signature, tools=..., max_iters=...)`.
     pub fn new(tools: Vec<Tool>, max_iters: u32) -> Result<Self> {
         if tools.is_empty() {
-            return Err(Error::Config("ReAct needs at least one tool".into()));
+            return Err(ConfigError::NoTools.into());
         }
         let options = serde_json::json!({ "max_iters": max_iters });
         Ok(ReAct(Typed::new(Module::build::<S>("react", options, &tools)?)))

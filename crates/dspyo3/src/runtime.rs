@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyModule};
 use pyo3_async_runtimes::TaskLocals;
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, PyException, Result, RuntimeError};
 
 const BRIDGE_SOURCE: &str = include_str!("bridge.py");
 
@@ -61,7 +61,7 @@ pub fn init() -> Result<RuntimeInfo> {
 pub fn add_python_path(dir: impl AsRef<Path>) -> Result<()> {
     runtime()?;
     let dir = dir.as_ref();
-    let dir = dir.canonicalize().map_err(|e| Error::Config(format!("python path {}: {e}", dir.display())))?;
+    let dir = dir.canonicalize().map_err(|source| ConfigError::PythonPath { path: dir.to_path_buf(), source })?;
     Python::attach(|py| -> PyResult<()> {
         let path = py.import("sys")?.getattr("path")?.cast_into::<PyList>()?;
         let text = dir.to_string_lossy().into_owned();
@@ -199,14 +199,8 @@ pub(crate) fn venv_dir() -> Option<PathBuf> {
 /// `key = value` lines of a venv's `pyvenv.cfg`.
 fn read_pyvenv_cfg(venv: &Path) -> Result<Vec<(String, String)>> {
     let cfg = venv.join("pyvenv.cfg");
-    let text = std::fs::read_to_string(&cfg).map_err(|e| {
-        Error::Runtime(format!(
-            "{} is not a virtual environment ({}: {e}); point DSPYO3_VENV or VIRTUAL_ENV at a venv created for the \
-             Python dspyo3 was built against",
-            venv.display(),
-            cfg.display()
-        ))
-    })?;
+    let text = std::fs::read_to_string(&cfg)
+        .map_err(|source| RuntimeError::NotAVenv { venv: venv.to_path_buf(), cfg: cfg.clone(), source })?;
     Ok(text
         .lines()
         .filter_map(|line| line.split_once('='))
@@ -221,15 +215,14 @@ fn start() -> Result<Runtime> {
             activate_venv(py, venv)?;
         }
         let code = CString::new(BRIDGE_SOURCE).expect("bridge source has no NUL");
-        let module = PyModule::from_code(py, &code, c"dspyo3/bridge.py", c"_dspyo3_bridge").map_err(|err| {
-            let base = Error::from_py_in(py, err);
+        let module = PyModule::from_code(py, &code, c"dspyo3/bridge.py", c"_dspyo3_bridge").map_err(|source| {
             let hint = match &venv {
                 Some(v) => format!("the venv {} must have dspy installed", v.display()),
                 None => "set VIRTUAL_ENV (or DSPYO3_VENV) to a venv with dspy installed".to_string(),
             };
-            Error::Runtime(format!("cannot import DSPy into the embedded interpreter ({base}); {hint}"))
+            RuntimeError::ImportDspy { hint, source: PyException::of(py, source) }
         })?;
-        watch_finalization(py).map_err(|e| Error::from_py_in(py, e))?;
+        watch_finalization(py).map_err(|e| RuntimeError::Setup { source: PyException::of(py, e) })?;
         Ok(module.unbind())
     })?;
     let locals = start_event_loop()?;
@@ -240,28 +233,23 @@ fn start() -> Result<Runtime> {
 fn activate_venv(py: Python<'_>, venv: &Path) -> Result<()> {
     let venv = venv
         .canonicalize()
-        .map_err(|e| Error::Runtime(format!("virtual environment {}: {e}", venv.display())))?;
+        .map_err(|source| RuntimeError::VenvPath { venv: venv.to_path_buf(), source })?;
     let cfg = read_pyvenv_cfg(&venv)?;
     let (major, minor): (u8, u8) = py
         .import("sys")
         .and_then(|sys| sys.getattr("version_info")?.get_item(0)?.extract::<u8>().map(|m| (sys, m)))
         .and_then(|(sys, m)| Ok((m, sys.getattr("version_info")?.get_item(1)?.extract::<u8>()?)))
-        .map_err(Error::from_py)?;
+        .map_err(|e| RuntimeError::Setup { source: PyException::of(py, e) })?;
     let embedded = format!("{major}.{minor}");
     if let Some((_, version)) = cfg.iter().find(|(k, _)| k == "version" || k == "version_info") {
         let venv_minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
         if venv_minor != embedded {
-            return Err(Error::Runtime(format!(
-                "the venv {} is Python {version} but dspyo3 was built against Python {embedded}; rebuild with \
-                 PYO3_PYTHON={}/bin/python",
-                venv.display(),
-                venv.display()
-            )));
+            return Err(RuntimeError::PythonVersionMismatch { venv, venv_version: version.clone(), embedded }.into());
         }
     }
     let site = venv.join("lib").join(format!("python{embedded}")).join("site-packages");
     if !site.is_dir() {
-        return Err(Error::Runtime(format!("{} has no {}", venv.display(), site.display())));
+        return Err(RuntimeError::NoSitePackages { venv, site }.into());
     }
     let include_system = cfg
         .iter()
@@ -292,7 +280,7 @@ def _activate(venv, site_dir, include_system):
         ))?;
         Ok(())
     };
-    activate().map_err(|e| Error::Runtime(format!("activating venv {}: {e}", venv.display())))
+    activate().map_err(|e| RuntimeError::ActivateVenv { venv, source: PyException::of(py, e) }.into())
 }
 
 /// The tokio runtime that native-transport requests (and `pyo3-async-runtimes` futures) run on. Its threads keep
@@ -315,7 +303,7 @@ fn start_tokio_runtime() {
 
 /// One daemon thread runs an asyncio loop forever; `acall` and streams schedule coroutines on it.
 fn start_event_loop() -> Result<TaskLocals> {
-    let (tx, rx) = std::sync::mpsc::channel::<std::result::Result<Py<PyAny>, String>>();
+    let (tx, rx) = std::sync::mpsc::channel::<PyResult<Py<PyAny>>>();
     std::thread::Builder::new()
         .name("dspyo3-asyncio".into())
         .spawn(move || {
@@ -334,16 +322,16 @@ fn start_event_loop() -> Result<TaskLocals> {
                         }
                     }
                     Err(err) => {
-                        let _ = tx.send(Err(err.to_string()));
+                        let _ = tx.send(Err(err));
                     }
                 }
             })
         })
-        .map_err(|e| Error::Runtime(format!("cannot start the asyncio thread: {e}")))?;
+        .map_err(|source| RuntimeError::AsyncioThread { source })?;
     let event_loop = rx
         .recv()
-        .map_err(|_| Error::Runtime("the asyncio thread exited before its loop started".into()))?
-        .map_err(|e| Error::Runtime(format!("cannot create the asyncio loop: {e}")))?;
+        .map_err(|_| RuntimeError::EventLoop { source: None })?
+        .map_err(|e| RuntimeError::EventLoop { source: Some(Python::attach(|py| PyException::of(py, e))) })?;
     Ok(Python::attach(|py| TaskLocals::new(event_loop.into_bound(py))))
 }
 
@@ -356,8 +344,6 @@ pub(crate) fn settings_for<'py>(py: Python<'py>, own: Option<&Py<PyDict>>) -> Re
     let guard = rt.settings.read();
     match guard.as_ref() {
         Some(settings) => Ok(settings.bind(py).clone()),
-        None => Err(Error::Config(
-            "no LM configured: call dspyo3::configure(&lm) once, or give the module one with .with_lm(&lm)".into(),
-        )),
+        None => Err(ConfigError::NoLm.into()),
     }
 }

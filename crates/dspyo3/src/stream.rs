@@ -130,7 +130,7 @@ impl<O: DeserializeOwned> PredictionStream<O> {
                 return Ok(prediction);
             }
         }
-        Err(Error::Runtime("the stream ended without a prediction (the program produced none)".into()))
+        Err(crate::error::RuntimeError::NoPrediction.into())
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Result, RuntimeError};
 use crate::lm::{Lm, LmBuilder};
 
 /// The child-process server; stopped when dropped.
@@ -101,7 +101,7 @@ impl LoopbackLm {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| Error::Config(format!("cannot run {} (the loopback LM server): {e}", python.display())))?;
+            .map_err(|e| ConfigError::Loopback { python: python.clone(), message: format!("cannot run it: {e}") })?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let stdin = child.stdin.take().expect("stdin is piped");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -131,10 +131,11 @@ impl LoopbackLm {
         if !api_base.starts_with("http://") {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(Error::Config(format!(
-                "the loopback LM server did not start ({api_base}; is dspyo3-core installed in {}?)",
-                python.display()
-            )));
+            return Err(ConfigError::Loopback {
+                message: format!("{api_base}; is dspyo3-core installed in {}?", python.display()),
+                python,
+            }
+            .into());
         }
         Ok(LoopbackLm { child, api_base, control: Mutex::new(Control { stdin, answers: rx }) })
     }
@@ -146,18 +147,18 @@ impl LoopbackLm {
     pub fn inject(&self, fault: Fault, times: usize) -> Result<()> {
         match self.command(&fault.command(times))?.as_str() {
             "ok" => Ok(()),
-            other => Err(Error::Runtime(format!("the loopback LM server refused {fault:?}: {other}"))),
+            other => Err(RuntimeError::Loopback { message: format!("refused {fault:?}: {other}") }.into()),
         }
     }
 
     /// How many chat requests the server has received (failed ones included).
     pub fn requests(&self) -> Result<usize> {
         let answer = self.command(&serde_json::json!({"requests": true}))?;
-        answer.parse().map_err(|_| Error::Runtime(format!("the loopback LM server answered {answer:?}")))
+        answer.parse().map_err(|_| RuntimeError::Loopback { message: format!("answered {answer:?}") }.into())
     }
 
     fn command(&self, command: &serde_json::Value) -> Result<String> {
-        let gone = |e: &dyn std::fmt::Display| Error::Runtime(format!("the loopback LM server is gone: {e}"));
+        let gone = |e: &dyn std::fmt::Display| crate::Error::from(RuntimeError::Loopback { message: format!("is gone: {e}") });
         let mut control = self.control.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         writeln!(control.stdin, "{command}").and_then(|()| control.stdin.flush()).map_err(|e| gone(&e))?;
         match control.answers.recv_timeout(Duration::from_secs(30)) {

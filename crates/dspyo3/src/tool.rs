@@ -64,10 +64,7 @@ impl Tool {
     pub fn args_schema(&self) -> Result<serde_json::Map<String, Value>> {
         match self.args.json_schema().get("properties") {
             Some(Value::Object(props)) if matches!(self.args, TypeSpec::Model { .. }) => Ok(props.clone()),
-            _ => Err(Error::Config(format!(
-                "tool {}: its arguments must be a struct deriving DspyType (one field per argument)",
-                self.name
-            ))),
+            _ => Err(crate::error::ConfigError::ToolArguments { tool: self.name.clone() }.into()),
         }
     }
 

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{QAInput, QA};
-use dspyo3::{Error, Lm, Predict};
+use dspyo3::{ConfigError, Error, Lm, Predict};
 
 #[test]
 fn unconfigured_calls_name_the_fix_and_dspyo3_profiles_build_lms() {
@@ -19,7 +19,7 @@ fn unconfigured_calls_name_the_fix_and_dspyo3_profiles_build_lms() {
     let qa = Predict::<QA>::new().unwrap();
     let input = QAInput { question: "q".into() };
     match qa.call(&input).unwrap_err() {
-        Error::Config(message) => assert!(message.contains("dspyo3::configure"), "{message}"),
+        err @ Error::Config(ConfigError::NoLm) => assert!(err.to_string().contains("dspyo3::configure"), "{err}"),
         other => panic!("expected Config, got {other:?}"),
     }
 

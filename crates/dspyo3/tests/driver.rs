@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{QAInput, QAOutput, Server, QA};
-use dspyo3::{ChainOfThought, DspyType, Error, Predict, Program, ReAct, Signature, StreamEvent, Tool};
+use dspyo3::{ChainOfThought, ConfigError, DspyType, Error, Lm, Predict, Program, ReAct, Signature, StreamEvent, Tool};
 use futures::StreamExt;
 use pyo3::prelude::*;
 use pyo3::types::IntoPyDict;
@@ -321,12 +321,15 @@ fn lm_errors_map_to_the_error_enum() {
         err @ Error::RateLimited { .. } => {
             assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
             assert!(err.is_retryable());
+            assert_eq!(err.status(), Some(429));
+            assert_python_source(&err);
         }
         other => panic!("expected RateLimited, got {other:?}"),
     }
 
     server.script(&[r#"Reply.server_error(status=401, message="Incorrect API key provided")"#]);
-    assert!(matches!(predict.call(&input).unwrap_err(), Error::Auth { .. }));
+    let err = predict.call(&input).unwrap_err();
+    assert!(matches!(err, Error::Auth { status: Some(401), .. }), "{err:?}");
 
     // a gateway that echoes the key it was sent: the key is masked in the error's message and traceback
     let key = "sk-rust-echoed-0123456789abcdef";
@@ -346,7 +349,11 @@ fn lm_errors_map_to_the_error_enum() {
 
     server.script(&[r#"Reply.server_error(status=500, message="upstream exploded")"#]);
     match predict.call(&input).unwrap_err() {
-        Error::Lm { message, .. } => assert!(message.contains("upstream exploded"), "{message}"),
+        err @ Error::Lm { .. } => {
+            assert!(err.to_string().contains("upstream exploded") && err.to_string().contains("HTTP 500"), "{err}");
+            assert_eq!(err.status(), Some(500));
+            assert_python_source(&err);
+        }
         other => panic!("expected Lm, got {other:?}"),
     }
 
@@ -357,6 +364,37 @@ fn lm_errors_map_to_the_error_enum() {
     server.script(&["Reply.hang_up(5)"]);
     let err = slow.call(&input).unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+}
+
+/// The error's source is the Python exception it was made from.
+fn assert_python_source(err: &Error) {
+    let source = std::error::Error::source(err).unwrap_or_else(|| panic!("no source: {err:?}"));
+    let exception = source.downcast_ref::<dspyo3::PyException>().unwrap_or_else(|| panic!("not Python's: {source:?}"));
+    Python::attach(|py| assert!(exception.py_err().value(py).is_instance_of::<pyo3::exceptions::PyException>()));
+}
+
+#[test]
+fn errors_are_typed_and_keep_their_source() {
+    common::init();
+    // a kwarg that does not serialize is reported by build(), not sent as null
+    let bad: std::collections::HashMap<(u8, u8), u8> = [((1, 2), 3)].into();
+    match Lm::new("openai/x").kwarg("logit_bias", bad).temperature(0.0).build().unwrap_err() {
+        Error::Config(ConfigError::Kwarg { key, source }) => {
+            assert_eq!(key, "logit_bias");
+            assert!(source.to_string().contains("key must be a string"), "{source}");
+        }
+        other => panic!("expected ConfigError::Kwarg, got {other:?}"),
+    }
+    // typed configuration errors, with the I/O error as their source
+    let err = dspyo3::add_python_path("/no/such/dir/for/dspyo3").unwrap_err();
+    assert!(matches!(err, Error::Config(ConfigError::PythonPath { .. })), "{err:?}");
+    let io = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<std::io::Error>());
+    assert_eq!(io.map(std::io::Error::kind), Some(std::io::ErrorKind::NotFound), "{err:?}");
+    assert!(matches!(ReAct::<QA>::new(vec![], 3).unwrap_err(), Error::Config(ConfigError::NoTools)));
+    // a Python exception that is no LM error keeps it as its source too
+    let err = Program::load("missing.json", "no_such_module_xyz:Program").unwrap_err();
+    assert!(matches!(err, Error::Python { .. }), "{err:?}");
+    assert_python_source(&err);
 }
 
 #[test]
@@ -370,7 +408,7 @@ fn python_exceptions_keep_type_and_traceback() {
         other => panic!("expected Python, got {other:?}"),
     }
     match Program::load("missing.json", "json:loads").unwrap_err() {
-        Error::Python { type_name, traceback, message } => {
+        Error::Python { type_name, traceback, message, .. } => {
             assert_eq!(type_name, "builtins.TypeError");
             assert!(message.contains("missing 1 required positional argument"), "{message}");
             assert!(traceback.contains("in load_program"), "{traceback}");
@@ -393,9 +431,10 @@ fn outputs_that_do_not_fit_the_rust_type_are_conversion_errors() {
     let predict = Predict::<QA>::new().unwrap().with_lm(&server.lm(), None).unwrap();
     let err = predict.module().call::<_, Wrong>(&QAInput { question: "q".into() }).unwrap_err();
     match err {
-        Error::Conversion { what, json, .. } => {
+        Error::Conversion { what, json, source } => {
             assert_eq!(what, "program outputs");
             assert!(json.contains("Paris"));
+            assert!(source.is_data(), "{source}"); // serde's own error: a value of the wrong type
         }
         other => panic!("expected Conversion, got {other:?}"),
     }
