@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 
 use dspyo3_kernels::transport::{
     request_body, ClientOptions, Completion, EventStream, LmClient, RetryPolicy, StreamEvent, TransportError, WireFormat,
-    DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_MAX_ERROR_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_RESPONSE_BYTES,
 };
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyStopAsyncIteration, PyTypeError, PyValueError};
@@ -229,10 +229,11 @@ fn wait<T: Send + 'static>(py: Python<'_>, future: impl std::future::Future<Outp
 ///
 /// ``LMTransport(api_base, *, api_key=None, wire="openai", timeout=600.0, connect_timeout=10.0, max_retries=3,
 /// backoff_base=0.5, backoff_max=30.0, max_retry_after=120.0, http2=False, headers=None, ca_cert=None,
-/// max_event_bytes=16 MiB, max_response_bytes=128 MiB)``;
+/// max_event_bytes=16 MiB, max_response_bytes=128 MiB, max_error_bytes=64 KiB)``;
 /// ``ca_cert`` is a PEM file of certificates trusted besides the Mozilla roots. An answer larger than
 /// ``max_response_bytes`` (a non-streamed body, or a whole stream) or a stream event larger than ``max_event_bytes``
-/// raises :class:`LMTransportError` of kind ``too_large`` and is not retried.
+/// raises :class:`LMTransportError` of kind ``too_large`` and is not retried; of an error answer (4xx / 5xx) only the
+/// first ``max_error_bytes`` are read, for its message.
 /// The key is sent as ``Authorization: Bearer`` (openai) or ``x-api-key`` (anthropic) and never shown by ``repr``.
 #[pyclass(frozen, name = "LMTransport", module = "dspyo3_native")]
 pub(crate) struct PyTransport {
@@ -262,7 +263,7 @@ impl PyTransport {
     #[pyo3(signature = (api_base, *, api_key=None, wire="openai", timeout=600.0, connect_timeout=10.0, max_retries=3,
                         backoff_base=0.5, backoff_max=30.0, max_retry_after=120.0, http2=false, headers=None,
                         ca_cert=None, max_event_bytes=DEFAULT_MAX_EVENT_BYTES,
-                        max_response_bytes=DEFAULT_MAX_RESPONSE_BYTES))]
+                        max_response_bytes=DEFAULT_MAX_RESPONSE_BYTES, max_error_bytes=DEFAULT_MAX_ERROR_BYTES))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         api_base: &str,
@@ -279,6 +280,7 @@ impl PyTransport {
         ca_cert: Option<std::path::PathBuf>,
         max_event_bytes: u64,
         max_response_bytes: u64,
+        max_error_bytes: u64,
     ) -> PyResult<Self> {
         let seconds = |name: &str, value: f64| {
             Duration::try_from_secs_f64(value).map_err(|_| PyValueError::new_err(format!("{name} must be a finite number of seconds >= 0, got {value}")))
@@ -298,6 +300,7 @@ impl PyTransport {
         options.headers = headers.unwrap_or_default();
         options.max_event_bytes = max_event_bytes;
         options.max_response_bytes = max_response_bytes;
+        options.max_error_bytes = max_error_bytes;
         if let Some(path) = ca_cert {
             let pem = std::fs::read(&path)
                 .map_err(|e| PyValueError::new_err(format!("cannot read the CA certificate file {}: {e}", path.display())))?;

@@ -282,6 +282,9 @@ pub struct ClientOptions {
     pub max_event_bytes: u64,
     /// Largest response body accepted (a whole stream, or a non-streamed answer), in bytes.
     pub max_response_bytes: u64,
+    /// How much of an error answer's body (4xx / 5xx) is read for its message, in bytes; the rest is dropped with
+    /// the connection (an error body is truncated, never refused).
+    pub max_error_bytes: u64,
     /// The proxy settings (by default the `*_proxy` variables when the options were made; see [`proxy`]).
     pub proxy: ProxyConfig,
 }
@@ -296,6 +299,7 @@ impl fmt::Debug for ClientOptions {
             .field("retry", &self.retry)
             .field("max_event_bytes", &self.max_event_bytes)
             .field("max_response_bytes", &self.max_response_bytes)
+            .field("max_error_bytes", &self.max_error_bytes)
             .field("proxy", &self.proxy)
             .finish_non_exhaustive()
     }
@@ -303,7 +307,8 @@ impl fmt::Debug for ClientOptions {
 
 impl ClientOptions {
     /// Options for `api_base` with the defaults: no key, OpenAI wire format, 600 s timeout, 10 s connect timeout,
-    /// 3 retries, HTTP/1.1 on plain http, 16 MiB per stream event, 128 MiB per response body, and the proxy
+    /// 3 retries, HTTP/1.1 on plain http, 16 MiB per stream event, 128 MiB per response body, 64 KiB read of an
+    /// error body, and the proxy
     /// variables of the environment ([`ProxyConfig::from_env`]).
     pub fn new(api_base: impl Into<String>) -> ClientOptions {
         ClientOptions {
@@ -318,13 +323,14 @@ impl ClientOptions {
             ca_certs_pem: None,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            max_error_bytes: DEFAULT_MAX_ERROR_BYTES,
             proxy: ProxyConfig::from_env(),
         }
     }
 }
 
-/// How much of an error answer's body is read for its message (the rest is dropped with the connection).
-const MAX_ERROR_BODY: usize = 64 << 10;
+/// The default for [`ClientOptions::max_error_bytes`]: 64 KiB of an error answer's body is read for its message.
+pub const DEFAULT_MAX_ERROR_BYTES: u64 = 64 << 10;
 
 /// The Anthropic API version sent in `anthropic-version`.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -342,6 +348,7 @@ pub struct LmClient {
     retry: RetryPolicy,
     max_event_bytes: u64,
     max_response_bytes: u64,
+    max_error_bytes: usize,
 }
 
 impl fmt::Debug for LmClient {
@@ -476,6 +483,7 @@ impl LmClient {
             retry: options.retry,
             max_event_bytes: options.max_event_bytes,
             max_response_bytes: options.max_response_bytes,
+            max_error_bytes: usize::try_from(options.max_error_bytes).unwrap_or(usize::MAX),
         })
     }
 
@@ -519,14 +527,15 @@ impl LmClient {
     async fn read_error(&self, response: Response<Incoming>) -> TransportError {
         let status = response.status().as_u16();
         let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
-        // an error body only feeds a message: its first MAX_ERROR_BODY bytes are read, the rest is dropped
+        // an error body only feeds a message: its first max_error_bytes are read, the rest is dropped
+        let limit = self.max_error_bytes;
         let mut body = response.into_body();
         let mut kept = Vec::new();
-        while kept.len() < MAX_ERROR_BODY {
+        while kept.len() < limit {
             match body.frame().await {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        kept.extend_from_slice(&data[..data.len().min(MAX_ERROR_BODY - kept.len())]);
+                        kept.extend_from_slice(&data[..data.len().min(limit - kept.len())]);
                     }
                 }
                 _ => break,

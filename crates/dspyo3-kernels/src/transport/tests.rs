@@ -538,3 +538,21 @@ async fn a_proxy_refusing_the_tunnel_is_a_connect_error() {
     bad.proxy = ProxyConfig { https: Some("socks5://p:1080".into()), ..ProxyConfig::none() };
     assert_eq!(LmClient::new(&bad).unwrap_err().kind(), "config");
 }
+
+#[tokio::test]
+async fn an_error_body_is_read_up_to_max_error_bytes() {
+    let long = format!(r#"{{"error":{{"message":"{}"}}}}"#, "e".repeat(10_000));
+    let answer = || (http("500 Internal Server Error", "", &long), Duration::ZERO);
+    let server = serve(vec![answer(), answer()]).await;
+    let mut small = options(&server.base, 0);
+    small.max_error_bytes = 100;
+    let err = LmClient::new(&small).unwrap().complete(body(WireFormat::OpenAi, false)).await.unwrap_err();
+    assert_eq!((err.kind(), err.status()), ("server", Some(500)));
+    let TransportError::Server { message, .. } = &err else { panic!("{err:?}") };
+    // 100 bytes of a JSON body are not JSON: the message is those bytes as text
+    assert_eq!(message, &long[..100]);
+    // the default reads the whole (small) body and finds the message in it
+    let err = LmClient::new(&options(&server.base, 0)).unwrap().complete(body(WireFormat::OpenAi, false)).await.unwrap_err();
+    let TransportError::Server { message, .. } = &err else { panic!("{err:?}") };
+    assert_eq!(message.len(), 10_000);
+}

@@ -213,9 +213,11 @@ class LMTransport:
         ca_cert: str | PathLike[str] | None = None,
         max_event_bytes: int = 16_777_216,
         max_response_bytes: int = 134_217_728,
+        max_error_bytes: int = 65_536,
     ) -> None:
         """``max_event_bytes``: largest stream event; ``max_response_bytes``: largest answer body (a whole stream,
-        or a non-streamed answer). Going over either raises :class:`LMTransportError` of kind ``too_large``."""
+        or a non-streamed answer). Going over either raises :class:`LMTransportError` of kind ``too_large``.
+        ``max_error_bytes``: how much of an error answer's body is read for its message (the rest is dropped)."""
     @property
     def url(self) -> str: ...
     @property
