@@ -83,3 +83,17 @@ def test_a_model_dump_returning_itself_is_a_cycle() -> None:
     transport = LMTransport("http://127.0.0.1:9/v1")
     with pytest.raises(ValueError, match="circular reference"):
         transport.request_body("m", [{"role": "user", "content": Loop()}])
+
+
+def test_a_dict_changed_by_model_dump_while_read_is_not_a_panic() -> None:
+    holder: dict[str, object] = {}
+
+    class Grows:
+        def model_dump(self) -> object:
+            holder["late"] = "added while converting"
+            return "x"
+
+    holder["first"] = Grows()
+    transport = LMTransport("http://127.0.0.1:9/v1")
+    body = transport.request_body("m", [{"role": "user", "content": "hi", "extra": holder}])
+    assert b'"first":"x"' in body

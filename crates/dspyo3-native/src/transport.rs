@@ -102,7 +102,9 @@ fn to_json_at(obj: &Bound<'_, PyAny>, path: &mut Vec<usize>) -> PyResult<Value> 
 fn container_to_json(obj: &Bound<'_, PyAny>, path: &mut Vec<usize>) -> PyResult<Value> {
     if let Ok(d) = obj.cast::<PyDict>() {
         let mut map = Map::with_capacity(d.len());
-        for (k, v) in d.iter() {
+        // over a snapshot of the items: a `model_dump()` below may change the dict while it is read
+        for item in d.items().iter() {
+            let (k, v) = item.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>()?;
             let key = k.cast::<PyString>().map_err(|_| PyTypeError::new_err("JSON object keys must be str"))?;
             map.insert(key.to_str()?.to_owned(), to_json_at(&v, path)?);
         }
