@@ -729,3 +729,33 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     unescape::register(m)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_saturate_and_refuse_what_is_not_a_duration() {
+        assert_eq!(seconds(None, "ttl").expect("none"), None);
+        assert_eq!(seconds(Some(1.5), "ttl").expect("finite"), Some(Duration::from_millis(1500)));
+        for huge in [1e20, 1e300, f64::INFINITY] {
+            assert_eq!(seconds(Some(huge), "ttl").expect("saturates"), Some(Duration::MAX), "{huge}");
+        }
+        Python::initialize(); // reading a PyErr's message needs the interpreter
+        Python::attach(|py| {
+            for bad in [0.0, -1.0, f64::NAN, f64::NEG_INFINITY] {
+                let err = seconds(Some(bad), "ttl").expect_err("refused");
+                assert!(err.is_instance_of::<PyValueError>(py), "{bad}: {err}");
+                assert!(err.to_string().contains("ttl must be a positive number of seconds"), "{bad}: {err}");
+            }
+        });
+    }
+
+    #[test]
+    fn timeouts_past_a_century_mean_forever() {
+        assert_eq!(timeout_seconds(Some(f64::INFINITY), "timeout").expect("forever"), None);
+        assert_eq!(timeout_seconds(Some(1e19), "timeout").expect("forever"), None);
+        assert_eq!(timeout_seconds(Some(2.0), "timeout").expect("finite"), Some(Duration::from_secs(2)));
+        assert!(timeout_seconds(Some(-2.0), "timeout").is_err());
+    }
+}

@@ -610,3 +610,85 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRequest>()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The Python -> JSON conversion against an embedded interpreter (`cargo test -p dspyo3-native` links the
+    //! interpreter pyo3's build configuration finds: the hatch env's inside `hatch run`).
+    use super::*;
+    use pyo3::types::PyDictMethods;
+
+    /// Run `f` with the GIL on a thread with a 64 MiB stack: unoptimized builds use several KiB of stack per
+    /// nesting level, more than a test thread's 2 MiB holds at the depth limit (release builds need far less).
+    fn with_python<R: Send + 'static>(f: impl for<'py> FnOnce(Python<'py>) -> R + Send + 'static) -> R {
+        Python::initialize();
+        std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(move || Python::attach(f))
+            .expect("spawn a test thread")
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    #[test]
+    fn plain_values_convert() {
+        with_python(|py| {
+            let value = py
+                .eval(c"{'a': [1, 2.5, True, None, 'x'], 'b': (1, 2), 'big': 2**63}", None, None)
+                .expect("eval");
+            let json = to_json(&value).expect("convertible");
+            assert_eq!(json, serde_json::json!({"a": [1, 2.5, true, null, "x"], "b": [1, 2], "big": 9223372036854775808u64}));
+        });
+    }
+
+    #[test]
+    fn a_container_holding_itself_is_a_value_error() {
+        with_python(|py| {
+            let list = PyList::empty(py);
+            list.append(&list).expect("append");
+            let err = to_json(list.as_any()).expect_err("a cycle");
+            assert!(err.is_instance_of::<PyValueError>(py), "{err}");
+            assert!(err.to_string().contains("contains itself"), "{err}");
+            let dict = PyDict::new(py);
+            dict.set_item("inner", PyList::new(py, [&dict]).expect("list")).expect("set");
+            assert!(to_json(dict.as_any()).expect_err("a cycle").is_instance_of::<PyValueError>(py));
+        });
+    }
+
+    #[test]
+    fn shared_values_are_not_cycles() {
+        with_python(|py| {
+            let shared = PyList::new(py, [1, 2]).expect("list");
+            let outer = PyList::new(py, [&shared, &shared]).expect("list");
+            assert_eq!(to_json(outer.as_any()).expect("no cycle"), serde_json::json!([[1, 2], [1, 2]]));
+        });
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        with_python(|py| {
+            let nest = |levels: usize| -> Bound<'_, PyAny> {
+                let mut value = PyList::empty(py).into_any();
+                for _ in 1..levels {
+                    value = PyList::new(py, [value]).expect("list").into_any();
+                }
+                value
+            };
+            assert!(to_json(&nest(MAX_JSON_DEPTH)).is_ok());
+            let err = to_json(&nest(MAX_JSON_DEPTH + 1)).expect_err("too deep");
+            assert!(err.is_instance_of::<PyValueError>(py) && err.to_string().contains("nested more than"), "{err}");
+            // far past the limit: an error, not a stack overflow
+            assert!(to_json(&nest(200_000)).is_err());
+        });
+    }
+
+    #[test]
+    fn unsupported_values_name_their_type() {
+        with_python(|py| {
+            let err = to_json(&py.eval(c"object()", None, None).expect("eval")).expect_err("unsupported");
+            assert!(err.is_instance_of::<PyTypeError>(py) && err.to_string().contains("a object cannot be sent"));
+            let nan = to_json(&py.eval(c"float('nan')", None, None).expect("eval")).expect_err("NaN");
+            assert!(nan.is_instance_of::<PyValueError>(py));
+        });
+    }
+}
