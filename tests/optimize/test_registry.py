@@ -16,6 +16,7 @@ import dspy
 import pytest
 
 from dspyo3_core.testing.services import RedisProcess, ServiceUnavailable, in_ci
+from dspyo3_optimize.programs.metadata import metadata_checksum
 from dspyo3_optimize.registry import (
     IntegrityError,
     LocalBackend,
@@ -23,7 +24,6 @@ from dspyo3_optimize.registry import (
     ProgramRegistry,
     RegistryError,
     Score,
-    _meta_checksum,
     next_version,
     parse_version,
 )
@@ -113,7 +113,7 @@ def test_never_unpickles(tmp_path: Path) -> None:
     (version_dir / "program.json").write_bytes(blob)
     meta = json.loads((version_dir / "meta.json").read_text())
     meta["checksum"] = "sha256:" + hashlib.sha256(blob).hexdigest()
-    meta["meta_checksum"] = _meta_checksum(meta)  # a forger who also re-signs the metadata
+    meta["meta_checksum"] = metadata_checksum(meta)  # a forger who also re-signs the metadata
     (version_dir / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(IntegrityError, match="not valid JSON"):
         registry.load("qa", program=_program())
@@ -452,7 +452,7 @@ def _rewrite_version(registry: ProgramRegistry, name: str, version: str, state: 
     fields = json.loads(registry.backend.get(name, f"versions/{version}/meta.json") or b"{}")
     fields.pop("meta_checksum")
     fields["checksum"] = "sha256:" + sha256_hex(blob)
-    fields["meta_checksum"] = _meta_checksum(fields)
+    fields["meta_checksum"] = metadata_checksum(fields)
     registry.backend.put(name, f"versions/{version}/meta.json", canonical(fields))
 
 

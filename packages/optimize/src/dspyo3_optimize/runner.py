@@ -134,7 +134,7 @@ class RegisterSpec:
     bump: str = "patch"
 
     def __post_init__(self) -> None:
-        from dspyo3_optimize.registry import STAGES
+        from dspyo3_optimize.programs.metadata import STAGES
 
         if self.bump not in ("major", "minor", "patch"):
             raise ConfigError(f"[register] bump = {self.bump!r}; use major, minor or patch")
@@ -818,7 +818,8 @@ def load_trial_program(out_dir: str | os.PathLike[str], index: int, program: Any
 
 def _register(config: RunConfig, checkpoint: Mapping[str, Any], best_index: int, rundir: Run,
               lm_name: str | None, train_hash: str, inputs: list[str]) -> dict[str, Any]:
-    from dspyo3_optimize.registry import Score, open_registry
+    from dspyo3_optimize.programs.metadata import Score
+    from dspyo3_optimize.programs.registry import open_registry
 
     assert config.register is not None
     record = checkpoint["trials"][str(best_index)]
