@@ -29,7 +29,7 @@ from dspyo3_agents import (
     tool_options,
     tool_retry,
 )
-from dspyo3_agents import tools as tools_module
+from dspyo3_agents.tools import registry as tools_module
 from dspyo3_agents.tools import tool_deadline
 from dspyo3_core import hookimpl
 from dspyo3_core.plugins import PluginManager, core_only_manager
