@@ -41,33 +41,18 @@ REQUEST_BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"strea
 
 def serve(size: int) -> None:
     """Serve the endless-line stream (``size`` bytes of line) to every connection, one at a time, until killed."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    print(listener.getsockname()[1], flush=True)
+    from dspyo3_core.testing.rawhttp import RawServer
+
     piece = b"x" * PIECE
-    while True:
-        conn, _ = listener.accept()
-        with conn:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                got = conn.recv(65536)
-                if not got:
-                    break
-                head += got
-            headers, _, body = head.partition(b"\r\n\r\n")
-            length = next((int(line.split(b":", 1)[1]) for line in headers.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), 0)
-            while len(body) < length:
-                got = conn.recv(65536)
-                if not got:
-                    break
-                body += got
-            try:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
-                             b"data: ")
-                for _ in range(size // PIECE):
-                    conn.sendall(piece)
-            except OSError:
-                pass  # the client stopped reading at its limit
+
+    def endless_line(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\ndata: ")
+        for _ in range(size // PIECE):
+            conn.sendall(piece)
+
+    server = RawServer(endless_line)
+    print(server.port, flush=True)
+    server.thread.join()
 
 
 def native_run(port: int) -> tuple[float, str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import pickle
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,56 +15,9 @@ import pytest
 from dspy.utils.exceptions import LMCollectionLimitError, is_retryable_lm_error
 
 from dspyo3_core.native_lm import MAX_EVENT_BYTES, NativeLM
+from dspyo3_core.testing.rawhttp import Answer, RawServer
 
 MiB = 1 << 20
-Answer = Callable[[socket.socket], None]
-
-
-class RawServer:
-    """Answers every HTTP request on 127.0.0.1 with ``answer(sock)``, then closes; counts the requests."""
-
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
-        self.requests = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.api_base = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    piece = conn.recv(65536)
-                    if not piece:
-                        break
-                    data += piece
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                while len(body) < length:
-                    piece = conn.recv(65536)
-                    if not piece:
-                        break
-                    body += piece
-                self.requests += 1
-                try:
-                    self.answer(conn)
-                except OSError:  # the client hung up (as it should once a limit is passed)
-                    pass
-
-    def close(self) -> None:
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        except OSError:
-            pass
-        self.listener.close()
-        self.thread.join(5)
 
 
 @pytest.fixture

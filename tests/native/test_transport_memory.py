@@ -9,11 +9,12 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from dspyo3_core.testing.rawhttp import RawServer
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -83,40 +84,11 @@ def answer(conn: socket.socket, mode: str) -> None:
 
 @pytest.fixture
 def server() -> Iterator[dict[str, str]]:
-    """One connection per test: reads the request, then sends the mode set in ``state["mode"]``."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    state = {"api_base": f"http://127.0.0.1:{listener.getsockname()[1]}/v1", "mode": ""}
-
-    def serve() -> None:
-        try:
-            conn, _ = listener.accept()
-        except OSError:
-            return
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                piece = conn.recv(65536)
-                if not piece:
-                    return
-                data += piece
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), 0)
-            while len(body) < length:
-                piece = conn.recv(65536)
-                if not piece:
-                    return
-                body += piece
-            try:
-                answer(conn, state["mode"])
-            except OSError:  # the client hung up once a limit was passed
-                pass
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield state
-    listener.close()
-    thread.join(30)
+    """Each request gets the mode set in ``state["mode"]`` (one connection per test)."""
+    state = {"mode": ""}
+    with RawServer(lambda conn: answer(conn, state["mode"])) as raw:
+        state["api_base"] = raw.api_base
+        yield state
 
 
 def run_client(state: dict[str, str], mode: str, max_event: int, max_response: int) -> dict[str, int | str]:
