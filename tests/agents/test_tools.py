@@ -29,7 +29,8 @@ from dspyo3_agents import (
     tool_options,
     tool_retry,
 )
-from dspyo3_agents.tools import registry as tools_module
+from dspyo3_agents.tools import execute as execute_module
+from dspyo3_agents.tools import policy as policy_module
 from dspyo3_agents.tools import tool_deadline
 from dspyo3_core import hookimpl
 from dspyo3_core.plugins import PluginManager, core_only_manager
@@ -190,7 +191,7 @@ def test_retries_then_execution_error_naming_the_tool() -> None:
 
 
 class Clock:
-    """The tools module's ``time`` with a monotonic clock moved by hand (``sleep`` and the rest are the real ones):
+    """The tools modules' ``time`` with a monotonic clock moved by hand (``sleep`` and the rest are the real ones):
     a breaker's reset timeout passes exactly when the test says, however long the machine takes between steps."""
 
     def __init__(self) -> None:
@@ -209,7 +210,8 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(tools_module, "time", fake)
+    monkeypatch.setattr(policy_module, "time", fake)
+    monkeypatch.setattr(execute_module, "time", fake)
     return fake
 
 
@@ -479,21 +481,21 @@ def test_hung_sync_calls_never_starve_other_tools(monkeypatch: pytest.MonkeyPatc
         return "ok"
 
     threads: list[str] = []  # the tool threads started, by tool name
-    start_thread = tools_module._start_thread
+    start_thread = execute_module._start_thread
 
     def counted(name: str, fn: Any) -> Any:
         threads.append(name)
         return start_thread(name, fn)
 
-    monkeypatch.setattr(tools_module, "_start_thread", counted)
-    monkeypatch.setattr(tools_module, "MAX_HUNG_CALLS", 100)
+    monkeypatch.setattr(execute_module, "_start_thread", counted)
+    monkeypatch.setattr(execute_module, "MAX_HUNG_CALLS", 100)
     try:
         with concurrent.futures.ThreadPoolExecutor(70) as pool:
             errors = list(pool.map(lambda _: timeout_of(reg, "stuck"), range(70)))
         assert all(e.started for e in errors) and reg.get("stuck").hung == 70
         assert reg.call("quick") == "ok"  # a shared 64-thread pool would be full of hung calls by now
         assert asyncio.run(reg.acall("quick")) == "ok"
-        monkeypatch.setattr(tools_module, "MAX_HUNG_CALLS", 32)
+        monkeypatch.setattr(execute_module, "MAX_HUNG_CALLS", 32)
         with pytest.raises(ToolTimeoutError, match="was not started: 70 hung calls of it are still running") as info:
             reg.call("stuck")
         assert not info.value.started and threads.count("stuck") == 70  # refused before a 71st thread started
