@@ -52,3 +52,9 @@ def error_fix(reason: str, profile: str | None = None) -> str:
     if any(word in reason for word in ("AuthError", "AuthenticationError", "API key", "api key", "401")):
         return f"check the LM profile's key and endpoint with `{test}`"
     return f"check that the LM answers with `{test}`"
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` round-tripped through JSON: objects that are not JSON become their ``model`` attribute (an LM) or
+    their type's name, so a record of options can be written and compared across processes."""
+    return json.loads(json.dumps(value, default=lambda o: getattr(o, "model", None) or type(o).__name__))
