@@ -93,12 +93,12 @@ def optimizer_registry(plugin_manager: PluginManager | None = None) -> Registry[
 
 def get_optimizer(name: str, plugin_manager: PluginManager | None = None) -> OptimizerSpec:
     """The optimizer registered as ``name`` (or a DSPy class-name alias); the error lists the known names."""
-    registry = optimizer_registry(plugin_manager)
+    optimizers = optimizer_registry(plugin_manager)
     key = ALIASES.get(name, name)
-    if key not in registry:
-        known = ", ".join(registry.names()) or "none (is dspyo3-optimize's plugin disabled?)"
+    if key not in optimizers:
+        known = ", ".join(optimizers.names()) or "none (is dspyo3-optimize's plugin disabled?)"
         raise UnknownOptimizerError(f"unknown optimizer {name!r}; known: {known}")
-    return registry.get(key)
+    return optimizers.get(key)
 
 
 def resolve_lm_options(options: Mapping[str, Any]) -> dict[str, Any]:

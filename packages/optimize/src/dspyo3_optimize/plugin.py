@@ -133,9 +133,9 @@ def optimize_optimizers(as_json: bool) -> None:
     """List the optimizers installed plugins registered."""
     from dspyo3_optimize.optimizers import optimizer_registry
 
-    registry = optimizer_registry()
-    rows = [{"name": s.name, "distribution": registry.distribution_of(s.name), "description": s.description}
-            for s in sorted(registry, key=lambda s: s.name)]
+    optimizers = optimizer_registry()
+    rows = [{"name": s.name, "distribution": optimizers.distribution_of(s.name), "description": s.description}
+            for s in sorted(optimizers, key=lambda s: s.name)]
     if as_json:
         echo_json(rows)
         return
@@ -182,8 +182,8 @@ def _evaluate_refs(refs: list[str], *, data: str, preset: str | None, inputs: st
     from dspyo3_optimize.settings import optimize_settings
 
     settings = optimize_settings()
-    registry = open_registry(registry_url, trust_registry=trust_registry)
-    metas = [registry.meta(*_split_ref(ref)) for ref in refs]
+    program_registry = open_registry(registry_url, trust_registry=trust_registry)
+    metas = [program_registry.meta(*_split_ref(ref)) for ref in refs]
     the_preset = preset or next((m.extra["preset"] for m in metas if m.extra.get("preset")), None)
     the_inputs = inputs.split(",") if inputs else (
         None if the_preset else next((m.extra["inputs"] for m in metas if m.extra.get("inputs")), None))
@@ -194,7 +194,7 @@ def _evaluate_refs(refs: list[str], *, data: str, preset: str | None, inputs: st
     lm = build_lm(load_settings().profile(profile))
     out = []
     for meta in metas:
-        loaded = registry.load(meta.name, meta.version, program)
+        loaded = program_registry.load(meta.name, meta.version, program)
         result = evaluate(loaded, examples, the_metric, lm=lm, executor=executor or settings.executor,
                           concurrency=concurrency or settings.concurrency)
         out.append((result, meta))
@@ -303,7 +303,7 @@ def registry_group(ctx: click.Context, registry_url: str | None) -> None:
     ctx.obj = registry_url
 
 
-def _registry(ctx: click.Context) -> Any:
+def _program_registry(ctx: click.Context) -> Any:
     from dspyo3_optimize.registry import open_registry
 
     return open_registry(ctx.obj)
@@ -338,31 +338,31 @@ def registry_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
     0), or when NAME has no versions."""
     from dspyo3_optimize.registry import NotFoundError
 
-    registry = _registry(ctx)
+    program_registry = _program_registry(ctx)
     if name is None:
-        rows: list[dict[str, Any]] = [{"name": n, "versions": len(registry.versions(n)), "stages": registry.stages(n)}
-                                      for n in registry.names()]
+        rows: list[dict[str, Any]] = [{"name": n, "versions": len(program_registry.versions(n)),
+                                       "stages": program_registry.stages(n)} for n in program_registry.names()]
         if not rows:
-            _require_registry(registry)
+            _require_registry(program_registry)
         if as_json:
             echo_json(rows)
         elif not rows:
-            click.echo(f"registry {registry.url} is empty: no program registered yet")
+            click.echo(f"registry {program_registry.url} is empty: no program registered yet")
         else:
             for row in rows:
                 stages = " ".join(f"{k}={v}" for k, v in sorted(row["stages"].items()))
                 click.echo(f"{row['name']:<30} {row['versions']:>3} version(s)  {stages}")
         return
-    versions = registry.versions(name)
+    versions = program_registry.versions(name)
     if not versions:
-        _require_registry(registry)
-        known = registry.names()
-        raise NotFoundError(f"no program {name!r} in the registry {registry.url}; "
+        _require_registry(program_registry)
+        known = program_registry.names()
+        raise NotFoundError(f"no program {name!r} in the registry {program_registry.url}; "
                             + (f"programs: {', '.join(known)}" if known else "it is empty"))
-    stages = registry.stages(name)
+    stages = program_registry.stages(name)
     rows = []
     for version in versions:
-        meta = registry.meta(name, version)
+        meta = program_registry.meta(name, version)
         dev = meta.scores.get("dev")
         rows.append({"version": version, "stages": sorted(s for s, v in stages.items() if v == version),
                      "created_at": meta.created_at, "parent": meta.parent,
@@ -377,13 +377,13 @@ def registry_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
                    f"{row['created_at']}")
 
 
-def _require_registry(registry: Any) -> None:
+def _require_registry(program_registry: Any) -> None:
     """Raise when the chosen path or URL holds no registry at all, saying how to point at the right one."""
     from dspyo3_optimize.registry import RegistryError
 
-    if registry.exists():
+    if program_registry.exists():
         return
-    where = registry.url
+    where = program_registry.url
     if "://" not in where:
         where = str(Path(where).expanduser().resolve())
     raise RegistryError(f"no registry at {where}; point at one with --registry PATH|URL (before the command: dspyo3 "
@@ -398,11 +398,11 @@ def _require_registry(registry: Any) -> None:
 @_registry_errors
 def registry_show(ctx: click.Context, ref: str, state: bool) -> None:
     """Metadata of NAME[@VERSION|@STAGE] as JSON (checksum verified)."""
-    registry = _registry(ctx)
+    program_registry = _program_registry(ctx)
     name, version = _split_ref(ref)
-    program_state, meta = registry.state(name, version)
+    program_state, meta = program_registry.state(name, version)
     out = meta.to_dict()
-    out["stages"] = sorted(s for s, v in registry.stages(name).items() if v == meta.version)
+    out["stages"] = sorted(s for s, v in program_registry.stages(name).items() if v == meta.version)
     if state:
         out["state"] = program_state
     echo_json(out)
@@ -416,7 +416,7 @@ def registry_show(ctx: click.Context, ref: str, state: bool) -> None:
 @_registry_errors
 def registry_diff(ctx: click.Context, name: str, a: str, b: str) -> None:
     """What changed from version (or stage) A to B of NAME: metadata, instructions, demos."""
-    echo_json(_registry(ctx).diff(name, a, b))
+    echo_json(_program_registry(ctx).diff(name, a, b))
 
 
 @registry_group.command("promote")
@@ -427,7 +427,7 @@ def registry_diff(ctx: click.Context, name: str, a: str, b: str) -> None:
 @_registry_errors
 def registry_promote(ctx: click.Context, name: str, version: str | None, stage: str) -> None:
     """Point STAGE at VERSION of NAME (default: the version in the stage below)."""
-    promoted = _registry(ctx).promote(name, version, to=stage)
+    promoted = _program_registry(ctx).promote(name, version, to=stage)
     click.echo(f"{name}: {stage} -> {promoted}")
 
 
@@ -438,7 +438,7 @@ def registry_promote(ctx: click.Context, name: str, version: str | None, stage: 
 @_registry_errors
 def registry_rollback(ctx: click.Context, name: str, stage: str) -> None:
     """Put STAGE of NAME back to the version it held before its last promotion."""
-    version = _registry(ctx).rollback(name, stage)
+    version = _program_registry(ctx).rollback(name, stage)
     click.echo(f"{name}: {stage} rolled back to {version}")
 
 
@@ -448,8 +448,8 @@ def registry_rollback(ctx: click.Context, name: str, stage: str) -> None:
 @_registry_errors
 def registry_verify(ctx: click.Context, name: str | None) -> None:
     """Check the checksum of every stored version (exit 1 on any problem)."""
-    registry = _registry(ctx)
-    problems = [p for n in ([name] if name else registry.names()) for p in registry.verify(n)]
+    program_registry = _program_registry(ctx)
+    problems = [p for n in ([name] if name else program_registry.names()) for p in program_registry.verify(n)]
     for problem in problems:
         click.echo(problem, err=True)
     if problems:

@@ -160,9 +160,9 @@ class RunConfig:
             if not isinstance(reg.get("name"), str):
                 raise ConfigError(f"{source}: [register] needs name = \"program-name\"")
             _check_types(reg, source, "[register]", {"registry": str, "stage": str, "parent": str, "bump": str})
-            registry = reg.get("registry")
-            if registry and "://" not in registry:  # a directory: relative to this file, like out_dir
-                path = Path(os.path.expandvars(registry)).expanduser()
+            registry_url = reg.get("registry")
+            if registry_url and "://" not in registry_url:  # a directory: relative to this file, like out_dir
+                path = Path(os.path.expandvars(registry_url)).expanduser()
                 reg = {**reg, "registry": str(path if path.is_absolute() else base / path)}
             register = RegisterSpec(**reg)
         if run.get("executor", "local") not in ("local", "ray"):
