@@ -6,6 +6,9 @@ at once, or sent to a fallback LM) for ``reset_timeout`` seconds, then lets ``ha
 through (*half-open*): a success closes it, a failure opens it again. Errors that are the caller's fault (bad
 request, context window, auth) do not count.
 
+The local state machine is :class:`dspyo3_core.breaker.Circuit`, the one dspyo3-agents' per-tool breakers run;
+the Redis scripts below keep the same rules for shared state.
+
 With ``redis_url`` the state is shared by every process using the same Redis and ``namespace``; if Redis fails,
 each process falls back to its own local state until Redis answers again.
 """
@@ -28,6 +31,7 @@ from dspy.utils.exceptions import (
     LMTransportError,
 )
 
+from dspyo3_core.breaker import CLOSED, HALF_OPEN, Circuit, check_limits
 from dspyo3_core.globs import delete_prefix
 
 logger = logging.getLogger("dspyo3.production.breaker")
@@ -52,15 +56,6 @@ class CircuitOpenError(LMError):
         )
         self.key = key
         self.retry_after = retry_after
-
-
-class _Local:
-    def __init__(self) -> None:
-        self.state = "closed"
-        self.failures = 0
-        self.opened_at = 0.0
-        self.trials = 0
-        self.trial_started = 0.0
 
 
 # Redis state: <ns>:breaker:<key>:fails (consecutive failures), :open (set while open, expires after the reset
@@ -110,19 +105,17 @@ class CircuitBreaker:
     def __init__(self, failure_threshold: int = 5, reset_timeout: float = 30.0, half_open_max_calls: int = 1, *,
                  trip_on: tuple[type[BaseException], ...] = TRIP_ON, redis_url: str | None = None,
                  namespace: str = "dspyo3", on_change: Callable[[str, str], None] | None = None) -> None:
-        if failure_threshold < 1:
-            raise ValueError(f"failure_threshold must be >= 1, got {failure_threshold}")
+        check_limits(failure_threshold)
         if reset_timeout <= 0:
             raise ValueError(f"reset_timeout must be > 0 seconds, got {reset_timeout}")
-        if half_open_max_calls < 1:
-            raise ValueError(f"half_open_max_calls must be >= 1, got {half_open_max_calls}")
+        check_limits(failure_threshold, half_open_max_calls)
         self.failure_threshold = failure_threshold
         self.reset_timeout = reset_timeout
         self.half_open_max_calls = half_open_max_calls
         self.trip_on = trip_on
         self.namespace = namespace
         self.on_change = on_change
-        self._local: dict[str, _Local] = {}
+        self._local: dict[str, Circuit] = {}
         self._lock = threading.Lock()
         self._redis: Any = None
         self._redis_down_until = 0.0
@@ -159,7 +152,7 @@ class CircuitBreaker:
         """Let a call for ``key`` through, or raise :class:`CircuitOpenError`."""
         if self._redis is None:
             st = self._local.get(key)
-            if st is not None and st.state == "closed":  # the common case: no Redis, no lock
+            if st is not None and st.state == CLOSED:  # the common case: no Redis, no lock
                 return
         elif self._use_redis():
             try:
@@ -173,26 +166,18 @@ class CircuitBreaker:
                     raise CircuitOpenError(key, max(int(wait_ms), 0) / 1000)
                 return
         st = self._local.get(key)
-        if st is not None and st.state == "closed":  # the common case needs no lock
+        if st is not None and st.state == CLOSED:  # the common case needs no lock
             return
         with self._lock:
-            st = self._local.setdefault(key, _Local())
-            if st.state == "closed":
+            st = self._local.setdefault(key, Circuit())
+            if st.state == CLOSED:
                 return
-            now = time.monotonic()
-            if st.state == "open":
-                wait = st.opened_at + self.reset_timeout - now
-                if wait > 0:
-                    raise CircuitOpenError(key, wait)
-                st.state, st.trials = "half_open", 0
-                self._changed(key, "half_open")
-            if st.trials >= self.half_open_max_calls:
-                if now - st.trial_started < self.reset_timeout:
-                    raise CircuitOpenError(key, st.trial_started + self.reset_timeout - now)
-                st.trials = 0  # trials that never reported back (a crashed caller) expire like Redis's do
-            if st.trials == 0:
-                st.trial_started = now
-            st.trials += 1
+            was = st.state
+            wait = st.admit(time.monotonic(), self.reset_timeout, self.half_open_max_calls)
+            if st.state != was:
+                self._changed(key, st.state)
+            if wait is not None:
+                raise CircuitOpenError(key, wait)
 
     def release(self, key: str) -> None:
         """A call let through by :meth:`before` ended without telling anything about the provider (the caller's
@@ -204,15 +189,15 @@ class CircuitBreaker:
             except self._redis_errors as exc:
                 self._redis_failed(exc)
         st = self._local.get(key)
-        if st is not None and st.state == "half_open" and st.trials:
+        if st is not None and st.state == HALF_OPEN and st.trials:
             with self._lock:
-                st.trials = max(0, st.trials - 1)
+                st.release()
 
     def success(self, key: str) -> None:
         """Record a successful call: resets the failure count and closes a half-open circuit."""
         if self._redis is None:
             st = self._local.get(key)
-            if st is None or (st.state == "closed" and st.failures == 0):  # the common case: nothing to reset
+            if st is None or (st.state == CLOSED and st.failures == 0):  # the common case: nothing to reset
                 return
         elif self._use_redis():
             try:
@@ -225,16 +210,14 @@ class CircuitBreaker:
                 self._redis_failed(exc)
             else:
                 if int(fails or 0) >= self.failure_threshold:
-                    self._changed(key, "closed")
+                    self._changed(key, CLOSED)
                 return
         st = self._local.get(key)
-        if st is None or (st.state == "closed" and st.failures == 0):  # nothing to reset: no lock needed
+        if st is None or (st.state == CLOSED and st.failures == 0):  # nothing to reset: no lock needed
             return
         with self._lock:
-            was = st.state
-            st.state, st.failures, st.trials = "closed", 0, 0
-            if was != "closed":
-                self._changed(key, "closed")
+            if st.succeed():
+                self._changed(key, CLOSED)
 
     def failure(self, key: str, exc: BaseException) -> None:
         """Record a failed call; only errors in :attr:`trip_on` count (others give the trial slot back)."""
@@ -254,11 +237,9 @@ class CircuitBreaker:
                     self._changed(key, "open")
                 return
         with self._lock:
-            st = self._local.setdefault(key, _Local())
-            st.failures += 1
-            if st.state == "half_open" or st.failures >= self.failure_threshold:
-                st.state, st.opened_at, st.trials = "open", time.monotonic(), 0
-                self._changed(key, "open")
+            st = self._local.setdefault(key, Circuit())
+            if st.fail(time.monotonic(), self.failure_threshold):
+                self._changed(key, st.state)
 
     def state(self, key: str) -> str:
         """``"closed"``, ``"open"`` or ``"half_open"`` for ``key`` (from Redis when shared)."""
@@ -273,11 +254,7 @@ class CircuitBreaker:
                 self._redis_failed(exc)
         with self._lock:
             st = self._local.get(key)
-            if st is None:
-                return "closed"
-            if st.state == "open" and time.monotonic() >= st.opened_at + self.reset_timeout:
-                return "half_open"
-            return st.state
+            return CLOSED if st is None else st.current(time.monotonic(), self.reset_timeout)
 
     def reset(self, key: str | None = None) -> None:
         """Close ``key``'s circuit, or every circuit: this process's, and with Redis every shared one under this
