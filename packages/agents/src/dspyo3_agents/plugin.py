@@ -24,7 +24,7 @@ def dspyo3_register_tools(register: Callable[[ToolSpec], None]) -> None:
         register(ToolSpec(func.__name__, func, parse_docstring(func.__doc__)[0]))
 
 
-def _registry(enable: tuple[str, ...]) -> Any:
+def _tool_registry(enable: tuple[str, ...]) -> Any:
     from dspyo3_agents.tools import ToolRegistry, UnknownToolError
 
     try:
@@ -55,7 +55,7 @@ def tools_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (name, description, parameters schema, ...).")
 def tools_list(show_all: bool, tags: tuple[str, ...], as_json: bool) -> None:
     """List tools: name, enabled, tags, arguments, source."""
-    registry = _registry(())
+    registry = _tool_registry(())
     tools = [t for t in registry.tools(include_disabled=True)
              if (show_all or t.enabled) and (not tags or t.tags & set(tags))]
     if as_json:
@@ -88,7 +88,7 @@ def tools_call(name: str, raw_args: str, enable: bool) -> None:
         args = json.loads(raw_args)
     except json.JSONDecodeError as exc:
         raise click.UsageError(f"--args is not JSON ({exc}); pass an object such as '{{\"a\": 1}}'") from None
-    registry = _registry(())
+    registry = _tool_registry(())
     try:
         if enable:
             registry.enable(name)
@@ -129,7 +129,7 @@ def run_command(task: str, signature: str, tools: tuple[str, ...], tags: tuple[s
         lm = build_lm(load_settings().profile(profile))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    registry = _registry(enable)
+    registry = _tool_registry(enable)
     try:
         store = open_store(state_url) if state_url else None
         agent = ReActAgent(signature, registry, tools=list(tools) or None, tags=list(tags) or None,
