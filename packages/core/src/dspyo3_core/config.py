@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dspyo3_core.errors import ConfigError
 from dspyo3_core.registry import LMProviderSpec
-from dspyo3_core.secrets import mask_secret, register_secret, secret_values
+from dspyo3_core.secrets import mask_secret, register_secret
 
-__all__ = ["mask_secret"]  # re-exported: where it has always been importable from
+__all__ = ["ConfigError", "mask_secret"]  # re-exported: where they have always been importable from
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -56,13 +57,8 @@ LM_PARAMS = {
     "temperature", "max_tokens", "num_retries", "cache", "engine", "model_type", "api_version", "timeout",
     "top_p", "stop", "seed", "use_developer_role", "transport",
 }
-TRANSPORTS = ("litellm", "native")
-# LiteLLM route prefixes the native transport can serve (OpenAI chat completions or Anthropic messages)
-NATIVE_PREFIXES = ("openai", "anthropic", "together_ai", "ollama_chat", "ollama", "hosted_vllm")
 
 
-class ConfigError(ValueError):
-    """A configuration file or variable is wrong; the message names the file or variable and the fix."""
 
 
 def check_keys(table: Mapping[str, Any], known: Iterable[str], where: str, source: str | None = None) -> None:
@@ -359,70 +355,12 @@ def load_settings() -> Settings:
 def build_lm(
     profile: LMProfile, *, plugin_manager: PluginManager | None = None, **overrides: Any
 ) -> HookedLM | NativeLM | OfflineLM:
-    """Turn a profile into an LM whose calls go through the ``dspyo3_lm_call`` hook: a
-    :class:`~dspyo3_core.lm.HookedLM` (``dspy.LM``, LiteLLM) or, with ``transport = "native"`` (or a native
-    provider), a :class:`~dspyo3_core.native_lm.NativeLM` on the Rust transport; the ``offline`` provider gives an
-    :class:`~dspyo3_core.offline.OfflineLM` (not a model: answers from the prompt).
+    """Turn a profile into an LM whose calls go through the ``dspyo3_lm_call`` hook: the LM layer's factory,
+    :func:`dspyo3_core.lm_factory.build_lm` (see there).
 
     Raises:
         ConfigError: unknown provider or transport, or a setting the provider needs is missing.
     """
-    from dspyo3_core.lm import HookedLM
-    from dspyo3_core.plugins import get_plugin_manager
+    from dspyo3_core.lm_factory import build_lm as factory
 
-    manager = plugin_manager or get_plugin_manager()
-    providers = manager.lm_providers()
-    if profile.provider not in providers:
-        raise ConfigError(
-            f"profile {profile.name!r} ({profile.source}) names unknown provider {profile.provider!r}; "
-            f"known providers: {', '.join(providers.names())}"
-        )
-    spec = providers.get(profile.provider)
-    api_base = profile.effective_api_base(spec)
-    if spec.requires_api_base and not api_base:
-        where = "set DSPYO3_LM_API_BASE" if profile.source == "DSPYO3_LM" else 'add api_base = "http://..." to it'
-        raise ConfigError(f"profile {profile.name!r}: provider {spec.name!r} needs api_base; {where}")
-    kwargs: dict[str, Any] = dict(profile.params)
-    for kwarg, env_name in spec.extra_env.items():
-        if kwarg not in kwargs and os.environ.get(env_name):
-            kwargs[kwarg] = os.environ[env_name]
-    key, _ = profile.resolve_key(spec)
-    if key is None and spec.requires_api_base and spec.model_prefix == "openai":
-        key = "EMPTY"  # OpenAI-compatible servers without auth still need a non-empty key in the client
-    if key is not None:
-        kwargs["api_key"] = key
-    register_secret(*secret_values(kwargs))
-    if api_base:
-        kwargs["api_base"] = api_base
-    kwargs.update(overrides)
-    if spec.transport == "offline":
-        from dspyo3_core.offline import MODES, OfflineLM
-
-        if profile.model.removeprefix("offline/") not in MODES:
-            raise ConfigError(f"profile {profile.name!r}: offline model {profile.model!r} is unknown; use "
-                              f"{', '.join(MODES)} (DSPYO3_LM=offline/extractive)")
-        for unused in ("api_key", "api_base", "cache", "num_retries", "timeout", "transport"):
-            kwargs.pop(unused, None)
-        return OfflineLM(profile.model, plugin_manager=manager, **kwargs)
-    transport = kwargs.pop("transport", spec.transport)
-    if transport not in TRANSPORTS:
-        raise ConfigError(f"profile {profile.name!r}: transport = {transport!r}; use one of {', '.join(TRANSPORTS)}")
-    model = profile.litellm_model(spec)
-    if transport == "native":
-        from dspyo3_core.native_lm import NativeLM
-
-        prefix = model.split("/", 1)[0]
-        if prefix not in NATIVE_PREFIXES or "api_version" in kwargs:
-            raise ConfigError(
-                f"profile {profile.name!r}: provider {spec.name!r} cannot use transport = \"native\" (it speaks "
-                "OpenAI chat completions and Anthropic messages); remove transport or use an OpenAI-compatible api_base"
-            )
-        for unsupported in ("engine", "model_type", "use_developer_role"):
-            if unsupported in kwargs:
-                raise ConfigError(f"profile {profile.name!r}: {unsupported} is a dspy.LM setting; the native "
-                                  "transport does not take it")
-        base = str(kwargs.get("api_base") or "").rstrip("/")
-        if prefix.startswith("ollama") and base and not base.endswith("/v1"):
-            kwargs["api_base"] = base + "/v1"  # Ollama's OpenAI-compatible route
-        return NativeLM(model, plugin_manager=manager, **kwargs)
-    return HookedLM(model, plugin_manager=manager, **kwargs)
+    return factory(profile, plugin_manager=plugin_manager, **overrides)

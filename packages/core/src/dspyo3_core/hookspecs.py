@@ -26,7 +26,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from dspyo3_core.lm import LMCall
+    from dspyo3_core.call import LMCall
     from dspyo3_core.registry import (
         CacheBackendSpec,
         EmbedderSpec,

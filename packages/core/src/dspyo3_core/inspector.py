@@ -18,44 +18,16 @@ from __future__ import annotations
 
 import importlib
 import sys
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
 import dspy
+
+from dspyo3_core.ir import render_type as render_type  # where it has always been importable from
 
 
 class InspectError(ValueError):
     """TARGET cannot be resolved or is not a DSPy program; the message says why and what to pass."""
-
-
-def render_type(annotation: Any) -> str:
-    """Write an annotation the way a Python programmer would (``Optional[int]``, ``list[str]``, ...)."""
-    if annotation is type(None) or annotation is None:
-        return "None"
-    if annotation is Ellipsis:
-        return "..."
-    if isinstance(annotation, typing.ForwardRef):
-        return annotation.__forward_arg__
-    if isinstance(annotation, str):
-        return annotation
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is typing.Annotated:
-        return render_type(args[0])
-    if origin is Literal:
-        return "Literal[" + ", ".join(repr(arg) for arg in args) + "]"
-    if origin is Union or origin is types.UnionType:
-        members = [arg for arg in args if arg is not type(None)]
-        inner = render_type(members[0]) if len(members) == 1 else "Union[" + ", ".join(map(render_type, members)) + "]"
-        return f"Optional[{inner}]" if len(members) < len(args) else inner
-    if origin is not None:
-        name = getattr(origin, "__name__", None) or str(origin).replace("typing.", "")
-        return f"{name}[{', '.join(map(render_type, args))}]" if args else name
-    if isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
 
 
 def _description(name: str, desc: Any) -> str:

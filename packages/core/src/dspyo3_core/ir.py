@@ -36,15 +36,41 @@ from typing import Any, Literal, Union
 import pydantic
 import pydantic_core
 
-__all__ = ["UnsupportedTypeError", "signature_ir", "type_ir"]
+__all__ = ["UnsupportedTypeError", "render_type", "signature_ir", "type_ir"]
+
+
+def render_type(annotation: Any) -> str:
+    """Write an annotation the way a Python programmer would (``Optional[int]``, ``list[str]``, ...)."""
+    if annotation is type(None) or annotation is None:
+        return "None"
+    if annotation is Ellipsis:
+        return "..."
+    if isinstance(annotation, typing.ForwardRef):
+        return annotation.__forward_arg__
+    if isinstance(annotation, str):
+        return annotation
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return render_type(args[0])
+    if origin is Literal:
+        return "Literal[" + ", ".join(repr(arg) for arg in args) + "]"
+    if origin is Union or origin is types.UnionType:
+        members = [arg for arg in args if arg is not type(None)]
+        inner = render_type(members[0]) if len(members) == 1 else "Union[" + ", ".join(map(render_type, members)) + "]"
+        return f"Optional[{inner}]" if len(members) < len(args) else inner
+    if origin is not None:
+        name = getattr(origin, "__name__", None) or str(origin).replace("typing.", "")
+        return f"{name}[{', '.join(map(render_type, args))}]" if args else name
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
 
 
 class UnsupportedTypeError(TypeError):
     """An annotation the IR (and so code generation) cannot express; the message names the field and the type."""
 
     def __init__(self, field: str, annotation: Any, why: str) -> None:
-        from dspyo3_core.inspector import render_type
-
         self.field = field
         self.annotation = annotation
         super().__init__(f"field `{field}`: type {render_type(annotation)} is not supported ({why})")

@@ -13,53 +13,32 @@ async calls take DSPy's own async path instead: no thread, and cancellation reac
 
 from __future__ import annotations
 
-import contextvars
 import functools
-import weakref
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import dspy
 import dspy.dsp.utils.settings as _dspy_settings
 
-from dspyo3_core.secrets import masked, register_secret, secret_values
+from dspyo3_core.call import (
+    CURRENT_CALL,
+    LMCall,
+    current_call,
+    manager_token,
+    note_history,
+    note_result,
+    plugin_manager_for,
+    wrappers_active,
+)
+from dspyo3_core.secrets import register_secret, secret_values
 
 if TYPE_CHECKING:
     from dspyo3_core.plugins import PluginManager
 
-
-# token -> weak reference to the manager: an LM does not keep a manager (and its plugins) alive.
-_MANAGERS: dict[str, weakref.ref[PluginManager]] = {}
-
+# re-exported: where they have always been importable from (they live in the hook layer, dspyo3_core.call)
+__all__ = ["HookedLM", "LMCall", "current_call", "invoke_call", "lm_callbacks_wanted", "manager_token",
+           "note_history", "note_result", "plugin_manager_for", "wrappers_active"]
 
 _UNSET: Any = object()
-_CURRENT: contextvars.ContextVar[LMCall | None] = contextvars.ContextVar("dspyo3_current_lm_call", default=None)
-
-
-def current_call() -> LMCall | None:
-    """The :class:`LMCall` whose real call is running in this context (inside :meth:`LMCall.invoke`), else None.
-
-    DSPy-level hooks that run inside the call (``dspy.cache`` lookups, ``update_history``) use it to report back
-    to the wrappers: a cache tier notes its hit, the LM its usage and cost."""
-    return _CURRENT.get()
-
-
-def wrappers_active(manager: PluginManager) -> bool:
-    """Whether any ``dspyo3_lm_call`` impl besides core's innermost one would act on a call right now.
-
-    An impl that is sometimes a pass-through (a wrapper installed but not configured) says so with a
-    ``dspyo3_active`` attribute on its function, a callable returning False while it would only
-    ``return (yield)``; LMs then skip the hook machinery (for async calls, the worker thread) when none is active.
-    """
-    from dspyo3_core import plugin as core_plugin
-
-    for impl in manager.hook.dspyo3_lm_call.get_hookimpls():
-        if impl.function is core_plugin.dspyo3_lm_call:
-            continue
-        check = getattr(impl.function, "dspyo3_active", None)
-        if check is None or check():
-            return True
-    return False
 
 
 def lm_callbacks_wanted(lm: Any, callbacks: Any = _UNSET) -> bool:
@@ -78,85 +57,10 @@ def lm_callbacks_wanted(lm: Any, callbacks: Any = _UNSET) -> bool:
     return any(getattr(callback, "dspyo3_lm_events", True) for callback in getattr(lm, "callbacks", None) or ())
 
 
-def manager_token(manager: PluginManager) -> str:
-    """A token naming ``manager``, for an LM to store instead of the manager itself.
-
-    LMs are deep-copied and pickled by DSPy (``dspy.LM.copy()``, ``save``), while a plugin manager is shared and
-    holds live plugins; so an LM keeps this string (as ``self._dspyo3_pm_token``) and :func:`plugin_manager_for`
-    turns it back into the manager. The registry holds a weak reference: an LM does not keep a manager alive, and
-    a token whose manager is gone falls back to the process-wide manager. Custom LMs that route through the
-    ``dspyo3_lm_call`` hook with their own ``plugin_manager=`` use it the same way.
-    """
-    token = f"pm-{id(manager):x}"
-    ref = _MANAGERS.get(token)
-    if ref is None or ref() is not manager:
-        _MANAGERS[token] = weakref.ref(manager, functools.partial(_forget, token))
-    return token
-
-
-def _forget(token: str, dead: weakref.ref[PluginManager]) -> None:
-    if _MANAGERS.get(token) is dead:
-        del _MANAGERS[token]
-
-
-@dataclass
-class LMCall:
-    """One LM call as the ``dspyo3_lm_call`` hook sees it.
-
-    Attributes:
-        lm: the :class:`HookedLM` (or :class:`~dspyo3_core.native_lm.NativeLM`) being called (``lm.model``,
-            ``lm.kwargs``).
-        prompt: the prompt string, if the caller passed one.
-        messages: the chat messages, if the caller passed them (what DSPy adapters do).
-        kwargs: per-call keyword arguments (``temperature``, ``n``, ``rollout_id``, ...).
-        is_async: the call came in through ``acall``.
-        metadata: free space for wrappers to share data about this call (timings, cache keys, ...).
-        usage: token usage the LM reported for this call (filled in when the call finishes; ``{}`` on a cache hit).
-        cost: USD cost the LM computed for this call, if it knows its price.
-        cache_hit: the answer came from a cache, not the provider.
-        cache_tier: which cache tier answered (``"memory"``, ``"redis"``, ``"disk"``), when the cache says so.
-    """
-
-    lm: dspy.BaseLM
-    prompt: Any = None
-    messages: Any = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    is_async: bool = False
-    metadata: dict[str, Any] = field(default_factory=dict)
-    usage: dict[str, Any] | None = None
-    cost: float | None = None
-    cache_hit: bool = False
-    cache_tier: str | None = None
-
-    @property
-    def model(self) -> str:
-        """The LiteLLM model string of the LM being called."""
-        return str(self.lm.model)
-
-    def __repr__(self) -> str:
-        # Wrappers log calls; a per-call api_key (or any secret-looking argument) must not go with them.
-        shown = masked(self.kwargs)
-        return (
-            f"LMCall(model={self.model!r}, prompt={self.prompt!r}, messages={self.messages!r}, kwargs={shown!r}, "
-            f"is_async={self.is_async!r})"
-        )
-
-    def invoke(self) -> Any:
-        """Run the real call (cache, retries and transport included): :func:`invoke_call`."""
-        return invoke_call(self)
-
-    def record(self, entry: dict[str, Any]) -> None:
-        """Take usage and cost from the LM's history entry for this call."""
-        usage = entry.get("usage")
-        self.usage = dict(usage) if usage else {}
-        cost = entry.get("cost")
-        self.cost = float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None
-
-
 def invoke_call(call: LMCall) -> Any:
     """Run ``call``'s real call (cache, retries and transport included): core's innermost ``dspyo3_lm_call`` impl
     (registered as that impl directly, so the hook chain has one frame less per call)."""
-    token = _CURRENT.set(call)
+    token = CURRENT_CALL.set(call)
     try:
         native = getattr(call.lm, "_dspyo3_invoke", None)
         if native is not None:
@@ -183,7 +87,7 @@ def invoke_call(call: LMCall) -> Any:
         with dspy.context(usage_tracker=_UsageTee(dspy.settings.get("usage_tracker"), call)):
             return run(call.lm, call.prompt, messages=call.messages, **call.kwargs)
     finally:
-        _CURRENT.reset(token)
+        CURRENT_CALL.reset(token)
 
 
 class _UsageTee:
@@ -205,50 +109,14 @@ class _UsageTee:
         return getattr(self._inner, name)
 
 
-def _running_for(lm: Any) -> LMCall | None:
-    """The :class:`LMCall` running in this context, if it is a call of ``lm``."""
-    call = _CURRENT.get()
-    return call if call is not None and call.lm is lm else None
-
-
-def note_history(lm: Any, entry: dict[str, Any]) -> None:
-    """Hand ``entry`` (an LM history entry being recorded) to the :class:`LMCall` running for ``lm``, if any."""
-    call = _running_for(lm)
-    if call is not None:
-        call.record(entry)
-
-
-def note_result(lm: Any, usage: dict[str, Any], cost: float | None, cache_hit: bool) -> None:
-    """Report one finished call's usage, cost and cache mark to the :class:`LMCall` running for ``lm``, if any."""
-    call = _running_for(lm)
-    if call is not None:
-        call.usage, call.cost = usage, cost
-        call.cache_hit = call.cache_hit or cache_hit
-
-
 _LM_CALL_UNWRAPPED = getattr(dspy.LM.__call__, "__wrapped__", dspy.LM.__call__)  # without DSPy's callback dispatch
-
-
-def plugin_manager_for(lm: Any) -> PluginManager:
-    """The plugin manager an LM built with ``plugin_manager=`` routes through (else the process-wide one)."""
-    from dspyo3_core.plugins import get_plugin_manager
-
-    ref = _MANAGERS.get(getattr(lm, "_dspyo3_pm_token", None) or "")
-    manager = ref() if ref is not None else None
-    return manager if manager is not None else get_plugin_manager()
-
-
-def _default_manager() -> PluginManager:
-    from dspyo3_core.plugins import get_plugin_manager
-
-    return get_plugin_manager()
 
 
 class HookedLM(dspy.LM):
     """``dspy.LM`` that routes every call through the ``dspyo3_lm_call`` hook.
 
     Construct it like ``dspy.LM`` (``HookedLM("openai/gpt-4o-mini", api_key=...)``), or from a profile with
-    :func:`dspyo3_core.config.build_lm`. ``plugin_manager`` defaults to the process-wide manager.
+    :func:`dspyo3_core.lm_factory.build_lm`. ``plugin_manager`` defaults to the process-wide manager.
     """
 
     def __init__(self, model: str, *args: Any, plugin_manager: PluginManager | None = None, **kwargs: Any) -> None:
@@ -263,11 +131,7 @@ class HookedLM(dspy.LM):
         return plugin_manager_for(self)
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
-        ref = _MANAGERS.get(getattr(self, "_dspyo3_pm_token", None) or "")  # plugin_manager_for(), inlined
-        manager = ref() if ref is not None else None
-        if manager is None:
-            manager = _default_manager()
-        return (manager._lm_caller or manager.lm_call_hook)(call=LMCall(self, prompt, messages, kwargs))
+        return plugin_manager_for(self).lm_call_hook(call=LMCall(self, prompt, messages, kwargs))
 
     async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         import anyio.to_thread
@@ -281,7 +145,7 @@ class HookedLM(dspy.LM):
 
     def update_history(self, entry: dict[str, Any]) -> None:
         """Record ``entry`` as DSPy does, and hand its usage and cost to the running :class:`LMCall`."""
-        call = _CURRENT.get()  # note_history and LMCall.record, inlined: this runs on every call
+        call = CURRENT_CALL.get()  # note_history and LMCall.record, inlined: this runs on every call
         if call is not None and call.lm is self:
             usage, cost = entry.get("usage"), entry.get("cost")
             call.usage = dict(usage) if usage else {}

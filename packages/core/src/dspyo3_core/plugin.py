@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from dspyo3_core.call import innermost
 from dspyo3_core.config import BUILTIN_PROVIDERS
 from dspyo3_core.hookspecs import hookimpl
 from dspyo3_core.registry import LMProviderSpec
@@ -16,7 +17,7 @@ from dspyo3_core.registry import LMProviderSpec
 if TYPE_CHECKING:
     import click
 
-    from dspyo3_core.lm import LMCall
+    from dspyo3_core.call import LMCall
 
 
 @hookimpl
@@ -39,6 +40,7 @@ _invoke_call: Callable[[LMCall], Any] | None = None
 
 
 @hookimpl(trylast=True)
+@innermost
 def dspyo3_lm_call(call: LMCall) -> Any:
     """The innermost LM call: DSPy's own ``LM.__call__`` (engine, cache and retries included), or NativeLM's.
 

@@ -462,13 +462,24 @@ class PluginManager:
                 owners[name] = dist
 
 
+CORE_PLUGIN = "dspyo3_core.plugin"
+"""Core's own plugin (the ``core`` entry point of dspyo3-core): built-in providers, core commands, the innermost
+``dspyo3_lm_call`` impl. It sits above this module (it builds LMs and the CLI), so it is loaded like every other
+plugin, by its entry point, never imported from here."""
+
+
+def _core_plugin() -> Any:
+    for ep in _entry_points(PROJECT):
+        if ep.name == "core" and ep.value.partition(":")[0].strip() == CORE_PLUGIN:
+            return ep.load()
+    return _load_value(CORE_PLUGIN)  # dspyo3-core's metadata is not on sys.path (run from a source tree)
+
+
 def core_only_manager() -> PluginManager:
     """A plugin manager holding only core's own plugin (no entry points): for tests, and for ``doctor`` when the
     installed plugins cannot be loaded."""
-    from dspyo3_core import plugin as core_plugin
-
     manager = PluginManager(entry_points=False)
-    manager.register(core_plugin, name="core", distribution="dspyo3-core")
+    manager.register(_core_plugin(), name="core", distribution="dspyo3-core")
     manager.load()
     return manager
 

@@ -1,0 +1,193 @@
+"""One LM call as the hook layer sees it: :class:`LMCall`, the call running in this context, and LM -> plugin
+manager tokens.
+
+This module is part of the hook layer (with :mod:`~dspyo3_core.hookspecs` and :mod:`~dspyo3_core.plugins`): it
+imports neither DSPy nor the LM classes. The LM layer (:mod:`~dspyo3_core.lm`, :mod:`~dspyo3_core.native_lm`,
+:mod:`~dspyo3_core.offline`) builds calls and runs them; core's innermost ``dspyo3_lm_call`` impl is recognised by
+the :func:`innermost` marker on its function, not by importing the module that defines it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from dspyo3_core.plugins import get_plugin_manager
+from dspyo3_core.secrets import masked
+
+if TYPE_CHECKING:
+    import dspy
+
+    from dspyo3_core.plugins import PluginManager
+
+__all__ = [
+    "CURRENT_CALL",
+    "LMCall",
+    "current_call",
+    "innermost",
+    "is_innermost",
+    "manager_token",
+    "note_history",
+    "note_result",
+    "plugin_manager_for",
+    "wrappers_active",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CURRENT_CALL: contextvars.ContextVar[LMCall | None] = contextvars.ContextVar("dspyo3_current_lm_call", default=None)
+"""The :class:`LMCall` whose real call is running in this context. The LM layer sets it around the real call
+(``token = CURRENT_CALL.set(call)`` ... ``CURRENT_CALL.reset(token)``); everyone else reads it through
+:func:`current_call`."""
+
+INNERMOST_MARK = "dspyo3_innermost"
+"""The attribute :func:`innermost` sets on the function of core's innermost ``dspyo3_lm_call`` impl."""
+
+# token -> weak reference to the manager: an LM does not keep a manager (and its plugins) alive.
+_MANAGERS: dict[str, weakref.ref[PluginManager]] = {}
+
+
+def innermost(function: F) -> F:
+    """Mark ``function`` as the innermost ``dspyo3_lm_call`` impl (the real call, not a wrapper)."""
+    setattr(function, INNERMOST_MARK, True)
+    return function
+
+
+def is_innermost(function: Any) -> bool:
+    """Whether ``function`` carries the :func:`innermost` mark."""
+    return getattr(function, INNERMOST_MARK, False) is True
+
+
+def current_call() -> LMCall | None:
+    """The :class:`LMCall` whose real call is running in this context (inside :meth:`LMCall.invoke`), else None.
+
+    DSPy-level hooks that run inside the call (``dspy.cache`` lookups, ``update_history``) use it to report back
+    to the wrappers: a cache tier notes its hit, the LM its usage and cost."""
+    return CURRENT_CALL.get()
+
+
+def wrappers_active(manager: PluginManager) -> bool:
+    """Whether any ``dspyo3_lm_call`` impl besides core's innermost one would act on a call right now.
+
+    An impl that is sometimes a pass-through (a wrapper installed but not configured) says so with a
+    ``dspyo3_active`` attribute on its function, a callable returning False while it would only
+    ``return (yield)``; LMs then skip the hook machinery (for async calls, the worker thread) when none is active.
+    """
+    for impl in manager.hook.dspyo3_lm_call.get_hookimpls():
+        if is_innermost(impl.function):
+            continue
+        check = getattr(impl.function, "dspyo3_active", None)
+        if check is None or check():
+            return True
+    return False
+
+
+def manager_token(manager: PluginManager) -> str:
+    """A token naming ``manager``, for an LM to store instead of the manager itself.
+
+    LMs are deep-copied and pickled by DSPy (``dspy.LM.copy()``, ``save``), while a plugin manager is shared and
+    holds live plugins; so an LM keeps this string (as ``self._dspyo3_pm_token``) and :func:`plugin_manager_for`
+    turns it back into the manager. The registry holds a weak reference: an LM does not keep a manager alive, and
+    a token whose manager is gone falls back to the process-wide manager. Custom LMs that route through the
+    ``dspyo3_lm_call`` hook with their own ``plugin_manager=`` use it the same way.
+    """
+    token = f"pm-{id(manager):x}"
+    ref = _MANAGERS.get(token)
+    if ref is None or ref() is not manager:
+        _MANAGERS[token] = weakref.ref(manager, functools.partial(_forget, token))
+    return token
+
+
+def _forget(token: str, dead: weakref.ref[PluginManager]) -> None:
+    if _MANAGERS.get(token) is dead:
+        del _MANAGERS[token]
+
+
+def plugin_manager_for(lm: Any) -> PluginManager:
+    """The plugin manager an LM built with ``plugin_manager=`` routes through (else the process-wide one)."""
+    ref = _MANAGERS.get(getattr(lm, "_dspyo3_pm_token", None) or "")
+    manager = ref() if ref is not None else None
+    return manager if manager is not None else get_plugin_manager()
+
+
+@dataclass
+class LMCall:
+    """One LM call as the ``dspyo3_lm_call`` hook sees it.
+
+    Attributes:
+        lm: the :class:`~dspyo3_core.lm.HookedLM` (or :class:`~dspyo3_core.native_lm.NativeLM`) being called
+            (``lm.model``, ``lm.kwargs``).
+        prompt: the prompt string, if the caller passed one.
+        messages: the chat messages, if the caller passed them (what DSPy adapters do).
+        kwargs: per-call keyword arguments (``temperature``, ``n``, ``rollout_id``, ...).
+        is_async: the call came in through ``acall``.
+        metadata: free space for wrappers to share data about this call (timings, cache keys, ...).
+        usage: token usage the LM reported for this call (filled in when the call finishes; ``{}`` on a cache hit).
+        cost: USD cost the LM computed for this call, if it knows its price.
+        cache_hit: the answer came from a cache, not the provider.
+        cache_tier: which cache tier answered (``"memory"``, ``"redis"``, ``"disk"``), when the cache says so.
+    """
+
+    lm: dspy.BaseLM
+    prompt: Any = None
+    messages: Any = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    is_async: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, Any] | None = None
+    cost: float | None = None
+    cache_hit: bool = False
+    cache_tier: str | None = None
+
+    @property
+    def model(self) -> str:
+        """The LiteLLM model string of the LM being called."""
+        return str(self.lm.model)
+
+    def __repr__(self) -> str:
+        # Wrappers log calls; a per-call api_key (or any secret-looking argument) must not go with them.
+        shown = masked(self.kwargs)
+        return (
+            f"LMCall(model={self.model!r}, prompt={self.prompt!r}, messages={self.messages!r}, kwargs={shown!r}, "
+            f"is_async={self.is_async!r})"
+        )
+
+    def invoke(self) -> Any:
+        """Run the real call (cache, retries and transport included): the innermost ``dspyo3_lm_call`` impl of
+        the LM's plugin manager (the one marked with :func:`innermost`), skipping every wrapper."""
+        for impl in reversed(plugin_manager_for(self.lm).hook.dspyo3_lm_call.get_hookimpls()):
+            if is_innermost(impl.function):
+                return impl.function(self)
+        raise RuntimeError("no innermost dspyo3_lm_call impl is registered (is dspyo3-core's plugin disabled?)")
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Take usage and cost from the LM's history entry for this call."""
+        usage = entry.get("usage")
+        self.usage = dict(usage) if usage else {}
+        cost = entry.get("cost")
+        self.cost = float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None
+
+
+def _running_for(lm: Any) -> LMCall | None:
+    """The :class:`LMCall` running in this context, if it is a call of ``lm``."""
+    call = CURRENT_CALL.get()
+    return call if call is not None and call.lm is lm else None
+
+
+def note_history(lm: Any, entry: dict[str, Any]) -> None:
+    """Hand ``entry`` (an LM history entry being recorded) to the :class:`LMCall` running for ``lm``, if any."""
+    call = _running_for(lm)
+    if call is not None:
+        call.record(entry)
+
+
+def note_result(lm: Any, usage: dict[str, Any], cost: float | None, cache_hit: bool) -> None:
+    """Report one finished call's usage, cost and cache mark to the :class:`LMCall` running for ``lm``, if any."""
+    call = _running_for(lm)
+    if call is not None:
+        call.usage, call.cost = usage, cost
+        call.cache_hit = call.cache_hit or cache_hit

@@ -1,0 +1,136 @@
+"""The LM layer's factory: turn an LM profile into a hooked LM (:class:`~dspyo3_core.lm.HookedLM`,
+:class:`~dspyo3_core.native_lm.NativeLM` or :class:`~dspyo3_core.offline.OfflineLM`).
+
+Profiles are parsed by :mod:`dspyo3_core.config` (the app layer), which re-exports :func:`build_lm`; this module
+does not import the config module: it takes any object shaped like a profile (:class:`LMProfileLike`). The LM
+classes are imported when an LM is built, so importing this module does not import DSPy.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Protocol
+
+from dspyo3_core.errors import ConfigError
+from dspyo3_core.plugins import get_plugin_manager
+from dspyo3_core.secrets import register_secret, secret_values
+
+if TYPE_CHECKING:
+    from dspyo3_core.lm import HookedLM
+    from dspyo3_core.native_lm import NativeLM
+    from dspyo3_core.offline import OfflineLM
+    from dspyo3_core.plugins import PluginManager
+    from dspyo3_core.registry import LMProviderSpec
+
+__all__ = ["NATIVE_PREFIXES", "TRANSPORTS", "LMProfileLike", "build_lm"]
+
+TRANSPORTS = ("litellm", "native")
+"""The values a profile's ``transport`` may take."""
+NATIVE_PREFIXES = ("openai", "anthropic", "together_ai", "ollama_chat", "ollama", "hosted_vllm")
+"""LiteLLM route prefixes the native transport can serve (OpenAI chat completions or Anthropic messages)."""
+
+
+class LMProfileLike(Protocol):
+    """What :func:`build_lm` reads from a profile (:class:`dspyo3_core.config.LMProfile` has all of it)."""
+
+    @property
+    def name(self) -> str:
+        """Profile name."""
+
+    @property
+    def provider(self) -> str:
+        """Provider name (a registered :class:`~dspyo3_core.registry.LMProviderSpec`)."""
+
+    @property
+    def model(self) -> str:
+        """Model id as the provider names it."""
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Extra ``dspy.LM`` keyword arguments."""
+
+    @property
+    def source(self) -> str:
+        """Where the profile came from (for messages)."""
+
+    def resolve_key(self, spec: LMProviderSpec) -> tuple[str | None, str]:
+        """The API key for ``spec`` and where it came from."""
+
+    def litellm_model(self, spec: LMProviderSpec) -> str:
+        """The LiteLLM model string (route prefix included)."""
+
+    def effective_api_base(self, spec: LMProviderSpec) -> str | None:
+        """The base URL to call, if any."""
+
+
+def build_lm(
+    profile: LMProfileLike, *, plugin_manager: PluginManager | None = None, **overrides: Any
+) -> HookedLM | NativeLM | OfflineLM:
+    """Turn a profile into an LM whose calls go through the ``dspyo3_lm_call`` hook: a
+    :class:`~dspyo3_core.lm.HookedLM` (``dspy.LM``, LiteLLM) or, with ``transport = "native"`` (or a native
+    provider), a :class:`~dspyo3_core.native_lm.NativeLM` on the Rust transport; the ``offline`` provider gives an
+    :class:`~dspyo3_core.offline.OfflineLM` (not a model: answers from the prompt).
+
+    ``profile`` is a :class:`dspyo3_core.config.LMProfile` (or any object with the same fields and methods).
+
+    Raises:
+        ConfigError: unknown provider or transport, or a setting the provider needs is missing.
+    """
+    from dspyo3_core.lm import HookedLM
+
+    manager = plugin_manager or get_plugin_manager()
+    providers = manager.lm_providers()
+    if profile.provider not in providers:
+        raise ConfigError(
+            f"profile {profile.name!r} ({profile.source}) names unknown provider {profile.provider!r}; "
+            f"known providers: {', '.join(providers.names())}"
+        )
+    spec = providers.get(profile.provider)
+    api_base = profile.effective_api_base(spec)
+    if spec.requires_api_base and not api_base:
+        where = "set DSPYO3_LM_API_BASE" if profile.source == "DSPYO3_LM" else 'add api_base = "http://..." to it'
+        raise ConfigError(f"profile {profile.name!r}: provider {spec.name!r} needs api_base; {where}")
+    kwargs: dict[str, Any] = dict(profile.params)
+    for kwarg, env_name in spec.extra_env.items():
+        if kwarg not in kwargs and os.environ.get(env_name):
+            kwargs[kwarg] = os.environ[env_name]
+    key, _ = profile.resolve_key(spec)
+    if key is None and spec.requires_api_base and spec.model_prefix == "openai":
+        key = "EMPTY"  # OpenAI-compatible servers without auth still need a non-empty key in the client
+    if key is not None:
+        kwargs["api_key"] = key
+    register_secret(*secret_values(kwargs))
+    if api_base:
+        kwargs["api_base"] = api_base
+    kwargs.update(overrides)
+    if spec.transport == "offline":
+        from dspyo3_core.offline import MODES, OfflineLM
+
+        if profile.model.removeprefix("offline/") not in MODES:
+            raise ConfigError(f"profile {profile.name!r}: offline model {profile.model!r} is unknown; use "
+                              f"{', '.join(MODES)} (DSPYO3_LM=offline/extractive)")
+        for unused in ("api_key", "api_base", "cache", "num_retries", "timeout", "transport"):
+            kwargs.pop(unused, None)
+        return OfflineLM(profile.model, plugin_manager=manager, **kwargs)
+    transport = kwargs.pop("transport", spec.transport)
+    if transport not in TRANSPORTS:
+        raise ConfigError(f"profile {profile.name!r}: transport = {transport!r}; use one of {', '.join(TRANSPORTS)}")
+    model = profile.litellm_model(spec)
+    if transport == "native":
+        from dspyo3_core.native_lm import NativeLM
+
+        prefix = model.split("/", 1)[0]
+        if prefix not in NATIVE_PREFIXES or "api_version" in kwargs:
+            raise ConfigError(
+                f"profile {profile.name!r}: provider {spec.name!r} cannot use transport = \"native\" (it speaks "
+                "OpenAI chat completions and Anthropic messages); remove transport or use an OpenAI-compatible api_base"
+            )
+        for unsupported in ("engine", "model_type", "use_developer_role"):
+            if unsupported in kwargs:
+                raise ConfigError(f"profile {profile.name!r}: {unsupported} is a dspy.LM setting; the native "
+                                  "transport does not take it")
+        base = str(kwargs.get("api_base") or "").rstrip("/")
+        if prefix.startswith("ollama") and base and not base.endswith("/v1"):
+            kwargs["api_base"] = base + "/v1"  # Ollama's OpenAI-compatible route
+        return NativeLM(model, plugin_manager=manager, **kwargs)
+    return HookedLM(model, plugin_manager=manager, **kwargs)
