@@ -17,7 +17,7 @@ import pydantic
 import pydantic_core
 from dspy.utils.callback import with_callbacks
 
-_MODELS: dict[str, Any] = {}
+_MODELS: dict[str, type[pydantic.BaseModel]] = {}
 
 
 # -- types ------------------------------------------------------------------------------------------------------
@@ -77,7 +77,9 @@ def make_signature(spec: dict[str, Any]) -> type[dspy.Signature]:
         for field in spec[role]:
             kwargs = {key: field[key] for key in ("desc", "prefix") if field.get(key) is not None}
             fields[field["name"]] = (annotation(field["ty"]), field_type(**kwargs))
-    return dspy.make_signature(fields, spec.get("instructions"), spec.get("name") or "StringSignature")
+    signature: type[dspy.Signature] = dspy.make_signature(fields, spec.get("instructions"),
+                                                          spec.get("name") or "StringSignature")
+    return signature
 
 
 # -- modules ----------------------------------------------------------------------------------------------------
@@ -238,109 +240,20 @@ def make_tool(func: Any, name: str, desc: str, args_json: str) -> RustTool:
 # -- native transport -------------------------------------------------------------------------------------------
 
 
-def _native_body(model: str, request: Any) -> bytes:
-    """OpenAI chat-completions JSON for an lm15 ``Request`` (text messages; no tools, no images)."""
-    from dspy.lm15 import UnsupportedFeatureError
+def make_native_lm(model: str, kwargs_json: str, api_key: str | None) -> Any:
+    """``Lm::new(model).native()``: a ``dspyo3_core.native_lm.NativeLM`` (HTTP in Rust, ``dspyo3_native``)."""
+    from dspyo3_core.native_lm import PROVIDERS, NativeLM
 
-    if request.tools:
-        raise UnsupportedFeatureError("the native transport does not do native function calling yet; "
-                                      "use the default transport for tool-calling adapters")
-    messages = []
-    if request.system is not None:
-        system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system)
-        messages.append({"role": "system", "content": system})
-    for message in request.messages:
-        text = message.text
-        if text is None:
-            raise UnsupportedFeatureError("the native transport sends text messages only (no images, files or "
-                                          "tool results yet)")
-        messages.append({"role": message.role, "content": text})
-    body: dict[str, Any] = {"model": model, "messages": messages}
-    config = request.config
-    for key in ("max_tokens", "temperature", "top_p", "seed", "frequency_penalty", "presence_penalty"):
-        value = getattr(config, key, None)
-        if value is not None:
-            body[key] = value
-    if config.stop:
-        body["stop"] = list(config.stop)
-    if config.response_format is not None:
-        body["response_format"] = config.response_format
-    body.update(config.extensions or {})
-    return json.dumps(body).encode()
-
-
-_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_call", "function_call": "tool_call",
-           "content_filter": "content_filter"}
-
-
-def _native_response(outcome: tuple[Any, ...]) -> Any:
-    from dspy import lm15
-
-    kind, text, ident, model, finish, (prompt, completion, total), status, retry_after = outcome
-    if kind == "ok":
-        return lm15.Response(id=ident, model=model or "", message=lm15.Message.assistant([lm15.TextPart(text)]),
-                             finish_reason=_FINISH.get(finish or "stop", "stop"),
-                             usage=lm15.Usage(input_tokens=prompt, output_tokens=completion, total_tokens=total))
-    if kind == "protocol":
-        # an HTTP 200 whose body is not a completion: what the default transport raises for it (a provider error,
-        # not retried: the same request gets the same answer)
-        raise lm15.ProviderError(text, code="malformed_response", provider="dspyo3-native", status=status or 200)
-    if kind == "too_large":  # the same request would get the same answer: never retried
-        raise lm15.CollectionLimitError(text, code="response_too_large", provider="dspyo3-native", status=status)
-    errors = {"rate_limit": lm15.RateLimitError, "auth": lm15.AuthError, "context_length": lm15.ContextLengthError,
-              "invalid_request": lm15.InvalidRequestError, "server": lm15.ServerError, "timeout": lm15.TimeoutError,
-              "config": lm15.ConfigurationError}
-    error_type = errors.get(kind)
-    if error_type is None:  # connect: nothing was answered, a retry may reach the server
-        raise lm15.TransportError(text, provider="dspyo3-native")
-    raise error_type(text, provider="dspyo3-native", status=status, retry_after=retry_after)
-
-
-class NativeEngine:
-    """Sync DSPy engine on the Rust transport."""
-
-    def __init__(self, client: Any, model: str) -> None:
-        self.client, self.model = client, model
-
-    def complete(self, request: Any) -> Any:
-        return _native_response(self.client.complete(_native_body(self.model, request)))
-
-    def stream(self, request: Any) -> Any:
-        from dspy.lm15 import UnsupportedFeatureError
-
-        raise UnsupportedFeatureError("the native transport does not stream yet; use the default transport")
-
-    def close(self) -> None:
-        pass
-
-
-class AsyncNativeEngine:
-    """Async DSPy engine on the Rust transport: awaiting it parks no thread, the request runs on tokio."""
-
-    def __init__(self, client: Any, model: str) -> None:
-        self.client, self.model = client, model
-
-    async def complete(self, request: Any) -> Any:
-        return _native_response(await self.client.acomplete(_native_body(self.model, request)))
-
-    async def stream(self, request: Any) -> Any:
-        from dspy.lm15 import UnsupportedFeatureError
-
-        raise UnsupportedFeatureError("the native transport does not stream yet; use the default transport")
-        yield  # pragma: no cover
-
-    async def aclose(self) -> None:
-        pass
-
-
-def make_native_lm(model: str, client: Any, kwargs_json: str) -> Any:
     kwargs = json.loads(kwargs_json)
-    _register_secrets(kwargs.get("api_key"))  # held by the Rust client; masked in every error that echoes it
-    for key in ("api_base", "api_key", "timeout"):
-        kwargs.pop(key, None)
-    wire_model = model.split("/", 1)[1] if "/" in model else model
-    return dspy.LM(model, engine=NativeEngine(client, wire_model), async_engine=AsyncNativeEngine(client, wire_model),
-                   **kwargs)
+    kwargs.pop("api_key", None)  # Rust hands the key over separately (from .api_key, the env or this kwarg)
+    _register_secrets(api_key)
+    lm = NativeLM(model, api_key=api_key, **kwargs)
+    provider, sep, bare = model.partition("/")
+    if sep and provider not in PROVIDERS:
+        # a LiteLLM route NativeLM has no entry for ("openrouter/vendor/model", "deepseek/...") on the given
+        # api_base: the server is sent the name after the route, as LiteLLM sends it
+        lm.wire_model = bare
+    return lm
 
 
 # -- LM and settings --------------------------------------------------------------------------------------------
@@ -460,7 +373,7 @@ def describe_error(exc: BaseException, tb: Any = None) -> dict[str, Any]:
     status = _http_status(found)
     retryable = None
     try:
-        retryable = bool(dspy.is_retryable_lm_error(found))  # type: ignore[attr-defined]
+        retryable = bool(dspy.is_retryable_lm_error(found))
     except Exception:
         retryable = None
     return {

@@ -47,7 +47,6 @@
 mod error;
 mod lm;
 mod module;
-mod native;
 mod runtime;
 mod stream;
 #[cfg(feature = "testing")]

@@ -172,11 +172,12 @@ impl LmBuilder {
         self
     }
 
-    /// Send requests with the native transport: the HTTP call runs in Rust on tokio, without LiteLLM or lm15's
-    /// client, and holds no GIL while in flight; DSPy's adapters, cache, retries, history and errors are
-    /// unchanged. OpenAI-compatible chat completions over `http://` or `https://` (HTTP/1.1 or HTTP/2 by ALPN),
-    /// text messages, no streaming; `build` says so when an option is outside that. (Python code gets the full
-    /// transport, streaming and Anthropic included, as `dspyo3_core.native_lm.NativeLM`.)
+    /// Send requests with the native transport: the LM is `dspyo3_core.native_lm.NativeLM` (the venv needs
+    /// `dspyo3-core` and `dspyo3-native`), whose HTTP runs in Rust on tokio, without LiteLLM, and holds no GIL while
+    /// in flight; DSPy's adapters, cache, history and errors are unchanged, and `num_retries` retries run in Rust.
+    /// OpenAI-compatible chat completions or Anthropic's messages API over `http://` or `https://` (HTTP/1.1 or
+    /// HTTP/2 by ALPN), streaming and tool calls included. Needs [`api_base`](Self::api_base); `build` returns
+    /// [`ConfigError::NativeTransport`] when the transport refuses its options (a bad URL, a TLS set-up).
     pub fn native(mut self) -> Self {
         self.native = true;
         self
@@ -198,27 +199,27 @@ impl LmBuilder {
         let rt = runtime()?;
         let kwargs = serde_json::to_string(&self.kwargs).expect("JSON map serializes");
         if self.native {
-            let api_base = self
-                .kwargs
-                .get("api_base")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ConfigError::NativeNeedsApiBase { model: self.model.clone() })?;
+            // checked here, before Python: NativeLM would fall back to the provider's public endpoint
+            if !self.kwargs.get("api_base").is_some_and(Value::is_string) {
+                return Err(ConfigError::NativeNeedsApiBase { model: self.model.clone() }.into());
+            }
             let seconds = self.kwargs.get("timeout").and_then(Value::as_f64).unwrap_or(600.0);
-            let timeout = std::time::Duration::try_from_secs_f64(seconds)
-                .ok()
-                .filter(|t| !t.is_zero() && t.as_secs() <= 7 * 24 * 3600)
-                .ok_or(ConfigError::Timeout { seconds })?;
+            let in_range = std::time::Duration::try_from_secs_f64(seconds)
+                .is_ok_and(|t| !t.is_zero() && t.as_secs() <= 7 * 24 * 3600);
+            if !in_range {
+                return Err(ConfigError::Timeout { seconds }.into());
+            }
             // a key given as .kwarg("api_key", ...) counts too: it must not be dropped silently
             let key = key.or_else(|| self.kwargs.get("api_key").and_then(Value::as_str).map(str::to_string));
-            let client = crate::native::NativeClient::new(api_base, key.as_deref(), timeout)
-                .map_err(|e| ConfigError::NativeTransport { message: e.to_string() })?;
             return Python::attach(|py| {
-                let client = Py::new(py, client).map_err(|e| Error::from_py_in(py, e))?;
-                let lm = rt
-                    .bridge
-                    .bind(py)
-                    .call_method1("make_native_lm", (&self.model, client, kwargs))
-                    .map_err(|e| Error::from_py_in(py, e))?;
+                let lm = rt.bridge.bind(py).call_method1("make_native_lm", (&self.model, kwargs, key)).map_err(|e| {
+                    // the transport refusing its options (a bad URL, a TLS set-up) is a configuration error
+                    let refused = e.is_instance_of::<pyo3::exceptions::PyValueError>(py);
+                    match Error::from_py_in(py, e) {
+                        Error::Python { message, .. } if refused => ConfigError::NativeTransport { message }.into(),
+                        other => other,
+                    }
+                })?;
                 Ok(Lm { inner: std::sync::Arc::new(lm.unbind()), model: self.model })
             });
         }

@@ -283,7 +283,7 @@ def _activate(venv, site_dir, include_system):
     activate().map_err(|e| RuntimeError::ActivateVenv { venv, source: PyException::of(py, e) }.into())
 }
 
-/// The tokio runtime that native-transport requests (and `pyo3-async-runtimes` futures) run on. Its threads keep
+/// The tokio runtime `pyo3-async-runtimes` futures run on. Its threads keep
 /// a Python thread state, because each completed request attaches to resolve an asyncio future. When the
 /// application already gave `pyo3-async-runtimes` a runtime, that one is used.
 fn start_tokio_runtime() {

@@ -512,33 +512,38 @@ fn sync_call_releases_the_gil_while_the_request_is_in_flight() {
 
 #[test]
 fn streaming_yields_tokens_then_the_typed_prediction() {
+    // on both transports: dspy.LM's own client, and the native one (NativeLM streams through dspy.streamify)
     let server = Server::start();
     let answer = "The capital of France is Paris, a city on the Seine.";
     server.responder(&format!(
         r#"lambda request: Reply(content=chat_reply(answer={answer:?}), chunk_size=6, chunk_delay=0.01)"#
     ));
-    let predict = Predict::<QA>::new().unwrap().with_lm(&server.lm(), None).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (tokens, prediction) = rt.block_on(async {
-        let mut stream = predict.stream(&QAInput { question: "Capital of France?".into() }).unwrap();
-        let mut tokens = Vec::new();
-        let mut prediction = None;
-        while let Some(event) = stream.next().await {
-            match event.unwrap() {
-                StreamEvent::Token { field, chunk, .. } => {
-                    assert_eq!(field, "answer");
-                    tokens.push(chunk);
+    for (transport, lm) in [("default", server.lm()), ("native", server.lm_builder().native().build().unwrap())] {
+        let predict = Predict::<QA>::new().unwrap().with_lm(&lm, None).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (tokens, prediction) = rt.block_on(async {
+            let mut stream = predict.stream(&QAInput { question: "Capital of France?".into() }).unwrap();
+            let mut tokens = Vec::new();
+            let mut prediction = None;
+            while let Some(event) = stream.next().await {
+                match event.unwrap() {
+                    StreamEvent::Token { field, chunk, .. } => {
+                        assert_eq!(field, "answer");
+                        tokens.push(chunk);
+                    }
+                    StreamEvent::Prediction(p) => prediction = Some(p.output),
+                    StreamEvent::Status(_) => {}
                 }
-                StreamEvent::Prediction(p) => prediction = Some(p.output),
-                StreamEvent::Status(_) => {}
             }
-        }
-        (tokens, prediction)
-    });
-    assert!(tokens.len() >= 3, "streamed in several chunks: {tokens:?}");
-    assert_eq!(tokens.concat().trim(), answer);
-    assert_eq!(prediction.unwrap().answer, answer);
-    assert!(server.requests()[0]["stream"].as_bool().unwrap_or(false), "the LM request was a streaming one");
+            (tokens, prediction)
+        });
+        assert!(tokens.len() >= 3, "{transport}: streamed in several chunks: {tokens:?}");
+        assert_eq!(tokens.concat().trim(), answer, "{transport}");
+        assert_eq!(prediction.unwrap().answer, answer, "{transport}");
+        let requests = server.requests();
+        let last = requests.last().unwrap();
+        assert!(last["stream"].as_bool().unwrap_or(false), "{transport}: the LM request was a streaming one");
+    }
 }
 
 #[test]
@@ -562,6 +567,15 @@ fn native_transport_drives_dspy_without_litellm() {
     assert_eq!(request["_headers"]["authorization"], "Bearer test-key");
     assert!(request["messages"][0]["content"].as_str().unwrap().contains("`answer`"), "ChatAdapter system prompt");
     assert_eq!(lm.history_len().unwrap(), 1, "DSPy's history records native calls");
+    let class = Python::attach(|py| lm.as_py().bind(py).get_type().fully_qualified_name().unwrap().to_string());
+    assert_eq!(class, "dspyo3_core.native_lm.NativeLM", "the one Python-facing native transport");
+
+    // a LiteLLM route NativeLM does not know: the server gets the name after the route, as LiteLLM sends it
+    let routed = dspyo3::Lm::new("openrouter/vendor/model-x").api_base(server.api_base.clone()).api_key("k").cache(false);
+    let routed = Predict::<QA>::new().unwrap().with_lm(&routed.native().build().unwrap(), None).unwrap();
+    server.script(&[r#"chat_reply(answer="Paris")"#]);
+    routed.call(&QAInput { question: "Capital?".into() }).unwrap();
+    assert_eq!(server.requests().last().unwrap()["model"], "vendor/model-x");
 
     // async from tokio tasks, no cross-talk
     server.responder(&barrier_responder(16, 0.0)); // all 16 in flight at once, or the barrier breaks
@@ -644,21 +658,10 @@ fn native_transport_states_its_limits() {
     dspyo3::Lm::new("openai/gpt-4o-mini").api_base("https://api.openai.com/v1").native().build().unwrap();
     let err = dspyo3::Lm::new("openai/gpt-4o-mini").api_base("ftp://example.invalid/v1").native().build().unwrap_err();
     assert!(err.to_string().contains("must look like"), "{err}");
-    let server = Server::start();
-    let lm = server.lm_builder().native().build().unwrap();
-    let predict = Predict::<QA>::new().unwrap().with_lm(&lm, None).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let err = rt.block_on(async {
-        let mut stream = predict.stream(&QAInput { question: "q".into() }).unwrap();
-        loop {
-            match stream.next().await {
-                Some(Err(err)) => break err,
-                Some(Ok(_)) => continue,
-                None => panic!("the stream ended without the expected error"),
-            }
-        }
-    });
-    assert!(err.to_string().contains("does not stream yet"), "{err}");
+    assert!(matches!(err, Error::Config(ConfigError::NativeTransport { .. })), "{err:?}");
+    let err = dspyo3::Lm::new("openai/gpt-4o-mini").api_base("http://127.0.0.1:9/v1").native().kwarg("engine", "x");
+    let err = err.build().unwrap_err();
+    assert!(err.to_string().contains("takes no engine"), "{err}");
 }
 
 #[test]
