@@ -1,6 +1,29 @@
 from collections.abc import Awaitable, Sequence
 from os import PathLike
-from typing import Any
+from typing import Any, Self, final
+
+__all__ = [
+    "__version__",
+    "IndexFormatError",
+    "kernels",
+    "build_info",
+    "rrf",
+    "weighted_fusion",
+    "rrf_many",
+    "ENGLISH_STOPWORDS",
+    "STEMMER_LANGUAGES",
+    "Tokenizer",
+    "BM25",
+    "LRUCache",
+    "RateLimiter",
+    "LMTransportError",
+    "LMTransport",
+    "LMStream",
+    "CompletionQueue",
+    "LMRequest",
+    "EventSink",
+    "HTMLUnescaper",
+]
 
 __version__: str
 ENGLISH_STOPWORDS: list[str]
@@ -15,29 +38,31 @@ def kernels() -> list[str]:
 def build_info() -> str:
     """One-line description of the native build: crate version and compiled kernels."""
 
+@final
 class Tokenizer:
     """Text -> tokens: Unicode word segmentation, lowercasing, ASCII folding, stopwords, Snowball stemming."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         lowercase: bool = True,
         ascii_fold: bool = True,
-        stopwords: str | Sequence[str] | None = "english",
-        stemmer: str | None = "english",
+        stopwords: str | Sequence[str] | None = ...,  # "english"
+        stemmer: str | None = ...,  # "english"
         min_token_len: int = 1,
         max_token_len: int = 64,
-    ) -> None: ...
+    ) -> Self: ...
     def tokenize(self, text: str) -> list[str]:
         """Tokens of one text."""
     def tokenize_batch(self, texts: Sequence[str]) -> list[list[str]]:
         """Tokens of many texts, computed in parallel without the GIL."""
 
+@final
 class BM25:
     """A BM25 index with add / update / delete by id, filtered and batch search, and atomic save / load."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         variant: str = "lucene",
         k1: float = 1.2,
@@ -45,11 +70,11 @@ class BM25:
         delta: float = 0.5,
         lowercase: bool = True,
         ascii_fold: bool = True,
-        stopwords: str | Sequence[str] | None = "english",
-        stemmer: str | None = "english",
+        stopwords: str | Sequence[str] | None = ...,  # "english"
+        stemmer: str | None = ...,  # "english"
         min_token_len: int = 1,
         max_token_len: int = 64,
-    ) -> None: ...
+    ) -> Self: ...
     def add(self, ids: Sequence[str], texts: Sequence[str]) -> None:
         """Add (or replace, by id) documents; tokenized in parallel without the GIL."""
     def add_tokens(self, ids: Sequence[str], tokens: Sequence[Sequence[str]]) -> None:
@@ -84,7 +109,7 @@ class BM25:
     def params(self) -> dict[str, Any]:
         """Scoring parameters: ``{"variant", "k1", "b", "delta"}``."""
     def __len__(self) -> int: ...
-    def __contains__(self, id: str) -> bool: ...
+    def __contains__(self, id: str, /) -> bool: ...
 
 def rrf(
     lists: Sequence[Sequence[str]],
@@ -110,10 +135,11 @@ def weighted_fusion(
 ) -> list[tuple[str, float]]:
     """Weighted fusion of scored lists after per-list normalisation (``minmax``, ``zscore`` or ``none``)."""
 
+@final
 class LRUCache:
     """A thread-safe LRU cache of str keys with optional per-entry TTL and byte accounting."""
 
-    def __init__(self, max_entries: int, max_bytes: int | None = None, ttl: float | None = None) -> None: ...
+    def __new__(cls, max_entries: int, max_bytes: int | None = None, ttl: float | None = None) -> Self: ...
     def get(self, key: str, default: Any = None) -> Any:
         """The value for ``key`` (marking it recently used), or ``default``."""
     def put(self, key: str, value: Any, size: int = 0, ttl: float | None = None) -> bool:
@@ -136,16 +162,17 @@ class LRUCache:
     def __reduce__(self) -> tuple[Any, tuple[int, int | None, float | None], list[tuple[str, Any, int, float | None]]]:
         """Pickle support: limits and live entries (oldest first) with sizes and remaining TTLs."""
     def __setstate__(self, entries: list[tuple[str, Any, int, float | None]]) -> None: ...
-    def __getitem__(self, key: str) -> Any: ...
-    def __setitem__(self, key: str, value: Any) -> None: ...
-    def __delitem__(self, key: str) -> None: ...
-    def __contains__(self, key: str) -> bool: ...
+    def __getitem__(self, key: str, /) -> Any: ...
+    def __setitem__(self, key: str, value: Any, /) -> None: ...
+    def __delitem__(self, key: str, /) -> None: ...
+    def __contains__(self, key: str, /) -> bool: ...
     def __len__(self) -> int: ...
 
+@final
 class RateLimiter:
     """GCRA rate limiter: ``rate`` units of cost per ``per`` seconds, bursts up to ``burst``; thread-safe."""
 
-    def __init__(self, rate: float, per: float = 1.0, burst: float = 1.0) -> None: ...
+    def __new__(cls, rate: float, per: float = 1.0, burst: float = 1.0) -> Self: ...
     def try_acquire(self, cost: float = 1.0) -> bool:
         """Take ``cost`` now if allowed."""
     def try_acquire_or_wait(self, cost: float = 1.0) -> float:
@@ -175,29 +202,31 @@ class LMTransportError(Exception):
     too_large (an answer over ``max_event_bytes`` / ``max_response_bytes``; never retried).
     """
 
-Answer = tuple[
+_Answer = tuple[
     str | None,
     str | None,
     list[tuple[str | None, str | None, list[dict[str, Any]] | None, str | None]],
     tuple[int, int, int],
 ]
-Event = tuple[Any, ...]
+_Event = tuple[Any, ...]
 
+@final
 class LMStream:
     """An open response stream of event tuples (``("start", id, model)`` ... ``("end", finish, usage)``)."""
 
     def __iter__(self) -> LMStream: ...
-    def __next__(self) -> Event: ...
+    def __next__(self) -> _Event: ...
     def __aiter__(self) -> LMStream: ...
-    def __anext__(self) -> Awaitable[Event]: ...
+    def __anext__(self) -> Awaitable[_Event]: ...
     def close(self) -> None:
         """Stop reading and drop the connection."""
 
+@final
 class LMTransport:
     """Pooled HTTP client for one LM endpoint (``wire="openai"`` chat completions or ``"anthropic"`` messages)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         api_base: str,
         *,
         api_key: str | None = None,
@@ -211,10 +240,10 @@ class LMTransport:
         http2: bool = False,
         headers: list[tuple[str, str]] | None = None,
         ca_cert: str | PathLike[str] | None = None,
-        max_event_bytes: int = 16_777_216,
-        max_response_bytes: int = 134_217_728,
-        max_error_bytes: int = 65_536,
-    ) -> None:
+        max_event_bytes: int = ...,  # 16 MiB
+        max_response_bytes: int = ...,  # 128 MiB
+        max_error_bytes: int = ...,  # 64 KiB
+    ) -> Self:
         """``max_event_bytes``: largest stream event; ``max_response_bytes``: largest answer body (a whole stream,
         or a non-streamed answer). Going over either raises :class:`LMTransportError` of kind ``too_large``.
         ``max_error_bytes``: how much of an error answer's body is read for its message (the rest is dropped)."""
@@ -230,11 +259,11 @@ class LMTransport:
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None, stream: bool = False
     ) -> bytes:
         """The JSON body :meth:`complete` would send."""
-    def complete(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None) -> Answer:
+    def complete(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None) -> _Answer:
         """Send a request and wait (GIL released); raises :class:`LMTransportError`."""
     def acomplete(
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None
-    ) -> Awaitable[Answer]:
+    ) -> Awaitable[_Answer]:
         """:meth:`complete` as an awaitable; cancelling it drops the request."""
     def stream(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None) -> LMStream:
         """Open a streaming request."""
@@ -252,25 +281,28 @@ class LMTransport:
     ) -> LMRequest:
         """Start a request whose result lands in ``queue`` under ``token``."""
 
+@final
 class LMRequest:
     """A request started with :meth:`LMTransport.submit`."""
 
     def cancel(self) -> None:
         """Abort it (drops the connection); its result never arrives."""
 
+@final
 class CompletionQueue:
     """Finished :meth:`LMTransport.submit` requests for one asyncio loop."""
 
-    def __init__(self) -> None: ...
+    def __new__(cls) -> Self: ...
     def fileno(self) -> int:
         """Readable when results are waiting."""
     def drain(self) -> list[tuple[int, bool, Any]]:
         """``[(token, ok, answer or LMTransportError), ...]`` since the last call."""
 
+@final
 class EventSink:
     """JSON-lines event writer on a background thread (duplicates ``fd``; masks each value of ``secrets``)."""
 
-    def __init__(self, fd: int, secrets: Sequence[str] = ...) -> None: ...
+    def __new__(cls, fd: int, secrets: Sequence[str] = ...) -> Self: ...
     def emit(self, level: str, logger: str, name: str, fields: dict[str, Any]) -> None:
         """Queue one event (time taken now); fields are str/int/float/bool/None (others written as ``str()``)."""
     def emit_json(self, level: str, logger: str, name: str, fields: bytes) -> None:
@@ -283,11 +315,12 @@ class EventSink:
     @property
     def written(self) -> int: ...
 
+@final
 class HTMLUnescaper:
     """Decodes character references exactly as ``html.unescape`` does, in one linear native pass; built once from a
     table of named references (``HTMLUnescaper(html.entities.html5)`` for ``html.unescape``'s behaviour)."""
 
-    def __init__(self, named: dict[str, str]) -> None: ...
+    def __new__(cls, named: dict[str, str]) -> Self: ...
     def unescape(self, text: str) -> str:
         """``text`` with numeric and named references decoded (the same object when nothing changes)."""
     def __len__(self) -> int: ...
