@@ -129,6 +129,13 @@ class CircuitBreaker:
             self._release_script = self._redis.register_script(_RELEASE)
             self._redis_errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
+    def local_circuit(self, key: str) -> Circuit | None:
+        """The in-process circuit of ``key``; None when state is kept in Redis or ``key`` has no circuit yet.
+
+        The LM-call wrapper reads it to skip :meth:`before` and :meth:`success` while a local circuit is closed
+        and has no failures counted (they would change nothing)."""
+        return self._local.get(key) if self._redis is None else None
+
     def counts(self, exc: BaseException) -> bool:
         """Whether ``exc`` counts as a provider failure."""
         return isinstance(exc, self.trip_on)

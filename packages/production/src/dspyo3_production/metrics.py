@@ -149,7 +149,13 @@ class Metrics:
         if usage:
             prompt = usage.get("prompt_tokens") or usage.get("input_tokens") or 0
             completion = usage.get("completion_tokens") or usage.get("output_tokens") or 0
-        if self._lm is not None:
+        self.record_lm(model, status, seconds, prompt, completion, cost)
+
+    def record_lm(self, model: str, status: str, seconds: float, prompt_tokens: int, completion_tokens: int,
+                  cost: float | None) -> None:
+        """:meth:`observe_lm` with the token counts already read from the usage."""
+        prompt, completion = prompt_tokens, completion_tokens
+        if self._lm is not None:  # the collector (outside multi-process mode): one call, one lock
             self._lm.record(model, status, seconds, prompt, completion, cost or 0.0)
             return
         self.child(self.lm_requests, model, status).inc()

@@ -43,7 +43,7 @@ from dspyo3_core.config import ConfigError, Settings, check_keys, load_settings
 
 if TYPE_CHECKING:  # imported where a stack is built (they import DSPy): a config without [production] needs none
     from dspyo3_production.cache import TieredCache
-    from dspyo3_production.stack import Production
+    from dspyo3_production.pipeline import Production
 
 _TOP = {"metrics", "log_events", "single_flight", "module_callbacks", "cache", "breaker", "budgets", "costs",
         "pricing", "namespace"}
@@ -99,7 +99,7 @@ def from_settings(settings: Settings | None = None, *, apply_pricing: bool = Tru
     _check(table, _TOP, "production")
     from dspyo3_production.breaker import CircuitBreaker
     from dspyo3_production.cost import Budget, CostTracker
-    from dspyo3_production.stack import Production
+    from dspyo3_production.pipeline import Production
 
     namespace = str(table.get("namespace", "dspyo3"))
     cache_table = table.get("cache", False)

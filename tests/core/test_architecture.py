@@ -1,0 +1,154 @@
+"""The import structure of dspyo3-core and dspyo3-production: the contracts in ``.importlinter`` hold, the module
+graph has no cycle (imports inside functions included), and no module imports another module's private names."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = {
+    "dspyo3_core": ROOT / "packages" / "core" / "src" / "dspyo3_core",
+    "dspyo3_production": ROOT / "packages" / "production" / "src" / "dspyo3_production",
+}
+
+
+def _modules(package: str) -> dict[str, Path]:
+    base = PACKAGES[package]
+    found = {}
+    for path in base.rglob("*.py"):
+        parts = path.relative_to(base.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(tree: ast.AST, module: str, is_package: bool) -> Iterator[tuple[str, list[str], int]]:
+    """(imported module, imported names, line) for every import that can run: module level and inside
+    functions alike, but not under ``if TYPE_CHECKING:``."""
+    stack: list[ast.AST] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, [], node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = module.split(".")
+                anchor = anchor[: len(anchor) - node.level + (1 if is_package else 0)]
+                base = ".".join([*anchor, *([base] if base else [])])
+            yield base, [alias.name for alias in node.names], node.lineno
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def _graph(package: str) -> dict[str, set[str]]:
+    modules = _modules(package)
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for target, names, _ in _imports(tree, name, path.name == "__init__.py"):
+            for candidate in [f"{target}.{n}" for n in names] + [target]:
+                if candidate in modules and candidate != name and candidate != package:
+                    graph[name].add(candidate)
+                    break
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(PACKAGES))
+def test_the_module_graph_has_no_cycle_even_through_imports_inside_functions(package: str) -> None:
+    assert _cycles(_graph(package)) == []
+
+
+def test_the_cycle_finder_sees_an_import_inside_a_function() -> None:
+    a = ast.parse("def f():\n    from pkg import b\n")
+    b = ast.parse("from pkg.a import x\nif TYPE_CHECKING:\n    from pkg import c\n")
+    assert [t for t, _, _ in _imports(a, "pkg.a", False)] == ["pkg"]
+    assert [t for t, _, _ in _imports(b, "pkg.b", False)] == ["pkg.a"]  # TYPE_CHECKING imports never run
+    assert _cycles({"pkg.a": {"pkg.b"}, "pkg.b": {"pkg.a"}, "pkg.c": set()}) == [["pkg.a", "pkg.b"]]
+
+
+@pytest.mark.parametrize("package", sorted(PACKAGES))
+def test_no_module_imports_another_modules_private_names(package: str) -> None:
+    offenders = []
+    for name, path in _modules(package).items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for target, names, line in _imports(tree, name, path.name == "__init__.py"):
+            if not target.startswith("dspyo3_") or target == name:
+                continue
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if private or any(part.startswith("_") and not part.startswith("__") for part in target.split(".")):
+                offenders.append(f"{path.relative_to(ROOT)}:{line}: from {target} import {', '.join(names)}")
+    assert offenders == []
+
+
+def test_the_import_contracts_hold() -> None:
+    """``lint-imports`` (import-linter) checks the layers of core and production and the package boundaries."""
+    command = Path(sys.executable).parent / "lint-imports"
+    if not command.exists():
+        found = shutil.which("lint-imports")
+        assert found, "import-linter is not installed in this environment (it is in hatch.toml's dependencies)"
+        command = Path(found)
+    result = subprocess.run([str(command), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_cores_innermost_impl_is_recognised_by_its_marker() -> None:
+    from dspyo3_core.call import is_innermost, wrappers_active
+    from dspyo3_core.plugins import core_only_manager
+
+    manager = core_only_manager()
+    impls = manager.hook.dspyo3_lm_call.get_hookimpls()
+    assert [is_innermost(impl.function) for impl in impls] == [True]
+    assert not wrappers_active(manager)
