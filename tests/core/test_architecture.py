@@ -152,3 +152,48 @@ def test_cores_innermost_impl_is_recognised_by_its_marker() -> None:
     impls = manager.hook.dspyo3_lm_call.get_hookimpls()
     assert [is_innermost(impl.function) for impl in impls] == [True]
     assert not wrappers_active(manager)
+
+
+_PUBLIC_UNDERSCORED = {"_replace", "_asdict", "_fields", "_make", "_exit"}  # namedtuple's API, os._exit
+
+
+def _private_attribute_reads(tree: ast.AST) -> Iterator[tuple[str, int]]:
+    """``obj._name`` where ``obj`` is not ``self``/``cls`` and this module defines no ``_name`` of its own (no
+    ``def _name``, ``class _name``, ``self._name = ...``, ``_name = ...`` or ``__slots__`` entry): a reach into
+    another module's object."""
+    own: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            own.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            own.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            own.add(node.id)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            own.add(node.target.id)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("_"):
+            own.add(node.value)  # __slots__ entries, getattr(obj, "_name") on objects of this module
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or not node.attr.startswith("_") or node.attr.startswith("__"):
+            continue
+        if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+            continue
+        if node.attr in own or node.attr in _PUBLIC_UNDERSCORED:
+            continue
+        yield node.attr, node.lineno
+
+
+@pytest.mark.parametrize("package", sorted(PACKAGES))
+def test_no_module_reads_private_attributes_of_another_modules_objects(package: str) -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line}: ._{attr.lstrip('_')}"
+        for path in _modules(package).values()
+        for attr, line in _private_attribute_reads(ast.parse(path.read_text(encoding="utf-8")))
+    ]
+    assert offenders == []
+
+
+def test_the_private_attribute_check_sees_a_reach_into_another_object() -> None:
+    tree = ast.parse("class A:\n    def __init__(self):\n        self._mine = 1\n\n"
+                     "def f(a, breaker):\n    return a._mine, breaker._local, self._x\n")
+    assert [attr for attr, _ in _private_attribute_reads(tree)] == ["_local"]

@@ -551,7 +551,7 @@ class TieredCache(Cache):
         out["redis"]["enabled"] = self.redis is not None
         if self.redis is not None:
             out["redis"].update(available=self.redis.available, dropped_writes=self.redis.dropped_writes,
-                                pending_writes=self.redis._pending.qsize())
+                                pending_writes=self.redis.pending_writes)
         return out
 
 

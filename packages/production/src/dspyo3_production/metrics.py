@@ -54,6 +54,15 @@ def _ensure_directory(path: str) -> None:
                          f"({exc.strerror or exc}); point it at a writable directory") from None
 
 
+def _counted(counter: Counter | None, *labels: str) -> float:
+    """This process's ``_total`` sample of ``counter`` for one label set (0 when it was never counted)."""
+    for family in counter.collect() if counter is not None else ():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and tuple(sample.labels.values()) == labels:
+                return float(sample.value)
+    return 0.0
+
+
 class Metrics:
     """The dspyo3 metric families, registered once on ``registry``.
 
@@ -131,7 +140,7 @@ class Metrics:
     def cache_requests_total(self, tier: str, result: str) -> float:
         """``dspyo3_cache_requests_total{tier, result}`` as this process counted it."""
         if self.cache_counts is None:
-            return float(self.child(self.cache_requests, tier, result)._value.get())
+            return _counted(self.cache_requests, tier, result)
         return float(self.cache_counts.get((tier, result), 0))
 
     def child(self, family: Any, *labels: str) -> Any:
@@ -171,7 +180,7 @@ class Metrics:
         """``dspyo3_lm_requests_total{model, status}`` as this process counted it."""
         if self._lm is not None:
             return float(self._lm.requests.get((model, status), 0))
-        return float(self.child(self.lm_requests, model, status)._value.get())
+        return _counted(self.lm_requests, model, status)
 
 
 _LM_DOCS = {

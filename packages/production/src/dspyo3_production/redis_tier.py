@@ -69,6 +69,11 @@ class RedisTier:
         """False while backing off after a failure (lookups and writes skip Redis meanwhile)."""
         return time.monotonic() >= self._down_until
 
+    @property
+    def pending_writes(self) -> int:
+        """Writes queued for the writer thread and not yet sent."""
+        return self._pending.qsize()
+
     def _failed(self, exc: BaseException) -> None:
         with self._lock:
             self.errors += 1
