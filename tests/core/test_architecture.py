@@ -19,8 +19,8 @@ PACKAGES = {
 }
 
 
-def _modules(package: str) -> dict[str, Path]:
-    base = PACKAGES[package]
+def _modules(package: str, base: Path | None = None) -> dict[str, Path]:
+    base = base if base is not None else PACKAGES[package]
     found = {}
     for path in base.rglob("*.py"):
         parts = path.relative_to(base.parent).with_suffix("").parts
@@ -197,3 +197,17 @@ def test_the_private_attribute_check_sees_a_reach_into_another_object() -> None:
     tree = ast.parse("class A:\n    def __init__(self):\n        self._mine = 1\n\n"
                      "def f(a, breaker):\n    return a._mine, breaker._local, self._x\n")
     assert [attr for attr, _ in _private_attribute_reads(tree)] == ["_local"]
+
+
+def test_no_package_imports_another_packages_private_names() -> None:
+    offenders = []
+    for src in sorted((ROOT / "packages").glob("*/src/dspyo3_*")):
+        for name, path in _modules(src.name, src).items():
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for target, names, line in _imports(tree, name, path.name == "__init__.py"):
+                if not target.startswith("dspyo3_") or target.split(".")[0] in (src.name, "dspyo3_native"):
+                    continue
+                private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+                if private or any(part.startswith("_") for part in target.split(".")):
+                    offenders.append(f"{path.relative_to(ROOT)}:{line}: from {target} import {', '.join(names)}")
+    assert offenders == []

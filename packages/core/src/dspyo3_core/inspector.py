@@ -87,7 +87,13 @@ def resolve(target: str) -> Any:
     return obj
 
 
-def _as_module(obj: Any, target: str) -> dspy.Module:
+def as_module(obj: Any, target: str) -> dspy.Module:
+    """``obj`` as a ``dspy.Module``: an instance as is, a class constructed without arguments.
+
+    Raises:
+        InspectError: ``obj`` is neither, or its class cannot be constructed without arguments (``target`` names
+            it in the message).
+    """
     if isinstance(obj, dspy.Module):
         return obj
     if isinstance(obj, type) and issubclass(obj, dspy.Module):
@@ -154,7 +160,7 @@ def inspect_target(target: str, program: str | None = None) -> dict[str, Any]:
                     "note": "a saved .json has no field types or roles; pass --program MODULE:CLASS for them"}
         from dspyo3_core.program_state import UnsafeStateError, load_state_file
 
-        module = _as_module(resolve(program), program)
+        module = as_module(resolve(program), program)
         try:
             module.load_state(load_state_file(path, program=module))
         except (UnsafeStateError, OSError) as exc:
@@ -166,4 +172,4 @@ def inspect_target(target: str, program: str | None = None) -> dict[str, Any]:
     if isinstance(obj, type) and issubclass(obj, dspy.Signature):
         return {"target": target, "predictors": [{"name": obj.__name__, "signature": describe_signature(obj),
                                                   "demos": 0}]}
-    return {"target": target, "predictors": describe_module(_as_module(obj, target))}
+    return {"target": target, "predictors": describe_module(as_module(obj, target))}

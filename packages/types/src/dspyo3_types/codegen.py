@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dspyo3_core.inspector import InspectError, _as_module, resolve
+from dspyo3_core.inspector import InspectError, as_module, resolve
 from dspyo3_core.ir import UnsupportedTypeError, signature_ir
 
 __all__ = ["LANGUAGES", "generate", "pydantic_source", "jsonschema_document", "rust_source", "signatures_of"]
@@ -45,7 +45,7 @@ def signatures_of(target: str, program: str | None = None) -> list[dict[str, Any
                                "to load it into its class")
         from dspyo3_core.program_state import UnsafeStateError, load_state_file
 
-        module = _as_module(resolve(program), program)
+        module = as_module(resolve(program), program)
         try:
             # learned state only: a file carrying LM settings, other attributes or code is refused, never applied
             module.load_state(load_state_file(target, program=module))
@@ -66,7 +66,7 @@ def signatures_of(target: str, program: str | None = None) -> list[dict[str, Any
             if ir["name"] in {"StringSignature", "Signature"}:  # a string-form signature: name it as imported
                 ir["name"] = target.rpartition(":")[2].rpartition(".")[2]
             return [ir]
-        module = _as_module(obj, target)
+        module = as_module(obj, target)
     found: list[dict[str, Any]] = []
     for name, predictor in module.named_predictors():
         ir = signature_ir(predictor.signature)
