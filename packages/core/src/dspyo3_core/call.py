@@ -35,6 +35,7 @@ __all__ = [
     "note_result",
     "plugin_manager_for",
     "wrappers_active",
+    "wrappers_async_aware",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -43,6 +44,10 @@ CURRENT_CALL: contextvars.ContextVar[LMCall | None] = contextvars.ContextVar("ds
 """The :class:`LMCall` whose real call is running in this context. The LM layer sets it around the real call
 (``token = CURRENT_CALL.set(call)`` ... ``CURRENT_CALL.reset(token)``); everyone else reads it through
 :func:`current_call`."""
+
+ASYNC_AWARE_MARK = "dspyo3_async_aware"
+"""A ``dspyo3_lm_call`` wrapper whose function carries this attribute (set to True) handles deferred calls
+(:attr:`LMCall.deferred`): given an awaitable by ``outputs = yield``, it returns an awaitable of the outputs."""
 
 INNERMOST_MARK = "dspyo3_innermost"
 """The attribute :func:`innermost` sets on the function of core's innermost ``dspyo3_lm_call`` impl."""
@@ -84,6 +89,20 @@ def wrappers_active(manager: PluginManager) -> bool:
         if check is None or check():
             return True
     return False
+
+
+def wrappers_async_aware(manager: PluginManager) -> bool:
+    """Whether every active ``dspyo3_lm_call`` impl besides core's innermost one handles deferred calls (its
+    function carries ``dspyo3_async_aware = True``): async calls may then run the hook chain on the event loop,
+    with :attr:`LMCall.deferred` set, instead of in a worker thread."""
+    for impl in manager.hook.dspyo3_lm_call.get_hookimpls():
+        function = impl.function
+        if is_innermost(function) or getattr(function, ASYNC_AWARE_MARK, False) is True:
+            continue
+        check = getattr(function, "dspyo3_active", None)
+        if check is None or check():
+            return False
+    return True
 
 
 def manager_token(manager: PluginManager) -> str:
@@ -130,6 +149,9 @@ class LMCall:
         cost: USD cost the LM computed for this call, if it knows its price.
         cache_hit: the answer came from a cache, not the provider.
         cache_tier: which cache tier answered (``"memory"``, ``"redis"``, ``"disk"``), when the cache says so.
+        deferred: an async call running its hook chain on the event loop: the innermost impl returns an awaitable
+            of the outputs (not the outputs), and each wrapper, all marked ``dspyo3_async_aware``, returns an
+            awaitable that finishes its work once that one is done. The LM awaits what the hook returns.
     """
 
     lm: dspy.BaseLM
@@ -142,6 +164,7 @@ class LMCall:
     cost: float | None = None
     cache_hit: bool = False
     cache_tier: str | None = None
+    deferred: bool = False
 
     @property
     def model(self) -> str:

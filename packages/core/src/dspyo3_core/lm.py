@@ -5,10 +5,12 @@ retries) except that each call is wrapped in an :class:`LMCall` and handed to th
 ``dspyo3_lm_call`` hook. Production features (cache tiers, metrics, cost, rate limits, circuit breakers)
 install themselves as pluggy ``wrapper=True`` impls of that hook, so they compose by installing packages.
 
-Async calls (``acall``, used by ``Module.acall``) run the same hook chain in a worker thread, so wrappers are
-written once, as plain generators; streaming (``dspy.streamify``) keeps working because the worker is an anyio
-thread that can send chunks back to the event loop. When no plugin acts on the hook (see :func:`wrappers_active`)
-async calls take DSPy's own async path instead: no thread, and cancellation reaches the request.
+Async calls (``acall``, used by ``Module.acall``) stay on the event loop when every active wrapper is async-aware
+(see :func:`~dspyo3_core.call.wrappers_async_aware`; dspyo3-production's is): the hook chain runs with
+:attr:`LMCall.deferred` set, the innermost impl returns DSPy's own ``acall`` coroutine and the LM awaits what the
+chain returns. Otherwise they run the hook chain in a worker thread, so plain generator wrappers keep working;
+streaming (``dspy.streamify``) works both ways (the worker is an anyio thread that can send chunks back to the
+event loop). When no plugin acts on the hook (see :func:`wrappers_active`) async calls take DSPy's own async path.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dspyo3_core.call import (
     note_result,
     plugin_manager_for,
     wrappers_active,
+    wrappers_async_aware,
 )
 from dspyo3_core.secrets import register_secret, secret_values
 
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
     from dspyo3_core.plugins import PluginManager
 
 # re-exported: where they have always been importable from (they live in the hook layer, dspyo3_core.call)
-__all__ = ["HookedLM", "LMCall", "current_call", "invoke_call", "lm_callbacks_wanted", "manager_token",
+__all__ = ["HookedLM", "LMCall", "ainvoke_call", "current_call", "invoke_call", "lm_callbacks_wanted", "manager_token",
            "note_history", "note_result", "plugin_manager_for", "wrappers_active"]
 
 _UNSET: Any = object()
@@ -60,6 +63,8 @@ def lm_callbacks_wanted(lm: Any, callbacks: Any = _UNSET) -> bool:
 def invoke_call(call: LMCall) -> Any:
     """Run ``call``'s real call (cache, retries and transport included): core's innermost ``dspyo3_lm_call`` impl
     (registered as that impl directly, so the hook chain has one frame less per call)."""
+    if call.deferred:
+        return ainvoke_call(call)
     token = CURRENT_CALL.set(call)
     try:
         native = getattr(call.lm, "_dspyo3_invoke", None)
@@ -90,6 +95,23 @@ def invoke_call(call: LMCall) -> Any:
         CURRENT_CALL.reset(token)
 
 
+async def ainvoke_call(call: LMCall) -> Any:
+    """The async real call of a deferred :class:`LMCall` (what :func:`invoke_call` returns for one, unawaited):
+    DSPy's own ``LM.acall`` (or NativeLM's), with ``call`` as :func:`current_call` while it runs."""
+    token = CURRENT_CALL.set(call)
+    try:
+        native = getattr(call.lm, "_dspyo3_ainvoke", None)
+        if native is not None:
+            return await native(call.prompt, call.messages, call.kwargs)
+        run = dspy.LM.acall if lm_callbacks_wanted(call.lm) else _LM_ACALL_UNWRAPPED
+        if not dspy.settings.get("disable_history"):
+            return await run(call.lm, call.prompt, messages=call.messages, **call.kwargs)
+        with dspy.context(usage_tracker=_UsageTee(dspy.settings.get("usage_tracker"), call)):
+            return await run(call.lm, call.prompt, messages=call.messages, **call.kwargs)
+    finally:
+        CURRENT_CALL.reset(token)
+
+
 class _UsageTee:
     """A usage tracker that hands billed usage to an :class:`LMCall` and passes everything on to the tracker it
     stands in for (``dspy.track_usage``'s, if any)."""
@@ -110,6 +132,7 @@ class _UsageTee:
 
 
 _LM_CALL_UNWRAPPED = getattr(dspy.LM.__call__, "__wrapped__", dspy.LM.__call__)  # without DSPy's callback dispatch
+_LM_ACALL_UNWRAPPED = getattr(dspy.LM.acall, "__wrapped__", dspy.LM.acall)
 
 
 class HookedLM(dspy.LM):
@@ -140,6 +163,9 @@ class HookedLM(dspy.LM):
         if not wrappers_active(manager):  # nothing wraps the call: DSPy's own async path (cancellable, no thread)
             return await dspy.LM.acall(self, prompt, messages=messages, **kwargs)
         call = LMCall(lm=self, prompt=prompt, messages=messages, kwargs=kwargs, is_async=True)
+        if wrappers_async_aware(manager):  # the chain runs here, on the loop; the call itself is awaited below
+            call.deferred = True
+            return await manager.lm_call_hook(call=call)
         run = functools.partial(manager.hook.dspyo3_lm_call, call=call)
         return await anyio.to_thread.run_sync(run)
 

@@ -41,6 +41,7 @@ import dspy
 from dspy.dsp.utils.settings import settings
 from dspy.utils.callback import with_callbacks as _with_callbacks
 
+from dspyo3_core.call import wrappers_async_aware
 from dspyo3_core.lm import LMCall, lm_callbacks_wanted, manager_token, note_result, plugin_manager_for, wrappers_active
 from dspyo3_core.secrets import SECRET_HEADER, register_secret, secret_values
 
@@ -600,6 +601,9 @@ class NativeLM(dspy.BaseLM):
             import anyio.to_thread
 
             call = LMCall(lm=self, prompt=prompt, messages=messages, kwargs=kwargs, is_async=True)
+            if wrappers_async_aware(manager):  # on the loop: the chain returns an awaitable of the outputs
+                call.deferred = True
+                return await manager.lm_call_hook(call=call)
             return await anyio.to_thread.run_sync(functools.partial(manager.hook.dspyo3_lm_call, call=call))
         return await self._dspyo3_ainvoke(prompt, messages, kwargs)
 

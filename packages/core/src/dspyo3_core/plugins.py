@@ -15,6 +15,7 @@ Behaviour (modelled on simonw/llm, conda and tox):
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -235,7 +236,6 @@ class PluginManager:
         self._dists: dict[str, tuple[str | None, str | None]] = {}
         self._registries: dict[str, Registry[Any]] = {}
         self._load_error: BaseException | None = None
-        self._lm_caller: Any = None
         self._tracing = _truthy("DSPYO3_TRACE_PLUGINS")
         if self._tracing:
             self._pm.trace.root.setwriter(lambda message: sys.stderr.write(f"[dspyo3 trace] {message}"))
@@ -255,14 +255,11 @@ class PluginManager:
         self.load()
         return self._pm.hook
 
-    @property
+    @functools.cached_property
     def lm_call_hook(self) -> Any:
-        """The ``dspyo3_lm_call`` hook caller (the per-LM-call hot path: one attribute read once loaded)."""
-        caller = self._lm_caller
-        if caller is None:
-            self.load()
-            caller = self._lm_caller = self._pm.hook.dspyo3_lm_call  # pluggy keeps one caller per hook name
-        return caller
+        """The ``dspyo3_lm_call`` hook caller (the per-LM-call hot path: a plain attribute read once loaded)."""
+        self.load()
+        return self._pm.hook.dspyo3_lm_call  # pluggy keeps one caller per hook name
 
     def load(self) -> None:
         """Load entry-point plugins once; later calls do nothing (or raise the same error again)."""

@@ -37,7 +37,9 @@ Dimension = Literal["total", "run", "user", "model", "day"]
 DIMENSIONS: tuple[Dimension, ...] = ("total", "run", "user", "model", "day")
 _NOBODY: Mapping[str, str] = {}
 _UNKNOWN: Any = object()
-_CONTEXT: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("dspyo3_cost_context", default=_NOBODY)
+ATTRIBUTION: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("dspyo3_cost_context", default=_NOBODY)
+"""The run/user the current context charges to (set by :func:`attribute`); read it with :func:`attribution` (or
+``ATTRIBUTION.get()`` on a hot path)."""
 DEFAULT_MAX_TOKENS = 4096
 """Completion tokens assumed for the worst case when a call sets no ``max_tokens``."""
 
@@ -65,21 +67,21 @@ def _own_price(pricing: Any) -> tuple[float, float] | None:
 @contextmanager
 def attribute(*, run: str | None = None, user: str | None = None) -> Iterator[None]:
     """Charge LM calls made inside this block to ``run`` and/or ``user`` (nested blocks override)."""
-    current = dict(_CONTEXT.get())
+    current = dict(ATTRIBUTION.get())
     if run is not None:
         current["run"] = run
     if user is not None:
         current["user"] = user
-    token = _CONTEXT.set(current)
+    token = ATTRIBUTION.set(current)
     try:
         yield
     finally:
-        _CONTEXT.reset(token)
+        ATTRIBUTION.reset(token)
 
 
 def attribution() -> Mapping[str, str]:
     """The run/user the current context charges to."""
-    return _CONTEXT.get()
+    return ATTRIBUTION.get()
 
 
 class _Refusals:
@@ -341,7 +343,7 @@ class CostTracker:
     @staticmethod
     def scopes(model: str, now: datetime.datetime | None = None) -> dict[Dimension, str]:
         """The scope field of each dimension for a call on ``model`` now (``"user=alice"``, ...)."""
-        who = _CONTEXT.get()
+        who = ATTRIBUTION.get()
         if now is not None:
             day = now.date().isoformat()
         elif _day_cache[0] == int(time.time() // 86400):  # inline: this runs on every call
@@ -367,7 +369,7 @@ class CostTracker:
         ``model``: the model the call goes to (default ``call.model``)."""
         if model is None:
             model = call.model
-        who = _CONTEXT.get()  # self.scopes(model), inlined for the memoised case: this runs before every call
+        who = ATTRIBUTION.get()  # self.scopes(model), inlined for the memoised case: this runs before every call
         number = int(time.time() // 86400)
         scopes = (_scopes_memo.get((model, _day_cache[1], who.get("run"), who.get("user")))
                   if _day_cache[0] == number else None)

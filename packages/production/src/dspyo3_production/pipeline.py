@@ -21,9 +21,9 @@ from dspyo3_core.lm import LMCall
 from dspyo3_production import logs
 from dspyo3_production.breaker import CircuitBreaker
 from dspyo3_production.cache import TieredCache, install_cache
-from dspyo3_production.cost import Budget, CostTracker, attribution
+from dspyo3_production.cost import ATTRIBUTION, Budget, CostTracker
 from dspyo3_production.metrics import CIRCUIT_STATES, Metrics, default_metrics
-from dspyo3_production.routing import current_arm
+from dspyo3_production.routing import ARM
 
 __all__ = ["INSTALL_LOCK", "Production", "ProductionCallback", "installed"]
 
@@ -184,10 +184,10 @@ class Production:
                 fields["cache"] = call.cache_tier or "hit"
             if fallback_from:
                 fields["fallback_from"] = fallback_from
-            arm = current_arm()
+            arm = ARM.get()
             if arm is not None:
                 fields["experiment"], fields["arm"] = arm
-            who = attribution()
+            who = ATTRIBUTION.get()
             if who:
                 fields.update(who)
             if exc is not None:

@@ -40,6 +40,7 @@ def _active() -> bool:
 
 
 dspyo3_lm_call.dspyo3_active = _active  # type: ignore[attr-defined]
+dspyo3_lm_call.dspyo3_async_aware = True  # type: ignore[attr-defined]  # deferred (on-loop) async calls: see stack
 
 
 def _redis_tier(redis_url: str | None, namespace: str | None) -> Any:

@@ -25,22 +25,24 @@ import dspy
 
 from dspyo3_production.metrics import Metrics, default_metrics
 
-_ARM: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("dspyo3_ab_arm", default=None)
+ARM: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("dspyo3_ab_arm", default=None)
+"""``(experiment, arm)`` of the routed call running in this context (set by :func:`arm_context`); read it with
+:func:`current_arm` (or ``ARM.get()`` on a hot path)."""
 
 
 def current_arm() -> tuple[str, str] | None:
     """``(experiment, arm)`` of the routed call running in this context, if any."""
-    return _ARM.get()
+    return ARM.get()
 
 
 @contextmanager
 def arm_context(experiment: str, arm: str) -> Iterator[None]:
     """Mark calls made inside this block as belonging to ``arm`` of ``experiment``."""
-    token = _ARM.set((experiment, arm))
+    token = ARM.set((experiment, arm))
     try:
         yield
     finally:
-        _ARM.reset(token)
+        ARM.reset(token)
 
 
 def bucket(experiment: str, key: str) -> float:

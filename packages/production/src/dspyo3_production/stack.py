@@ -14,7 +14,7 @@ metrics and one ``lm_call`` log event. Module, tool and retrieval calls are seen
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Awaitable, Generator
 from typing import Any
 
 import dspy
@@ -76,8 +76,9 @@ def lm_call_wrapper(call: LMCall) -> Generator[None, Any, Any]:
     """The production plugin's ``dspyo3_lm_call`` wrapper: runs the active stack (:func:`active`) around the call
     (``outputs = yield`` runs it), or passes the call through when there is none.
 
-    This runs on every LM call, so the common cases of the breaker (a closed local circuit) and of the cache's
-    single-flight scope are inlined here; everything else goes through their methods."""
+    A deferred call (:attr:`~dspyo3_core.call.LMCall.deferred`: an async call whose hook chain runs on the event
+    loop) gets back an awaitable that settles the breaker, the cost and the metrics once the call is done; so the
+    wrapper is async-aware (``dspyo3_async_aware``) and async calls never need a worker thread."""
     production = installed()
     if production is None:
         production = active()  # first call: maybe build the stack from the [production] config
@@ -115,18 +116,55 @@ def lm_call_wrapper(call: LMCall) -> Generator[None, Any, Any]:
     token = None
     if cache is not None and production.single_flight and cache is dspy.cache:
         token = cache.open_scope()
+    if call.deferred:  # an async call on the event loop: the chain hands back an awaitable of the outputs
+        try:
+            pending = yield
+        except BaseException as exc:
+            if token is not None:
+                cache.close_scope(token)  # type: ignore[union-attr]
+            _failed(production, call, model, started, reservation, fallback_from, exc)
+            raise
+        return _settle_deferred(production, call, model, started, reservation, fallback_from, pending, token)
     try:
         outputs = yield
     except BaseException as exc:
-        if breaker is not None:
-            breaker.failure(model, exc)
-        if reservation is not None and production.costs is not None:
-            production.costs.settle(reservation, 0.0)
-        production.record_call(call, model, type(exc).__name__, started, None, None, exc, fallback_from)
+        _failed(production, call, model, started, reservation, fallback_from, exc)
         raise
     finally:
         if token is not None:
             cache.close_scope(token)  # type: ignore[union-attr]
+    _succeeded(production, call, model, started, reservation, fallback_from)
+    return outputs
+
+
+async def _settle_deferred(production: Production, call: LMCall, model: str, started: float, reservation: Any,
+                           fallback_from: str | None, pending: Awaitable[Any], token: Any) -> Any:
+    """The part of :func:`lm_call_wrapper` after the call, for a deferred call: awaits ``pending`` (in the
+    caller's task, so the cache scope ``token`` opened is still the current one) and settles it."""
+    try:
+        outputs = await pending
+    except BaseException as exc:
+        _failed(production, call, model, started, reservation, fallback_from, exc)
+        raise
+    finally:
+        if token is not None:
+            production.cache.close_scope(token)  # type: ignore[union-attr]
+    _succeeded(production, call, model, started, reservation, fallback_from)
+    return outputs
+
+
+def _failed(production: Production, call: LMCall, model: str, started: float, reservation: Any,
+            fallback_from: str | None, exc: BaseException) -> None:
+    if production.breaker is not None:
+        production.breaker.failure(model, exc)
+    if reservation is not None and production.costs is not None:
+        production.costs.settle(reservation, 0.0)
+    production.record_call(call, model, type(exc).__name__, started, None, None, exc, fallback_from)
+
+
+def _succeeded(production: Production, call: LMCall, model: str, started: float, reservation: Any,
+               fallback_from: str | None) -> None:
+    breaker = production.breaker
     if breaker is not None:
         local = breaker.local_circuit(model)
         if local is None or local.state != "closed" or local.failures:
@@ -135,8 +173,7 @@ def lm_call_wrapper(call: LMCall) -> Generator[None, Any, Any]:
     costs = production.costs
     cost = costs.settle_call(reservation, model, usage, call.cost, call.lm) if costs is not None else 0.0
     production.record_call(call, model, "cache_hit" if call.cache_hit else "ok", started, usage, cost, None,
-                 fallback_from)
-    return outputs
+                           fallback_from)
 
 
 lm_call_wrapper.dspyo3_active = lambda: active() is not None  # type: ignore[attr-defined]
