@@ -10,7 +10,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from dspyo3_async.limits import RateLimit
 from dspyo3_async.retry import DEFAULT_RETRY, RetryPolicy
-from dspyo3_async.runner import ItemResult, _Runner
+from dspyo3_async.runner import ItemResult, ItemRunner
 
 __all__ = ["Dropped", "ProgramPool", "QueueFull", "WorkQueue"]
 
@@ -99,7 +99,7 @@ class ProgramPool:
     def __init__(self, program: Any, *, concurrency: int = 16, maxsize: int = 1024, policy: Policy = "block",
                  rate: RateLimit | float | None = None, timeout: float | None = None,
                  retries: RetryPolicy | int = DEFAULT_RETRY) -> None:
-        self._runner = _Runner(program, concurrency=concurrency, rate=rate, timeout=timeout, retries=retries,
+        self._runner = ItemRunner(program, concurrency=concurrency, rate=rate, timeout=timeout, retries=retries,
                                progress=False, total=None)
         self._concurrency = concurrency
         self.queue: WorkQueue[tuple[int, Mapping[str, Any], asyncio.Future[ItemResult]]] = WorkQueue(maxsize, policy)

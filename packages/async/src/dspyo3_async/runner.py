@@ -82,7 +82,7 @@ def acall(program: Any, inputs: Mapping[str, Any]) -> Awaitable[Any]:
 _SHARED_BUFFER = 16  # iter_many's default buffer when concurrency is a shared semaphore
 
 
-class _Runner:
+class ItemRunner:
     """Takes an item only once it has a slot: slot, then the item, then (per attempt) the rate token, then the
     call under its timeout; so items waiting for a slot hold no rate token and their timeout has not started.
 
@@ -283,7 +283,7 @@ async def run_many(program: Any, inputs: Iterable[Mapping[str, Any]] | AsyncIter
         One :class:`ItemResult` per input, in input order; failures are results with ``error`` set, never raised.
         Cancelling ``run_many`` cancels every call in flight before it returns.
     """
-    runner = _Runner(program, concurrency=concurrency, rate=rate, timeout=timeout, retries=retries,
+    runner = ItemRunner(program, concurrency=concurrency, rate=rate, timeout=timeout, retries=retries,
                      progress=progress, total=len(inputs) if isinstance(inputs, Sized) else None)
     results: dict[int, ItemResult] = {}
 
@@ -305,7 +305,7 @@ async def iter_many(program: Any, inputs: Iterable[Mapping[str, Any]] | AsyncIte
     semaphore the finished items give their slots back to the other runs meanwhile). Breaking out of the loop
     cancels the calls in flight."""
     size = buffer or (_SHARED_BUFFER if isinstance(concurrency, asyncio.Semaphore) else concurrency)
-    runner = _Runner(program, concurrency=concurrency, rate=rate, timeout=timeout, retries=retries,
+    runner = ItemRunner(program, concurrency=concurrency, rate=rate, timeout=timeout, retries=retries,
                      progress=progress, total=len(inputs) if isinstance(inputs, Sized) else None, backlog=size)
     queue: asyncio.Queue[ItemResult | None] = asyncio.Queue(maxsize=size)
 

@@ -8,7 +8,7 @@ from typing import Any
 import pydantic
 
 from dspyo3_core.ir import signature_ir
-from dspyo3_types.codegen import _pascal, load_pydantic
+from dspyo3_types.codegen import load_pydantic, pascal_case
 
 __all__ = ["from_rust_json", "models_for", "to_rust_json"]
 
@@ -17,7 +17,7 @@ def models_for(signature: Any) -> tuple[type[pydantic.BaseModel], type[pydantic.
     """``(XInput, XOutput)``: Pydantic models of a ``dspy.Signature``, the same as ``--lang pydantic`` writes."""
     ir = signature_ir(signature)
     namespace = load_pydantic([ir])
-    name = _pascal(ir["name"])
+    name = pascal_case(ir["name"])
     return namespace[f"{name}Input"], namespace[f"{name}Output"]
 
 

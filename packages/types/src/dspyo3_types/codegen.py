@@ -71,7 +71,7 @@ def signatures_of(target: str, program: str | None = None) -> list[dict[str, Any
     for name, predictor in module.named_predictors():
         ir = signature_ir(predictor.signature)
         if ir["name"] in {"StringSignature", "Signature"}:
-            ir["name"] = _pascal(name.replace(".", "_"))
+            ir["name"] = pascal_case(name.replace(".", "_"))
         if ir not in found:  # the same signature used by several predictors is generated once
             found.append(ir)
     if not found:
@@ -82,7 +82,9 @@ def signatures_of(target: str, program: str | None = None) -> list[dict[str, Any
 # -- naming ------------------------------------------------------------------------------------------------------
 
 
-def _pascal(text: str) -> str:
+def pascal_case(text: str) -> str:
+    """``text`` as a PascalCase type name (``"qa_answer"`` -> ``"QaAnswer"``); ``"Value"`` when it has no letters or
+    digits, and a ``V`` in front when it would start with a digit."""
     words = re.findall(r"[A-Za-z0-9]+", text)
     name = "".join(w[:1].upper() + w[1:] for w in words) or "Value"
     return name if not name[0].isdigit() else "V" + name
@@ -111,7 +113,7 @@ class _Named:
         key = spec.get("id") or json.dumps(spec, sort_keys=True, default=str)
         if key in self.keys:
             return self.keys[key]
-        wanted = _pascal(wanted)
+        wanted = pascal_case(wanted)
         if wanted in _RUST_RESERVED_TYPES or wanted in self.reserved:
             wanted += "Type"
         name, n = wanted, 2
@@ -158,7 +160,7 @@ class _Rust:
         if kind == "literal":
             if not all(isinstance(v, str) for v in spec["values"]):
                 raise UnsupportedTypeError(field, f"Literal{spec['values']}", "Rust enums need string Literal values")
-            return self.enum(spec["values"], [], _pascal(hint), None)
+            return self.enum(spec["values"], [], pascal_case(hint), None)
         if kind == "enum":
             values = [m["value"] for m in spec["members"]]
             if not all(isinstance(v, str) for v in values):
@@ -178,7 +180,7 @@ class _Rust:
         self.emitted.add(name)
         variants, used = [], set()
         for i, value in enumerate(values):
-            base = _pascal(member_names[i].lower() if member_names else value)
+            base = pascal_case(member_names[i].lower() if member_names else value)
             if base == "Self":
                 base = "SelfValue"
             variant, n = base, 2
@@ -227,7 +229,7 @@ class _Rust:
         return "\n".join(_doc(desc, "    ") + attrs + [f"    pub {ident}: {rust_ty},"])
 
     def signature(self, ir: dict[str, Any]) -> None:
-        name = _pascal(ir["name"])
+        name = pascal_case(ir["name"])
         if self.derive_dspyo3:
             fields = []
             used: set[str] = set()
@@ -286,7 +288,7 @@ def _unique_signatures(signatures: Iterable[dict[str, Any]]) -> list[dict[str, A
     for ir in signatures:
         if ir in out:
             continue
-        base = name = _pascal(ir["name"])
+        base = name = pascal_case(ir["name"])
         n = 2
         while name in names:
             name, n = f"{base}{n}", n + 1
@@ -378,7 +380,7 @@ class _Py:
         return f"    {name}: {py_ty}" + ("" if value == "..." else f" = {value}")
 
     def signature(self, ir: dict[str, Any]) -> None:
-        name = _pascal(ir["name"])
+        name = pascal_case(ir["name"])
         for role, suffix in (("inputs", "Input"), ("outputs", "Output")):
             lines = [self.field_line(f["name"], f["ty"], f.get("desc"), f["name"], f"{name}_{f['name']}",
                                      f.get("default", _NO_DEFAULT)) for f in ir[role]]
@@ -425,7 +427,7 @@ def jsonschema_document(signatures: Iterable[dict[str, Any]]) -> dict[str, Any]:
     namespace = load_pydantic(sigs)
     document: dict[str, Any] = {}
     for ir in sigs:
-        name = _pascal(ir["name"])
+        name = pascal_case(ir["name"])
         for suffix in ("Input", "Output"):
             document[f"{name}{suffix}"] = namespace[f"{name}{suffix}"].model_json_schema()
     return document
