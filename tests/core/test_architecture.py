@@ -13,10 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = {
-    "dspyo3_core": ROOT / "packages" / "core" / "src" / "dspyo3_core",
-    "dspyo3_production": ROOT / "packages" / "production" / "src" / "dspyo3_production",
-}
+PACKAGES = {src.name: src for src in sorted((ROOT / "packages").glob("*/src/dspyo3_*"))}
 
 
 def _modules(package: str, base: Path | None = None) -> dict[str, Path]:

@@ -11,7 +11,7 @@ import dspy
 import pytest
 
 from dspyo3_optimize import RunConfig, TrialSpec, run
-from dspyo3_optimize._common import canonical, sha256_hex
+from dspyo3_optimize.common import canonical, sha256_hex
 from dspyo3_optimize.runner import Run, RunError, load_trial_program
 
 

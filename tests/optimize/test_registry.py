@@ -445,7 +445,7 @@ def test_the_registry_imports_without_fcntl(tmp_path: Path) -> None:
 
 def _rewrite_version(registry: ProgramRegistry, name: str, version: str, state: dict[str, Any]) -> None:
     """What anyone with write access can do: replace the state and recompute both checksums."""
-    from dspyo3_optimize._common import canonical, sha256_hex
+    from dspyo3_optimize.common import canonical, sha256_hex
 
     blob = canonical(state)
     registry.backend.put(name, f"versions/{version}/program.json", blob)
@@ -481,7 +481,7 @@ def test_registered_state_never_carries_lm_settings(tmp_path: Path) -> None:
     assert state["lm"] is None
     assert "127.0.0.1:9" not in json.dumps(state) and "sk-not" not in json.dumps(state)
     assert registry.load("qa", program=_program()).lm is None
-    from dspyo3_optimize._common import state_checksum
+    from dspyo3_optimize.common import state_checksum
 
     assert state_checksum(program) == meta.checksum  # what a resumed run looks its version up by
 

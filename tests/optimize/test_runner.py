@@ -502,12 +502,12 @@ def test_importing_the_plugin_stays_light() -> None:
 def test_one_state_checksum_for_trials_checkpoints_and_the_registry(tmp_path: Path, gsm8k_train: list[Any],
                                                                       gsm8k_lm: Any) -> None:
     from dspyo3_core import commands
-    from dspyo3_optimize import _common, plugin, runner
+    from dspyo3_optimize import common, plugin, runner
     from dspyo3_optimize.programs import registry
     from dspyo3_optimize.registry import open_registry, state_checksum
     from dspyo3_optimize.runner import RegisterSpec, load_trial_program
 
-    assert plugin.echo_json is commands.echo_json and registry.now is runner.now is _common.now
+    assert plugin.echo_json is commands.echo_json and registry.now is runner.now is common.now
     config = _tiny(tmp_path, gsm8k_train, gsm8k_lm, register=RegisterSpec("tiny", registry=str(tmp_path / "reg")))
     report = run(config)
     [trial] = report.trials

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from dspyo3_core.files import append_jsonl, atomic_write_text, loads_json, read_jsonl
-from dspyo3_optimize._common import jsonable, now, sha256_hex, state_checksum
+from dspyo3_optimize.common import jsonable, now, sha256_hex, state_checksum
 from dspyo3_optimize.run_config import RunError
 
 if TYPE_CHECKING:

@@ -69,7 +69,7 @@ class EvalResult:
     def first_error(self) -> tuple[int, str] | None:
         """``(index, reason)`` of the first failed example in dataset order (the reason is the first line of its
         error, secrets masked), or None when every example succeeded."""
-        from dspyo3_optimize._common import reason_line
+        from dspyo3_optimize.common import reason_line
 
         for index, error in enumerate(self.errors):
             if error is not None:

@@ -211,7 +211,7 @@ def optimize_evaluate(ref: str, out: str | None, as_json: bool, **options: Any) 
 
     Examples that fail score 0; the first one's error is printed on stderr, and the exit status is 1 when every
     example failed."""
-    from dspyo3_optimize._common import error_fix
+    from dspyo3_optimize.common import error_fix
 
     try:
         [(result, meta)] = _evaluate_refs([ref], **options)
@@ -265,7 +265,7 @@ def optimize_compare(a: str, b: str, gate: str | None, test: str, as_json: bool,
     for label, result in (("A", result_a), ("B", result_b)):
         first = result.first_error
         if first is not None and result.failures == result.n:  # nothing was measured: no gate can hold
-            from dspyo3_optimize._common import error_fix
+            from dspyo3_optimize.common import error_fix
 
             raise CompareError(f"every example of {label} failed ({result.n}), so nothing was compared; the first "
                                f"(#{first[0]}): {first[1]}; {error_fix(first[1], options.get('profile'))}")

@@ -6,7 +6,7 @@ re-exports its public names, so ``from dspyo3_optimize.registry import ProgramRe
 
 from __future__ import annotations
 
-from dspyo3_optimize._common import sha256_hex, state_checksum
+from dspyo3_optimize.common import sha256_hex, state_checksum
 from dspyo3_optimize.programs.backends import Backend, FsspecBackend, LocalBackend, RedisBackend, open_backend
 from dspyo3_optimize.programs.errors import IntegrityError, NotFoundError, RegistryError
 from dspyo3_optimize.programs.metadata import (

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dspyo3_optimize._common import error_fix, reason_line
+from dspyo3_optimize.common import error_fix, reason_line
 
 
 @dataclass

@@ -58,7 +58,6 @@ from typing import Any
 from dspyo3_core.files import atomic_write_bytes, atomic_write_text, loads_json
 from dspyo3_core.program_state import apply_state, learned_state
 from dspyo3_core.secrets import redact
-from dspyo3_optimize._common import canonical, jsonable, now, reason_line, sha256_hex, state_checksum
 from dspyo3_optimize.checkpoint import (
     CHECKPOINT_VERSION,
     Checkpoint,
@@ -68,6 +67,7 @@ from dspyo3_optimize.checkpoint import (
     fingerprint_difference,
     fingerprint_parts,
 )
+from dspyo3_optimize.common import canonical, jsonable, now, reason_line, sha256_hex, state_checksum
 from dspyo3_optimize.data import dataset_hash, load_examples, split
 from dspyo3_optimize.evaluate import Executor, evaluate, make_executor
 from dspyo3_optimize.metrics import Metric, import_object, metric_name, resolve_metric

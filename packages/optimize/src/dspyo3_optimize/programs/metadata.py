@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from dspyo3_optimize._common import canonical, sha256_hex
+from dspyo3_optimize.common import canonical, sha256_hex
 from dspyo3_optimize.programs.errors import RegistryError
 
 STAGES: tuple[str, ...] = ("dev", "staging", "prod")

@@ -46,7 +46,7 @@ from typing import Any
 
 from dspyo3_core.files import loads_json
 from dspyo3_core.program_state import UnsafeStateError, apply_state, learned_state
-from dspyo3_optimize._common import canonical, now, sha256_hex
+from dspyo3_optimize.common import canonical, now, sha256_hex
 from dspyo3_optimize.programs.backends import Backend, open_backend
 from dspyo3_optimize.programs.errors import IntegrityError, NotFoundError, RegistryError
 from dspyo3_optimize.programs.metadata import (
