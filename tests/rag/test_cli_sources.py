@@ -139,8 +139,8 @@ def test_plot_without_matplotlib_fails_before_the_evaluation(tmp_path: Path, mon
     assert "Error: --plot needs matplotlib" in result.output
     from dspyo3_core.failures import install_advice
 
-    assert install_advice("dspyo3-rag", "plot") in result.output  # from a checkout: pip install '.../packages/rag[plot]'
-
+    # from a checkout: pip install '.../packages/rag[plot]'
+    assert install_advice("dspyo3-rag", "plot") in result.output
     assert calls == [], "the evaluation did not run"
     assert not isinstance(result.exception, ImportError)
 
