@@ -479,3 +479,33 @@ def test_native_stream_cancelled_mid_answer_lets_go_at_once(server: LMServer, mo
 
     before, after = asyncio.run(main())
     assert after == before, "cancelling let go at once: it did not wait for the next chunk"
+
+
+def test_the_real_call_reports_cost_source_latency_and_error(server: LMServer, plugin_manager: Any) -> None:
+    from dspyo3_core.hookspecs import hookimpl
+
+    seen: list[Any] = []
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def dspyo3_lm_call(self, call: Any) -> Any:
+            seen.append(call)
+            return (yield)
+
+    plugin_manager.register(Wrapper(), name="test-wrapper")
+    PRICING.set("openai/priced-model", input_per_mtok=1.0, output_per_mtok=2.0)
+    server.script(chat_reply(answer="4"), chat_reply(answer="4"), Reply.server_error(500))
+    table = NativeLM("openai/priced-model", api_base=server.api_base, api_key=KEY, cache=False, num_retries=0,
+                     plugin_manager=plugin_manager)
+    own = NativeLM("openai/priced-model", api_base=server.api_base, api_key=KEY, cache=False,
+                   plugin_manager=plugin_manager, pricing={"input_per_mtok": 3.0, "output_per_mtok": 4.0})
+    _ask(table)
+    _ask(own)
+    with pytest.raises(LMServerError) as failed:
+        table(messages=[{"role": "user", "content": "and now?"}])
+    first, second, third = seen
+    assert (first.cost, first.cost_source) == (table.history[-1]["cost"], "pricing")
+    assert (second.cost, second.cost_source) == (own.history[-1]["cost"], "lm")
+    assert first.error is None and first.latency_s is not None and first.latency_s >= 0
+    assert third.error is failed.value and third.latency_s is not None
+    assert (third.cost, third.cost_source) == (None, None)

@@ -660,3 +660,30 @@ def _budget_call() -> Any:
 
     return LMCall(lm=dspy.LM("openai/nowhere-priced-budgets", max_tokens=10),
                   messages=[{"role": "user", "content": "x"}])
+
+
+def test_the_tracker_takes_the_lm_layers_cost_when_priced_from_the_same_place() -> None:
+    from dspyo3_core.pricing import PricingTable
+
+    PRICING.set("openai/once-priced", input_per_mtok=1.0, output_per_mtok=1.0)
+    try:
+        usage = {"prompt_tokens": 1000, "completion_tokens": 1000}
+        table_price = 0.002
+        tracker = CostTracker()
+        lm = dspy.utils.DummyLM([])
+        # the LM layer's figure, priced from the same table (or the LM's own price), is the one figure
+        assert tracker.settle_call(None, "openai/once-priced", usage, 0.5, lm, "pricing") == 0.5
+        assert tracker.settle_call(None, "openai/once-priced", usage, 0.25, lm, "lm") == 0.25
+        # a figure from elsewhere (LiteLLM's report) gives way to the table, as before
+        assert tracker.settle_call(None, "openai/once-priced", usage, 0.5, lm, "reported") == \
+            pytest.approx(table_price)
+        assert tracker.settle_call(None, "openai/once-priced", usage, 0.5, lm) == pytest.approx(table_price)
+        # a tracker with its own table prices from it
+        other = PricingTable()
+        other.set("openai/once-priced", input_per_mtok=10.0, output_per_mtok=10.0)
+        assert CostTracker(pricing=other).settle_call(None, "openai/once-priced", usage, 0.5, lm, "pricing") == \
+            pytest.approx(0.02)
+        assert tracker.totals("total") == {"total": pytest.approx(0.75 + 2 * table_price)}
+    finally:
+        PRICING._overrides.pop("openai/once-priced", None)
+        PRICING._memo.clear()

@@ -146,7 +146,19 @@ class LMCall:
         is_async: the call came in through ``acall``.
         metadata: free space for wrappers to share data about this call (timings, cache keys, ...).
         usage: token usage the LM reported for this call (filled in when the call finishes; ``{}`` on a cache hit).
-        cost: USD cost the LM computed for this call, if it knows its price.
+        cost: USD cost of this call, worked out once, by the LM layer (None when it knows no price, and on a cache
+            hit); :attr:`cost_source` says where it comes from. Cost tracking (dspyo3-production's
+            ``CostTracker``) takes it as is when it would price the call from the same place.
+        cost_source: where :attr:`cost` comes from: ``"pricing"`` (the process-wide
+            :data:`~dspyo3_core.pricing.PRICING` table), ``"lm"`` (the LM's own price, ``NativeLM(pricing=...)``),
+            ``"reported"`` (what DSPy/LiteLLM reported in the LM's history entry); None when there is no cost.
+        latency_s: seconds the real call took (the innermost ``dspyo3_lm_call`` impl, cache lookups included; for
+            a deferred call, until its awaitable finished), set by the LM layer; None when the real call never ran
+            (a wrapper refused it or answered itself). Wrappers that time more (their own work, a breaker or budget
+            check) measure that themselves: dspyo3-production's ``lm_call`` events and metrics report this figure,
+            and their own elapsed time only for calls refused before the real call.
+        error: the exception the real call raised, else None (set by the LM layer; an exception raised by a
+            wrapper is not put here).
         cache_hit: the answer came from a cache, not the provider.
         cache_tier: which cache tier answered (``"memory"``, ``"redis"``, ``"disk"``), when the cache says so.
         deferred: an async call running its hook chain on the event loop: the innermost impl returns an awaitable
@@ -165,6 +177,9 @@ class LMCall:
     cache_hit: bool = False
     cache_tier: str | None = None
     deferred: bool = False
+    cost_source: str | None = None
+    latency_s: float | None = None
+    error: BaseException | None = None
 
     @property
     def model(self) -> str:
@@ -192,7 +207,10 @@ class LMCall:
         usage = entry.get("usage")
         self.usage = dict(usage) if usage else {}
         cost = entry.get("cost")
-        self.cost = float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None
+        if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+            self.cost, self.cost_source = float(cost), "reported"
+        else:
+            self.cost = self.cost_source = None
 
 
 def _running_for(lm: Any) -> LMCall | None:
@@ -208,9 +226,12 @@ def note_history(lm: Any, entry: dict[str, Any]) -> None:
         call.record(entry)
 
 
-def note_result(lm: Any, usage: dict[str, Any], cost: float | None, cache_hit: bool) -> None:
-    """Report one finished call's usage, cost and cache mark to the :class:`LMCall` running for ``lm``, if any."""
+def note_result(lm: Any, usage: dict[str, Any], cost: float | None, cache_hit: bool,
+                cost_source: str | None = None) -> None:
+    """Report one finished call's usage, cost (and where it comes from: :attr:`LMCall.cost_source`) and cache mark
+    to the :class:`LMCall` running for ``lm``, if any."""
     call = _running_for(lm)
     if call is not None:
         call.usage, call.cost = usage, cost
+        call.cost_source = cost_source if cost is not None else None
         call.cache_hit = call.cache_hit or cache_hit

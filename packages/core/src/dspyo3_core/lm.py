@@ -16,6 +16,7 @@ event loop). When no plugin acts on the hook (see :func:`wrappers_active`) async
 from __future__ import annotations
 
 import functools
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import dspy
@@ -66,6 +67,7 @@ def invoke_call(call: LMCall) -> Any:
     if call.deferred:
         return ainvoke_call(call)
     token = CURRENT_CALL.set(call)
+    started = perf_counter()
     try:
         native = getattr(call.lm, "_dspyo3_invoke", None)
         if native is not None:
@@ -91,7 +93,11 @@ def invoke_call(call: LMCall) -> Any:
             return run(call.lm, call.prompt, messages=call.messages, **call.kwargs)
         with dspy.context(usage_tracker=_UsageTee(dspy.settings.get("usage_tracker"), call)):
             return run(call.lm, call.prompt, messages=call.messages, **call.kwargs)
+    except BaseException as exc:
+        call.error = exc
+        raise
     finally:
+        call.latency_s = perf_counter() - started
         CURRENT_CALL.reset(token)
 
 
@@ -99,6 +105,7 @@ async def ainvoke_call(call: LMCall) -> Any:
     """The async real call of a deferred :class:`LMCall` (what :func:`invoke_call` returns for one, unawaited):
     DSPy's own ``LM.acall`` (or NativeLM's), with ``call`` as :func:`current_call` while it runs."""
     token = CURRENT_CALL.set(call)
+    started = perf_counter()
     try:
         native = getattr(call.lm, "_dspyo3_ainvoke", None)
         if native is not None:
@@ -108,7 +115,11 @@ async def ainvoke_call(call: LMCall) -> Any:
             return await run(call.lm, call.prompt, messages=call.messages, **call.kwargs)
         with dspy.context(usage_tracker=_UsageTee(dspy.settings.get("usage_tracker"), call)):
             return await run(call.lm, call.prompt, messages=call.messages, **call.kwargs)
+    except BaseException as exc:
+        call.error = exc
+        raise
     finally:
+        call.latency_s = perf_counter() - started
         CURRENT_CALL.reset(token)
 
 
@@ -175,5 +186,8 @@ class HookedLM(dspy.LM):
         if call is not None and call.lm is self:
             usage, cost = entry.get("usage"), entry.get("cost")
             call.usage = dict(usage) if usage else {}
-            call.cost = float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None
+            if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+                call.cost, call.cost_source = float(cost), "reported"
+            else:
+                call.cost = call.cost_source = None
         super().update_history(entry)

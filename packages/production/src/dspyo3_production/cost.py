@@ -1,9 +1,10 @@
 """Per-call cost, totals per run / user / model / day, and budgets that refuse a call before it overspends.
 
-Cost of a call = its billed tokens times the model's price: :data:`dspyo3_core.native_lm.PRICING` (LiteLLM's
+Cost of a call = its billed tokens times the model's price: :data:`dspyo3_core.pricing.PRICING` (LiteLLM's
 bundled price map, overridable with ``PRICING.set(model, input_per_mtok=..., output_per_mtok=...)`` or
-``CostTracker(pricing=...)``); when the model has no price there, the cost the LM itself reported. Cache hits cost
-nothing.
+``CostTracker(pricing=...)``); when the model has no price there, the cost the LM itself reported. A cost the LM
+layer already priced from that same place (:attr:`~dspyo3_core.call.LMCall.cost_source`) is taken as is. Cache
+hits cost nothing.
 
 Budgets are checked *before* a call: the tracker reserves the call's worst case (prompt tokens estimated from its
 text, completion tokens = ``max_tokens``) against every budget that applies, and raises
@@ -29,7 +30,7 @@ from typing import Any, Literal
 import orjson
 
 from dspyo3_core.lm import LMCall
-from dspyo3_core.native_lm import PRICING, PricingTable
+from dspyo3_core.pricing import PRICING, PricingTable
 
 logger = logging.getLogger("dspyo3.production.cost")
 
@@ -242,7 +243,7 @@ class CostTracker:
 
     Args:
         budgets: limits checked before every call.
-        pricing: price table (default: the process-wide :data:`~dspyo3_core.native_lm.PRICING`).
+        pricing: price table (default: the process-wide :data:`~dspyo3_core.pricing.PRICING`).
         redis_url: keep totals and reservations in Redis (shared by processes, kept across restarts).
         namespace: Redis key prefix.
         reservation_ttl: seconds a Redis reservation is held at most; one whose process died before settling is
@@ -428,11 +429,16 @@ class CostTracker:
                     self._spent[field] = self._spent.get(field, 0.0) + cost
 
     def settle_call(self, reservation: Reservation | None, model: str, usage: Mapping[str, Any] | None,
-                    reported: float | None = None, lm: Any = None) -> float:
+                    reported: float | None = None, lm: Any = None, source: str | None = None) -> float:
         """Price one finished call (:meth:`cost`), count it and release its reservation (:meth:`settle`); the
-        cost. ``usage`` is None or empty for a cache hit or a failed call (cost 0)."""
-        cost = 0.0
-        if usage:  # self.cost(), inlined: this runs after every call
+        cost. ``usage`` is None or empty for a cache hit or a failed call (cost 0).
+
+        ``source`` says where ``reported`` comes from (:attr:`~dspyo3_core.call.LMCall.cost_source`): a figure
+        the LM priced from the LM's own price (``"lm"``) or from the table this tracker prices from
+        (``"pricing"``, when the tracker uses the process-wide table) is taken as is, not worked out again."""
+        if usage and reported is not None and (source == "lm" or (source == "pricing" and self.pricing is PRICING)):
+            cost = reported
+        elif usage:  # self.cost(), inlined: this runs after every call
             prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
             completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
             own = getattr(lm, "pricing", None)
@@ -445,6 +451,8 @@ class CostTracker:
                 price = self.default_price
             cost = ((prompt * price[0] + completion * price[1]) / 1e6 if price is not None
                     else float(reported or 0.0))
+        else:
+            cost = 0.0
         if reservation is None:
             if not cost:
                 return 0.0

@@ -162,9 +162,13 @@ class Production:
         """Report one finished LM call to the stack's metrics and its ``lm_call`` log event.
 
         ``status``: ``ok``, ``cache_hit``, ``circuit_open``, ``budget_exceeded`` or the exception's class name;
-        ``started``: :func:`time.perf_counter` when the call began; ``usage``/``cost``: what was billed (None on a
-        cache hit or a refusal); ``fallback_from``: the model whose open circuit sent the call to ``model``."""
-        seconds = time.perf_counter() - started
+        ``started``: :func:`time.perf_counter` when the wrapper began; ``usage``/``cost``: what was billed (None on
+        a cache hit or a refusal); ``fallback_from``: the model whose open circuit sent the call to ``model``.
+        The duration reported is the real call's (:attr:`~dspyo3_core.call.LMCall.latency_s`), or the time since
+        ``started`` for a call that never reached the LM (a refusal)."""
+        seconds = call.latency_s
+        if seconds is None:
+            seconds = time.perf_counter() - started
         prompt = completion = 0
         if usage:
             prompt = usage.get("prompt_tokens") or usage.get("input_tokens") or 0

@@ -90,7 +90,7 @@ def cache_from_table(table: dict[str, Any] | bool, settings: Settings, namespace
 def from_settings(settings: Settings | None = None, *, apply_pricing: bool = True) -> Production | None:
     """The stack ``[production]`` describes, or None when the config has no ``[production]`` table.
 
-    ``[production.pricing]`` entries are set on :data:`~dspyo3_core.native_lm.PRICING` (``apply_pricing=False``
+    ``[production.pricing]`` entries are set on :data:`~dspyo3_core.pricing.PRICING` (``apply_pricing=False``
     only checks them)."""
     settings = settings if settings is not None else load_settings()
     table = settings.tables.get("production")
@@ -132,7 +132,7 @@ def from_settings(settings: Settings | None = None, *, apply_pricing: bool = Tru
             raise ConfigError(f"[[production.budgets]] #{i + 1}: {exc}") from None
     pricing = table.get("pricing") or {}
     if pricing:
-        from dspyo3_core.native_lm import PRICING
+        from dspyo3_core.pricing import PRICING
 
         for model, price in pricing.items():
             try:

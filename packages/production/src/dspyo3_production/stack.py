@@ -171,7 +171,8 @@ def _succeeded(production: Production, call: LMCall, model: str, started: float,
             breaker.success(model)
     usage = None if call.cache_hit else call.usage
     costs = production.costs
-    cost = costs.settle_call(reservation, model, usage, call.cost, call.lm) if costs is not None else 0.0
+    cost = (costs.settle_call(reservation, model, usage, call.cost, call.lm, call.cost_source) if costs is not None
+            else 0.0)
     production.record_call(call, model, "cache_hit" if call.cache_hit else "ok", started, usage, cost, None,
                            fallback_from)
 
