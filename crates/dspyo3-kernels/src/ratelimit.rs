@@ -350,6 +350,9 @@ mod tests {
             ops in proptest::collection::vec(op(), 1..200),
         ) {
             let limiter = RateLimiter::new(rate, Duration::from_secs_f64(per), burst).unwrap();
+            // the period the limiter enforces: a Duration holds whole nanoseconds, so a period such as
+            // 0.000184036284s is 184036 ns there, and the bound must use that one
+            let per = limiter.period().as_secs_f64();
             let mut clock = 0.0f64; // seconds
             let mut granted = 0.0f64;
             let mut latest_due = 0.0f64;
