@@ -6,27 +6,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.optimize.conftest import GSM8K_TRAIN
+from tests.optimize.conftest import gsm8k_run_toml
 
-CONFIG = f"""
-[run]
-name = "quiet"
-program = "dspyo3_optimize.examples:gsm8k_program"
-metric = "gsm8k"
-out_dir = "run"
-concurrency = 1
-
-[data]
-path = "{GSM8K_TRAIN}"
-preset = "gsm8k"
-limit = 6
-dev_size = 2
-
-[[trials]]
-name = "boot"
-optimizer = "bootstrap_fewshot"
-options = {{ max_bootstrapped_demos = 1, max_labeled_demos = 0 }}
-"""
+CONFIG = gsm8k_run_toml("quiet", limit=6, dev_size=2, trials=[("boot", 1, 0)])
 
 
 def test_optimize_run_is_quiet_by_default_and_verbose_with_v(tmp_path: Path, cli_env: dict[str, str],

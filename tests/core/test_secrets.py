@@ -141,27 +141,9 @@ log_events = true
     docs = project / "docs"
     docs.mkdir()
     (docs / "sun.md").write_text("The Sun is a star at the centre of the Solar System.")
-    from tests.optimize.conftest import GSM8K_TRAIN
+    from tests.optimize.conftest import gsm8k_run_toml
 
-    (project / "optimize.toml").write_text(f"""
-[run]
-name = "leak"
-program = "dspyo3_optimize.examples:gsm8k_program"
-metric = "gsm8k"
-out_dir = "run"
-concurrency = 1
-
-[data]
-path = "{GSM8K_TRAIN}"
-preset = "gsm8k"
-limit = 4
-dev_size = 2
-
-[[trials]]
-name = "one"
-optimizer = "bootstrap_fewshot"
-options = {{ max_bootstrapped_demos = 1, max_labeled_demos = 0 }}
-""")
+    (project / "optimize.toml").write_text(gsm8k_run_toml("leak", limit=4, dev_size=2, trials=[("one", 1, 0)]))
     env = {**cli_env, "DSPYO3_CONFIG": str(project / "dspyo3.toml"), "GATEWAY_CRED": KEY,
            "DSPYO3_RAG_DIR": str(project / "store"), "DSPY_CACHEDIR": str(project / "dspy-cache")}
     return project, env

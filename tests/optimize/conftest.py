@@ -20,6 +20,18 @@ GSM8K_TRAIN = DATA_DIR / "gsm8k" / "train.jsonl"
 GSM8K_TEST = DATA_DIR / "gsm8k" / "test.jsonl"
 
 
+def gsm8k_run_toml(name: str, *, limit: int, dev_size: int, trials: list[tuple[str, int, int]]) -> str:
+    """An ``optimize.toml`` for the GSM8K example program on ``GSM8K_TRAIN``: one concurrent call, out_dir
+    ``run``, and one ``bootstrap_fewshot`` trial per ``(name, max_bootstrapped_demos, max_labeled_demos)``."""
+    text = (f'[run]\nname = "{name}"\nprogram = "dspyo3_optimize.examples:gsm8k_program"\nmetric = "gsm8k"\n'
+            f'out_dir = "run"\nconcurrency = 1\n\n[data]\npath = "{GSM8K_TRAIN}"\npreset = "gsm8k"\n'
+            f"limit = {limit}\ndev_size = {dev_size}\n")
+    for trial, bootstrapped, labeled in trials:
+        text += (f'\n[[trials]]\nname = "{trial}"\noptimizer = "bootstrap_fewshot"\n'
+                 f"options = {{ max_bootstrapped_demos = {bootstrapped}, max_labeled_demos = {labeled} }}\n")
+    return text
+
+
 @pytest.fixture(scope="session")
 def gsm8k_train() -> list[Any]:
     """The first 40 GSM8K training questions."""

@@ -21,35 +21,12 @@ from dspyo3_optimize.examples import gsm8k_program
 from dspyo3_optimize.registry import ProgramRegistry
 from dspyo3_optimize.testing import GSM8KResponder
 
-from .conftest import GSM8K_TRAIN
+from .conftest import GSM8K_TRAIN, gsm8k_run_toml
 
 RIGHT_KEY = "sk-the-right-key-0123456789"
 WRONG_KEY = "sk-a-wrong-key-abcdefghijkl"
 
-CONFIG = f"""
-[run]
-name = "refused"
-program = "dspyo3_optimize.examples:gsm8k_program"
-metric = "gsm8k"
-out_dir = "run"
-concurrency = 1
-
-[data]
-path = "{GSM8K_TRAIN}"
-preset = "gsm8k"
-limit = 8
-dev_size = 3
-
-[[trials]]
-name = "labeled"
-optimizer = "bootstrap_fewshot"
-options = {{ max_bootstrapped_demos = 0, max_labeled_demos = 2 }}
-
-[[trials]]
-name = "one-demo"
-optimizer = "bootstrap_fewshot"
-options = {{ max_bootstrapped_demos = 1, max_labeled_demos = 0 }}
-"""
+CONFIG = gsm8k_run_toml("refused", limit=8, dev_size=3, trials=[("labeled", 0, 2), ("one-demo", 1, 0)])
 
 
 @pytest.fixture
@@ -118,7 +95,7 @@ def test_a_failed_run_prints_one_error_line_and_no_library_noise(
     import subprocess
 
     config = tmp_path / "optimize.toml"
-    config.write_text(CONFIG.replace("limit = 8", "limit = 5").replace("dev_size = 3", "dev_size = 2"))
+    config.write_text(gsm8k_run_toml("refused", limit=5, dev_size=2, trials=[("labeled", 0, 2), ("one-demo", 1, 0)]))
     _use_lm(monkeypatch, locked_server)
     env = {**os.environ, "SIM_API_KEY": WRONG_KEY}
     quiet = subprocess.run([dspyo3_exe, "optimize", "run", str(config), "--fresh"], env=env, cwd=tmp_path,
