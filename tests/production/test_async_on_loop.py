@@ -91,3 +91,22 @@ def test_an_async_provider_error_is_counted_and_raised(qa_lm: HookedLM, qa_serve
     assert len(threads) == 1
     assert metrics.lm_requests_total("openai/gpt-4o-mini", "ok") == 0
     assert metrics.lm_requests_total("openai/gpt-4o-mini", type(raised.value).__name__) == 1
+
+
+def test_offline_lm_async_calls_stay_on_the_event_loop(manager: Any, metrics: Metrics,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dspyo3_core.offline import OfflineLM
+
+    prod.enable(prod.Production(metrics=metrics, log_events=False))
+    threads = _no_worker_threads(monkeypatch)
+    lm = OfflineLM(plugin_manager=manager)
+
+    async def main() -> tuple[str, int]:
+        with dspy.context(lm=lm):
+            result = await dspy.Predict("question -> answer").acall(question="What is 2 + 2?")
+        return result.answer, threading.get_ident()
+
+    answer, loop_thread = asyncio.run(main())
+    assert answer
+    assert threads == [loop_thread]
+    assert metrics.lm_requests_total("offline/extractive", "ok") == 1

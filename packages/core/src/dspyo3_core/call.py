@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dspyo3_core.plugins import get_plugin_manager
+from dspyo3_core.pricing import PRICING
 from dspyo3_core.secrets import masked
 
 if TYPE_CHECKING:
@@ -151,7 +152,8 @@ class LMCall:
             ``CostTracker``) takes it as is when it would price the call from the same place.
         cost_source: where :attr:`cost` comes from: ``"pricing"`` (the process-wide
             :data:`~dspyo3_core.pricing.PRICING` table), ``"lm"`` (the LM's own price, ``NativeLM(pricing=...)``),
-            ``"reported"`` (what DSPy/LiteLLM reported in the LM's history entry); None when there is no cost.
+            ``"reported"`` (what DSPy/LiteLLM reported in the LM's history entry, for a model PRICING has no
+            price for); None when there is no cost.
         latency_s: seconds the real call took (the innermost ``dspyo3_lm_call`` impl, cache lookups included; for
             a deferred call, until its awaitable finished), set by the LM layer; None when the real call never ran
             (a wrapper refused it or answered itself). Wrappers that time more (their own work, a breaker or budget
@@ -202,15 +204,50 @@ class LMCall:
                 return impl.function(self)
         raise RuntimeError("no innermost dspyo3_lm_call impl is registered (is dspyo3-core's plugin disabled?)")
 
+    # -- what happened inside the call: the one way results travel back up to the wrappers -------------------
+    def note_cache_hit(self, tier: str | None = None) -> None:
+        """A cache answered this call (``tier``: ``"memory"``, ``"redis"``, ``"disk"``, when the cache knows).
+
+        Called by a cache tier under DSPy's ``dspy.cache``, which finds the call with :func:`current_call`
+        (DSPy's cache API passes no call object down)."""
+        self.cache_hit = True
+        if tier is not None:
+            self.cache_tier = tier
+
+    def note_usage(self, usage: dict[str, Any] | None, cost: float | None = None,
+                   cost_source: str | None = None) -> None:
+        """The LM's billed ``usage`` for this call and its ``cost``, worked out once by the LM layer
+        (``cost_source``: see :attr:`cost_source`; ignored when ``cost`` is None)."""
+        self.usage = usage if usage is not None else {}
+        self.cost = cost
+        self.cost_source = cost_source if cost is not None else None
+
     def record(self, entry: dict[str, Any]) -> None:
-        """Take usage and cost from the LM's history entry for this call."""
+        """Take usage and cost from the LM's history entry for this call (:meth:`note_usage`).
+
+        The cost is priced once, here, from :data:`~dspyo3_core.pricing.PRICING` (so your ``PRICING.set``
+        overrides hold for every LM); what DSPy/LiteLLM reported in the entry is used only for a model with no
+        price there."""
         usage = entry.get("usage")
-        self.usage = dict(usage) if usage else {}
-        cost = entry.get("cost")
-        if isinstance(cost, (int, float)) and not isinstance(cost, bool):
-            self.cost, self.cost_source = float(cost), "reported"
-        else:
-            self.cost = self.cost_source = None
+        billed = dict(usage) if usage else {}
+        cost: float | None = None
+        source: str | None = None
+        if billed:
+            prompt = billed.get("prompt_tokens") or billed.get("input_tokens") or 0
+            completion = billed.get("completion_tokens") or billed.get("output_tokens") or 0
+            price = PRICING.looked_up.get(self.model, _UNKNOWN)
+            if price is _UNKNOWN:
+                price = PRICING.price(self.model)
+            if price is not None:
+                cost, source = (int(prompt) * price[0] + int(completion) * price[1]) / 1e6, "pricing"
+        if cost is None:
+            reported = entry.get("cost")
+            if isinstance(reported, (int, float)) and not isinstance(reported, bool):
+                cost, source = float(reported), "reported"
+        self.usage, self.cost, self.cost_source = billed, cost, source
+
+
+_UNKNOWN: Any = object()
 
 
 def _running_for(lm: Any) -> LMCall | None:
@@ -229,9 +266,10 @@ def note_history(lm: Any, entry: dict[str, Any]) -> None:
 def note_result(lm: Any, usage: dict[str, Any], cost: float | None, cache_hit: bool,
                 cost_source: str | None = None) -> None:
     """Report one finished call's usage, cost (and where it comes from: :attr:`LMCall.cost_source`) and cache mark
-    to the :class:`LMCall` running for ``lm``, if any."""
+    to the :class:`LMCall` running for ``lm``, if any (:meth:`LMCall.note_usage`, :meth:`LMCall.note_cache_hit`).
+    For LMs whose own code finishes the call (NativeLM, OfflineLM)."""
     call = _running_for(lm)
     if call is not None:
-        call.usage, call.cost = usage, cost
-        call.cost_source = cost_source if cost is not None else None
-        call.cache_hit = call.cache_hit or cache_hit
+        call.note_usage(usage, cost, cost_source)
+        if cache_hit:
+            call.note_cache_hit()

@@ -132,7 +132,7 @@ class _UsageTee:
         self._call = call
 
     def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
-        self._call.usage = dict(usage_entry or {})
+        self._call.record({"usage": usage_entry})  # priced as a history entry would be
         if self._inner is not None:
             self._inner.add_usage(lm, usage_entry)
 
@@ -182,12 +182,7 @@ class HookedLM(dspy.LM):
 
     def update_history(self, entry: dict[str, Any]) -> None:
         """Record ``entry`` as DSPy does, and hand its usage and cost to the running :class:`LMCall`."""
-        call = CURRENT_CALL.get()  # note_history and LMCall.record, inlined: this runs on every call
+        call = CURRENT_CALL.get()
         if call is not None and call.lm is self:
-            usage, cost = entry.get("usage"), entry.get("cost")
-            call.usage = dict(usage) if usage else {}
-            if isinstance(cost, (int, float)) and not isinstance(cost, bool):
-                call.cost, call.cost_source = float(cost), "reported"
-            else:
-                call.cost = call.cost_source = None
+            call.record(entry)
         super().update_history(entry)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import dspy
 
+from dspyo3_core.call import wrappers_async_aware
 from dspyo3_core.lm import LMCall, manager_token, note_result, plugin_manager_for
 
 if TYPE_CHECKING:
@@ -432,10 +433,14 @@ class OfflineLM(dspy.BaseLM):  # type: ignore[misc]  # dspy ships no types: Base
         return self.plugin_manager.lm_call_hook(call=LMCall(self, prompt, messages, kwargs))
 
     async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        manager = self.plugin_manager
+        call = LMCall(lm=self, prompt=prompt, messages=messages, kwargs=kwargs, is_async=True)
+        if wrappers_async_aware(manager):  # on the loop: the chain returns an awaitable of the outputs
+            call.deferred = True
+            return await manager.lm_call_hook(call=call)
         import anyio.to_thread
 
-        call = LMCall(lm=self, prompt=prompt, messages=messages, kwargs=kwargs, is_async=True)
-        return await anyio.to_thread.run_sync(functools.partial(self.plugin_manager.hook.dspyo3_lm_call, call=call))
+        return await anyio.to_thread.run_sync(functools.partial(manager.hook.dspyo3_lm_call, call=call))
 
     def forward(self, prompt: Any = None, messages: Any = None, **kwargs: Any) -> Any:
         """An OpenAI-shaped response record for one call (no history)."""
@@ -457,6 +462,11 @@ class OfflineLM(dspy.BaseLM):  # type: ignore[misc]  # dspy ships no types: Base
         return {"model": self.model, "usage": usage,
                 "choices": [{"index": i, "message": {"role": "assistant", "content": content},
                              "finish_reason": "stop"} for i in range(n)]}
+
+    async def _dspyo3_ainvoke(self, prompt: Any, messages: Any, kwargs: dict[str, Any]) -> list[Any]:
+        """The async real call of a deferred :class:`~dspyo3_core.call.LMCall`: the answer is worked out in
+        process, with no I/O, so it runs on the event loop like the sync one."""
+        return self._dspyo3_invoke(prompt, messages, kwargs)
 
     def _dspyo3_invoke(self, prompt: Any, messages: Any, kwargs: dict[str, Any]) -> list[Any]:
         """One call (the hook chain's innermost step for this LM): answer, usage, history."""

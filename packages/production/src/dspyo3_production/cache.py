@@ -97,8 +97,7 @@ def _on_event_loop() -> bool:
 def _note_hit(tier: str) -> None:
     call = current_call()
     if call is not None:
-        call.cache_hit = True
-        call.cache_tier = tier
+        call.note_cache_hit(tier)
 
 
 class TieredCache(Cache):
