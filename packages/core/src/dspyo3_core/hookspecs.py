@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import click
 
     from dspyo3_core.call import LMCall
+    from dspyo3_core.sources import ProgramSource
     from dspyo3_core.registry import (
         CacheBackendSpec,
         EmbedderSpec,
@@ -96,6 +97,18 @@ def dspyo3_register_cache_backends(register: Callable[[CacheBackendSpec], None])
 @hookspec
 def dspyo3_register_optimizers(register: Callable[[OptimizerSpec], None]) -> None:
     """Register optimizers (BootstrapFewShot, MIPROv2, ...) by name."""
+
+
+@hookspec(firstresult=True)
+def dspyo3_resolve_program(reference: str, options: dict[str, Any]) -> ProgramSource | None:
+    """Resolve a program reference (``registry:qa@prod``, ``qa@1.2.0``, ...) to a
+    :class:`~dspyo3_core.sources.ProgramSource`, or return None when the reference is not this plugin's.
+
+    ``options`` carries what the caller was told: ``registry`` (a registry URL or directory, or None for the
+    configured one), ``program`` (a ``module:attr`` factory the user named to load the state into, or None),
+    ``trust_registry`` (bool). Raise :class:`~dspyo3_core.sources.ProgramSourceError` for a reference that is this
+    plugin's but cannot be resolved (an unknown name or stage).
+    """
 
 
 @hookspec(firstresult=True)
