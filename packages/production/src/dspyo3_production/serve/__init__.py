@@ -1,0 +1,34 @@
+"""``dspyo3 serve``: DSPy programs as a production HTTP service (Starlette, ASGI).
+
+:func:`create_app` builds the ASGI app for a :class:`ServeConfig`; every program is a :class:`ProgramSlot`
+(current version, optional A/B arm, bounded in-flight and queue); errors are :class:`ServeError`. Names are
+imported on first use, so importing this package does not import Starlette or DSPy.
+"""
+
+from typing import TYPE_CHECKING
+
+from dspyo3_core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from dspyo3_production.serve.config import ABSplit, ProgramConfig, ServeConfig, TenantConfig, serve_config
+    from dspyo3_production.serve.errors import ServeError
+
+__all__ = [
+    "ABSplit",
+    "ProgramConfig",
+    "ServeConfig",
+    "ServeError",
+    "TenantConfig",
+    "serve_config",
+]
+
+_WHERE = {
+    "ABSplit": "dspyo3_production.serve.config",
+    "ProgramConfig": "dspyo3_production.serve.config",
+    "ServeConfig": "dspyo3_production.serve.config",
+    "TenantConfig": "dspyo3_production.serve.config",
+    "serve_config": "dspyo3_production.serve.config",
+    "ServeError": "dspyo3_production.serve.errors",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, __all__)
