@@ -8,6 +8,7 @@ other's callers.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -33,6 +34,11 @@ _installed: Production | None = None
 INSTALL_LOCK = threading.RLock()
 """Held while a stack is installed or uninstalled (:mod:`dspyo3_production.stack` holds it while it builds the
 stack the config describes)."""
+
+
+CALLS: contextvars.ContextVar[list[LMCall] | None] = contextvars.ContextVar("dspyo3_calls", default=None)
+"""A list the stack appends every finished :class:`LMCall` of the current context to (set it to a fresh list to
+collect one request's calls, as ``dspyo3 serve`` does for per-request usage and cost); None: nothing collected."""
 
 
 def installed() -> Production | None:
@@ -166,6 +172,9 @@ class Production:
         a cache hit or a refusal); ``fallback_from``: the model whose open circuit sent the call to ``model``.
         The duration reported is the real call's (:attr:`~dspyo3_core.call.LMCall.latency_s`), or the time since
         ``started`` for a call that never reached the LM (a refusal)."""
+        collected = CALLS.get()
+        if collected is not None:
+            collected.append(call)
         seconds = call.latency_s
         if seconds is None:
             seconds = time.perf_counter() - started
