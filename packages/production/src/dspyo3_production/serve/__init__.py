@@ -10,12 +10,32 @@ from typing import TYPE_CHECKING
 from dspyo3_core.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from dspyo3_production.serve.client import (
+        AsyncClient,
+        Client,
+        Prediction,
+        ProgramInfo,
+        ServeClientError,
+        StreamChunk,
+        StreamEvent,
+        StreamStatus,
+    )
     from dspyo3_production.serve.config import ABSplit, ProgramConfig, ServeConfig, TenantConfig, serve_config
     from dspyo3_production.serve.errors import ServeError
+    from dspyo3_production.serve.slots import ProgramSlot
 
 __all__ = [
+    "AsyncClient",
+    "Client",
+    "Prediction",
+    "ProgramInfo",
+    "ServeClientError",
+    "StreamChunk",
+    "StreamEvent",
+    "StreamStatus",
     "ABSplit",
     "ProgramConfig",
+    "ProgramSlot",
     "ServeConfig",
     "ServeError",
     "TenantConfig",
@@ -23,12 +43,21 @@ __all__ = [
 ]
 
 _WHERE = {
+    "AsyncClient": "dspyo3_production.serve.client",
+    "Client": "dspyo3_production.serve.client",
+    "Prediction": "dspyo3_production.serve.client",
+    "ProgramInfo": "dspyo3_production.serve.client",
+    "ServeClientError": "dspyo3_production.serve.client",
+    "StreamChunk": "dspyo3_production.serve.client",
+    "StreamEvent": "dspyo3_production.serve.client",
+    "StreamStatus": "dspyo3_production.serve.client",
     "ABSplit": "dspyo3_production.serve.config",
     "ProgramConfig": "dspyo3_production.serve.config",
     "ServeConfig": "dspyo3_production.serve.config",
     "TenantConfig": "dspyo3_production.serve.config",
     "serve_config": "dspyo3_production.serve.config",
     "ServeError": "dspyo3_production.serve.errors",
+    "ProgramSlot": "dspyo3_production.serve.slots",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE, __all__)
