@@ -34,6 +34,15 @@ def dspyo3_register_commands(cli: click.Group) -> None:
     cli.add_command(registry_group)
 
 
+@hookimpl
+def dspyo3_resolve_program(reference: str, options: dict[str, Any]) -> Any:
+    """Resolve ``registry:NAME@REF`` / ``NAME@REF`` to a program of the registry (what ``dspyo3 serve`` serves);
+    None for any other reference."""
+    from dspyo3_optimize.programs.source import resolve_reference
+
+    return resolve_reference(reference, options)
+
+
 class CommandFailure(click.ClickException):
     """A command could not do its job because of its input or environment: one ``Error:`` line, exit status 1, no
     traceback (exit status 2 is for a command line click cannot parse or a malformed option value)."""
