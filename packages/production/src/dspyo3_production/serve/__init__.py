@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from dspyo3_core.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from dspyo3_production.serve.app import app_from_environment, config_from_env, config_to_env, create_app
     from dspyo3_production.serve.client import (
         AsyncClient,
         Client,
@@ -39,10 +40,18 @@ __all__ = [
     "ServeConfig",
     "ServeError",
     "TenantConfig",
+    "app_from_environment",
+    "config_from_env",
+    "config_to_env",
+    "create_app",
     "serve_config",
 ]
 
 _WHERE = {
+    "app_from_environment": "dspyo3_production.serve.app",
+    "config_from_env": "dspyo3_production.serve.app",
+    "config_to_env": "dspyo3_production.serve.app",
+    "create_app": "dspyo3_production.serve.app",
     "AsyncClient": "dspyo3_production.serve.client",
     "Client": "dspyo3_production.serve.client",
     "Prediction": "dspyo3_production.serve.client",
