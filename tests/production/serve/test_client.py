@@ -4,6 +4,7 @@ on 127.0.0.1 (a small Starlette app speaking the HTTP contract, and the app ``cr
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -368,3 +369,82 @@ def test_async_client(contract_url: str) -> None:
     assert isinstance(events[-1], Prediction) and events[-1]["answer"] == "answer to y"
     assert isinstance(results[0], Prediction) and isinstance(results[1], ServeClientError)
     assert results[1].status == 422
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# against the app `create_app` builds (the QA program on the loopback LM server)
+
+
+@pytest.fixture
+def served_url(serve_app: Starlette) -> Iterator[str]:
+    with running(serve_app) as url:
+        yield url
+
+
+def test_real_app_predict_stream_batch(served_url: str) -> None:
+    with Client(served_url) as client:
+        prediction = client.predict("qa", question="What is DSPy?")
+        events = list(client.stream("qa", question="streamed"))
+        results = client.batch("qa", [{"question": "one"}, {"question": 2}, {"question": "three"}])
+        programs = client.programs()
+        assert client.health() is True
+        ready = client.ready()
+    assert prediction["answer"] == "answer to What is DSPy?"
+    assert prediction.version == "1.0.0" and prediction.arm == "a" and prediction.request_id
+    assert prediction.usage["total_tokens"] > 0
+    chunks = [e for e in events if isinstance(e, StreamChunk)]
+    assert chunks and "".join(c.text for c in chunks if c.field == "answer") == "answer to streamed"
+    assert isinstance(events[-1], Prediction) and events[-1]["answer"] == "answer to streamed"
+    assert not any(isinstance(e, Prediction) for e in events[:-1])
+    ok_one, bad, ok_three = results
+    assert isinstance(ok_one, Prediction) and ok_one["answer"] == "answer to one"
+    assert isinstance(ok_three, Prediction) and ok_three["answer"] == "answer to three"
+    assert isinstance(bad, ServeClientError) and (bad.status, bad.type) == (422, "validation_error")
+    assert bad.fields and bad.fields[0]["field"] == "question" and bad.fields[0]["expected"] == "string"
+    assert [p.name for p in programs] == ["qa"] and programs[0].version == "1.0.0"
+    assert programs[0].input_schema["properties"]["question"]["type"] == "string"
+    assert ready["status"] == "ready"
+
+
+def test_real_app_errors(served_url: str) -> None:
+    with Client(served_url) as client:
+        with pytest.raises(ServeClientError) as wrong:
+            client.predict("qa", question=["not", "a", "string"])
+        with pytest.raises(ServeClientError) as missing:
+            client.predict("nope", question="q")
+        with pytest.raises(ServeClientError) as streamed:
+            list(client.stream("qa"))
+    assert (wrong.value.status, wrong.value.type) == (422, "validation_error")
+    assert wrong.value.fields and wrong.value.fields[0]["field"] == "question" and wrong.value.request_id
+    assert missing.value.status == 404 and "qa" in missing.value.message
+    assert streamed.value.status == 422 and streamed.value.fields
+    assert streamed.value.fields[0]["field"] == "question"
+
+
+def test_real_app_async_client(served_url: str) -> None:
+    async def main() -> tuple[Prediction, list[Any]]:
+        async with AsyncClient(served_url) as client:
+            return (await client.predict("qa", question="async"),
+                    [event async for event in client.stream("qa", question="async stream")])
+
+    prediction, events = asyncio.run(main())
+    assert prediction["answer"] == "answer to async"
+    assert isinstance(events[-1], Prediction) and events[-1]["answer"] == "answer to async stream"
+
+
+def test_real_app_with_tenants_needs_the_key(make_app: Any, qa_source: Any) -> None:
+    tenants_module = pytest.importorskip("dspyo3_production.serve.tenants")
+    from dspyo3_production.serve.config import ServeConfig, TenantConfig
+
+    config = ServeConfig(tenants=(TenantConfig(name="acme", key_sha256=(hashlib.sha256(KEY.encode()).hexdigest(),)),))
+    gate = tenants_module.TenantGate.from_config(config)
+    app = make_app({"qa": qa_source}, tenants=gate)
+    with running(app) as url:
+        with Client(url, api_key=KEY) as client:
+            assert client.predict("qa", question="tenant")["answer"] == "answer to tenant"
+        with Client(url, api_key="sk-someone-else-0123456789") as client, pytest.raises(ServeClientError) as bad:
+            client.predict("qa", question="q")
+        with Client(url) as client, pytest.raises(ServeClientError) as none:
+            client.predict("qa", question="q")
+    assert bad.value.status == 401 and none.value.status == 401
+    assert KEY not in str(bad.value) and "someone" not in str(bad.value)
