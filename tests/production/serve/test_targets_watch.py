@@ -370,3 +370,72 @@ def _by_version(request: dict[str, Any]) -> str:
 def version_server() -> Iterator[LMServer]:
     with LMServer(_by_version) as server:
         yield server
+
+
+def test_promote_and_roll_back_ten_times_under_load(registry: ProgramRegistry, version_server: LMServer,
+                                                    metrics: Any) -> None:
+    """A real server (uvicorn, port 0) serves registry:qa@prod while 8 clients keep asking; prod is promoted to
+    1.0.1 and rolled back to 1.0.0 ten times. No request fails, and every response's version header is the version
+    whose instructions produced its answer."""
+    import httpx
+    import uvicorn
+
+    from dspyo3_production.serve.app import create_app
+    from dspyo3_production.serve.config import ProgramConfig, ServeConfig
+
+    expected = {"1.0.0": "one", "1.0.1": "two"}
+    lm = dspy.LM("openai/gpt-4o-mini", api_base=version_server.api_base, api_key="sk-test-abcdefghijklmnop",
+                 cache=False, num_retries=0)
+    config = ServeConfig(programs=(ProgramConfig("registry:qa@prod"),), watch_interval=0.05)
+    previous_lm = dspy.settings.lm
+    dspy.configure(lm=lm)
+    app = create_app(config, metrics=metrics, registry=registry.url)
+    slot = app.state.slots["qa"]
+    results: list[tuple[int, str | None, dict[str, Any]]] = []
+    counts = {"1.0.0": 0, "1.0.1": 0}
+
+    async def client(base: str, index: int, stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                response = await http.post("/v1/programs/qa", json={"question": f"c{index} q{n}"})
+                body = response.json()
+                results.append((response.status_code, response.headers.get("x-dspyo3-program-version"), body))
+                if response.status_code == 200:
+                    counts[body["version"]] = counts.get(body["version"], 0) + 1
+
+    async def switch_to(version: str, change: Any) -> None:
+        await asyncio.to_thread(change)
+        await _until(lambda: slot.version == version, f"serving {version}")
+        answered = counts[version]
+        await _until(lambda: counts[version] >= answered + 5, f"answers from {version}")  # under load
+
+    async def main() -> None:
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        serving = asyncio.create_task(server.serve())
+        await _until(lambda: server.started, "the server started")
+        port = server.servers[0].sockets[0].getsockname()[1]
+        stop = asyncio.Event()
+        clients = [asyncio.create_task(client(f"http://127.0.0.1:{port}", i, stop)) for i in range(8)]
+        try:
+            await _until(lambda: counts["1.0.0"] >= 5, "answers before the first promotion")
+            for _ in range(10):
+                await switch_to("1.0.1", lambda: registry.promote("qa", "1.0.1", to="prod"))
+                await switch_to("1.0.0", lambda: registry.rollback("qa", "prod"))
+        finally:
+            stop.set()
+            await asyncio.gather(*clients)
+            server.should_exit = True
+            await serving
+
+    try:
+        asyncio.run(main())
+    finally:
+        dspy.configure(lm=previous_lm)
+    failed = [(status, body) for status, _, body in results if status != 200]
+    assert not failed, failed[:3]
+    for _, header, body in results:
+        assert header == body["version"]
+        assert body["outputs"]["answer"].startswith(expected[body["version"]] + ":"), body
+    assert counts["1.0.0"] >= 55 and counts["1.0.1"] >= 50
