@@ -22,7 +22,8 @@ The LM limit is clients / (latency x LM calls per request): 2,560 req/s for 256 
 dspyo3 >= 2x the tutorial app's requests/s at the same worker count, p99 <= latency + 25 ms at half the limit,
 0 failed. Last stdout line: ``{"limit_rps", "rps": {"dspyo3", "dspyo3_2w", "tutorial", "tutorial_2w",
 "dspyo3_native", ...}, "p50_ms", "p99_ms", "cpu_us_per_request", "failed": {same keys}, "ratio", "targets",
-...}``. ``--profile FILE`` runs the ``dspyo3`` row's worker under cProfile (FILE gets the stats, stderr the top).
+...}``. ``--profile PREFIX`` runs each 1-worker uvicorn dspyo3 row's server under cProfile (PREFIX.ROW gets the stats,
+stderr the top functions).
 """
 
 from __future__ import annotations
@@ -157,11 +158,15 @@ async def _load(host: str, port: int, path: str, field: str, clients: int, warmu
         if writer is not None:
             writer.close()
 
+    cpu = [0.0, 0.0]
+
     async def clock() -> None:
         await asyncio.sleep(max(0.0, measure_at - loop.time()))
         print("measure", flush=True)
+        cpu[0] = time.process_time()
         await asyncio.sleep(max(0.0, stop_at - loop.time()))
         print("done", flush=True)
+        cpu[1] = time.process_time()
 
     tasks = [asyncio.create_task(client(i)) for i in range(clients)]
     await clock()
@@ -174,7 +179,8 @@ async def _load(host: str, port: int, path: str, field: str, clients: int, warmu
 
     return {"requests": len(latencies), "rps": len(latencies) / seconds, "p50_ms": pct(0.50), "p90_ms": pct(0.90),
             "p99_ms": pct(0.99), "max_ms": latencies[-1] * 1000 if latencies else float("nan"),
-            "answered_total": answered, "failed": sum(failures.values()), "failures": failures}
+            "answered_total": answered, "failed": sum(failures.values()), "failures": failures,
+            "loadgen_cpu_cores": (cpu[1] - cpu[0]) / seconds}
 
 
 def loadgen(args: argparse.Namespace) -> None:
@@ -275,8 +281,10 @@ def server_command(row: Row, port: int, program: str, profile: str | None,
 class Server:
     """A server under test in a process group of its own; stopped (TERM, then KILL) on exit."""
 
-    def __init__(self, command: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> None:
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path, cwd: Path,
+                 stop_signal: int = signal.SIGTERM) -> None:
         self.log_path = log_path
+        self.stop_signal = stop_signal
         self.log = log_path.open("wb")
         self.proc = subprocess.Popen(command, env={**os.environ, **env}, cwd=cwd, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -287,7 +295,7 @@ class Server:
     def stop(self) -> None:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                os.killpg(self.proc.pid, self.stop_signal)
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -325,11 +333,15 @@ def run_row(row: Row, args: argparse.Namespace, api_base: str, lm_pid: int, work
     port = _free_port()
     program = args.program
     path, field = ("/predict", "text") if row.app == "tutorial" else (f"/v1/programs/{program}", "question")
-    profile = args.profile if args.profile and row.key == "dspyo3" else None
+    profile = f"{args.profile}.{row.key}" if args.profile and row.app == "dspyo3" and row.workers == 1 \
+        and row.server == "uvicorn" else None
     command, env = server_command(row, port, program, profile, args.max_in_flight or args.clients)
     env["DSPYO3_BENCH_API_BASE"] = api_base
     clients = args.clients // 2 if row.half else args.clients
-    server = Server(command, env, workdir / f"{row.key}.log", workdir)
+    # uvicorn re-raises SIGTERM after its shutdown, which would end cProfile before it writes; SIGINT's
+    # KeyboardInterrupt lets it write
+    server = Server(command, env, workdir / f"{row.key}.log", workdir,
+                    signal.SIGINT if profile else signal.SIGTERM)
     try:
         wait_ready(server, port, path, field)
         load = subprocess.Popen(
@@ -417,7 +429,7 @@ def summarize(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict
     targets["zero_failed"] = all(figures["failed"] == 0 for figures in rows.values())
     result["targets"] = targets
     result["half_limit_rps"] = limit / 2
-    result["rows"] = {key: {k: round(v, 1) if isinstance(v, float) else v for k, v in figures.items()}
+    result["rows"] = {key: {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
                       for key, figures in rows.items()}
     result.update(seconds=args.seconds, warmup=args.warmup, clients=args.clients, latency_ms=args.latency_ms,
                   max_in_flight=args.max_in_flight or args.clients,
@@ -444,7 +456,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as failed")
     parser.add_argument("--max-in-flight", type=int, help="dspyo3's requests running at once per worker "
                         "(default: --clients, as the tutorial app's thread limit)")
-    parser.add_argument("--profile", help="run the dspyo3 row's server under cProfile, stats to this file")
+    parser.add_argument("--profile", help="run 1-worker dspyo3 rows under cProfile, stats to PREFIX.ROW")
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--plot", dest="plot_path", help="latency/throughput chart (PNG)")
     for hidden in ("--target", "--path", "--field"):
@@ -483,9 +495,12 @@ def main() -> None:
     if args.profile:
         import pstats
 
-        stats = pstats.Stats(args.profile, stream=sys.stderr)
-        stats.sort_stats("tottime").print_stats(30)
-        stats.sort_stats("cumulative").print_stats(30)
+        for key in figures:
+            if Path(f"{args.profile}.{key}").exists():
+                print(f"--- cProfile of {key}'s server ({args.profile}.{key}) ---", file=sys.stderr)
+                stats = pstats.Stats(f"{args.profile}.{key}", stream=sys.stderr)
+                stats.sort_stats("tottime").print_stats(25)
+                stats.sort_stats("cumulative").print_stats(40)
     result = summarize(figures, args)
     if args.plot_path:
         plot(figures, result["limit_rps"], args.plot_path,
