@@ -370,7 +370,7 @@ def run_row(row: Row, args: argparse.Namespace, api_base: str, lm_pid: int, work
     figures.update(clients=clients, workers=row.workers, lm=row.lm, app=row.app, server=row.server, half=row.half,
                    server_processes=processes, cpu_us_per_request=(cpu1 - cpu0) / requests * 1e6,
                    server_cpu_cores=(cpu1 - cpu0) / (t1 - t0), lm_server_cpu_cores=(lm1 - lm0) / (t1 - t0),
-                   limit_rps=clients / (args.latency_ms / 1000 * _lm_calls(program)))
+                   limit_rps=clients / (args.latency_ms / 1000 * _lm_calls(program)), loadavg=os.getloadavg()[0])
     return figures
 
 
@@ -422,6 +422,11 @@ def summarize(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict
         if rows[key]["app"] == "dspyo3" and anchor in rows and rows[key]["server"] == "uvicorn":
             ratio[key] = round(rows[key]["rps"] / rows[anchor]["rps"], 2)
     result["ratio_vs_tutorial"] = ratio
+    # on a machine shared with other work, requests/s follow the CPU share a server gets; tutorial CPU / dspyo3 CPU
+    # per request is how many times the requests dspyo3 serves on the same CPU
+    result["cpu_ratio_vs_tutorial"] = {
+        key: round(rows[key.replace("dspyo3", "tutorial")]["cpu_us_per_request"] / rows[key]["cpu_us_per_request"], 2)
+        for key in ratio}
     p99_target = args.latency_ms * _lm_calls(args.program) + 25
     targets: dict[str, Any] = {f"{key}_2x": value >= 2 for key, value in ratio.items()}
     targets.update({f"{key}_p99_le_{p99_target:g}ms": rows[key]["p99_ms"] <= p99_target
