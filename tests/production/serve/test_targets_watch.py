@@ -328,6 +328,24 @@ def test_an_unreadable_source_keeps_the_served_version_and_is_reported() -> None
     asyncio.run(main())
 
 
+def test_watch_follows_the_b_arm_of_an_ab_split() -> None:
+    a_source = Scripted({"1": Answer("one")}, "1")
+    b_source = Scripted({"5": Answer("five"), "6": Answer("six")}, "5")
+    slot = ProgramSlot("qa", "1", Answer("one"), b_version="5", b_module=Answer("five"), b_weight=0.5)
+
+    async def main() -> None:
+        task = asyncio.create_task(watch({"qa": slot}, {"qa": a_source, "qa:b": b_source}, 0.01, {}))
+        try:
+            b_source.version = "6"
+            await _until(lambda: slot.b is not None and slot.b.version == "6", "the B arm switched")
+            assert slot.version == "1" and slot.b is not None and slot.b.module.answer == "six"
+            assert slot.b.arm == "b" and a_source.loads == []
+        finally:
+            task.cancel()
+
+    asyncio.run(main())
+
+
 def test_smoke_check() -> None:
     async def main() -> None:
         await smoke_check(Answer("yes"), {"question": "ping"})

@@ -168,18 +168,21 @@ async def watch(slots: Mapping[str, Any], sources: Mapping[str, ProgramSource], 
     Args:
         slots: program name -> :class:`~dspyo3_production.serve.slots.ProgramSlot` (``swap``, ``report``,
             ``a.version`` / ``b.version``).
-        sources: program name -> the source of its main (A) arm. Names without a slot are skipped.
+        sources: program name -> the source of its main (A) arm; ``"NAME:b"`` -> the source of NAME's B arm (an
+            A/B split). Names without a slot (or without a B arm) are skipped.
         interval: seconds between checks.
         smoke: program name -> inputs a new version must answer (every output field non-empty) before it is
             switched to; None or missing: no smoke check.
-        b_sources: program name -> the source of its B arm (an A/B split), followed the same way.
+        b_sources: program name -> the source of its B arm, the same as ``"NAME:b"`` in ``sources``.
         runner: how to run a module for the smoke check (default ``await module.acall(**inputs)``); pass the
             app's request runner so the smoke call goes through the same LM and production stack.
         smoke_timeout: seconds a smoke call may take before the version counts as failed.
     """
+    b_arms = dict(b_sources or {})
+    b_arms.update({name[:-2]: source for name, source in sources.items() if name.endswith(":b")})
     follows = [_Follow(slots[name], source, "a", smoke.get(name)) for name, source in sources.items()
                if name in slots]
-    follows += [_Follow(slots[name], source, "b", smoke.get(name)) for name, source in (b_sources or {}).items()
+    follows += [_Follow(slots[name], source, "b", smoke.get(name)) for name, source in b_arms.items()
                 if name in slots and getattr(slots[name], "b", None) is not None]
     if not follows:
         return
