@@ -20,7 +20,8 @@ USER_ERRORS = (ConfigError, PluginError, DuplicateNameError)
 
 # command groups of the first-party packages: an unknown one says which package brings it
 _GROUP_PACKAGES = {"rag": "rag", "agents": "agents", "optimize": "optimize", "registry": "optimize",
-                   "cache": "production", "metrics": "production", "production": "production", "types": "types"}
+                   "cache": "production", "metrics": "production", "production": "production", "serve": "production",
+                   "types": "types"}
 
 
 class _Root(click.Group):

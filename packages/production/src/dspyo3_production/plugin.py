@@ -222,7 +222,10 @@ def production_status(as_json: bool) -> None:
 
 @hookimpl
 def dspyo3_register_commands(cli: click.Group) -> None:
-    """Add the ``cache``, ``metrics`` and ``production`` command groups."""
+    """Add the ``cache``, ``metrics``, ``production`` and ``serve`` command groups."""
+    from dspyo3_production.serve.cli import serve_group
+
     cli.add_command(cache_group)
     cli.add_command(metrics_group)
     cli.add_command(production_group)
+    cli.add_command(serve_group)
