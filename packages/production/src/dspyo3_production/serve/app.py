@@ -572,8 +572,10 @@ def _start_watcher(service: _Service) -> asyncio.Task[None] | None:
     if watch is None or not service.sources:
         return None
     sources = {name: source for name, source in service.sources.items() if name in service.slots}
+    b_sources = {name[:-2]: source for name, source in service.sources.items() if name.endswith(":b")}
     return asyncio.get_running_loop().create_task(
-        watch(service.slots, sources, service.config.watch_interval, service.smoke))
+        watch(service.slots, sources, service.config.watch_interval, service.smoke, b_sources=b_sources,
+              smoke_timeout=service.timeout))
 
 
 def _lm_missing(slots: Any) -> bool:

@@ -75,14 +75,14 @@ def _model(name: str, fields: Mapping[str, Any], forbid_extra: bool) -> type[pyd
         default = info.default if not info.is_required() else ...
         definitions[field_name] = (annotation, pydantic.Field(default, description=description))
     config = pydantic.ConfigDict(extra="forbid" if forbid_extra else "ignore", arbitrary_types_allowed=True)
-    return pydantic.create_model(name, __config__=config, **definitions)  # type: ignore[call-overload, no-any-return]
+    return pydantic.create_model(name, __config__=config, **definitions)
 
 
 def _json_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
     try:
         return model.model_json_schema(ref_template="#/components/schemas/{model}")
     except Exception:  # a field type with no JSON Schema (an arbitrary class): accept any value for it
-        properties = {name: {} for name in model.model_fields}
+        properties: dict[str, Any] = {name: {} for name in model.model_fields}
         required = [name for name, info in model.model_fields.items() if info.is_required()]
         return {"type": "object", "title": model.__name__, "properties": properties, "required": required}
 
@@ -151,7 +151,7 @@ class ProgramSchema:
                 problem = _PROBLEMS.get(error.get("type", ""), error.get("msg", "invalid"))
                 problems.append({"field": ".".join(location), "problem": problem,
                                  "expected": self._expected.get(top)})
-            names = ", ".join(sorted({p["field"] for p in problems}))
+            names = ", ".join(sorted({str(p["field"]) for p in problems}))
             raise ServeError(422, f"invalid input field(s): {names}; expected: {self.describe_inputs()}",
                              "validation_error", fields=problems) from None
         return {name: getattr(parsed, name) for name in self.input_fields}
