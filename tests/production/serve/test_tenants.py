@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import contextlib
 import hashlib
 import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -272,3 +277,72 @@ def test_redis_killed_mid_way_falls_back_to_local_state(redis_binary: str,
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "unreachable" in r.getMessage()]
     assert len(warnings) == 1 and gate.outages == 1  # one warning per outage
     assert "hunter2" not in caplog.text and "****" in warnings[0].getMessage()
+
+
+# -- through HTTP: two workers sharing Redis --------------------------------------------------------------------------
+@contextlib.contextmanager
+def worker(app: Any) -> Iterator[str]:
+    """``app`` on a real uvicorn server on 127.0.0.1 (port 0) in a thread, as one worker process would run it."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+def test_tenant_over_budget_gets_429_while_another_is_served_by_two_workers_sharing_redis(
+        redis_url: str, qa_lm: Any) -> None:
+    import dspy
+    import httpx
+    import redis
+    from prometheus_client import CollectorRegistry
+
+    from dspyo3_production.metrics import Metrics
+    from dspyo3_production.serve.app import create_app
+
+    config = ServeConfig(redis_url=redis_url, workers=2, tenants=(
+        tenant("http-acme", KEY_A, usd_per_day=1e-6), tenant("http-beta", KEY_B, usd_per_day=100.0)))
+    client = redis.Redis.from_url(redis_url)
+    client.delete(*[f"dspyo3:serve:tenant:{name}:usd:day:{time.strftime('%Y-%m-%d', time.gmtime())}"
+                    for name in ("http-acme", "http-beta")])
+
+    class Source:  # a ProgramSource over one in-memory module
+        name, reference, stage = "qa", "memory:qa", None
+
+        def current(self) -> str:
+            return "1.0.0"
+
+        def load(self, version: str) -> Any:
+            program = dspy.Predict("question -> answer")
+            program.set_lm(qa_lm)
+            return program
+
+    apps = [create_app(config, sources={"qa": Source()}, metrics=Metrics(CollectorRegistry())) for _ in range(2)]
+    acme, beta = {"x-api-key": KEY_A}, {"authorization": f"Bearer {KEY_B}"}
+    with worker(apps[0]) as one, worker(apps[1]) as two, httpx.Client(timeout=30) as http:
+        first = http.post(f"{one}/v1/programs/qa", json={"question": "budget question 1"}, headers=acme)
+        assert first.status_code == 200, first.text
+        assert first.json()["cost"] > 1e-6  # more than acme's whole day
+        day_key = f"dspyo3:serve:tenant:http-acme:usd:day:{time.strftime('%Y-%m-%d', time.gmtime())}"
+        deadline = time.monotonic() + 10
+        while client.get(day_key) is None:  # the first worker charges the cost right after answering
+            assert time.monotonic() < deadline, "the first worker never charged acme's cost to Redis"
+            time.sleep(0.01)
+        for url in (two, one):
+            refused = http.post(f"{url}/v1/programs/qa", json={"question": "budget question 2"}, headers=acme)
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["type"] == "over_budget"
+            assert 1 <= int(refused.headers["retry-after"]) <= 86400
+            served = http.post(f"{url}/v1/programs/qa", json={"question": f"beta on {url}"}, headers=beta)
+            assert served.status_code == 200, served.text
+            assert served.json()["outputs"]["answer"] == f"answer to beta on {url}"
+    client.close()
