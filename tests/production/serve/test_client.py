@@ -281,6 +281,14 @@ def test_stream_chunks_then_prediction(contract_url: str) -> None:
     assert events[-1].request_id == "req-s" and len(events) == 5
 
 
+def test_leaving_a_stream_early_closes_it_and_the_client_goes_on(contract_url: str) -> None:
+    with Client(contract_url) as client:
+        events = client.stream("qa", question="early")
+        assert next(events) == StreamStatus("calling the LM")
+        events.close()  # what a `break` out of the for loop does once the generator is collected
+        assert client.predict("qa", question="after")["answer"] == "answer to after"
+
+
 def test_stream_error_event_raises(contract_url: str) -> None:
     seen: list[object] = []
     with Client(contract_url) as client, pytest.raises(ServeClientError) as caught:
