@@ -21,6 +21,10 @@ USAGE = [
     pytest.param(["cache", "stats", "--redis-url", "notaurl"], "Invalid value for --redis-url", id="redis-url"),
     pytest.param(["optimize", "compare", "a@1.0.0", "b@1.0.0", "--data", "test.jsonl", "--gate", "gain>1"],
                  "unknown gate field 'gain'", id="malformed-gate"),
+    pytest.param(["serve"], "no program to serve", id="serve-without-target"),
+    pytest.param(["serve", "served:program", "--port", "0"], "Invalid value for '--port'", id="serve-port-0"),
+    pytest.param(["serve", "served:program", "--replicas", "2"], "--replicas is for Ray Serve",
+                 id="serve-replicas-without-ray"),
 ]
 
 FAILURES = [
@@ -38,6 +42,11 @@ FAILURES = [
     pytest.param(["cache", "stats", "--redis-url", "redis://127.0.0.1:1"], "cannot reach Redis", id="redis-down"),
     pytest.param(["metrics", "show", "--multiprocess-dir", "nothere"], "no metrics directory nothere",
                  id="metrics-dir-missing"),
+    pytest.param(["serve", "no_such_module_xyz:program"], "cannot import 'no_such_module_xyz'",
+                 id="serve-unknown-module"),
+    pytest.param(["serve", "qa@prod"], "no program 'qa'", id="serve-unknown-registry-program"),
+    pytest.param(["serve", "--config", "missing.toml", "qa@prod"], "no config file missing.toml",
+                 id="serve-missing-config"),
 ]
 
 
