@@ -10,12 +10,16 @@ program on the loopback LM server (through the production wrapper), its app, and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import dspy
 import httpx
 import pytest
+import uvicorn
 from starlette.applications import Starlette
 
 from dspyo3_core.lm import HookedLM
@@ -79,3 +83,22 @@ def serve_app(make_app: Callable[..., Starlette], qa_source: StaticSource) -> St
 def asgi_client(app: Starlette, **kwargs: Any) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` calling ``app`` in process (no lifespan: use ``TestClient`` for that)."""
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://serve.test", **kwargs)
+
+
+@contextlib.contextmanager
+def uvicorn_server(app: Starlette) -> Iterator[str]:
+    """``app`` on a real uvicorn (httptools) server on 127.0.0.1, port 0, in a thread; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", http="httptools",
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)

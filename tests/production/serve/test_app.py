@@ -4,19 +4,17 @@ real uvicorn server where the transport matters (chunked bodies, client disconne
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import dspy
 import httpx
 import orjson
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
@@ -27,7 +25,7 @@ from dspyo3_production.serve.app import app_from_environment, config_from_env, c
 from dspyo3_production.serve.config import ABSplit, ProgramConfig, ServeConfig, TenantConfig
 from dspyo3_production.serve.slots import ProgramSlot, arm_share
 from dspyo3_production.serve.tenants import TenantGate, hash_key
-from tests.production.serve.conftest import StaticSource, asgi_client, qa_program
+from tests.production.serve.conftest import StaticSource, asgi_client, qa_program, uvicorn_server
 
 MakeApp = Callable[..., Starlette]
 
@@ -50,25 +48,6 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
     body = response.json()
     assert body["request_id"] == response.headers["x-request-id"]
     return dict(body["error"])
-
-
-@contextlib.contextmanager
-def uvicorn_server(app: Starlette) -> Iterator[str]:
-    """``app`` on a real uvicorn (httptools) server on 127.0.0.1, port 0, in a thread; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", http="httptools",
-                                           lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
 
 
 class SilentLM:

@@ -46,6 +46,14 @@ _USAGE_SCHEMA: dict[str, Any] = {
                    "total_tokens": {"type": "integer"}},
 }
 
+_SSE_EVENT: dict[str, Any] = {
+    "description": "One server-sent event: `chunk` (data {field, text, predictor}), `status` (data {message}), "
+                   "then `prediction` (data: the predict response) or `error` (data: the error body)",
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {"event": {"enum": ["chunk", "status", "prediction", "error"]}, "data": {"type": "string"}},
+}
+
 _JSON_TYPES = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean",
                "array": "array", "object": "object", "null": "null"}
 
@@ -287,7 +295,7 @@ def openapi_document(programs: Sequence[ProgramSchema], *, title: str = "dspyo3 
             "parameters": request_params, "requestBody": body,
             "responses": {"200": {"description": "Events: chunk, status, then prediction or error",
                                   "headers": _headers(200, True),
-                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                                  "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
                           **_error_responses(*errors)}}}
         paths[f"{path}/batch"] = {"post": {
             "operationId": f"batch_{program.name}", "summary": f"Run {program.name} on several inputs",
