@@ -341,3 +341,39 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_an_address_in_use_fails_before_loading(program_module: str, manager: PluginManager,
+                                                uvicorn_calls: list[dict[str, Any]]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _invoke(manager, [f"{program_module}:program", "--port", str(port)])
+    assert result.exit_code == 1, result.output
+    (line,) = _error_lines(result.output)
+    assert f"cannot listen on 127.0.0.1:{port}" in line and "--port" in line
+    assert "listening on" not in result.output and not uvicorn_calls
+
+
+def test_sigterm_while_the_programs_load_exits_0(tmp_path: Path, cli_env: dict[str, str], dspyo3_exe: str,
+                                                 slow_lm: LMServer) -> None:
+    name = f"served_slow_{uuid.uuid4().hex[:8]}"
+    marker = tmp_path / "importing"
+    (tmp_path / f"{name}.py").write_text(
+        f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(120)\n" + PROGRAM_MODULE)
+    process = _start(dspyo3_exe, [f"{name}:program", "--port", str(free_port())], cli_env, tmp_path, slow_lm)
+    try:
+        for _ in range(1200):
+            if marker.exists() or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert marker.exists(), process.communicate()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        _, stderr = process.communicate()
+        assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    finally:
+        _stop(process)

@@ -121,14 +121,21 @@ def check_targets(config: ServeConfig, *, registry: str | None = None, trust_reg
     return names
 
 
+def _exit_0(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
 @contextmanager
 def _quiet_stop() -> Iterator[None]:
-    """SIGTERM and SIGINT stop the server gracefully (uvicorn installs its own handlers while it runs and, once
-    drained, raises the signal again): these handlers turn that last signal into a normal return, exit status 0."""
-    if sys.platform == "win32":  # pragma: no cover - uvicorn handles it there
-        yield
+    """SIGTERM and SIGINT stop the server gracefully, with exit status 0. While uvicorn serves, its own handlers
+    take the signal (stop accepting, drain); these run only outside that time: when uvicorn, once drained, raises
+    the signal again, and when the signal comes before uvicorn is listening (nothing to drain yet)."""
+    import threading
+
+    if sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread (and uvicorn handles Windows itself)
         return
-    saved = {sig: signal.signal(sig, lambda signum, frame: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    saved = {sig: signal.signal(sig, _exit_0) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
@@ -140,10 +147,9 @@ def _run_uvicorn(config: ServeConfig, environment: dict[str, str]) -> None:
     import uvicorn
 
     os.environ.update(environment)  # the worker processes inherit it
-    with _quiet_stop():
-        uvicorn.run("dspyo3_production.serve.app:app_from_environment", factory=True, host=config.host,
-                    port=config.port, workers=config.workers if config.workers > 1 else None, loop="uvloop",
-                    http="httptools", log_level="warning", timeout_graceful_shutdown=math.ceil(config.request_timeout))
+    uvicorn.run("dspyo3_production.serve.app:app_from_environment", factory=True, host=config.host,
+                port=config.port, workers=config.workers if config.workers > 1 else None, loop="uvloop",
+                http="httptools", log_level="warning", timeout_graceful_shutdown=math.ceil(config.request_timeout))
 
 
 def _run_ray(config: ServeConfig, environment: dict[str, str], replicas: int, registry: str | None,
@@ -185,6 +191,30 @@ def _run_ray(config: ServeConfig, environment: dict[str, str], replicas: int, re
         serve.shutdown()
         if started:
             ray.shutdown()
+
+
+def check_listen(host: str, port: int) -> None:
+    """Fail with one line now if ``host:port`` cannot be listened on (in use, or not an address of this machine),
+    rather than after the server has started loading. The probe socket is closed again before the server binds.
+
+    Raises:
+        click.ClickException: the address cannot be bound; the message says which and what to do.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pass --host an address "
+                                   "of this machine (127.0.0.1, 0.0.0.0, ::)") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server sets it
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {_display(host)}:{port}: {exc.strerror or exc}; stop what "
+                                       "listens there or choose another --port / --host") from None
 
 
 def _display(host: str) -> str:
@@ -249,8 +279,15 @@ def serve_group(ctx: click.Context, targets: tuple[str, ...], host: str | None, 
         raise click.UsageError("--workers is for uvicorn processes; with --ray use --replicas")
     if not use_ray:
         _uvicorn_available()
-    config = build_config(targets, config_file=config_file, host=host, port=port, workers=workers,
-                          max_in_flight=max_in_flight, request_timeout=request_timeout)
+    with _quiet_stop():  # SIGTERM while the programs load stops the command too, with exit status 0
+        _serve(ctx, targets, config_file, registry_url, trust_registry, use_ray, replicas, host=host, port=port,
+               workers=workers, max_in_flight=max_in_flight, request_timeout=request_timeout)
+
+
+def _serve(ctx: click.Context, targets: tuple[str, ...], config_file: str | None, registry_url: str | None,
+           trust_registry: bool, use_ray: bool, replicas: int | None, **overrides: Any) -> None:
+    config = build_config(targets, config_file=config_file, **overrides)
+    check_listen(config.host, config.port)
     names = check_targets(config, registry=registry_url, trust_registry=trust_registry,
                           plugin_manager=ctx.obj if ctx.obj is not None and hasattr(ctx.obj, "hook") else None)
     environment = _environment(config, registry_url, trust_registry)
