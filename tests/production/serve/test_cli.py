@@ -309,7 +309,14 @@ def test_two_workers_answer_concurrent_requests_and_stop_on_sigterm(
         assert {r.headers["x-dspyo3-program-version"] for r in responses} == {"local"}
         workers = _children(process.pid)
         assert len(workers) >= 2, workers  # the supervisor runs two server processes
-        process.send_signal(signal.SIGTERM)
+        with ThreadPoolExecutor(8) as pool:  # SIGTERM with requests in flight: every worker drains its own
+            answers = [pool.submit(_ask, base, "qa", f"late question {i} of {run}") for i in range(8)]
+            while len(slow_lm.requests) < 16:
+                assert not any(answer.done() for answer in answers), [a.result().text for a in answers if a.done()]
+                time.sleep(0.02)
+            process.send_signal(signal.SIGTERM)
+            late = [answer.result() for answer in answers]
+        assert [r.status_code for r in late] == [200] * 8, [r.text for r in late]
         assert process.wait(timeout=60) == 0
         _, stderr = process.communicate()
         assert "Traceback" not in stderr, stderr
