@@ -12,8 +12,10 @@ Each row: start the server, wait until it answers, ``--warmup`` s of load, then 
 requests/s (answers completed in the window), p50/p99 latency, server CPU per request (user + system time of
 every process in the server's process group over the window, from /proc, divided by the answers) and failed
 requests (non-200, an answer without the output field, a connection error or a timeout, warm-up included). Rows
-with ``_half`` in the name run at half the clients (half the LM limit) for the p99 target. Granian rows serve
-dspyo3's app through ``granian --interface asgi`` instead of uvicorn (1 worker), to choose the default server.
+with ``_half`` in the name run at half the clients (half the LM limit) for the p99 target; ``dspyo3_native_nocb``
+runs with ``[production] module_callbacks = false`` (no DSPy callback measuring modules) to show that cost.
+Granian rows serve dspyo3's app through ``granian --interface asgi`` instead of uvicorn (1 worker), to choose the
+default server.
 
     python benchmarks/serve.py [--seconds 30] [--clients 256] [--latency-ms 100] [--program predict|cot]
                                [--rows dspyo3,tutorial,...] [--profile FILE] [--json F] [--plot F]
@@ -61,6 +63,7 @@ class Row:
     workers: int
     server: str = "uvicorn"  # "uvicorn" | "granian" (dspyo3 only)
     half: bool = False  # half the clients
+    toml: str = ""  # a dspyo3.toml for this row's server (DSPYO3_CONFIG)
 
 
 ROWS = [
@@ -74,6 +77,7 @@ ROWS = [
     Row("tutorial_native_2w", "tutorial", "native", 2),
     Row("dspyo3_granian", "dspyo3", "dspy", 1, server="granian"),
     Row("dspyo3_native_granian", "dspyo3", "native", 1, server="granian"),
+    Row("dspyo3_native_nocb", "dspyo3", "native", 1, toml="[production]\nmodule_callbacks = false\n"),
     Row("dspyo3_half", "dspyo3", "dspy", 1, half=True),
     Row("dspyo3_native_half", "dspyo3", "native", 1, half=True),
     Row("tutorial_half", "tutorial", "dspy", 1, half=True),
@@ -230,6 +234,18 @@ def _pid_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / tick
 
 
+_PROFILED_UVICORN = """
+import cProfile, sys, time
+import uvicorn.main
+out = sys.argv.pop(1)
+profiler = cProfile.Profile(time.thread_time)
+try:
+    profiler.runcall(uvicorn.main.main, sys.argv[1:], standalone_mode=False)
+finally:
+    profiler.dump_stats(out)
+"""
+
+
 def _dspyo3_cli() -> bool:
     """Whether the ``dspyo3 serve`` command exists in this environment."""
     try:
@@ -247,8 +263,8 @@ def _app_factory() -> bool:
     return hasattr(app, "app_from_environment")
 
 
-def server_command(row: Row, port: int, program: str, profile: str | None,
-                   max_in_flight: int) -> tuple[list[str], dict[str, str]]:
+def server_command(row: Row, port: int, program: str, profile: str | None, max_in_flight: int,
+                   launcher: str = "cli") -> tuple[list[str], dict[str, str]]:
     """The command line and extra environment that start ``row``'s server on ``port``."""
     env = {"DSPYO3_BENCH_LM": row.lm, "DSPYO3_BENCH_PROGRAM": program,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
@@ -257,7 +273,7 @@ def server_command(row: Row, port: int, program: str, profile: str | None,
         return ([str(BIN / "uvicorn"), "serve_tutorial_app:app", *common, "--workers", str(row.workers),
                  "--no-access-log", "--log-level", "warning"], env)
     target = f"serve_program:{program}"
-    if row.server == "uvicorn" and _dspyo3_cli() and not profile:
+    if row.server == "uvicorn" and launcher == "cli" and _dspyo3_cli() and not profile:
         return ([str(BIN / "dspyo3"), "serve", target, *common, "--workers", str(row.workers), "--max-in-flight",
                  str(max_in_flight)], env)
     if not _app_factory():
@@ -272,8 +288,9 @@ def server_command(row: Row, port: int, program: str, profile: str | None,
     if row.server == "granian":
         return ([sys.executable, "-m", "granian", "--interface", "asgi", "--factory", factory, *common,
                  "--workers", str(row.workers), "--no-access-log", "--log-level", "warning"], env)
-    prefix = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "uvicorn"] if profile \
-        else [sys.executable, "-m", "uvicorn"]
+    # profiled: the event loop thread's CPU time (time.thread_time), not wall time, which on a shared machine
+    # counts the time the thread waited for a core or the GIL
+    prefix = [sys.executable, "-c", _PROFILED_UVICORN, profile] if profile else [sys.executable, "-m", "uvicorn"]
     return ([*prefix, "--factory", factory, *common, "--workers", str(row.workers), "--no-access-log",
              "--log-level", "warning"], env)
 
@@ -335,8 +352,11 @@ def run_row(row: Row, args: argparse.Namespace, api_base: str, lm_pid: int, work
     path, field = ("/predict", "text") if row.app == "tutorial" else (f"/v1/programs/{program}", "question")
     profile = f"{args.profile}.{row.key}" if args.profile and row.app == "dspyo3" and row.workers == 1 \
         and row.server == "uvicorn" else None
-    command, env = server_command(row, port, program, profile, args.max_in_flight or args.clients)
+    command, env = server_command(row, port, program, profile, args.max_in_flight or args.clients, args.launcher)
     env["DSPYO3_BENCH_API_BASE"] = api_base
+    if row.toml:
+        (workdir / f"{row.key}.toml").write_text(row.toml)
+        env["DSPYO3_CONFIG"] = str(workdir / f"{row.key}.toml")
     clients = args.clients // 2 if row.half else args.clients
     # uvicorn re-raises SIGTERM after its shutdown, which would end cProfile before it writes; SIGINT's
     # KeyboardInterrupt lets it write
@@ -419,7 +439,8 @@ def summarize(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict
     ratio = {}
     for key in rows:
         anchor = key.replace("dspyo3", "tutorial")
-        if rows[key]["app"] == "dspyo3" and anchor in rows and rows[key]["server"] == "uvicorn":
+        if rows[key]["app"] == "dspyo3" and anchor in rows and rows[key]["server"] == "uvicorn" \
+                and "nocb" not in key:
             ratio[key] = round(rows[key]["rps"] / rows[anchor]["rps"], 2)
     result["ratio_vs_tutorial"] = ratio
     # on a machine shared with other work, requests/s follow the CPU share a server gets; tutorial CPU / dspyo3 CPU
@@ -461,6 +482,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as failed")
     parser.add_argument("--max-in-flight", type=int, help="dspyo3's requests running at once per worker "
                         "(default: --clients, as the tutorial app's thread limit)")
+    parser.add_argument("--launcher", choices=["cli", "factory"], default="cli",
+                        help="start dspyo3's uvicorn rows with `dspyo3 serve` (default) or `uvicorn --factory "
+                        "dspyo3_production.serve.app:app_from_environment` (what the command runs)")
     parser.add_argument("--profile", help="run 1-worker dspyo3 rows under cProfile, stats to PREFIX.ROW")
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--plot", dest="plot_path", help="latency/throughput chart (PNG)")
@@ -486,13 +510,19 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, interrupted)
     figures: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="dspyo3-bench-serve-") as tmp, \
             LMServerProcess(args.latency_ms / 1000) as lm_server:
         for row in rows:
             clients = args.clients // 2 if row.half else args.clients
             log(f"{row.key}: {row.app}, {row.lm} LM, {row.workers} worker(s), {row.server}, {clients} clients, "
                 f"{args.warmup:g}+{args.seconds:g} s")
-            figures[row.key] = run_row(row, args, lm_server.api_base, lm_server.proc.pid, Path(tmp))
+            try:
+                figures[row.key] = run_row(row, args, lm_server.api_base, lm_server.proc.pid, Path(tmp))
+            except RuntimeError as exc:  # one broken contender does not lose the other rows
+                log(f"{row.key}: FAILED: {exc}")
+                errors[row.key] = str(exc).splitlines()[-1]
+                continue
             f = figures[row.key]
             log(f"{row.key}: {f['rps']:,.0f} req/s, p50 {f['p50_ms']:.0f} ms, p99 {f['p99_ms']:.0f} ms, "
                 f"{f['cpu_us_per_request']:,.0f} us server CPU/request ({f['server_cpu_cores']:.2f} cores), "
@@ -507,7 +537,10 @@ def main() -> None:
                 stats.sort_stats("tottime").print_stats(25)
                 stats.sort_stats("cumulative").print_stats(40)
     result = summarize(figures, args)
-    if args.plot_path:
+    result["launcher"] = args.launcher
+    if errors:
+        result["errors"] = errors
+    if args.plot_path and figures:
         plot(figures, result["limit_rps"], args.plot_path,
              f"{args.program}, {args.clients} clients, {args.latency_ms:g} ms LM latency, {args.seconds:g} s per row")
     emit(result, args.json_path, None)
