@@ -34,6 +34,8 @@ def build():
     return dspy.Predict(QA)
 '''
 
+LM_LATENCY = 2.0  # long enough for a wave of 16 requests to reach the LM before the first answer
+
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
 
 
@@ -50,7 +52,7 @@ def ray_serve() -> Any:
 
 @pytest.fixture
 def lm() -> Iterator[LMServer]:
-    with LMServer(digest_responder(latency=0.2)) as server:
+    with LMServer(digest_responder(latency=LM_LATENCY)) as server:
         yield server
 
 
@@ -83,10 +85,20 @@ def test_two_ray_serve_replicas_answer_one_client(ray_serve: Any, tmp_path: Path
             pytest.fail("dspyo3 serve --ray did not become ready")
 
         run = uuid.uuid4().hex
-        with httpx.Client(base_url=base, timeout=60.0) as client, ThreadPoolExecutor(8) as pool:
-            responses = list(pool.map(
-                lambda i: client.post("/v1/programs/qa", json={"question": f"question {i} of {run}"}), range(32)))
+        reached_lm_before_first_answer: list[int] = []
+
+        def ask(i: int) -> httpx.Response:
+            response = client.post("/v1/programs/qa", json={"question": f"question {i} of {run}"})
+            reached_lm_before_first_answer.append(len(lm.requests))
+            return response
+
+        with httpx.Client(base_url=base, timeout=60.0,
+                          limits=httpx.Limits(max_connections=16)) as client, ThreadPoolExecutor(16) as pool:
+            responses = list(pool.map(ask, range(32)))
         assert [r.status_code for r in responses] == [200] * 32, [r.text for r in responses if r.status_code != 200]
+        # Ray Serve's own limit (5 requests per replica by default) is lifted to the app's bounds: all 16 requests
+        # of the first wave reached the LM before the first answer came back
+        assert reached_lm_before_first_answer[0] >= 16, reached_lm_before_first_answer
         assert all(r.json()["program"] == "qa" and r.json()["version"] == "local" for r in responses)
         replicas = {r.headers["x-dspyo3-replica"] for r in responses}
         assert len(replicas) == 2, replicas

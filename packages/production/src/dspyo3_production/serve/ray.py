@@ -82,7 +82,7 @@ class DspyO3Ingress:
 
 def deployment(config: ServeConfig, *, num_replicas: int = 2, autoscaling_config: Mapping[str, Any] | None = None,
                ray_actor_options: Mapping[str, Any] | None = None, registry: str | None = None,
-               trust_registry: bool = False, name: str = "dspyo3") -> Any:
+               trust_registry: bool = False, name: str = "dspyo3", **deployment_options: Any) -> Any:
     """A Ray Serve application (``serve.run(app, route_prefix="/")``) whose replicas serve ``config``'s programs.
 
     Args:
@@ -97,6 +97,13 @@ def deployment(config: ServeConfig, *, num_replicas: int = 2, autoscaling_config
         registry: the registry directory or URL for ``NAME@REF`` targets (None: the configured one).
         trust_registry: let the registry import the program factory its metadata records.
         name: the deployment's name.
+        **deployment_options: any other ``serve.deployment`` option (``max_queued_requests``,
+            ``health_check_period_s``, ...); they win over the defaults below.
+
+    Two Ray defaults are set from ``config`` so Ray does not throttle before the app's own backpressure does:
+    ``max_ongoing_requests`` = ``max_in_flight + max_queue`` (Ray's default is 5 per replica; beyond the app's
+    bounds callers get its 503 with ``Retry-After``), and ``graceful_shutdown_timeout_s`` = ``request_timeout``
+    (a replica being stopped lets its requests in flight finish).
 
     Returns:
         a bound Ray Serve ``Application``.
@@ -110,13 +117,15 @@ def deployment(config: ServeConfig, *, num_replicas: int = 2, autoscaling_config
 
     if autoscaling_config is None and (not isinstance(num_replicas, int) or num_replicas < 1):
         raise ValueError(f"num_replicas must be an integer >= 1, not {num_replicas!r}")
-    options: dict[str, Any] = {"name": name}
+    options: dict[str, Any] = {"name": name, "max_ongoing_requests": config.max_in_flight + config.max_queue,
+                               "graceful_shutdown_timeout_s": float(config.request_timeout)}
     if autoscaling_config is not None:
         options["autoscaling_config"] = dict(autoscaling_config)
     else:
         options["num_replicas"] = num_replicas
     if ray_actor_options is not None:
         options["ray_actor_options"] = dict(ray_actor_options)
+    options.update(deployment_options)
     environment = dict(config_to_env(config, registry=registry, trust_registry=trust_registry))
     ingress = serve.ingress()(DspyO3Ingress)
     make_deployment: Any = serve.deployment  # typed as a decorator overload; called with options here
