@@ -275,10 +275,36 @@ def test_tenants_401_without_a_key_200_with_it_and_429_when_rate_limited(make_ap
 
     missing, wrong, ok, limited = run(main())
     assert missing.status_code == 401 and wrong.status_code == 401
+    assert missing.headers["www-authenticate"].startswith("Bearer")
     assert error_of(missing)["type"] == error_of(wrong)["type"] == "unauthorized"
     assert key not in wrong.text and "acme" not in wrong.text
     assert ok.status_code == 200
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+
+
+def test_a_failed_request_still_counts_its_lm_calls_against_the_tenant_budget(qa_lm: HookedLM) -> None:
+    class CallsThenFails(dspy.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.predict = dspy.Predict("question -> answer")
+            self.predict.set_lm(qa_lm)
+
+        async def aforward(self, question: str) -> Any:
+            await self.predict.acall(question=question)  # billed by the provider
+            raise RuntimeError("fails after its LM call")
+
+    key = "sk-tenant-abcdefghijklmnop"
+    config = ServeConfig(tenants=(TenantConfig("acme", (hash_key(key),), usd_per_day=1e-9),))
+    app = create_app(config, sources={"qa": StaticSource("qa", {"1": CallsThenFails()})})
+
+    async def main() -> list[httpx.Response]:
+        async with asgi_client(app) as client:
+            return [await client.post("/v1/programs/qa", json={"question": f"q{i}"}, headers={"x-api-key": key})
+                    for i in range(2)]
+
+    failed, refused = run(main())
+    assert failed.status_code == 500
+    assert refused.status_code == 429 and error_of(refused)["type"] == "over_budget"
 
 
 # -- stream --------------------------------------------------------------------------------------------------------

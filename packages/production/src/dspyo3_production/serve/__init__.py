@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     )
     from dspyo3_production.serve.config import ABSplit, ProgramConfig, ServeConfig, TenantConfig, serve_config
     from dspyo3_production.serve.errors import ServeError
+    from dspyo3_production.serve.ray import deployment
     from dspyo3_production.serve.slots import ProgramSlot
+    from dspyo3_production.serve.tenants import Tenant, TenantGate, hash_key
 
 __all__ = [
     "AsyncClient",
@@ -39,11 +41,15 @@ __all__ = [
     "ProgramSlot",
     "ServeConfig",
     "ServeError",
+    "Tenant",
     "TenantConfig",
+    "TenantGate",
     "app_from_environment",
     "config_from_env",
     "config_to_env",
     "create_app",
+    "deployment",
+    "hash_key",
     "serve_config",
 ]
 
@@ -67,6 +73,10 @@ _WHERE = {
     "serve_config": "dspyo3_production.serve.config",
     "ServeError": "dspyo3_production.serve.errors",
     "ProgramSlot": "dspyo3_production.serve.slots",
+    "Tenant": "dspyo3_production.serve.tenants",
+    "TenantGate": "dspyo3_production.serve.tenants",
+    "hash_key": "dspyo3_production.serve.tenants",
+    "deployment": "dspyo3_production.serve.ray",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE, __all__)

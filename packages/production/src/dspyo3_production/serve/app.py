@@ -226,6 +226,8 @@ def _error_response(error: ServeError, request_id: str | None) -> Response:
     retry = error.retry_after_header
     if retry is not None:
         headers["Retry-After"] = retry
+    if error.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="dspyo3"'
     return _json(error.to_json(request_id), error.status, headers)
 
 
@@ -339,25 +341,24 @@ class _Service:
         if tenant is not None and self.tenants is not None:
             await self.tenants.admit(tenant, estimated_tokens)
 
-    def settle(self, tenant: Any, usage: Mapping[str, int], cost: float | None, estimated: int) -> None:
+    def settle(self, tenant: Any, calls: list[Any], estimated: int) -> None:
+        """Count what a request's LM ``calls`` used against its tenant's limits and budgets: also for a request
+        that failed, timed out or was cancelled (the provider billed whatever calls it answered)."""
         if tenant is not None and self.tenants is not None:
-            try:
-                self.tenants.settle(tenant, int(usage.get("total_tokens", 0)), float(cost or 0.0),
-                                    estimated_tokens=estimated)
-            except TypeError:  # a gate without the estimate keyword
-                self.tenants.settle(tenant, int(usage.get("total_tokens", 0)), float(cost or 0.0))
+            usage, cost, _ = _usage(calls)
+            self.tenants.settle(tenant, int(usage.get("total_tokens", 0)), float(cost or 0.0),
+                                estimated_tokens=estimated)
 
-    async def run(self, slot: ProgramSlot, arm: Arm, inputs: dict[str, Any], tenant: Any,
-                  request_id: str) -> tuple[Any, list[Any]]:
-        """Run ``arm``'s module on ``inputs`` inside the slot's bounds; returns (prediction, LM calls)."""
-        calls: list[Any] = []
+    async def run(self, slot: ProgramSlot, arm: Arm, inputs: dict[str, Any], tenant: Any, request_id: str,
+                  calls: list[Any]) -> Any:
+        """Run ``arm``'s module on ``inputs`` inside the slot's bounds; each finished LM call is appended to
+        ``calls`` (kept by the caller, so a failed request's calls are still counted)."""
         token = CALLS.set(calls)
         try:
             with logs.trace(request_id=request_id, program=slot.name), \
                     (attribute(user=tenant.name) if tenant is not None else contextlib.nullcontext()):
                 async with slot.admit():
-                    prediction = await arm.module.acall(**inputs)
-            return prediction, calls
+                    return await arm.module.acall(**inputs)
         finally:
             CALLS.reset(token)
 
@@ -377,15 +378,17 @@ class _Service:
         inputs = arm.schema.validate(data)
         estimated = _estimate(request)
         await self.admit_tenant(tenant, estimated)
+        calls: list[Any] = []
         try:
             async with asyncio.timeout(self.timeout):
-                prediction, calls = await self.run(slot, arm, inputs, tenant, request_id)
+                prediction = await self.run(slot, arm, inputs, tenant, request_id, calls)
         except TimeoutError:
             raise ServeError(504, f"the program did not answer within {self.timeout:g} s", "timeout") from None
         except Exception as exc:
             raise _program_failure(exc, request_id) from exc
+        finally:
+            self.settle(tenant, calls, estimated)
         body = self.body_of(slot, arm, prediction, calls, request_id)
-        self.settle(tenant, body["usage"], body["cost"], estimated)
         return _json(body, headers={"x-dspyo3-program-version": arm.version, "x-dspyo3-arm": arm.arm})
 
     async def stream(self, request: Request) -> Response:
@@ -428,7 +431,6 @@ class _Service:
                                     yield _sse("status", {"message": event.message})
                                 elif isinstance(event, Final):
                                     body = self.body_of(slot, arm, event.prediction, calls, request_id)
-                                    self.settle(tenant, body["usage"], body["cost"], estimated)
                                     yield _sse("prediction", body)
                 except TimeoutError:
                     error = ServeError(504, f"the program did not answer within {self.timeout:g} s", "timeout")
@@ -437,6 +439,7 @@ class _Service:
                     yield _sse("error", _program_failure(exc, request_id).to_json(request_id))
         finally:
             CALLS.reset(token)
+            self.settle(tenant, calls, estimated)
 
     async def batch(self, request: Request) -> Response:
         request_id = request.scope["dspyo3.request_id"]
@@ -460,24 +463,26 @@ class _Service:
 
         async def one(index: int, item: Any) -> dict[str, Any]:
             item_id = f"{request_id}.{index}"
+            calls: list[Any] = []
             try:
                 inputs = arm.schema.validate(item)
                 async with limit:
-                    prediction, calls = await self.run(slot, arm, inputs, tenant, item_id)
-                all_calls.extend(calls)
+                    prediction = await self.run(slot, arm, inputs, tenant, item_id, calls)
                 return {"ok": True, **self.body_of(slot, arm, prediction, calls, item_id)}
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 return {"ok": False, "error": _program_failure(exc, item_id).to_json(item_id)["error"]}
+            finally:
+                all_calls.extend(calls)
 
         try:
             async with asyncio.timeout(self.timeout):
                 results = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
         except TimeoutError:
             raise ServeError(504, f"the batch did not finish within {self.timeout:g} s", "timeout") from None
-        usage, cost, _ = _usage(all_calls)
-        self.settle(tenant, usage, cost, estimated)
+        finally:
+            self.settle(tenant, all_calls, estimated)
         return _json({"results": results, "program": slot.name, "version": arm.version, "request_id": request_id},
                      headers={"x-dspyo3-program-version": arm.version, "x-dspyo3-arm": arm.arm})
 

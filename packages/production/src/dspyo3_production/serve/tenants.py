@@ -328,6 +328,9 @@ class TenantGate:
         cost = float(cost_usd) if cost_usd and cost_usd > 0 else 0.0
         if delta == 0.0 and (cost == 0.0 or not state.budgets()):
             return
+        if self.redis_url is None:  # per-process state only: no I/O, so settled before the next request is admitted
+            self._settle_sync(state, delta, cost)
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
