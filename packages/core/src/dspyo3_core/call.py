@@ -227,7 +227,7 @@ class LMCall:
 
         The cost is priced once, here, from :data:`~dspyo3_core.pricing.PRICING` (so your ``PRICING.set``
         overrides hold for every LM); what DSPy/LiteLLM reported in the entry is used only for a model with no
-        price there."""
+        price there. An entry with no usage (DSPy's own cache answered) has no cost."""
         usage = entry.get("usage")
         billed = dict(usage) if usage else {}
         cost: float | None = None
@@ -240,7 +240,7 @@ class LMCall:
                 price = PRICING.price(self.model)
             if price is not None:
                 cost, source = (int(prompt) * price[0] + int(completion) * price[1]) / 1e6, "pricing"
-        if cost is None:
+        if cost is None and billed:  # no billed tokens (a DSPy cache hit keeps the first call's cost): no cost
             reported = entry.get("cost")
             if isinstance(reported, (int, float)) and not isinstance(reported, bool):
                 cost, source = float(reported), "reported"
