@@ -281,6 +281,14 @@ def test_tenants_401_without_a_key_200_with_it_and_429_when_rate_limited(make_ap
     assert ok.status_code == 200
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
 
+    async def scrape() -> str:
+        async with asgi_client(app) as client:
+            return (await client.get("/metrics")).text
+
+    text = run(scrape())
+    assert 'status="200",tenant="acme"} 1.0' in text and 'status="429",tenant="acme"} 1.0' in text
+    assert 'status="401",tenant=""} 2.0' in text
+
 
 def test_a_failed_request_still_counts_its_lm_calls_against_the_tenant_budget(qa_lm: HookedLM) -> None:
     class CallsThenFails(dspy.Module):
@@ -464,8 +472,8 @@ def test_metrics_include_http_and_lm_metrics(serve_app: Starlette) -> None:
             return (await client.get("/metrics")).text
 
     text = run(main())
-    assert 'dspyo3_http_requests_total{method="POST",route="/v1/programs/{name}",status="200"} 1.0' in text
-    assert 'dspyo3_http_requests_total{method="POST",route="/v1/programs/{name}",status="422"} 1.0' in text
+    assert 'dspyo3_http_requests_total{method="POST",route="/v1/programs/{name}",status="200",tenant=""} 1.0' in text
+    assert 'dspyo3_http_requests_total{method="POST",route="/v1/programs/{name}",status="422",tenant=""} 1.0' in text
     assert 'dspyo3_http_request_seconds_count{route="/v1/programs/{name}"} 2.0' in text
     assert "dspyo3_lm_requests_total" in text
 

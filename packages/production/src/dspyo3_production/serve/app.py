@@ -147,18 +147,19 @@ class _HttpMetrics:
     def __init__(self, metrics: Metrics) -> None:
         from prometheus_client import Counter, Histogram
 
-        self.requests = Counter("dspyo3_http_requests", "HTTP requests by route, method and status",
-                                ["route", "method", "status"], registry=metrics.registry)
+        self.requests = Counter("dspyo3_http_requests", "HTTP requests by route, method, status and tenant "
+                                "(empty without tenants or before authentication)",
+                                ["route", "method", "status", "tenant"], registry=metrics.registry)
         self.seconds = Histogram("dspyo3_http_request_seconds", "HTTP request latency by route", ["route"],
                                  buckets=_BUCKETS, registry=metrics.registry)
-        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._counters: dict[tuple[str, str, int, str], Any] = {}
         self._histograms: dict[str, Any] = {}
 
-    def record(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
+    def record(self, route: str, method: str, status: int, seconds: float, tenant: str = "") -> None:
+        key = (route, method, status, tenant)
         counter = self._counters.get(key)
         if counter is None:
-            counter = self._counters[key] = self.requests.labels(route, method, str(status))
+            counter = self._counters[key] = self.requests.labels(route, method, str(status), tenant)
         counter.inc()
         histogram = self._histograms.get(route)
         if histogram is None:
@@ -213,7 +214,7 @@ class _Envelope:
             await self.app(scope, receive, send_with_id)
         finally:
             self.http.record(scope.get("dspyo3.route", "other"), scope["method"], status,
-                             time.perf_counter() - started)
+                             time.perf_counter() - started, scope.get("dspyo3.tenant", ""))
 
 
 # -- the app --------------------------------------------------------------------------------------------------------
@@ -305,7 +306,9 @@ class _Service:
     def authenticate(self, request: Request) -> Any:
         if self.tenants is None:
             return None
-        return self.tenants.authenticate(request.headers)
+        tenant = self.tenants.authenticate(request.headers)
+        request.scope["dspyo3.tenant"] = tenant.name  # the HTTP metrics' tenant label
+        return tenant
 
     async def body(self, request: Request) -> Any:
         """The decoded JSON body, read up to ``max_body_bytes`` (413 beyond, with or without Content-Length)."""
