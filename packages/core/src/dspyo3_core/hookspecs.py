@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     import click
 
     from dspyo3_core.call import LMCall
-    from dspyo3_core.sources import ProgramSource
     from dspyo3_core.registry import (
         CacheBackendSpec,
         EmbedderSpec,
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
         ToolSpec,
         VectorStoreSpec,
     )
+    from dspyo3_core.sources import ProgramSource
 
 PROJECT = "dspyo3"
 """Pluggy project name; also the entry-point group plugins register under."""
