@@ -460,7 +460,7 @@ def summarize(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict
     result.update(seconds=args.seconds, warmup=args.warmup, clients=args.clients, latency_ms=args.latency_ms,
                   max_in_flight=args.max_in_flight or args.clients,
                   program=args.program, cores=os.cpu_count(), loadavg=os.getloadavg()[0],
-                  commit=_commit(), date=time.strftime("%Y-%m-%d %H:%M %Z"))
+                  commit=args.commit, date=args.started)
     return result
 
 
@@ -509,6 +509,7 @@ def main() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)
+    args.commit, args.started = _commit(), time.strftime("%Y-%m-%d %H:%M %Z")  # what was measured: the start's
     figures: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="dspyo3-bench-serve-") as tmp, \
