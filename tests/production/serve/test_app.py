@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import dspy
@@ -18,9 +19,11 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+import dspyo3_production as prod
 from dspyo3_core.lm import HookedLM
 from dspyo3_core.plugins import PluginManager
 from dspyo3_core.testing.server import LMServer, Reply, chat_reply
+from dspyo3_production.metrics import Metrics
 from dspyo3_production.serve.app import app_from_environment, config_from_env, config_to_env, create_app
 from dspyo3_production.serve.config import ABSplit, ProgramConfig, ServeConfig, TenantConfig
 from dspyo3_production.serve.slots import ProgramSlot, arm_share
@@ -559,3 +562,23 @@ def test_app_from_environment_serves_the_configured_targets(monkeypatch: pytest.
 def factory() -> dspy.Module:
     """A zero-argument program factory for the ``module:attr`` target above."""
     return dspy.Predict("question -> answer")
+
+
+@pytest.mark.parametrize(("table", "wanted"), [("", False), ("[production]\nmetrics = true\n", False),
+                                                 ("[production]\nmodule_callbacks = true\n", True)])
+def test_the_stack_serve_enables_has_no_module_callback_unless_configured(
+        table: str, wanted: bool, qa_source: StaticSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dspyo3_production.pipeline import installed
+
+    path = tmp_path / "dspyo3.toml"
+    path.write_text(table)
+    monkeypatch.setenv("DSPYO3_CONFIG", str(path))
+    create_app(ServeConfig(), sources={"qa": qa_source})
+    production = installed()
+    assert production is not None and (production.callback is not None) is wanted
+
+
+def test_a_stack_the_caller_enabled_is_kept(qa_source: StaticSource, metrics: Metrics) -> None:
+    stack = prod.enable(prod.Production(metrics=metrics, log_events=False))
+    create_app(ServeConfig(), sources={"qa": qa_source})
+    assert prod.stack.active() is stack and stack.callback is not None

@@ -87,11 +87,12 @@ def cache_from_table(table: dict[str, Any] | bool, settings: Settings, namespace
     )
 
 
-def from_settings(settings: Settings | None = None, *, apply_pricing: bool = True) -> Production | None:
+def from_settings(settings: Settings | None = None, *, apply_pricing: bool = True,
+                  module_callbacks: bool = True) -> Production | None:
     """The stack ``[production]`` describes, or None when the config has no ``[production]`` table.
 
     ``[production.pricing]`` entries are set on :data:`~dspyo3_core.pricing.PRICING` (``apply_pricing=False``
-    only checks them)."""
+    only checks them); ``module_callbacks`` is the default when the table does not set ``module_callbacks``."""
     settings = settings if settings is not None else load_settings()
     table = settings.tables.get("production")
     if table is None:
@@ -168,5 +169,5 @@ def from_settings(settings: Settings | None = None, *, apply_pricing: bool = Tru
         fallback=fallback,
         costs=costs,
         single_flight=bool(table.get("single_flight", True)),
-        module_callbacks=bool(table.get("module_callbacks", True)),
+        module_callbacks=bool(table.get("module_callbacks", module_callbacks)),
     )

@@ -28,7 +28,7 @@ import anyio
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -56,6 +56,8 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _JSON = "application/json"
 _PROGRAM_ROUTES = {"predict": "/v1/programs/{name}", "stream": "/v1/programs/{name}/stream",
                    "batch": "/v1/programs/{name}/batch"}
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+"""HTTP methods kept as metric labels; any other (a client can send arbitrary ones) is counted as ``other``."""
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -134,8 +136,11 @@ def app_from_environment() -> Starlette:
 
         try:
             configure()
-        except ConfigError as exc:  # readiness reports the missing LM; programs with their own LM still work
-            logger.warning("no LM configured for dspyo3 serve: %s", exc)
+        except ConfigError as exc:  # programs with their own LM still work; readiness reports the others
+            app = create_app(config, **options)
+            if _lm_missing(app.state.slots.values()):
+                logger.warning("no LM configured for dspyo3 serve: %s", exc)
+            return app
     return create_app(config, **options)
 
 
@@ -213,7 +218,8 @@ class _Envelope:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            self.http.record(scope.get("dspyo3.route", "other"), scope["method"], status,
+            method = scope["method"]
+            self.http.record(scope.get("dspyo3.route", "other"), method if method in _METHODS else "other", status,
                              time.perf_counter() - started, scope.get("dspyo3.tenant", ""))
 
 
@@ -322,12 +328,16 @@ class _Service:
                 raise ServeError(413, f"request body over {self.max_body} bytes", "payload_too_large")
         chunks: list[bytes] = []
         total = 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > self.max_body:
-                raise ServeError(413, f"request body over {self.max_body} bytes", "payload_too_large")
-            if chunk:
-                chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > self.max_body:
+                    raise ServeError(413, f"request body over {self.max_body} bytes", "payload_too_large")
+                if chunk:
+                    chunks.append(chunk)
+        except ClientDisconnect:  # the caller went away mid-body: its doing, not a server failure
+            raise ServeError(400, "the client disconnected before sending the whole body", "bad_request") \
+                from None
         raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if not raw:
             raise ServeError(400, "the request body is empty; send a JSON object of the input fields",
@@ -401,12 +411,12 @@ class _Service:
         data = await self.body(request)
         arm = slot.pick(self.caller(request, tenant))
         inputs = arm.schema.validate(data)
-        estimated = _estimate(request)
-        await self.admit_tenant(tenant, estimated)
-        if slot.waiting >= slot.max_queue and slot.running >= slot.max_in_flight:
+        if slot.waiting >= slot.max_queue and slot.running >= slot.max_in_flight:  # before the tenant is charged
             slot.refused += 1
             raise ServeError(503, f"{slot.name} is overloaded; retry after the Retry-After seconds", "overloaded",
                              retry_after=slot.retry_after())
+        estimated = _estimate(request)
+        await self.admit_tenant(tenant, estimated)
         events = self._events(slot, arm, inputs, tenant, request_id, estimated)
         return _EventStream(events, media_type="text/event-stream", headers={
             "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
@@ -618,8 +628,18 @@ class _EventStream(StreamingResponse):
         async with anyio.create_task_group() as group:
 
             async def body() -> None:
-                with contextlib.suppress(OSError):
-                    await self.stream_response(send)
+                try:
+                    with contextlib.suppress(OSError):
+                        await self.stream_response(send)
+                finally:
+                    # Close the events here, in this task and its context, also when sending failed or was
+                    # cancelled between two events: the program is cancelled and the request settled now, not
+                    # when the garbage collector finalizes the generator in another context (where resetting its
+                    # context variables fails and the settlement is lost).
+                    closer = getattr(self.body_iterator, "aclose", None)
+                    if closer is not None:
+                        with anyio.CancelScope(shield=True):
+                            await closer()
                 group.cancel_scope.cancel()
 
             group.start_soon(body)
@@ -760,14 +780,20 @@ def create_app(config: ServeConfig, *, sources: Mapping[str, ProgramSource] | No
 
     Every program version is loaded now; a target that cannot be loaded raises here
     (:class:`~dspyo3_core.sources.ProgramSourceError`). If no production stack is active, the one the
-    ``[production]`` config describes (or metrics and logs only) is enabled.
+    ``[production]`` config describes (or metrics and logs only) is enabled, without the per-module DSPy
+    callback unless ``[production] module_callbacks = true``: any global DSPy callback makes DSPy inspect every
+    module call's arguments, about a third of a served request's CPU, and the service already measures and logs
+    each request and each LM call.
     """
-    production = production_stack.active()
+    from dspyo3_production.pipeline import installed
+
+    production = installed()  # a stack the caller enabled is used as it is
     if production is None:
         from dspyo3_production.pipeline import Production
         from dspyo3_production.settings import from_settings
 
-        production = production_stack.enable(from_settings() or Production(metrics=metrics or True))
+        production = production_stack.enable(from_settings(module_callbacks=False)
+                                             or Production(metrics=metrics or True, module_callbacks=False))
     if metrics is None:
         metrics = production.metrics if isinstance(production.metrics, Metrics) else default_metrics()
     if tenants is None and config.tenants:
