@@ -6,9 +6,9 @@ LM with ``dspy.configure``, ``dspy.asyncify(program)``, one ``POST /predict`` ta
 answering ``{"status": "success", "data": prediction.toDict()}``, 500 with the error text on failure.
 
 The program and LM are the ones dspyo3's contender serves (:mod:`serve_program`, LM from the environment). The
-tutorial sets ``async_max_workers=4`` (threads running programs at once); that would cap the app at 40 requests/s
-at 100 ms latency whatever the server does, so here it comes from ``DSPYO3_BENCH_ASYNC_MAX_WORKERS`` (default 256,
-the benchmark's client count): the anchor gets as many threads as it has concurrent requests.
+tutorial sets ``async_max_workers=4`` (threads running programs at once), which caps the app at 40 requests/s at
+100 ms latency whatever the server does; ``DSPYO3_BENCH_ASYNC_MAX_WORKERS`` (default 4, as written) sets it, and
+the benchmark's ``tutorial_tuned`` rows give it a thread per client.
 
     DSPYO3_BENCH_API_BASE=http://127.0.0.1:PORT/v1 uvicorn serve_tutorial_app:app --app-dir benchmarks
 """
@@ -32,7 +32,7 @@ class Question(BaseModel):
 
 
 dspy.configure(lm=serve_program.bench_lm(), async_max_workers=int(os.environ.get("DSPYO3_BENCH_ASYNC_MAX_WORKERS",
-                                                                                   "256")))
+                                                                                   "4")))
 dspy_program = dspy.asyncify(getattr(serve_program, os.environ.get("DSPYO3_BENCH_PROGRAM", "predict")))
 
 
