@@ -657,7 +657,7 @@ def _docs_page(slots: Mapping[str, ProgramSlot]) -> str:
         name = html.escape(slot.name)
         rows = []
         for field in slot.a.schema.input_fields:
-            kind = html.escape(str(slot.a.schema._expected.get(field) or "any"))
+            kind = html.escape(str(slot.a.schema.expected_type(field) or "any"))
             rows.append(f'<label>{html.escape(field)} <small>({kind})</small>'
                         f'<textarea name="{html.escape(field)}" data-kind="{kind}" rows="2"></textarea></label>')
         outputs = ", ".join(html.escape(f) for f in slot.a.schema.output_fields)

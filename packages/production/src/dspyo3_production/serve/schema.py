@@ -135,6 +135,11 @@ class ProgramSchema:
     _expected: Mapping[str, str | None]
     _plain_inputs: bool
 
+    def expected_type(self, field: str) -> str | None:
+        """The JSON type input ``field`` expects, as error messages name it (``"string"``, ``"array of
+        integer"``), or None when any value is accepted."""
+        return self._expected.get(field)
+
     def validate(self, body: Any) -> dict[str, Any]:
         """The program's keyword inputs from a decoded JSON ``body``.
 
