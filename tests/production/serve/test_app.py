@@ -290,7 +290,7 @@ def test_tenants_401_without_a_key_200_with_it_and_429_when_rate_limited(make_ap
 
     text = run(scrape())
     assert 'status="200",tenant="acme"} 1.0' in text and 'status="429",tenant="acme"} 1.0' in text
-    assert 'status="401",tenant=""} 2.0' in text
+    assert 'route="/v1/programs/{name}",status="401",tenant=""} 2.0' in text  # counted under its route
 
 
 def test_a_failed_request_still_counts_its_lm_calls_against_the_tenant_budget(qa_lm: HookedLM) -> None:

@@ -384,12 +384,13 @@ class _Service:
     # -- endpoints --------------------------------------------------------------------------------------------
     async def predict(self, request: Request) -> Response:
         request_id = request.scope["dspyo3.request_id"]
+        request.scope["dspyo3.route"] = _PROGRAM_ROUTES["predict"]  # also for a 401
         tenant = self.authenticate(request)
         slot = self.slot(request, "predict")
         data = await self.body(request)
         arm = slot.pick(self.caller(request, tenant))
         inputs = arm.schema.validate(data)
-        estimated = _estimate(request)
+        estimated = _estimate(request) if tenant is not None else 0
         await self.admit_tenant(tenant, estimated)
         calls: list[Any] = []
         try:
@@ -406,6 +407,7 @@ class _Service:
 
     async def stream(self, request: Request) -> Response:
         request_id = request.scope["dspyo3.request_id"]
+        request.scope["dspyo3.route"] = _PROGRAM_ROUTES["stream"]  # also for a 401
         tenant = self.authenticate(request)
         slot = self.slot(request, "stream")
         data = await self.body(request)
@@ -415,7 +417,7 @@ class _Service:
             slot.refused += 1
             raise ServeError(503, f"{slot.name} is overloaded; retry after the Retry-After seconds", "overloaded",
                              retry_after=slot.retry_after())
-        estimated = _estimate(request)
+        estimated = _estimate(request) if tenant is not None else 0
         await self.admit_tenant(tenant, estimated)
         events = self._events(slot, arm, inputs, tenant, request_id, estimated)
         return _EventStream(events, media_type="text/event-stream", headers={
@@ -456,6 +458,7 @@ class _Service:
 
     async def batch(self, request: Request) -> Response:
         request_id = request.scope["dspyo3.request_id"]
+        request.scope["dspyo3.route"] = _PROGRAM_ROUTES["batch"]  # also for a 401
         tenant = self.authenticate(request)
         slot = self.slot(request, "batch")
         data = await self.body(request)
@@ -469,7 +472,7 @@ class _Service:
                              "validation_error", fields=[{"field": "items", "problem": "too many items",
                                                           "expected": f"at most {self.config.batch_max_items}"}])
         arm = slot.pick(self.caller(request, tenant))
-        estimated = _estimate(request)
+        estimated = _estimate(request) if tenant is not None else 0
         await self.admit_tenant(tenant, estimated)
         limit = asyncio.Semaphore(self.config.batch_concurrency)
         all_calls: list[Any] = []
