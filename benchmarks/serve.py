@@ -12,7 +12,8 @@ Each row: start the server, wait until it answers, ``--warmup`` s of load, then 
 requests/s (answers completed in the window), p50/p99 latency, server CPU per request (user + system time of
 every process in the server's process group over the window, from /proc, divided by the answers) and failed
 requests (non-200, an answer without the output field, a connection error or a timeout, warm-up included). Rows
-with ``_half`` in the name run at half the clients (half the LM limit) for the p99 target; ``dspyo3_native_cb``
+with ``_half`` in the name run at half the clients (half the LM limit) for the p99 target, ``_quarter`` rows at a
+quarter (a load one worker serves on this 2-core machine without saturating its core); ``dspyo3_native_cb``
 runs with ``[production] module_callbacks = true`` (the DSPy callback measuring modules, off by default in
 ``dspyo3 serve``) to show that cost. The tutorial app runs as the tutorial writes it (``async_max_workers=4``:
 at most 4 programs at once, 40 requests/s at 100 ms whatever the server) and, in ``tutorial_tuned`` rows, with
@@ -66,6 +67,7 @@ class Row:
     workers: int
     server: str = "uvicorn"  # "uvicorn" | "granian" (dspyo3 only)
     half: bool = False  # half the clients
+    quarter: bool = False  # a quarter of the clients: a load one process serves without saturating this machine
     toml: str = ""  # a dspyo3.toml for this row's server (DSPYO3_CONFIG)
     threads: int | None = None  # tutorial: dspy.settings.async_max_workers (None: 4, as the tutorial sets it)
 
@@ -89,6 +91,8 @@ ROWS = [
     Row("dspyo3_half", "dspyo3", "dspy", 1, half=True),
     Row("dspyo3_native_half", "dspyo3", "native", 1, half=True),
     Row("tutorial_tuned_half", "tutorial", "dspy", 1, half=True, threads=256),
+    Row("dspyo3_native_quarter", "dspyo3", "native", 1, quarter=True),
+    Row("tutorial_tuned_native_quarter", "tutorial", "native", 1, quarter=True, threads=256),
 ]
 
 
@@ -366,7 +370,7 @@ def run_row(row: Row, args: argparse.Namespace, api_base: str, lm_pid: int, work
     if row.toml:
         (workdir / f"{row.key}.toml").write_text(row.toml)
         env["DSPYO3_CONFIG"] = str(workdir / f"{row.key}.toml")
-    clients = args.clients // 2 if row.half else args.clients
+    clients = args.clients // 2 if row.half else args.clients // 4 if row.quarter else args.clients
     # uvicorn re-raises SIGTERM after its shutdown, which would end cProfile before it writes; SIGINT's
     # KeyboardInterrupt lets it write
     server = Server(command, env, workdir / f"{row.key}.log", workdir,
@@ -397,6 +401,7 @@ def run_row(row: Row, args: argparse.Namespace, api_base: str, lm_pid: int, work
     (cpu0, _, lm0, t0), (cpu1, processes, lm1, t1) = marks["measure"], marks["done"]
     requests = max(1, figures["requests"])
     figures.update(clients=clients, workers=row.workers, lm=row.lm, app=row.app, server=row.server, half=row.half,
+                   quarter=row.quarter,
                    server_processes=processes, cpu_us_per_request=(cpu1 - cpu0) / requests * 1e6,
                    server_cpu_cores=(cpu1 - cpu0) / (t1 - t0), lm_server_cpu_cores=(lm1 - lm0) / (t1 - t0),
                    limit_rps=clients / (args.latency_ms / 1000 * _lm_calls(program)), loadavg=os.getloadavg()[0])
@@ -467,7 +472,7 @@ def summarize(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict
     targets: dict[str, Any] = {f"{key}_2x": value >= 2 for key, value in ratio.items()}
     targets.update({f"{key}_2x_vs_tuned": value >= 2 for key, value in tuned.items()})
     targets.update({f"{key}_p99_le_{p99_target:g}ms": rows[key]["p99_ms"] <= p99_target
-                    for key in rows if rows[key]["half"] and rows[key]["app"] == "dspyo3"})
+                    for key in rows if (rows[key]["half"] or rows[key]["quarter"]) and rows[key]["app"] == "dspyo3"})
     targets["zero_failed"] = all(figures["failed"] == 0 for figures in rows.values())
     result["targets"] = targets
     result["half_limit_rps"] = limit / 2
@@ -531,7 +536,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dspyo3-bench-serve-") as tmp, \
             LMServerProcess(args.latency_ms / 1000) as lm_server:
         for row in rows:
-            clients = args.clients // 2 if row.half else args.clients
+            clients = args.clients // 2 if row.half else args.clients // 4 if row.quarter else args.clients
             log(f"{row.key}: {row.app}, {row.lm} LM, {row.workers} worker(s), {row.server}, {clients} clients, "
                 f"{args.warmup:g}+{args.seconds:g} s")
             try:
