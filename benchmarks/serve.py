@@ -92,6 +92,7 @@ ROWS = [
     Row("dspyo3_native_half", "dspyo3", "native", 1, half=True),
     Row("tutorial_tuned_half", "tutorial", "dspy", 1, half=True, threads=256),
     Row("dspyo3_native_quarter", "dspyo3", "native", 1, quarter=True),
+    Row("dspyo3_native_2w_quarter", "dspyo3", "native", 2, quarter=True),
     Row("tutorial_tuned_native_quarter", "tutorial", "native", 1, quarter=True, threads=256),
 ]
 
