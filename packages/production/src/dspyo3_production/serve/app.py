@@ -382,12 +382,15 @@ class _Service:
                 "arm": arm.arm, "usage": usage, "cost": cost, "cache_hit": cache_hit, "request_id": request_id}
 
     # -- endpoints --------------------------------------------------------------------------------------------
-    async def predict(self, request: Request) -> Response:
-        request_id = request.scope["dspyo3.request_id"]
-        request.scope["dspyo3.route"] = _PROGRAM_ROUTES["predict"]  # also for a 401
+    async def begin(self, request: Request, route: str) -> tuple[str, Any, ProgramSlot, Any]:
+        """What every program endpoint does first: the request id, the tenant (401 before anything else, counted
+        under the route), the program's slot (404) and the decoded body (400, 413)."""
+        request.scope["dspyo3.route"] = _PROGRAM_ROUTES[route]
         tenant = self.authenticate(request)
-        slot = self.slot(request, "predict")
-        data = await self.body(request)
+        return request.scope["dspyo3.request_id"], tenant, self.slot(request, route), await self.body(request)
+
+    async def predict(self, request: Request) -> Response:
+        request_id, tenant, slot, data = await self.begin(request, "predict")
         arm = slot.pick(self.caller(request, tenant))
         inputs = arm.schema.validate(data)
         estimated = _estimate(request) if tenant is not None else 0
@@ -406,11 +409,7 @@ class _Service:
         return _json(body, headers={"x-dspyo3-program-version": arm.version, "x-dspyo3-arm": arm.arm})
 
     async def stream(self, request: Request) -> Response:
-        request_id = request.scope["dspyo3.request_id"]
-        request.scope["dspyo3.route"] = _PROGRAM_ROUTES["stream"]  # also for a 401
-        tenant = self.authenticate(request)
-        slot = self.slot(request, "stream")
-        data = await self.body(request)
+        request_id, tenant, slot, data = await self.begin(request, "stream")
         arm = slot.pick(self.caller(request, tenant))
         inputs = arm.schema.validate(data)
         if slot.waiting >= slot.max_queue and slot.running >= slot.max_in_flight:  # before the tenant is charged
@@ -457,11 +456,7 @@ class _Service:
             self.settle(tenant, calls, estimated)
 
     async def batch(self, request: Request) -> Response:
-        request_id = request.scope["dspyo3.request_id"]
-        request.scope["dspyo3.route"] = _PROGRAM_ROUTES["batch"]  # also for a 401
-        tenant = self.authenticate(request)
-        slot = self.slot(request, "batch")
-        data = await self.body(request)
+        request_id, tenant, slot, data = await self.begin(request, "batch")
         items = data.get("items") if isinstance(data, dict) else None
         if not isinstance(items, list) or set(data) != {"items"}:
             raise ServeError(422, 'the batch body must be {"items": [{...input fields...}, ...]}',
