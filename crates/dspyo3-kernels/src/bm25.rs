@@ -167,6 +167,8 @@ struct Postings {
     tfs: Vec<u32>,
     /// `tfc(tf, length factor)` per posting; valid while the index is not dirty.
     impacts: Vec<f32>,
+    /// The largest of `impacts` (an upper bound for top-k pruning); valid while the index is not dirty.
+    max_impact: f32,
 }
 
 /// Per-thread scratch space for scoring one query. Every contribution is positive (terms whose IDF is not
@@ -218,6 +220,18 @@ impl Ord for Worst {
     fn cmp(&self, other: &Self) -> Ordering {
         other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
     }
+}
+
+/// One query term's position in its postings during pruned (document-at-a-time) search.
+struct Cursor<'a> {
+    docs: &'a [u32],
+    impacts: &'a [f32],
+    at: usize,
+    idf: f32,
+    /// Largest contribution this term can make to any document.
+    bound: f32,
+    /// Position of the term in the query (scores are summed in query order).
+    slot: usize,
 }
 
 /// Ids allowed in a filtered search, resolved against one index.
@@ -463,9 +477,12 @@ impl Bm25Index {
         let params = self.params;
         let length_factor = &self.length_factor;
         self.postings.par_iter_mut().for_each(|p| {
+            let mut max_impact = 0.0f32;
             for ((impact, &doc), &tf) in p.impacts.iter_mut().zip(&p.docs).zip(&p.tfs) {
                 *impact = params.tfc(tf, length_factor[doc as usize]);
+                max_impact = max_impact.max(*impact);
             }
+            p.max_impact = max_impact;
         });
         self.dirty = false;
     }
@@ -607,6 +624,142 @@ impl Bm25Index {
         out
     }
 
+    /// Best `k` documents for query term ids: pruned when the index is prepared, exhaustive otherwise.
+    fn top_k(&self, terms: &[u32], k: usize, allow: Option<&AllowList>, buf: &mut ScoreBuf) -> Vec<(u32, f32)> {
+        if self.dirty {
+            return self.top_k_exhaustive(terms, k, allow, buf);
+        }
+        self.top_k_pruned(terms, k, allow)
+    }
+
+    /// Best `k` by scoring every posting of every query term (term at a time).
+    fn top_k_exhaustive(
+        &self,
+        terms: &[u32],
+        k: usize,
+        allow: Option<&AllowList>,
+        buf: &mut ScoreBuf,
+    ) -> Vec<(u32, f32)> {
+        self.score_into(terms, allow, buf);
+        Self::top_docs(buf, k)
+    }
+
+    /// Best `k` by MaxScore dynamic pruning (document at a time), on a prepared index.
+    ///
+    /// Query terms are ordered by their score upper bound (`idf * max impact`); once `k` hits are kept, the
+    /// terms whose bounds together cannot lift a document above the k-th score become non-essential: only
+    /// documents in the other (essential) terms' postings are candidates, and a candidate is dropped as soon as
+    /// its known contributions plus the remaining bounds cannot beat the k-th score. A kept document's score is
+    /// summed in query order, exactly as the exhaustive path does, so scores and order (ties by doc index) are
+    /// the same. Bounds carry a relative slack covering float rounding of sums taken in another order.
+    fn top_k_pruned(&self, terms: &[u32], k: usize, allow: Option<&AllowList>) -> Vec<(u32, f32)> {
+        if k == 0 {
+            return Vec::new();
+        }
+        let n = self.live as f64;
+        let mut cursors: Vec<Cursor<'_>> = Vec::with_capacity(terms.len());
+        for (slot, &term) in terms.iter().enumerate() {
+            let df = self.df[term as usize];
+            if df == 0 {
+                continue;
+            }
+            let idf = self.params.idf(df, n);
+            if idf.is_nan() || idf <= 0.0 {
+                continue;
+            }
+            let postings = &self.postings[term as usize];
+            cursors.push(Cursor {
+                docs: &postings.docs,
+                impacts: &postings.impacts,
+                at: 0,
+                idf,
+                bound: idf * postings.max_impact,
+                slot,
+            });
+        }
+        if cursors.is_empty() {
+            return Vec::new();
+        }
+        cursors.sort_by(|a, b| a.bound.total_cmp(&b.bound));
+        let slack = 1.0 + 1e-6 * (cursors.len() as f64 + 2.0);
+        // prefix[i] = bound of cursors[..i] together
+        let mut prefix = Vec::with_capacity(cursors.len() + 1);
+        prefix.push(0.0f64);
+        for cursor in &cursors {
+            let last = prefix[prefix.len() - 1];
+            prefix.push(last + cursor.bound as f64);
+        }
+        let mut contrib: Vec<Option<f32>> = vec![None; terms.len()];
+        let mut heap: BinaryHeap<Worst> = BinaryHeap::with_capacity(k + 1);
+        let mut threshold: Option<f64> = None;
+        let mut essential = 0usize;
+        let all_alive = self.live == self.docs.len();
+        loop {
+            let mut doc = u32::MAX;
+            for cursor in &cursors[essential..] {
+                if let Some(&d) = cursor.docs.get(cursor.at) {
+                    doc = doc.min(d);
+                }
+            }
+            if doc == u32::MAX {
+                break;
+            }
+            let mut known = 0.0f64;
+            for cursor in &mut cursors[essential..] {
+                if cursor.docs.get(cursor.at) == Some(&doc) {
+                    let score = cursor.idf * cursor.impacts[cursor.at];
+                    contrib[cursor.slot] = Some(score);
+                    known += score as f64;
+                    cursor.at += 1;
+                }
+            }
+            let d = doc as usize;
+            let mut keep = (all_alive || self.alive[d]) && !allow.is_some_and(|a| !a.allowed[d]);
+            if keep {
+                for j in (0..essential).rev() {
+                    if threshold.is_some_and(|t| (known + prefix[j + 1]) * slack <= t) {
+                        keep = false;
+                        break;
+                    }
+                    let cursor = &mut cursors[j];
+                    cursor.at += cursor.docs[cursor.at..].partition_point(|&x| x < doc);
+                    if cursor.docs.get(cursor.at) == Some(&doc) {
+                        let score = cursor.idf * cursor.impacts[cursor.at];
+                        contrib[cursor.slot] = Some(score);
+                        known += score as f64;
+                    }
+                }
+            }
+            if keep {
+                let mut score = 0.0f32;
+                for c in contrib.iter().flatten() {
+                    score += c;
+                }
+                let hit = Worst(score, doc);
+                if heap.len() < k {
+                    heap.push(hit);
+                } else if let Some(mut worst) = heap.peek_mut() {
+                    if hit < *worst {
+                        *worst = hit;
+                    }
+                }
+                if heap.len() == k {
+                    if let Some(worst) = heap.peek() {
+                        let t = worst.0 as f64;
+                        threshold = Some(t);
+                        while essential < cursors.len() && prefix[essential + 1] * slack <= t {
+                            essential += 1;
+                        }
+                    }
+                }
+            }
+            contrib.iter_mut().for_each(|c| *c = None);
+        }
+        let mut out: Vec<(u32, f32)> = heap.into_iter().map(|Worst(score, d)| (d, score)).collect();
+        out.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out
+    }
+
     fn with_ids(&self, docs: Vec<(u32, f32)>) -> Vec<(String, f32)> {
         docs.into_iter().map(|(d, score)| (self.docs[d as usize].id.clone(), score)).collect()
     }
@@ -671,24 +824,19 @@ impl Bm25Index {
             .par_iter()
             .map_init(ScoreBuf::new, |buf, query| {
                 let terms = self.query_terms(query.as_ref());
-                self.score_into(&terms, allow, buf);
-                Self::top_docs(buf, k)
+                self.top_k(&terms, k, allow, buf)
             })
             .collect()
     }
 
     /// Like [`Bm25Index::search_tokens`] but returning document slots.
     pub fn search_tokens_docs(&self, tokens: &[String], k: usize, allow: Option<&AllowList>) -> Vec<(u32, f32)> {
-        let mut buf = ScoreBuf::new();
-        self.score_into(&self.token_terms(tokens), allow, &mut buf);
-        Self::top_docs(&mut buf, k)
+        self.top_k(&self.token_terms(tokens), k, allow, &mut ScoreBuf::new())
     }
 
     /// Like [`Bm25Index::search`] but returning document slots.
     pub fn search_docs(&self, query: &str, k: usize, allow: Option<&AllowList>) -> Vec<(u32, f32)> {
-        let mut buf = ScoreBuf::new();
-        self.score_into(&self.query_terms(query), allow, &mut buf);
-        Self::top_docs(&mut buf, k)
+        self.top_k(&self.query_terms(query), k, allow, &mut ScoreBuf::new())
     }
 
     /// Top `k` (id, score) for pre-tokenized query tokens, best first (ties by insertion order).
@@ -1112,6 +1260,47 @@ mod tests {
                     bytes.truncate(cut.index(bytes.len() + 1));
                 }
                 let _ = Bm25Index::decode(&bytes);
+            }
+
+            /// MaxScore pruning returns exactly the exhaustive top k (same documents, scores and order), for
+            /// every variant, with deletions, with and without an allow-list, and with repeated query terms.
+            #[test]
+            fn pruned_top_k_equals_exhaustive(
+                corpus in proptest::collection::vec(proptest::collection::vec(0usize..24, 0..30), 0..120),
+                queries in proptest::collection::vec(proptest::collection::vec(0usize..26, 0..8), 1..6),
+                deleted in proptest::collection::vec(any::<prop::sample::Index>(), 0..20),
+                allowed in proptest::collection::vec(any::<bool>(), 120),
+                variant in proptest::sample::select(vec![Variant::Lucene, Variant::Robertson, Variant::Atire, Variant::Bm25L, Variant::Bm25Plus]),
+                k in 0usize..15,
+                k1 in 0.0f32..3.0,
+                b in 0.0f32..=1.0,
+                delta in 0.0f32..2.0,
+            ) {
+                // a skewed vocabulary: low word numbers are common, so postings lengths differ a lot
+                let word = |w: usize| format!("w{}", w * w / 24);
+                let params = Bm25Params { variant, k1, b, delta };
+                let mut index = Bm25Index::new(plain(), params).unwrap();
+                let names: Vec<String> = (0..corpus.len()).map(|i| format!("d{i}")).collect();
+                let texts: Vec<String> =
+                    corpus.iter().map(|doc| doc.iter().map(|&w| word(w)).collect::<Vec<_>>().join(" ")).collect();
+                index.add(&names, &texts).unwrap();
+                if !names.is_empty() {
+                    let gone: Vec<String> = deleted.iter().map(|i| names[i.index(names.len())].clone()).collect();
+                    index.delete(&gone);
+                }
+                index.prepare();
+                let allow_ids: Vec<&String> = names.iter().zip(&allowed).filter(|(_, &a)| a).map(|(n, _)| n).collect();
+                let allow = index.allow_list(&allow_ids);
+                for query in &queries {
+                    let text = query.iter().map(|&w| word(w)).collect::<Vec<_>>().join(" ");
+                    let terms = index.query_terms(&text);
+                    for filter in [None, Some(&allow)] {
+                        let exhaustive = index.top_k_exhaustive(&terms, k, filter, &mut ScoreBuf::new());
+                        let pruned = index.top_k_pruned(&terms, k, filter);
+                        prop_assert_eq!(&pruned, &exhaustive, "query {:?} filter {}", text, filter.is_some());
+                        prop_assert_eq!(index.search_docs(&text, k, filter), exhaustive);
+                    }
+                }
             }
 
             /// Whatever the documents, parameters and deletions, a saved index loads back with the same
