@@ -153,11 +153,12 @@ impl Bm25Params {
     }
 }
 
+/// A document slot. Its terms live only in the postings (no forward index): deleting marks the slot dead
+/// and document frequencies are recounted from the postings once per mutating call.
 #[derive(Clone, Debug)]
 struct Doc {
     id: String,
     len: u32,
-    terms: Vec<(u32, u32)>,
 }
 
 /// The documents containing one term, with their term frequencies and precomputed term scores.
@@ -255,6 +256,8 @@ pub struct Bm25Index {
     length_factor: Vec<f32>,
     /// Impacts and length factors are stale (documents changed since the last [`Bm25Index::prepare`]).
     dirty: bool,
+    /// `df` counts documents deleted since the last recount (see [`Bm25Index::after_mutation`]).
+    df_stale: bool,
     /// Bumped whenever document slots are renumbered (compaction), so callers caching per-slot data can tell.
     layout: u64,
     /// Normalised word -> term id (or `DROPPED`) learnt while indexing: query words seen in documents skip
@@ -290,6 +293,7 @@ impl Bm25Index {
             total_len: 0,
             length_factor: Vec::new(),
             dirty: false,
+            df_stale: false,
             layout: 0,
             words: FxHashMap::default(),
         })
@@ -417,24 +421,21 @@ impl Bm25Index {
         let doc = self.docs.len() as u32;
         let len = terms.len() as u32;
         terms.sort_unstable();
-        let mut counted: Vec<(u32, u32)> = Vec::new();
-        for &term in terms.iter() {
-            match counted.last_mut() {
-                Some((last, tf)) if *last == term => *tf += 1,
-                _ => counted.push((term, 1)),
-            }
-        }
-        for &(term, tf) in &counted {
+        let mut at = 0;
+        while at < terms.len() {
+            let term = terms[at];
+            let run = terms[at..].iter().take_while(|&&t| t == term).count();
+            at += run;
             let postings = &mut self.postings[term as usize];
             postings.docs.push(doc);
-            postings.tfs.push(tf);
+            postings.tfs.push(run as u32);
             postings.impacts.push(0.0);
             self.df[term as usize] += 1;
         }
         self.total_len += len as u64;
         self.live += 1;
         self.by_id.insert(id.clone(), doc);
-        self.docs.push(Doc { id, len, terms: counted });
+        self.docs.push(Doc { id, len });
         self.alive.push(true);
     }
 
@@ -444,19 +445,27 @@ impl Bm25Index {
             return;
         }
         self.alive[d] = false;
-        for &(term, _) in &self.docs[d].terms {
-            self.df[term as usize] -= 1;
-        }
+        self.df_stale = true;
         self.total_len -= self.docs[d].len as u64;
         self.live -= 1;
         self.by_id.remove(&self.docs[d].id);
     }
 
+    /// After adds / updates / deletes: compact when a quarter of the slots is dead, otherwise recount document
+    /// frequencies if documents were deleted (one pass over the postings per mutating call).
     fn after_mutation(&mut self) {
         let dead = self.docs.len() - self.live;
         if dead >= 64 && dead * 4 > self.docs.len() {
             self.compact();
+        } else if self.df_stale {
+            let alive = &self.alive;
+            self.df = self
+                .postings
+                .par_iter()
+                .map(|p| p.docs.iter().filter(|&&d| alive[d as usize]).count() as u32)
+                .collect();
         }
+        self.df_stale = false;
         self.dirty = true;
     }
 
@@ -500,45 +509,49 @@ impl Bm25Index {
 
     /// Drop deleted documents and unused terms from memory (done automatically when a quarter is dead).
     pub fn compact(&mut self) {
+        let mut new_slot = vec![u32::MAX; self.docs.len()];
+        let mut next = 0u32;
+        for (slot, &alive) in new_slot.iter_mut().zip(&self.alive) {
+            if alive {
+                *slot = next;
+                next += 1;
+            }
+        }
         let docs = std::mem::take(&mut self.docs);
         let alive = std::mem::take(&mut self.alive);
+        self.docs = docs.into_iter().zip(alive).filter(|(_, a)| *a).map(|(d, _)| d).collect();
+        self.alive = vec![true; self.docs.len()];
+        for slot in self.by_id.values_mut() {
+            *slot = new_slot[*slot as usize];
+        }
         let old_terms = std::mem::take(&mut self.terms);
+        let old_postings = std::mem::take(&mut self.postings);
         self.vocab.clear();
-        self.postings.clear();
         self.df.clear();
-        self.by_id.clear();
-        self.live = 0;
-        self.total_len = 0;
         let mut remap: Vec<Option<u32>> = vec![None; old_terms.len()];
-        for (doc, is_alive) in docs.into_iter().zip(alive) {
-            if !is_alive {
+        for ((term, old), new_term) in old_terms.into_iter().zip(old_postings).zip(remap.iter_mut()) {
+            let mut postings = Postings::default();
+            for (&doc, &tf) in old.docs.iter().zip(&old.tfs) {
+                let slot = new_slot[doc as usize];
+                if slot != u32::MAX {
+                    postings.docs.push(slot);
+                    postings.tfs.push(tf);
+                }
+            }
+            if postings.docs.is_empty() {
                 continue;
             }
-            let new_doc = self.docs.len() as u32;
-            let mut terms = Vec::with_capacity(doc.terms.len());
-            for (term, tf) in doc.terms {
-                let new_term = *remap[term as usize].get_or_insert_with(|| {
-                    let t = self.terms.len() as u32;
-                    self.vocab.insert(old_terms[term as usize].clone(), t);
-                    self.terms.push(old_terms[term as usize].clone());
-                    self.postings.push(Postings::default());
-                    self.df.push(0);
-                    t
-                });
-                let postings = &mut self.postings[new_term as usize];
-                postings.docs.push(new_doc);
-                postings.tfs.push(tf);
-                postings.impacts.push(0.0);
-                self.df[new_term as usize] += 1;
-                terms.push((new_term, tf));
-            }
-            terms.sort_unstable();
-            self.total_len += doc.len as u64;
-            self.live += 1;
-            self.by_id.insert(doc.id.clone(), new_doc);
-            self.docs.push(Doc { id: doc.id, len: doc.len, terms });
-            self.alive.push(true);
+            postings.impacts = vec![0.0; postings.docs.len()];
+            let t = self.terms.len() as u32;
+            *new_term = Some(t);
+            self.vocab.insert(term.clone(), t);
+            self.terms.push(term);
+            self.df.push(postings.docs.len() as u32);
+            self.postings.push(postings);
         }
+        self.live = self.docs.len();
+        self.total_len = self.docs.iter().map(|d| d.len as u64).sum();
+        self.df_stale = false;
         self.layout += 1;
         self.words.retain(|_, term| {
             if *term == DROPPED {
@@ -919,11 +932,35 @@ impl Bm25Index {
         w.extend_from_slice(&self.params.k1.to_le_bytes());
         w.extend_from_slice(&self.params.b.to_le_bytes());
         w.extend_from_slice(&self.params.delta.to_le_bytes());
+        // each live document's (term, tf) list, by term id, inverted from the postings
+        let mut offsets = vec![0usize; self.docs.len() + 1];
+        for postings in &self.postings {
+            for &doc in &postings.docs {
+                if self.alive[doc as usize] {
+                    offsets[doc as usize + 1] += 1;
+                }
+            }
+        }
+        for d in 0..self.docs.len() {
+            offsets[d + 1] += offsets[d];
+        }
+        let mut fill = offsets.clone();
+        let mut forward = vec![(0u32, 0u32); offsets[self.docs.len()]];
+        for (term, postings) in self.postings.iter().enumerate() {
+            for (&doc, &tf) in postings.docs.iter().zip(&postings.tfs) {
+                if self.alive[doc as usize] {
+                    forward[fill[doc as usize]] = (term as u32, tf);
+                    fill[doc as usize] += 1;
+                }
+            }
+        }
+        drop(fill);
+        let doc_terms = |d: usize| &forward[offsets[d]..offsets[d + 1]];
         // only terms used by live documents, renumbered densely
         let mut remap: Vec<Option<u32>> = vec![None; self.terms.len()];
         let mut used: Vec<u32> = Vec::new();
-        for (doc, _) in self.docs.iter().zip(&self.alive).filter(|(_, &a)| a) {
-            for &(term, _) in &doc.terms {
+        for (d, _) in self.alive.iter().enumerate().filter(|(_, &a)| a) {
+            for &(term, _) in doc_terms(d) {
                 if remap[term as usize].is_none() {
                     remap[term as usize] = Some(used.len() as u32);
                     used.push(term);
@@ -935,11 +972,11 @@ impl Bm25Index {
             put_str(&mut w, &self.terms[term as usize]);
         }
         put_u32(&mut w, self.live as u32);
-        for (doc, _) in self.docs.iter().zip(&self.alive).filter(|(_, &a)| a) {
+        for (d, (doc, _)) in self.docs.iter().zip(&self.alive).enumerate().filter(|(_, (_, &a))| a) {
             put_str(&mut w, &doc.id);
             put_u32(&mut w, doc.len);
-            put_u32(&mut w, doc.terms.len() as u32);
-            for &(term, tf) in &doc.terms {
+            put_u32(&mut w, doc_terms(d).len() as u32);
+            for &(term, tf) in doc_terms(d) {
                 put_u32(&mut w, remap[term as usize].expect("live term"));
                 put_u32(&mut w, tf);
             }
@@ -979,25 +1016,29 @@ impl Bm25Index {
             let id = r.string()?;
             let len = r.u32()?;
             let n = r.u32()? as usize;
-            let mut terms = Vec::with_capacity(n.min(payload.len()));
             for _ in 0..n {
                 let term = r.u32()?;
                 let tf = r.u32()?;
                 if term as usize >= term_count {
                     return Err(KernelError::Format(format!("term {term} out of range in document {id:?}")));
                 }
+                if tf == 0 {
+                    return Err(KernelError::Format(format!("term {term} has frequency 0 in document {id:?}")));
+                }
                 let postings = &mut index.postings[term as usize];
+                if postings.docs.last() == Some(&(d as u32)) {
+                    return Err(KernelError::Format(format!("term {term} listed twice in document {id:?}")));
+                }
                 postings.docs.push(d as u32);
                 postings.tfs.push(tf);
                 postings.impacts.push(0.0);
                 index.df[term as usize] += 1;
-                terms.push((term, tf));
             }
             if index.by_id.insert(id.clone(), d as u32).is_some() {
                 return Err(KernelError::Format(format!("document id {id:?} appears twice")));
             }
             index.total_len += len as u64;
-            index.docs.push(Doc { id, len, terms });
+            index.docs.push(Doc { id, len });
             index.alive.push(true);
         }
         index.live = doc_count;
