@@ -231,7 +231,7 @@ def worker_bm25(args: argparse.Namespace) -> None:
     queries = query_sample(args.data, 1109, args.seed)
     stopwords = list(STOPWORDS_EN)
     gc.collect()
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"corpus_rss_mb": round(_rss_mb(os.getpid()), 1)}
     if args.impl == "dspyo3":
         import dspyo3_native
 
@@ -244,6 +244,8 @@ def worker_bm25(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         index = build()
         out["index_s"] = round(time.perf_counter() - t, 2)
+        gc.collect()
+        out["indexed_rss_mb"] = round(_rss_mb(os.getpid()), 1)
         query_s, _ = best_time(lambda: index.search_batch(queries, k=10), 3, collect_garbage=False)
         out[f"qps_{args.threads}t"] = round(len(queries) / query_s, 1)
     else:
@@ -257,6 +259,8 @@ def worker_bm25(args: argparse.Namespace) -> None:
         retriever.index(tokens, show_progress=False)
         del tokens
         out["index_s"] = round(time.perf_counter() - t, 2)
+        gc.collect()
+        out["indexed_rss_mb"] = round(_rss_mb(os.getpid()), 1)
         for threads in (1, 2):
             def run(threads: int = threads) -> Any:
                 q = bm25s.tokenize(queries, stopwords=stopwords, stemmer=stemmer, show_progress=False)
@@ -456,6 +460,8 @@ def main() -> None:
                 if threads in (0, 1):
                     row[f"{impl}_rss_mb"] = got["rss_mb"]
                     row[f"{impl}_index_s"] = got["index_s"]
+                    # RSS once the index is built less RSS with only the corpus loaded: the index's own memory
+                    row[f"{impl}_index_mb"] = round(got["indexed_rss_mb"] - got["corpus_rss_mb"], 1)
             if "dspyo3_qps_1t" in row and "bm25s_qps_1t" in row:
                 row["qps_ratio_1t"] = round(row["dspyo3_qps_1t"] / row["bm25s_qps_1t"], 2)
                 row["rss_ratio"] = round(row["dspyo3_rss_mb"] / row["bm25s_rss_mb"], 2)
