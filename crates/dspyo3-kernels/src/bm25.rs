@@ -223,18 +223,6 @@ impl Ord for Worst {
     }
 }
 
-/// One query term's position in its postings during pruned (document-at-a-time) search.
-struct Cursor<'a> {
-    docs: &'a [u32],
-    impacts: &'a [f32],
-    at: usize,
-    idf: f32,
-    /// Largest contribution this term can make to any document.
-    bound: f32,
-    /// Position of the term in the query (scores are summed in query order).
-    slot: usize,
-}
-
 /// Ids allowed in a filtered search, resolved against one index.
 pub struct AllowList {
     allowed: Vec<bool>,
@@ -642,7 +630,7 @@ impl Bm25Index {
         if self.dirty {
             return self.top_k_exhaustive(terms, k, allow, buf);
         }
-        self.top_k_pruned(terms, k, allow)
+        self.top_k_pruned(terms, k, allow, buf)
     }
 
     /// Best `k` by scoring every posting of every query term (term at a time).
@@ -657,120 +645,106 @@ impl Bm25Index {
         Self::top_docs(buf, k)
     }
 
-    /// Best `k` by MaxScore dynamic pruning (document at a time), on a prepared index.
+    /// Best `k` by MaxScore-style dynamic pruning (term at a time), on a prepared index.
     ///
-    /// Query terms are ordered by their score upper bound (`idf * max impact`); once `k` hits are kept, the
-    /// terms whose bounds together cannot lift a document above the k-th score become non-essential: only
-    /// documents in the other (essential) terms' postings are candidates, and a candidate is dropped as soon as
-    /// its known contributions plus the remaining bounds cannot beat the k-th score. A kept document's score is
-    /// summed in query order, exactly as the exhaustive path does, so scores and order (ties by doc index) are
+    /// Query terms are taken by decreasing score upper bound (`idf * max impact`, rare terms first) and scored
+    /// into the accumulator. As soon as the bounds of the terms not yet scored add up to less than the k-th
+    /// best partial score, no untouched document can reach the top k: the remaining (common, long) postings
+    /// are only probed for the surviving candidates, which are dropped once their partial score plus the
+    /// remaining bounds falls below the k-th best. The few survivors are then scored exactly, summing
+    /// contributions in query order as the exhaustive path does, so scores and order (ties by doc index) are
     /// the same. Bounds carry a relative slack covering float rounding of sums taken in another order.
-    fn top_k_pruned(&self, terms: &[u32], k: usize, allow: Option<&AllowList>) -> Vec<(u32, f32)> {
+    fn top_k_pruned(&self, terms: &[u32], k: usize, allow: Option<&AllowList>, buf: &mut ScoreBuf) -> Vec<(u32, f32)> {
         if k == 0 {
             return Vec::new();
         }
         let n = self.live as f64;
-        let mut cursors: Vec<Cursor<'_>> = Vec::with_capacity(terms.len());
-        for (slot, &term) in terms.iter().enumerate() {
+        // per query position: (postings, idf, bound) of a term that contributes
+        let mut query: Vec<Option<(&Postings, f32, f32)>> = Vec::with_capacity(terms.len());
+        for &term in terms {
             let df = self.df[term as usize];
-            if df == 0 {
-                continue;
-            }
-            let idf = self.params.idf(df, n);
+            let idf = if df == 0 { 0.0 } else { self.params.idf(df, n) };
             if idf.is_nan() || idf <= 0.0 {
+                query.push(None);
                 continue;
             }
             let postings = &self.postings[term as usize];
-            cursors.push(Cursor {
-                docs: &postings.docs,
-                impacts: &postings.impacts,
-                at: 0,
-                idf,
-                bound: idf * postings.max_impact,
-                slot,
-            });
+            query.push(Some((postings, idf, idf * postings.max_impact)));
         }
-        if cursors.is_empty() {
-            return Vec::new();
-        }
-        cursors.sort_by(|a, b| a.bound.total_cmp(&b.bound));
-        let slack = 1.0 + 1e-6 * (cursors.len() as f64 + 2.0);
-        // prefix[i] = bound of cursors[..i] together
-        let mut prefix = Vec::with_capacity(cursors.len() + 1);
-        prefix.push(0.0f64);
-        for cursor in &cursors {
-            let last = prefix[prefix.len() - 1];
-            prefix.push(last + cursor.bound as f64);
-        }
-        let mut contrib: Vec<Option<f32>> = vec![None; terms.len()];
-        let mut heap: BinaryHeap<Worst> = BinaryHeap::with_capacity(k + 1);
-        let mut threshold: Option<f64> = None;
-        let mut essential = 0usize;
+        let mut order: Vec<usize> = (0..query.len()).filter(|&q| query[q].is_some()).collect();
+        order.sort_by(|&a, &b| {
+            let bound = |q: usize| query[q].map_or(0.0, |(_, _, bound)| bound);
+            bound(b).total_cmp(&bound(a))
+        });
+        let slack = 1.0 + 1e-6 * (order.len() as f64 + 2.0);
+        let mut rest: f64 = order.iter().filter_map(|&q| query[q].map(|(_, _, bound)| bound as f64)).sum();
         let all_alive = self.live == self.docs.len();
-        loop {
-            let mut doc = u32::MAX;
-            for cursor in &cursors[essential..] {
-                if let Some(&d) = cursor.docs.get(cursor.at) {
-                    doc = doc.min(d);
+        buf.reset(self.docs.len());
+        let mut theta = f64::NEG_INFINITY; // a lower bound of the k-th best exact score
+        let mut partial: Vec<f32> = Vec::new();
+        let mut next = 0;
+        let mut done = 0.0f64; // bounds of the terms scored so far: no partial score exceeds it
+        while next < order.len() {
+            // the first documents touched are those of the rarest terms: the k-th best among them is a cheap
+            // lower bound of the k-th best overall
+            let early = &buf.touched[..buf.touched.len().min(EARLY_CANDIDATES.max(k))];
+            if early.len() >= k && done > rest {
+                theta = theta.max(kth_largest(&buf.scores, early, k, &mut partial) / slack);
+                if rest * slack < theta {
+                    break;
                 }
             }
-            if doc == u32::MAX {
-                break;
-            }
-            let mut known = 0.0f64;
-            for cursor in &mut cursors[essential..] {
-                if cursor.docs.get(cursor.at) == Some(&doc) {
-                    let score = cursor.idf * cursor.impacts[cursor.at];
-                    contrib[cursor.slot] = Some(score);
-                    known += score as f64;
-                    cursor.at += 1;
+            let Some((postings, idf, bound)) = query[order[next]] else { break };
+            for (&doc, &impact) in postings.docs.iter().zip(&postings.impacts) {
+                let d = doc as usize;
+                if (all_alive || self.alive[d]) && !allow.is_some_and(|a| !a.allowed[d]) {
+                    buf.add(doc, idf * impact);
                 }
             }
-            let d = doc as usize;
-            let mut keep = (all_alive || self.alive[d]) && !allow.is_some_and(|a| !a.allowed[d]);
-            if keep {
-                for j in (0..essential).rev() {
-                    if threshold.is_some_and(|t| (known + prefix[j + 1]) * slack <= t) {
-                        keep = false;
-                        break;
-                    }
-                    let cursor = &mut cursors[j];
-                    cursor.at += cursor.docs[cursor.at..].partition_point(|&x| x < doc);
-                    if cursor.docs.get(cursor.at) == Some(&doc) {
-                        let score = cursor.idf * cursor.impacts[cursor.at];
-                        contrib[cursor.slot] = Some(score);
-                        known += score as f64;
-                    }
-                }
-            }
-            if keep {
-                let mut score = 0.0f32;
-                for c in contrib.iter().flatten() {
-                    score += c;
-                }
-                let hit = Worst(score, doc);
-                if heap.len() < k {
-                    heap.push(hit);
-                } else if let Some(mut worst) = heap.peek_mut() {
-                    if hit < *worst {
-                        *worst = hit;
-                    }
-                }
-                if heap.len() == k {
-                    if let Some(worst) = heap.peek() {
-                        let t = worst.0 as f64;
-                        threshold = Some(t);
-                        while essential < cursors.len() && prefix[essential + 1] * slack <= t {
-                            essential += 1;
-                        }
-                    }
-                }
-            }
-            contrib.iter_mut().for_each(|c| *c = None);
+            rest -= bound as f64;
+            done += bound as f64;
+            next += 1;
         }
-        let mut out: Vec<(u32, f32)> = heap.into_iter().map(|Worst(score, d)| (d, score)).collect();
-        out.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        out
+        if next == order.len() && buf.touched.len() >= k {
+            theta = kth_largest(&buf.scores, &buf.touched, k, &mut partial) / slack;
+            rest = 0.0;
+        }
+        let mut candidates: Vec<(u32, f32)> = buf
+            .touched
+            .iter()
+            .map(|&d| (d, buf.scores[d as usize]))
+            .filter(|&(_, score)| (score as f64 + rest) * slack >= theta)
+            .collect();
+        candidates.sort_unstable_by_key(|&(d, _)| d);
+        candidates.dedup_by_key(|&mut (d, _)| d);
+        for &q in &order[next..] {
+            let Some((postings, idf, bound)) = query[q] else { continue };
+            let mut at = 0;
+            for (doc, score) in candidates.iter_mut() {
+                at += postings.docs[at..].partition_point(|&x| x < *doc);
+                if postings.docs.get(at) == Some(doc) {
+                    *score += idf * postings.impacts[at];
+                }
+            }
+            rest -= bound as f64;
+            candidates.retain(|&(_, score)| (score as f64 + rest) * slack >= theta);
+        }
+        // exact scores, summed in query order
+        let mut hits: Vec<(u32, f32)> = candidates
+            .into_iter()
+            .map(|(doc, _)| {
+                let mut score = 0.0f32;
+                for (postings, idf, _) in query.iter().flatten() {
+                    if let Ok(at) = postings.docs.binary_search(&doc) {
+                        score += idf * postings.impacts[at];
+                    }
+                }
+                (doc, score)
+            })
+            .collect();
+        hits.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        hits.truncate(k);
+        hits
     }
 
     fn with_ids(&self, docs: Vec<(u32, f32)>) -> Vec<(String, f32)> {
@@ -845,6 +819,12 @@ impl Bm25Index {
     /// Like [`Bm25Index::search_tokens`] but returning document slots.
     pub fn search_tokens_docs(&self, tokens: &[String], k: usize, allow: Option<&AllowList>) -> Vec<(u32, f32)> {
         self.top_k(&self.token_terms(tokens), k, allow, &mut ScoreBuf::new())
+    }
+
+    /// Like [`Bm25Index::search_docs`] but always scoring every posting of every query term (no pruning): the
+    /// reference the pruned search is checked against. Same hits, scores and order.
+    pub fn search_docs_exhaustive(&self, query: &str, k: usize, allow: Option<&AllowList>) -> Vec<(u32, f32)> {
+        self.top_k_exhaustive(&self.query_terms(query), k, allow, &mut ScoreBuf::new())
     }
 
     /// Like [`Bm25Index::search`] but returning document slots.
@@ -1050,6 +1030,17 @@ impl Bm25Index {
         Ok(index)
     }
 }
+
+/// The `k`-th largest of the scores of `touched` (`k <= touched.len()`), as f64; `scratch` is reused.
+fn kth_largest(scores: &[f32], touched: &[u32], k: usize, scratch: &mut Vec<f32>) -> f64 {
+    scratch.clear();
+    scratch.extend(touched.iter().map(|&d| scores[d as usize]));
+    let (_, kth, _) = scratch.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    *kth as f64
+}
+
+/// How many of the first-touched documents bound the k-th best score while pruning.
+const EARLY_CANDIDATES: usize = 4096;
 
 /// Query words remembered from indexing stop growing at this many.
 const MAX_QUERY_WORDS: usize = 1 << 22;
@@ -1337,7 +1328,7 @@ mod tests {
                     let terms = index.query_terms(&text);
                     for filter in [None, Some(&allow)] {
                         let exhaustive = index.top_k_exhaustive(&terms, k, filter, &mut ScoreBuf::new());
-                        let pruned = index.top_k_pruned(&terms, k, filter);
+                        let pruned = index.top_k_pruned(&terms, k, filter, &mut ScoreBuf::new());
                         prop_assert_eq!(&pruned, &exhaustive, "query {:?} filter {}", text, filter.is_some());
                         prop_assert_eq!(index.search_docs(&text, k, filter), exhaustive);
                     }
