@@ -1,8 +1,12 @@
-"""A named, on-disk RAG collection: chunks (the source of truth, a JSONL file written atomically), an embedded
-Qdrant store with their vectors, and a BM25 index built from the chunks when the collection is opened.
+"""A named, on-disk RAG collection: chunks (the source of truth, a JSONL file written atomically), a vector store
+with their vectors (chosen by name when the collection is created, recorded in ``collection.json``), and a keyword
+index (BM25 plus a by-id lookup of the chunks) persisted beside them, updated with every add and loaded, not
+rebuilt, when the collection is searched.
 
-    collections/<name>/chunks.jsonl     {"id", "text", "source", ...metadata} per chunk
-    collections/<name>/qdrant/          embedded Qdrant (local mode)
+    collections/<name>/chunks.jsonl         {"id", "text", "source", ...metadata} per chunk
+    collections/<name>/collection.json      {"format": 1, "store": "<store name>"}
+    collections/<name>/<store name>/        an embedded store's files (``qdrant/`` for Qdrant local mode)
+    collections/<name>/keyword/             bm25.bin, chunks.sqlite and manifest.json (derived from chunks.jsonl)
 
 What ``dspyo3 rag index|search|ask`` use.
 """
@@ -11,9 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
+import os
 import re
 import shutil
+import sqlite3
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +30,17 @@ from typing import Any
 from dspyo3_core.files import atomic_write_text, loads_json
 from dspyo3_rag.embed import LexicalEmbedder
 from dspyo3_rag.retrieve import BM25Retriever, DenseRetriever, HybridRetriever, Passage
-from dspyo3_rag.stores.base import StoreCorruptError, StoreError
-from dspyo3_rag.stores.qdrant import QdrantStore
+from dspyo3_rag.stores.base import StoreCorruptError, StoreError, VectorStore
 
-__all__ = ["Chunk", "CollectionError", "RagCollection", "Repair", "Skipped", "Sources", "chunk_text", "id_clashes",
-           "read_sources", "scan_sources", "source_labels"]
+__all__ = ["DEFAULT_STORE", "Chunk", "CollectionError", "IndexRebuiltWarning", "RagCollection", "Repair", "Skipped",
+           "Sources", "chunk_text", "id_clashes", "read_sources", "scan_sources", "source_labels"]
+
+DEFAULT_STORE = "qdrant"
+"""The store of collections created without naming one."""
+_LEGACY_STORE = "qdrant"  # collections written before collection.json existed keep their vectors in qdrant/
+_META_FORMAT = 1
+_INDEX_FORMAT = 1  # of keyword/manifest.json; another value means the index is rebuilt
+_ADD_BATCH = 512  # chunks embedded and stored per batch: what bounds an add's memory
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown", ".mdown", ".mkd", ".mkdn", ".mdx", ".rst"})
@@ -260,6 +274,11 @@ class Repair:
         return bool(self.removed or self.restored)
 
 
+class IndexRebuiltWarning(UserWarning):
+    """The persisted keyword index of a collection was missing, stale (``chunks.jsonl`` changed behind it) or
+    corrupt, and was rebuilt from ``chunks.jsonl``."""
+
+
 class RagCollection:
     """Open (or create) collection ``name`` under ``root``.
 
@@ -269,18 +288,69 @@ class RagCollection:
     so an add that was killed leaves a record of the vectors that may disagree with the chunks; searches never
     return those (a dense hit counts only if its id and text are committed) and :meth:`repair` (run by every
     :meth:`add`) puts the vector store back in line.
+
+    ``store`` names the vector store (a name registered through ``dspyo3_register_vector_stores``: ``qdrant``,
+    ``chroma``, ``pinecone``, ...) of a new collection (default :data:`DEFAULT_STORE`); it is recorded in
+    ``collection.json`` by the first add, and an existing collection keeps the store it was made with (one made
+    before the record existed: ``qdrant``, embedded). Naming a different store for an existing collection raises
+    :class:`StoreError`. Embedded stores keep their files in ``<dir>/<store name>/``.
+
+    The keyword index (BM25 and a lookup of the chunks by id) lives in ``keyword/``: written with every add, loaded
+    on the first keyword or hybrid search. One that is missing, was written by another version, is corrupt or
+    does not match ``chunks.jsonl`` (edited by hand) is rebuilt from the chunks with an
+    :class:`IndexRebuiltWarning`.
     """
 
-    def __init__(self, root: str | Path, name: str) -> None:
+    def __init__(self, root: str | Path, name: str, *, store: str | None = None) -> None:
         if not _NAME.fullmatch(name):
             raise StoreError(f"collection names are 1-64 letters, digits, '.', '_' or '-'; got {name!r}")
         self.name = name
         self.dir = Path(root) / name
         self.chunks_file = self.dir / "chunks.jsonl"
-        self.qdrant_dir = self.dir / "qdrant"
+        self.meta_file = self.dir / "collection.json"
         self.pending_file = self.dir / "pending.json"
+        self.keyword_dir = self.dir / "keyword"
         self.embedder = LexicalEmbedder()
-        self._store: QdrantStore | None = None
+        recorded = self._recorded_store()
+        if recorded is not None and store is not None and store != recorded:
+            raise StoreError(f"collection {name!r} keeps its vectors in the {recorded!r} store, not {store!r}; leave "
+                             f"out the store (--store) to use it, or index into a new collection")
+        self.store_name: str = recorded or store or DEFAULT_STORE
+        self._factory = _store_factory(self.store_name)
+        self._store: VectorStore | None = None
+        self._bm25: Any = None  # the loaded native BM25 (lazily)
+        self._db: sqlite3.Connection | None = None
+
+    @property
+    def store_dir(self) -> Path:
+        """Where an embedded store keeps its files: ``<dir>/<store name>``."""
+        return self.dir / self.store_name
+
+    @property
+    def qdrant_dir(self) -> Path:
+        """The embedded Qdrant folder (``<dir>/qdrant``) of a collection on the ``qdrant`` store."""
+        return self.dir / "qdrant"
+
+    def _recorded_store(self) -> str | None:
+        """The store named in ``collection.json``; ``qdrant`` for a collection made before that file existed;
+        ``None`` for a new collection."""
+        try:
+            record = loads_json(self.meta_file.read_bytes(), source=str(self.meta_file))
+        except FileNotFoundError:
+            return _LEGACY_STORE if self.chunks_file.exists() or self.qdrant_dir.exists() else None
+        except (OSError, ValueError) as exc:
+            raise CollectionError(f"{self.meta_file}: cannot be read ({exc}); restore it, or write "
+                                  f'{{"format": 1, "store": "{_LEGACY_STORE}"}} into it for a collection on the '
+                                  f"{_LEGACY_STORE!r} store") from None
+        if not (isinstance(record, dict) and isinstance(record.get("store"), str) and record["store"]):
+            raise CollectionError(f"{self.meta_file}: not a collection record (a JSON object with a string 'store'); "
+                                  f'restore it, or write {{"format": 1, "store": "{_LEGACY_STORE}"}} into it')
+        return str(record["store"])
+
+    def _record_store(self) -> None:
+        if not self.meta_file.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.meta_file, json.dumps({"format": _META_FORMAT, "store": self.store_name}) + "\n")
 
     @property
     def exists(self) -> bool:
@@ -290,20 +360,37 @@ class RagCollection:
     def _rebuild_hint(self) -> str:
         return f"rebuild it from {self.chunks_file.name} with: dspyo3 rag index --rebuild --collection {self.name}"
 
-    def store(self) -> QdrantStore:
-        """The collection's embedded Qdrant (opened once; holds the directory's lock until :meth:`close`)."""
+    def _embedded(self) -> bool:
+        """Whether the store keeps its files in :attr:`store_dir` (its factory takes ``path``)."""
+        return "path" in _parameters(self._factory)
+
+    def store(self) -> VectorStore:
+        """The collection's vector store (opened once; an embedded store holds its folder's lock until
+        :meth:`close`)."""
         if self._store is None:
+            params = _parameters(self._factory)
+            options: dict[str, Any] = {}
+            if "path" in params:
+                options["path"] = self.store_dir
+            elif "prefix" in params:  # a service shared by several collections (Pinecone): one prefix each
+                options["prefix"] = "dspyo3-" + re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-") + "-"
             try:
-                self._store = QdrantStore(self.qdrant_dir)
+                self._store = self._factory(**options)
             except StoreCorruptError as exc:
                 raise CollectionError(f"collection {self.name!r} is damaged: {exc}; {self._rebuild_hint()}") from None
         return self._store
 
     def close(self) -> None:
-        """Release the embedded Qdrant's directory lock."""
+        """Release the vector store (an embedded store's directory lock) and the keyword index."""
         if self._store is not None:
-            self._store.close()
+            closer = getattr(self._store, "close", None)
+            if callable(closer):
+                closer()
             self._store = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._bm25 = None
 
     def chunks(self) -> dict[str, Chunk]:
         """Every committed chunk, by id. A line of ``chunks.jsonl`` that is not a chunk record raises
@@ -336,18 +423,19 @@ class RagCollection:
                 f"backup, or delete that line and run `dspyo3 rag index --collection {self.name}` to drop its "
                 f"vectors (or delete {self.dir} and index the sources again)")
 
-    def _check_vectors(self, committed: Mapping[str, Chunk]) -> None:
-        """Raise :class:`CollectionError` when committed chunks have no vector store to search (its folder or its
-        Qdrant collection was deleted); such a collection is rebuilt, never half-filled by a later add."""
+    def _check_vectors(self, committed: int) -> None:
+        """Raise :class:`CollectionError` when ``committed`` chunks have no vector store to search (its folder or
+        its collection was deleted); such a collection is rebuilt, never half-filled by a later add."""
         if not committed:
             return
-        if not self.qdrant_dir.is_dir():
-            raise CollectionError(f"collection {self.name!r} is damaged: its vector store {self.qdrant_dir} is "
-                                  f"missing ({len(committed)} committed chunks have no vectors); "
+        where = self.store_dir if self._embedded() else f"{self.store_name} store"
+        if self._embedded() and not self.store_dir.is_dir():
+            raise CollectionError(f"collection {self.name!r} is damaged: its vector store {where} is "
+                                  f"missing ({committed} committed chunks have no vectors); "
                                   f"{self._rebuild_hint()}")
         if _POINTS not in self.store().collections():
-            raise CollectionError(f"collection {self.name!r} is damaged: its vector store {self.qdrant_dir} has no "
-                                  f"{_POINTS!r} collection ({len(committed)} committed chunks have no vectors); "
+            raise CollectionError(f"collection {self.name!r} is damaged: its vector store {where} has no "
+                                  f"{_POINTS!r} collection ({committed} committed chunks have no vectors); "
                                   f"{self._rebuild_hint()}")
 
     def _read_pending(self) -> list[str] | None:
@@ -370,10 +458,10 @@ class RagCollection:
         Raises :class:`CollectionError` when the vector store is missing altogether (use :meth:`rebuild`).
         """
         committed = self.chunks()
-        if not committed and not self.qdrant_dir.is_dir():
+        if not committed and self._embedded() and not self.store_dir.is_dir():
             self.pending_file.unlink(missing_ok=True)
             return Repair()
-        self._check_vectors(committed)
+        self._check_vectors(len(committed))
         store = self.store()
         if _POINTS not in store.collections():  # nothing committed and no vectors: consistent
             self.pending_file.unlink(missing_ok=True)
@@ -400,10 +488,30 @@ class RagCollection:
             before = store.count(_POINTS)
             store.delete(_POINTS, remove)
             removed = before - store.count(_POINTS)
-        if chunks:
-            DenseRetriever(store, _POINTS, self.embedder).add(
-                [c.id for c in chunks], [c.text for c in chunks], [c.metadata for c in chunks], progress=progress)
+        self._embed_and_store(chunks, progress=progress)
         return Repair(removed, len(chunks))
+
+    def _embed_and_store(self, chunks: Sequence[Chunk], *, progress: bool = False) -> None:
+        """Embed ``chunks`` and upsert their vectors (NumPy float32), :data:`_ADD_BATCH` at a time, so memory
+        holds one batch of vectors whatever the number of chunks; one progress bar for the whole run."""
+        import numpy as np
+
+        from dspyo3_rag.progress import bar, wanted
+
+        if not chunks:
+            return
+        store = self.store()
+        exists = _POINTS in store.collections()
+        with bar(f"embedding and storing in {self.name}", len(chunks), wanted(progress)) as shown:
+            for start in range(0, len(chunks), _ADD_BATCH):
+                batch = chunks[start:start + _ADD_BATCH]
+                vectors = np.asarray(self.embedder([c.text for c in batch]), dtype=np.float32)
+                if not exists:
+                    store.create_collection(_POINTS, int(vectors.shape[1]))
+                    exists = True
+                store.upsert(_POINTS, [c.id for c in batch], vectors,
+                             [{**c.metadata, "text": c.text} for c in batch], batch_size=_ADD_BATCH)
+                shown.advance(len(batch))
 
     def rebuild(self, *, progress: bool = False) -> int:
         """Re-create the vector store from the committed chunks (after its folder was deleted or damaged);
@@ -412,9 +520,12 @@ class RagCollection:
         try:
             store = self.store()
         except CollectionError:  # the store's own files are damaged: start it afresh
-            shutil.rmtree(self.qdrant_dir)
+            if not self._embedded():
+                raise
+            shutil.rmtree(self.store_dir)
             store = self.store()
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._record_store()
         atomic_write_text(self.pending_file, json.dumps({"ids": sorted(committed)}))
         if _POINTS in store.collections():
             store.drop_collection(_POINTS)
@@ -429,11 +540,12 @@ class RagCollection:
         chunks file commits them; the vectors of chunks the call drops go after the commit. An interrupted earlier
         add is repaired first (:meth:`repair`).
         """
-        if not self.qdrant_dir.is_dir():
-            self._check_vectors(self.chunks())  # committed chunks without their vector store: rebuild, not add
+        if self._embedded() and not self.store_dir.is_dir():
+            self._check_vectors(len(self.chunks()))  # committed chunks without their vector store: rebuild
         self.store()  # the directory lock first: no other writer between reading the chunks and committing
         self.repair(progress=progress)
         existing = self.chunks()
+        index_current = self.exists and self._index_problem() is None  # checked before the commit changes it
         new_ids = {c.id for c in chunks}
         # a re-indexed source replaces all its chunks: the ones it no longer produces go
         # (sources compared resolved: collections written before sources were stored resolved keep working)
@@ -441,11 +553,10 @@ class RagCollection:
         stale = [cid for cid, c in existing.items()
                  if cid not in new_ids and _resolved(c.metadata.get("source")) in sources]
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._record_store()
         atomic_write_text(self.pending_file, json.dumps({"ids": sorted(new_ids | set(stale))}))
-        dense = DenseRetriever(self.store(), _POINTS, self.embedder)
         try:
-            dense.add([c.id for c in chunks], [c.text for c in chunks], [c.metadata for c in chunks],
-                      progress=progress)
+            self._embed_and_store(chunks, progress=progress)
         except Exception:
             with contextlib.suppress(Exception):  # best effort; the record stays for the next repair otherwise
                 self.repair()
@@ -458,7 +569,177 @@ class RagCollection:
         if stale:
             self.store().delete(_POINTS, stale)
         self.pending_file.unlink(missing_ok=True)
+        if index_current:
+            self._update_index(chunks, stale, merged)
+        else:
+            self._build_index(merged)
         return len(chunks)
+
+    # -- the keyword index (keyword/: bm25.bin, chunks.sqlite, manifest.json) -----------------------------------
+    @property
+    def _manifest_file(self) -> Path:
+        return self.keyword_dir / "manifest.json"
+
+    @property
+    def _bm25_file(self) -> Path:
+        return self.keyword_dir / "bm25.bin"
+
+    @property
+    def _db_file(self) -> Path:
+        return self.keyword_dir / "chunks.sqlite"
+
+    def _fingerprint(self) -> dict[str, int] | None:
+        """What identifies the committed ``chunks.jsonl`` (every commit writes a new file)."""
+        try:
+            stat = self.chunks_file.stat()
+        except OSError:
+            return None
+        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+
+    def _manifest(self) -> dict[str, Any] | None:
+        try:
+            record = loads_json(self._manifest_file.read_bytes(), source=str(self._manifest_file))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def _index_problem(self) -> str | None:
+        """Why the persisted keyword index cannot serve the committed chunks; ``None`` when it can. Reads only the
+        manifest and two ``stat`` calls."""
+        manifest = self._manifest()
+        if manifest is None:
+            return "it is missing" if not self._manifest_file.exists() else "its manifest is unreadable"
+        if manifest.get("format") != _INDEX_FORMAT or not isinstance(manifest.get("count"), int):
+            return f"it was written by another version (format {manifest.get('format')!r})"
+        if manifest.get("chunks") != self._fingerprint():
+            return f"{self.chunks_file.name} changed after it was written"
+        if not (self._bm25_file.is_file() and self._db_file.is_file()):
+            return "some of its files are missing"
+        return None
+
+    def _rebuild_index(self, problem: str) -> None:
+        self._build_index(self.chunks())  # a corrupt chunks file stops here with its own error
+        warnings.warn(f"collection {self.name!r}: the keyword index in {self.keyword_dir} was rebuilt from "
+                      f"{self.chunks_file.name} ({problem})", IndexRebuiltWarning, stacklevel=3)
+
+    def _build_index(self, chunks: Mapping[str, Chunk]) -> None:
+        """Write the keyword index of ``chunks`` (the committed ones) afresh; the manifest goes last."""
+        self._drop_index_handles()
+        self.keyword_dir.mkdir(parents=True, exist_ok=True)
+        self._manifest_file.unlink(missing_ok=True)  # invalid until the new one is complete
+        bm25 = BM25Retriever().index
+        items = list(chunks.values())
+        for start in range(0, len(items), 10_000):
+            batch = items[start:start + 10_000]
+            bm25.add([c.id for c in batch], [c.text for c in batch])
+        temp = self._db_file.with_name(f".{self._db_file.name}.{os.getpid()}.tmp")
+        temp.unlink(missing_ok=True)
+        db = sqlite3.connect(temp)
+        try:
+            db.execute("CREATE TABLE chunks (id TEXT PRIMARY KEY, text TEXT NOT NULL, metadata TEXT NOT NULL)")
+            db.executemany("INSERT INTO chunks VALUES (?, ?, ?)",
+                           ((c.id, c.text, json.dumps(c.metadata, ensure_ascii=False)) for c in items))
+            db.commit()
+        finally:
+            db.close()
+        os.replace(temp, self._db_file)
+        bm25.save(self._bm25_file)
+        self._write_manifest(len(items))
+        self._bm25 = bm25
+
+    def _update_index(self, chunks: Sequence[Chunk], stale: Sequence[str], merged: Mapping[str, Chunk]) -> None:
+        """Apply one add (``chunks`` in, ``stale`` out) to a keyword index that was current before it."""
+        try:
+            bm25 = self._load_bm25()
+            self.keyword_dir.mkdir(parents=True, exist_ok=True)
+            self._manifest_file.unlink(missing_ok=True)  # invalid until the update is complete
+            if stale:
+                bm25.delete(list(stale))
+            for start in range(0, len(chunks), 10_000):
+                batch = chunks[start:start + 10_000]
+                bm25.add([c.id for c in batch], [c.text for c in batch])
+            db = self._connect()
+            with db:
+                db.executemany("DELETE FROM chunks WHERE id = ?", ((i,) for i in stale))
+                db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?)",
+                               ((c.id, c.text, json.dumps(c.metadata, ensure_ascii=False)) for c in chunks))
+            bm25.save(self._bm25_file)
+            if len(bm25) != len(merged):
+                raise ValueError(f"{len(bm25)} documents in BM25, {len(merged)} chunks")
+        except (OSError, ValueError, sqlite3.Error):  # a damaged index: write it afresh from what was committed
+            self._build_index(merged)
+            return
+        self._write_manifest(len(merged))
+
+    def _write_manifest(self, count: int) -> None:
+        atomic_write_text(self._manifest_file, json.dumps(
+            {"format": _INDEX_FORMAT, "count": count, "chunks": self._fingerprint()}) + "\n")
+
+    def _drop_index_handles(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._bm25 = None
+
+    def _load_bm25(self) -> Any:
+        """The persisted BM25, loaded once (``IndexFormatError``, a ``ValueError``, when corrupt)."""
+        import dspyo3_native as native
+
+        if self._bm25 is None:
+            self._bm25 = native.BM25.load(self._bm25_file)
+        return self._bm25
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            if not self._db_file.is_file():
+                raise sqlite3.OperationalError(f"{self._db_file} is missing")
+            self._db = sqlite3.connect(self._db_file, check_same_thread=False)
+        return self._db
+
+    def _ready_index(self) -> int:
+        """Make sure the keyword index serves the committed chunks (rebuilding it, with a warning, when it does
+        not); returns how many chunks are committed."""
+        problem = self._index_problem()
+        if problem is not None:
+            self._rebuild_index(problem)
+        manifest = self._manifest() or {}
+        return int(manifest.get("count", 0))
+
+    def keyword_index(self) -> Any:
+        """The collection's native BM25 (``dspyo3_native.BM25``), loaded from ``keyword/bm25.bin``; rebuilt with
+        an :class:`IndexRebuiltWarning` when that file is stale or corrupt."""
+        self._ready_index()
+        try:
+            bm25 = self._load_bm25()
+            expected = (self._manifest() or {}).get("count")
+            if len(bm25) != expected:
+                raise ValueError(f"it holds {len(bm25)} documents, the manifest says {expected}")
+        except (OSError, ValueError) as exc:  # IndexFormatError is a ValueError
+            self._bm25 = None
+            self._rebuild_index(f"{self._bm25_file.name} cannot be used: {str(exc)[:200]}")
+            bm25 = self._load_bm25()
+        return bm25
+
+    def lookup(self, ids: Sequence[str]) -> dict[str, Chunk]:
+        """The committed chunks among ``ids``, read from the keyword index's lookup (not ``chunks.jsonl``)."""
+        for attempt in range(2):
+            try:
+                db = self._connect()
+                out: dict[str, Chunk] = {}
+                for start in range(0, len(ids), 500):
+                    batch = list(ids[start:start + 500])
+                    rows = db.execute(f"SELECT id, text, metadata FROM chunks WHERE id IN "
+                                      f"({','.join('?' * len(batch))})", batch).fetchall()
+                    for chunk_id, text, metadata in rows:
+                        out[chunk_id] = Chunk(chunk_id, text, json.loads(metadata))
+                return out
+            except (sqlite3.Error, ValueError) as exc:
+                if attempt:
+                    raise CollectionError(f"{self._db_file}: cannot be read ({exc}); delete {self.keyword_dir} "
+                                          "to have it rebuilt") from None
+                self._drop_index_handles()
+                self._rebuild_index(f"{self._db_file.name} cannot be read: {str(exc)[:200]}")
+        return {}
 
     def retriever(self, kind: str = "hybrid") -> Any:
         """``bm25``, ``dense`` or ``hybrid`` over the committed chunks of this collection."""
@@ -467,16 +748,14 @@ class RagCollection:
         if not self.exists:
             raise StoreError(f"collection {self.name!r} is empty or does not exist under {self.dir.parent}; "
                              f"create it with: dspyo3 rag index PATH --collection {self.name}")
-        chunks = self.chunks()
-        bm25 = BM25Retriever()
-        bm25.add(list(chunks), [c.text for c in chunks.values()], [c.metadata for c in chunks.values()])
+        count = self._ready_index()
         if kind == "bm25":
-            return bm25
-        self._check_vectors(chunks)
-        dense = _CommittedDense(DenseRetriever(self.store(), _POINTS, self.embedder) if chunks else None, chunks)
+            return _PersistedBM25(self)
+        self._check_vectors(count)
+        dense = _CommittedDense(DenseRetriever(self.store(), _POINTS, self.embedder) if count else None, self.lookup)
         if kind == "dense":
             return dense
-        return HybridRetriever([bm25, dense], weights=[0.75, 0.25])
+        return HybridRetriever([_PersistedBM25(self), dense], weights=[0.75, 0.25])
 
     def search(self, query: str, k: int = 5, kind: str = "hybrid") -> list[Passage]:
         """Top ``k`` passages for ``query``."""
@@ -485,19 +764,61 @@ class RagCollection:
         return list(self.retriever(kind).search_batch([query], k)[0])
 
 
+def _parameters(factory: Any) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
+def _store_factory(name: str) -> Any:
+    """The factory of the vector store registered as ``name``; :class:`StoreError` naming the known ones."""
+    from dspyo3_core.plugins import get_plugin_manager
+
+    registry = get_plugin_manager().registry("dspyo3_register_vector_stores")
+    try:
+        return registry.get(name).factory
+    except KeyError:
+        if name == _LEGACY_STORE:  # collections on it open even with the rag plugin disabled
+            from dspyo3_rag.stores.qdrant import QdrantStore
+
+            return QdrantStore
+        known = ", ".join(registry.names()) or "none"
+        raise StoreError(f"unknown vector store {name!r}; registered stores: {known}") from None
+
+
+class _PersistedBM25:
+    """Keyword retrieval over a collection's persisted BM25; passage texts come from the by-id lookup."""
+
+    def __init__(self, collection: RagCollection) -> None:
+        self.collection = collection
+
+    def search_batch(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]:
+        """Top ``k`` passages for each query."""
+        results = self.collection.keyword_index().search_batch(list(queries), k=k)
+        chunks = self.collection.lookup(sorted({doc for hits in results for doc, _ in hits}))
+        return [[Passage(doc, chunks[doc].text, float(score), dict(chunks[doc].metadata))
+                 for doc, score in hits if doc in chunks] for hits in results]
+
+    def search(self, query: str, k: int = 10) -> list[Passage]:
+        """Top ``k`` passages for one query."""
+        return self.search_batch([query], k)[0]
+
+
 class _CommittedDense:
     """Dense retrieval that returns only committed chunks: a hit counts when its id is in the chunks file with the
     text its vector was made from (vectors are a function of the text). Queries short of ``k`` after dropping
     uncommitted hits ask the store again for twice as many, until it has no more."""
 
-    def __init__(self, dense: DenseRetriever | None, committed: Mapping[str, Chunk]) -> None:
+    def __init__(self, dense: DenseRetriever | None, lookup: Any) -> None:
         self.dense = dense
-        self.committed = committed
+        self.lookup = lookup
 
     def _keep(self, passages: Sequence[Passage]) -> list[Passage]:
+        committed = self.lookup([p.id for p in passages])
         out = []
         for p in passages:
-            chunk = self.committed.get(p.id)
+            chunk = committed.get(p.id)
             if chunk is not None and chunk.text == p.long_text:
                 out.append(Passage(p.id, chunk.text, p.score, dict(chunk.metadata)))
         return out

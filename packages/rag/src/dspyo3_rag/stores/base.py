@@ -8,12 +8,16 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 __all__ = ["Hit", "StoreCorruptError", "StoreError", "VectorStore", "migrate"]
 
 Metadata = dict[str, Any]
 Filter = Mapping[str, Any]
+Vectors: TypeAlias = "Sequence[Sequence[float]] | npt.NDArray[Any]"
 
 
 class StoreError(ValueError):
@@ -126,14 +130,17 @@ class VectorStore(ABC):
         cosine similarity, dot product, or minus the euclidean distance)."""
         return self._require(collection)[1]
 
-    def upsert(self, collection: str, ids: Sequence[str], vectors: Sequence[Sequence[float]],
+    def upsert(self, collection: str, ids: Sequence[str], vectors: Vectors,
                metadata: Sequence[Metadata] | None = None, *, namespace: str | None = None, batch_size: int = 256,
                progress: bool = False) -> int:
         """Insert or replace points, in batches; returns the count. ``progress=True`` draws a bar on stderr when it
-        is a terminal.
+        is a terminal. ``vectors`` may be a NumPy array (``float32`` ``(n, dim)`` is what embedders give): it is
+        validated as an array and turned into Python numbers one batch at a time.
 
         Everything is validated before the first write: one bad vector or metadata value and nothing is written.
         """
+        import numpy as np
+
         dim, distance = self._require(collection)
         ids = [str(i) for i in ids]
         if len(ids) != len(vectors):
@@ -143,15 +150,23 @@ class VectorStore(ABC):
             raise StoreError(f"{len(ids)} ids but {len(metadata)} metadata entries")
         if len(set(ids)) != len(ids):
             raise StoreError("ids repeat within one upsert call; each point needs its own id")
-        clean_vectors = []
-        for i, (point_id, vector) in enumerate(zip(ids, vectors, strict=True)):
-            values = [float(v) for v in vector]
-            if len(values) != dim:
-                raise StoreError(f"vector {i} (id {point_id!r}) has {len(values)} numbers; collection "
+        array = vectors if isinstance(vectors, np.ndarray) and vectors.ndim == 2 else None
+        if array is not None:
+            if array.shape[1] != dim:
+                raise StoreError(f"vector 0 (id {ids[0]!r}) has {array.shape[1]} numbers; collection "
                                  f"{collection!r} holds {dim}-dimensional vectors")
-            if not all(math.isfinite(v) for v in values):
-                raise StoreError(f"vector {i} (id {point_id!r}) has a NaN or infinite value")
-            clean_vectors.append(values)
+            finite = np.isfinite(array).all(axis=1)
+            if not finite.all():
+                i = int(np.argmin(finite))
+                raise StoreError(f"vector {i} (id {ids[i]!r}) has a NaN or infinite value")
+        else:
+            for i, (point_id, vector) in enumerate(zip(ids, vectors, strict=True)):
+                values = [float(v) for v in vector]
+                if len(values) != dim:
+                    raise StoreError(f"vector {i} (id {point_id!r}) has {len(values)} numbers; collection "
+                                     f"{collection!r} holds {dim}-dimensional vectors")
+                if not all(math.isfinite(v) for v in values):
+                    raise StoreError(f"vector {i} (id {point_id!r}) has a NaN or infinite value")
         for point_id, meta in zip(ids, metadata, strict=True):
             if not isinstance(meta, Mapping):
                 raise StoreError(f"metadata of {point_id!r} must be a dict, got {type(meta).__name__}")
@@ -164,13 +179,19 @@ class VectorStore(ABC):
                 raise StoreError(f"metadata of {point_id!r} is not JSON: {exc}") from None
         if batch_size < 1:
             raise StoreError(f"batch_size must be >= 1, got {batch_size}")
-        self._validate_points(collection, ids, clean_vectors, metadata, distance)
+        def rows(start: int, end: int) -> list[list[float]]:  # Python floats, one batch at a time
+            if array is not None:
+                converted: list[list[float]] = array[start:end].astype(np.float64).tolist()
+                return converted
+            return [[float(v) for v in vector] for vector in vectors[start:end]]
+
+        self._validate_points(collection, ids, _Rows(len(ids), rows), metadata, distance)
         from dspyo3_rag.progress import bar, wanted
 
         with bar(f"storing in {collection}", len(ids), wanted(progress)) as shown:
             for start in range(0, len(ids), batch_size):
                 end = start + batch_size
-                self._upsert(collection, ids[start:end], clean_vectors[start:end],
+                self._upsert(collection, ids[start:end], rows(start, end),
                              [dict(m) for m in metadata[start:end]], namespace)
                 shown.advance(len(ids[start:end]))
         return len(ids)
@@ -222,6 +243,24 @@ class VectorStore(ABC):
             known = ", ".join(sorted(self._names())) or "none"
             raise StoreError(f"unknown collection {collection!r} in {self.name}; existing collections: {known}")
         return described
+
+
+class _Rows(Sequence[Sequence[float]]):
+    """The vectors of an upsert as a sequence of float lists, made a batch at a time (for backend validation)."""
+
+    def __init__(self, size: int, rows: Any) -> None:
+        self._size, self._rows = size, rows
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return self._rows(*index.indices(self._size)[:2])
+        if not -self._size <= index < self._size:
+            raise IndexError(index)
+        index %= self._size
+        return self._rows(index, index + 1)[0]
 
 
 def migrate(source: VectorStore, target: VectorStore, collection: str, *, into: str | None = None,

@@ -17,6 +17,8 @@ _ID = "_dspyo3_id"
 _NS = "_dspyo3_ns"
 _JSON = "_dspyo3_json"  # keys whose values were JSON-encoded (Chroma metadata holds only scalars)
 _DIM = "dspyo3_dim"
+_NAMESPACED = "dspyo3_namespaced"  # collection metadata: some point was written to a named namespace
+_DISTANCE = "dspyo3_distance"  # the distance, kept in our own key once the metadata was modified
 _SPACES = {"cosine": "cosine", "dot": "ip", "euclid": "l2"}
 
 
@@ -30,7 +32,8 @@ class ChromaStore(VectorStore):
     Embeddings are always given by the caller (no Chroma embedding function runs, so nothing is downloaded) and
     telemetry is off. Chroma has no namespaces: a namespace is a metadata field and part of the stored id.
     Non-scalar metadata values (lists, objects) are stored JSON-encoded and decoded on the way out; they cannot
-    be filtered on.
+    be filtered on. Reads of the default namespace pass no ``where`` to Chroma while no point was ever written to a
+    named namespace (recorded in the collection's metadata), and counts then use Chroma's own ``count()``.
     """
 
     name = "chroma"
@@ -56,6 +59,7 @@ class ChromaStore(VectorStore):
         else:
             self.client = chromadb.EphemeralClient(settings=settings)
             self.where = ":memory:"
+        self._namespaced: dict[str, bool] = {}
 
     def __repr__(self) -> str:
         return f"ChromaStore({self.where!r})"
@@ -67,11 +71,17 @@ class ChromaStore(VectorStore):
     def _collection(self, name: str) -> Any:
         return self.client.get_collection(name, embedding_function=None)
 
-    @staticmethod
-    def _where(filter: Filter | None, namespace: str | None) -> dict[str, Any]:
-        clauses: list[dict[str, Any]] = [{_NS: namespace or ""}]
+    def _scoped(self, collection: str, namespace: str | None) -> bool:
+        """Whether reads must filter on the namespace (a named one, or the default one of a collection that also
+        holds named namespaces)."""
+        return namespace is not None or self._namespaced.get(collection, True)
+
+    def _where(self, collection: str, filter: Filter | None, namespace: str | None) -> dict[str, Any] | None:
+        clauses: list[dict[str, Any]] = [{_NS: namespace or ""}] if self._scoped(collection, namespace) else []
         for key, value in (filter or {}).items():
             clauses.append({key: {"$in": list(value)}} if isinstance(value, (list, tuple)) else {key: value})
+        if not clauses:
+            return None
         return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
     @staticmethod
@@ -108,9 +118,13 @@ class ChromaStore(VectorStore):
         try:
             meta = self._collection(collection).metadata or {}
         except NotFoundError:
+            self._namespaced.pop(collection, None)
             return None
         if _DIM not in meta:
             return None  # not created through this interface
+        self._namespaced[collection] = bool(meta.get(_NAMESPACED))
+        if isinstance(meta.get(_DISTANCE), str):
+            return int(meta[_DIM]), str(meta[_DISTANCE])
         return int(meta[_DIM]), {"cosine": "cosine", "ip": "dot", "l2": "euclid"}[meta.get("hnsw:space", "l2")]
 
     def _drop(self, collection: str) -> None:
@@ -122,7 +136,16 @@ class ChromaStore(VectorStore):
 
     def _upsert(self, collection: str, ids: Sequence[str], vectors: Sequence[Sequence[float]],
                 metadata: Sequence[Metadata], namespace: str | None) -> None:
-        self._collection(collection).upsert(
+        col = self._collection(collection)
+        if namespace is not None and not self._namespaced.get(collection, False):
+            # recorded before the write: from now on default-namespace reads filter on the namespace. Chroma
+            # refuses a metadata update naming the (unchangeable) hnsw settings, so the distance moves to our key.
+            meta = dict(col.metadata or {})
+            space = {"cosine": "cosine", "ip": "dot", "l2": "euclid"}[meta.get("hnsw:space", "l2")]
+            meta = {k: v for k, v in meta.items() if not k.startswith("hnsw:")}
+            col.modify(metadata={**meta, _DISTANCE: meta.get(_DISTANCE, space), _NAMESPACED: True})
+            self._namespaced[collection] = True
+        col.upsert(
             ids=[self._key(i, namespace) for i in ids], embeddings=[list(v) for v in vectors],
             metadatas=[self._encode(m, i, namespace) for i, m in zip(ids, metadata, strict=True)])
 
@@ -133,11 +156,12 @@ class ChromaStore(VectorStore):
     def _search(self, collection: str, vector: Sequence[float], k: int, filter: Filter | None,
                 namespace: str | None, distance: str) -> list[Hit]:
         col = self._collection(collection)
+        # Chroma's own count() when nothing is filtered (cheap); a namespace needs the counting get
         available = self._count(collection, namespace)
         if not available:
             return []
         found = col.query(query_embeddings=[list(vector)], n_results=min(k, available),
-                          where=self._where(filter, namespace), include=["metadatas", "distances"])
+                          where=self._where(collection, filter, namespace), include=["metadatas", "distances"])
         hits = []
         for meta, reported in zip(found["metadatas"][0], found["distances"][0], strict=True):
             # Chroma reports distances: squared L2, or 1 - similarity; scores are higher-is-closer everywhere
@@ -147,7 +171,10 @@ class ChromaStore(VectorStore):
         return hits
 
     def _count(self, collection: str, namespace: str | None) -> int:
-        return len(self._collection(collection).get(where=self._where(None, namespace), include=[])["ids"])
+        col = self._collection(collection)
+        if not self._scoped(collection, namespace):
+            return int(col.count())  # the engine's own count: no ids fetched
+        return len(col.get(where=self._where(collection, None, namespace), include=[])["ids"])
 
     def _has_field(self, collection: str, field: str, namespace: str | None) -> bool:
         return any(field in meta for _, _, meta in self._scroll(collection, namespace, 1000))
@@ -157,7 +184,7 @@ class ChromaStore(VectorStore):
         col = self._collection(collection)
         offset = 0
         while True:
-            page = col.get(where=self._where(None, namespace), include=["embeddings", "metadatas"],
+            page = col.get(where=self._where(collection, None, namespace), include=["embeddings", "metadatas"],
                            limit=batch_size, offset=offset)
             for meta, vector in zip(page["metadatas"], page["embeddings"], strict=True):
                 yield str(meta[_ID]), [float(x) for x in vector], self._decode(meta)

@@ -15,6 +15,7 @@ __all__ = ["QdrantStore"]
 _ID = "_dspyo3_id"
 _NS = "_dspyo3_ns"
 _DISTANCES = {"cosine": "COSINE", "dot": "DOT", "euclid": "EUCLID"}
+_NAMESPACED = "dspyo3_namespaced"  # collection metadata: some point was written to a named namespace
 
 
 class QdrantStore(VectorStore):
@@ -26,6 +27,10 @@ class QdrantStore(VectorStore):
 
     String ids are mapped to UUIDv5 point ids (Qdrant accepts only integers and UUIDs); the original id and the
     namespace are kept in the payload under ``_dspyo3_*`` keys.
+
+    Searches, counts and scrolls of the default namespace send no filter to Qdrant while no point of the collection
+    was ever written to a named namespace (recorded in the collection's metadata on the first such write): local
+    mode evaluates filters in Python for every point, so the default case costs only the vector search.
 
     An embedded store whose files cannot be read (a corrupt ``meta.json``, a damaged collection) raises
     :class:`StoreCorruptError` naming the file; one another process has open raises :class:`StoreError`.
@@ -48,6 +53,7 @@ class QdrantStore(VectorStore):
         else:
             self.client = QdrantClient(location=":memory:")
             self.where = ":memory:"
+        self._namespaced: dict[str, bool] = {}
 
     def __repr__(self) -> str:
         return f"QdrantStore({self.where!r})"
@@ -60,9 +66,14 @@ class QdrantStore(VectorStore):
     def _point_id(point_id: str, namespace: str | None) -> str:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"dspyo3:{namespace or ''}:{point_id}"))
 
-    @staticmethod
-    def _filter(filter: Filter | None, namespace: str | None) -> Any:
+    def _filter(self, collection: str, filter: Filter | None, namespace: str | None) -> Any:
+        """The Qdrant filter for ``filter`` in ``namespace``; ``None`` (no filter at all) for the default namespace
+        of a collection that has no named namespaces."""
         from qdrant_client import models
+
+        scoped = namespace is not None or self._namespaced.get(collection, True)
+        if not filter and not scoped:
+            return None
 
         def condition(key: str, value: Any) -> Any:
             if isinstance(value, float) and not value.is_integer():
@@ -71,7 +82,8 @@ class QdrantStore(VectorStore):
                 value = int(value)
             return models.FieldCondition(key=key, match=models.MatchValue(value=value))
 
-        must: list[Any] = [models.FieldCondition(key=_NS, match=models.MatchValue(value=namespace or ""))]
+        must: list[Any] = [models.FieldCondition(key=_NS, match=models.MatchValue(value=namespace or ""))] if scoped \
+            else []
         for key, value in (filter or {}).items():
             if isinstance(value, (list, tuple)):
                 must.append(models.Filter(should=[condition(key, v) for v in value]))
@@ -88,8 +100,11 @@ class QdrantStore(VectorStore):
 
     def _describe(self, collection: str) -> tuple[int, str] | None:
         if not self.client.collection_exists(collection):
+            self._namespaced.pop(collection, None)
             return None
-        params = self.client.get_collection(collection).config.params.vectors
+        config = self.client.get_collection(collection).config
+        self._namespaced[collection] = bool((getattr(config, "metadata", None) or {}).get(_NAMESPACED))
+        params = config.params.vectors
         name = str(params.distance.value if hasattr(params.distance, "value") else params.distance)  # type: ignore[union-attr]
         return int(params.size), {"Cosine": "cosine", "Dot": "dot", "Euclid": "euclid"}.get(name, name.lower())  # type: ignore[union-attr]
 
@@ -103,6 +118,10 @@ class QdrantStore(VectorStore):
                 metadata: Sequence[Metadata], namespace: str | None) -> None:
         from qdrant_client import models
 
+        if namespace is not None and not self._namespaced.get(collection, False):
+            # recorded before the write: from now on default-namespace reads filter on the namespace
+            self.client.update_collection(collection, metadata={_NAMESPACED: True})
+            self._namespaced[collection] = True
         points = [models.PointStruct(id=self._point_id(i, namespace), vector=list(v),
                                      payload={**m, _ID: i, _NS: namespace or ""})
                   for i, v, m in zip(ids, vectors, metadata, strict=True)]
@@ -117,17 +136,19 @@ class QdrantStore(VectorStore):
     def _search(self, collection: str, vector: Sequence[float], k: int, filter: Filter | None,
                 namespace: str | None, distance: str) -> list[Hit]:
         found = self.client.query_points(collection, query=list(vector), limit=k,
-                                         query_filter=self._filter(filter, namespace), with_payload=True).points
+                                         query_filter=self._filter(collection, filter, namespace),
+                                         with_payload=True).points
         sign = -1.0 if distance == "euclid" else 1.0  # Qdrant reports euclid as a distance
         return [Hit(str((p.payload or {}).get(_ID)), sign * float(p.score), _public(p.payload)) for p in found]
 
     def _count(self, collection: str, namespace: str | None) -> int:
-        return int(self.client.count(collection, count_filter=self._filter(None, namespace), exact=True).count)
+        return int(self.client.count(collection, count_filter=self._filter(collection, None, namespace),
+                                     exact=True).count)
 
     def _has_field(self, collection: str, field: str, namespace: str | None) -> bool:
         from qdrant_client import models
 
-        flt = self._filter(None, namespace)
+        flt = self._filter(collection, None, namespace) or models.Filter()
         flt.must_not = [models.IsEmptyCondition(is_empty=models.PayloadField(key=field))]
         points, _ = self.client.scroll(collection, scroll_filter=flt, limit=1, with_payload=False)
         return bool(points)
@@ -136,7 +157,7 @@ class QdrantStore(VectorStore):
                 batch_size: int) -> Iterator[tuple[str, list[float], Metadata]]:
         offset = None
         while True:
-            points, offset = self.client.scroll(collection, scroll_filter=self._filter(None, namespace),
+            points, offset = self.client.scroll(collection, scroll_filter=self._filter(collection, None, namespace),
                                                 limit=batch_size, offset=offset, with_payload=True, with_vectors=True)
             for p in points:
                 vector = p.vector if isinstance(p.vector, list) else []
