@@ -1,0 +1,101 @@
+"""The Qdrant Edge store (``qdrant-edge-py``) passes the shared contract and keeps its data across reopen."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dspyo3_core.testing.contracts import VectorStoreContract
+from dspyo3_rag.stores.base import StoreCorruptError
+from dspyo3_rag.stores.qdrant_edge import QdrantEdgeStore
+
+
+class TestQdrantEdgeOnDisk(VectorStoreContract):
+    def make_store(self, tmp_path: Path) -> QdrantEdgeStore:
+        return QdrantEdgeStore(tmp_path / "edge")
+
+
+class TestQdrantEdgeTemporary(VectorStoreContract):
+    def make_store(self, tmp_path: Path) -> QdrantEdgeStore:
+        return QdrantEdgeStore()
+
+
+def test_reopen_keeps_points_namespaces_and_index(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((300, 16)).astype(np.float32)
+    ids = [f"p{i}" for i in range(300)]
+    store = QdrantEdgeStore(tmp_path / "s")
+    store.create_collection("c", 16)
+    store.upsert("c", ids, vectors, [{"n": i} for i in range(300)], batch_size=128)
+    store.upsert("c", ["t"], vectors[:1], [{"tenant": True}], namespace="tenant one/ü")
+    store.delete("c", ["p7"])
+    store.close()
+    again = QdrantEdgeStore(tmp_path / "s")
+    try:
+        assert again.collections() == ["c"] and again.dimension("c") == 16 and again.distance("c") == "cosine"
+        assert again.count("c") == 299 and again.count("c", namespace="tenant one/ü") == 1
+        assert again.search("c", vectors[3].tolist(), k=1)[0].id == "p3"
+        assert again.search("c", vectors[3].tolist(), k=1)[0].metadata == {"n": 3}
+        assert "p7" not in {h.id for h in again.search("c", vectors[7].tolist(), k=5)}
+        assert [h.id for h in again.search("c", vectors[0].tolist(), k=3, namespace="tenant one/ü")] == ["t"]
+        assert again.count("c", namespace="nobody") == 0 and again.search("c", vectors[0].tolist(),
+                                                                          namespace="nobody") == []
+    finally:
+        again.close()
+
+
+def test_default_namespace_points_are_searched_without_a_filter(tmp_path: Path) -> None:
+    """Each namespace is its own shard: the default one holds only its own points, so neither search nor count
+    needs a namespace condition."""
+    store = QdrantEdgeStore(tmp_path / "s")
+    try:
+        store.create_collection("c", 2)
+        store.upsert("c", ["a"], [[1.0, 0.0]])
+        store.upsert("c", ["a"], [[0.0, 1.0]], namespace="other")
+        assert sorted(p.name for p in (tmp_path / "s" / "c").iterdir()) == ["collection.json", "ns", "points"]
+        assert store.count("c") == 1 and store.count("c", namespace="other") == 1
+        assert store.search("c", [0.0, 1.0], k=5)[0].score < 0.5
+    finally:
+        store.close()
+
+
+def test_corrupt_collection_metadata_is_named(tmp_path: Path) -> None:
+    store = QdrantEdgeStore(tmp_path / "s")
+    store.create_collection("c", 2)
+    store.close()
+    (tmp_path / "s" / "c" / "collection.json").write_text("{not json", encoding="utf-8")
+    again = QdrantEdgeStore(tmp_path / "s")
+    with pytest.raises(StoreCorruptError, match=r"collection\.json"):
+        again.count("c")
+    (tmp_path / "s" / "c" / "collection.json").write_text(json.dumps({"name": "c"}), encoding="utf-8")
+    with pytest.raises(StoreCorruptError, match="not collection metadata"):
+        QdrantEdgeStore(tmp_path / "s").collections()
+
+
+def test_collection_names_that_are_not_file_names(tmp_path: Path) -> None:
+    store = QdrantEdgeStore(tmp_path / "s")
+    try:
+        for name in ["../up", ".hidden", "a/b", "~x"]:
+            store.create_collection(name, 2)
+        assert store.collections() == sorted(["../up", ".hidden", "a/b", "~x"])
+        assert not (tmp_path / "up").exists(), "nothing written outside the store's folder"
+        store.drop_collection("a/b")
+        assert "a/b" not in store.collections()
+    finally:
+        store.close()
+
+
+def test_boolean_filters_match_booleans_only(tmp_path: Path) -> None:
+    store = QdrantEdgeStore(tmp_path / "s")
+    try:
+        store.create_collection("c", 2)
+        store.upsert("c", ["yes", "no", "one"], [[1.0, 0.0]] * 3, [{"f": True}, {"f": False}, {"f": 1}])
+        assert [h.id for h in store.search("c", [1.0, 0.0], filter={"f": True})] == ["yes"]
+        assert [h.id for h in store.search("c", [1.0, 0.0], filter={"f": [False]})] == ["no"]
+        assert [h.id for h in store.search("c", [1.0, 0.0], filter={"f": 1})] == ["one"]
+        assert {h.id: h.metadata for h in store.search("c", [1.0, 0.0])}["yes"] == {"f": True}
+    finally:
+        store.close()
