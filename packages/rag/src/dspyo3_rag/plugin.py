@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,35 @@ _PROGRESS_OPTION = click.option("--progress/--no-progress", default=True, show_d
 _SHOW_SKIPPED = 20  # skipped files listed one per line; the rest counted
 
 
+def _store_option(help_text: str) -> Callable[[Any], Any]:
+    return click.option("--store", "store", metavar="NAME", help=help_text)
+
+
+def _open_collection(directory: Path | None, collection: str, store: str | None) -> Any:
+    """``RagCollection`` for the command line: store problems as one-line errors."""
+    from dspyo3_rag.collection import RagCollection
+    from dspyo3_rag.stores.base import StoreError
+
+    try:
+        return RagCollection(_root(directory), collection, store=store)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@contextlib.contextmanager
+def _echo_warnings() -> Iterator[None]:
+    """Warnings raised inside (e.g. a keyword index rebuilt) echoed as ``warning: ...`` lines on stderr."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for item in caught:
+                click.echo(f"warning: {item.message}", err=True)
+
+
 @rag_group.command("index")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--collection", required=True, help="collection name (created if missing)")
@@ -47,10 +77,12 @@ _SHOW_SKIPPED = 20  # skipped files listed one per line; the rest counted
 @click.option("--rebuild", is_flag=True,
               help="re-create the collection's vector store from its chunks.jsonl first (after it was deleted or "
                    "damaged)")
+@_store_option("vector store of a new collection: qdrant, chroma, pinecone or any registered store name "
+               "(default: the collection's own store; for a new one, dspyo3_rag.collection.DEFAULT_STORE)")
 @_PROGRESS_OPTION
 @_DIR_OPTION
 def index_command(paths: tuple[Path, ...], collection: str, chunk_words: int, overlap: int, rebuild: bool,
-                  progress: bool, directory: Path | None) -> None:
+                  store: str | None, progress: bool, directory: Path | None) -> None:
     """Chunk, embed and index files (.txt, .md, .markdown, .mdx, .rst, .jsonl, ... in any letter case; folders are
     walked, hidden files and folders skipped) into COLLECTION. Files skipped are listed on stderr with the reason.
 
@@ -60,7 +92,7 @@ def index_command(paths: tuple[Path, ...], collection: str, chunk_words: int, ov
     from dspyo3_rag.stores.base import StoreError
 
     try:
-        target = RagCollection(_root(directory), collection)
+        target = RagCollection(_root(directory), collection, store=store)
         if not paths and not target.exists:
             raise StoreError(f"collection {collection!r} does not exist under {target.dir.parent}; give the files "
                              f"to index: dspyo3 rag index PATH --collection {collection}")
@@ -109,22 +141,21 @@ def index_command(paths: tuple[Path, ...], collection: str, chunk_words: int, ov
 @click.option("--k", type=click.IntRange(min=1, max=100), default=5, show_default=True)
 @click.option("--retriever", type=click.Choice(["bm25", "dense", "hybrid"]), default="hybrid", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
+@_store_option("the collection's vector store (checked against the one it was made with)")
 @_DIR_OPTION
-def search_command(query: str, collection: str, k: int, retriever: str, as_json: bool,
+def search_command(query: str, collection: str, k: int, retriever: str, as_json: bool, store: str | None,
                    directory: Path | None) -> None:
-    """The best passages of COLLECTION for QUERY."""
+    """The best passages of COLLECTION for QUERY (BM25 is loaded from the collection's keyword index, not
+    rebuilt)."""
     from rich.console import Console
     from rich.markup import escape
 
-    from dspyo3_rag.collection import RagCollection
     from dspyo3_rag.stores.base import StoreError
 
+    target = _open_collection(directory, collection, store)
     try:
-        target = RagCollection(_root(directory), collection)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
-        passages = target.search(query, k, retriever)
+        with _echo_warnings():
+            passages = target.search(query, k, retriever)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -144,25 +175,24 @@ def search_command(query: str, collection: str, k: int, retriever: str, as_json:
 @click.option("--collection", required=True)
 @click.option("--k", type=click.IntRange(min=1, max=20), default=4, show_default=True)
 @click.option("--profile", help="LM profile (default: the configured default, or DSPYO3_LM)")
+@_store_option("the collection's vector store (checked against the one it was made with)")
 @_DIR_OPTION
-def ask_command(question: str, collection: str, k: int, profile: str | None, directory: Path | None) -> None:
+def ask_command(question: str, collection: str, k: int, profile: str | None, store: str | None,
+                directory: Path | None) -> None:
     """Answer QUESTION from COLLECTION with the configured LM, citing the passages used."""
     import dspy
 
     from dspyo3_core.config import ConfigError, build_lm, load_settings
-    from dspyo3_rag.collection import RagCollection
     from dspyo3_rag.stores.base import StoreError
 
     try:
         lm = build_lm(load_settings().profile(profile))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    target = _open_collection(directory, collection, store)
     try:
-        target = RagCollection(_root(directory), collection)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
-        passages = target.search(question, k)
+        with _echo_warnings():
+            passages = target.search(question, k)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
