@@ -99,3 +99,28 @@ def test_boolean_filters_match_booleans_only(tmp_path: Path) -> None:
         assert {h.id: h.metadata for h in store.search("c", [1.0, 0.0])}["yes"] == {"f": True}
     finally:
         store.close()
+
+
+def test_writes_survive_a_killed_process(tmp_path: Path) -> None:
+    """Points the store accepted are on disk (write-ahead log) even when the process dies without close()."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys\n"
+        "from dspyo3_rag.stores.qdrant_edge import QdrantEdgeStore\n"
+        "s = QdrantEdgeStore(sys.argv[1])\n"
+        "s.create_collection('c', 2)\n"
+        "s.upsert('c', ['a', 'b'], [[1.0, 0.0], [0.0, 1.0]], [{'k': 1}, {'k': 2}])\n"
+        "s.upsert('c', ['z'], [[1.0, 1.0]], namespace='t')\n"
+        "s.delete('c', ['b'])\n"
+        "os._exit(9)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "s")], check=False)
+    assert done.returncode == 9
+    again = QdrantEdgeStore(tmp_path / "s")
+    try:
+        assert again.count("c") == 1 and again.count("c", namespace="t") == 1
+        assert again.search("c", [1.0, 0.0], k=5)[0].metadata == {"k": 1}
+    finally:
+        again.close()
