@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dspyo3_core.testing.contracts import VectorStoreContract
-from dspyo3_rag.stores.base import StoreCorruptError
+from dspyo3_rag.stores.base import StoreCorruptError, StoreError
 from dspyo3_rag.stores.qdrant_edge import QdrantEdgeStore
 
 
@@ -124,3 +124,16 @@ def test_writes_survive_a_killed_process(tmp_path: Path) -> None:
         assert again.search("c", [1.0, 0.0], k=5)[0].metadata == {"k": 1}
     finally:
         again.close()
+
+
+def test_a_shard_open_elsewhere_is_busy_not_corrupt(tmp_path: Path) -> None:
+    first = QdrantEdgeStore(tmp_path / "s")
+    try:
+        first.create_collection("c", 2)
+        first.upsert("c", ["x"], [[1.0, 0.0]])
+        second = QdrantEdgeStore(tmp_path / "s")
+        with pytest.raises(StoreError, match="open in another process") as caught:
+            second.count("c")
+        assert not isinstance(caught.value, StoreCorruptError)
+    finally:
+        first.close()

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from dspyo3_rag.stores.base import Filter, Hit, Metadata, StoreCorruptError, VectorStore
+from dspyo3_rag.stores.base import Filter, Hit, Metadata, StoreCorruptError, StoreError, VectorStore
 
 __all__ = ["QdrantEdgeStore"]
 
@@ -45,7 +45,8 @@ class QdrantEdgeStore(VectorStore):
     the payload under ``_dspyo3_id``. Writes go through the shard's write-ahead log, so a killed process loses
     nothing it was told was written. HNSW indexes are built by :meth:`optimize`, which :meth:`close` runs for
     every shard written to (until then new points are searched exactly). Shards whose files cannot be read raise
-    :class:`StoreCorruptError` naming the folder.
+    :class:`StoreCorruptError` naming the folder; a shard another process (or store object) has open raises
+    :class:`StoreError`.
     """
 
     name = "qdrant-edge"
@@ -118,6 +119,9 @@ class QdrantEdgeStore(VectorStore):
                 shard = edge.EdgeShard.load(str(folder))
             except Exception as exc:  # the folder's files are data: any failure to read them means damage
                 first = (str(exc).strip().splitlines() or [""])[0]
+                if "WouldBlock" in first:  # the write-ahead log is locked by another open shard
+                    raise StoreError(f"the Qdrant Edge shard {folder} is open in another process (or another "
+                                     "store object); close that one first") from None
                 raise StoreCorruptError(f"the Qdrant Edge shard {folder} cannot be read ({type(exc).__name__}: "
                                         f"{first[:200]}); restore the folder or re-create the collection") from None
         self._shards[key] = shard
