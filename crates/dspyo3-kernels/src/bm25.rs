@@ -328,6 +328,15 @@ impl Bm25Index {
             return Err(invalid(format!("got {} ids but {} texts; pass one id per text", ids.len(), texts.len())));
         }
         check_unique(ids)?;
+        // tokenized a batch at a time: the token lists of the whole input never exist at once
+        for (ids, texts) in ids.chunks(ADD_BATCH).zip(texts.chunks(ADD_BATCH)) {
+            self.add_batch(ids, texts);
+        }
+        self.after_mutation();
+        Ok(())
+    }
+
+    fn add_batch<S: AsRef<str> + Sync>(&mut self, ids: &[String], texts: &[S]) {
         let chunks = self.tokenizer.tokenize_chunks(texts);
         let mut ids = ids.iter();
         let mut terms = Vec::new();
@@ -343,12 +352,10 @@ impl Bm25Index {
             for doc in chunk.docs {
                 terms.clear();
                 terms.extend(doc.iter().map(|&local| global[local as usize]));
-                let id = ids.next().expect("one id per text");
+                let Some(id) = ids.next() else { return };
                 self.upsert(id, &mut terms);
             }
         }
-        self.after_mutation();
-        Ok(())
     }
 
     /// Add pre-tokenized documents. An id already present is updated (replaced).
@@ -474,6 +481,12 @@ impl Bm25Index {
         let params = self.params;
         let length_factor = &self.length_factor;
         self.postings.par_iter_mut().for_each(|p| {
+            // postings grew by doubling while documents were added: give the spare capacity back
+            if p.docs.capacity() > p.docs.len() + p.docs.len() / 8 + 4 {
+                p.docs.shrink_to_fit();
+                p.tfs.shrink_to_fit();
+                p.impacts.shrink_to_fit();
+            }
             let mut max_impact = 0.0f32;
             for ((impact, &doc), &tf) in p.impacts.iter_mut().zip(&p.docs).zip(&p.tfs) {
                 *impact = params.tfc(tf, length_factor[doc as usize]);
@@ -1038,6 +1051,9 @@ fn kth_largest(scores: &[f32], touched: &[u32], k: usize, scratch: &mut Vec<f32>
     let (_, kth, _) = scratch.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
     *kth as f64
 }
+
+/// Documents tokenized together by [`Bm25Index::add`] (bounds the memory held by token lists).
+const ADD_BATCH: usize = 65_536;
 
 /// How many of the first-touched documents bound the k-th best score while pruning.
 const EARLY_CANDIDATES: usize = 4096;

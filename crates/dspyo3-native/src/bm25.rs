@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use dspyo3_kernels::bm25::{Bm25Index, Bm25Params, Variant};
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyDict, PyList, PyString};
 
 use crate::convert::to_py;
@@ -146,8 +147,9 @@ impl PyBm25 {
         Ok(PyBm25::wrap(Bm25Index::new(config, params).map_err(to_py)?))
     }
 
-    /// Add (or replace, by id) documents; tokenized in parallel without the GIL.
-    fn add(&self, py: Python<'_>, ids: Vec<String>, texts: Vec<String>) -> PyResult<()> {
+    /// Add (or replace, by id) documents; tokenized in parallel without the GIL. The texts are read in place
+    /// (not copied) from the Python strings.
+    fn add(&self, py: Python<'_>, ids: Vec<String>, texts: Vec<PyBackedStr>) -> PyResult<()> {
         py.detach(|| self.inner.write().add(&ids, &texts)).map_err(to_py)
     }
 
