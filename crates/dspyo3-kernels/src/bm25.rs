@@ -1253,6 +1253,36 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[test]
+    fn decoder_rejects_zero_and_repeated_term_frequencies() {
+        let mut index = Bm25Index::new(plain(), Bm25Params::default()).unwrap();
+        index.add(&ids(&["a"]), &["cat dog"]).unwrap();
+        let good = index.encode();
+        // the payload ends with document "a": len, term count 2, then (term, tf) pairs
+        let pairs = good.len() - 16;
+        let mut zero = good.clone();
+        zero[pairs + 4..pairs + 8].copy_from_slice(&0u32.to_le_bytes());
+        assert!(Bm25Index::decode(&zero).unwrap_err().to_string().contains("frequency 0"));
+        let mut twice = good.clone();
+        let first_term = twice[pairs..pairs + 4].to_vec();
+        twice[pairs + 8..pairs + 12].copy_from_slice(&first_term);
+        assert!(Bm25Index::decode(&twice).unwrap_err().to_string().contains("listed twice"));
+        assert_eq!(Bm25Index::decode(&good).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn deletes_keep_document_frequencies_exact() {
+        // no forward index: document frequencies are recounted from the postings after a delete
+        let mut index = index(Variant::Lucene);
+        index.delete(&ids(&["a", "c"]));
+        let mut fresh = Bm25Index::new(plain(), Bm25Params::default()).unwrap();
+        fresh.add(&ids(&["b", "d"]), &["the lazy dog", "an unrelated text"]).unwrap();
+        assert_eq!(index.vocabulary_size(), fresh.vocabulary_size());
+        for query in ["the dog", "lazy text", "fox"] {
+            assert_eq!(index.search(query, 10, None), fresh.search(query, 10, None), "{query}");
+        }
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
