@@ -734,7 +734,7 @@ impl Bm25Index {
             let Some((postings, idf, bound)) = query[q] else { continue };
             let mut at = 0;
             for (doc, score) in candidates.iter_mut() {
-                at += postings.docs[at..].partition_point(|&x| x < *doc);
+                at = gallop(&postings.docs, at, *doc);
                 if postings.docs.get(at) == Some(doc) {
                     *score += idf * postings.impacts[at];
                 }
@@ -1042,6 +1042,21 @@ impl Bm25Index {
         index.prepare();
         Ok(index)
     }
+}
+
+/// The first position at or after `from` whose doc is `>= doc` (exponential then binary search: cheap when
+/// successive probes are close).
+fn gallop(docs: &[u32], from: usize, doc: u32) -> usize {
+    let mut step = 1;
+    let mut low = from;
+    let mut high = from;
+    while high < docs.len() && docs[high] < doc {
+        low = high + 1;
+        high += step;
+        step *= 2;
+    }
+    let high = high.min(docs.len());
+    low + docs[low..high].partition_point(|&x| x < doc)
 }
 
 /// The `k`-th largest of the scores of `touched` (`k <= touched.len()`), as f64; `scratch` is reused.
