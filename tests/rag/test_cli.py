@@ -103,7 +103,8 @@ def test_a_corrupt_chunks_file_is_a_one_line_error_naming_the_line(tmp_path: Pat
 
 def test_a_corrupt_qdrant_meta_file_is_a_one_line_error_and_rebuild_fixes_it(tmp_path: Path, env: dict[str, str],
                                                                              dspyo3_exe: str) -> None:
-    assert run(dspyo3_exe, env, "index", str(tmp_path / "docs"), "--collection", "pets").returncode == 0
+    assert run(dspyo3_exe, env, "index", str(tmp_path / "docs"), "--collection", "pets",
+               "--store", "qdrant").returncode == 0
     before = run(dspyo3_exe, env, "search", "cats purr", "--collection", "pets", "--json").stdout
     meta = tmp_path / "store" / "pets" / "qdrant" / "meta.json"
     whole = meta.read_bytes()

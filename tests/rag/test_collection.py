@@ -152,8 +152,9 @@ def test_add_after_a_killed_add_repairs_first(tmp_path: Path, template: Path) ->
         collection.close()
 
 
+@pytest.mark.parametrize("store", ["qdrant-edge", "qdrant"])
 def test_a_deleted_vector_store_is_reported_and_rebuilt(tmp_path: Path, cli_env: dict[str, str],
-                                                       dspyo3_exe: str) -> None:
+                                                       dspyo3_exe: str, store: str) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "cats.md").write_text("Cats purr when they are content.")
@@ -164,9 +165,9 @@ def test_a_deleted_vector_store_is_reported_and_rebuilt(tmp_path: Path, cli_env:
     def rag(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([dspyo3_exe, "rag", *args], capture_output=True, text=True, env=env, timeout=300)
 
-    assert rag("index", str(docs), "--collection", "pets").returncode == 0
+    assert rag("index", str(docs), "--collection", "pets", "--store", store).returncode == 0
     before = json.loads(rag("search", "cats purr", "--collection", "pets", "--json").stdout)
-    qdrant = tmp_path / "store" / "pets" / "qdrant"
+    qdrant = tmp_path / "store" / "pets" / store
     shutil.rmtree(qdrant)
     for args in (("search", "cats purr", "--collection", "pets"), ("index", str(tmp_path / "birds.md"),
                                                                    "--collection", "pets")):

@@ -212,3 +212,10 @@ def test_cli_store_option(tmp_path: Path, cli_env: dict[str, str], dspyo3_exe: s
     result = _cli(dspyo3_exe, cli_env, "index", str(docs), "--store", "nosuch", "--collection", "other",
                   "--dir", str(tmp_path / "rag"))
     assert result.returncode == 1 and "unknown vector store 'nosuch'" in result.stderr
+
+
+def test_new_collections_default_to_qdrant_edge(tmp_path: Path) -> None:
+    collection = _indexed(tmp_path)
+    assert json.loads(collection.meta_file.read_text())["store"] == "qdrant-edge"
+    assert (tmp_path / "kb" / "qdrant-edge").is_dir() and not (tmp_path / "kb" / "qdrant").exists()
+    assert _search(tmp_path, "purring cats", "dense")[0] == "cats"

@@ -35,8 +35,8 @@ from dspyo3_rag.stores.base import StoreCorruptError, StoreError, VectorStore
 __all__ = ["DEFAULT_STORE", "Chunk", "CollectionError", "IndexRebuiltWarning", "RagCollection", "Repair", "Skipped",
            "Sources", "chunk_text", "id_clashes", "read_sources", "scan_sources", "source_labels"]
 
-DEFAULT_STORE = "qdrant"
-"""The store of collections created without naming one."""
+DEFAULT_STORE = "qdrant-edge"
+"""The store of collections created without naming one: Qdrant Edge, Qdrant's engine in-process (HNSW, on disk)."""
 _LEGACY_STORE = "qdrant"  # collections written before collection.json existed keep their vectors in qdrant/
 _META_FORMAT = 1
 _INDEX_FORMAT = 1  # of keyword/manifest.json; another value means the index is rebuilt
