@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import threading
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -29,6 +27,7 @@ from dspyo3_production.serve.client import (
     StreamChunk,
     StreamStatus,
 )
+from tests.production.serve.conftest import uvicorn_server
 
 KEY = "sk-serve-test-0123456789abcdef"
 
@@ -37,23 +36,9 @@ KEY = "sk-serve-test-0123456789abcdef"
 # a real server in a background thread
 
 
-@contextmanager
-def running(app: Any) -> Iterator[str]:
+def running(app: Any) -> AbstractContextManager[str]:
     """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="auto")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        thread.join(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    return uvicorn_server(app)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 
 from dspyo3_core.lm import HookedLM
 from dspyo3_core.plugins import PluginManager
 from dspyo3_core.testing.server import LMServer
-from tests.production.serve.conftest import StaticSource, qa_program
+from tests.production.serve.conftest import StaticSource, qa_program, uvicorn_server
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -33,18 +31,8 @@ def served_url(qa_server: LMServer, manager: PluginManager, make_app: Callable[.
     lm = HookedLM("openai/gpt-4o-mini", api_base=qa_server.api_base, api_key="sk-test-abcdefghijklmnop",
                   num_retries=0, cache=False, engine="litellm", plugin_manager=manager)
     app = make_app({"qa": StaticSource("qa", {"1.0.0": qa_program(lm)})})
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        thread.join(0.01)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with uvicorn_server(app) as url:
+        yield url
 
 
 def run_example(*args: str) -> subprocess.CompletedProcess[str]:

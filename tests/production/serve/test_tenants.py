@@ -8,9 +8,7 @@ import calendar
 import contextlib
 import hashlib
 import logging
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +16,7 @@ import pytest
 from dspyo3_production.serve.config import ServeConfig, TenantConfig
 from dspyo3_production.serve.errors import ServeError
 from dspyo3_production.serve.tenants import Tenant, TenantGate, hash_key
+from tests.production.serve.conftest import uvicorn_server
 
 KEY_A = "sk-acme-0123456789abcdef"
 KEY_B = "sk-beta-fedcba9876543210"
@@ -280,23 +279,9 @@ def test_redis_killed_mid_way_falls_back_to_local_state(redis_binary: str,
 
 
 # -- through HTTP: two workers sharing Redis --------------------------------------------------------------------------
-@contextlib.contextmanager
-def worker(app: Any) -> Iterator[str]:
-    """``app`` on a real uvicorn server on 127.0.0.1 (port 0) in a thread, as one worker process would run it."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
+def worker(app: Any) -> contextlib.AbstractContextManager[str]:
+    """``app`` on a real uvicorn server on 127.0.0.1 in a thread, as one worker process would run it."""
+    return uvicorn_server(app)
 
 
 def test_tenant_over_budget_gets_429_while_another_is_served_by_two_workers_sharing_redis(
