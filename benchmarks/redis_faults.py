@@ -312,9 +312,13 @@ def agent_state_scenario(scale: float) -> dict[str, Any]:
         stores = [RedisStateStore(redis_server.url, namespace="faults", timeout=0.5) for _ in range(workers)]
 
         def work(w: int) -> None:
+            # per_worker writes, and then on until this worker has had 3 writes acknowledged after the restart (a
+            # loaded machine can take longer to restart Redis than the remaining writes take to fail)
             store = stores[w]
-            for i in range(per_worker):
+            i = mine_after = 0
+            while i < per_worker or (mine_after < 3 and i < per_worker * 20):
                 item = f"w{w}-{i}"
+                i += 1
 
                 def add(data: dict[str, Any], item: str = item) -> dict[str, Any]:
                     return {"ids": [*data.get("ids", []), item]}
@@ -333,7 +337,9 @@ def agent_state_scenario(scale: float) -> dict[str, Any]:
                 else:
                     with lock:
                         acknowledged.add(item)
-                        after_restart[0] += restarted.is_set()
+                        if restarted.is_set():
+                            after_restart[0] += 1
+                            mine_after += 1
                 with lock:
                     progress[0] += 1
 
