@@ -125,7 +125,7 @@ impl Bm25Params {
         Ok(())
     }
 
-    fn idf(&self, df: u32, n: f64) -> f32 {
+    pub(crate) fn idf(&self, df: u32, n: f64) -> f32 {
         let df = df as f64;
         let value = match self.variant {
             Variant::Lucene => (1.0 + (n - df + 0.5) / (df + 0.5)).ln(),
@@ -174,14 +174,14 @@ struct Postings {
 
 /// Per-thread scratch space for scoring one query. Every contribution is positive (terms whose IDF is not
 /// are skipped), so a zero score means "not touched yet" and only touched entries are reset afterwards.
-struct ScoreBuf {
+pub(crate) struct ScoreBuf {
     scores: Vec<f32>,
     touched: Vec<u32>,
     heap: BinaryHeap<Worst>,
 }
 
 impl ScoreBuf {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         ScoreBuf { scores: Vec::new(), touched: Vec::new(), heap: BinaryHeap::new() }
     }
 
@@ -225,7 +225,25 @@ impl Ord for Worst {
 
 /// Ids allowed in a filtered search, resolved against one index.
 pub struct AllowList {
-    allowed: Vec<bool>,
+    pub(crate) allowed: Vec<bool>,
+}
+
+impl AllowList {
+    /// Whether slot `doc` is allowed (slots beyond the list are not).
+    #[inline]
+    pub(crate) fn allows(&self, doc: u32) -> bool {
+        self.allowed.get(doc as usize).copied().unwrap_or(false)
+    }
+}
+
+/// One query term's postings as slices (doc slots ascending, precomputed impacts), with its IDF and score
+/// upper bound: what the scoring code shared by [`Bm25Index`] and the mapped index needs.
+#[derive(Clone, Copy)]
+pub(crate) struct TermPostings<'a> {
+    pub(crate) docs: &'a [u32],
+    pub(crate) impacts: &'a [f32],
+    pub(crate) idf: f32,
+    pub(crate) bound: f32,
 }
 
 /// The index. Not internally synchronised: share it behind a lock (reads may run concurrently).
@@ -259,9 +277,10 @@ impl std::fmt::Debug for Bm25Index {
     }
 }
 
-const MAGIC: &[u8; 8] = b"DSPYO3BM";
-/// On-disk format version written by this build (and the only one it reads).
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const MAGIC: &[u8; 8] = b"DSPYO3BM";
+/// On-disk format version written by this build. [`Bm25Index::load`] also reads format 1; the memory-mapped
+/// reader ([`crate::bm25_mmap::MappedBm25`]) reads only this one.
+pub const FORMAT_VERSION: u32 = 2;
 
 impl Bm25Index {
     /// An empty index.
@@ -580,11 +599,41 @@ impl Bm25Index {
         AllowList { allowed }
     }
 
+    /// The postings, IDF and bound of each query term that contributes (`None` for one that does not: absent,
+    /// or an IDF that is not positive, as Robertson's floor or ATIRE at `df = N`). Impacts are valid only on a
+    /// prepared index.
+    fn term_postings(&self, terms: &[u32]) -> Vec<Option<TermPostings<'_>>> {
+        let n = self.live as f64;
+        terms
+            .iter()
+            .map(|&term| {
+                let df = self.df[term as usize];
+                let idf = if df == 0 { 0.0 } else { self.params.idf(df, n) };
+                if idf.is_nan() || idf <= 0.0 {
+                    return None;
+                }
+                let postings = &self.postings[term as usize];
+                Some(TermPostings {
+                    docs: &postings.docs,
+                    impacts: &postings.impacts,
+                    idf,
+                    bound: idf * postings.max_impact,
+                })
+            })
+            .collect()
+    }
+
     fn score_into(&self, terms: &[u32], allow: Option<&AllowList>, buf: &mut ScoreBuf) {
+        let all_alive = self.live == self.docs.len();
+        if !self.dirty {
+            let query = self.term_postings(terms);
+            let accept = |d: u32| (all_alive || self.alive[d as usize]) && !allow.is_some_and(|a| !a.allows(d));
+            score_prepared(&query, self.docs.len(), accept, buf);
+            return;
+        }
         buf.reset(self.docs.len());
         let n = self.live as f64;
         let avgdl = self.avgdl();
-        let all_alive = self.live == self.docs.len();
         for &term in terms {
             let df = self.df[term as usize];
             if df == 0 {
@@ -595,47 +644,15 @@ impl Bm25Index {
                 continue; // contributes nothing (Robertson's floor, ATIRE at df = N)
             }
             let postings = &self.postings[term as usize];
-            if !self.dirty && all_alive && allow.is_none() {
-                for (&doc, &impact) in postings.docs.iter().zip(&postings.impacts) {
-                    buf.add(doc, idf * impact);
-                }
-                continue;
-            }
             for (i, &doc) in postings.docs.iter().enumerate() {
                 let d = doc as usize;
-                if !self.alive[d] || allow.is_some_and(|a| !a.allowed[d]) {
+                if !self.alive[d] || allow.is_some_and(|a| !a.allows(doc)) {
                     continue;
                 }
-                let impact = if self.dirty {
-                    self.params.tfc(postings.tfs[i], self.length_factor_of(&self.docs[d], avgdl))
-                } else {
-                    postings.impacts[i]
-                };
+                let impact = self.params.tfc(postings.tfs[i], self.length_factor_of(&self.docs[d], avgdl));
                 buf.add(doc, idf * impact);
             }
         }
-    }
-
-    /// Best `k` documents of the last scored query as (doc index, score), best first, ties by doc index.
-    fn top_docs(buf: &mut ScoreBuf, k: usize) -> Vec<(u32, f32)> {
-        if k == 0 {
-            return Vec::new();
-        }
-        let ScoreBuf { scores, touched, heap } = buf;
-        heap.clear();
-        for &d in touched.iter() {
-            let hit = Worst(scores[d as usize], d);
-            if heap.len() < k {
-                heap.push(hit);
-            } else if let Some(mut worst) = heap.peek_mut() {
-                if hit < *worst {
-                    *worst = hit; // better than the worst kept hit
-                }
-            }
-        }
-        let mut out: Vec<(u32, f32)> = heap.drain().map(|Worst(score, d)| (d, score)).collect();
-        out.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        out
     }
 
     /// Best `k` documents for query term ids: pruned when the index is prepared, exhaustive otherwise.
@@ -655,109 +672,15 @@ impl Bm25Index {
         buf: &mut ScoreBuf,
     ) -> Vec<(u32, f32)> {
         self.score_into(terms, allow, buf);
-        Self::top_docs(buf, k)
+        top_docs(buf, k)
     }
 
-    /// Best `k` by MaxScore-style dynamic pruning (term at a time), on a prepared index.
-    ///
-    /// Query terms are taken by decreasing score upper bound (`idf * max impact`, rare terms first) and scored
-    /// into the accumulator. As soon as the bounds of the terms not yet scored add up to less than the k-th
-    /// best partial score, no untouched document can reach the top k: the remaining (common, long) postings
-    /// are only probed for the surviving candidates, which are dropped once their partial score plus the
-    /// remaining bounds falls below the k-th best. The few survivors are then scored exactly, summing
-    /// contributions in query order as the exhaustive path does, so scores and order (ties by doc index) are
-    /// the same. Bounds carry a relative slack covering float rounding of sums taken in another order.
+    /// Best `k` by MaxScore-style dynamic pruning (see [`pruned_top_k`]), on a prepared index.
     fn top_k_pruned(&self, terms: &[u32], k: usize, allow: Option<&AllowList>, buf: &mut ScoreBuf) -> Vec<(u32, f32)> {
-        if k == 0 {
-            return Vec::new();
-        }
-        let n = self.live as f64;
-        // per query position: (postings, idf, bound) of a term that contributes
-        let mut query: Vec<Option<(&Postings, f32, f32)>> = Vec::with_capacity(terms.len());
-        for &term in terms {
-            let df = self.df[term as usize];
-            let idf = if df == 0 { 0.0 } else { self.params.idf(df, n) };
-            if idf.is_nan() || idf <= 0.0 {
-                query.push(None);
-                continue;
-            }
-            let postings = &self.postings[term as usize];
-            query.push(Some((postings, idf, idf * postings.max_impact)));
-        }
-        let mut order: Vec<usize> = (0..query.len()).filter(|&q| query[q].is_some()).collect();
-        order.sort_by(|&a, &b| {
-            let bound = |q: usize| query[q].map_or(0.0, |(_, _, bound)| bound);
-            bound(b).total_cmp(&bound(a))
-        });
-        let slack = 1.0 + 1e-6 * (order.len() as f64 + 2.0);
-        let mut rest: f64 = order.iter().filter_map(|&q| query[q].map(|(_, _, bound)| bound as f64)).sum();
+        let query = self.term_postings(terms);
         let all_alive = self.live == self.docs.len();
-        buf.reset(self.docs.len());
-        let mut theta = f64::NEG_INFINITY; // a lower bound of the k-th best exact score
-        let mut partial: Vec<f32> = Vec::new();
-        let mut next = 0;
-        let mut done = 0.0f64; // bounds of the terms scored so far: no partial score exceeds it
-        while next < order.len() {
-            // the first documents touched are those of the rarest terms: the k-th best among them is a cheap
-            // lower bound of the k-th best overall
-            let early = &buf.touched[..buf.touched.len().min(EARLY_CANDIDATES.max(k))];
-            if early.len() >= k && done > rest {
-                theta = theta.max(kth_largest(&buf.scores, early, k, &mut partial) / slack);
-                if rest * slack < theta {
-                    break;
-                }
-            }
-            let Some((postings, idf, bound)) = query[order[next]] else { break };
-            for (&doc, &impact) in postings.docs.iter().zip(&postings.impacts) {
-                let d = doc as usize;
-                if (all_alive || self.alive[d]) && !allow.is_some_and(|a| !a.allowed[d]) {
-                    buf.add(doc, idf * impact);
-                }
-            }
-            rest -= bound as f64;
-            done += bound as f64;
-            next += 1;
-        }
-        if next == order.len() && buf.touched.len() >= k {
-            theta = kth_largest(&buf.scores, &buf.touched, k, &mut partial) / slack;
-            rest = 0.0;
-        }
-        let mut candidates: Vec<(u32, f32)> = buf
-            .touched
-            .iter()
-            .map(|&d| (d, buf.scores[d as usize]))
-            .filter(|&(_, score)| (score as f64 + rest) * slack >= theta)
-            .collect();
-        candidates.sort_unstable_by_key(|&(d, _)| d);
-        candidates.dedup_by_key(|&mut (d, _)| d);
-        for &q in &order[next..] {
-            let Some((postings, idf, bound)) = query[q] else { continue };
-            let mut at = 0;
-            for (doc, score) in candidates.iter_mut() {
-                at = gallop(&postings.docs, at, *doc);
-                if postings.docs.get(at) == Some(doc) {
-                    *score += idf * postings.impacts[at];
-                }
-            }
-            rest -= bound as f64;
-            candidates.retain(|&(_, score)| (score as f64 + rest) * slack >= theta);
-        }
-        // exact scores, summed in query order
-        let mut hits: Vec<(u32, f32)> = candidates
-            .into_iter()
-            .map(|(doc, _)| {
-                let mut score = 0.0f32;
-                for (postings, idf, _) in query.iter().flatten() {
-                    if let Ok(at) = postings.docs.binary_search(&doc) {
-                        score += idf * postings.impacts[at];
-                    }
-                }
-                (doc, score)
-            })
-            .collect();
-        hits.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        hits.truncate(k);
-        hits
+        let accept = |d: u32| (all_alive || self.alive[d as usize]) && !allow.is_some_and(|a| !a.allows(d));
+        pruned_top_k(&query, k, self.docs.len(), accept, buf)
     }
 
     fn with_ids(&self, docs: Vec<(u32, f32)>) -> Vec<(String, f32)> {
@@ -867,20 +790,15 @@ impl Bm25Index {
 
     // -- persistence ---------------------------------------------------------------------------------------
 
-    /// Write the index to `path` atomically: a crash mid-save leaves any previous file intact.
+    /// Write the index to `path` atomically (format [`FORMAT_VERSION`]): a crash mid-save leaves any previous
+    /// file intact. The file holds the prepared, compacted index (live documents only, postings ordered by
+    /// term), so [`crate::bm25_mmap::MappedBm25::open`] can search it straight from a memory map.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let payload = self.encode();
-        let mut bytes = Vec::with_capacity(payload.len() + 24);
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        bytes.extend_from_slice(&payload);
-        crate::atomic::write_atomic(path, &bytes)
+        crate::atomic::write_atomic(path, &self.encode_v2())
     }
 
-    /// Read an index written by [`Bm25Index::save`]. A foreign, newer, truncated or corrupt file is an error
-    /// that says which.
+    /// Read an index written by [`Bm25Index::save`] (format 2, or format 1 from older builds). A foreign,
+    /// newer, truncated or corrupt file is an error that says which.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = fs::read(path)?;
         let shown = path.display();
@@ -888,12 +806,21 @@ impl Bm25Index {
             return Err(KernelError::Format(format!("{shown} is not a dspyo3 BM25 index file")));
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if version != FORMAT_VERSION {
-            return Err(KernelError::Format(format!(
-                "{shown} was written in BM25 index format {version}; this build reads format {FORMAT_VERSION}: \
-                 rebuild the index from its documents"
-            )));
+        match version {
+            1 => Self::load_v1(&bytes, &shown.to_string()),
+            FORMAT_VERSION => {
+                let layout = crate::bm25_mmap::Layout::parse(&bytes, &shown.to_string())?;
+                layout.check_data_crc(&bytes, &shown.to_string())?;
+                Self::from_layout(&layout, &bytes).map_err(|err| KernelError::Format(format!("{shown}: {err}")))
+            }
+            _ => Err(KernelError::Format(format!(
+                "{shown} was written in BM25 index format {version}; this build reads formats 1 and \
+                 {FORMAT_VERSION}: rebuild the index from its documents"
+            ))),
         }
+    }
+
+    fn load_v1(bytes: &[u8], shown: &str) -> Result<Self> {
         let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as usize;
         let crc = u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes"));
         let payload = &bytes[24..];
@@ -909,22 +836,156 @@ impl Bm25Index {
         Self::decode(payload).map_err(|err| KernelError::Format(format!("{shown}: {err}")))
     }
 
-    fn encode(&self) -> Vec<u8> {
-        let mut w = Vec::new();
+    /// Format 2 bytes: the live documents renumbered densely, terms sorted bytewise, impacts for this `N` and
+    /// average length (see [`crate::bm25_mmap`] for the layout).
+    pub(crate) fn encode_v2(&self) -> Vec<u8> {
+        let mut new_slot = vec![u32::MAX; self.docs.len()];
+        let mut live_docs: Vec<&Doc> = Vec::with_capacity(self.live);
+        for (d, doc) in self.docs.iter().enumerate() {
+            if self.alive[d] {
+                new_slot[d] = live_docs.len() as u32;
+                live_docs.push(doc);
+            }
+        }
+        let avgdl = self.avgdl();
+        let length_factor: Vec<f32> = live_docs.iter().map(|d| self.length_factor_of(d, avgdl)).collect();
+        let mut terms: Vec<(&str, usize)> = Vec::new();
+        for (t, postings) in self.postings.iter().enumerate() {
+            if postings.docs.iter().any(|&d| self.alive[d as usize]) {
+                terms.push((&self.terms[t], t));
+            }
+        }
+        terms.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let mut docs = Vec::new();
+        let mut tfs = Vec::new();
+        let mut impacts = Vec::new();
+        let mut starts = vec![0u64];
+        let mut dfs = Vec::with_capacity(terms.len());
+        let mut max_impacts = Vec::with_capacity(terms.len());
+        for &(_, t) in &terms {
+            let postings = &self.postings[t];
+            let mut max_impact = 0.0f32;
+            let before = docs.len();
+            for (&doc, &tf) in postings.docs.iter().zip(&postings.tfs) {
+                let slot = new_slot[doc as usize];
+                if slot != u32::MAX {
+                    let impact = self.params.tfc(tf, length_factor[slot as usize]);
+                    max_impact = max_impact.max(impact);
+                    docs.push(slot);
+                    tfs.push(tf);
+                    impacts.push(impact);
+                }
+            }
+            dfs.push((docs.len() - before) as u32);
+            max_impacts.push(max_impact);
+            starts.push(docs.len() as u64);
+        }
+        let mut order: Vec<u32> = (0..live_docs.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| live_docs[a as usize].id.as_bytes().cmp(live_docs[b as usize].id.as_bytes()));
+        let mut config = Vec::new();
+        self.encode_config(&mut config);
+        crate::bm25_mmap::write_v2(&crate::bm25_mmap::Parts {
+            config: &config,
+            live: live_docs.len() as u64,
+            total_len: self.total_len,
+            terms: terms.iter().map(|t| t.0),
+            term_count: terms.len(),
+            dfs: &dfs,
+            max_impacts: &max_impacts,
+            starts: &starts,
+            docs: &docs,
+            tfs: &tfs,
+            impacts: &impacts,
+            lens: &live_docs.iter().map(|d| d.len).collect::<Vec<_>>(),
+            ids: live_docs.iter().map(|d| d.id.as_str()),
+            order: &order,
+        })
+    }
+
+    /// The owned index from a parsed format 2 file: every posting checked (doc in range, ascending, tf > 0),
+    /// ids and terms checked as UTF-8 and unique, then prepared.
+    fn from_layout(layout: &crate::bm25_mmap::Layout, bytes: &[u8]) -> Result<Self> {
+        let mut index = Bm25Index::new(layout.config.clone(), layout.params)?;
+        let n = layout.live;
+        let lens = layout.u32_vec(bytes, crate::bm25_mmap::DOC_LEN);
+        let docs = layout.u32_vec(bytes, crate::bm25_mmap::POST_DOCS);
+        let tfs = layout.u32_vec(bytes, crate::bm25_mmap::POST_TFS);
+        let starts = layout.u64_vec(bytes, crate::bm25_mmap::TERM_START);
+        let mut total_len = 0u64;
+        for (slot, &len) in lens.iter().enumerate().take(n) {
+            let id = layout.id(bytes, slot as u32)?.to_string();
+            if index.by_id.insert(id.clone(), slot as u32).is_some() {
+                return Err(KernelError::Format(format!("document id {id:?} appears twice")));
+            }
+            total_len += len as u64;
+            index.docs.push(Doc { id, len });
+            index.alive.push(true);
+        }
+        if total_len != layout.total_len {
+            return Err(KernelError::Format(format!(
+                "document lengths add up to {total_len} but the file says {}",
+                layout.total_len
+            )));
+        }
+        for t in 0..layout.terms {
+            let term = layout.term(bytes, t)?;
+            let term = std::str::from_utf8(term)
+                .map_err(|_| KernelError::Format(format!("term {t} is not UTF-8")))?
+                .to_string();
+            let range = starts[t] as usize..starts[t + 1] as usize;
+            let mut postings = Postings {
+                docs: docs[range.clone()].to_vec(),
+                tfs: tfs[range].to_vec(),
+                ..Postings::default()
+            };
+            for (i, (&doc, &tf)) in postings.docs.iter().zip(&postings.tfs).enumerate() {
+                if doc as usize >= n {
+                    return Err(KernelError::Format(format!("term {term:?} lists document {doc} of {n}")));
+                }
+                if tf == 0 {
+                    return Err(KernelError::Format(format!("term {term:?} has frequency 0 in document {doc}")));
+                }
+                if i > 0 && postings.docs[i - 1] >= doc {
+                    return Err(KernelError::Format(format!("postings of term {term:?} are not in document order")));
+                }
+            }
+            postings.impacts = vec![0.0; postings.docs.len()];
+            index.df.push(postings.docs.len() as u32);
+            if index.vocab.insert(term.clone(), t as u32).is_some() {
+                return Err(KernelError::Format(format!("term {term:?} appears twice")));
+            }
+            index.terms.push(term);
+            index.postings.push(postings);
+        }
+        index.live = n;
+        index.total_len = total_len;
+        index.dirty = true;
+        index.prepare();
+        Ok(index)
+    }
+
+    fn encode_config(&self, w: &mut Vec<u8>) {
         let config = self.tokenizer.config();
         w.push(config.lowercase as u8);
         w.push(config.ascii_fold as u8);
-        put_u32(&mut w, config.min_token_len as u32);
-        put_u32(&mut w, config.max_token_len as u32);
-        put_str(&mut w, config.stemmer.as_deref().unwrap_or(""));
-        put_u32(&mut w, config.stopwords.len() as u32);
+        put_u32(w, config.min_token_len as u32);
+        put_u32(w, config.max_token_len as u32);
+        put_str(w, config.stemmer.as_deref().unwrap_or(""));
+        put_u32(w, config.stopwords.len() as u32);
         for word in &config.stopwords {
-            put_str(&mut w, word);
+            put_str(w, word);
         }
         w.push(self.params.variant.code());
         w.extend_from_slice(&self.params.k1.to_le_bytes());
         w.extend_from_slice(&self.params.b.to_le_bytes());
         w.extend_from_slice(&self.params.delta.to_le_bytes());
+    }
+
+    /// Format 1 payload (tests write old files with it).
+    #[cfg(test)]
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut w = Vec::new();
+        self.encode_config(&mut w);
         // each live document's (term, tf) list, by term id, inverted from the postings
         let mut offsets = vec![0usize; self.docs.len() + 1];
         for postings in &self.postings {
@@ -979,22 +1040,7 @@ impl Bm25Index {
 
     fn decode(payload: &[u8]) -> Result<Self> {
         let mut r = Reader { bytes: payload, at: 0 };
-        let lowercase = r.u8()? != 0;
-        let ascii_fold = r.u8()? != 0;
-        let min_token_len = r.u32()? as usize;
-        let max_token_len = r.u32()? as usize;
-        let stemmer = r.string()?;
-        let stopwords = (0..r.u32()?).map(|_| r.string()).collect::<Result<Vec<_>>>()?;
-        let config = TokenizerConfig {
-            lowercase,
-            ascii_fold,
-            stopwords,
-            stemmer: if stemmer.is_empty() { None } else { Some(stemmer) },
-            min_token_len,
-            max_token_len,
-        };
-        let variant = Variant::from_code(r.u8()?)?;
-        let params = Bm25Params { variant, k1: r.f32()?, b: r.f32()?, delta: r.f32()? };
+        let (config, params) = decode_config(&mut r)?;
         let mut index = Bm25Index::new(config, params)?;
         let term_count = r.u32()? as usize;
         for t in 0..term_count {
@@ -1044,6 +1090,140 @@ impl Bm25Index {
     }
 }
 
+/// Score every posting of every query term into `buf` (term at a time, in query order), skipping documents
+/// `accept` rejects. `accept` must reject every doc `>= slots`.
+pub(crate) fn score_prepared(
+    query: &[Option<TermPostings<'_>>],
+    slots: usize,
+    accept: impl Fn(u32) -> bool,
+    buf: &mut ScoreBuf,
+) {
+    buf.reset(slots);
+    for term in query.iter().flatten() {
+        for (&doc, &impact) in term.docs.iter().zip(term.impacts) {
+            if accept(doc) {
+                buf.add(doc, term.idf * impact);
+            }
+        }
+    }
+}
+
+/// Best `k` documents of the last scored query as (doc index, score), best first, ties by doc index.
+pub(crate) fn top_docs(buf: &mut ScoreBuf, k: usize) -> Vec<(u32, f32)> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let ScoreBuf { scores, touched, heap } = buf;
+    heap.clear();
+    for &d in touched.iter() {
+        let hit = Worst(scores[d as usize], d);
+        if heap.len() < k {
+            heap.push(hit);
+        } else if let Some(mut worst) = heap.peek_mut() {
+            if hit < *worst {
+                *worst = hit; // better than the worst kept hit
+            }
+        }
+    }
+    let mut out: Vec<(u32, f32)> = heap.drain().map(|Worst(score, d)| (d, score)).collect();
+    out.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    out
+}
+
+/// Best `k` by MaxScore-style dynamic pruning (term at a time) over prepared postings; documents `accept`
+/// rejects are skipped, and `accept` must reject every doc `>= slots`.
+///
+/// Query terms are taken by decreasing score upper bound (`idf * max impact`, rare terms first) and scored
+/// into the accumulator. As soon as the bounds of the terms not yet scored add up to less than the k-th
+/// best partial score, no untouched document can reach the top k: the remaining (common, long) postings
+/// are only probed for the surviving candidates, which are dropped once their partial score plus the
+/// remaining bounds falls below the k-th best. The few survivors are then scored exactly, summing
+/// contributions in query order as the exhaustive path does, so scores and order (ties by doc index) are
+/// the same. Bounds carry a relative slack covering float rounding of sums taken in another order.
+pub(crate) fn pruned_top_k(
+    query: &[Option<TermPostings<'_>>],
+    k: usize,
+    slots: usize,
+    accept: impl Fn(u32) -> bool,
+    buf: &mut ScoreBuf,
+) -> Vec<(u32, f32)> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut order: Vec<usize> = (0..query.len()).filter(|&q| query[q].is_some()).collect();
+    order.sort_by(|&a, &b| {
+        let bound = |q: usize| query[q].map_or(0.0, |t| t.bound);
+        bound(b).total_cmp(&bound(a))
+    });
+    let slack = 1.0 + 1e-6 * (order.len() as f64 + 2.0);
+    let mut rest: f64 = order.iter().filter_map(|&q| query[q].map(|t| t.bound as f64)).sum();
+    buf.reset(slots);
+    let mut theta = f64::NEG_INFINITY; // a lower bound of the k-th best exact score
+    let mut partial: Vec<f32> = Vec::new();
+    let mut next = 0;
+    let mut done = 0.0f64; // bounds of the terms scored so far: no partial score exceeds it
+    while next < order.len() {
+        // the first documents touched are those of the rarest terms: the k-th best among them is a cheap
+        // lower bound of the k-th best overall
+        let early = &buf.touched[..buf.touched.len().min(EARLY_CANDIDATES.max(k))];
+        if early.len() >= k && done > rest {
+            theta = theta.max(kth_largest(&buf.scores, early, k, &mut partial) / slack);
+            if rest * slack < theta {
+                break;
+            }
+        }
+        let Some(term) = query[order[next]] else { break };
+        for (&doc, &impact) in term.docs.iter().zip(term.impacts) {
+            if accept(doc) {
+                buf.add(doc, term.idf * impact);
+            }
+        }
+        rest -= term.bound as f64;
+        done += term.bound as f64;
+        next += 1;
+    }
+    if next == order.len() && buf.touched.len() >= k {
+        theta = kth_largest(&buf.scores, &buf.touched, k, &mut partial) / slack;
+        rest = 0.0;
+    }
+    let mut candidates: Vec<(u32, f32)> = buf
+        .touched
+        .iter()
+        .map(|&d| (d, buf.scores[d as usize]))
+        .filter(|&(_, score)| (score as f64 + rest) * slack >= theta)
+        .collect();
+    candidates.sort_unstable_by_key(|&(d, _)| d);
+    candidates.dedup_by_key(|&mut (d, _)| d);
+    for &q in &order[next..] {
+        let Some(term) = query[q] else { continue };
+        let mut at = 0;
+        for (doc, score) in candidates.iter_mut() {
+            at = gallop(term.docs, at, *doc);
+            if term.docs.get(at) == Some(doc) {
+                *score += term.idf * term.impacts.get(at).copied().unwrap_or(0.0);
+            }
+        }
+        rest -= term.bound as f64;
+        candidates.retain(|&(_, score)| (score as f64 + rest) * slack >= theta);
+    }
+    // exact scores, summed in query order
+    let mut hits: Vec<(u32, f32)> = candidates
+        .into_iter()
+        .map(|(doc, _)| {
+            let mut score = 0.0f32;
+            for term in query.iter().flatten() {
+                if let Ok(at) = term.docs.binary_search(&doc) {
+                    score += term.idf * term.impacts.get(at).copied().unwrap_or(0.0);
+                }
+            }
+            (doc, score)
+        })
+        .collect();
+    hits.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    hits.truncate(k);
+    hits
+}
+
 /// The first position at or after `from` whose doc is `>= doc` (exponential then binary search: cheap when
 /// successive probes are close).
 fn gallop(docs: &[u32], from: usize, doc: u32) -> usize {
@@ -1076,6 +1256,32 @@ const EARLY_CANDIDATES: usize = 4096;
 /// Query words remembered from indexing stop growing at this many.
 const MAX_QUERY_WORDS: usize = 1 << 22;
 
+/// Tokenizer configuration and scoring parameters, as [`Bm25Index::encode_config`] writes them.
+pub(crate) fn decode_config(r: &mut Reader<'_>) -> Result<(TokenizerConfig, Bm25Params)> {
+    let lowercase = r.u8()? != 0;
+    let ascii_fold = r.u8()? != 0;
+    let min_token_len = r.u32()? as usize;
+    let max_token_len = r.u32()? as usize;
+    let stemmer = r.string()?;
+    let count = r.u32()? as usize;
+    if count > r.bytes.len() {
+        return Err(KernelError::Format("stopword count larger than the file".into()));
+    }
+    let stopwords = (0..count).map(|_| r.string()).collect::<Result<Vec<_>>>()?;
+    let config = TokenizerConfig {
+        lowercase,
+        ascii_fold,
+        stopwords,
+        stemmer: if stemmer.is_empty() { None } else { Some(stemmer) },
+        min_token_len,
+        max_token_len,
+    };
+    let variant = Variant::from_code(r.u8()?)?;
+    let params = Bm25Params { variant, k1: r.f32()?, b: r.f32()?, delta: r.f32()? };
+    params.validate().map_err(|err| KernelError::Format(format!("bad scoring parameters: {err}")))?;
+    Ok((config, params))
+}
+
 fn check_unique(ids: &[String]) -> Result<()> {
     let mut seen = FxHashMap::default();
     for id in ids {
@@ -1095,13 +1301,13 @@ fn put_str(w: &mut Vec<u8>, value: &str) {
     w.extend_from_slice(value.as_bytes());
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
+pub(crate) struct Reader<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) at: usize,
 }
 
 impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&[u8]> {
         let end = self.at.checked_add(n).filter(|&end| end <= self.bytes.len());
         let end = end.ok_or_else(|| KernelError::Format("unexpected end of data".into()))?;
         let out = &self.bytes[self.at..end];
@@ -1109,19 +1315,19 @@ impl Reader<'_> {
         Ok(out)
     }
 
-    fn u8(&mut self) -> Result<u8> {
+    pub(crate) fn u8(&mut self) -> Result<u8> {
         Ok(self.take(1)?[0])
     }
 
-    fn u32(&mut self) -> Result<u32> {
+    pub(crate) fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
 
-    fn f32(&mut self) -> Result<f32> {
+    pub(crate) fn f32(&mut self) -> Result<f32> {
         Ok(f32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
 
-    fn string(&mut self) -> Result<String> {
+    pub(crate) fn string(&mut self) -> Result<String> {
         let n = self.u32()? as usize;
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| KernelError::Format("a string is not UTF-8".into()))
     }

@@ -5,7 +5,7 @@
 //!
 //! * [`tokenizer`]: Unicode word segmentation, lowercasing, ASCII folding, stopwords, Snowball stemming.
 //! * [`bm25`]: a BM25 index (Lucene, Robertson, ATIRE, BM25L, BM25+) with updates, filtered and batch search,
-//!   and a versioned on-disk format written atomically ([`atomic`]).
+//!   and a versioned on-disk format written atomically ([`atomic`]); [`bm25_mmap`] searches a saved index in place.
 //! * [`fusion`]: reciprocal-rank and normalised weighted-score fusion.
 //! * [`lru`]: an LRU cache with TTL and byte accounting.
 //! * [`ratelimit`]: a GCRA rate limiter with checked fixed-point time.
@@ -16,6 +16,7 @@
 
 pub mod atomic;
 pub mod bm25;
+pub mod bm25_mmap;
 pub mod error;
 pub mod eventlog;
 pub mod fusion;
