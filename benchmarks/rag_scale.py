@@ -139,18 +139,15 @@ def worker_build(args: argparse.Namespace) -> None:
         _done({"skipped": str(exc), "unavailable": True})
         return
     started = time.perf_counter()
-    batch: list[Chunk] = []
-    added = 0
+
+    def chunks() -> Iterator[Chunk]:  # one streaming add: the collection consumes these a batch at a time
+        for n, (doc_id, text, source) in enumerate(corpus(args.data, args.size, args.seed), start=1):
+            yield Chunk(doc_id, text, {"source": source})
+            if n % 100_000 == 0:
+                log(f"  {args.store}: {n:,} chunks in {time.perf_counter() - started:.0f}s")
+
     try:
-        for doc_id, text, source in corpus(args.data, args.size, args.seed):
-            batch.append(Chunk(doc_id, text, {"source": source}))
-            if len(batch) == args.batch:
-                added += coll.add(batch)
-                batch = []
-                if added % (args.batch * 10) == 0:
-                    log(f"  {args.store}: {added:,} chunks in {time.perf_counter() - started:.0f}s")
-        if batch:
-            added += coll.add(batch)
+        added = coll.add(chunks(), total=args.size)
     except ImportError as exc:  # an adapter whose engine is not installed raises at first use
         _done({"skipped": f"{args.store}: {exc}", "unavailable": True})
         return

@@ -15,22 +15,30 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import inspect
+import itertools
 import json
 import os
 import re
 import shutil
 import sqlite3
+import tempfile
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from dspyo3_core.files import atomic_write_text, loads_json
+from dspyo3_core.files import atomic_write_text, clean_stale_temporaries, loads_json
 from dspyo3_rag.embed import LexicalEmbedder
 from dspyo3_rag.retrieve import BM25Retriever, DenseRetriever, HybridRetriever, Passage
 from dspyo3_rag.stores.base import StoreCorruptError, StoreError, VectorStore
+
+try:
+    import fcntl
+except ImportError:  # Windows: temporary files are not locked
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["DEFAULT_STORE", "Chunk", "CollectionError", "IndexRebuiltWarning", "RagCollection", "Repair", "Skipped",
            "Sources", "chunk_text", "id_clashes", "read_sources", "scan_sources", "source_labels"]
@@ -41,6 +49,7 @@ _LEGACY_STORE = "qdrant"  # collections written before collection.json existed k
 _META_FORMAT = 1
 _INDEX_FORMAT = 1  # of keyword/manifest.json; another value means the index is rebuilt
 _ADD_BATCH = 512  # chunks embedded and stored per batch: what bounds an add's memory
+_INDEX_BATCH = 10_000  # chunks per batch of a keyword index written afresh
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown", ".mdown", ".mkd", ".mkdn", ".mdx", ".rst"})
@@ -283,9 +292,9 @@ class RagCollection:
     """Open (or create) collection ``name`` under ``root``.
 
     ``chunks.jsonl`` is the commit point: a chunk is part of the collection once the atomic rewrite of that file
-    that adds it has landed, and searches read the collection as of that write. :meth:`add` records the ids it is
-    about to write in ``pending.json`` before it touches the vector store and removes the record after the commit,
-    so an add that was killed leaves a record of the vectors that may disagree with the chunks; searches never
+    that adds it has landed, and searches read the collection as of that write. :meth:`add` records the ids of
+    each batch in ``pending.json`` before the batch reaches the vector store and removes the record after the
+    commit, so an add that was killed leaves a record of the vectors that may disagree with the chunks; searches never
     return those (a dense hit counts only if its id and text are committed) and :meth:`repair` (run by every
     :meth:`add`) puts the vector store back in line.
 
@@ -392,31 +401,62 @@ class RagCollection:
             self._db = None
         self._bm25 = None
 
-    def chunks(self) -> dict[str, Chunk]:
-        """Every committed chunk, by id. A line of ``chunks.jsonl`` that is not a chunk record raises
-        :class:`CollectionError` naming ``file:line``."""
+    def _iter_chunks(self) -> Iterator[Chunk]:
+        """The committed chunks in file order, read line by line (memory holds one line). A line of
+        ``chunks.jsonl`` that is not a chunk record raises :class:`CollectionError` naming ``file:line``."""
+        for _, chunk in self._iter_records():
+            yield chunk
+
+    def _iter_records(self) -> Iterator[tuple[bytes, Chunk]]:
+        """``(line, chunk)`` of each record of ``chunks.jsonl`` (the raw line, newline included, for copying)."""
         if not self.exists:
-            return {}
+            return
         try:
-            data = self.chunks_file.read_bytes()
+            handle = self.chunks_file.open("rb")
         except OSError as exc:
             raise CollectionError(f"{self.chunks_file}: cannot be read ({exc.strerror or exc})") from None
-        out = {}
-        for number, line in enumerate(data.splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{self.chunks_file}:{number}"
-            try:
-                record = loads_json(line, source=where)
-            except ValueError as exc:  # not JSON, not UTF-8, or nested too deeply
-                problem = str(exc).removeprefix(f"{where}: ")
-                raise CollectionError(self._corrupt(where, f"not JSON ({problem})")) from None
-            if not (isinstance(record, dict) and isinstance(record.get("id"), str)
-                    and isinstance(record.get("text"), str) and isinstance(record.get("metadata", {}), dict)):
-                raise CollectionError(self._corrupt(where, "not a chunk record (a JSON object with string 'id' and "
-                                                           "'text' and an object 'metadata')"))
-            out[record["id"]] = Chunk(record["id"], record["text"], record.get("metadata", {}))
-        return out
+        with handle:
+            number = 0
+            while True:
+                try:
+                    line = handle.readline()
+                except OSError as exc:
+                    raise CollectionError(f"{self.chunks_file}: cannot be read ({exc.strerror or exc})") from None
+                if not line:
+                    return
+                number += 1
+                if not line.strip():
+                    continue
+                where = f"{self.chunks_file}:{number}"
+                try:
+                    record = loads_json(line, source=where)
+                except ValueError as exc:  # not JSON, not UTF-8, or nested too deeply
+                    problem = str(exc).removeprefix(f"{where}: ")
+                    raise CollectionError(self._corrupt(where, f"not JSON ({problem})")) from None
+                if not (isinstance(record, dict) and isinstance(record.get("id"), str)
+                        and isinstance(record.get("text"), str) and isinstance(record.get("metadata", {}), dict)):
+                    raise CollectionError(self._corrupt(where, "not a chunk record (a JSON object with string 'id' "
+                                                               "and 'text' and an object 'metadata')"))
+                if not line.endswith(b"\n"):
+                    line += b"\n"
+                yield line, Chunk(record["id"], record["text"], record.get("metadata", {}))
+
+    def chunks(self) -> dict[str, Chunk]:
+        """Every committed chunk, by id (the whole collection in memory: :meth:`add`, :meth:`repair` and searches
+        do without it). A line of ``chunks.jsonl`` that is not a chunk record raises :class:`CollectionError`
+        naming ``file:line``."""
+        return {chunk.id: chunk for chunk in self._iter_chunks()}
+
+    def _committed_count(self) -> int:
+        """How many chunks are committed: the keyword index's manifest when that index is current (no read of
+        ``chunks.jsonl``), else the distinct ids of ``chunks.jsonl``, read line by line."""
+        if not self.exists:
+            return 0
+        if self._index_problem() is None:
+            count = (self._manifest() or {}).get("count")
+            if isinstance(count, int) and count >= 0:
+                return count
+        return len({chunk.id for chunk in self._iter_chunks()})
 
     def _corrupt(self, where: str, problem: str) -> str:
         return (f"{where}: {problem}; the chunks file of collection {self.name!r} is corrupt: restore it from a "
@@ -439,84 +479,133 @@ class RagCollection:
                                   f"{self._rebuild_hint()}")
 
     def _read_pending(self) -> list[str] | None:
-        """The ids an interrupted write recorded; ``None`` when the record is unreadable (then everything is
+        """The ids an interrupted write recorded (``{"ids": [...]}`` per line: a line per batch sent to the vector
+        store, and one for the chunks a commit drops); ``None`` when the record is unreadable (then everything is
         checked)."""
         try:
-            record = loads_json(self.pending_file.read_bytes(), source=str(self.pending_file))
-        except (OSError, ValueError):
+            data = self.pending_file.read_bytes()
+        except OSError:
             return None
-        ids = record.get("ids") if isinstance(record, dict) else None
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            return None
+        ids: list[str] = []
+        for line in data.splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = loads_json(line, source=str(self.pending_file))
+            except ValueError:
+                return None
+            batch = record.get("ids") if isinstance(record, dict) else None
+            if not isinstance(batch, list) or not all(isinstance(i, str) for i in batch):
+                return None
+            ids.extend(batch)
         return ids
 
     def repair(self, *, progress: bool = False) -> Repair:
         """Bring the vector store in line with the committed chunks after an interrupted write: delete the points
         of chunks that were never committed and re-embed committed chunks whose points are missing or were
-        overwritten by the uncommitted write. Cheap when nothing was interrupted (one count).
+        overwritten by the uncommitted write. Cheap when nothing was interrupted: with no pending record and as
+        many points as the keyword index counts chunks, ``chunks.jsonl`` is not read (one count).
 
         Raises :class:`CollectionError` when the vector store is missing altogether (use :meth:`rebuild`).
         """
-        committed = self.chunks()
+        interrupted = self.pending_file.exists()
+        committed = self._committed_count()
         if not committed and self._embedded() and not self.store_dir.is_dir():
             self.pending_file.unlink(missing_ok=True)
             return Repair()
-        self._check_vectors(len(committed))
+        self._check_vectors(committed)
         store = self.store()
         if _POINTS not in store.collections():  # nothing committed and no vectors: consistent
             self.pending_file.unlink(missing_ok=True)
             return Repair()
-        pending = self._read_pending() if self.pending_file.exists() else []
+        if not interrupted and store.count(_POINTS) == committed:
+            return Repair()
+        pending = self._read_pending() if interrupted else []
         done = Repair()
         if pending:  # the interrupted write's ids: drop the uncommitted ones, rewrite the committed ones
-            done = self._restore([i for i in pending if i not in committed],
-                                 [committed[i] for i in pending if i in committed], progress=progress)
-        if pending is None or store.count(_POINTS) != len(committed):
+            done = self._restore_pending(set(pending), progress=progress)
+        if pending is None or store.count(_POINTS) != committed:
             # no readable record, or the stores still disagree (e.g. a chunks file edited by hand): compare all
-            stored = {point_id: meta.get("text") for point_id, _, meta in store.scroll(_POINTS)}
-            more = self._restore([i for i in stored if i not in committed],
-                                 [c for i, c in committed.items() if stored.get(i) != c.text], progress=progress)
+            more = self._restore_all(progress=progress)
             done = Repair(done.removed + more.removed, done.restored + more.restored)
         self.pending_file.unlink(missing_ok=True)
         return done
 
-    def _restore(self, remove: Sequence[str], chunks: Sequence[Chunk], *, progress: bool = False) -> Repair:
+    def _restore_pending(self, pending: set[str], *, progress: bool = False) -> Repair:
+        """Delete the points of the ``pending`` ids that are not committed and re-embed the committed ones (two
+        passes over ``chunks.jsonl``; memory holds ids, not chunks)."""
+        committed = {chunk.id for chunk in self._iter_chunks() if chunk.id in pending}
+        return self._restore([i for i in pending if i not in committed],
+                             (chunk for chunk in self._iter_chunks() if chunk.id in committed),
+                             total=len(committed), progress=progress)
+
+    def _restore_all(self, *, progress: bool = False) -> Repair:
+        """Compare every point with the committed chunks: re-embed the chunks whose point is missing or holds
+        another text, delete the points of ids that are not committed. Memory holds an id and a digest a point."""
+        store = self.store()
+        stored = {point_id: _digest(meta.get("text")) for point_id, _, meta in store.scroll(_POINTS)}
+
+        def changed() -> Iterator[Chunk]:
+            for chunk in self._iter_chunks():
+                if stored.pop(chunk.id, None) != _digest(chunk.text):
+                    yield chunk
+
+        restored = self._restore([], changed(), progress=progress).restored
+        removed = self._restore(list(stored), [], progress=progress).removed  # what no committed chunk claimed
+        return Repair(removed, restored)
+
+    def _restore(self, remove: Sequence[str], chunks: Iterable[Chunk], *, total: int | None = None,
+                 progress: bool = False) -> Repair:
         """Delete the points ``remove`` and (re-)embed ``chunks``; what it did."""
         store = self.store()
         removed = 0
         if remove:
             before = store.count(_POINTS)
-            store.delete(_POINTS, remove)
+            store.delete(_POINTS, list(remove))
             removed = before - store.count(_POINTS)
-        self._embed_and_store(chunks, progress=progress)
-        return Repair(removed, len(chunks))
+        return Repair(removed, self._embed_and_store(chunks, total=total, progress=progress))
 
-    def _embed_and_store(self, chunks: Sequence[Chunk], *, progress: bool = False) -> None:
-        """Embed ``chunks`` and upsert their vectors (NumPy float32), :data:`_ADD_BATCH` at a time, so memory
-        holds one batch of vectors whatever the number of chunks; one progress bar for the whole run."""
+    def _embed_and_store(self, chunks: Iterable[Chunk], *, total: int | None = None, progress: bool = False,
+                         before: Callable[[list[Chunk]], None] | None = None,
+                         after: Callable[[list[Chunk]], None] | None = None) -> int:
+        """Embed ``chunks`` and upsert their vectors (NumPy float32), :data:`_ADD_BATCH` at a time as they are
+        consumed, so memory holds one batch whatever the number of chunks; one progress bar (of ``total``) for the
+        whole run. ``before`` sees each batch before it reaches the store, ``after`` once it is there. A batch
+        that repeats an id keeps its last chunk. Returns how many chunks were stored."""
         import numpy as np
 
         from dspyo3_rag.progress import bar, wanted
 
-        if not chunks:
-            return
+        if total is None and isinstance(chunks, Sized):
+            total = len(chunks)
+        if total == 0:
+            return 0
         store = self.store()
-        exists = _POINTS in store.collections()
-        with bar(f"embedding and storing in {self.name}", len(chunks), wanted(progress)) as shown:
-            for start in range(0, len(chunks), _ADD_BATCH):
-                batch = chunks[start:start + _ADD_BATCH]
+        exists: bool | None = None
+        stored = 0
+        # rich draws an open-ended bar for a total of None
+        with bar(f"embedding and storing in {self.name}", cast(int, total), wanted(progress)) as shown:
+            for batch in _batches(chunks, _ADD_BATCH):
+                if before is not None:
+                    before(batch)
                 vectors = np.asarray(self.embedder([c.text for c in batch]), dtype=np.float32)
+                if exists is None:
+                    exists = _POINTS in store.collections()
                 if not exists:
                     store.create_collection(_POINTS, int(vectors.shape[1]))
                     exists = True
                 store.upsert(_POINTS, [c.id for c in batch], vectors,
                              [{**c.metadata, "text": c.text} for c in batch], batch_size=_ADD_BATCH)
+                if after is not None:
+                    after(batch)
                 shown.advance(len(batch))
+                stored += len(batch)
+        return stored
 
     def rebuild(self, *, progress: bool = False) -> int:
         """Re-create the vector store from the committed chunks (after its folder was deleted or damaged);
         returns how many chunks were embedded."""
-        committed = self.chunks()  # a corrupt chunks file stops here, before anything is deleted
+        ids = {chunk.id for chunk in self._iter_chunks()}  # a corrupt chunks file stops here, before any delete
         try:
             store = self.store()
         except CollectionError:  # the store's own files are damaged: start it afresh
@@ -526,54 +615,58 @@ class RagCollection:
             store = self.store()
         self.dir.mkdir(parents=True, exist_ok=True)
         self._record_store()
-        atomic_write_text(self.pending_file, json.dumps({"ids": sorted(committed)}))
+        atomic_write_text(self.pending_file, json.dumps({"ids": sorted(ids)}))
         if _POINTS in store.collections():
             store.drop_collection(_POINTS)
-        self._restore([], list(committed.values()), progress=progress)
+        self._restore([], self._iter_chunks(), total=len(ids), progress=progress)
         self.pending_file.unlink(missing_ok=True)
-        return len(committed)
+        return len(ids)
 
-    def add(self, chunks: Sequence[Chunk], *, progress: bool = False) -> int:
-        """Embed and store ``chunks`` (replacing chunks with the same id); returns how many were added.
+    def add(self, chunks: Iterable[Chunk], *, progress: bool = False, total: int | None = None) -> int:
+        """Embed and store ``chunks`` (replacing chunks with the same id; within one call the last chunk of an id
+        wins); returns how many were consumed. ``chunks`` may be any iterable, a generator too: it is consumed
+        :data:`_ADD_BATCH` at a time and never held whole, nor is the collection (memory holds a batch, the new
+        ids and their sources, and the keyword index's BM25). ``total`` sizes the progress bar of an iterable
+        without a length.
 
-        The ids about to be written are recorded first, the vectors go in next, and the atomic rewrite of the
-        chunks file commits them; the vectors of chunks the call drops go after the commit. An interrupted earlier
-        add is repaired first (:meth:`repair`).
+        A re-indexed source replaces its chunks: committed chunks of a source this call's chunks come from, and
+        that the call does not produce, are dropped. Each batch's ids are recorded in ``pending.json`` (fsync'd)
+        before the batch reaches the vector store; the new chunks collect in a temporary file; the commit is one
+        pass over the committed ``chunks.jsonl`` that keeps what is neither replaced nor dropped, appends the new
+        chunks and renames the complete, fsync'd file over it. The vectors of dropped chunks go after the commit.
+        An interrupted earlier add is repaired first (:meth:`repair`); an add that fails leaves the collection at
+        its previous commit.
         """
         if self._embedded() and not self.store_dir.is_dir():
-            self._check_vectors(len(self.chunks()))  # committed chunks without their vector store: rebuild
+            self._check_vectors(self._committed_count())  # committed chunks without their vector store: rebuild
         self.store()  # the directory lock first: no other writer between reading the chunks and committing
         self.repair(progress=progress)
-        existing = self.chunks()
         index_current = self.exists and self._index_problem() is None  # checked before the commit changes it
-        new_ids = {c.id for c in chunks}
-        # a re-indexed source replaces all its chunks: the ones it no longer produces go
-        # (sources compared resolved: collections written before sources were stored resolved keep working)
-        sources = {_resolved(c.metadata.get("source")) for c in chunks} - {None}
-        stale = [cid for cid, c in existing.items()
-                 if cid not in new_ids and _resolved(c.metadata.get("source")) in sources]
         self.dir.mkdir(parents=True, exist_ok=True)
         self._record_store()
-        atomic_write_text(self.pending_file, json.dumps({"ids": sorted(new_ids | set(stale))}))
+        clean_stale_temporaries(self.dir)  # what a killed add left
+        consumed = 0
+
+        def counted() -> Iterator[Chunk]:
+            nonlocal consumed
+            for chunk in chunks:
+                consumed += 1
+                yield chunk
+
+        if total is None and isinstance(chunks, Sized):
+            total = len(chunks)
+        adding = _StreamingAdd(self, index_current)
         try:
-            self._embed_and_store(chunks, progress=progress)
-        except Exception:
-            with contextlib.suppress(Exception):  # best effort; the record stays for the next repair otherwise
-                self.repair()
+            self._embed_and_store(counted(), total=total if total else None, progress=progress,
+                                  before=adding.record, after=adding.index)
+            adding.commit()
+        except BaseException as exc:
+            adding.abandon()
+            if isinstance(exc, Exception):
+                with contextlib.suppress(Exception):  # best effort; the record stays for the next repair otherwise
+                    self.repair()
             raise
-        merged = {cid: c for cid, c in existing.items() if cid not in set(stale)}
-        merged.update((c.id, c) for c in chunks)
-        atomic_write_text(self.chunks_file, "".join(
-            json.dumps({"id": c.id, "text": c.text, "metadata": c.metadata}, ensure_ascii=False) + "\n"
-            for c in merged.values()))
-        if stale:
-            self.store().delete(_POINTS, stale)
-        self.pending_file.unlink(missing_ok=True)
-        if index_current:
-            self._update_index(chunks, stale, merged)
-        else:
-            self._build_index(merged)
-        return len(chunks)
+        return consumed
 
     # -- the keyword index (keyword/: bm25.bin, chunks.sqlite, manifest.json) -----------------------------------
     @property
@@ -618,58 +711,35 @@ class RagCollection:
         return None
 
     def _rebuild_index(self, problem: str) -> None:
-        self._build_index(self.chunks())  # a corrupt chunks file stops here with its own error
+        self._build_index(self._iter_chunks())  # a corrupt chunks file stops here with its own error
         warnings.warn(f"collection {self.name!r}: the keyword index in {self.keyword_dir} was rebuilt from "
                       f"{self.chunks_file.name} ({problem})", IndexRebuiltWarning, stacklevel=3)
 
-    def _build_index(self, chunks: Mapping[str, Chunk]) -> None:
-        """Write the keyword index of ``chunks`` (the committed ones) afresh; the manifest goes last."""
+    def _build_index(self, chunks: Iterable[Chunk]) -> None:
+        """Write the keyword index of ``chunks`` (the committed ones, streamed: memory holds a batch besides the
+        BM25) afresh; the manifest goes last. A repeated id keeps its last chunk."""
         self._drop_index_handles()
         self.keyword_dir.mkdir(parents=True, exist_ok=True)
         self._manifest_file.unlink(missing_ok=True)  # invalid until the new one is complete
         bm25 = BM25Retriever().index
-        items = list(chunks.values())
-        for start in range(0, len(items), 10_000):
-            batch = items[start:start + 10_000]
-            bm25.add([c.id for c in batch], [c.text for c in batch])
         temp = self._db_file.with_name(f".{self._db_file.name}.{os.getpid()}.tmp")
         temp.unlink(missing_ok=True)
         db = sqlite3.connect(temp)
         try:
             db.execute("CREATE TABLE chunks (id TEXT PRIMARY KEY, text TEXT NOT NULL, metadata TEXT NOT NULL)")
-            db.executemany("INSERT INTO chunks VALUES (?, ?, ?)",
-                           ((c.id, c.text, json.dumps(c.metadata, ensure_ascii=False)) for c in items))
+            for batch in _batches(chunks, _INDEX_BATCH):
+                bm25.add([c.id for c in batch], [c.text for c in batch])
+                db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?)", _rows(batch))
             db.commit()
-        finally:
+        except BaseException:
             db.close()
+            temp.unlink(missing_ok=True)
+            raise
+        db.close()
         os.replace(temp, self._db_file)
         bm25.save(self._bm25_file)
-        self._write_manifest(len(items))
+        self._write_manifest(len(bm25))
         self._bm25 = bm25
-
-    def _update_index(self, chunks: Sequence[Chunk], stale: Sequence[str], merged: Mapping[str, Chunk]) -> None:
-        """Apply one add (``chunks`` in, ``stale`` out) to a keyword index that was current before it."""
-        try:
-            bm25 = self._load_bm25()
-            self.keyword_dir.mkdir(parents=True, exist_ok=True)
-            self._manifest_file.unlink(missing_ok=True)  # invalid until the update is complete
-            if stale:
-                bm25.delete(list(stale))
-            for start in range(0, len(chunks), 10_000):
-                batch = chunks[start:start + 10_000]
-                bm25.add([c.id for c in batch], [c.text for c in batch])
-            db = self._connect()
-            with db:
-                db.executemany("DELETE FROM chunks WHERE id = ?", ((i,) for i in stale))
-                db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?)",
-                               ((c.id, c.text, json.dumps(c.metadata, ensure_ascii=False)) for c in chunks))
-            bm25.save(self._bm25_file)
-            if len(bm25) != len(merged):
-                raise ValueError(f"{len(bm25)} documents in BM25, {len(merged)} chunks")
-        except (OSError, ValueError, sqlite3.Error):  # a damaged index: write it afresh from what was committed
-            self._build_index(merged)
-            return
-        self._write_manifest(len(merged))
 
     def _write_manifest(self, count: int) -> None:
         atomic_write_text(self._manifest_file, json.dumps(
@@ -762,6 +832,188 @@ class RagCollection:
         if not query.strip():
             raise StoreError("the query is empty")
         return list(self.retriever(kind).search_batch([query], k)[0])
+
+
+class _StreamingAdd:
+    """One :meth:`RagCollection.add` while its chunks stream through: the pending record, the new chunks' file,
+    their ids and sources, and the keyword index updated batch by batch (in memory and in an open sqlite
+    transaction, so nothing on disk changes before the commit)."""
+
+    def __init__(self, collection: RagCollection, index_current: bool) -> None:
+        self.collection = collection
+        self.new: dict[str, int] = {}  # id -> its line in the new chunks' file
+        self.overwritten: set[int] = set()  # lines of ids the call gives again later
+        self.sources: set[str] = set()  # resolved sources of the new chunks
+        self.lines = 0
+        self.pending = collection.pending_file.open("w", encoding="utf-8")
+        _fsync_dir(collection.dir)
+        fd, self.fresh_path = _locked_temp(collection.dir, "chunks-new.jsonl")
+        self.fresh = os.fdopen(fd, "w+b")
+        self.bm25: Any = None
+        self.db: sqlite3.Connection | None = None
+        if index_current:  # updated as the batches go; otherwise written afresh after the commit
+            try:
+                self.bm25 = collection._load_bm25()
+                self.db = collection._connect()
+            except (OSError, ValueError, sqlite3.Error):
+                self._drop_index()
+
+    def _record_pending(self, ids: list[str]) -> None:
+        self.pending.write(json.dumps({"ids": ids}, ensure_ascii=False) + "\n")
+        self.pending.flush()
+        os.fsync(self.pending.fileno())
+
+    def record(self, batch: list[Chunk]) -> None:
+        """Before ``batch`` reaches the vector store: its ids to the pending record (fsync'd), its chunks to the
+        new chunks' file."""
+        self._record_pending([c.id for c in batch])
+        for chunk in batch:
+            previous = self.new.get(chunk.id)
+            if previous is not None:
+                self.overwritten.add(previous)
+            self.new[chunk.id] = self.lines
+            self.lines += 1
+            source = _resolved(chunk.metadata.get("source"))
+            if source is not None:
+                self.sources.add(source)
+            self.fresh.write(_line(chunk))
+
+    def index(self, batch: list[Chunk]) -> None:
+        """Once ``batch`` is in the vector store: into the BM25 (in memory) and the lookup (uncommitted)."""
+        if self.bm25 is None or self.db is None:
+            return
+        try:
+            self.bm25.add([c.id for c in batch], [c.text for c in batch])
+            self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?)", _rows(batch))
+        except (OSError, ValueError, sqlite3.Error):  # a damaged index: written afresh after the commit
+            self._drop_index()
+
+    def commit(self) -> None:
+        """Write the new ``chunks.jsonl`` (kept committed chunks, then the new ones) and rename it into place; then
+        drop the vectors of the chunks it dropped and finish the keyword index."""
+        collection = self.collection
+        fd, path = _locked_temp(collection.dir, collection.chunks_file.name)
+        stale: list[str] = []
+        count = 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for line, chunk in collection._iter_records():
+                    if chunk.id in self.new:
+                        continue  # replaced
+                    if self.sources and _resolved(chunk.metadata.get("source")) in self.sources:
+                        stale.append(chunk.id)  # its source was indexed again and no longer produces it
+                        continue
+                    out.write(line)
+                    count += 1
+                self.fresh.flush()
+                self.fresh.seek(0)
+                for number, line in enumerate(self.fresh):
+                    if number not in self.overwritten:
+                        out.write(line)
+                        count += 1
+                if stale:
+                    self._record_pending(stale)  # their vectors go after the commit
+                out.flush()
+                os.fsync(out.fileno())
+                os.replace(path, collection.chunks_file)
+        except BaseException:
+            Path(path).unlink(missing_ok=True)
+            raise
+        _fsync_dir(collection.dir)
+        if stale:
+            collection.store().delete(_POINTS, stale)
+        self.pending.close()
+        collection.pending_file.unlink(missing_ok=True)
+        self._close_fresh()
+        self._finish_index(stale, count)
+
+    def _finish_index(self, stale: list[str], count: int) -> None:
+        collection = self.collection
+        if self.bm25 is not None and self.db is not None:
+            try:
+                collection.keyword_dir.mkdir(parents=True, exist_ok=True)
+                collection._manifest_file.unlink(missing_ok=True)  # invalid until the update is complete
+                if stale:
+                    self.bm25.delete(stale)
+                self.db.executemany("DELETE FROM chunks WHERE id = ?", ((i,) for i in stale))
+                self.db.commit()
+                self.bm25.save(collection._bm25_file)
+                if len(self.bm25) != count:
+                    raise ValueError(f"{len(self.bm25)} documents in BM25, {count} chunks")
+            except (OSError, ValueError, sqlite3.Error):  # a damaged index: write it afresh from what was committed
+                self._drop_index()
+            else:
+                collection._write_manifest(count)
+                return
+        collection._build_index(collection._iter_chunks())
+
+    def _drop_index(self) -> None:
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.rollback()
+        self.collection._drop_index_handles()  # the BM25 in memory holds uncommitted changes: reloaded when used
+        self.bm25 = self.db = None
+
+    def _close_fresh(self) -> None:
+        self.fresh.close()
+        Path(self.fresh_path).unlink(missing_ok=True)
+
+    def abandon(self) -> None:
+        """After a failure: the previous commit stands; the pending record stays for :meth:`RagCollection.repair`."""
+        with contextlib.suppress(OSError):
+            self.pending.close()
+        with contextlib.suppress(OSError):
+            self._close_fresh()
+        self._drop_index()
+
+
+def _batches(chunks: Iterable[Chunk], size: int) -> Iterator[list[Chunk]]:
+    """``chunks`` ``size`` at a time as they are consumed; a batch that repeats an id keeps its last chunk."""
+    source = iter(chunks)
+    while batch := list(itertools.islice(source, size)):
+        if len({c.id for c in batch}) != len(batch):
+            batch = list({c.id: c for c in batch}.values())
+        yield batch
+
+
+def _line(chunk: Chunk) -> bytes:
+    """The ``chunks.jsonl`` line of ``chunk``."""
+    record = {"id": chunk.id, "text": chunk.text, "metadata": chunk.metadata}
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode()
+
+
+def _rows(batch: Iterable[Chunk]) -> Iterator[tuple[str, str, str]]:
+    """The lookup's rows of ``batch``."""
+    return ((c.id, c.text, json.dumps(c.metadata, ensure_ascii=False)) for c in batch)
+
+
+def _digest(text: Any) -> bytes | None:
+    """What identifies a point's text (``None`` when it has none)."""
+    if not isinstance(text, str):
+        return None
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _locked_temp(directory: Path, name: str) -> tuple[int, str]:
+    """A new temporary file in ``directory`` named as :func:`clean_stale_temporaries` expects, locked (``flock``)
+    until closed so that no other writer's cleaning takes it: ``(fd, path)``."""
+    fd, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd, path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """fsync ``directory`` so that a rename or a new file inside it survives a power loss (best effort)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _parameters(factory: Any) -> Mapping[str, inspect.Parameter]:
