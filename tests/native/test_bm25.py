@@ -185,10 +185,100 @@ def test_loading_a_bad_file_is_a_clear_error(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[8:12] = (7).to_bytes(4, "little")
     path.write_bytes(bytes(data))
-    with pytest.raises(native.IndexFormatError, match="format 7; this build reads format 1"):
+    with pytest.raises(native.IndexFormatError, match="format 7; this build reads formats 1 and 2"):
         native.BM25.load(path)
     with pytest.raises(FileNotFoundError):
         native.BM25.load(tmp_path / "missing.bm25")
+
+
+def test_mmap_load_searches_like_the_owned_index(tmp_path: Path) -> None:
+    index = native.BM25(variant="bm25l", k1=1.3, b=0.7)
+    texts = [f"document number {i} about topic {i % 7} and {i % 11}" for i in range(300)]
+    index.add([f"d{i}" for i in range(300)], texts)
+    index.delete([f"d{i}" for i in range(0, 300, 9)])
+    index.add(["d5"], ["an updated document about topic 3"])
+    path = tmp_path / "index.bm25"
+    index.save(path)
+    mapped = native.BM25.load(path, mmap=True)
+    assert len(mapped) == len(index)
+    assert mapped.params == index.params
+    assert mapped.vocabulary_size == index.vocabulary_size
+    assert mapped.ids() == index.ids()
+    assert "d5" in mapped and "d9" not in mapped and "nope" not in mapped
+    assert "mmap=True" in repr(mapped)
+    assert mapped.tokenize("Documents ABOUT") == index.tokenize("Documents ABOUT")
+    queries = ["topic 3 number", "document", "updated topic", "about 10", "absent words", ""]
+    for k in (1, 5, 50):
+        for query in queries:
+            assert mapped.search(query, k=k) == index.search(query, k=k)
+            allow = [f"d{i}" for i in range(0, 300, 4)] + ["missing"]
+            assert mapped.search(query, k=k, allow=allow) == index.search(query, k=k, allow=allow)
+        assert mapped.search_batch(queries, k=k) == index.search_batch(queries, k=k)
+        tokens = index.tokenize("topic 3 document")
+        assert mapped.search_tokens(tokens, k=k) == index.search_tokens(tokens, k=k)
+    # the full load of the same file agrees too
+    assert native.BM25.load(path).search("topic 3 number", k=10) == index.search("topic 3 number", k=10)
+    # save on a mapped index copies the file, even over itself
+    copy = tmp_path / "copy.bm25"
+    mapped.save(copy)
+    mapped.save(path)
+    assert native.BM25.load(copy, mmap=True).search("document", k=7) == index.search("document", k=7)
+    assert mapped.search("document", k=7) == index.search("document", k=7)
+
+
+def test_mmap_index_is_read_only(tmp_path: Path) -> None:
+    index = native.BM25()
+    index.add(["a", "b"], ["some words here", "other words"])
+    path = tmp_path / "index.bm25"
+    index.save(path)
+    mapped = native.BM25.load(path, mmap=True)
+    for change in (
+        lambda: mapped.add(["c"], ["text"]),
+        lambda: mapped.add_tokens(["c"], [["text"]]),
+        lambda: mapped.delete(["a"]),
+        mapped.compact,
+    ):
+        with pytest.raises(ValueError, match=r"opened read-only \(mmap=True\); load it with BM25.load\(path\)"):
+            change()
+    assert len(mapped) == 2
+
+
+def test_mmap_load_of_a_bad_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "x.bm25"
+    path.write_bytes(b"definitely not an index")
+    with pytest.raises(native.IndexFormatError, match="not a dspyo3 BM25 index"):
+        native.BM25.load(path, mmap=True)
+    index = native.BM25()
+    index.add([f"d{i}" for i in range(20)], [f"some words here {i}" for i in range(20)])
+    index.save(path)
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(native.IndexFormatError, match="truncated"):
+        native.BM25.load(path, mmap=True)
+    data = bytearray(good)
+    data[8:12] = (1).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(native.IndexFormatError, match=r"format 1.*save it again"):
+        native.BM25.load(path, mmap=True)
+    data = bytearray(good)
+    data[300] ^= 0x55  # inside the metadata
+    path.write_bytes(bytes(data))
+    with pytest.raises(native.IndexFormatError, match="corrupt"):
+        native.BM25.load(path, mmap=True)
+    # damage anywhere: a clear error or a working index, never a panic
+    for at in range(0, len(good), 7):
+        data = bytearray(good)
+        data[at] ^= 0xFF
+        path.write_bytes(bytes(data))
+        try:
+            mapped = native.BM25.load(path, mmap=True)
+        except ValueError:
+            continue
+        try:
+            mapped.search("some words", k=5)
+            mapped.ids()
+        except ValueError:
+            pass
 
 
 SAVER = """

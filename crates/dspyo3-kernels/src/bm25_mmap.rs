@@ -447,6 +447,12 @@ impl MappedBm25 {
         self.layout.params
     }
 
+    /// Write a copy of the mapped file to `path` atomically (it may be the file this index was opened from:
+    /// the map keeps reading the old contents).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::atomic::write_atomic(path, &self.map)
+    }
+
     /// The tokenizer queries go through.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer

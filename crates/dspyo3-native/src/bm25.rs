@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 
-use dspyo3_kernels::bm25::{Bm25Index, Bm25Params, Variant};
+use dspyo3_kernels::bm25::{AllowList, Bm25Index, Bm25Params, Variant};
+use dspyo3_kernels::bm25_mmap::MappedBm25;
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyDict, PyList, PyString};
@@ -46,31 +48,103 @@ fn lock_released<'a, T: Send>(py: Python<'_>, lock: &'a Mutex<T>) -> MutexGuard<
 /// writer holds it, wait for it with the GIL released ([`read_released`]).
 #[pyclass(frozen, name = "BM25", module = "dspyo3_native")]
 struct PyBm25 {
-    inner: RwLock<Bm25Index>,
+    inner: Backend,
     ids: Mutex<IdCache>,
+}
+
+/// What a `BM25` object searches: an index in memory (mutable), or a saved file mapped read-only.
+enum Backend {
+    Owned(RwLock<Bm25Index>),
+    Mapped(MappedBm25),
 }
 
 type Hits = Vec<(u32, f32)>;
 
+/// The searches both backends answer, by document slot.
+trait Searcher: Sync {
+    fn allow(&self, ids: &[String]) -> AllowList;
+    fn docs(&self, query: &str, k: usize, allow: Option<&AllowList>) -> Hits;
+    fn tokens_docs(&self, tokens: &[String], k: usize, allow: Option<&AllowList>) -> Hits;
+    fn batch_docs(&self, queries: &[String], k: usize, allow: Option<&AllowList>) -> Vec<Hits>;
+}
+
+impl Searcher for Bm25Index {
+    fn allow(&self, ids: &[String]) -> AllowList {
+        self.allow_list(ids)
+    }
+    fn docs(&self, query: &str, k: usize, allow: Option<&AllowList>) -> Hits {
+        self.search_docs(query, k, allow)
+    }
+    fn tokens_docs(&self, tokens: &[String], k: usize, allow: Option<&AllowList>) -> Hits {
+        self.search_tokens_docs(tokens, k, allow)
+    }
+    fn batch_docs(&self, queries: &[String], k: usize, allow: Option<&AllowList>) -> Vec<Hits> {
+        self.search_batch_docs(queries, k, allow)
+    }
+}
+
+impl Searcher for MappedBm25 {
+    fn allow(&self, ids: &[String]) -> AllowList {
+        self.allow_list(ids)
+    }
+    fn docs(&self, query: &str, k: usize, allow: Option<&AllowList>) -> Hits {
+        self.search_docs(query, k, allow)
+    }
+    fn tokens_docs(&self, tokens: &[String], k: usize, allow: Option<&AllowList>) -> Hits {
+        self.search_tokens_docs(tokens, k, allow)
+    }
+    fn batch_docs(&self, queries: &[String], k: usize, allow: Option<&AllowList>) -> Vec<Hits> {
+        self.search_batch_docs(queries, k, allow)
+    }
+}
+
+const READ_ONLY: &str = "this index was opened read-only (mmap=True); load it with BM25.load(path) to change it";
+
 impl PyBm25 {
     fn wrap(index: Bm25Index) -> Self {
-        PyBm25 { inner: RwLock::new(index), ids: Mutex::new(IdCache::default()) }
+        PyBm25 { inner: Backend::Owned(RwLock::new(index)), ids: Mutex::new(IdCache::default()) }
+    }
+
+    /// The in-memory index, or `ValueError` for a read-only mapped one.
+    fn owned(&self) -> PyResult<&RwLock<Bm25Index>> {
+        match &self.inner {
+            Backend::Owned(lock) => Ok(lock),
+            Backend::Mapped(_) => Err(PyValueError::new_err(READ_ONLY)),
+        }
     }
 
     /// Run a search on the prepared index without the GIL; returns hits by slot and the layout they refer to.
-    fn run<R: Send>(&self, py: Python<'_>, search: impl Fn(&Bm25Index) -> R + Send + Sync) -> (R, u64) {
-        py.detach(|| {
-            let index = self.prepared();
-            (search(&index), index.layout_generation())
+    fn run<R: Send>(&self, py: Python<'_>, search: impl Fn(&dyn Searcher) -> R + Send + Sync) -> (R, u64) {
+        py.detach(|| match &self.inner {
+            Backend::Owned(lock) => {
+                let index = Self::prepared(lock);
+                (search(&*index), index.layout_generation())
+            }
+            Backend::Mapped(mapped) => (search(mapped), 0),
         })
     }
 
     /// Hits as `[(id, score), ...]` lists, reusing cached id strings; `None` if the layout changed meanwhile.
     fn to_python<'py>(&self, py: Python<'py>, batches: &[Hits], layout: u64) -> PyResult<Option<Vec<Bound<'py, PyList>>>> {
+        let lock = match &self.inner {
+            Backend::Owned(lock) => lock,
+            Backend::Mapped(mapped) => {
+                // ids read from the map per hit (no cache of every id: opening stays cheap)
+                let mut out = Vec::with_capacity(batches.len());
+                for hits in batches {
+                    let mut items = Vec::with_capacity(hits.len());
+                    for &(slot, score) in hits {
+                        items.push((PyString::new(py, mapped.doc_id(slot).map_err(to_py)?), score as f64));
+                    }
+                    out.push(PyList::new(py, items)?);
+                }
+                return Ok(Some(out));
+            }
+        };
         let mut cache = lock_released(py, &self.ids);
         let needed = batches.iter().flatten().map(|&(slot, _)| slot as usize + 1).max().unwrap_or(0);
         if cache.layout != layout || cache.ids.len() < needed {
-            let index = read_released(py, &self.inner);
+            let index = read_released(py, lock);
             if index.layout_generation() != layout {
                 return Ok(None);
             }
@@ -93,7 +167,7 @@ impl PyBm25 {
     fn search_many<'py>(
         &self,
         py: Python<'py>,
-        search: impl Fn(&Bm25Index) -> Vec<Hits> + Send + Sync,
+        search: impl Fn(&dyn Searcher) -> Vec<Hits> + Send + Sync,
     ) -> PyResult<Vec<Bound<'py, PyList>>> {
         loop {
             let (hits, layout) = self.run(py, &search);
@@ -106,22 +180,22 @@ impl PyBm25 {
     fn search_one<'py>(
         &self,
         py: Python<'py>,
-        search: impl Fn(&Bm25Index) -> Hits + Send + Sync,
+        search: impl Fn(&dyn Searcher) -> Hits + Send + Sync,
     ) -> PyResult<Bound<'py, PyList>> {
         let mut lists = self.search_many(py, |index| vec![search(index)])?;
         Ok(lists.pop().expect("one list"))
     }
 
     /// A read guard on an index whose precomputed scores are current (refreshed after changes).
-    fn prepared(&self) -> RwLockReadGuard<'_, Bm25Index> {
+    fn prepared(lock: &RwLock<Bm25Index>) -> RwLockReadGuard<'_, Bm25Index> {
         {
-            let index = self.inner.read();
+            let index = lock.read();
             if !index.is_dirty() {
                 return index;
             }
         }
-        self.inner.write().prepare();
-        self.inner.read()
+        lock.write().prepare();
+        lock.read()
     }
 }
 
@@ -150,17 +224,20 @@ impl PyBm25 {
     /// Add (or replace, by id) documents; tokenized in parallel without the GIL. The texts are read in place
     /// (not copied) from the Python strings.
     fn add(&self, py: Python<'_>, ids: Vec<String>, texts: Vec<PyBackedStr>) -> PyResult<()> {
-        py.detach(|| self.inner.write().add(&ids, &texts)).map_err(to_py)
+        let lock = self.owned()?;
+        py.detach(|| lock.write().add(&ids, &texts)).map_err(to_py)
     }
 
     /// Add (or replace, by id) pre-tokenized documents.
     fn add_tokens(&self, py: Python<'_>, ids: Vec<String>, tokens: Vec<Vec<String>>) -> PyResult<()> {
-        py.detach(|| self.inner.write().add_tokens(&ids, &tokens)).map_err(to_py)
+        let lock = self.owned()?;
+        py.detach(|| lock.write().add_tokens(&ids, &tokens)).map_err(to_py)
     }
 
     /// Delete documents by id (unknown ids are ignored); returns how many were deleted.
-    fn delete(&self, py: Python<'_>, ids: Vec<String>) -> usize {
-        py.detach(|| self.inner.write().delete(&ids))
+    fn delete(&self, py: Python<'_>, ids: Vec<String>) -> PyResult<usize> {
+        let lock = self.owned()?;
+        Ok(py.detach(|| lock.write().delete(&ids)))
     }
 
     /// Top `k` `(id, score)` for one query, best first; `allow` restricts results to those ids.
@@ -173,8 +250,8 @@ impl PyBm25 {
         allow: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyList>> {
         self.search_one(py, |index| {
-            let allow = allow.as_ref().map(|ids| index.allow_list(ids));
-            index.search_docs(query, k, allow.as_ref())
+            let allow = allow.as_ref().map(|ids| index.allow(ids));
+            index.docs(query, k, allow.as_ref())
         })
     }
 
@@ -188,8 +265,8 @@ impl PyBm25 {
         allow: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyList>> {
         self.search_one(py, |index| {
-            let allow = allow.as_ref().map(|ids| index.allow_list(ids));
-            index.search_tokens_docs(&tokens, k, allow.as_ref())
+            let allow = allow.as_ref().map(|ids| index.allow(ids));
+            index.tokens_docs(&tokens, k, allow.as_ref())
         })
     }
 
@@ -203,48 +280,74 @@ impl PyBm25 {
         allow: Option<Vec<String>>,
     ) -> PyResult<Vec<Bound<'py, PyList>>> {
         self.search_many(py, |index| {
-            let allow = allow.as_ref().map(|ids| index.allow_list(ids));
-            index.search_batch_docs(&queries, k, allow.as_ref())
+            let allow = allow.as_ref().map(|ids| index.allow(ids));
+            index.batch_docs(&queries, k, allow.as_ref())
         })
     }
 
     /// Tokens a text (or query) becomes under this index's tokenizer.
     fn tokenize(&self, py: Python<'_>, text: &str) -> Vec<String> {
-        read_released(py, &self.inner).tokenize_query(text)
+        match &self.inner {
+            Backend::Owned(lock) => read_released(py, lock).tokenize_query(text),
+            Backend::Mapped(mapped) => mapped.tokenize_query(text),
+        }
     }
 
-    /// Write the index to `path` atomically (a crash mid-save leaves the previous file intact).
+    /// Write the index to `path` atomically (a crash mid-save leaves the previous file intact). A mapped index
+    /// writes a copy of its file.
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        py.detach(|| self.prepared().save(&path)).map_err(to_py)
+        py.detach(|| match &self.inner {
+            Backend::Owned(lock) => Self::prepared(lock).save(&path),
+            Backend::Mapped(mapped) => mapped.save(&path),
+        })
+        .map_err(to_py)
     }
 
-    /// Read an index written by `save`; a foreign, newer or corrupt file raises `IndexFormatError`.
+    /// Read an index written by `save`; a foreign, newer or corrupt file raises `IndexFormatError`. With
+    /// `mmap=True` the file is searched in place from a read-only memory map (opens in milliseconds; changes
+    /// raise `ValueError`).
     #[staticmethod]
-    fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+    #[pyo3(signature = (path, *, mmap=false))]
+    fn load(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<Self> {
+        if mmap {
+            let mapped = py.detach(|| MappedBm25::open(&path)).map_err(to_py)?;
+            return Ok(PyBm25 { inner: Backend::Mapped(mapped), ids: Mutex::new(IdCache::default()) });
+        }
         let index = py.detach(|| Bm25Index::load(&path)).map_err(to_py)?;
         Ok(PyBm25::wrap(index))
     }
 
     /// Drop deleted documents from memory now (also done automatically).
-    fn compact(&self, py: Python<'_>) {
-        py.detach(|| self.inner.write().compact())
+    fn compact(&self, py: Python<'_>) -> PyResult<()> {
+        let lock = self.owned()?;
+        py.detach(|| lock.write().compact());
+        Ok(())
     }
 
     /// Ids of live documents, in insertion order.
-    fn ids(&self, py: Python<'_>) -> Vec<String> {
-        read_released(py, &self.inner).ids()
+    fn ids(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        match &self.inner {
+            Backend::Owned(lock) => Ok(read_released(py, lock).ids()),
+            Backend::Mapped(mapped) => py.detach(|| mapped.ids()).map_err(to_py),
+        }
     }
 
     /// Distinct terms in live documents.
     #[getter]
     fn vocabulary_size(&self, py: Python<'_>) -> usize {
-        read_released(py, &self.inner).vocabulary_size()
+        match &self.inner {
+            Backend::Owned(lock) => read_released(py, lock).vocabulary_size(),
+            Backend::Mapped(mapped) => mapped.vocabulary_size(),
+        }
     }
 
     /// Scoring parameters: `{"variant", "k1", "b", "delta"}`.
     #[getter]
     fn params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let params = read_released(py, &self.inner).params();
+        let params = match &self.inner {
+            Backend::Owned(lock) => read_released(py, lock).params(),
+            Backend::Mapped(mapped) => mapped.params(),
+        };
         let out = PyDict::new(py);
         out.set_item("variant", params.variant.name())?;
         out.set_item("k1", params.k1)?;
@@ -254,16 +357,28 @@ impl PyBm25 {
     }
 
     fn __len__(&self, py: Python<'_>) -> usize {
-        read_released(py, &self.inner).len()
+        match &self.inner {
+            Backend::Owned(lock) => read_released(py, lock).len(),
+            Backend::Mapped(mapped) => mapped.len(),
+        }
     }
 
     fn __contains__(&self, py: Python<'_>, id: &str) -> bool {
-        read_released(py, &self.inner).contains(id)
+        match &self.inner {
+            Backend::Owned(lock) => read_released(py, lock).contains(id),
+            Backend::Mapped(mapped) => mapped.contains(id),
+        }
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
-        let index = read_released(py, &self.inner);
-        format!("BM25(variant={:?}, documents={})", index.params().variant.name(), index.len())
+        let (params, len, mapped) = match &self.inner {
+            Backend::Owned(lock) => {
+                let index = read_released(py, lock);
+                (index.params(), index.len(), "")
+            }
+            Backend::Mapped(mapped) => (mapped.params(), mapped.len(), ", mmap=True"),
+        };
+        format!("BM25(variant={:?}, documents={len}{mapped})", params.variant.name())
     }
 }
 

@@ -94,10 +94,19 @@ class BM25:
     def tokenize(self, text: str) -> list[str]:
         """Tokens a text becomes under this index's tokenizer."""
     def save(self, path: str | PathLike[str]) -> None:
-        """Write the index atomically (a crash mid-save leaves the previous file intact)."""
+        """Write the index atomically (a crash mid-save leaves the previous file intact).
+
+        A read-only index (``load(..., mmap=True)``) writes a copy of its file.
+        """
     @staticmethod
-    def load(path: str | PathLike[str]) -> BM25:
-        """Read an index written by ``save``; a foreign, newer or corrupt file raises ``IndexFormatError``."""
+    def load(path: str | PathLike[str], *, mmap: bool = False) -> BM25:
+        """Read an index written by ``save``; a foreign, newer or corrupt file raises ``IndexFormatError``.
+
+        With ``mmap=True`` the file is searched in place from a read-only memory map: opening reads only its
+        header and offset tables (milliseconds, whatever the size) and every read method works, but ``add``,
+        ``add_tokens``, ``delete`` and ``compact`` raise ``ValueError``. Only files saved by this version
+        (format 2) open this way; load an older file with ``mmap=False`` and save it again.
+        """
     def compact(self) -> None:
         """Drop deleted documents from memory now (also done automatically)."""
     def ids(self) -> list[str]:
