@@ -147,6 +147,41 @@ def test_adds_and_deletes_keep_the_persisted_index_in_line(tmp_path: Path) -> No
             reopened.close()
 
 
+def test_searches_map_the_keyword_index_and_an_add_after_them_still_lands(tmp_path: Path) -> None:
+    _indexed(tmp_path)
+    collection = RagCollection(tmp_path, "kb")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", IndexRebuiltWarning)
+            assert [p.id for p in collection.search("which animal purrs", 1, "bm25")] == ["cats"]
+            assert "mmap=True" in repr(collection.keyword_index()), "a search opens the file memory-mapped"
+            # the same object adds next: the index is loaded in full to change, and searches see the change
+            collection.add([Chunk("bees", "bees make honey in hives", {"source": "c.jsonl"})])
+            assert [p.id for p in collection.search("honey hives", 1, "bm25")] == ["bees"]
+    finally:
+        collection.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IndexRebuiltWarning)
+        assert _search(tmp_path, "honey hives", "bm25") == ["bees"]
+        assert _search(tmp_path, "which animal purrs", "bm25")[0] == "cats"
+
+
+def test_an_index_file_marked_with_another_format_is_rebuilt_with_a_warning(tmp_path: Path) -> None:
+    import dspyo3_native
+
+    collection = _indexed(tmp_path)
+    bm25_file = collection.keyword_dir / "bm25.bin"
+    # a file whose header names another format (format 1, what earlier versions wrote, is never memory-mapped)
+    # is not served: rebuilt once, in the current format
+    original = bm25_file.read_bytes()
+    assert original[8:12] == (2).to_bytes(4, "little")
+    assert dspyo3_native.BM25.load(bm25_file).ids(), "the full load reads the file"
+    bm25_file.write_bytes(original[:8] + (1).to_bytes(4, "little") + original[12:])
+    with pytest.warns(IndexRebuiltWarning, match="rebuilt from chunks.jsonl"):
+        assert _search(tmp_path, "night hunting owls", "bm25")[0] == "owls"
+    assert bm25_file.read_bytes()[8:12] == (2).to_bytes(4, "little")
+
+
 def test_large_adds_go_in_batches(tmp_path: Path) -> None:
     chunks = [Chunk(f"c{i}", f"document number {i} about topic {i % 7}", {}) for i in range(1300)]
     collection = RagCollection(tmp_path, "kb")

@@ -327,7 +327,8 @@ class RagCollection:
         self.store_name: str = recorded or store or DEFAULT_STORE
         self._factory = _store_factory(self.store_name)
         self._store: VectorStore | None = None
-        self._bm25: Any = None  # the loaded native BM25 (lazily)
+        self._bm25: Any = None  # the native BM25 (opened lazily)
+        self._bm25_mapped = False  # whether _bm25 is the read-only memory-mapped file
         self._db: sqlite3.Connection | None = None
 
     @property
@@ -739,7 +740,7 @@ class RagCollection:
         os.replace(temp, self._db_file)
         bm25.save(self._bm25_file)
         self._write_manifest(len(bm25))
-        self._bm25 = bm25
+        self._bm25, self._bm25_mapped = bm25, False
 
     def _write_manifest(self, count: int) -> None:
         atomic_write_text(self._manifest_file, json.dumps(
@@ -751,12 +752,15 @@ class RagCollection:
             self._db = None
         self._bm25 = None
 
-    def _load_bm25(self) -> Any:
-        """The persisted BM25, loaded once (``IndexFormatError``, a ``ValueError``, when corrupt)."""
+    def _load_bm25(self, *, mutable: bool = False) -> Any:
+        """The persisted BM25, opened once (``IndexFormatError``, a ``ValueError``, when corrupt or written in an
+        older format). For searching it is memory-mapped: opening reads the file's tables, not its postings, so a
+        large collection answers at once. ``mutable`` loads it in full, for an add to change it."""
         import dspyo3_native as native
 
-        if self._bm25 is None:
-            self._bm25 = native.BM25.load(self._bm25_file)
+        if self._bm25 is None or (mutable and self._bm25_mapped):
+            self._bm25 = native.BM25.load(self._bm25_file, mmap=not mutable)
+            self._bm25_mapped = not mutable
         return self._bm25
 
     def _connect(self) -> sqlite3.Connection:
@@ -853,7 +857,7 @@ class _StreamingAdd:
         self.db: sqlite3.Connection | None = None
         if index_current:  # updated as the batches go; otherwise written afresh after the commit
             try:
-                self.bm25 = collection._load_bm25()
+                self.bm25 = collection._load_bm25(mutable=True)
                 self.db = collection._connect()
             except (OSError, ValueError, sqlite3.Error):
                 self._drop_index()
