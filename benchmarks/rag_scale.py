@@ -11,13 +11,13 @@ synthetic document ``syn-<n>`` joins 3 to 8 sentences drawn uniformly with repla
 ``random.Random(--seed)`` (default 24) consumed in document order, so a size always gives the same documents and
 a smaller size is a prefix of a larger one. A document is one chunk (about 80-220 words: under the CLI's 200-word
 window, so nothing is split further) with metadata ``{"source": "scifact"|"synthetic"}``. Documents are
-generated lazily and handed to the collection ``--batch`` (10,000) at a time, so generating 1M chunks never holds
-more than one batch.
+generated lazily and handed to one ``add`` call as a generator, which the collection consumes a batch at a time,
+so generating 1M chunks never holds more than one batch.
 
 Per size and store, each step in a fresh child process (its peak RSS is the child's ``ru_maxrss`` from
 ``wait4``; a child above ``--max-rss-mb`` or ``--timeout`` is stopped and reported under ``skipped``):
 - ``build``: ``RagCollection(..., store=NAME)`` (the collection API; a store the API or the plugin registry does
-  not offer is reported under ``skipped`` with the reason), ``add`` batch by batch, ``close``: ``add_s``,
+  not offer is reported under ``skipped`` with the reason), one streaming ``add``, ``close``: ``add_s``,
   ``peak_rss_mb``; then ``disk_mb`` (allocated blocks of the collection folder);
 - ``query``: reopen (``RagCollection`` + its hybrid retriever ready, what a command does before answering:
   ``reopen_s``), then ``--queries`` (200) SciFact queries one call each, k=10, for BM25, dense and hybrid:
@@ -32,7 +32,9 @@ SciFact's 300 judged test queries (top 100, nDCG@10 by BEIR's conventions), with
 (lowercase, bm25s's English stopwords, English Snowball stemming, tokens of 2+ characters; Lucene k1=1.2 b=0.75),
 k=10 over SciFact's 1,109 queries (batch call, best of 3, garbage collector paused), one and two threads (bm25s's
 ``n_threads``, dspyo3's ``RAYON_NUM_THREADS``); each contender in a child of its own, whose ``ru_maxrss`` is its
-RSS (both hold the corpus texts as Python strings).
+RSS (both hold the corpus texts as Python strings). bm25s runs twice: with its default backend (NumPy, what
+``bm25s.BM25()`` uses: ``bm25s_*``) and with its Numba backend (``backend="numba"``, JIT-compiled, the first call
+excluded by best-of-3: ``bm25s_numba_*``); the ratios are against each.
 
 The last stdout line is the JSON result.
 """
@@ -252,7 +254,8 @@ def worker_bm25(args: argparse.Namespace) -> None:
         stemmer = Stemmer.Stemmer("english")
         t = time.perf_counter()
         tokens = bm25s.tokenize(docs, stopwords=stopwords, stemmer=stemmer, show_progress=False)
-        retriever = bm25s.BM25(method="lucene", k1=1.2, b=0.75)
+        retriever = bm25s.BM25(method="lucene", k1=1.2, b=0.75,
+                               backend="numba" if args.impl == "bm25s_numba" else "numpy")
         retriever.index(tokens, show_progress=False)
         del tokens
         out["index_s"] = round(time.perf_counter() - t, 2)
@@ -349,8 +352,7 @@ def measure_store(args: argparse.Namespace, size: int, store: str, work: Path,
     root.mkdir(parents=True)
     try:
         log(f"{store} @ {size:,}: build")
-        built = child(args, "build", ["--size", str(size), "--store", store, "--dir", str(root),
-                                      "--batch", str(args.batch)])
+        built = child(args, "build", ["--size", str(size), "--store", store, "--dir", str(root)])
         if "skipped" in built:
             skipped[f"{size}/{store}"] = built["skipped"]
             log(f"{store} @ {size:,}: skipped: {built['skipped']}")
@@ -385,7 +387,6 @@ def main() -> None:
     parser.add_argument("--bm25-sizes", default="5000,50000,500000")
     parser.add_argument("--data", type=Path, default=DATA / "scifact", help="BEIR-layout SciFact folder")
     parser.add_argument("--seed", type=int, default=24)
-    parser.add_argument("--batch", type=int, default=10000, help="chunks per add call")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--query-budget-s", type=float, default=300.0,
                         help="per retriever kind; a slower kind stops early and reports how many queries ran")
@@ -399,7 +400,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
-    parser.add_argument("--impl", choices=["dspyo3", "bm25s"], help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=["dspyo3", "bm25s", "bm25s_numba"], help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -444,7 +445,7 @@ def main() -> None:
                     result["sizes"].setdefault(str(size), {})[store] = row
         for size in bm25_sizes:
             row = {}
-            for impl, threads in (("dspyo3", 1), ("dspyo3", 2), ("bm25s", 0)):
+            for impl, threads in (("dspyo3", 1), ("dspyo3", 2), ("bm25s", 0), ("bm25s_numba", 0)):
                 log(f"bm25 @ {size:,}: {impl}" + (f" {threads} thread(s)" if threads else " 1 and 2 threads"))
                 got = child(args, "bm25", ["--size", str(size), "--impl", impl, "--threads", str(threads or 1)],
                             env={"RAYON_NUM_THREADS": str(threads or 1)})
@@ -459,16 +460,17 @@ def main() -> None:
                     row[f"{impl}_index_s"] = got["index_s"]
                     # RSS once the index is built less RSS with only the corpus loaded: the index's own memory
                     row[f"{impl}_index_mb"] = round(got["indexed_rss_mb"] - got["corpus_rss_mb"], 1)
-            if "dspyo3_qps_1t" in row and "bm25s_qps_1t" in row:
-                row["qps_ratio_1t"] = round(row["dspyo3_qps_1t"] / row["bm25s_qps_1t"], 2)
-                row["rss_ratio"] = round(row["dspyo3_rss_mb"] / row["bm25s_rss_mb"], 2)
+            for anchor, suffix in (("bm25s", ""), ("bm25s_numba", "_numba")):
+                if "dspyo3_qps_1t" in row and f"{anchor}_qps_1t" in row:
+                    row[f"qps_ratio_1t{suffix}"] = round(row["dspyo3_qps_1t"] / row[f"{anchor}_qps_1t"], 2)
+                    row[f"rss_ratio{suffix}"] = round(row["dspyo3_rss_mb"] / row[f"{anchor}_rss_mb"], 2)
             log(f"bm25 @ {size:,}: {row}")
             result["bm25"][str(size)] = row
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
     result["skipped"] = skipped
-    result["settings"] = {"seed": args.seed, "batch": args.batch, "queries": args.queries, "k": 10,
+    result["settings"] = {"seed": args.seed, "queries": args.queries, "k": 10,
                           "query_budget_s": args.query_budget_s, "stores": stores, "cpus": os.cpu_count(),
                           "parent_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     bars = [(f"{store} {size}", row.get("hybrid_p99_ms", 0.0)) for size, rows in result["sizes"].items()
