@@ -1186,6 +1186,28 @@ pub(crate) fn pruned_top_k(
         theta = kth_largest(&buf.scores, &buf.touched, k, &mut partial) / slack;
         rest = 0.0;
     }
+    let remaining: usize = order[next..].iter().filter_map(|&q| query[q].map(|t| t.docs.len())).sum();
+    let survivors = buf.touched.iter().filter(|&&d| (buf.scores[d as usize] as f64 + rest) * slack >= theta).count();
+    if survivors.saturating_mul(DENSE_PROBE_FACTOR) > remaining {
+        // many survivors against the postings left: one sequential pass over each remaining term's postings,
+        // adding only to documents already touched (an untouched one cannot reach the top k), is cheaper than
+        // sorting the survivors and probing the postings for each
+        for &q in &order[next..] {
+            let Some(term) = query[q] else { continue };
+            for (&doc, &impact) in term.docs.iter().zip(term.impacts) {
+                if let Some(slot) = buf.scores.get_mut(doc as usize) {
+                    if *slot != 0.0 && accept(doc) {
+                        *slot += term.idf * impact;
+                    }
+                }
+            }
+        }
+        next = order.len();
+        rest = 0.0;
+        if buf.touched.len() >= k {
+            theta = theta.max(kth_largest(&buf.scores, &buf.touched, k, &mut partial) / slack);
+        }
+    }
     let mut candidates: Vec<(u32, f32)> = buf
         .touched
         .iter()
@@ -1249,6 +1271,10 @@ fn kth_largest(scores: &[f32], touched: &[u32], k: usize, scratch: &mut Vec<f32>
 
 /// Documents tokenized together by [`Bm25Index::add`] (bounds the memory held by token lists).
 const ADD_BATCH: usize = 65_536;
+
+/// Survivors of pruning times this above the postings still to score: the rest are scored by one pass over
+/// those postings instead of a sorted probe per survivor.
+const DENSE_PROBE_FACTOR: usize = 8;
 
 /// How many of the first-touched documents bound the k-th best score while pruning.
 const EARLY_CANDIDATES: usize = 4096;
