@@ -137,3 +137,29 @@ def test_a_shard_open_elsewhere_is_busy_not_corrupt(tmp_path: Path) -> None:
         assert not isinstance(caught.value, StoreCorruptError)
     finally:
         first.close()
+
+
+def test_large_writes_are_indexed_segment_by_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dspyo3_rag.stores.qdrant_edge as edge_store
+
+    # 64 points of 16 float32 dimensions per segment: 640 points make about ten segments, each indexed as written
+    monkeypatch.setattr(edge_store, "SEGMENT_BYTES", 64 * 16 * 4)
+    monkeypatch.setattr(edge_store, "INDEXING_THRESHOLD_KB", 1)
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((640, 16)).astype(np.float32)
+    ids = [f"p{i}" for i in range(640)]
+    store = QdrantEdgeStore(tmp_path / "s")
+    store.create_collection("c", 16)
+    for start in range(0, 640, 32):
+        store.upsert("c", ids[start:start + 32], vectors[start:start + 32],
+                     [{"n": i} for i in range(start, start + 32)])
+    segments = [p for p in (tmp_path / "s" / "c" / "points" / "segments").iterdir() if p.is_dir()]
+    assert len(segments) >= 5, "the points were indexed as several segments while they were written"
+    store.close()
+    again = QdrantEdgeStore(tmp_path / "s")
+    try:
+        assert again.count("c") == 640
+        for i in (0, 333, 639):
+            assert again.search("c", vectors[i].tolist(), k=1)[0].id == f"p{i}"
+    finally:
+        again.close()

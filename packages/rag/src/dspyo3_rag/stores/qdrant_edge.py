@@ -25,6 +25,11 @@ _META = "collection.json"
 _DEFAULT_SHARD = "points"
 _SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 _DISTANCES = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid"}
+SEGMENT_BYTES = 256 * 1024 * 1024
+"""Vectors (float32) a shard takes before they are indexed (HNSW) as a segment of their own; also the size up to
+which the engine merges segments. Bounds the memory an index build maps besides the stored vectors."""
+INDEXING_THRESHOLD_KB: int | None = None
+"""A segment below this size (KB) is searched exactly rather than by HNSW; ``None``: the engine's default."""
 
 
 def _dirname(name: str) -> str:
@@ -60,6 +65,7 @@ class QdrantEdgeStore(VectorStore):
         self.path.mkdir(parents=True, exist_ok=True)
         self._shards: dict[tuple[str, str | None], Any] = {}
         self._dirty: set[tuple[str, str | None]] = set()
+        self._unindexed: dict[tuple[str, str | None], int] = {}  # vector bytes written since the last optimize
         self._described: dict[str, tuple[int, str]] = {}
 
     def __repr__(self) -> str:
@@ -76,6 +82,7 @@ class QdrantEdgeStore(VectorStore):
                     shard.optimize()
                     shard.flush()
                 self._dirty.discard(key)
+                self._unindexed.pop(key, None)
 
     def close(self) -> None:
         """Index what was written (:meth:`optimize`), flush and close every shard; a temporary store is removed."""
@@ -85,6 +92,7 @@ class QdrantEdgeStore(VectorStore):
             for shard in self._shards.values():
                 shard.close()
             self._shards.clear()
+            self._unindexed.clear()
             self._described.clear()
             if self._temp is not None:
                 self._temp.cleanup()
@@ -111,8 +119,11 @@ class QdrantEdgeStore(VectorStore):
             if not create:
                 return None
             dim, distance = self._require(collection)
-            config = edge.EdgeConfig(vectors=edge.EdgeVectorParams(
-                size=dim, distance=getattr(edge.Distance, _DISTANCES[distance])))
+            config = edge.EdgeConfig(
+                vectors=edge.EdgeVectorParams(size=dim, distance=getattr(edge.Distance, _DISTANCES[distance])),
+                # segments stay near SEGMENT_BYTES: merging them back into one would copy every vector again
+                optimizers=edge.EdgeOptimizersConfig(max_segment_size=SEGMENT_BYTES // 1024,
+                                                     indexing_threshold=INDEXING_THRESHOLD_KB))
             shard = edge.EdgeShard.create(str(folder), config)
         else:
             try:
@@ -142,6 +153,7 @@ class QdrantEdgeStore(VectorStore):
         for key in [key for key in self._shards if key[0] == collection]:
             self._shards.pop(key).close()
             self._dirty.discard(key)
+            self._unindexed.pop(key, None)
         self._described.pop(collection, None)
         folder = self._folder(collection)
         doomed = self.path / f".dropping-{uuid.uuid4().hex}"
@@ -195,7 +207,16 @@ class QdrantEdgeStore(VectorStore):
         points = [edge.Point(self._point_id(i), list(v), _payload(i, m))
                   for i, v, m in zip(ids, rows, metadata, strict=True)]
         shard.update(edge.UpdateOperation.upsert_points(points))
-        self._dirty.add((collection, namespace))
+        key = (collection, namespace)
+        self._dirty.add(key)
+        written = self._unindexed.get(key, 0) + 4 * len(rows) * (len(rows[0]) if len(rows) else 0)
+        if written >= SEGMENT_BYTES:
+            # index what was written as a segment of its own now, so building an index never copies more than
+            # SEGMENT_BYTES of vectors at once and a large add is searchable by HNSW as it goes
+            shard.optimize()
+            self._dirty.discard(key)
+            written = 0
+        self._unindexed[key] = written
 
     def _delete(self, collection: str, ids: Sequence[str], namespace: str | None) -> None:
         import qdrant_edge as edge
