@@ -18,7 +18,8 @@ Per size and store, each step in a fresh child process (its peak RSS is the chil
 ``wait4``; a child above ``--max-rss-mb`` or ``--timeout`` is stopped and reported under ``skipped``):
 - ``build``: ``RagCollection(..., store=NAME)`` (the collection API; a store the API or the plugin registry does
   not offer is reported under ``skipped`` with the reason), one streaming ``add``, ``close``: ``add_s``,
-  ``peak_rss_mb``; then ``disk_mb`` (allocated blocks of the collection folder);
+  ``peak_rss_mb`` (ru_maxrss: memory-mapped store files the child touched count in it) and ``peak_anon_mb`` (its
+  own heap, sampled); then ``disk_mb`` (allocated blocks of the collection folder);
 - ``query``: reopen (``RagCollection`` + its hybrid retriever ready, what a command does before answering:
   ``reopen_s``), then ``--queries`` (200) SciFact queries one call each, k=10, for BM25, dense and hybrid:
   ``*_p50_ms`` / ``*_p99_ms`` (a kind stops after ``--query-budget-s`` and says how many queries it ran);
@@ -273,10 +274,10 @@ def worker_bm25(args: argparse.Namespace) -> None:
 
 # -- parent ----------------------------------------------------------------------------------------------------
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, field: str = "VmRSS:") -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -286,15 +287,19 @@ def _rss_mb(pid: int) -> float:
 def child(args: argparse.Namespace, worker: str, extra: list[str],
           env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run this script as ``--worker WORKER`` in a fresh process (its own process group); its JSON plus
-    ``rss_mb`` (ru_maxrss), or ``{"skipped": reason}`` on a time-out, a memory cap or a failure."""
+    ``rss_mb`` (ru_maxrss, which counts the pages of memory-mapped files the child touched) and ``anon_mb`` (the
+    peak of its anonymous memory, ``RssAnon``, sampled every 0.2 s), or ``{"skipped": reason}`` on a time-out, a
+    memory cap or a failure."""
     cmd = [sys.executable, SCRIPT, "--worker", worker, "--data", str(args.data), "--seed", str(args.seed), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, **(env or {})})
     killed: list[str] = []
+    anon_peak = [0.0]
 
     def watch() -> None:
         deadline = time.monotonic() + args.timeout
         while proc.poll() is None:
+            anon_peak[0] = max(anon_peak[0], _rss_mb(proc.pid, "RssAnon:"))
             if time.monotonic() > deadline:
                 killed.append(f"stopped after the {args.timeout:g} s time limit (--timeout)")
             elif _rss_mb(proc.pid) > args.max_rss_mb:
@@ -317,6 +322,7 @@ def child(args: argparse.Namespace, worker: str, extra: list[str],
         return {"skipped": f"{worker} failed (exit {proc.returncode}; see stderr above)"}
     result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
     result["rss_mb"] = round(usage.ru_maxrss / 1024, 1)
+    result["anon_mb"] = round(anon_peak[0], 1)
     return result
 
 
@@ -358,14 +364,16 @@ def measure_store(args: argparse.Namespace, size: int, store: str, work: Path,
             log(f"{store} @ {size:,}: skipped: {built['skipped']}")
             return None
         row: dict[str, Any] = {"add_s": built["add_s"], "peak_rss_mb": built["rss_mb"],
-                               "disk_mb": disk_mb(root / COLLECTION)}
-        log(f"{store} @ {size:,}: add {row['add_s']}s, peak {row['peak_rss_mb']:,} MB, disk {row['disk_mb']} MB")
+                               "peak_anon_mb": built["anon_mb"], "disk_mb": disk_mb(root / COLLECTION)}
+        log(f"{store} @ {size:,}: add {row['add_s']}s, peak {row['peak_rss_mb']:,} MB (anonymous "
+            f"{row['peak_anon_mb']:,} MB), disk {row['disk_mb']} MB")
         queried = child(args, "query", ["--store", store, "--dir", str(root), "--queries", str(args.queries),
                                         "--query-budget-s", str(args.query_budget_s)])
         if "skipped" in queried:
             skipped[f"{size}/{store}/query"] = queried["skipped"]
         else:
             queried["query_rss_mb"] = queried.pop("rss_mb")
+            queried["query_anon_mb"] = queried.pop("anon_mb")
             row.update(queried)
             log(f"{store} @ {size:,}: reopen {row['reopen_s']}s")
             try:
@@ -431,6 +439,7 @@ def main() -> None:
                         unavailable[store] = got["skipped"]
                     continue
                 got.pop("rss_mb", None)
+                got.pop("anon_mb", None)
                 result["scifact_ndcg10_by_store"][store] = got
                 if not result["scifact_ndcg10"]:
                     result["scifact_ndcg10"] = {**got, "store": store}
