@@ -214,6 +214,7 @@ class QdrantEdgeStore(VectorStore):
             # index what was written as a segment of its own now, so building an index never copies more than
             # SEGMENT_BYTES of vectors at once and a large add is searchable by HNSW as it goes
             shard.optimize()
+            shard.flush()  # the segments the optimizer replaced stay on disk, and mapped, until a flush
             self._dirty.discard(key)
             written = 0
         self._unindexed[key] = written
