@@ -21,10 +21,18 @@ fn temp_path(path: &Path) -> Result<PathBuf> {
 
 /// Replace `path` with `bytes` atomically (see module docs). The temporary file is removed on failure.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |file| Ok(file.write_all(bytes)?))
+}
+
+/// Replace `path` atomically with whatever `write` puts into the temporary file it is handed (it may seek
+/// and rewrite; the file starts empty). The file is then synced, renamed over `path` and the directory
+/// synced, as in [`write_atomic`]. On any error, from `write` or after it, the temporary file is removed and
+/// `path` keeps its old contents.
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
     let temp = temp_path(path)?;
     let result = (|| -> Result<()> {
         let mut file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
-        file.write_all(bytes)?;
+        write(&mut file)?;
         file.sync_all()?;
         drop(file);
         fs::rename(&temp, path)?;

@@ -172,6 +172,51 @@ struct Postings {
     max_impact: f32,
 }
 
+/// The postings of a format 2 save, read from the index one array at a time: live documents only, renumbered
+/// through `new_slot`, impacts recomputed for the live documents' length factors.
+struct V2Postings<'a> {
+    index: &'a Bm25Index,
+    /// `(term, term number)` in file order.
+    terms: &'a [(&'a str, usize)],
+    new_slot: &'a [u32],
+    length_factor: &'a [f32],
+}
+
+impl V2Postings<'_> {
+    /// Call `f(impact)` for each live posting of term number `t`, in postings order.
+    fn for_each_live(&self, t: usize, mut f: impl FnMut(f32)) {
+        let postings = &self.index.postings[t];
+        for (&doc, &tf) in postings.docs.iter().zip(&postings.tfs) {
+            let slot = self.new_slot[doc as usize];
+            if slot != u32::MAX {
+                f(self.index.params.tfc(tf, self.length_factor[slot as usize]));
+            }
+        }
+    }
+}
+
+impl crate::bm25_mmap::PostingsSource for V2Postings<'_> {
+    fn write_section(&self, section: usize, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        use crate::bm25_mmap::{POST_DOCS, POST_TFS};
+        for &(_, t) in self.terms {
+            let postings = &self.index.postings[t];
+            for (&doc, &tf) in postings.docs.iter().zip(&postings.tfs) {
+                let slot = self.new_slot[doc as usize];
+                if slot == u32::MAX {
+                    continue;
+                }
+                let value = match section {
+                    POST_DOCS => slot,
+                    POST_TFS => tf,
+                    _ => self.index.params.tfc(tf, self.length_factor[slot as usize]).to_bits(),
+                };
+                out.write_all(&value.to_le_bytes())?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Per-thread scratch space for scoring one query. Every contribution is positive (terms whose IDF is not
 /// are skipped), so a zero score means "not touched yet" and only touched entries are reset afterwards.
 pub(crate) struct ScoreBuf {
@@ -793,8 +838,63 @@ impl Bm25Index {
     /// Write the index to `path` atomically (format [`FORMAT_VERSION`]): a crash mid-save leaves any previous
     /// file intact. The file holds the prepared, compacted index (live documents only, postings ordered by
     /// term), so [`crate::bm25_mmap::MappedBm25::open`] can search it straight from a memory map.
+    ///
+    /// The file is streamed to disk: besides the index, saving holds only O(terms + documents) (the per-term
+    /// and per-document arrays), never a copy of the postings or of the file.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::atomic::write_atomic(path, &self.encode_v2())
+        let mut new_slot = vec![u32::MAX; self.docs.len()];
+        let mut live_docs: Vec<&Doc> = Vec::with_capacity(self.live);
+        for (d, doc) in self.docs.iter().enumerate() {
+            if self.alive[d] {
+                new_slot[d] = live_docs.len() as u32;
+                live_docs.push(doc);
+            }
+        }
+        let avgdl = self.avgdl();
+        let length_factor: Vec<f32> = live_docs.iter().map(|d| self.length_factor_of(d, avgdl)).collect();
+        let mut terms: Vec<(&str, usize)> = Vec::new();
+        for (t, postings) in self.postings.iter().enumerate() {
+            if postings.docs.iter().any(|&d| self.alive[d as usize]) {
+                terms.push((&self.terms[t], t));
+            }
+        }
+        terms.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let source = V2Postings { index: self, terms: &terms, new_slot: &new_slot, length_factor: &length_factor };
+        let mut starts = Vec::with_capacity(terms.len() + 1);
+        starts.push(0u64);
+        let mut dfs = Vec::with_capacity(terms.len());
+        let mut max_impacts = Vec::with_capacity(terms.len());
+        for &(_, t) in &terms {
+            let mut df = 0u32;
+            let mut max_impact = 0.0f32;
+            source.for_each_live(t, |impact| {
+                df += 1;
+                max_impact = max_impact.max(impact);
+            });
+            dfs.push(df);
+            max_impacts.push(max_impact);
+            starts.push(starts[starts.len() - 1] + u64::from(df));
+        }
+        let mut order: Vec<u32> = (0..live_docs.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| live_docs[a as usize].id.as_bytes().cmp(live_docs[b as usize].id.as_bytes()));
+        let lens: Vec<u32> = live_docs.iter().map(|d| d.len).collect();
+        let mut config = Vec::new();
+        self.encode_config(&mut config);
+        let parts = crate::bm25_mmap::Parts {
+            config: &config,
+            live: live_docs.len() as u64,
+            total_len: self.total_len,
+            terms: terms.iter().map(|t| t.0),
+            term_count: terms.len(),
+            dfs: &dfs,
+            max_impacts: &max_impacts,
+            starts: &starts,
+            postings: source,
+            lens: &lens,
+            ids: live_docs.iter().map(|d| d.id.as_str()),
+            order: &order,
+        };
+        crate::atomic::write_atomic_with(path, |file| Ok(crate::bm25_mmap::write_v2(&parts, file)?))
     }
 
     /// Read an index written by [`Bm25Index::save`] (format 2, or format 1 from older builds). A foreign,
@@ -836,8 +936,10 @@ impl Bm25Index {
         Self::decode(payload).map_err(|err| KernelError::Format(format!("{shown}: {err}")))
     }
 
-    /// Format 2 bytes: the live documents renumbered densely, terms sorted bytewise, impacts for this `N` and
-    /// average length (see [`crate::bm25_mmap`] for the layout).
+    /// Format 2 bytes built in memory (the reference [`Bm25Index::save`] must match byte for byte): the live
+    /// documents renumbered densely, terms sorted bytewise, impacts for this `N` and average length (see
+    /// [`crate::bm25_mmap`] for the layout).
+    #[cfg(test)]
     pub(crate) fn encode_v2(&self) -> Vec<u8> {
         let mut new_slot = vec![u32::MAX; self.docs.len()];
         let mut live_docs: Vec<&Doc> = Vec::with_capacity(self.live);
@@ -884,7 +986,7 @@ impl Bm25Index {
         order.sort_unstable_by(|&a, &b| live_docs[a as usize].id.as_bytes().cmp(live_docs[b as usize].id.as_bytes()));
         let mut config = Vec::new();
         self.encode_config(&mut config);
-        crate::bm25_mmap::write_v2(&crate::bm25_mmap::Parts {
+        crate::bm25_mmap::write_v2_reference(&crate::bm25_mmap::ReferenceParts {
             config: &config,
             live: live_docs.len() as u64,
             total_len: self.total_len,
@@ -1530,6 +1632,30 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_failed_save_keeps_the_old_file_and_no_temporary_file() {
+        let dir = std::env::temp_dir().join(format!("dspyo3-bm25-failed-save-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("index.bm25");
+        index(Variant::Lucene).save(&path).unwrap();
+        let old = std::fs::read(&path).unwrap();
+        let mut bigger = index(Variant::Lucene);
+        bigger.add(&ids(&["z"]), &["another fox"]).unwrap();
+        // the target is a non-empty directory: the file is written, then the rename fails
+        let blocked = dir.join("sub");
+        std::fs::create_dir_all(blocked.join("inner")).unwrap();
+        assert!(bigger.save(&blocked).is_err());
+        // the target's directory does not exist: the temporary file cannot be created
+        assert!(bigger.save(&dir.join("missing").join("index.bm25")).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), old);
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["index.bm25", "sub"]);
+        assert_eq!(std::fs::read_dir(&blocked).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -1626,6 +1752,37 @@ mod tests {
                         prop_assert_eq!(index.search_docs(&text, k, filter), exhaustive);
                     }
                 }
+            }
+
+            /// The streamed save writes exactly the bytes of the in-memory reference encoding, with deletions
+            /// (renumbered slots, terms left without live postings) and before or after `prepare`.
+            #[test]
+            fn streamed_save_equals_reference_encoding(
+                docs in docs(),
+                deleted in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+                variant in proptest::sample::select(vec![Variant::Lucene, Variant::Robertson, Variant::Atire, Variant::Bm25L, Variant::Bm25Plus]),
+                k1 in 0.0f32..3.0,
+                b in 0.0f32..=1.0,
+                prepare in any::<bool>(),
+            ) {
+                let params = Bm25Params { variant, k1, b, ..Bm25Params::default() };
+                let mut index = Bm25Index::new(plain(), params).unwrap();
+                let (names, texts): (Vec<String>, Vec<String>) = docs.into_iter().unzip();
+                index.add(&names, &texts).unwrap();
+                if !names.is_empty() {
+                    let gone: Vec<String> = deleted.iter().map(|i| names[i.index(names.len())].clone()).collect();
+                    index.delete(&gone);
+                }
+                if prepare {
+                    index.prepare();
+                }
+                static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let path = std::env::temp_dir().join(format!("dspyo3-bm25-stream-{}-{n}.bm25", std::process::id()));
+                index.save(&path).unwrap();
+                let streamed = std::fs::read(&path).unwrap();
+                std::fs::remove_file(&path).unwrap();
+                prop_assert!(streamed == index.encode_v2(), "streamed save differs from the reference encoding");
             }
 
             /// Whatever the documents, parameters and deletions, a saved index loads back with the same

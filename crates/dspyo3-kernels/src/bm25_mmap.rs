@@ -27,6 +27,7 @@
 //! checks it, the mapped open does not (it would touch every page).
 
 use std::fs::File;
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use memmap2::Mmap;
@@ -56,8 +57,166 @@ pub(crate) const ID_ORDER: usize = 12;
 const TABLE_END: usize = 32 + SECTIONS * 16;
 const META_FIXED: usize = 40;
 
-/// What [`write_v2`] lays out.
-pub(crate) struct Parts<'a, T: Iterator<Item = &'a str>, I: Iterator<Item = &'a str>> {
+/// The postings arrays of a format 2 file, produced on demand so [`write_v2`] never holds them in memory.
+pub(crate) trait PostingsSource {
+    /// Write section `section` ([`POST_DOCS`], [`POST_TFS`] or [`POST_IMPACTS`]) to `out`: one little-endian
+    /// 4-byte value per posting, terms in file order, exactly `Parts::starts.last()` values.
+    fn write_section(&self, section: usize, out: &mut impl Write) -> io::Result<()>;
+}
+
+/// What [`write_v2`] lays out. Everything but the postings is small (O(terms + docs)) and passed as slices.
+pub(crate) struct Parts<'a, T: Iterator<Item = &'a str>, I: Iterator<Item = &'a str>, P: PostingsSource> {
+    pub(crate) config: &'a [u8],
+    pub(crate) live: u64,
+    pub(crate) total_len: u64,
+    pub(crate) terms: T,
+    pub(crate) term_count: usize,
+    pub(crate) dfs: &'a [u32],
+    pub(crate) max_impacts: &'a [f32],
+    /// `term_count + 1` offsets into the postings arrays; the last one is the postings count.
+    pub(crate) starts: &'a [u64],
+    pub(crate) postings: P,
+    pub(crate) lens: &'a [u32],
+    pub(crate) ids: I,
+    pub(crate) order: &'a [u32],
+}
+
+/// Forwards writes and CRCs every byte that passes.
+struct CrcWriter<W: Write> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+    written: u64,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn put_u32s(out: &mut impl Write, values: impl IntoIterator<Item = u32>) -> io::Result<()> {
+    values.into_iter().try_for_each(|v| out.write_all(&v.to_le_bytes()))
+}
+
+fn put_offsets<'a>(out: &mut impl Write, items: impl Iterator<Item = &'a str>) -> io::Result<()> {
+    let mut at = 0u64;
+    out.write_all(&at.to_le_bytes())?;
+    for item in items {
+        at += item.len() as u64;
+        out.write_all(&at.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+/// Write a format 2 file to `out` (positioned at its start, empty) section by section, holding no postings:
+/// the section table is computed from the sizes, the data is streamed through a buffer while its CRC is
+/// taken, then the header and metadata are rewritten with the CRCs. Extra memory is the header plus the
+/// write buffer.
+pub(crate) fn write_v2<'a, T, I, P, W>(parts: &Parts<'a, T, I, P>, out: &mut W) -> io::Result<()>
+where
+    T: Iterator<Item = &'a str> + Clone,
+    I: Iterator<Item = &'a str> + Clone,
+    P: PostingsSource,
+    W: Write + Seek,
+{
+    let term_count = parts.term_count;
+    let postings = parts.starts.last().copied().unwrap_or(0);
+    let live = parts.lens.len();
+    let term_blob: u64 = parts.terms.clone().map(|t| t.len() as u64).sum();
+    let id_blob: u64 = parts.ids.clone().map(|t| t.len() as u64).sum();
+    let meta_len = (META_FIXED + parts.config.len()) as u64;
+    let lengths: [u64; SECTIONS] = [
+        meta_len,
+        8 * (term_count as u64 + 1),
+        term_blob,
+        4 * term_count as u64,
+        4 * term_count as u64,
+        8 * parts.starts.len() as u64,
+        4 * postings,
+        4 * postings,
+        4 * postings,
+        4 * live as u64,
+        8 * (live as u64 + 1),
+        id_blob,
+        4 * parts.order.len() as u64,
+    ];
+    let mut offsets = [0u64; SECTIONS];
+    let mut at = TABLE_END as u64;
+    for s in 0..SECTIONS {
+        offsets[s] = at;
+        at = (at + lengths[s]).next_multiple_of(8);
+    }
+    let file_len = at;
+    let meta_end = (offsets[META] + meta_len) as usize;
+
+    // header, table and metadata with the two CRC fields zero; rewritten once the data CRC is known
+    let mut head = vec![0u8; meta_end];
+    head[..8].copy_from_slice(MAGIC);
+    head[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    head[12..20].copy_from_slice(&file_len.to_le_bytes());
+    head[24..28].copy_from_slice(&(SECTIONS as u32).to_le_bytes());
+    for s in 0..SECTIONS {
+        let entry = 32 + s * 16;
+        head[entry..entry + 8].copy_from_slice(&offsets[s].to_le_bytes());
+        head[entry + 8..entry + 16].copy_from_slice(&lengths[s].to_le_bytes());
+    }
+    let meta_at = offsets[META] as usize;
+    for (i, value) in [parts.live, parts.total_len, term_count as u64, postings].into_iter().enumerate() {
+        head[meta_at + 8 * i..meta_at + 8 * i + 8].copy_from_slice(&value.to_le_bytes());
+    }
+    head[meta_at + META_FIXED..meta_end].copy_from_slice(parts.config);
+    out.write_all(&head)?;
+
+    let crc = CrcWriter { inner: &mut *out, hasher: crc32fast::Hasher::new(), written: 0 };
+    let mut data = io::BufWriter::with_capacity(1 << 20, crc);
+    let position = |data: &io::BufWriter<CrcWriter<&mut W>>| {
+        meta_end as u64 + data.get_ref().written + data.buffer().len() as u64
+    };
+    for s in TERM_OFFSETS..SECTIONS {
+        // zero padding up to this section's 8-byte aligned start (it follows the previous section)
+        let pad = (offsets[s] - position(&data)) as usize;
+        data.write_all(&[0u8; 8][..pad])?;
+        match s {
+            TERM_OFFSETS => put_offsets(&mut data, parts.terms.clone())?,
+            TERM_BLOB => parts.terms.clone().try_for_each(|t| data.write_all(t.as_bytes()))?,
+            TERM_DF => put_u32s(&mut data, parts.dfs.iter().copied())?,
+            TERM_MAX => put_u32s(&mut data, parts.max_impacts.iter().map(|v| v.to_bits()))?,
+            TERM_START => parts.starts.iter().try_for_each(|v| data.write_all(&v.to_le_bytes()))?,
+            POST_DOCS | POST_TFS | POST_IMPACTS => parts.postings.write_section(s, &mut data)?,
+            DOC_LEN => put_u32s(&mut data, parts.lens.iter().copied())?,
+            ID_OFFSETS => put_offsets(&mut data, parts.ids.clone())?,
+            ID_BLOB => parts.ids.clone().try_for_each(|t| data.write_all(t.as_bytes()))?,
+            _ => put_u32s(&mut data, parts.order.iter().copied())?,
+        }
+        if position(&data) != offsets[s] + lengths[s] {
+            return Err(io::Error::other(format!("BM25 save: section {s} has an unexpected length (a bug)")));
+        }
+    }
+    let tail = (file_len - position(&data)) as usize;
+    data.write_all(&[0u8; 8][..tail])?;
+    let crc = data.into_inner().map_err(|err| err.into_error())?;
+    if meta_end as u64 + crc.written != file_len {
+        return Err(io::Error::other("BM25 save: the file length does not match its table (a bug)"));
+    }
+    let data_crc = crc.hasher.finalize();
+    head[meta_at + 32..meta_at + 36].copy_from_slice(&data_crc.to_le_bytes());
+    let crc = meta_crc(&head, meta_end);
+    head[20..24].copy_from_slice(&crc.to_le_bytes());
+    out.seek(SeekFrom::Start(0))?;
+    out.write_all(&head)?;
+    out.flush()
+}
+
+/// What [`write_v2_reference`] lays out.
+#[cfg(test)]
+pub(crate) struct ReferenceParts<'a, T: Iterator<Item = &'a str>, I: Iterator<Item = &'a str>> {
     pub(crate) config: &'a [u8],
     pub(crate) live: u64,
     pub(crate) total_len: u64,
@@ -74,18 +233,22 @@ pub(crate) struct Parts<'a, T: Iterator<Item = &'a str>, I: Iterator<Item = &'a 
     pub(crate) order: &'a [u32],
 }
 
+#[cfg(test)]
 fn u32_bytes(values: &[u32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+#[cfg(test)]
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+#[cfg(test)]
 fn u64_bytes(values: &[u64]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+#[cfg(test)]
 fn blob<'a>(items: impl Iterator<Item = &'a str>) -> (Vec<u8>, Vec<u8>) {
     let mut offsets = vec![0u64];
     let mut blob = Vec::new();
@@ -96,9 +259,10 @@ fn blob<'a>(items: impl Iterator<Item = &'a str>) -> (Vec<u8>, Vec<u8>) {
     (u64_bytes(&offsets), blob)
 }
 
-/// The bytes of a format 2 file.
-pub(crate) fn write_v2<'a, T: Iterator<Item = &'a str> + Clone, I: Iterator<Item = &'a str> + Clone>(
-    parts: &Parts<'a, T, I>,
+/// The bytes of a format 2 file, built in memory: the reference [`write_v2`] must match byte for byte.
+#[cfg(test)]
+pub(crate) fn write_v2_reference<'a, T: Iterator<Item = &'a str> + Clone, I: Iterator<Item = &'a str> + Clone>(
+    parts: &ReferenceParts<'a, T, I>,
 ) -> Vec<u8> {
     let (term_offsets, term_blob) = blob(parts.terms.clone());
     debug_assert_eq!(term_offsets.len(), 8 * (parts.term_count + 1));
