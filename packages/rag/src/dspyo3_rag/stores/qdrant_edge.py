@@ -25,7 +25,7 @@ _META = "collection.json"
 _DEFAULT_SHARD = "points"
 _SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 _DISTANCES = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid"}
-SEGMENT_BYTES = 256 * 1024 * 1024
+SEGMENT_BYTES = 1024 * 1024 * 1024
 """Vectors (float32) a shard takes before they are indexed (HNSW) as a segment of their own; also the size up to
 which the engine merges segments. Bounds the memory an index build maps besides the stored vectors."""
 INDEXING_THRESHOLD_KB: int | None = None
