@@ -383,7 +383,8 @@ def measure_store(args: argparse.Namespace, size: int, store: str, work: Path,
                                                         f"{(exc.stderr or b'').decode()[-300:].strip()}"
         return row
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:
@@ -402,6 +403,7 @@ def main() -> None:
     parser.add_argument("--max-rss-mb", type=int, default=12000, help="a child above this RSS is stopped")
     parser.add_argument("--work-dir", type=Path, help="where collections are built (default: a temporary folder)")
     parser.add_argument("--skip-ndcg", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the collections built under --work-dir")
     parser.add_argument("--json", dest="json_path", help="also write the result here")
     parser.add_argument("--plot", dest="plot_path", help="write a bar chart (PNG) of hybrid p99 per size/store")
     parser.add_argument("--worker", choices=["build", "query", "ndcg", "bm25"], help=argparse.SUPPRESS)
