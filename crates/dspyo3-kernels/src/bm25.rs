@@ -161,6 +161,14 @@ struct Doc {
     len: u32,
 }
 
+/// Live documents and used terms of an index, renumbered for a format-2 file (see `Bm25Index::live_layout`).
+struct LiveLayout<'a> {
+    new_slot: Vec<u32>,
+    live_docs: Vec<&'a Doc>,
+    length_factor: Vec<f32>,
+    terms: Vec<(&'a str, usize)>,
+}
+
 /// The documents containing one term, with their term frequencies and precomputed term scores.
 #[derive(Clone, Debug, Default)]
 struct Postings {
@@ -835,13 +843,10 @@ impl Bm25Index {
 
     // -- persistence ---------------------------------------------------------------------------------------
 
-    /// Write the index to `path` atomically (format [`FORMAT_VERSION`]): a crash mid-save leaves any previous
-    /// file intact. The file holds the prepared, compacted index (live documents only, postings ordered by
-    /// term), so [`crate::bm25_mmap::MappedBm25::open`] can search it straight from a memory map.
-    ///
-    /// The file is streamed to disk: besides the index, saving holds only O(terms + documents) (the per-term
-    /// and per-document arrays), never a copy of the postings or of the file.
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// What a format-2 file is made of: live documents renumbered densely (`new_slot` maps old slots, `u32::MAX`
+    /// for dead ones), their length factors for the live average length, and the terms used by a live document,
+    /// sorted bytewise, with their ids.
+    fn live_layout(&self) -> LiveLayout<'_> {
         let mut new_slot = vec![u32::MAX; self.docs.len()];
         let mut live_docs: Vec<&Doc> = Vec::with_capacity(self.live);
         for (d, doc) in self.docs.iter().enumerate() {
@@ -859,6 +864,17 @@ impl Bm25Index {
             }
         }
         terms.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        LiveLayout { new_slot, live_docs, length_factor, terms }
+    }
+
+    /// Write the index to `path` atomically (format [`FORMAT_VERSION`]): a crash mid-save leaves any previous
+    /// file intact. The file holds the prepared, compacted index (live documents only, postings ordered by
+    /// term), so [`crate::bm25_mmap::MappedBm25::open`] can search it straight from a memory map.
+    ///
+    /// The file is streamed to disk: besides the index, saving holds only O(terms + documents) (the per-term
+    /// and per-document arrays), never a copy of the postings or of the file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let LiveLayout { new_slot, live_docs, length_factor, terms } = self.live_layout();
         let source = V2Postings { index: self, terms: &terms, new_slot: &new_slot, length_factor: &length_factor };
         let mut starts = Vec::with_capacity(terms.len() + 1);
         starts.push(0u64);
@@ -941,23 +957,7 @@ impl Bm25Index {
     /// [`crate::bm25_mmap`] for the layout).
     #[cfg(test)]
     pub(crate) fn encode_v2(&self) -> Vec<u8> {
-        let mut new_slot = vec![u32::MAX; self.docs.len()];
-        let mut live_docs: Vec<&Doc> = Vec::with_capacity(self.live);
-        for (d, doc) in self.docs.iter().enumerate() {
-            if self.alive[d] {
-                new_slot[d] = live_docs.len() as u32;
-                live_docs.push(doc);
-            }
-        }
-        let avgdl = self.avgdl();
-        let length_factor: Vec<f32> = live_docs.iter().map(|d| self.length_factor_of(d, avgdl)).collect();
-        let mut terms: Vec<(&str, usize)> = Vec::new();
-        for (t, postings) in self.postings.iter().enumerate() {
-            if postings.docs.iter().any(|&d| self.alive[d as usize]) {
-                terms.push((&self.terms[t], t));
-            }
-        }
-        terms.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let LiveLayout { new_slot, live_docs, length_factor, terms } = self.live_layout();
         let mut docs = Vec::new();
         let mut tfs = Vec::new();
         let mut impacts = Vec::new();
