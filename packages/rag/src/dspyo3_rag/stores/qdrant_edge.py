@@ -120,7 +120,10 @@ class QdrantEdgeStore(VectorStore):
                 return None
             dim, distance = self._require(collection)
             config = edge.EdgeConfig(
-                vectors=edge.EdgeVectorParams(size=dim, distance=getattr(edge.Distance, _DISTANCES[distance])),
+                # vectors stay in their files (memory-mapped, read on demand) rather than loaded into memory when a
+                # segment opens: a million 1024-dimension vectors are 4 GB, and a search reads a few thousand
+                vectors=edge.EdgeVectorParams(size=dim, distance=getattr(edge.Distance, _DISTANCES[distance]),
+                                              memory=edge.Memory.Cold),
                 # segments stay near SEGMENT_BYTES: merging them back into one would copy every vector again
                 optimizers=edge.EdgeOptimizersConfig(max_segment_size=SEGMENT_BYTES // 1024,
                                                      indexing_threshold=INDEXING_THRESHOLD_KB))
