@@ -29,8 +29,8 @@ try:
 except ImportError:  # Windows: no flock, so temporaries are neither locked nor cleaned
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["append_jsonl", "atomic_write_bytes", "atomic_write_text", "clean_stale_temporaries", "loads_json",
-           "read_jsonl"]
+__all__ = ["append_jsonl", "atomic_write_bytes", "atomic_write_text", "clean_stale_temporaries", "fsync_dir",
+           "loads_json", "locked_temporary", "read_jsonl"]
 
 # what tempfile.mkstemp(prefix=".NAME.", suffix=".tmp") makes: NAME, then 8 characters from [a-z0-9_]
 _TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
@@ -38,9 +38,9 @@ _TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 _STALE_AFTER_S = 5.0
 
 
-def _fsync_dir(directory: Path) -> None:
-    """fsync ``directory`` so a rename inside it survives a power loss (a no-op where directories cannot be opened,
-    e.g. on Windows)."""
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """fsync ``directory`` so a rename or a new file inside it survives a power loss (a no-op where directories
+    cannot be opened, e.g. on Windows)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -88,6 +88,21 @@ def clean_stale_temporaries(directory: str | os.PathLike[str], *, older_than: fl
     return removed
 
 
+def locked_temporary(directory: str | os.PathLike[str], name: str) -> tuple[int, str]:
+    """A new temporary file for ``name`` in ``directory``, named as :func:`clean_stale_temporaries` expects
+    (``.NAME.XXXXXXXX.tmp``) and locked (``flock``) until its descriptor is closed, so no other writer's cleaning
+    removes it: ``(fd, path)``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, exclusive: bool = False) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same directory, fsync'd, renamed over it, and the
     directory fsync'd.
@@ -101,10 +116,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, exclusive: 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(target.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close below, after the rename: see clean_stale_temporaries
+    fd, tmp = locked_temporary(target.parent, target.name)
+    try:  # the lock is released by the close below, after the rename: see clean_stale_temporaries
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -119,7 +132,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, exclusive: 
         raise
     finally:
         os.close(fd)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target
 
 

@@ -23,22 +23,16 @@ import os
 import re
 import shutil
 import sqlite3
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from dspyo3_core.files import atomic_write_text, clean_stale_temporaries, loads_json
+from dspyo3_core.files import atomic_write_text, clean_stale_temporaries, fsync_dir, loads_json, locked_temporary
 from dspyo3_rag.embed import LexicalEmbedder
 from dspyo3_rag.retrieve import BM25Retriever, DenseRetriever, HybridRetriever, Passage
 from dspyo3_rag.stores.base import StoreCorruptError, StoreError, VectorStore
-
-try:
-    import fcntl
-except ImportError:  # Windows: temporary files are not locked
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["DEFAULT_STORE", "Chunk", "CollectionError", "IndexRebuiltWarning", "RagCollection", "Repair", "Skipped",
            "Sources", "chunk_text", "id_clashes", "read_sources", "scan_sources", "source_labels"]
@@ -850,8 +844,8 @@ class _StreamingAdd:
         self.sources: set[str] = set()  # resolved sources of the new chunks
         self.lines = 0
         self.pending = collection.pending_file.open("w", encoding="utf-8")
-        _fsync_dir(collection.dir)
-        fd, self.fresh_path = _locked_temp(collection.dir, "chunks-new.jsonl")
+        fsync_dir(collection.dir)
+        fd, self.fresh_path = locked_temporary(collection.dir, "chunks-new.jsonl")
         self.fresh = os.fdopen(fd, "w+b")
         self.bm25: Any = None
         self.db: sqlite3.Connection | None = None
@@ -896,7 +890,7 @@ class _StreamingAdd:
         """Write the new ``chunks.jsonl`` (kept committed chunks, then the new ones) and rename it into place; then
         drop the vectors of the chunks it dropped and finish the keyword index."""
         collection = self.collection
-        fd, path = _locked_temp(collection.dir, collection.chunks_file.name)
+        fd, path = locked_temporary(collection.dir, collection.chunks_file.name)
         stale: list[str] = []
         count = 0
         try:
@@ -923,7 +917,7 @@ class _StreamingAdd:
         except BaseException:
             Path(path).unlink(missing_ok=True)
             raise
-        _fsync_dir(collection.dir)
+        fsync_dir(collection.dir)
         if stale:
             collection.store().delete(_POINTS, stale)
         self.pending.close()
@@ -996,28 +990,6 @@ def _digest(text: Any) -> bytes | None:
     if not isinstance(text, str):
         return None
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-
-def _locked_temp(directory: Path, name: str) -> tuple[int, str]:
-    """A new temporary file in ``directory`` named as :func:`clean_stale_temporaries` expects, locked (``flock``)
-    until closed so that no other writer's cleaning takes it: ``(fd, path)``."""
-    fd, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    if fcntl is not None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd, path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """fsync ``directory`` so that a rename or a new file inside it survives a power loss (best effort)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _parameters(factory: Any) -> Mapping[str, inspect.Parameter]:
