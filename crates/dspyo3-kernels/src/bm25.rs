@@ -167,6 +167,8 @@ struct LiveLayout<'a> {
     live_docs: Vec<&'a Doc>,
     length_factor: Vec<f32>,
     terms: Vec<(&'a str, usize)>,
+    /// Live slots in bytewise id order (the file's by-id lookup).
+    order: Vec<u32>,
 }
 
 /// The documents containing one term, with their term frequencies and precomputed term scores.
@@ -844,8 +846,8 @@ impl Bm25Index {
     // -- persistence ---------------------------------------------------------------------------------------
 
     /// What a format-2 file is made of: live documents renumbered densely (`new_slot` maps old slots, `u32::MAX`
-    /// for dead ones), their length factors for the live average length, and the terms used by a live document,
-    /// sorted bytewise, with their ids.
+    /// for dead ones), their length factors for the live average length, the terms used by a live document,
+    /// sorted bytewise, with their ids, and the live slots in id order.
     fn live_layout(&self) -> LiveLayout<'_> {
         let mut new_slot = vec![u32::MAX; self.docs.len()];
         let mut live_docs: Vec<&Doc> = Vec::with_capacity(self.live);
@@ -864,7 +866,9 @@ impl Bm25Index {
             }
         }
         terms.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        LiveLayout { new_slot, live_docs, length_factor, terms }
+        let mut order: Vec<u32> = (0..live_docs.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| live_docs[a as usize].id.as_bytes().cmp(live_docs[b as usize].id.as_bytes()));
+        LiveLayout { new_slot, live_docs, length_factor, terms, order }
     }
 
     /// Write the index to `path` atomically (format [`FORMAT_VERSION`]): a crash mid-save leaves any previous
@@ -874,7 +878,7 @@ impl Bm25Index {
     /// The file is streamed to disk: besides the index, saving holds only O(terms + documents) (the per-term
     /// and per-document arrays), never a copy of the postings or of the file.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let LiveLayout { new_slot, live_docs, length_factor, terms } = self.live_layout();
+        let LiveLayout { new_slot, live_docs, length_factor, terms, order } = self.live_layout();
         let source = V2Postings { index: self, terms: &terms, new_slot: &new_slot, length_factor: &length_factor };
         let mut starts = Vec::with_capacity(terms.len() + 1);
         starts.push(0u64);
@@ -891,8 +895,6 @@ impl Bm25Index {
             max_impacts.push(max_impact);
             starts.push(starts[starts.len() - 1] + u64::from(df));
         }
-        let mut order: Vec<u32> = (0..live_docs.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| live_docs[a as usize].id.as_bytes().cmp(live_docs[b as usize].id.as_bytes()));
         let lens: Vec<u32> = live_docs.iter().map(|d| d.len).collect();
         let mut config = Vec::new();
         self.encode_config(&mut config);
@@ -957,7 +959,7 @@ impl Bm25Index {
     /// [`crate::bm25_mmap`] for the layout).
     #[cfg(test)]
     pub(crate) fn encode_v2(&self) -> Vec<u8> {
-        let LiveLayout { new_slot, live_docs, length_factor, terms } = self.live_layout();
+        let LiveLayout { new_slot, live_docs, length_factor, terms, order } = self.live_layout();
         let mut docs = Vec::new();
         let mut tfs = Vec::new();
         let mut impacts = Vec::new();
@@ -982,8 +984,6 @@ impl Bm25Index {
             max_impacts.push(max_impact);
             starts.push(docs.len() as u64);
         }
-        let mut order: Vec<u32> = (0..live_docs.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| live_docs[a as usize].id.as_bytes().cmp(live_docs[b as usize].id.as_bytes()));
         let mut config = Vec::new();
         self.encode_config(&mut config);
         crate::bm25_mmap::write_v2_reference(&crate::bm25_mmap::ReferenceParts {
