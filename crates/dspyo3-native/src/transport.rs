@@ -14,8 +14,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use dspyo3_kernels::transport::{
-    request_body, ClientOptions, Completion, EventStream, LmClient, RetryPolicy, StreamEvent, TransportError, WireFormat,
-    DEFAULT_MAX_ERROR_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_RESPONSE_BYTES,
+    request_body, Attempt, ClientOptions, Completion, EventStream, LmClient, RetryPolicy, StreamEvent, TraceContext,
+    TransportError, WireFormat, DEFAULT_MAX_ERROR_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_RESPONSE_BYTES,
 };
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyStopAsyncIteration, PyTypeError, PyValueError};
@@ -31,11 +31,41 @@ create_exception!(
     "A request through LMTransport failed. `args` is `(message, kind, status, retry_after)`: `kind` is one of \
      rate_limit, auth, context_length, invalid_request, server, timeout, connect, protocol, config, too_large (an \
      answer over max_event_bytes / max_response_bytes; never retried); `status` the HTTP status or None; \
-     `retry_after` the server's suggested wait in seconds or None."
+     `retry_after` the server's suggested wait in seconds or None. A request made with `traceparent=` adds a 5th \
+     element: its HTTP attempts, `[(span_id_hex, start_unix_ns, end_unix_ns, status, error_kind), ...]`."
 );
 
 fn transport_err(err: TransportError) -> PyErr {
     LMTransportError::new_err((err.to_string(), err.kind(), err.status(), err.retry_after().map(|d| d.as_secs_f64())))
+}
+
+/// [`transport_err`], with the attempts as a 5th argument when the request was traced.
+fn traced_err(err: TransportError, attempts: Option<Vec<Attempt>>) -> PyErr {
+    let Some(attempts) = attempts else { return transport_err(err) };
+    let retry_after = err.retry_after().map(|d| d.as_secs_f64());
+    LMTransportError::new_err((err.to_string(), err.kind(), err.status(), retry_after, Attempts(attempts)))
+}
+
+/// The trace context a `traceparent=` argument names: `None` when absent, `ValueError` when malformed.
+fn trace_context(traceparent: Option<&str>) -> PyResult<Option<TraceContext>> {
+    traceparent.map(|text| TraceContext::parse(text).map_err(PyValueError::new_err)).transpose()
+}
+
+/// HTTP attempts as `[(span_id_hex, start_unix_ns, end_unix_ns, status, error_kind), ...]`.
+struct Attempts(Vec<Attempt>);
+
+impl<'py> IntoPyObject<'py> for Attempts {
+    type Target = PyList;
+    type Output = Bound<'py, PyList>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for a in self.0 {
+            list.append((format!("{:016x}", a.span_id), a.start_unix_ns, a.end_unix_ns, a.status, a.error_kind))?;
+        }
+        Ok(list)
+    }
 }
 
 /// How deeply lists and dicts may nest in what is sent to the LM (`json.dumps` stops near Python's recursion limit
@@ -147,8 +177,17 @@ fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
 }
 
 /// A finished completion as `(id, model, [(content, reasoning, tool_calls, finish_reason), ...],
-/// (prompt_tokens, completion_tokens, total_tokens))`.
-struct Answer(Completion);
+/// (prompt_tokens, completion_tokens, total_tokens))`, plus the [`Attempts`] as a 5th element when traced.
+struct Answer(Completion, Option<Vec<Attempt>>);
+
+/// The result of a traced or untraced completion, as Python sees it.
+fn answer(traced: bool, (result, attempts): (Result<Completion, TransportError>, Vec<Attempt>)) -> PyResult<Answer> {
+    let attempts = traced.then_some(attempts);
+    match result {
+        Ok(done) => Ok(Answer(done, attempts)),
+        Err(err) => Err(traced_err(err, attempts)),
+    }
+}
 
 impl<'py> IntoPyObject<'py> for Answer {
     type Target = PyTuple;
@@ -157,6 +196,7 @@ impl<'py> IntoPyObject<'py> for Answer {
 
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let Completion { id, model, choices, usage } = self.0;
+        let attempts = self.1;
         let list = PyList::empty(py);
         for choice in choices {
             let calls = match &choice.tool_calls {
@@ -165,7 +205,11 @@ impl<'py> IntoPyObject<'py> for Answer {
             };
             list.append((choice.content, choice.reasoning, calls, choice.finish_reason))?;
         }
-        (id, model, list, (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)).into_pyobject(py)
+        let usage = (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens);
+        match attempts {
+            Some(attempts) => (id, model, list, usage, Attempts(attempts)).into_pyobject(py),
+            None => (id, model, list, usage).into_pyobject(py),
+        }
     }
 }
 
@@ -342,44 +386,85 @@ impl PyTransport {
     /// Send a chat request and wait for the answer (the GIL is released meanwhile). Returns
     /// ``(id, model, [(content, reasoning, tool_calls, finish_reason), ...], (prompt, completion, total))``;
     /// raises :class:`LMTransportError` after the retries are spent.
-    #[pyo3(signature = (model, messages, params=None))]
-    fn complete(&self, py: Python<'_>, model: &str, messages: &Bound<'_, PyAny>, params: Option<&Bound<'_, PyDict>>) -> PyResult<Answer> {
+    ///
+    /// With ``traceparent`` (a W3C ``00-<trace>-<span>-<flags>`` value; malformed raises ``ValueError``), every
+    /// HTTP attempt sends a ``traceparent`` of that trace with a fresh span id of its own, and the answer (or the
+    /// error's ``args``) gains a 5th element: the attempts, ``[(span_id_hex, start_unix_ns, end_unix_ns, status,
+    /// error_kind), ...]``.
+    #[pyo3(signature = (model, messages, params=None, *, traceparent=None))]
+    fn complete(
+        &self,
+        py: Python<'_>,
+        model: &str,
+        messages: &Bound<'_, PyAny>,
+        params: Option<&Bound<'_, PyDict>>,
+        traceparent: Option<&str>,
+    ) -> PyResult<Answer> {
+        let trace = trace_context(traceparent)?;
         let body = self.body(model, messages, params, false)?;
         let client = self.client.clone();
-        wait(py, async move { client.complete(body).await })?.map(Answer).map_err(transport_err)
+        answer(trace.is_some(), wait(py, async move { client.complete_traced(body, trace.as_ref()).await })?)
     }
 
     /// :meth:`complete` as an awaitable for the running asyncio loop; cancelling it drops the HTTP request.
-    #[pyo3(signature = (model, messages, params=None))]
-    fn acomplete<'py>(&self, py: Python<'py>, model: &str, messages: &Bound<'py, PyAny>, params: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
+    #[pyo3(signature = (model, messages, params=None, *, traceparent=None))]
+    fn acomplete<'py>(
+        &self,
+        py: Python<'py>,
+        model: &str,
+        messages: &Bound<'py, PyAny>,
+        params: Option<&Bound<'py, PyDict>>,
+        traceparent: Option<&str>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let trace = trace_context(traceparent)?;
         let body = self.body(model, messages, params, false)?;
         let client = self.client.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { client.complete(body).await.map(Answer).map_err(transport_err) })
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            answer(trace.is_some(), client.complete_traced(body, trace.as_ref()).await)
+        })
     }
 
     /// Open a streaming request (retrying failures before the first byte) and return a :class:`LMStream` of event
-    /// tuples; blocks until the response headers arrive.
-    #[pyo3(signature = (model, messages, params=None))]
-    fn stream(&self, py: Python<'_>, model: &str, messages: &Bound<'_, PyAny>, params: Option<&Bound<'_, PyDict>>) -> PyResult<PyStream> {
+    /// tuples; blocks until the response headers arrive. With ``traceparent`` (see :meth:`complete`), the attempts
+    /// made to open the stream are the stream's ``attempts`` (or the error's 5th argument).
+    #[pyo3(signature = (model, messages, params=None, *, traceparent=None))]
+    fn stream(
+        &self,
+        py: Python<'_>,
+        model: &str,
+        messages: &Bound<'_, PyAny>,
+        params: Option<&Bound<'_, PyDict>>,
+        traceparent: Option<&str>,
+    ) -> PyResult<PyStream> {
+        let trace = trace_context(traceparent)?;
         let body = self.body(model, messages, params, true)?;
         let client = self.client.clone();
-        let events = wait(py, async move { client.stream(body).await })?.map_err(transport_err)?;
-        Ok(PyStream::new(events))
+        let opened = wait(py, async move { client.stream_traced(body, trace.as_ref()).await.map_attempts(trace.is_some()) })?;
+        opened_stream(opened)
     }
 
     /// :meth:`stream` as an awaitable resolving to an :class:`LMStream`.
-    #[pyo3(signature = (model, messages, params=None))]
-    fn astream<'py>(&self, py: Python<'py>, model: &str, messages: &Bound<'py, PyAny>, params: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
+    #[pyo3(signature = (model, messages, params=None, *, traceparent=None))]
+    fn astream<'py>(
+        &self,
+        py: Python<'py>,
+        model: &str,
+        messages: &Bound<'py, PyAny>,
+        params: Option<&Bound<'py, PyDict>>,
+        traceparent: Option<&str>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let trace = trace_context(traceparent)?;
         let body = self.body(model, messages, params, true)?;
         let client = self.client.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            client.stream(body).await.map(PyStream::new).map_err(transport_err)
+            opened_stream(client.stream_traced(body, trace.as_ref()).await.map_attempts(trace.is_some()))
         })
     }
 
     /// Start a request whose result is pushed to ``queue`` under ``token`` (see :class:`CompletionQueue`); returns
-    /// an :class:`LMRequest` to cancel it. The lowest-overhead async path: no GIL on the tokio side.
-    #[pyo3(signature = (queue, token, model, messages, params=None))]
+    /// an :class:`LMRequest` to cancel it. The lowest-overhead async path: no GIL on the tokio side. With
+    /// ``traceparent`` (see :meth:`complete`), the drained answer or error carries the attempts.
+    #[pyo3(signature = (queue, token, model, messages, params=None, *, traceparent=None))]
     fn submit(
         &self,
         queue: &Bound<'_, PyCompletionQueue>,
@@ -387,13 +472,16 @@ impl PyTransport {
         model: &str,
         messages: &Bound<'_, PyAny>,
         params: Option<&Bound<'_, PyDict>>,
+        traceparent: Option<&str>,
     ) -> PyResult<PyRequest> {
+        let trace = trace_context(traceparent)?;
         let body = self.body(model, messages, params, false)?;
         let client = self.client.clone();
-        let slot = Slot { inner: Some(queue.get().inner.clone()), token };
+        let slot = Slot { inner: Some(queue.get().inner.clone()), token, traced: trace.is_some() };
         let task = runtime().spawn(async move {
-            let result = client.complete(body).await;
-            slot.deliver(result);
+            let (result, attempts) = client.complete_traced(body, trace.as_ref()).await;
+            let traced = slot.traced;
+            slot.deliver(result, traced.then_some(attempts));
         });
         Ok(PyRequest { handle: task.abort_handle() })
     }
@@ -411,11 +499,30 @@ impl PyTransport {
 pub(crate) struct PyStream {
     inner: Arc<AsyncMutex<Option<EventStream>>>,
     closed: Arc<AtomicBool>,
+    attempts: Option<Vec<Attempt>>,
 }
 
 impl PyStream {
-    fn new(events: EventStream) -> PyStream {
-        PyStream { inner: Arc::new(AsyncMutex::new(Some(events))), closed: Arc::new(AtomicBool::new(false)) }
+    fn new(events: EventStream, attempts: Option<Vec<Attempt>>) -> PyStream {
+        PyStream { inner: Arc::new(AsyncMutex::new(Some(events))), closed: Arc::new(AtomicBool::new(false)), attempts }
+    }
+}
+
+/// A stream opening's result with its attempts kept only when the request was traced.
+trait MapAttempts {
+    fn map_attempts(self, traced: bool) -> (Result<EventStream, TransportError>, Option<Vec<Attempt>>);
+}
+
+impl MapAttempts for (Result<EventStream, TransportError>, Vec<Attempt>) {
+    fn map_attempts(self, traced: bool) -> (Result<EventStream, TransportError>, Option<Vec<Attempt>>) {
+        (self.0, traced.then_some(self.1))
+    }
+}
+
+fn opened_stream((result, attempts): (Result<EventStream, TransportError>, Option<Vec<Attempt>>)) -> PyResult<PyStream> {
+    match result {
+        Ok(events) => Ok(PyStream::new(events, attempts)),
+        Err(err) => Err(traced_err(err, attempts)),
     }
 }
 
@@ -481,6 +588,13 @@ impl PyStream {
         })
     }
 
+    /// The HTTP attempts made to open the stream, ``[(span_id_hex, start_unix_ns, end_unix_ns, status,
+    /// error_kind), ...]``, when it was opened with ``traceparent=``; else ``None``.
+    #[getter]
+    fn attempts<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
+        self.attempts.clone().map(|a| Attempts(a).into_pyobject(py)).transpose()
+    }
+
     /// Stop reading and drop the connection (no-op once the stream ended). Never blocks: with a read in flight,
     /// the stream is dropped when that read ends (or is cancelled).
     fn close(&self) {
@@ -491,7 +605,7 @@ impl PyStream {
     }
 }
 
-type Finished = (u64, Result<Completion, TransportError>);
+type Finished = (u64, Result<Completion, TransportError>, Option<Vec<Attempt>>);
 
 /// Where finished requests wait for their asyncio loop: a list of results plus a socket pair whose read end the loop
 /// watches (``loop.add_reader(queue.fileno(), ...)``). Tokio threads never touch the GIL: they push a result and
@@ -520,12 +634,14 @@ impl QueueInner {
 struct Slot {
     inner: Option<Arc<QueueInner>>,
     token: u64,
+    /// The request was made with a `traceparent`: its result carries attempts (none known when it was cancelled).
+    traced: bool,
 }
 
 impl Slot {
-    fn deliver(mut self, result: Result<Completion, TransportError>) {
+    fn deliver(mut self, result: Result<Completion, TransportError>, attempts: Option<Vec<Attempt>>) {
         if let Some(inner) = self.inner.take() {
-            inner.push((self.token, result));
+            inner.push((self.token, result, attempts));
         }
     }
 }
@@ -534,7 +650,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
             let cancelled = TransportError::Connect { message: "the request was cancelled before it finished".into() };
-            inner.push((self.token, Err(cancelled)));
+            inner.push((self.token, Err(cancelled), self.traced.then(Vec::new)));
         }
     }
 }
@@ -571,10 +687,10 @@ impl PyCompletionQueue {
         }
         let finished = std::mem::take(&mut *self.inner.finished.lock());
         let out = PyList::empty(py);
-        for (token, result) in finished {
+        for (token, result, attempts) in finished {
             match result {
-                Ok(done) => out.append((token, true, Answer(done)))?,
-                Err(err) => out.append((token, false, transport_err(err).into_value(py)))?,
+                Ok(done) => out.append((token, true, Answer(done, attempts)))?,
+                Err(err) => out.append((token, false, traced_err(err, attempts).into_value(py)))?,
             }
         }
         Ok(out)

@@ -16,7 +16,7 @@ pub mod sse;
 pub mod wire;
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -254,6 +254,76 @@ impl RetryPolicy {
         let ceiling = self.base.saturating_mul(1u32 << attempt.min(16)).min(self.max_backoff);
         Some(ceiling.mul_f64(fastrand::f64()))
     }
+}
+
+/// A W3C trace context to propagate: every attempt of a traced request carries
+/// `traceparent: 00-{trace_id:032x}-{span_id:016x}-{flags:02x}` with a fresh span id of its own
+/// ([`Attempt::span_id`]), so the server's parent id names exactly one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    /// The 128-bit trace id (never 0).
+    pub trace_id: u128,
+    /// The trace flags (bit 0: sampled).
+    pub flags: u8,
+}
+
+impl TraceContext {
+    /// Read a W3C `traceparent` value strictly: version `00`, then 32 and 16 lower-case hex digits that are not
+    /// all zero, then two hex digits of flags, and nothing after. The parent span id it names is validated and
+    /// dropped (each attempt gets its own). The error says what is wrong.
+    pub fn parse(text: &str) -> Result<TraceContext, String> {
+        const FORMAT: &str = "expected 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>";
+        let parts: Vec<&str> = text.split('-').collect();
+        let [version, trace, span, flags] = parts[..] else {
+            return Err(format!("traceparent {text:?} does not have 4 dash-separated fields ({FORMAT})"));
+        };
+        let hex = |field: &str, len: usize, what: &str| -> Result<(), String> {
+            if field.len() != len || !field.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                return Err(format!("traceparent {text:?}: the {what} must be {len} lower-case hex digits ({FORMAT})"));
+            }
+            Ok(())
+        };
+        hex(version, 2, "version")?;
+        if version != "00" {
+            return Err(format!("traceparent {text:?}: only version 00 is supported ({FORMAT})"));
+        }
+        hex(trace, 32, "trace id")?;
+        hex(span, 16, "span id")?;
+        hex(flags, 2, "flags")?;
+        let trace_id = u128::from_str_radix(trace, 16).map_err(|e| e.to_string())?;
+        let span_id = u64::from_str_radix(span, 16).map_err(|e| e.to_string())?;
+        if trace_id == 0 || span_id == 0 {
+            return Err(format!("traceparent {text:?}: the trace id and the span id must not be all zeros"));
+        }
+        let flags = u8::from_str_radix(flags, 16).map_err(|e| e.to_string())?;
+        Ok(TraceContext { trace_id, flags })
+    }
+
+    /// The `traceparent` value for a request made as span `span_id`.
+    pub fn traceparent(&self, span_id: u64) -> String {
+        format!("00-{:032x}-{span_id:016x}-{:02x}", self.trace_id, self.flags)
+    }
+}
+
+/// One HTTP attempt of a request (the first try or a retry), as a client span would record it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    /// The attempt's own random span id (never 0); the one its `traceparent` carried, when traced.
+    pub span_id: u64,
+    /// When the attempt started, in nanoseconds since the Unix epoch.
+    pub start_unix_ns: u64,
+    /// When it ended (answer read, or stream headers received, or failed), in nanoseconds since the Unix epoch.
+    pub end_unix_ns: u64,
+    /// The HTTP status the server answered with, if it answered.
+    pub status: Option<u16>,
+    /// [`TransportError::kind`] when the attempt failed.
+    pub error_kind: Option<&'static str>,
+    /// The wait before the next attempt, when this one is retried.
+    pub retry_delay: Option<Duration>,
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// How to reach one endpoint.
@@ -507,18 +577,21 @@ impl LmClient {
         self.retry
     }
 
-    fn request(&self, body: Bytes) -> Result<Request<Full<Bytes>>, TransportError> {
+    fn request(&self, body: Bytes, extra: Option<&(HeaderName, HeaderValue)>) -> Result<Request<Full<Bytes>>, TransportError> {
         let mut request = Request::builder().method(Method::POST).uri(self.url.clone());
         for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        if let Some((name, value)) = extra {
             request = request.header(name, value);
         }
         request.body(Full::new(body)).map_err(|e| config(e.to_string()))
     }
 
-    async fn send(&self, body: Bytes) -> Result<Response<Incoming>, TransportError> {
+    async fn send(&self, body: Bytes, extra: Option<&(HeaderName, HeaderValue)>) -> Result<Response<Incoming>, TransportError> {
         let response = self
             .client
-            .request(self.request(body)?)
+            .request(self.request(body, extra)?)
             .await
             .map_err(|e| TransportError::Connect { message: format!("{}: {}", self.url, chain(&e)) })?;
         Ok(response)
@@ -572,68 +645,131 @@ impl LmClient {
         TransportError::Timeout { message: format!("no answer from {} within {:.3}s", self.url, self.timeout.as_secs_f64()) }
     }
 
-    /// Send `body` and return the answer's body once the status says success (else the classified error).
-    async fn open(&self, body: Bytes) -> Result<Incoming, TransportError> {
-        let response = self.send(body).await?;
+    /// Send `body` and return the status and the answer's body once the status says success (else the
+    /// classified error).
+    async fn open(&self, body: Bytes, extra: Option<&(HeaderName, HeaderValue)>) -> Result<(u16, Incoming), TransportError> {
+        let response = self.send(body, extra).await?;
         if !response.status().is_success() {
             return Err(self.read_error(response).await);
         }
-        Ok(response.into_body())
+        Ok((response.status().as_u16(), response.into_body()))
     }
 
-    /// Run `once` until it succeeds or the [`RetryPolicy`] gives up, sleeping between attempts.
-    async fn with_retries<T, F, Fut>(&self, mut once: F) -> Result<T, TransportError>
+    /// Run `once` until it succeeds or the [`RetryPolicy`] gives up, sleeping between attempts. Each attempt is
+    /// pushed onto `attempts` with a fresh span id; with a `trace`, `once` gets the `traceparent` header naming it.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        trace: Option<&TraceContext>,
+        attempts: &mut Vec<Attempt>,
+        mut once: F,
+    ) -> Result<T, TransportError>
     where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, TransportError>>,
+        F: FnMut(Option<(HeaderName, HeaderValue)>) -> Fut,
+        Fut: std::future::Future<Output = Result<(u16, T), TransportError>>,
     {
         let mut attempt = 0;
         loop {
-            match once().await {
-                Ok(done) => return Ok(done),
-                Err(error) => match self.retry.delay(attempt, &error) {
-                    Some(wait) => {
-                        tokio::time::sleep(wait).await;
-                        attempt += 1;
+            let span_id = fastrand::u64(1..);
+            let extra = match trace {
+                Some(trace) => Some((
+                    HeaderName::from_static("traceparent"),
+                    HeaderValue::from_str(&trace.traceparent(span_id)).map_err(|e| config(e.to_string()))?,
+                )),
+                None => None,
+            };
+            let start_unix_ns = unix_ns();
+            let outcome = once(extra).await;
+            let mut record =
+                Attempt { span_id, start_unix_ns, end_unix_ns: unix_ns(), status: None, error_kind: None, retry_delay: None };
+            match outcome {
+                Ok((status, done)) => {
+                    record.status = Some(status);
+                    attempts.push(record);
+                    return Ok(done);
+                }
+                Err(error) => {
+                    record.status = error.status();
+                    record.error_kind = Some(error.kind());
+                    let delay = self.retry.delay(attempt, &error);
+                    record.retry_delay = delay;
+                    attempts.push(record);
+                    match delay {
+                        Some(wait) => {
+                            tokio::time::sleep(wait).await;
+                            attempt += 1;
+                        }
+                        None => return Err(error),
                     }
-                    None => return Err(error),
-                },
+                }
             }
         }
     }
 
-    async fn attempt(&self, body: Bytes) -> Result<Completion, TransportError> {
+    async fn attempt(&self, body: Bytes, extra: Option<(HeaderName, HeaderValue)>) -> Result<(u16, Completion), TransportError> {
         let exchange = async {
-            let body = self.read_body(self.open(body).await?).await?;
-            parse_completion(self.wire, &body)
+            let (status, answer) = self.open(body, extra.as_ref()).await?;
+            let answer = self.read_body(answer).await?;
+            Ok((status, parse_completion(self.wire, &answer)?))
         };
         tokio::time::timeout(self.timeout, exchange).await.map_err(|_| self.timed_out())?
     }
 
     /// POST a prepared body (see [`request_body`]) and parse the answer, retrying per the [`RetryPolicy`].
     pub async fn complete(&self, body: Vec<u8>) -> Result<Completion, TransportError> {
+        self.complete_traced(body, None).await.0
+    }
+
+    /// [`LmClient::complete`], also returning every HTTP attempt made (one, plus one per retry). With a `trace`,
+    /// each attempt sends a `traceparent` carrying that attempt's [`Attempt::span_id`].
+    pub async fn complete_traced(
+        &self,
+        body: Vec<u8>,
+        trace: Option<&TraceContext>,
+    ) -> (Result<Completion, TransportError>, Vec<Attempt>) {
         let body = Bytes::from(body);
-        self.with_retries(|| self.attempt(body.clone())).await
+        let mut attempts = Vec::new();
+        let result = self.with_retries(trace, &mut attempts, |extra| self.attempt(body.clone(), extra)).await;
+        (result, attempts)
     }
 
     /// POST a streaming request (a body built with `stream = true`). Failures before the first byte of the
     /// stream (429, 5xx, connection errors, a timeout waiting for headers) are retried per the
     /// [`RetryPolicy`]; once events flow, an error ends the stream (nothing visible is ever replayed).
     pub async fn stream(&self, body: Vec<u8>) -> Result<EventStream, TransportError> {
+        self.stream_traced(body, None).await.0
+    }
+
+    /// [`LmClient::stream`], also returning the HTTP attempts made to open the stream (each ends when the
+    /// answer's headers arrive or the attempt fails). With a `trace`, each attempt sends a `traceparent`
+    /// carrying that attempt's [`Attempt::span_id`].
+    pub async fn stream_traced(
+        &self,
+        body: Vec<u8>,
+        trace: Option<&TraceContext>,
+    ) -> (Result<EventStream, TransportError>, Vec<Attempt>) {
         let body = Bytes::from(body);
+        let mut attempts = Vec::new();
         let opened = self
-            .with_retries(|| async {
-                tokio::time::timeout(self.timeout, self.open(body.clone())).await.map_err(|_| self.timed_out())?
+            .with_retries(trace, &mut attempts, |extra| {
+                let body = body.clone();
+                async move {
+                    tokio::time::timeout(self.timeout, self.open(body, extra.as_ref())).await.map_err(|_| self.timed_out())?
+                }
             })
-            .await?;
-        Ok(EventStream {
+            .await;
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(error) => return (Err(error), attempts),
+        };
+        let stream = EventStream {
             body: opened,
             parser: SseParser::with_limits(self.max_event_bytes, self.max_response_bytes),
             decoder: StreamDecoder::new(self.wire),
             idle_timeout: self.timeout,
             done: false,
             url: self.url.to_string(),
-        })
+        };
+        (Ok(stream), attempts)
     }
 }
 

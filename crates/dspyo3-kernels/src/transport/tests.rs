@@ -556,3 +556,103 @@ async fn an_error_body_is_read_up_to_max_error_bytes() {
     let TransportError::Server { message, .. } = &err else { panic!("{err:?}") };
     assert_eq!(message.len(), 10_000);
 }
+
+/// The `traceparent` header lines of the recorded requests (`None` where a request had none).
+fn traceparents(server: &Scripted) -> Vec<Option<String>> {
+    server
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("traceparent:").map(|v| v.trim().to_string())))
+        .collect()
+}
+
+#[tokio::test]
+async fn traced_retries_send_one_traceparent_per_attempt() {
+    let limited = http("429 Too Many Requests", "Retry-After: 0.01\r\n", r#"{"error":{"message":"slow"}}"#);
+    let failing = http("500 Internal Server Error", "", r#"{"error":{"message":"boom"}}"#);
+    let server = serve(vec![(limited, Duration::ZERO), (failing, Duration::ZERO), (http("200 OK", "", OK), Duration::ZERO)]).await;
+    let client = LmClient::new(&options(&server.base, 3)).unwrap();
+    let trace = TraceContext::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
+    let (out, attempts) = client.complete_traced(body(WireFormat::OpenAi, false), Some(&trace)).await;
+    assert_eq!(out.unwrap().choices[0].content.as_deref(), Some("Paris"));
+    assert_eq!(attempts.len(), 3);
+    let sent = traceparents(&server);
+    assert_eq!(sent.len(), 3);
+    for (header, attempt) in sent.iter().zip(&attempts) {
+        let expected = format!("00-0af7651916cd43dd8448eb211c80319c-{:016x}-01", attempt.span_id);
+        assert_eq!(header.as_deref(), Some(expected.as_str()));
+        assert!(attempt.start_unix_ns > 0 && attempt.start_unix_ns <= attempt.end_unix_ns, "{attempt:?}");
+    }
+    let ids: std::collections::HashSet<u64> = attempts.iter().map(|a| a.span_id).collect();
+    assert_eq!(ids.len(), 3, "each attempt has its own span id");
+    assert_eq!(attempts.iter().map(|a| a.status).collect::<Vec<_>>(), [Some(429), Some(500), Some(200)]);
+    assert_eq!(attempts.iter().map(|a| a.error_kind).collect::<Vec<_>>(), [Some("rate_limit"), Some("server"), None]);
+    assert_eq!(attempts[0].retry_delay, Some(Duration::from_millis(10)), "Retry-After is the delay");
+    assert!(attempts[1].retry_delay.is_some() && attempts[2].retry_delay.is_none());
+}
+
+#[tokio::test]
+async fn untraced_requests_send_no_traceparent_but_still_count_attempts() {
+    let failing = http("500 Internal Server Error", "", "boom");
+    let server = serve(vec![(failing.clone(), Duration::ZERO), (failing, Duration::ZERO)]).await;
+    let client = LmClient::new(&options(&server.base, 1)).unwrap();
+    let (out, attempts) = client.complete_traced(body(WireFormat::OpenAi, false), None).await;
+    assert_eq!(out.unwrap_err().kind(), "server");
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[1].retry_delay, None, "the last attempt is not retried");
+    assert_eq!(traceparents(&server), [None, None]);
+    let server = serve(vec![(http("200 OK", "", OK), Duration::ZERO)]).await;
+    LmClient::new(&options(&server.base, 0)).unwrap().complete(body(WireFormat::OpenAi, false)).await.unwrap();
+    assert_eq!(traceparents(&server), [None]);
+}
+
+#[tokio::test]
+async fn traced_streams_carry_the_header_on_every_opening_attempt() {
+    let stream = sse(&[r#"{"choices":[{"delta":{"content":"hi"},"finish_reason":"stop"}]}"#, "[DONE]"]);
+    let limited = http("429 Too Many Requests", "Retry-After: 0.01\r\n", "{}");
+    let server = serve(vec![(limited, Duration::ZERO), (stream, Duration::ZERO)]).await;
+    let client = LmClient::new(&options(&server.base, 1)).unwrap();
+    let trace = TraceContext { trace_id: 0x1234, flags: 0 };
+    let (opened, attempts) = client.stream_traced(body(WireFormat::OpenAi, true), Some(&trace)).await;
+    let mut events = opened.unwrap();
+    while events.next().await.is_some() {}
+    let expected: Vec<Option<String>> =
+        attempts.iter().map(|a| Some(format!("00-{:032x}-{:016x}-00", 0x1234, a.span_id))).collect();
+    assert_eq!(traceparents(&server), expected);
+    assert_eq!(attempts.iter().map(|a| a.status).collect::<Vec<_>>(), [Some(429), Some(200)]);
+}
+
+#[test]
+fn traceparent_parsing_names_the_problem() {
+    let good = TraceContext::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
+    assert_eq!(good, TraceContext { trace_id: 0x0af7651916cd43dd8448eb211c80319c, flags: 1 });
+    for (bad, problem) in [
+        ("", "4 dash-separated fields"),
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331", "4 dash-separated fields"),
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra", "4 dash-separated fields"),
+        ("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "only version 00"),
+        ("0g-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "version must be 2"),
+        ("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01", "trace id must be 32 lower-case hex"),
+        ("00-0af7651916cd43dd8448eb211c8031-b7ad6b7169203331-01", "trace id must be 32"),
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b71692033-01", "span id must be 16"),
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1", "flags must be 2"),
+        ("00-00000000000000000000000000000000-b7ad6b7169203331-01", "must not be all zeros"),
+        ("00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", "must not be all zeros"),
+        ("00-+af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "trace id must be 32"),
+    ] {
+        let error = TraceContext::parse(bad).unwrap_err();
+        assert!(error.contains(problem), "{bad:?}: {error}");
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn traceparent_round_trips(trace_id in 1u128.., span_id in 1u64.., flags in proptest::prelude::any::<u8>()) {
+        let header = TraceContext { trace_id, flags }.traceparent(span_id);
+        proptest::prop_assert_eq!(header.len(), 55);
+        proptest::prop_assert_eq!(&header, &format!("00-{trace_id:032x}-{span_id:016x}-{flags:02x}"));
+        proptest::prop_assert_eq!(TraceContext::parse(&header), Ok(TraceContext { trace_id, flags }));
+    }
+}

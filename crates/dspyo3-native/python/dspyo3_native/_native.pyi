@@ -1,6 +1,6 @@
 from collections.abc import Awaitable, Sequence
 from os import PathLike
-from typing import Any, Self, final
+from typing import Any, Self, final, overload
 
 __all__ = [
     "__version__",
@@ -208,15 +208,15 @@ class LMTransportError(Exception):
     """A request through :class:`LMTransport` failed; ``args`` is ``(message, kind, status, retry_after)``.
 
     ``kind``: rate_limit, auth, context_length, invalid_request, server, timeout, connect, protocol, config,
-    too_large (an answer over ``max_event_bytes`` / ``max_response_bytes``; never retried).
+    too_large (an answer over ``max_event_bytes`` / ``max_response_bytes``; never retried). A request made with
+    ``traceparent=`` adds a 5th element: its HTTP attempts (see :meth:`LMTransport.complete`).
     """
 
-_Answer = tuple[
-    str | None,
-    str | None,
-    list[tuple[str | None, str | None, list[dict[str, Any]] | None, str | None]],
-    tuple[int, int, int],
-]
+_Choice = tuple[str | None, str | None, list[dict[str, Any]] | None, str | None]
+_Answer = tuple[str | None, str | None, list[_Choice], tuple[int, int, int]]
+# (span_id_hex, start_unix_ns, end_unix_ns, status, error_kind) of one HTTP attempt
+_Attempt = tuple[str, int, int, int | None, str | None]
+_TracedAnswer = tuple[str | None, str | None, list[_Choice], tuple[int, int, int], list[_Attempt]]
 _Event = tuple[Any, ...]
 
 @final
@@ -227,6 +227,9 @@ class LMStream:
     def __next__(self) -> _Event: ...
     def __aiter__(self) -> LMStream: ...
     def __anext__(self) -> Awaitable[_Event]: ...
+    @property
+    def attempts(self) -> list[_Attempt] | None:
+        """The HTTP attempts made to open the stream when it was opened with ``traceparent=``, else ``None``."""
     def close(self) -> None:
         """Stop reading and drop the connection."""
 
@@ -268,16 +271,54 @@ class LMTransport:
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None, stream: bool = False
     ) -> bytes:
         """The JSON body :meth:`complete` would send."""
-    def complete(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None) -> _Answer:
-        """Send a request and wait (GIL released); raises :class:`LMTransportError`."""
+    @overload
+    def complete(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any] | None = None,
+        *,
+        traceparent: None = None,
+    ) -> _Answer: ...
+    @overload
+    def complete(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None, *, traceparent: str
+    ) -> _TracedAnswer:
+        """Send a request and wait (GIL released); raises :class:`LMTransportError`.
+
+        ``traceparent`` (W3C ``00-<trace>-<span>-<flags>``; malformed raises ``ValueError``): each HTTP attempt sends
+        that trace with a fresh span id of its own, and the answer (or the error's ``args``) gains a 5th element,
+        the attempts ``[(span_id_hex, start_unix_ns, end_unix_ns, status, error_kind), ...]``."""
+    @overload
     def acomplete(
-        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None
-    ) -> Awaitable[_Answer]:
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any] | None = None,
+        *,
+        traceparent: None = None,
+    ) -> Awaitable[_Answer]: ...
+    @overload
+    def acomplete(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None, *, traceparent: str
+    ) -> Awaitable[_TracedAnswer]:
         """:meth:`complete` as an awaitable; cancelling it drops the request."""
-    def stream(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None) -> LMStream:
-        """Open a streaming request."""
+    def stream(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any] | None = None,
+        *,
+        traceparent: str | None = None,
+    ) -> LMStream:
+        """Open a streaming request; with ``traceparent``, its opening attempts are :attr:`LMStream.attempts`."""
     def astream(
-        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any] | None = None
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any] | None = None,
+        *,
+        traceparent: str | None = None,
     ) -> Awaitable[LMStream]:
         """:meth:`stream` as an awaitable."""
     def submit(
@@ -287,8 +328,10 @@ class LMTransport:
         model: str,
         messages: list[dict[str, Any]],
         params: dict[str, Any] | None = None,
+        *,
+        traceparent: str | None = None,
     ) -> LMRequest:
-        """Start a request whose result lands in ``queue`` under ``token``."""
+        """Start a request whose result lands in ``queue`` under ``token`` (with the attempts when traced)."""
 
 @final
 class LMRequest:
