@@ -166,6 +166,11 @@ class LMCall:
         deferred: an async call running its hook chain on the event loop: the innermost impl returns an awaitable
             of the outputs (not the outputs), and each wrapper, all marked ``dspyo3_async_aware``, returns an
             awaitable that finishes its work once that one is done. The LM awaits what the hook returns.
+        finish_reasons: why each choice ended (``"stop"``, ``"length"``, ...), when the response says so.
+        response_model: the model the provider says answered (may differ from :attr:`model`).
+        response_id: the provider's id of the response.
+        attempts: the HTTP attempts the transport made, as ``(span_id_hex, start_unix_ns, end_unix_ns, status or
+            None, error kind or None)`` tuples (NativeLM with tracing on); None when not known.
     """
 
     lm: dspy.BaseLM
@@ -182,6 +187,10 @@ class LMCall:
     cost_source: str | None = None
     latency_s: float | None = None
     error: BaseException | None = None
+    finish_reasons: tuple[str, ...] | None = None
+    response_model: str | None = None
+    response_id: str | None = None
+    attempts: list[tuple[Any, ...]] | None = None
 
     @property
     def model(self) -> str:
@@ -245,6 +254,38 @@ class LMCall:
             if isinstance(reported, (int, float)) and not isinstance(reported, bool):
                 cost, source = float(reported), "reported"
         self.usage, self.cost, self.cost_source = billed, cost, source
+        self._note_response(entry.get("response"))
+
+    def _note_response(self, response: Any) -> None:
+        """Finish reasons, model and id from a provider response: a LiteLLM ``ModelResponse`` (``choices[i]
+        .finish_reason``), a dict of the same shape, or an object with a single ``finish_reason``. Anything else
+        (or a response that raises while being read) leaves the fields as they are."""
+        if response is None:
+            return
+        try:
+            get = response.get if isinstance(response, dict) else functools.partial(getattr, response)
+            choices = get("choices", None)
+            reasons: list[str] = []
+            if isinstance(choices, (list, tuple)):
+                for choice in choices:
+                    reason = (choice.get("finish_reason") if isinstance(choice, dict)
+                              else getattr(choice, "finish_reason", None))
+                    if isinstance(reason, str):
+                        reasons.append(reason)
+            else:
+                reason = get("finish_reason", None)
+                if isinstance(reason, str):
+                    reasons.append(reason)
+            if reasons:
+                self.finish_reasons = tuple(reasons)
+            model = get("model", None)
+            if isinstance(model, str) and model:
+                self.response_model = model
+            rid = get("id", None)
+            if isinstance(rid, str) and rid:
+                self.response_id = rid
+        except Exception:  # a foreign response shape: the fields are optional
+            return
 
 
 _UNKNOWN: Any = object()
@@ -264,12 +305,23 @@ def note_history(lm: Any, entry: dict[str, Any]) -> None:
 
 
 def note_result(lm: Any, usage: dict[str, Any], cost: float | None, cache_hit: bool,
-                cost_source: str | None = None) -> None:
+                cost_source: str | None = None, *, finish_reasons: tuple[str, ...] | list[str] | None = None,
+                response_model: str | None = None, response_id: str | None = None,
+                attempts: list[tuple[Any, ...]] | None = None) -> None:
     """Report one finished call's usage, cost (and where it comes from: :attr:`LMCall.cost_source`) and cache mark
     to the :class:`LMCall` running for ``lm``, if any (:meth:`LMCall.note_usage`, :meth:`LMCall.note_cache_hit`).
-    For LMs whose own code finishes the call (NativeLM, OfflineLM)."""
+    For LMs whose own code finishes the call (NativeLM, OfflineLM); ``finish_reasons``, ``response_model``,
+    ``response_id`` and ``attempts`` fill the fields of the same names when given."""
     call = _running_for(lm)
     if call is not None:
         call.note_usage(usage, cost, cost_source)
         if cache_hit:
             call.note_cache_hit()
+        if finish_reasons is not None:
+            call.finish_reasons = tuple(finish_reasons)
+        if response_model is not None:
+            call.response_model = response_model
+        if response_id is not None:
+            call.response_id = response_id
+        if attempts is not None:
+            call.attempts = attempts
