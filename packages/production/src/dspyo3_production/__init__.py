@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from dspyo3_production.redis_tier import RedisTier
     from dspyo3_production.routing import ABRouter
     from dspyo3_production.stack import Production, active, disable, enable
+    from dspyo3_production.tracing import Recorder, TracingConfig, span
 
 __version__ = "0.1.0"
 
@@ -43,8 +44,10 @@ __all__ = [
     "Production",
     "RedactingFilter",
     "Redactor",
+    "Recorder",
     "RedisTier",
     "TieredCache",
+    "TracingConfig",
     "UnsafeValueError",
     "active",
     "attribute",
@@ -57,6 +60,7 @@ __all__ = [
     "install_cache",
     "make_asgi_app",
     "serve",
+    "span",
     "trace",
 ]
 
@@ -87,6 +91,9 @@ _WHERE = {
     "active": "dspyo3_production.stack",
     "disable": "dspyo3_production.stack",
     "enable": "dspyo3_production.stack",
+    "Recorder": "dspyo3_production.tracing",
+    "TracingConfig": "dspyo3_production.tracing",
+    "span": "dspyo3_production.tracing",
 }
 
 

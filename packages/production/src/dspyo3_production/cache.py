@@ -36,6 +36,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -44,6 +45,7 @@ import dspy
 import orjson
 from dspy.clients.cache import Cache
 
+from dspyo3_core import spans
 from dspyo3_core.lm import current_call
 from dspyo3_production.codec import (
     JSON_TAG,
@@ -244,6 +246,26 @@ class TieredCache(Cache):
 
     def get(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None = None) -> Any:
         """The cached answer for ``request`` (a fresh copy, marked as a hit), or None."""
+        tracer = spans.TRACER
+        if tracer is None:
+            return self._get(request, ignored_args_for_cache_key)
+        started = time.time_ns()
+        value = self._get(request, ignored_args_for_cache_key)
+        attrs: dict[str, spans.AttrValue] = {"dspyo3.cache.hit": value is not None}
+        call = current_call()
+        if value is not None and call is not None and call.cache_tier:
+            attrs["dspyo3.cache.tier"] = call.cache_tier
+        elif value is None:
+            attrs["dspyo3.cache.tiers"] = [tier for tier, on in (
+                ("memory", self.enable_memory_cache), ("redis", self.redis is not None),
+                ("disk", self.enable_disk_cache)) if on]
+            scope = _SCOPE.get()
+            if scope is not None and scope.last is not None and scope.led and scope.led[-1] == scope.last[2]:
+                attrs["dspyo3.cache.single_flight"] = "leader"
+        tracer.record("dspyo3.cache.lookup", started, time.time_ns(), attrs)
+        return value
+
+    def _get(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None) -> Any:
         if not (self.enable_memory_cache or self.enable_disk_cache or self.redis is not None):
             return None
         try:

@@ -186,6 +186,18 @@ def production_group() -> None:
     """The production stack around LM calls (cache, metrics, logs, breakers, budgets)."""
 
 
+def _env_tracing() -> dict[str, Any] | None:
+    """The tracing the OTEL_* variables turn on without a [production] table (None: off)."""
+    import os
+
+    if not any(k.startswith("OTEL_") for k in os.environ):
+        return None
+    from dspyo3_production.tracing import TracingConfig
+
+    config = TracingConfig.from_env()
+    return config.status() if config is not None else None
+
+
 @production_group.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def production_status(as_json: bool) -> None:
@@ -195,7 +207,8 @@ def production_status(as_json: bool) -> None:
     production = from_settings(apply_pricing=False)
     if production is None:
         out: dict[str, Any] = {"configured": False,
-                               "hint": "add a [production] table to dspyo3.toml, or call dspyo3_production.enable()"}
+                               "hint": "add a [production] table to dspyo3.toml, or call dspyo3_production.enable()",
+                               "tracing": _env_tracing()}
     else:
         cache = production.cache
         out = {
@@ -210,9 +223,13 @@ def production_status(as_json: bool) -> None:
                 "reset_timeout": production.breaker.reset_timeout},
             "budgets": [b.label for b in production.costs.budgets] if production.costs is not None else [],
             "single_flight": production.single_flight,
+            "tracing": (production.tracing_config.status()
+                        if production.tracing_config is not None and production.tracer is not None else None),
         }
         if cache is not None:
             cache.close()
+        if production.tracer is not None:
+            production.tracer.shutdown()
     if as_json:
         click.echo(json.dumps(out, indent=2))
     else:

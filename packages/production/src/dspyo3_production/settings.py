@@ -33,6 +33,15 @@
     [production.pricing."openai/my-finetune"]
     input_per_mtok = 0.30
     output_per_mtok = 1.20
+
+    [production.tracing]                      # OpenTelemetry traces (keys win over the OTEL_* variables)
+    endpoint = "http://127.0.0.1:6006/v1/traces"
+    protocol = "http/protobuf"                # or "grpc"
+    headers = {authorization = "Bearer ..."}  # registered as secrets
+    sample_ratio = 1.0
+    service_name = "qa-api"
+    capture_content = false
+    modules = "inferred"                      # or "callbacks" (exact spans, costs DSPy's callback dispatch)
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ if TYPE_CHECKING:  # imported where a stack is built (they import DSPy): a confi
     from dspyo3_production.pipeline import Production
 
 _TOP = {"metrics", "log_events", "single_flight", "module_callbacks", "cache", "breaker", "budgets", "costs",
-        "pricing", "namespace"}
+        "pricing", "namespace", "tracing"}
 _CACHE = {"redis", "redis_ttl", "namespace", "memory_max_entries", "memory_max_bytes", "memory_ttl", "disk",
           "disk_size_limit_bytes", "redis_timeout", "redis_max_backoff", "single_flight_timeout", "enabled"}
 _COSTS = {"shared", "reservation_ttl", "default_price"}
@@ -161,7 +170,16 @@ def from_settings(settings: Settings | None = None, *, apply_pricing: bool = Tru
                             default_price=default_price)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[production.costs]: {exc}") from None
+    tracing_table = table.get("tracing")
+    tracing: Any = None  # no table: the OTEL_* variables decide
+    if tracing_table is not None:
+        if not isinstance(tracing_table, (dict, bool)):
+            raise ConfigError("[production] tracing must be a table ([production.tracing]) or true/false")
+        from dspyo3_production.tracing import TracingConfig
+
+        tracing = TracingConfig.from_table(tracing_table) or False
     return Production(
+        tracing=tracing,
         cache=cache,
         metrics=bool(table.get("metrics", True)),
         log_events=bool(table.get("log_events", True)),
