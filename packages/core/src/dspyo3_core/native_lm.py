@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
+import inspect
 import itertools
 import os
 import re
@@ -32,11 +33,13 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 import dspy
 from dspy.dsp.utils.settings import settings
 from dspy.utils.callback import with_callbacks as _with_callbacks
 
+from dspyo3_core import spans
 from dspyo3_core.call import wrappers_async_aware
 from dspyo3_core.lm import LMCall, lm_callbacks_wanted, manager_token, note_result, plugin_manager_for, wrappers_active
 from dspyo3_core.pricing import PRICING as PRICING  # re-exported: PRICING and PricingTable once lived here
@@ -105,6 +108,46 @@ MAX_EVENT_BYTES = 16 * 1024 * 1024
 MAX_RESPONSE_BYTES = 128 * 1024 * 1024
 """Default largest answer NativeLM accepts, a whole stream or a non-streamed body (``max_response_bytes``)."""
 _SECRET_HEADER = SECRET_HEADER  # never pickled or saved
+# whether note_result takes the response details (finish_reasons, response_model, response_id)
+_NOTE_DETAILS = {"finish_reasons", "response_model", "response_id"} <= set(inspect.signature(note_result).parameters)
+
+
+def _tracer() -> spans.Tracer | None:
+    """The tracer when outgoing requests carry a ``traceparent``: tracing on, propagating, inside a span."""
+    tracer = spans.TRACER
+    if tracer is None or not tracer.propagate or spans.CURRENT.get() is None:
+        return None
+    return tracer
+
+
+@functools.lru_cache(maxsize=64)
+def _endpoint(url: str) -> tuple[str, int, str]:
+    """``(server.address, server.port, url.path)`` of an endpoint URL (never its query string)."""
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), parts.path or "/"
+
+
+def _record_attempts(tracer: spans.Tracer, url: str, attempts: Any) -> None:
+    """One CLIENT span per HTTP attempt the transport reports, under :data:`spans.CURRENT` (the LM call), each
+    with the span id its ``traceparent`` carried."""
+    if not attempts:
+        return
+    host, port, path = _endpoint(url)
+    for index, (span_hex, start_ns, end_ns, status, kind) in enumerate(attempts):
+        attrs: dict[str, spans.AttrValue] = {"http.request.method": "POST", "server.address": host,
+                                             "server.port": port, "url.path": path}
+        if status is not None:
+            attrs["http.response.status_code"] = status
+        if index:
+            attrs["http.request.resend_count"] = index
+        if kind is not None:
+            attrs["error.type"] = kind
+        tracer.record("POST", start_ns, end_ns, attrs, kind=spans.CLIENT, span_id=int(span_hex, 16), error=kind)
+
+
+def _error_attempts(exc: BaseException) -> Any:
+    """The attempts a traced request's ``LMTransportError`` carries (its 5th argument), else ``None``."""
+    return exc.args[4] if len(exc.args) > 4 else None
 
 
 
@@ -179,11 +222,15 @@ def _bridge(loop: asyncio.AbstractEventLoop) -> _LoopBridge:
     return bridge
 
 
-async def _submit(transport: Any, model: str, messages: list[Any], params: dict[str, Any]) -> Any:
+async def _submit(transport: Any, model: str, messages: list[Any], params: dict[str, Any],
+                  traceparent: str | None = None) -> Any:
     loop = asyncio.get_running_loop()
     bridge = _bridge(loop)
     token = next(bridge.tokens)
-    request = transport.submit(bridge.queue, token, model, messages, params)
+    if traceparent is None:
+        request = transport.submit(bridge.queue, token, model, messages, params)
+    else:
+        request = transport.submit(bridge.queue, token, model, messages, params, traceparent=traceparent)
     # registered after submit (a refused request leaves nothing behind); the queue is only drained on this loop's
     # thread, after this coroutine yields, so the result cannot arrive first
     future = bridge.futures[token] = loop.create_future()
@@ -572,7 +619,7 @@ class NativeLM(dspy.BaseLM):
         return messages, params, key, int(n)
 
     def _record(self, answer: tuple[Any, ...]) -> _Record:
-        ident, model, choices, (prompt_tokens, completion_tokens, total_tokens) = answer
+        ident, model, choices, (prompt_tokens, completion_tokens, total_tokens) = answer[:4]  # 5th: attempts
         return _Record(
             id=ident, model=model or self.wire_model,
             choices=[{"content": c, "reasoning": r, "tool_calls": t, "finish_reason": f} for c, r, t, f in choices],
@@ -587,15 +634,42 @@ class NativeLM(dspy.BaseLM):
         return _Record(id=records[0]["id"], model=records[0]["model"],
                        choices=[c for r in records for c in r["choices"]], usage=usage)
 
+    def _send(self, transport: Any, messages: list[Any], params: dict[str, Any]) -> Any:
+        """One request; inside a traced span it carries a ``traceparent`` and its attempts are recorded."""
+        tracer = _tracer()
+        traceparent = tracer.traceparent() if tracer is not None else None
+        if tracer is None or traceparent is None:
+            return transport.complete(self.wire_model, messages, params)
+        try:
+            answer = transport.complete(self.wire_model, messages, params, traceparent=traceparent)
+        except _native().LMTransportError as exc:
+            _record_attempts(tracer, transport.url, _error_attempts(exc))
+            raise
+        _record_attempts(tracer, transport.url, answer[4])
+        return answer
+
+    async def _asend(self, transport: Any, messages: list[Any], params: dict[str, Any]) -> Any:
+        """Async :meth:`_send`, through the loop's completion queue."""
+        tracer = _tracer()
+        traceparent = tracer.traceparent() if tracer is not None else None
+        if tracer is None or traceparent is None:
+            return await _submit(transport, self.wire_model, messages, params)
+        try:
+            answer = await _submit(transport, self.wire_model, messages, params, traceparent)
+        except _native().LMTransportError as exc:
+            _record_attempts(tracer, transport.url, _error_attempts(exc))
+            raise
+        _record_attempts(tracer, transport.url, answer[4])
+        return answer
+
     def _complete(self, messages: list[Any], params: dict[str, Any], n: int) -> _Record:
         transport = self._transport
         try:
             if n > 1 and self.wire == "anthropic":  # no `n` in the messages API: one request per candidate
-                return self._merge([self._record(transport.complete(self.wire_model, messages, params))
-                                    for _ in range(n)])
+                return self._merge([self._record(self._send(transport, messages, params)) for _ in range(n)])
             if n > 1:
                 params = {**params, "n": n}
-            return self._record(transport.complete(self.wire_model, messages, params))
+            return self._record(self._send(transport, messages, params))
         except _native().LMTransportError as exc:
             raise _error(self, exc) from None
 
@@ -603,8 +677,7 @@ class NativeLM(dspy.BaseLM):
         transport = self._transport
         try:
             if n > 1 and self.wire == "anthropic":
-                tasks = [asyncio.ensure_future(_submit(transport, self.wire_model, messages, params))
-                         for _ in range(n)]
+                tasks = [asyncio.ensure_future(self._asend(transport, messages, params)) for _ in range(n)]
                 try:
                     answers = await asyncio.gather(*tasks)
                 except BaseException:
@@ -614,7 +687,7 @@ class NativeLM(dspy.BaseLM):
                 return self._merge([self._record(a) for a in answers])
             if n > 1:
                 params = {**params, "n": n}
-            return self._record(await _submit(transport, self.wire_model, messages, params))
+            return self._record(await self._asend(transport, messages, params))
         except _native().LMTransportError as exc:
             raise _error(self, exc) from None
 
@@ -646,7 +719,14 @@ class NativeLM(dspy.BaseLM):
                 settings.usage_tracker.add_usage(self.model, dict(record["usage"]))
         outputs = _outputs(record)
         billed, cost = ({}, None) if hit else (dict(record["usage"]), record.get("cost"))  # a hit bills nothing
-        note_result(self, billed, cost, bool(hit), "lm" if self.pricing is not None else "pricing")
+        source = "lm" if self.pricing is not None else "pricing"
+        if _NOTE_DETAILS:
+            finish = [c.get("finish_reason") for c in record.get("choices") or ()]
+            note_result(self, billed, cost, bool(hit), source,  # type: ignore[call-arg,unused-ignore]
+                        finish_reasons=[f for f in finish if isinstance(f, str)] or None,
+                        response_model=record.get("model"), response_id=record.get("id"))
+        else:
+            note_result(self, billed, cost, bool(hit), source)
         if not settings.disable_history:
             self.update_history({
                 "prompt": prompt, "messages": messages,
@@ -682,13 +762,43 @@ class NativeLM(dspy.BaseLM):
 
     # -- streaming ---------------------------------------------------------------------------------------------
 
+    def _open_stream(self, messages: list[Any], params: dict[str, Any]) -> Any:
+        """Open a stream; inside a traced span it carries a ``traceparent`` and its opening attempts are recorded."""
+        transport = self._transport
+        tracer = _tracer()
+        traceparent = tracer.traceparent() if tracer is not None else None
+        if tracer is None or traceparent is None:
+            return transport.stream(self.wire_model, messages, params)
+        try:
+            events = transport.stream(self.wire_model, messages, params, traceparent=traceparent)
+        except _native().LMTransportError as exc:
+            _record_attempts(tracer, transport.url, _error_attempts(exc))
+            raise
+        _record_attempts(tracer, transport.url, events.attempts)
+        return events
+
+    async def _aopen_stream(self, messages: list[Any], params: dict[str, Any]) -> Any:
+        """Async :meth:`_open_stream`."""
+        transport = self._transport
+        tracer = _tracer()
+        traceparent = tracer.traceparent() if tracer is not None else None
+        if tracer is None or traceparent is None:
+            return await transport.astream(self.wire_model, messages, params)
+        try:
+            events = await transport.astream(self.wire_model, messages, params, traceparent=traceparent)
+        except _native().LMTransportError as exc:
+            _record_attempts(tracer, transport.url, _error_attempts(exc))
+            raise
+        _record_attempts(tracer, transport.url, events.attempts)
+        return events
+
     def _stream_sync(self, messages: list[Any], params: dict[str, Any]) -> _Record:
         import anyio.from_thread
 
         stream = settings.send_stream
         assembly = _Assembly(self, settings.caller_predict)
         try:
-            events = self._transport.stream(self.wire_model, messages, params)
+            events = self._open_stream(messages, params)
             try:
                 for event in events:
                     chunk = assembly.push(event)
@@ -705,7 +815,7 @@ class NativeLM(dspy.BaseLM):
         stream = settings.send_stream
         assembly = _Assembly(self, settings.caller_predict)
         try:
-            events = await self._transport.astream(self.wire_model, messages, params)
+            events = await self._aopen_stream(messages, params)
             try:
                 async for event in events:
                     chunk = assembly.push(event)

@@ -553,7 +553,8 @@ async def serve_async(responder: Responder, host: str = "127.0.0.1", port: int =
     latency of its own, and a thread per connection contending for the GIL does at a few hundred requests/s.
     Routes: ``POST .../chat/completions`` (JSON or SSE) and ``GET /v1/models``; HTTP/1.1 keep-alive. Replies honour
     ``latency``, ``status``, ``headers``, ``raw_body``, ``hang``, ``chunk_size`` and ``chunk_delay`` like
-    :class:`LMServer`, but requests are not recorded. Malformed requests get a 4xx naming the problem; a
+    :class:`LMServer`, but requests are not recorded (the responder sees ``_headers``, lower-cased, and ``_path``
+    like LMServer's). Malformed requests get a 4xx naming the problem; a
     connection idle for ``idle_timeout`` seconds is closed. ``ready(api_base)`` is called once the socket listens.
     """
     import asyncio
@@ -650,6 +651,8 @@ async def serve_async(responder: Responder, host: str = "127.0.0.1", port: int =
                         request = json.loads(body or b"{}")
                         if not isinstance(request, dict):
                             raise ValueError(f"the body must be a JSON object, not {type(request).__name__}")
+                        request["_headers"] = headers  # lower-cased names, as LMServer records them
+                        request["_path"] = path
                         keep = await answer(writer, request, close)
                     except ValueError as exc:  # JSON, UTF-8 and field-type problems of the request
                         message = "request body is not JSON" if isinstance(exc, json.JSONDecodeError) else str(exc)
