@@ -30,6 +30,7 @@ from dspy.utils.usage_tracker import UsageTracker, track_usage
 from dspyo3_agents.state import AgentState, StateStore, open_store
 from dspyo3_agents.tools import ToolError, ToolRegistry, tool_deadline
 from dspyo3_agents.trajectory import Step, TrajectoryLog, jsonable
+from dspyo3_core import spans
 
 __all__ = ["ReActAgent", "RunState"]
 
@@ -362,6 +363,33 @@ class ReActAgent(dspy.ReAct):  # type: ignore[misc]  # dspy is untyped (Any)
             yield _Effects(loop, deadline, began)
 
     def forward(self, **input_args: Any) -> dspy.Prediction:
+        tracer = spans.TRACER
+        if tracer is None:
+            return self._forward(input_args)
+        with tracer.start(f"invoke_agent {self.name}", attrs=self._span_attrs(input_args)) as span:
+            prediction = self._forward(input_args)
+            _span_result(span, prediction)
+            return prediction
+
+    async def aforward(self, **input_args: Any) -> dspy.Prediction:
+        tracer = spans.TRACER
+        if tracer is None:
+            return await self._aforward(input_args)
+        with tracer.start(f"invoke_agent {self.name}", attrs=self._span_attrs(input_args)) as span:
+            prediction = await self._aforward(input_args)
+            _span_result(span, prediction)
+            return prediction
+
+    def _span_attrs(self, input_args: Mapping[str, Any]) -> dict[str, spans.AttrValue]:
+        """The ``invoke_agent`` span's attributes known before the run (a resumed run's id among them)."""
+        attrs: dict[str, spans.AttrValue] = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": self.name,
+                                             "openinference.span.kind": "AGENT"}
+        run_id = input_args.get("run_id")
+        if isinstance(run_id, str):
+            attrs["dspyo3.agent.run_id"] = run_id
+        return attrs
+
+    def _forward(self, input_args: dict[str, Any]) -> dspy.Prediction:
         run_id, max_steps = self._open(input_args)
         run = self._begin(run_id, input_args)
         if run.status == "done":
@@ -382,7 +410,7 @@ class ReActAgent(dspy.ReAct):  # type: ignore[misc]  # dspy is untyped (Any)
             extract = self._call_lm(self.extract, run, inputs)
         return self._complete(run, extract, _tokens(tracker), time.monotonic() - effects.began)
 
-    async def aforward(self, **input_args: Any) -> dspy.Prediction:
+    async def _aforward(self, input_args: dict[str, Any]) -> dspy.Prediction:
         run_id, max_steps = self._open(input_args)
         run = await asyncio.to_thread(self._begin, run_id, input_args)  # store I/O off the event loop
         if run.status == "done":
@@ -404,6 +432,19 @@ class ReActAgent(dspy.ReAct):  # type: ignore[misc]  # dspy is untyped (Any)
             extract = await self._acall_lm(self.extract, run, inputs)
         return await asyncio.to_thread(self._complete, run, extract, _tokens(tracker),
                                        time.monotonic() - effects.began)
+
+
+def _span_result(span: spans.Span, prediction: Any) -> None:
+    """What an ``invoke_agent`` span learns from the run's prediction: its id, steps and why it stopped."""
+    run_id = getattr(prediction, "run_id", None)
+    if isinstance(run_id, str):
+        span.set("dspyo3.agent.run_id", run_id)
+    steps = getattr(prediction, "steps", None)
+    if isinstance(steps, list):
+        span.set("dspyo3.agent.steps", len(steps))
+    stopped = getattr(prediction, "stopped", None)
+    if isinstance(stopped, str):
+        span.set("dspyo3.agent.stopped", stopped)
 
 
 class _Effects:

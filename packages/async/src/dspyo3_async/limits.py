@@ -25,6 +25,8 @@ import threading
 import time
 from typing import Any, Literal
 
+from dspyo3_core import spans
+
 __all__ = ["OnRedisError", "RateLimit", "RateLimitUnavailable", "throttle"]
 
 logger = logging.getLogger(__name__)
@@ -499,34 +501,44 @@ class RateLimit:
         """
         start = time.monotonic()
         local = False
+        paced = False
         if self._tokens is not None:
             while (wait := await self._tokens.atime_to_ready(1)) > 0:
+                paced = True
                 await asyncio.sleep(wait)
         if self._requests is not None:
             wait, local = await self._requests.areserve(1)
             if wait > 0:
+                paced = True
                 await asyncio.sleep(wait)
         waited = time.monotonic() - start
         self.granted += 1
         self.granted_locally += local
         self.waited += waited
+        if paced and (tracer := spans.TRACER) is not None:  # a span only for a call the limit held back
+            _record_wait(tracer, waited, local)
         return waited
 
     def acquire_sync(self) -> float:
         """:meth:`acquire` for threads (blocks the calling thread)."""
         start = time.monotonic()
         local = False
+        paced = False
         if self._tokens is not None:
             while (wait := self._tokens.time_to_ready(1)) > 0:
+                paced = True
                 time.sleep(wait)
         if self._requests is not None:
             wait, local = self._requests.reserve(1)
             if wait > 0:
+                paced = True
                 time.sleep(wait)
         waited = time.monotonic() - start
         self.granted += 1
         self.granted_locally += local
         self.waited += waited
+        if paced and (tracer := spans.TRACER) is not None:
+            _record_wait(tracer, waited, local)
         return waited
 
     async def charge(self, tokens: int) -> None:
@@ -542,6 +554,13 @@ class RateLimit:
         if self._tokens is not None and tokens > 0:
             self.tokens_charged += tokens
             self._tokens.reserve(tokens, may_fail=False)
+
+
+def _record_wait(tracer: spans.Tracer, waited: float, local: bool) -> None:
+    """A ``dspyo3.rate_limit.wait`` span for a wait that just ended (under the current span)."""
+    end = time.time_ns()
+    tracer.record("dspyo3.rate_limit.wait", end - int(waited * 1e9), end,
+                  {"dspyo3.rate_limit.waited_s": waited, "dspyo3.rate_limit.local": bool(local)})
 
 
 # -- throttle: an LM whose calls wait on a RateLimit ---------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from dspyo3_async.limits import RateLimit
 from dspyo3_async.retry import DEFAULT_RETRY, RetryPolicy
+from dspyo3_core import spans
 
 __all__ = ["ItemError", "ItemResult", "ItemTimeout", "acall", "iter_many", "run_many", "run_many_sync", "run_sync"]
 
@@ -117,6 +118,19 @@ class ItemRunner:
                             mininterval=0.5, unit="item")
 
     async def one(self, index: int, inputs: Mapping[str, Any]) -> ItemResult:
+        tracer = spans.TRACER
+        if tracer is None:
+            return await self._one(index, inputs)
+        # one span per item: every attempt, its rate-limit wait and the program's own spans nest under it (tasks
+        # and worker threads copy the context, so CURRENT follows)
+        with tracer.start("dspyo3.run_many.item", attrs={"dspyo3.run_many.index": index}) as span:
+            result = await self._one(index, inputs)
+            span.set("dspyo3.run_many.attempts", result.attempts)
+            if result.error is not None:
+                span.fail(result.error)
+            return result
+
+    async def _one(self, index: int, inputs: Mapping[str, Any]) -> ItemResult:
         if not isinstance(inputs, Mapping):
             error = TypeError(f"input {index} must be a mapping of input fields (dict or dspy.Example.inputs()), "
                               f"got {type(inputs).__name__}")

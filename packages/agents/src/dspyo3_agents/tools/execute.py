@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import json
 import re
 import threading
 import time
@@ -25,6 +26,7 @@ from dspyo3_agents.tools.errors import (
 from dspyo3_agents.tools.policy import ConcurrencySlots, ToolBreaker, tool_deadline, tool_retry
 from dspyo3_agents.tools.schema import describe_type
 from dspyo3_async import RetryPolicy
+from dspyo3_core import spans
 
 __all__ = ["MAX_HUNG_CALLS", "RegisteredTool", "current_loop"]
 
@@ -61,6 +63,11 @@ def _start_thread(tool: str, func: Callable[[], Any]) -> concurrent.futures.Futu
 
     threading.Thread(target=run, name=f"dspyo3-tool-{tool}", daemon=True).start()
     return future
+
+
+def _retry_event(span: spans.Span, error: BaseException, attempt: int, delay: float) -> None:
+    """A ``retry`` event on a tool span: the failed attempt, its error class and the wait before the next one."""
+    span.event("retry", {"dspyo3.tool.attempt": attempt, "error.type": type(error).__name__, "delay_s": delay})
 
 
 @dataclass(eq=False)
@@ -233,15 +240,27 @@ class RegisteredTool:
 
     def invoke(self, values: Mapping[str, Any]) -> Any:
         """Run validated ``values`` through breaker, concurrency limit, timeout and retries (synchronously)."""
+        tracer = spans.TRACER
+        if tracer is None:
+            return self._invoke(values, None)
+        with tracer.start(f"execute_tool {self.name}", attrs=self._span_attrs(tracer, values)) as span:
+            return self._invoke(values, span)
+
+    def _invoke(self, values: Mapping[str, Any], span: spans.Span | None) -> Any:
         timeout, budget = self._timeout()  # raises before the call when the agent's budget is spent (not a failure)
         self.breaker.before_call(self.name)
         attempt = 0
         while True:
             attempt += 1
+            if span is not None:
+                span.set("dspyo3.tool.attempts", attempt)
             try:
                 result = self._attempt(values, timeout, budget)
             except Exception as exc:
-                time.sleep(self._after_failure(exc, attempt))
+                delay = self._after_failure(exc, attempt)
+                if span is not None:
+                    _retry_event(span, exc, attempt, delay)
+                time.sleep(delay)
                 timeout, budget = self._retry_timeout()
                 continue
             except BaseException:
@@ -253,15 +272,27 @@ class RegisteredTool:
     async def ainvoke(self, values: Mapping[str, Any]) -> Any:
         """:meth:`invoke` on the event loop: async tools are awaited (and cancelled on timeout), sync tools run in
         a thread of their own so the loop keeps serving other agents."""
+        tracer = spans.TRACER
+        if tracer is None:
+            return await self._ainvoke(values, None)
+        with tracer.start(f"execute_tool {self.name}", attrs=self._span_attrs(tracer, values)) as span:
+            return await self._ainvoke(values, span)
+
+    async def _ainvoke(self, values: Mapping[str, Any], span: spans.Span | None) -> Any:
         timeout, budget = self._timeout()
         self.breaker.before_call(self.name)
         attempt = 0
         while True:
             attempt += 1
+            if span is not None:
+                span.set("dspyo3.tool.attempts", attempt)
             try:
                 result = await self._aattempt(values, timeout, budget)
             except Exception as exc:
-                await asyncio.sleep(self._after_failure(exc, attempt))
+                delay = self._after_failure(exc, attempt)
+                if span is not None:
+                    _retry_event(span, exc, attempt, delay)
+                await asyncio.sleep(delay)
                 timeout, budget = self._retry_timeout()
                 continue
             except BaseException:
@@ -269,6 +300,20 @@ class RegisteredTool:
                 raise
             self.breaker.success()
             return result
+
+    def _span_attrs(self, tracer: spans.Tracer, values: Mapping[str, Any]) -> dict[str, spans.AttrValue]:
+        """The ``execute_tool`` span's attributes (the arguments only when the tracer captures content; the tracer
+        masks them on export)."""
+        attrs: dict[str, spans.AttrValue] = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": self.name,
+                                             "openinference.span.kind": "TOOL"}
+        if self.timeout is not None:
+            attrs["dspyo3.tool.timeout_s"] = float(self.timeout)
+        if tracer.capture_content:
+            try:
+                attrs["gen_ai.tool.call.arguments"] = json.dumps(dict(values), default=str)
+            except (TypeError, ValueError):
+                pass
+        return attrs
 
     def _begin_attempt(self) -> None:
         with self._lock:
