@@ -334,11 +334,17 @@ class _Span:
         self.end()
 
 
+_TLO: Any = None
+
+
 def _overrides() -> Any:
     """DSPy's per-context settings overrides (``caller_modules``, and ``dspyo3_span`` set by a root)."""
-    from dspy.dsp.utils.settings import thread_local_overrides
+    global _TLO
+    if _TLO is None:
+        from dspy.dsp.utils.settings import thread_local_overrides
 
-    return thread_local_overrides
+        _TLO = thread_local_overrides
+    return _TLO
 
 
 def _set_overrides(ref: SpanRef) -> Any:
@@ -388,6 +394,7 @@ class Recorder:
         self._closed = False
         try:
             from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import Event, ReadableSpan
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
             from opentelemetry.sdk.util.instrumentation import InstrumentationScope
             from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
@@ -403,6 +410,8 @@ class Recorder:
         self._scope = InstrumentationScope("dspyo3", __version__, SCHEMA_URL)
         self._SpanContext, self._TraceFlags, self._Status, self._StatusCode = SpanContext, TraceFlags, Status, \
             StatusCode
+        self._Event, self._ReadableSpan = Event, ReadableSpan
+        self._unset = Status()
         self._kinds = {INTERNAL: SpanKind.INTERNAL, SERVER: SpanKind.SERVER, CLIENT: SpanKind.CLIENT}
         self._flags = (TraceFlags(0), TraceFlags(1))
         bsp: dict[str, Any] = {}
@@ -486,8 +495,8 @@ class Recorder:
         if current:
             span._token = CURRENT.set(ref)
             self._open[sid] = span
-            if parent is None or parent.remote or (attrs is not None and attrs.get("openinference.span.kind")
-                                                   in ("CHAIN", "AGENT")):
+            if kind != CLIENT and (parent is None or parent.remote or (
+                    attrs is not None and attrs.get("openinference.span.kind") in ("CHAIN", "AGENT"))):
                 if self.modules == "inferred" and not self._leave_modules():
                     span._chain = {}
                 span._ov_token = _set_overrides(ref)
@@ -578,8 +587,7 @@ class Recorder:
               status: str | None) -> None:
         if self._closed:
             return
-        from opentelemetry.sdk.trace import Event, ReadableSpan
-
+        Event, ReadableSpan = self._Event, self._ReadableSpan
         ctx = self._SpanContext(ref.trace_id, ref.span_id, False, self._flags[1])
         parent_ctx = (None if parent is None else
                       self._SpanContext(parent.trace_id, parent.span_id, parent.remote, self._flags[parent.sampled]))
@@ -587,7 +595,7 @@ class Recorder:
             name, ctx, parent_ctx, self._resource, dict(attrs),
             tuple(Event(n, a, t) for n, t, a in events) if events else (),
             kind=self._kinds.get(kind, self._kinds[INTERNAL]), status=(
-                self._Status(self._StatusCode.ERROR, status) if status is not None else self._Status()),
+                self._Status(self._StatusCode.ERROR, status) if status is not None else self._unset),
             start_time=start_ns, end_time=end_ns, instrumentation_scope=self._scope)
         self.processor.on_end(span)
 
@@ -616,24 +624,38 @@ class Recorder:
             text = json.dumps(secrets.masked(value), default=str, ensure_ascii=False)
         except Exception:
             text = str(value)
-        return secrets.redact(text)[: self.max_content_chars]
+        return _redactor().text(text)[: self.max_content_chars]
 
 
-def _mask_value(value: Any) -> Any:
+_REDACTOR: tuple[Any, secrets.Redactor] | None = None
+
+
+def _redactor() -> secrets.Redactor:
+    """A redactor of every known secret, rebuilt only when they may have changed (``secrets.redact`` rebuilds
+    its view of the environment on each call, far too slow for every span attribute)."""
+    global _REDACTOR
+    version = secrets.secrets_version()
+    current = _REDACTOR
+    if current is None or current[0] != version:
+        current = _REDACTOR = (version, secrets.Redactor())
+    return current[1]
+
+
+def _mask_value(value: Any, red: secrets.Redactor) -> Any:
     if isinstance(value, str):
-        return secrets.redact(value)
+        return red.text(value)
     if isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
-        return tuple(secrets.redact(v) if isinstance(v, str) else v for v in value)
+        return tuple(red.text(v) if isinstance(v, str) else v for v in value)
     return value
 
 
-def _masked_attrs(attrs: Any) -> dict[str, Any] | None:
+def _masked_attrs(attrs: Any, red: secrets.Redactor) -> dict[str, Any] | None:
     """``attrs`` with secrets masked, or None when nothing changed."""
     if not attrs:
         return None
     out = None
     for key, value in attrs.items():
-        masked = _mask_value(value)
+        masked = _mask_value(value, red)
         if masked is not value and masked != value:
             if out is None:
                 out = dict(attrs)
@@ -649,15 +671,15 @@ class MaskingExporter:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
 
-    def _mask(self, span: Any) -> Any:
+    def _mask(self, span: Any, red: secrets.Redactor) -> Any:
         from opentelemetry.sdk.trace import Event, ReadableSpan
         from opentelemetry.trace.status import Status
 
-        attrs = _masked_attrs(span.attributes)
+        attrs = _masked_attrs(span.attributes, red)
         events = span.events
         new_events = None
         for i, event in enumerate(events):
-            masked = _masked_attrs(event.attributes)
+            masked = _masked_attrs(event.attributes, red)
             if masked is not None:
                 if new_events is None:
                     new_events = list(events)
@@ -666,7 +688,7 @@ class MaskingExporter:
         description = status.description
         new_status = None
         if description:
-            masked_text = secrets.redact(description)
+            masked_text = red.text(description)
             if masked_text != description:
                 new_status = Status(status.status_code, masked_text)
         if attrs is None and new_events is None and new_status is None:
@@ -678,7 +700,8 @@ class MaskingExporter:
             end_time=span.end_time, instrumentation_scope=span.instrumentation_scope)
 
     def export(self, spans_: Any) -> Any:
-        return self.inner.export([self._mask(s) for s in spans_])
+        red = _redactor()
+        return self.inner.export([self._mask(s, red) for s in spans_])
 
     def shutdown(self) -> None:
         self.inner.shutdown()
