@@ -8,8 +8,11 @@ spec, running under ``dspy.context``, streaming, classifying exceptions) happens
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sys
 import traceback
+from collections.abc import Iterator
 from typing import Any, Literal, Optional
 
 import dspy
@@ -107,19 +110,20 @@ class Runner:
                 values[name] = adapter.validate_python(values[name])
         return values
 
-    def call(self, settings: dict[str, Any], inputs: str | bytes) -> bytes:
-        with dspy.context(**settings):
+    def call(self, settings: dict[str, Any], inputs: str | bytes, traceparent: str | None = None) -> bytes:
+        with traced(self.program, traceparent), dspy.context(**settings):
             return dump(self.program(**self.kwargs(inputs)))
 
-    async def acall(self, settings: dict[str, Any], inputs: str | bytes) -> bytes:
-        with dspy.context(**settings):
+    async def acall(self, settings: dict[str, Any], inputs: str | bytes, traceparent: str | None = None) -> bytes:
+        with traced(self.program, traceparent), dspy.context(**settings):
             if has_aforward(self.program):
                 return dump(await self.program.acall(**self.kwargs(inputs)))
             # DSPy's contract for a module with only `forward`: `dspy.asyncify` runs the sync call in a worker
             # thread (the loop stays free) with this context carried over
             return dump(await dspy.asyncify(self.program)(**self.kwargs(inputs)))
 
-    async def stream(self, settings: dict[str, Any], inputs: str | bytes, sink: Any) -> None:
+    async def stream(self, settings: dict[str, Any], inputs: str | bytes, sink: Any,
+                     traceparent: str | None = None) -> None:
         """Run the program with ``dspy.streamify`` and hand each event to ``sink`` (a Rust callback).
 
         Events: ``("token", field, chunk, is_last)``, ``("status", message)``, ``("prediction", json_bytes)``.
@@ -128,7 +132,7 @@ class Runner:
 
         fields = self.outputs if self.outputs is not None else _output_names(self.program)
         listeners = [StreamListener(signature_field_name=name) for name in fields]
-        with dspy.context(**settings):
+        with traced(self.program, traceparent), dspy.context(**settings):
             # is_async_program: the program's acall runs on this loop (not a sync call in a worker thread); a
             # module with only `forward` runs in a worker thread instead (DSPy's asyncify)
             streaming = dspy.streamify(self.program, stream_listeners=listeners,
@@ -140,6 +144,32 @@ class Runner:
                     sink(("status", item.message))
                 elif isinstance(item, dspy.Prediction):
                     sink(("prediction", dump(item)))
+
+
+@contextlib.contextmanager
+def traced(program: Any, traceparent: str | None) -> Iterator[None]:
+    """Run one call under the caller's span (a W3C ``traceparent`` from Rust's ``CallOptions``; a malformed one is
+    ignored) and, when a tracer is installed (``dspyo3_core.spans.TRACER``), in a program span under it.
+
+    Without ``dspyo3_core`` imported no tracer can be installed, so an untraced call costs a dictionary lookup."""
+    spans = sys.modules.get("dspyo3_core.spans")
+    if spans is None and traceparent is not None:
+        try:
+            from dspyo3_core import spans
+        except ImportError:  # dspyo3-core is not installed: nothing could record or propagate the trace
+            spans = None
+    if spans is None:
+        yield
+        return
+    with spans.remote_parent(traceparent):
+        tracer = spans.TRACER
+        if tracer is None:
+            yield
+            return
+        name = type(program).__name__
+        with tracer.start(f"dspyo3.program {name}", attrs={"dspyo3.program.name": name,
+                                                         "openinference.span.kind": "CHAIN"}):
+            yield
 
 
 def has_aforward(program: Any) -> bool:

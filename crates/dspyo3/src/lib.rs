@@ -61,7 +61,7 @@ pub use error::{ConfigError, Error, PyException, Result, RuntimeError};
 /// get matching versions.
 pub use pyo3;
 pub use lm::{configure, configure_with, Adapter, Lm, LmBuilder};
-pub use module::{ChainOfThought, Module, Prediction, Predict, Program, ReAct, Typed};
+pub use module::{CallOptions, ChainOfThought, Module, Prediction, Predict, Program, ReAct, Typed};
 pub use runtime::{add_python_path, init, RuntimeInfo};
 pub use stream::{PredictionStream, StreamEvent};
 pub use tool::Tool;

@@ -13,8 +13,9 @@ whole prompt, so a typed ``Predict`` deserializes the answer into the user's Rus
 Faults are queued from the parent over stdin, one JSON object a line, each answered with one line on stdout:
 ``{"fault": "rate_limited" | "server_error" | "hang" | "malformed" | "unparseable", "times": n, ...}`` makes
 the next ``n`` chat requests fail that way (``retry_after``, ``status``, ``seconds`` as the fault needs);
-``{"requests": true}`` answers with the number of chat requests received so far. End of stdin (the parent went
-away) stops the server.
+``{"requests": true}`` answers with the number of chat requests received so far; ``{"last_headers": true}``
+with the headers of the last chat request, a JSON object of lower-cased names (``{}`` before any). End of stdin
+(the parent went away) stops the server.
 """
 
 from __future__ import annotations
@@ -148,11 +149,13 @@ class State:
         self.latency = latency
         self.faults: deque[dict[str, Any]] = deque()
         self.requests = 0
+        self.last_headers: dict[str, str] = {}
         self.lock = threading.Lock()
 
     def respond(self, request: dict[str, Any]) -> Reply:
         with self.lock:
             self.requests += 1
+            self.last_headers = dict(request.get("_headers") or {})
             fault = self.faults.popleft() if self.faults else None
         if fault is not None:
             return fault_reply(fault)
@@ -170,6 +173,9 @@ class State:
                 elif command.get("requests"):
                     with self.lock:
                         answer = str(self.requests)
+                elif command.get("last_headers"):
+                    with self.lock:
+                        answer = json.dumps(self.last_headers)
                 else:
                     answer = f"error: unknown command {line.strip()!r}"
             except (ValueError, TypeError, KeyError) as exc:

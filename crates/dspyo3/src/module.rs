@@ -19,6 +19,26 @@ use crate::stream::PredictionStream;
 use crate::tool::Tool;
 use crate::types::Signature;
 
+/// Per-call options for [`Module::call_json_with`], [`Module::acall_json_with`] and [`Module::stream_json_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// A W3C `traceparent` (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`) naming the caller's span: the
+    /// call runs under it as a remote parent (`dspyo3_core.spans.remote_parent`), so the spans a tracer installed
+    /// in Python records, and the `traceparent` NativeLM sends to the LM, belong to the caller's trace. An absent
+    /// or malformed value changes nothing (it is never an error).
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate` that goes with [`CallOptions::traceparent`]. Carried for propagators; dspyo3's spans
+    /// do not use vendor state yet, so it is not sent on.
+    pub tracestate: Option<String>,
+}
+
+impl CallOptions {
+    /// Options whose call runs under the span `traceparent` names.
+    pub fn traced(traceparent: impl Into<String>) -> CallOptions {
+        CallOptions { traceparent: Some(traceparent.into()), tracestate: None }
+    }
+}
+
 /// A DSPy module with JSON in and out: what every typed wrapper is built on. Cheap to clone; `Send + Sync`.
 #[derive(Clone)]
 pub struct Module {
@@ -101,6 +121,11 @@ impl Module {
     /// Runs on the calling thread. The GIL is held only while Python code runs: DSPy's HTTP request to the LM
     /// releases it, so other threads (Rust or Python) proceed while the request is in flight.
     pub fn call_json(&self, inputs: &str) -> Result<Vec<u8>> {
+        self.call_json_with(inputs, &CallOptions::default())
+    }
+
+    /// [`Module::call_json`] with per-call [`CallOptions`] (a trace parent).
+    pub fn call_json_with(&self, inputs: &str, options: &CallOptions) -> Result<Vec<u8>> {
         runtime()?;
         crate::runtime::keep_thread_state();
         Python::attach(|py| {
@@ -108,7 +133,7 @@ impl Module {
             let out = self
                 .runner
                 .bind(py)
-                .call_method1(pyo3::intern!(py, "call"), (settings, inputs))
+                .call_method1(pyo3::intern!(py, "call"), (settings, inputs, options.traceparent.as_deref()))
                 .map_err(|e| Error::from_py_in(py, e))?;
             bytes_of(py, out)
         })
@@ -120,6 +145,12 @@ impl Module {
     /// Dropping the returned future before it finishes (a `tokio::time::timeout` that elapses, a `select!` that
     /// picks another branch, an aborted task) cancels the Python task, and with it the in-flight LM request.
     pub async fn acall_json(&self, inputs: &str) -> Result<Vec<u8>> {
+        self.acall_json_with(inputs, &CallOptions::default()).await
+    }
+
+    /// [`Module::acall_json`] with per-call [`CallOptions`] (a trace parent). The options are handed to the
+    /// coroutine as arguments: it runs on the asyncio loop's thread, where the caller's context does not reach.
+    pub async fn acall_json_with(&self, inputs: &str, options: &CallOptions) -> Result<Vec<u8>> {
         let rt = runtime()?;
         crate::runtime::keep_thread_state();
         let task = Python::attach(|py| -> Result<_> {
@@ -127,7 +158,7 @@ impl Module {
             let coroutine = self
                 .runner
                 .bind(py)
-                .call_method1(pyo3::intern!(py, "acall"), (settings, inputs))
+                .call_method1(pyo3::intern!(py, "acall"), (settings, inputs, options.traceparent.as_deref()))
                 .map_err(|e| Error::from_py_in(py, e))?;
             PyTask::spawn(py, rt, coroutine).map_err(|e| Error::from_py_in(py, e))
         })?;
@@ -136,14 +167,19 @@ impl Module {
 
     /// Stream the call: output tokens as they arrive, status messages, then the final prediction.
     pub fn stream_json(&self, inputs: &str) -> Result<PredictionStream<Map<String, Value>>> {
-        self.start_stream(inputs)
+        self.start_stream(inputs, &CallOptions::default())
     }
 
-    fn start_stream<O>(&self, inputs: &str) -> Result<PredictionStream<O>> {
+    /// [`Module::stream_json`] with per-call [`CallOptions`] (a trace parent).
+    pub fn stream_json_with(&self, inputs: &str, options: &CallOptions) -> Result<PredictionStream<Map<String, Value>>> {
+        self.start_stream(inputs, options)
+    }
+
+    fn start_stream<O>(&self, inputs: &str, options: &CallOptions) -> Result<PredictionStream<O>> {
         let rt = runtime()?;
         Python::attach(|py| {
             let settings = settings_for(py, self.settings.as_deref())?;
-            PredictionStream::start(py, rt, self.runner.bind(py), settings, inputs)
+            PredictionStream::start(py, rt, self.runner.bind(py), settings, inputs, options.traceparent.as_deref())
         })
     }
 
@@ -161,7 +197,7 @@ impl Module {
 
     /// Typed stream.
     pub fn stream<I: Serialize + ?Sized, O: DeserializeOwned>(&self, input: &I) -> Result<PredictionStream<O>> {
-        self.start_stream(&to_json(input)?)
+        self.start_stream(&to_json(input)?, &CallOptions::default())
     }
 }
 

@@ -75,6 +75,7 @@ impl<O> PredictionStream<O> {
         runner: &Bound<'_, PyAny>,
         settings: Bound<'_, PyDict>,
         inputs: &str,
+        traceparent: Option<&str>,
     ) -> Result<Self> {
         let (tx, rx) = unbounded_channel();
         let sink_tx = tx.clone();
@@ -90,7 +91,7 @@ impl<O> PredictionStream<O> {
                     Ok(())
                 },
             )?;
-            let coroutine = runner.call_method1("stream", (settings, inputs, sink))?;
+            let coroutine = runner.call_method1("stream", (settings, inputs, sink, traceparent))?;
             let future = py
                 .import("asyncio")?
                 .call_method1("run_coroutine_threadsafe", (coroutine, rt.locals.event_loop(py)))?;

@@ -157,6 +157,15 @@ impl LoopbackLm {
         answer.parse().map_err(|_| RuntimeError::Loopback { message: format!("answered {answer:?}") }.into())
     }
 
+    /// A header of the last chat request the server received (`name` in any case), or `None` when that request
+    /// had no such header or no request came yet: what a test of header propagation (`traceparent`) reads.
+    pub fn last_request_header(&self, name: &str) -> Result<Option<String>> {
+        let answer = self.command(&serde_json::json!({"last_headers": true}))?;
+        let headers: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&answer)
+            .map_err(|_| RuntimeError::Loopback { message: format!("answered {answer:?} for the last headers") })?;
+        Ok(headers.get(&name.to_ascii_lowercase()).and_then(|v| v.as_str()).map(str::to_string))
+    }
+
     fn command(&self, command: &serde_json::Value) -> Result<String> {
         let gone = |e: &dyn std::fmt::Display| crate::Error::from(RuntimeError::Loopback { message: format!("is gone: {e}") });
         let mut control = self.control.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
