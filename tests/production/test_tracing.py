@@ -379,3 +379,33 @@ def test_close_flushes_and_uninstall_clears_the_tracer(exporter: InMemorySpanExp
     assert [s.name for s in exporter.get_finished_spans()] == ["last"]
     with prod.span("after close") as nothing:  # tracing off again: the helper yields None
         assert nothing is None
+
+
+def test_openinference_interop_one_trace_without_duplicate_module_spans(exporter: InMemorySpanExporter,
+                                                                        qa_lm: HookedLM) -> None:
+    oi = pytest.importorskip("openinference.instrumentation.dspy")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    theirs = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(theirs))
+    instrumentor = oi.DSPyInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        production = stack(exporter)
+        with dspy.context(lm=qa_lm), prod.span("interop root"):
+            dspy.Predict("question -> answer")(question="i1")
+    finally:
+        instrumentor.uninstrument()
+    ours = finished(production, exporter)
+    foreign = list(theirs.get_finished_spans())
+    (root,) = named(ours, "interop root")
+    (lm_span,) = named(ours, "chat ")
+    assert foreign and {s.context.trace_id for s in foreign + ours} == {root.context.trace_id}
+    assert not named(ours, "dspyo3.module")  # openinference has the module spans ("auto")
+    ids = {s.context.span_id for s in foreign + ours}
+    assert all(s.parent is None or s.parent.span_id in ids for s in foreign + ours if s is not root)
+    foreign_ids = {s.context.span_id for s in foreign}
+    assert lm_span.parent is not None and lm_span.parent.span_id in foreign_ids  # ours nest under theirs
+    assert any(s.parent is not None and s.parent.span_id == root.context.span_id for s in foreign)

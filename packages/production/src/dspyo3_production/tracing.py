@@ -260,7 +260,7 @@ class _Inferred:
 class _Span:
     """One span being recorded (or an unsampled one, which only carries its ids so they propagate)."""
 
-    __slots__ = ("_chain", "_ov_token", "_token", "attrs", "ended", "events", "kind", "name", "parent",
+    __slots__ = ("_chain", "_otel_token", "_ov_token", "_token", "attrs", "ended", "events", "kind", "name", "parent",
                  "recorder", "ref", "start_ns", "status", "widen")
 
     def __init__(self, recorder: Recorder, name: str, kind: int, ref: SpanRef, parent: SpanRef | None,
@@ -273,6 +273,7 @@ class _Span:
         self.ended = False
         self._token: Any = None
         self._ov_token: Any = None
+        self._otel_token: Any = None
         self._chain: dict[Any, _Inferred] | None = None  # inferred module spans under this chain base
         self.widen: list[_Inferred] | None = None  # inferred ancestors whose end follows this span's
 
@@ -311,6 +312,12 @@ class _Span:
         if self._ov_token is not None:
             _reset_overrides(self._ov_token)
             self._ov_token = None
+        if self._otel_token is not None:
+            try:
+                self.recorder._otel_context.detach(self._otel_token)
+            except Exception:  # another context's token: the SDK logs and ignores it
+                pass
+            self._otel_token = None
         if self.widen is not None:
             for inferred in self.widen:
                 if end > inferred.end_ns:
@@ -390,6 +397,7 @@ class Recorder:
         self.modules = config.modules
         self._bound = round(float(config.sample_ratio) * (1 << 64))  # as the SDK's TraceIdRatioBased
         self._open: dict[int, _Span] = {}  # live current spans of this process, by span id
+        self._openinference = config.openinference
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -412,6 +420,10 @@ class Recorder:
             StatusCode
         self._Event, self._ReadableSpan = Event, ReadableSpan
         self._unset = Status()
+        from opentelemetry import context as otel_context
+        from opentelemetry import trace as otel_trace
+
+        self._otel_context, self._otel_trace = otel_context, otel_trace
         self._kinds = {INTERNAL: SpanKind.INTERNAL, SERVER: SpanKind.SERVER, CLIENT: SpanKind.CLIENT}
         self._flags = (TraceFlags(0), TraceFlags(1))
         bsp: dict[str, Any] = {}
@@ -424,7 +436,6 @@ class Recorder:
         exporter: Any = MaskingExporter(self._exporter(config))
         self.exporter = exporter
         self.processor = BatchSpanProcessor(exporter, **bsp)
-        self._openinference = config.openinference
         atexit.register(self.shutdown)
 
     @staticmethod
@@ -464,6 +475,12 @@ class Recorder:
     def _parent(self, parent: SpanRef | None) -> SpanRef | None:
         if parent is not None:
             return parent
+        if self._interop():  # ours are attached to the OpenTelemetry context too: its span is the innermost
+            found = self._otel_trace.get_current_span().get_span_context()
+            if found.is_valid:
+                own = self._open.get(found.span_id)
+                return own.ref if own is not None else SpanRef(found.trace_id, found.span_id,
+                                                               found.trace_flags.sampled)
         parent = CURRENT.get()
         if parent is not None:
             return parent
@@ -472,6 +489,21 @@ class Recorder:
         except Exception:
             return None
         return ref if isinstance(ref, SpanRef) else None
+
+    def _interop(self) -> bool:
+        """Whether spans interleave with the OpenTelemetry context: openinference's DSPy instrumentation is on
+        (and ``openinference`` is not ``"ignore"``)."""
+        if self._openinference == "ignore":
+            return False
+        import sys
+
+        module = sys.modules.get("openinference.instrumentation.dspy")
+        if module is None:
+            return False
+        try:
+            return bool(module.DSPyInstrumentor().is_instrumented_by_opentelemetry)
+        except Exception:
+            return False
 
     def start(self, name: str, kind: int = INTERNAL, attrs: dict[str, AttrValue] | None = None, *,
               current: bool = True, start_ns: int | None = None, span_id: int | None = None,
@@ -495,6 +527,10 @@ class Recorder:
         if current:
             span._token = CURRENT.set(ref)
             self._open[sid] = span
+            if self._interop():  # foreign spans started meanwhile nest under this one
+                ctx = self._SpanContext(ref.trace_id, sid, False, self._flags[ref.sampled])
+                span._otel_token = self._otel_context.attach(
+                    self._otel_trace.set_span_in_context(self._otel_trace.NonRecordingSpan(ctx)))
             if kind != CLIENT and (parent is None or parent.remote or (
                     attrs is not None and attrs.get("openinference.span.kind") in ("CHAIN", "AGENT"))):
                 if self.modules == "inferred" and not self._leave_modules():
@@ -504,16 +540,7 @@ class Recorder:
 
     def _leave_modules(self) -> bool:
         """openinference="auto" and openinference's DSPy instrumentation is on: module spans are its job."""
-        if self._openinference != "auto":
-            return False
-        import sys
-
-        module = sys.modules.get("openinference.instrumentation.dspy")
-        instrumentor = getattr(module, "DSPyInstrumentor", None) if module is not None else None
-        try:
-            return bool(instrumentor is not None and instrumentor().is_instrumented_by_opentelemetry)
-        except Exception:
-            return False
+        return self._openinference == "auto" and self._interop()
 
     def _infer(self, base: _Span, start: int) -> tuple[SpanRef, list[_Inferred] | None]:
         """The inferred module span a span started now under ``base`` nests in (made if new), and the inferred
