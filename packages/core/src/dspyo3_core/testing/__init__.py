@@ -6,9 +6,12 @@
 * pytest fixtures in :mod:`dspyo3_core.testing.pytest_plugin`
   (``pytest_plugins = ["dspyo3_core.testing.pytest_plugin"]``);
 * contract-test base classes in :mod:`dspyo3_core.testing.contracts`;
+* :class:`PhoenixProcess` — Arize Phoenix on loopback, a real OpenTelemetry collector whose stored spans tests read
+  back (:mod:`dspyo3_core.testing.phoenix`);
 * :func:`dspyo3_core.testing.readme.run_python_blocks` — run a README's Python examples and return what they print.
 """
 
+from dspyo3_core.testing.phoenix import PhoenixProcess, find_phoenix, phoenix_server
 from dspyo3_core.testing.server import (
     LMServer,
     Reply,
@@ -18,4 +21,5 @@ from dspyo3_core.testing.server import (
     parse_fields,
 )
 
-__all__ = ["LMServer", "Reply", "chat_reply", "field_responder", "last_user_text", "parse_fields"]
+__all__ = ["LMServer", "PhoenixProcess", "Reply", "chat_reply", "field_responder", "find_phoenix", "last_user_text",
+           "parse_fields", "phoenix_server"]

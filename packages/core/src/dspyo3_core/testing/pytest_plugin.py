@@ -14,7 +14,10 @@ Fixtures:
   binary is missing, fails under CI);
 * ``redis_binary`` — the path of the ``redis-server`` that :class:`~dspyo3_core.testing.services.RedisProcess`
   runs (see :func:`~dspyo3_core.testing.services.find_redis_server`), for tests that start their own server;
-  skips or fails like ``redis_url`` when there is none.
+  skips or fails like ``redis_url`` when there is none;
+* ``phoenix`` — a running Arize Phoenix (:class:`~dspyo3_core.testing.phoenix.PhoenixProcess`) on loopback for the
+  session, an OpenTelemetry collector that tests export spans to and read them back from; skips when Phoenix is
+  not installed or does not start, fails under CI.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pytest
 from dspyo3_core.lm import HookedLM
 from dspyo3_core.plugins import PluginManager
 from dspyo3_core.plugins import core_only_manager as core_plugin_manager
+from dspyo3_core.testing.phoenix import PhoenixProcess
 from dspyo3_core.testing.server import LMServer
 from dspyo3_core.testing.services import ServiceUnavailable, find_redis_server, in_ci, redis_server
 
@@ -78,3 +82,28 @@ def redis_binary() -> str:
         if in_ci():
             pytest.fail(f"{exc} (CI must install it: see .ci/run)")
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def phoenix() -> Iterator[PhoenixProcess]:
+    """Arize Phoenix on free loopback ports for this test session (one start: it takes 10-30 s).
+
+    Export to ``phoenix.otlp_http`` or ``phoenix.otlp_grpc`` with the resource attribute
+    ``openinference.project.name`` set to a project of the test's own, then read with ``phoenix.spans(project,
+    want)``.
+    """
+    try:
+        process = PhoenixProcess()
+    except ServiceUnavailable as exc:
+        if in_ci():
+            pytest.fail(f"{exc} (CI installs it from hatch.toml: see .ci/run)")
+        pytest.skip(str(exc))
+    try:
+        process.start()
+    except RuntimeError as exc:
+        process.close()
+        if in_ci():
+            pytest.fail(f"Arize Phoenix did not start: {exc}")
+        pytest.skip(f"Arize Phoenix did not start: {exc}")
+    with process:
+        yield process
