@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dspyo3_core.testing.phoenix import PhoenixProcess
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -129,3 +131,20 @@ def test_overhead_benchmark_shape() -> None:
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(figures) == {"bare_us", "stack_us", "added_us"}
     assert figures["bare_us"] > 0 and figures["stack_us"] > 0, figures
+
+
+def test_tracing_benchmark_shape(phoenix: PhoenixProcess) -> None:
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "tracing.py"), "--calls", "10",
+                             "--rounds", "10", "--endpoint", phoenix.otlp_http],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(figures) == {"added_us_per_call", "spans_per_call"}
+    assert set(figures["added_us_per_call"]) == set(figures["spans_per_call"]) == {"off", "on", "openinference"}
+    detail = json.loads(result.stdout.strip().splitlines()[-2])
+    assert set(detail["median_us_per_call"]) >= {"base", "oi_base", "openinference"}
+    assert figures["spans_per_call"]["openinference"] > 0, figures  # its spans reached the counting exporter
+    if figures["added_us_per_call"]["on"] is None:  # the production tracer is not there: the reason is given
+        assert detail["not_measured"]["on"], detail
+    else:
+        assert figures["spans_per_call"]["on"] >= 1 and figures["spans_per_call"]["off"] == 0, figures

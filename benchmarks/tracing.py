@@ -1,0 +1,315 @@
+"""Per-LM-call cost of tracing: dspyo3's OpenTelemetry spans off and on, against openinference-instrumentation-dspy.
+
+One program, ``dspy.Predict("question -> answer")``, over ``free_engine.FreeEngine(0)`` (an engine that answers at
+once with a valid ChatAdapter reply), so what differs between sides is only the tracing work. Every call has a new
+question (a cache miss and a store: the common path). Sides:
+
+* **base**: ``HookedLM`` with the full ``dspyo3-production`` stack (as ``overhead.py``'s stack side), no tracing;
+* **off**: the same stack with ``TracingConfig(enabled=False)`` (what every user without tracing runs);
+* **on**: the same stack with ``TracingConfig(enabled=True, sample_ratio=1.0)``: dspyo3's recorder, the SDK's
+  ``BatchSpanProcessor`` and OTLP/HTTP exporter to a real collector (Arize Phoenix, started here through
+  ``dspyo3_core.testing.phoenix`` unless ``--endpoint`` names one);
+* **oi_base**: a plain ``dspy.LM`` with DSPy's memory cache, no instrumentation;
+* **openinference**: the same plain ``dspy.LM`` with ``DSPyInstrumentor().instrument(tracer_provider=...)`` (an SDK
+  ``TracerProvider`` with its ``BatchSpanProcessor`` and OTLP/HTTP exporter to the same collector), instrumented
+  around each of its rounds only. It is measured against its own baseline with the LM class it instruments:
+  ``HookedLM`` overrides ``LM.__call__``, which would hide openinference's LLM span.
+
+Short rounds alternate the sides in a rotating order (the garbage collector paused while timing); each figure is
+the **median of paired differences** (a side's round minus its baseline's round of the same turn, so slow drifts of
+a shared VM cancel). Process CPU per call (``time.process_time``, which includes the batch processor's thread that
+encodes and posts spans, flushed at the end of each round) goes on the detail line beside the quartiles: the wall
+figures leave the flush out (it happens between rounds, as a batch processor's export happens between requests),
+the CPU figures include it. Spans per call are counted by a counting
+exporter in front of each side's OTLP exporter, after a final flush; the run fails if ``on`` exported a number of
+spans that is not the same whole number per call in every round (then the tracer was not on the path).
+
+Until ``dspyo3_production.tracing`` exists, ``off`` and ``on`` are reported as ``null`` with the reason on the
+detail line. Targets to read the figures against (not asserted): off < 1 us, on < 25 us per call.
+
+Run: ``hatch run bench-tracing [--calls N] [--rounds R] [--endpoint URL] [--json out.json] [--plot out.png]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import statistics
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import emit, log, output_args
+from free_engine import FreeEngine
+
+MODEL = "openai/gpt-4o-mini"
+
+
+class CountingExporter:
+    """A ``SpanExporter`` that counts the spans it passes on to ``inner`` (the OTLP exporter)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.count = 0
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        self.count += len(spans)
+        return self.inner.export(spans)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return bool(self.inner.force_flush(timeout_millis))
+
+
+def tracing_module() -> tuple[Any, str | None]:
+    """``dspyo3_production.tracing`` and None, or None and why it cannot be used."""
+    try:
+        from dspyo3_production import tracing
+    except ImportError as exc:
+        return None, f"dspyo3_production.tracing is not available ({exc})"
+    if not hasattr(tracing, "TracingConfig"):
+        return None, "dspyo3_production.tracing has no TracingConfig"
+    return tracing, None
+
+
+def otlp_exporter(endpoint: str) -> Any:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(endpoint=endpoint, timeout=10)
+
+
+def build(endpoint: str, project: str) -> dict[str, Any]:
+    """Every side's LM, program and production stack (see the module docstring)."""
+    import dspy
+    from prometheus_client import CollectorRegistry
+
+    import dspyo3_production as prod
+    from dspyo3_core.lm import HookedLM
+    from dspyo3_core.plugins import PluginManager
+    from dspyo3_production.metrics import Metrics
+
+    warnings.simplefilter("ignore")
+    devnull = open("/dev/null", "w")  # noqa: SIM115 - lives for the whole run
+    prod.configure_logging(devnull, redact_root=False)
+    prod.stack._loaded_from_settings = True  # no [production] config is read behind our back
+    manager = PluginManager()
+
+    def stack(tracing: Any = None) -> Any:
+        metrics = Metrics(CollectorRegistry())
+        kwargs: dict[str, Any] = {} if tracing is None else {"tracing": tracing}
+        return prod.Production(cache=prod.TieredCache(metrics=metrics), metrics=metrics, log_events=True,
+                               breaker=prod.CircuitBreaker(), budgets=[prod.Budget(1e9, per="day")], **kwargs)
+
+    env: dict[str, Any] = {
+        "dspy": dspy, "prod": prod,
+        "program": dspy.Predict("question -> answer"),
+        "stack_lm": HookedLM(MODEL, engine=FreeEngine(0.0), cache=True, num_retries=0, plugin_manager=manager),
+        "bare_lm": dspy.LM(MODEL, engine=FreeEngine(0.0), cache=True, num_retries=0),
+        "bare_cache": dspy.clients.Cache(False, True, None),
+        "base": stack(),
+        "reasons": {},
+    }
+    tracing, reason = tracing_module()
+    if tracing is None:
+        env["reasons"]["off"] = env["reasons"]["on"] = reason
+    else:
+        env["on_exporter"] = CountingExporter(otlp_exporter(endpoint))
+        env["off"] = stack(tracing.TracingConfig(enabled=False))
+        env["on"] = stack(tracing.TracingConfig(
+            enabled=True, endpoint=endpoint, protocol="http/protobuf", sample_ratio=1.0,
+            service_name="dspyo3-bench-tracing", resource={"openinference.project.name": f"{project}-dspyo3"},
+            exporter=env["on_exporter"]))
+    try:
+        from openinference.instrumentation.dspy import DSPyInstrumentor
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as exc:
+        env["reasons"]["openinference"] = f"openinference-instrumentation-dspy is not installed ({exc})"
+    else:
+        env["oi_exporter"] = CountingExporter(otlp_exporter(endpoint))
+        provider = TracerProvider(resource=Resource.create({"service.name": "dspyo3-bench-openinference",
+                                                            "openinference.project.name": f"{project}-oi"}))
+        provider.add_span_processor(BatchSpanProcessor(env["oi_exporter"]))
+        env["oi_provider"], env["instrumentor"] = provider, DSPyInstrumentor()
+    return env
+
+
+def flush_tracer() -> None:
+    """Export what the installed dspyo3 tracer still holds."""
+    from dspyo3_core import spans
+
+    tracer = spans.TRACER
+    flush = getattr(tracer, "force_flush", None)
+    if callable(flush):
+        flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=100, help="program calls per round and side")
+    parser.add_argument("--rounds", type=int, default=200, help="rounds per side")
+    parser.add_argument("--endpoint", help="an OTLP/HTTP traces endpoint (default: start Arize Phoenix on loopback)")
+    output_args(parser)
+    args = parser.parse_args()
+    if args.calls < 10 or args.rounds < 10:
+        parser.error("use at least --calls 10 and --rounds 10 (fewer gives noise, not a figure)")
+
+    phoenix = None
+    endpoint = args.endpoint
+    if endpoint is None:
+        from dspyo3_core.testing.phoenix import PhoenixProcess
+
+        log("starting Arize Phoenix on loopback (10-30 s)")
+        phoenix = PhoenixProcess().start()
+        endpoint = phoenix.otlp_http
+    try:
+        run(args, endpoint)
+    finally:
+        if phoenix is not None:
+            phoenix.close()
+
+
+def run(args: argparse.Namespace, endpoint: str) -> None:
+    project = f"bench-tracing-{uuid.uuid4().hex[:8]}"
+    env = build(endpoint, project)
+    dspy, program = env["dspy"], env["program"]
+    stacks = [name for name in ("base", "off", "on") if name in env]
+    counter = iter(range(10**9))
+
+    def timed(call: Callable[[str], Any]) -> tuple[float, float]:
+        questions = [f"question {next(counter)}" for _ in range(args.calls)]
+        gc.collect()
+        gc.disable()  # as timeit does: the collector's pauses would land on whichever side happens to trigger them
+        try:
+            cpu, started = time.process_time(), time.perf_counter()
+            for question in questions:
+                call(question)
+            wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+            return wall / args.calls * 1e6, cpu / args.calls * 1e6
+        finally:
+            gc.enable()
+
+    def stack_round(name: str) -> tuple[float, float]:
+        production = env[name]
+        production.install()
+        try:
+            with dspy.context(lm=env["stack_lm"]):
+                wall_us, cpu_us = timed(lambda q: program(question=q))
+            if name == "on":  # the round's spans leave now; their encoding and export count on this side's CPU
+                cpu_us += flushed_cpu_us(flush_tracer)
+            return wall_us, cpu_us
+        finally:
+            production.uninstall()
+            env["prod"].stack._loaded_from_settings = True
+
+    def flushed_cpu_us(flush: Callable[[], Any]) -> float:
+        started = time.process_time()
+        flush()
+        return (time.process_time() - started) / args.calls * 1e6
+
+    def bare_round(instrument: bool) -> tuple[float, float]:
+        dspy.cache = env["bare_cache"]
+        if instrument:
+            env["instrumentor"].instrument(tracer_provider=env["oi_provider"])
+        try:
+            with dspy.context(lm=env["bare_lm"], callbacks=[]):
+                wall_us, cpu_us = timed(lambda q: program(question=q))
+            if instrument:
+                cpu_us += flushed_cpu_us(env["oi_provider"].force_flush)
+            return wall_us, cpu_us
+        finally:
+            if instrument:
+                env["instrumentor"].uninstrument()
+
+    sides: dict[str, Callable[[], tuple[float, float]]] = {name: (lambda n=name: stack_round(n)) for name in stacks}
+    sides["oi_base"] = lambda: bare_round(False)
+    if "instrumentor" in env:
+        sides["openinference"] = lambda: bare_round(True)
+
+    for side in sides.values():  # warm up: imports, pricing table, first-time paths, the collector's project
+        side()
+    counts_before = {"on": env["on_exporter"].count if "on_exporter" in env else 0,
+                     "openinference": env["oi_exporter"].count if "oi_exporter" in env else 0}
+    on_counts: list[int] = []
+    wall: dict[str, list[float]] = {name: [] for name in sides}
+    cpu: dict[str, list[float]] = {name: [] for name in sides}
+    order = list(sides)
+    from rich.progress import Progress
+
+    with Progress(transient=True) as progress:
+        task = progress.add_task(" / ".join(order) + " rounds", total=args.rounds)
+        for i in range(args.rounds):
+            shift = i % len(order)  # rotate which side goes first, so none always runs on a warmer cache
+            for name in order[shift:] + order[:shift]:
+                before = env["on_exporter"].count if name == "on" else 0
+                w, c = sides[name]()
+                wall[name].append(w)
+                cpu[name].append(c)
+                if name == "on":
+                    on_counts.append(env["on_exporter"].count - before)
+            progress.advance(task)
+    if "oi_provider" in env:
+        env["oi_provider"].force_flush()
+    logging.shutdown()
+
+    calls = args.rounds * args.calls
+    spans_per_call: dict[str, float | None] = {"off": None, "on": None, "openinference": None}
+    if "on" in env:
+        spans_per_call["off"] = 0.0  # nothing is recorded when off: no exporter, no tracer
+        if not on_counts or on_counts[0] <= 0 or on_counts[0] % args.calls or len(set(on_counts)) != 1:
+            raise SystemExit(f"tracing on exported {on_counts[:10]}... spans per round of {args.calls} calls: not "
+                             f"the same whole number per call in every round, so the tracer was not on the path")
+        spans_per_call["on"] = (env["on_exporter"].count - counts_before["on"]) / calls
+    if "oi_exporter" in env:
+        spans_per_call["openinference"] = (env["oi_exporter"].count - counts_before["openinference"]) / calls
+
+    def added(side: str, baseline: str, figures: dict[str, list[float]]) -> float | None:
+        if side not in figures:
+            return None
+        return round(statistics.median(s - b for s, b in zip(figures[side], figures[baseline], strict=True)), 2)
+
+    result = {
+        "added_us_per_call": {"off": added("off", "base", wall), "on": added("on", "base", wall),
+                              "openinference": added("openinference", "oi_base", wall)},
+        "spans_per_call": spans_per_call,
+    }
+    import opentelemetry.sdk.version as otel_version
+
+    detail: dict[str, Any] = {
+        "calls_per_round": args.calls, "rounds": args.rounds, "collector": endpoint,
+        "median_us_per_call": {name: round(statistics.median(values), 1) for name, values in wall.items()},
+        "quartiles_us": {name: [round(q, 1) for q in statistics.quantiles(values, n=4)]
+                         for name, values in wall.items()},
+        "added_cpu_us_per_call": {"off": added("off", "base", cpu), "on": added("on", "base", cpu),
+                                  "openinference": added("openinference", "oi_base", cpu)},
+        "targets_us": {"off": 1, "on": 25},
+        "not_measured": env["reasons"],
+        "python": sys.version.split()[0], "dspy": dspy.__version__,
+        "opentelemetry_sdk": otel_version.__version__,
+    }
+    try:
+        from importlib.metadata import version
+
+        detail["openinference_instrumentation_dspy"] = version("openinference-instrumentation-dspy")
+    except Exception:  # not installed: the side is absent and says why
+        pass
+    print(json.dumps(detail), flush=True)
+    log(f"added us/call: {result['added_us_per_call']}, spans/call: {spans_per_call}")
+    bars = [(name, statistics.median(values)) for name, values in wall.items()]
+    emit(result, args.json_path, args.plot_path, bars=bars,
+         title="Per-call time of dspy.Predict with a zero-cost LM (us, lower is better)")
+
+
+if __name__ == "__main__":
+    main()
