@@ -81,7 +81,7 @@ def test_hooked_lm_span_and_cache_lookups(exporter: InMemorySpanExporter, qa_lm:
         assert predict(question="q1").answer == answer_for("q1")
         assert predict(question="q1").answer == answer_for("q1")  # a memory-tier hit
     found = finished(production, exporter)
-    lm_spans = named(found, "chat openai/gpt-4o-mini")
+    lm_spans = named(found, "chat gpt-4o-mini")
     assert len(lm_spans) == 2
     miss, hit = sorted(lm_spans, key=lambda s: s.start_time or 0)
     a = dict(miss.attributes or {})
@@ -115,7 +115,7 @@ def test_offline_lm_and_the_inferred_predictor_chain(exporter: InMemorySpanExpor
     root = named(found, "answer")[0]
     cot = named(found, "dspyo3.module ChainOfThought")[0]
     predictor = named(found, "dspyo3.module Predict")[0]
-    lm_span = named(found, "chat offline/")[0]
+    lm_span = named(found, "chat extractive")[0]
     assert root.parent is None and dict(root.attributes or {})["question_id"] == "7"
     assert cot.parent is not None and cot.parent.span_id == root.context.span_id
     assert predictor.parent is not None and predictor.parent.span_id == cot.context.span_id
@@ -136,7 +136,7 @@ def test_native_lm_span(exporter: InMemorySpanExporter, qa_server: LMServer) -> 
     with dspy.context(lm=lm):
         assert dspy.Predict("question -> answer")(question="n1").answer == answer_for("n1")
     found = finished(production, exporter)
-    (lm_span,) = named(found, "chat openai/gpt-4o-mini")
+    (lm_span,) = named(found, "chat gpt-4o-mini")
     a = dict(lm_span.attributes or {})
     assert a["dspyo3.lm.class"] == "NativeLM" and a["gen_ai.request.model"] == "gpt-4o-mini"
     assert a["gen_ai.usage.input_tokens"] > 0 and a["server.address"] == "127.0.0.1"

@@ -92,8 +92,9 @@ def lm_call_wrapper(call: LMCall) -> Generator[None, Any, Any]:
     tracer = production.tracer
     span = None
     if tracer is not None:  # the LM span: current until the call is settled (its lm_call event names it)
+        # "{gen_ai.operation.name} {gen_ai.request.model}" (GenAI semantic conventions)
         span = tracer.start(f"{'text_completion' if call.prompt is not None and not call.messages else 'chat'} "
-                            f"{model}", spans.CLIENT)
+                            f"{model.partition('/')[2] or model}", spans.CLIENT)
     try:
         if breaker is not None:
             local = breaker.local_circuit(model)
