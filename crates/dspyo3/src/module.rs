@@ -37,6 +37,51 @@ impl CallOptions {
     pub fn traced(traceparent: impl Into<String>) -> CallOptions {
         CallOptions { traceparent: Some(traceparent.into()), tracestate: None }
     }
+
+    /// The options `call` / `acall` / `stream` use when none are given: the ambient trace context when the
+    /// `opentelemetry` feature (`opentelemetry::Context::current()`) or the `tracing-opentelemetry` feature (the
+    /// current `tracing` span's OpenTelemetry context) is on and there is a valid span; else none. Read on the
+    /// calling thread (for async calls, when the future is first polled, inside the caller's span).
+    pub fn ambient() -> CallOptions {
+        #[cfg(feature = "opentelemetry")]
+        {
+            CallOptions { traceparent: ambient_traceparent(), tracestate: None }
+        }
+        #[cfg(not(feature = "opentelemetry"))]
+        {
+            CallOptions::default()
+        }
+    }
+}
+
+/// The W3C `traceparent` of the current OpenTelemetry span (of the current `tracing` span with
+/// `tracing-opentelemetry`), or `None` outside a valid one.
+#[cfg(feature = "opentelemetry")]
+fn ambient_traceparent() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+
+    #[cfg(feature = "tracing-opentelemetry")]
+    let context = {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let from_tracing = tracing::Span::current().context();
+        if from_tracing.span().span_context().is_valid() {
+            from_tracing
+        } else {
+            opentelemetry::Context::current()
+        }
+    };
+    #[cfg(not(feature = "tracing-opentelemetry"))]
+    let context = opentelemetry::Context::current();
+    let span = context.span();
+    let ids = span.span_context();
+    ids.is_valid().then(|| {
+        format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            u128::from_be_bytes(ids.trace_id().to_bytes()),
+            u64::from_be_bytes(ids.span_id().to_bytes()),
+            ids.trace_flags().to_u8()
+        )
+    })
 }
 
 /// A DSPy module with JSON in and out: what every typed wrapper is built on. Cheap to clone; `Send + Sync`.
@@ -119,9 +164,11 @@ impl Module {
     /// Call with a JSON object of inputs; returns the prediction's fields as JSON bytes.
     ///
     /// Runs on the calling thread. The GIL is held only while Python code runs: DSPy's HTTP request to the LM
-    /// releases it, so other threads (Rust or Python) proceed while the request is in flight.
+    /// releases it, so other threads (Rust or Python) proceed while the request is in flight. With the
+    /// `opentelemetry` / `tracing-opentelemetry` features the call runs under the ambient span
+    /// ([`CallOptions::ambient`]).
     pub fn call_json(&self, inputs: &str) -> Result<Vec<u8>> {
-        self.call_json_with(inputs, &CallOptions::default())
+        self.call_json_with(inputs, &CallOptions::ambient())
     }
 
     /// [`Module::call_json`] with per-call [`CallOptions`] (a trace parent).
@@ -145,7 +192,7 @@ impl Module {
     /// Dropping the returned future before it finishes (a `tokio::time::timeout` that elapses, a `select!` that
     /// picks another branch, an aborted task) cancels the Python task, and with it the in-flight LM request.
     pub async fn acall_json(&self, inputs: &str) -> Result<Vec<u8>> {
-        self.acall_json_with(inputs, &CallOptions::default()).await
+        self.acall_json_with(inputs, &CallOptions::ambient()).await
     }
 
     /// [`Module::acall_json`] with per-call [`CallOptions`] (a trace parent). The options are handed to the
@@ -167,7 +214,7 @@ impl Module {
 
     /// Stream the call: output tokens as they arrive, status messages, then the final prediction.
     pub fn stream_json(&self, inputs: &str) -> Result<PredictionStream<Map<String, Value>>> {
-        self.start_stream(inputs, &CallOptions::default())
+        self.start_stream(inputs, &CallOptions::ambient())
     }
 
     /// [`Module::stream_json`] with per-call [`CallOptions`] (a trace parent).
@@ -197,7 +244,7 @@ impl Module {
 
     /// Typed stream.
     pub fn stream<I: Serialize + ?Sized, O: DeserializeOwned>(&self, input: &I) -> Result<PredictionStream<O>> {
-        self.start_stream(&to_json(input)?, &CallOptions::default())
+        self.start_stream(&to_json(input)?, &CallOptions::ambient())
     }
 }
 

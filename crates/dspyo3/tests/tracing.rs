@@ -146,3 +146,26 @@ fn without_a_parent_or_with_a_malformed_one_the_call_starts_its_own_trace() {
         assert_ne!(header.split('-').nth(1), Some(TRACE), "{header}");
     }
 }
+
+/// With the `opentelemetry` feature, a call without options runs under the current OpenTelemetry span.
+#[cfg(feature = "opentelemetry")]
+#[test]
+fn the_ambient_opentelemetry_span_is_the_parent() {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+
+    let server = LoopbackLm::start(std::time::Duration::ZERO).unwrap();
+    let qa = predict(&server);
+    let caller = SpanContext::new(
+        TraceId::from_hex(TRACE).unwrap(),
+        SpanId::from_hex(CALLER_SPAN).unwrap(),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    let guard = opentelemetry::Context::current().with_remote_span_context(caller).attach();
+    assert_eq!(CallOptions::ambient().traceparent.as_deref(), Some(traceparent().as_str()));
+    qa.module().call_json(&input("ambient?")).unwrap();
+    assert_propagated(&server);
+    drop(guard);
+    assert_eq!(CallOptions::ambient(), CallOptions::default(), "outside a span there is no parent");
+}
