@@ -3,7 +3,9 @@
 One JSON object per line: ``{"ts": ..., "level": ..., "logger": ..., "event": "lm_call", "trace_id": ..., ...}``.
 The production stack emits one ``lm_call`` event per LM call and one ``module_call`` event per DSPy module call
 (logger ``dspyo3.events``); a trace id is opened by the outermost module call (or by :func:`trace`) and carried
-by every event under it, across threads DSPy starts with copied contexts and into async calls.
+by every event under it, across threads DSPy starts with copied contexts and into async calls. With tracing on
+(:mod:`dspyo3_core.spans`), a line written inside a span carries that span's ``trace_id`` and ``span_id``, so logs
+and spans share one id.
 
 Redaction: secret-named fields (``api_key``, ``authorization``, ``*_token``, ...) are masked wherever they sit in
 an event, and the *values* of known secrets (every ``*_API_KEY`` / ``*_TOKEN`` / ``*_SECRET`` / ``*_PASSWORD``
@@ -29,6 +31,7 @@ from typing import IO, Any
 import orjson
 
 from dspyo3_core import secrets as _secrets
+from dspyo3_core import spans as _spans
 from dspyo3_core.secrets import Redactor as _CoreRedactor
 
 EVENTS = logging.getLogger("dspyo3.events")
@@ -39,7 +42,7 @@ _EVENTS_NAME = EVENTS.name
 _TRACE: contextvars.ContextVar[str | None] = contextvars.ContextVar("dspyo3_trace_id", default=None)
 _NO_FIELDS: dict[str, Any] = {}
 _FIELDS: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("dspyo3_log_fields", default=_NO_FIELDS)
-_SAFE_FIELDS = frozenset({"ts", "level", "logger", "event", "trace_id", "model", "status", "duration_ms",
+_SAFE_FIELDS = frozenset({"ts", "level", "logger", "event", "trace_id", "span_id", "model", "status", "duration_ms",
                           "prompt_tokens", "completion_tokens", "cost_usd", "cache", "module", "tool"})
 # the fields of the production stack's own lm_call events: names that are not secret-looking, values it makes
 # itself as plain scalars (so such an event needs no per-field masking; values are still masked in the line)
@@ -73,9 +76,11 @@ def trace(trace_id: str | None = None, **fields: Any) -> Iterator[str]:
 
 
 def open_trace() -> contextvars.Token[str | None] | None:
-    """Start a trace if none is open; the token to :func:`close_trace` with (None if one was already open)."""
+    """Start a trace if none is open (with the current span's trace id when tracing is on); the token to
+    :func:`close_trace` with (None if one was already open)."""
     if _TRACE.get() is None:
-        return _TRACE.set(new_trace_id())
+        ref = _spans.CURRENT.get() if _spans.TRACER is not None else None
+        return _TRACE.set(f"{ref.trace_id:032x}" if ref is not None else new_trace_id())
     return None
 
 
@@ -121,14 +126,29 @@ def _profile_secrets() -> list[str]:
     return keys
 
 
+def _span_ids() -> tuple[str, str | None] | None:
+    """``(trace id, span id)`` of the current span when tracing is on (one global read when it is off); the span
+    id is None under a remote parent alone (that span belongs to the caller, not to this process's lines)."""
+    if _spans.TRACER is None:
+        return None
+    ref = _spans.CURRENT.get()
+    if ref is None:
+        return None
+    return f"{ref.trace_id:032x}", None if ref.remote else f"{ref.span_id:016x}"
+
+
 def _event_body(fields: dict[str, Any], trace: str | None = None) -> dict[str, Any]:
-    """What follows an event's header: the trace id (``trace``, else the open trace), the fields of the
-    enclosing :func:`trace` blocks, then ``fields`` (``fields`` itself when there is nothing to add)."""
-    tid = trace or _TRACE.get()
+    """What follows an event's header: the trace id (``trace``, else the current span's, else the open trace)
+    and the span id, the fields of the enclosing :func:`trace` blocks, then ``fields`` (``fields`` itself when
+    there is nothing to add)."""
+    ids = _span_ids() if trace is None else None
+    tid = trace or (ids[0] if ids is not None else _TRACE.get())
     context_fields = _FIELDS.get()
     if not tid and not context_fields:
         return fields
     out: dict[str, Any] = {"trace_id": tid} if tid else {}
+    if ids is not None and ids[1] is not None:
+        out["span_id"] = ids[1]
     out.update(context_fields)
     out.update(fields)
     return out
@@ -222,7 +242,7 @@ class JsonEventHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.refresh_secrets()
         sink = self.sink
         if sink is not None:
-            if _TRACE.get() is not None or _FIELDS.get():
+            if _TRACE.get() is not None or _FIELDS.get() or (_spans.TRACER is not None and _spans.CURRENT.get()):
                 fields = _event_body(fields)
             sink.emit(_LEVELS.get(level) or logging.getLevelName(level), _EVENTS_NAME, name,
                       self.json.redactor.data(fields))
@@ -331,9 +351,14 @@ def emit(name: str, level: int, fields: dict[str, Any], *, scalars: bool = False
             direct.refresh_secrets()
         sink = direct.sink
         if scalars and sink is not None and not _FIELDS.get() and fields.keys() <= _LM_CALL_FIELDS:
-            tid = _TRACE.get()
+            ids = _span_ids() if _spans.TRACER is not None else None
+            if ids is not None:
+                head = {"trace_id": ids[0]} if ids[1] is None else {"trace_id": ids[0], "span_id": ids[1]}
+                fields = {**head, **fields}
+            elif (tid := _TRACE.get()) is not None:
+                fields = {"trace_id": tid, **fields}
             sink.emit_json(_LEVELS.get(level) or logging.getLevelName(level), _EVENTS_NAME, name,
-                           orjson.dumps(fields if tid is None else {"trace_id": tid, **fields}, default=str))
+                           orjson.dumps(fields, default=str))
         else:
             direct.write_event(name, level, fields)
         return

@@ -8,6 +8,12 @@ Multi-process mode (gunicorn/uvicorn workers, ``dspy.Parallel`` in processes): s
 an empty directory before the processes start; every process writes its samples there and any one of them (or
 ``dspyo3 metrics serve`` pointed at the same directory) serves the sum. Call :func:`mark_process_dead` when a
 worker exits, as ``prometheus_client`` documents.
+
+Exemplars: with tracing on, the LM, module, tool and HTTP latency histograms keep, per bucket, the trace and span
+id of the last sampled span observed in it, so a dashboard can jump from a slow bucket to a trace. Exemplars exist
+only in the OpenMetrics exposition (``Accept: application/openmetrics-text``, see :func:`exposition`), never in
+the classic 0.0.4 text, and never in multi-process mode: ``prometheus_client``'s per-process files have no room for
+them, so they are dropped there.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import bisect
 import math
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,8 +36,12 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
+
+from dspyo3_core import spans
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 """Histogram buckets (seconds) for LM, module, tool and retrieval latency."""
@@ -52,6 +63,18 @@ def _ensure_directory(path: str) -> None:
     except OSError as exc:
         raise ValueError(f"PROMETHEUS_MULTIPROC_DIR={path} cannot be used as the metrics directory "
                          f"({exc.strerror or exc}); point it at a writable directory") from None
+
+
+def current_exemplar() -> dict[str, str] | None:
+    """``{"trace_id": ..., "span_id": ...}`` of the current span when tracing is on and that span is sampled: the
+    ``exemplar=`` to pass to ``Histogram.observe`` (None otherwise, and in multi-process mode, which cannot keep
+    exemplars)."""
+    if spans.TRACER is None:
+        return None
+    ref = spans.CURRENT.get()
+    if ref is None or not ref.sampled or ref.remote or multiprocess_dir():
+        return None
+    return {"trace_id": f"{ref.trace_id:032x}", "span_id": f"{ref.span_id:016x}"}
 
 
 def _counted(counter: Counter | None, *labels: str) -> float:
@@ -161,11 +184,15 @@ class Metrics:
         self.record_lm(model, status, seconds, prompt, completion, cost)
 
     def record_lm(self, model: str, status: str, seconds: float, prompt_tokens: int, completion_tokens: int,
-                  cost: float | None) -> None:
-        """:meth:`observe_lm` with the token counts already read from the usage."""
+                  cost: float | None, exemplar: tuple[str, str] | None = None) -> None:
+        """:meth:`observe_lm` with the token counts already read from the usage.
+
+        ``exemplar``: ``(trace id, span id)`` (hex) of the call's sampled span, kept on its latency bucket and shown
+        in the OpenMetrics exposition; ignored in multi-process mode (``prometheus_client`` cannot store
+        exemplars in its per-process files)."""
         prompt, completion = prompt_tokens, completion_tokens
         if self._lm is not None:  # the collector (outside multi-process mode): one call, one lock
-            self._lm.record(model, status, seconds, prompt, completion, cost or 0.0)
+            self._lm.record(model, status, seconds, prompt, completion, cost or 0.0, exemplar)
             return
         self.child(self.lm_requests, model, status).inc()
         self.child(self.lm_duration, model).observe(seconds)
@@ -222,12 +249,18 @@ class LMCallCollector(Collector):
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str], int] = {}
         self._models: dict[str, list[Any]] = {}  # model -> [bucket counts, sum s, count, prompt, completion, usd]
+        self._exemplars: dict[tuple[str, int], Exemplar] = {}  # (model, bucket index) -> the last one observed
         self._lock = threading.Lock()
 
-    def record(self, model: str, status: str, seconds: float, prompt: int, completion: int, cost: float) -> None:
-        """Add one call."""
+    def record(self, model: str, status: str, seconds: float, prompt: int, completion: int, cost: float,
+               exemplar: tuple[str, str] | None = None) -> None:
+        """Add one call (``exemplar``: its span's ``(trace id, span id)``, kept as its bucket's exemplar)."""
         index = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+        found = None if exemplar is None else Exemplar({"trace_id": exemplar[0], "span_id": exemplar[1]}, seconds,
+                                                       time.time())
         with self._lock:
+            if found is not None:
+                self._exemplars[(model, index)] = found
             key = (model, status)
             self.requests[key] = self.requests.get(key, 0) + 1
             row = self._models.get(model)
@@ -253,13 +286,17 @@ class LMCallCollector(Collector):
         with self._lock:
             counts = dict(self.requests)
             rows = {model: [list(row[0]), *row[1:]] for model, row in self._models.items()}
+            exemplars = dict(self._exemplars)
         for (model, status), n in sorted(counts.items()):
             requests.add_metric([model, status], n)  # type: ignore[attr-defined]
         for model, (buckets, total, _count, prompt, completion, usd) in sorted(rows.items()):
-            cumulative, acc = [], 0
-            for bound, count in zip((*LATENCY_BUCKETS, math.inf), buckets, strict=True):
+            cumulative: list[Any] = []
+            acc = 0
+            for index, (bound, count) in enumerate(zip((*LATENCY_BUCKETS, math.inf), buckets, strict=True)):
                 acc += count
-                cumulative.append((floatToGoString(bound), acc))  # type: ignore[no-untyped-call]
+                found = exemplars.get((model, index))
+                bucket = floatToGoString(bound)  # type: ignore[no-untyped-call]
+                cumulative.append((bucket, acc) if found is None else (bucket, acc, found))
             duration.add_metric([model], cumulative, sum_value=total)  # type: ignore[attr-defined]
             tokens.add_metric([model, "prompt"], prompt)  # type: ignore[attr-defined]
             tokens.add_metric([model, "completion"], completion)  # type: ignore[attr-defined]
@@ -292,9 +329,19 @@ def scrape_registry(metrics: Metrics | None = None) -> CollectorRegistry:
     return (metrics or default_metrics()).registry
 
 
-def exposition(metrics: Metrics | None = None) -> bytes:
-    """The Prometheus text exposition of every metric (what ``/metrics`` returns)."""
-    return generate_latest(scrape_registry(metrics))
+def exposition(metrics: Metrics | None = None, accept: str | None = None) -> bytes:
+    """The exposition of every metric (what ``/metrics`` returns) in the format an HTTP ``Accept`` header asks
+    for: the Prometheus 0.0.4 text by default, OpenMetrics (the only one that carries exemplars) for
+    ``application/openmetrics-text``. :func:`exposition_content_type` is the matching ``Content-Type``."""
+    if not accept:
+        return generate_latest(scrape_registry(metrics))
+    encoder, _content_type = choose_encoder(accept)
+    return encoder(scrape_registry(metrics))
+
+
+def exposition_content_type(accept: str | None = None) -> str:
+    """The ``Content-Type`` of :func:`exposition`'s answer to ``accept``."""
+    return choose_encoder(accept or "")[1]
 
 
 def make_asgi_app(metrics: Metrics | None = None) -> Callable[..., Any]:
@@ -325,8 +372,10 @@ __all__ = [
     "CONTENT_TYPE_LATEST",
     "LATENCY_BUCKETS",
     "Metrics",
+    "current_exemplar",
     "default_metrics",
     "exposition",
+    "exposition_content_type",
     "make_asgi_app",
     "mark_process_dead",
     "multiprocess_dir",

@@ -33,11 +33,12 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dspyo3_core import spans
 from dspyo3_core.sources import ProgramSource
 from dspyo3_production import logs
 from dspyo3_production import stack as production_stack
 from dspyo3_production.cost import attribute
-from dspyo3_production.metrics import Metrics, default_metrics, exposition
+from dspyo3_production.metrics import Metrics, default_metrics, exposition, exposition_content_type, multiprocess_dir
 from dspyo3_production.pipeline import CALLS
 from dspyo3_production.serve.config import ABSplit, ProgramConfig, ServeConfig, TenantConfig
 from dspyo3_production.serve.errors import ServeError
@@ -160,7 +161,8 @@ class _HttpMetrics:
         self._counters: dict[tuple[str, str, int, str], Any] = {}
         self._histograms: dict[str, Any] = {}
 
-    def record(self, route: str, method: str, status: int, seconds: float, tenant: str = "") -> None:
+    def record(self, route: str, method: str, status: int, seconds: float, tenant: str = "",
+               exemplar: dict[str, str] | None = None) -> None:
         key = (route, method, status, tenant)
         counter = self._counters.get(key)
         if counter is None:
@@ -169,7 +171,7 @@ class _HttpMetrics:
         histogram = self._histograms.get(route)
         if histogram is None:
             histogram = self._histograms[route] = self.seconds.labels(route)
-        histogram.observe(seconds)
+        histogram.observe(seconds, exemplar)
 
     @classmethod
     def of(cls, metrics: Metrics) -> _HttpMetrics:
@@ -182,9 +184,41 @@ class _HttpMetrics:
 _HTTP_METRICS: weakref.WeakKeyDictionary[Any, _HttpMetrics] = weakref.WeakKeyDictionary()
 
 
+_UNTRACED = frozenset(("/healthz", "/readyz", "/metrics"))
+"""Probe and scrape routes: no SERVER span (they would drown the traces that matter)."""
+
+
+def _route_of(path: str) -> str:
+    """The route template a request path will match (the SERVER span's name is fixed when it starts, before
+    routing); ``other`` for a path no route serves."""
+    if path.startswith("/v1/programs/"):
+        rest = path[len("/v1/programs/"):]
+        name, _, tail = rest.partition("/")
+        if name and tail in ("", "stream", "batch"):
+            return "/v1/programs/{name}" + (f"/{tail}" if tail else "")
+        return "other"
+    if path in ("/v1/programs", "/openapi.json", "/docs", "/healthz", "/readyz", "/metrics"):
+        return path
+    return "other"
+
+
+def _trusts_incoming(tracer: Any) -> bool:
+    """Whether the tracer continues traces named by incoming requests (its ``trust_incoming``, else its
+    config's; default true)."""
+    trust = getattr(tracer, "trust_incoming", None)
+    if trust is None:
+        trust = getattr(getattr(tracer, "config", None), "trust_incoming", True)
+    return bool(trust)
+
+
 class _Envelope:
     """Pure ASGI middleware: the request id (``x-request-id`` kept when sane, else generated) on every response,
-    and the HTTP metrics."""
+    and the HTTP metrics.
+
+    With tracing on (:data:`dspyo3_core.spans.TRACER`), each request but probes and scrapes gets a SERVER span
+    ``{method} {route}``. It continues the caller's trace when the request carries a valid W3C ``traceparent`` and
+    the tracer trusts incoming context (its ``trust_incoming``, default true); a malformed one is ignored. The
+    span is ERROR only for a 5xx answer (HTTP server conventions). ``tracestate`` is not carried on."""
 
     def __init__(self, app: ASGIApp, http: _HttpMetrics) -> None:
         self.app = app
@@ -195,18 +229,28 @@ class _Envelope:
             await self.app(scope, receive, send)
             return
         request_id = None
+        tracer = spans.TRACER
+        incoming: bytes | None = None
+        seen_id = False
         for key, value in scope["headers"]:
-            if key == b"x-request-id":
+            if key == b"x-request-id" and not seen_id:
+                seen_id = True
                 text = value.decode("latin-1")
                 if _REQUEST_ID.match(text):
                     request_id = text
-                break
+                if tracer is None:
+                    break
+            elif key == b"traceparent" and tracer is not None and incoming is None:
+                incoming = value
         if request_id is None:
             request_id = uuid.uuid4().hex
         scope["dspyo3.request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
         status = 500
         started = time.perf_counter()
+        span = None
+        if tracer is not None:
+            span = self._start_span(tracer, scope, incoming, request_id)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -219,8 +263,46 @@ class _Envelope:
             await self.app(scope, receive, send_with_id)
         finally:
             method = scope["method"]
+            exemplar = None
+            if span is not None:
+                exemplar = self._end_span(span, scope, status)
             self.http.record(scope.get("dspyo3.route", "other"), method if method in _METHODS else "other", status,
-                             time.perf_counter() - started, scope.get("dspyo3.tenant", ""))
+                             time.perf_counter() - started, scope.get("dspyo3.tenant", ""), exemplar)
+
+    @staticmethod
+    def _start_span(tracer: spans.Tracer, scope: Scope, incoming: bytes | None, request_id: str) -> Any:
+        route = _route_of(scope.get("path") or "")
+        if route in _UNTRACED:
+            return None
+        parent = None
+        if incoming is not None and _trusts_incoming(tracer):
+            parent = spans.parse_traceparent(incoming)  # None for anything malformed: a new trace then
+        method = scope["method"] if scope["method"] in _METHODS else "_OTHER"
+        name = method if route == "other" else f"{method} {route}"
+        attrs: dict[str, spans.AttrValue] = {"http.request.method": method, "dspyo3.request_id": request_id}
+        if route != "other":
+            attrs["http.route"] = route
+        return tracer.start(name, spans.SERVER, attrs, parent=parent)
+
+    @staticmethod
+    def _end_span(span: Any, scope: Scope, status: int) -> dict[str, str] | None:
+        """End the request's SERVER span; the HTTP latency exemplar for it (None unless sampled)."""
+        try:
+            route = scope.get("dspyo3.route")
+            if route is not None:
+                span.set("http.route", route)
+            span.set("http.response.status_code", status)
+            tenant = scope.get("dspyo3.tenant")
+            if tenant:
+                span.set("dspyo3.tenant", tenant)
+            if status >= 500:
+                span.fail(str(status))  # error.type is the status code (HTTP server conventions)
+        finally:
+            span.end()
+        ref = span.ref
+        if not ref.sampled or multiprocess_dir():
+            return None
+        return {"trace_id": f"{ref.trace_id:032x}", "span_id": f"{ref.span_id:016x}"}
 
 
 # -- the app --------------------------------------------------------------------------------------------------------
@@ -365,10 +447,18 @@ class _Service:
     async def run(self, slot: ProgramSlot, arm: Arm, inputs: dict[str, Any], tenant: Any, request_id: str,
                   calls: list[Any]) -> Any:
         """Run ``arm``'s module on ``inputs`` inside the slot's bounds; each finished LM call is appended to
-        ``calls`` (kept by the caller, so a failed request's calls are still counted)."""
+        ``calls`` (kept by the caller, so a failed request's calls are still counted). With tracing on, the run is
+        a ``dspyo3.program {name}`` span (admission wait included) and the logs carry its trace id."""
+        tracer = spans.TRACER
         token = CALLS.set(calls)
         try:
-            with logs.trace(request_id=request_id, program=slot.name), \
+            if tracer is None:
+                with logs.trace(request_id=request_id, program=slot.name), \
+                        (attribute(user=tenant.name) if tenant is not None else contextlib.nullcontext()):
+                    async with slot.admit():
+                        return await arm.module.acall(**inputs)
+            with _program_span(tracer, slot, arm, tenant, request_id) as span, \
+                    logs.trace(trace_id=f"{span.ref.trace_id:032x}", request_id=request_id, program=slot.name), \
                     (attribute(user=tenant.name) if tenant is not None else contextlib.nullcontext()):
                 async with slot.admit():
                     return await arm.module.acall(**inputs)
@@ -429,8 +519,11 @@ class _Service:
 
         calls: list[Any] = []
         token = CALLS.set(calls)
+        tracer = spans.TRACER
+        span = None if tracer is None else _program_span(tracer, slot, arm, tenant, request_id)
         try:
-            with logs.trace(request_id=request_id, program=slot.name), \
+            with logs.trace(trace_id=None if span is None else f"{span.ref.trace_id:032x}", request_id=request_id,
+                            program=slot.name), \
                     (attribute(user=tenant.name) if tenant is not None else contextlib.nullcontext()):
                 try:
                     async with asyncio.timeout(self.timeout), slot.admit():
@@ -448,10 +541,16 @@ class _Service:
                                     yield _sse("prediction", body)
                 except TimeoutError:
                     error = ServeError(504, f"the program did not answer within {self.timeout:g} s", "timeout")
+                    if span is not None:
+                        span.fail(error)
                     yield _sse("error", error.to_json(request_id))
                 except Exception as exc:
+                    if span is not None:
+                        span.fail(exc)
                     yield _sse("error", _program_failure(exc, request_id).to_json(request_id))
         finally:
+            if span is not None:
+                span.end()
             CALLS.reset(token)
             self.settle(tenant, calls, estimated)
 
@@ -553,8 +652,11 @@ class _Service:
         return _json(body, 200 if not reasons else 503, None if not reasons else {"Retry-After": "5"})
 
     async def metrics_endpoint(self, request: Request) -> Response:
+        """The metrics in the format ``Accept`` asks for: Prometheus 0.0.4 text by default, OpenMetrics (with
+        exemplars) for ``application/openmetrics-text``."""
         request.scope["dspyo3.route"] = "/metrics"
-        return Response(exposition(self.metrics), media_type="text/plain; version=0.0.4; charset=utf-8")
+        accept = request.headers.get("accept")
+        return Response(exposition(self.metrics, accept), media_type=exposition_content_type(accept))
 
     # -- lifespan ---------------------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -576,6 +678,16 @@ class _Service:
             if closer is not None:
                 with contextlib.suppress(Exception):
                     await closer()
+
+
+def _program_span(tracer: spans.Tracer, slot: ProgramSlot, arm: Arm, tenant: Any, request_id: str) -> spans.Span:
+    """The started ``dspyo3.program {name}`` span of one program run (current until it ends)."""
+    attrs: dict[str, spans.AttrValue] = {"dspyo3.program.name": slot.name, "dspyo3.program.version": arm.version,
+                                         "dspyo3.ab.arm": arm.arm, "dspyo3.request_id": request_id,
+                                         "openinference.span.kind": "CHAIN"}
+    if tenant is not None:
+        attrs["dspyo3.tenant"] = tenant.name
+    return tracer.start(f"dspyo3.program {slot.name}", attrs=attrs)
 
 
 def _start_watcher(service: _Service) -> asyncio.Task[None] | None:

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from dspyo3_core import spans
 from dspyo3_production.serve.errors import ServeError
 from dspyo3_production.serve.schema import ProgramSchema, program_schema
 
@@ -137,16 +138,25 @@ class ProgramSlot:
         if semaphore is None:  # created on first use, on the serving loop
             semaphore = self._semaphore = asyncio.Semaphore(self.max_in_flight)
         if semaphore.locked():
+            tracer = spans.TRACER
             if self.waiting >= self.max_queue:
                 self.refused += 1
-                raise ServeError(503, f"{self.name} is overloaded ({self.running} running, {self.waiting} "
-                                 "waiting); retry after the Retry-After seconds", "overloaded",
-                                 retry_after=self.retry_after())
+                error = ServeError(503, f"{self.name} is overloaded ({self.running} running, {self.waiting} "
+                                   "waiting); retry after the Retry-After seconds", "overloaded",
+                                   retry_after=self.retry_after())
+                if tracer is not None:
+                    now = time.time_ns()
+                    tracer.record("dspyo3.queue.wait", now, now, self._wait_attrs(0.0), error=error)
+                raise error
             self.waiting += 1
+            began = time.time_ns()
             try:
                 await semaphore.acquire()
             finally:
                 self.waiting -= 1
+                if tracer is not None:  # only a request that had to queue gets a span
+                    ended = time.time_ns()
+                    tracer.record("dspyo3.queue.wait", began, ended, self._wait_attrs((ended - began) / 1e9))
         else:
             await semaphore.acquire()
         self.running += 1
@@ -158,6 +168,10 @@ class ProgramSlot:
             semaphore.release()
             self.served += 1
             self._mean_seconds += (time.perf_counter() - started - self._mean_seconds) * 0.1
+
+    def _wait_attrs(self, waited: float) -> dict[str, spans.AttrValue]:
+        return {"dspyo3.queue.waited_s": waited, "dspyo3.program.name": self.name,
+                "dspyo3.queue.max_in_flight": self.max_in_flight, "dspyo3.queue.max_queue": self.max_queue}
 
     # -- readiness ------------------------------------------------------------------------------------------------
     @property

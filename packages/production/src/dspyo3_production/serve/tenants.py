@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dspyo3_core import spans
 from dspyo3_production.serve.config import ServeConfig, TenantConfig
 from dspyo3_production.serve.errors import ServeError
 
@@ -185,6 +186,17 @@ class _TenantState:
         return f"{self.prefix}:usd:{period}:{_period_label(now, period)}"
 
 
+def _refused(tenant: Tenant, began_ns: int, limit: str, error: ServeError) -> ServeError:
+    """``error`` (a refusal of ``tenant`` by ``limit``), recorded as a failed ``dspyo3.tenant.admit`` span when
+    tracing is on."""
+    tracer = spans.TRACER
+    if tracer is not None:
+        tracer.record("dspyo3.tenant.admit", began_ns, time.time_ns(),
+                      {"dspyo3.tenant": tenant.name, "dspyo3.tenant.limit": limit,
+                       "dspyo3.tenant.outcome": error.type or "refused"}, error=error)
+    return error
+
+
 class TenantGate:
     """Authenticates callers by API key and admits their requests within each tenant's rate limits and budgets.
 
@@ -280,6 +292,7 @@ class TenantGate:
         """
         state = self._states[tenant.name]
         _ADMITTED.set(None)
+        began = time.time_ns() if spans.TRACER is not None else 0  # a refusal span's start (tracing on)
         now = self.clock()
         budgets = state.budgets()
         if budgets:
@@ -289,20 +302,21 @@ class TenantGate:
             if over:
                 retry = max(_period_end(now, period) - now for period, _ in over)
                 what = " and ".join(f"{limit:g} USD per {period}" for period, limit in over)
-                raise ServeError(429, f"tenant {tenant.name!r} has spent its budget ({what}); it renews at 00:00 "
-                                      "UTC", "over_budget", retry_after=max(1.0, retry))
+                raise _refused(tenant, began, "usd_per_" + over[0][0], ServeError(
+                    429, f"tenant {tenant.name!r} has spent its budget ({what}); it renews at 00:00 UTC",
+                    "over_budget", retry_after=max(1.0, retry)))
         if state.requests is not None:
             wait = await self._take(state.requests, 1.0, "try")
             if wait > 0:
-                raise ServeError(429, f"tenant {tenant.name!r} is over its rate limit of "
-                                      f"{state.requests.rate:g} requests per second; retry after the Retry-After "
-                                      "seconds", "rate_limited", retry_after=wait)
+                raise _refused(tenant, began, "requests_per_second", ServeError(
+                    429, f"tenant {tenant.name!r} is over its rate limit of {state.requests.rate:g} requests per "
+                         "second; retry after the Retry-After seconds", "rate_limited", retry_after=wait))
         if state.tokens is not None and estimated_tokens > 0:
             wait = await self._take(state.tokens, float(min(estimated_tokens, state.tokens.burst)), "try")
             if wait > 0:
-                raise ServeError(429, f"tenant {tenant.name!r} is over its limit of {state.tokens.rate:g} tokens "
-                                      "per minute; retry after the Retry-After seconds", "rate_limited",
-                                 retry_after=wait)
+                raise _refused(tenant, began, "tokens_per_minute", ServeError(
+                    429, f"tenant {tenant.name!r} is over its limit of {state.tokens.rate:g} tokens per minute; "
+                         "retry after the Retry-After seconds", "rate_limited", retry_after=wait))
             _ADMITTED.set((id(self), tenant.name, float(min(estimated_tokens, state.tokens.burst))))
 
     def settle(self, tenant: Tenant, tokens: int, cost_usd: float, *, estimated_tokens: int | None = None) -> None:
