@@ -4,6 +4,7 @@ back to Python, and ``NativeLM`` sends the current span's trace and records one 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator, Mapping
 from contextvars import Token
 from typing import Any
@@ -272,7 +273,7 @@ def test_native_lm_sends_nothing_outside_a_span_or_when_propagation_is_off(serve
 
 def test_a_cache_hit_sends_and_records_nothing(server: LMServer, tracer: RecordingTracer) -> None:
     lm = native(server, cache=True)
-    prompt = f"cached {id(server)}"
+    prompt = f"cached {uuid.uuid4()}"  # never a hit left by an earlier run
     with tracer.start("chat m", spans.CLIENT):
         lm(prompt)
         lm(prompt)
