@@ -394,6 +394,16 @@ impl<S: Signature> Typed<S> {
         self.module.call(input)
     }
 
+    /// [`Typed::call_full`] with per-call [`CallOptions`] (a trace parent).
+    pub fn call_with(&self, input: &S::Input, options: &CallOptions) -> Result<Prediction<S::Output>> {
+        Prediction::from_bytes(&self.module.call_json_with(&to_json(input)?, options)?)
+    }
+
+    /// Async [`Typed::call_with`].
+    pub async fn acall_with(&self, input: &S::Input, options: &CallOptions) -> Result<Prediction<S::Output>> {
+        Prediction::from_bytes(&self.module.acall_json_with(&to_json(input)?, options).await?)
+    }
+
     /// Async call, awaitable from tokio (DSPy's `acall` on the runtime's asyncio loop).
     pub async fn acall(&self, input: &S::Input) -> Result<S::Output> {
         Ok(self.module.acall::<_, S::Output>(input).await?.output)

@@ -117,6 +117,10 @@ fn a_sync_call_runs_under_the_callers_trace() {
     let qa = predict(&server);
     qa.module().call_json_with(&input("sync?"), &CallOptions::traced(traceparent())).unwrap();
     assert_propagated(&server);
+    let typed = qa.call_with(&common::QAInput { question: "typed?".into() }, &CallOptions::traced(traceparent()));
+    assert!(!typed.unwrap().output.answer.is_empty());
+    assert_eq!(server.requests().unwrap(), 2);
+    assert_propagated(&server);
 }
 
 #[test]
