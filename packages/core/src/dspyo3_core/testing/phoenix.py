@@ -44,7 +44,8 @@ __all__ = ["PHOENIX_ENV", "PhoenixProcess", "find_phoenix", "phoenix_server"]
 
 PHOENIX_ENV = "DSPYO3_PHOENIX"
 _MAIN = Path(__file__).with_name("_phoenix_main.py")
-_TEMPLATES = Path(tempfile.gettempdir()) / "dspyo3-phoenix-templates"
+_UID = os.getuid() if hasattr(os, "getuid") else "user"
+_TEMPLATES = Path(tempfile.gettempdir()) / f"dspyo3-phoenix-templates-{_UID}"  # migrated empty databases
 
 
 def find_phoenix() -> str:
@@ -175,7 +176,13 @@ class PhoenixProcess:
         if version is None:
             return None
         path = _TEMPLATES / f"phoenix-{version}.db"
-        return path if path.is_file() and path.stat().st_size > 0 else None
+        try:
+            folder = _TEMPLATES.stat()
+            if hasattr(os, "getuid") and (folder.st_uid != os.getuid() or folder.st_mode & 0o022):
+                return None  # someone else's (or a writable-by-others) folder: do not start Phoenix on its file
+            return path if path.is_file() and path.stat().st_size > 0 else None
+        except OSError:
+            return None
 
     def _save_template(self) -> None:
         """Keep the freshly migrated, still empty database for the next start (SQLite's online backup, so a copy
@@ -184,7 +191,7 @@ class PhoenixProcess:
         if version is None or not self.database.is_file():
             return
         try:
-            _TEMPLATES.mkdir(parents=True, exist_ok=True)
+            _TEMPLATES.mkdir(mode=0o700, parents=True, exist_ok=True)
             partial = _TEMPLATES / f"phoenix-{version}.db.{os.getpid()}.tmp"
             source = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=5)
             try:
