@@ -2,7 +2,9 @@
 
 One program, ``dspy.Predict("question -> answer")``, over ``free_engine.FreeEngine(0)`` (an engine that answers at
 once with a valid ChatAdapter reply), so what differs between sides is only the tracing work. Every call has a new
-question (a cache miss and a store: the common path). Sides:
+question (a cache miss and a store: the common path) and, on the production sides, runs under a root span
+(``tracing.span``, as ``dspyo3 serve`` and ``run_many`` open one; a no-op while tracing is off), so ``on`` records
+the root, the inferred predictor, the LM call and its cache lookup; ``--no-root`` calls the program bare. Sides:
 
 * **base**: ``HookedLM`` with the full ``dspyo3-production`` stack (as ``overhead.py``'s stack side), no tracing;
 * **off**: the same stack with ``TracingConfig(enabled=False)`` (what every user without tracing runs);
@@ -160,6 +162,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100, help="program calls per round and side")
     parser.add_argument("--rounds", type=int, default=200, help="rounds per side")
     parser.add_argument("--endpoint", help="an OTLP/HTTP traces endpoint (default: start Arize Phoenix on loopback)")
+    parser.add_argument("--no-root", dest="root", action="store_false",
+                        help="call the program bare instead of under a root span (each LM call is then a trace of "
+                             "its own, with no module spans)")
     output_args(parser)
     args = parser.parse_args()
     if args.calls < 10 or args.rounds < 10:
@@ -183,6 +188,8 @@ def main() -> None:
 def run(args: argparse.Namespace, endpoint: str) -> None:
     project = f"bench-tracing-{uuid.uuid4().hex[:8]}"
     env = build(endpoint, project)
+    if "on" not in env:
+        args.root = False  # no tracer: nothing to open a root with
     dspy, program = env["dspy"], env["program"]
     stacks = [name for name in ("base", "off", "on") if name in env]
     counter = iter(range(10**9))
@@ -200,12 +207,19 @@ def run(args: argparse.Namespace, endpoint: str) -> None:
         finally:
             gc.enable()
 
+    tracing, _ = tracing_module()
+
+    def rooted(question: str) -> Any:
+        """One program call under a root span, as serve and run_many give it (a no-op when tracing is off)."""
+        with tracing.span("dspyo3.program bench"):
+            return program(question=question)
+
     def stack_round(name: str) -> tuple[float, float]:
         production = env[name]
         production.install()
         try:
             with dspy.context(lm=env["stack_lm"]):
-                wall_us, cpu_us = timed(lambda q: program(question=q))
+                wall_us, cpu_us = timed(rooted if args.root else (lambda q: program(question=q)))
             if name == "on":  # the round's spans leave now; their encoding and export count on this side's CPU
                 cpu_us += flushed_cpu_us(flush_tracer)
             return wall_us, cpu_us
@@ -287,7 +301,7 @@ def run(args: argparse.Namespace, endpoint: str) -> None:
     import opentelemetry.sdk.version as otel_version
 
     detail: dict[str, Any] = {
-        "calls_per_round": args.calls, "rounds": args.rounds, "collector": endpoint,
+        "calls_per_round": args.calls, "rounds": args.rounds, "collector": endpoint, "root_span": args.root,
         "median_us_per_call": {name: round(statistics.median(values), 1) for name, values in wall.items()},
         "quartiles_us": {name: [round(q, 1) for q in statistics.quantiles(values, n=4)]
                          for name, values in wall.items()},
