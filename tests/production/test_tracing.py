@@ -39,10 +39,15 @@ def exporter() -> InMemorySpanExporter:
     return InMemorySpanExporter()
 
 
+_BUILT: list[prod.Production] = []
+
+
 @pytest.fixture(autouse=True)
 def no_tracer() -> Iterator[None]:
     yield
     spans.install(None)
+    while _BUILT:  # stop each test's export thread
+        _BUILT.pop().close()
 
 
 def stack(exporter: InMemorySpanExporter, **kwargs: Any) -> prod.Production:
@@ -50,7 +55,9 @@ def stack(exporter: InMemorySpanExporter, **kwargs: Any) -> prod.Production:
     kwargs.setdefault("metrics", False)
     kwargs.setdefault("log_events", False)
     kwargs.setdefault("module_callbacks", False)
-    return prod.Production(tracing=tracing, **kwargs).install()
+    production = prod.Production(tracing=tracing, **kwargs).install()
+    _BUILT.append(production)
+    return production
 
 
 def finished(production: prod.Production, exporter: InMemorySpanExporter) -> list[ReadableSpan]:

@@ -573,9 +573,12 @@ class Recorder:
                                                "openinference.span.kind": "CHAIN"}
                 if path:
                     attrs["dspyo3.module.path"] = path
-                inferred = chain[entry_key] = _Inferred(
+                # setdefault: dspy.Parallel's threads may infer the same module at once; one span wins
+                inferred = chain.setdefault(entry_key, _Inferred(
                     f"dspyo3.module {cls}", SpanRef(base.ref.trace_id, _new_id(64), True), parent, start, attrs,
-                    callers if i == last else None)
+                    callers if i == last else None))
+            elif start < inferred.start_ns:
+                inferred.start_ns = start
             widen.append(inferred)
             parent = inferred.ref
         return parent, widen
