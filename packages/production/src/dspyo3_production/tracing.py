@@ -28,6 +28,7 @@ import atexit
 import json
 import os
 import random
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -495,8 +496,6 @@ class Recorder:
         (and ``openinference`` is not ``"ignore"``)."""
         if self._openinference == "ignore":
             return False
-        import sys
-
         module = sys.modules.get("openinference.instrumentation.dspy")
         if module is None:
             return False
