@@ -35,6 +35,7 @@ Run: ``hatch run bench-tracing [--calls N] [--rounds R] [--endpoint URL] [--json
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import logging
@@ -90,7 +91,7 @@ def otlp_exporter(endpoint: str) -> Any:
     return OTLPSpanExporter(endpoint=endpoint, timeout=10)
 
 
-def build(endpoint: str, project: str) -> dict[str, Any]:
+def build(endpoint: str, project: str, callbacks: bool = False) -> dict[str, Any]:
     """Every side's LM, program and production stack (see the module docstring)."""
     import dspy
     from prometheus_client import CollectorRegistry
@@ -131,6 +132,12 @@ def build(endpoint: str, project: str) -> dict[str, Any]:
             enabled=True, endpoint=endpoint, protocol="http/protobuf", sample_ratio=1.0,
             service_name="dspyo3-bench-tracing", resource={"openinference.project.name": f"{project}-dspyo3"},
             exporter=env["on_exporter"]))
+        if callbacks:
+            env["on_callbacks_exporter"] = CountingExporter(otlp_exporter(endpoint))
+            env["on_callbacks"] = stack(tracing.TracingConfig(
+                enabled=True, endpoint=endpoint, protocol="http/protobuf", sample_ratio=1.0, modules="callbacks",
+                service_name="dspyo3-bench-tracing", resource={"openinference.project.name": f"{project}-callbacks"},
+                exporter=env["on_callbacks_exporter"]))
     try:
         from openinference.instrumentation.dspy import DSPyInstrumentor
         from opentelemetry.sdk.resources import Resource
@@ -162,6 +169,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100, help="program calls per round and side")
     parser.add_argument("--rounds", type=int, default=200, help="rounds per side")
     parser.add_argument("--endpoint", help="an OTLP/HTTP traces endpoint (default: start Arize Phoenix on loopback)")
+    parser.add_argument("--callbacks", action="store_true",
+                        help='also measure tracing on with modules="callbacks" (exact module spans from a DSPy '
+                             "callback), reported on the detail line")
     parser.add_argument("--no-root", dest="root", action="store_false",
                         help="call the program bare instead of under a root span (each LM call is then a trace of "
                              "its own, with no module spans)")
@@ -187,11 +197,11 @@ def main() -> None:
 
 def run(args: argparse.Namespace, endpoint: str) -> None:
     project = f"bench-tracing-{uuid.uuid4().hex[:8]}"
-    env = build(endpoint, project)
+    env = build(endpoint, project, callbacks=args.callbacks)
     if "on" not in env:
         args.root = False  # no tracer: nothing to open a root with
     dspy, program = env["dspy"], env["program"]
-    stacks = [name for name in ("base", "off", "on") if name in env]
+    stacks = [name for name in ("base", "off", "on", "on_callbacks") if name in env]
     counter = iter(range(10**9))
 
     def timed(call: Callable[[str], Any]) -> tuple[float, float]:
@@ -220,7 +230,7 @@ def run(args: argparse.Namespace, endpoint: str) -> None:
         try:
             with dspy.context(lm=env["stack_lm"]):
                 wall_us, cpu_us = timed(rooted if args.root else (lambda q: program(question=q)))
-            if name == "on":  # the round's spans leave now; their encoding and export count on this side's CPU
+            if name.startswith("on"):  # the round's spans leave now; their encoding and export count on this side's CPU
                 cpu_us += flushed_cpu_us(flush_tracer)
             return wall_us, cpu_us
         finally:
@@ -230,7 +240,7 @@ def run(args: argparse.Namespace, endpoint: str) -> None:
     def flushed_cpu_us(flush: Callable[[], Any]) -> float:
         started = time.process_time()
         flush()
-        return (time.process_time() - started) / args.calls * 1e6
+        return float((time.process_time() - started) / args.calls * 1e6)
 
     def bare_round(instrument: bool) -> tuple[float, float]:
         dspy.cache = env["bare_cache"]
@@ -246,15 +256,17 @@ def run(args: argparse.Namespace, endpoint: str) -> None:
             if instrument:
                 env["instrumentor"].uninstrument()
 
-    sides: dict[str, Callable[[], tuple[float, float]]] = {name: (lambda n=name: stack_round(n)) for name in stacks}
-    sides["oi_base"] = lambda: bare_round(False)
+    sides: dict[str, Callable[[], tuple[float, float]]] = {name: functools.partial(stack_round, name)
+                                                           for name in stacks}
+    sides["oi_base"] = functools.partial(bare_round, False)
     if "instrumentor" in env:
-        sides["openinference"] = lambda: bare_round(True)
+        sides["openinference"] = functools.partial(bare_round, True)
 
     for side in sides.values():  # warm up: imports, pricing table, first-time paths, the collector's project
         side()
     counts_before = {"on": env["on_exporter"].count if "on_exporter" in env else 0,
-                     "openinference": env["oi_exporter"].count if "oi_exporter" in env else 0}
+                     "openinference": env["oi_exporter"].count if "oi_exporter" in env else 0,
+                     "on_callbacks": env["on_callbacks_exporter"].count if "on_callbacks" in env else 0}
     on_counts: list[int] = []
     wall: dict[str, list[float]] = {name: [] for name in sides}
     cpu: dict[str, list[float]] = {name: [] for name in sides}
@@ -308,6 +320,11 @@ def run(args: argparse.Namespace, endpoint: str) -> None:
         "added_cpu_us_per_call": {"off": added("off", "base", cpu), "on": added("on", "base", cpu),
                                   "openinference": added("openinference", "oi_base", cpu)},
         "targets_us": {"off": 1, "on": 25},
+        **({"on_callbacks": {"added_us_per_call": added("on_callbacks", "base", wall),
+                             "added_cpu_us_per_call": added("on_callbacks", "base", cpu),
+                             "spans_per_call": (env["on_callbacks_exporter"].count
+                                               - counts_before["on_callbacks"]) / calls}}
+           if "on_callbacks" in env else {}),
         "not_measured": env["reasons"],
         "python": sys.version.split()[0], "dspy": dspy.__version__,
         "opentelemetry_sdk": otel_version.__version__,
