@@ -3,7 +3,8 @@
 
 * a served RAG call continues an incoming ``traceparent``, the LM server receives the same trace id, and the same
   call again hits the cache (no attempt span, no new LM request);
-* faults carry ERROR status: 429s retried (one span per attempt), breaker open, budget refusal, tool timeout;
+* faults carry ERROR status: 429s retried (one span per attempt), breaker open, budget refusal, a tool timeout in
+  a ReAct agent run;
 * no secret (API key, collector header, a key echoed in an error) is in any stored span nor in Phoenix's database;
 * the gRPC exporter;
 * openinference-instrumentation-dspy and dspyo3 together give one trace, nested, with no duplicate module spans.
@@ -305,8 +306,11 @@ def test_breaker_open_and_budget_refusal_are_errors(phoenix: PhoenixProcess, pro
     assert lm_span["status_code"] == "ERROR" and attrs(lm_span)["error.type"] == "BudgetExceededError"
 
 
-def test_tool_timeout_is_an_error_span(phoenix: PhoenixProcess, project: str) -> None:
+def test_tool_timeout_in_an_agent_run_is_an_error_span(phoenix: PhoenixProcess, project: str) -> None:
     pytest.importorskip("dspyo3_agents")
+    from dspy.utils import DummyLM
+
+    from dspyo3_agents import ReActAgent
     from dspyo3_agents.tools.registry import ToolRegistry
 
     registry = ToolRegistry()
@@ -320,15 +324,19 @@ def test_tool_timeout_is_an_error_span(phoenix: PhoenixProcess, project: str) ->
         time.sleep(seconds)
         return "done"
 
-    tool = registry.register(slow, timeout=0.05)
+    registry.register(slow, timeout=0.05)
+    lm = DummyLM([{"next_thought": "try it", "next_tool_name": "slow", "next_tool_args": {"seconds": 1.0}},
+                  {"next_thought": "give up", "next_tool_name": "finish", "next_tool_args": {}},
+                  {"reasoning": "the tool timed out", "answer": "late"}])
     stack = production(phoenix, project)
-    with prod.span("agent root"), pytest.raises(Exception, match="slow"):
-        tool.invoke({"seconds": 1.0})  # type: ignore[union-attr]
+    with dspy.context(lm=lm):
+        assert ReActAgent("question -> answer", registry, name="sleepy")(question="wait?").answer == "late"
     flushed(stack)
-    found = settle(phoenix, project, lambda f: bool(named(f, "execute_tool")))
-    (span,) = named(found, "execute_tool slow")
-    assert span["status_code"] == "ERROR" and attrs(span)["error.type"] == "ToolTimeoutError"
-    assert attrs(span)["gen_ai.tool.name"] == "slow"
+    found = settle(phoenix, project, lambda f: bool(named(f, "execute_tool")) and bool(named(f, "invoke_agent")))
+    (run,) = named(found, "invoke_agent sleepy")
+    (tool,) = named(found, "execute_tool slow")
+    assert tool["status_code"] == "ERROR" and attrs(tool)["error.type"] == "ToolTimeoutError"
+    assert attrs(tool)["gen_ai.tool.name"] == "slow" and run in ancestors(tool, found)
 
 
 # -- 3. no secrets ---------------------------------------------------------------------------------------------------
