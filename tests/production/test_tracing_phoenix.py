@@ -350,8 +350,9 @@ def test_no_secret_reaches_phoenix(phoenix: PhoenixProcess, project: str) -> Non
         stack = production(phoenix, project, tracing_overrides={
             "capture_content": True, "headers": {"x-collector-token": header_secret}})
         lm = native_lm(server, api_key=api_key, cache=False)
-        with dspy.context(lm=lm), prod.span("secret root"), pytest.raises(Exception):
+        with dspy.context(lm=lm), prod.span("secret root"), pytest.raises(Exception) as raised:
             dspy.Predict("question -> answer")(question="what is the key?")
+        assert api_key in str(raised.value)  # the error the LM span fails with does carry the key
         flushed(stack)
     found = settle(phoenix, project, lambda f: bool(named(f, "chat ")))
     assert named(found, "chat ")[0]["status_code"] == "ERROR"
