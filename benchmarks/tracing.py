@@ -8,9 +8,12 @@ the root, the inferred predictor, the LM call and its cache lookup; ``--no-root`
 
 * **base**: ``HookedLM`` with the full ``dspyo3-production`` stack (as ``overhead.py``'s stack side), no tracing;
 * **off**: the same stack with ``TracingConfig(enabled=False)`` (what every user without tracing runs);
-* **on**: the same stack with ``TracingConfig(enabled=True, sample_ratio=1.0)``: dspyo3's recorder, the SDK's
-  ``BatchSpanProcessor`` and OTLP/HTTP exporter to a real collector (Arize Phoenix, started here through
-  ``dspyo3_core.testing.phoenix`` unless ``--endpoint`` names one);
+* **on**: the same stack with ``TracingConfig(enabled=True, sample_ratio=1.0)``, the default export path: dspyo3's
+  recorder and the native span sink (``encoder="native"``: batching, OTLP/protobuf encoding and the HTTP post in
+  Rust, off the GIL) to a real collector (Arize Phoenix, started here through ``dspyo3_core.testing.phoenix``
+  unless ``--endpoint`` names one);
+* **on_sdk** (detail line): the same spans through the OpenTelemetry SDK's ``BatchSpanProcessor`` and OTLP/HTTP
+  exporter (``encoder="sdk"``), to the same collector;
 * **oi_base**: a plain ``dspy.LM`` with DSPy's memory cache, no instrumentation;
 * **openinference**: the same plain ``dspy.LM`` with ``DSPyInstrumentor().instrument(tracer_provider=...)`` (an SDK
   ``TracerProvider`` with its ``BatchSpanProcessor`` and OTLP/HTTP exporter to the same collector), instrumented
@@ -122,19 +125,39 @@ def build(endpoint: str, project: str, callbacks: bool = False) -> dict[str, Any
         "bare_cache": dspy.clients.Cache(False, True, None),
         "base": stack(),
         "reasons": {},
+        "counters": {},
     }
     tracing, reason = tracing_module()
     if tracing is None:
         env["reasons"]["off"] = env["reasons"]["on"] = reason
     else:
-        env["on_exporter"] = CountingExporter(otlp_exporter(endpoint))
         env["off"] = stack(tracing.TracingConfig(enabled=False))
+        # the default export path: the native span sink when dspyo3-native has it (counted by its own stats)
         env["on"] = stack(tracing.TracingConfig(
             enabled=True, endpoint=endpoint, protocol="http/protobuf", sample_ratio=1.0,
-            service_name="dspyo3-bench-tracing", resource={"openinference.project.name": f"{project}-dspyo3"},
-            exporter=env["on_exporter"]))
+            service_name="dspyo3-bench-tracing", resource={"openinference.project.name": f"{project}-dspyo3"}))
+        sink = getattr(env["on"].tracer, "_sink", None)
+        if sink is not None:
+            env["counters"]["on"] = lambda: int(sink.stats()["exported"])
+            env["encoder"] = "native"
+            # the same spans through the OpenTelemetry SDK's batch processor and OTLP/HTTP exporter
+            env["on_sdk_exporter"] = CountingExporter(otlp_exporter(endpoint))
+            env["on_sdk"] = stack(tracing.TracingConfig(
+                enabled=True, endpoint=endpoint, protocol="http/protobuf", sample_ratio=1.0, encoder="sdk",
+                service_name="dspyo3-bench-tracing", resource={"openinference.project.name": f"{project}-sdk"},
+                exporter=env["on_sdk_exporter"]))
+            env["counters"]["on_sdk"] = lambda: env["on_sdk_exporter"].count
+        else:  # a dspyo3-native without the sink: the SDK's exporter is the default path
+            env["on_exporter"] = CountingExporter(otlp_exporter(endpoint))
+            env["on"] = stack(tracing.TracingConfig(
+                enabled=True, endpoint=endpoint, protocol="http/protobuf", sample_ratio=1.0,
+                service_name="dspyo3-bench-tracing", resource={"openinference.project.name": f"{project}-dspyo3"},
+                exporter=env["on_exporter"]))
+            env["counters"]["on"] = lambda: env["on_exporter"].count
+            env["encoder"] = "sdk"
         if callbacks:
             env["on_callbacks_exporter"] = CountingExporter(otlp_exporter(endpoint))
+            env["counters"]["on_callbacks"] = lambda: env["on_callbacks_exporter"].count
             env["on_callbacks"] = stack(tracing.TracingConfig(
                 enabled=True, endpoint=endpoint, protocol="http/protobuf", sample_ratio=1.0, modules="callbacks",
                 service_name="dspyo3-bench-tracing", resource={"openinference.project.name": f"{project}-callbacks"},
@@ -202,7 +225,7 @@ def run(args: argparse.Namespace, endpoint: str) -> None:
     if "on" not in env:
         args.root = False  # no tracer: nothing to open a root with
     dspy, program = env["dspy"], env["program"]
-    stacks = [name for name in ("base", "off", "on", "on_callbacks") if name in env]
+    stacks = [name for name in ("base", "off", "on", "on_sdk", "on_callbacks") if name in env]
     counter = iter(range(10**9))
 
     warm = max(3, args.calls // 10)  # untimed calls that open each round (see below)
@@ -273,9 +296,10 @@ def run(args: argparse.Namespace, endpoint: str) -> None:
 
     for side in sides.values():  # warm up: imports, pricing table, first-time paths, the collector's project
         side()
-    counts_before = {"on": env["on_exporter"].count if "on_exporter" in env else 0,
-                     "openinference": env["oi_exporter"].count if "oi_exporter" in env else 0,
-                     "on_callbacks": env["on_callbacks_exporter"].count if "on_callbacks" in env else 0}
+    counters = env["counters"]
+    if "oi_exporter" in env:
+        counters["openinference"] = lambda: env["oi_exporter"].count
+    counts_before = {name: count() for name, count in counters.items()}
     on_counts: list[int] = []
     wall: dict[str, list[float]] = {name: [] for name in sides}
     cpu: dict[str, list[float]] = {name: [] for name in sides}
@@ -287,12 +311,12 @@ def run(args: argparse.Namespace, endpoint: str) -> None:
         for i in range(args.rounds):
             shift = i % len(order)  # rotate which side goes first, so none always runs on a warmer cache
             for name in order[shift:] + order[:shift]:
-                before = env["on_exporter"].count if name == "on" else 0
+                before = counters["on"]() if name == "on" else 0
                 w, c = sides[name]()
                 wall[name].append(w)
                 cpu[name].append(c)
                 if name == "on":
-                    on_counts.append(env["on_exporter"].count - before)
+                    on_counts.append(counters["on"]() - before)
             progress.advance(task)
     if "oi_provider" in env:
         env["oi_provider"].force_flush()
@@ -305,9 +329,9 @@ def run(args: argparse.Namespace, endpoint: str) -> None:
         if not on_counts or on_counts[0] <= 0 or on_counts[0] % per_round or len(set(on_counts)) != 1:
             raise SystemExit(f"tracing on exported {on_counts[:10]}... spans per round of {per_round} calls: not "
                              f"the same whole number per call in every round, so the tracer was not on the path")
-        spans_per_call["on"] = (env["on_exporter"].count - counts_before["on"]) / calls
+        spans_per_call["on"] = (counters["on"]() - counts_before["on"]) / calls
     if "oi_exporter" in env:
-        spans_per_call["openinference"] = (env["oi_exporter"].count - counts_before["openinference"]) / calls
+        spans_per_call["openinference"] = (counters["openinference"]() - counts_before["openinference"]) / calls
 
     def added(side: str, baseline: str, figures: dict[str, list[float]]) -> float | None:
         if side not in figures:
@@ -323,18 +347,16 @@ def run(args: argparse.Namespace, endpoint: str) -> None:
 
     detail: dict[str, Any] = {
         "calls_per_round": args.calls, "untimed_calls_per_round": warm, "rounds": args.rounds,
-        "collector": endpoint, "root_span": args.root,
+        "collector": endpoint, "root_span": args.root, "encoder": env.get("encoder"),
         "median_us_per_call": {name: round(statistics.median(values), 1) for name, values in wall.items()},
         "quartiles_us": {name: [round(q, 1) for q in statistics.quantiles(values, n=4)]
                          for name, values in wall.items()},
         "added_cpu_us_per_call": {"off": added("off", "base", cpu), "on": added("on", "base", cpu),
                                   "openinference": added("openinference", "oi_base", cpu)},
         "targets_us": {"off": 1, "on": 25},
-        **({"on_callbacks": {"added_us_per_call": added("on_callbacks", "base", wall),
-                             "added_cpu_us_per_call": added("on_callbacks", "base", cpu),
-                             "spans_per_call": (env["on_callbacks_exporter"].count
-                                               - counts_before["on_callbacks"]) / calls}}
-           if "on_callbacks" in env else {}),
+        **{side: {"added_us_per_call": added(side, "base", wall), "added_cpu_us_per_call": added(side, "base", cpu),
+                  "spans_per_call": (counters[side]() - counts_before[side]) / calls}
+           for side in ("on_sdk", "on_callbacks") if side in env},
         "not_measured": env["reasons"],
         "python": sys.version.split()[0], "dspy": dspy.__version__,
         "opentelemetry_sdk": otel_version.__version__,

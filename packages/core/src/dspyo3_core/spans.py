@@ -28,9 +28,8 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Union
+from typing import NamedTuple, Protocol, Union
 
 __all__ = [
     "CLIENT", "CURRENT", "INTERNAL", "SERVER", "AttrValue", "Span", "SpanRef", "TRACER", "Tracer", "current_ids",
@@ -44,9 +43,9 @@ AttrValue = Union[str, bool, int, float, Sequence[str], Sequence[bool], Sequence
 """An attribute value OpenTelemetry accepts: a scalar or a homogeneous sequence of scalars."""
 
 
-@dataclass(frozen=True, slots=True)
-class SpanRef:
-    """Where a span sits in a trace: enough to parent another span on it or to send it in a ``traceparent``.
+class SpanRef(NamedTuple):
+    """Where a span sits in a trace: enough to parent another span on it or to send it in a ``traceparent``
+    (immutable; a named tuple because every span makes one).
 
     Attributes:
         trace_id: the 128-bit trace id (never 0).

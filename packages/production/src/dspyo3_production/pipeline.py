@@ -9,6 +9,7 @@ other's callers.
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 import logging
 import threading
@@ -363,6 +364,11 @@ def _server(api_base: Any) -> tuple[str, int] | None:
     """Host and port of an ``api_base`` URL (never its path, query or credentials)."""
     if not isinstance(api_base, str) or not api_base:
         return None
+    return _server_of(api_base)
+
+
+@functools.lru_cache(maxsize=64)
+def _server_of(api_base: str) -> tuple[str, int] | None:
     from urllib.parse import urlsplit
 
     try:

@@ -48,9 +48,12 @@ PROTOCOLS = ("http/protobuf", "grpc")
 _MODULES = ("inferred", "callbacks", "off")
 _OPENINFERENCE = ("auto", "nest", "ignore")
 _EXPORTERS = ("otlp", "console", "none")
+_ENCODERS = ("native", "sdk")
+_DEFAULT_HTTP_ENDPOINT = "http://localhost:4318/v1/traces"
 _TABLE_KEYS = {"enabled", "endpoint", "protocol", "headers", "timeout_s", "sample_ratio", "service_name",
                "resource", "capture_content", "max_content_chars", "modules", "exporter", "propagate",
-               "trust_incoming", "openinference", "max_queue_size", "max_export_batch_size", "schedule_delay_ms"}
+               "trust_incoming", "openinference", "max_queue_size", "max_export_batch_size", "schedule_delay_ms",
+               "encoder"}
 _TRUE = {"1", "true", "yes", "on"}
 _EXTRA_HINT = "install the tracing extra: pip install 'dspyo3-production[tracing]'"
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.37.0"
@@ -103,6 +106,11 @@ class TracingConfig:
             ``"nest"``: keep ours too; ``"ignore"``: do not look.
         max_queue_size, max_export_batch_size, schedule_delay_ms: the batch processor's sizes (None: the SDK's
             defaults and ``OTEL_BSP_*``).
+        encoder: how ``otlp`` spans over ``http/protobuf`` are encoded and sent: ``"native"`` (the default: the
+            Rust span sink of ``dspyo3-native`` batches, encodes and posts them off the GIL; spans cost the traced
+            code about a microsecond each to hand over) or ``"sdk"`` (the OpenTelemetry SDK's batch processor and
+            OTLP exporter, whose protobuf encoding runs in Python on its export thread). gRPC, ``console`` and
+            exporter objects always go through the SDK; so does ``native`` when ``dspyo3-native`` lacks the sink.
         source: where this configuration came from (``"dspyo3.toml"``, ``"env"`` or ``"code"``), for status.
     """
 
@@ -124,6 +132,7 @@ class TracingConfig:
     max_queue_size: int | None = None
     max_export_batch_size: int | None = None
     schedule_delay_ms: int | None = None
+    encoder: str = "native"
     source: str = "code"
 
     def __post_init__(self) -> None:
@@ -137,6 +146,8 @@ class TracingConfig:
         if isinstance(self.exporter, str) and self.exporter not in _EXPORTERS:
             raise ConfigError(f"tracing exporter = {self.exporter!r}: use one of {', '.join(_EXPORTERS)} "
                               "(or pass an OpenTelemetry SpanExporter object)")
+        if self.encoder not in _ENCODERS:
+            raise ConfigError(f"tracing encoder = {self.encoder!r}: use one of {', '.join(_ENCODERS)}")
         if not 0.0 <= float(self.sample_ratio) <= 1.0:
             raise ConfigError(f"tracing sample_ratio = {self.sample_ratio!r} must be between 0 and 1")
         if not isinstance(self.headers, dict):
@@ -232,7 +243,18 @@ class TracingConfig:
                 "endpoint": self.endpoint, "sample_ratio": self.sample_ratio,
                 "service_name": self.service_name or os.environ.get("OTEL_SERVICE_NAME") or "dspyo3",
                 "modules": self.modules, "capture_content": self.capture_content, "propagate": self.propagate,
+                "encoder": self.encoder if self.native_sink() is not None else "sdk",
                 "header_names": sorted(self.headers)}
+
+    def native_sink(self) -> Any:
+        """``dspyo3_native.SpanSink`` when this configuration exports through it, else None."""
+        if self.encoder != "native" or self.exporter != "otlp" or self.protocol != "http/protobuf":
+            return None
+        try:
+            import dspyo3_native
+        except ImportError:
+            return None
+        return getattr(dspyo3_native, "SpanSink", None)
 
 
 # -- the lean spans --------------------------------------------------------------------------------------------
@@ -399,6 +421,7 @@ class Recorder:
         self._bound = round(float(config.sample_ratio) * (1 << 64))  # as the SDK's TraceIdRatioBased
         self._open: dict[int, _Span] = {}  # live current spans of this process, by span id
         self._openinference = config.openinference
+        self._instrumentor: Any = None  # openinference's DSPyInstrumentor, once its module is imported
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -434,9 +457,21 @@ class Recorder:
             bsp["max_export_batch_size"] = int(config.max_export_batch_size)
         if config.schedule_delay_ms:
             bsp["schedule_delay_millis"] = float(config.schedule_delay_ms)
-        exporter: Any = MaskingExporter(self._exporter(config))
-        self.exporter = exporter
-        self.processor = BatchSpanProcessor(exporter, **bsp)
+        self._sink: Any = None
+        self._sink_secrets: Any = None
+        self.processor: Any = None
+        sink = config.native_sink()
+        if sink is not None:  # spans go to Rust as plain values: no SDK objects, no encoding under the GIL
+            self._sink = sink(
+                config.endpoint or _DEFAULT_HTTP_ENDPOINT, headers=list(config.headers.items()),
+                resource=dict(self._resource.attributes), scope_name="dspyo3", scope_version=__version__,
+                timeout_s=float(config.timeout_s), **{k: v for k, v in (
+                    ("max_queue", config.max_queue_size), ("max_batch", config.max_export_batch_size),
+                    ("delay_ms", config.schedule_delay_ms)) if v})
+            self.exporter: Any = None
+        else:
+            self.exporter = MaskingExporter(self._exporter(config))
+            self.processor = BatchSpanProcessor(self.exporter, **bsp)
         atexit.register(self.shutdown)
 
     @staticmethod
@@ -473,10 +508,10 @@ class Recorder:
         return module.OTLPSpanExporter(**kwargs)
 
     # -- spans.Tracer ------------------------------------------------------------------------------------------
-    def _parent(self, parent: SpanRef | None) -> SpanRef | None:
+    def _parent(self, parent: SpanRef | None, interop: bool = False) -> SpanRef | None:
         if parent is not None:
             return parent
-        if self._interop():  # ours are attached to the OpenTelemetry context too: its span is the innermost
+        if interop:  # ours are attached to the OpenTelemetry context too: its span is the innermost
             found = self._otel_trace.get_current_span().get_span_context()
             if found.is_valid:
                 own = self._open.get(found.span_id)
@@ -496,18 +531,25 @@ class Recorder:
         (and ``openinference`` is not ``"ignore"``)."""
         if self._openinference == "ignore":
             return False
-        module = sys.modules.get("openinference.instrumentation.dspy")
-        if module is None:
-            return False
+        instrumentor = self._instrumentor
+        if instrumentor is None:
+            module = sys.modules.get("openinference.instrumentation.dspy")
+            if module is None:
+                return False
+            try:  # a singleton: made once, its flag read on every span
+                instrumentor = self._instrumentor = module.DSPyInstrumentor()
+            except Exception:
+                return False
         try:
-            return bool(module.DSPyInstrumentor().is_instrumented_by_opentelemetry)
+            return bool(instrumentor.is_instrumented_by_opentelemetry)
         except Exception:
             return False
 
     def start(self, name: str, kind: int = INTERNAL, attrs: dict[str, AttrValue] | None = None, *,
               current: bool = True, start_ns: int | None = None, span_id: int | None = None,
               parent: SpanRef | None = None) -> _Span:
-        parent = self._parent(parent)
+        interop = self._interop()
+        parent = self._parent(parent, interop)
         sid = span_id or _new_id(64)
         start = start_ns if start_ns is not None else time.time_ns()
         base = None
@@ -526,20 +568,16 @@ class Recorder:
         if current:
             span._token = CURRENT.set(ref)
             self._open[sid] = span
-            if self._interop():  # foreign spans started meanwhile nest under this one
+            if interop:  # foreign spans started meanwhile nest under this one
                 ctx = self._SpanContext(ref.trace_id, sid, False, self._flags[ref.sampled])
                 span._otel_token = self._otel_context.attach(
                     self._otel_trace.set_span_in_context(self._otel_trace.NonRecordingSpan(ctx)))
             if kind != CLIENT and (parent is None or parent.remote or (
                     attrs is not None and attrs.get("openinference.span.kind") in ("CHAIN", "AGENT"))):
-                if self.modules == "inferred" and not self._leave_modules():
+                if self.modules == "inferred" and not (interop and self._openinference == "auto"):
                     span._chain = {}
                 span._ov_token = _set_overrides(ref)
         return span
-
-    def _leave_modules(self) -> bool:
-        """openinference="auto" and openinference's DSPy instrumentation is on: module spans are its job."""
-        return self._openinference == "auto" and self._interop()
 
     def _infer(self, base: _Span, start: int) -> tuple[SpanRef, list[_Inferred] | None]:
         """The inferred module span a span started now under ``base`` nests in (made if new), and the inferred
@@ -585,7 +623,7 @@ class Recorder:
     def record(self, name: str, start_ns: int, end_ns: int, attrs: dict[str, AttrValue] | None = None, *,
                kind: int = INTERNAL, error: BaseException | str | None = None, span_id: int | None = None,
                parent: SpanRef | None = None) -> None:
-        parent = self._parent(parent)
+        parent = self._parent(parent, self._interop())
         if parent is None:
             trace_id = _new_id(128)
             sampled = (trace_id & _ID64) < self._bound
@@ -602,7 +640,7 @@ class Recorder:
         span.end(end_ns)
 
     def traceparent(self, span_id: int | None = None) -> str | None:
-        ref = self._parent(None)
+        ref = self._parent(None, self._interop())
         return spans.format_traceparent(ref, span_id) if ref is not None else None
 
     def current_span(self) -> _Span | None:
@@ -615,6 +653,15 @@ class Recorder:
               attrs: Mapping[str, AttrValue], events: list[tuple[str, int, dict[str, AttrValue]]] | None,
               status: str | None) -> None:
         if self._closed:
+            return
+        sink = self._sink
+        if sink is not None:
+            version = secrets.secrets_version()
+            if version != self._sink_secrets:  # the sink masks on its thread: tell it what to mask
+                self._sink_secrets = version
+                sink.set_secrets([(value, secrets.mask_secret(value)) for value in _redactor().values])
+            sink.push(name, kind, ref.trace_id, ref.span_id, 0 if parent is None else parent.span_id,
+                      parent is not None and parent.remote, start_ns, end_ns, attrs, events, status)
             return
         Event, ReadableSpan = self._Event, self._ReadableSpan
         ctx = self._SpanContext(ref.trace_id, ref.span_id, False, self._flags[1])
@@ -632,6 +679,8 @@ class Recorder:
         """Export every span ended so far (blocks up to ``timeout_s``)."""
         if self._closed:
             return True
+        if self._sink is not None:
+            return bool(self._sink.flush(timeout_s))
         return bool(self.processor.force_flush(int(timeout_s * 1000)))
 
     def shutdown(self) -> None:
@@ -644,7 +693,10 @@ class Recorder:
             atexit.unregister(self.shutdown)
         except Exception:
             pass
-        self.processor.shutdown()  # type: ignore[no-untyped-call]
+        if self._sink is not None:
+            self._sink.shutdown(float(self.config.timeout_s))
+        else:
+            self.processor.shutdown()
 
     # -- helpers for instrumentation ---------------------------------------------------------------------------
     def content(self, value: Any) -> str:
