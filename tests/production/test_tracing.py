@@ -194,6 +194,27 @@ def test_callbacks_mode_gives_exact_module_and_adapter_spans(exporter: InMemoryS
     assert dict(fmt.attributes or {})["dspyo3.adapter"] == "ChatAdapter"
 
 
+def test_module_histograms_carry_the_module_spans_exemplar(exporter: InMemorySpanExporter,
+                                                            qa_lm: HookedLM) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+
+    from dspyo3_production.metrics import Metrics
+
+    registry = CollectorRegistry()
+    production = stack(exporter, tracing={"modules": "callbacks"}, metrics=Metrics(registry),
+                       module_callbacks=True)
+    with dspy.context(lm=qa_lm):
+        dspy.Predict("question -> answer")(question="exemplar")
+    (module,) = named(finished(production, exporter), "dspyo3.module Predict")
+    text = openmetrics(registry).decode()
+    lines = [line for line in text.splitlines() if "module_duration" in line and "# {" in line]
+    assert lines, text
+    assert f'trace_id="{module.context.trace_id:032x}"' in lines[0]
+    assert f'span_id="{module.context.span_id:016x}"' in lines[0]
+    assert "# {" not in generate_latest(registry).decode()  # the 0.0.4 text format has no exemplars
+
+
 def test_breaker_open_fails_the_lm_span(exporter: InMemorySpanExporter, qa_server: LMServer,
                                         manager: PluginManager) -> None:
     lm = HookedLM("openai/gpt-4o-mini", api_base=qa_server.api_base, api_key="sk-test-abcdefghijklmnop",

@@ -26,7 +26,7 @@ from dspyo3_production import logs
 from dspyo3_production.breaker import CircuitBreaker
 from dspyo3_production.cache import TieredCache, install_cache
 from dspyo3_production.cost import ATTRIBUTION, Budget, CostTracker
-from dspyo3_production.metrics import CIRCUIT_STATES, Metrics, default_metrics
+from dspyo3_production.metrics import CIRCUIT_STATES, Metrics, current_exemplar, default_metrics
 from dspyo3_production.routing import ARM
 
 if TYPE_CHECKING:  # tracing imports OpenTelemetry: only when it is enabled
@@ -99,19 +99,20 @@ class ProductionCallback(BaseCallback):  # type: ignore[misc]
         if ended is None:
             return
         kind, name, token, seconds, status = ended
+        exemplar = current_exemplar()  # the module's span while it is still current (callbacks mode)
         if self._spans:
             self._span_end(call_id, exception)
         m = self.metrics
         if m is not None:
             if kind == "retrieval":
                 m.child(m.retrieval_requests, name, status).inc()
-                m.child(m.retrieval_duration, name).observe(seconds)
+                m.child(m.retrieval_duration, name).observe(seconds, exemplar)
                 passages = getattr(outputs, "passages", None)
                 if passages:
                     m.child(m.retrieval_passages, name).inc(len(passages))
             else:
                 m.child(m.module_calls, name, status).inc()
-                m.child(m.module_duration, name).observe(seconds)
+                m.child(m.module_duration, name).observe(seconds, exemplar)
         if self.log_events:
             logs.event("retrieval_call" if kind == "retrieval" else "module_call", module=name, status=status,
                        duration_ms=round(seconds * 1000, 3))
@@ -130,11 +131,12 @@ class ProductionCallback(BaseCallback):  # type: ignore[misc]
         if ended is None:
             return
         _kind, name, _token, seconds, status = ended
+        exemplar = current_exemplar()
         if self._spans:
             self._span_end(call_id, exception)
         if self.metrics is not None:
             self.metrics.child(self.metrics.tool_calls, name, status).inc()
-            self.metrics.child(self.metrics.tool_duration, name).observe(seconds)
+            self.metrics.child(self.metrics.tool_duration, name).observe(seconds, exemplar)
         if self.log_events:
             logs.event("tool_call", tool=name, status=status, duration_ms=round(seconds * 1000, 3))
 
