@@ -11,6 +11,7 @@
 //! * [`ratelimit`]: a GCRA rate limiter with checked fixed-point time.
 //! * [`unescape`]: HTML character references decoded as Python's `html.unescape` does, in one linear pass.
 //! * `transport` (feature `transport`): an LM HTTP client (OpenAI chat completions and Anthropic messages; HTTP/1.1, HTTP/2, TLS, SSE streaming, retries) on tokio + hyper.
+//! * `otlp` (feature `otlp`): OTLP/HTTP protobuf span export from a background thread.
 
 #![deny(missing_docs)]
 
@@ -26,6 +27,8 @@ pub mod tokenizer;
 pub mod unescape;
 #[cfg(feature = "transport")]
 pub mod transport;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 
 pub use error::{KernelError, Result};
 

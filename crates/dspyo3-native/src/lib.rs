@@ -10,6 +10,7 @@ mod events;
 mod fusion;
 mod lru;
 mod ratelimit;
+mod spansink;
 mod tokenizer;
 mod transport;
 mod unescape;
@@ -42,6 +43,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ratelimit::register(m)?;
     transport::register(m)?;
     events::register(m)?;
+    spansink::register(m)?;
     unescape::register(m)?;
     Ok(())
 }

@@ -10,6 +10,7 @@
   HTTP/1.1 and HTTP/2, TLS, timeouts, retries honouring ``Retry-After``, SSE streaming (:class:`LMStream`), sync
   and asyncio; failures raise :class:`LMTransportError`. ``dspyo3_core.native_lm.NativeLM`` puts DSPy on it.
 * :class:`EventSink` — JSON-lines event writer on its own thread (secret values masked), for structured logs.
+* :class:`SpanSink` — OTLP/HTTP (protobuf) span exporter on its own thread: batches, retries, secret masking.
 * :class:`HTMLUnescaper` — ``html.unescape`` (numeric and named character references) in one linear native pass.
 """
 
@@ -27,6 +28,7 @@ from dspyo3_native._native import (
     LMTransportError,
     LRUCache,
     RateLimiter,
+    SpanSink,
     Tokenizer,
     __version__,
     build_info,
@@ -51,6 +53,7 @@ __all__ = [
     "LMTransportError",
     "LRUCache",
     "RateLimiter",
+    "SpanSink",
     "Tokenizer",
     "__version__",
     "acquire_async",

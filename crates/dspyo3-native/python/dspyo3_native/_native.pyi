@@ -23,6 +23,7 @@ __all__ = [
     "LMRequest",
     "EventSink",
     "HTMLUnescaper",
+    "SpanSink",
 ]
 
 __version__: str
@@ -376,3 +377,66 @@ class HTMLUnescaper:
     def unescape(self, text: str) -> str:
         """``text`` with numeric and named references decoded (the same object when nothing changes)."""
     def __len__(self) -> int: ...
+
+# a span attribute value: a scalar, or a list of scalars
+_AttrScalar = str | bool | int | float
+_AttrValue = _AttrScalar | list[_AttrScalar] | tuple[_AttrScalar, ...]
+
+@final
+class SpanSink:
+    """Exports finished spans to an OTLP/HTTP collector (``http/protobuf``) from a native background thread.
+
+    ``endpoint`` is the full URL (``http://host:4318/v1/traces``). ``headers`` are sent on every request; their
+    values are never shown. ``resource`` and ``scope_name`` / ``scope_version`` describe every span. Spans wait in a
+    queue of ``max_queue`` (a push to a full queue is dropped and counted); the thread sends up to ``max_batch``
+    spans per request, at least every ``delay_ms``, with ``timeout_s`` per request and one retry on 429, 5xx or a
+    connection error (honouring ``Retry-After`` up to ``timeout_s``); a batch that still fails is dropped and
+    counted in ``failed_batches``. After ``os.fork()`` the child's sink starts afresh (new thread, empty queue).
+    """
+
+    def __new__(
+        cls,
+        endpoint: str,
+        *,
+        headers: list[tuple[str, str]] = ...,
+        resource: dict[str, _AttrValue] | None = None,
+        scope_name: str = "dspyo3",
+        scope_version: str = "",
+        max_queue: int = 2048,
+        max_batch: int = 512,
+        delay_ms: int = 5000,
+        timeout_s: float = 10.0,
+    ) -> Self: ...
+    def push(
+        self,
+        name: str,
+        kind: int,
+        trace_id: int,
+        span_id: int,
+        parent_id: int,
+        parent_remote: bool,
+        start_ns: int,
+        end_ns: int,
+        attrs: dict[str, _AttrValue],
+        events: list[tuple[str, int, dict[str, _AttrValue]]] | None,
+        status: str | None,
+    ) -> None:
+        """Queue one finished span; returns at once.
+
+        ``kind``: 0 internal, 1 server, 2 client. ``trace_id`` < 2**128 and ``span_id`` < 2**64 are non-zero;
+        ``parent_id`` 0 means a root span. Times are Unix nanoseconds. ``status``: None = unset, a str = ERROR with
+        that message. Wrong types raise ``TypeError``, out-of-range values ``ValueError`` (naming the argument).
+        After :meth:`shutdown` a push does nothing.
+        """
+    def set_secrets(self, pairs: list[tuple[str, str]]) -> None:
+        """``(secret, replacement)`` pairs replaced (leftmost-longest) in every string of spans exported from now
+        on: names, attribute values and list items, event names and attributes, status messages."""
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Export everything queued so far (the GIL is released meanwhile); False if some of it failed or the
+        timeout passed first."""
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Flush (at most ``timeout_s``), then stop the export thread; later pushes are dropped silently."""
+    def stats(self) -> dict[str, int]:
+        """``queued`` (spans accepted by push, in total), ``exported`` (accepted by the collector), ``dropped``
+        (refused by a full queue), ``failed_batches`` (requests that failed after their retry; their spans are
+        lost)."""
