@@ -183,6 +183,17 @@ def test_secrets_are_replaced_everywhere(collector: Collector) -> None:
     assert b"sk-secret" not in collector.requests[0].SerializeToString()
 
 
+def test_lone_surrogates_become_replacement_characters(collector: Collector) -> None:
+    sink = SpanSink(collector.endpoint, delay_ms=60_000)
+    push(sink, "op\udcff", attrs={"k\ud800": "v\udcff", "l": ["\ud800"]}, status="bad \udcff")
+    assert sink.flush(10)
+    (span,) = collector.spans()
+    assert span.name.startswith("op\ufffd")
+    got = attrs(span.attributes)
+    assert set(got["l"][0]) == {"\ufffd"} and got[next(k for k in got if k.startswith("k"))].startswith("v\ufffd")
+    assert span.status.message.startswith("bad \ufffd")
+
+
 def test_headers_are_sent_and_never_shown(collector: Collector) -> None:
     sink = SpanSink(collector.endpoint, headers=[("Authorization", "Bearer hdr-secret"), ("x-tenant", "t1")])
     push(sink)

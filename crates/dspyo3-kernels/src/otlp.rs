@@ -702,6 +702,9 @@ enum PostError {
     Final,
 }
 
+/// Bytes of a collector's answer read at most (it is discarded; OTLP answers are tiny).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 type HttpClient = Client<hyper_rustls::HttpsConnector<Connector>, Full<Bytes>>;
 
 struct Worker {
@@ -850,8 +853,8 @@ impl Worker {
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(crate::transport::parse_retry_after);
-            // read (and discard) the answer so the connection can be reused
-            let _ = response.into_body().collect().await;
+            // read (and discard) the answer so the connection can be reused; a runaway answer is cut off
+            let _ = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await;
             match status {
                 200..=299 => Ok(()),
                 429 | 500..=599 => Err(PostError::Retryable(retry_after)),

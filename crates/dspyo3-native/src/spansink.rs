@@ -9,10 +9,18 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
+/// A str as UTF-8; lone surrogates (text decoded with `surrogateescape`) become U+FFFD rather than losing the span.
+fn text(s: &Bound<'_, PyString>) -> String {
+    match s.to_str() {
+        Ok(v) => v.to_owned(),
+        Err(_) => s.to_string_lossy().into_owned(),
+    }
+}
+
 /// A scalar attribute value (`str`, `bool`, `int`, `float`), or `None` when `obj` is none of these.
 fn scalar(obj: &Bound<'_, PyAny>, what: &dyn Fn() -> String) -> PyResult<Option<AnyValue>> {
     if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(Some(AnyValue::Str(s.to_str()?.to_owned())));
+        return Ok(Some(AnyValue::Str(text(s))));
     }
     if let Ok(b) = obj.cast::<PyBool>() {
         return Ok(Some(AnyValue::Bool(b.is_true())));
@@ -65,9 +73,9 @@ fn attributes(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Attributes> {
     let mut out = Vec::with_capacity(dict.len());
     for (k, v) in dict.iter() {
         let key = k.cast::<PyString>().map_err(|_| type_error(&format!("every key of {name}"), &k, "str"))?;
-        let key = key.to_str()?;
+        let key = text(key);
         let value = value(&v, &|| format!("{name}[{key:?}]"))?;
-        out.push((key.to_owned(), value));
+        out.push((key, value));
     }
     Ok(out)
 }
@@ -102,7 +110,7 @@ fn events(obj: &Bound<'_, PyAny>) -> PyResult<Vec<SpanEvent>> {
         let name = parts[0].cast::<PyString>().map_err(|_| type_error(&format!("{what} name"), &parts[0], "str"))?;
         let time_ns = unsigned(&parts[1], &format!("{what} time_ns"), 64)? as u64;
         let attributes = attributes(&parts[2], &format!("{what} attrs"))?;
-        out.push(SpanEvent { name: name.to_str()?.to_owned(), time_ns, attributes });
+        out.push(SpanEvent { name: text(name), time_ns, attributes });
         Ok(())
     };
     if let Ok(l) = obj.cast::<PyList>() {
@@ -194,7 +202,7 @@ impl PySpanSink {
         events: Option<&Bound<'_, PyAny>>,
         status: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let name = name.cast::<PyString>().map_err(|_| type_error("name", name, "str"))?.to_str()?.to_owned();
+        let name = text(name.cast::<PyString>().map_err(|_| type_error("name", name, "str"))?);
         let kind_value = unsigned(kind, "kind", 8)?;
         if kind_value > 2 {
             return Err(PyValueError::new_err(format!("kind must be 0 (internal), 1 (server) or 2 (client), not {kind_value}")));
@@ -214,7 +222,7 @@ impl PySpanSink {
             _ => Vec::new(),
         };
         let status = match status {
-            Some(s) if !s.is_none() => Some(s.cast::<PyString>().map_err(|_| type_error("status", s, "a str or None"))?.to_str()?.to_owned()),
+            Some(s) if !s.is_none() => Some(text(s.cast::<PyString>().map_err(|_| type_error("status", s, "a str or None"))?)),
             _ => None,
         };
         self.sink.push(SpanData {
