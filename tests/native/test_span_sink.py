@@ -246,6 +246,36 @@ def test_one_retry_on_5xx_and_on_429() -> None:
         limited.close()
 
 
+def test_retry_after_is_waited_at_most_timeout_s() -> None:
+    limited = Collector(statuses=[429, 200], retry_after="3600")
+    try:
+        sink = SpanSink(limited.endpoint, delay_ms=60_000, timeout_s=0.5)
+        push(sink)
+        assert sink.flush(30)  # the retry came after 0.5 s, not an hour
+        assert len(limited.requests) == 2
+    finally:
+        limited.close()
+
+
+def test_pushes_from_many_threads_all_arrive(collector: Collector) -> None:
+    sink = SpanSink(collector.endpoint, max_batch=64, delay_ms=50)
+
+    def pusher(t: int) -> None:
+        for i in range(300):
+            push(sink, f"t{t}", span_id=t * 1000 + i + 1, attrs={"i": i})
+
+    threads = [threading.Thread(target=pusher, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sink.flush(30)
+    assert sorted(int.from_bytes(s.span_id, "big") for s in collector.spans()) == sorted(
+        t * 1000 + i + 1 for t in range(4) for i in range(300))
+    assert sink.stats() == {"queued": 1200, "exported": 1200, "dropped": 0, "failed_batches": 0}
+    sink.shutdown()
+
+
 def test_a_4xx_is_not_retried() -> None:
     refusing = Collector(statuses=[400])
     try:
