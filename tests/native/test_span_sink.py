@@ -342,13 +342,16 @@ def test_hostile_input_raises_naming_the_argument(override: dict[str, Any], erro
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"endpoint": "not a url"}, {"endpoint": "ftp://127.0.0.1/x"}, {"max_queue": 0}, {"max_batch": 0},
-     {"delay_ms": 0}, {"timeout_s": 0.0}, {"timeout_s": float("nan")}, {"resource": {"a": None}}],
+    [{"endpoint": "not a url"}, {"endpoint": "ftp://127.0.0.1/x"}, {"max_queue": 0}, {"max_batch": -1},
+     {"delay_ms": 0}, {"delay_ms": -5}, {"timeout_s": 0.0}, {"timeout_s": float("nan")}, {"resource": {"a": None}},
+     {"resource": [("a", "b")]}, {"headers": [("bad name", "v")]}],
 )
-def test_bad_options_raise(kwargs: dict[str, Any]) -> None:
+def test_bad_options_raise_naming_the_option(kwargs: dict[str, Any]) -> None:
     args = {"endpoint": "http://127.0.0.1:4318/v1/traces", **kwargs}
-    with pytest.raises((TypeError, ValueError)):
+    (option,) = kwargs
+    with pytest.raises((TypeError, ValueError)) as info:
         SpanSink(**args)
+    assert option in str(info.value) or (option == "headers" and "bad name" in str(info.value))
 
 
 def test_bad_wait_times_raise(collector: Collector) -> None:

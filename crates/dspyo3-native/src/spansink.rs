@@ -158,20 +158,24 @@ impl PySpanSink {
         resource: Option<&Bound<'_, PyAny>>,
         scope_name: &str,
         scope_version: &str,
-        max_queue: usize,
-        max_batch: usize,
-        delay_ms: u64,
+        max_queue: i64,
+        max_batch: i64,
+        delay_ms: i64,
         timeout_s: f64,
     ) -> PyResult<Self> {
+        // signed, so a negative value is a ValueError naming the option rather than an OverflowError
+        let positive = |v: i64, name: &str| {
+            u64::try_from(v).ok().filter(|&v| v > 0).ok_or_else(|| PyValueError::new_err(format!("{name} must be > 0 (got {v})")))
+        };
+        let max_queue = usize::try_from(positive(max_queue, "max_queue")?).unwrap_or(usize::MAX);
+        let max_batch = usize::try_from(positive(max_batch, "max_batch")?).unwrap_or(usize::MAX);
+        let delay_ms = positive(delay_ms, "delay_ms")?;
         let resource = match resource {
             Some(r) => attributes(r, "resource")?,
             None => Vec::new(),
         };
         if !(timeout_s.is_finite() && timeout_s > 0.0) {
             return Err(PyValueError::new_err(format!("timeout_s must be a positive number of seconds (got {timeout_s})")));
-        }
-        if delay_ms == 0 {
-            return Err(PyValueError::new_err("delay_ms must be > 0"));
         }
         let options = SinkOptions {
             endpoint,
