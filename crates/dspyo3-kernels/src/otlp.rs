@@ -7,8 +7,9 @@
 //!
 //! The sink never blocks its callers: [`SpanSink::push`] queues a span (or drops and counts it when the queue is
 //! full); the export thread sends a batch when `max_batch` spans wait, every `delay`, or on [`SpanSink::flush`].
-//! Each POST has `timeout`; a 429, a 5xx or a connection error is retried once (after `Retry-After`, capped at
-//! `timeout`); a batch that still fails is counted in [`SinkStats::failed_batches`] and dropped. Header values are
+//! Each POST has `timeout`; a 429, a 5xx or a connection error is retried (after `Retry-After`, else a doubling
+//! backoff) while the retry starts within `timeout` of the first attempt; a batch that still fails is counted in
+//! [`SinkStats::failed_batches`] and dropped. Header values are
 //! treated as secrets: they never appear in an error or a log. Secret strings registered with
 //! [`SpanSink::set_secrets`] are replaced in every exported string (leftmost-longest) on the export thread.
 //!
@@ -416,7 +417,7 @@ pub struct SinkOptions {
     pub max_batch: usize,
     /// Export at least this often while spans wait.
     pub delay: Duration,
-    /// Timeout of one POST (and the longest `Retry-After` waited).
+    /// Timeout of one POST, and how long after a batch's first attempt a retry may still start.
     pub timeout: Duration,
 }
 
@@ -443,7 +444,7 @@ pub struct SinkStats {
     pub exported: u64,
     /// Spans refused by [`SpanSink::push`] because the queue was full.
     pub dropped: u64,
-    /// Requests that failed after their retry; their spans are lost.
+    /// Requests that failed after their retries; their spans are lost.
     pub failed_batches: u64,
 }
 
@@ -696,7 +697,7 @@ impl Inner {
 /// Why one POST failed.
 #[derive(Debug)]
 enum PostError {
-    /// Worth one retry (429, 5xx, connection error), after the server's `Retry-After` if it gave one.
+    /// Worth retrying (429, 5xx, connection error), after the server's `Retry-After` if it gave one.
     Retryable(Option<Duration>),
     /// Not worth retrying (other 4xx, timeout, bad request).
     Final,
@@ -821,16 +822,26 @@ impl Worker {
         )
     }
 
-    /// POST `body`, retrying once; `true` when the collector accepted it.
+    /// POST `body`; a 429, a 5xx or a connection error is retried after the server's `Retry-After`, else after a
+    /// backoff doubling from 100 ms (up to 5 s), for as long as the next attempt starts within `timeout` of the
+    /// first (a collector busy for a moment loses nothing; one that stays down costs a batch about `timeout`).
+    /// `true` when the collector accepted it.
     async fn export(&self, client: &HttpClient, body: Vec<u8>) -> bool {
         let body = Bytes::from(body);
-        match self.post(client, body.clone()).await {
-            Ok(()) => true,
-            Err(PostError::Final) => false,
-            Err(PostError::Retryable(after)) => {
-                let wait = after.unwrap_or(Duration::from_millis(100)).min(self.timeout);
-                tokio::time::sleep(wait).await;
-                self.post(client, body).await.is_ok()
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.post(client, body.clone()).await {
+                Ok(()) => return true,
+                Err(PostError::Final) => return false,
+                Err(PostError::Retryable(after)) => {
+                    let wait = after.unwrap_or(backoff);
+                    if tokio::time::Instant::now() + wait >= deadline {
+                        return false;
+                    }
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
             }
         }
     }
