@@ -138,7 +138,10 @@ def build(endpoint: str, project: str, callbacks: bool = False) -> dict[str, Any
             service_name="dspyo3-bench-tracing", resource={"openinference.project.name": f"{project}-dspyo3"}))
         sink = getattr(env["on"].tracer, "_sink", None)
         if sink is not None:
-            env["counters"]["on"] = lambda: int(sink.stats()["exported"])
+            # spans handed to the sink (what the tracer recorded; a collector that refuses a batch under load
+            # changes what arrives, reported on the detail line, not what was recorded)
+            env["counters"]["on"] = lambda: int(sink.stats()["queued"])
+            env["sink"] = sink
             env["encoder"] = "native"
             # the same spans through the OpenTelemetry SDK's batch processor and OTLP/HTTP exporter
             env["on_sdk_exporter"] = CountingExporter(otlp_exporter(endpoint))
@@ -358,6 +361,7 @@ def run(args: argparse.Namespace, endpoint: str) -> None:
                   "spans_per_call": (counters[side]() - counts_before[side]) / calls}
            for side in ("on_sdk", "on_callbacks") if side in env},
         "not_measured": env["reasons"],
+        **({"native_sink": env["sink"].stats()} if "sink" in env else {}),
         "python": sys.version.split()[0], "dspy": dspy.__version__,
         "opentelemetry_sdk": otel_version.__version__,
     }
