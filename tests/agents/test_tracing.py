@@ -5,9 +5,7 @@ span current inside a sync tool's own thread, and ``invoke_agent {name}`` around
 from __future__ import annotations
 
 import asyncio
-import random
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,113 +16,17 @@ from dspy.utils.dummies import DummyLM
 from dspyo3_agents import ReActAgent, ToolExecutionError, ToolRegistry, ToolTimeoutError
 from dspyo3_agents.tools import tool_retry
 from dspyo3_core import spans
-
-
-# -- a recording tracer (the spans.Tracer protocol, spans kept in a list) --------------------------------------------
-class FakeSpan:
-    def __init__(self, tracer: FakeTracer, name: str, kind: int, attrs: dict[str, Any] | None,
-                 parent: spans.SpanRef | None, current: bool, start_ns: int | None = None,
-                 span_id: int | None = None) -> None:
-        self.tracer, self.name, self.kind = tracer, name, kind
-        self.attrs: dict[str, Any] = dict(attrs or {})
-        self.parent = parent
-        trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
-        sampled = parent.sampled if parent is not None else True
-        self.ref = spans.SpanRef(trace_id, span_id or random.getrandbits(64) or 1, sampled)
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.error: BaseException | str | None = None
-        self.start_ns = start_ns or time.time_ns()
-        self.end_ns: int | None = None
-        self.thread = threading.get_ident()
-        self._token = spans.CURRENT.set(self.ref) if current else None
-
-    def set(self, key: str, value: Any) -> None:
-        self.attrs[key] = value
-
-    def event(self, name: str, attrs: Any = None) -> None:
-        self.events.append((name, dict(attrs or {})))
-
-    def fail(self, error: BaseException | str) -> None:
-        self.error = error
-        self.attrs["error.type"] = type(error).__name__ if isinstance(error, BaseException) else str(error)
-
-    def end(self, end_ns: int | None = None) -> None:
-        if self.end_ns is not None:
-            return
-        self.end_ns = end_ns or time.time_ns()
-        if self._token is not None:
-            try:
-                spans.CURRENT.reset(self._token)
-            except ValueError:
-                pass
-        self.tracer.spans.append(self)
-
-    def __enter__(self) -> FakeSpan:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if exc is not None:
-            self.fail(exc)
-        self.end()
-
-    @property
-    def trace_hex(self) -> str:
-        return f"{self.ref.trace_id:032x}"
-
-    @property
-    def span_hex(self) -> str:
-        return f"{self.ref.span_id:016x}"
-
-    @property
-    def parent_id(self) -> int | None:
-        return None if self.parent is None else self.parent.span_id
-
-
-class FakeTracer:
-    def __init__(self, capture_content: bool = False, trust_incoming: bool = True) -> None:
-        self.capture_content = capture_content
-        self.propagate = True
-        self.trust_incoming = trust_incoming
-        self.spans: list[FakeSpan] = []
-
-    def start(self, name: str, kind: int = spans.INTERNAL, attrs: dict[str, Any] | None = None, *,
-              current: bool = True, start_ns: int | None = None, span_id: int | None = None,
-              parent: spans.SpanRef | None = None) -> FakeSpan:
-        return FakeSpan(self, name, kind, attrs, parent or spans.CURRENT.get(), current, start_ns, span_id)
-
-    def record(self, name: str, start_ns: int, end_ns: int, attrs: dict[str, Any] | None = None, *,
-               kind: int = spans.INTERNAL, error: BaseException | str | None = None, span_id: int | None = None,
-               parent: spans.SpanRef | None = None) -> None:
-        span = FakeSpan(self, name, kind, attrs, parent or spans.CURRENT.get(), False, start_ns, span_id)
-        if error is not None:
-            span.fail(error)
-        span.end(end_ns)
-
-    def traceparent(self, span_id: int | None = None) -> str | None:
-        ref = spans.CURRENT.get()
-        return None if ref is None else spans.format_traceparent(ref, span_id)
-
-    def named(self, prefix: str) -> list[FakeSpan]:
-        return [s for s in self.spans if s.name.startswith(prefix)]
-
-    def one(self, prefix: str) -> FakeSpan:
-        found = self.named(prefix)
-        assert len(found) == 1, [s.name for s in self.spans]
-        return found[0]
+from dspyo3_core.testing import RecordingTracer
 
 
 @pytest.fixture
-def tracer() -> Iterator[FakeTracer]:
-    fake = FakeTracer()
-    spans.install(fake)
-    try:
-        yield fake
-    finally:
-        spans.install(None)
+def tracer() -> Iterator[RecordingTracer]:
+    with RecordingTracer().installed() as recording:
+        yield recording
 
 
 # -- tools -----------------------------------------------------------------------------------------------------------
-def test_a_tool_call_is_an_execute_tool_span(tracer: FakeTracer, registry: ToolRegistry) -> None:
+def test_a_tool_call_is_an_execute_tool_span(tracer: RecordingTracer, registry: ToolRegistry) -> None:
     assert registry.call("add", {"a": 2, "b": 3}) == 5
     span = tracer.one("execute_tool add")
     assert span.attrs["gen_ai.operation.name"] == "execute_tool"
@@ -135,14 +37,14 @@ def test_a_tool_call_is_an_execute_tool_span(tracer: FakeTracer, registry: ToolR
     assert spans.CURRENT.get() is None
 
 
-def test_arguments_are_recorded_only_when_the_tracer_captures_content(tracer: FakeTracer,
+def test_arguments_are_recorded_only_when_the_tracer_captures_content(tracer: RecordingTracer,
                                                                       registry: ToolRegistry) -> None:
     tracer.capture_content = True
     registry.call("add", {"a": 2, "b": 3})
     assert tracer.one("execute_tool add").attrs["gen_ai.tool.call.arguments"] == '{"a": 2, "b": 3}'
 
 
-def test_a_sync_tool_runs_in_its_thread_with_the_tool_span_current(tracer: FakeTracer) -> None:
+def test_a_sync_tool_runs_in_its_thread_with_the_tool_span_current(tracer: RecordingTracer) -> None:
     reg = ToolRegistry()
     seen: list[tuple[int, spans.SpanRef | None]] = []
 
@@ -162,7 +64,7 @@ def test_a_sync_tool_runs_in_its_thread_with_the_tool_span_current(tracer: FakeT
         assert span.parent_id == root.ref.span_id and span.attrs["dspyo3.tool.timeout_s"] == 10.0
 
 
-def test_a_timeout_fails_the_span_with_its_error_type(tracer: FakeTracer) -> None:
+def test_a_timeout_fails_the_span_with_its_error_type(tracer: RecordingTracer) -> None:
     reg = ToolRegistry()
     release = threading.Event()
 
@@ -189,7 +91,7 @@ def test_a_timeout_fails_the_span_with_its_error_type(tracer: FakeTracer) -> Non
         assert span.attrs["dspyo3.tool.timeout_s"] == 0.05
 
 
-def test_retries_are_events_and_a_final_failure_is_an_error(tracer: FakeTracer) -> None:
+def test_retries_are_events_and_a_final_failure_is_an_error(tracer: RecordingTracer) -> None:
     reg = ToolRegistry()
     calls = {"flaky": 0}
 
@@ -229,7 +131,7 @@ def step(tool: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"next_thought": "thinking", "next_tool_name": tool, "next_tool_args": args or {}}
 
 
-def test_an_agent_run_is_an_invoke_agent_span_over_its_tool_spans(tracer: FakeTracer,
+def test_an_agent_run_is_an_invoke_agent_span_over_its_tool_spans(tracer: RecordingTracer,
                                                                    registry: ToolRegistry) -> None:
     lm = DummyLM([step("add", {"a": 2, "b": 2}), step("finish"), {"reasoning": "done", "answer": "4"}])
     agent = ReActAgent("question -> answer", registry, name="calc")
@@ -244,7 +146,7 @@ def test_an_agent_run_is_an_invoke_agent_span_over_its_tool_spans(tracer: FakeTr
     assert tool.parent_id == run.ref.span_id and tool.ref.trace_id == run.ref.trace_id
 
 
-def test_an_async_agent_run_nests_its_tool_spans_too(tracer: FakeTracer, registry: ToolRegistry) -> None:
+def test_an_async_agent_run_nests_its_tool_spans_too(tracer: RecordingTracer, registry: ToolRegistry) -> None:
     lm = DummyLM([step("shout", {"text": "hi"}), step("finish"), {"reasoning": "done", "answer": "HI"}])
     agent = ReActAgent("question -> answer", registry, name="loud")
 
@@ -259,7 +161,7 @@ def test_an_async_agent_run_nests_its_tool_spans_too(tracer: FakeTracer, registr
     assert run.attrs["dspyo3.agent.steps"] == 2
 
 
-def test_a_failing_agent_run_fails_its_span(tracer: FakeTracer, registry: ToolRegistry) -> None:
+def test_a_failing_agent_run_fails_its_span(tracer: RecordingTracer, registry: ToolRegistry) -> None:
     agent = ReActAgent("question -> answer", registry, name="broken")
     with dspy.context(lm=DummyLM([])), pytest.raises(Exception) as info:  # no answers scripted: the LM fails
         agent(question="anything")

@@ -5,9 +5,7 @@ carried across asyncio tasks, ``asyncio.to_thread`` and ``dspy.asyncify``."""
 from __future__ import annotations
 
 import asyncio
-import random
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,113 +14,17 @@ import pytest
 
 from dspyo3_async import RateLimit, RetryPolicy, run_many
 from dspyo3_core import spans
-
-
-# -- a recording tracer (the spans.Tracer protocol, spans kept in a list) --------------------------------------------
-class FakeSpan:
-    def __init__(self, tracer: FakeTracer, name: str, kind: int, attrs: dict[str, Any] | None,
-                 parent: spans.SpanRef | None, current: bool, start_ns: int | None = None,
-                 span_id: int | None = None) -> None:
-        self.tracer, self.name, self.kind = tracer, name, kind
-        self.attrs: dict[str, Any] = dict(attrs or {})
-        self.parent = parent
-        trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
-        sampled = parent.sampled if parent is not None else True
-        self.ref = spans.SpanRef(trace_id, span_id or random.getrandbits(64) or 1, sampled)
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.error: BaseException | str | None = None
-        self.start_ns = start_ns or time.time_ns()
-        self.end_ns: int | None = None
-        self.thread = threading.get_ident()
-        self._token = spans.CURRENT.set(self.ref) if current else None
-
-    def set(self, key: str, value: Any) -> None:
-        self.attrs[key] = value
-
-    def event(self, name: str, attrs: Any = None) -> None:
-        self.events.append((name, dict(attrs or {})))
-
-    def fail(self, error: BaseException | str) -> None:
-        self.error = error
-        self.attrs["error.type"] = type(error).__name__ if isinstance(error, BaseException) else str(error)
-
-    def end(self, end_ns: int | None = None) -> None:
-        if self.end_ns is not None:
-            return
-        self.end_ns = end_ns or time.time_ns()
-        if self._token is not None:
-            try:
-                spans.CURRENT.reset(self._token)
-            except ValueError:
-                pass
-        self.tracer.spans.append(self)
-
-    def __enter__(self) -> FakeSpan:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if exc is not None:
-            self.fail(exc)
-        self.end()
-
-    @property
-    def trace_hex(self) -> str:
-        return f"{self.ref.trace_id:032x}"
-
-    @property
-    def span_hex(self) -> str:
-        return f"{self.ref.span_id:016x}"
-
-    @property
-    def parent_id(self) -> int | None:
-        return None if self.parent is None else self.parent.span_id
-
-
-class FakeTracer:
-    def __init__(self, capture_content: bool = False, trust_incoming: bool = True) -> None:
-        self.capture_content = capture_content
-        self.propagate = True
-        self.trust_incoming = trust_incoming
-        self.spans: list[FakeSpan] = []
-
-    def start(self, name: str, kind: int = spans.INTERNAL, attrs: dict[str, Any] | None = None, *,
-              current: bool = True, start_ns: int | None = None, span_id: int | None = None,
-              parent: spans.SpanRef | None = None) -> FakeSpan:
-        return FakeSpan(self, name, kind, attrs, parent or spans.CURRENT.get(), current, start_ns, span_id)
-
-    def record(self, name: str, start_ns: int, end_ns: int, attrs: dict[str, Any] | None = None, *,
-               kind: int = spans.INTERNAL, error: BaseException | str | None = None, span_id: int | None = None,
-               parent: spans.SpanRef | None = None) -> None:
-        span = FakeSpan(self, name, kind, attrs, parent or spans.CURRENT.get(), False, start_ns, span_id)
-        if error is not None:
-            span.fail(error)
-        span.end(end_ns)
-
-    def traceparent(self, span_id: int | None = None) -> str | None:
-        ref = spans.CURRENT.get()
-        return None if ref is None else spans.format_traceparent(ref, span_id)
-
-    def named(self, prefix: str) -> list[FakeSpan]:
-        return [s for s in self.spans if s.name.startswith(prefix)]
-
-    def one(self, prefix: str) -> FakeSpan:
-        found = self.named(prefix)
-        assert len(found) == 1, [s.name for s in self.spans]
-        return found[0]
+from dspyo3_core.testing import RecordedSpan, RecordingTracer
 
 
 @pytest.fixture
-def tracer() -> Iterator[FakeTracer]:
-    fake = FakeTracer()
-    spans.install(fake)
-    try:
-        yield fake
-    finally:
-        spans.install(None)
+def tracer() -> Iterator[RecordingTracer]:
+    with RecordingTracer().installed() as recording:
+        yield recording
 
 
 # -- run_many --------------------------------------------------------------------------------------------------------
-def test_each_run_many_item_gets_a_span_and_its_program_nests_under_it(tracer: FakeTracer) -> None:
+def test_each_run_many_item_gets_a_span_and_its_program_nests_under_it(tracer: RecordingTracer) -> None:
     seen: dict[int, spans.SpanRef | None] = {}
 
     async def program(question: int) -> int:
@@ -151,7 +53,7 @@ def test_each_run_many_item_gets_a_span_and_its_program_nests_under_it(tracer: F
     assert spans.CURRENT.get() is None
 
 
-def test_a_sync_program_in_a_worker_thread_sees_its_item_span(tracer: FakeTracer) -> None:
+def test_a_sync_program_in_a_worker_thread_sees_its_item_span(tracer: RecordingTracer) -> None:
     threads: dict[int, tuple[int, spans.SpanRef | None]] = {}
 
     def program(question: int) -> int:  # not async: run_many calls it through asyncio.to_thread
@@ -166,7 +68,7 @@ def test_a_sync_program_in_a_worker_thread_sees_its_item_span(tracer: FakeTracer
         assert ref == by_index[index].ref
 
 
-def test_retried_item_counts_attempts_and_a_failed_item_is_an_error_span(tracer: FakeTracer) -> None:
+def test_retried_item_counts_attempts_and_a_failed_item_is_an_error_span(tracer: RecordingTracer) -> None:
     calls: dict[int, int] = {}
 
     async def program(question: int) -> int:
@@ -198,7 +100,7 @@ def test_no_tracer_no_spans_and_results_unchanged() -> None:
 
 
 # -- rate limits -----------------------------------------------------------------------------------------------------
-def test_rate_limit_waits_are_recorded_only_when_a_call_was_held_back(tracer: FakeTracer) -> None:
+def test_rate_limit_waits_are_recorded_only_when_a_call_was_held_back(tracer: RecordingTracer) -> None:
     limit = RateLimit(requests_per_second=5, burst=1)  # the first call passes, the next two wait ~0.2 s each
 
     async def main() -> list[float]:
@@ -220,7 +122,7 @@ def test_rate_limit_waits_are_recorded_only_when_a_call_was_held_back(tracer: Fa
     assert len(tracer.named("dspyo3.rate_limit.wait")) == 1
 
 
-def test_an_unpaced_acquire_records_nothing(tracer: FakeTracer) -> None:
+def test_an_unpaced_acquire_records_nothing(tracer: RecordingTracer) -> None:
     limit = RateLimit(requests_per_second=1000, burst=10)
     asyncio.run(limit.acquire())
     for _ in range(3):
@@ -229,7 +131,7 @@ def test_an_unpaced_acquire_records_nothing(tracer: FakeTracer) -> None:
 
 
 # -- propagation -----------------------------------------------------------------------------------------------------
-def test_asyncio_gather_tasks_nest_under_the_span_that_created_them(tracer: FakeTracer) -> None:
+def test_asyncio_gather_tasks_nest_under_the_span_that_created_them(tracer: RecordingTracer) -> None:
     async def child(i: int) -> spans.SpanRef | None:
         await asyncio.sleep(0)
         with tracer.start(f"child {i}") as span:
@@ -237,7 +139,7 @@ def test_asyncio_gather_tasks_nest_under_the_span_that_created_them(tracer: Fake
             assert spans.CURRENT.get() == span.ref
         return spans.CURRENT.get()
 
-    async def main() -> tuple[list[Any], FakeSpan]:
+    async def main() -> tuple[list[Any], RecordedSpan]:
         with tracer.start("parent") as parent:
             return list(await asyncio.gather(*(child(i) for i in range(4)))), parent
 
@@ -247,11 +149,11 @@ def test_asyncio_gather_tasks_nest_under_the_span_that_created_them(tracer: Fake
     assert len(children) == 4 and {c.parent_id for c in children} == {parent.ref.span_id}
 
 
-def test_dspy_asyncify_carries_the_current_span_into_its_worker_thread(tracer: FakeTracer) -> None:
+def test_dspy_asyncify_carries_the_current_span_into_its_worker_thread(tracer: RecordingTracer) -> None:
     def work() -> tuple[int, spans.SpanRef | None]:
         return threading.get_ident(), spans.CURRENT.get()
 
-    async def main() -> tuple[tuple[int, spans.SpanRef | None], FakeSpan]:
+    async def main() -> tuple[tuple[int, spans.SpanRef | None], RecordedSpan]:
         with tracer.start("parent") as parent:
             return await dspy.asyncify(work)(), parent
 

@@ -8,9 +8,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import random
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,6 +18,7 @@ from starlette.applications import Starlette
 
 import dspyo3_production as prod
 from dspyo3_core import spans
+from dspyo3_core.testing import RecordedSpan, RecordingTracer
 from dspyo3_core.testing.server import LMServer, Reply, chat_reply
 from dspyo3_production.serve.app import create_app
 from dspyo3_production.serve.config import ServeConfig, TenantConfig
@@ -33,107 +31,10 @@ TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
 INCOMING = f"00-{TRACE}-{PARENT}-01"
 
-# -- a recording tracer (the spans.Tracer protocol, spans kept in a list) --------------------------------------------
-class FakeSpan:
-    def __init__(self, tracer: FakeTracer, name: str, kind: int, attrs: dict[str, Any] | None,
-                 parent: spans.SpanRef | None, current: bool, start_ns: int | None = None,
-                 span_id: int | None = None) -> None:
-        self.tracer, self.name, self.kind = tracer, name, kind
-        self.attrs: dict[str, Any] = dict(attrs or {})
-        self.parent = parent
-        trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
-        sampled = parent.sampled if parent is not None else True
-        self.ref = spans.SpanRef(trace_id, span_id or random.getrandbits(64) or 1, sampled)
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.error: BaseException | str | None = None
-        self.start_ns = start_ns or time.time_ns()
-        self.end_ns: int | None = None
-        self.thread = threading.get_ident()
-        self._token = spans.CURRENT.set(self.ref) if current else None
-
-    def set(self, key: str, value: Any) -> None:
-        self.attrs[key] = value
-
-    def event(self, name: str, attrs: Any = None) -> None:
-        self.events.append((name, dict(attrs or {})))
-
-    def fail(self, error: BaseException | str) -> None:
-        self.error = error
-        self.attrs["error.type"] = type(error).__name__ if isinstance(error, BaseException) else str(error)
-
-    def end(self, end_ns: int | None = None) -> None:
-        if self.end_ns is not None:
-            return
-        self.end_ns = end_ns or time.time_ns()
-        if self._token is not None:
-            try:
-                spans.CURRENT.reset(self._token)
-            except ValueError:
-                pass
-        self.tracer.spans.append(self)
-
-    def __enter__(self) -> FakeSpan:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if exc is not None:
-            self.fail(exc)
-        self.end()
-
-    @property
-    def trace_hex(self) -> str:
-        return f"{self.ref.trace_id:032x}"
-
-    @property
-    def span_hex(self) -> str:
-        return f"{self.ref.span_id:016x}"
-
-    @property
-    def parent_id(self) -> int | None:
-        return None if self.parent is None else self.parent.span_id
-
-
-class FakeTracer:
-    def __init__(self, capture_content: bool = False, trust_incoming: bool = True) -> None:
-        self.capture_content = capture_content
-        self.propagate = True
-        self.trust_incoming = trust_incoming
-        self.spans: list[FakeSpan] = []
-
-    def start(self, name: str, kind: int = spans.INTERNAL, attrs: dict[str, Any] | None = None, *,
-              current: bool = True, start_ns: int | None = None, span_id: int | None = None,
-              parent: spans.SpanRef | None = None) -> FakeSpan:
-        return FakeSpan(self, name, kind, attrs, parent or spans.CURRENT.get(), current, start_ns, span_id)
-
-    def record(self, name: str, start_ns: int, end_ns: int, attrs: dict[str, Any] | None = None, *,
-               kind: int = spans.INTERNAL, error: BaseException | str | None = None, span_id: int | None = None,
-               parent: spans.SpanRef | None = None) -> None:
-        span = FakeSpan(self, name, kind, attrs, parent or spans.CURRENT.get(), False, start_ns, span_id)
-        if error is not None:
-            span.fail(error)
-        span.end(end_ns)
-
-    def traceparent(self, span_id: int | None = None) -> str | None:
-        ref = spans.CURRENT.get()
-        return None if ref is None else spans.format_traceparent(ref, span_id)
-
-    def named(self, prefix: str) -> list[FakeSpan]:
-        return [s for s in self.spans if s.name.startswith(prefix)]
-
-    def one(self, prefix: str) -> FakeSpan:
-        found = self.named(prefix)
-        assert len(found) == 1, [s.name for s in self.spans]
-        return found[0]
-
-
 @pytest.fixture
-def tracer() -> Iterator[FakeTracer]:
-    fake = FakeTracer()
-    spans.install(fake)
-    try:
-        yield fake
-    finally:
-        spans.install(None)
+def tracer() -> Iterator[RecordingTracer]:
+    with RecordingTracer().installed() as recording:
+        yield recording
 
 
 def run(coro: Any) -> Any:
@@ -145,12 +46,12 @@ async def post(app: Starlette, path: str, **kwargs: Any) -> httpx.Response:
         return await client.post(path, **kwargs)
 
 
-def server_span(tracer: FakeTracer) -> FakeSpan:
+def server_span(tracer: RecordingTracer) -> RecordedSpan:
     (span,) = [s for s in tracer.spans if s.kind == spans.SERVER]
     return span
 
 
-def test_an_incoming_traceparent_is_continued_and_logs_share_its_trace_id(tracer: FakeTracer,
+def test_an_incoming_traceparent_is_continued_and_logs_share_its_trace_id(tracer: RecordingTracer,
                                                                           serve_app: Starlette) -> None:
     stream = io.StringIO()
     prod.configure_logging(stream, native=False)
@@ -181,7 +82,7 @@ def test_an_incoming_traceparent_is_continued_and_logs_share_its_trace_id(tracer
     "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  # upper case
     "garbage", "00-" + "a" * 600, "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
 ])
-def test_a_bad_traceparent_is_ignored(tracer: FakeTracer, serve_app: Starlette, header: str) -> None:
+def test_a_bad_traceparent_is_ignored(tracer: RecordingTracer, serve_app: Starlette, header: str) -> None:
     response = run(post(serve_app, "/v1/programs/qa", json={"question": "hi"}, headers={"traceparent": header}))
     assert response.status_code == 200
     server = server_span(tracer)
@@ -190,7 +91,7 @@ def test_a_bad_traceparent_is_ignored(tracer: FakeTracer, serve_app: Starlette, 
 
 
 def test_an_untrusted_incoming_traceparent_starts_a_new_trace(serve_app: Starlette) -> None:
-    fake = FakeTracer(trust_incoming=False)
+    fake = RecordingTracer(trust_incoming=False)
     spans.install(fake)
     try:
         assert run(post(serve_app, "/v1/programs/qa", json={"question": "hi"},
@@ -201,7 +102,7 @@ def test_an_untrusted_incoming_traceparent_starts_a_new_trace(serve_app: Starlet
     assert server.parent is None and server.trace_hex != TRACE
 
 
-def test_only_5xx_fails_the_server_span_and_probes_are_not_traced(tracer: FakeTracer, make_app: MakeApp) -> None:
+def test_only_5xx_fails_the_server_span_and_probes_are_not_traced(tracer: RecordingTracer, make_app: MakeApp) -> None:
     class BrokenModule(dspy.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -230,7 +131,7 @@ def test_only_5xx_fails_the_server_span_and_probes_are_not_traced(tracer: FakeTr
     assert isinstance(program.error, RuntimeError) and program.parent_id == by_status[500].ref.span_id
 
 
-def test_batch_items_and_streams_get_program_spans(tracer: FakeTracer, serve_app: Starlette) -> None:
+def test_batch_items_and_streams_get_program_spans(tracer: RecordingTracer, serve_app: Starlette) -> None:
     async def main() -> list[httpx.Response]:
         async with asgi_client(serve_app, timeout=30) as client:
             batch = await client.post("/v1/programs/qa/batch",
@@ -254,7 +155,7 @@ def test_batch_items_and_streams_get_program_spans(tracer: FakeTracer, serve_app
     assert streamed.error is None and streamed.end_ns is not None
 
 
-def test_a_queued_request_records_its_wait_and_a_refused_one_fails(tracer: FakeTracer, make_app: MakeApp,
+def test_a_queued_request_records_its_wait_and_a_refused_one_fails(tracer: RecordingTracer, make_app: MakeApp,
                                                                    qa_source: StaticSource,
                                                                    qa_server: LMServer) -> None:
     qa_server.responder = lambda request: Reply(chat_reply(answer="slow"), latency=0.5)
@@ -284,7 +185,7 @@ def test_a_queued_request_records_its_wait_and_a_refused_one_fails(tracer: FakeT
     assert {w.parent_id for w in waits} <= programs
 
 
-def test_tenant_refusals_are_recorded_admissions_are_not(tracer: FakeTracer, qa_source: StaticSource,
+def test_tenant_refusals_are_recorded_admissions_are_not(tracer: RecordingTracer, qa_source: StaticSource,
                                                          metrics: Any) -> None:
     key = "sk-tenant-abcdefghijklmnop"
     config = ServeConfig(tenants=(TenantConfig("acme", (hash_key(key),), requests_per_second=0.001),))
@@ -311,7 +212,7 @@ def test_tenant_refusals_are_recorded_admissions_are_not(tracer: FakeTracer, qa_
     assert tracer.one("dspyo3.program qa").attrs["dspyo3.tenant"] == "acme"
 
 
-def test_metrics_negotiate_openmetrics_with_http_exemplars(tracer: FakeTracer, serve_app: Starlette) -> None:
+def test_metrics_negotiate_openmetrics_with_http_exemplars(tracer: RecordingTracer, serve_app: Starlette) -> None:
     async def main() -> list[httpx.Response]:
         async with asgi_client(serve_app, timeout=30) as client:
             await client.post("/v1/programs/qa", json={"question": "hi"}, headers={"traceparent": INCOMING})

@@ -8,6 +8,8 @@
 * contract-test base classes in :mod:`dspyo3_core.testing.contracts`;
 * :class:`PhoenixProcess` — Arize Phoenix on loopback, a real OpenTelemetry collector whose stored spans tests read
   back (:mod:`dspyo3_core.testing.phoenix`);
+* :class:`RecordingTracer` — a tracer (``dspyo3_core.spans``) that keeps ended spans in a list, for tests of
+  instrumented code;
 * :func:`dspyo3_core.testing.readme.run_python_blocks` — run a README's Python examples and return what they print.
 """
 
@@ -20,6 +22,7 @@ from dspyo3_core.testing.server import (
     last_user_text,
     parse_fields,
 )
+from dspyo3_core.testing.tracer import RecordedSpan, RecordingTracer
 
-__all__ = ["LMServer", "PhoenixProcess", "Reply", "chat_reply", "field_responder", "find_phoenix", "last_user_text",
-           "parse_fields", "phoenix_server"]
+__all__ = ["LMServer", "PhoenixProcess", "RecordedSpan", "RecordingTracer", "Reply", "chat_reply", "field_responder",
+           "find_phoenix", "last_user_text", "parse_fields", "phoenix_server"]
