@@ -150,6 +150,45 @@ def _error_attempts(exc: BaseException) -> Any:
     return exc.args[4] if len(exc.args) > 4 else None
 
 
+def _traced(transport: Any, send: Callable[..., Any], attempts_of: Callable[[Any], Any]) -> Any:
+    """``send()``; inside a traced span ``send(traceparent=...)``, its HTTP attempts (``attempts_of`` its result,
+    or the error's) recorded as spans."""
+    tracer = _tracer()
+    traceparent = tracer.traceparent() if tracer is not None else None
+    if tracer is None or traceparent is None:
+        return send()
+    try:
+        result = send(traceparent=traceparent)
+    except _native().LMTransportError as exc:
+        _record_attempts(tracer, transport.url, _error_attempts(exc))
+        raise
+    _record_attempts(tracer, transport.url, attempts_of(result))
+    return result
+
+
+async def _atraced(transport: Any, send: Callable[..., Any], attempts_of: Callable[[Any], Any]) -> Any:
+    """Async :func:`_traced`: ``send`` returns an awaitable."""
+    tracer = _tracer()
+    traceparent = tracer.traceparent() if tracer is not None else None
+    if tracer is None or traceparent is None:
+        return await send()
+    try:
+        result = await send(traceparent=traceparent)
+    except _native().LMTransportError as exc:
+        _record_attempts(tracer, transport.url, _error_attempts(exc))
+        raise
+    _record_attempts(tracer, transport.url, attempts_of(result))
+    return result
+
+
+def _answer_attempts(answer: Any) -> Any:
+    return answer[4]
+
+
+def _stream_attempts(events: Any) -> Any:
+    return events.attempts
+
+
 
 
 def _native() -> Any:
@@ -636,31 +675,13 @@ class NativeLM(dspy.BaseLM):
 
     def _send(self, transport: Any, messages: list[Any], params: dict[str, Any]) -> Any:
         """One request; inside a traced span it carries a ``traceparent`` and its attempts are recorded."""
-        tracer = _tracer()
-        traceparent = tracer.traceparent() if tracer is not None else None
-        if tracer is None or traceparent is None:
-            return transport.complete(self.wire_model, messages, params)
-        try:
-            answer = transport.complete(self.wire_model, messages, params, traceparent=traceparent)
-        except _native().LMTransportError as exc:
-            _record_attempts(tracer, transport.url, _error_attempts(exc))
-            raise
-        _record_attempts(tracer, transport.url, answer[4])
-        return answer
+        return _traced(transport, functools.partial(transport.complete, self.wire_model, messages, params),
+                       _answer_attempts)
 
     async def _asend(self, transport: Any, messages: list[Any], params: dict[str, Any]) -> Any:
         """Async :meth:`_send`, through the loop's completion queue."""
-        tracer = _tracer()
-        traceparent = tracer.traceparent() if tracer is not None else None
-        if tracer is None or traceparent is None:
-            return await _submit(transport, self.wire_model, messages, params)
-        try:
-            answer = await _submit(transport, self.wire_model, messages, params, traceparent)
-        except _native().LMTransportError as exc:
-            _record_attempts(tracer, transport.url, _error_attempts(exc))
-            raise
-        _record_attempts(tracer, transport.url, answer[4])
-        return answer
+        return await _atraced(transport, functools.partial(_submit, transport, self.wire_model, messages, params),
+                              _answer_attempts)
 
     def _complete(self, messages: list[Any], params: dict[str, Any], n: int) -> _Record:
         transport = self._transport
@@ -765,32 +786,14 @@ class NativeLM(dspy.BaseLM):
     def _open_stream(self, messages: list[Any], params: dict[str, Any]) -> Any:
         """Open a stream; inside a traced span it carries a ``traceparent`` and its opening attempts are recorded."""
         transport = self._transport
-        tracer = _tracer()
-        traceparent = tracer.traceparent() if tracer is not None else None
-        if tracer is None or traceparent is None:
-            return transport.stream(self.wire_model, messages, params)
-        try:
-            events = transport.stream(self.wire_model, messages, params, traceparent=traceparent)
-        except _native().LMTransportError as exc:
-            _record_attempts(tracer, transport.url, _error_attempts(exc))
-            raise
-        _record_attempts(tracer, transport.url, events.attempts)
-        return events
+        return _traced(transport, functools.partial(transport.stream, self.wire_model, messages, params),
+                       _stream_attempts)
 
     async def _aopen_stream(self, messages: list[Any], params: dict[str, Any]) -> Any:
         """Async :meth:`_open_stream`."""
         transport = self._transport
-        tracer = _tracer()
-        traceparent = tracer.traceparent() if tracer is not None else None
-        if tracer is None or traceparent is None:
-            return await transport.astream(self.wire_model, messages, params)
-        try:
-            events = await transport.astream(self.wire_model, messages, params, traceparent=traceparent)
-        except _native().LMTransportError as exc:
-            _record_attempts(tracer, transport.url, _error_attempts(exc))
-            raise
-        _record_attempts(tracer, transport.url, events.attempts)
-        return events
+        return await _atraced(transport, functools.partial(transport.astream, self.wire_model, messages, params),
+                              _stream_attempts)
 
     def _stream_sync(self, messages: list[Any], params: dict[str, Any]) -> _Record:
         import anyio.from_thread
