@@ -404,3 +404,32 @@ def test_phoenix_stores_the_exported_spans(phoenix: Any) -> None:
     assert child["attributes"]["llm.token_count.prompt"] == 12
     assert child["events"] and child["events"][0]["name"] == "exception"
     sink.shutdown()
+
+
+def test_production_recorder_masks_secrets_that_appear_after_it_started(collector: Collector,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorder tells the sink about a secret registered mid-trace (checked on every span) and about one set in
+    the environment later (checked when a trace's root ends, before the batch leaves)."""
+    pytest.importorskip("opentelemetry.sdk")
+    from dspyo3_core import secrets
+    from dspyo3_production.tracing import Recorder, TracingConfig
+
+    recorder = Recorder(TracingConfig(enabled=True, endpoint=collector.endpoint, schedule_delay_ms=60_000))
+    registered = f"sk-registered-{uuid.uuid4().hex}"
+    in_environ = f"sk-environ-{uuid.uuid4().hex}"
+    try:
+        with recorder.start("root one"):
+            secrets.register_secret(registered)
+            recorder.record("child one", START, END, {"value": registered})
+        monkeypatch.setenv("DSPYO3_SINK_TEST_API_KEY", in_environ)
+        with recorder.start("root two", attrs={"value": in_environ}):
+            recorder.record("child two", START, END, {"value": f"x {in_environ}"})
+        assert recorder.force_flush(10)
+    finally:
+        recorder.shutdown()
+    found = collector.spans()
+    assert sorted(s.name for s in found) == ["child one", "child two", "root one", "root two"]
+    sent = b"".join(r.SerializeToString() for r in collector.requests)
+    assert registered.encode() not in sent and in_environ.encode() not in sent
+    child = attrs(next(s for s in found if s.name == "child two").attributes)
+    assert child["value"] == f"x {secrets.mask_secret(in_environ)}"

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use dspyo3_kernels::otlp::{AnyValue, Attributes, Origin, SinkOptions, SpanData, SpanEvent, SpanSink};
+use parking_lot::Mutex;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
@@ -86,6 +87,14 @@ fn unsigned(obj: &Bound<'_, PyAny>, name: &str, bits: u32) -> PyResult<u128> {
         return Err(type_error(name, obj, "an int"));
     }
     let out_of_range = || PyValueError::new_err(format!("{name} must be an int in 0..2**{bits}"));
+    if bits <= 64 {
+        // the common case (span ids, times): one C call, where u128 takes two Python operations
+        let v = obj.extract::<u64>().map_err(|_| out_of_range())?;
+        if bits < 64 && v >> bits != 0 {
+            return Err(out_of_range());
+        }
+        return Ok(v as u128);
+    }
     let v = obj.extract::<u128>().map_err(|_| out_of_range())?;
     if bits < 128 && v >> bits != 0 {
         return Err(out_of_range());
@@ -144,6 +153,8 @@ fn wait(seconds: f64, name: &str) -> PyResult<Duration> {
 #[pyclass(frozen, name = "SpanSink", module = "dspyo3_native")]
 pub(crate) struct PySpanSink {
     sink: SpanSink,
+    /// The trace id converted last, by object identity: every span of a trace passes the same `int`.
+    last_trace: Mutex<Option<(Py<PyAny>, u128)>>,
 }
 
 #[pymethods]
@@ -186,7 +197,7 @@ impl PySpanSink {
             delay: Duration::from_millis(delay_ms),
             timeout: Duration::try_from_secs_f64(timeout_s).unwrap_or(Duration::MAX),
         };
-        SpanSink::new(options).map(|sink| PySpanSink { sink }).map_err(PyValueError::new_err)
+        SpanSink::new(options).map(|sink| PySpanSink { sink, last_trace: Mutex::new(None) }).map_err(PyValueError::new_err)
     }
 
     /// Queue one finished span (see the class docs); returns at once.
@@ -211,7 +222,17 @@ impl PySpanSink {
         if kind_value > 2 {
             return Err(PyValueError::new_err(format!("kind must be 0 (internal), 1 (server) or 2 (client), not {kind_value}")));
         }
-        let trace_id = unsigned(trace_id, "trace_id", 128)?;
+        let trace_id = {
+            let mut last = self.last_trace.lock();
+            match &*last {
+                Some((seen, value)) if seen.is(trace_id) => *value,
+                _ => {
+                    let value = unsigned(trace_id, "trace_id", 128)?;
+                    *last = Some((trace_id.clone().unbind(), value));
+                    value
+                }
+            }
+        };
         let span_id = unsigned(span_id, "span_id", 64)? as u64;
         let parent_id = unsigned(parent_id, "parent_id", 64)? as u64;
         if trace_id == 0 || span_id == 0 {

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
 __all__ = ["MIN_SECRET", "Redactor", "install_redaction", "known_secrets", "mask_secret", "masked", "redact",
-           "redact_record", "register_secret", "secret_values", "secrets_version"]
+           "redact_record", "register_secret", "registered_version", "secret_values", "secrets_version"]
 
 MIN_SECRET = 8
 """Values shorter than this are never masked in text: they would mask ordinary words."""
@@ -45,7 +45,9 @@ SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|signature|password", r
 
 _registered: set[str] = set()
 _lock = threading.Lock()
-_version = 0
+registered_version = 0
+"""Goes up by one whenever :func:`register_secret` (or an LM's keys) adds a secret: a module attribute, so a hot
+path can compare it without a call (:func:`secrets_version` also notices environment variables added)."""
 
 
 def mask_secret(secret: str | None) -> str:
@@ -71,7 +73,7 @@ def register_secret(*values: str | bytes | None) -> None:
     """Make ``values`` known secrets of this process: from now on :func:`redact` (and so every log line and, in
     the CLI, every printed line) masks them. ``None``, empty and short values are ignored. A bearer value
     (``"Bearer sk-..."``) registers the token too."""
-    global _version
+    global registered_version
     found = set()
     for value in values:
         if isinstance(value, bytes):
@@ -85,14 +87,14 @@ def register_secret(*values: str | bytes | None) -> None:
     with _lock:
         if found - _registered:
             _registered.update(found)
-            _version += 1
+            registered_version += 1
 
 
 def secrets_version() -> tuple[int, int]:
     """What changes when the known secrets may have: a secret was registered, or environment variables were
     added or removed (a ``.env`` file loaded late). Cheap enough to compare on every logged event; a variable whose
     value changes in place is not noticed (register it, or configure logging again)."""
-    return (_version, len(os.environ))
+    return (registered_version, len(os.environ))
 
 
 def secret_values(kwargs: Mapping[str, Any]) -> list[str]:
@@ -183,7 +185,7 @@ _current: tuple[tuple[int, frozenset[str]], Redactor] | None = None
 
 def _process_redactor() -> Redactor:
     global _current
-    key = (_version, frozenset(_env_secrets()))
+    key = (registered_version, frozenset(_env_secrets()))
     current = _current
     if current is None or current[0] != key:
         current = _current = (key, Redactor())

@@ -176,9 +176,18 @@ def remote_parent(traceparent: str | bytes | None) -> Iterator[SpanRef | None]:
             pass
 
 
+_LAST_IDS: tuple[SpanRef | None, tuple[str, str] | None] = (None, None)
+
+
 def current_ids() -> tuple[str, str] | None:
     """``(trace id, span id)`` of :data:`CURRENT` as lower-case hex (for log lines and exemplars), or ``None``."""
+    global _LAST_IDS
     ref = CURRENT.get()
     if ref is None:
         return None
-    return f"{ref.trace_id:032x}", f"{ref.span_id:016x}"
+    last = _LAST_IDS  # one span's line, exemplar and header ask in turn: format its ids once (one tuple, race-free)
+    if last[0] is ref:
+        return last[1]
+    ids = f"{ref.trace_id:032x}", f"{ref.span_id:016x}"
+    _LAST_IDS = (ref, ids)
+    return ids

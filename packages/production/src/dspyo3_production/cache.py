@@ -256,9 +256,12 @@ class TieredCache(Cache):
         if value is not None and call is not None and call.cache_tier:
             attrs["dspyo3.cache.tier"] = call.cache_tier
         elif value is None:
-            attrs["dspyo3.cache.tiers"] = [tier for tier, on in (
-                ("memory", self.enable_memory_cache), ("redis", self.redis is not None),
-                ("disk", self.enable_disk_cache)) if on]
+            tiers = ["memory"] if self.enable_memory_cache else []
+            if self.redis is not None:
+                tiers.append("redis")
+            if self.enable_disk_cache:
+                tiers.append("disk")
+            attrs["dspyo3.cache.tiers"] = tiers
             scope = _SCOPE.get()
             if scope is not None and scope.last is not None and scope.led and scope.led[-1] == scope.last[2]:
                 attrs["dspyo3.cache.single_flight"] = "leader"

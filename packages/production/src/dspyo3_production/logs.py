@@ -131,10 +131,10 @@ def _span_ids() -> tuple[str, str | None] | None:
     id is None under a remote parent alone (that span belongs to the caller, not to this process's lines)."""
     if _spans.TRACER is None:
         return None
-    ref = _spans.CURRENT.get()
-    if ref is None:
+    ids = _spans.current_ids()
+    if ids is None:
         return None
-    return f"{ref.trace_id:032x}", None if ref.remote else f"{ref.span_id:016x}"
+    return (ids[0], None) if _spans.CURRENT.get().remote else ids  # type: ignore[union-attr]
 
 
 def _event_body(fields: dict[str, Any], trace: str | None = None) -> dict[str, Any]:

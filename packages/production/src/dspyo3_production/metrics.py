@@ -65,16 +65,19 @@ def _ensure_directory(path: str) -> None:
                          f"({exc.strerror or exc}); point it at a writable directory") from None
 
 
-def current_exemplar() -> dict[str, str] | None:
+def current_exemplar(multiprocess: bool | None = None) -> dict[str, str] | None:
     """``{"trace_id": ..., "span_id": ...}`` of the current span when tracing is on and that span is sampled: the
     ``exemplar=`` to pass to ``Histogram.observe`` (None otherwise, and in multi-process mode, which cannot keep
-    exemplars)."""
+    exemplars). ``multiprocess``: the metrics' mode when the caller knows it (saves reading the environment)."""
     if spans.TRACER is None:
         return None
     ref = spans.CURRENT.get()
-    if ref is None or not ref.sampled or ref.remote or multiprocess_dir():
+    if ref is None or not ref.sampled or ref.remote:
         return None
-    return {"trace_id": f"{ref.trace_id:032x}", "span_id": f"{ref.span_id:016x}"}
+    if multiprocess if multiprocess is not None else multiprocess_dir():
+        return None
+    ids = spans.current_ids()
+    return None if ids is None else {"trace_id": ids[0], "span_id": ids[1]}
 
 
 def _counted(counter: Counter | None, *labels: str) -> float:

@@ -99,10 +99,11 @@ class ProductionCallback(BaseCallback):  # type: ignore[misc]
         if ended is None:
             return
         kind, name, token, seconds, status = ended
-        exemplar = current_exemplar()  # the module's span while it is still current (callbacks mode)
+        m = self.metrics
+        # the module's span while it is still current (callbacks mode)
+        exemplar = current_exemplar(getattr(m, "multiprocess", None)) if m is not None else None
         if self._spans:
             self._span_end(call_id, exception)
-        m = self.metrics
         if m is not None:
             if kind == "retrieval":
                 m.child(m.retrieval_requests, name, status).inc()
@@ -131,7 +132,7 @@ class ProductionCallback(BaseCallback):  # type: ignore[misc]
         if ended is None:
             return
         _kind, name, _token, seconds, status = ended
-        exemplar = current_exemplar()
+        exemplar = current_exemplar(getattr(self.metrics, "multiprocess", None)) if self.metrics is not None else None
         if self._spans:
             self._span_end(call_id, exception)
         if self.metrics is not None:
@@ -362,6 +363,10 @@ _PROVIDERS = {"azure": "azure.ai.openai", "azure_ai": "azure.ai.inference", "bed
               "vertex_ai": "gcp.vertex_ai", "gemini": "gcp.gemini", "mistral": "mistral_ai", "xai": "xai"}
 
 
+_REQUEST_PARAMS = (("temperature", "gen_ai.request.temperature"), ("max_tokens", "gen_ai.request.max_tokens"),
+                   ("max_completion_tokens", "gen_ai.request.max_tokens"), ("top_p", "gen_ai.request.top_p"))
+
+
 def _server(api_base: Any) -> tuple[str, int] | None:
     """Host and port of an ``api_base`` URL (never its path, query or credentials)."""
     if not isinstance(api_base, str) or not api_base:
@@ -389,23 +394,23 @@ def _span_attributes(span: Any, call: LMCall, model: str, status: str, usage: Ma
     """The LM span's attributes (GenAI semantic conventions plus ``dspyo3.*``); only named scalars are copied from
     the call's arguments, never the arguments wholesale (they may hold keys)."""
     lm = call.lm
+    own = getattr(lm, "__dict__", None) or {}  # instance attributes: a missing one costs no AttributeError
     provider, _, bare = model.partition("/")
     if not bare:
         provider, bare = "openai", model
-    wire = getattr(lm, "wire_model", None)
-    attrs: dict[str, Any] = {}
-    attrs["gen_ai.operation.name"] = "text_completion" if call.prompt is not None and not call.messages else "chat"
+    wire = own.get("wire_model")
     system = _PROVIDERS.get(provider, provider)
-    attrs["gen_ai.system"] = system
-    attrs["gen_ai.provider.name"] = system
-    attrs["gen_ai.request.model"] = wire if isinstance(wire, str) and wire else bare
-    lm_kwargs = getattr(lm, "kwargs", None) or {}
-    for key, attr in (("temperature", "gen_ai.request.temperature"), ("max_tokens", "gen_ai.request.max_tokens"),
-                      ("max_completion_tokens", "gen_ai.request.max_tokens"), ("top_p", "gen_ai.request.top_p")):
-        value = call.kwargs.get(key, lm_kwargs.get(key))
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            attrs[attr] = value
-    server = _server(lm_kwargs.get("api_base") or lm_kwargs.get("base_url") or getattr(lm, "api_base", None))
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": "text_completion" if call.prompt is not None and not call.messages else "chat",
+        "gen_ai.system": system, "gen_ai.provider.name": system,
+        "gen_ai.request.model": wire if isinstance(wire, str) and wire else bare}
+    lm_kwargs = own.get("kwargs") or {}
+    if lm_kwargs or call.kwargs:
+        for key, attr in _REQUEST_PARAMS:
+            value = call.kwargs.get(key, lm_kwargs.get(key))
+            if value is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+                attrs[attr] = value
+    server = _server(lm_kwargs.get("api_base") or lm_kwargs.get("base_url") or own.get("api_base"))
     if server is not None:
         attrs["server.address"], attrs["server.port"] = server
     if call.response_model:
@@ -428,7 +433,7 @@ def _span_attributes(span: Any, call: LMCall, model: str, status: str, usage: Ma
         attrs["dspyo3.fallback_from"] = fallback_from
     attrs["dspyo3.lm.class"] = type(lm).__name__
     attrs["dspyo3.status"] = status
-    version = getattr(lm, "dspyo3_program_version", None) or call.metadata.get("program_version")
+    version = own.get("dspyo3_program_version") or call.metadata.get("program_version")
     if isinstance(version, str):
         attrs["dspyo3.program.version"] = version
     arm = ARM.get()

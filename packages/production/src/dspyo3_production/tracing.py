@@ -31,8 +31,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -55,6 +54,7 @@ _TABLE_KEYS = {"enabled", "endpoint", "protocol", "headers", "timeout_s", "sampl
                "trust_incoming", "openinference", "max_queue_size", "max_export_batch_size", "schedule_delay_ms",
                "encoder"}
 _TRUE = {"1", "true", "yes", "on"}
+_OI_MODULE = "openinference.instrumentation.dspy"
 _EXTRA_HINT = "install the tracing extra: pip install 'dspyo3-production[tracing]'"
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.37.0"
 """The semantic-conventions schema the span attributes follow (GenAI ``gen_ai.*`` names)."""
@@ -261,10 +261,18 @@ class TracingConfig:
 _ID64 = (1 << 64) - 1
 
 
+_bits = random.getrandbits
+_tuple_new = tuple.__new__  # SpanRef(...) without the named tuple's Python-level __new__ (every span makes one)
+
+
+def _ref(trace_id: int, span_id: int, sampled: bool) -> SpanRef:
+    return _tuple_new(SpanRef, (trace_id, span_id, sampled, False))
+
+
 def _new_id(bits: int) -> int:
-    value = random.getrandbits(bits)
+    value = _bits(bits)
     while not value:
-        value = random.getrandbits(bits)
+        value = _bits(bits)
     return value
 
 
@@ -333,7 +341,10 @@ class _Span:
             self._token = None
             self.recorder._open.pop(self.ref.span_id, None)
         if self._ov_token is not None:
-            _reset_overrides(self._ov_token)
+            try:
+                _TLO.reset(self._ov_token)  # set by _set_overrides, so _TLO is loaded
+            except ValueError:
+                pass
             self._ov_token = None
         if self._otel_token is not None:
             try:
@@ -378,16 +389,9 @@ def _overrides() -> Any:
 
 
 def _set_overrides(ref: SpanRef) -> Any:
-    var = _overrides()
-    current = var.get()
-    return var.set(type(current)({**current, "dspyo3_span": ref}))
-
-
-def _reset_overrides(token: Any) -> None:
-    try:
-        _overrides().reset(token)
-    except ValueError:
-        pass
+    var = _TLO or _overrides()
+    # a plain dict (as dspy.Parallel's workers set): ``|`` clones the keys table in one go
+    return var.set(var.get() | {"dspyo3_span": ref})
 
 
 def _module_path(parent: Any, child: Any) -> str | None:
@@ -459,6 +463,7 @@ class Recorder:
             bsp["schedule_delay_millis"] = float(config.schedule_delay_ms)
         self._sink: Any = None
         self._sink_secrets: Any = None
+        self._sink_registered = -1
         self.processor: Any = None
         sink = config.native_sink()
         if sink is not None:  # spans go to Rust as plain values: no SDK objects, no encoding under the GIL
@@ -520,8 +525,13 @@ class Recorder:
         parent = CURRENT.get()
         if parent is not None:
             return parent
-        try:  # dspy.Parallel's threads carry DSPy's overrides but not contextvars
-            ref = _overrides().get().get("dspyo3_span")
+        return self._overrides_parent()
+
+    @staticmethod
+    def _overrides_parent() -> SpanRef | None:
+        """The root a ``dspy.Parallel`` thread inherits: its threads carry DSPy's overrides but not contextvars."""
+        try:
+            ref = (_TLO or _overrides()).get().get("dspyo3_span")
         except Exception:
             return None
         return ref if isinstance(ref, SpanRef) else None
@@ -533,7 +543,7 @@ class Recorder:
             return False
         instrumentor = self._instrumentor
         if instrumentor is None:
-            module = sys.modules.get("openinference.instrumentation.dspy")
+            module = sys.modules.get(_OI_MODULE)
             if module is None:
                 return False
             try:  # a singleton: made once, its flag read on every span
@@ -541,30 +551,33 @@ class Recorder:
             except Exception:
                 return False
         try:
-            return bool(instrumentor.is_instrumented_by_opentelemetry)
+            flag = getattr(instrumentor, "_is_instrumented_by_opentelemetry", None)  # the property's field
+            return bool(instrumentor.is_instrumented_by_opentelemetry if flag is None else flag)
         except Exception:
             return False
 
     def start(self, name: str, kind: int = INTERNAL, attrs: dict[str, AttrValue] | None = None, *,
               current: bool = True, start_ns: int | None = None, span_id: int | None = None,
               parent: SpanRef | None = None) -> _Span:
-        interop = self._interop()
-        parent = self._parent(parent, interop)
-        sid = span_id or _new_id(64)
+        # the hot path of every span: attribute reads and builtins only, helpers only off the common case
+        interop = self._instrumentor is not None or _OI_MODULE in sys.modules
+        if interop:
+            interop = self._interop()
+        if parent is None:
+            parent = self._parent(None, True) if interop else (CURRENT.get() or self._overrides_parent())
+        sid = span_id or _bits(64) or _new_id(64)
         start = start_ns if start_ns is not None else time.time_ns()
         base = None
         if parent is None:
-            trace_id = _new_id(128)
-            ref = SpanRef(trace_id, sid, (trace_id & _ID64) < self._bound)
+            trace_id = _bits(128) or _new_id(128)
+            ref = _tuple_new(SpanRef, (trace_id, sid, (trace_id & _ID64) < self._bound, False))
         else:
-            ref = SpanRef(parent.trace_id, sid, parent.sampled)
+            ref = _tuple_new(SpanRef, (parent.trace_id, sid, parent.sampled, False))
             if not parent.remote:
                 base = self._open.get(parent.span_id)
-        widen = None
-        if base is not None and ref.sampled and base._chain is not None and self.modules == "inferred":
-            parent, widen = self._infer(base, start)
         span = _Span(self, name, kind, ref, parent, start, attrs)
-        span.widen = widen
+        if base is not None and base._chain is not None and ref.sampled and self.modules == "inferred":
+            span.parent, span.widen = self._infer(base, start)
         if current:
             span._token = CURRENT.set(ref)
             self._open[sid] = span
@@ -583,7 +596,7 @@ class Recorder:
         """The inferred module span a span started now under ``base`` nests in (made if new), and the inferred
         spans whose end follows it."""
         try:
-            callers = _overrides().get().get("caller_modules")
+            callers = (_TLO or _overrides()).get().get("caller_modules")
         except Exception:
             return base.ref, None
         if not callers:
@@ -612,8 +625,8 @@ class Recorder:
                     attrs["dspyo3.module.path"] = path
                 # setdefault: dspy.Parallel's threads may infer the same module at once; one span wins
                 inferred = chain.setdefault(entry_key, _Inferred(
-                    f"dspyo3.module {cls}", SpanRef(base.ref.trace_id, _new_id(64), True), parent, start, attrs,
-                    callers if i == last else None))
+                    f"dspyo3.module {cls}", _ref(base.ref.trace_id, _bits(64) or _new_id(64), True), parent, start,
+                    attrs, callers if i == last else None))
             elif start < inferred.start_ns:
                 inferred.start_ns = start
             widen.append(inferred)
@@ -623,15 +636,19 @@ class Recorder:
     def record(self, name: str, start_ns: int, end_ns: int, attrs: dict[str, AttrValue] | None = None, *,
                kind: int = INTERNAL, error: BaseException | str | None = None, span_id: int | None = None,
                parent: SpanRef | None = None) -> None:
-        parent = self._parent(parent, self._interop())
         if parent is None:
-            trace_id = _new_id(128)
+            if self._instrumentor is not None or _OI_MODULE in sys.modules:
+                parent = self._parent(None, self._interop())
+            else:
+                parent = CURRENT.get() or self._overrides_parent()
+        if parent is None:
+            trace_id = _bits(128) or _new_id(128)
             sampled = (trace_id & _ID64) < self._bound
         else:
             trace_id, sampled = parent.trace_id, parent.sampled
         if not sampled:
             return
-        ref = SpanRef(trace_id, span_id or _new_id(64), True)
+        ref = _tuple_new(SpanRef, (trace_id, span_id or _bits(64) or _new_id(64), True, False))
         if error is None:
             self._emit(name, kind, ref, parent, start_ns, end_ns, attrs or {}, None, None)
             return
@@ -656,10 +673,10 @@ class Recorder:
             return
         sink = self._sink
         if sink is not None:
-            version = secrets.secrets_version()
-            if version != self._sink_secrets:  # the sink masks on its thread: tell it what to mask
-                self._sink_secrets = version
-                sink.set_secrets([(value, secrets.mask_secret(value)) for value in _redactor().values])
+            # the sink masks on its thread: tell it what to mask when that may have changed (a secret registered:
+            # checked on every span; variables added to the environment: checked when a trace's root ends)
+            if secrets.registered_version != self._sink_registered or parent is None or parent.remote:
+                self._sync_secrets(sink)
             sink.push(name, kind, ref.trace_id, ref.span_id, 0 if parent is None else parent.span_id,
                       parent is not None and parent.remote, start_ns, end_ns, attrs, events, status)
             return
@@ -674,6 +691,13 @@ class Recorder:
                 self._Status(self._StatusCode.ERROR, status) if status is not None else self._unset),
             start_time=start_ns, end_time=end_ns, instrumentation_scope=self._scope)
         self.processor.on_end(span)
+
+    def _sync_secrets(self, sink: Any) -> None:
+        version = secrets.secrets_version()
+        self._sink_registered = version[0]
+        if version != self._sink_secrets:
+            self._sink_secrets = version
+            sink.set_secrets([(value, secrets.mask_secret(value)) for value in _redactor().values])
 
     def force_flush(self, timeout_s: float = 30.0) -> bool:
         """Export every span ended so far (blocks up to ``timeout_s``)."""
@@ -792,17 +816,30 @@ class MaskingExporter:
         return bool(flush(timeout_millis)) if flush is not None else True
 
 
-@contextmanager
-def span(name: str, **attrs: AttrValue) -> Iterator[Any]:
+class _Off:
+    """What :func:`span` returns while tracing is off: a context manager yielding None."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+_OFF = _Off()
+
+
+def span(name: str, **attrs: AttrValue) -> Any:
     """A root (or child) span around your own code, e.g. one program call, so the LM calls inside form one
-    trace with inferred module and predictor spans. Does nothing (yields None) when tracing is off."""
+    trace with inferred module and predictor spans. A context manager yielding the span (None when tracing is
+    off); leaving it with an exception fails the span."""
     tracer = spans.TRACER
     if tracer is None:
-        yield None
-        return
+        return _OFF
     attrs.setdefault("openinference.span.kind", "CHAIN")
-    with tracer.start(name, INTERNAL, dict(attrs)) as opened:
-        yield opened
+    return tracer.start(name, INTERNAL, attrs)
 
 
 def check_table(table: Any) -> None:
