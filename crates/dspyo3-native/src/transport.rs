@@ -287,6 +287,20 @@ pub(crate) struct PyTransport {
 }
 
 impl PyTransport {
+    /// What every sending method starts with: the parsed ``traceparent``, the request body and a handle on the
+    /// client to move into the request's future.
+    fn request(
+        &self,
+        model: &str,
+        messages: &Bound<'_, PyAny>,
+        params: Option<&Bound<'_, PyDict>>,
+        stream: bool,
+        traceparent: Option<&str>,
+    ) -> PyResult<(Option<TraceContext>, Vec<u8>, LmClient)> {
+        let trace = trace_context(traceparent)?;
+        Ok((trace, self.body(model, messages, params, stream)?, self.client.clone()))
+    }
+
     fn body(&self, model: &str, messages: &Bound<'_, PyAny>, params: Option<&Bound<'_, PyDict>>, stream: bool) -> PyResult<Vec<u8>> {
         let messages = match to_json(messages)? {
             Value::Array(items) => items,
@@ -400,9 +414,7 @@ impl PyTransport {
         params: Option<&Bound<'_, PyDict>>,
         traceparent: Option<&str>,
     ) -> PyResult<Answer> {
-        let trace = trace_context(traceparent)?;
-        let body = self.body(model, messages, params, false)?;
-        let client = self.client.clone();
+        let (trace, body, client) = self.request(model, messages, params, false, traceparent)?;
         answer(trace.is_some(), wait(py, async move { client.complete_traced(body, trace.as_ref()).await })?)
     }
 
@@ -416,9 +428,7 @@ impl PyTransport {
         params: Option<&Bound<'py, PyDict>>,
         traceparent: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let trace = trace_context(traceparent)?;
-        let body = self.body(model, messages, params, false)?;
-        let client = self.client.clone();
+        let (trace, body, client) = self.request(model, messages, params, false, traceparent)?;
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             answer(trace.is_some(), client.complete_traced(body, trace.as_ref()).await)
         })
@@ -436,9 +446,7 @@ impl PyTransport {
         params: Option<&Bound<'_, PyDict>>,
         traceparent: Option<&str>,
     ) -> PyResult<PyStream> {
-        let trace = trace_context(traceparent)?;
-        let body = self.body(model, messages, params, true)?;
-        let client = self.client.clone();
+        let (trace, body, client) = self.request(model, messages, params, true, traceparent)?;
         let opened = wait(py, async move { client.stream_traced(body, trace.as_ref()).await.map_attempts(trace.is_some()) })?;
         opened_stream(opened)
     }
@@ -453,9 +461,7 @@ impl PyTransport {
         params: Option<&Bound<'py, PyDict>>,
         traceparent: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let trace = trace_context(traceparent)?;
-        let body = self.body(model, messages, params, true)?;
-        let client = self.client.clone();
+        let (trace, body, client) = self.request(model, messages, params, true, traceparent)?;
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             opened_stream(client.stream_traced(body, trace.as_ref()).await.map_attempts(trace.is_some()))
         })
@@ -474,9 +480,7 @@ impl PyTransport {
         params: Option<&Bound<'_, PyDict>>,
         traceparent: Option<&str>,
     ) -> PyResult<PyRequest> {
-        let trace = trace_context(traceparent)?;
-        let body = self.body(model, messages, params, false)?;
-        let client = self.client.clone();
+        let (trace, body, client) = self.request(model, messages, params, false, traceparent)?;
         let slot = Slot { inner: Some(queue.get().inner.clone()), token, traced: trace.is_some() };
         let task = runtime().spawn(async move {
             let (result, attempts) = client.complete_traced(body, trace.as_ref()).await;

@@ -33,7 +33,6 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
 import dspy
 from dspy.dsp.utils.settings import settings
@@ -120,19 +119,12 @@ def _tracer() -> spans.Tracer | None:
     return tracer
 
 
-@functools.lru_cache(maxsize=64)
-def _endpoint(url: str) -> tuple[str, int, str]:
-    """``(server.address, server.port, url.path)`` of an endpoint URL (never its query string)."""
-    parts = urlsplit(url)
-    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), parts.path or "/"
-
-
 def _record_attempts(tracer: spans.Tracer, url: str, attempts: Any) -> None:
     """One CLIENT span per HTTP attempt the transport reports, under :data:`spans.CURRENT` (the LM call), each
     with the span id its ``traceparent`` carried."""
     if not attempts:
         return
-    host, port, path = _endpoint(url)
+    host, port, path = spans.server_of(url) or ("", 80, "/")
     for index, (span_hex, start_ns, end_ns, status, kind) in enumerate(attempts):
         attrs: dict[str, spans.AttrValue] = {"http.request.method": "POST", "server.address": host,
                                              "server.port": port, "url.path": path}

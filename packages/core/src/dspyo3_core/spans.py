@@ -24,16 +24,18 @@ never an error, since headers come from the network), :func:`format_traceparent`
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import TracebackType
 from typing import NamedTuple, Protocol, Union
+from urllib.parse import urlsplit
 
 __all__ = [
     "CLIENT", "CURRENT", "INTERNAL", "SERVER", "AttrValue", "Span", "SpanRef", "TRACER", "Tracer", "current_ids",
-    "format_traceparent", "install", "parse_traceparent", "remote_parent",
+    "format_traceparent", "install", "parse_traceparent", "remote_parent", "server_of",
 ]
 
 INTERNAL, SERVER, CLIENT = 0, 1, 2
@@ -191,3 +193,17 @@ def current_ids() -> tuple[str, str] | None:
     ids = f"{ref.trace_id:032x}", f"{ref.span_id:016x}"
     _LAST_IDS = (ref, ids)
     return ids
+
+
+@functools.lru_cache(maxsize=64)
+def server_of(url: str) -> tuple[str, int, str] | None:
+    """``(server.address, server.port, url.path)`` of an endpoint URL for span attributes (never its credentials or
+    query string; the port defaults by scheme), or ``None`` when it names no host."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not host:
+        return None
+    return host, port or (443 if parts.scheme == "https" else 80), parts.path or "/"

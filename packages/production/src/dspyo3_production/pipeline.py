@@ -9,7 +9,6 @@ other's callers.
 from __future__ import annotations
 
 import contextvars
-import functools
 import inspect
 import logging
 import threading
@@ -371,21 +370,8 @@ def _server(api_base: Any) -> tuple[str, int] | None:
     """Host and port of an ``api_base`` URL (never its path, query or credentials)."""
     if not isinstance(api_base, str) or not api_base:
         return None
-    return _server_of(api_base)
-
-
-@functools.lru_cache(maxsize=64)
-def _server_of(api_base: str) -> tuple[str, int] | None:
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(api_base)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return None
-    if not host:
-        return None
-    return host, port or (443 if parts.scheme == "https" else 80)
+    found = spans.server_of(api_base)
+    return None if found is None else (found[0], found[1])
 
 
 def _span_attributes(span: Any, call: LMCall, model: str, status: str, usage: Mapping[str, Any] | None,
