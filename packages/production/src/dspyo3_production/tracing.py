@@ -9,11 +9,13 @@
     capture_content = false                   # prompts and completions on LM spans (masked, cut short)
     modules = "inferred"                      # "callbacks": exact module/predictor/adapter spans (DSPy dispatch)
 
-Spans are lean Python objects (:class:`Recorder`); only when a sampled span ends is it turned into an OpenTelemetry
-SDK ``ReadableSpan`` and handed to the SDK's ``BatchSpanProcessor``, which exports it through the SDK's OTLP
-exporter (HTTP/protobuf or gRPC) on its own thread, behind a masking exporter that removes every known secret
-from string attributes, event attributes and status texts. OpenTelemetry is imported only when tracing is enabled
-(``pip install 'dspyo3-production[tracing]'``).
+Spans are lean Python objects (:class:`Recorder`). When a sampled span ends, its plain values go to
+``dspyo3_native.SpanSink`` (``encoder = "native"``, the default for OTLP over HTTP/protobuf): batching, OTLP
+protobuf encoding, secret masking and the HTTP post happen in Rust on the sink's thread, off the GIL. Otherwise
+(``encoder = "sdk"``, gRPC, a console or custom exporter, or no native extension) it becomes an OpenTelemetry SDK
+``ReadableSpan`` handed to the SDK's ``BatchSpanProcessor``, behind a masking exporter. Either way every known
+secret is removed from names, string attributes, event attributes and status texts before a span leaves the
+process. OpenTelemetry is imported only when tracing is enabled (``pip install 'dspyo3-production[tracing]'``).
 
 Library users open a root around a program call with :func:`span`, so the LM calls inside nest in one trace::
 
@@ -410,7 +412,8 @@ def _module_path(parent: Any, child: Any) -> str | None:
 
 
 class Recorder:
-    """The tracer production installs (:class:`dspyo3_core.spans.Tracer`): lean spans, exported through the SDK.
+    """The tracer production installs (:class:`dspyo3_core.spans.Tracer`): lean spans, exported through the native
+    span sink or the OpenTelemetry SDK (see the module docstring).
 
     Args:
         config: the :class:`TracingConfig`.
