@@ -433,3 +433,32 @@ def test_production_recorder_masks_secrets_that_appear_after_it_started(collecto
     assert registered.encode() not in sent and in_environ.encode() not in sent
     child = attrs(next(s for s in found if s.name == "child two").attributes)
     assert child["value"] == f"x {secrets.mask_secret(in_environ)}"
+
+
+def test_production_recorder_exports_every_span_of_open_and_closed_traces(collector: Collector) -> None:
+    """Children recorded from other threads, and those of a trace still open when ``force_flush`` is called, all
+    arrive, once."""
+    pytest.importorskip("opentelemetry.sdk")
+    from dspyo3_production.tracing import Recorder, TracingConfig
+
+    recorder = Recorder(TracingConfig(enabled=True, endpoint=collector.endpoint, schedule_delay_ms=60_000))
+    try:
+        with recorder.start("closed root") as root:
+            workers = [threading.Thread(target=recorder.record, args=(f"child {i}", START, END),
+                                        kwargs={"parent": root.ref}) for i in range(8)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        still_open = recorder.start("open root")
+        for i in range(300):
+            recorder.record(f"open child {i}", START, END)
+        assert recorder.force_flush(10)
+        names = [s.name for s in collector.spans()]
+        assert sorted(names) == sorted(["closed root", *(f"child {i}" for i in range(8)),
+                                        *(f"open child {i}" for i in range(300))])
+        still_open.end()
+        assert recorder.force_flush(10)
+    finally:
+        recorder.shutdown()
+    assert len(collector.spans()) == 310 and "open root" in {s.name for s in collector.spans()}
