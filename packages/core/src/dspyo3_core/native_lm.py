@@ -181,8 +181,6 @@ def _stream_attempts(events: Any) -> Any:
     return events.attempts
 
 
-
-
 def _native() -> Any:
     try:
         import dspyo3_native

@@ -134,7 +134,8 @@ def _span_ids() -> tuple[str, str | None] | None:
     ids = _spans.current_ids()
     if ids is None:
         return None
-    return (ids[0], None) if _spans.CURRENT.get().remote else ids  # type: ignore[union-attr]
+    ref = _spans.CURRENT.get()
+    return (ids[0], None) if ref is not None and ref.remote else ids
 
 
 def _event_body(fields: dict[str, Any], trace: str | None = None) -> dict[str, Any]:

@@ -74,7 +74,9 @@ def current_exemplar(multiprocess: bool | None = None) -> dict[str, str] | None:
     ref = spans.CURRENT.get()
     if ref is None or not ref.sampled or ref.remote:
         return None
-    if multiprocess if multiprocess is not None else multiprocess_dir():
+    if multiprocess is None:
+        multiprocess = multiprocess_dir() is not None
+    if multiprocess:
         return None
     ids = spans.current_ids()
     return None if ids is None else {"trace_id": ids[0], "span_id": ids[1]}

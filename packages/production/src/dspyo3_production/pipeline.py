@@ -394,7 +394,7 @@ def _span_attributes(span: Any, call: LMCall, model: str, status: str, usage: Ma
     if lm_kwargs or call.kwargs:
         for key, attr in _REQUEST_PARAMS:
             value = call.kwargs.get(key, lm_kwargs.get(key))
-            if value is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 attrs[attr] = value
     server = _server(lm_kwargs.get("api_base") or lm_kwargs.get("base_url") or own.get("api_base"))
     if server is not None:

@@ -267,10 +267,6 @@ _bits = random.getrandbits
 _tuple_new = tuple.__new__  # SpanRef(...) without the named tuple's Python-level __new__ (every span makes one)
 
 
-def _ref(trace_id: int, span_id: int, sampled: bool) -> SpanRef:
-    return _tuple_new(SpanRef, (trace_id, span_id, sampled, False))
-
-
 def _new_id(bits: int) -> int:
     value = _bits(bits)
     while not value:
@@ -465,8 +461,7 @@ class Recorder:
         if config.schedule_delay_ms:
             bsp["schedule_delay_millis"] = float(config.schedule_delay_ms)
         self._sink: Any = None
-        self._sink_secrets: Any = None
-        self._sink_registered = -1
+        self._sink_secrets: Any = None  # the secrets_version() the sink last learned
         self.processor: Any = None
         sink = config.native_sink()
         if sink is not None:  # spans go to Rust as plain values: no SDK objects, no encoding under the GIL
@@ -554,8 +549,7 @@ class Recorder:
             except Exception:
                 return False
         try:
-            flag = getattr(instrumentor, "_is_instrumented_by_opentelemetry", None)  # the property's field
-            return bool(instrumentor.is_instrumented_by_opentelemetry if flag is None else flag)
+            return bool(instrumentor.is_instrumented_by_opentelemetry)
         except Exception:
             return False
 
@@ -628,8 +622,8 @@ class Recorder:
                     attrs["dspyo3.module.path"] = path
                 # setdefault: dspy.Parallel's threads may infer the same module at once; one span wins
                 inferred = chain.setdefault(entry_key, _Inferred(
-                    f"dspyo3.module {cls}", _ref(base.ref.trace_id, _bits(64) or _new_id(64), True), parent, start,
-                    attrs, callers if i == last else None))
+                    f"dspyo3.module {cls}", SpanRef(base.ref.trace_id, _new_id(64), True), parent, start, attrs,
+                    callers if i == last else None))
             elif start < inferred.start_ns:
                 inferred.start_ns = start
             widen.append(inferred)
@@ -678,7 +672,8 @@ class Recorder:
         if sink is not None:
             # the sink masks on its thread: tell it what to mask when that may have changed (a secret registered:
             # checked on every span; variables added to the environment: checked when a trace's root ends)
-            if secrets.registered_version != self._sink_registered or parent is None or parent.remote:
+            synced = self._sink_secrets
+            if synced is None or synced[0] != secrets.registered_version or parent is None or parent.remote:
                 self._sync_secrets(sink)
             sink.push(name, kind, ref.trace_id, ref.span_id, 0 if parent is None else parent.span_id,
                       parent is not None and parent.remote, start_ns, end_ns, attrs, events, status)
@@ -697,7 +692,6 @@ class Recorder:
 
     def _sync_secrets(self, sink: Any) -> None:
         version = secrets.secrets_version()
-        self._sink_registered = version[0]
         if version != self._sink_secrets:
             self._sink_secrets = version
             sink.set_secrets([(value, secrets.mask_secret(value)) for value in _redactor().values])
