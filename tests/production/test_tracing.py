@@ -332,6 +332,9 @@ def test_config_precedence_table_then_env_then_off(tmp_path: Path) -> None:
         TracingConfig.from_table({"sample_rate": 1.0}, {})
     with pytest.raises(ConfigError, match="protocol"):
         TracingConfig.from_table({"protocol": "thrift"}, {})
+    for endpoint in ("not a url", "ftp://collector/v1/traces", "http:///v1/traces", "http://host:99999/v1"):
+        with pytest.raises(ConfigError, match=r"endpoint = .* is not an http\(s\) URL with a host"):
+            TracingConfig.from_table({"endpoint": endpoint}, {})
 
 
 def test_config_table_and_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, manager: PluginManager) -> None:

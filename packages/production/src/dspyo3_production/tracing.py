@@ -150,6 +150,11 @@ class TracingConfig:
                               "(or pass an OpenTelemetry SpanExporter object)")
         if self.encoder not in _ENCODERS:
             raise ConfigError(f"tracing encoder = {self.encoder!r}: use one of {', '.join(_ENCODERS)}")
+        if (self.endpoint is not None and self.protocol == "http/protobuf"
+                and not (isinstance(self.endpoint, str) and self.endpoint.startswith(("http://", "https://"))
+                         and spans.server_of(self.endpoint) is not None)):
+            raise ConfigError(f"tracing endpoint = {self.endpoint!r} is not an http(s) URL with a host: use "
+                              "http://host:4318/v1/traces")
         if not 0.0 <= float(self.sample_ratio) <= 1.0:
             raise ConfigError(f"tracing sample_ratio = {self.sample_ratio!r} must be between 0 and 1")
         if not isinstance(self.headers, dict):
