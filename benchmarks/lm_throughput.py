@@ -7,7 +7,7 @@ own (after a warm-up of one request per slot), and reports requests/s and the CP
 thread) per request: that is what decides how many LM calls one core can drive.
 
     python benchmarks/lm_throughput.py [--requests 2000] [--concurrency 128] [--latency-ms 500]
-        [--transport litellm|native] [--program predict|lm] [--json F] [--plot F]
+        [--transport litellm|native|engine] [--program predict|lm] [--json F] [--plot F]
 
 Last line: ``{"limit_rps", "run_many_rps", "parallel_rps", "gather_rps", "efficiency",
 "cpu_us_per_request": {"run_many", "parallel", "gather"}, ...}`` with efficiency = run_many_rps / limit_rps.
@@ -40,6 +40,10 @@ def _program_and_inputs(api_base: str, requests: int, transport: str,
         from dspyo3_core.native_lm import NativeLM
 
         lm = NativeLM("openai/dspyo3-bench", api_base=api_base, api_key="bench", cache=False, num_retries=0)
+    elif transport == "engine":
+        from dspyo3_core.native_engine import native_lm
+
+        lm = native_lm("openai/dspyo3-bench", api_base=api_base, api_key="bench", cache=False, num_retries=0)
     else:
         lm = dspy.LM("openai/dspyo3-bench", api_base=api_base, api_key="bench", cache=False, num_retries=0)
     dspy.configure(lm=lm)
@@ -94,8 +98,9 @@ def worker(mode: str, api_base: str, requests: int, concurrency: int, transport:
 
 def main() -> None:
     parser = lm_bench_parser(__doc__, MODES, concurrency=128, latency_ms=500.0)
-    parser.add_argument("--transport", choices=["litellm", "native"], default="litellm",
-                        help="the LM under test: dspy.LM (LiteLLM) or the native Rust transport")
+    parser.add_argument("--transport", choices=["litellm", "native", "engine"], default="litellm",
+                        help="the LM under test: dspy.LM on DSPy's default engine, NativeLM, or dspy.LM on the "
+                             "native engine (dspyo3_core.native_engine)")
     parser.add_argument("--program", choices=["predict", "lm"], default="predict",
                         help="dspy.Predict (adapter included, the default) or bare LM calls (the transport alone)")
     args = parser.parse_args()

@@ -22,10 +22,11 @@ from dspy.utils.exceptions import (
     is_retryable_lm_error,
 )
 
+from dspyo3_core.native_engine import native_lm
 from dspyo3_core.native_lm import PRICING, NativeLM
 from dspyo3_core.testing.server import LMServer, Reply, chat_reply, digest_responder, usage_of
 
-KINDS = ("litellm", "native", "native-anthropic")
+KINDS = ("litellm", "native", "native-anthropic", "engine", "engine-anthropic")
 KEY = "sk-contract-SECRET-0001"
 
 
@@ -51,7 +52,10 @@ def make_lm(request: pytest.FixtureRequest, server: LMServer) -> MakeLM:
         if kind == "litellm":
             return dspy.LM("openai/dspyo3-test", api_base=server.api_base, api_key=api_key, cache=cache,
                            num_retries=num_retries, timeout=timeout)
-        model = "anthropic/claude-test" if kind == "native-anthropic" else "openai/dspyo3-test"
+        model = "anthropic/claude-test" if kind.endswith("-anthropic") else "openai/dspyo3-test"
+        if kind.startswith("engine"):  # a plain dspy.LM whose engines are the Rust client
+            return native_lm(model, api_base=server.api_base, api_key=api_key, cache=cache, num_retries=num_retries,
+                             timeout=timeout)
         return NativeLM(model, api_base=server.api_base, api_key=api_key, cache=cache, num_retries=num_retries,
                         timeout=timeout)
 
@@ -75,7 +79,7 @@ def test_answers_sync_and_async(make_lm: MakeLM, server: LMServer) -> None:
 
     assert asyncio.run(ask_async()).answer == "four"
     assert len(server.requests) == 2
-    if make_lm.kind == "native-anthropic":  # type: ignore[attr-defined]
+    if make_lm.kind.endswith("-anthropic"):  # type: ignore[attr-defined]
         assert server.requests[0]["_path"] == "/v1/messages"
         assert server.requests[0]["messages"][0]["role"] == "system", "the system prompt went to `system`"
         assert server.requests[0]["_headers"]["x-api-key"] == KEY
@@ -188,11 +192,12 @@ def test_cache_hits_are_not_billed_twice(make_lm: MakeLM, server: LMServer) -> N
 SYSTEM_AND_USER = [{"role": "system", "content": "Answer tersely."}, {"role": "user", "content": "2 + 2?"}]
 
 
-def _bodies(server: LMServer, model: str, settings: dict[str, Any], per_call: dict[str, Any]) -> list[Any]:
-    """The JSON body dspy.LM sends and the one NativeLM sends for ``model`` built with ``settings`` and called
-    with ``per_call``."""
+def _bodies(server: LMServer, model: str, settings: dict[str, Any], per_call: dict[str, Any],
+            other: Callable[..., Any] = NativeLM) -> list[Any]:
+    """The JSON body dspy.LM sends and the one ``other`` (NativeLM) sends for ``model`` built with ``settings`` and
+    called with ``per_call``."""
     bodies = []
-    for make in (dspy.LM, NativeLM):
+    for make in (dspy.LM, other):
         server.script(chat_reply(answer="4"))
         lm = make(model, api_base=server.api_base, api_key=KEY, cache=False, num_retries=0, **settings)
         lm(messages=SYSTEM_AND_USER, **per_call)
@@ -200,8 +205,7 @@ def _bodies(server: LMServer, model: str, settings: dict[str, Any], per_call: di
     return bodies
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.parametrize(("model", "settings", "per_call"), [
+BODY_CASES = [
     ("openai/gpt-4o-mini", {}, {}),
     ("openai/gpt-4o-mini", {"temperature": 0.3, "max_tokens": 100}, {}),
     ("openai/gpt-4o-mini", {"max_tokens": 100}, {"max_tokens": 50, "temperature": 0.9}),
@@ -217,7 +221,11 @@ def _bodies(server: LMServer, model: str, settings: dict[str, Any], per_call: di
     ("hosted_vllm/qwen", {"temperature": 0.2, "max_tokens": 10}, {}),
     ("hosted_vllm/o3", {"max_tokens": 16000}, {}),
     ("ollama_chat/gpt-5", {"max_tokens": 16000}, {}),
-])
+]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize(("model", "settings", "per_call"), BODY_CASES)
 def test_native_sends_what_dspy_lm_sends(server: LMServer, model: str, settings: dict[str, Any],
                                          per_call: dict[str, Any]) -> None:
     sent_by_dspy, sent_by_native = _bodies(server, model, settings, per_call)
@@ -225,11 +233,20 @@ def test_native_sends_what_dspy_lm_sends(server: LMServer, model: str, settings:
     assert "use_developer_role" not in sent_by_native, "a DSPy setting is never sent to the provider"
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize(("model", "settings", "per_call"), BODY_CASES)
+def test_native_engine_sends_what_dspy_lm_sends(server: LMServer, model: str, settings: dict[str, Any],
+                                                per_call: dict[str, Any]) -> None:
+    sent_by_dspy, sent_by_engine = _bodies(server, model, settings, per_call, other=native_lm)
+    assert sent_by_engine == sent_by_dspy
+
+
+@pytest.mark.parametrize("other", [NativeLM, native_lm], ids=["native", "engine"])
 @pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "openai/gpt-5"])
-def test_native_streams_what_dspy_lm_streams(server: LMServer, model: str) -> None:
+def test_native_streams_what_dspy_lm_streams(server: LMServer, model: str, other: Any) -> None:
     program = dspy.streamify(dspy.Predict(QA), stream_listeners=[dspy.streaming.StreamListener("answer")])
     bodies = []
-    for make in (dspy.LM, NativeLM):
+    for make in (dspy.LM, other):
         server.script(chat_reply(answer="4"))
         lm = make(model, api_base=server.api_base, api_key=KEY, cache=False, num_retries=0, max_tokens=20000)
 
@@ -407,12 +424,19 @@ def test_profiles_select_the_transport(server: LMServer) -> None:
         return LMProfile("p", provider, "m", api_base=server.api_base, params={"cache": False, **params},
                          api_key_in_file=KEY)
 
+    from dspyo3_core.native_engine import NativeEngine
+
     native = build_lm(profile("openai-compatible", transport="native"))
-    assert isinstance(native, NativeLM)
+    assert isinstance(native, HookedLM) and isinstance(native.engine, NativeEngine), "a dspy.LM on the Rust engine"
     server.script(chat_reply(answer="native"))
     assert _ask(native).answer == "native"
-    assert isinstance(build_lm(profile("openai-compatible")), HookedLM)
-    assert isinstance(build_lm(profile("native-anthropic")), NativeLM)
+    assert server.requests[-1]["_headers"]["authorization"] == f"Bearer {KEY}"
+    plain = build_lm(profile("openai-compatible"))
+    assert isinstance(plain, HookedLM) and plain.engine == "auto"
+    anthropic = build_lm(profile("native-anthropic"))
+    assert isinstance(anthropic.engine, NativeEngine) and anthropic.engine.url.endswith("/messages")
+    with pytest.raises(ConfigError, match="chat"):
+        build_lm(profile("openai-compatible", transport="native", model_type="responses"))
     with pytest.raises(ConfigError, match="transport"):
         build_lm(profile("openai-compatible", transport="grpc"))
     with pytest.raises(ConfigError, match="native"):

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dspyo3_core import spans
-from dspyo3_core.native_lm import NativeLM, _submit
+from dspyo3_core.native_lm import NativeLM, submit
 from dspyo3_core.testing.server import LMServer, Reply
 from dspyo3_native import LMTransport, LMTransportError
 
@@ -76,7 +76,7 @@ def test_acomplete_and_submit_carry_the_trace(server: LMServer) -> None:
 
     async def both() -> tuple[Any, Any]:
         return (await client.acomplete("m", MESSAGES, traceparent=PARENT),
-                await _submit(client, "m", MESSAGES, {}, PARENT))
+                await submit(client, "m", MESSAGES, {}, PARENT))
 
     first, second = asyncio.run(both())
     check_attempts(server, [first[4][0], second[4][0]], [200, 200])
@@ -104,7 +104,7 @@ def test_no_traceparent_keeps_the_old_shapes(server: LMServer) -> None:
     assert len(client.complete("m", MESSAGES)) == 4
 
     async def both() -> tuple[Any, Any]:
-        return await client.acomplete("m", MESSAGES), await _submit(client, "m", MESSAGES, {})
+        return await client.acomplete("m", MESSAGES), await submit(client, "m", MESSAGES, {})
 
     assert [len(answer) for answer in asyncio.run(both())] == [4, 4]
     events = client.stream("m", MESSAGES)

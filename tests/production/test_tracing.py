@@ -149,6 +149,30 @@ def test_native_lm_span(exporter: InMemorySpanExporter, qa_server: LMServer) -> 
     assert a["gen_ai.usage.input_tokens"] > 0 and a["server.address"] == "127.0.0.1"
 
 
+def test_dspy_lm_on_the_native_engine_sends_the_trace(exporter: InMemorySpanExporter, qa_server: LMServer,
+                                                       manager: PluginManager) -> None:
+    """A ``dspy.LM`` (here HookedLM) whose engine is the Rust client: the LM server joins the trace (its request
+    carries a ``traceparent`` of the LM span's trace), the HTTP attempt is a CLIENT span under the LM span, and the
+    LM span names the server."""
+    from dspyo3_core.native_engine import native_lm
+
+    production = stack(exporter)
+    lm = native_lm("openai/gpt-4o-mini", lm_class=HookedLM, api_base=qa_server.api_base,
+                   api_key="sk-test-abcdefghijklmnop", num_retries=0, cache=False, plugin_manager=manager)
+    with prod.span("request"), dspy.context(lm=lm):
+        assert dspy.Predict("question -> answer")(question="e1").answer == answer_for("e1")
+    found = finished(production, exporter)
+    (lm_span,) = named(found, "chat gpt-4o-mini")
+    (attempt,) = named(found, "POST")
+    sent = qa_server.requests[-1]["_headers"]["traceparent"]
+    _, trace_hex, span_hex, _ = sent.split("-")
+    assert int(trace_hex, 16) == lm_span.context.trace_id == attempt.context.trace_id
+    assert int(span_hex, 16) == attempt.context.span_id and attempt.parent.span_id == lm_span.context.span_id
+    a = dict(lm_span.attributes or {})
+    assert a["dspyo3.lm.class"] == "HookedLM" and a["server.address"] == "127.0.0.1"
+    assert a["gen_ai.usage.input_tokens"] > 0
+
+
 def test_async_deferred_call_keeps_its_span_current(exporter: InMemorySpanExporter, qa_lm: HookedLM) -> None:
     production = stack(exporter)
     seen: list[Any] = []
@@ -222,9 +246,9 @@ def test_breaker_open_fails_the_lm_span(exporter: InMemorySpanExporter, qa_serve
     production = stack(exporter, breaker=CircuitBreaker(failure_threshold=1, reset_timeout=60))
     qa_server.script(Reply.server_error())
     with pytest.raises(Exception):
-        lm(messages=[{"role": "user", "content": "x"}])
+        lm("x")
     with pytest.raises(CircuitOpenError):
-        lm(messages=[{"role": "user", "content": "y"}])
+        lm("y")
     found = finished(production, exporter)
     failed, refused = sorted(named(found, "chat "), key=lambda s: s.start_time or 0)
     assert failed.status.status_code is StatusCode.ERROR
@@ -240,7 +264,7 @@ def test_breaker_open_fails_the_lm_span(exporter: InMemorySpanExporter, qa_serve
 def test_budget_refusal(exporter: InMemorySpanExporter, qa_lm: HookedLM) -> None:
     production = stack(exporter, budgets=[Budget(1e-9)])
     with pytest.raises(BudgetExceededError):
-        qa_lm(messages=[{"role": "user", "content": "expensive"}])
+        qa_lm("expensive")
     found = finished(production, exporter)
     (lm_span,) = named(found, "chat ")
     (refused,) = named(found, "dspyo3.budget.refused")
@@ -293,7 +317,7 @@ def test_masking_of_keys_headers_and_content(exporter: InMemorySpanExporter, qa_
     production = stack(exporter, tracing={"capture_content": True, "headers": {"Authorization": header_secret}})
     qa_server.script(Reply.server_error(message=f"bad key {key} and {header_secret}"))
     with pytest.raises(Exception):
-        lm(messages=[{"role": "user", "content": f"my key is {key}"}])
+        lm(f"my key is {key}")
     with dspy.context(lm=lm):
         dspy.Predict("question -> answer")(question=f"echo {header_secret}")
     tracer = production.tracer

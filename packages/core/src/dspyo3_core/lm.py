@@ -44,6 +44,25 @@ __all__ = ["HookedLM", "LMCall", "ainvoke_call", "current_call", "invoke_call", 
 
 _UNSET: Any = object()
 
+try:  # DSPy 3.4's mark on the one ``messages=`` call an adapter makes (its LM-interface migration warning policy)
+    from dspy.clients._deprecation import _adapter_call as _ADAPTER_CALL
+    from dspy.clients._deprecation import adapter_message_call as _adapter_message_call
+except ImportError:  # pragma: no cover - a DSPy without the mark: adapters no longer pass messages=
+    _ADAPTER_CALL = None
+
+
+def _routed_adapter_call(call: LMCall) -> Any:
+    """A context marking ``call`` as its adapter's own when a wrapper routed the adapter's ``messages=`` call to
+    another LM (dspyo3-production's fallback), else None. DSPy 3.4 exempts that call from its deprecation warning
+    only for the LM the adapter called; the LM it was routed to receives the same call, so it gets the same mark.
+    A direct ``lm(messages=...)`` call by user code carries no mark and keeps its warning."""
+    if _ADAPTER_CALL is None or call.messages is None:
+        return None
+    origin = _ADAPTER_CALL.get()
+    if origin is None or origin[1] is not call.messages or origin[0] is call.lm:
+        return None
+    return _adapter_message_call(call.lm, call.messages)
+
 
 def lm_callbacks_wanted(lm: Any, callbacks: Any = _UNSET) -> bool:
     """Whether any active DSPy callback (global or on ``lm``) wants LM events.
@@ -88,11 +107,11 @@ def invoke_call(call: LMCall) -> Any:
         if not wanted and getattr(call.lm, "callbacks", None):
             wanted = lm_callbacks_wanted(call.lm, ())
         run = dspy.LM.__call__ if wanted else _LM_CALL_UNWRAPPED
-        # with history off there is no history entry to learn usage from: listen to the usage tracker instead
-        if not no_history:
-            return run(call.lm, call.prompt, messages=call.messages, **call.kwargs)
-        with dspy.context(usage_tracker=_UsageTee(dspy.settings.get("usage_tracker"), call)):
-            return run(call.lm, call.prompt, messages=call.messages, **call.kwargs)
+        routed = _routed_adapter_call(call)
+        if routed is not None:
+            with routed:
+                return _run_sync(run, call, no_history)
+        return _run_sync(run, call, no_history)
     except BaseException as exc:
         call.error = exc
         raise
@@ -111,16 +130,32 @@ async def ainvoke_call(call: LMCall) -> Any:
         if native is not None:
             return await native(call.prompt, call.messages, call.kwargs)
         run = dspy.LM.acall if lm_callbacks_wanted(call.lm) else _LM_ACALL_UNWRAPPED
-        if not dspy.settings.get("disable_history"):
-            return await run(call.lm, call.prompt, messages=call.messages, **call.kwargs)
-        with dspy.context(usage_tracker=_UsageTee(dspy.settings.get("usage_tracker"), call)):
-            return await run(call.lm, call.prompt, messages=call.messages, **call.kwargs)
+        routed = _routed_adapter_call(call)
+        if routed is not None:
+            with routed:
+                return await _run_async(run, call)
+        return await _run_async(run, call)
     except BaseException as exc:
         call.error = exc
         raise
     finally:
         call.latency_s = perf_counter() - started
         CURRENT_CALL.reset(token)
+
+
+def _run_sync(run: Any, call: LMCall, no_history: Any) -> Any:
+    # with history off there is no history entry to learn usage from: listen to the usage tracker instead
+    if not no_history:
+        return run(call.lm, call.prompt, messages=call.messages, **call.kwargs)
+    with dspy.context(usage_tracker=_UsageTee(dspy.settings.get("usage_tracker"), call)):
+        return run(call.lm, call.prompt, messages=call.messages, **call.kwargs)
+
+
+async def _run_async(run: Any, call: LMCall) -> Any:
+    if not dspy.settings.get("disable_history"):
+        return await run(call.lm, call.prompt, messages=call.messages, **call.kwargs)
+    with dspy.context(usage_tracker=_UsageTee(dspy.settings.get("usage_tracker"), call)):
+        return await run(call.lm, call.prompt, messages=call.messages, **call.kwargs)
 
 
 class _UsageTee:

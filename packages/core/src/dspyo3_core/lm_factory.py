@@ -1,5 +1,5 @@
-"""The LM layer's factory: turn an LM profile into a hooked LM (:class:`~dspyo3_core.lm.HookedLM`,
-:class:`~dspyo3_core.native_lm.NativeLM` or :class:`~dspyo3_core.offline.OfflineLM`).
+"""The LM layer's factory: turn an LM profile into a hooked LM (:class:`~dspyo3_core.lm.HookedLM`, on DSPy's
+engines or on the native ones of :mod:`dspyo3_core.native_engine`, or :class:`~dspyo3_core.offline.OfflineLM`).
 
 Profiles are parsed by :mod:`dspyo3_core.config` (the app layer), which re-exports :func:`build_lm`; this module
 does not import the config module: it takes any object shaped like a profile (:class:`LMProfileLike`). The LM
@@ -67,8 +67,8 @@ def build_lm(
     profile: LMProfileLike, *, plugin_manager: PluginManager | None = None, **overrides: Any
 ) -> HookedLM | NativeLM | OfflineLM:
     """Turn a profile into an LM whose calls go through the ``dspyo3_lm_call`` hook: a
-    :class:`~dspyo3_core.lm.HookedLM` (``dspy.LM``, LiteLLM) or, with ``transport = "native"`` (or a native
-    provider), a :class:`~dspyo3_core.native_lm.NativeLM` on the Rust transport; the ``offline`` provider gives an
+    :class:`~dspyo3_core.lm.HookedLM` (``dspy.LM``; with ``transport = "native"`` or a native provider, its engines
+    are the Rust client of :mod:`dspyo3_core.native_engine`); the ``offline`` provider gives an
     :class:`~dspyo3_core.offline.OfflineLM` (not a model: answers from the prompt).
 
     ``profile`` is a :class:`dspyo3_core.config.LMProfile` (or any object with the same fields and methods).
@@ -117,7 +117,7 @@ def build_lm(
         raise ConfigError(f"profile {profile.name!r}: transport = {transport!r}; use one of {', '.join(TRANSPORTS)}")
     model = profile.litellm_model(spec)
     if transport == "native":
-        from dspyo3_core.native_lm import NativeLM
+        from dspyo3_core.native_engine import native_lm
 
         prefix = model.split("/", 1)[0]
         if prefix not in NATIVE_PREFIXES or "api_version" in kwargs:
@@ -125,12 +125,16 @@ def build_lm(
                 f"profile {profile.name!r}: provider {spec.name!r} cannot use transport = \"native\" (it speaks "
                 "OpenAI chat completions and Anthropic messages); remove transport or use an OpenAI-compatible api_base"
             )
-        for unsupported in ("engine", "model_type", "use_developer_role"):
+        for unsupported in ("engine", "async_engine"):
             if unsupported in kwargs:
-                raise ConfigError(f"profile {profile.name!r}: {unsupported} is a dspy.LM setting; the native "
-                                  "transport does not take it")
+                raise ConfigError(f"profile {profile.name!r}: transport = \"native\" is the engine; remove "
+                                  f"{unsupported} (or remove transport to choose DSPy's engine yourself)")
+        if kwargs.get("model_type", "chat") != "chat":
+            raise ConfigError(f"profile {profile.name!r}: the native transport speaks chat APIs; remove "
+                              f"model_type = {kwargs['model_type']!r} or transport = \"native\"")
         base = str(kwargs.get("api_base") or "").rstrip("/")
         if prefix.startswith("ollama") and base and not base.endswith("/v1"):
             kwargs["api_base"] = base + "/v1"  # Ollama's OpenAI-compatible route
-        return NativeLM(model, plugin_manager=manager, **kwargs)
+        # a HookedLM (a dspy.LM: DSPy's cache, retries, history, streaming) whose engines are the Rust client
+        return native_lm(model, lm_class=HookedLM, plugin_manager=manager, **kwargs)  # type: ignore[no-any-return]
     return HookedLM(model, plugin_manager=manager, **kwargs)

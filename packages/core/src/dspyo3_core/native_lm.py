@@ -142,7 +142,7 @@ def _error_attempts(exc: BaseException) -> Any:
     return exc.args[4] if len(exc.args) > 4 else None
 
 
-def _traced(transport: Any, send: Callable[..., Any], attempts_of: Callable[[Any], Any]) -> Any:
+def traced(transport: Any, send: Callable[..., Any], attempts_of: Callable[[Any], Any]) -> Any:
     """``send()``; inside a traced span ``send(traceparent=...)``, its HTTP attempts (``attempts_of`` its result,
     or the error's) recorded as spans."""
     tracer = _tracer()
@@ -151,44 +151,45 @@ def _traced(transport: Any, send: Callable[..., Any], attempts_of: Callable[[Any
         return send()
     try:
         result = send(traceparent=traceparent)
-    except _native().LMTransportError as exc:
+    except native_extension().LMTransportError as exc:
         _record_attempts(tracer, transport.url, _error_attempts(exc))
         raise
     _record_attempts(tracer, transport.url, attempts_of(result))
     return result
 
 
-async def _atraced(transport: Any, send: Callable[..., Any], attempts_of: Callable[[Any], Any]) -> Any:
-    """Async :func:`_traced`: ``send`` returns an awaitable."""
+async def atraced(transport: Any, send: Callable[..., Any], attempts_of: Callable[[Any], Any]) -> Any:
+    """Async :func:`traced`: ``send`` returns an awaitable."""
     tracer = _tracer()
     traceparent = tracer.traceparent() if tracer is not None else None
     if tracer is None or traceparent is None:
         return await send()
     try:
         result = await send(traceparent=traceparent)
-    except _native().LMTransportError as exc:
+    except native_extension().LMTransportError as exc:
         _record_attempts(tracer, transport.url, _error_attempts(exc))
         raise
     _record_attempts(tracer, transport.url, attempts_of(result))
     return result
 
 
-def _answer_attempts(answer: Any) -> Any:
+def answer_attempts(answer: Any) -> Any:
     return answer[4]
 
 
-def _stream_attempts(events: Any) -> Any:
+def stream_attempts(events: Any) -> Any:
     return events.attempts
 
 
-def _native() -> Any:
+def native_extension() -> Any:
     try:
         import dspyo3_native
     except ImportError as exc:  # pragma: no cover - the workspace always has it
         raise ImportError(
-            "NativeLM (transport = \"native\") needs the dspyo3-native extension, which is not installed; install it "
-            "with `pip install dspyo3-native` (from a checkout: `pip install ./crates/dspyo3-native`, or `hatch run "
-            "native` in the hatch environment), or remove transport = \"native\" from the profile"
+            "the native transport (transport = \"native\", NativeLM) needs the dspyo3-native extension, which is not "
+            "installed; install it with `pip install dspyo3-native` (from a checkout: `pip install "
+            "./crates/dspyo3-native`, or `hatch run native` in the hatch environment), or remove transport = "
+            "\"native\" from the profile"
         ) from exc
     return dspyo3_native
 
@@ -224,7 +225,7 @@ class _LoopBridge:
     waits for the GIL, and a busy loop pays one wake-up per batch, not one per request."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.queue = _native().CompletionQueue()
+        self.queue = native_extension().CompletionQueue()
         self.futures: dict[int, asyncio.Future[Any]] = {}
         self.tokens = itertools.count()
         loop.add_reader(self.queue.fileno(), self._drain)
@@ -251,7 +252,7 @@ def _bridge(loop: asyncio.AbstractEventLoop) -> _LoopBridge:
     return bridge
 
 
-async def _submit(transport: Any, model: str, messages: list[Any], params: dict[str, Any],
+async def submit(transport: Any, model: str, messages: list[Any], params: dict[str, Any],
                   traceparent: str | None = None) -> Any:
     loop = asyncio.get_running_loop()
     bridge = _bridge(loop)
@@ -271,7 +272,7 @@ async def _submit(transport: Any, model: str, messages: list[Any], params: dict[
         raise
 
 
-def _header_pairs(headers: Mapping[str, str] | list[Any] | None) -> list[tuple[str, str]]:
+def header_pairs(headers: Mapping[str, str] | list[Any] | None) -> list[tuple[str, str]]:
     """Headers as a list of ``(name, value)`` pairs, from a dict, pairs, or the lists JSON state gives back."""
     pairs = headers.items() if isinstance(headers, Mapping) else (headers or [])
     return [(str(name), str(value)) for name, value in pairs]
@@ -285,12 +286,12 @@ def _check_reasoning(lm: NativeLM, temperature: float | None, max_tokens: int | 
         raise LMConfigurationError(_REASONING_RULE, model=lm.model, provider=lm.provider)
 
 
-def _max_tokens_field(provider: str, wire: str) -> str | None:
+def max_tokens_field(provider: str, wire: str) -> str | None:
     """The name the output-token cap is sent under for ``provider`` (None: as given)."""
     return _MAX_TOKENS_FIELD.get(provider) if wire == "openai" else None
 
 
-def _byte_limit(name: str, value: Any) -> int:
+def byte_limit(name: str, value: Any) -> int:
     """A size limit in bytes: an int > 0."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a number of bytes > 0 (an int), got {value!r}")
@@ -413,12 +414,12 @@ class NativeLM(dspy.BaseLM):
                              "api_base='http://host:port/v1'")
         self.wire_model = bare
         self.timeout, self.connect_timeout, self.http2 = float(timeout), float(connect_timeout), bool(http2)
-        self.headers = _header_pairs(headers)
+        self.headers = header_pairs(headers)
         self.ca_cert = os.fspath(ca_cert) if ca_cert is not None else None
         self.use_developer_role = bool(use_developer_role)
-        self._max_tokens_field = _max_tokens_field(self.provider, self.wire)
-        self.max_event_bytes = _byte_limit("max_event_bytes", max_event_bytes)
-        self.max_response_bytes = _byte_limit("max_response_bytes", max_response_bytes)
+        self._max_tokens_field = max_tokens_field(self.provider, self.wire)
+        self.max_event_bytes = byte_limit("max_event_bytes", max_event_bytes)
+        self.max_response_bytes = byte_limit("max_response_bytes", max_response_bytes)
         self.pricing = dict(pricing) if pricing is not None else None
         if self.pricing is not None and set(self.pricing) != {"input_per_mtok", "output_per_mtok"}:
             raise ValueError("pricing must be {'input_per_mtok': USD, 'output_per_mtok': USD}")
@@ -463,12 +464,12 @@ class NativeLM(dspy.BaseLM):
         return [(k, v) for k, v in self.headers if not _SECRET_HEADER.search(k)]
 
     def _build_transport(self) -> Any:
-        return _native().LMTransport(
+        return native_extension().LMTransport(
             self.api_base, api_key=self._api_key, wire=self.wire, timeout=self.timeout,
             connect_timeout=self.connect_timeout, max_retries=int(self.num_retries), http2=self.http2,
             headers=self.headers or None, ca_cert=self.ca_cert,
-            max_event_bytes=_byte_limit("max_event_bytes", self.max_event_bytes),
-            max_response_bytes=_byte_limit("max_response_bytes", self.max_response_bytes),
+            max_event_bytes=byte_limit("max_event_bytes", self.max_event_bytes),
+            max_response_bytes=byte_limit("max_response_bytes", self.max_response_bytes),
         )
 
     # -- DSPy LM surface ---------------------------------------------------------------------------------------
@@ -528,7 +529,7 @@ class NativeLM(dspy.BaseLM):
         state = {"max_event_bytes": MAX_EVENT_BYTES, "max_response_bytes": MAX_RESPONSE_BYTES,
                  "use_developer_role": False, **state}
         self.__dict__.update(state)
-        self._max_tokens_field = _max_tokens_field(self.provider, self.wire)
+        self._max_tokens_field = max_tokens_field(self.provider, self.wire)
         if self._api_key is None and self._key_env:
             self._api_key = os.environ.get(self._key_env)
         self._transport = self._build_transport()
@@ -557,7 +558,7 @@ class NativeLM(dspy.BaseLM):
         if "extra_headers" in kwargs:
             kwargs["headers"] = kwargs.pop("extra_headers")
         if "headers" in kwargs:
-            kwargs["headers"] = _header_pairs(kwargs["headers"])
+            kwargs["headers"] = header_pairs(kwargs["headers"])
         for name in ("api_base", "timeout", "connect_timeout", "num_retries", "max_event_bytes",
                      "max_response_bytes"):
             if name in kwargs and kwargs[name] is None:
@@ -665,13 +666,13 @@ class NativeLM(dspy.BaseLM):
 
     def _send(self, transport: Any, messages: list[Any], params: dict[str, Any]) -> Any:
         """One request; inside a traced span it carries a ``traceparent`` and its attempts are recorded."""
-        return _traced(transport, functools.partial(transport.complete, self.wire_model, messages, params),
-                       _answer_attempts)
+        return traced(transport, functools.partial(transport.complete, self.wire_model, messages, params),
+                       answer_attempts)
 
     async def _asend(self, transport: Any, messages: list[Any], params: dict[str, Any]) -> Any:
         """Async :meth:`_send`, through the loop's completion queue."""
-        return await _atraced(transport, functools.partial(_submit, transport, self.wire_model, messages, params),
-                              _answer_attempts)
+        return await atraced(transport, functools.partial(submit, transport, self.wire_model, messages, params),
+                              answer_attempts)
 
     def _complete(self, messages: list[Any], params: dict[str, Any], n: int) -> _Record:
         transport = self._transport
@@ -681,7 +682,7 @@ class NativeLM(dspy.BaseLM):
             if n > 1:
                 params = {**params, "n": n}
             return self._record(self._send(transport, messages, params))
-        except _native().LMTransportError as exc:
+        except native_extension().LMTransportError as exc:
             raise _error(self, exc) from None
 
     async def _acomplete(self, messages: list[Any], params: dict[str, Any], n: int) -> _Record:
@@ -699,7 +700,7 @@ class NativeLM(dspy.BaseLM):
             if n > 1:
                 params = {**params, "n": n}
             return self._record(await self._asend(transport, messages, params))
-        except _native().LMTransportError as exc:
+        except native_extension().LMTransportError as exc:
             raise _error(self, exc) from None
 
     def _cached(self, key: dict[str, Any] | None) -> _Record | None:
@@ -776,14 +777,14 @@ class NativeLM(dspy.BaseLM):
     def _open_stream(self, messages: list[Any], params: dict[str, Any]) -> Any:
         """Open a stream; inside a traced span it carries a ``traceparent`` and its opening attempts are recorded."""
         transport = self._transport
-        return _traced(transport, functools.partial(transport.stream, self.wire_model, messages, params),
-                       _stream_attempts)
+        return traced(transport, functools.partial(transport.stream, self.wire_model, messages, params),
+                       stream_attempts)
 
     async def _aopen_stream(self, messages: list[Any], params: dict[str, Any]) -> Any:
         """Async :meth:`_open_stream`."""
         transport = self._transport
-        return await _atraced(transport, functools.partial(transport.astream, self.wire_model, messages, params),
-                              _stream_attempts)
+        return await atraced(transport, functools.partial(transport.astream, self.wire_model, messages, params),
+                              stream_attempts)
 
     def _stream_sync(self, messages: list[Any], params: dict[str, Any]) -> _Record:
         import anyio.from_thread
@@ -800,7 +801,7 @@ class NativeLM(dspy.BaseLM):
                         anyio.from_thread.run(stream.send, chunk)
             finally:
                 events.close()
-        except _native().LMTransportError as exc:
+        except native_extension().LMTransportError as exc:
             raise _error(self, exc) from None
         return assembly.record()
 
@@ -817,7 +818,7 @@ class NativeLM(dspy.BaseLM):
                         await stream.send(chunk)
             finally:
                 events.close()
-        except _native().LMTransportError as exc:
+        except native_extension().LMTransportError as exc:
             raise _error(self, exc) from None
         return assembly.record()
 

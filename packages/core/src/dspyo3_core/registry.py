@@ -30,8 +30,8 @@ class LMProviderSpec:
             one is neither in the profile nor in the environment.
         key_required: calls fail without a key (false for servers that usually run without auth).
         description: one line shown by ``dspyo3 lm providers``.
-        transport: ``"litellm"`` (``dspy.LM``) or ``"native"`` (:class:`~dspyo3_core.native_lm.NativeLM`, the Rust
-            transport); a profile's ``transport = "..."`` overrides it.
+        transport: ``"litellm"`` (``dspy.LM`` on DSPy's engines) or ``"native"`` (``dspy.LM`` on the Rust client,
+            :mod:`dspyo3_core.native_engine`); a profile's ``transport = "..."`` overrides it.
     """
 
     name: str

@@ -387,7 +387,7 @@ def _span_attributes(span: Any, call: LMCall, model: str, status: str, usage: Ma
     wire = own.get("wire_model")
     system = _PROVIDERS.get(provider, provider)
     attrs: dict[str, Any] = {
-        "gen_ai.operation.name": "text_completion" if call.prompt is not None and not call.messages else "chat",
+        "gen_ai.operation.name": "text_completion" if own.get("model_type") == "text" else "chat",
         "gen_ai.system": system, "gen_ai.provider.name": system,
         "gen_ai.request.model": wire if isinstance(wire, str) and wire else bare}
     lm_kwargs = own.get("kwargs") or {}
@@ -397,6 +397,8 @@ def _span_attributes(span: Any, call: LMCall, model: str, status: str, usage: Ma
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 attrs[attr] = value
     server = _server(lm_kwargs.get("api_base") or lm_kwargs.get("base_url") or own.get("api_base"))
+    if server is None and "kwargs" in own:  # a dspy.LM whose engine owns the connection (the native engine)
+        server = _server(getattr(getattr(lm, "engine", None), "url", None))
     if server is not None:
         attrs["server.address"], attrs["server.port"] = server
     if call.response_model:

@@ -93,7 +93,8 @@ def lm_call_wrapper(call: LMCall) -> Generator[None, Any, Any]:
     span = None
     if tracer is not None:  # the LM span: current until the call is settled (its lm_call event names it)
         # "{gen_ai.operation.name} {gen_ai.request.model}" (GenAI semantic conventions)
-        span = tracer.start(f"{'text_completion' if call.prompt is not None and not call.messages else 'chat'} "
+        # a prompt string to a chat model is a chat request (DSPy sends it as one user message)
+        span = tracer.start(f"{'text_completion' if getattr(call.lm, 'model_type', 'chat') == 'text' else 'chat'} "
                             f"{model.partition('/')[2] or model}", spans.CLIENT)
     try:
         if breaker is not None:

@@ -102,7 +102,7 @@ class TracingConfig:
             callback dispatch) or ``"off"``.
         exporter: ``"otlp"``, ``"console"``, ``"none"``, or an OpenTelemetry ``SpanExporter`` object (tests pass the
             SDK's ``InMemorySpanExporter``).
-        propagate: send a ``traceparent`` with LM requests (NativeLM).
+        propagate: send a ``traceparent`` with LM requests (the native engine and NativeLM).
         trust_incoming: serve continues a trace named by an incoming ``traceparent``.
         openinference: ``"auto"``: when openinference's DSPy instrumentation is active, leave module spans to it;
             ``"nest"``: keep ours too; ``"ignore"``: do not look.
