@@ -102,7 +102,8 @@ def test_cancelling_run_many_cancels_everything_in_flight() -> None:
 
         async def main() -> set[asyncio.Task[Any]]:
             with dspy.context(lm=lm_for(hanging)):
-                task = asyncio.ensure_future(run_many(program, questions(8), concurrency=8))
+                # the async executor's guarantee (auto would pick threads for a dspy.LM on DSPy's engine)
+                task = asyncio.ensure_future(run_many(program, questions(8), concurrency=8, executor="async"))
                 await asyncio.sleep(0.5)
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
@@ -112,6 +113,56 @@ def test_cancelling_run_many_cancels_everything_in_flight() -> None:
 
         assert not asyncio.run(main())
         assert _connections_to(port) == 0
+
+
+def test_the_executor_follows_the_lm(server: LMServer) -> None:
+    """dspy.LM on DSPy's engines: worker threads (cheaper per call than its async path); the native engine,
+    NativeLM, a timeout or a shared semaphore: the event loop."""
+    import threading
+
+    from dspyo3_async import choose_executor
+    from dspyo3_core.native_engine import native_lm
+    from dspyo3_core.native_lm import NativeLM
+
+    program = dspy.Predict(QA)
+    engine_lm = native_lm("openai/m", api_base=server.api_base, api_key="sk-test", cache=False)
+    native = NativeLM("openai/m", api_base=server.api_base, api_key="sk-test", cache=False)
+    with dspy.context(lm=lm_for(server)):
+        assert choose_executor(program) == "threads"
+        assert choose_executor(program, timeout=5.0) == "async"
+        assert choose_executor(program, concurrency=asyncio.Semaphore(4)) == "async"
+        assert choose_executor(program, "async") == "async"
+        assert choose_executor(lambda question: question) == "threads"
+
+        async def coroutine(question: str) -> str:
+            return question
+
+        assert choose_executor(coroutine) == "async"
+        program.lm = engine_lm  # a predictor's own LM counts too: the default one is still DSPy's engine
+        assert choose_executor(program) == "threads"
+        program.lm = None
+    for lm in (engine_lm, native):
+        with dspy.context(lm=lm):
+            assert choose_executor(program) == "async"
+    with pytest.raises(ValueError, match="executor"):
+        choose_executor(program, "processes")
+
+    seen: list[str] = []
+
+    class Where(dspy.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qa = dspy.Predict(QA)
+
+        def forward(self, question: str) -> Any:
+            seen.append(threading.current_thread().name)
+            return self.qa(question=question)
+
+    server.responder = lambda request: chat_reply(answer="ok")
+    with dspy.context(lm=lm_for(server)):
+        results = run_many_sync(Where(), questions(6), concurrency=3)
+    assert [r.unwrap().answer for r in results] == ["ok"] * 6
+    assert all(name.startswith("dspyo3-run_many") for name in seen), seen
 
 
 def test_iter_many_yields_as_completed_and_stops_cleanly(server: LMServer) -> None:

@@ -1,11 +1,15 @@
-"""Run a DSPy program over many inputs on asyncio: ``acall`` (no thread per call), at most ``concurrency`` calls in
-flight (a number, or an ``asyncio.Semaphore`` shared by several runs), optional rate limit, per-item timeout and
-retries, results in input order with per-item errors."""
+"""Run a DSPy program over many inputs on asyncio: at most ``concurrency`` calls in flight (a number, or an
+``asyncio.Semaphore`` shared by several runs), optional rate limit, per-item timeout and retries, results in input
+order with per-item errors. Each call runs where it is cheapest for the program's LM (see :func:`choose_executor`):
+``acall`` on the event loop, or the synchronous call on a worker thread of the run's own pool."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
+import functools
 import inspect
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sized
@@ -16,7 +20,11 @@ from dspyo3_async.limits import RateLimit
 from dspyo3_async.retry import DEFAULT_RETRY, RetryPolicy
 from dspyo3_core import spans
 
-__all__ = ["ItemError", "ItemResult", "ItemTimeout", "acall", "iter_many", "run_many", "run_many_sync", "run_sync"]
+__all__ = ["EXECUTORS", "ItemError", "ItemResult", "ItemTimeout", "acall", "choose_executor", "iter_many", "run_many",
+           "run_many_sync", "run_sync"]
+
+EXECUTORS = ("auto", "async", "threads")
+"""Where ``run_many`` / ``iter_many`` run each call (their ``executor=``): see :func:`choose_executor`."""
 
 _T = TypeVar("_T")
 
@@ -80,6 +88,54 @@ def acall(program: Any, inputs: Mapping[str, Any]) -> Awaitable[Any]:
     return asyncio.to_thread(program, **inputs)
 
 
+def _program_lms(program: Any) -> list[Any]:
+    """The LMs ``program`` would call: its predictors' own and the configured ``dspy.settings.lm``."""
+    import dspy
+
+    found = [dspy.settings.lm]
+    named = getattr(program, "named_predictors", None)
+    if callable(named):
+        try:
+            found += [getattr(predictor, "lm", None) for _, predictor in named()]
+        except Exception:  # a module whose attributes cannot be walked: the configured LM decides
+            pass
+    return [lm for lm in found if lm is not None]
+
+
+def choose_executor(program: Any, executor: str = "auto", concurrency: int | asyncio.Semaphore = 16,
+                    timeout: float | None = None) -> str:
+    """``"async"`` or ``"threads"``: where :func:`run_many` runs each call of ``program``.
+
+    ``"async"`` awaits ``program.acall`` on the event loop (no thread per call; a late call is cancelled, its HTTP
+    request with it). ``"threads"`` runs ``program(**inputs)`` on a worker thread of the run's own pool of
+    ``concurrency`` threads, as ``dspy.Parallel`` does (context variables and ``dspy.context`` carried over; a late
+    call is abandoned, not stopped). ``"auto"`` picks threads for modules with no async path (only ``forward``) and
+    plain callables, and for a module calling a ``dspy.LM`` on one of DSPy's own engines (lm15 or LiteLLM), whose
+    async path costs more CPU per call than its sync one (two thread hops per call and HTTP in Python on the
+    loop). It picks async for coroutine functions, for modules whose LMs are NativeLM, a ``dspy.LM`` on the native
+    engines (:mod:`dspyo3_core.native_engine`) or others, for any module when ``timeout`` is set (a late call must
+    stop, its HTTP request with it), and whenever ``concurrency`` is a shared semaphore (a pool per run cannot
+    honour a limit shared with other runs; sync-only programs then run through ``asyncio.to_thread``)."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor != "auto":
+        return executor
+    if isinstance(concurrency, asyncio.Semaphore):
+        return "async"
+    if not (hasattr(program, "aforward") and hasattr(program, "acall")):
+        coroutine = inspect.iscoroutinefunction(program) or (
+            callable(program) and inspect.iscoroutinefunction(type(program).__call__))
+        return "async" if coroutine else "threads"  # a sync-only module or callable runs on a thread either way
+    if timeout is not None:
+        return "async"
+    import dspy
+
+    for lm in _program_lms(program):
+        if isinstance(lm, dspy.LM) and isinstance(getattr(lm, "engine", None), str):
+            return "threads"
+    return "async"
+
+
 _SHARED_BUFFER = 16  # iter_many's default buffer when concurrency is a shared semaphore
 
 
@@ -94,7 +150,7 @@ class ItemRunner:
 
     def __init__(self, program: Any, *, concurrency: int | asyncio.Semaphore, rate: RateLimit | float | None,
                  timeout: float | None, retries: RetryPolicy | int, progress: bool | str, total: int | None,
-                 backlog: int | None = None) -> None:
+                 backlog: int | None = None, executor: str = "async") -> None:
         if isinstance(concurrency, asyncio.Semaphore):
             self.slots, self.shared = concurrency, True
         elif isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency >= 1:
@@ -104,6 +160,13 @@ class ItemRunner:
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         self.program = program
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        if choose_executor(program, executor, concurrency, timeout) == "threads":
+            if not isinstance(concurrency, int):
+                raise ValueError("executor='threads' needs concurrency as a number (its pool's size), not a shared "
+                                 "semaphore")
+            self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency,
+                                                              thread_name_prefix="dspyo3-run_many")
         self.backlog = backlog
         self.delivering = 0  # finished results waiting for the sink (shared slots only)
         self.room = asyncio.Event()
@@ -142,7 +205,7 @@ class ItemRunner:
             try:
                 if self.rate is not None:
                     await self.rate.acquire()
-                call = acall(self.program, inputs)
+                call = acall(self.program, inputs) if self.pool is None else self._threaded(inputs)
                 if self.timeout is None:
                     result.prediction = await call
                 else:
@@ -164,6 +227,17 @@ class ItemRunner:
         if self.bar is not None:
             self.bar.update(1)
         return result
+
+    def _threaded(self, inputs: Mapping[str, Any]) -> Awaitable[Any]:
+        """The synchronous call on the run's pool, in a copy of this task's context (``dspy.context``, spans)."""
+        assert self.pool is not None
+        call = functools.partial(contextvars.copy_context().run, self.program, **inputs)
+        return asyncio.get_running_loop().run_in_executor(self.pool, call)
+
+    def close(self) -> None:
+        """Let the pool's threads go (calls still running on them finish on their own)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def _item(self, index: int, inputs: Mapping[str, Any], slot: _Slot,
                     sink: Callable[[ItemResult], Any]) -> None:
@@ -207,6 +281,7 @@ class ItemRunner:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)  # nothing left running when we return
+            self.close()
             if self.bar is not None:
                 self.bar.close()
 
@@ -273,7 +348,8 @@ class _Serial:
 async def run_many(program: Any, inputs: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]], *,
                    concurrency: int | asyncio.Semaphore = 16, rate: RateLimit | float | None = None,
                    timeout: float | None = None,
-                   retries: RetryPolicy | int = DEFAULT_RETRY, progress: bool | str = False) -> list[ItemResult]:
+                   retries: RetryPolicy | int = DEFAULT_RETRY, progress: bool | str = False,
+                   executor: str = "auto") -> list[ItemResult]:
     """Run ``program`` on every input, at most ``concurrency`` at a time, on DSPy's native async path.
 
     Args:
@@ -286,19 +362,24 @@ async def run_many(program: Any, inputs: Iterable[Mapping[str, Any]] | AsyncIter
         rate: a :class:`RateLimit` (or requests per second) every attempt waits on, after it has its slot (so
             items queued for a slot do not take tokens and then start in a burst).
         timeout: seconds per attempt, from the moment the call starts (after the slot and the rate token: time
-            queued for a slot never counts); a late attempt is cancelled (its HTTP request with it) and fails
-            with :class:`ItemTimeout` (not retried by the default policy).
+            queued for a slot never counts); a late attempt is cancelled (its HTTP request with it; on the threads
+            executor it is abandoned and finishes on its thread) and fails with :class:`ItemTimeout` (not retried by
+            the default policy).
         retries: a :class:`RetryPolicy`, or a number of retries. Only ``dspy.is_retryable_lm_error`` errors are
             retried, honouring ``Retry-After``. DSPy's LMs also retry inside a call (``num_retries``); set it to 0 to
             let this policy (and the rate limit) see every attempt.
         progress: show a progress bar (a string sets its label).
+        executor: ``"auto"`` (the default), ``"async"`` or ``"threads"``: where each call runs (see
+            :func:`choose_executor`; with ``dspy.LM`` on DSPy's engines and no ``timeout``, auto runs calls on a pool
+            of ``concurrency`` threads, which serves more calls per second than its async path).
 
     Returns:
         One :class:`ItemResult` per input, in input order; failures are results with ``error`` set, never raised.
-        Cancelling ``run_many`` cancels every call in flight before it returns.
+        Cancelling ``run_many`` cancels every call in flight before it returns; calls running on the threads
+        executor cannot be stopped, so they are abandoned (they finish on their threads, their results dropped).
     """
     runner = ItemRunner(program, concurrency=concurrency, rate=rate, timeout=timeout, retries=retries,
-                     progress=progress, total=len(inputs) if isinstance(inputs, Sized) else None)
+                     progress=progress, total=len(inputs) if isinstance(inputs, Sized) else None, executor=executor)
     results: dict[int, ItemResult] = {}
 
     def keep(result: ItemResult) -> None:
@@ -312,15 +393,17 @@ async def iter_many(program: Any, inputs: Iterable[Mapping[str, Any]] | AsyncIte
                     concurrency: int | asyncio.Semaphore = 16, rate: RateLimit | float | None = None,
                     timeout: float | None = None,
                     retries: RetryPolicy | int = DEFAULT_RETRY, progress: bool | str = False,
-                    buffer: int | None = None) -> AsyncIterator[ItemResult]:
+                    buffer: int | None = None, executor: str = "auto") -> AsyncIterator[ItemResult]:
     """Like :func:`run_many`, yielding each :class:`ItemResult` as soon as it completes (``result.index`` says
     which input it was). At most ``buffer`` (default ``concurrency``, or 16 with a shared semaphore) finished
     results wait for the consumer; when it falls behind, no more items are started (backpressure; with a shared
     semaphore the finished items give their slots back to the other runs meanwhile). Breaking out of the loop
-    cancels the calls in flight."""
+    cancels the calls in flight (those on worker threads, with ``executor="threads"``, are abandoned).
+    ``executor``: as :func:`run_many`'s."""
     size = buffer or (_SHARED_BUFFER if isinstance(concurrency, asyncio.Semaphore) else concurrency)
     runner = ItemRunner(program, concurrency=concurrency, rate=rate, timeout=timeout, retries=retries,
-                     progress=progress, total=len(inputs) if isinstance(inputs, Sized) else None, backlog=size)
+                     progress=progress, total=len(inputs) if isinstance(inputs, Sized) else None, backlog=size,
+                     executor=executor)
     queue: asyncio.Queue[ItemResult | None] = asyncio.Queue(maxsize=size)
 
     async def produce() -> None:
