@@ -292,10 +292,27 @@ class _Endpoint:
         return None
 
 
-class _Declared:
-    """The capability hints DSPy reads from a custom engine (see ``dspy.clients.capabilities``)."""
+class _Engine:
+    """What both engines share: their endpoint, the capability hints DSPy reads from a custom engine (see
+    ``dspy.clients.capabilities``) and saving."""
 
     _endpoint: _Endpoint
+
+    @classmethod
+    def _sharing(cls, endpoint: _Endpoint) -> Any:
+        engine = cls.__new__(cls)
+        engine._endpoint = endpoint
+        return engine
+
+    @property
+    def url(self) -> str:
+        """The chat endpoint requests go to."""
+        return str(self._endpoint.transport.url)
+
+    @property
+    def fallbacks(self) -> int:
+        """Requests sent through DSPy's lm15 engine instead (features the native path does not carry)."""
+        return self._endpoint.fallbacks
 
     @property
     def supports_function_calling(self) -> bool:
@@ -347,7 +364,7 @@ class _Declared:
         return cls(state["model"], **options)  # type: ignore[call-arg]  # NativeEngine or AsyncNativeEngine
 
 
-class NativeEngine(_Declared):
+class NativeEngine(_Engine):
     """DSPy's sync engine over ``dspyo3_native.LMTransport`` (see the module docstring).
 
     Args:
@@ -371,22 +388,6 @@ class NativeEngine(_Declared):
         self._endpoint = _Endpoint(model, api_base=api_base, api_key=api_key, wire=wire, timeout=timeout,
                                    connect_timeout=connect_timeout, http2=http2, headers=headers, ca_cert=ca_cert,
                                    max_event_bytes=max_event_bytes, max_response_bytes=max_response_bytes)
-
-    @classmethod
-    def _sharing(cls, endpoint: _Endpoint) -> NativeEngine:
-        engine = cls.__new__(cls)
-        engine._endpoint = endpoint
-        return engine
-
-    @property
-    def url(self) -> str:
-        """The chat endpoint requests go to."""
-        return str(self._endpoint.transport.url)
-
-    @property
-    def fallbacks(self) -> int:
-        """Requests sent through DSPy's lm15 engine instead (features the native path does not carry)."""
-        return self._endpoint.fallbacks
 
     def complete(self, request: Any) -> Any:
         """One attempt: ``Request`` -> ``Response`` (lm15 errors on failure)."""
@@ -436,23 +437,12 @@ class NativeEngine(_Declared):
         return f"NativeEngine({self._endpoint.model!r}, url={self.url!r})"
 
 
-class AsyncNativeEngine(_Declared):
+class AsyncNativeEngine(_Engine):
     """DSPy's async engine over the same Rust client (see :class:`NativeEngine` for the arguments). Requests are
     awaited through the loop's completion queue: no thread per call, and cancelling the task drops the request."""
 
     def __init__(self, model: str, **kwargs: Any) -> None:
         self._endpoint = NativeEngine(model, **kwargs)._endpoint
-
-    @classmethod
-    def _sharing(cls, endpoint: _Endpoint) -> AsyncNativeEngine:
-        engine = cls.__new__(cls)
-        engine._endpoint = endpoint
-        return engine
-
-    @property
-    def fallbacks(self) -> int:
-        """Requests sent through DSPy's lm15 engine instead."""
-        return self._endpoint.fallbacks
 
     async def complete(self, request: Any) -> Any:
         """One attempt, awaited."""
