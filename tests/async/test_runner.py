@@ -165,6 +165,30 @@ def test_the_executor_follows_the_lm(server: LMServer) -> None:
     assert all(name.startswith("dspyo3-run_many") for name in seen), seen
 
 
+def test_threads_time_only_the_call_and_async_only_modules_stay_on_the_loop(server: LMServer) -> None:
+    def program(question: str) -> str:
+        time.sleep(2.0 if question == "slow" else 0.05)
+        return question
+
+    inputs = [{"question": "slow"}, {"question": "slow"}, *questions(4)]
+    results = run_many_sync(program, inputs, concurrency=2, timeout=0.5, retries=0)  # a callable: threads
+    assert [r.ok for r in results] == [False, False, True, True, True, True], \
+        "the items queued behind the abandoned calls waited for a worker; their time started with their call"
+    assert "abandoned on its worker thread" in str(results[0].error)
+
+    class AsyncOnly(dspy.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qa = dspy.Predict(QA)
+
+        async def aforward(self, question: str) -> Any:
+            return await self.qa.acall(question=question)
+
+    server.responder = lambda request: chat_reply(answer="ok")
+    with dspy.context(lm=lm_for(server)):  # DSPy's own engine, but the module has no sync call to thread
+        assert [r.unwrap().answer for r in run_many_sync(AsyncOnly(), questions(3), concurrency=3)] == ["ok"] * 3
+
+
 def test_iter_many_yields_as_completed_and_stops_cleanly(server: LMServer) -> None:
     server.script(Reply.text(chat_reply(answer="slow"), latency=0.5))
     program = dspy.Predict(QA)

@@ -437,6 +437,14 @@ def test_profiles_select_the_transport(server: LMServer) -> None:
     assert isinstance(anthropic.engine, NativeEngine) and anthropic.engine.url.endswith("/messages")
     with pytest.raises(ConfigError, match="chat"):
         build_lm(profile("openai-compatible", transport="native", model_type="responses"))
+    # options DSPy's request model cannot carry (vLLM's sampling extras, a price of its own): NativeLM sends them
+    extras = build_lm(profile("openai-compatible", transport="native", repetition_penalty=1.1,
+                              extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+                              pricing={"input_per_mtok": 1.0, "output_per_mtok": 2.0}))
+    assert isinstance(extras, NativeLM)
+    server.script(chat_reply(answer="extras"))
+    assert _ask(extras).answer == "extras"
+    assert server.requests[-1]["repetition_penalty"] == 1.1
     with pytest.raises(ConfigError, match="transport"):
         build_lm(profile("openai-compatible", transport="grpc"))
     with pytest.raises(ConfigError, match="native"):

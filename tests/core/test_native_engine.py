@@ -94,6 +94,22 @@ def test_a_request_the_native_path_cannot_carry_goes_through_dspys_engine_visibl
     assert server.requests[-1]["_headers"]["authorization"] == f"Bearer {KEY}", "same key, same endpoint"
 
 
+def test_the_fallback_refuses_what_it_cannot_send_alike_and_keeps_a_pool_per_event_loop(server: LMServer) -> None:
+    tool = FunctionTool(name="lookup", description="Look a word up.",
+                        parameters={"type": "object", "properties": {"word": {"type": "string"}}})
+    request = Request(model="openai/m", messages=(Message.user("2 + 2?"),), tools=(tool,))
+    gated = native_lm("openai/m", api_base=server.api_base, api_key=KEY, cache=False, num_retries=0,
+                      headers={"X-Gateway-Token": "gw-0123456789"})
+    with pytest.raises(dspy.utils.exceptions.LMUnsupportedFeatureError, match="headers"):
+        gated(request)  # lm15 would send it without the gateway's header: refused, not sent differently
+    assert not server.requests
+    lm = native_lm("openai/m", api_base=server.api_base, api_key=KEY, cache=False, num_retries=0)
+    server.script("one", "two")
+    for expected in ("one", "two"):  # two event loops: the second gets a pool of its own
+        assert asyncio.run(lm.acall(request)).text == expected
+    assert lm.engine.fallbacks == 2
+
+
 def test_errors_never_show_the_key_and_a_saved_lm_never_chooses_the_endpoint(server: LMServer,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     server.script(Reply.server_error(503, "upstream overloaded"))
@@ -102,19 +118,19 @@ def test_errors_never_show_the_key_and_a_saved_lm_never_chooses_the_endpoint(ser
     with pytest.raises(dspy.utils.exceptions.LMServerError) as info:
         _ask(lm)
     assert info.value.status == 503
-    state = lm.dump_state()
-    saved = json.dumps(state)
-    assert KEY not in repr(lm.engine) and KEY not in repr(lm) and KEY not in saved
-    assert server.api_base not in saved and "X-Team" not in saved, "no endpoint or header is saved"
-    with pytest.raises(ValueError, match="custom"):  # DSPy's gate: custom engines load only from trusted files
-        dspy.LM.load_state(json.loads(saved))
-    with pytest.raises(ValueError, match="its own api_base"):
-        dspy.LM.load_state(json.loads(saved), allow_custom_lm_class=True)
+    assert KEY not in repr(lm.engine) and KEY not in repr(lm)
+    with pytest.raises(TypeError, match="own api_base"):  # refused when saving, not when loading the file
+        lm.dump_state()
     # an LM on the provider's default endpoint comes back on it, with the key from the environment
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     default = native_lm("openai/gpt-4o-mini", timeout=30.0)
-    restored = dspy.LM.load_state(json.loads(json.dumps(default.dump_state())), allow_custom_lm_class=True)
-    assert isinstance(restored.engine, NativeEngine) and restored.engine.url == "https://api.openai.com/v1/chat/completions"
+    saved = json.dumps(default.dump_state())
+    assert "api.openai.com" not in saved and KEY not in saved, "no endpoint or key is saved"
+    with pytest.raises(ValueError, match="custom"):  # DSPy's gate: custom engines load only from trusted files
+        dspy.LM.load_state(json.loads(saved))
+    restored = dspy.LM.load_state(json.loads(saved), allow_custom_lm_class=True)
+    assert isinstance(restored.engine, NativeEngine)
+    assert restored.engine.url == "https://api.openai.com/v1/chat/completions"
     assert restored.engine.dump_state() == default.engine.dump_state()
     assert KEY not in json.dumps(restored.dump_state())
 

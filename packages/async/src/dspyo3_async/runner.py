@@ -128,6 +128,8 @@ def choose_executor(program: Any, executor: str = "auto", concurrency: int | asy
         return "async" if coroutine else "threads"  # a sync-only module or callable runs on a thread either way
     if timeout is not None:
         return "async"
+    if not callable(getattr(program, "forward", None)):  # an async-only module has no sync call to run
+        return "async"
     import dspy
 
     for lm in _program_lms(program):
@@ -137,6 +139,19 @@ def choose_executor(program: Any, executor: str = "auto", concurrency: int | asy
 
 
 _SHARED_BUFFER = 16  # iter_many's default buffer when concurrency is a shared semaphore
+
+
+async def _until_started(started: asyncio.Event, call: asyncio.Future[Any]) -> None:
+    """Wait until a worker thread starts ``call`` (or it is already done); cancelled meanwhile, the queued call is
+    withdrawn from the pool."""
+    waiting = asyncio.ensure_future(started.wait())
+    try:
+        await asyncio.wait({waiting, call}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
+    finally:
+        waiting.cancel()
 
 
 class ItemRunner:
@@ -205,15 +220,23 @@ class ItemRunner:
             try:
                 if self.rate is not None:
                     await self.rate.acquire()
-                call = acall(self.program, inputs) if self.pool is None else self._threaded(inputs)
+                started = threaded = None
+                if self.pool is None:
+                    call = acall(self.program, inputs)
+                else:
+                    started, threaded = self._threaded(inputs)
+                    call = threaded
                 if self.timeout is None:
                     result.prediction = await call
                 else:
+                    if started is not None and threaded is not None:  # waiting for a free worker is queueing
+                        await _until_started(started, threaded)
                     try:
                         result.prediction = await asyncio.wait_for(call, self.timeout)
                     except asyncio.TimeoutError:
-                        raise ItemTimeout(f"item {index} took longer than {self.timeout:g}s; its request was "
-                                          "cancelled") from None
+                        raise ItemTimeout(f"item {index} took longer than {self.timeout:g}s; " + (
+                            "its request was cancelled" if started is None else
+                            "its call was abandoned on its worker thread")) from None
                 result.error = None
                 break
             except asyncio.CancelledError:
@@ -228,11 +251,19 @@ class ItemRunner:
             self.bar.update(1)
         return result
 
-    def _threaded(self, inputs: Mapping[str, Any]) -> Awaitable[Any]:
-        """The synchronous call on the run's pool, in a copy of this task's context (``dspy.context``, spans)."""
+    def _threaded(self, inputs: Mapping[str, Any]) -> tuple[asyncio.Event, asyncio.Future[Any]]:
+        """The synchronous call on the run's pool, in a copy of this task's context (``dspy.context``, spans), and
+        an event set when a worker thread starts it."""
         assert self.pool is not None
-        call = functools.partial(contextvars.copy_context().run, self.program, **inputs)
-        return asyncio.get_running_loop().run_in_executor(self.pool, call)
+        loop = asyncio.get_running_loop()
+        started = asyncio.Event()
+        context = contextvars.copy_context()
+
+        def run() -> Any:
+            loop.call_soon_threadsafe(started.set)
+            return context.run(functools.partial(self.program, **inputs))
+
+        return started, loop.run_in_executor(self.pool, run)
 
     def close(self) -> None:
         """Let the pool's threads go (calls still running on them finish on their own)."""

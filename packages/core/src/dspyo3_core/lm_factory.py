@@ -22,12 +22,26 @@ if TYPE_CHECKING:
     from dspyo3_core.plugins import PluginManager
     from dspyo3_core.registry import LMProviderSpec
 
-__all__ = ["NATIVE_PREFIXES", "TRANSPORTS", "LMProfileLike", "build_lm"]
+__all__ = ["ENGINE_PARAMS", "NATIVE_PREFIXES", "TRANSPORTS", "LMProfileLike", "build_lm"]
 
 TRANSPORTS = ("litellm", "native")
 """The values a profile's ``transport`` may take."""
 NATIVE_PREFIXES = ("openai", "anthropic", "together_ai", "ollama_chat", "ollama", "hosted_vllm")
 """LiteLLM route prefixes the native transport can serve (OpenAI chat completions or Anthropic messages)."""
+ENGINE_PARAMS = frozenset({
+    # dspy.LM's own settings
+    "cache", "num_retries", "model_type", "use_developer_role", "rollout_id", "callbacks", "transport",
+    # request options DSPy's canonical request carries
+    "temperature", "max_tokens", "max_completion_tokens", "top_p", "stop", "seed", "n", "num_generations",
+    "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "response_format", "user",
+    "service_tier", "store", "metadata", "reasoning_effort",
+    # connection settings: the native engine's
+    "api_base", "base_url", "api_key", "headers", "extra_headers", "timeout", "connect_timeout", "http2", "ca_cert",
+    "max_event_bytes", "max_response_bytes",
+})
+"""Profile params a ``transport = "native"`` profile may set and still get a ``dspy.LM`` on the native engines;
+with any other (provider-specific options such as ``repetition_penalty`` or ``extra_body``, or ``pricing=``) it
+gets :class:`~dspyo3_core.native_lm.NativeLM`, which sends them as written."""
 
 
 class LMProfileLike(Protocol):
@@ -135,6 +149,10 @@ def build_lm(
         base = str(kwargs.get("api_base") or "").rstrip("/")
         if prefix.startswith("ollama") and base and not base.endswith("/v1"):
             kwargs["api_base"] = base + "/v1"  # Ollama's OpenAI-compatible route
-        # a HookedLM (a dspy.LM: DSPy's cache, retries, history, streaming) whose engines are the Rust client
-        return native_lm(model, lm_class=HookedLM, plugin_manager=manager, **kwargs)  # type: ignore[no-any-return]
+        if set(kwargs) <= ENGINE_PARAMS:
+            # a HookedLM (a dspy.LM: DSPy's cache, retries, history, streaming) whose engines are the Rust client
+            return native_lm(model, lm_class=HookedLM, plugin_manager=manager, **kwargs)  # type: ignore[no-any-return]
+        from dspyo3_core.native_lm import NativeLM  # options DSPy's request model cannot carry: sent as written
+
+        return NativeLM(model, plugin_manager=manager, **kwargs)
     return HookedLM(model, plugin_manager=manager, **kwargs)

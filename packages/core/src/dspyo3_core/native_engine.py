@@ -14,26 +14,32 @@ only the wire work moves to Rust::
     engine, async_engine = native_engines("openai/qwen", api_base=..., api_key=...)
     lm = dspy.LM("openai/qwen", engine=engine, async_engine=async_engine)   # the same, by hand
 
-What the native path carries: system, user, assistant and developer text messages, ``max_tokens`` (sent under the
-provider's name for it, as :class:`~dspyo3_core.native_lm.NativeLM` does), ``temperature``, ``top_p``, ``stop``,
-``seed``, the two penalties, ``response_format`` (JSON object or JSON schema), provider extensions, and streaming
-(text and reasoning deltas). A request with anything else (tools, images or other media parts, tool results,
-reasoning settings, logprobs, ...) goes through DSPy's own lm15 engine with the same key and endpoint, logged once
-per feature at WARNING on ``dspyo3.native_engine`` and counted in :attr:`NativeEngine.fallbacks`: never sent
-half-translated. The engines make one attempt each (DSPy retries, as its engine contract says); inside a traced
-span each request carries a W3C ``traceparent`` and its HTTP attempt is recorded as a CLIENT span.
+What the native path carries: a one-part system prompt, user, assistant and developer text messages (a developer
+message goes as a system one, as DSPy's lm15 engine sends it), ``max_tokens`` (sent under the provider's name for
+it, as :class:`~dspyo3_core.native_lm.NativeLM` does), ``temperature``, ``top_p``, ``stop``, ``seed`` and the two
+penalties (OpenAI wire only), ``response_format`` (JSON object or JSON schema, OpenAI wire), provider extensions,
+and streaming (text and reasoning deltas). A request with anything else (tools, images or other media parts, tool
+results, reasoning settings, logprobs, ...) goes through DSPy's own lm15 engine with the same key and endpoint,
+logged once per feature at WARNING on ``dspyo3.native_engine`` and counted in :attr:`NativeEngine.fallbacks`: never
+sent half-translated; and where lm15 could not send it alike (``headers``, ``ca_cert`` or ``http2`` on the engine,
+or no lm15 route for the model) the call fails with lm15's ``UnsupportedFeatureError`` saying so. The engines make
+one attempt each (DSPy retries, as its engine contract says); inside a traced span each request carries a W3C
+``traceparent`` and its HTTP attempt is recorded as a CLIENT span.
 
-A program holding such an LM cannot be saved with it (DSPy refuses engines without ``dump_state``): a saved file is
-data and never chooses where requests go or which key they carry. Set the LM again after loading.
+A saved file is data and never chooses where requests go or which key they carry: an engine on its own
+``api_base`` refuses to be saved (set the LM again after loading); one on its provider's default endpoint saves its
+model, wire format, timeouts and limits, never the key or headers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
 import os
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -52,6 +58,7 @@ from dspyo3_core.native_lm import (
     traced,
 )
 from dspyo3_core.secrets import register_secret, secret_values
+from dspyo3_core.spans import server_of
 
 __all__ = ["AsyncNativeEngine", "NativeEngine", "native_engines", "native_lm"]
 
@@ -60,6 +67,8 @@ logger = logging.getLogger("dspyo3.native_engine")
 # Config fields the native path sends under the same name (OpenAI chat completions; the Rust client maps them
 # for Anthropic's messages API)
 _SAME_NAME = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
+# sent on the OpenAI wire only (Anthropic's messages API has no such option)
+_OPENAI_ONLY = frozenset({"seed", "frequency_penalty", "presence_penalty"})
 # Config fields with no native mapping: a request setting any of them goes through DSPy's lm15 engine
 _FALLBACK_FIELDS = ("top_k", "tool_choice", "reasoning", "cache", "service_tier", "user_id", "store", "logprobs",
                     "probabilities")
@@ -93,14 +102,19 @@ def _wire_messages(request: Any, wire: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     system = request.system
     if system is not None:
-        out.append({"role": "system", "content": system if isinstance(system, str) else _text(system, "system")})
+        content = system if isinstance(system, str) else _text(system, "system")
+        if not isinstance(content, str):
+            raise Unsupported("a system prompt of several parts")
+        out.append({"role": "system", "content": content})
     for message in request.messages:
         role = message.role
         if role not in ("user", "assistant", "developer") or (role == "developer" and wire != "openai"):
             raise Unsupported(f"{role} messages")
         if message.continuation:
             raise Unsupported("continuation state")
-        out.append({"role": role, "content": _text(message.parts, f"{role} messages")})
+        # chat completions as DSPy's lm15 engine sends them: a developer message goes as a system one
+        out.append({"role": "system" if role == "developer" else role,
+                    "content": _text(message.parts, f"{role} messages")})
     return out
 
 
@@ -120,7 +134,8 @@ class _Endpoint:
     """What both engines share: one ``LMTransport`` (its pool serves sync and async calls alike), the request
     translation and DSPy's lm15 engine for the requests the native path does not carry."""
 
-    def __init__(self, model: str, *, api_base: str | None, api_key: str | None, wire: str | None, timeout: float,
+    def __init__(self, model: str, *, api_base: str | None, api_key: str | None, wire: str | None,
+                 timeout: float | None,
                  connect_timeout: float, http2: bool, headers: Any, ca_cert: str | os.PathLike[str] | None,
                  max_event_bytes: int, max_response_bytes: int) -> None:
         if not isinstance(model, str) or not model.strip():
@@ -134,26 +149,31 @@ class _Endpoint:
         if self.wire not in ("openai", "anthropic"):
             raise ValueError(f"native engine: wire={self.wire!r}; use 'openai' or 'anthropic'")
         self.api_base = api_base or default_base
+        found = server_of(self.api_base) if self.api_base else None
+        self.host = f"{found[0]}:{found[1]}" if found else "?"  # for messages: never credentials or a path
         self.custom_endpoint = api_base is not None and api_base.rstrip("/") != (default_base or "").rstrip("/")
         if not self.api_base:
             raise ValueError(f"native engine for {model!r}: provider {provider!r} has no default endpoint; pass "
                              "api_base='http://host:port/v1'")
-        self.timeout, self.connect_timeout, self.http2 = float(timeout), float(connect_timeout), bool(http2)
+        self.timeout = 600.0 if timeout is None else float(timeout)  # None: the default, as dspy.LM reads it
+        self.connect_timeout, self.http2 = float(connect_timeout), bool(http2)
         self.max_event_bytes, self.max_response_bytes = max_event_bytes, max_response_bytes
         self.headers = header_pairs(headers)
+        self.ca_cert = os.fspath(ca_cert) if ca_cert is not None else None
         self._api_key = api_key if api_key is not None else (os.environ.get(key_env) if key_env else None)
         register_secret(self._api_key, *secret_values({"headers": self.headers}))
         self._max_tokens = max_tokens_field(provider, self.wire) or "max_tokens"
         self.transport = native_extension().LMTransport(
             self.api_base, api_key=self._api_key, wire=self.wire, timeout=self.timeout,
             connect_timeout=self.connect_timeout, max_retries=0, http2=self.http2, headers=self.headers or None,
-            ca_cert=os.fspath(ca_cert) if ca_cert is not None else None,
+            ca_cert=self.ca_cert,
             max_event_bytes=byte_limit("max_event_bytes", max_event_bytes),
             max_response_bytes=byte_limit("max_response_bytes", max_response_bytes))
         self.fallbacks = 0
         self._warned: set[str] = set()
         self._lock = threading.Lock()
-        self._fallback: dict[bool, Any] = {}
+        self._fallback: dict[Any, Any] = {}
+        self._async_fallbacks: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()  # per event loop
 
     @functools.cached_property
     def capabilities(self) -> Any:
@@ -181,6 +201,8 @@ class _Endpoint:
         for name in _SAME_NAME:
             value = getattr(config, name)
             if value is not None:
+                if self.wire == "anthropic" and name in _OPENAI_ONLY:
+                    raise Unsupported(f"{name} on the anthropic wire")
                 params[name] = value
         if config.stop:
             params["stop"] = list(config.stop)
@@ -196,24 +218,41 @@ class _Endpoint:
         return model, _wire_messages(request, self.wire), params
 
     def fallback(self, request: Any, reason: Unsupported, asynchronous: bool) -> Any:
-        """DSPy's lm15 engine (built once per kind) for a request the native path does not carry."""
+        """DSPy's lm15 engine for a request the native path does not carry: built once (the async one once per
+        event loop, as its connection pool belongs to one loop). Raises lm15's ``UnsupportedFeatureError`` naming
+        the fix when lm15 cannot send it the way this engine would (headers, a private CA, h2c, no lm15 route)."""
+        from dspy import lm15
+
         feature = str(reason)
+        lost = [name for name, value in (("headers", self.headers), ("ca_cert", self.ca_cert),
+                                         ("http2", self.http2)) if value]
+        if lost:
+            raise lm15.UnsupportedFeatureError(
+                f"native engine: {feature} is not carried by the Rust transport, and DSPy's lm15 engine cannot send "
+                f"this request with the engine's {' / '.join(lost)}; remove {feature} from the call, or use a "
+                "dspy.LM on DSPy's own engine (transport = \"litellm\") for it", feature=feature)
+        key: Any = asyncio.get_running_loop() if asynchronous else None
         with self._lock:
             self.fallbacks += 1
             if feature not in self._warned:
                 self._warned.add(feature)
                 logger.warning("native engine: %s not carried by the Rust transport; requests using it go through "
                                "DSPy's lm15 engine", feature)
-            engine = self._fallback.get(asynchronous)
+            engines = self._async_fallbacks if asynchronous else self._fallback
+            engine = engines.get(key)
             if engine is None:
                 from dspy.clients.engines.lm15_engine import AsyncLM15Engine, LM15Engine, timeouts_for
-                from dspy.lm15 import RouterConfig
 
-                resolution = LM15Engine(RouterConfig(env={})).resolve(self.model)
-                name = resolution.provider
-                config = RouterConfig(api_keys={name: self._api_key} if self._api_key else None,
-                                      base_urls={name: self.api_base}, timeouts=timeouts_for(self.timeout))
-                engine = self._fallback[asynchronous] = (AsyncLM15Engine if asynchronous else LM15Engine)(config)
+                try:
+                    name = LM15Engine(lm15.RouterConfig(env={})).resolve(self.model).provider
+                except lm15.LM15Error as exc:
+                    raise lm15.UnsupportedFeatureError(
+                        f"native engine: {feature} is not carried by the Rust transport, and DSPy's lm15 engine has "
+                        f"no route for {self.model!r} ({exc.message or exc}); remove {feature} from the call, or "
+                        "use a dspy.LM on DSPy's own engine for it", feature=feature) from None
+                config = lm15.RouterConfig(api_keys={name: self._api_key} if self._api_key else None,
+                                           base_urls={name: self.api_base}, timeouts=timeouts_for(self.timeout))
+                engine = engines[key] = (AsyncLM15Engine if asynchronous else LM15Engine)(config)
         return engine
 
     def response(self, answer: tuple[Any, ...]) -> Any:
@@ -227,14 +266,14 @@ class _Endpoint:
             parts.append(ThinkingPart(reasoning))
         if content or not (parts or tool_calls):
             parts.append(TextPart(content or ""))
-        for call in tool_calls or ():
+        for index, call in enumerate(tool_calls or ()):
             function = call.get("function") or {}
             arguments = function.get("arguments")
             try:
                 data = json.loads(arguments) if isinstance(arguments, str) and arguments else (arguments or {})
             except ValueError:
                 data = {"_raw": arguments}
-            parts.append(ToolCallPart(id=str(call.get("id") or ""), name=str(function.get("name") or ""),
+            parts.append(ToolCallPart(id=str(call.get("id") or f"call_{index}"), name=str(function.get("name") or ""),
                                       input=data if isinstance(data, dict) else {"value": data}))
         return Response(id=ident or None, model=model or self.wire_model, message=Message.assistant(parts),
                         finish_reason=_finish(finish),
@@ -309,6 +348,13 @@ class _Engine:
         """The chat endpoint requests go to."""
         return str(self._endpoint.transport.url)
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return self  # a live connection pool, shared like DSPy shares its own engines between LM copies
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(f"{type(self).__name__} holds a live connection pool and its key, and is not pickled: "
+                        "build the LM again in the other process (dspyo3_core.native_engine.native_lm)")
+
     @property
     def fallbacks(self) -> int:
         """Requests sent through DSPy's lm15 engine instead (features the native path does not carry)."""
@@ -336,9 +382,13 @@ class _Engine:
 
     def dump_state(self) -> dict[str, Any]:
         """What a saved program keeps of this engine: the model, wire format, timeouts and size limits. Never the
-        key, the headers or the endpoint: a file does not choose where requests go."""
+        key, the headers or the endpoint: a file does not choose where requests go, so an engine on its own
+        ``api_base`` raises ``TypeError`` (DSPy then refuses to save the LM with the program)."""
         e = self._endpoint
-        return {"model": e.model, "wire": e.wire, "endpoint": "custom" if e.custom_endpoint else "default",
+        if e.custom_endpoint:
+            raise TypeError(f"this LM's engine sends requests to its own api_base ({e.host}), which a saved file "
+                            "does not choose: save the program without this LM and set it again after loading")
+        return {"model": e.model, "wire": e.wire, "endpoint": "default",
                 "timeout": e.timeout, "connect_timeout": e.connect_timeout, "http2": e.http2,
                 "max_event_bytes": e.max_event_bytes, "max_response_bytes": e.max_response_bytes}
 
@@ -381,7 +431,8 @@ class NativeEngine(_Engine):
     """
 
     def __init__(self, model: str, *, api_base: str | None = None, api_key: str | None = None,
-                 wire: str | None = None, timeout: float = 600.0, connect_timeout: float = 10.0, http2: bool = False,
+                 wire: str | None = None, timeout: float | None = 600.0, connect_timeout: float = 10.0,
+                 http2: bool = False,
                  headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
                  ca_cert: str | os.PathLike[str] | None = None, max_event_bytes: int = MAX_EVENT_BYTES,
                  max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
@@ -434,7 +485,7 @@ class NativeEngine(_Engine):
         """Nothing to release: the pool closes with the last engine holding it."""
 
     def __repr__(self) -> str:
-        return f"NativeEngine({self._endpoint.model!r}, url={self.url!r})"
+        return f"NativeEngine({self._endpoint.model!r}, host={self._endpoint.host!r})"
 
 
 class AsyncNativeEngine(_Engine):
@@ -490,7 +541,7 @@ class AsyncNativeEngine(_Engine):
         """Nothing to release (see :meth:`NativeEngine.close`)."""
 
     def __repr__(self) -> str:
-        return f"AsyncNativeEngine({self._endpoint.model!r})"
+        return f"AsyncNativeEngine({self._endpoint.model!r}, host={self._endpoint.host!r})"
 
 
 def native_engines(model: str, **kwargs: Any) -> tuple[NativeEngine, AsyncNativeEngine]:
@@ -511,11 +562,10 @@ def native_lm(model: str, *, lm_class: Any = None, **kwargs: Any) -> Any:
     import dspy
 
     connection = {k: kwargs.pop(k) for k in _CONNECTION if k in kwargs}
-    if "base_url" in connection:
-        connection.setdefault("api_base", connection.pop("base_url"))
-        connection.pop("base_url", None)
-    if "extra_headers" in connection:
-        extra = connection.pop("extra_headers")
-        connection.setdefault("headers", extra)
+    for alias, name in (("base_url", "api_base"), ("extra_headers", "headers")):
+        if alias in connection:
+            if name in connection:
+                raise TypeError(f"native_lm: pass {name} or {alias}, not both")
+            connection[name] = connection.pop(alias)
     engine, async_engine = native_engines(model, **connection)
     return (lm_class or dspy.LM)(model, engine=engine, async_engine=async_engine, **kwargs)

@@ -144,7 +144,12 @@ class LMProviderContract:
             assert lm.model.startswith(spec.model_prefix + "/")
         assert self.secret not in repr(profile)
         assert self.secret not in json.dumps(profile.describe(spec))
-        assert self.secret not in json.dumps(lm.dump_state(), default=str)
+        try:
+            state = lm.dump_state()
+        except TypeError as exc:  # an LM that refuses to be saved (a native engine on its own api_base)
+            assert self.secret not in str(exc)
+        else:
+            assert self.secret not in json.dumps(state, default=str)
 
     def test_round_trip_on_loopback(self, monkeypatch: pytest.MonkeyPatch) -> None:
         if not self.openai_wire:
