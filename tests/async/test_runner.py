@@ -4,6 +4,7 @@ through a 429 storm, timeouts that cancel the HTTP request, no leaked tasks or c
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -115,7 +116,7 @@ def test_cancelling_run_many_cancels_everything_in_flight() -> None:
         assert _connections_to(port) == 0
 
 
-def test_the_executor_follows_the_lm(server: LMServer) -> None:
+def test_the_executor_follows_the_lm(server: LMServer, caplog: pytest.LogCaptureFixture) -> None:
     """dspy.LM on DSPy's engines: worker threads (cheaper per call than its async path); the native engine,
     NativeLM, a timeout or a shared semaphore: the event loop."""
     import threading
@@ -146,6 +147,10 @@ def test_the_executor_follows_the_lm(server: LMServer) -> None:
             assert choose_executor(program) == "async"
     with pytest.raises(ValueError, match="executor"):
         choose_executor(program, "processes")
+    with dspy.context(lm=lm_for(server)):  # choosing never reads an instance's forward (DSPy warns when it is)
+        with caplog.at_level(logging.WARNING, logger="dspy.primitives.module"):
+            assert choose_executor(dspy.ChainOfThought(QA)) == "threads"
+    assert not caplog.records
 
     seen: list[str] = []
 

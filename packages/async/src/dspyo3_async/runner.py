@@ -128,7 +128,8 @@ def choose_executor(program: Any, executor: str = "auto", concurrency: int | asy
         return "async" if coroutine else "threads"  # a sync-only module or callable runs on a thread either way
     if timeout is not None:
         return "async"
-    if not callable(getattr(program, "forward", None)):  # an async-only module has no sync call to run
+    # an async-only module has no sync call to run (read on the class: DSPy warns when an instance's forward is read)
+    if not callable(getattr(type(program), "forward", None)):
         return "async"
     import dspy
 
