@@ -147,9 +147,9 @@ def test_the_executor_follows_the_lm(server: LMServer, caplog: pytest.LogCapture
             assert choose_executor(program) == "async"
     with pytest.raises(ValueError, match="executor"):
         choose_executor(program, "processes")
-    with dspy.context(lm=lm_for(server)):  # choosing never reads an instance's forward (DSPy warns when it is)
-        with caplog.at_level(logging.WARNING, logger="dspy.primitives.module"):
-            assert choose_executor(dspy.ChainOfThought(QA)) == "threads"
+    # choosing never reads an instance's forward (DSPy warns when it is)
+    with dspy.context(lm=lm_for(server)), caplog.at_level(logging.WARNING, logger="dspy.primitives.module"):
+        assert choose_executor(dspy.ChainOfThought(QA)) == "threads"
     assert not caplog.records
 
     seen: list[str] = []
