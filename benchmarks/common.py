@@ -121,6 +121,24 @@ def timed_answers(label: str, run: Callable[[list[dict[str, str]]], list[str]],
             "answers_digest": hashlib.sha256("\n".join(answers).encode()).hexdigest()[:16]}
 
 
+def loopback_lm(kind: str, api_base: str) -> Any:
+    """The LM a loopback-LM benchmark measures: ``"native"`` (NativeLM), ``"engine"`` (``dspy.LM`` on the native
+    engines of ``dspyo3_core.native_engine``) or anything else (``dspy.LM`` on DSPy's default engine); cache and
+    retries off."""
+    import dspy
+
+    options: dict[str, Any] = {"api_base": api_base, "api_key": "bench", "cache": False, "num_retries": 0}
+    if kind == "native":
+        from dspyo3_core.native_lm import NativeLM
+
+        return NativeLM("openai/dspyo3-bench", **options)
+    if kind == "engine":
+        from dspyo3_core.native_engine import native_lm
+
+        return native_lm("openai/dspyo3-bench", **options)
+    return dspy.LM("openai/dspyo3-bench", **options)
+
+
 class LMServerProcess:
     """`python -m dspyo3_core.testing --latency S` in a child process."""
 

@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import emit, lm_bench_parser, run_workers, timed_answers
+from common import emit, lm_bench_parser, loopback_lm, run_workers, timed_answers
 
 MODES = ("run_many", "parallel", "gather")
 
@@ -36,16 +36,7 @@ def _program_and_inputs(api_base: str, requests: int, transport: str,
         question: str = dspy.InputField()
         answer: str = dspy.OutputField()
 
-    if transport == "native":
-        from dspyo3_core.native_lm import NativeLM
-
-        lm = NativeLM("openai/dspyo3-bench", api_base=api_base, api_key="bench", cache=False, num_retries=0)
-    elif transport == "engine":
-        from dspyo3_core.native_engine import native_lm
-
-        lm = native_lm("openai/dspyo3-bench", api_base=api_base, api_key="bench", cache=False, num_retries=0)
-    else:
-        lm = dspy.LM("openai/dspyo3-bench", api_base=api_base, api_key="bench", cache=False, num_retries=0)
+    lm = loopback_lm(transport, api_base)
     dspy.configure(lm=lm)
     inputs = [{"question": f"question {i}"} for i in range(requests)]
     if program == "lm":

@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import emit, lm_bench_parser, run_workers, timed_answers
+from common import emit, lm_bench_parser, loopback_lm, run_workers, timed_answers
 
 CONTENDERS = ("litellm", "native", "engine", "httpx")
 
@@ -37,17 +37,7 @@ def _dspy_run(kind: str, api_base: str, items: list[dict[str, str]], concurrency
         question: str = dspy.InputField()
         answer: str = dspy.OutputField()
 
-    if kind == "native":
-        from dspyo3_core.native_lm import NativeLM
-
-        lm: Any = NativeLM("openai/dspyo3-bench", api_base=api_base, api_key="bench", cache=False, num_retries=0)
-    elif kind == "engine":
-        from dspyo3_core.native_engine import native_lm
-
-        lm = native_lm("openai/dspyo3-bench", api_base=api_base, api_key="bench", cache=False, num_retries=0)
-    else:
-        lm = dspy.LM("openai/dspyo3-bench", api_base=api_base, api_key="bench", cache=False, num_retries=0)
-    dspy.configure(lm=lm)
+    dspy.configure(lm=loopback_lm(kind, api_base))
     program = dspy.Predict(QA)
 
     async def run() -> list[str]:

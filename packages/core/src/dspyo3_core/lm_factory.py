@@ -35,13 +35,11 @@ ENGINE_PARAMS = frozenset({
     "temperature", "max_tokens", "max_completion_tokens", "top_p", "stop", "seed", "n", "num_generations",
     "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "response_format", "user",
     "service_tier", "store", "metadata", "reasoning_effort",
-    # connection settings: the native engine's
-    "api_base", "base_url", "api_key", "headers", "extra_headers", "timeout", "connect_timeout", "http2", "ca_cert",
-    "max_event_bytes", "max_response_bytes",
 })
-"""Profile params a ``transport = "native"`` profile may set and still get a ``dspy.LM`` on the native engines;
-with any other (provider-specific options such as ``repetition_penalty`` or ``extra_body``, or ``pricing=``) it
-gets :class:`~dspyo3_core.native_lm.NativeLM`, which sends them as written."""
+"""Profile params a ``transport = "native"`` profile may set, besides the engines' connection settings
+(:data:`dspyo3_core.native_engine.CONNECTION_SETTINGS`), and still get a ``dspy.LM`` on the native engines; with
+any other (provider-specific options such as ``repetition_penalty`` or ``extra_body``, or ``pricing=``) it gets
+:class:`~dspyo3_core.native_lm.NativeLM`, which sends them as written."""
 
 
 class LMProfileLike(Protocol):
@@ -131,7 +129,7 @@ def build_lm(
         raise ConfigError(f"profile {profile.name!r}: transport = {transport!r}; use one of {', '.join(TRANSPORTS)}")
     model = profile.litellm_model(spec)
     if transport == "native":
-        from dspyo3_core.native_engine import native_lm
+        from dspyo3_core.native_engine import CONNECTION_SETTINGS, native_lm
 
         prefix = model.split("/", 1)[0]
         if prefix not in NATIVE_PREFIXES or "api_version" in kwargs:
@@ -149,7 +147,7 @@ def build_lm(
         base = str(kwargs.get("api_base") or "").rstrip("/")
         if prefix.startswith("ollama") and base and not base.endswith("/v1"):
             kwargs["api_base"] = base + "/v1"  # Ollama's OpenAI-compatible route
-        if set(kwargs) <= ENGINE_PARAMS:
+        if set(kwargs) <= ENGINE_PARAMS | CONNECTION_SETTINGS:
             # a HookedLM (a dspy.LM: DSPy's cache, retries, history, streaming) whose engines are the Rust client
             return native_lm(model, lm_class=HookedLM, plugin_manager=manager, **kwargs)  # type: ignore[no-any-return]
         from dspyo3_core.native_lm import NativeLM  # options DSPy's request model cannot carry: sent as written

@@ -53,6 +53,7 @@ from dspyo3_core.native_lm import (
     header_pairs,
     max_tokens_field,
     native_extension,
+    route,
     stream_attempts,
     submit,
     traced,
@@ -60,7 +61,7 @@ from dspyo3_core.native_lm import (
 from dspyo3_core.secrets import register_secret, secret_values
 from dspyo3_core.spans import server_of
 
-__all__ = ["AsyncNativeEngine", "NativeEngine", "native_engines", "native_lm"]
+__all__ = ["CONNECTION_SETTINGS", "AsyncNativeEngine", "NativeEngine", "native_engines", "native_lm"]
 
 logger = logging.getLogger("dspyo3.native_engine")
 
@@ -140,29 +141,22 @@ class _Endpoint:
                  max_event_bytes: int, max_response_bytes: int) -> None:
         if not isinstance(model, str) or not model.strip():
             raise ValueError("native engine: model must be a 'provider/model' string, e.g. 'openai/gpt-4o-mini'")
-        provider, _, bare = model.partition("/")
-        if provider not in PROVIDERS:
-            provider, bare = ("custom", model) if api_base else ("openai", model)
-        default_wire, default_base, key_env = PROVIDERS.get(provider, ("openai", None, None))
-        self.model, self.provider, self.wire_model = model, provider, bare
-        self.wire = wire or default_wire
+        found = route(model, api_base, wire, f"native engine for {model!r}")
+        self.model, self.provider, self.wire_model = model, found.provider, found.wire_model
+        self.wire, self.api_base = found.wire, found.api_base
         if self.wire not in ("openai", "anthropic"):
             raise ValueError(f"native engine: wire={self.wire!r}; use 'openai' or 'anthropic'")
-        self.api_base = api_base or default_base
-        found = server_of(self.api_base) if self.api_base else None
-        self.host = f"{found[0]}:{found[1]}" if found else "?"  # for messages: never credentials or a path
-        self.custom_endpoint = api_base is not None and api_base.rstrip("/") != (default_base or "").rstrip("/")
-        if not self.api_base:
-            raise ValueError(f"native engine for {model!r}: provider {provider!r} has no default endpoint; pass "
-                             "api_base='http://host:port/v1'")
+        server = server_of(self.api_base)
+        self.host = f"{server[0]}:{server[1]}" if server else "?"  # for messages: never credentials or a path
+        self.custom_endpoint = api_base is not None and api_base.rstrip("/") != (found.default_base or "").rstrip("/")
         self.timeout = 600.0 if timeout is None else float(timeout)  # None: the default, as dspy.LM reads it
         self.connect_timeout, self.http2 = float(connect_timeout), bool(http2)
         self.max_event_bytes, self.max_response_bytes = max_event_bytes, max_response_bytes
         self.headers = header_pairs(headers)
         self.ca_cert = os.fspath(ca_cert) if ca_cert is not None else None
-        self._api_key = api_key if api_key is not None else (os.environ.get(key_env) if key_env else None)
+        self._api_key = found.key(api_key)
         register_secret(self._api_key, *secret_values({"headers": self.headers}))
-        self._max_tokens = max_tokens_field(provider, self.wire) or "max_tokens"
+        self._max_tokens = max_tokens_field(self.provider, self.wire) or "max_tokens"
         self.transport = native_extension().LMTransport(
             self.api_base, api_key=self._api_key, wire=self.wire, timeout=self.timeout,
             connect_timeout=self.connect_timeout, max_retries=0, http2=self.http2, headers=self.headers or None,
@@ -213,8 +207,10 @@ class _Endpoint:
         if config.extensions:
             params.update(config.extensions)
         model = request.model
-        if model == self.model or model.partition("/")[0] in PROVIDERS:
-            model = self.wire_model if model == self.model else model.partition("/")[2]
+        if model == self.model:
+            model = self.wire_model
+        elif model.partition("/")[0] in PROVIDERS:
+            model = model.partition("/")[2]
         return model, _wire_messages(request, self.wire), params
 
     def fallback(self, request: Any, reason: Unsupported, asynchronous: bool) -> Any:
@@ -551,8 +547,9 @@ def native_engines(model: str, **kwargs: Any) -> tuple[NativeEngine, AsyncNative
     return engine, AsyncNativeEngine._sharing(engine._endpoint)
 
 
-_CONNECTION = ("api_base", "base_url", "api_key", "wire", "timeout", "connect_timeout", "http2", "headers",
-               "extra_headers", "ca_cert", "max_event_bytes", "max_response_bytes")
+CONNECTION_SETTINGS = frozenset({"api_base", "base_url", "api_key", "wire", "timeout", "connect_timeout", "http2",
+                                 "headers", "extra_headers", "ca_cert", "max_event_bytes", "max_response_bytes"})
+"""The keyword arguments :func:`native_lm` gives the engines rather than the LM."""
 
 
 def native_lm(model: str, *, lm_class: Any = None, **kwargs: Any) -> Any:
@@ -561,7 +558,7 @@ def native_lm(model: str, *, lm_class: Any = None, **kwargs: Any) -> Any:
     to the engines, everything else (``temperature``, ``max_tokens``, ``cache``, ``num_retries``, ...) to the LM."""
     import dspy
 
-    connection = {k: kwargs.pop(k) for k in _CONNECTION if k in kwargs}
+    connection = {k: kwargs.pop(k) for k in CONNECTION_SETTINGS if k in kwargs}
     for alias, name in (("base_url", "api_base"), ("extra_headers", "headers")):
         if alias in connection:
             if name in connection:

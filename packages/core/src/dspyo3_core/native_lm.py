@@ -32,7 +32,7 @@ import re
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import dspy
 from dspy.dsp.utils.settings import settings
@@ -291,6 +291,37 @@ def max_tokens_field(provider: str, wire: str) -> str | None:
     return _MAX_TOKENS_FIELD.get(provider) if wire == "openai" else None
 
 
+class Route(NamedTuple):
+    """Where the native transport sends a model's requests (:func:`route`)."""
+
+    provider: str
+    wire_model: str
+    wire: str
+    api_base: str
+    default_base: str | None
+    key_env: str | None
+
+    def key(self, api_key: str | None) -> str | None:
+        """``api_key``, else the provider's key variable from the environment."""
+        if api_key is not None:
+            return api_key
+        return os.environ.get(self.key_env) if self.key_env else None
+
+
+def route(model: str, api_base: str | None, wire: str | None, who: str) -> Route:
+    """The provider, served model name, wire format and endpoint of ``model`` (``provider/model``; with no known
+    prefix the whole string is the served model's name). ``ValueError`` (naming ``who``) when the provider has no
+    default endpoint and ``api_base`` is not given."""
+    provider, _, bare = model.partition("/")
+    if provider not in PROVIDERS:  # no known route prefix: the whole string is the served model's name
+        provider, bare = ("custom", model) if api_base else ("openai", model)
+    default_wire, default_base, key_env = PROVIDERS.get(provider, ("openai", None, None))
+    base = api_base or default_base
+    if not base:
+        raise ValueError(f"{who}: provider {provider!r} has no default endpoint; pass api_base='http://host:port/v1'")
+    return Route(provider, bare, wire or default_wire, base, default_base, key_env)
+
+
 def byte_limit(name: str, value: Any) -> int:
     """A size limit in bytes: an int > 0."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -402,17 +433,9 @@ class NativeLM(dspy.BaseLM):
         leftover = _PER_LM.intersection(kwargs)
         if leftover:
             raise TypeError(f"NativeLM: {sorted(leftover)} given twice or under two names")
-        provider, _, bare = model.partition("/")
-        if provider not in PROVIDERS:  # no known route prefix: the whole string is the served model's name
-            provider, bare = ("custom", model) if api_base else ("openai", model)
-        default_wire, default_base, key_env = PROVIDERS.get(provider, ("openai", None, None))
-        self.provider = provider
-        self.wire = wire or default_wire
-        self.api_base = api_base or default_base
-        if not self.api_base:
-            raise ValueError(f"NativeLM({model!r}): provider {provider!r} has no default endpoint; pass "
-                             "api_base='http://host:port/v1'")
-        self.wire_model = bare
+        found = route(model, api_base, wire, f"NativeLM({model!r})")
+        self.provider, self.wire, self.api_base, self.wire_model = (found.provider, found.wire, found.api_base,
+                                                                    found.wire_model)
         self.timeout, self.connect_timeout, self.http2 = float(timeout), float(connect_timeout), bool(http2)
         self.headers = header_pairs(headers)
         self.ca_cert = os.fspath(ca_cert) if ca_cert is not None else None
@@ -425,8 +448,8 @@ class NativeLM(dspy.BaseLM):
             raise ValueError("pricing must be {'input_per_mtok': USD, 'output_per_mtok': USD}")
         super().__init__(model, model_type="chat", temperature=temperature, max_tokens=max_tokens, cache=cache,
                          callbacks=callbacks, num_retries=num_retries, **kwargs)
-        self._key_env = key_env
-        self._api_key = api_key if api_key is not None else (os.environ.get(key_env) if key_env else None)
+        self._key_env = found.key_env
+        self._api_key = found.key(api_key)
         register_secret(self._api_key, *secret_values({"headers": self.headers}))
         self._transport = self._build_transport()
         self._dspyo3_pm_token = manager_token(plugin_manager) if plugin_manager is not None else None
