@@ -7,7 +7,7 @@ own (after a warm-up of one request per slot), and reports requests/s and the CP
 thread) per request: that is what decides how many LM calls one core can drive.
 
     python benchmarks/lm_throughput.py [--requests 2000] [--concurrency 128] [--latency-ms 500]
-        [--transport litellm|native|engine] [--program predict|lm] [--json F] [--plot F]
+        [--transport litellm|native|engine] [--program predict|lm] [--adapter chat|native] [--json F] [--plot F]
 
 Last line: ``{"limit_rps", "run_many_rps", "parallel_rps", "gather_rps", "efficiency",
 "cpu_us_per_request": {"run_many", "parallel", "gather"}, ...}`` with efficiency = run_many_rps / limit_rps.
@@ -28,16 +28,18 @@ from common import emit, lm_bench_parser, loopback_lm, run_workers, timed_answer
 MODES = ("run_many", "parallel", "gather")
 
 
-def _program_and_inputs(api_base: str, requests: int, transport: str,
-                        program: str = "predict") -> tuple[Any, list[dict[str, str]]]:
+def _program_and_inputs(api_base: str, requests: int, transport: str, program: str = "predict",
+                        adapter: str = "chat") -> tuple[Any, list[dict[str, str]]]:
     import dspy
+
+    from dspyo3_types.adapters import NativeChatAdapter
 
     class QA(dspy.Signature):
         question: str = dspy.InputField()
         answer: str = dspy.OutputField()
 
     lm = loopback_lm(transport, api_base)
-    dspy.configure(lm=lm)
+    dspy.configure(lm=lm, adapter=NativeChatAdapter() if adapter == "native" else dspy.ChatAdapter())
     inputs = [{"question": f"question {i}"} for i in range(requests)]
     if program == "lm":
 
@@ -55,13 +57,13 @@ def _program_and_inputs(api_base: str, requests: int, transport: str,
 
 
 def worker(mode: str, api_base: str, requests: int, concurrency: int, transport: str,
-           program_kind: str = "predict") -> dict[str, Any]:
+           program_kind: str = "predict", adapter: str = "chat") -> dict[str, Any]:
     """One contender in this (fresh) process; returns its figures."""
     import dspy
 
     from dspyo3_async import RetryPolicy, run_many
 
-    program, inputs = _program_and_inputs(api_base, requests, transport, program_kind)
+    program, inputs = _program_and_inputs(api_base, requests, transport, program_kind, adapter)
     warm = [{"question": f"warm-up {i}"} for i in range(concurrency)]
 
     async def gather(items: list[dict[str, str]]) -> list[Any]:
@@ -94,14 +96,17 @@ def main() -> None:
                              "native engine (dspyo3_core.native_engine)")
     parser.add_argument("--program", choices=["predict", "lm"], default="predict",
                         help="dspy.Predict (adapter included, the default) or bare LM calls (the transport alone)")
+    parser.add_argument("--adapter", choices=["chat", "native"], default="chat",
+                        help="dspy.ChatAdapter (the default) or dspyo3_types.adapters.NativeChatAdapter")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.api_base, args.requests, args.concurrency, args.transport,
-                                args.program)))
+                                args.program, args.adapter)))
         return
 
     limit = args.concurrency / (args.latency_ms / 1000)
-    figures = run_workers(__file__, MODES, args, ["--transport", args.transport, "--program", args.program])
+    figures = run_workers(__file__, MODES, args,
+                          ["--transport", args.transport, "--program", args.program, "--adapter", args.adapter])
     result = {
         "limit_rps": limit,
         "run_many_rps": figures["run_many"]["rps"],
@@ -114,6 +119,7 @@ def main() -> None:
         "latency_ms": args.latency_ms,
         "transport": args.transport,
         "program": args.program,
+        "adapter": args.adapter,
         "same_answers": len({figures[mode]["answers_digest"] for mode in MODES}) == 1,
     }
     emit(result, args.json_path, args.plot_path,

@@ -149,3 +149,19 @@ def test_tracing_benchmark_shape(phoenix: PhoenixProcess) -> None:
         assert detail["not_measured"]["on"], detail
     else:
         assert figures["spans_per_call"]["on"] >= 1 and figures["spans_per_call"]["off"] == 0, figures
+
+
+def test_adapter_benchmark_shape(tmp_path: Path) -> None:
+    out = tmp_path / "adapter.json"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "adapter.py"), "--calls", "5", "--rounds", "1",
+                             "--json", str(out), "--plot", str(tmp_path / "adapter.png")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures == json.loads(out.read_text())
+    shapes = {"demos0", "demos2", "demos16", "context50k"}
+    assert set(figures["cpu_us_per_call"]) == set(figures["dspy_lm"]) == set(figures["json_adapter"]) == shapes
+    for side in figures["cpu_us_per_call"].values():
+        assert set(side) == {"dspy", "native"} and side["dspy"] > 0 and side["native"] > 0
+    assert figures["same_outputs"] is True  # both adapters sent the same messages and predicted the same
+    assert (tmp_path / "adapter.png").stat().st_size > 0

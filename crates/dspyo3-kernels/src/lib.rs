@@ -9,12 +9,14 @@
 //! * [`fusion`]: reciprocal-rank and normalised weighted-score fusion.
 //! * [`lru`]: an LRU cache with TTL and byte accounting.
 //! * [`ratelimit`]: a GCRA rate limiter with checked fixed-point time.
+//! * [`adapter`]: the text rules of DSPy's chat and JSON adapters (escaping, list blobs, completion sections).
 //! * [`unescape`]: HTML character references decoded as Python's `html.unescape` does, in one linear pass.
 //! * `transport` (feature `transport`): an LM HTTP client (OpenAI chat completions and Anthropic messages; HTTP/1.1, HTTP/2, TLS, SSE streaming, retries) on tokio + hyper.
 //! * `otlp` (feature `otlp`): OTLP/HTTP protobuf span export from a background thread.
 
 #![deny(missing_docs)]
 
+pub mod adapter;
 pub mod atomic;
 pub mod bm25;
 pub mod bm25_mmap;
@@ -36,7 +38,7 @@ pub use error::{KernelError, Result};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Names of the kernels compiled into this build, in the order they were added.
-pub const KERNELS: &[&str] = &["tokenizer", "bm25", "fusion", "lru", "rate_limiter", "unescape"];
+pub const KERNELS: &[&str] = &["tokenizer", "bm25", "fusion", "lru", "rate_limiter", "unescape", "adapter"];
 
 /// Returns a one-line description of this build: crate version and compiled kernels.
 ///

@@ -4,6 +4,7 @@
 //! long work (`py.detach`) and maps errors to Python exceptions. Classes are `frozen` with their locks inside,
 //! so one object can be shared by many Python threads.
 
+mod adapter;
 mod bm25;
 mod convert;
 mod events;
@@ -45,5 +46,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     events::register(m)?;
     spansink::register(m)?;
     unescape::register(m)?;
+    adapter::register(m)?;
     Ok(())
 }

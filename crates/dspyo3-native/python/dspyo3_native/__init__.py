@@ -11,6 +11,8 @@
   and asyncio; failures raise :class:`LMTransportError`. ``dspyo3_core.native_lm.NativeLM`` puts DSPy on it.
 * :class:`EventSink` — JSON-lines event writer on its own thread (secret values masked), for structured logs.
 * :class:`SpanSink` — OTLP/HTTP (protobuf) span exporter on its own thread: batches, retries, secret masking.
+* :class:`ChatFormatter`, :func:`chat_sections` — the per-call text of DSPy's Chat and JSON adapters (messages,
+  demos, completion sections), byte-identical to DSPy's; ``dspyo3_types.adapters`` puts DSPy on them.
 * :class:`HTMLUnescaper` — ``html.unescape`` (numeric and named character references) in one linear native pass.
 """
 
@@ -18,6 +20,7 @@ from dspyo3_native._native import (
     BM25,
     ENGLISH_STOPWORDS,
     STEMMER_LANGUAGES,
+    ChatFormatter,
     CompletionQueue,
     EventSink,
     HTMLUnescaper,
@@ -32,6 +35,7 @@ from dspyo3_native._native import (
     Tokenizer,
     __version__,
     build_info,
+    chat_sections,
     kernels,
     rrf,
     rrf_many,
@@ -41,6 +45,7 @@ from dspyo3_native.ratelimit import acquire_async
 
 __all__ = [
     "BM25",
+    "ChatFormatter",
     "CompletionQueue",
     "ENGLISH_STOPWORDS",
     "EventSink",
@@ -58,6 +63,7 @@ __all__ = [
     "__version__",
     "acquire_async",
     "build_info",
+    "chat_sections",
     "kernels",
     "rrf",
     "rrf_many",

@@ -1,4 +1,4 @@
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from os import PathLike
 from typing import Any, Self, final, overload
 
@@ -24,6 +24,8 @@ __all__ = [
     "EventSink",
     "HTMLUnescaper",
     "SpanSink",
+    "ChatFormatter",
+    "chat_sections",
 ]
 
 __version__: str
@@ -377,6 +379,37 @@ class HTMLUnescaper:
     def unescape(self, text: str) -> str:
         """``text`` with numeric and named references decoded (the same object when nothing changes)."""
     def __len__(self) -> int: ...
+
+@final
+class ChatFormatter:
+    """The per-call text of one signature under DSPy's ``ChatAdapter`` (or ``JSONAdapter`` with ``json_outputs``),
+    byte-identical to DSPy's: built from ``(name, annotation is str, FieldInfo)`` triples of the input and output
+    fields; ``fallback(field_info, value)`` (DSPy's ``format_field_value``) writes values that are not plain JSON
+    data, ``json_fallback(outputs)`` the JSON assistant text of such values."""
+
+    def __new__(
+        cls,
+        inputs: Sequence[tuple[str, bool, Any]],
+        outputs: Sequence[tuple[str, bool, Any]],
+        fallback: Callable[[Any, Any], str],
+        *,
+        requirements: str | None = None,
+        json_outputs: bool = False,
+        json_fallback: Callable[[dict[str, Any]], str] | None = None,
+        marker: str | None = None,
+    ) -> Self: ...
+    def user(self, values: Any, prefix: str = "", suffix: str = "", main_request: bool = False) -> str:
+        """The user message of ``values`` (a dict or ``dspy.Example``): input fields present, in order."""
+    def assistant(self, values: Any, missing: Any = None) -> str:
+        """The assistant message of ``values``: every output field, ``missing`` for absent ones."""
+    def demos(self, demos: Iterable[Any]) -> list[dict[str, Any]]:
+        """The demo messages: incomplete demos first, then complete ones (as ``Adapter.format_demos``)."""
+    def messages(self, system: str, demos: Iterable[Any], inputs: Any) -> tuple[list[dict[str, Any]], bool]:
+        """System, demos and main request; the flag says some content holds ``marker``."""
+
+def chat_sections(completion: str, names: Sequence[str]) -> list[tuple[str, str]] | None:
+    """The first ``[[ ## name ## ]]`` section of each of ``names`` in a completion, in order of appearance, as
+    ``ChatAdapter.parse`` splits it; None when DSPy's own rules are needed."""
 
 # a span attribute value: a scalar, or a list of scalars
 _AttrScalar = str | bool | int | float

@@ -26,6 +26,7 @@ import pydantic_core
 from dspy.utils.exceptions import AdapterParseError
 
 from dspyo3_native import HTMLUnescaper
+from dspyo3_types.adapters import NativeChatAdapter, NativeJSONAdapter
 
 __all__ = ["OutputParseError", "StrictChatAdapter", "StrictJSONAdapter", "parse_output", "parse_partial"]
 
@@ -407,9 +408,10 @@ def parse_partial(text: str, signature: type[dspy.Signature]) -> dict[str, Any]:
     return out
 
 
-class StrictChatAdapter(dspy.ChatAdapter):
+class StrictChatAdapter(NativeChatAdapter):
     """``dspy.ChatAdapter`` whose answers are parsed by :func:`parse_output`: errors name the field, the expected
-    type and the value, and the raw answer is kept. Formatting (prompts) is DSPy's own; when parsing fails, the
+    type and the value, and the raw answer is kept. Prompts are DSPy's own, written by
+    :class:`~dspyo3_types.adapters.NativeChatAdapter` (byte-identical, in Rust); when parsing fails, the
     JSON fallback DSPy makes is :class:`StrictJSONAdapter`, so the strictness holds there too.
 
     DSPy's ``StreamListener`` accepts only its own adapter classes by name, so ``dspy.streamify`` with a stream
@@ -424,8 +426,9 @@ class StrictChatAdapter(dspy.ChatAdapter):
                                  parallel_tool_calls=self.parallel_tool_calls)
 
 
-class StrictJSONAdapter(dspy.JSONAdapter):
-    """``dspy.JSONAdapter`` with :func:`parse_output`'s JSON parsing."""
+class StrictJSONAdapter(NativeJSONAdapter):
+    """``dspy.JSONAdapter`` with :func:`parse_output`'s JSON parsing (prompts written by
+    :class:`~dspyo3_types.adapters.NativeJSONAdapter`)."""
 
     def parse(self, signature: type[dspy.Signature], completion: str) -> dict[str, Any]:
         return parse_output(completion, signature, "json")

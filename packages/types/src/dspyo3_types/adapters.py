@@ -1,0 +1,270 @@
+"""DSPy's Chat and JSON adapters with their per-call work in Rust: the same messages, byte for byte, for less CPU.
+
+:class:`NativeChatAdapter` and :class:`NativeJSONAdapter` are drop-in ``dspy.ChatAdapter`` / ``dspy.JSONAdapter``
+subclasses::
+
+    dspy.configure(lm=lm, adapter=NativeChatAdapter())
+
+What DSPy recomputes on every call and depends only on the signature (the system message, the output-format
+reminder, the fields' types) is computed once per signature, by DSPy's own code, and kept. What depends on the
+call (each input value, the demos, the main request, the split of the completion into ``[[ ## field ## ]]``
+sections) is written by ``dspyo3_native.ChatFormatter`` and ``dspyo3_native.chat_sections`` in Rust.
+
+Where the Rust side does not follow DSPy's rules itself it hands the work back to DSPy, and counts it in
+:data:`FALLBACKS` (logged once per reason at INFO): a value that is not plain JSON data (a pydantic model, an enum,
+a ``dspy.Image``) is formatted by DSPy's ``format_field_value``; a completion with an unusual line break (U+2028
+and the like) or a non-ASCII header line is parsed by ``ChatAdapter.parse``; a subclass that overrides how fields
+are written (``format_field_with_value``, ``format_user_message_content``, ...) gets DSPy's formatting. Typed
+output fields (anything but ``str``) are parsed by DSPy's ``parse_value`` after the native split; JSON completions
+are parsed by ``JSONAdapter.parse``, whose first step is CPython's C JSON decoder. Tool calls, native response
+types (citations, reasoning) and conversation history go through DSPy's planning and structure, with the message
+text written natively.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import dspy
+from dspy.adapters import utils as dspy_utils
+from dspy.adapters.types import History
+from dspy.adapters.types.base_type import CUSTOM_TYPE_START_IDENTIFIER
+from dspy.adapters.types.tool import ToolCalls
+from dspy.utils.exceptions import AdapterParseError
+
+from dspyo3_native import ChatFormatter, chat_sections
+
+__all__ = ["FALLBACKS", "NativeChatAdapter", "NativeJSONAdapter"]
+
+logger = logging.getLogger(__name__)
+
+FALLBACKS: Counter[str] = Counter()
+"""How often the native adapters handed work back to DSPy, by reason: ``"value"`` (a value that is not plain JSON
+data), ``"parse"`` (a completion DSPy splits by its own rules), ``"override"`` (a subclass formats fields itself)."""
+_LOGGED: set[str] = set()
+_REASONS = {
+    "value": "a value that is not plain JSON data (pydantic model, enum, dspy.Type) is formatted by DSPy",
+    "parse": "a completion with an unusual line break or a non-ASCII header line is parsed by DSPy",
+    "override": "an adapter subclass that overrides field formatting is formatted by DSPy",
+}
+_MAX_PLANS = 512
+# the methods whose per-call work ChatFormatter replaces: a subclass overriding one of them gets DSPy's path
+_FIELD_WRITERS = ("format_field_with_value",)
+
+
+def _fell_back(reason: str) -> None:
+    FALLBACKS[reason] += 1
+    if reason not in _LOGGED:
+        _LOGGED.add(reason)
+        logger.info("native adapter: %s (counted in dspyo3_types.adapters.FALLBACKS)", _REASONS[reason])
+
+
+def _format_value(field_info: Any, value: Any) -> str:
+    """DSPy's own formatting of one value the native side does not write itself."""
+    _fell_back("value")
+    text = dspy_utils.format_field_value(field_info, value)
+    return text if isinstance(text, str) else str(text)
+
+
+def _json_outputs(values: dict[str, Any]) -> str:
+    """DSPy's ``JSONAdapter`` assistant text for outputs that are not plain JSON data."""
+    _fell_back("value")
+    return json.dumps(dspy_utils.serialize_for_json(values), indent=2, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one adapter class makes of one signature, once."""
+
+    formatter: Any  # dspyo3_native.ChatFormatter
+    system: str
+    outputs: dict[str, Any]
+    output_names: list[str]
+    typed: frozenset[str]  # output fields whose annotation is not str
+    history: str | None  # the History input field, if any
+    without_history: Any  # the signature without it
+    output_types: frozenset[Any]  # the output annotations that are classes (to look up native response types)
+    tool_calls: bool  # an output field receives ToolCalls
+
+
+def _triples(fields: dict[str, Any]) -> list[tuple[str, bool, Any]]:
+    return [(name, info.annotation is str, info) for name, info in fields.items()]
+
+
+class _NativeFormatting:
+    """The formatting half shared by both adapters (mixed in before DSPy's class)."""
+
+    _json_outputs_mode = False
+    _native_ok: bool  # set per class on first use
+    _plans: dict[Any, _Plan]
+    _plans_lock = threading.Lock()
+
+    def _native_plan(self, signature: Any) -> _Plan:
+        # per adapter class, by signature class (DSPy makes a new class for every change of a signature)
+        plans = type(self).__dict__.get("_plans")
+        if plans is None:
+            plans = {}
+            type(self)._plans = plans
+        plan = plans.get(signature)
+        if plan is None:
+            plan = self._make_plan(signature)
+            with self._plans_lock:
+                if len(plans) >= _MAX_PLANS:
+                    plans.clear()
+                plans[signature] = plan
+        return plan
+
+    def _make_plan(self, signature: Any) -> _Plan:
+        base: Any = super()
+        history = next((name for name, info in signature.input_fields.items() if info.annotation == History), None)
+        outputs = dict(signature.output_fields)
+        formatter = ChatFormatter(
+            _triples(signature.input_fields), _triples(outputs), _format_value,
+            requirements=base.user_message_output_requirements(signature), json_outputs=self._json_outputs_mode,
+            json_fallback=_json_outputs, marker=CUSTOM_TYPE_START_IDENTIFIER)
+        return _Plan(formatter=formatter, system=base.format_system_message(signature), outputs=outputs,
+                     output_names=list(outputs),
+                     typed=frozenset(n for n, i in outputs.items() if i.annotation is not str),
+                     history=history, without_history=signature.delete(history) if history else None,
+                     output_types=frozenset(i.annotation for i in outputs.values() if isinstance(i.annotation, type)),
+                     tool_calls=any(i.annotation == ToolCalls for i in outputs.values()))
+
+    def _plain(self, plan: _Plan) -> bool:
+        """Whether a call needs none of DSPy's planning: no native function calling, no ToolCalls output, no native
+        response type (citations, reasoning) among the outputs."""
+        adapter: Any = self
+        return not adapter.use_native_function_calling and not plan.tool_calls and not any(
+            t in plan.output_types for t in adapter.native_response_types)
+
+    # -- the steps around the LM call: DSPy's, without recomputing the signature's fields on every call ----------
+    def _call_preprocess(self, lm: Any, lm_kwargs: dict[str, Any], signature: Any, inputs: dict[str, Any]) -> Any:
+        if self._plain(self._native_plan(signature)):
+            for key in ("tools", "tool_choice", "parallel_tool_calls"):
+                lm_kwargs.pop(key, None)
+            return signature
+        return super()._call_preprocess(lm, lm_kwargs, signature, inputs)  # type: ignore[misc]
+
+    def _call_postprocess(self, processed_signature: Any, original_signature: Any, outputs: list[Any], lm: Any,
+                          lm_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+        plan = self._native_plan(original_signature)
+        if processed_signature is not original_signature or not self._plain(plan) or not all(
+                type(output) is str for output in outputs):
+            return list(super()._call_postprocess(  # type: ignore[misc]
+                processed_signature, original_signature, outputs, lm, lm_kwargs))
+        adapter: Any = self
+        values = []
+        for text in outputs:
+            if not text:
+                raise AdapterParseError(adapter_name=type(self).__name__, signature=original_signature,
+                                        lm_response=str(text), message="The LM returned an empty or null response.")
+            value = dspy_utils.apply_output_field_defaults(original_signature, adapter.parse(original_signature, text))
+            for name in plan.output_names:
+                value.setdefault(name, None)
+            values.append(value)
+        return values
+
+    def _native(self) -> bool:
+        """Whether this class writes fields as DSPy's adapters do (no override of the field writers)."""
+        cls = type(self)
+        ok = cls.__dict__.get("_native_ok")
+        if ok is None:
+            ok = all(getattr(cls, name) is getattr(_dspy_base(cls), name) for name in _FIELD_WRITERS)
+            cls._native_ok = ok
+        return bool(ok)
+
+    # -- DSPy's adapter methods ---------------------------------------------------------------------------------
+    def format(self, signature: Any, demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
+        base: Any = super()
+        if not self._native():
+            _fell_back("override")
+            return list(base.format(signature, demos, inputs))
+        plan = self._native_plan(signature)
+        if plan.history is None:
+            messages, marked = plan.formatter.messages(plan.system, demos, inputs)
+        else:  # DSPy's structure for a call with conversation history, each text written natively
+            inputs_copy = dict(inputs)
+            bare = plan.without_history
+            adapter: Any = self
+            history = adapter.format_conversation_history(bare, plan.history, inputs_copy)
+            messages = [{"role": "system", "content": plan.system}, *plan.formatter.demos(demos), *history]
+            content = self.format_user_message_content(bare, inputs_copy, main_request=True)
+            if content:
+                messages.append({"role": "user", "content": content})
+            marked = True
+        if marked:
+            from dspy.adapters._legacy_type_markers import _expand_legacy_custom_type_markers_in_chat_message
+
+            messages = [_expand_legacy_custom_type_markers_in_chat_message(m) for m in messages]
+        return list(messages)
+
+    def format_system_message(self, signature: Any) -> str:
+        return self._native_plan(signature).system
+
+    def format_demos(self, signature: Any, demos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not self._native():
+            return list(super().format_demos(signature, demos))  # type: ignore[misc]
+        return list(self._native_plan(signature).formatter.demos(demos))
+
+    def format_user_message_content(self, signature: Any, inputs: dict[str, Any], prefix: str = "",
+                                    suffix: str = "", main_request: bool = False) -> str:
+        if not self._native():
+            return str(super().format_user_message_content(  # type: ignore[misc]
+                signature, inputs, prefix=prefix, suffix=suffix, main_request=main_request))
+        return str(self._native_plan(signature).formatter.user(inputs, prefix, suffix, main_request))
+
+    def format_assistant_message_content(self, signature: Any, outputs: dict[str, Any],
+                                         missing_field_message: Any = None) -> str:
+        if not self._native():
+            return str(super().format_assistant_message_content(  # type: ignore[misc]
+                signature, outputs, missing_field_message=missing_field_message))
+        return str(self._native_plan(signature).formatter.assistant(outputs, missing_field_message))
+
+
+def _dspy_base(cls: type) -> Any:
+    return dspy.JSONAdapter if issubclass(cls, dspy.JSONAdapter) else dspy.ChatAdapter
+
+
+class NativeChatAdapter(_NativeFormatting, dspy.ChatAdapter):
+    """``dspy.ChatAdapter`` with its per-call formatting and section parsing in Rust: the same messages and the
+    same parsed values (see the module docstring for what is handed back to DSPy). When a completion cannot be
+    parsed, DSPy's JSON fallback is a :class:`NativeJSONAdapter`."""
+
+    def parse(self, signature: Any, completion: str) -> dict[str, Any]:
+        plan = self._native_plan(signature)
+        found = chat_sections(completion, plan.output_names)
+        if found is None:
+            _fell_back("parse")
+            return dict(super().parse(signature, completion))
+        fields: dict[str, Any] = {}
+        for name, text in found:
+            if name in plan.typed:
+                try:
+                    fields[name] = dspy_utils.parse_value(text, plan.outputs[name].annotation)
+                except ValueError as e:
+                    raise AdapterParseError(
+                        adapter_name="ChatAdapter", signature=signature, lm_response=completion,
+                        message=f"Failed to parse field {name} with value {text} from the LM response. "
+                                f"Error message: {e}") from e
+            else:
+                fields[name] = text
+        fields = dspy_utils.apply_output_field_defaults(signature, fields)
+        if fields.keys() != plan.outputs.keys():
+            raise AdapterParseError(adapter_name="ChatAdapter", signature=signature, lm_response=completion,
+                                    parsed_result=fields)
+        return fields
+
+    def _make_json_adapter_fallback(self) -> NativeJSONAdapter:
+        return NativeJSONAdapter(use_native_function_calling=self.use_native_function_calling,
+                                 parallel_tool_calls=self.parallel_tool_calls)
+
+
+class NativeJSONAdapter(_NativeFormatting, dspy.JSONAdapter):
+    """``dspy.JSONAdapter`` with its per-call formatting in Rust: the same messages (assistant demos as DSPy's
+    indented JSON); completions are parsed by ``JSONAdapter.parse``."""
+
+    _json_outputs_mode = True
