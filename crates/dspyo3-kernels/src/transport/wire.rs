@@ -285,9 +285,8 @@ fn anthropic_body(model: &str, messages: &[Value], params: &Map<String, Value>, 
             }
         }
     }
-    if stream {
-        body.insert("stream".into(), Value::Bool(true));
-    }
+    // always said, as DSPy's lm15 engine says it, so both send the same body
+    body.insert("stream".into(), Value::Bool(stream));
     Ok(Value::Object(body))
 }
 
