@@ -46,7 +46,9 @@ class Node(pydantic.BaseModel):
 # newlines of every kind, header-like lines, non-ASCII
 TRICKY = st.sampled_from(["\"", "\\", "\n", "\r\n", "\r", "\t", "\x00", "\x1f", "«", "»", "é", "\u2028", "\x85",
                           "[[ ## ", " ## ]]", "[[ ## answer ## ]]", "\u3000", " ", "{", "}", "None", "0.5"])
-TEXT = st.lists(st.text(max_size=6) | TRICKY, max_size=6).map("".join)
+PLAIN = st.lists(st.text(max_size=6) | TRICKY, max_size=6).map("".join)  # signature text: DSPy needs UTF-8 there
+# values may also hold lone surrogates
+TEXT = st.lists(st.text(max_size=6) | TRICKY | st.just("\ud83d"), max_size=6).map("".join)
 JSON_VALUE = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(10**20), max_value=10**20) | TEXT
     | st.floats(allow_nan=True, allow_infinity=True),
@@ -86,9 +88,9 @@ def signatures(draw: Any) -> tuple[type[dspy.Signature], dict[str, Any], bool]:
         annotation, strategy = draw(st.sampled_from(TYPES))
         kwargs: dict[str, Any] = {}
         if draw(st.booleans()):
-            kwargs["desc"] = draw(TEXT)
+            kwargs["desc"] = draw(PLAIN)
         if draw(st.integers(0, 3)) == 0:
-            kwargs["prefix"] = draw(TEXT)
+            kwargs["prefix"] = draw(PLAIN)
         factory = dspy.InputField if i < n_inputs else dspy.OutputField
         fields[name] = (annotation, factory(**kwargs))
         # sometimes a value of another type than the annotation says: DSPy formats whatever it is given
@@ -96,7 +98,7 @@ def signatures(draw: Any) -> tuple[type[dspy.Signature], dict[str, Any], bool]:
     history = draw(st.integers(0, 3)) == 0
     if history:
         fields = {"history": (dspy.History, dspy.InputField()), **fields}
-    instructions = draw(st.none() | TEXT)
+    instructions = draw(st.none() | PLAIN)
     return dspy.Signature(fields, instructions or None), values, history
 
 
@@ -146,7 +148,10 @@ def completions(draw: Any) -> tuple[type[dspy.Signature], str]:
     """A signature and a completion: DSPy's own rendering of drawn outputs, cut, shuffled and noised."""
     signature, values, _ = draw(signatures())
     outputs = {name: draw(values[name]) for name in signature.output_fields if draw(st.integers(0, 6)) > 0}
-    lines = dspy.ChatAdapter().format_assistant_message_content(signature, outputs).split("\n")
+    try:
+        lines = dspy.ChatAdapter().format_assistant_message_content(signature, outputs).split("\n")
+    except TypeError:  # DSPy cannot render these values (a None in a list given to a str field)
+        lines = []
     noise = st.sampled_from(["", "  ", "[[ ## completed ## ]]", "[[ ## unknown ## ]] x", "\u2028", "Sure:", "é"])
     for _ in range(draw(st.integers(0, 3))):
         lines.insert(draw(st.integers(0, len(lines))), draw(noise | TEXT))
@@ -264,3 +269,127 @@ def test_a_chat_answer_that_does_not_parse_is_retried_through_the_native_json_ad
     finally:
         NativeJSONAdapter.format = real  # type: ignore[method-assign]
     assert calls == ["NativeJSONAdapter"]
+
+
+@pytest.mark.parametrize(("name", "body"), [
+    ("format_system_message", lambda self, sig: "SYSTEM"),
+    ("format_task_description", lambda self, sig: f"[{self.tag}] task"),
+    ("user_message_output_requirements", lambda self, sig: "REMINDER"),
+    ("format_user_message_content", lambda self, sig, inputs, prefix="", suffix="", main_request=False: "USER"),
+    ("format_assistant_message_content", lambda self, sig, outputs, missing_field_message=None: "ASSISTANT"),
+    ("format_demos", lambda self, sig, demos: [{"role": "user", "content": "one demo"}]),
+])
+@pytest.mark.parametrize("pair", [(dspy.ChatAdapter, NativeChatAdapter), (dspy.JSONAdapter, NativeJSONAdapter)],
+                         ids=["chat", "json"])
+def test_a_subclass_overriding_any_text_method_gets_what_dspy_gives_it(name: str, body: Any, pair: Any) -> None:
+    signature = dspy.Signature("question -> answer")
+    demos = [{"question": "q", "answer": "a"}]
+    got = []
+    for base in pair:
+        subclass = type("Custom", (base,), {name: body})
+        for tag in ("alpha", "beta"):  # the text may read the instance: nothing is kept across instances
+            adapter = subclass()
+            adapter.tag = tag
+            got.append(adapter.format(signature, demos, {"question": "why"}))
+    assert got[:2] == got[2:]
+    if name == "format_task_description":
+        assert got[3][0]["content"].endswith("[beta] task")
+
+
+def test_instructions_set_in_place_are_seen() -> None:
+    class Rules(dspy.Signature):
+        """Old."""
+
+        question: str = dspy.InputField()
+        answer: str = dspy.OutputField()
+
+    adapter = NativeChatAdapter()
+    assert adapter.format(Rules, [], {"question": "q"})[0]["content"].endswith("Old.")
+    Rules.instructions = "New rules."  # what dspy.teleprompt.InferRules does to a predictor's signature
+    assert adapter.format(Rules, [], {"question": "q"}) == dspy.ChatAdapter().format(Rules, [], {"question": "q"})
+    assert adapter.format(Rules, [], {"question": "q"})[0]["content"].endswith("New rules.")
+
+
+def test_texts_with_lone_surrogates_are_formatted_by_dspy() -> None:
+    text = "caf\u00e9 \ud83d"
+    signature = dspy.Signature("question: str, items: list[str] -> answer")
+    inputs = {"question": text, "items": [text, "x"]}
+    demos = [{"question": text, "items": ["y"], "answer": {"k": text}}]
+    before = FALLBACKS["text"]
+    for stock, native in ((dspy.ChatAdapter(), NativeChatAdapter()), (dspy.JSONAdapter(), NativeJSONAdapter())):
+        assert native.format(signature, demos, inputs) == stock.format(signature, demos, inputs)
+        assert native.format_user_message_content(signature, inputs) == \
+            stock.format_user_message_content(signature, inputs)
+    assert FALLBACKS["text"] > before
+    completion = f"[[ ## answer ## ]]\n{text}"
+    assert NativeChatAdapter().parse(signature, completion) == dspy.ChatAdapter().parse(signature, completion)
+
+
+def test_a_completion_that_is_not_text_fails_as_in_dspy() -> None:
+    signature = dspy.Signature("question -> answer")
+    assert outcome(NativeChatAdapter().parse, signature, None) == outcome(dspy.ChatAdapter().parse, signature, None)
+
+
+@pytest.mark.parametrize("pair", [(dspy.ChatAdapter, NativeChatAdapter), (dspy.JSONAdapter, NativeJSONAdapter)],
+                         ids=["chat", "json"])
+def test_callbacks_see_the_same_calls_as_under_dspy(pair: Any) -> None:
+    from dspy.utils.callback import BaseCallback
+
+    counts = []
+    for adapter_class in pair:
+        class Count(BaseCallback):
+            def __init__(self) -> None:
+                self.seen: list[str] = []
+
+            def on_adapter_format_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+                self.seen.append("format")
+
+            def on_adapter_parse_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+                self.seen.append("parse")
+
+        counter = Count()
+        lm = DummyLM([{"answer": "x"}, {"answer": "line\u2028two"}], adapter=pair[0]())
+        with dspy.context(lm=lm, adapter=adapter_class(), callbacks=[counter]):
+            program = dspy.Predict("question -> answer")
+            program(question="q")
+            program(question="q2")  # a completion the chat side hands to DSPy's parse
+        counts.append(sorted(counter.seen))
+    assert counts[0] == counts[1]
+
+
+def test_signatures_made_per_call_are_not_kept_alive() -> None:
+    import gc
+    import weakref
+
+    adapter = NativeChatAdapter()
+    signature = dspy.Signature("question, steps -> answer")
+    adapter.format_user_message_content(signature, {"question": "q", "steps": "s"})
+    ref = weakref.ref(signature)
+    del signature
+    gc.collect()
+    assert ref() is None
+
+
+def test_streaming_works_with_the_listener_that_knows_the_native_adapters() -> None:
+    import asyncio
+
+    from dspyo3_core.testing.server import LMServer, chat_reply
+    from dspyo3_types.adapters import StreamListener
+
+    chunks: dict[str, list[str]] = {}
+    with LMServer() as server:
+        for adapter, listener in ((dspy.ChatAdapter(), dspy.streaming.StreamListener),
+                                  (NativeChatAdapter(), StreamListener)):
+            server.script(chat_reply(answer="Paris is the capital of France."))
+            lm = dspy.LM("openai/m", api_base=server.api_base, api_key="k", cache=False, num_retries=0)
+            program = dspy.streamify(dspy.Predict("question -> answer"), stream_listeners=[listener("answer")])
+
+            async def collect(lm: Any = lm, adapter: Any = adapter, program: Any = program) -> list[str]:
+                with dspy.context(lm=lm, adapter=adapter):
+                    return [item.chunk async for item in program(question="Capital of France?")
+                            if isinstance(item, dspy.streaming.StreamResponse)]
+
+            chunks[type(adapter).__name__] = asyncio.run(collect())
+            assert server.requests[-1]["stream"] is True
+    assert chunks["NativeChatAdapter"] == chunks["ChatAdapter"]
+    assert "".join(chunks["ChatAdapter"]).strip() == "Paris is the capital of France."

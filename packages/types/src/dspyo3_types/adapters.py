@@ -14,7 +14,7 @@ Where the Rust side does not follow DSPy's rules itself it hands the work back t
 :data:`FALLBACKS` (logged once per reason at INFO): a value that is not plain JSON data (a pydantic model, an enum,
 a ``dspy.Image``) is formatted by DSPy's ``format_field_value``; a completion with an unusual line break (U+2028
 and the like) or a non-ASCII header line is parsed by ``ChatAdapter.parse``; a subclass that overrides how fields
-are written (``format_field_with_value``, ``format_user_message_content``, ...) gets DSPy's formatting. Typed
+are written (``format_system_message``, ``format_user_message_content``, ...) gets DSPy's formatting. Typed
 output fields (anything but ``str``) are parsed by DSPy's ``parse_value`` after the native split; JSON completions
 are parsed by ``JSONAdapter.parse``, whose first step is CPython's C JSON decoder. Tool calls, native response
 types (citations, reasoning) and conversation history go through DSPy's planning and structure, with the message
@@ -23,11 +23,12 @@ text written natively.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
+import weakref
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import dspy
@@ -35,26 +36,30 @@ from dspy.adapters import utils as dspy_utils
 from dspy.adapters.types import History
 from dspy.adapters.types.base_type import CUSTOM_TYPE_START_IDENTIFIER
 from dspy.adapters.types.tool import ToolCalls
+from dspy.utils.callback import with_callbacks
 from dspy.utils.exceptions import AdapterParseError
 
 from dspyo3_native import ChatFormatter, chat_sections
 
-__all__ = ["FALLBACKS", "NativeChatAdapter", "NativeJSONAdapter"]
+__all__ = ["FALLBACKS", "NativeChatAdapter", "NativeJSONAdapter", "StreamListener"]
 
 logger = logging.getLogger(__name__)
 
 FALLBACKS: Counter[str] = Counter()
 """How often the native adapters handed work back to DSPy, by reason: ``"value"`` (a value that is not plain JSON
-data), ``"parse"`` (a completion DSPy splits by its own rules), ``"override"`` (a subclass formats fields itself)."""
+data), ``"text"`` (a text with lone surrogates), ``"parse"`` (a completion DSPy splits by its own rules),
+``"override"`` (a subclass that changes how text is written)."""
 _LOGGED: set[str] = set()
 _REASONS = {
     "value": "a value that is not plain JSON data (pydantic model, enum, dspy.Type) is formatted by DSPy",
+    "text": "a text with lone surrogates (no UTF-8 form) is formatted by DSPy",
     "parse": "a completion with an unusual line break or a non-ASCII header line is parsed by DSPy",
     "override": "an adapter subclass that overrides field formatting is formatted by DSPy",
 }
-_MAX_PLANS = 512
-# the methods whose per-call work ChatFormatter replaces: a subclass overriding one of them gets DSPy's path
-_FIELD_WRITERS = ("format_field_with_value",)
+# what a subclass may override to change the text: overriding any of them gives that class DSPy's formatting
+_TEXT_METHODS = ("format_system_message", "format_field_description", "format_field_structure",
+                 "format_task_description", "user_message_output_requirements", "format_user_message_content",
+                 "format_assistant_message_content", "format_demos", "format_field_with_value")
 
 
 def _fell_back(reason: str) -> None:
@@ -77,19 +82,38 @@ def _json_outputs(values: dict[str, Any]) -> str:
     return json.dumps(dspy_utils.serialize_for_json(values), indent=2, ensure_ascii=False)
 
 
-@dataclass(frozen=True)
 class _Plan:
-    """What one adapter class makes of one signature, once."""
+    """What one adapter class makes of one signature class, once. It holds no reference to the signature (plans
+    live in a ``WeakKeyDictionary`` keyed by it), only to its fields; the system message is rendered on first use,
+    so a signature that only ever formats a user message (ReAct's trajectory) never pays for it."""
 
-    formatter: Any  # dspyo3_native.ChatFormatter
-    system: str
-    outputs: dict[str, Any]
-    output_names: list[str]
-    typed: frozenset[str]  # output fields whose annotation is not str
-    history: str | None  # the History input field, if any
-    without_history: Any  # the signature without it
-    output_types: frozenset[Any]  # the output annotations that are classes (to look up native response types)
-    tool_calls: bool  # an output field receives ToolCalls
+    __slots__ = ("_signature", "_system", "doc", "formatter", "history", "output_names", "output_types",
+                 "outputs", "tool_calls", "typed", "without_history")
+
+    def __init__(self, adapter: Any, signature: Any, json_outputs: bool) -> None:
+        self._signature = weakref.ref(signature)
+        self._system: str | None = None
+        self.doc = signature.__doc__  # the instructions: DSPy's setter rewrites it in place
+        history = next((name for name, info in signature.input_fields.items() if info.annotation == History), None)
+        outputs = dict(signature.output_fields)
+        self.formatter = ChatFormatter(
+            _triples(signature.input_fields), _triples(outputs), _format_value,
+            requirements=adapter.user_message_output_requirements(signature), json_outputs=json_outputs,
+            json_fallback=_json_outputs, marker=CUSTOM_TYPE_START_IDENTIFIER)
+        self.outputs = outputs
+        self.output_names = list(outputs)
+        self.typed = frozenset(n for n, i in outputs.items() if i.annotation is not str)
+        self.history = history
+        self.without_history = signature.delete(history) if history else None
+        self.output_types = frozenset(i.annotation for i in outputs.values() if isinstance(i.annotation, type))
+        self.tool_calls = any(i.annotation == ToolCalls for i in outputs.values())
+
+    def system(self, adapter: Any) -> str:
+        """The system message, as DSPy's ``format_system_message`` renders it (once)."""
+        text = self._system
+        if text is None:
+            text = self._system = _DSPY_SYSTEM(adapter, self._signature())
+        return text
 
 
 def _triples(fields: dict[str, Any]) -> list[tuple[str, bool, Any]]:
@@ -100,39 +124,26 @@ class _NativeFormatting:
     """The formatting half shared by both adapters (mixed in before DSPy's class)."""
 
     _json_outputs_mode = False
-    _native_ok: bool  # set per class on first use
-    _plans: dict[Any, _Plan]
+    _native_ok: bool  # per class: it writes text as DSPy's adapters do (set on first use)
+    _plans: weakref.WeakKeyDictionary[Any, _Plan]
     _plans_lock = threading.Lock()
 
     def _native_plan(self, signature: Any) -> _Plan:
-        # per adapter class, by signature class (DSPy makes a new class for every change of a signature)
+        # per adapter class, by signature class (DSPy makes a new class for every change of a signature, except the
+        # instructions setter, which rewrites __doc__: checked on every call)
         plans = type(self).__dict__.get("_plans")
         if plans is None:
-            plans = {}
-            type(self)._plans = plans
-        plan = plans.get(signature)
-        if plan is None:
-            plan = self._make_plan(signature)
             with self._plans_lock:
-                if len(plans) >= _MAX_PLANS:
-                    plans.clear()
+                plans = type(self).__dict__.get("_plans")
+                if plans is None:
+                    plans = weakref.WeakKeyDictionary()
+                    type(self)._plans = plans
+        plan = plans.get(signature)
+        if plan is None or plan.doc is not signature.__doc__:
+            plan = _Plan(self, signature, self._json_outputs_mode)
+            with self._plans_lock:
                 plans[signature] = plan
         return plan
-
-    def _make_plan(self, signature: Any) -> _Plan:
-        base: Any = super()
-        history = next((name for name, info in signature.input_fields.items() if info.annotation == History), None)
-        outputs = dict(signature.output_fields)
-        formatter = ChatFormatter(
-            _triples(signature.input_fields), _triples(outputs), _format_value,
-            requirements=base.user_message_output_requirements(signature), json_outputs=self._json_outputs_mode,
-            json_fallback=_json_outputs, marker=CUSTOM_TYPE_START_IDENTIFIER)
-        return _Plan(formatter=formatter, system=base.format_system_message(signature), outputs=outputs,
-                     output_names=list(outputs),
-                     typed=frozenset(n for n, i in outputs.items() if i.annotation is not str),
-                     history=history, without_history=signature.delete(history) if history else None,
-                     output_types=frozenset(i.annotation for i in outputs.values() if isinstance(i.annotation, type)),
-                     tool_calls=any(i.annotation == ToolCalls for i in outputs.values()))
 
     def _plain(self, plan: _Plan) -> bool:
         """Whether a call needs none of DSPy's planning: no native function calling, no ToolCalls output, no native
@@ -169,33 +180,37 @@ class _NativeFormatting:
         return values
 
     def _native(self) -> bool:
-        """Whether this class writes fields as DSPy's adapters do (no override of the field writers)."""
+        """Whether this class writes text as DSPy's adapters do: no override of a text method below the native
+        adapter it derives from (an override gets DSPy's formatting, so it is honoured)."""
         cls = type(self)
         ok = cls.__dict__.get("_native_ok")
         if ok is None:
-            ok = all(getattr(cls, name) is getattr(_dspy_base(cls), name) for name in _FIELD_WRITERS)
-            cls._native_ok = ok
+            base = NativeJSONAdapter if issubclass(cls, NativeJSONAdapter) else NativeChatAdapter
+            ok = cls._native_ok = all(getattr(cls, name) is getattr(base, name) for name in _TEXT_METHODS)
         return bool(ok)
 
     # -- DSPy's adapter methods ---------------------------------------------------------------------------------
     def format(self, signature: Any, demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        base: Any = super()
         if not self._native():
             _fell_back("override")
-            return list(base.format(signature, demos, inputs))
+            return list(_DSPY_FORMAT(self, signature, demos, inputs))
         plan = self._native_plan(signature)
-        if plan.history is None:
-            messages, marked = plan.formatter.messages(plan.system, demos, inputs)
-        else:  # DSPy's structure for a call with conversation history, each text written natively
-            inputs_copy = dict(inputs)
-            bare = plan.without_history
-            adapter: Any = self
-            history = adapter.format_conversation_history(bare, plan.history, inputs_copy)
-            messages = [{"role": "system", "content": plan.system}, *plan.formatter.demos(demos), *history]
-            content = self.format_user_message_content(bare, inputs_copy, main_request=True)
-            if content:
-                messages.append({"role": "user", "content": content})
-            marked = True
+        try:
+            if plan.history is None:
+                messages, marked = plan.formatter.messages(plan.system(self), demos, inputs)
+            else:  # DSPy's structure for a call with conversation history, each text written natively
+                inputs_copy = dict(inputs)
+                bare = plan.without_history
+                adapter: Any = self
+                history = adapter.format_conversation_history(bare, plan.history, inputs_copy)
+                messages = [{"role": "system", "content": plan.system(self)}, *plan.formatter.demos(demos), *history]
+                content = self.format_user_message_content(bare, inputs_copy, main_request=True)
+                if content:
+                    messages.append({"role": "user", "content": content})
+                marked = True
+        except UnicodeEncodeError:  # a lone surrogate somewhere: Rust strings are UTF-8
+            _fell_back("text")
+            return list(_DSPY_FORMAT(self, signature, demos, inputs))
         if marked:
             from dspy.adapters._legacy_type_markers import _expand_legacy_custom_type_markers_in_chat_message
 
@@ -203,30 +218,37 @@ class _NativeFormatting:
         return list(messages)
 
     def format_system_message(self, signature: Any) -> str:
-        return self._native_plan(signature).system
+        if not self._native():
+            return str(_DSPY_SYSTEM(self, signature))
+        return self._native_plan(signature).system(self)
 
     def format_demos(self, signature: Any, demos: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if not self._native():
-            return list(super().format_demos(signature, demos))  # type: ignore[misc]
-        return list(self._native_plan(signature).formatter.demos(demos))
+        if self._native():
+            try:
+                return list(self._native_plan(signature).formatter.demos(demos))
+            except UnicodeEncodeError:
+                _fell_back("text")
+        return list(super().format_demos(signature, demos))  # type: ignore[misc]
 
     def format_user_message_content(self, signature: Any, inputs: dict[str, Any], prefix: str = "",
                                     suffix: str = "", main_request: bool = False) -> str:
-        if not self._native():
-            return str(super().format_user_message_content(  # type: ignore[misc]
-                signature, inputs, prefix=prefix, suffix=suffix, main_request=main_request))
-        return str(self._native_plan(signature).formatter.user(inputs, prefix, suffix, main_request))
+        if self._native():
+            try:
+                return str(self._native_plan(signature).formatter.user(inputs, prefix, suffix, main_request))
+            except UnicodeEncodeError:
+                _fell_back("text")
+        return str(super().format_user_message_content(  # type: ignore[misc]
+            signature, inputs, prefix=prefix, suffix=suffix, main_request=main_request))
 
     def format_assistant_message_content(self, signature: Any, outputs: dict[str, Any],
                                          missing_field_message: Any = None) -> str:
-        if not self._native():
-            return str(super().format_assistant_message_content(  # type: ignore[misc]
-                signature, outputs, missing_field_message=missing_field_message))
-        return str(self._native_plan(signature).formatter.assistant(outputs, missing_field_message))
-
-
-def _dspy_base(cls: type) -> Any:
-    return dspy.JSONAdapter if issubclass(cls, dspy.JSONAdapter) else dspy.ChatAdapter
+        if self._native():
+            try:
+                return str(self._native_plan(signature).formatter.assistant(outputs, missing_field_message))
+            except UnicodeEncodeError:
+                _fell_back("text")
+        return str(super().format_assistant_message_content(  # type: ignore[misc]
+            signature, outputs, missing_field_message=missing_field_message))
 
 
 class NativeChatAdapter(_NativeFormatting, dspy.ChatAdapter):
@@ -236,10 +258,10 @@ class NativeChatAdapter(_NativeFormatting, dspy.ChatAdapter):
 
     def parse(self, signature: Any, completion: str) -> dict[str, Any]:
         plan = self._native_plan(signature)
-        found = chat_sections(completion, plan.output_names)
+        found = chat_sections(completion, plan.output_names) if type(completion) is str else None
         if found is None:
             _fell_back("parse")
-            return dict(super().parse(signature, completion))
+            return dict(_DSPY_CHAT_PARSE(self, signature, completion))
         fields: dict[str, Any] = {}
         for name, text in found:
             if name in plan.typed:
@@ -268,3 +290,31 @@ class NativeJSONAdapter(_NativeFormatting, dspy.JSONAdapter):
     indented JSON); completions are parsed by ``JSONAdapter.parse``."""
 
     _json_outputs_mode = True
+    # DSPy wraps an adapter's format and parse in its callback dispatch once per class that defines them, so a
+    # JSONAdapter call reports format twice and parse once: the same counts here
+    format = with_callbacks(_NativeFormatting.format)
+
+    def parse(self, signature: Any, completion: str) -> dict[str, Any]:
+        return dict(_DSPY_JSON_PARSE(self, signature, completion))
+
+
+class StreamListener(dspy.streaming.StreamListener):
+    """``dspy.streaming.StreamListener`` that also knows the native and strict adapters: DSPy's listener finds the
+    adapter's field markers by its class name, and refuses any name it does not know. Use it in place of DSPy's
+    with ``dspy.streamify(program, stream_listeners=[StreamListener("answer")])``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        known = self.adapter_identifiers
+        for name in ("NativeChatAdapter", "StrictChatAdapter"):
+            known.setdefault(name, known["ChatAdapter"])
+        for name in ("NativeJSONAdapter", "StrictJSONAdapter"):
+            known.setdefault(name, known["JSONAdapter"])
+
+
+# DSPy's own methods, below the callback wrappers DSPy puts on format and parse (a fallback inside our wrapped
+# method must not report a second call)
+_DSPY_FORMAT = inspect.unwrap(dspy.ChatAdapter.format)
+_DSPY_SYSTEM = dspy.ChatAdapter.format_system_message
+_DSPY_CHAT_PARSE = inspect.unwrap(dspy.ChatAdapter.parse)
+_DSPY_JSON_PARSE = inspect.unwrap(dspy.JSONAdapter.parse)

@@ -414,8 +414,8 @@ class StrictChatAdapter(NativeChatAdapter):
     :class:`~dspyo3_types.adapters.NativeChatAdapter` (byte-identical, in Rust); when parsing fails, the
     JSON fallback DSPy makes is :class:`StrictJSONAdapter`, so the strictness holds there too.
 
-    DSPy's ``StreamListener`` accepts only its own adapter classes by name, so ``dspy.streamify`` with a stream
-    listener does not work under these adapters; read streamed JSON with :func:`parse_partial` instead.
+    DSPy's ``StreamListener`` accepts only its own adapter classes by name: stream through
+    :class:`dspyo3_types.adapters.StreamListener`, or read streamed JSON with :func:`parse_partial`.
     """
 
     def parse(self, signature: type[dspy.Signature], completion: str) -> dict[str, Any]:
