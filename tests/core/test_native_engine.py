@@ -110,6 +110,38 @@ def test_the_fallback_refuses_what_it_cannot_send_alike_and_keeps_a_pool_per_eve
     assert lm.engine.fallbacks == 2
 
 
+def test_closing_the_engines_closes_the_fallback_engines_they_built(server: LMServer) -> None:
+    tool = FunctionTool(name="lookup", description="Look a word up.",
+                        parameters={"type": "object", "properties": {"word": {"type": "string"}}})
+    request = Request(model="openai/m", messages=(Message.user("2 + 2?"),), tools=(tool,))
+    engine, async_engine = native_engines("openai/m", api_base=server.api_base, api_key=KEY)
+    lm = dspy.LM("openai/m", engine=engine, async_engine=async_engine, cache=False, num_retries=0)
+    server.script("one", "two", "three")
+    assert lm(request).text == "one"
+    closed: list[str] = []
+
+    async def on_one_loop() -> str:
+        first = (await lm.acall(request)).text
+        fallback = next(iter(async_engine._endpoint._async_fallbacks.values()))
+        real = fallback.aclose
+
+        async def spy() -> None:
+            closed.append("async")
+            await real()
+
+        fallback.aclose = spy
+        await async_engine.aclose()
+        return first
+
+    assert asyncio.run(on_one_loop()) == "two"
+    fallback = next(iter(engine._endpoint._fallback.values()))
+    real_close = fallback.close
+    fallback.close = lambda: (closed.append("sync"), real_close())
+    engine.close()
+    assert closed == ["async", "sync"]
+    assert lm(request).text == "three", "a later request builds a new fallback engine"
+
+
 def test_errors_never_show_the_key_and_a_saved_lm_never_chooses_the_endpoint(server: LMServer,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     server.script(Reply.server_error(503, "upstream overloaded"))

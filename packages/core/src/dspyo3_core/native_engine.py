@@ -493,7 +493,14 @@ class NativeEngine(_Engine):
             events.close()
 
     def close(self) -> None:
-        """Nothing to release: the pool closes with the last engine holding it."""
+        """Close the lm15 engine built for requests the native path does not carry, if any (the Rust pool closes with
+        the last engine holding it). The engine stays usable: a later such request builds a new one."""
+        endpoint = self._endpoint
+        with endpoint._lock:
+            engines = list(endpoint._fallback.values())
+            endpoint._fallback.clear()
+        for engine in engines:
+            engine.close()
 
     def __repr__(self) -> str:
         return f"NativeEngine({self._endpoint.model!r}, host={self._endpoint.host!r})"
@@ -549,7 +556,13 @@ class AsyncNativeEngine(_Engine):
             events.close()
 
     async def aclose(self) -> None:
-        """Nothing to release (see :meth:`NativeEngine.close`)."""
+        """Close the lm15 engine built on this event loop for requests the native path does not carry, if any (see
+        :meth:`NativeEngine.close`)."""
+        endpoint = self._endpoint
+        with endpoint._lock:
+            engine = endpoint._async_fallbacks.pop(asyncio.get_running_loop(), None)
+        if engine is not None:
+            await engine.aclose()
 
     def __repr__(self) -> str:
         return f"AsyncNativeEngine({self._endpoint.model!r}, host={self._endpoint.host!r})"
