@@ -8,7 +8,11 @@ same chat messages with one shared ``httpx.AsyncClient`` and reads the answer te
 client with no LM framework at all. Each runs in a fresh interpreter of its own after a warm-up of one request per
 slot, and reports requests/s and its process's CPU time (every thread) per request.
 
-    python benchmarks/lm_transport.py [--requests 2000] [--concurrency 64] [--latency-ms 100] [--json F] [--plot F]
+    python benchmarks/lm_transport.py [--requests 2000] [--concurrency 64] [--latency-ms 100] [--adapter chat|native]
+        [--json F] [--plot F]
+
+``--adapter native`` runs the three DSPy contenders under ``dspyo3_types.adapters.NativeChatAdapter`` instead of
+DSPy's ``ChatAdapter`` (the same adapter for all three, so the ratios still compare LM clients).
 
 Last line: ``{"cpu_us_per_request": {"litellm", "native", "engine", "httpx"}, "rps": {...}, "limit_rps",
 "cpu_ratio", "engine_cpu_ratio", "same_predictions", ...}`` with cpu_ratio = native / litellm and engine_cpu_ratio =
@@ -30,14 +34,18 @@ from common import emit, lm_bench_parser, loopback_lm, run_workers, timed_answer
 CONTENDERS = ("litellm", "native", "engine", "httpx")
 
 
-def _dspy_run(kind: str, api_base: str, items: list[dict[str, str]], concurrency: int) -> list[str]:
+def _dspy_run(kind: str, api_base: str, items: list[dict[str, str]], concurrency: int,
+              adapter: str = "chat") -> list[str]:
     import dspy
+
+    from dspyo3_types.adapters import NativeChatAdapter
 
     class QA(dspy.Signature):
         question: str = dspy.InputField()
         answer: str = dspy.OutputField()
 
-    dspy.configure(lm=loopback_lm(kind, api_base))
+    dspy.configure(lm=loopback_lm(kind, api_base),
+                   adapter=NativeChatAdapter() if adapter == "native" else dspy.ChatAdapter())
     program = dspy.Predict(QA)
 
     async def run() -> list[str]:
@@ -78,7 +86,7 @@ def _httpx_run(api_base: str, items: list[dict[str, str]], concurrency: int) -> 
     return asyncio.run(run())
 
 
-def worker(kind: str, api_base: str, requests: int, concurrency: int) -> dict[str, Any]:
+def worker(kind: str, api_base: str, requests: int, concurrency: int, adapter: str = "chat") -> dict[str, Any]:
     """One contender in this (fresh) process; returns its figures."""
     items = [{"question": f"question {i}"} for i in range(requests)]
     warm = [{"question": f"warm-up {i}"} for i in range(concurrency)]
@@ -86,7 +94,7 @@ def worker(kind: str, api_base: str, requests: int, concurrency: int) -> dict[st
     def run(batch: list[dict[str, str]]) -> list[str]:
         if kind == "httpx":
             return _httpx_run(api_base, batch, concurrency)
-        return _dspy_run(kind, api_base, batch, concurrency)
+        return _dspy_run(kind, api_base, batch, concurrency, adapter)
 
     run(warm)
     return timed_answers(kind, run, items)
@@ -94,13 +102,15 @@ def worker(kind: str, api_base: str, requests: int, concurrency: int) -> dict[st
 
 def main() -> None:
     parser = lm_bench_parser(__doc__, CONTENDERS, concurrency=64, latency_ms=100.0)
+    parser.add_argument("--adapter", choices=["chat", "native"], default="chat",
+                        help="the adapter of the DSPy contenders: DSPy's ChatAdapter or dspyo3's NativeChatAdapter")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.api_base, args.requests, args.concurrency)))
+        print(json.dumps(worker(args.worker, args.api_base, args.requests, args.concurrency, args.adapter)))
         return
 
     latency = args.latency_ms / 1000
-    figures = run_workers(__file__, CONTENDERS, args)
+    figures = run_workers(__file__, CONTENDERS, args, ["--adapter", args.adapter])
     cpu = {kind: figures[kind]["cpu_us_per_request"] for kind in CONTENDERS}
     result = {
         "cpu_us_per_request": cpu,
@@ -113,6 +123,7 @@ def main() -> None:
         "requests": args.requests,
         "concurrency": args.concurrency,
         "latency_ms": args.latency_ms,
+        "adapter": args.adapter,
     }
     emit(result, args.json_path, args.plot_path,
          bars=[("dspy.LM (LiteLLM/lm15)", cpu["litellm"]), ("dspyo3 NativeLM", cpu["native"]),

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dspyo3_core.testing.phoenix import PhoenixProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,13 +97,15 @@ def test_lm_throughput_benchmark_shape() -> None:
     assert figures["same_answers"] is True and figures["limit_rps"] == 400
 
 
-def test_lm_transport_benchmark_shape() -> None:
+@pytest.mark.parametrize("adapter", ["chat", "native"])
+def test_lm_transport_benchmark_shape(adapter: str) -> None:
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lm_transport.py"), "--requests", "40",
-                             "--concurrency", "8", "--latency-ms", "20"], capture_output=True, text=True, timeout=300)
+                             "--concurrency", "8", "--latency-ms", "20", "--adapter", adapter],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(figures["cpu_us_per_request"]) == set(figures["rps"]) == {"litellm", "native", "engine", "httpx"}
-    assert figures["limit_rps"] == 400 and figures["same_predictions"] is True
+    assert figures["limit_rps"] == 400 and figures["same_predictions"] is True and figures["adapter"] == adapter
     # figures to report (benchmarks/RESULTS.md), not speeds to assert
     assert figures["cpu_ratio"] > 0 and figures["engine_cpu_ratio"] > 0, figures
 
