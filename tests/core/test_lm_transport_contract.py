@@ -242,15 +242,16 @@ def test_native_engine_sends_what_dspy_lm_sends(server: LMServer, model: str, se
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("other", [NativeLM, native_lm], ids=["native", "engine"])
 @pytest.mark.parametrize(("model", "settings"), [
     ("anthropic/claude-test", {}),                                   # max_tokens: lm15's default for the class
     ("anthropic/claude-3-haiku-20240307", {}),
     ("anthropic/claude-3-5-sonnet-latest", {"temperature": 0.3}),
     ("anthropic/claude-test", {"temperature": 1.5, "max_tokens": 100}),  # clamped to the wire's ceiling of 1
 ])
-def test_native_engine_sends_what_dspy_lm_sends_to_anthropic(server: LMServer, model: str,
-                                                             settings: dict[str, Any]) -> None:
-    sent_by_dspy, sent_by_engine = _bodies(server, model, settings, {}, other=native_lm)
+def test_native_sends_what_dspy_lm_sends_to_anthropic(server: LMServer, model: str, settings: dict[str, Any],
+                                                      other: Any) -> None:
+    sent_by_dspy, sent_by_engine = _bodies(server, model, settings, {}, other=other)
     assert sent_by_engine == sent_by_dspy
     assert sent_by_engine["max_tokens"] > 0
 

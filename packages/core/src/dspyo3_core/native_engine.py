@@ -48,6 +48,7 @@ from dspyo3_core.native_lm import (
     MAX_RESPONSE_BYTES,
     PROVIDERS,
     answer_attempts,
+    anthropic_defaults,
     atraced,
     byte_limit,
     header_pairs,
@@ -67,17 +68,6 @@ logger = logging.getLogger("dspyo3.native_engine")
 
 # Config fields the native path sends under the same name (OpenAI chat completions; the Rust client maps them
 # for Anthropic's messages API)
-try:  # lm15's rule, so both engines send the same body; a private name, so a DSPy that moves it gets ours
-    from dspy._vendor.lm15.providers.anthropic import _default_max_tokens as _anthropic_default_max_tokens
-except ImportError:  # pragma: no cover - the rule as of DSPy 3.4
-    def _anthropic_default_max_tokens(model: str) -> int:
-        lowered = model.lower()
-        for marker, ceiling in (("claude-3-haiku", 4096), ("claude-3-opus", 4096), ("claude-3-sonnet", 4096),
-                                ("claude-3-5-", 8192), ("claude-3.5-", 8192)):
-            if marker in lowered:
-                return ceiling
-        return 16384
-
 _SAME_NAME = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
 # sent on the OpenAI wire only (Anthropic's messages API has no such option)
 _OPENAI_ONLY = frozenset({"seed", "frequency_penalty", "presence_penalty"})
@@ -203,15 +193,11 @@ class _Endpoint:
         params: dict[str, Any] = {}
         if config.max_tokens is not None:
             params[self._max_tokens] = config.max_tokens
-        elif self.wire == "anthropic":  # the field is required there: lm15's default for the model's class
-            params["max_tokens"] = _anthropic_default_max_tokens(request.model)
         for name in _SAME_NAME:
             value = getattr(config, name)
             if value is not None:
                 if self.wire == "anthropic" and name in _OPENAI_ONLY:
                     raise Unsupported(f"{name} on the anthropic wire")
-                if self.wire == "anthropic" and name == "temperature" and value > 1.0:
-                    value = 1.0  # as lm15: the Messages API takes [0, 1], DSPy's canonical range is [0, 2]
                 params[name] = value
         if config.stop:
             params["stop"] = list(config.stop)
@@ -221,6 +207,8 @@ class _Endpoint:
             params["response_format"] = _response_format(config.response_format)
         if config.extensions:
             params.update(config.extensions)
+        if self.wire == "anthropic":
+            anthropic_defaults(request.model, params)
         model = request.model
         if model == self.model:
             model = self.wire_model

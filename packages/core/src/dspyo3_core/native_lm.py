@@ -286,6 +286,30 @@ def _check_reasoning(lm: NativeLM, temperature: float | None, max_tokens: int | 
         raise LMConfigurationError(_REASONING_RULE, model=lm.model, provider=lm.provider)
 
 
+try:  # lm15's rule, so the native paths send DSPy's body; a private name, so a DSPy that moves it gets ours
+    from dspy._vendor.lm15.providers.anthropic import _default_max_tokens as _anthropic_max_tokens
+except ImportError:  # pragma: no cover - the rule as of DSPy 3.4
+    def _anthropic_max_tokens(model: str) -> int:
+        lowered = model.lower()
+        for marker, ceiling in (("claude-3-haiku", 4096), ("claude-3-opus", 4096), ("claude-3-sonnet", 4096),
+                                ("claude-3-5-", 8192), ("claude-3.5-", 8192)):
+            if marker in lowered:
+                return ceiling
+        return 16384
+
+
+def anthropic_defaults(model: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` for Anthropic's messages API as DSPy's lm15 engine fills them, in place: ``max_tokens`` (required
+    there) defaults to lm15's ceiling for the model's class (16384; 8192 for Claude 3.5; 4096 for Claude 3), and a
+    ``temperature`` above the API's ceiling of 1 is sent as 1 (DSPy's canonical range is 0-2)."""
+    if params.get("max_tokens") is None and params.get("max_completion_tokens") is None:
+        params["max_tokens"] = _anthropic_max_tokens(model)
+    temperature = params.get("temperature")
+    if isinstance(temperature, (int, float)) and temperature > 1.0:
+        params["temperature"] = 1.0
+    return params
+
+
 def max_tokens_field(provider: str, wire: str) -> str | None:
     """The name the output-token cap is sent under for ``provider`` (None: as given)."""
     return _MAX_TOKENS_FIELD.get(provider) if wire == "openai" else None
@@ -669,6 +693,8 @@ class NativeLM(dspy.BaseLM):
         if use_cache:
             key = {"_fn_identifier": _CACHE_ID, "model": self.model, "api_base": self.api_base,
                    "messages": messages, "n": n, "rollout_id": merged.get("rollout_id"), **params}
+        if self.wire == "anthropic":  # after the key: what the wire fills in is not part of the request asked
+            anthropic_defaults(self.wire_model, params)
         return messages, params, key, int(n)
 
     def _record(self, answer: tuple[Any, ...]) -> _Record:
