@@ -393,3 +393,34 @@ def test_streaming_works_with_the_listener_that_knows_the_native_adapters() -> N
             assert server.requests[-1]["stream"] is True
     assert chunks["NativeChatAdapter"] == chunks["ChatAdapter"]
     assert "".join(chunks["ChatAdapter"]).strip() == "Paris is the capital of France."
+
+
+def test_structured_outputs_are_requested_as_dspy_requests_them_and_built_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import json as json_module
+
+    from dspy.adapters import json_adapter
+
+    from dspyo3_core.testing.server import LMServer
+
+    class Rated(dspy.Signature):
+        question: str = dspy.InputField()
+        answer: str = dspy.OutputField()
+        confidence: float = dspy.OutputField()
+
+    built: list[Any] = []
+    real = json_adapter._get_structured_outputs_response_format
+    monkeypatch.setattr(adapters, "_structured_format", lambda *a: built.append(a) or real(*a))
+    bodies: dict[str, list[Any]] = {}
+    with LMServer() as server:
+        for adapter in (dspy.JSONAdapter(), NativeJSONAdapter()):
+            lm = dspy.LM("openai/gpt-4o-mini", api_base=server.api_base, api_key="k", cache=False, num_retries=0)
+            for question in ("2 + 2?", "3 + 3?"):
+                server.script(json_module.dumps({"answer": "4", "confidence": 0.9}))
+                with dspy.context(lm=lm, adapter=adapter):
+                    assert dspy.Predict(Rated)(question=question).confidence == 0.9
+            bodies[type(adapter).__name__] = [{k: v for k, v in r.items() if not k.startswith("_")}
+                                             for r in server.requests[-2:]]
+    assert bodies["NativeJSONAdapter"] == bodies["JSONAdapter"]
+    assert bodies["NativeJSONAdapter"][0]["response_format"]["type"] == "json_schema"
+    assert len(built) == 1, "the structured-output model was built once for the signature"

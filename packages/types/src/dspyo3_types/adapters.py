@@ -88,7 +88,7 @@ class _Plan:
     so a signature that only ever formats a user message (ReAct's trajectory) never pays for it."""
 
     __slots__ = ("_signature", "_system", "doc", "formatter", "history", "output_names", "output_types",
-                 "outputs", "tool_calls", "typed", "without_history")
+                 "outputs", "response_formats", "tool_calls", "typed", "without_history")
 
     def __init__(self, adapter: Any, signature: Any, json_outputs: bool) -> None:
         self._signature = weakref.ref(signature)
@@ -107,6 +107,7 @@ class _Plan:
         self.without_history = signature.delete(history) if history else None
         self.output_types = frozenset(i.annotation for i in outputs.values() if isinstance(i.annotation, type))
         self.tool_calls = any(i.annotation == ToolCalls for i in outputs.values())
+        self.response_formats: dict[bool, Any] = {}  # JSONAdapter's structured-output model, by native tool calling
 
     def system(self, adapter: Any) -> str:
         """The system message, as DSPy's ``format_system_message`` renders it (once)."""
@@ -297,6 +298,28 @@ class NativeJSONAdapter(_NativeFormatting, dspy.JSONAdapter):
     def parse(self, signature: Any, completion: str) -> dict[str, Any]:
         return dict(_DSPY_JSON_PARSE(self, signature, completion))
 
+    def _prepare_response_format(self, lm: Any, lm_kwargs: dict[str, Any], signature: Any) -> None:
+        """DSPy's choice of ``response_format``, with the structured-output model (a pydantic model built from the
+        signature, about 0.4 ms each time) built once per signature."""
+        if _structured_format is None or "response_format" not in lm.supported_params:
+            super()._prepare_response_format(lm, lm_kwargs, signature)
+            return
+        tool_calls = any(field.annotation == ToolCalls for field in signature.output_fields.values())
+        if (_open_ended_mapping(signature) or (not self.use_native_function_calling and tool_calls)
+                or not lm.supports_response_schema):
+            lm_kwargs["response_format"] = {"type": "json_object"}
+            return
+        formats = self._native_plan(signature).response_formats
+        found = formats.get(self.use_native_function_calling)
+        if found is None:
+            try:
+                found = _structured_format(signature, self.use_native_function_calling)
+            except Exception:  # DSPy's own handling (a warning, JSON mode): not kept, so it warns as DSPy does
+                super()._prepare_response_format(lm, lm_kwargs, signature)
+                return
+            formats[self.use_native_function_calling] = found
+        lm_kwargs["response_format"] = found
+
 
 class StreamListener(dspy.streaming.StreamListener):
     """``dspy.streaming.StreamListener`` that also knows the native and strict adapters: DSPy's listener finds the
@@ -311,6 +334,12 @@ class StreamListener(dspy.streaming.StreamListener):
         for name in ("NativeJSONAdapter", "StrictJSONAdapter"):
             known.setdefault(name, known["JSONAdapter"])
 
+
+try:  # JSONAdapter's helpers (private names: a DSPy that moves them gets its own _prepare_response_format)
+    from dspy.adapters.json_adapter import _get_structured_outputs_response_format as _structured_format
+    from dspy.adapters.json_adapter import _has_open_ended_mapping as _open_ended_mapping
+except ImportError:  # pragma: no cover
+    _structured_format = None
 
 # DSPy's own methods, below the callback wrappers DSPy puts on format and parse (a fallback inside our wrapped
 # method must not report a second call)
