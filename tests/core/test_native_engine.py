@@ -165,6 +165,11 @@ def test_errors_never_show_the_key_and_a_saved_lm_never_chooses_the_endpoint(ser
     assert restored.engine.url == "https://api.openai.com/v1/chat/completions"
     assert restored.engine.dump_state() == default.engine.dump_state()
     assert KEY not in json.dumps(restored.dump_state())
+    # loaded one after the other (as DSPy loads an LM's pair), the two engines share one endpoint and its pool
+    state = default.engine.dump_state()
+    sync_engine = NativeEngine.load_state(state)
+    async_engine = AsyncNativeEngine.load_state(state)
+    assert async_engine._endpoint is sync_engine._endpoint
 
 
 def test_bad_configuration_is_refused_with_the_fix() -> None:

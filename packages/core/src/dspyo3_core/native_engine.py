@@ -410,7 +410,21 @@ class _Engine:
                 if not isinstance(state[name], kind) or (kind is not bool and isinstance(state[name], bool)):
                     raise ValueError(f"saved native engine state: {name} = {state[name]!r} has the wrong type")
                 options[name] = state[name]
-        return cls(state["model"], **options)  # type: ignore[call-arg]  # NativeEngine or AsyncNativeEngine
+        engine = cls(state["model"], **options)  # type: ignore[call-arg]  # NativeEngine or AsyncNativeEngine
+        # DSPy loads an LM's sync engine, then its async one: the second finds the first's endpoint here and shares
+        # its connection pool, as the pair native_engines() builds does
+        key = (state["model"], tuple(sorted(options.items())), engine._endpoint._api_key)
+        with _LOADED_LOCK:
+            shared = _LOADED.get(key)
+            if shared is None:
+                _LOADED[key] = engine._endpoint
+            else:
+                engine._endpoint = shared
+        return engine
+
+
+_LOADED: weakref.WeakValueDictionary[tuple[Any, ...], _Endpoint] = weakref.WeakValueDictionary()
+_LOADED_LOCK = threading.Lock()
 
 
 class NativeEngine(_Engine):
