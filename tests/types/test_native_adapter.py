@@ -424,3 +424,32 @@ def test_structured_outputs_are_requested_as_dspy_requests_them_and_built_once(
     assert bodies["NativeJSONAdapter"] == bodies["JSONAdapter"]
     assert bodies["NativeJSONAdapter"][0]["response_format"]["type"] == "json_schema"
     assert len(built) == 1, "the structured-output model was built once for the signature"
+
+
+class _Canned(dspy.BaseLM):
+    """An LM whose answer is given: the outputs list an adapter receives."""
+
+    def __init__(self, outputs: list[Any]) -> None:
+        super().__init__(model="canned", cache=False)
+        self.outputs = outputs
+
+    def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> list[Any]:
+        return list(self.outputs)
+
+
+@pytest.mark.filterwarnings("ignore:The 'prefix' argument:DeprecationWarning")
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(completions(), st.integers(0, 3), st.booleans())
+def test_whole_adapter_calls_equal_dspys(case: Any, shape: int, logprobs: bool) -> None:
+    signature, completion = case
+    outputs: list[Any] = [[completion], [completion, completion + "\nmore"], [""], [{"text": completion}]][shape]
+    if logprobs and shape == 3:
+        outputs[0]["logprobs"] = {"content": []}
+    for stock, native in ((dspy.ChatAdapter(use_json_adapter_fallback=False),
+                           NativeChatAdapter(use_json_adapter_fallback=False)),
+                          (dspy.JSONAdapter(), NativeJSONAdapter())):
+        expected = outcome(stock, _Canned(outputs), {}, signature, [], {})
+        got = outcome(native, _Canned(outputs), {}, signature, [], {})
+        # DSPy names the adapter class in its errors (type(self).__name__, as for any subclass of its own)
+        got = tuple(part.replace(type(native).__name__, type(stock).__name__) for part in got)
+        assert got == expected, type(native).__name__
