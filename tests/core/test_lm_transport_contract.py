@@ -256,6 +256,23 @@ def test_native_sends_what_dspy_lm_sends_to_anthropic(server: LMServer, model: s
     assert sent_by_engine["max_tokens"] > 0
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("settings", [
+    {"thinking": {"type": "enabled", "budget_tokens": 20000}},  # max_tokens must exceed the budget
+    {"thinking": {"type": "enabled", "budget_tokens": 2000}},
+    {"max_tokens": 1000.0},
+])
+def test_native_lm_sends_what_dspy_lm_sends_to_anthropic_with_thinking(server: LMServer,
+                                                                      settings: dict[str, Any]) -> None:
+    sent_by_dspy, sent_by_native = _bodies(server, "anthropic/claude-sonnet-4-5", settings, {})
+    if "thinking" in settings:  # DSPy sends these through LiteLLM, whose body differs in form (system blocks)
+        assert (sent_by_native["max_tokens"], sent_by_native["thinking"]) == \
+            (sent_by_dspy["max_tokens"], sent_by_dspy["thinking"])
+        assert sent_by_native["max_tokens"] > settings["thinking"]["budget_tokens"]
+    else:
+        assert sent_by_native == sent_by_dspy
+
+
 @pytest.mark.parametrize("other", [NativeLM, native_lm], ids=["native", "engine"])
 @pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "openai/gpt-5"])
 def test_native_streams_what_dspy_lm_streams(server: LMServer, model: str, other: Any) -> None:

@@ -142,6 +142,18 @@ def test_closing_the_engines_closes_the_fallback_engines_they_built(server: LMSe
     assert lm(request).text == "three", "a later request builds a new fallback engine"
 
 
+def test_fallback_engines_of_closed_event_loops_are_let_go(server: LMServer) -> None:
+    tool = FunctionTool(name="lookup", description="Look a word up.",
+                        parameters={"type": "object", "properties": {"word": {"type": "string"}}})
+    request = Request(model="openai/m", messages=(Message.user("2 + 2?"),), tools=(tool,))
+    engine, async_engine = native_engines("openai/m", api_base=server.api_base, api_key=KEY)
+    lm = dspy.LM("openai/m", engine=engine, async_engine=async_engine, cache=False, num_retries=0)
+    server.script(*[f"answer {i}" for i in range(4)])
+    for i in range(4):  # four event loops, each closed when asyncio.run returns
+        assert asyncio.run(lm.acall(request)).text == f"answer {i}"
+    assert len(async_engine._endpoint._async_fallbacks) == 1, "only the last loop's engine is still held"
+
+
 def test_errors_never_show_the_key_and_a_saved_lm_never_chooses_the_endpoint(server: LMServer,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     server.script(Reply.server_error(503, "upstream overloaded"))

@@ -453,3 +453,37 @@ def test_whole_adapter_calls_equal_dspys(case: Any, shape: int, logprobs: bool) 
         # DSPy names the adapter class in its errors (type(self).__name__, as for any subclass of its own)
         got = tuple(part.replace(type(native).__name__, type(stock).__name__) for part in got)
         assert got == expected, type(native).__name__
+
+
+def test_an_instance_override_stays_with_its_instance() -> None:
+    signature = dspy.Signature("question -> answer")
+    pirate = NativeChatAdapter()
+    pirate.format_task_description = lambda sig: "TALK LIKE A PIRATE"  # type: ignore[method-assign]
+    stock = dspy.ChatAdapter()
+    stock.format_task_description = lambda sig: "TALK LIKE A PIRATE"  # type: ignore[method-assign]
+    assert pirate.format(signature, [], {"question": "q"}) == stock.format(signature, [], {"question": "q"})
+    plain = NativeChatAdapter().format(signature, [], {"question": "q"})
+    assert plain == dspy.ChatAdapter().format(signature, [], {"question": "q"})
+    assert "PIRATE" not in plain[0]["content"]
+
+
+def test_the_kept_structured_output_schema_is_handed_out_fresh() -> None:
+    from dspy.adapters.json_adapter import _get_structured_outputs_response_format
+
+    class Rated(dspy.Signature):
+        question: str = dspy.InputField()
+        note: str | None = dspy.OutputField(default=None)
+
+    class SchemaLM:
+        supported_params = frozenset({"response_format"})
+        supports_response_schema = True
+
+    adapter = NativeJSONAdapter()
+    expected = _get_structured_outputs_response_format(Rated, True).model_json_schema()
+    for _ in range(2):
+        kwargs: dict[str, Any] = {}
+        adapter._prepare_response_format(SchemaLM(), kwargs, Rated)
+        schema = kwargs["response_format"].model_json_schema()
+        assert schema == expected
+        schema["properties"]["note"].pop("default", None)  # what LiteLLM's strict-schema conversion does
+        schema.clear()

@@ -238,6 +238,9 @@ class _Endpoint:
                 logger.warning("native engine: %s not carried by the Rust transport; requests using it go through "
                                "DSPy's lm15 engine", feature)
             engines = self._async_fallbacks if asynchronous else self._fallback
+            if asynchronous:  # an lm15 engine holds its loop, so the weak keys never drop: forget closed loops
+                for closed in [loop for loop in engines if loop.is_closed()]:
+                    del engines[closed]
             engine = engines.get(key)
             if engine is None:
                 from dspy.clients.engines.lm15_engine import AsyncLM15Engine, LM15Engine, timeouts_for

@@ -299,11 +299,22 @@ except ImportError:  # pragma: no cover - the rule as of DSPy 3.4
 
 
 def anthropic_defaults(model: str, params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` for Anthropic's messages API as DSPy's lm15 engine fills them, in place: ``max_tokens`` (required
-    there) defaults to lm15's ceiling for the model's class (16384; 8192 for Claude 3.5; 4096 for Claude 3), and a
-    ``temperature`` above the API's ceiling of 1 is sent as 1 (DSPy's canonical range is 0-2)."""
+    """``params`` for Anthropic's messages API as ``dspy.LM`` fills them, in place: ``max_tokens`` (required there)
+    defaults to lm15's ceiling for the model's class (16384; 8192 for Claude 3.5; 4096 for Claude 3), or, with
+    extended ``thinking`` (which DSPy sends through LiteLLM), to the thinking budget plus LiteLLM's 4096; a whole
+    float cap is sent as an integer; a ``temperature`` above the API's ceiling of 1 is sent as 1 (DSPy's canonical
+    range is 0-2)."""
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = params.get(name)
+        if isinstance(value, float) and value.is_integer():
+            params[name] = int(value)
     if params.get("max_tokens") is None and params.get("max_completion_tokens") is None:
-        params["max_tokens"] = _anthropic_max_tokens(model)
+        thinking = params.get("thinking")
+        budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+        if isinstance(budget, int) and not isinstance(budget, bool):
+            params["max_tokens"] = budget + 4096
+        else:
+            params["max_tokens"] = _anthropic_max_tokens(model)
     temperature = params.get("temperature")
     if isinstance(temperature, (int, float)) and temperature > 1.0:
         params["temperature"] = 1.0
@@ -689,12 +700,12 @@ class NativeLM(dspy.BaseLM):
             if other in params:  # the provider's own name wins when both are given (as in dspy.LM)
                 value = params.pop(other)
                 params.setdefault(field, value)
+        if self.wire == "anthropic":  # before the cache key: the key says what is sent
+            anthropic_defaults(self.wire_model, params)
         key = None
         if use_cache:
             key = {"_fn_identifier": _CACHE_ID, "model": self.model, "api_base": self.api_base,
                    "messages": messages, "n": n, "rollout_id": merged.get("rollout_id"), **params}
-        if self.wire == "anthropic":  # after the key: what the wire fills in is not part of the request asked
-            anthropic_defaults(self.wire_model, params)
         return messages, params, key, int(n)
 
     def _record(self, answer: tuple[Any, ...]) -> _Record:

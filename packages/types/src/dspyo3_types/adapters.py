@@ -23,6 +23,7 @@ text written natively.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import logging
@@ -181,14 +182,18 @@ class _NativeFormatting:
         return values
 
     def _native(self) -> bool:
-        """Whether this class writes text as DSPy's adapters do: no override of a text method below the native
-        adapter it derives from (an override gets DSPy's formatting, so it is honoured)."""
+        """Whether this adapter writes text as DSPy's adapters do: no override of a text method below the native
+        adapter it derives from, on its class or on the instance (an override gets DSPy's formatting, so it is
+        honoured)."""
         cls = type(self)
         ok = cls.__dict__.get("_native_ok")
         if ok is None:
             base = NativeJSONAdapter if issubclass(cls, NativeJSONAdapter) else NativeChatAdapter
             ok = cls._native_ok = all(getattr(cls, name) is getattr(base, name) for name in _TEXT_METHODS)
-        return bool(ok)
+        if ok:
+            own = self.__dict__
+            return not any(name in own for name in _TEXT_METHODS)
+        return False
 
     # -- DSPy's adapter methods ---------------------------------------------------------------------------------
     def format(self, signature: Any, demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -317,6 +322,10 @@ class NativeJSONAdapter(_NativeFormatting, dspy.JSONAdapter):
             except Exception:  # DSPy's own handling (a warning, JSON mode): not kept, so it warns as DSPy does
                 super()._prepare_response_format(lm, lm_kwargs, signature)
                 return
+            # DSPy's model answers model_json_schema() with one dict, which LM clients edit in place (LiteLLM's
+            # strict-schema conversion) and dspy.cache hashes: hand every caller a fresh copy of the pristine one
+            pristine = copy.deepcopy(found.model_json_schema())
+            found.model_json_schema = lambda *args, **kwargs: copy.deepcopy(pristine)
             formats[self.use_native_function_calling] = found
         lm_kwargs["response_format"] = found
 
