@@ -94,10 +94,21 @@ def test_a_request_the_native_path_cannot_carry_goes_through_dspys_engine_visibl
     assert server.requests[-1]["_headers"]["authorization"] == f"Bearer {KEY}", "same key, same endpoint"
 
 
-def test_the_fallback_refuses_what_it_cannot_send_alike_and_keeps_a_pool_per_event_loop(server: LMServer) -> None:
+def _tool_request() -> Any:
+    """A request with a tool: the native path does not carry tools, so it takes DSPy's lm15 engine."""
     tool = FunctionTool(name="lookup", description="Look a word up.",
                         parameters={"type": "object", "properties": {"word": {"type": "string"}}})
-    request = Request(model="openai/m", messages=(Message.user("2 + 2?"),), tools=(tool,))
+    return Request(model="openai/m", messages=(Message.user("2 + 2?"),), tools=(tool,))
+
+
+def _engines_and_lm(server: LMServer) -> tuple[NativeEngine, AsyncNativeEngine, Any]:
+    engine, async_engine = native_engines("openai/m", api_base=server.api_base, api_key=KEY)
+    return engine, async_engine, dspy.LM("openai/m", engine=engine, async_engine=async_engine, cache=False,
+                                         num_retries=0)
+
+
+def test_the_fallback_refuses_what_it_cannot_send_alike_and_keeps_a_pool_per_event_loop(server: LMServer) -> None:
+    request = _tool_request()
     gated = native_lm("openai/m", api_base=server.api_base, api_key=KEY, cache=False, num_retries=0,
                       headers={"X-Gateway-Token": "gw-0123456789"})
     with pytest.raises(dspy.utils.exceptions.LMUnsupportedFeatureError, match="headers"):
@@ -111,11 +122,8 @@ def test_the_fallback_refuses_what_it_cannot_send_alike_and_keeps_a_pool_per_eve
 
 
 def test_closing_the_engines_closes_the_fallback_engines_they_built(server: LMServer) -> None:
-    tool = FunctionTool(name="lookup", description="Look a word up.",
-                        parameters={"type": "object", "properties": {"word": {"type": "string"}}})
-    request = Request(model="openai/m", messages=(Message.user("2 + 2?"),), tools=(tool,))
-    engine, async_engine = native_engines("openai/m", api_base=server.api_base, api_key=KEY)
-    lm = dspy.LM("openai/m", engine=engine, async_engine=async_engine, cache=False, num_retries=0)
+    request = _tool_request()
+    engine, async_engine, lm = _engines_and_lm(server)
     server.script("one", "two", "three")
     assert lm(request).text == "one"
     closed: list[str] = []
@@ -143,11 +151,8 @@ def test_closing_the_engines_closes_the_fallback_engines_they_built(server: LMSe
 
 
 def test_fallback_engines_of_closed_event_loops_are_let_go(server: LMServer) -> None:
-    tool = FunctionTool(name="lookup", description="Look a word up.",
-                        parameters={"type": "object", "properties": {"word": {"type": "string"}}})
-    request = Request(model="openai/m", messages=(Message.user("2 + 2?"),), tools=(tool,))
-    engine, async_engine = native_engines("openai/m", api_base=server.api_base, api_key=KEY)
-    lm = dspy.LM("openai/m", engine=engine, async_engine=async_engine, cache=False, num_retries=0)
+    request = _tool_request()
+    _, async_engine, lm = _engines_and_lm(server)
     server.script(*[f"answer {i}" for i in range(4)])
     for i in range(4):  # four event loops, each closed when asyncio.run returns
         assert asyncio.run(lm.acall(request)).text == f"answer {i}"
