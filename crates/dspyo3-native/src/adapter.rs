@@ -220,30 +220,13 @@ impl PyChatFormatter {
             fields.push((field, value));
         }
         if self.json_outputs {
-            let mut out = String::new();
-            let mut plain = true;
-            if fields.is_empty() {
-                out.push_str("{}");
-            } else {
-                out.push('{');
-                for (i, (field, value)) in fields.iter().enumerate() {
-                    separator(&mut out, i, Some(2), 1);
-                    push_json_str(&mut out, &field.name);
-                    out.push_str(": ");
-                    if !write_json(value, &mut out, Some(2), 1)? {
-                        plain = false;
-                        break;
-                    }
-                }
-                close(&mut out, Some(2), 0);
-                out.push('}');
-            }
-            if plain {
-                return Ok(out);
-            }
             let dict = PyDict::new(py);
             for (field, value) in &fields {
                 dict.set_item(field.key.bind(py), value)?;
+            }
+            let mut out = String::new();
+            if write_json(dict.as_any(), &mut out, Some(2), 0)? {
+                return Ok(out);
             }
             let Some(json_fallback) = &self.json_fallback else {
                 return Err(pyo3::exceptions::PyValueError::new_err("this formatter has no JSON fallback"));

@@ -34,9 +34,7 @@ from typing import Any
 
 import dspy
 from dspy.adapters import utils as dspy_utils
-from dspy.adapters.types import History
 from dspy.adapters.types.base_type import CUSTOM_TYPE_START_IDENTIFIER
-from dspy.adapters.types.tool import ToolCalls
 from dspy.utils.callback import with_callbacks
 from dspy.utils.exceptions import AdapterParseError
 
@@ -95,7 +93,7 @@ class _Plan:
         self._signature = weakref.ref(signature)
         self._system: str | None = None
         self.doc = signature.__doc__  # the instructions: DSPy's setter rewrites it in place
-        history = next((name for name, info in signature.input_fields.items() if info.annotation == History), None)
+        history = adapter._get_history_field_name(signature)
         outputs = dict(signature.output_fields)
         self.formatter = ChatFormatter(
             _triples(signature.input_fields), _triples(outputs), _format_value,
@@ -107,7 +105,7 @@ class _Plan:
         self.history = history
         self.without_history = signature.delete(history) if history else None
         self.output_types = frozenset(i.annotation for i in outputs.values() if isinstance(i.annotation, type))
-        self.tool_calls = any(i.annotation == ToolCalls for i in outputs.values())
+        self.tool_calls = adapter._get_tool_call_output_field_name(signature) is not None
         self.response_formats: dict[bool, Any] = {}  # JSONAdapter's structured-output model, by native tool calling
 
     def system(self, adapter: Any) -> str:
@@ -309,12 +307,12 @@ class NativeJSONAdapter(_NativeFormatting, dspy.JSONAdapter):
         if _structured_format is None or "response_format" not in lm.supported_params:
             super()._prepare_response_format(lm, lm_kwargs, signature)
             return
-        tool_calls = any(field.annotation == ToolCalls for field in signature.output_fields.values())
-        if (_open_ended_mapping(signature) or (not self.use_native_function_calling and tool_calls)
+        plan = self._native_plan(signature)
+        if (_open_ended_mapping(signature) or (not self.use_native_function_calling and plan.tool_calls)
                 or not lm.supports_response_schema):
             lm_kwargs["response_format"] = {"type": "json_object"}
             return
-        formats = self._native_plan(signature).response_formats
+        formats = plan.response_formats
         found = formats.get(self.use_native_function_calling)
         if found is None:
             try:
