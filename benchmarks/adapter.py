@@ -112,6 +112,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="rounds per side and shape")
     output_args(parser)
     args = parser.parse_args()
+    if args.calls < 1 or args.rounds < 1:
+        parser.error("--calls and --rounds must be at least 1")
     dspy.configure(disable_history=False)
 
     result: dict[str, Any] = {"cpu_us_per_call": {}, "ratio": {}, "same_outputs": True}
