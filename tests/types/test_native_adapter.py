@@ -487,3 +487,8 @@ def test_the_kept_structured_output_schema_is_handed_out_fresh() -> None:
         assert schema == expected
         schema["properties"]["note"].pop("default", None)  # what LiteLLM's strict-schema conversion does
         schema.clear()
+
+
+def test_a_string_where_a_signature_belongs_fails_as_in_dspy() -> None:
+    assert outcome(NativeChatAdapter().format, "question -> answer", [], {"question": "q"}) == \
+        outcome(dspy.ChatAdapter().format, "question -> answer", [], {"question": "q"})

@@ -90,10 +90,10 @@ class _Plan:
                  "outputs", "response_formats", "tool_calls", "typed", "without_history")
 
     def __init__(self, adapter: Any, signature: Any, json_outputs: bool) -> None:
+        history = adapter._get_history_field_name(signature)  # first: what is no signature fails here, as in DSPy
         self._signature = weakref.ref(signature)
         self._system: str | None = None
         self.doc = signature.__doc__  # the instructions: DSPy's setter rewrites it in place
-        history = adapter._get_history_field_name(signature)
         outputs = dict(signature.output_fields)
         self.formatter = ChatFormatter(
             _triples(signature.input_fields), _triples(outputs), _format_value,
@@ -138,7 +138,10 @@ class _NativeFormatting:
                 if plans is None:
                     plans = weakref.WeakKeyDictionary()
                     type(self)._plans = plans
-        plan = plans.get(signature)
+        try:
+            plan = plans.get(signature)
+        except TypeError:  # not a signature class (no weak reference): fail as DSPy's adapter does on it
+            return _Plan(self, signature, self._json_outputs_mode)
         if plan is None or plan.doc is not signature.__doc__:
             plan = _Plan(self, signature, self._json_outputs_mode)
             with self._plans_lock:
