@@ -30,6 +30,7 @@ import logging
 import threading
 import weakref
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import dspy
@@ -89,8 +90,8 @@ class _Plan:
     __slots__ = ("_signature", "_system", "doc", "formatter", "history", "output_names", "output_types",
                  "outputs", "response_formats", "tool_calls", "typed", "without_history")
 
-    def __init__(self, adapter: Any, signature: Any, json_outputs: bool) -> None:
-        history = adapter._get_history_field_name(signature)  # first: what is no signature fails here, as in DSPy
+    def __init__(self, adapter: Any, signature: Any, json_outputs: bool, history: str | None,
+                 tool_calls: bool) -> None:
         self._signature = weakref.ref(signature)
         self._system: str | None = None
         self.doc = signature.__doc__  # the instructions: DSPy's setter rewrites it in place
@@ -105,7 +106,7 @@ class _Plan:
         self.history = history
         self.without_history = signature.delete(history) if history else None
         self.output_types = frozenset(i.annotation for i in outputs.values() if isinstance(i.annotation, type))
-        self.tool_calls = adapter._get_tool_call_output_field_name(signature) is not None
+        self.tool_calls = tool_calls
         self.response_formats: dict[bool, Any] = {}  # JSONAdapter's structured-output model, by native tool calling
 
     def system(self, adapter: Any) -> str:
@@ -127,6 +128,9 @@ class _NativeFormatting:
     _native_ok: bool  # per class: it writes text as DSPy's adapters do (set on first use)
     _plans: weakref.WeakKeyDictionary[Any, _Plan]
     _plans_lock = threading.Lock()
+    # DSPy's Adapter methods, found after this mixin in the adapters' MRO (declared for the type checker only)
+    _get_history_field_name: Callable[[Any], str | None]
+    _get_tool_call_output_field_name: Callable[[Any], str | None]
 
     def _native_plan(self, signature: Any) -> _Plan:
         # per adapter class, by signature class (DSPy makes a new class for every change of a signature, except the
@@ -141,12 +145,18 @@ class _NativeFormatting:
         try:
             plan = plans.get(signature)
         except TypeError:  # not a signature class (no weak reference): fail as DSPy's adapter does on it
-            return _Plan(self, signature, self._json_outputs_mode)
+            return self._new_plan(signature)
         if plan is None or plan.doc is not signature.__doc__:
-            plan = _Plan(self, signature, self._json_outputs_mode)
+            plan = self._new_plan(signature)
             with self._plans_lock:
                 plans[signature] = plan
         return plan
+
+    def _new_plan(self, signature: Any) -> _Plan:
+        # DSPy's own lookups of the history and tool-call fields (first: what is no signature fails here, as in DSPy)
+        history = self._get_history_field_name(signature)
+        tool_calls = self._get_tool_call_output_field_name(signature) is not None
+        return _Plan(self, signature, self._json_outputs_mode, history, tool_calls)
 
     def _plain(self, plan: _Plan) -> bool:
         """Whether a call needs none of DSPy's planning: no native function calling, no ToolCalls output, no native
