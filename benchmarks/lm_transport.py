@@ -1,11 +1,14 @@
 """Client CPU per LM call: ``dspy.LM`` (LiteLLM / lm15), dspyo3's native Rust transport (as ``NativeLM`` and as a
-``dspy.LM`` whose engines are the Rust client), and a bare httpx call.
+``dspy.LM`` whose engines are the Rust client), a bare httpx call, and the floor of DSPy's engine interface.
 
 The loopback LM server (``python -m dspyo3_core.testing --latency L``, its own process) answers every request
 after a fixed latency. The two DSPy contenders run the same ``dspy.Predict`` (ChatAdapter formatting and parsing
 included) over ``--requests`` inputs with ``--concurrency`` ``acall``s in flight; the httpx contender POSTs the
 same chat messages with one shared ``httpx.AsyncClient`` and reads the answer text, the floor for a Python HTTP
-client with no LM framework at all. Each runs in a fresh interpreter of its own after a warm-up of one request per
+client with no LM framework at all. The **floor** contender is the same ``dspy.Predict`` on a ``dspy.LM`` whose
+engines cost nothing (``free_engine``: no HTTP, no server; each call awaits the latency on the event loop and
+returns a canned answer): what DSPy's adapter and LM layer cost per call by themselves, below which no engine
+plugged into ``dspy.LM`` can go. Each runs in a fresh interpreter of its own after a warm-up of one request per
 slot, and reports requests/s and its process's CPU time (every thread) per request.
 
     python benchmarks/lm_transport.py [--requests 2000] [--concurrency 64] [--latency-ms 100] [--adapter chat|native]
@@ -14,9 +17,10 @@ slot, and reports requests/s and its process's CPU time (every thread) per reque
 ``--adapter native`` runs the three DSPy contenders under ``dspyo3_types.adapters.NativeChatAdapter`` instead of
 DSPy's ``ChatAdapter`` (the same adapter for all three, so the ratios still compare LM clients).
 
-Last line: ``{"cpu_us_per_request": {"litellm", "native", "engine", "httpx"}, "rps": {...}, "limit_rps",
-"cpu_ratio", "engine_cpu_ratio", "same_predictions", ...}`` with cpu_ratio = native / litellm and engine_cpu_ratio =
-engine / litellm (the native engine's target is <= 1/8).
+Last line: ``{"cpu_us_per_request": {"litellm", "native", "engine", "floor", "httpx"}, "rps": {...}, "limit_rps",
+"cpu_ratio", "engine_cpu_ratio", "floor_cpu_ratio", "same_predictions", ...}`` with cpu_ratio = native / litellm,
+engine_cpu_ratio = engine / litellm (the native engine's target is <= 1/8) and floor_cpu_ratio = floor / litellm
+(the least any engine can reach; same_predictions compares the three contenders that call the server).
 """
 
 from __future__ import annotations
@@ -31,12 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import emit, lm_bench_parser, loopback_lm, run_workers, timed_answers
 
-CONTENDERS = ("litellm", "native", "engine", "httpx")
+CONTENDERS = ("litellm", "native", "engine", "floor", "httpx")
 
 
 def _dspy_run(kind: str, api_base: str, items: list[dict[str, str]], concurrency: int,
-              adapter: str = "chat") -> list[str]:
+              adapter: str = "chat", latency: float = 0.1) -> list[str]:
     import dspy
+    from free_engine import free_lm
 
     from dspyo3_types.adapters import NativeChatAdapter
 
@@ -44,7 +49,7 @@ def _dspy_run(kind: str, api_base: str, items: list[dict[str, str]], concurrency
         question: str = dspy.InputField()
         answer: str = dspy.OutputField()
 
-    dspy.configure(lm=loopback_lm(kind, api_base),
+    dspy.configure(lm=free_lm(latency) if kind == "floor" else loopback_lm(kind, api_base),
                    adapter=NativeChatAdapter() if adapter == "native" else dspy.ChatAdapter())
     program = dspy.Predict(QA)
 
@@ -86,7 +91,8 @@ def _httpx_run(api_base: str, items: list[dict[str, str]], concurrency: int) -> 
     return asyncio.run(run())
 
 
-def worker(kind: str, api_base: str, requests: int, concurrency: int, adapter: str = "chat") -> dict[str, Any]:
+def worker(kind: str, api_base: str, requests: int, concurrency: int, adapter: str = "chat",
+           latency: float = 0.1) -> dict[str, Any]:
     """One contender in this (fresh) process; returns its figures."""
     items = [{"question": f"question {i}"} for i in range(requests)]
     warm = [{"question": f"warm-up {i}"} for i in range(concurrency)]
@@ -94,7 +100,7 @@ def worker(kind: str, api_base: str, requests: int, concurrency: int, adapter: s
     def run(batch: list[dict[str, str]]) -> list[str]:
         if kind == "httpx":
             return _httpx_run(api_base, batch, concurrency)
-        return _dspy_run(kind, api_base, batch, concurrency, adapter)
+        return _dspy_run(kind, api_base, batch, concurrency, adapter, latency)
 
     run(warm)
     return timed_answers(kind, run, items)
@@ -106,11 +112,12 @@ def main() -> None:
                         help="the adapter of the DSPy contenders: DSPy's ChatAdapter or dspyo3's NativeChatAdapter")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.api_base, args.requests, args.concurrency, args.adapter)))
+        print(json.dumps(worker(args.worker, args.api_base, args.requests, args.concurrency, args.adapter,
+                                args.latency_ms / 1000)))
         return
 
     latency = args.latency_ms / 1000
-    figures = run_workers(__file__, CONTENDERS, args, ["--adapter", args.adapter])
+    figures = run_workers(__file__, CONTENDERS, args, ["--adapter", args.adapter, "--latency-ms", str(args.latency_ms)])
     cpu = {kind: figures[kind]["cpu_us_per_request"] for kind in CONTENDERS}
     result = {
         "cpu_us_per_request": cpu,
@@ -118,6 +125,7 @@ def main() -> None:
         "limit_rps": args.concurrency / latency,
         "cpu_ratio": cpu["native"] / cpu["litellm"],
         "engine_cpu_ratio": cpu["engine"] / cpu["litellm"],
+        "floor_cpu_ratio": cpu["floor"] / cpu["litellm"],
         "same_predictions": (figures["native"]["answers_digest"] == figures["litellm"]["answers_digest"]
                              == figures["engine"]["answers_digest"]),
         "requests": args.requests,
@@ -128,6 +136,7 @@ def main() -> None:
     emit(result, args.json_path, args.plot_path,
          bars=[("dspy.LM (LiteLLM/lm15)", cpu["litellm"]), ("dspyo3 NativeLM", cpu["native"]),
                ("dspy.LM + dspyo3 native engine", cpu["engine"]),
+               ("dspy.LM + a zero-cost engine (floor)", cpu["floor"]),
                ("bare httpx (no DSPy)", cpu["httpx"])],
          title=f"client CPU µs per request, concurrency {args.concurrency}, {args.latency_ms:g} ms latency")
 

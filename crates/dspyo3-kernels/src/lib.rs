@@ -10,6 +10,7 @@
 //! * [`lru`]: an LRU cache with TTL and byte accounting.
 //! * [`ratelimit`]: a GCRA rate limiter with checked fixed-point time.
 //! * [`adapter`]: the text rules of DSPy's chat and JSON adapters (escaping, list blobs, completion sections).
+//! * [`fork`]: fork detection by generation (one atomic load, no `getpid` call).
 //! * [`unescape`]: HTML character references decoded as Python's `html.unescape` does, in one linear pass.
 //! * `transport` (feature `transport`): an LM HTTP client (OpenAI chat completions and Anthropic messages; HTTP/1.1, HTTP/2, TLS, SSE streaming, retries) on tokio + hyper.
 //! * `otlp` (feature `otlp`): OTLP/HTTP protobuf span export from a background thread.
@@ -22,6 +23,7 @@ pub mod bm25;
 pub mod bm25_mmap;
 pub mod error;
 pub mod eventlog;
+pub mod fork;
 pub mod fusion;
 pub mod lru;
 pub mod ratelimit;

@@ -13,9 +13,10 @@
 //! treated as secrets: they never appear in an error or a log. Secret strings registered with
 //! [`SpanSink::set_secrets`] are replaced in every exported string (leftmost-longest) on the export thread.
 //!
-//! Fork safety: every call checks the process id; in a forked child the sink starts a fresh queue and export
-//! thread and never touches the parent's (whose locks may have been held by a thread that does not exist in the
-//! child). Spans queued in the parent but not yet exported are not exported by the child.
+//! Fork safety: every call checks the fork generation ([`crate::fork`]: one atomic load, no `getpid`); in a
+//! forked child the sink starts a fresh queue and export thread and never touches the parent's (whose locks may
+//! have been held by a thread that does not exist in the child). Spans queued in the parent but not yet exported
+//! are not exported by the child.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -479,8 +480,8 @@ pub struct SpanSink {
     options: SinkOptions,
     url: Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
-    /// The process the current `inner` belongs to, and the inner state.
-    current: Mutex<(u32, Arc<Inner>)>,
+    /// The fork generation ([`crate::fork::generation`]) the current `inner` belongs to, and the inner state.
+    current: Mutex<(u64, Arc<Inner>)>,
     /// Secrets carried over to a fresh inner state after a fork.
     secrets: Mutex<Arc<Secrets>>,
     closed: std::sync::atomic::AtomicBool,
@@ -524,7 +525,7 @@ impl SpanSink {
         ProxyConfig::from_env().proxy_for(&url).map_err(|e| format!("proxy settings: {e}"))?;
         let secrets = Arc::new(Secrets::default());
         let sink = SpanSink {
-            current: Mutex::new((std::process::id(), Arc::new(Inner::new(secrets.clone())))),
+            current: Mutex::new((crate::fork::generation(), Arc::new(Inner::new(secrets.clone())))),
             secrets: Mutex::new(secrets),
             options,
             url,
@@ -556,10 +557,10 @@ impl SpanSink {
     /// untouched: its lock may be held by a thread the child does not have).
     fn inner(&self) -> Arc<Inner> {
         let mut current = self.current.lock();
-        let pid = std::process::id();
-        if current.0 != pid {
+        let generation = crate::fork::generation();
+        if current.0 != generation {
             let inner = Arc::new(Inner::new(self.secrets.lock().clone()));
-            let old = std::mem::replace(&mut *current, (pid, inner.clone()));
+            let old = std::mem::replace(&mut *current, (generation, inner.clone()));
             std::mem::forget(old); // dropping could touch state shared with a thread that is gone
             if self.closed.load(Ordering::Relaxed) {
                 let mut state = inner.state.lock();
@@ -665,7 +666,7 @@ impl Drop for SpanSink {
     /// Tells the export thread to send what is queued and stop; does not wait for it.
     fn drop(&mut self) {
         let current = self.current.get_mut();
-        if current.0 == std::process::id() {
+        if current.0 == crate::fork::generation() {
             current.1.state.lock().stopping = true;
             current.1.wake.notify_one();
         }

@@ -50,6 +50,7 @@ FALLBACKS: Counter[str] = Counter()
 data), ``"text"`` (a text with lone surrogates), ``"parse"`` (a completion DSPy splits by its own rules),
 ``"override"`` (a subclass that changes how text is written)."""
 _LOGGED: set[str] = set()
+_FALLBACK_LOCK = threading.Lock()  # `counter[key] += 1` is a read and a write (atomic only under a GIL)
 _REASONS = {
     "value": "a value that is not plain JSON data (pydantic model, enum, dspy.Type) is formatted by DSPy",
     "text": "a text with lone surrogates (no UTF-8 form) is formatted by DSPy",
@@ -63,9 +64,11 @@ _TEXT_METHODS = ("format_system_message", "format_field_description", "format_fi
 
 
 def _fell_back(reason: str) -> None:
-    FALLBACKS[reason] += 1
-    if reason not in _LOGGED:
+    with _FALLBACK_LOCK:
+        FALLBACKS[reason] += 1
+        first = reason not in _LOGGED
         _LOGGED.add(reason)
+    if first:
         logger.info("native adapter: %s (counted in dspyo3_types.adapters.FALLBACKS)", _REASONS[reason])
 
 
