@@ -2,25 +2,28 @@
 ``dspy.LM`` whose engines are the Rust client), a bare httpx call, and the floor of DSPy's engine interface.
 
 The loopback LM server (``python -m dspyo3_core.testing --latency L``, its own process) answers every request
-after a fixed latency. The two DSPy contenders run the same ``dspy.Predict`` (ChatAdapter formatting and parsing
-included) over ``--requests`` inputs with ``--concurrency`` ``acall``s in flight; the httpx contender POSTs the
-same chat messages with one shared ``httpx.AsyncClient`` and reads the answer text, the floor for a Python HTTP
-client with no LM framework at all. The **floor** contender is the same ``dspy.Predict`` on a ``dspy.LM`` whose
-engines cost nothing (``free_engine``: no HTTP, no server; each call awaits the latency on the event loop and
-returns a canned answer): what DSPy's adapter and LM layer cost per call by themselves, below which no engine
-plugged into ``dspy.LM`` can go. Each runs in a fresh interpreter of its own after a warm-up of one request per
-slot, and reports requests/s and its process's CPU time (every thread) per request.
+after a fixed latency. The DSPy contenders (``litellm``, ``native``, ``engine``) run the same ``dspy.Predict``
+(adapter formatting and parsing included) over ``--requests`` inputs with ``--concurrency`` ``acall``s in flight.
+The **floor** contender is that ``dspy.Predict`` on a ``dspy.LM`` whose engines cost nothing (``free_engine``: no
+HTTP, no server; each call awaits the latency on the event loop and returns a canned answer): what DSPy's adapter
+and LM layer cost per call by themselves, below which no engine plugged into ``dspy.LM`` can go. The **httpx**
+contender POSTs the same chat messages with one shared ``httpx.AsyncClient`` and reads the answer text (a Python
+HTTP client with no LM framework at all); the **rust** contender sends them through the native transport alone
+(``LMTransport`` on the event loop's completion queue, as NativeLM and the native engine submit them): what the
+Rust client costs per request by itself. Each runs in a fresh interpreter of its own after a warm-up of one
+request per slot, and reports requests/s and its process's CPU time (every thread) per request.
 
     python benchmarks/lm_transport.py [--requests 2000] [--concurrency 64] [--latency-ms 100] [--adapter chat|native]
         [--json F] [--plot F]
 
-``--adapter native`` runs the three DSPy contenders under ``dspyo3_types.adapters.NativeChatAdapter`` instead of
-DSPy's ``ChatAdapter`` (the same adapter for all three, so the ratios still compare LM clients).
+``--adapter native`` runs the DSPy contenders and the floor under ``dspyo3_types.adapters.NativeChatAdapter``
+instead of DSPy's ``ChatAdapter`` (the same adapter for all of them, so the ratios still compare LM clients).
 
-Last line: ``{"cpu_us_per_request": {"litellm", "native", "engine", "floor", "httpx"}, "rps": {...}, "limit_rps",
-"cpu_ratio", "engine_cpu_ratio", "floor_cpu_ratio", "same_predictions", ...}`` with cpu_ratio = native / litellm,
-engine_cpu_ratio = engine / litellm (the native engine's target is <= 1/8) and floor_cpu_ratio = floor / litellm
-(the least any engine can reach; same_predictions compares the three contenders that call the server).
+Last line: ``{"cpu_us_per_request": {"litellm", "native", "engine", "floor", "rust", "httpx"}, "rps": {...},
+"limit_rps", "cpu_ratio", "engine_cpu_ratio", "floor_cpu_ratio", "same_predictions", ...}`` with cpu_ratio =
+native / litellm, engine_cpu_ratio = engine / litellm (the native engine's target is <= 1/8) and floor_cpu_ratio =
+floor / litellm (the least any engine can reach); same_predictions compares the three DSPy contenders that call
+the server.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import emit, lm_bench_parser, loopback_lm, run_workers, timed_answers
 
-CONTENDERS = ("litellm", "native", "engine", "floor", "httpx")
+CONTENDERS = ("litellm", "native", "engine", "floor", "rust", "httpx")
 
 
 def _dspy_run(kind: str, api_base: str, items: list[dict[str, str]], concurrency: int,
@@ -91,6 +94,32 @@ def _httpx_run(api_base: str, items: list[dict[str, str]], concurrency: int) -> 
     return asyncio.run(run())
 
 
+def _rust_run(api_base: str, items: list[dict[str, str]], concurrency: int) -> list[str]:
+    """The httpx contender's requests through the native transport alone (``LMTransport`` via the event loop's
+    completion queue, as NativeLM and the native engine submit them): its own CPU per request, no DSPy around it."""
+    import dspy
+
+    from dspyo3_core.native_engine import native_engines
+    from dspyo3_core.native_lm import submit
+
+    adapter = dspy.ChatAdapter()
+    signature = dspy.Signature("question -> answer")
+    transport = native_engines("openai/dspyo3-bench", api_base=api_base, api_key="bench")[1]._endpoint.transport
+
+    async def run() -> list[str]:
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(item: dict[str, str]) -> str:
+            messages = adapter.format(signature, [], item)
+            async with slots:
+                answer = await submit(transport, "dspyo3-bench", messages, {})
+            return str(answer[2][0][0])
+
+        return list(await asyncio.gather(*(one(item) for item in items)))
+
+    return asyncio.run(run())
+
+
 def worker(kind: str, api_base: str, requests: int, concurrency: int, adapter: str = "chat",
            latency: float = 0.1) -> dict[str, Any]:
     """One contender in this (fresh) process; returns its figures."""
@@ -100,6 +129,8 @@ def worker(kind: str, api_base: str, requests: int, concurrency: int, adapter: s
     def run(batch: list[dict[str, str]]) -> list[str]:
         if kind == "httpx":
             return _httpx_run(api_base, batch, concurrency)
+        if kind == "rust":
+            return _rust_run(api_base, batch, concurrency)
         return _dspy_run(kind, api_base, batch, concurrency, adapter, latency)
 
     run(warm)
@@ -137,7 +168,7 @@ def main() -> None:
          bars=[("dspy.LM (LiteLLM/lm15)", cpu["litellm"]), ("dspyo3 NativeLM", cpu["native"]),
                ("dspy.LM + dspyo3 native engine", cpu["engine"]),
                ("dspy.LM + a zero-cost engine (floor)", cpu["floor"]),
-               ("bare httpx (no DSPy)", cpu["httpx"])],
+               ("bare native transport (no DSPy)", cpu["rust"]), ("bare httpx (no DSPy)", cpu["httpx"])],
          title=f"client CPU µs per request, concurrency {args.concurrency}, {args.latency_ms:g} ms latency")
 
 

@@ -105,7 +105,7 @@ def test_lm_transport_benchmark_shape(adapter: str) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(figures["cpu_us_per_request"]) == set(figures["rps"]) == {"litellm", "native", "engine", "floor",
-                                                                                "httpx"}
+                                                                                "rust", "httpx"}
     assert figures["limit_rps"] == 400 and figures["same_predictions"] is True and figures["adapter"] == adapter
     # figures to report (benchmarks/RESULTS.md), not speeds to assert
     assert figures["cpu_ratio"] > 0 and figures["engine_cpu_ratio"] > 0 and figures["floor_cpu_ratio"] > 0, figures
