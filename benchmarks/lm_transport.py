@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,28 +69,41 @@ def _dspy_run(kind: str, api_base: str, items: list[dict[str, str]], concurrency
     return asyncio.run(run())
 
 
-def _httpx_run(api_base: str, items: list[dict[str, str]], concurrency: int) -> list[str]:
+async def _bare_run(items: list[dict[str, str]], concurrency: int, send: Callable[[Any], Awaitable[Any]],
+                    read: Callable[[Any], str]) -> list[str]:
+    """What the two bare contenders share: the ChatAdapter's messages for each item, ``send`` with at most
+    ``concurrency`` in flight, then ``read`` the answer text out of what it returned."""
     import dspy
-    import httpx
 
     adapter = dspy.ChatAdapter()
     signature = dspy.Signature("question -> answer")
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(item: dict[str, str]) -> str:
+        messages = adapter.format(signature, [], item)
+        async with slots:
+            answer = await send(messages)
+        return read(answer)
+
+    return list(await asyncio.gather(*(one(item) for item in items)))
+
+
+def _httpx_run(api_base: str, items: list[dict[str, str]], concurrency: int) -> list[str]:
+    import httpx
+
+    def read(response: Any) -> str:
+        response.raise_for_status()
+        return str(response.json()["choices"][0]["message"]["content"])
 
     async def run() -> list[str]:
-        slots = asyncio.Semaphore(concurrency)
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx.AsyncClient(base_url=api_base, limits=limits, timeout=60.0,
                                      headers={"Authorization": "Bearer bench"}) as client:
 
-            async def one(item: dict[str, str]) -> str:
-                messages = adapter.format(signature, [], item)
-                async with slots:
-                    response = await client.post("/chat/completions",
-                                                 json={"model": "dspyo3-bench", "messages": messages})
-                response.raise_for_status()
-                return str(response.json()["choices"][0]["message"]["content"])
+            def send(messages: Any) -> Awaitable[Any]:
+                return client.post("/chat/completions", json={"model": "dspyo3-bench", "messages": messages})
 
-            return list(await asyncio.gather(*(one(item) for item in items)))
+            return await _bare_run(items, concurrency, send, read)
 
     return asyncio.run(run())
 
@@ -97,27 +111,15 @@ def _httpx_run(api_base: str, items: list[dict[str, str]], concurrency: int) -> 
 def _rust_run(api_base: str, items: list[dict[str, str]], concurrency: int) -> list[str]:
     """The httpx contender's requests through the native transport alone (``LMTransport`` via the event loop's
     completion queue, as NativeLM and the native engine submit them): its own CPU per request, no DSPy around it."""
-    import dspy
-
-    from dspyo3_core.native_engine import native_engines
+    import dspyo3_native
     from dspyo3_core.native_lm import submit
 
-    adapter = dspy.ChatAdapter()
-    signature = dspy.Signature("question -> answer")
-    transport = native_engines("openai/dspyo3-bench", api_base=api_base, api_key="bench")[1]._endpoint.transport
+    transport = dspyo3_native.LMTransport(api_base, api_key="bench", max_retries=0)
 
-    async def run() -> list[str]:
-        slots = asyncio.Semaphore(concurrency)
+    def send(messages: Any) -> Awaitable[Any]:
+        return submit(transport, "dspyo3-bench", messages, {})
 
-        async def one(item: dict[str, str]) -> str:
-            messages = adapter.format(signature, [], item)
-            async with slots:
-                answer = await submit(transport, "dspyo3-bench", messages, {})
-            return str(answer[2][0][0])
-
-        return list(await asyncio.gather(*(one(item) for item in items)))
-
-    return asyncio.run(run())
+    return asyncio.run(_bare_run(items, concurrency, send, lambda answer: str(answer[2][0][0])))
 
 
 def worker(kind: str, api_base: str, requests: int, concurrency: int, adapter: str = "chat",
