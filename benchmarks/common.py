@@ -161,14 +161,29 @@ class LMServerProcess:
         self.proc.wait(timeout=10)
 
 
+def _at_least(minimum: float, kind: type = int) -> Callable[[str], Any]:
+    """An argparse ``type`` reading ``kind`` and refusing values below ``minimum`` with a usage error."""
+
+    def read(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g} (got {text})")
+        return value
+
+    return read
+
+
 def lm_bench_parser(doc: str, workers: Iterable[str], *, concurrency: int,
                     latency_ms: float) -> argparse.ArgumentParser:
     """The options every loopback-LM benchmark takes (``--requests``, ``--concurrency``, ``--latency-ms``,
     ``--json``, ``--plot``) plus the hidden ``--worker`` / ``--api-base`` its per-contender interpreters get."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=concurrency)
-    parser.add_argument("--latency-ms", type=float, default=latency_ms)
+    parser.add_argument("--requests", type=_at_least(1), default=2000)
+    parser.add_argument("--concurrency", type=_at_least(1), default=concurrency)  # 0 would wait forever
+    parser.add_argument("--latency-ms", type=_at_least(0, float), default=latency_ms)
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--plot", dest="plot_path")
     parser.add_argument("--worker", choices=list(workers), help=argparse.SUPPRESS)
